@@ -1,0 +1,313 @@
+//! Primary keys: the table's key schema, the partition hash, and the order-preserving key
+//! encoding the B+tree compares bytewise (FORMAT.md, "Keys").
+//!
+//! Invariants: for two items of one table, the byte order of their encoded keys is the order
+//! (partition key hash, partition key, sort key), with N compared numerically and S and B
+//! bytewise, as DynamoDB sorts them. The partition hash is XXH3-64 with seed 0 over the encoded
+//! partition key component; it is part of the on-disk format and never changes.
+
+use crate::codec::Reader;
+use crate::error::{Error, Result};
+use crate::value::{AttributeValue, Item};
+
+/// Longest partition key value DynamoDB accepts (bytes).
+pub const PARTITION_KEY_LEN_MAX: usize = 2048;
+/// Longest sort key value DynamoDB accepts (bytes).
+pub const SORT_KEY_LEN_MAX: usize = 1024;
+
+/// The scalar types a key attribute may have.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum KeyType {
+    S,
+    N,
+    B,
+}
+
+impl KeyType {
+    /// DynamoDB's name of the type.
+    pub fn name(self) -> &'static str {
+        match self {
+            KeyType::S => "S",
+            KeyType::N => "N",
+            KeyType::B => "B",
+        }
+    }
+}
+
+/// One key attribute: its name and type.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct KeyAttribute {
+    pub name: String,
+    pub key_type: KeyType,
+}
+
+/// A table's primary key: a partition key and an optional sort key.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct KeySchema {
+    pub partition: KeyAttribute,
+    pub sort: Option<KeyAttribute>,
+}
+
+impl KeySchema {
+    /// A schema with only a partition key.
+    pub fn hash_only(name: &str, key_type: KeyType) -> KeySchema {
+        KeySchema {
+            partition: KeyAttribute {
+                name: name.to_string(),
+                key_type,
+            },
+            sort: None,
+        }
+    }
+
+    /// A schema with a partition key and a sort key.
+    pub fn composite(partition: (&str, KeyType), sort: (&str, KeyType)) -> KeySchema {
+        KeySchema {
+            partition: KeyAttribute {
+                name: partition.0.to_string(),
+                key_type: partition.1,
+            },
+            sort: Some(KeyAttribute {
+                name: sort.0.to_string(),
+                key_type: sort.1,
+            }),
+        }
+    }
+
+    /// Encodes the primary key of `item` (a full item or a key-only item). Extra attributes are
+    /// ignored here; callers that need a key-only map check that themselves.
+    pub fn encode_key(&self, item: &Item) -> Result<EncodedKey> {
+        let mut partition = Vec::new();
+        encode_component(&self.partition, item, PARTITION_KEY_LEN_MAX, &mut partition)?;
+        let hash = partition_hash(&partition);
+        let mut bytes = Vec::with_capacity(8 + partition.len() + 16);
+        bytes.extend_from_slice(&hash.to_be_bytes());
+        bytes.extend_from_slice(&partition);
+        if let Some(sort) = &self.sort {
+            encode_component(sort, item, SORT_KEY_LEN_MAX, &mut bytes)?;
+        }
+        Ok(EncodedKey { hash, bytes })
+    }
+
+    /// Decodes an encoded key back into its key attributes.
+    pub fn decode_key(&self, bytes: &[u8]) -> Result<Item, String> {
+        let mut reader = Reader::new(bytes);
+        reader.take(8)?;
+        let mut item = Item::new();
+        let value = decode_component(self.partition.key_type, &mut reader)?;
+        item.insert(self.partition.name.clone(), value);
+        if let Some(sort) = &self.sort {
+            item.insert(
+                sort.name.clone(),
+                decode_component(sort.key_type, &mut reader)?,
+            );
+        }
+        if !reader.is_empty() {
+            return Err("trailing bytes after the key".to_string());
+        }
+        Ok(item)
+    }
+}
+
+/// A primary key in its stored form, with the partition hash that places it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EncodedKey {
+    pub hash: u64,
+    pub bytes: Vec<u8>,
+}
+
+/// The 64-bit hash that places a partition key (XXH3-64, seed 0, over its encoded component).
+pub fn partition_hash(encoded_partition_key: &[u8]) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(encoded_partition_key)
+}
+
+fn encode_component(
+    attribute: &KeyAttribute,
+    item: &Item,
+    len_max: usize,
+    out: &mut Vec<u8>,
+) -> Result<()> {
+    let name = &attribute.name;
+    let value = item.get(name).ok_or_else(|| {
+        Error::validation(format!(
+            "one or more parameter values were invalid: missing the key {name} in the item"
+        ))
+    })?;
+    let mismatch = || {
+        Error::validation(format!(
+            "one or more parameter values were invalid: type mismatch for key {name} expected: {} actual: {}",
+            attribute.key_type.name(),
+            value.type_name()
+        ))
+    };
+    let raw: &[u8] = match (attribute.key_type, value) {
+        (KeyType::S, AttributeValue::S(text)) => text.as_bytes(),
+        (KeyType::B, AttributeValue::B(bytes)) => bytes,
+        (KeyType::N, AttributeValue::N(number)) => {
+            number.encode_ordered(out);
+            return Ok(());
+        }
+        _ => return Err(mismatch()),
+    };
+    if raw.is_empty() {
+        return Err(Error::validation(format!(
+            "one or more parameter values are not valid: the value of key attribute {name} may not be empty"
+        )));
+    }
+    if raw.len() > len_max {
+        return Err(Error::validation(format!(
+            "one or more parameter values were invalid: key attribute {name} is {} bytes, more than the {len_max} allowed",
+            raw.len()
+        )));
+    }
+    encode_escaped(raw, out);
+    Ok(())
+}
+
+/// Order-preserving, self-delimiting encoding of a byte string: 0x00 becomes 0x00 0xFF and the
+/// string ends with 0x00 0x01. Escaping maps prefixes to prefixes, so `begins_with` is a range.
+fn encode_escaped(raw: &[u8], out: &mut Vec<u8>) {
+    for &byte in raw {
+        out.push(byte);
+        if byte == 0 {
+            out.push(0xFF);
+        }
+    }
+    out.extend_from_slice(&[0x00, 0x01]);
+}
+
+fn decode_escaped(reader: &mut Reader<'_>) -> Result<Vec<u8>, String> {
+    let mut raw = Vec::new();
+    loop {
+        let byte = reader.u8()?;
+        if byte != 0 {
+            raw.push(byte);
+            continue;
+        }
+        match reader.u8()? {
+            0xFF => raw.push(0),
+            0x01 => return Ok(raw),
+            other => return Err(format!("bad escape byte {other:#04x} in key")),
+        }
+    }
+}
+
+fn decode_component(key_type: KeyType, reader: &mut Reader<'_>) -> Result<AttributeValue, String> {
+    Ok(match key_type {
+        KeyType::S => AttributeValue::S(
+            String::from_utf8(decode_escaped(reader)?).map_err(|_| "key string is not UTF-8")?,
+        ),
+        KeyType::B => AttributeValue::B(decode_escaped(reader)?),
+        KeyType::N => AttributeValue::N(reader.number()?),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::tests::arb_number;
+    use crate::number::Number;
+    use proptest::prelude::*;
+
+    fn item(pairs: &[(&str, AttributeValue)]) -> Item {
+        pairs
+            .iter()
+            .map(|(name, value)| (name.to_string(), value.clone()))
+            .collect()
+    }
+
+    fn sort_bytes(schema: &KeySchema, pk: AttributeValue, sk: AttributeValue) -> Vec<u8> {
+        schema
+            .encode_key(&item(&[("pk", pk), ("sk", sk)]))
+            .unwrap()
+            .bytes
+    }
+
+    proptest! {
+        #[test]
+        fn number_sort_keys_order_numerically(a in arb_number(), b in arb_number()) {
+            let schema = KeySchema::composite(("pk", KeyType::S), ("sk", KeyType::N));
+            let pk = AttributeValue::S("p".into());
+            let ka = sort_bytes(&schema, pk.clone(), AttributeValue::N(a));
+            let kb = sort_bytes(&schema, pk, AttributeValue::N(b));
+            prop_assert_eq!(ka.cmp(&kb), a.cmp(&b));
+        }
+
+        #[test]
+        fn string_sort_keys_order_bytewise(a in "\\PC{1,8}", b in "[\\x00-\\x02a-c]{1,8}") {
+            let schema = KeySchema::composite(("pk", KeyType::B), ("sk", KeyType::S));
+            let pk = AttributeValue::B(vec![1]);
+            let ka = sort_bytes(&schema, pk.clone(), AttributeValue::S(a.clone()));
+            let kb = sort_bytes(&schema, pk, AttributeValue::S(b.clone()));
+            prop_assert_eq!(ka.cmp(&kb), a.as_bytes().cmp(b.as_bytes()));
+        }
+
+        #[test]
+        fn binary_keys_order_bytewise_and_decode(a in proptest::collection::vec(any::<u8>(), 1..8),
+                                                 b in proptest::collection::vec(0u8..3, 1..8)) {
+            let schema = KeySchema::composite(("pk", KeyType::N), ("sk", KeyType::B));
+            let pk = AttributeValue::N(Number::from(7));
+            let ka = sort_bytes(&schema, pk.clone(), AttributeValue::B(a.clone()));
+            let kb = sort_bytes(&schema, pk.clone(), AttributeValue::B(b.clone()));
+            prop_assert_eq!(ka.cmp(&kb), a.cmp(&b));
+            let decoded = schema.decode_key(&ka).unwrap();
+            prop_assert_eq!(decoded, item(&[("pk", pk), ("sk", AttributeValue::B(a))]));
+        }
+
+        #[test]
+        fn same_partition_key_same_hash(a in arb_number()) {
+            let schema = KeySchema::composite(("pk", KeyType::N), ("sk", KeyType::S));
+            let one = schema.encode_key(&item(&[("pk", AttributeValue::N(a)), ("sk", AttributeValue::S("x".into()))])).unwrap();
+            let two = schema.encode_key(&item(&[("pk", AttributeValue::N(a)), ("sk", AttributeValue::S("y".into()))])).unwrap();
+            prop_assert_eq!(one.hash, two.hash);
+            prop_assert_eq!(&one.bytes[..8], &one.hash.to_be_bytes()[..]);
+        }
+    }
+
+    #[test]
+    fn hash_is_stable() {
+        // Part of the on-disk format: this value may never change.
+        let schema = KeySchema::hash_only("id", KeyType::S);
+        let key = schema
+            .encode_key(&item(&[("id", AttributeValue::S("user#1".into()))]))
+            .unwrap();
+        assert_eq!(key.hash, partition_hash(b"user#1\x00\x01"));
+        assert_eq!(partition_hash(b""), 0x2D06800538D394C2);
+    }
+
+    #[test]
+    fn key_errors_name_the_attribute() {
+        let schema = KeySchema::composite(("pk", KeyType::S), ("sk", KeyType::N));
+        let cases: [(Item, &str); 4] = [
+            (
+                item(&[("sk", AttributeValue::N(Number::ZERO))]),
+                "missing the key pk",
+            ),
+            (
+                item(&[
+                    ("pk", AttributeValue::N(Number::ZERO)),
+                    ("sk", AttributeValue::N(Number::ZERO)),
+                ]),
+                "type mismatch for key pk expected: S actual: N",
+            ),
+            (
+                item(&[
+                    ("pk", AttributeValue::S(String::new())),
+                    ("sk", AttributeValue::N(Number::ZERO)),
+                ]),
+                "pk may not be empty",
+            ),
+            (
+                item(&[
+                    ("pk", AttributeValue::S("x".repeat(2049))),
+                    ("sk", AttributeValue::N(Number::ZERO)),
+                ]),
+                "2049 bytes",
+            ),
+        ];
+        for (input, expected) in cases {
+            let message = schema.encode_key(&input).unwrap_err().to_string();
+            assert!(message.contains(expected), "{message}");
+        }
+    }
+}

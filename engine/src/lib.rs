@@ -1,0 +1,14 @@
+//! Tessera's storage replica: the DynamoDB item model, the per-core write-ahead log, the
+//! page-based B+tree with copy-on-write checkpoints, and crash recovery.
+
+mod codec;
+mod error;
+mod key;
+mod number;
+mod value;
+
+pub use codec::{decode_item, encode_item, ItemMeta, ITEM_FORMAT_VERSION};
+pub use error::{Error, Result};
+pub use key::{partition_hash, EncodedKey, KeyAttribute, KeySchema, KeyType};
+pub use number::Number;
+pub use value::{item_size, validate_item, AttributeValue, Item, ITEM_SIZE_MAX, NESTING_MAX};
