@@ -3,8 +3,9 @@
 //!
 //! Invariants: for two items of one table, the byte order of their encoded keys is the order
 //! (partition key hash, partition key, sort key), with N compared numerically and S and B
-//! bytewise, as DynamoDB sorts them. The partition hash is XXH3-64 with seed 0 over the encoded
-//! partition key component; it is part of the on-disk format and never changes.
+//! bytewise, as DynamoDB sorts them; partition keys that share a hash order by (length, bytes),
+//! which keeps each item collection contiguous. The partition hash is XXH3-64 with seed 0 over
+//! the encoded partition key component; it is part of the on-disk format and never changes.
 
 use crate::codec::Reader;
 use crate::error::{Error, Result};
@@ -78,13 +79,13 @@ impl KeySchema {
     /// ignored here; callers that need a key-only map check that themselves.
     pub fn encode_key(&self, item: &Item) -> Result<EncodedKey> {
         let mut partition = Vec::new();
-        encode_component(&self.partition, item, PARTITION_KEY_LEN_MAX, &mut partition)?;
+        encode_component(&self.partition, item, PARTITION_KEY_LEN_MAX, self.sort.is_none(), &mut partition)?;
         let hash = partition_hash(&partition);
         let mut bytes = Vec::with_capacity(8 + partition.len() + 16);
         bytes.extend_from_slice(&hash.to_be_bytes());
         bytes.extend_from_slice(&partition);
         if let Some(sort) = &self.sort {
-            encode_component(sort, item, SORT_KEY_LEN_MAX, &mut bytes)?;
+            encode_component(sort, item, SORT_KEY_LEN_MAX, true, &mut bytes)?;
         }
         Ok(EncodedKey { hash, bytes })
     }
@@ -94,12 +95,12 @@ impl KeySchema {
         let mut reader = Reader::new(bytes);
         reader.take(8)?;
         let mut item = Item::new();
-        let value = decode_component(self.partition.key_type, &mut reader)?;
+        let value = decode_component(self.partition.key_type, self.sort.is_none(), &mut reader)?;
         item.insert(self.partition.name.clone(), value);
         if let Some(sort) = &self.sort {
             item.insert(
                 sort.name.clone(),
-                decode_component(sort.key_type, &mut reader)?,
+                decode_component(sort.key_type, true, &mut reader)?,
             );
         }
         if !reader.is_empty() {
@@ -125,6 +126,7 @@ fn encode_component(
     attribute: &KeyAttribute,
     item: &Item,
     len_max: usize,
+    last: bool,
     out: &mut Vec<u8>,
 ) -> Result<()> {
     let name = &attribute.name;
@@ -160,45 +162,28 @@ fn encode_component(
             raw.len()
         )));
     }
-    encode_escaped(raw, out);
+    if last {
+        out.extend_from_slice(raw);
+    } else {
+        out.extend_from_slice(&(raw.len() as u16).to_be_bytes());
+        out.extend_from_slice(raw);
+    }
     Ok(())
 }
 
-/// Order-preserving, self-delimiting encoding of a byte string: 0x00 becomes 0x00 0xFF and the
-/// string ends with 0x00 0x01. Escaping maps prefixes to prefixes, so `begins_with` is a range.
-fn encode_escaped(raw: &[u8], out: &mut Vec<u8>) {
-    for &byte in raw {
-        out.push(byte);
-        if byte == 0 {
-            out.push(0xFF);
-        }
+fn decode_component(key_type: KeyType, last: bool, reader: &mut Reader<'_>) -> Result<AttributeValue, String> {
+    if key_type == KeyType::N {
+        return Ok(AttributeValue::N(reader.number()?));
     }
-    out.extend_from_slice(&[0x00, 0x01]);
-}
-
-fn decode_escaped(reader: &mut Reader<'_>) -> Result<Vec<u8>, String> {
-    let mut raw = Vec::new();
-    loop {
-        let byte = reader.u8()?;
-        if byte != 0 {
-            raw.push(byte);
-            continue;
-        }
-        match reader.u8()? {
-            0xFF => raw.push(0),
-            0x01 => return Ok(raw),
-            other => return Err(format!("bad escape byte {other:#04x} in key")),
-        }
-    }
-}
-
-fn decode_component(key_type: KeyType, reader: &mut Reader<'_>) -> Result<AttributeValue, String> {
+    let raw = if last {
+        reader.rest()
+    } else {
+        let len = u16::from_be_bytes(reader.take(2)?.try_into().expect("2 bytes"));
+        reader.take(usize::from(len))?
+    };
     Ok(match key_type {
-        KeyType::S => AttributeValue::S(
-            String::from_utf8(decode_escaped(reader)?).map_err(|_| "key string is not UTF-8")?,
-        ),
-        KeyType::B => AttributeValue::B(decode_escaped(reader)?),
-        KeyType::N => AttributeValue::N(reader.number()?),
+        KeyType::S => AttributeValue::S(String::from_utf8(raw.to_vec()).map_err(|_| "key string is not UTF-8")?),
+        _ => AttributeValue::B(raw.to_vec()),
     })
 }
 
@@ -234,12 +219,13 @@ mod tests {
         }
 
         #[test]
-        fn string_sort_keys_order_bytewise(a in "\\PC{1,8}", b in "[\\x00-\\x02a-c]{1,8}") {
+        fn string_sort_keys_order_bytewise(a in "\\PC{1,8}", b in "[\\x00-\\x02a-c]{1,8}", pk in "[a-c]{1,3}") {
             let schema = KeySchema::composite(("pk", KeyType::B), ("sk", KeyType::S));
-            let pk = AttributeValue::B(vec![1]);
+            let pk = AttributeValue::B(pk.into_bytes());
             let ka = sort_bytes(&schema, pk.clone(), AttributeValue::S(a.clone()));
-            let kb = sort_bytes(&schema, pk, AttributeValue::S(b.clone()));
+            let kb = sort_bytes(&schema, pk.clone(), AttributeValue::S(b.clone()));
             prop_assert_eq!(ka.cmp(&kb), a.as_bytes().cmp(b.as_bytes()));
+            prop_assert_eq!(schema.decode_key(&ka).unwrap(), item(&[("pk", pk), ("sk", AttributeValue::S(a))]));
         }
 
         #[test]
@@ -271,7 +257,7 @@ mod tests {
         let key = schema
             .encode_key(&item(&[("id", AttributeValue::S("user#1".into()))]))
             .unwrap();
-        assert_eq!(key.hash, partition_hash(b"user#1\x00\x01"));
+        assert_eq!(key.hash, partition_hash(b"user#1"));
         assert_eq!(partition_hash(b""), 0x2D06800538D394C2);
     }
 

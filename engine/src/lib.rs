@@ -1,6 +1,7 @@
 //! Tessera's storage replica: the DynamoDB item model, the per-core write-ahead log, the
 //! page-based B+tree with copy-on-write checkpoints, and crash recovery.
 
+mod btree;
 mod codec;
 mod error;
 mod key;

@@ -1,0 +1,755 @@
+//! A copy-on-write B+tree over fixed-size pages, with a bounded page cache. Sans-IO: every
+//! operation runs synchronously against the cache and, when it needs a page that is not
+//! there, returns `TreeError::Need(id)` before changing anything; the caller (the store) reads
+//! the page with a DMA read, hands it over with `insert_loaded`, and runs the operation again.
+//!
+//! Copy-on-write. A page written by a durable checkpoint is never modified: the first change
+//! to it in an epoch copies it to a newly allocated page (and so up to the root), and the old
+//! page is freed only once the next checkpoint is durable. `seal` ends an epoch: the dirty pages
+//! become read-only and are handed to the checkpoint writer while writes go on in the next
+//! epoch. Freed pages move through three lists:
+//! `pending_free` (referenced by the durable checkpoint) -> the sealed plan -> `free` once the
+//! checkpoint that stops referencing them is durable.
+//!
+//! Invariants: dirty and sealed frames are never evicted (their only copy is in memory);
+//! a dirty frame is never shared with a checkpoint writer, so it is mutated in place; the
+//! root is always a leaf or a branch page; page ids 0 and 1 are the meta slots, never tree
+//! pages, so 0 doubles as "no page" in links.
+
+pub(crate) mod page;
+
+use std::cell::Cell;
+use std::ops::Bound;
+use std::rc::Rc;
+
+use page::{Kind, PageId, ValueRef, PAGE_SIZE};
+
+/// First page id available to the tree (0 and 1 hold the meta slots).
+pub(crate) const FIRST_DATA_PAGE: PageId = 2;
+/// Clean pages the cache always keeps room for beside the pinned ones: an operation needs a
+/// root-to-leaf path and a whole overflow chain (a 400 KB value spans 101 pages) cached at once.
+const CLEAN_PAGES_MIN: usize = 128;
+/// Smallest page cache setting.
+pub const CACHE_PAGES_MIN: usize = 2 * CLEAN_PAGES_MIN;
+const _: () = assert!(400 * 1024 / page::OVERFLOW_DATA_MAX + 1 + 16 <= CLEAN_PAGES_MIN);
+
+/// Why a tree operation stopped.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum TreeError {
+    /// Page `id` must be loaded; nothing was changed.
+    Need(PageId),
+    /// The tree's structure is inconsistent.
+    Corrupt(String),
+}
+
+type TreeResult<T> = Result<T, TreeError>;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    /// Identical to the page on disk; may be evicted.
+    Clean,
+    /// Allocated in the current epoch; mutated in place.
+    Dirty,
+    /// Part of the checkpoint being written; read-only and pinned.
+    Sealed,
+}
+
+struct Frame {
+    page: Rc<[u8]>,
+    state: State,
+    referenced: Cell<bool>,
+}
+
+/// The state a checkpoint needs, taken at `seal`.
+pub(crate) struct Sealed {
+    /// Pages to write, including the freelist pages, sealed (checksummed).
+    pub(crate) pages: Vec<(PageId, Rc<[u8]>)>,
+    pub(crate) root: PageId,
+    pub(crate) page_count: u64,
+    pub(crate) freelist_head: PageId,
+    /// Pages that become reusable once this checkpoint is durable.
+    released: Vec<PageId>,
+    /// Pages holding this checkpoint's freelist.
+    freelist_pages: Vec<PageId>,
+}
+
+/// Where a tree was left by its last checkpoint.
+pub(crate) struct Durable {
+    pub(crate) root: PageId,
+    pub(crate) page_count: u64,
+    pub(crate) free: Vec<PageId>,
+    pub(crate) freelist_pages: Vec<PageId>,
+}
+
+pub(crate) struct Tree {
+    frames: ahash::HashMap<PageId, Frame>,
+    /// Ids in the cache, swept by the CLOCK hand for eviction.
+    ring: Vec<PageId>,
+    hand: usize,
+    capacity: usize,
+    root: PageId,
+    page_count: u64,
+    free: Vec<PageId>,
+    pending_free: Vec<PageId>,
+    /// Pages holding the durable checkpoint's freelist.
+    freelist_pages: Vec<PageId>,
+    dirty_count: usize,
+    sealed_count: usize,
+    /// Count of committed checkpoints; a page read started before a commit is discarded.
+    generation: u64,
+    sealed: bool,
+}
+
+impl Tree {
+    /// A tree as the last checkpoint left it (or an empty one: `durable.root == 0`).
+    pub(crate) fn open(durable: Durable, capacity: usize) -> Tree {
+        let mut tree = Tree {
+            frames: ahash::HashMap::default(),
+            ring: Vec::new(),
+            hand: 0,
+            capacity: capacity.max(CACHE_PAGES_MIN),
+            root: durable.root,
+            page_count: durable.page_count.max(FIRST_DATA_PAGE),
+            free: durable.free,
+            pending_free: Vec::new(),
+            freelist_pages: durable.freelist_pages,
+            dirty_count: 0,
+            sealed_count: 0,
+            generation: 0,
+            sealed: false,
+        };
+        if tree.root == 0 {
+            tree.root = tree.alloc(Kind::Leaf);
+        }
+        tree
+    }
+
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Pages changed since the last seal; the store checkpoints when this grows large.
+    pub(crate) fn dirty_pages(&self) -> usize {
+        self.dirty_count
+    }
+
+    pub(crate) fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Pages the tree file spans.
+    pub(crate) fn page_count(&self) -> u64 {
+        self.page_count
+    }
+
+    /// Adds a page read from disk (already verified). Ignored if the page is cached or if a
+    /// checkpoint committed since the read began (the page id may have been reused).
+    pub(crate) fn insert_loaded(&mut self, id: PageId, page: Vec<u8>, generation: u64) {
+        if generation != self.generation || self.frames.contains_key(&id) {
+            return;
+        }
+        self.evict_to(self.eviction_target() - 1);
+        self.frames.insert(
+            id,
+            Frame {
+                page: Rc::from(page),
+                state: State::Clean,
+                referenced: Cell::new(true),
+            },
+        );
+        self.ring.push(id);
+    }
+
+    /// Frames to keep: the capacity, but never so few that clean pages drop under the floor
+    /// (dirty and sealed pages are pinned until a checkpoint).
+    fn eviction_target(&self) -> usize {
+        self.capacity.max(self.dirty_count + self.sealed_count + CLEAN_PAGES_MIN)
+    }
+
+    /// CLOCK sweep: drops unreferenced clean frames until at most `target` remain.
+    fn evict_to(&mut self, target: usize) {
+        let mut budget = 2 * self.ring.len();
+        while self.frames.len() > target && budget > 0 && !self.ring.is_empty() {
+            budget -= 1;
+            self.hand %= self.ring.len();
+            let id = self.ring[self.hand];
+            match self.frames.get(&id) {
+                None => {
+                    self.ring.swap_remove(self.hand);
+                }
+                Some(frame) if frame.state != State::Clean => self.hand += 1,
+                Some(frame) if frame.referenced.replace(false) => self.hand += 1,
+                Some(_) => {
+                    self.frames.remove(&id);
+                    self.ring.swap_remove(self.hand);
+                }
+            }
+        }
+    }
+
+    fn page(&self, id: PageId) -> TreeResult<&[u8]> {
+        let frame = self.frames.get(&id).ok_or(TreeError::Need(id))?;
+        frame.referenced.set(true);
+        Ok(&frame.page)
+    }
+
+    fn page_mut(&mut self, id: PageId) -> &mut [u8] {
+        let frame = self.frames.get_mut(&id).expect("page_mut of a cached page");
+        assert_eq!(frame.state, State::Dirty, "page_mut of a page that is not dirty");
+        Rc::get_mut(&mut frame.page).expect("dirty pages are never shared")
+    }
+
+    fn alloc(&mut self, kind: Kind) -> PageId {
+        let id = self.free.pop().unwrap_or_else(|| {
+            self.page_count += 1;
+            self.page_count - 1
+        });
+        let mut buffer = vec![0u8; PAGE_SIZE];
+        page::init(&mut buffer, kind, id);
+        self.frames.insert(
+            id,
+            Frame {
+                page: Rc::from(buffer),
+                state: State::Dirty,
+                referenced: Cell::new(true),
+            },
+        );
+        self.ring.push(id);
+        self.dirty_count += 1;
+        id
+    }
+
+    fn free_page(&mut self, id: PageId) {
+        match self.frames.remove(&id).map(|frame| frame.state) {
+            Some(State::Dirty) => {
+                self.dirty_count -= 1;
+                self.free.push(id);
+            }
+            Some(State::Sealed) => {
+                self.sealed_count -= 1;
+                self.pending_free.push(id);
+            }
+            _ => self.pending_free.push(id),
+        }
+    }
+
+    /// Makes page `id` writable in this epoch, copying it if it belongs to a checkpoint.
+    /// Returns the id to use from now on.
+    fn writable(&mut self, id: PageId) -> PageId {
+        let frame = self.frames.get(&id).expect("writable of a cached page");
+        if frame.state == State::Dirty {
+            return id;
+        }
+        let copy = frame.page.to_vec();
+        let kind = page::kind(&copy).expect("cached pages have a known kind");
+        let new_id = self.alloc(kind);
+        let target = self.page_mut(new_id);
+        target.copy_from_slice(&copy);
+        page::set_u64(target, 16, new_id);
+        self.free_page(id);
+        new_id
+    }
+
+    fn kind_of(&self, id: PageId) -> TreeResult<Kind> {
+        let page = self.page(id)?;
+        match page::kind(page) {
+            Some(kind @ (Kind::Leaf | Kind::Branch)) => Ok(kind),
+            other => Err(TreeError::Corrupt(format!("page {id} is a {other:?} page inside the tree"))),
+        }
+    }
+
+    /// The root-to-leaf path for `key`: (page id, index of the child taken) per branch, then
+    /// the leaf with index 0.
+    fn path(&self, key: &[u8]) -> TreeResult<Vec<(PageId, usize)>> {
+        let mut path = Vec::with_capacity(8);
+        let mut id = self.root;
+        loop {
+            if path.len() > 64 {
+                return Err(TreeError::Corrupt("tree deeper than 64 levels (a cycle?)".into()));
+            }
+            match self.kind_of(id)? {
+                Kind::Leaf => {
+                    path.push((id, 0));
+                    return Ok(path);
+                }
+                _ => {
+                    let page = self.page(id)?;
+                    let index = page::child_index(page, key);
+                    path.push((id, index));
+                    id = page::child(page, index);
+                }
+            }
+        }
+    }
+
+    /// Copies the path to writable pages from the root down, fixing child pointers.
+    fn make_writable(&mut self, path: &mut [(PageId, usize)]) {
+        for level in 0..path.len() {
+            let new_id = self.writable(path[level].0);
+            if new_id != path[level].0 {
+                path[level].0 = new_id;
+                if level == 0 {
+                    self.root = new_id;
+                } else {
+                    let (parent, index) = path[level - 1];
+                    page::set_child(self.page_mut(parent), index, new_id);
+                }
+            }
+        }
+    }
+
+    /// Ids of an overflow chain, checking that every page is cached.
+    fn chain(&self, first: PageId, len: usize) -> TreeResult<Vec<PageId>> {
+        let mut ids = Vec::with_capacity(len.div_ceil(page::OVERFLOW_DATA_MAX));
+        let mut id = first;
+        while id != 0 {
+            if ids.len() * page::OVERFLOW_DATA_MAX > len {
+                return Err(TreeError::Corrupt(format!("overflow chain from page {first} is longer than its value")));
+            }
+            let page = self.page(id)?;
+            if page::kind(page) != Some(Kind::Overflow) {
+                return Err(TreeError::Corrupt(format!("page {id} in an overflow chain is not an overflow page")));
+            }
+            ids.push(id);
+            id = page::link(page);
+        }
+        Ok(ids)
+    }
+
+    fn read_value(&self, value: ValueRef<'_>) -> TreeResult<Vec<u8>> {
+        match value {
+            ValueRef::Inline(bytes) => Ok(bytes.to_vec()),
+            ValueRef::Overflow { len, first } => {
+                let mut bytes = Vec::with_capacity(len);
+                for id in self.chain(first, len)? {
+                    let page = self.page(id)?;
+                    let chunk = page::count(page).min(page::OVERFLOW_DATA_MAX);
+                    bytes.extend_from_slice(&page[page::HEADER_LEN..page::HEADER_LEN + chunk]);
+                }
+                if bytes.len() != len {
+                    return Err(TreeError::Corrupt(format!(
+                        "overflow chain from page {first} holds {} bytes, not {len}",
+                        bytes.len()
+                    )));
+                }
+                Ok(bytes)
+            }
+        }
+    }
+
+    fn write_overflow(&mut self, value: &[u8]) -> PageId {
+        let mut next = 0;
+        for chunk in value.chunks(page::OVERFLOW_DATA_MAX).rev() {
+            let id = self.alloc(Kind::Overflow);
+            let target = self.page_mut(id);
+            page::set_count(target, chunk.len());
+            page::set_link(target, next);
+            target[page::HEADER_LEN..page::HEADER_LEN + chunk.len()].copy_from_slice(chunk);
+            next = id;
+        }
+        next
+    }
+
+    /// The value stored under `key`.
+    pub(crate) fn get(&self, key: &[u8]) -> TreeResult<Option<Vec<u8>>> {
+        let mut id = self.root;
+        for _ in 0..64 {
+            let page = self.page(id)?;
+            match page::kind(page) {
+                Some(Kind::Leaf) => {
+                    return match page::search(page, key) {
+                        Ok(index) => self.read_value(page::value_ref(page, index)).map(Some),
+                        Err(_) => Ok(None),
+                    };
+                }
+                Some(Kind::Branch) => id = page::child(page, page::child_index(page, key)),
+                other => return Err(TreeError::Corrupt(format!("page {id} is a {other:?} page inside the tree"))),
+            }
+        }
+        Err(TreeError::Corrupt("tree deeper than 64 levels (a cycle?)".into()))
+    }
+
+    /// Stores `value` under `key`, replacing any earlier value.
+    pub(crate) fn put(&mut self, key: &[u8], value: &[u8]) -> TreeResult<()> {
+        assert!(key.len() <= page::TREE_KEY_LEN_MAX, "key longer than the tree allows");
+        let mut path = self.path(key)?;
+        let old_chain = self.existing_chain(path.last().expect("path ends at a leaf").0, key)?;
+        // Nothing below can need a page: the path and the old chain are cached.
+        self.make_writable(&mut path);
+        old_chain.into_iter().for_each(|id| self.free_page(id));
+        let body = if page::value_inline(key.len(), value.len()) {
+            ValueRef::Inline(value).encode()
+        } else {
+            let first = self.write_overflow(value);
+            ValueRef::Overflow { len: value.len(), first }.encode()
+        };
+        let leaf = path.last().expect("path ends at a leaf").0;
+        let index = match page::search(self.page(leaf).expect("cached"), key) {
+            Ok(index) => {
+                let page = self.page_mut(leaf);
+                let len = page::cell_len_at(page, index);
+                page::remove_cell(page, index, len);
+                index
+            }
+            Err(index) => index,
+        };
+        self.insert_at(&path, path.len() - 1, index, key.to_vec(), body);
+        Ok(())
+    }
+
+    /// The overflow chain of `key`'s current value in `leaf`, if it has one.
+    fn existing_chain(&self, leaf: PageId, key: &[u8]) -> TreeResult<Vec<PageId>> {
+        let page = self.page(leaf)?;
+        match page::search(page, key) {
+            Ok(index) => match page::value_ref(page, index) {
+                ValueRef::Overflow { len, first } => self.chain(first, len),
+                ValueRef::Inline(_) => Ok(Vec::new()),
+            },
+            Err(_) => Ok(Vec::new()),
+        }
+    }
+
+    /// Inserts a cell into the writable page at `path[level]`, splitting upward as needed.
+    fn insert_at(&mut self, path: &[(PageId, usize)], level: usize, index: usize, key: Vec<u8>, body: Vec<u8>) {
+        let id = path[level].0;
+        let target = self.page_mut(id);
+        if page::fits(target, key.len() + body.len()) {
+            page::insert_cell(target, index, &key, &body);
+            return;
+        }
+        let kind = page::kind(target).expect("tree page");
+        let mut cells = page::cells(target);
+        cells.insert(index, (key, body));
+        let split = choose_split(&cells, kind);
+        let mut right_cells = cells.split_off(split);
+        let (separator, right_link) = match kind {
+            Kind::Branch => {
+                let (key, body) = right_cells.remove(0);
+                (key, page::get_u64(&body, 0))
+            }
+            _ => {
+                let left_last = &cells.last().expect("left half is not empty").0;
+                let right_first = &right_cells[0].0;
+                let keep = common_prefix_len(left_last, right_first) + 1;
+                (right_first[..keep.min(right_first.len())].to_vec(), 0)
+            }
+        };
+        page::rebuild(self.page_mut(id), &cells);
+        let right = self.alloc(kind);
+        let right_page = self.page_mut(right);
+        page::set_link(right_page, right_link);
+        page::rebuild(right_page, &right_cells);
+        if level == 0 {
+            let root = self.alloc(Kind::Branch);
+            let root_page = self.page_mut(root);
+            page::set_link(root_page, id);
+            page::insert_cell(root_page, 0, &separator, &right.to_le_bytes());
+            self.root = root;
+        } else {
+            let child_index = path[level - 1].1;
+            self.insert_at(path, level - 1, child_index, separator, right.to_le_bytes().to_vec());
+        }
+    }
+
+    /// Removes `key`; returns whether it was present.
+    pub(crate) fn delete(&mut self, key: &[u8]) -> TreeResult<bool> {
+        let mut path = self.path(key)?;
+        let leaf = path.last().expect("path ends at a leaf").0;
+        if page::search(self.page(leaf)?, key).is_err() {
+            return Ok(false);
+        }
+        let old_chain = self.existing_chain(leaf, key)?;
+        self.make_writable(&mut path);
+        old_chain.into_iter().for_each(|id| self.free_page(id));
+        let leaf = path.last().expect("path ends at a leaf").0;
+        let page = self.page_mut(leaf);
+        let index = page::search(page, key).expect("key found above");
+        let len = page::cell_len_at(page, index);
+        page::remove_cell(page, index, len);
+        let mut level = path.len() - 1;
+        // An empty page leaves its parent; a parent left without children follows it.
+        while level > 0 && self.is_empty(path[level].0) {
+            self.free_page(path[level].0);
+            level -= 1;
+            let (parent, index) = path[level];
+            remove_child(self.page_mut(parent), index);
+        }
+        self.collapse_root();
+        Ok(true)
+    }
+
+    fn is_empty(&self, id: PageId) -> bool {
+        let page = self.page(id).expect("cached");
+        match page::kind(page) {
+            Some(Kind::Branch) => page::count(page) == 0 && page::link(page) == 0,
+            _ => page::count(page) == 0,
+        }
+    }
+
+    /// A root branch with a single child hands the root to that child.
+    fn collapse_root(&mut self) {
+        loop {
+            let page = self.page(self.root).expect("root is cached after a write");
+            if page::kind(page) != Some(Kind::Branch) || page::count(page) > 0 {
+                return;
+            }
+            let child = page::link(page);
+            let old = self.root;
+            if child == 0 {
+                self.free_page(old);
+                self.root = self.alloc(Kind::Leaf);
+                return;
+            }
+            if !self.frames.contains_key(&child) {
+                return; // collapsed on a later write, once the child is cached
+            }
+            self.free_page(old);
+            self.root = child;
+        }
+    }
+
+    /// Visits entries in key order (or reverse order) within the bounds, until `visit`
+    /// returns false. Resumable: after `Need`, the caller loads the page and calls again with
+    /// the bound moved past the last key visited.
+    pub(crate) fn scan(
+        &self,
+        lower: Bound<&[u8]>,
+        upper: Bound<&[u8]>,
+        reverse: bool,
+        visit: &mut dyn FnMut(&[u8], Vec<u8>) -> bool,
+    ) -> TreeResult<()> {
+        let start = if reverse { upper } else { lower };
+        // Descend to the leaf holding the start bound, remembering the branches.
+        let mut stack: Vec<(PageId, usize)> = Vec::new();
+        let mut id = self.root;
+        loop {
+            let page = self.page(id)?;
+            match self.kind_of(id)? {
+                Kind::Leaf => break,
+                _ => {
+                    let index = match start {
+                        Bound::Unbounded if reverse => page::count(page),
+                        Bound::Unbounded => 0,
+                        Bound::Included(key) | Bound::Excluded(key) => page::child_index(page, key),
+                    };
+                    stack.push((id, index));
+                    id = page::child(page, index);
+                }
+            }
+            if stack.len() > 64 {
+                return Err(TreeError::Corrupt("tree deeper than 64 levels (a cycle?)".into()));
+            }
+        }
+        let page = self.page(id)?;
+        let count = page::count(page) as isize;
+        let mut index: isize = match (start, reverse) {
+            (Bound::Unbounded, false) => 0,
+            (Bound::Unbounded, true) => count - 1,
+            (Bound::Included(key), false) => page::search(page, key).unwrap_or_else(|i| i) as isize,
+            (Bound::Excluded(key), false) => page::search(page, key).map_or_else(|i| i, |i| i + 1) as isize,
+            (Bound::Included(key), true) => page::search(page, key).map_or_else(|i| i as isize - 1, |i| i as isize),
+            (Bound::Excluded(key), true) => page::search(page, key).unwrap_or_else(|i| i) as isize - 1,
+        };
+        loop {
+            let page = self.page(id)?;
+            while index >= 0 && index < page::count(page) as isize {
+                let key = page::key(page, index as usize);
+                let past_end = if reverse {
+                    !after_lower(key, lower)
+                } else {
+                    !before_upper(key, upper)
+                };
+                if past_end {
+                    return Ok(());
+                }
+                let value = self.read_value(page::value_ref(page, index as usize))?;
+                if !visit(key, value) {
+                    return Ok(());
+                }
+                index += if reverse { -1 } else { 1 };
+            }
+            // Move to the neighbouring leaf through the stack.
+            loop {
+                let Some((branch, child)) = stack.pop() else {
+                    return Ok(());
+                };
+                let branch_page = self.page(branch)?;
+                let next = if reverse { child.checked_sub(1) } else { Some(child + 1) };
+                if let Some(next) = next.filter(|&n| n <= page::count(branch_page)) {
+                    stack.push((branch, next));
+                    id = page::child(branch_page, next);
+                    break;
+                }
+            }
+            // Descend to the extreme leaf of that subtree.
+            while self.kind_of(id)? == Kind::Branch {
+                let page = self.page(id)?;
+                let index = if reverse { page::count(page) } else { 0 };
+                stack.push((id, index));
+                id = page::child(page, index);
+            }
+            let page = self.page(id)?;
+            index = if reverse { page::count(page) as isize - 1 } else { 0 };
+        }
+    }
+
+    /// Ends the epoch: the dirty pages and a freelist become the checkpoint to write.
+    /// Writes go on while it is written; `commit` is called once it is durable.
+    pub(crate) fn seal(&mut self) -> Sealed {
+        assert!(!self.sealed, "one checkpoint at a time");
+        self.sealed = true;
+        // Free after this checkpoint: what is free now, what this epoch stopped using, and the
+        // pages of the previous freelist. The new freelist's own pages come out of `free`.
+        let mut released = std::mem::take(&mut self.pending_free);
+        released.append(&mut self.freelist_pages);
+        let mut listed: Vec<PageId> = self.free.iter().chain(&released).copied().collect();
+        let mut freelist_pages = Vec::new();
+        while listed.len() > freelist_pages.len() * page::FREELIST_IDS_MAX {
+            match self.free.pop() {
+                Some(id) => {
+                    listed.retain(|&listed_id| listed_id != id);
+                    freelist_pages.push(id);
+                }
+                None => {
+                    freelist_pages.push(self.page_count);
+                    self.page_count += 1;
+                }
+            }
+        }
+        let mut pages = Vec::new();
+        let mut next = 0;
+        for (position, &id) in freelist_pages.iter().enumerate().rev() {
+            let mut buffer = vec![0u8; PAGE_SIZE];
+            page::init(&mut buffer, Kind::Freelist, id);
+            page::set_link(&mut buffer, next);
+            let ids = listed.iter().skip(position * page::FREELIST_IDS_MAX).take(page::FREELIST_IDS_MAX);
+            let mut entries = 0;
+            for (slot, free_id) in ids.enumerate() {
+                page::set_u64(&mut buffer, page::HEADER_LEN + slot * 8, *free_id);
+                entries += 1;
+            }
+            page::set_count(&mut buffer, entries);
+            page::seal(&mut buffer);
+            pages.push((id, Rc::from(buffer)));
+            next = id;
+        }
+        for (&id, frame) in self.frames.iter_mut() {
+            if frame.state == State::Dirty {
+                frame.state = State::Sealed;
+                page::seal(Rc::get_mut(&mut frame.page).expect("dirty pages are never shared"));
+                pages.push((id, frame.page.clone()));
+            }
+        }
+        self.sealed_count = self.dirty_count;
+        self.dirty_count = 0;
+        Sealed {
+            pages,
+            root: self.root,
+            page_count: self.page_count,
+            freelist_head: next,
+            released,
+            freelist_pages,
+        }
+    }
+
+    /// The sealed checkpoint is durable: its pages become clean, its released pages free.
+    pub(crate) fn commit(&mut self, sealed: Sealed) {
+        assert!(self.sealed, "commit without seal");
+        self.sealed = false;
+        for (id, _) in &sealed.pages {
+            if let Some(frame) = self.frames.get_mut(id) {
+                if frame.state == State::Sealed {
+                    frame.state = State::Clean;
+                }
+            }
+        }
+        self.sealed_count = 0;
+        self.free.extend(sealed.released);
+        self.freelist_pages = sealed.freelist_pages;
+        self.generation += 1;
+        self.evict_to(self.eviction_target());
+    }
+
+    /// The checkpoint failed: the store is poisoned, but the tree stays readable.
+    pub(crate) fn abandon(&mut self, sealed: Sealed) {
+        self.sealed = false;
+        for (id, _) in &sealed.pages {
+            if let Some(frame) = self.frames.get_mut(id) {
+                if frame.state == State::Sealed {
+                    frame.state = State::Dirty;
+                }
+            }
+        }
+        self.dirty_count += self.sealed_count;
+        self.sealed_count = 0;
+        // The durable checkpoint still references what this one would have released.
+        self.pending_free.extend(sealed.released);
+        self.free.extend(sealed.freelist_pages);
+    }
+}
+
+/// The ids a freelist page lists and the next freelist page (0 at the end).
+pub(crate) fn freelist_entries(freelist_page: &[u8]) -> (Vec<PageId>, PageId) {
+    let entries = page::count(freelist_page).min(page::FREELIST_IDS_MAX);
+    let ids = (0..entries).map(|slot| page::get_u64(freelist_page, page::HEADER_LEN + slot * 8)).collect();
+    (ids, page::link(freelist_page))
+}
+
+fn common_prefix_len(a: &[u8], b: &[u8]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
+fn after_lower(key: &[u8], lower: Bound<&[u8]>) -> bool {
+    match lower {
+        Bound::Unbounded => true,
+        Bound::Included(bound) => key >= bound,
+        Bound::Excluded(bound) => key > bound,
+    }
+}
+
+fn before_upper(key: &[u8], upper: Bound<&[u8]>) -> bool {
+    match upper {
+        Bound::Unbounded => true,
+        Bound::Included(bound) => key <= bound,
+        Bound::Excluded(bound) => key < bound,
+    }
+}
+
+/// Split point for an overfull page: both halves fit, sizes as even as possible. A branch's
+/// first right cell moves up, so the right half must keep at least one cell.
+fn choose_split(cells: &[(Vec<u8>, Vec<u8>)], kind: Kind) -> usize {
+    let total = page::cells_size(cells);
+    let mut left = 0;
+    let mut best = (usize::MAX, 1);
+    for split in 1..cells.len() {
+        left += page::cells_size(&cells[split - 1..split]);
+        let right_cells = if kind == Kind::Branch { &cells[split + 1..] } else { &cells[split..] };
+        if page::cells_fit(&cells[..split]) && page::cells_fit(right_cells) {
+            let imbalance = left.abs_diff(total - left);
+            if imbalance < best.0 {
+                best = (imbalance, split);
+            }
+        }
+    }
+    assert!(best.0 != usize::MAX, "no split point fits both halves");
+    best.1
+}
+
+/// Removes child `index` from a branch (and the key that bounds it).
+fn remove_child(branch: &mut [u8], index: usize) {
+    let count = page::count(branch);
+    if count == 0 {
+        page::set_link(branch, 0);
+        return;
+    }
+    if index == 0 {
+        let first = page::child(branch, 1);
+        page::set_link(branch, first);
+    }
+    let slot = index.saturating_sub(1);
+    let len = page::cell_len_at(branch, slot);
+    page::remove_cell(branch, slot, len);
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,487 @@
+//! Byte layout of one B+tree page and the operations inside a page (FORMAT.md, "Pages").
+//!
+//! ```text
+//! 0      4    5       6      8           10          12         14    16       24         32
+//! | crc32c | kind | version | count | prefix_len | heap_start | dead | 0 | page_id | link  | slots... free ...cells |
+//! ```
+//!
+//! Layout reasoning. A lookup touches one page per level and, inside it, does a binary search.
+//! The slot array keeps, for each key, the 8 bytes that follow the prefix every key of the page
+//! shares (`prefix_len`), as a big-endian `u64`, plus the cell offset and key length: 12 bytes,
+//! so a 64-byte cache line holds five slots and the search compares integers in one contiguous
+//! array. Only when two prefixes tie does it touch the full key in the cell heap. Keys of one
+//! page usually share a long prefix (partition id, partition hash, partition key), which is why
+//! the 8 bytes are taken after it rather than at the start of the key. Cells are packed at the
+//! page's end and grow downward; the slot array grows upward; the gap between is free space.
+//! Deleted cells leave dead bytes that a compaction reclaims before a page is split.
+//!
+//! Invariants: slots are sorted by key; every key shares the page's first `prefix_len` bytes;
+//! `HEADER_LEN + count * SLOT_LEN <= heap_start <= page size`.
+
+use std::cmp::Ordering;
+
+/// Size of every page: one DMA unit, a common filesystem block.
+pub const PAGE_SIZE: usize = 4096;
+pub(crate) const HEADER_LEN: usize = 32;
+const SLOT_LEN: usize = 12;
+const USABLE: usize = PAGE_SIZE - HEADER_LEN;
+/// Page layout version written in every page header.
+pub(crate) const PAGE_FORMAT_VERSION: u8 = 1;
+
+/// Largest leaf cell kept inline: three of them (with slots) always fit in one page, so a split
+/// always has room. Larger values move to overflow pages.
+pub(crate) const CELL_INLINE_MAX: usize = USABLE / 3 - SLOT_LEN;
+/// Longest key the tree stores: a key plus an overflow reference stays within the inline limit.
+pub const TREE_KEY_LEN_MAX: usize = CELL_INLINE_MAX - VALUE_OVERFLOW_LEN;
+const VALUE_INLINE_HEADER: usize = 1 + 4;
+const VALUE_OVERFLOW_LEN: usize = 1 + 4 + 8;
+/// Payload bytes of one overflow page.
+pub(crate) const OVERFLOW_DATA_MAX: usize = USABLE;
+/// Page ids one freelist page holds.
+pub(crate) const FREELIST_IDS_MAX: usize = USABLE / 8;
+const _: () = assert!(3 * (CELL_INLINE_MAX + SLOT_LEN) <= USABLE);
+const _: () = assert!(TREE_KEY_LEN_MAX >= 1024);
+
+/// Page identifier: the page's offset in the tree file divided by `PAGE_SIZE`.
+pub type PageId = u64;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum Kind {
+    Leaf = 1,
+    Branch = 2,
+    Overflow = 3,
+    Freelist = 4,
+    Meta = 5,
+}
+
+impl Kind {
+    fn from_byte(byte: u8) -> Option<Kind> {
+        Some(match byte {
+            1 => Kind::Leaf,
+            2 => Kind::Branch,
+            3 => Kind::Overflow,
+            4 => Kind::Freelist,
+            5 => Kind::Meta,
+            _ => return None,
+        })
+    }
+}
+
+fn get_u16(page: &[u8], at: usize) -> usize {
+    usize::from(u16::from_le_bytes([page[at], page[at + 1]]))
+}
+
+fn set_u16(page: &mut [u8], at: usize, value: usize) {
+    debug_assert!(value <= usize::from(u16::MAX));
+    page[at..at + 2].copy_from_slice(&(value as u16).to_le_bytes());
+}
+
+pub(crate) fn get_u64(page: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(page[at..at + 8].try_into().expect("8 bytes"))
+}
+
+pub(crate) fn set_u64(page: &mut [u8], at: usize, value: u64) {
+    page[at..at + 8].copy_from_slice(&value.to_le_bytes());
+}
+
+/// Starts a fresh page of `kind` in `page` (all other bytes zeroed).
+pub(crate) fn init(page: &mut [u8], kind: Kind, id: PageId) {
+    page.fill(0);
+    page[4] = kind as u8;
+    page[5] = PAGE_FORMAT_VERSION;
+    set_u16(page, 10, PAGE_SIZE);
+    set_u64(page, 16, id);
+}
+
+pub(crate) fn kind(page: &[u8]) -> Option<Kind> {
+    Kind::from_byte(page[4])
+}
+
+pub(crate) fn count(page: &[u8]) -> usize {
+    get_u16(page, 6)
+}
+
+pub(crate) fn set_count(page: &mut [u8], count: usize) {
+    set_u16(page, 6, count);
+}
+
+/// The kind-specific link: a branch's leftmost child, the next overflow or freelist page.
+pub(crate) fn link(page: &[u8]) -> u64 {
+    get_u64(page, 24)
+}
+
+pub(crate) fn set_link(page: &mut [u8], value: u64) {
+    set_u64(page, 24, value);
+}
+
+/// Seals the page for disk: writes the CRC32C of everything after the checksum field.
+pub(crate) fn seal(page: &mut [u8]) {
+    let crc = crc32c::crc32c(&page[4..]);
+    page[..4].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// Checks a page read from disk; the error says what is wrong with it.
+pub(crate) fn verify(page: &[u8], id: PageId) -> Result<(), String> {
+    let stored = u32::from_le_bytes(page[..4].try_into().expect("4 bytes"));
+    if stored != crc32c::crc32c(&page[4..]) {
+        return Err(format!("page {id} fails its CRC32C check"));
+    }
+    if page[5] != PAGE_FORMAT_VERSION {
+        return Err(format!("page {id} has unknown format version {}", page[5]));
+    }
+    if get_u64(page, 16) != id {
+        return Err(format!("page {id} holds the header of page {}", get_u64(page, 16)));
+    }
+    let kind = kind(page).ok_or_else(|| format!("page {id} has unknown kind {}", page[4]))?;
+    if matches!(kind, Kind::Leaf | Kind::Branch) {
+        let heap = heap_start(page);
+        if HEADER_LEN + count(page) * SLOT_LEN > heap || heap > PAGE_SIZE || prefix_len(page) > PAGE_SIZE {
+            return Err(format!("page {id} has an inconsistent header"));
+        }
+        for index in 0..count(page) {
+            let offset = slot_offset(page, index);
+            if offset < heap || offset + slot_key_len(page, index) > PAGE_SIZE {
+                return Err(format!("page {id} slot {index} points outside the cell heap"));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn prefix_len(page: &[u8]) -> usize {
+    get_u16(page, 8)
+}
+
+fn heap_start(page: &[u8]) -> usize {
+    get_u16(page, 10)
+}
+
+fn dead_bytes(page: &[u8]) -> usize {
+    get_u16(page, 12)
+}
+
+fn slot_at(index: usize) -> usize {
+    HEADER_LEN + index * SLOT_LEN
+}
+
+fn slot_prefix(page: &[u8], index: usize) -> u64 {
+    let at = slot_at(index);
+    u64::from_be_bytes(page[at..at + 8].try_into().expect("8 bytes"))
+}
+
+fn slot_offset(page: &[u8], index: usize) -> usize {
+    get_u16(page, slot_at(index) + 8)
+}
+
+fn slot_key_len(page: &[u8], index: usize) -> usize {
+    get_u16(page, slot_at(index) + 10)
+}
+
+/// The 8 bytes of `key` after `prefix_len`, zero-padded, as a big-endian integer.
+fn key_prefix(key: &[u8], prefix_len: usize) -> u64 {
+    let mut bytes = [0u8; 8];
+    let rest = key.get(prefix_len..).unwrap_or(&[]);
+    let take = rest.len().min(8);
+    bytes[..take].copy_from_slice(&rest[..take]);
+    u64::from_be_bytes(bytes)
+}
+
+/// Key of slot `index`.
+pub(crate) fn key(page: &[u8], index: usize) -> &[u8] {
+    let offset = slot_offset(page, index);
+    &page[offset..offset + slot_key_len(page, index)]
+}
+
+/// Bytes of the cell after the key (a leaf's value reference, a branch's child id).
+fn cell_body(page: &[u8], index: usize) -> &[u8] {
+    &page[slot_offset(page, index) + slot_key_len(page, index)..]
+}
+
+/// Binary search: `Ok(index)` of an equal key, or `Err(index)` where it would be inserted.
+pub(crate) fn search(page: &[u8], target: &[u8]) -> Result<usize, usize> {
+    let count = count(page);
+    if count == 0 {
+        return Err(0);
+    }
+    let shared_len = prefix_len(page);
+    let shared = &key(page, 0)[..shared_len];
+    match target[..target.len().min(shared_len)].cmp(shared) {
+        Ordering::Less => return Err(0),
+        Ordering::Greater => return Err(count),
+        Ordering::Equal if target.len() < shared_len => return Err(0),
+        Ordering::Equal => {}
+    }
+    let wanted = key_prefix(target, shared_len);
+    let (mut low, mut high) = (0, count);
+    while low < high {
+        let middle = (low + high) / 2;
+        let order = slot_prefix(page, middle)
+            .cmp(&wanted)
+            .then_with(|| key(page, middle)[shared_len..].cmp(&target[shared_len..]));
+        match order {
+            Ordering::Less => low = middle + 1,
+            Ordering::Greater => high = middle,
+            Ordering::Equal => return Ok(middle),
+        }
+    }
+    Err(low)
+}
+
+/// Free bytes between the slot array and the cell heap.
+fn gap(page: &[u8]) -> usize {
+    heap_start(page) - slot_at(count(page))
+}
+
+/// Whether a cell of `cell_len` bytes fits, after compaction if need be.
+pub(crate) fn fits(page: &[u8], cell_len: usize) -> bool {
+    gap(page) + dead_bytes(page) >= cell_len + SLOT_LEN
+}
+
+/// Inserts a cell (`key` followed by `body`) at slot `index`. The caller checked `fits`.
+pub(crate) fn insert_cell(page: &mut [u8], index: usize, key: &[u8], body: &[u8]) {
+    let cell_len = key.len() + body.len();
+    assert!(fits(page, cell_len), "insert_cell without room");
+    if gap(page) < cell_len + SLOT_LEN {
+        compact(page);
+    }
+    let count = count(page);
+    let offset = heap_start(page) - cell_len;
+    page[offset..offset + key.len()].copy_from_slice(key);
+    page[offset + key.len()..offset + cell_len].copy_from_slice(body);
+    set_u16(page, 10, offset);
+    page.copy_within(slot_at(index)..slot_at(count), slot_at(index + 1));
+    set_count(page, count + 1);
+    // Keep the shared-prefix invariant: shrink it if the new key does not share it.
+    let shared_len = prefix_len(page);
+    let first = if index == 0 { 1 } else { 0 };
+    let shared_now = if count == 0 {
+        key.len()
+    } else {
+        common_prefix_len(key, &self::key(page, first)[..shared_len.min(self::key(page, first).len())])
+    };
+    if count == 0 || shared_now < shared_len {
+        set_u16(page, 8, shared_now);
+        for slot in 0..=count {
+            if slot != index {
+                let prefix = key_prefix(self::key(page, slot), shared_now);
+                page[slot_at(slot)..slot_at(slot) + 8].copy_from_slice(&prefix.to_be_bytes());
+            }
+        }
+    }
+    let at = slot_at(index);
+    let prefix = key_prefix(key, prefix_len(page));
+    page[at..at + 8].copy_from_slice(&prefix.to_be_bytes());
+    set_u16(page, at + 8, offset);
+    set_u16(page, at + 10, key.len());
+}
+
+fn common_prefix_len(a: &[u8], b: &[u8]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
+/// Removes slot `index`; its cell's bytes become dead until the next compaction.
+pub(crate) fn remove_cell(page: &mut [u8], index: usize, cell_len: usize) {
+    let count = count(page);
+    page.copy_within(slot_at(index + 1)..slot_at(count), slot_at(index));
+    set_count(page, count - 1);
+    let dead = dead_bytes(page) + cell_len;
+    set_u16(page, 12, dead);
+}
+
+/// Rewrites the cell heap without dead bytes, keeping slot order.
+fn compact(page: &mut [u8]) {
+    let cells: Vec<(Vec<u8>, usize)> = (0..count(page))
+        .map(|index| {
+            let offset = slot_offset(page, index);
+            let len = cell_len_at(page, index);
+            (page[offset..offset + len].to_vec(), slot_key_len(page, index))
+        })
+        .collect();
+    let mut heap = PAGE_SIZE;
+    for (index, (cell, _)) in cells.iter().enumerate() {
+        heap -= cell.len();
+        page[heap..heap + cell.len()].copy_from_slice(cell);
+        set_u16(page, slot_at(index) + 8, heap);
+    }
+    set_u16(page, 10, heap);
+    set_u16(page, 12, 0);
+}
+
+/// Full length of the cell at `index` (key and body).
+pub(crate) fn cell_len_at(page: &[u8], index: usize) -> usize {
+    let key_len = slot_key_len(page, index);
+    match kind(page) {
+        Some(Kind::Branch) => key_len + 8,
+        _ => key_len + ValueRef::parse(cell_body(page, index)).encoded_len(),
+    }
+}
+
+/// Cells of a page as (key, body) pairs, for splits and rebuilds.
+pub(crate) fn cells(page: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
+    (0..count(page))
+        .map(|index| {
+            let key = key(page, index).to_vec();
+            let body_len = cell_len_at(page, index) - key.len();
+            (key, cell_body(page, index)[..body_len].to_vec())
+        })
+        .collect()
+}
+
+/// Rewrites `page` (keeping kind, id and link) to hold exactly `cells`.
+pub(crate) fn rebuild(page: &mut [u8], cells: &[(Vec<u8>, Vec<u8>)]) {
+    let (kind, id, link) = (kind(page).expect("known kind"), get_u64(page, 16), link(page));
+    init(page, kind, id);
+    set_link(page, link);
+    for (index, (key, body)) in cells.iter().enumerate() {
+        insert_cell(page, index, key, body);
+    }
+}
+
+/// Bytes a set of cells needs in a page.
+pub(crate) fn cells_size(cells: &[(Vec<u8>, Vec<u8>)]) -> usize {
+    cells.iter().map(|(key, body)| key.len() + body.len() + SLOT_LEN).sum()
+}
+
+/// Whether `cells` fit in one page.
+pub(crate) fn cells_fit(cells: &[(Vec<u8>, Vec<u8>)]) -> bool {
+    cells_size(cells) <= USABLE
+}
+
+/// Child pointer of a branch: index 0 is the leftmost child, index i > 0 follows key i - 1.
+pub(crate) fn child(page: &[u8], index: usize) -> PageId {
+    if index == 0 {
+        link(page)
+    } else {
+        get_u64(cell_body(page, index - 1), 0)
+    }
+}
+
+pub(crate) fn set_child(page: &mut [u8], index: usize, id: PageId) {
+    if index == 0 {
+        set_link(page, id);
+    } else {
+        let at = slot_offset(page, index - 1) + slot_key_len(page, index - 1);
+        set_u64(page, at, id);
+    }
+}
+
+/// The child of a branch whose subtree may hold `target`.
+pub(crate) fn child_index(page: &[u8], target: &[u8]) -> usize {
+    match search(page, target) {
+        Ok(index) => index + 1,
+        Err(index) => index,
+    }
+}
+
+/// How a leaf cell holds its value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ValueRef<'a> {
+    Inline(&'a [u8]),
+    Overflow { len: usize, first: PageId },
+}
+
+impl<'a> ValueRef<'a> {
+    pub(crate) fn parse(body: &'a [u8]) -> ValueRef<'a> {
+        let len = u32::from_le_bytes(body[1..5].try_into().expect("4 bytes")) as usize;
+        if body[0] == 0 {
+            ValueRef::Inline(&body[5..5 + len])
+        } else {
+            ValueRef::Overflow {
+                len,
+                first: get_u64(body, 5),
+            }
+        }
+    }
+
+    fn encoded_len(&self) -> usize {
+        match self {
+            ValueRef::Inline(bytes) => VALUE_INLINE_HEADER + bytes.len(),
+            ValueRef::Overflow { .. } => VALUE_OVERFLOW_LEN,
+        }
+    }
+
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let mut body = Vec::with_capacity(self.encoded_len());
+        match self {
+            ValueRef::Inline(bytes) => {
+                body.push(0);
+                body.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+                body.extend_from_slice(bytes);
+            }
+            ValueRef::Overflow { len, first } => {
+                body.push(1);
+                body.extend_from_slice(&(*len as u32).to_le_bytes());
+                body.extend_from_slice(&first.to_le_bytes());
+            }
+        }
+        body
+    }
+}
+
+/// A leaf's value reference at `index`.
+pub(crate) fn value_ref(page: &[u8], index: usize) -> ValueRef<'_> {
+    ValueRef::parse(cell_body(page, index))
+}
+
+/// Whether a key and value are stored inline (else the value goes to overflow pages).
+pub(crate) fn value_inline(key_len: usize, value_len: usize) -> bool {
+    key_len + VALUE_INLINE_HEADER + value_len <= CELL_INLINE_MAX
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn leaf_with(keys: &[&[u8]]) -> Vec<u8> {
+        let mut page = vec![0u8; PAGE_SIZE];
+        init(&mut page, Kind::Leaf, 7);
+        for key in keys {
+            let index = search(&page, key).unwrap_err();
+            insert_cell(&mut page, index, key, &ValueRef::Inline(b"v").encode());
+        }
+        page
+    }
+
+    #[test]
+    fn search_finds_keys_with_shared_prefixes() {
+        let keys: Vec<Vec<u8>> = (0..60u32).map(|i| format!("partition-0001/item-{:05}", i * 7).into_bytes()).collect();
+        let refs: Vec<&[u8]> = keys.iter().rev().map(Vec::as_slice).collect();
+        let page = leaf_with(&refs);
+        assert_eq!(count(&page), 60);
+        assert!(prefix_len(&page) >= "partition-0001/item-".len());
+        for (index, key) in keys.iter().enumerate() {
+            assert_eq!(search(&page, key), Ok(index));
+        }
+        assert_eq!(search(&page, b"partition-0001/item-00001"), Err(1));
+        assert_eq!(search(&page, b"a"), Err(0));
+        assert_eq!(search(&page, b"partition"), Err(0));
+        assert_eq!(search(&page, b"z"), Err(60));
+        // A key outside the shared prefix shrinks it and keeps search correct.
+        let mut page = page;
+        insert_cell(&mut page, 0, b"other", &ValueRef::Inline(b"v").encode());
+        assert_eq!(prefix_len(&page), 0);
+        assert_eq!(search(&page, b"other"), Ok(0));
+        assert_eq!(search(&page, &keys[59]), Ok(60));
+    }
+
+    #[test]
+    fn removal_and_compaction_reclaim_space() {
+        let mut page = leaf_with(&[]);
+        let mut inserted = 0;
+        while fits(&page, 100 + VALUE_INLINE_HEADER + 1) {
+            let key = format!("{inserted:0100}");
+            insert_cell(&mut page, inserted, key.as_bytes(), &ValueRef::Inline(b"v").encode());
+            inserted += 1;
+        }
+        let cell = cell_len_at(&page, 0);
+        remove_cell(&mut page, 0, cell);
+        assert!(fits(&page, cell));
+        insert_cell(&mut page, 0, &[b'0'; 100], &ValueRef::Inline(b"v").encode());
+        assert_eq!(count(&page), inserted);
+        seal(&mut page);
+        verify(&page, 7).unwrap();
+        page[100] ^= 1;
+        assert!(verify(&page, 7).unwrap_err().contains("CRC32C"));
+    }
+}

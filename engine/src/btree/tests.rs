@@ -1,0 +1,225 @@
+//! The tree against `BTreeMap` over random operation sequences, with a page cache far smaller
+//! than the data, checkpoints in between and reopening from the last checkpoint.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Bound;
+
+use proptest::prelude::*;
+
+use super::page::{self, Kind, PageId};
+use super::{freelist_entries, Durable, Tree, TreeError, TreeResult, CACHE_PAGES_MIN, FIRST_DATA_PAGE};
+
+/// A tree with an in-memory "disk" of sealed pages.
+struct Harness {
+    tree: Tree,
+    disk: HashMap<PageId, Vec<u8>>,
+    durable: (PageId, u64, PageId),
+    capacity: usize,
+}
+
+impl Harness {
+    fn new(capacity: usize) -> Harness {
+        let durable = Durable { root: 0, page_count: FIRST_DATA_PAGE, free: Vec::new(), freelist_pages: Vec::new() };
+        Harness { tree: Tree::open(durable, capacity), disk: HashMap::new(), durable: (0, FIRST_DATA_PAGE, 0), capacity }
+    }
+
+    fn run<T>(&mut self, mut op: impl FnMut(&mut Tree) -> TreeResult<T>) -> T {
+        loop {
+            match op(&mut self.tree) {
+                Ok(value) => return value,
+                Err(TreeError::Need(id)) => {
+                    let page = self.disk.get(&id).unwrap_or_else(|| panic!("page {id} was never written")).clone();
+                    page::verify(&page, id).unwrap();
+                    let generation = self.tree.generation();
+                    self.tree.insert_loaded(id, page, generation);
+                }
+                Err(TreeError::Corrupt(reason)) => panic!("corrupt: {reason}"),
+            }
+        }
+    }
+
+    fn checkpoint(&mut self) {
+        let sealed = self.tree.seal();
+        for (id, page) in &sealed.pages {
+            page::verify(page, *id).unwrap();
+            self.disk.insert(*id, page.to_vec());
+        }
+        self.durable = (sealed.root, sealed.page_count, sealed.freelist_head);
+        self.tree.commit(sealed);
+    }
+
+    fn reopen(&mut self) {
+        let (root, page_count, mut next) = self.durable;
+        let (mut free, mut freelist_pages) = (Vec::new(), Vec::new());
+        while next != 0 {
+            let page = &self.disk[&next];
+            assert_eq!(page::kind(page), Some(Kind::Freelist));
+            freelist_pages.push(next);
+            let (ids, link) = freelist_entries(page);
+            free.extend(ids);
+            next = link;
+        }
+        self.tree = Tree::open(Durable { root, page_count, free, freelist_pages }, self.capacity);
+    }
+
+    fn scan(&mut self, lower: Bound<Vec<u8>>, upper: Bound<Vec<u8>>, reverse: bool, limit: usize) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let mut out: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        let (mut lower, mut upper) = (lower, upper);
+        self.run(|tree| {
+            let result = tree.scan(as_ref(&lower), as_ref(&upper), reverse, &mut |key, value| {
+                out.push((key.to_vec(), value));
+                out.len() < limit
+            });
+            if let Some((last, _)) = out.last() {
+                if reverse { upper = Bound::Excluded(last.clone()) } else { lower = Bound::Excluded(last.clone()) }
+            }
+            if out.len() >= limit { Ok(()) } else { result }
+        });
+        out
+    }
+}
+
+fn as_ref(bound: &Bound<Vec<u8>>) -> Bound<&[u8]> {
+    match bound {
+        Bound::Included(key) => Bound::Included(key),
+        Bound::Excluded(key) => Bound::Excluded(key),
+        Bound::Unbounded => Bound::Unbounded,
+    }
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    Put(u16, usize),
+    Delete(u16),
+    Get(u16),
+    Scan(Option<u16>, Option<u16>, bool, usize),
+    Checkpoint,
+    Reopen,
+}
+
+fn key_of(n: u16) -> Vec<u8> {
+    // A shared prefix like a partition's, then a varying part, some keys long.
+    let mut key = b"\x00\x00\x00\x00\x00\x00\x00\x07pk-".to_vec();
+    key.extend_from_slice(format!("{:05}", n).as_bytes());
+    if n % 7 == 0 {
+        key.extend(std::iter::repeat_n(b'x', 200 + usize::from(n % 300)));
+    }
+    key
+}
+
+fn value_of(n: u16, len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i as u8).wrapping_add(n as u8)).collect()
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let key = 0u16..1500;
+    let len = prop_oneof![8 => 0usize..200, 2 => 200usize..1400, 1 => 1400usize..20_000];
+    prop_oneof![
+        30 => (key.clone(), len).prop_map(|(k, l)| Op::Put(k, l)),
+        10 => key.clone().prop_map(Op::Delete),
+        10 => key.clone().prop_map(Op::Get),
+        4 => (proptest::option::of(key.clone()), proptest::option::of(key), any::<bool>(), 1usize..50)
+            .prop_map(|(a, b, r, l)| Op::Scan(a, b, r, l)),
+        1 => Just(Op::Checkpoint),
+        1 => Just(Op::Reopen),
+    ]
+}
+
+fn check(ops: Vec<Op>, capacity: usize) {
+    let mut harness = Harness::new(capacity);
+    let mut model: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+    let mut durable_model = model.clone();
+    for op in ops {
+        match op {
+            Op::Put(k, len) => {
+                let (key, value) = (key_of(k), value_of(k, len));
+                harness.run(|tree| tree.put(&key, &value));
+                model.insert(key, value);
+            }
+            Op::Delete(k) => {
+                let key = key_of(k);
+                let removed = harness.run(|tree| tree.delete(&key));
+                assert_eq!(removed, model.remove(&key).is_some());
+            }
+            Op::Get(k) => {
+                let key = key_of(k);
+                assert_eq!(harness.run(|tree| tree.get(&key)), model.get(&key).cloned());
+            }
+            Op::Scan(a, b, reverse, limit) => {
+                let lower = a.map_or(Bound::Unbounded, |k| Bound::Included(key_of(k)));
+                let upper = b.map_or(Bound::Unbounded, |k| Bound::Excluded(key_of(k)));
+                let got = harness.scan(lower.clone(), upper.clone(), reverse, limit);
+                let valid = match (&lower, &upper) {
+                    (Bound::Included(l), Bound::Excluded(u)) => l <= u,
+                    _ => true,
+                };
+                let expected: Vec<(Vec<u8>, Vec<u8>)> = if !valid {
+                    Vec::new()
+                } else if reverse {
+                    model.range((lower, upper)).rev().take(limit).map(|(k, v)| (k.clone(), v.clone())).collect()
+                } else {
+                    model.range((lower, upper)).take(limit).map(|(k, v)| (k.clone(), v.clone())).collect()
+                };
+                assert_eq!(got, expected);
+            }
+            Op::Checkpoint => {
+                harness.checkpoint();
+                durable_model = model.clone();
+            }
+            Op::Reopen => {
+                harness.reopen();
+                model = durable_model.clone();
+            }
+        }
+    }
+    let everything = harness.scan(Bound::Unbounded, Bound::Unbounded, false, usize::MAX);
+    assert_eq!(everything, model.into_iter().collect::<Vec<_>>());
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    #[test]
+    fn matches_btreemap(ops in proptest::collection::vec(op(), 1..600)) {
+        check(ops, 1 << 20);
+    }
+
+    #[test]
+    fn matches_btreemap_with_tiny_cache(ops in proptest::collection::vec(op(), 1..600)) {
+        check(ops, CACHE_PAGES_MIN);
+    }
+}
+
+#[test]
+fn steady_overwrites_reuse_pages() {
+    let mut harness = Harness::new(CACHE_PAGES_MIN);
+    let mut high_water = Vec::new();
+    for round in 0..30u16 {
+        for k in 0..400u16 {
+            let value = value_of(k.wrapping_add(round), 300 + usize::from(k % 3) * 1000);
+            harness.run(|tree| tree.put(&key_of(k), &value));
+        }
+        harness.checkpoint();
+        high_water.push(harness.tree.page_count());
+    }
+    // After warm-up the file stops growing: freed pages are reused.
+    assert_eq!(high_water[10], high_water[29], "page counts: {high_water:?}");
+}
+
+#[test]
+fn deleting_everything_leaves_an_empty_tree() {
+    let mut harness = Harness::new(CACHE_PAGES_MIN);
+    for k in 0..2000u16 {
+        harness.run(|tree| tree.put(&key_of(k), &value_of(k, 100)));
+    }
+    harness.checkpoint();
+    for k in (0..2000u16).rev() {
+        assert!(harness.run(|tree| tree.delete(&key_of(k))));
+    }
+    assert!(harness.scan(Bound::Unbounded, Bound::Unbounded, false, usize::MAX).is_empty());
+    harness.checkpoint();
+    harness.reopen();
+    assert!(harness.scan(Bound::Unbounded, Bound::Unbounded, true, usize::MAX).is_empty());
+    harness.run(|tree| tree.put(b"again", b"value"));
+    assert_eq!(harness.run(|tree| tree.get(b"again")), Some(b"value".to_vec()));
+}
