@@ -79,7 +79,13 @@ impl KeySchema {
     /// ignored here; callers that need a key-only map check that themselves.
     pub fn encode_key(&self, item: &Item) -> Result<EncodedKey> {
         let mut partition = Vec::new();
-        encode_component(&self.partition, item, PARTITION_KEY_LEN_MAX, self.sort.is_none(), &mut partition)?;
+        encode_component(
+            &self.partition,
+            item,
+            PARTITION_KEY_LEN_MAX,
+            self.sort.is_none(),
+            &mut partition,
+        )?;
         let hash = partition_hash(&partition);
         let mut bytes = Vec::with_capacity(8 + partition.len() + 16);
         bytes.extend_from_slice(&hash.to_be_bytes());
@@ -171,7 +177,11 @@ fn encode_component(
     Ok(())
 }
 
-fn decode_component(key_type: KeyType, last: bool, reader: &mut Reader<'_>) -> Result<AttributeValue, String> {
+fn decode_component(
+    key_type: KeyType,
+    last: bool,
+    reader: &mut Reader<'_>,
+) -> Result<AttributeValue, String> {
     if key_type == KeyType::N {
         return Ok(AttributeValue::N(reader.number()?));
     }
@@ -182,7 +192,9 @@ fn decode_component(key_type: KeyType, last: bool, reader: &mut Reader<'_>) -> R
         reader.take(usize::from(len))?
     };
     Ok(match key_type {
-        KeyType::S => AttributeValue::S(String::from_utf8(raw.to_vec()).map_err(|_| "key string is not UTF-8")?),
+        KeyType::S => AttributeValue::S(
+            String::from_utf8(raw.to_vec()).map_err(|_| "key string is not UTF-8")?,
+        ),
         _ => AttributeValue::B(raw.to_vec()),
     })
 }

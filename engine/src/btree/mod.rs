@@ -163,7 +163,8 @@ impl Tree {
     /// Frames to keep: the capacity, but never so few that clean pages drop under the floor
     /// (dirty and sealed pages are pinned until a checkpoint).
     fn eviction_target(&self) -> usize {
-        self.capacity.max(self.dirty_count + self.sealed_count + CLEAN_PAGES_MIN)
+        self.capacity
+            .max(self.dirty_count + self.sealed_count + CLEAN_PAGES_MIN)
     }
 
     /// CLOCK sweep: drops unreferenced clean frames until at most `target` remain.
@@ -195,7 +196,11 @@ impl Tree {
 
     fn page_mut(&mut self, id: PageId) -> &mut [u8] {
         let frame = self.frames.get_mut(&id).expect("page_mut of a cached page");
-        assert_eq!(frame.state, State::Dirty, "page_mut of a page that is not dirty");
+        assert_eq!(
+            frame.state,
+            State::Dirty,
+            "page_mut of a page that is not dirty"
+        );
         Rc::get_mut(&mut frame.page).expect("dirty pages are never shared")
     }
 
@@ -254,7 +259,9 @@ impl Tree {
         let page = self.page(id)?;
         match page::kind(page) {
             Some(kind @ (Kind::Leaf | Kind::Branch)) => Ok(kind),
-            other => Err(TreeError::Corrupt(format!("page {id} is a {other:?} page inside the tree"))),
+            other => Err(TreeError::Corrupt(format!(
+                "page {id} is a {other:?} page inside the tree"
+            ))),
         }
     }
 
@@ -265,7 +272,9 @@ impl Tree {
         let mut id = self.root;
         loop {
             if path.len() > 64 {
-                return Err(TreeError::Corrupt("tree deeper than 64 levels (a cycle?)".into()));
+                return Err(TreeError::Corrupt(
+                    "tree deeper than 64 levels (a cycle?)".into(),
+                ));
             }
             match self.kind_of(id)? {
                 Kind::Leaf => {
@@ -304,11 +313,15 @@ impl Tree {
         let mut id = first;
         while id != 0 {
             if ids.len() * page::OVERFLOW_DATA_MAX > len {
-                return Err(TreeError::Corrupt(format!("overflow chain from page {first} is longer than its value")));
+                return Err(TreeError::Corrupt(format!(
+                    "overflow chain from page {first} is longer than its value"
+                )));
             }
             let page = self.page(id)?;
             if page::kind(page) != Some(Kind::Overflow) {
-                return Err(TreeError::Corrupt(format!("page {id} in an overflow chain is not an overflow page")));
+                return Err(TreeError::Corrupt(format!(
+                    "page {id} in an overflow chain is not an overflow page"
+                )));
             }
             ids.push(id);
             id = page::link(page);
@@ -363,15 +376,24 @@ impl Tree {
                     };
                 }
                 Some(Kind::Branch) => id = page::child(page, page::child_index(page, key)),
-                other => return Err(TreeError::Corrupt(format!("page {id} is a {other:?} page inside the tree"))),
+                other => {
+                    return Err(TreeError::Corrupt(format!(
+                        "page {id} is a {other:?} page inside the tree"
+                    )))
+                }
             }
         }
-        Err(TreeError::Corrupt("tree deeper than 64 levels (a cycle?)".into()))
+        Err(TreeError::Corrupt(
+            "tree deeper than 64 levels (a cycle?)".into(),
+        ))
     }
 
     /// Stores `value` under `key`, replacing any earlier value.
     pub(crate) fn put(&mut self, key: &[u8], value: &[u8]) -> TreeResult<()> {
-        assert!(key.len() <= page::TREE_KEY_LEN_MAX, "key longer than the tree allows");
+        assert!(
+            key.len() <= page::TREE_KEY_LEN_MAX,
+            "key longer than the tree allows"
+        );
         let mut path = self.path(key)?;
         let old_chain = self.existing_chain(path.last().expect("path ends at a leaf").0, key)?;
         // Nothing below can need a page: the path and the old chain are cached.
@@ -381,7 +403,11 @@ impl Tree {
             ValueRef::Inline(value).encode()
         } else {
             let first = self.write_overflow(value);
-            ValueRef::Overflow { len: value.len(), first }.encode()
+            ValueRef::Overflow {
+                len: value.len(),
+                first,
+            }
+            .encode()
         };
         let leaf = path.last().expect("path ends at a leaf").0;
         let index = match page::search(self.page(leaf).expect("cached"), key) {
@@ -410,7 +436,14 @@ impl Tree {
     }
 
     /// Inserts a cell into the writable page at `path[level]`, splitting upward as needed.
-    fn insert_at(&mut self, path: &[(PageId, usize)], level: usize, index: usize, key: Vec<u8>, body: Vec<u8>) {
+    fn insert_at(
+        &mut self,
+        path: &[(PageId, usize)],
+        level: usize,
+        index: usize,
+        key: Vec<u8>,
+        body: Vec<u8>,
+    ) {
         let id = path[level].0;
         let target = self.page_mut(id);
         if page::fits(target, key.len() + body.len()) {
@@ -447,7 +480,13 @@ impl Tree {
             self.root = root;
         } else {
             let child_index = path[level - 1].1;
-            self.insert_at(path, level - 1, child_index, separator, right.to_le_bytes().to_vec());
+            self.insert_at(
+                path,
+                level - 1,
+                child_index,
+                separator,
+                right.to_le_bytes().to_vec(),
+            );
         }
     }
 
@@ -537,7 +576,9 @@ impl Tree {
                 }
             }
             if stack.len() > 64 {
-                return Err(TreeError::Corrupt("tree deeper than 64 levels (a cycle?)".into()));
+                return Err(TreeError::Corrupt(
+                    "tree deeper than 64 levels (a cycle?)".into(),
+                ));
             }
         }
         let page = self.page(id)?;
@@ -546,9 +587,15 @@ impl Tree {
             (Bound::Unbounded, false) => 0,
             (Bound::Unbounded, true) => count - 1,
             (Bound::Included(key), false) => page::search(page, key).unwrap_or_else(|i| i) as isize,
-            (Bound::Excluded(key), false) => page::search(page, key).map_or_else(|i| i, |i| i + 1) as isize,
-            (Bound::Included(key), true) => page::search(page, key).map_or_else(|i| i as isize - 1, |i| i as isize),
-            (Bound::Excluded(key), true) => page::search(page, key).unwrap_or_else(|i| i) as isize - 1,
+            (Bound::Excluded(key), false) => {
+                page::search(page, key).map_or_else(|i| i, |i| i + 1) as isize
+            }
+            (Bound::Included(key), true) => {
+                page::search(page, key).map_or_else(|i| i as isize - 1, |i| i as isize)
+            }
+            (Bound::Excluded(key), true) => {
+                page::search(page, key).unwrap_or_else(|i| i) as isize - 1
+            }
         };
         loop {
             let page = self.page(id)?;
@@ -574,7 +621,11 @@ impl Tree {
                     return Ok(());
                 };
                 let branch_page = self.page(branch)?;
-                let next = if reverse { child.checked_sub(1) } else { Some(child + 1) };
+                let next = if reverse {
+                    child.checked_sub(1)
+                } else {
+                    Some(child + 1)
+                };
                 if let Some(next) = next.filter(|&n| n <= page::count(branch_page)) {
                     stack.push((branch, next));
                     id = page::child(branch_page, next);
@@ -589,7 +640,11 @@ impl Tree {
                 id = page::child(page, index);
             }
             let page = self.page(id)?;
-            index = if reverse { page::count(page) as isize - 1 } else { 0 };
+            index = if reverse {
+                page::count(page) as isize - 1
+            } else {
+                0
+            };
         }
     }
 
@@ -622,7 +677,10 @@ impl Tree {
             let mut buffer = vec![0u8; PAGE_SIZE];
             page::init(&mut buffer, Kind::Freelist, id);
             page::set_link(&mut buffer, next);
-            let ids = listed.iter().skip(position * page::FREELIST_IDS_MAX).take(page::FREELIST_IDS_MAX);
+            let ids = listed
+                .iter()
+                .skip(position * page::FREELIST_IDS_MAX)
+                .take(page::FREELIST_IDS_MAX);
             let mut entries = 0;
             for (slot, free_id) in ids.enumerate() {
                 page::set_u64(&mut buffer, page::HEADER_LEN + slot * 8, *free_id);
@@ -691,7 +749,9 @@ impl Tree {
 /// The ids a freelist page lists and the next freelist page (0 at the end).
 pub(crate) fn freelist_entries(freelist_page: &[u8]) -> (Vec<PageId>, PageId) {
     let entries = page::count(freelist_page).min(page::FREELIST_IDS_MAX);
-    let ids = (0..entries).map(|slot| page::get_u64(freelist_page, page::HEADER_LEN + slot * 8)).collect();
+    let ids = (0..entries)
+        .map(|slot| page::get_u64(freelist_page, page::HEADER_LEN + slot * 8))
+        .collect();
     (ids, page::link(freelist_page))
 }
 
@@ -723,7 +783,11 @@ fn choose_split(cells: &[(Vec<u8>, Vec<u8>)], kind: Kind) -> usize {
     let mut best = (usize::MAX, 1);
     for split in 1..cells.len() {
         left += page::cells_size(&cells[split - 1..split]);
-        let right_cells = if kind == Kind::Branch { &cells[split + 1..] } else { &cells[split..] };
+        let right_cells = if kind == Kind::Branch {
+            &cells[split + 1..]
+        } else {
+            &cells[split..]
+        };
         if page::cells_fit(&cells[..split]) && page::cells_fit(right_cells) {
             let imbalance = left.abs_diff(total - left);
             if imbalance < best.0 {

@@ -1,0 +1,496 @@
+//! The per-core write-ahead log: one per core, shared by every partition replica the core
+//! owns, with group commit. `append` queues a record and returns its LSN at once; the flusher
+//! task writes everything queued as one block-aligned DMA write followed by one fdatasync, so
+//! every record that arrives while a flush is in flight joins the next one. `durable(lsn)`
+//! resolves only after the record's fdatasync returned.
+//!
+//! Segments are fixed-size files, zero-filled when created and reused after a checkpoint
+//! covers them, so an fdatasync never has to journal a file-size change.
+//!
+//! Invariants: LSNs are consecutive from 1; flushes are issued one at a time, in LSN order; a
+//! flush starts at a block boundary and never rewrites a block of an earlier flush; after any
+//! failed write or sync the WAL is poisoned and accepts nothing more.
+
+mod format;
+
+use std::cell::{Cell, RefCell};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+pub use format::Record;
+use format::{
+    encode_record, mark_flush_start, scan_segment, ScanEnd, SegmentHeader, BLOCK, RECORD_HEADER_LEN,
+};
+
+use crate::disk::{self, File};
+use crate::error::{Error, Result};
+use crate::signal::{Event, Watermark};
+
+/// WAL settings.
+#[derive(Clone, Debug)]
+pub struct WalConfig {
+    /// Size of each segment file.
+    pub segment_bytes: u64,
+    /// Largest record payload accepted.
+    pub record_bytes_max: usize,
+    /// Most bytes one flush writes (a single larger record is flushed alone).
+    pub flush_bytes_max: usize,
+    /// Spare segments kept for reuse; more than this are deleted when recycled.
+    pub spare_segments_max: usize,
+}
+
+impl Default for WalConfig {
+    fn default() -> WalConfig {
+        WalConfig {
+            segment_bytes: 64 << 20,
+            // A BatchWriteItem request may carry 16 MB.
+            record_bytes_max: (16 << 20) + (64 << 10),
+            flush_bytes_max: 4 << 20,
+            spare_segments_max: 2,
+        }
+    }
+}
+
+impl WalConfig {
+    fn validate(&self) -> Result<()> {
+        let record_max = (RECORD_HEADER_LEN + self.record_bytes_max) as u64;
+        if self.segment_bytes % BLOCK as u64 != 0
+            || self.segment_bytes < 2 * BLOCK as u64 + record_max
+        {
+            return Err(Error::Config(format!(
+                "wal segment_bytes {} must be a multiple of {BLOCK} and hold a header block and a {record_max}-byte record",
+                self.segment_bytes
+            )));
+        }
+        if self.flush_bytes_max < BLOCK {
+            return Err(Error::Config(format!(
+                "wal flush_bytes_max must be at least {BLOCK}"
+            )));
+        }
+        Ok(())
+    }
+}
+
+struct Segment {
+    file: File,
+    header: Option<SegmentHeader>,
+}
+
+#[derive(Default)]
+struct Pending {
+    bytes: Vec<u8>,
+    /// End offset of each record in `bytes`, with its LSN.
+    ends: Vec<(usize, u64)>,
+}
+
+struct Inner {
+    dir: PathBuf,
+    config: WalConfig,
+    /// Segments in use, oldest first; the last is the one being written.
+    chain: RefCell<Vec<Segment>>,
+    spares: RefCell<Vec<Segment>>,
+    write_offset: Cell<u64>,
+    next_lsn: Cell<u64>,
+    next_index: Cell<u32>,
+    pending: RefCell<Pending>,
+    durable: Watermark,
+    flush_wanted: Event,
+    closed: Cell<bool>,
+    flushes: Cell<u64>,
+}
+
+/// Handle to a core's WAL; cheap to clone.
+#[derive(Clone)]
+pub struct Wal {
+    inner: Rc<Inner>,
+}
+
+/// What `Wal::open` found: the WAL and the records after the checkpoint, in LSN order.
+pub struct Recovered {
+    pub wal: Wal,
+    pub records: Vec<Record>,
+}
+
+fn segment_path(dir: &Path, index: u32) -> PathBuf {
+    dir.join(format!("{index:08}.wal"))
+}
+
+impl Wal {
+    /// Opens the WAL in `dir` (creating it if empty) and reads every record after
+    /// `checkpoint_lsn`. Damage inside acknowledged records is an error naming file and offset.
+    pub async fn open(dir: &Path, config: WalConfig, checkpoint_lsn: u64) -> Result<Recovered> {
+        config.validate()?;
+        std::fs::create_dir_all(dir).map_err(|error| Error::io("create directory", dir, error))?;
+        disk::probe_device(dir).await?;
+        let mut segments = Vec::new();
+        let mut next_index = 0;
+        let entries =
+            std::fs::read_dir(dir).map_err(|error| Error::io("list directory", dir, error))?;
+        for entry in entries {
+            let entry = entry.map_err(|error| Error::io("list directory", dir, error))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.ends_with(".wal.tmp") {
+                // A segment whose creation never finished: it never held a record.
+                std::fs::remove_file(entry.path())
+                    .map_err(|error| Error::io("remove", entry.path(), error))?;
+                continue;
+            }
+            let Some(index) = name
+                .strip_suffix(".wal")
+                .and_then(|stem| stem.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            next_index = next_index.max(index + 1);
+            let file = File::open(&entry.path(), false).await?;
+            if file.size().await? != config.segment_bytes {
+                return Err(Error::corrupt(
+                    entry.path(),
+                    0,
+                    format!(
+                        "WAL segment is not {} bytes long (was segment_bytes changed?)",
+                        config.segment_bytes
+                    ),
+                ));
+            }
+            let header = SegmentHeader::decode(&file.read(0, BLOCK).await?);
+            segments.push(Segment { file, header });
+        }
+        segments.sort_by_key(|segment| segment.header.map_or(0, |header| header.sequence));
+        // Replay starts in the newest segment whose first LSN is at or before the first
+        // record wanted; older segments are spares.
+        let start = segments.iter().rposition(|segment| {
+            segment
+                .header
+                .is_some_and(|header| header.first_lsn <= checkpoint_lsn + 1)
+        });
+        let mut spares = Vec::new();
+        let mut chain: Vec<Segment> = Vec::new();
+        let mut records = Vec::new();
+        let mut expected = checkpoint_lsn + 1;
+        let mut write_offset = BLOCK as u64;
+        let mut rest = segments.into_iter();
+        if let Some(start) = start {
+            spares.extend(rest.by_ref().take(start));
+            for segment in rest.by_ref() {
+                let header = segment.header.expect("chain segments have headers");
+                if let Some(previous) = chain.last() {
+                    let previous = previous.header.expect("chain segments have headers");
+                    if header.sequence != previous.sequence + 1 || header.first_lsn < expected {
+                        spares.push(segment);
+                        break;
+                    }
+                    if header.first_lsn > expected {
+                        return Err(Error::corrupt(
+                            segment.file.path(),
+                            0,
+                            format!(
+                                "segment starts at LSN {} but LSN {expected} was expected",
+                                header.first_lsn
+                            ),
+                        ));
+                    }
+                }
+                let bytes = segment.file.read(0, config.segment_bytes as usize).await?;
+                let scan = scan_segment(&bytes, header.first_lsn, config.record_bytes_max);
+                match scan.end {
+                    ScanEnd::Corrupt { offset, later } => {
+                        return Err(Error::corrupt(
+                            segment.file.path(),
+                            offset as u64,
+                            format!("damaged WAL record, although the flush at offset {later} after it was durable"),
+                        ));
+                    }
+                    ScanEnd::Clean { offset } => write_offset = offset as u64,
+                }
+                if let Some(last) = scan.records.last() {
+                    expected = expected.max(last.lsn + 1);
+                }
+                records.extend(
+                    scan.records
+                        .into_iter()
+                        .filter(|record| record.lsn > checkpoint_lsn),
+                );
+                chain.push(segment);
+            }
+            spares.extend(rest);
+        } else {
+            let orphaned = rest
+                .as_slice()
+                .iter()
+                .any(|segment| segment.header.is_some());
+            if orphaned && checkpoint_lsn > 0 {
+                return Err(Error::corrupt(
+                    dir,
+                    0,
+                    format!(
+                        "no WAL segment holds LSN {}, the first after the checkpoint",
+                        checkpoint_lsn + 1
+                    ),
+                ));
+            }
+            spares.extend(rest);
+        }
+        if records
+            .first()
+            .is_some_and(|record| record.lsn != checkpoint_lsn + 1)
+        {
+            return Err(Error::corrupt(
+                dir,
+                0,
+                format!("WAL records after LSN {checkpoint_lsn} are missing"),
+            ));
+        }
+        let wal = Wal {
+            inner: Rc::new(Inner {
+                dir: dir.to_path_buf(),
+                config,
+                chain: RefCell::new(chain),
+                spares: RefCell::new(spares),
+                write_offset: Cell::new(write_offset),
+                next_lsn: Cell::new(expected),
+                next_index: Cell::new(next_index),
+                pending: RefCell::new(Pending::default()),
+                durable: Watermark::new(expected - 1),
+                flush_wanted: Event::default(),
+                closed: Cell::new(false),
+                flushes: Cell::new(0),
+            }),
+        };
+        wal.prepare_tail().await?;
+        glommio::spawn_local(Inner::flusher(wal.inner.clone())).detach();
+        Ok(Recovered { wal, records })
+    }
+
+    /// Makes the write position safe: activates a first segment if there is none, and zeroes
+    /// the blocks a torn flush may have left after the end of the log, so that they can never
+    /// be read as records once new flushes surround them.
+    async fn prepare_tail(&self) -> Result<()> {
+        let inner = &self.inner;
+        if inner.chain.borrow().is_empty() {
+            inner.activate_segment().await?;
+            return Ok(());
+        }
+        let offset = inner.write_offset.get();
+        let end = (offset
+            + (inner
+                .config
+                .flush_bytes_max
+                .max(inner.config.record_bytes_max + RECORD_HEADER_LEN) as u64))
+            .div_ceil(BLOCK as u64)
+            * BLOCK as u64;
+        let end = end.min(inner.config.segment_bytes);
+        if end > offset {
+            let file = inner.active_file();
+            file.write_zeros(offset, end - offset).await?;
+            file.fdatasync().await?;
+        }
+        Ok(())
+    }
+
+    /// Queues a record and returns its LSN. It is durable once `durable(lsn)` resolves.
+    pub fn append(&self, partition: u64, slot: u64, kind: u8, payload: &[u8]) -> Result<u64> {
+        let inner = &self.inner;
+        if let Some(cause) = inner.durable.failure() {
+            return Err(Error::Poisoned { cause });
+        }
+        if payload.len() > inner.config.record_bytes_max {
+            return Err(Error::validation(format!(
+                "log record of {} bytes exceeds the {}-byte limit",
+                payload.len(),
+                inner.config.record_bytes_max
+            )));
+        }
+        let lsn = inner.next_lsn.get();
+        inner.next_lsn.set(lsn + 1);
+        let mut pending = inner.pending.borrow_mut();
+        encode_record(&mut pending.bytes, lsn, partition, slot, kind, 0, payload);
+        let end = pending.bytes.len();
+        pending.ends.push((end, lsn));
+        drop(pending);
+        inner.flush_wanted.notify();
+        Ok(lsn)
+    }
+
+    /// Resolves once the record with `lsn` (and every one before it) is durable.
+    pub async fn durable(&self, lsn: u64) -> Result<()> {
+        self.inner
+            .durable
+            .wait(lsn)
+            .await
+            .map_err(|cause| Error::Poisoned { cause })
+    }
+
+    /// Highest LSN known durable.
+    pub fn durable_lsn(&self) -> u64 {
+        self.inner.durable.get()
+    }
+
+    /// The LSN the next append gets.
+    pub fn next_lsn(&self) -> u64 {
+        self.inner.next_lsn.get()
+    }
+
+    /// A checkpoint covers every record up to `lsn`: segments holding only such records
+    /// become spares, to be reused (the extra ones are deleted).
+    pub fn recycle_through(&self, lsn: u64) -> Result<()> {
+        let inner = &self.inner;
+        let mut chain = inner.chain.borrow_mut();
+        let mut spares = inner.spares.borrow_mut();
+        while chain.len() > 1
+            && chain[1]
+                .header
+                .is_some_and(|header| header.first_lsn <= lsn + 1)
+        {
+            let segment = chain.remove(0);
+            if spares.len() < inner.config.spare_segments_max {
+                spares.push(segment);
+            } else {
+                let path = segment.file.path().to_path_buf();
+                drop(segment);
+                std::fs::remove_file(&path).map_err(|error| Error::io("remove", &path, error))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Flushes (each one write and one fdatasync) since open: the group commit ratio is
+    /// records appended over flushes.
+    pub fn flush_count(&self) -> u64 {
+        self.inner.flushes.get()
+    }
+
+    /// Count of segment files in use by the log (not spares).
+    pub fn segments_in_use(&self) -> usize {
+        self.inner.chain.borrow().len()
+    }
+
+    /// Stops the flusher once the queue is empty.
+    pub fn close(&self) {
+        self.inner.closed.set(true);
+        self.inner.flush_wanted.notify();
+    }
+}
+
+impl Inner {
+    async fn flusher(inner: Rc<Inner>) {
+        loop {
+            inner.flush_wanted.wait().await;
+            loop {
+                let batch = inner.take_batch();
+                let Some((bytes, last_lsn)) = batch else {
+                    break;
+                };
+                if let Err(error) = inner.flush(bytes).await {
+                    inner.durable.fail(error.to_string());
+                    return;
+                }
+                inner.durable.advance(last_lsn);
+            }
+            if inner.closed.get() {
+                return;
+            }
+        }
+    }
+
+    /// Takes queued records up to `flush_bytes_max` (at least one), flagged and padded.
+    fn take_batch(&self) -> Option<(Vec<u8>, u64)> {
+        let mut pending = self.pending.borrow_mut();
+        if pending.ends.is_empty() {
+            return None;
+        }
+        let count = pending
+            .ends
+            .iter()
+            .take_while(|(end, _)| *end <= self.config.flush_bytes_max)
+            .count()
+            .max(1);
+        let (cut, last_lsn) = pending.ends[count - 1];
+        let mut bytes: Vec<u8> = pending.bytes.drain(..cut).collect();
+        pending.ends.drain(..count);
+        pending.ends.iter_mut().for_each(|(end, _)| *end -= cut);
+        drop(pending);
+        mark_flush_start(&mut bytes, 0);
+        bytes.resize(bytes.len().div_ceil(BLOCK) * BLOCK, 0);
+        Some((bytes, last_lsn))
+    }
+
+    async fn flush(&self, bytes: Vec<u8>) -> Result<()> {
+        if self.write_offset.get() + bytes.len() as u64 > self.config.segment_bytes {
+            let first_lsn = u64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes"));
+            self.next_segment(first_lsn).await?;
+        }
+        let offset = self.write_offset.get();
+        let file = self.active_file();
+        file.write(offset, &bytes).await?;
+        file.fdatasync().await?;
+        self.write_offset.set(offset + bytes.len() as u64);
+        self.flushes.set(self.flushes.get() + 1);
+        Ok(())
+    }
+
+    fn active_file(&self) -> File {
+        self.chain
+            .borrow()
+            .last()
+            .expect("an active segment")
+            .file
+            .clone()
+    }
+
+    /// Activates the segment whose first record will be `first_lsn`.
+    async fn next_segment(&self, first_lsn: u64) -> Result<()> {
+        let sequence = self
+            .chain
+            .borrow()
+            .last()
+            .and_then(|segment| segment.header)
+            .map_or(0, |h| h.sequence)
+            + 1;
+        let spare = self.spares.borrow_mut().pop();
+        let mut segment = match spare {
+            Some(segment) => segment,
+            None => self.create_segment().await?,
+        };
+        let header = SegmentHeader {
+            sequence,
+            first_lsn,
+            segment_bytes: self.config.segment_bytes,
+        };
+        let mut block = vec![0u8; BLOCK];
+        block[..format::SEGMENT_HEADER_LEN].copy_from_slice(&header.encode());
+        segment.file.write(0, &block).await?;
+        segment.file.fdatasync().await?;
+        segment.header = Some(header);
+        self.chain.borrow_mut().push(segment);
+        self.write_offset.set(BLOCK as u64);
+        Ok(())
+    }
+
+    async fn activate_segment(&self) -> Result<()> {
+        self.next_segment(self.next_lsn.get()).await
+    }
+
+    /// Creates and zero-fills a new segment file under a temporary name, then renames it, so a
+    /// segment file of the right size has always been fully written once.
+    async fn create_segment(&self) -> Result<Segment> {
+        let index = self.next_index.get();
+        self.next_index.set(index + 1);
+        let path = segment_path(&self.dir, index);
+        let temporary = path.with_extension("wal.tmp");
+        let file = File::open(&temporary, true).await?;
+        file.write_zeros(0, self.config.segment_bytes).await?;
+        file.fdatasync().await?;
+        drop(file);
+        std::fs::rename(&temporary, &path)
+            .map_err(|error| Error::io("rename", &temporary, error))?;
+        disk::sync_dir(&self.dir)?;
+        Ok(Segment {
+            file: File::open(&path, false).await?,
+            header: None,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;
