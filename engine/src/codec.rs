@@ -155,12 +155,6 @@ impl<'a> Reader<'a> {
         Ok(self.take(1)?[0])
     }
 
-    pub(crate) fn u64_le(&mut self) -> Result<u64, String> {
-        Ok(u64::from_le_bytes(
-            self.take(8)?.try_into().expect("took 8 bytes"),
-        ))
-    }
-
     pub(crate) fn varint(&mut self) -> Result<u64, String> {
         let mut value: u64 = 0;
         for shift in (0..64).step_by(7) {

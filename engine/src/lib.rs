@@ -3,19 +3,27 @@
 
 mod btree;
 mod codec;
+mod command;
 mod disk;
 mod error;
 mod key;
 mod number;
+mod replication;
 mod signal;
+mod store;
 #[cfg(test)]
 mod testing;
 mod value;
 mod wal;
 
+pub use btree::page::{PAGE_SIZE, TREE_KEY_LEN_MAX};
+pub use btree::CACHE_PAGES_MIN;
 pub use codec::{decode_item, encode_item, ItemMeta, ITEM_FORMAT_VERSION};
+pub use command::{Command, Outcome};
 pub use error::{Error, Result};
 pub use key::{partition_hash, EncodedKey, KeyAttribute, KeySchema, KeyType};
 pub use number::Number;
+pub use replication::{LocalLog, ReplicationLog};
+pub use store::{PartitionId, Store, StoreConfig, KEY_LEN_MAX};
 pub use value::{item_size, validate_item, AttributeValue, Item, ITEM_SIZE_MAX, NESTING_MAX};
 pub use wal::{Record, Recovered, Wal, WalConfig};

@@ -118,7 +118,7 @@ impl Number {
             return Ok(Number::ZERO);
         }
         let mut exponent = exponent;
-        while coefficient % 10 == 0 {
+        while coefficient.is_multiple_of(10) {
             coefficient /= 10;
             exponent += 1;
         }
@@ -219,9 +219,8 @@ impl Number {
         let (&scale_byte, rest) = rest.split_first().ok_or("truncated number")?;
         let scale_byte = if negative { !scale_byte } else { scale_byte };
         let mut coefficient: u128 = 0;
-        let mut digits = 0u32;
         let terminator = if negative { 0xFF } else { 0x00 };
-        for &byte in rest {
+        for (digits, &byte) in (0u32..).zip(rest) {
             if byte == terminator {
                 if digits == 0 {
                     return Err("number without digits");
@@ -240,7 +239,6 @@ impl Number {
                 return Err("bad number digit");
             }
             coefficient = coefficient * 10 + u128::from(digit);
-            digits += 1;
         }
         Err("truncated number")
     }

@@ -42,7 +42,7 @@ pub(crate) enum TreeError {
     Corrupt(String),
 }
 
-type TreeResult<T> = Result<T, TreeError>;
+pub(crate) type TreeResult<T> = Result<T, TreeError>;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {

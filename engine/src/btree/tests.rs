@@ -144,7 +144,7 @@ fn key_of(n: u16) -> Vec<u8> {
     // A shared prefix like a partition's, then a varying part, some keys long.
     let mut key = b"\x00\x00\x00\x00\x00\x00\x00\x07pk-".to_vec();
     key.extend_from_slice(format!("{:05}", n).as_bytes());
-    if n % 7 == 0 {
+    if n.is_multiple_of(7) {
         key.extend(std::iter::repeat_n(b'x', 200 + usize::from(n % 300)));
     }
     key

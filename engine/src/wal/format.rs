@@ -120,12 +120,16 @@ enum Parsed {
 }
 
 fn parse_at(bytes: &[u8], offset: usize, payload_max: usize) -> Parsed {
+    // Zeros up to the block's end (or a whole zero header) are padding or unwritten space.
+    let zero_end = (offset + RECORD_HEADER_LEN)
+        .min(align_up(offset + 1))
+        .min(bytes.len());
+    if bytes[offset..zero_end].iter().all(|&b| b == 0) {
+        return Parsed::Zero;
+    }
     let Some(header) = bytes.get(offset..offset + RECORD_HEADER_LEN) else {
         return Parsed::Invalid;
     };
-    if header.iter().all(|&b| b == 0) {
-        return Parsed::Zero;
-    }
     let len = u32::from_le_bytes(header[4..8].try_into().expect("4 bytes")) as usize;
     if len > payload_max || header[35..40] != [0; 5] {
         return Parsed::Invalid;
@@ -191,11 +195,11 @@ pub(crate) fn scan_segment(bytes: &[u8], first_lsn: u64, payload_max: usize) -> 
                 offset += len;
                 records.push(record);
             }
-            Parsed::Zero if offset % BLOCK != 0 => offset = align_up(offset),
+            Parsed::Zero if !offset.is_multiple_of(BLOCK) => offset = align_up(offset),
             _ => {
                 // The end of the log, unless a later flush start proves otherwise.
                 let end = offset;
-                let mut probe = if end % BLOCK == 0 {
+                let mut probe = if end.is_multiple_of(BLOCK) {
                     end + BLOCK
                 } else {
                     align_up(end)
@@ -266,6 +270,16 @@ mod tests {
         assert_eq!(scan.records[2].payload, big);
         assert_eq!(scan.records[1].slot, 20);
         assert_eq!(scan.end, ScanEnd::Clean { offset: 5 * BLOCK });
+    }
+
+    #[test]
+    fn padding_shorter_than_a_header_is_skipped() {
+        // First flush ends 39 bytes before its block's end.
+        let payload = vec![3u8; BLOCK - 2 * RECORD_HEADER_LEN - 39 - 5];
+        let bytes = segment(&[&[b"12345", &payload], &[b"next"]], 4 * BLOCK);
+        let scan = scan_segment(&bytes, 1, 1 << 20);
+        assert_eq!(scan.records.len(), 3);
+        assert_eq!(scan.end, ScanEnd::Clean { offset: 3 * BLOCK });
     }
 
     #[test]

@@ -54,7 +54,7 @@ impl Default for WalConfig {
 impl WalConfig {
     fn validate(&self) -> Result<()> {
         let record_max = (RECORD_HEADER_LEN + self.record_bytes_max) as u64;
-        if self.segment_bytes % BLOCK as u64 != 0
+        if !self.segment_bytes.is_multiple_of(BLOCK as u64)
             || self.segment_bytes < 2 * BLOCK as u64 + record_max
         {
             return Err(Error::Config(format!(

@@ -1,0 +1,718 @@
+//! One core's storage: a WAL and a B+tree file shared by every partition replica the core
+//! owns, and the pipeline between them.
+//!
+//! Write path: `submit` appends a command to the WAL and queues it; the applier task waits
+//! until the record is durable, then applies queued commands strictly in LSN order to the
+//! tree (each apply also records the partition's applied slot in the tree, in the same
+//! synchronous step), then publishes the outcome. Checkpoints are sealed by the applier
+//! between two records, so a checkpoint's tree is exactly the effect of every record up to the
+//! LSN it names; its pages are written while applies go on.
+//!
+//! Checkpoint commit steps and crash argument (FORMAT.md, "Checkpoints"): (1) write the sealed
+//! pages, all at page ids that the durable checkpoint does not reference; (2) fdatasync;
+//! (3) write the meta page into the slot the durable checkpoint does not occupy; (4) fdatasync.
+//! A crash before (4) completes leaves the previous meta (and every page it references)
+//! intact; a torn meta fails its CRC and the other slot wins. Only after (4) are the WAL
+//! segments it covers recycled and the pages it released reused.
+//!
+//! Invariants: applied slots per partition only grow; the tree reflects a prefix of the log.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::ops::Bound;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use crate::btree::page::{self, Kind, PageId, PAGE_SIZE};
+use crate::btree::{
+    freelist_entries, Durable, Sealed, Tree, TreeError, TreeResult, CACHE_PAGES_MIN,
+    FIRST_DATA_PAGE,
+};
+use crate::command::{Command, Outcome};
+use crate::disk::{self, File};
+use crate::error::{Error, Result};
+use crate::signal::{Event, Watermark};
+use crate::wal::{Wal, WalConfig};
+
+/// Identifies a partition replica on a core.
+pub type PartitionId = u64;
+
+/// Tree keys of partition metadata start with this (a partition id no table may use).
+const META_PREFIX: [u8; 8] = [0xFF; 8];
+/// Longest key (encoded primary key) a command may carry: the tree's limit less the
+/// partition prefix.
+pub const KEY_LEN_MAX: usize = page::TREE_KEY_LEN_MAX - 8;
+const TREE_FILE: &str = "tree.db";
+const META_MAGIC: &[u8; 8] = b"TESSTREE";
+/// WAL record kind of a replicated command.
+const RECORD_COMMAND: u8 = 1;
+
+/// Store settings.
+#[derive(Clone, Debug)]
+pub struct StoreConfig {
+    /// Pages the cache holds (clean pages are evicted beyond this).
+    pub cache_pages: usize,
+    pub wal: WalConfig,
+    /// A checkpoint starts when this many pages are dirty...
+    pub checkpoint_dirty_pages: usize,
+    /// ...or when the log spans this many segments.
+    pub checkpoint_wal_segments: usize,
+}
+
+impl Default for StoreConfig {
+    fn default() -> StoreConfig {
+        StoreConfig {
+            cache_pages: 64 * 1024, // 256 MiB
+            wal: WalConfig::default(),
+            checkpoint_dirty_pages: 16 * 1024,
+            checkpoint_wal_segments: 4,
+        }
+    }
+}
+
+struct Queued {
+    lsn: u64,
+    partition: PartitionId,
+    slot: u64,
+    command: Command,
+}
+
+struct Inner {
+    dir: PathBuf,
+    file: File,
+    config: StoreConfig,
+    tree: RefCell<Tree>,
+    wal: Wal,
+    applied_slots: RefCell<ahash::HashMap<PartitionId, u64>>,
+    queue: RefCell<VecDeque<Queued>>,
+    outcomes: RefCell<ahash::HashMap<u64, Outcome>>,
+    /// Highest LSN applied to the tree.
+    applied: Watermark,
+    work: Event,
+    checkpoint_wanted: Cell<bool>,
+    checkpoint_running: Cell<bool>,
+    checkpoints_started: Cell<u64>,
+    /// Count of checkpoints made durable.
+    checkpoints: Watermark,
+    /// Sequence number of the durable meta page.
+    meta_sequence: Cell<u64>,
+    poisoned: RefCell<Option<String>>,
+    closed: Cell<bool>,
+}
+
+/// A core's storage; cheap to clone, used from one executor.
+#[derive(Clone)]
+pub struct Store {
+    inner: Rc<Inner>,
+}
+
+/// Where a checkpoint left the tree, as stored in a meta page.
+struct Meta {
+    sequence: u64,
+    root: PageId,
+    page_count: u64,
+    freelist_head: PageId,
+    covered_lsn: u64,
+}
+
+impl Meta {
+    fn encode(&self, slot: PageId) -> Vec<u8> {
+        let mut bytes = vec![0u8; PAGE_SIZE];
+        page::init(&mut bytes, Kind::Meta, slot);
+        bytes[32..40].copy_from_slice(META_MAGIC);
+        for (at, value) in [
+            (40, self.sequence),
+            (48, self.root),
+            (56, self.page_count),
+            (64, self.freelist_head),
+            (72, self.covered_lsn),
+            (80, PAGE_SIZE as u64),
+        ] {
+            page::set_u64(&mut bytes, at, value);
+        }
+        page::seal(&mut bytes);
+        bytes
+    }
+
+    fn decode(bytes: &[u8], slot: PageId) -> Option<Meta> {
+        if bytes.len() < PAGE_SIZE
+            || page::verify(bytes, slot).is_err()
+            || &bytes[32..40] != META_MAGIC
+        {
+            return None;
+        }
+        if page::kind(bytes) != Some(Kind::Meta) || page::get_u64(bytes, 80) != PAGE_SIZE as u64 {
+            return None;
+        }
+        Some(Meta {
+            sequence: page::get_u64(bytes, 40),
+            root: page::get_u64(bytes, 48),
+            page_count: page::get_u64(bytes, 56),
+            freelist_head: page::get_u64(bytes, 64),
+            covered_lsn: page::get_u64(bytes, 72),
+        })
+    }
+}
+
+fn tree_key(partition: PartitionId, key: &[u8]) -> Vec<u8> {
+    let mut full = Vec::with_capacity(8 + key.len());
+    full.extend_from_slice(&partition.to_be_bytes());
+    full.extend_from_slice(key);
+    full
+}
+
+fn meta_key(partition: PartitionId) -> Vec<u8> {
+    tree_key(u64::MAX, &partition.to_be_bytes())
+}
+
+impl Store {
+    /// Opens the store in `dir`, creating it if empty: loads the newest complete checkpoint
+    /// and replays the WAL after it.
+    pub async fn open(dir: &Path, config: StoreConfig) -> Result<Store> {
+        if config.cache_pages < CACHE_PAGES_MIN {
+            return Err(Error::Config(format!(
+                "cache_pages must be at least {CACHE_PAGES_MIN}"
+            )));
+        }
+        std::fs::create_dir_all(dir).map_err(|error| Error::io("create directory", dir, error))?;
+        disk::probe_device(dir).await?;
+        let path = dir.join(TREE_FILE);
+        let file = File::open(&path, true).await?;
+        disk::sync_dir(dir)?;
+        let metas = file.read(0, 2 * PAGE_SIZE).await?;
+        let meta = (0..2u64)
+            .filter_map(|slot| {
+                let start = slot as usize * PAGE_SIZE;
+                metas
+                    .get(start..start + PAGE_SIZE)
+                    .and_then(|bytes| Meta::decode(bytes, slot))
+            })
+            .max_by_key(|meta| meta.sequence);
+        let durable = match &meta {
+            Some(meta) => read_durable(&file, meta).await?,
+            None => Durable {
+                root: 0,
+                page_count: FIRST_DATA_PAGE,
+                free: Vec::new(),
+                freelist_pages: Vec::new(),
+            },
+        };
+        let covered_lsn = meta.as_ref().map_or(0, |meta| meta.covered_lsn);
+        let recovered = Wal::open(&dir.join("wal"), config.wal.clone(), covered_lsn).await?;
+        let store = Store {
+            inner: Rc::new(Inner {
+                dir: dir.to_path_buf(),
+                file,
+                tree: RefCell::new(Tree::open(durable, config.cache_pages)),
+                config,
+                wal: recovered.wal,
+                applied_slots: RefCell::new(ahash::HashMap::default()),
+                queue: RefCell::new(VecDeque::new()),
+                outcomes: RefCell::new(ahash::HashMap::default()),
+                applied: Watermark::new(covered_lsn),
+                work: Event::default(),
+                checkpoint_wanted: Cell::new(false),
+                checkpoint_running: Cell::new(false),
+                checkpoints_started: Cell::new(0),
+                checkpoints: Watermark::new(0),
+                meta_sequence: Cell::new(meta.as_ref().map_or(0, |meta| meta.sequence)),
+                poisoned: RefCell::new(None),
+                closed: Cell::new(false),
+            }),
+        };
+        store.load_applied_slots().await?;
+        for record in recovered.records {
+            if record.kind != RECORD_COMMAND {
+                return Err(Error::corrupt(
+                    dir.join("wal"),
+                    0,
+                    format!("WAL record {} has unknown kind {}", record.lsn, record.kind),
+                ));
+            }
+            let command = Command::decode(&record.payload).map_err(|reason| {
+                Error::corrupt(
+                    dir.join("wal"),
+                    0,
+                    format!("WAL record {} holds a bad command: {reason}", record.lsn),
+                )
+            })?;
+            if record.slot > store.applied_slot(record.partition) {
+                store
+                    .inner
+                    .apply(record.partition, record.slot, &command)
+                    .await?;
+            }
+            store.inner.applied.advance(record.lsn);
+        }
+        glommio::spawn_local(Inner::applier(store.inner.clone())).detach();
+        Ok(store)
+    }
+
+    async fn load_applied_slots(&self) -> Result<()> {
+        let entries = self
+            .inner
+            .scan_tree(
+                Bound::Included(META_PREFIX.to_vec()),
+                Bound::Unbounded,
+                false,
+                usize::MAX,
+            )
+            .await?;
+        let mut slots = self.inner.applied_slots.borrow_mut();
+        for (key, value) in entries {
+            let partition = key
+                .get(8..16)
+                .and_then(|bytes| bytes.try_into().ok())
+                .map(u64::from_be_bytes);
+            let slot = value.as_slice().try_into().ok().map(u64::from_le_bytes);
+            match (partition, slot) {
+                (Some(partition), Some(slot)) => slots.insert(partition, slot),
+                _ => {
+                    return Err(Error::corrupt(
+                        self.inner.file.path(),
+                        0,
+                        "malformed partition metadata entry",
+                    ))
+                }
+            };
+        }
+        Ok(())
+    }
+
+    /// Highest slot applied for `partition` (0 if none).
+    pub fn applied_slot(&self, partition: PartitionId) -> u64 {
+        self.inner
+            .applied_slots
+            .borrow()
+            .get(&partition)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Highest WAL LSN applied to the tree.
+    pub fn applied_lsn(&self) -> u64 {
+        self.inner.applied.get()
+    }
+
+    /// Appends `command` for `partition` at `slot` to the WAL and queues it for apply; returns
+    /// the LSN to pass to `outcome`. Slots of one partition must be submitted in order.
+    pub fn submit(&self, partition: PartitionId, slot: u64, command: Command) -> Result<u64> {
+        if let Some(cause) = self.inner.poisoned.borrow().clone() {
+            return Err(Error::Poisoned { cause });
+        }
+        if partition == u64::MAX {
+            return Err(Error::validation("partition id u64::MAX is reserved"));
+        }
+        if let Some(key) = command.keys().iter().find(|key| key.len() > KEY_LEN_MAX) {
+            return Err(Error::validation(format!(
+                "encoded key of {} bytes exceeds the {KEY_LEN_MAX}-byte limit",
+                key.len()
+            )));
+        }
+        let lsn = self
+            .inner
+            .wal
+            .append(partition, slot, RECORD_COMMAND, &command.encode())?;
+        self.inner.queue.borrow_mut().push_back(Queued {
+            lsn,
+            partition,
+            slot,
+            command,
+        });
+        self.inner.work.notify();
+        Ok(lsn)
+    }
+
+    /// Resolves once the record `lsn` is durable and applied, with what the apply found.
+    pub async fn outcome(&self, lsn: u64) -> Result<Outcome> {
+        self.inner
+            .applied
+            .wait(lsn)
+            .await
+            .map_err(|cause| Error::Poisoned { cause })?;
+        self.inner
+            .outcomes
+            .borrow_mut()
+            .remove(&lsn)
+            .ok_or_else(|| Error::validation(format!("the outcome of LSN {lsn} was already taken")))
+    }
+
+    /// The value stored under `key` in `partition`.
+    pub async fn get(&self, partition: PartitionId, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        let full = tree_key(partition, key);
+        self.inner.with_tree(|tree| tree.get(&full)).await
+    }
+
+    /// Entries of `partition` with keys within the bounds, in key order (or reverse), at most
+    /// `limit` of them. Keys are returned without the partition prefix.
+    pub async fn scan(
+        &self,
+        partition: PartitionId,
+        lower: Bound<&[u8]>,
+        upper: Bound<&[u8]>,
+        reverse: bool,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let prefix = |bound: Bound<&[u8]>, end: Bound<Vec<u8>>| match bound {
+            Bound::Included(key) => Bound::Included(tree_key(partition, key)),
+            Bound::Excluded(key) => Bound::Excluded(tree_key(partition, key)),
+            Bound::Unbounded => end,
+        };
+        let lower = prefix(lower, Bound::Included(partition.to_be_bytes().to_vec()));
+        let upper = prefix(
+            upper,
+            match partition.checked_add(1) {
+                Some(next) => Bound::Excluded(next.to_be_bytes().to_vec()),
+                None => Bound::Unbounded,
+            },
+        );
+        let mut entries = self.inner.scan_tree(lower, upper, reverse, limit).await?;
+        entries.iter_mut().for_each(|(key, _)| {
+            key.drain(..8);
+        });
+        Ok(entries)
+    }
+
+    /// Makes everything applied so far part of a durable checkpoint.
+    pub async fn checkpoint(&self) -> Result<()> {
+        let target = self.inner.checkpoints_started.get() + 1;
+        self.inner.checkpoint_wanted.set(true);
+        self.inner.work.notify();
+        self.inner
+            .checkpoints
+            .wait(target)
+            .await
+            .map_err(|cause| Error::Poisoned { cause })
+    }
+
+    /// Applies everything submitted, waits for a running checkpoint, and stops the store's
+    /// tasks. Nothing is lost without it: this only lets the directory be reopened in-process.
+    pub async fn close(&self) -> Result<()> {
+        let last = self.inner.wal.next_lsn() - 1;
+        let applied = self.inner.applied.wait(last).await;
+        while self.inner.checkpoint_running.get() {
+            let done = self.inner.checkpoints.get() + 1;
+            let _ = self.inner.checkpoints.wait(done).await;
+        }
+        self.inner.closed.set(true);
+        self.inner.work.notify();
+        self.inner.wal.close();
+        applied.map_err(|cause| Error::Poisoned { cause })
+    }
+
+    /// The WAL of this store (for statistics).
+    pub fn wal(&self) -> &Wal {
+        &self.inner.wal
+    }
+
+    /// Pages the tree file spans.
+    pub fn tree_pages(&self) -> u64 {
+        self.inner.tree.borrow().page_count()
+    }
+
+    /// The store's directory.
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+}
+
+/// The freelist and the rest of a checkpoint's state.
+async fn read_durable(file: &File, meta: &Meta) -> Result<Durable> {
+    let mut free = Vec::new();
+    let mut freelist_pages = Vec::new();
+    let mut next = meta.freelist_head;
+    while next != 0 {
+        if freelist_pages.len() as u64 > meta.page_count {
+            return Err(Error::corrupt(
+                file.path(),
+                next * PAGE_SIZE as u64,
+                "freelist chain loops",
+            ));
+        }
+        let bytes = read_page(file, next).await?;
+        if page::kind(&bytes) != Some(Kind::Freelist) {
+            return Err(Error::corrupt(
+                file.path(),
+                next * PAGE_SIZE as u64,
+                "freelist page has the wrong kind",
+            ));
+        }
+        freelist_pages.push(next);
+        let (ids, link) = freelist_entries(&bytes);
+        if let Some(bad) = ids
+            .iter()
+            .find(|&&id| id < FIRST_DATA_PAGE || id >= meta.page_count)
+        {
+            return Err(Error::corrupt(
+                file.path(),
+                next * PAGE_SIZE as u64,
+                format!("freelist names page {bad}, outside the file"),
+            ));
+        }
+        free.extend(ids);
+        next = link;
+    }
+    Ok(Durable {
+        root: meta.root,
+        page_count: meta.page_count,
+        free,
+        freelist_pages,
+    })
+}
+
+/// Reads and verifies one page.
+async fn read_page(file: &File, id: PageId) -> Result<Vec<u8>> {
+    let offset = id * PAGE_SIZE as u64;
+    let bytes = file.read(offset, PAGE_SIZE).await?;
+    if bytes.len() < PAGE_SIZE {
+        return Err(Error::corrupt(
+            file.path(),
+            offset,
+            format!("page {id} lies beyond the end of the file"),
+        ));
+    }
+    page::verify(&bytes, id).map_err(|reason| Error::corrupt(file.path(), offset, reason))?;
+    Ok(bytes)
+}
+
+impl Inner {
+    /// Runs a tree operation, loading pages it needs until it completes.
+    async fn with_tree<T>(&self, mut op: impl FnMut(&mut Tree) -> TreeResult<T>) -> Result<T> {
+        loop {
+            let result = op(&mut self.tree.borrow_mut());
+            match result {
+                Ok(value) => return Ok(value),
+                Err(TreeError::Need(id)) => {
+                    let generation = self.tree.borrow().generation();
+                    let bytes = read_page(&self.file, id).await?;
+                    self.tree.borrow_mut().insert_loaded(id, bytes, generation);
+                }
+                Err(TreeError::Corrupt(reason)) => {
+                    return Err(Error::corrupt(self.file.path(), 0, reason))
+                }
+            }
+        }
+    }
+
+    async fn scan_tree(
+        &self,
+        mut lower: Bound<Vec<u8>>,
+        mut upper: Bound<Vec<u8>>,
+        reverse: bool,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let mut entries: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        if limit == 0 {
+            return Ok(entries);
+        }
+        self.with_tree(|tree| {
+            let result = tree.scan(
+                as_slice(&lower),
+                as_slice(&upper),
+                reverse,
+                &mut |key, value| {
+                    entries.push((key.to_vec(), value));
+                    entries.len() < limit
+                },
+            );
+            // Resume after the last entry taken if a page must be loaded first.
+            if let Some((last, _)) = entries.last() {
+                let resume = Bound::Excluded(last.clone());
+                if reverse {
+                    upper = resume;
+                } else {
+                    lower = resume;
+                }
+            }
+            if entries.len() >= limit {
+                Ok(())
+            } else {
+                result
+            }
+        })
+        .await?;
+        Ok(entries)
+    }
+
+    /// Applies one command at `slot`. Reads first (loading every page the writes touch), then
+    /// writes; a checkpoint is never sealed in between, as only the applier seals.
+    async fn apply(&self, partition: PartitionId, slot: u64, command: &Command) -> Result<Outcome> {
+        let slot_key = meta_key(partition);
+        self.with_tree(|tree| tree.get(&slot_key)).await?;
+        let outcome = self.apply_command(partition, command).await?;
+        self.with_tree(|tree| tree.put(&slot_key, &slot.to_le_bytes()))
+            .await?;
+        self.applied_slots.borrow_mut().insert(partition, slot);
+        Ok(outcome)
+    }
+
+    async fn apply_command(&self, partition: PartitionId, command: &Command) -> Result<Outcome> {
+        match command {
+            Command::Put { key, value } => {
+                let full = tree_key(partition, key);
+                let previous = self.with_tree(|tree| tree.get(&full)).await?;
+                self.with_tree(|tree| tree.put(&full, value)).await?;
+                Ok(Outcome::Previous(previous))
+            }
+            Command::Delete { key } => {
+                let full = tree_key(partition, key);
+                let previous = self.with_tree(|tree| tree.get(&full)).await?;
+                if previous.is_some() {
+                    self.with_tree(|tree| tree.delete(&full)).await?;
+                }
+                Ok(Outcome::Previous(previous))
+            }
+            Command::Batch(commands) => {
+                let mut outcomes = Vec::with_capacity(commands.len());
+                for command in commands {
+                    outcomes.push(Box::pin(self.apply_command(partition, command)).await?);
+                }
+                Ok(Outcome::Batch(outcomes))
+            }
+        }
+    }
+
+    async fn applier(inner: Rc<Inner>) {
+        loop {
+            let next = inner.queue.borrow().front().map(|queued| queued.lsn);
+            match next {
+                None if inner.closed.get() => return,
+                None => {
+                    inner.maybe_checkpoint();
+                    inner.work.wait().await;
+                    continue;
+                }
+                Some(lsn) => {
+                    if let Err(error) = inner.wal.durable(lsn).await {
+                        inner.fail(error.to_string());
+                        return;
+                    }
+                }
+            }
+            let durable = inner.wal.durable_lsn();
+            loop {
+                let queued = {
+                    let mut queue = inner.queue.borrow_mut();
+                    match queue.front() {
+                        Some(front) if front.lsn <= durable => queue.pop_front(),
+                        _ => None,
+                    }
+                };
+                let Some(queued) = queued else { break };
+                match inner
+                    .apply(queued.partition, queued.slot, &queued.command)
+                    .await
+                {
+                    Ok(outcome) => {
+                        inner.outcomes.borrow_mut().insert(queued.lsn, outcome);
+                        inner.applied.advance(queued.lsn);
+                    }
+                    Err(error) => {
+                        inner.fail(error.to_string());
+                        return;
+                    }
+                }
+            }
+            inner.maybe_checkpoint();
+        }
+    }
+
+    fn fail(&self, cause: String) {
+        self.poisoned.borrow_mut().get_or_insert(cause.clone());
+        self.applied.fail(cause.clone());
+        self.checkpoints.fail(cause);
+    }
+
+    /// Seals a checkpoint if one is wanted and none is running. Called by the applier only,
+    /// between records.
+    fn maybe_checkpoint(self: &Rc<Inner>) {
+        if self.checkpoint_running.get() || self.poisoned.borrow().is_some() || self.closed.get() {
+            return;
+        }
+        let tree_full = self.tree.borrow().dirty_pages()
+            >= self
+                .config
+                .checkpoint_dirty_pages
+                .min(self.tree.borrow().capacity() / 2);
+        let log_long = self.wal.segments_in_use() >= self.config.checkpoint_wal_segments;
+        if !(self.checkpoint_wanted.get() || tree_full || log_long) {
+            return;
+        }
+        self.checkpoint_wanted.set(false);
+        self.checkpoint_running.set(true);
+        self.checkpoints_started
+            .set(self.checkpoints_started.get() + 1);
+        let sealed = self.tree.borrow_mut().seal();
+        let covered_lsn = self.applied.get();
+        glommio::spawn_local(Inner::write_checkpoint(self.clone(), sealed, covered_lsn)).detach();
+    }
+
+    async fn write_checkpoint(inner: Rc<Inner>, sealed: Sealed, covered_lsn: u64) {
+        let result = inner.write_sealed(&sealed, covered_lsn).await;
+        inner.checkpoint_running.set(false);
+        match result {
+            Ok(()) => {
+                inner.tree.borrow_mut().commit(sealed);
+                if let Err(error) = inner.wal.recycle_through(covered_lsn) {
+                    inner.fail(error.to_string());
+                    return;
+                }
+                inner.checkpoints.advance(inner.checkpoints.get() + 1);
+                inner.work.notify();
+            }
+            Err(error) => {
+                inner.tree.borrow_mut().abandon(sealed);
+                inner.fail(error.to_string());
+            }
+        }
+    }
+
+    /// Steps (1) to (4) of the commit described in the module documentation.
+    async fn write_sealed(&self, sealed: &Sealed, covered_lsn: u64) -> Result<()> {
+        let mut pages: Vec<&(PageId, Rc<[u8]>)> = sealed.pages.iter().collect();
+        pages.sort_by_key(|(id, _)| *id);
+        // Coalesce runs of consecutive pages into single writes.
+        let mut start = 0;
+        while start < pages.len() {
+            let mut end = start + 1;
+            while end < pages.len() && pages[end].0 == pages[end - 1].0 + 1 && end - start < 256 {
+                end += 1;
+            }
+            let run: Vec<u8> = pages[start..end]
+                .iter()
+                .flat_map(|(_, bytes)| bytes.iter().copied())
+                .collect();
+            self.file
+                .write(pages[start].0 * PAGE_SIZE as u64, &run)
+                .await?;
+            start = end;
+        }
+        self.file.fdatasync().await?;
+        let sequence = self.meta_sequence.get() + 1;
+        let meta = Meta {
+            sequence,
+            root: sealed.root,
+            page_count: sealed.page_count,
+            freelist_head: sealed.freelist_head,
+            covered_lsn,
+        };
+        let slot = sequence % 2;
+        self.file
+            .write(slot * PAGE_SIZE as u64, &meta.encode(slot))
+            .await?;
+        self.file.fdatasync().await?;
+        self.meta_sequence.set(sequence);
+        Ok(())
+    }
+}
+
+fn as_slice(bound: &Bound<Vec<u8>>) -> Bound<&[u8]> {
+    match bound {
+        Bound::Included(key) => Bound::Included(key),
+        Bound::Excluded(key) => Bound::Excluded(key),
+        Bound::Unbounded => Bound::Unbounded,
+    }
+}
+
+#[cfg(test)]
+mod tests;
