@@ -3,9 +3,17 @@
 //!
 //! Fault model: a failed write or fdatasync leaves the file in an unknown state; callers
 //! poison themselves rather than retry (see `Error::Poisoned`).
+//!
+//! Every file is held with an exclusive `flock` on the descriptor that does its I/O. Besides
+//! keeping two processes off one data directory, this closes a subtle hole: when a process is
+//! killed, its in-flight io_uring writes may still land after it has been reaped. Those
+//! requests hold the open file, and the lock is released only when the last reference to the
+//! file goes, so a successor's `open` waits until no write of its predecessor is in flight.
 
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
+use std::time::Duration;
 
 use glommio::io::{DmaFile, OpenOptions};
 
@@ -13,6 +21,8 @@ use crate::error::{Error, Result};
 
 /// Largest single DMA transfer issued; bigger reads and writes are split.
 const TRANSFER_MAX: usize = 1 << 20;
+/// How long `open` waits for another holder of a file's lock before giving up.
+const LOCK_WAIT: Duration = Duration::from_secs(10);
 
 /// A DMA file with its path kept for error messages; clones share the file.
 #[derive(Clone)]
@@ -31,10 +41,25 @@ impl File {
             .dma_open(path)
             .await
             .map_err(|error| Error::io("open", path, error))?;
+        lock_exclusive(file.as_raw_fd(), path).await?;
         Ok(File {
             file: Rc::new(file),
             path: path.to_path_buf(),
         })
+    }
+
+    /// Closes the descriptor now (a dropped file is closed only on a later reactor turn, which
+    /// never comes if the executor ends first).
+    /// The lock is released first, explicitly: with no I/O in flight that is safe, and it
+    /// frees the file for a successor even while a clone of this handle is still alive.
+    pub(crate) async fn close(self) -> Result<()> {
+        // SAFETY: flock only reads the descriptor number, which `self.file` keeps open.
+        unsafe { libc::flock(self.file.as_raw_fd(), libc::LOCK_UN) };
+        self.file
+            .close_rc()
+            .await
+            .map(drop)
+            .map_err(|error| Error::io("close", &self.path, error))
     }
 
     pub(crate) fn path(&self) -> &Path {
@@ -115,6 +140,30 @@ impl File {
     }
 }
 
+/// Takes an exclusive `flock`, waiting up to `LOCK_WAIT` for a predecessor's in-flight I/O.
+async fn lock_exclusive(fd: i32, path: &Path) -> Result<()> {
+    let mut waited = Duration::ZERO;
+    loop {
+        // SAFETY: flock only reads the descriptor number, which the caller keeps open.
+        if unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return Ok(());
+        }
+        let error = std::io::Error::last_os_error();
+        if error.raw_os_error() != Some(libc::EWOULDBLOCK) {
+            return Err(Error::io("lock", path, error));
+        }
+        if waited >= LOCK_WAIT {
+            return Err(Error::io(
+                "lock",
+                path,
+                std::io::Error::other("the file is in use by another process (is another Tessera running on this directory?)"),
+            ));
+        }
+        glommio::timer::sleep(Duration::from_millis(5)).await;
+        waited += Duration::from_millis(5);
+    }
+}
+
 /// Settles, before any other DMA file on the device of `dir` is opened, whether glommio may
 /// use its polled ring for that device. glommio decides with a test read at offset 0 of the
 /// first file it opens there and remembers the answer for the process; on an empty file that
@@ -129,7 +178,7 @@ pub(crate) async fn probe_device(dir: &Path) -> Result<()> {
     }
     let file = File::open(&path, false).await?;
     file.read(0, BLOCK_PROBE).await?;
-    Ok(())
+    file.close().await
 }
 
 const BLOCK_PROBE: usize = 4096;

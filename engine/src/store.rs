@@ -98,6 +98,7 @@ struct Inner {
     meta_sequence: Cell<u64>,
     poisoned: RefCell<Option<String>>,
     closed: Cell<bool>,
+    applier: RefCell<Option<glommio::Task<()>>>,
 }
 
 /// A core's storage; cheap to clone, used from one executor.
@@ -218,6 +219,7 @@ impl Store {
                 meta_sequence: Cell::new(meta.as_ref().map_or(0, |meta| meta.sequence)),
                 poisoned: RefCell::new(None),
                 closed: Cell::new(false),
+                applier: RefCell::new(None),
             }),
         };
         store.load_applied_slots().await?;
@@ -244,7 +246,8 @@ impl Store {
             }
             store.inner.applied.advance(record.lsn);
         }
-        glommio::spawn_local(Inner::applier(store.inner.clone())).detach();
+        let applier = glommio::spawn_local(Inner::applier(store.inner.clone()));
+        *store.inner.applier.borrow_mut() = Some(applier);
         Ok(store)
     }
 
@@ -396,7 +399,12 @@ impl Store {
         }
         self.inner.closed.set(true);
         self.inner.work.notify();
-        self.inner.wal.close();
+        let applier = self.inner.applier.borrow_mut().take();
+        if let Some(applier) = applier {
+            applier.await;
+        }
+        self.inner.wal.close().await?;
+        self.inner.file.clone().close().await?;
         applied.map_err(|cause| Error::Poisoned { cause })
     }
 

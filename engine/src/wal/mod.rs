@@ -97,6 +97,7 @@ struct Inner {
     flush_wanted: Event,
     closed: Cell<bool>,
     flushes: Cell<u64>,
+    flusher: RefCell<Option<glommio::Task<()>>>,
 }
 
 /// Handle to a core's WAL; cheap to clone.
@@ -255,10 +256,12 @@ impl Wal {
                 flush_wanted: Event::default(),
                 closed: Cell::new(false),
                 flushes: Cell::new(0),
+                flusher: RefCell::new(None),
             }),
         };
         wal.prepare_tail().await?;
-        glommio::spawn_local(Inner::flusher(wal.inner.clone())).detach();
+        let flusher = glommio::spawn_local(Inner::flusher(wal.inner.clone()));
+        *wal.inner.flusher.borrow_mut() = Some(flusher);
         Ok(Recovered { wal, records })
     }
 
@@ -365,10 +368,28 @@ impl Wal {
         self.inner.chain.borrow().len()
     }
 
-    /// Stops the flusher once the queue is empty.
-    pub fn close(&self) {
+    /// Flushes what is queued, stops the flusher and closes the segment files.
+    pub async fn close(&self) -> Result<()> {
         self.inner.closed.set(true);
         self.inner.flush_wanted.notify();
+        let flusher = self.inner.flusher.borrow_mut().take();
+        if let Some(flusher) = flusher {
+            flusher.await;
+        }
+        let segments: Vec<Segment> = self
+            .inner
+            .chain
+            .borrow_mut()
+            .drain(..)
+            .chain(self.inner.spares.borrow_mut().drain(..))
+            .collect();
+        for segment in segments {
+            segment.file.close().await?;
+        }
+        match self.inner.durable.failure() {
+            Some(cause) => Err(Error::Poisoned { cause }),
+            None => Ok(()),
+        }
     }
 }
 

@@ -41,7 +41,7 @@ fn group_commit_makes_concurrent_appends_durable_together() {
             assert!(wal.durable_lsn() >= lsn);
         }
         assert!(wal.flush_count() < 256, "flushes: {}", wal.flush_count());
-        wal.close();
+        wal.close().await.unwrap();
         let recovered = Wal::open(&dir, small(), 0).await.unwrap();
         assert_eq!(recovered.records.len(), 256);
         for (index, record) in recovered.records.iter().enumerate() {
@@ -67,7 +67,7 @@ fn segments_roll_over_recycle_and_recover() {
         assert!(wal.segments_in_use() > 3);
         wal.recycle_through(300).unwrap();
         assert!(wal.segments_in_use() <= 3);
-        wal.close();
+        wal.close().await.unwrap();
         let recovered = Wal::open(&dir, small(), 300).await.unwrap();
         let lsns: Vec<u64> = recovered.records.iter().map(|r| r.lsn).collect();
         assert_eq!(lsns, (301..=400).collect::<Vec<_>>());
@@ -78,7 +78,7 @@ fn segments_roll_over_recycle_and_recover() {
         }
         wal.durable(900).await.unwrap();
         wal.recycle_through(800).unwrap();
-        wal.close();
+        wal.close().await.unwrap();
         let recovered = Wal::open(&dir, small(), 800).await.unwrap();
         assert_eq!(recovered.records.first().map(|r| r.lsn), Some(801));
         assert_eq!(recovered.records.last().map(|r| r.lsn), Some(900));
@@ -97,7 +97,7 @@ fn damage_inside_acknowledged_records_is_reported() {
                 let lsn = wal.append(1, lsn, 1, b"acknowledged").unwrap();
                 wal.durable(lsn).await.unwrap();
             }
-            wal.close();
+            wal.close().await.unwrap();
             std::fs::read_dir(&dir)
                 .unwrap()
                 .next()
@@ -140,7 +140,7 @@ fn torn_tail_ends_the_log_and_is_overwritten_safely() {
                 let lsn = wal.append(1, lsn, 1, &[lsn as u8; 3000]).unwrap();
                 wal.durable(lsn).await.unwrap();
             }
-            wal.close();
+            wal.close().await.unwrap();
             std::fs::read_dir(&dir)
                 .unwrap()
                 .next()
@@ -160,7 +160,7 @@ fn torn_tail_ends_the_log_and_is_overwritten_safely() {
         let lsn = wal.append(1, 3, 1, b"after").unwrap();
         assert_eq!(lsn, 3);
         wal.durable(lsn).await.unwrap();
-        wal.close();
+        wal.close().await.unwrap();
         let recovered = Wal::open(&dir, small(), 0).await.unwrap();
         assert_eq!(recovered.records.len(), 3);
         assert_eq!(recovered.records[2].payload, b"after");
