@@ -128,17 +128,9 @@ impl<'a> Reader<'a> {
     }
 
     pub(crate) fn take(&mut self, len: usize) -> Result<&'a [u8], String> {
-        let end = self
-            .position
-            .checked_add(len)
-            .filter(|&end| end <= self.bytes.len())
-            .ok_or_else(|| {
-                format!(
-                    "needs {len} bytes at offset {}, {} left",
-                    self.position,
-                    self.bytes.len() - self.position
-                )
-            })?;
+        let end = self.position.checked_add(len).filter(|&end| end <= self.bytes.len()).ok_or_else(|| {
+            format!("needs {len} bytes at offset {}, {} left", self.position, self.bytes.len() - self.position)
+        })?;
         let slice = &self.bytes[self.position..end];
         self.position = end;
         Ok(slice)
@@ -164,10 +156,7 @@ impl<'a> Reader<'a> {
                 return Ok(value);
             }
         }
-        Err(format!(
-            "varint longer than 10 bytes at offset {}",
-            self.position
-        ))
+        Err(format!("varint longer than 10 bytes at offset {}", self.position))
     }
 
     /// A varint used as a length or count: it may not exceed the bytes left, since every
@@ -192,8 +181,7 @@ impl<'a> Reader<'a> {
     }
 
     pub(crate) fn number(&mut self) -> Result<Number, String> {
-        let (number, used) =
-            Number::decode_ordered(&self.bytes[self.position..]).map_err(str::to_string)?;
+        let (number, used) = Number::decode_ordered(&self.bytes[self.position..]).map_err(str::to_string)?;
         self.position += used;
         Ok(number)
     }
@@ -216,18 +204,12 @@ pub fn decode_item(bytes: &[u8]) -> Result<(Item, ItemMeta), String> {
     };
     let item = decode_map(&mut reader, 0)?;
     if !reader.is_empty() {
-        return Err(format!(
-            "{} trailing bytes after the item",
-            bytes.len() - reader.position()
-        ));
+        return Err(format!("{} trailing bytes after the item", bytes.len() - reader.position()));
     }
     Ok((item, meta))
 }
 
-fn decode_map(
-    reader: &mut Reader<'_>,
-    depth: usize,
-) -> Result<BTreeMap<String, AttributeValue>, String> {
+fn decode_map(reader: &mut Reader<'_>, depth: usize) -> Result<BTreeMap<String, AttributeValue>, String> {
     let count = reader.count()?;
     let mut map = BTreeMap::new();
     for _ in 0..count {
@@ -291,11 +273,9 @@ pub(crate) mod tests {
     use proptest::prelude::*;
 
     pub(crate) fn arb_number() -> impl Strategy<Value = Number> {
-        (any::<bool>(), 0u128..10u128.pow(38), -130i64..=88).prop_map(
-            |(negative, coefficient, exponent)| {
-                Number::from_parts(negative, coefficient, exponent).unwrap_or(Number::ZERO)
-            },
-        )
+        (any::<bool>(), 0u128..10u128.pow(38), -130i64..=88).prop_map(|(negative, coefficient, exponent)| {
+            Number::from_parts(negative, coefficient, exponent).unwrap_or(Number::ZERO)
+        })
     }
 
     pub(crate) fn arb_value() -> impl Strategy<Value = AttributeValue> {

@@ -76,18 +76,11 @@ impl Command {
     fn decode_from(reader: &mut Reader<'_>, depth: usize) -> Result<Command, String> {
         let bytes = |reader: &mut Reader<'_>| -> Result<Vec<u8>, String> {
             let len = reader.varint()?;
-            Ok(reader
-                .take(usize::try_from(len).map_err(|_| "length overflows")?)?
-                .to_vec())
+            Ok(reader.take(usize::try_from(len).map_err(|_| "length overflows")?)?.to_vec())
         };
         Ok(match reader.u8()? {
-            PUT => Command::Put {
-                key: bytes(reader)?,
-                value: bytes(reader)?,
-            },
-            DELETE => Command::Delete {
-                key: bytes(reader)?,
-            },
+            PUT => Command::Put { key: bytes(reader)?, value: bytes(reader)? },
+            DELETE => Command::Delete { key: bytes(reader)? },
             BATCH if depth == 0 => {
                 let count = reader.varint()?;
                 let mut commands = Vec::new();
@@ -116,13 +109,8 @@ mod tests {
     #[test]
     fn commands_round_trip_and_reject_garbage() {
         let command = Command::Batch(vec![
-            Command::Put {
-                key: b"k1".to_vec(),
-                value: vec![9; 300],
-            },
-            Command::Delete {
-                key: b"k2".to_vec(),
-            },
+            Command::Put { key: b"k1".to_vec(), value: vec![9; 300] },
+            Command::Delete { key: b"k2".to_vec() },
         ]);
         let bytes = command.encode();
         assert_eq!(Command::decode(&bytes).unwrap(), command);
@@ -130,8 +118,6 @@ mod tests {
             assert!(Command::decode(&bytes[..cut]).is_err());
         }
         let nested = Command::Batch(vec![command.clone()]).encode();
-        assert!(Command::decode(&nested)
-            .unwrap_err()
-            .contains("unknown command kind"));
+        assert!(Command::decode(&nested).unwrap_err().contains("unknown command kind"));
     }
 }

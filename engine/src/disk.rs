@@ -42,10 +42,7 @@ impl File {
             .await
             .map_err(|error| Error::io("open", path, error))?;
         lock_exclusive(file.as_raw_fd(), path).await?;
-        Ok(File {
-            file: Rc::new(file),
-            path: path.to_path_buf(),
-        })
+        Ok(File { file: Rc::new(file), path: path.to_path_buf() })
     }
 
     /// Closes the descriptor now (a dropped file is closed only on a later reactor turn, which
@@ -55,11 +52,7 @@ impl File {
     pub(crate) async fn close(self) -> Result<()> {
         // SAFETY: flock only reads the descriptor number, which `self.file` keeps open.
         unsafe { libc::flock(self.file.as_raw_fd(), libc::LOCK_UN) };
-        self.file
-            .close_rc()
-            .await
-            .map(drop)
-            .map_err(|error| Error::io("close", &self.path, error))
+        self.file.close_rc().await.map(drop).map_err(|error| Error::io("close", &self.path, error))
     }
 
     pub(crate) fn path(&self) -> &Path {
@@ -67,10 +60,7 @@ impl File {
     }
 
     pub(crate) async fn size(&self) -> Result<u64> {
-        self.file
-            .file_size()
-            .await
-            .map_err(|error| Error::io("stat", &self.path, error))
+        self.file.file_size().await.map_err(|error| Error::io("stat", &self.path, error))
     }
 
     /// Reads `len` bytes at `offset` (both block-aligned); a short file yields fewer bytes.
@@ -99,9 +89,7 @@ impl File {
         while done < bytes.len() {
             let len = (bytes.len() - done).min(TRANSFER_MAX);
             let mut buffer = self.file.alloc_dma_buffer(len);
-            buffer
-                .as_bytes_mut()
-                .copy_from_slice(&bytes[done..done + len]);
+            buffer.as_bytes_mut().copy_from_slice(&bytes[done..done + len]);
             let written = self
                 .file
                 .write_at(buffer, offset + done as u64)
@@ -120,10 +108,7 @@ impl File {
     }
 
     pub(crate) async fn fdatasync(&self) -> Result<()> {
-        self.file
-            .fdatasync()
-            .await
-            .map_err(|error| Error::io("fdatasync", &self.path, error))
+        self.file.fdatasync().await.map_err(|error| Error::io("fdatasync", &self.path, error))
     }
 
     /// Writes zeros over `[offset, offset + len)` (block-aligned). Used to preallocate: later
@@ -156,7 +141,9 @@ async fn lock_exclusive(fd: i32, path: &Path) -> Result<()> {
             return Err(Error::io(
                 "lock",
                 path,
-                std::io::Error::other("the file is in use by another process (is another Tessera running on this directory?)"),
+                std::io::Error::other(
+                    "the file is in use by another process (is another Tessera running on this directory?)",
+                ),
             ));
         }
         glommio::timer::sleep(Duration::from_millis(5)).await;
@@ -173,8 +160,7 @@ pub(crate) async fn probe_device(dir: &Path) -> Result<()> {
     let path = dir.join("dma-probe");
     let existing = std::fs::metadata(&path).map(|meta| meta.len()).unwrap_or(0);
     if existing < BLOCK_PROBE as u64 {
-        std::fs::write(&path, [0u8; BLOCK_PROBE])
-            .map_err(|error| Error::io("write", &path, error))?;
+        std::fs::write(&path, [0u8; BLOCK_PROBE]).map_err(|error| Error::io("write", &path, error))?;
     }
     let file = File::open(&path, false).await?;
     file.read(0, BLOCK_PROBE).await?;

@@ -15,17 +15,9 @@ pub enum Error {
     Validation(String),
     /// Bytes on disk fail a check inside the part of a file that must be intact (acknowledged
     /// WAL records, checkpointed pages). Never silently skipped.
-    Corrupt {
-        path: PathBuf,
-        offset: u64,
-        reason: String,
-    },
+    Corrupt { path: PathBuf, offset: u64, reason: String },
     /// An operating-system I/O call failed.
-    Io {
-        op: &'static str,
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { op: &'static str, path: PathBuf, source: std::io::Error },
     /// An earlier write or fdatasync failed; the storage refuses further writes rather than
     /// retry a sync whose outcome is unknown (a failed fsync may have dropped dirty pages).
     Poisoned { cause: String },
@@ -38,28 +30,12 @@ impl Error {
         Error::Validation(message.into())
     }
 
-    pub(crate) fn corrupt(
-        path: impl Into<PathBuf>,
-        offset: u64,
-        reason: impl Into<String>,
-    ) -> Error {
-        Error::Corrupt {
-            path: path.into(),
-            offset,
-            reason: reason.into(),
-        }
+    pub(crate) fn corrupt(path: impl Into<PathBuf>, offset: u64, reason: impl Into<String>) -> Error {
+        Error::Corrupt { path: path.into(), offset, reason: reason.into() }
     }
 
-    pub(crate) fn io(
-        op: &'static str,
-        path: impl Into<PathBuf>,
-        source: impl Into<std::io::Error>,
-    ) -> Error {
-        Error::Io {
-            op,
-            path: path.into(),
-            source: source.into(),
-        }
+    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: impl Into<std::io::Error>) -> Error {
+        Error::Io { op, path: path.into(), source: source.into() }
     }
 }
 
@@ -67,21 +43,12 @@ impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Error::Validation(message) => write!(f, "validation error: {message}"),
-            Error::Corrupt {
-                path,
-                offset,
-                reason,
-            } => write!(
-                f,
-                "corruption in {} at offset {offset}: {reason}",
-                path.display()
-            ),
+            Error::Corrupt { path, offset, reason } => {
+                write!(f, "corruption in {} at offset {offset}: {reason}", path.display())
+            }
             Error::Io { op, path, source } => write!(f, "{op} {} failed: {source}", path.display()),
             Error::Poisoned { cause } => {
-                write!(
-                    f,
-                    "storage is poisoned by an earlier I/O failure ({cause}); reopen it"
-                )
+                write!(f, "storage is poisoned by an earlier I/O failure ({cause}); reopen it")
             }
             Error::Config(message) => write!(f, "invalid configuration: {message}"),
         }

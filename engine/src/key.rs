@@ -52,26 +52,14 @@ pub struct KeySchema {
 impl KeySchema {
     /// A schema with only a partition key.
     pub fn hash_only(name: &str, key_type: KeyType) -> KeySchema {
-        KeySchema {
-            partition: KeyAttribute {
-                name: name.to_string(),
-                key_type,
-            },
-            sort: None,
-        }
+        KeySchema { partition: KeyAttribute { name: name.to_string(), key_type }, sort: None }
     }
 
     /// A schema with a partition key and a sort key.
     pub fn composite(partition: (&str, KeyType), sort: (&str, KeyType)) -> KeySchema {
         KeySchema {
-            partition: KeyAttribute {
-                name: partition.0.to_string(),
-                key_type: partition.1,
-            },
-            sort: Some(KeyAttribute {
-                name: sort.0.to_string(),
-                key_type: sort.1,
-            }),
+            partition: KeyAttribute { name: partition.0.to_string(), key_type: partition.1 },
+            sort: Some(KeyAttribute { name: sort.0.to_string(), key_type: sort.1 }),
         }
     }
 
@@ -79,13 +67,7 @@ impl KeySchema {
     /// ignored here; callers that need a key-only map check that themselves.
     pub fn encode_key(&self, item: &Item) -> Result<EncodedKey> {
         let mut partition = Vec::new();
-        encode_component(
-            &self.partition,
-            item,
-            PARTITION_KEY_LEN_MAX,
-            self.sort.is_none(),
-            &mut partition,
-        )?;
+        encode_component(&self.partition, item, PARTITION_KEY_LEN_MAX, self.sort.is_none(), &mut partition)?;
         let hash = partition_hash(&partition);
         let mut bytes = Vec::with_capacity(8 + partition.len() + 16);
         bytes.extend_from_slice(&hash.to_be_bytes());
@@ -104,10 +86,7 @@ impl KeySchema {
         let value = decode_component(self.partition.key_type, self.sort.is_none(), &mut reader)?;
         item.insert(self.partition.name.clone(), value);
         if let Some(sort) = &self.sort {
-            item.insert(
-                sort.name.clone(),
-                decode_component(sort.key_type, true, &mut reader)?,
-            );
+            item.insert(sort.name.clone(), decode_component(sort.key_type, true, &mut reader)?);
         }
         if !reader.is_empty() {
             return Err("trailing bytes after the key".to_string());
@@ -137,9 +116,7 @@ fn encode_component(
 ) -> Result<()> {
     let name = &attribute.name;
     let value = item.get(name).ok_or_else(|| {
-        Error::validation(format!(
-            "one or more parameter values were invalid: missing the key {name} in the item"
-        ))
+        Error::validation(format!("one or more parameter values were invalid: missing the key {name} in the item"))
     })?;
     let mismatch = || {
         Error::validation(format!(
@@ -177,11 +154,7 @@ fn encode_component(
     Ok(())
 }
 
-fn decode_component(
-    key_type: KeyType,
-    last: bool,
-    reader: &mut Reader<'_>,
-) -> Result<AttributeValue, String> {
+fn decode_component(key_type: KeyType, last: bool, reader: &mut Reader<'_>) -> Result<AttributeValue, String> {
     if key_type == KeyType::N {
         return Ok(AttributeValue::N(reader.number()?));
     }
@@ -192,9 +165,7 @@ fn decode_component(
         reader.take(usize::from(len))?
     };
     Ok(match key_type {
-        KeyType::S => AttributeValue::S(
-            String::from_utf8(raw.to_vec()).map_err(|_| "key string is not UTF-8")?,
-        ),
+        KeyType::S => AttributeValue::S(String::from_utf8(raw.to_vec()).map_err(|_| "key string is not UTF-8")?),
         _ => AttributeValue::B(raw.to_vec()),
     })
 }
@@ -207,17 +178,11 @@ mod tests {
     use proptest::prelude::*;
 
     fn item(pairs: &[(&str, AttributeValue)]) -> Item {
-        pairs
-            .iter()
-            .map(|(name, value)| (name.to_string(), value.clone()))
-            .collect()
+        pairs.iter().map(|(name, value)| (name.to_string(), value.clone())).collect()
     }
 
     fn sort_bytes(schema: &KeySchema, pk: AttributeValue, sk: AttributeValue) -> Vec<u8> {
-        schema
-            .encode_key(&item(&[("pk", pk), ("sk", sk)]))
-            .unwrap()
-            .bytes
+        schema.encode_key(&item(&[("pk", pk), ("sk", sk)])).unwrap().bytes
     }
 
     proptest! {
@@ -266,9 +231,7 @@ mod tests {
     fn hash_is_stable() {
         // Part of the on-disk format: this value may never change.
         let schema = KeySchema::hash_only("id", KeyType::S);
-        let key = schema
-            .encode_key(&item(&[("id", AttributeValue::S("user#1".into()))]))
-            .unwrap();
+        let key = schema.encode_key(&item(&[("id", AttributeValue::S("user#1".into()))])).unwrap();
         assert_eq!(key.hash, partition_hash(b"user#1"));
         assert_eq!(partition_hash(b""), 0x2D06800538D394C2);
     }
@@ -277,29 +240,17 @@ mod tests {
     fn key_errors_name_the_attribute() {
         let schema = KeySchema::composite(("pk", KeyType::S), ("sk", KeyType::N));
         let cases: [(Item, &str); 4] = [
+            (item(&[("sk", AttributeValue::N(Number::ZERO))]), "missing the key pk"),
             (
-                item(&[("sk", AttributeValue::N(Number::ZERO))]),
-                "missing the key pk",
-            ),
-            (
-                item(&[
-                    ("pk", AttributeValue::N(Number::ZERO)),
-                    ("sk", AttributeValue::N(Number::ZERO)),
-                ]),
+                item(&[("pk", AttributeValue::N(Number::ZERO)), ("sk", AttributeValue::N(Number::ZERO))]),
                 "type mismatch for key pk expected: S actual: N",
             ),
             (
-                item(&[
-                    ("pk", AttributeValue::S(String::new())),
-                    ("sk", AttributeValue::N(Number::ZERO)),
-                ]),
+                item(&[("pk", AttributeValue::S(String::new())), ("sk", AttributeValue::N(Number::ZERO))]),
                 "pk may not be empty",
             ),
             (
-                item(&[
-                    ("pk", AttributeValue::S("x".repeat(2049))),
-                    ("sk", AttributeValue::N(Number::ZERO)),
-                ]),
+                item(&[("pk", AttributeValue::S("x".repeat(2049))), ("sk", AttributeValue::N(Number::ZERO))]),
                 "2049 bytes",
             ),
         ];

@@ -29,20 +29,12 @@ pub struct Number {
 
 impl Number {
     /// Zero.
-    pub const ZERO: Number = Number {
-        negative: false,
-        coefficient: 0,
-        exponent: 0,
-    };
+    pub const ZERO: Number = Number { negative: false, coefficient: 0, exponent: 0 };
 
     /// Parses DynamoDB's number syntax: optional sign, digits with an optional point, optional
     /// exponent (`-12.5e3`). Leading and trailing zeros do not count as significant digits.
     pub fn parse(text: &str) -> Result<Number> {
-        let invalid = || {
-            Error::validation(format!(
-                "the parameter cannot be converted to a numeric value: {text:?}"
-            ))
-        };
+        let invalid = || Error::validation(format!("the parameter cannot be converted to a numeric value: {text:?}"));
         let bytes = text.as_bytes();
         let mut index = 0;
         let mut negative = false;
@@ -80,13 +72,7 @@ impl Number {
         if index < bytes.len() {
             let rest = &text[index + 1..];
             let rest = rest.strip_prefix('+').unwrap_or(rest);
-            if rest.is_empty()
-                || rest.len() > 12
-                || !rest
-                    .trim_start_matches('-')
-                    .bytes()
-                    .all(|b| b.is_ascii_digit())
-            {
+            if rest.is_empty() || rest.len() > 12 || !rest.trim_start_matches('-').bytes().all(|b| b.is_ascii_digit()) {
                 return Err(invalid());
             }
             exponent = rest.parse::<i64>().map_err(|_| invalid())?;
@@ -102,13 +88,9 @@ impl Number {
             return Ok(Number::ZERO);
         }
         if digits.len() > DIGITS_MAX as usize {
-            return Err(Error::validation(
-                "attempting to store more than 38 significant digits in a Number",
-            ));
+            return Err(Error::validation("attempting to store more than 38 significant digits in a Number"));
         }
-        let coefficient = digits
-            .iter()
-            .fold(0u128, |acc, &d| acc * 10 + u128::from(d));
+        let coefficient = digits.iter().fold(0u128, |acc, &d| acc * 10 + u128::from(d));
         Number::from_parts(negative, coefficient, exponent)
     }
 
@@ -124,9 +106,7 @@ impl Number {
         }
         let digits = digit_count(coefficient);
         if digits > DIGITS_MAX {
-            return Err(Error::validation(
-                "attempting to store more than 38 significant digits in a Number",
-            ));
+            return Err(Error::validation("attempting to store more than 38 significant digits in a Number"));
         }
         let scale = exponent + i64::from(digits);
         if scale > i64::from(SCALE_MAX) {
@@ -139,11 +119,7 @@ impl Number {
                 "number underflow: attempting to store a number with magnitude smaller than supported range",
             ));
         }
-        Ok(Number {
-            negative,
-            coefficient,
-            exponent: exponent as i32,
-        })
+        Ok(Number { negative, coefficient, exponent: exponent as i32 })
     }
 
     /// Whether the number is below zero.
@@ -172,12 +148,7 @@ impl Number {
 
     /// The coefficient's digits, most significant first.
     fn digits(&self) -> Vec<u8> {
-        self.coefficient
-            .to_string()
-            .into_bytes()
-            .iter()
-            .map(|b| b - b'0')
-            .collect()
+        self.coefficient.to_string().into_bytes().iter().map(|b| b - b'0').collect()
     }
 
     /// Size as DynamoDB counts it: one byte per two significant digits, plus one.
@@ -226,9 +197,8 @@ impl Number {
                     return Err("number without digits");
                 }
                 let scale = i32::from(scale_byte) + SCALE_MIN;
-                let number =
-                    Number::from_parts(negative, coefficient, i64::from(scale) - i64::from(digits))
-                        .map_err(|_| "number out of range")?;
+                let number = Number::from_parts(negative, coefficient, i64::from(scale) - i64::from(digits))
+                    .map_err(|_| "number out of range")?;
                 if number.significant_digits() != digits {
                     return Err("number with trailing zero digits");
                 }
@@ -268,10 +238,7 @@ impl Ord for Number {
         if by_sign != Ordering::Equal || sign(self) == 0 {
             return by_sign;
         }
-        let magnitude = self
-            .scale()
-            .cmp(&other.scale())
-            .then_with(|| self.digits().cmp(&other.digits()));
+        let magnitude = self.scale().cmp(&other.scale()).then_with(|| self.digits().cmp(&other.digits()));
         if self.negative {
             magnitude.reverse()
         } else {
@@ -332,8 +299,7 @@ impl std::str::FromStr for Number {
 
 impl From<i64> for Number {
     fn from(value: i64) -> Number {
-        Number::from_parts(value < 0, u128::from(value.unsigned_abs()), 0)
-            .expect("every i64 is in range")
+        Number::from_parts(value < 0, u128::from(value.unsigned_abs()), 0).expect("every i64 is in range")
     }
 }
 
@@ -355,10 +321,7 @@ mod tests {
             ("+001.500e1", "15"),
             ("1e2", "100"),
             ("-12.5E-3", "-0.0125"),
-            (
-                "123456789012345678901234567890.12345678",
-                "123456789012345678901234567890.12345678",
-            ),
+            ("123456789012345678901234567890.12345678", "123456789012345678901234567890.12345678"),
         ];
         for (input, canonical) in cases {
             assert_eq!(n(input).to_string(), canonical, "input {input}");
@@ -371,13 +334,8 @@ mod tests {
 
     #[test]
     fn rejects_bad_text_and_range() {
-        for bad in [
-            "", "-", ".", "1..2", "1e", "abc", "1e+", "--1", "1 ", "0x10", "1e5.5",
-        ] {
-            assert!(
-                matches!(Number::parse(bad), Err(Error::Validation(_))),
-                "{bad:?}"
-            );
+        for bad in ["", "-", ".", "1..2", "1e", "abc", "1e+", "--1", "1 ", "0x10", "1e5.5"] {
+            assert!(matches!(Number::parse(bad), Err(Error::Validation(_))), "{bad:?}");
         }
         assert!(Number::parse("1E-131").is_err());
         assert!(Number::parse("1E+126").is_err());

@@ -14,11 +14,7 @@ use crate::store::{PartitionId, Store};
 /// Where a partition's writes become committed, ordered log entries.
 pub trait ReplicationLog {
     /// Proposes `command` for `partition`; resolves once it is committed and applied.
-    fn propose(
-        &self,
-        partition: PartitionId,
-        command: Command,
-    ) -> impl Future<Output = Result<Outcome>>;
+    fn propose(&self, partition: PartitionId, command: Command) -> impl Future<Output = Result<Outcome>>;
 }
 
 /// A replication group of one: the local store.
@@ -29,10 +25,7 @@ pub struct LocalLog {
 
 impl LocalLog {
     pub fn new(store: Store) -> LocalLog {
-        LocalLog {
-            store,
-            last_slots: RefCell::new(ahash::HashMap::default()),
-        }
+        LocalLog { store, last_slots: RefCell::new(ahash::HashMap::default()) }
     }
 
     pub fn store(&self) -> &Store {
@@ -44,9 +37,7 @@ impl ReplicationLog for LocalLog {
     async fn propose(&self, partition: PartitionId, command: Command) -> Result<Outcome> {
         let lsn = {
             let mut last_slots = self.last_slots.borrow_mut();
-            let last = last_slots
-                .entry(partition)
-                .or_insert_with(|| self.store.applied_slot(partition));
+            let last = last_slots.entry(partition).or_insert_with(|| self.store.applied_slot(partition));
             let lsn = self.store.submit(partition, *last + 1, command)?;
             *last += 1;
             lsn

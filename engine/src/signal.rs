@@ -2,6 +2,7 @@
 //! that futures wait to pass, and an event that wakes one waiting task.
 
 use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::task::{Poll, Waker};
 
@@ -11,15 +12,13 @@ use std::task::{Poll, Waker};
 pub(crate) struct Watermark {
     value: Cell<u64>,
     failure: RefCell<Option<String>>,
-    waiters: RefCell<Vec<(u64, Waker)>>,
+    /// Wakers by the value they wait for, so an advance touches only the ready ones.
+    waiters: RefCell<BTreeMap<u64, Vec<Waker>>>,
 }
 
 impl Watermark {
     pub(crate) fn new(value: u64) -> Watermark {
-        Watermark {
-            value: Cell::new(value),
-            ..Watermark::default()
-        }
+        Watermark { value: Cell::new(value), ..Watermark::default() }
     }
 
     pub(crate) fn get(&self) -> u64 {
@@ -29,20 +28,18 @@ impl Watermark {
     pub(crate) fn advance(&self, value: u64) {
         debug_assert!(value >= self.value.get(), "watermarks only move forward");
         self.value.set(value);
-        let ready: Vec<Waker> = {
+        let ready = {
             let mut waiters = self.waiters.borrow_mut();
-            let (ready, waiting): (Vec<_>, Vec<_>) =
-                waiters.drain(..).partition(|(target, _)| *target <= value);
-            *waiters = waiting;
-            ready.into_iter().map(|(_, waker)| waker).collect()
+            let waiting = waiters.split_off(&(value + 1));
+            std::mem::replace(&mut *waiters, waiting)
         };
-        ready.into_iter().for_each(Waker::wake);
+        ready.into_values().flatten().for_each(Waker::wake);
     }
 
     pub(crate) fn fail(&self, cause: String) {
         self.failure.borrow_mut().get_or_insert(cause);
-        let waiters: Vec<_> = self.waiters.borrow_mut().drain(..).collect();
-        waiters.into_iter().for_each(|(_, waker)| waker.wake());
+        let waiters = std::mem::take(&mut *self.waiters.borrow_mut());
+        waiters.into_values().flatten().for_each(Waker::wake);
     }
 
     pub(crate) fn failure(&self) -> Option<String> {
@@ -57,9 +54,7 @@ impl Watermark {
             if let Some(cause) = self.failure.borrow().clone() {
                 return Poll::Ready(Err(cause));
             }
-            self.waiters
-                .borrow_mut()
-                .push((target, context.waker().clone()));
+            self.waiters.borrow_mut().entry(target).or_default().push(context.waker().clone());
             Poll::Pending
         })
     }

@@ -3,8 +3,8 @@
 //!
 //! Write path: `submit` appends a command to the WAL and queues it; the applier task waits
 //! until the record is durable, then applies queued commands strictly in LSN order to the
-//! tree (each apply also records the partition's applied slot in the tree, in the same
-//! synchronous step), then publishes the outcome. Checkpoints are sealed by the applier
+//! tree, then publishes the outcome. Applied slots are written into the tree right before a
+//! checkpoint is sealed. Checkpoints are sealed by the applier
 //! between two records, so a checkpoint's tree is exactly the effect of every record up to the
 //! LSN it names; its pages are written while applies go on.
 //!
@@ -24,10 +24,7 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
 use crate::btree::page::{self, Kind, PageId, PAGE_SIZE};
-use crate::btree::{
-    freelist_entries, Durable, Sealed, Tree, TreeError, TreeResult, CACHE_PAGES_MIN,
-    FIRST_DATA_PAGE,
-};
+use crate::btree::{freelist_entries, Durable, Sealed, Tree, TreeError, TreeResult, CACHE_PAGES_MIN, FIRST_DATA_PAGE};
 use crate::command::{Command, Outcome};
 use crate::disk::{self, File};
 use crate::error::{Error, Result};
@@ -84,6 +81,8 @@ struct Inner {
     tree: RefCell<Tree>,
     wal: Wal,
     applied_slots: RefCell<ahash::HashMap<PartitionId, u64>>,
+    /// Partitions whose applied slot changed since the last checkpoint was sealed.
+    unsaved_slots: RefCell<ahash::HashSet<PartitionId>>,
     queue: RefCell<VecDeque<Queued>>,
     outcomes: RefCell<ahash::HashMap<u64, Outcome>>,
     /// Highest LSN applied to the tree.
@@ -99,6 +98,7 @@ struct Inner {
     poisoned: RefCell<Option<String>>,
     closed: Cell<bool>,
     applier: RefCell<Option<glommio::Task<()>>>,
+    page_reads: Cell<u64>,
 }
 
 /// A core's storage; cheap to clone, used from one executor.
@@ -136,10 +136,7 @@ impl Meta {
     }
 
     fn decode(bytes: &[u8], slot: PageId) -> Option<Meta> {
-        if bytes.len() < PAGE_SIZE
-            || page::verify(bytes, slot).is_err()
-            || &bytes[32..40] != META_MAGIC
-        {
+        if bytes.len() < PAGE_SIZE || page::verify(bytes, slot).is_err() || &bytes[32..40] != META_MAGIC {
             return None;
         }
         if page::kind(bytes) != Some(Kind::Meta) || page::get_u64(bytes, 80) != PAGE_SIZE as u64 {
@@ -171,9 +168,7 @@ impl Store {
     /// and replays the WAL after it.
     pub async fn open(dir: &Path, config: StoreConfig) -> Result<Store> {
         if config.cache_pages < CACHE_PAGES_MIN {
-            return Err(Error::Config(format!(
-                "cache_pages must be at least {CACHE_PAGES_MIN}"
-            )));
+            return Err(Error::Config(format!("cache_pages must be at least {CACHE_PAGES_MIN}")));
         }
         std::fs::create_dir_all(dir).map_err(|error| Error::io("create directory", dir, error))?;
         disk::probe_device(dir).await?;
@@ -184,19 +179,12 @@ impl Store {
         let meta = (0..2u64)
             .filter_map(|slot| {
                 let start = slot as usize * PAGE_SIZE;
-                metas
-                    .get(start..start + PAGE_SIZE)
-                    .and_then(|bytes| Meta::decode(bytes, slot))
+                metas.get(start..start + PAGE_SIZE).and_then(|bytes| Meta::decode(bytes, slot))
             })
             .max_by_key(|meta| meta.sequence);
         let durable = match &meta {
             Some(meta) => read_durable(&file, meta).await?,
-            None => Durable {
-                root: 0,
-                page_count: FIRST_DATA_PAGE,
-                free: Vec::new(),
-                freelist_pages: Vec::new(),
-            },
+            None => Durable { root: 0, page_count: FIRST_DATA_PAGE, free: Vec::new(), freelist_pages: Vec::new() },
         };
         let covered_lsn = meta.as_ref().map_or(0, |meta| meta.covered_lsn);
         let recovered = Wal::open(&dir.join("wal"), config.wal.clone(), covered_lsn).await?;
@@ -208,6 +196,7 @@ impl Store {
                 config,
                 wal: recovered.wal,
                 applied_slots: RefCell::new(ahash::HashMap::default()),
+                unsaved_slots: RefCell::new(ahash::HashSet::default()),
                 queue: RefCell::new(VecDeque::new()),
                 outcomes: RefCell::new(ahash::HashMap::default()),
                 applied: Watermark::new(covered_lsn),
@@ -220,6 +209,7 @@ impl Store {
                 poisoned: RefCell::new(None),
                 closed: Cell::new(false),
                 applier: RefCell::new(None),
+                page_reads: Cell::new(0),
             }),
         };
         store.load_applied_slots().await?;
@@ -232,17 +222,10 @@ impl Store {
                 ));
             }
             let command = Command::decode(&record.payload).map_err(|reason| {
-                Error::corrupt(
-                    dir.join("wal"),
-                    0,
-                    format!("WAL record {} holds a bad command: {reason}", record.lsn),
-                )
+                Error::corrupt(dir.join("wal"), 0, format!("WAL record {} holds a bad command: {reason}", record.lsn))
             })?;
             if record.slot > store.applied_slot(record.partition) {
-                store
-                    .inner
-                    .apply(record.partition, record.slot, &command)
-                    .await?;
+                store.inner.apply(record.partition, record.slot, &command).await?;
             }
             store.inner.applied.advance(record.lsn);
         }
@@ -252,31 +235,15 @@ impl Store {
     }
 
     async fn load_applied_slots(&self) -> Result<()> {
-        let entries = self
-            .inner
-            .scan_tree(
-                Bound::Included(META_PREFIX.to_vec()),
-                Bound::Unbounded,
-                false,
-                usize::MAX,
-            )
-            .await?;
+        let entries =
+            self.inner.scan_tree(Bound::Included(META_PREFIX.to_vec()), Bound::Unbounded, false, usize::MAX).await?;
         let mut slots = self.inner.applied_slots.borrow_mut();
         for (key, value) in entries {
-            let partition = key
-                .get(8..16)
-                .and_then(|bytes| bytes.try_into().ok())
-                .map(u64::from_be_bytes);
+            let partition = key.get(8..16).and_then(|bytes| bytes.try_into().ok()).map(u64::from_be_bytes);
             let slot = value.as_slice().try_into().ok().map(u64::from_le_bytes);
             match (partition, slot) {
                 (Some(partition), Some(slot)) => slots.insert(partition, slot),
-                _ => {
-                    return Err(Error::corrupt(
-                        self.inner.file.path(),
-                        0,
-                        "malformed partition metadata entry",
-                    ))
-                }
+                _ => return Err(Error::corrupt(self.inner.file.path(), 0, "malformed partition metadata entry")),
             };
         }
         Ok(())
@@ -284,12 +251,7 @@ impl Store {
 
     /// Highest slot applied for `partition` (0 if none).
     pub fn applied_slot(&self, partition: PartitionId) -> u64 {
-        self.inner
-            .applied_slots
-            .borrow()
-            .get(&partition)
-            .copied()
-            .unwrap_or(0)
+        self.inner.applied_slots.borrow().get(&partition).copied().unwrap_or(0)
     }
 
     /// Highest WAL LSN applied to the tree.
@@ -312,27 +274,15 @@ impl Store {
                 key.len()
             )));
         }
-        let lsn = self
-            .inner
-            .wal
-            .append(partition, slot, RECORD_COMMAND, &command.encode())?;
-        self.inner.queue.borrow_mut().push_back(Queued {
-            lsn,
-            partition,
-            slot,
-            command,
-        });
+        let lsn = self.inner.wal.append(partition, slot, RECORD_COMMAND, &command.encode())?;
+        self.inner.queue.borrow_mut().push_back(Queued { lsn, partition, slot, command });
         self.inner.work.notify();
         Ok(lsn)
     }
 
     /// Resolves once the record `lsn` is durable and applied, with what the apply found.
     pub async fn outcome(&self, lsn: u64) -> Result<Outcome> {
-        self.inner
-            .applied
-            .wait(lsn)
-            .await
-            .map_err(|cause| Error::Poisoned { cause })?;
+        self.inner.applied.wait(lsn).await.map_err(|cause| Error::Poisoned { cause })?;
         self.inner
             .outcomes
             .borrow_mut()
@@ -381,11 +331,7 @@ impl Store {
         let target = self.inner.checkpoints_started.get() + 1;
         self.inner.checkpoint_wanted.set(true);
         self.inner.work.notify();
-        self.inner
-            .checkpoints
-            .wait(target)
-            .await
-            .map_err(|cause| Error::Poisoned { cause })
+        self.inner.checkpoints.wait(target).await.map_err(|cause| Error::Poisoned { cause })
     }
 
     /// Applies everything submitted, waits for a running checkpoint, and stops the store's
@@ -413,6 +359,16 @@ impl Store {
         &self.inner.wal
     }
 
+    /// Tree pages read from disk since open (cache misses).
+    pub fn page_reads(&self) -> u64 {
+        self.inner.page_reads.get()
+    }
+
+    /// Checkpoints made durable since open.
+    pub fn checkpoints(&self) -> u64 {
+        self.inner.checkpoints.get()
+    }
+
     /// Pages the tree file spans.
     pub fn tree_pages(&self) -> u64 {
         self.inner.tree.borrow().page_count()
@@ -431,26 +387,15 @@ async fn read_durable(file: &File, meta: &Meta) -> Result<Durable> {
     let mut next = meta.freelist_head;
     while next != 0 {
         if freelist_pages.len() as u64 > meta.page_count {
-            return Err(Error::corrupt(
-                file.path(),
-                next * PAGE_SIZE as u64,
-                "freelist chain loops",
-            ));
+            return Err(Error::corrupt(file.path(), next * PAGE_SIZE as u64, "freelist chain loops"));
         }
         let bytes = read_page(file, next).await?;
         if page::kind(&bytes) != Some(Kind::Freelist) {
-            return Err(Error::corrupt(
-                file.path(),
-                next * PAGE_SIZE as u64,
-                "freelist page has the wrong kind",
-            ));
+            return Err(Error::corrupt(file.path(), next * PAGE_SIZE as u64, "freelist page has the wrong kind"));
         }
         freelist_pages.push(next);
         let (ids, link) = freelist_entries(&bytes);
-        if let Some(bad) = ids
-            .iter()
-            .find(|&&id| id < FIRST_DATA_PAGE || id >= meta.page_count)
-        {
+        if let Some(bad) = ids.iter().find(|&&id| id < FIRST_DATA_PAGE || id >= meta.page_count) {
             return Err(Error::corrupt(
                 file.path(),
                 next * PAGE_SIZE as u64,
@@ -460,12 +405,7 @@ async fn read_durable(file: &File, meta: &Meta) -> Result<Durable> {
         free.extend(ids);
         next = link;
     }
-    Ok(Durable {
-        root: meta.root,
-        page_count: meta.page_count,
-        free,
-        freelist_pages,
-    })
+    Ok(Durable { root: meta.root, page_count: meta.page_count, free, freelist_pages })
 }
 
 /// Reads and verifies one page.
@@ -473,11 +413,7 @@ async fn read_page(file: &File, id: PageId) -> Result<Vec<u8>> {
     let offset = id * PAGE_SIZE as u64;
     let bytes = file.read(offset, PAGE_SIZE).await?;
     if bytes.len() < PAGE_SIZE {
-        return Err(Error::corrupt(
-            file.path(),
-            offset,
-            format!("page {id} lies beyond the end of the file"),
-        ));
+        return Err(Error::corrupt(file.path(), offset, format!("page {id} lies beyond the end of the file")));
     }
     page::verify(&bytes, id).map_err(|reason| Error::corrupt(file.path(), offset, reason))?;
     Ok(bytes)
@@ -491,13 +427,12 @@ impl Inner {
             match result {
                 Ok(value) => return Ok(value),
                 Err(TreeError::Need(id)) => {
+                    self.page_reads.set(self.page_reads.get() + 1);
                     let generation = self.tree.borrow().generation();
                     let bytes = read_page(&self.file, id).await?;
                     self.tree.borrow_mut().insert_loaded(id, bytes, generation);
                 }
-                Err(TreeError::Corrupt(reason)) => {
-                    return Err(Error::corrupt(self.file.path(), 0, reason))
-                }
+                Err(TreeError::Corrupt(reason)) => return Err(Error::corrupt(self.file.path(), 0, reason)),
             }
         }
     }
@@ -514,15 +449,10 @@ impl Inner {
             return Ok(entries);
         }
         self.with_tree(|tree| {
-            let result = tree.scan(
-                as_slice(&lower),
-                as_slice(&upper),
-                reverse,
-                &mut |key, value| {
-                    entries.push((key.to_vec(), value));
-                    entries.len() < limit
-                },
-            );
+            let result = tree.scan(as_slice(&lower), as_slice(&upper), reverse, &mut |key, value| {
+                entries.push((key.to_vec(), value));
+                entries.len() < limit
+            });
             // Resume after the last entry taken if a page must be loaded first.
             if let Some((last, _)) = entries.last() {
                 let resume = Bound::Excluded(last.clone());
@@ -542,33 +472,37 @@ impl Inner {
         Ok(entries)
     }
 
-    /// Applies one command at `slot`. Reads first (loading every page the writes touch), then
-    /// writes; a checkpoint is never sealed in between, as only the applier seals.
+    /// Applies one command at `slot`. The partition's applied slot is kept in memory and
+    /// written into the tree just before a checkpoint is sealed (`save_applied_slots`), so the
+    /// checkpoint holds exactly the slots of the records its tree reflects.
     async fn apply(&self, partition: PartitionId, slot: u64, command: &Command) -> Result<Outcome> {
-        let slot_key = meta_key(partition);
-        self.with_tree(|tree| tree.get(&slot_key)).await?;
         let outcome = self.apply_command(partition, command).await?;
-        self.with_tree(|tree| tree.put(&slot_key, &slot.to_le_bytes()))
-            .await?;
         self.applied_slots.borrow_mut().insert(partition, slot);
+        self.unsaved_slots.borrow_mut().insert(partition);
         Ok(outcome)
+    }
+
+    /// Writes the applied slots changed since the last checkpoint into the tree. Called by
+    /// the applier only, between records.
+    async fn save_applied_slots(&self) -> Result<()> {
+        let partitions: Vec<PartitionId> = self.unsaved_slots.borrow_mut().drain().collect();
+        for partition in partitions {
+            let slot = self.applied_slots.borrow()[&partition];
+            let key = meta_key(partition);
+            self.with_tree(|tree| tree.put(&key, &slot.to_le_bytes()).map(drop)).await?;
+        }
+        Ok(())
     }
 
     async fn apply_command(&self, partition: PartitionId, command: &Command) -> Result<Outcome> {
         match command {
             Command::Put { key, value } => {
                 let full = tree_key(partition, key);
-                let previous = self.with_tree(|tree| tree.get(&full)).await?;
-                self.with_tree(|tree| tree.put(&full, value)).await?;
-                Ok(Outcome::Previous(previous))
+                Ok(Outcome::Previous(self.with_tree(|tree| tree.put(&full, value)).await?))
             }
             Command::Delete { key } => {
                 let full = tree_key(partition, key);
-                let previous = self.with_tree(|tree| tree.get(&full)).await?;
-                if previous.is_some() {
-                    self.with_tree(|tree| tree.delete(&full)).await?;
-                }
-                Ok(Outcome::Previous(previous))
+                Ok(Outcome::Previous(self.with_tree(|tree| tree.delete(&full)).await?))
             }
             Command::Batch(commands) => {
                 let mut outcomes = Vec::with_capacity(commands.len());
@@ -586,7 +520,10 @@ impl Inner {
             match next {
                 None if inner.closed.get() => return,
                 None => {
-                    inner.maybe_checkpoint();
+                    if let Err(error) = inner.maybe_checkpoint().await {
+                        inner.fail(error.to_string());
+                        return;
+                    }
                     inner.work.wait().await;
                     continue;
                 }
@@ -607,10 +544,7 @@ impl Inner {
                     }
                 };
                 let Some(queued) = queued else { break };
-                match inner
-                    .apply(queued.partition, queued.slot, &queued.command)
-                    .await
-                {
+                match inner.apply(queued.partition, queued.slot, &queued.command).await {
                     Ok(outcome) => {
                         inner.outcomes.borrow_mut().insert(queued.lsn, outcome);
                         inner.applied.advance(queued.lsn);
@@ -621,7 +555,10 @@ impl Inner {
                     }
                 }
             }
-            inner.maybe_checkpoint();
+            if let Err(error) = inner.maybe_checkpoint().await {
+                inner.fail(error.to_string());
+                return;
+            }
         }
     }
 
@@ -633,26 +570,24 @@ impl Inner {
 
     /// Seals a checkpoint if one is wanted and none is running. Called by the applier only,
     /// between records.
-    fn maybe_checkpoint(self: &Rc<Inner>) {
+    async fn maybe_checkpoint(self: &Rc<Inner>) -> Result<()> {
         if self.checkpoint_running.get() || self.poisoned.borrow().is_some() || self.closed.get() {
-            return;
+            return Ok(());
         }
         let tree_full = self.tree.borrow().dirty_pages()
-            >= self
-                .config
-                .checkpoint_dirty_pages
-                .min(self.tree.borrow().capacity() / 2);
+            >= self.config.checkpoint_dirty_pages.min(self.tree.borrow().capacity() / 2);
         let log_long = self.wal.segments_in_use() >= self.config.checkpoint_wal_segments;
         if !(self.checkpoint_wanted.get() || tree_full || log_long) {
-            return;
+            return Ok(());
         }
+        self.save_applied_slots().await?;
         self.checkpoint_wanted.set(false);
         self.checkpoint_running.set(true);
-        self.checkpoints_started
-            .set(self.checkpoints_started.get() + 1);
+        self.checkpoints_started.set(self.checkpoints_started.get() + 1);
         let sealed = self.tree.borrow_mut().seal();
         let covered_lsn = self.applied.get();
         glommio::spawn_local(Inner::write_checkpoint(self.clone(), sealed, covered_lsn)).detach();
+        Ok(())
     }
 
     async fn write_checkpoint(inner: Rc<Inner>, sealed: Sealed, covered_lsn: u64) {
@@ -686,13 +621,9 @@ impl Inner {
             while end < pages.len() && pages[end].0 == pages[end - 1].0 + 1 && end - start < 256 {
                 end += 1;
             }
-            let run: Vec<u8> = pages[start..end]
-                .iter()
-                .flat_map(|(_, bytes)| bytes.iter().copied())
-                .collect();
-            self.file
-                .write(pages[start].0 * PAGE_SIZE as u64, &run)
-                .await?;
+            let mut run = Vec::with_capacity((end - start) * PAGE_SIZE);
+            pages[start..end].iter().for_each(|(_, bytes)| run.extend_from_slice(bytes));
+            self.file.write(pages[start].0 * PAGE_SIZE as u64, &run).await?;
             start = end;
         }
         self.file.fdatasync().await?;
@@ -705,9 +636,7 @@ impl Inner {
             covered_lsn,
         };
         let slot = sequence % 2;
-        self.file
-            .write(slot * PAGE_SIZE as u64, &meta.encode(slot))
-            .await?;
+        self.file.write(slot * PAGE_SIZE as u64, &meta.encode(slot)).await?;
         self.file.fdatasync().await?;
         self.meta_sequence.set(sequence);
         Ok(())

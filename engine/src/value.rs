@@ -57,12 +57,7 @@ impl AttributeValue {
             AttributeValue::N(number) => number.size(),
             AttributeValue::B(bytes) => bytes.len(),
             AttributeValue::Bool(_) | AttributeValue::Null => 1,
-            AttributeValue::M(map) => {
-                3 + map
-                    .iter()
-                    .map(|(name, value)| 1 + name.len() + value.size())
-                    .sum::<usize>()
-            }
+            AttributeValue::M(map) => 3 + map.iter().map(|(name, value)| 1 + name.len() + value.size()).sum::<usize>(),
             AttributeValue::L(list) => 3 + list.iter().map(|value| 1 + value.size()).sum::<usize>(),
             AttributeValue::Ss(set) => set.iter().map(String::len).sum(),
             AttributeValue::Ns(set) => set.iter().map(Number::size).sum(),
@@ -86,22 +81,15 @@ impl AttributeValue {
             AttributeValue::Ns(set) => set.is_empty(),
             AttributeValue::Bs(set) => set.is_empty(),
             AttributeValue::M(map) => {
-                return map
-                    .values()
-                    .try_for_each(|value| value.validate_at_depth(path, depth + 1));
+                return map.values().try_for_each(|value| value.validate_at_depth(path, depth + 1));
             }
             AttributeValue::L(list) => {
-                return list
-                    .iter()
-                    .try_for_each(|value| value.validate_at_depth(path, depth + 1));
+                return list.iter().try_for_each(|value| value.validate_at_depth(path, depth + 1));
             }
             _ => false,
         };
         if empty_set {
-            return Err(Error::validation(format!(
-                "attribute {path}: an {} set may not be empty",
-                self.type_name()
-            )));
+            return Err(Error::validation(format!("attribute {path}: an {} set may not be empty", self.type_name())));
         }
         Ok(())
     }
@@ -109,9 +97,7 @@ impl AttributeValue {
 
 /// Item size as DynamoDB counts it: attribute names plus value sizes.
 pub fn item_size(item: &Item) -> usize {
-    item.iter()
-        .map(|(name, value)| name.len() + value.size())
-        .sum()
+    item.iter().map(|(name, value)| name.len() + value.size()).sum()
 }
 
 /// Checks an item against the data model's rules, including the 400 KB limit.
@@ -147,17 +133,11 @@ mod tests {
         item.insert("b".into(), AttributeValue::B(vec![0; 10])); // 1 + 10
         item.insert("ok".into(), AttributeValue::Bool(true)); // 2 + 1
         item.insert("z".into(), AttributeValue::Null); // 1 + 1
-        item.insert(
-            "l".into(),
-            AttributeValue::L(vec![n("1"), AttributeValue::S("xy".into())]),
-        ); // 1 + 3 + (1+2) + (1+2)
+        item.insert("l".into(), AttributeValue::L(vec![n("1"), AttributeValue::S("xy".into())])); // 1 + 3 + (1+2) + (1+2)
         let mut inner = BTreeMap::new();
         inner.insert("k".into(), AttributeValue::S("v".into()));
         item.insert("m".into(), AttributeValue::M(inner)); // 1 + 3 + (1 + 1 + 1)
-        item.insert(
-            "ss".into(),
-            AttributeValue::Ss(["a".to_string(), "bcd".to_string()].into()),
-        ); // 2 + 4
+        item.insert("ss".into(), AttributeValue::Ss(["a".to_string(), "bcd".to_string()].into())); // 2 + 4
         item.insert("e".into(), AttributeValue::M(BTreeMap::new())); // 1 + 3
         assert_eq!(item_size(&item), 5 + 5 + 11 + 3 + 2 + 10 + 7 + 6 + 4);
     }
@@ -169,25 +149,16 @@ mod tests {
         assert!(validate_item(&item).is_ok());
         item.insert("k2".into(), AttributeValue::Null);
         let error = validate_item(&item).unwrap_err().to_string();
-        assert!(
-            error.contains("exceeded the maximum allowed size"),
-            "{error}"
-        );
+        assert!(error.contains("exceeded the maximum allowed size"), "{error}");
         let mut item = Item::new();
         item.insert("s".into(), AttributeValue::Ss(BTreeSet::new()));
-        assert!(validate_item(&item)
-            .unwrap_err()
-            .to_string()
-            .contains("may not be empty"));
+        assert!(validate_item(&item).unwrap_err().to_string().contains("may not be empty"));
         let mut deep = AttributeValue::Null;
         for _ in 0..=NESTING_MAX {
             deep = AttributeValue::L(vec![deep]);
         }
         let mut item = Item::new();
         item.insert("d".into(), deep);
-        assert!(validate_item(&item)
-            .unwrap_err()
-            .to_string()
-            .contains("deeper"));
+        assert!(validate_item(&item).unwrap_err().to_string().contains("deeper"));
     }
 }

@@ -9,13 +9,10 @@ pub const PARTITIONS: u64 = 4;
 
 /// The value stored under `key`: its length and bytes follow from the key alone.
 pub fn value_for(key: &str) -> Vec<u8> {
-    let seed = key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |hash, byte| {
-        (hash ^ u64::from(byte)).wrapping_mul(0x100_0000_01b3)
-    });
+    let seed =
+        key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |hash, byte| (hash ^ u64::from(byte)).wrapping_mul(0x100_0000_01b3));
     let len = 64 + (seed % 3000) as usize;
-    (0..len)
-        .map(|index| (seed >> (index % 57)) as u8 ^ index as u8)
-        .collect()
+    (0..len).map(|index| (seed >> (index % 57)) as u8 ^ index as u8).collect()
 }
 
 /// The partition a key of the workload lives in.

@@ -26,11 +26,7 @@ struct Promises {
 /// Splits `r1-w2-n30[-b0of3]` into (`r1-w2`, 30).
 fn writer_and_step(key: &str) -> (String, u64) {
     let mut parts = key.splitn(4, '-');
-    let (round, writer, step) = (
-        parts.next().unwrap(),
-        parts.next().unwrap(),
-        parts.next().unwrap(),
-    );
+    let (round, writer, step) = (parts.next().unwrap(), parts.next().unwrap(), parts.next().unwrap());
     (format!("{round}-{writer}"), step[1..].parse().unwrap())
 }
 
@@ -39,33 +35,19 @@ impl Promises {
     /// `n + 1` is acknowledged and may have been applied without being acknowledged.
     fn may_be_deleted(&self, key: &str) -> bool {
         let (writer, step) = writer_and_step(key);
-        step % 5 == 2
-            && !key.contains("-b")
-            && self
-                .last_acked
-                .get(&writer)
-                .is_some_and(|&acked| acked > step)
+        step % 5 == 2 && !key.contains("-b") && self.last_acked.get(&writer).is_some_and(|&acked| acked > step)
     }
 }
 
 fn seed() -> u64 {
-    std::env::var("TESSERA_CRASH_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-        })
+    std::env::var("TESSERA_CRASH_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
+    })
 }
 
 #[test]
 fn acknowledged_writes_survive_sigkill() {
-    let rounds: u64 = std::env::var("TESSERA_CRASH_ROUNDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(12);
+    let rounds: u64 = std::env::var("TESSERA_CRASH_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(12);
     let mut state = seed();
     println!("crash test seed {state} (TESSERA_CRASH_SEED reproduces the kill schedule)");
     let dir = std::env::temp_dir().join(format!("tessera-crash-{}", std::process::id()));
@@ -73,9 +55,7 @@ fn acknowledged_writes_survive_sigkill() {
     let mut promises = Promises::default();
     let mut total_acks = 0;
     for round in 0..rounds {
-        state = state
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
+        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         let run_ms = 30 + (state >> 33) % 700;
         let mut child = Command::new(env!("CARGO_BIN_EXE_crash-writer"))
             .arg(&dir)
@@ -97,21 +77,14 @@ fn acknowledged_writes_survive_sigkill() {
         std::thread::sleep(Duration::from_millis(run_ms));
         unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
         let status = child.wait().unwrap();
-        assert!(
-            status.code().is_none(),
-            "the writer died on its own: {status:?}"
-        );
+        assert!(status.code().is_none(), "the writer died on its own: {status:?}");
         reader.join().unwrap();
         let mut acks = 0;
         for line in lines_rx.try_iter() {
             let fields: Vec<&str> = line.split(' ').collect();
             let partition: u64 = fields[2].parse().unwrap();
             let (writer, step) = writer_and_step(fields[3]);
-            let step = if fields[1] == "delete" {
-                step + 2
-            } else {
-                step
-            };
+            let step = if fields[1] == "delete" { step + 2 } else { step };
             let last = promises.last_acked.entry(writer).or_default();
             *last = (*last).max(step);
             for key in &fields[3..] {
@@ -127,9 +100,7 @@ fn acknowledged_writes_survive_sigkill() {
         }
         total_acks += acks;
         verify(&dir, &promises, round);
-        println!(
-            "round {round}: killed after {run_ms} ms, {acks} acknowledged writes, all present"
-        );
+        println!("round {round}: killed after {run_ms} ms, {acks} acknowledged writes, all present");
     }
     assert!(total_acks > 0, "the writer never acknowledged a write");
     let _ = std::fs::remove_dir_all(&dir);
@@ -138,50 +109,26 @@ fn acknowledged_writes_survive_sigkill() {
 fn verify(dir: &std::path::Path, promises: &Promises, round: u64) {
     let dir = dir.to_path_buf();
     let deleted = promises.deleted.clone();
-    let present: BTreeSet<(u64, String)> = promises
-        .present
-        .iter()
-        .filter(|(_, key)| !promises.may_be_deleted(key))
-        .cloned()
-        .collect();
+    let present: BTreeSet<(u64, String)> =
+        promises.present.iter().filter(|(_, key)| !promises.may_be_deleted(key)).cloned().collect();
     run(async move {
-        let store = Store::open(&dir, crash_config())
-            .await
-            .unwrap_or_else(|e| panic!("round {round}: reopen failed: {e}"));
+        let store =
+            Store::open(&dir, crash_config()).await.unwrap_or_else(|e| panic!("round {round}: reopen failed: {e}"));
         let mut found: BTreeMap<(u64, String), Vec<u8>> = BTreeMap::new();
         for partition in 0..PARTITIONS {
-            let entries = store
-                .scan(
-                    partition,
-                    Bound::Unbounded,
-                    Bound::Unbounded,
-                    false,
-                    usize::MAX,
-                )
-                .await
-                .unwrap();
+            let entries = store.scan(partition, Bound::Unbounded, Bound::Unbounded, false, usize::MAX).await.unwrap();
             for (key, value) in entries {
                 found.insert((partition, String::from_utf8(key).unwrap()), value);
             }
         }
         for ((partition, key), value) in &found {
-            assert_eq!(
-                value,
-                &value_for(key),
-                "round {round}: wrong value under {key} in partition {partition}"
-            );
+            assert_eq!(value, &value_for(key), "round {round}: wrong value under {key} in partition {partition}");
         }
         for entry in &present {
-            assert!(
-                found.contains_key(entry),
-                "round {round}: acknowledged write of {entry:?} is missing"
-            );
+            assert!(found.contains_key(entry), "round {round}: acknowledged write of {entry:?} is missing");
         }
         for entry in &deleted {
-            assert!(
-                !found.contains_key(entry),
-                "round {round}: acknowledged delete of {entry:?} is undone"
-            );
+            assert!(!found.contains_key(entry), "round {round}: acknowledged delete of {entry:?} is undone");
         }
         // Batches are all or nothing.
         let mut batches: BTreeMap<String, usize> = BTreeMap::new();

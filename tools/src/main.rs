@@ -70,7 +70,8 @@ async fn execute(data: PathBuf, args: Vec<String>) -> Result<(), String> {
             Err(error) => Err(error.to_string()),
         },
         "scan" => {
-            let limit = args.get(2).map_or(Ok(usize::MAX), |text| text.parse().map_err(|_| format!("bad limit {text:?}")))?;
+            let limit =
+                args.get(2).map_or(Ok(usize::MAX), |text| text.parse().map_err(|_| format!("bad limit {text:?}")))?;
             let entries = store
                 .scan(partition(args.get(1))?, Bound::Unbounded, Bound::Unbounded, false, limit)
                 .await

@@ -149,22 +149,14 @@ impl Tree {
             return;
         }
         self.evict_to(self.eviction_target() - 1);
-        self.frames.insert(
-            id,
-            Frame {
-                page: Rc::from(page),
-                state: State::Clean,
-                referenced: Cell::new(true),
-            },
-        );
+        self.frames.insert(id, Frame { page: Rc::from(page), state: State::Clean, referenced: Cell::new(true) });
         self.ring.push(id);
     }
 
     /// Frames to keep: the capacity, but never so few that clean pages drop under the floor
     /// (dirty and sealed pages are pinned until a checkpoint).
     fn eviction_target(&self) -> usize {
-        self.capacity
-            .max(self.dirty_count + self.sealed_count + CLEAN_PAGES_MIN)
+        self.capacity.max(self.dirty_count + self.sealed_count + CLEAN_PAGES_MIN)
     }
 
     /// CLOCK sweep: drops unreferenced clean frames until at most `target` remain.
@@ -196,11 +188,7 @@ impl Tree {
 
     fn page_mut(&mut self, id: PageId) -> &mut [u8] {
         let frame = self.frames.get_mut(&id).expect("page_mut of a cached page");
-        assert_eq!(
-            frame.state,
-            State::Dirty,
-            "page_mut of a page that is not dirty"
-        );
+        assert_eq!(frame.state, State::Dirty, "page_mut of a page that is not dirty");
         Rc::get_mut(&mut frame.page).expect("dirty pages are never shared")
     }
 
@@ -211,14 +199,7 @@ impl Tree {
         });
         let mut buffer = vec![0u8; PAGE_SIZE];
         page::init(&mut buffer, kind, id);
-        self.frames.insert(
-            id,
-            Frame {
-                page: Rc::from(buffer),
-                state: State::Dirty,
-                referenced: Cell::new(true),
-            },
-        );
+        self.frames.insert(id, Frame { page: Rc::from(buffer), state: State::Dirty, referenced: Cell::new(true) });
         self.ring.push(id);
         self.dirty_count += 1;
         id
@@ -259,9 +240,7 @@ impl Tree {
         let page = self.page(id)?;
         match page::kind(page) {
             Some(kind @ (Kind::Leaf | Kind::Branch)) => Ok(kind),
-            other => Err(TreeError::Corrupt(format!(
-                "page {id} is a {other:?} page inside the tree"
-            ))),
+            other => Err(TreeError::Corrupt(format!("page {id} is a {other:?} page inside the tree"))),
         }
     }
 
@@ -272,9 +251,7 @@ impl Tree {
         let mut id = self.root;
         loop {
             if path.len() > 64 {
-                return Err(TreeError::Corrupt(
-                    "tree deeper than 64 levels (a cycle?)".into(),
-                ));
+                return Err(TreeError::Corrupt("tree deeper than 64 levels (a cycle?)".into()));
             }
             match self.kind_of(id)? {
                 Kind::Leaf => {
@@ -313,15 +290,11 @@ impl Tree {
         let mut id = first;
         while id != 0 {
             if ids.len() * page::OVERFLOW_DATA_MAX > len {
-                return Err(TreeError::Corrupt(format!(
-                    "overflow chain from page {first} is longer than its value"
-                )));
+                return Err(TreeError::Corrupt(format!("overflow chain from page {first} is longer than its value")));
             }
             let page = self.page(id)?;
             if page::kind(page) != Some(Kind::Overflow) {
-                return Err(TreeError::Corrupt(format!(
-                    "page {id} in an overflow chain is not an overflow page"
-                )));
+                return Err(TreeError::Corrupt(format!("page {id} in an overflow chain is not an overflow page")));
             }
             ids.push(id);
             id = page::link(page);
@@ -376,26 +349,19 @@ impl Tree {
                     };
                 }
                 Some(Kind::Branch) => id = page::child(page, page::child_index(page, key)),
-                other => {
-                    return Err(TreeError::Corrupt(format!(
-                        "page {id} is a {other:?} page inside the tree"
-                    )))
-                }
+                other => return Err(TreeError::Corrupt(format!("page {id} is a {other:?} page inside the tree"))),
             }
         }
-        Err(TreeError::Corrupt(
-            "tree deeper than 64 levels (a cycle?)".into(),
-        ))
+        Err(TreeError::Corrupt("tree deeper than 64 levels (a cycle?)".into()))
     }
 
-    /// Stores `value` under `key`, replacing any earlier value.
-    pub(crate) fn put(&mut self, key: &[u8], value: &[u8]) -> TreeResult<()> {
-        assert!(
-            key.len() <= page::TREE_KEY_LEN_MAX,
-            "key longer than the tree allows"
-        );
+    /// Stores `value` under `key`; returns the value it replaced.
+    pub(crate) fn put(&mut self, key: &[u8], value: &[u8]) -> TreeResult<Option<Vec<u8>>> {
+        assert!(key.len() <= page::TREE_KEY_LEN_MAX, "key longer than the tree allows");
         let mut path = self.path(key)?;
-        let old_chain = self.existing_chain(path.last().expect("path ends at a leaf").0, key)?;
+        let leaf = path.last().expect("path ends at a leaf").0;
+        let old_chain = self.existing_chain(leaf, key)?;
+        let previous = self.value_in(leaf, key)?;
         // Nothing below can need a page: the path and the old chain are cached.
         self.make_writable(&mut path);
         old_chain.into_iter().for_each(|id| self.free_page(id));
@@ -403,11 +369,7 @@ impl Tree {
             ValueRef::Inline(value).encode()
         } else {
             let first = self.write_overflow(value);
-            ValueRef::Overflow {
-                len: value.len(),
-                first,
-            }
-            .encode()
+            ValueRef::Overflow { len: value.len(), first }.encode()
         };
         let leaf = path.last().expect("path ends at a leaf").0;
         let index = match page::search(self.page(leaf).expect("cached"), key) {
@@ -420,7 +382,16 @@ impl Tree {
             Err(index) => index,
         };
         self.insert_at(&path, path.len() - 1, index, key.to_vec(), body);
-        Ok(())
+        Ok(previous)
+    }
+
+    /// The value under `key` in `leaf` (whose overflow chain, if any, is cached).
+    fn value_in(&self, leaf: PageId, key: &[u8]) -> TreeResult<Option<Vec<u8>>> {
+        let page = self.page(leaf)?;
+        match page::search(page, key) {
+            Ok(index) => self.read_value(page::value_ref(page, index)).map(Some),
+            Err(_) => Ok(None),
+        }
     }
 
     /// The overflow chain of `key`'s current value in `leaf`, if it has one.
@@ -436,14 +407,7 @@ impl Tree {
     }
 
     /// Inserts a cell into the writable page at `path[level]`, splitting upward as needed.
-    fn insert_at(
-        &mut self,
-        path: &[(PageId, usize)],
-        level: usize,
-        index: usize,
-        key: Vec<u8>,
-        body: Vec<u8>,
-    ) {
+    fn insert_at(&mut self, path: &[(PageId, usize)], level: usize, index: usize, key: Vec<u8>, body: Vec<u8>) {
         let id = path[level].0;
         let target = self.page_mut(id);
         if page::fits(target, key.len() + body.len()) {
@@ -480,24 +444,18 @@ impl Tree {
             self.root = root;
         } else {
             let child_index = path[level - 1].1;
-            self.insert_at(
-                path,
-                level - 1,
-                child_index,
-                separator,
-                right.to_le_bytes().to_vec(),
-            );
+            self.insert_at(path, level - 1, child_index, separator, right.to_le_bytes().to_vec());
         }
     }
 
-    /// Removes `key`; returns whether it was present.
-    pub(crate) fn delete(&mut self, key: &[u8]) -> TreeResult<bool> {
+    /// Removes `key`; returns the value it held.
+    pub(crate) fn delete(&mut self, key: &[u8]) -> TreeResult<Option<Vec<u8>>> {
         let mut path = self.path(key)?;
         let leaf = path.last().expect("path ends at a leaf").0;
-        if page::search(self.page(leaf)?, key).is_err() {
-            return Ok(false);
-        }
         let old_chain = self.existing_chain(leaf, key)?;
+        let Some(previous) = self.value_in(leaf, key)? else {
+            return Ok(None);
+        };
         self.make_writable(&mut path);
         old_chain.into_iter().for_each(|id| self.free_page(id));
         let leaf = path.last().expect("path ends at a leaf").0;
@@ -514,7 +472,7 @@ impl Tree {
             remove_child(self.page_mut(parent), index);
         }
         self.collapse_root();
-        Ok(true)
+        Ok(Some(previous))
     }
 
     fn is_empty(&self, id: PageId) -> bool {
@@ -576,9 +534,7 @@ impl Tree {
                 }
             }
             if stack.len() > 64 {
-                return Err(TreeError::Corrupt(
-                    "tree deeper than 64 levels (a cycle?)".into(),
-                ));
+                return Err(TreeError::Corrupt("tree deeper than 64 levels (a cycle?)".into()));
             }
         }
         let page = self.page(id)?;
@@ -587,25 +543,15 @@ impl Tree {
             (Bound::Unbounded, false) => 0,
             (Bound::Unbounded, true) => count - 1,
             (Bound::Included(key), false) => page::search(page, key).unwrap_or_else(|i| i) as isize,
-            (Bound::Excluded(key), false) => {
-                page::search(page, key).map_or_else(|i| i, |i| i + 1) as isize
-            }
-            (Bound::Included(key), true) => {
-                page::search(page, key).map_or_else(|i| i as isize - 1, |i| i as isize)
-            }
-            (Bound::Excluded(key), true) => {
-                page::search(page, key).unwrap_or_else(|i| i) as isize - 1
-            }
+            (Bound::Excluded(key), false) => page::search(page, key).map_or_else(|i| i, |i| i + 1) as isize,
+            (Bound::Included(key), true) => page::search(page, key).map_or_else(|i| i as isize - 1, |i| i as isize),
+            (Bound::Excluded(key), true) => page::search(page, key).unwrap_or_else(|i| i) as isize - 1,
         };
         loop {
             let page = self.page(id)?;
             while index >= 0 && index < page::count(page) as isize {
                 let key = page::key(page, index as usize);
-                let past_end = if reverse {
-                    !after_lower(key, lower)
-                } else {
-                    !before_upper(key, upper)
-                };
+                let past_end = if reverse { !after_lower(key, lower) } else { !before_upper(key, upper) };
                 if past_end {
                     return Ok(());
                 }
@@ -621,11 +567,7 @@ impl Tree {
                     return Ok(());
                 };
                 let branch_page = self.page(branch)?;
-                let next = if reverse {
-                    child.checked_sub(1)
-                } else {
-                    Some(child + 1)
-                };
+                let next = if reverse { child.checked_sub(1) } else { Some(child + 1) };
                 if let Some(next) = next.filter(|&n| n <= page::count(branch_page)) {
                     stack.push((branch, next));
                     id = page::child(branch_page, next);
@@ -640,11 +582,7 @@ impl Tree {
                 id = page::child(page, index);
             }
             let page = self.page(id)?;
-            index = if reverse {
-                page::count(page) as isize - 1
-            } else {
-                0
-            };
+            index = if reverse { page::count(page) as isize - 1 } else { 0 };
         }
     }
 
@@ -677,10 +615,7 @@ impl Tree {
             let mut buffer = vec![0u8; PAGE_SIZE];
             page::init(&mut buffer, Kind::Freelist, id);
             page::set_link(&mut buffer, next);
-            let ids = listed
-                .iter()
-                .skip(position * page::FREELIST_IDS_MAX)
-                .take(page::FREELIST_IDS_MAX);
+            let ids = listed.iter().skip(position * page::FREELIST_IDS_MAX).take(page::FREELIST_IDS_MAX);
             let mut entries = 0;
             for (slot, free_id) in ids.enumerate() {
                 page::set_u64(&mut buffer, page::HEADER_LEN + slot * 8, *free_id);
@@ -700,14 +635,7 @@ impl Tree {
         }
         self.sealed_count = self.dirty_count;
         self.dirty_count = 0;
-        Sealed {
-            pages,
-            root: self.root,
-            page_count: self.page_count,
-            freelist_head: next,
-            released,
-            freelist_pages,
-        }
+        Sealed { pages, root: self.root, page_count: self.page_count, freelist_head: next, released, freelist_pages }
     }
 
     /// The sealed checkpoint is durable: its pages become clean, its released pages free.
@@ -749,9 +677,7 @@ impl Tree {
 /// The ids a freelist page lists and the next freelist page (0 at the end).
 pub(crate) fn freelist_entries(freelist_page: &[u8]) -> (Vec<PageId>, PageId) {
     let entries = page::count(freelist_page).min(page::FREELIST_IDS_MAX);
-    let ids = (0..entries)
-        .map(|slot| page::get_u64(freelist_page, page::HEADER_LEN + slot * 8))
-        .collect();
+    let ids = (0..entries).map(|slot| page::get_u64(freelist_page, page::HEADER_LEN + slot * 8)).collect();
     (ids, page::link(freelist_page))
 }
 
@@ -783,11 +709,7 @@ fn choose_split(cells: &[(Vec<u8>, Vec<u8>)], kind: Kind) -> usize {
     let mut best = (usize::MAX, 1);
     for split in 1..cells.len() {
         left += page::cells_size(&cells[split - 1..split]);
-        let right_cells = if kind == Kind::Branch {
-            &cells[split + 1..]
-        } else {
-            &cells[split..]
-        };
+        let right_cells = if kind == Kind::Branch { &cells[split + 1..] } else { &cells[split..] };
         if page::cells_fit(&cells[..split]) && page::cells_fit(right_cells) {
             let imbalance = left.abs_diff(total - left);
             if imbalance < best.0 {

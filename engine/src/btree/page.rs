@@ -131,26 +131,18 @@ pub(crate) fn verify(page: &[u8], id: PageId) -> Result<(), String> {
         return Err(format!("page {id} has unknown format version {}", page[5]));
     }
     if get_u64(page, 16) != id {
-        return Err(format!(
-            "page {id} holds the header of page {}",
-            get_u64(page, 16)
-        ));
+        return Err(format!("page {id} holds the header of page {}", get_u64(page, 16)));
     }
     let kind = kind(page).ok_or_else(|| format!("page {id} has unknown kind {}", page[4]))?;
     if matches!(kind, Kind::Leaf | Kind::Branch) {
         let heap = heap_start(page);
-        if HEADER_LEN + count(page) * SLOT_LEN > heap
-            || heap > PAGE_SIZE
-            || prefix_len(page) > PAGE_SIZE
-        {
+        if HEADER_LEN + count(page) * SLOT_LEN > heap || heap > PAGE_SIZE || prefix_len(page) > PAGE_SIZE {
             return Err(format!("page {id} has an inconsistent header"));
         }
         for index in 0..count(page) {
             let offset = slot_offset(page, index);
             if offset < heap || offset + slot_key_len(page, index) > PAGE_SIZE {
-                return Err(format!(
-                    "page {id} slot {index} points outside the cell heap"
-                ));
+                return Err(format!("page {id} slot {index} points outside the cell heap"));
             }
         }
     }
@@ -266,10 +258,7 @@ pub(crate) fn insert_cell(page: &mut [u8], index: usize, key: &[u8], body: &[u8]
     let shared_now = if count == 0 {
         key.len()
     } else {
-        common_prefix_len(
-            key,
-            &self::key(page, first)[..shared_len.min(self::key(page, first).len())],
-        )
+        common_prefix_len(key, &self::key(page, first)[..shared_len.min(self::key(page, first).len())])
     };
     if count == 0 || shared_now < shared_len {
         set_u16(page, 8, shared_now);
@@ -306,10 +295,7 @@ fn compact(page: &mut [u8]) {
         .map(|index| {
             let offset = slot_offset(page, index);
             let len = cell_len_at(page, index);
-            (
-                page[offset..offset + len].to_vec(),
-                slot_key_len(page, index),
-            )
+            (page[offset..offset + len].to_vec(), slot_key_len(page, index))
         })
         .collect();
     let mut heap = PAGE_SIZE;
@@ -344,11 +330,7 @@ pub(crate) fn cells(page: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
 
 /// Rewrites `page` (keeping kind, id and link) to hold exactly `cells`.
 pub(crate) fn rebuild(page: &mut [u8], cells: &[(Vec<u8>, Vec<u8>)]) {
-    let (kind, id, link) = (
-        kind(page).expect("known kind"),
-        get_u64(page, 16),
-        link(page),
-    );
+    let (kind, id, link) = (kind(page).expect("known kind"), get_u64(page, 16), link(page));
     init(page, kind, id);
     set_link(page, link);
     for (index, (key, body)) in cells.iter().enumerate() {
@@ -358,10 +340,7 @@ pub(crate) fn rebuild(page: &mut [u8], cells: &[(Vec<u8>, Vec<u8>)]) {
 
 /// Bytes a set of cells needs in a page.
 pub(crate) fn cells_size(cells: &[(Vec<u8>, Vec<u8>)]) -> usize {
-    cells
-        .iter()
-        .map(|(key, body)| key.len() + body.len() + SLOT_LEN)
-        .sum()
+    cells.iter().map(|(key, body)| key.len() + body.len() + SLOT_LEN).sum()
 }
 
 /// Whether `cells` fit in one page.
@@ -408,10 +387,7 @@ impl<'a> ValueRef<'a> {
         if body[0] == 0 {
             ValueRef::Inline(&body[5..5 + len])
         } else {
-            ValueRef::Overflow {
-                len,
-                first: get_u64(body, 5),
-            }
+            ValueRef::Overflow { len, first: get_u64(body, 5) }
         }
     }
 
@@ -466,9 +442,7 @@ mod tests {
 
     #[test]
     fn search_finds_keys_with_shared_prefixes() {
-        let keys: Vec<Vec<u8>> = (0..60u32)
-            .map(|i| format!("partition-0001/item-{:05}", i * 7).into_bytes())
-            .collect();
+        let keys: Vec<Vec<u8>> = (0..60u32).map(|i| format!("partition-0001/item-{:05}", i * 7).into_bytes()).collect();
         let refs: Vec<&[u8]> = keys.iter().rev().map(Vec::as_slice).collect();
         let page = leaf_with(&refs);
         assert_eq!(count(&page), 60);
@@ -494,12 +468,7 @@ mod tests {
         let mut inserted = 0;
         while fits(&page, 100 + VALUE_INLINE_HEADER + 1) {
             let key = format!("{inserted:0100}");
-            insert_cell(
-                &mut page,
-                inserted,
-                key.as_bytes(),
-                &ValueRef::Inline(b"v").encode(),
-            );
+            insert_cell(&mut page, inserted, key.as_bytes(), &ValueRef::Inline(b"v").encode());
             inserted += 1;
         }
         let cell = cell_len_at(&page, 0);

@@ -7,9 +7,7 @@ use std::ops::Bound;
 use proptest::prelude::*;
 
 use super::page::{self, Kind, PageId};
-use super::{
-    freelist_entries, Durable, Tree, TreeError, TreeResult, CACHE_PAGES_MIN, FIRST_DATA_PAGE,
-};
+use super::{freelist_entries, Durable, Tree, TreeError, TreeResult, CACHE_PAGES_MIN, FIRST_DATA_PAGE};
 
 /// A tree with an in-memory "disk" of sealed pages.
 struct Harness {
@@ -21,12 +19,7 @@ struct Harness {
 
 impl Harness {
     fn new(capacity: usize) -> Harness {
-        let durable = Durable {
-            root: 0,
-            page_count: FIRST_DATA_PAGE,
-            free: Vec::new(),
-            freelist_pages: Vec::new(),
-        };
+        let durable = Durable { root: 0, page_count: FIRST_DATA_PAGE, free: Vec::new(), freelist_pages: Vec::new() };
         Harness {
             tree: Tree::open(durable, capacity),
             disk: HashMap::new(),
@@ -40,11 +33,7 @@ impl Harness {
             match op(&mut self.tree) {
                 Ok(value) => return value,
                 Err(TreeError::Need(id)) => {
-                    let page = self
-                        .disk
-                        .get(&id)
-                        .unwrap_or_else(|| panic!("page {id} was never written"))
-                        .clone();
+                    let page = self.disk.get(&id).unwrap_or_else(|| panic!("page {id} was never written")).clone();
                     page::verify(&page, id).unwrap();
                     let generation = self.tree.generation();
                     self.tree.insert_loaded(id, page, generation);
@@ -75,15 +64,7 @@ impl Harness {
             free.extend(ids);
             next = link;
         }
-        self.tree = Tree::open(
-            Durable {
-                root,
-                page_count,
-                free,
-                freelist_pages,
-            },
-            self.capacity,
-        );
+        self.tree = Tree::open(Durable { root, page_count, free, freelist_pages }, self.capacity);
     }
 
     fn scan(
@@ -96,15 +77,10 @@ impl Harness {
         let mut out: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
         let (mut lower, mut upper) = (lower, upper);
         self.run(|tree| {
-            let result = tree.scan(
-                as_ref(&lower),
-                as_ref(&upper),
-                reverse,
-                &mut |key, value| {
-                    out.push((key.to_vec(), value));
-                    out.len() < limit
-                },
-            );
+            let result = tree.scan(as_ref(&lower), as_ref(&upper), reverse, &mut |key, value| {
+                out.push((key.to_vec(), value));
+                out.len() < limit
+            });
             if let Some((last, _)) = out.last() {
                 if reverse {
                     upper = Bound::Excluded(last.clone())
@@ -176,13 +152,13 @@ fn check(ops: Vec<Op>, capacity: usize) {
         match op {
             Op::Put(k, len) => {
                 let (key, value) = (key_of(k), value_of(k, len));
-                harness.run(|tree| tree.put(&key, &value));
-                model.insert(key, value);
+                let previous = harness.run(|tree| tree.put(&key, &value));
+                assert_eq!(previous, model.insert(key, value));
             }
             Op::Delete(k) => {
                 let key = key_of(k);
                 let removed = harness.run(|tree| tree.delete(&key));
-                assert_eq!(removed, model.remove(&key).is_some());
+                assert_eq!(removed, model.remove(&key));
             }
             Op::Get(k) => {
                 let key = key_of(k);
@@ -199,18 +175,9 @@ fn check(ops: Vec<Op>, capacity: usize) {
                 let expected: Vec<(Vec<u8>, Vec<u8>)> = if !valid {
                     Vec::new()
                 } else if reverse {
-                    model
-                        .range((lower, upper))
-                        .rev()
-                        .take(limit)
-                        .map(|(k, v)| (k.clone(), v.clone()))
-                        .collect()
+                    model.range((lower, upper)).rev().take(limit).map(|(k, v)| (k.clone(), v.clone())).collect()
                 } else {
-                    model
-                        .range((lower, upper))
-                        .take(limit)
-                        .map(|(k, v)| (k.clone(), v.clone()))
-                        .collect()
+                    model.range((lower, upper)).take(limit).map(|(k, v)| (k.clone(), v.clone())).collect()
                 };
                 assert_eq!(got, expected);
             }
@@ -255,10 +222,7 @@ fn steady_overwrites_reuse_pages() {
         high_water.push(harness.tree.page_count());
     }
     // After warm-up the file stops growing: freed pages are reused.
-    assert_eq!(
-        high_water[10], high_water[29],
-        "page counts: {high_water:?}"
-    );
+    assert_eq!(high_water[10], high_water[29], "page counts: {high_water:?}");
 }
 
 #[test]
@@ -269,19 +233,12 @@ fn deleting_everything_leaves_an_empty_tree() {
     }
     harness.checkpoint();
     for k in (0..2000u16).rev() {
-        assert!(harness.run(|tree| tree.delete(&key_of(k))));
+        assert!(harness.run(|tree| tree.delete(&key_of(k))).is_some());
     }
-    assert!(harness
-        .scan(Bound::Unbounded, Bound::Unbounded, false, usize::MAX)
-        .is_empty());
+    assert!(harness.scan(Bound::Unbounded, Bound::Unbounded, false, usize::MAX).is_empty());
     harness.checkpoint();
     harness.reopen();
-    assert!(harness
-        .scan(Bound::Unbounded, Bound::Unbounded, true, usize::MAX)
-        .is_empty());
+    assert!(harness.scan(Bound::Unbounded, Bound::Unbounded, true, usize::MAX).is_empty());
     harness.run(|tree| tree.put(b"again", b"value"));
-    assert_eq!(
-        harness.run(|tree| tree.get(b"again")),
-        Some(b"value".to_vec())
-    );
+    assert_eq!(harness.run(|tree| tree.get(b"again")), Some(b"value".to_vec()));
 }

@@ -22,10 +22,7 @@ fn small_config() -> StoreConfig {
 }
 
 fn put(key: &[u8], value: &[u8]) -> Command {
-    Command::Put {
-        key: key.to_vec(),
-        value: value.to_vec(),
-    }
+    Command::Put { key: key.to_vec(), value: value.to_vec() }
 }
 
 #[test]
@@ -33,40 +30,21 @@ fn writes_survive_reopen_with_and_without_checkpoint() {
     let dir = scratch_dir("store-reopen");
     run(async move {
         let log = LocalLog::new(Store::open(&dir, small_config()).await.unwrap());
-        assert_eq!(
-            log.propose(1, put(b"a", b"1")).await.unwrap(),
-            Outcome::Previous(None)
-        );
-        assert_eq!(
-            log.propose(1, put(b"a", b"2")).await.unwrap(),
-            Outcome::Previous(Some(b"1".to_vec()))
-        );
+        assert_eq!(log.propose(1, put(b"a", b"1")).await.unwrap(), Outcome::Previous(None));
+        assert_eq!(log.propose(1, put(b"a", b"2")).await.unwrap(), Outcome::Previous(Some(b"1".to_vec())));
         log.propose(2, put(b"a", b"other partition")).await.unwrap();
         log.store().checkpoint().await.unwrap();
-        log.propose(1, put(b"b", b"after checkpoint"))
-            .await
-            .unwrap();
-        log.propose(1, Command::Delete { key: b"a".to_vec() })
-            .await
-            .unwrap();
+        log.propose(1, put(b"b", b"after checkpoint")).await.unwrap();
+        log.propose(1, Command::Delete { key: b"a".to_vec() }).await.unwrap();
         log.store().close().await.unwrap();
 
         let store = Store::open(&dir, small_config()).await.unwrap();
         assert_eq!(store.get(1, b"a").await.unwrap(), None);
-        assert_eq!(
-            store.get(1, b"b").await.unwrap(),
-            Some(b"after checkpoint".to_vec())
-        );
-        assert_eq!(
-            store.get(2, b"a").await.unwrap(),
-            Some(b"other partition".to_vec())
-        );
+        assert_eq!(store.get(1, b"b").await.unwrap(), Some(b"after checkpoint".to_vec()));
+        assert_eq!(store.get(2, b"a").await.unwrap(), Some(b"other partition".to_vec()));
         assert_eq!(store.applied_slot(1), 4);
         assert_eq!(store.applied_slot(2), 1);
-        let entries = store
-            .scan(1, Bound::Unbounded, Bound::Unbounded, false, 10)
-            .await
-            .unwrap();
+        let entries = store.scan(1, Bound::Unbounded, Bound::Unbounded, false, 10).await.unwrap();
         assert_eq!(entries, vec![(b"b".to_vec(), b"after checkpoint".to_vec())]);
         store.close().await.unwrap();
     });
@@ -170,17 +148,12 @@ fn overwrites_keep_the_files_bounded() {
         let mut pages = Vec::new();
         for round in 0..100u16 {
             for k in 0..300u16 {
-                log.propose(1, put(&key(k), &value(k ^ round, 900)))
-                    .await
-                    .unwrap();
+                log.propose(1, put(&key(k), &value(k ^ round, 900))).await.unwrap();
             }
             pages.push(log.store().tree_pages());
         }
         // A leak would grow the file every round; reuse keeps it flat once warm.
-        assert!(
-            pages[99] - pages[30] <= pages[30] / 50,
-            "tree pages per round: {pages:?}"
-        );
+        assert!(pages[99] - pages[30] <= pages[30] / 50, "tree pages per round: {pages:?}");
         let wal_files = std::fs::read_dir(dir.join("wal")).unwrap().count();
         assert!(wal_files <= 1 + 3 + 1, "{wal_files} WAL files");
         log.store().close().await.unwrap();
@@ -212,15 +185,11 @@ fn damaged_files_give_errors_or_correct_data_never_wrong_data() {
         run(async move {
             let log = LocalLog::new(Store::open(&dir, small_config()).await.unwrap());
             for &k in &keys[..400] {
-                log.propose(1, put(&key(k), &value(k, 50 + usize::from(k) * 7 % 3000)))
-                    .await
-                    .unwrap();
+                log.propose(1, put(&key(k), &value(k, 50 + usize::from(k) * 7 % 3000))).await.unwrap();
             }
             log.store().checkpoint().await.unwrap();
             for &k in &keys[400..] {
-                log.propose(1, put(&key(k), &value(k, 50 + usize::from(k) * 7 % 3000)))
-                    .await
-                    .unwrap();
+                log.propose(1, put(&key(k), &value(k, 50 + usize::from(k) * 7 % 3000))).await.unwrap();
             }
             log.store().close().await.unwrap();
         });
@@ -244,17 +213,9 @@ fn damaged_files_give_errors_or_correct_data_never_wrong_data() {
     for case in 0..120 {
         let dir = scratch_dir("store-damage");
         copy_dir(&pristine, &dir);
-        let target = if case % 2 == 0 {
-            dir.join("tree.db")
-        } else {
-            dir.join("wal").join(&wal_name)
-        };
+        let target = if case % 2 == 0 { dir.join("tree.db") } else { dir.join("wal").join(&wal_name) };
         let mut bytes = std::fs::read(&target).unwrap();
-        let used = if case % 2 == 0 {
-            tree_len as usize
-        } else {
-            160 << 10
-        };
+        let used = if case % 2 == 0 { tree_len as usize } else { 160 << 10 };
         if case % 10 == 9 {
             bytes.truncate(next() as usize % used);
         } else {
@@ -272,11 +233,9 @@ fn damaged_files_give_errors_or_correct_data_never_wrong_data() {
             let mut failed = None;
             for &k in &keys {
                 match store.get(1, &key(k)).await {
-                    Ok(Some(found)) => assert_eq!(
-                        found,
-                        value(k, 50 + usize::from(k) * 7 % 3000),
-                        "wrong value for key {k}"
-                    ),
+                    Ok(Some(found)) => {
+                        assert_eq!(found, value(k, 50 + usize::from(k) * 7 % 3000), "wrong value for key {k}")
+                    }
                     // A damaged final flush is indistinguishable from a torn write: its records
                     // are gone, as an unacknowledged write would be.
                     Ok(None) => assert!(wal_damage && k >= 400, "key {k} vanished silently"),
@@ -289,16 +248,10 @@ fn damaged_files_give_errors_or_correct_data_never_wrong_data() {
         match outcome {
             Ok(()) => clean += 1,
             Err(message) => {
-                assert!(
-                    message.contains("corruption") || message.contains("poisoned"),
-                    "unexpected error: {message}"
-                );
+                assert!(message.contains("corruption") || message.contains("poisoned"), "unexpected error: {message}");
                 errors += 1;
             }
         }
     }
-    assert!(
-        errors > 10 && clean > 10,
-        "{errors} cases reported damage, {clean} read cleanly"
-    );
+    assert!(errors > 10 && clean > 10, "{errors} cases reported damage, {clean} read cleanly");
 }

@@ -99,8 +99,7 @@ pub(crate) fn encode_record(
 
 /// Marks the record at `offset` of `buffer` as the first of a flush (and re-checksums it).
 pub(crate) fn mark_flush_start(buffer: &mut [u8], offset: usize) {
-    let len =
-        u32::from_le_bytes(buffer[offset + 4..offset + 8].try_into().expect("4 bytes")) as usize;
+    let len = u32::from_le_bytes(buffer[offset + 4..offset + 8].try_into().expect("4 bytes")) as usize;
     buffer[offset + 32..offset + 34].copy_from_slice(&FLUSH_START.to_le_bytes());
     let end = offset + RECORD_HEADER_LEN + len;
     let crc = crc32c::crc32c(&buffer[offset + 4..end]);
@@ -121,9 +120,7 @@ enum Parsed {
 
 fn parse_at(bytes: &[u8], offset: usize, payload_max: usize) -> Parsed {
     // Zeros up to the block's end (or a whole zero header) are padding or unwritten space.
-    let zero_end = (offset + RECORD_HEADER_LEN)
-        .min(align_up(offset + 1))
-        .min(bytes.len());
+    let zero_end = (offset + RECORD_HEADER_LEN).min(align_up(offset + 1)).min(bytes.len());
     if bytes[offset..zero_end].iter().all(|&b| b == 0) {
         return Parsed::Zero;
     }
@@ -182,12 +179,7 @@ pub(crate) fn scan_segment(bytes: &[u8], first_lsn: u64, payload_max: usize) -> 
     let mut expected = first_lsn;
     loop {
         if offset >= bytes.len() {
-            return SegmentScan {
-                records,
-                end: ScanEnd::Clean {
-                    offset: bytes.len(),
-                },
-            };
+            return SegmentScan { records, end: ScanEnd::Clean { offset: bytes.len() } };
         }
         match parse_at(bytes, offset, payload_max) {
             Parsed::Valid { record, len, .. } if record.lsn == expected => {
@@ -199,32 +191,16 @@ pub(crate) fn scan_segment(bytes: &[u8], first_lsn: u64, payload_max: usize) -> 
             _ => {
                 // The end of the log, unless a later flush start proves otherwise.
                 let end = offset;
-                let mut probe = if end.is_multiple_of(BLOCK) {
-                    end + BLOCK
-                } else {
-                    align_up(end)
-                };
+                let mut probe = if end.is_multiple_of(BLOCK) { end + BLOCK } else { align_up(end) };
                 while probe < bytes.len() {
-                    if let Parsed::Valid { record, flags, .. } = parse_at(bytes, probe, payload_max)
-                    {
+                    if let Parsed::Valid { record, flags, .. } = parse_at(bytes, probe, payload_max) {
                         if flags & FLUSH_START != 0 && record.lsn >= expected {
-                            return SegmentScan {
-                                records,
-                                end: ScanEnd::Corrupt {
-                                    offset: end,
-                                    later: probe,
-                                },
-                            };
+                            return SegmentScan { records, end: ScanEnd::Corrupt { offset: end, later: probe } };
                         }
                     }
                     probe += BLOCK;
                 }
-                return SegmentScan {
-                    records,
-                    end: ScanEnd::Clean {
-                        offset: align_up(end),
-                    },
-                };
+                return SegmentScan { records, end: ScanEnd::Clean { offset: align_up(end) } };
             }
         }
     }
@@ -237,12 +213,7 @@ mod tests {
     /// Builds a segment from flushes of payloads, as the writer lays them out.
     fn segment(flushes: &[&[&[u8]]], size: usize) -> Vec<u8> {
         let mut bytes = vec![0u8; size];
-        let header = SegmentHeader {
-            sequence: 1,
-            first_lsn: 1,
-            segment_bytes: size as u64,
-        }
-        .encode();
+        let header = SegmentHeader { sequence: 1, first_lsn: 1, segment_bytes: size as u64 }.encode();
         bytes[..SEGMENT_HEADER_LEN].copy_from_slice(&header);
         let (mut offset, mut lsn) = (BLOCK, 1);
         for flush in flushes {
@@ -263,10 +234,7 @@ mod tests {
         let big = vec![7u8; 5000];
         let bytes = segment(&[&[b"a", b"bb"], &[&big], &[b"c"]], 8 * BLOCK);
         let scan = scan_segment(&bytes, 1, 1 << 20);
-        assert_eq!(
-            scan.records.iter().map(|r| r.lsn).collect::<Vec<_>>(),
-            vec![1, 2, 3, 4]
-        );
+        assert_eq!(scan.records.iter().map(|r| r.lsn).collect::<Vec<_>>(), vec![1, 2, 3, 4]);
         assert_eq!(scan.records[2].payload, big);
         assert_eq!(scan.records[1].slot, 20);
         assert_eq!(scan.end, ScanEnd::Clean { offset: 5 * BLOCK });
@@ -299,13 +267,7 @@ mod tests {
         bytes[2 * BLOCK + 20] ^= 1;
         let scan = scan_segment(&bytes, 1, 1 << 20);
         assert_eq!(scan.records.len(), 1);
-        assert_eq!(
-            scan.end,
-            ScanEnd::Corrupt {
-                offset: 2 * BLOCK,
-                later: 3 * BLOCK
-            }
-        );
+        assert_eq!(scan.end, ScanEnd::Corrupt { offset: 2 * BLOCK, later: 3 * BLOCK });
     }
 
     #[test]
@@ -324,11 +286,7 @@ mod tests {
 
     #[test]
     fn segment_header_round_trips_and_rejects_damage() {
-        let header = SegmentHeader {
-            sequence: 3,
-            first_lsn: 77,
-            segment_bytes: 1 << 20,
-        };
+        let header = SegmentHeader { sequence: 3, first_lsn: 77, segment_bytes: 1 << 20 };
         let mut bytes = header.encode();
         assert_eq!(SegmentHeader::decode(&bytes), Some(header));
         bytes[20] ^= 1;

@@ -18,9 +18,7 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
 pub use format::Record;
-use format::{
-    encode_record, mark_flush_start, scan_segment, ScanEnd, SegmentHeader, BLOCK, RECORD_HEADER_LEN,
-};
+use format::{encode_record, mark_flush_start, scan_segment, ScanEnd, SegmentHeader, BLOCK, RECORD_HEADER_LEN};
 
 use crate::disk::{self, File};
 use crate::error::{Error, Result};
@@ -54,18 +52,14 @@ impl Default for WalConfig {
 impl WalConfig {
     fn validate(&self) -> Result<()> {
         let record_max = (RECORD_HEADER_LEN + self.record_bytes_max) as u64;
-        if !self.segment_bytes.is_multiple_of(BLOCK as u64)
-            || self.segment_bytes < 2 * BLOCK as u64 + record_max
-        {
+        if !self.segment_bytes.is_multiple_of(BLOCK as u64) || self.segment_bytes < 2 * BLOCK as u64 + record_max {
             return Err(Error::Config(format!(
                 "wal segment_bytes {} must be a multiple of {BLOCK} and hold a header block and a {record_max}-byte record",
                 self.segment_bytes
             )));
         }
         if self.flush_bytes_max < BLOCK {
-            return Err(Error::Config(format!(
-                "wal flush_bytes_max must be at least {BLOCK}"
-            )));
+            return Err(Error::Config(format!("wal flush_bytes_max must be at least {BLOCK}")));
         }
         Ok(())
     }
@@ -125,21 +119,16 @@ impl Wal {
         disk::probe_device(dir).await?;
         let mut segments = Vec::new();
         let mut next_index = 0;
-        let entries =
-            std::fs::read_dir(dir).map_err(|error| Error::io("list directory", dir, error))?;
+        let entries = std::fs::read_dir(dir).map_err(|error| Error::io("list directory", dir, error))?;
         for entry in entries {
             let entry = entry.map_err(|error| Error::io("list directory", dir, error))?;
             let name = entry.file_name().to_string_lossy().into_owned();
             if name.ends_with(".wal.tmp") {
                 // A segment whose creation never finished: it never held a record.
-                std::fs::remove_file(entry.path())
-                    .map_err(|error| Error::io("remove", entry.path(), error))?;
+                std::fs::remove_file(entry.path()).map_err(|error| Error::io("remove", entry.path(), error))?;
                 continue;
             }
-            let Some(index) = name
-                .strip_suffix(".wal")
-                .and_then(|stem| stem.parse::<u32>().ok())
-            else {
+            let Some(index) = name.strip_suffix(".wal").and_then(|stem| stem.parse::<u32>().ok()) else {
                 continue;
             };
             next_index = next_index.max(index + 1);
@@ -148,10 +137,7 @@ impl Wal {
                 return Err(Error::corrupt(
                     entry.path(),
                     0,
-                    format!(
-                        "WAL segment is not {} bytes long (was segment_bytes changed?)",
-                        config.segment_bytes
-                    ),
+                    format!("WAL segment is not {} bytes long (was segment_bytes changed?)", config.segment_bytes),
                 ));
             }
             let header = SegmentHeader::decode(&file.read(0, BLOCK).await?);
@@ -160,11 +146,9 @@ impl Wal {
         segments.sort_by_key(|segment| segment.header.map_or(0, |header| header.sequence));
         // Replay starts in the newest segment whose first LSN is at or before the first
         // record wanted; older segments are spares.
-        let start = segments.iter().rposition(|segment| {
-            segment
-                .header
-                .is_some_and(|header| header.first_lsn <= checkpoint_lsn + 1)
-        });
+        let start = segments
+            .iter()
+            .rposition(|segment| segment.header.is_some_and(|header| header.first_lsn <= checkpoint_lsn + 1));
         let mut spares = Vec::new();
         let mut chain: Vec<Segment> = Vec::new();
         let mut records = Vec::new();
@@ -185,10 +169,7 @@ impl Wal {
                         return Err(Error::corrupt(
                             segment.file.path(),
                             0,
-                            format!(
-                                "segment starts at LSN {} but LSN {expected} was expected",
-                                header.first_lsn
-                            ),
+                            format!("segment starts at LSN {} but LSN {expected} was expected", header.first_lsn),
                         ));
                     }
                 }
@@ -207,40 +188,23 @@ impl Wal {
                 if let Some(last) = scan.records.last() {
                     expected = expected.max(last.lsn + 1);
                 }
-                records.extend(
-                    scan.records
-                        .into_iter()
-                        .filter(|record| record.lsn > checkpoint_lsn),
-                );
+                records.extend(scan.records.into_iter().filter(|record| record.lsn > checkpoint_lsn));
                 chain.push(segment);
             }
             spares.extend(rest);
         } else {
-            let orphaned = rest
-                .as_slice()
-                .iter()
-                .any(|segment| segment.header.is_some());
+            let orphaned = rest.as_slice().iter().any(|segment| segment.header.is_some());
             if orphaned && checkpoint_lsn > 0 {
                 return Err(Error::corrupt(
                     dir,
                     0,
-                    format!(
-                        "no WAL segment holds LSN {}, the first after the checkpoint",
-                        checkpoint_lsn + 1
-                    ),
+                    format!("no WAL segment holds LSN {}, the first after the checkpoint", checkpoint_lsn + 1),
                 ));
             }
             spares.extend(rest);
         }
-        if records
-            .first()
-            .is_some_and(|record| record.lsn != checkpoint_lsn + 1)
-        {
-            return Err(Error::corrupt(
-                dir,
-                0,
-                format!("WAL records after LSN {checkpoint_lsn} are missing"),
-            ));
+        if records.first().is_some_and(|record| record.lsn != checkpoint_lsn + 1) {
+            return Err(Error::corrupt(dir, 0, format!("WAL records after LSN {checkpoint_lsn} are missing")));
         }
         let wal = Wal {
             inner: Rc::new(Inner {
@@ -276,10 +240,7 @@ impl Wal {
         }
         let offset = inner.write_offset.get();
         let end = (offset
-            + (inner
-                .config
-                .flush_bytes_max
-                .max(inner.config.record_bytes_max + RECORD_HEADER_LEN) as u64))
+            + (inner.config.flush_bytes_max.max(inner.config.record_bytes_max + RECORD_HEADER_LEN) as u64))
             .div_ceil(BLOCK as u64)
             * BLOCK as u64;
         let end = end.min(inner.config.segment_bytes);
@@ -317,11 +278,7 @@ impl Wal {
 
     /// Resolves once the record with `lsn` (and every one before it) is durable.
     pub async fn durable(&self, lsn: u64) -> Result<()> {
-        self.inner
-            .durable
-            .wait(lsn)
-            .await
-            .map_err(|cause| Error::Poisoned { cause })
+        self.inner.durable.wait(lsn).await.map_err(|cause| Error::Poisoned { cause })
     }
 
     /// Highest LSN known durable.
@@ -340,11 +297,7 @@ impl Wal {
         let inner = &self.inner;
         let mut chain = inner.chain.borrow_mut();
         let mut spares = inner.spares.borrow_mut();
-        while chain.len() > 1
-            && chain[1]
-                .header
-                .is_some_and(|header| header.first_lsn <= lsn + 1)
-        {
+        while chain.len() > 1 && chain[1].header.is_some_and(|header| header.first_lsn <= lsn + 1) {
             let segment = chain.remove(0);
             if spares.len() < inner.config.spare_segments_max {
                 spares.push(segment);
@@ -376,13 +329,8 @@ impl Wal {
         if let Some(flusher) = flusher {
             flusher.await;
         }
-        let segments: Vec<Segment> = self
-            .inner
-            .chain
-            .borrow_mut()
-            .drain(..)
-            .chain(self.inner.spares.borrow_mut().drain(..))
-            .collect();
+        let segments: Vec<Segment> =
+            self.inner.chain.borrow_mut().drain(..).chain(self.inner.spares.borrow_mut().drain(..)).collect();
         for segment in segments {
             segment.file.close().await?;
         }
@@ -420,14 +368,10 @@ impl Inner {
         if pending.ends.is_empty() {
             return None;
         }
-        let count = pending
-            .ends
-            .iter()
-            .take_while(|(end, _)| *end <= self.config.flush_bytes_max)
-            .count()
-            .max(1);
+        let count = pending.ends.iter().take_while(|(end, _)| *end <= self.config.flush_bytes_max).count().max(1);
         let (cut, last_lsn) = pending.ends[count - 1];
-        let mut bytes: Vec<u8> = pending.bytes.drain(..cut).collect();
+        let rest = pending.bytes.split_off(cut);
+        let mut bytes = std::mem::replace(&mut pending.bytes, rest);
         pending.ends.drain(..count);
         pending.ends.iter_mut().for_each(|(end, _)| *end -= cut);
         drop(pending);
@@ -451,33 +395,18 @@ impl Inner {
     }
 
     fn active_file(&self) -> File {
-        self.chain
-            .borrow()
-            .last()
-            .expect("an active segment")
-            .file
-            .clone()
+        self.chain.borrow().last().expect("an active segment").file.clone()
     }
 
     /// Activates the segment whose first record will be `first_lsn`.
     async fn next_segment(&self, first_lsn: u64) -> Result<()> {
-        let sequence = self
-            .chain
-            .borrow()
-            .last()
-            .and_then(|segment| segment.header)
-            .map_or(0, |h| h.sequence)
-            + 1;
+        let sequence = self.chain.borrow().last().and_then(|segment| segment.header).map_or(0, |h| h.sequence) + 1;
         let spare = self.spares.borrow_mut().pop();
         let mut segment = match spare {
             Some(segment) => segment,
             None => self.create_segment().await?,
         };
-        let header = SegmentHeader {
-            sequence,
-            first_lsn,
-            segment_bytes: self.config.segment_bytes,
-        };
+        let header = SegmentHeader { sequence, first_lsn, segment_bytes: self.config.segment_bytes };
         let mut block = vec![0u8; BLOCK];
         block[..format::SEGMENT_HEADER_LEN].copy_from_slice(&header.encode());
         segment.file.write(0, &block).await?;
@@ -503,13 +432,9 @@ impl Inner {
         file.write_zeros(0, self.config.segment_bytes).await?;
         file.fdatasync().await?;
         drop(file);
-        std::fs::rename(&temporary, &path)
-            .map_err(|error| Error::io("rename", &temporary, error))?;
+        std::fs::rename(&temporary, &path).map_err(|error| Error::io("rename", &temporary, error))?;
         disk::sync_dir(&self.dir)?;
-        Ok(Segment {
-            file: File::open(&path, false).await?,
-            header: None,
-        })
+        Ok(Segment { file: File::open(&path, false).await?, header: None })
     }
 }
 

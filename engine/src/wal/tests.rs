@@ -4,18 +4,11 @@ use super::*;
 use crate::testing::{run, scratch_dir};
 
 fn small() -> WalConfig {
-    WalConfig {
-        segment_bytes: 256 << 10,
-        record_bytes_max: 64 << 10,
-        flush_bytes_max: 64 << 10,
-        spare_segments_max: 1,
-    }
+    WalConfig { segment_bytes: 256 << 10, record_bytes_max: 64 << 10, flush_bytes_max: 64 << 10, spare_segments_max: 1 }
 }
 
 fn payload(lsn: u64) -> Vec<u8> {
-    (0..(lsn * 37 % 5000) as usize)
-        .map(|i| (i as u64 + lsn) as u8)
-        .collect()
+    (0..(lsn * 37 % 5000) as usize).map(|i| (i as u64 + lsn) as u8).collect()
 }
 
 #[test]
@@ -28,9 +21,7 @@ fn group_commit_makes_concurrent_appends_durable_together() {
             .map(|partition| {
                 let wal = wal.clone();
                 glommio::spawn_local(async move {
-                    let lsn = wal
-                        .append(partition, 1, 1, &payload(partition + 1))
-                        .unwrap();
+                    let lsn = wal.append(partition, 1, 1, &payload(partition + 1)).unwrap();
                     wal.durable(lsn).await.unwrap();
                     lsn
                 })
@@ -98,30 +89,16 @@ fn damage_inside_acknowledged_records_is_reported() {
                 wal.durable(lsn).await.unwrap();
             }
             wal.close().await.unwrap();
-            std::fs::read_dir(&dir)
-                .unwrap()
-                .next()
-                .unwrap()
-                .unwrap()
-                .path()
+            std::fs::read_dir(&dir).unwrap().next().unwrap().unwrap().path()
         }
     });
     // Flip a byte of the second record (the second flush, in block 2).
     let mut bytes = std::fs::read(&path).unwrap();
     bytes[2 * BLOCK + 45] ^= 0x10;
     std::fs::write(&path, &bytes).unwrap();
-    let error = run(async move {
-        Wal::open(&dir, small(), 0)
-            .await
-            .err()
-            .expect("corruption reported")
-    });
+    let error = run(async move { Wal::open(&dir, small(), 0).await.err().expect("corruption reported") });
     match error {
-        Error::Corrupt {
-            path: reported,
-            offset,
-            ..
-        } => {
+        Error::Corrupt { path: reported, offset, .. } => {
             assert_eq!(reported, path);
             assert_eq!(offset, 2 * BLOCK as u64);
         }
@@ -141,12 +118,7 @@ fn torn_tail_ends_the_log_and_is_overwritten_safely() {
                 wal.durable(lsn).await.unwrap();
             }
             wal.close().await.unwrap();
-            std::fs::read_dir(&dir)
-                .unwrap()
-                .next()
-                .unwrap()
-                .unwrap()
-                .path()
+            std::fs::read_dir(&dir).unwrap().next().unwrap().unwrap().path()
         }
     });
     // The last flush (block 3) was torn: garbage in its first half.

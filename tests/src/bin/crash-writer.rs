@@ -14,19 +14,12 @@ const WRITERS: usize = 24;
 fn main() {
     let mut args = std::env::args().skip(1);
     let dir = std::path::PathBuf::from(args.next().expect("DIR"));
-    let round: u64 = args
-        .next()
-        .expect("ROUND")
-        .parse()
-        .expect("ROUND is a number");
+    let round: u64 = args.next().expect("ROUND").parse().expect("ROUND is a number");
     run(async move {
-        let store = Store::open(&dir, crash_config())
-            .await
-            .expect("store opens");
+        let store = Store::open(&dir, crash_config()).await.expect("store opens");
         let log = Rc::new(LocalLog::new(store));
-        let tasks: Vec<_> = (0..WRITERS)
-            .map(|writer| glommio::spawn_local(write_forever(log.clone(), round, writer)))
-            .collect();
+        let tasks: Vec<_> =
+            (0..WRITERS).map(|writer| glommio::spawn_local(write_forever(log.clone(), round, writer))).collect();
         for task in tasks {
             task.await;
         }
@@ -45,10 +38,7 @@ async fn write_forever(log: Rc<LocalLog>, round: u64, writer: usize) {
                 let partition = partition_for(&keys[0]);
                 let command = Command::Batch(
                     keys.iter()
-                        .map(|key| Command::Put {
-                            key: key.clone().into_bytes(),
-                            value: value_for(key),
-                        })
+                        .map(|key| Command::Put { key: key.clone().into_bytes(), value: value_for(key) })
                         .collect(),
                 );
                 ("batch", (partition, keys), command)
@@ -56,23 +46,16 @@ async fn write_forever(log: Rc<LocalLog>, round: u64, writer: usize) {
             // A delete of the single put two steps back.
             4 => {
                 let key = format!("r{round}-w{writer}-n{}", n - 2);
-                let command = Command::Delete {
-                    key: key.clone().into_bytes(),
-                };
+                let command = Command::Delete { key: key.clone().into_bytes() };
                 ("delete", (partition_for(&key), vec![key]), command)
             }
             _ => {
-                let command = Command::Put {
-                    key: base.clone().into_bytes(),
-                    value: value_for(&base),
-                };
+                let command = Command::Put { key: base.clone().into_bytes(), value: value_for(&base) };
                 ("put", (partition_for(&base), vec![base]), command)
             }
         };
         let (partition, keys) = keys;
-        log.propose(partition, command)
-            .await
-            .expect("write succeeds");
+        log.propose(partition, command).await.expect("write succeeds");
         writeln!(out, "A {kind} {partition} {}", keys.join(" ")).expect("stdout");
         out.flush().expect("stdout");
     }
