@@ -92,6 +92,8 @@ struct Inner {
     closed: Cell<bool>,
     flushes: Cell<u64>,
     flusher: RefCell<Option<glommio::Task<()>>>,
+    /// A spare segment is being created in the background.
+    preparing: Cell<bool>,
 }
 
 /// Handle to a core's WAL; cheap to clone.
@@ -221,6 +223,7 @@ impl Wal {
                 closed: Cell::new(false),
                 flushes: Cell::new(0),
                 flusher: RefCell::new(None),
+                preparing: Cell::new(false),
             }),
         };
         wal.prepare_tail().await?;
@@ -325,6 +328,9 @@ impl Wal {
     pub async fn close(&self) -> Result<()> {
         self.inner.closed.set(true);
         self.inner.flush_wanted.notify();
+        while self.inner.preparing.get() {
+            glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
+        }
         let flusher = self.inner.flusher.borrow_mut().take();
         if let Some(flusher) = flusher {
             flusher.await;
@@ -350,6 +356,7 @@ impl Inner {
                 let Some((bytes, last_lsn)) = batch else {
                     break;
                 };
+                inner.prepare_spare();
                 if let Err(error) = inner.flush(bytes).await {
                     inner.durable.fail(error.to_string());
                     return;
@@ -401,6 +408,9 @@ impl Inner {
     /// Activates the segment whose first record will be `first_lsn`.
     async fn next_segment(&self, first_lsn: u64) -> Result<()> {
         let sequence = self.chain.borrow().last().and_then(|segment| segment.header).map_or(0, |h| h.sequence) + 1;
+        while self.preparing.get() && self.spares.borrow().is_empty() {
+            glommio::timer::sleep(std::time::Duration::from_micros(200)).await;
+        }
         let spare = self.spares.borrow_mut().pop();
         let mut segment = match spare {
             Some(segment) => segment,
@@ -415,6 +425,25 @@ impl Inner {
         self.chain.borrow_mut().push(segment);
         self.write_offset.set(BLOCK as u64);
         Ok(())
+    }
+
+    /// Creates a spare segment in the background if none is ready, so that rolling over to a
+    /// new segment never waits for a zero-fill.
+    fn prepare_spare(self: &Rc<Inner>) {
+        if self.preparing.get() || !self.spares.borrow().is_empty() || self.closed.get() {
+            return;
+        }
+        self.preparing.set(true);
+        let inner = self.clone();
+        glommio::spawn_local(async move {
+            match inner.create_segment().await {
+                Ok(segment) if !inner.closed.get() => inner.spares.borrow_mut().push(segment),
+                Ok(segment) => drop(segment.file.close().await),
+                Err(error) => inner.durable.fail(error.to_string()),
+            }
+            inner.preparing.set(false);
+        })
+        .detach();
     }
 
     async fn activate_segment(&self) -> Result<()> {

@@ -89,7 +89,7 @@ fn damage_inside_acknowledged_records_is_reported() {
                 wal.durable(lsn).await.unwrap();
             }
             wal.close().await.unwrap();
-            std::fs::read_dir(&dir).unwrap().next().unwrap().unwrap().path()
+            dir.join("00000000.wal")
         }
     });
     // Flip a byte of the second record (the second flush, in block 2).
@@ -118,7 +118,7 @@ fn torn_tail_ends_the_log_and_is_overwritten_safely() {
                 wal.durable(lsn).await.unwrap();
             }
             wal.close().await.unwrap();
-            std::fs::read_dir(&dir).unwrap().next().unwrap().unwrap().path()
+            dir.join("00000000.wal")
         }
     });
     // The last flush (block 3) was torn: garbage in its first half.
