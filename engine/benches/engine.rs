@@ -63,13 +63,13 @@ impl Engine {
                 let log = Rc::new(LocalLog::new(Store::open(&dir, config).await.expect("store opens")));
                 let mut next_key = 0u64;
                 if prefill > 0 {
-                    run_puts(&log, 256, prefill, &mut next_key).await;
+                    run_puts(&log, 256, prefill, prefill, &mut next_key).await;
                     log.store().checkpoint().await.expect("checkpoint");
                 }
                 while let Ok(job) = receiver.recv() {
                     match job {
                         Job::Puts { writers, total, reply } => {
-                            let result = run_puts(&log, writers, total, &mut next_key).await;
+                            let result = run_puts(&log, writers, total, PUT_KEYS, &mut next_key).await;
                             let store = log.store();
                             eprintln!(
                                 "page reads {} checkpoints {} flushes {} lsn {}",
@@ -148,9 +148,9 @@ impl Drop for Engine {
     }
 }
 
-/// `total` durable puts spread over `writers` concurrent tasks; returns the elapsed time and
+/// `total` durable puts over `keys` distinct keys, spread over `writers` concurrent tasks; returns the elapsed time and
 /// every put's commit latency.
-async fn run_puts(log: &Rc<LocalLog>, writers: usize, total: u64, next_key: &mut u64) -> (Duration, Vec<Duration>) {
+async fn run_puts(log: &Rc<LocalLog>, writers: usize, total: u64, keys: u64, next_key: &mut u64) -> (Duration, Vec<Duration>) {
     let first = *next_key;
     *next_key += total;
     let start = Instant::now();
@@ -161,7 +161,7 @@ async fn run_puts(log: &Rc<LocalLog>, writers: usize, total: u64, next_key: &mut
                 let mut latencies = Vec::new();
                 let mut n = first + writer;
                 while n < first + total {
-                    let (key, value) = item_for(n % PUT_KEYS);
+                    let (key, value) = item_for(n % keys);
                     let begun = Instant::now();
                     log.propose(1, Command::Put { key, value }).await.expect("durable put");
                     latencies.push(begun.elapsed());
@@ -287,11 +287,16 @@ fn point_gets(c: &mut Criterion) {
     group.sample_size(10).measurement_time(Duration::from_secs(5));
     const GETS: u64 = 100_000;
     group.throughput(Throughput::Elements(GETS));
-    // 200,000 items of ~1 KiB: about 250 MiB of pages with a cache of 256 MiB (all cached)...
-    let cached = Engine::start("gets-cached", 80 * 1024, PREFILL);
-    cached.gets(GETS); // warm the cache
-    group.bench_function("cached", |b| b.iter_custom(|iterations| (0..iterations).map(|_| cached.gets(GETS)).sum()));
-    drop(cached);
+    // All pages cached: 20,000 items (about 25 MiB of pages, mostly in the CPU caches) and
+    // 200,000 items (about 250 MiB, so most lookups wait on DRAM at every level)...
+    for items in [20_000u64, PREFILL] {
+        let cached = Engine::start("gets-cached", 80 * 1024, items);
+        cached.gets(GETS); // warm the cache
+        group.bench_function(BenchmarkId::new("cached", items), |b| {
+            b.iter_custom(|iterations| (0..iterations).map(|_| cached.gets(GETS)).sum())
+        });
+        drop(cached);
+    }
     // ...and with a 1 MiB cache, so nearly every get reads pages from disk.
     let cold = Engine::start("gets-disk", tessera_engine::CACHE_PAGES_MIN, PREFILL);
     group.throughput(Throughput::Elements(GETS / 20));

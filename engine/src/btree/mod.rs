@@ -60,6 +60,54 @@ struct Frame {
     referenced: Cell<bool>,
 }
 
+/// Cached frames indexed by page id: page ids are dense (bounded by the file's page count), so
+/// a lookup is one indexed load rather than a hash probe.
+#[derive(Default)]
+struct FrameTable {
+    slots: Vec<Option<Frame>>,
+    len: usize,
+}
+
+impl FrameTable {
+    fn get(&self, id: &PageId) -> Option<&Frame> {
+        self.slots.get(*id as usize).and_then(Option::as_ref)
+    }
+
+    fn get_mut(&mut self, id: &PageId) -> Option<&mut Frame> {
+        self.slots.get_mut(*id as usize).and_then(Option::as_mut)
+    }
+
+    fn contains_key(&self, id: &PageId) -> bool {
+        self.get(id).is_some()
+    }
+
+    fn insert(&mut self, id: PageId, frame: Frame) {
+        let index = id as usize;
+        if index >= self.slots.len() {
+            self.slots.resize_with(index + 1, || None);
+        }
+        if self.slots[index].replace(frame).is_none() {
+            self.len += 1;
+        }
+    }
+
+    fn remove(&mut self, id: &PageId) -> Option<Frame> {
+        let frame = self.slots.get_mut(*id as usize).and_then(Option::take);
+        if frame.is_some() {
+            self.len -= 1;
+        }
+        frame
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn iter_mut(&mut self) -> impl Iterator<Item = (PageId, &mut Frame)> {
+        self.slots.iter_mut().enumerate().filter_map(|(id, frame)| frame.as_mut().map(|frame| (id as PageId, frame)))
+    }
+}
+
 /// The state a checkpoint needs, taken at `seal`.
 pub(crate) struct Sealed {
     /// Pages to write, including the freelist pages, sealed (checksummed).
@@ -82,7 +130,7 @@ pub(crate) struct Durable {
 }
 
 pub(crate) struct Tree {
-    frames: ahash::HashMap<PageId, Frame>,
+    frames: FrameTable,
     /// Ids in the cache, swept by the CLOCK hand for eviction.
     ring: Vec<PageId>,
     hand: usize,
@@ -104,7 +152,7 @@ impl Tree {
     /// A tree as the last checkpoint left it (or an empty one: `durable.root == 0`).
     pub(crate) fn open(durable: Durable, capacity: usize) -> Tree {
         let mut tree = Tree {
-            frames: ahash::HashMap::default(),
+            frames: FrameTable::default(),
             ring: Vec::new(),
             hand: 0,
             capacity: capacity.max(CACHE_PAGES_MIN),
@@ -181,6 +229,9 @@ impl Tree {
     }
 
     fn page(&self, id: PageId) -> TreeResult<&[u8]> {
+        if id >= self.page_count || id < FIRST_DATA_PAGE {
+            return Err(TreeError::Corrupt(format!("a tree pointer names page {id}, outside the file")));
+        }
         let frame = self.frames.get(&id).ok_or(TreeError::Need(id))?;
         frame.referenced.set(true);
         Ok(&frame.page)
@@ -626,7 +677,7 @@ impl Tree {
             pages.push((id, Rc::from(buffer)));
             next = id;
         }
-        for (&id, frame) in self.frames.iter_mut() {
+        for (id, frame) in self.frames.iter_mut() {
             if frame.state == State::Dirty {
                 frame.state = State::Sealed;
                 page::seal(Rc::get_mut(&mut frame.page).expect("dirty pages are never shared"));
