@@ -62,14 +62,16 @@ impl Engine {
                 let config = StoreConfig { cache_pages, ..StoreConfig::default() };
                 let log = Rc::new(LocalLog::new(Store::open(&dir, config).await.expect("store opens")));
                 let mut next_key = 0u64;
+                // Items are built before timing: the figures are the engine's, not the encoder's.
+                let items: Rc<Vec<(Vec<u8>, Vec<u8>)>> = Rc::new((0..prefill.max(PUT_KEYS)).map(item_for).collect());
                 if prefill > 0 {
-                    run_puts(&log, 256, prefill, prefill, &mut next_key).await;
+                    run_puts(&log, &items, 256, prefill, prefill, &mut next_key).await;
                     log.store().checkpoint().await.expect("checkpoint");
                 }
                 while let Ok(job) = receiver.recv() {
                     match job {
                         Job::Puts { writers, total, reply } => {
-                            let result = run_puts(&log, writers, total, PUT_KEYS, &mut next_key).await;
+                            let result = run_puts(&log, &items, writers, total, PUT_KEYS, &mut next_key).await;
                             let store = log.store();
                             eprintln!(
                                 "page reads {} checkpoints {} flushes {} lsn {}",
@@ -150,18 +152,26 @@ impl Drop for Engine {
 
 /// `total` durable puts over `keys` distinct keys, spread over `writers` concurrent tasks; returns the elapsed time and
 /// every put's commit latency.
-async fn run_puts(log: &Rc<LocalLog>, writers: usize, total: u64, keys: u64, next_key: &mut u64) -> (Duration, Vec<Duration>) {
+async fn run_puts(
+    log: &Rc<LocalLog>,
+    items: &Rc<Vec<(Vec<u8>, Vec<u8>)>>,
+    writers: usize,
+    total: u64,
+    keys: u64,
+    next_key: &mut u64,
+) -> (Duration, Vec<Duration>) {
     let first = *next_key;
     *next_key += total;
     let start = Instant::now();
     let tasks: Vec<_> = (0..writers as u64)
         .map(|writer| {
             let log = log.clone();
+            let items = items.clone();
             glommio::spawn_local(async move {
                 let mut latencies = Vec::new();
                 let mut n = first + writer;
                 while n < first + total {
-                    let (key, value) = item_for(n % keys);
+                    let (key, value) = items[(n % keys) as usize].clone();
                     let begun = Instant::now();
                     log.propose(1, Command::Put { key, value }).await.expect("durable put");
                     latencies.push(begun.elapsed());

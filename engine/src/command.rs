@@ -32,10 +32,17 @@ pub enum Outcome {
 }
 
 impl Command {
-    pub(crate) fn encode(&self) -> Vec<u8> {
-        let mut out = vec![COMMAND_FORMAT_VERSION];
-        self.encode_into(&mut out);
+    #[cfg(test)]
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.encode_payload(&mut out);
         out
+    }
+
+    /// Appends the command as a WAL record payload.
+    pub(crate) fn encode_payload(&self, out: &mut Vec<u8>) {
+        out.push(COMMAND_FORMAT_VERSION);
+        self.encode_into(out);
     }
 
     fn encode_into(&self, out: &mut Vec<u8>) {
@@ -93,11 +100,11 @@ impl Command {
         })
     }
 
-    /// Keys the command writes, in order.
-    pub(crate) fn keys(&self) -> Vec<&[u8]> {
+    /// Length of the longest key the command writes.
+    pub(crate) fn key_len_max(&self) -> usize {
         match self {
-            Command::Put { key, .. } | Command::Delete { key } => vec![key],
-            Command::Batch(commands) => commands.iter().flat_map(Command::keys).collect(),
+            Command::Put { key, .. } | Command::Delete { key } => key.len(),
+            Command::Batch(commands) => commands.iter().map(Command::key_len_max).max().unwrap_or(0),
         }
     }
 }

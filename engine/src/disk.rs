@@ -85,11 +85,30 @@ impl File {
     /// Writes `bytes` at `offset`; `offset` is block-aligned and `bytes` a whole number of
     /// blocks.
     pub(crate) async fn write(&self, offset: u64, bytes: &[u8]) -> Result<()> {
-        let mut done = 0;
-        while done < bytes.len() {
-            let len = (bytes.len() - done).min(TRANSFER_MAX);
+        self.write_parts(offset, &[bytes]).await
+    }
+
+    /// Writes the concatenation of `parts` at `offset` (block-aligned, a whole number of
+    /// blocks in all), copying each part once, straight into the DMA buffers.
+    pub(crate) async fn write_parts(&self, offset: u64, parts: &[&[u8]]) -> Result<()> {
+        let total: usize = parts.iter().map(|part| part.len()).sum();
+        let (mut done, mut part, mut within) = (0, 0, 0);
+        while done < total {
+            let len = (total - done).min(TRANSFER_MAX);
             let mut buffer = self.file.alloc_dma_buffer(len);
-            buffer.as_bytes_mut().copy_from_slice(&bytes[done..done + len]);
+            let target = buffer.as_bytes_mut();
+            let mut filled = 0;
+            while filled < len {
+                let source = &parts[part][within..];
+                let take = source.len().min(len - filled);
+                target[filled..filled + take].copy_from_slice(&source[..take]);
+                filled += take;
+                within += take;
+                if within == parts[part].len() {
+                    part += 1;
+                    within = 0;
+                }
+            }
             let written = self
                 .file
                 .write_at(buffer, offset + done as u64)

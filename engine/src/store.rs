@@ -268,13 +268,13 @@ impl Store {
         if partition == u64::MAX {
             return Err(Error::validation("partition id u64::MAX is reserved"));
         }
-        if let Some(key) = command.keys().iter().find(|key| key.len() > KEY_LEN_MAX) {
+        let key_len = command.key_len_max();
+        if key_len > KEY_LEN_MAX {
             return Err(Error::validation(format!(
-                "encoded key of {} bytes exceeds the {KEY_LEN_MAX}-byte limit",
-                key.len()
+                "encoded key of {key_len} bytes exceeds the {KEY_LEN_MAX}-byte limit"
             )));
         }
-        let lsn = self.inner.wal.append(partition, slot, RECORD_COMMAND, &command.encode())?;
+        let lsn = self.inner.wal.append_with(partition, slot, RECORD_COMMAND, |out| command.encode_payload(out))?;
         self.inner.queue.borrow_mut().push_back(Queued { lsn, partition, slot, command });
         self.inner.work.notify();
         Ok(lsn)
@@ -621,9 +621,8 @@ impl Inner {
             while end < pages.len() && pages[end].0 == pages[end - 1].0 + 1 && end - start < 256 {
                 end += 1;
             }
-            let mut run = Vec::with_capacity((end - start) * PAGE_SIZE);
-            pages[start..end].iter().for_each(|(_, bytes)| run.extend_from_slice(bytes));
-            self.file.write(pages[start].0 * PAGE_SIZE as u64, &run).await?;
+            let run: Vec<&[u8]> = pages[start..end].iter().map(|(_, bytes)| &bytes[..]).collect();
+            self.file.write_parts(pages[start].0 * PAGE_SIZE as u64, &run).await?;
             start = end;
         }
         self.file.fdatasync().await?;

@@ -291,19 +291,16 @@ pub(crate) fn remove_cell(page: &mut [u8], index: usize, cell_len: usize) {
 
 /// Rewrites the cell heap without dead bytes, keeping slot order.
 fn compact(page: &mut [u8]) {
-    let cells: Vec<(Vec<u8>, usize)> = (0..count(page))
-        .map(|index| {
-            let offset = slot_offset(page, index);
-            let len = cell_len_at(page, index);
-            (page[offset..offset + len].to_vec(), slot_key_len(page, index))
-        })
-        .collect();
+    let mut scratch = [0u8; PAGE_SIZE];
     let mut heap = PAGE_SIZE;
-    for (index, (cell, _)) in cells.iter().enumerate() {
-        heap -= cell.len();
-        page[heap..heap + cell.len()].copy_from_slice(cell);
+    for index in 0..count(page) {
+        let offset = slot_offset(page, index);
+        let len = cell_len_at(page, index);
+        heap -= len;
+        scratch[heap..heap + len].copy_from_slice(&page[offset..offset + len]);
         set_u16(page, slot_at(index) + 8, heap);
     }
+    page[heap..].copy_from_slice(&scratch[heap..]);
     set_u16(page, 10, heap);
     set_u16(page, 12, 0);
 }

@@ -74,6 +74,7 @@ impl SegmentHeader {
 }
 
 /// Appends one record. `flags` carries `FLUSH_START` for the first record of a flush.
+#[cfg(test)]
 pub(crate) fn encode_record(
     out: &mut Vec<u8>,
     lsn: u64,
@@ -84,15 +85,23 @@ pub(crate) fn encode_record(
     payload: &[u8],
 ) {
     let start = out.len();
-    out.extend_from_slice(&[0; 4]);
-    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    out.extend_from_slice(&lsn.to_le_bytes());
-    out.extend_from_slice(&partition.to_le_bytes());
-    out.extend_from_slice(&slot.to_le_bytes());
-    out.extend_from_slice(&flags.to_le_bytes());
-    out.push(kind);
-    out.extend_from_slice(&[0; 5]);
+    out.extend_from_slice(&[0; RECORD_HEADER_LEN]);
     out.extend_from_slice(payload);
+    finish_record(out, start, lsn, partition, slot, kind, flags);
+}
+
+/// Fills in the header of the record whose header placeholder starts at `start` and whose
+/// payload runs to the end of `out`.
+pub(crate) fn finish_record(out: &mut [u8], start: usize, lsn: u64, partition: u64, slot: u64, kind: u8, flags: u16) {
+    let payload_len = out.len() - start - RECORD_HEADER_LEN;
+    let header = &mut out[start..start + RECORD_HEADER_LEN];
+    header[4..8].copy_from_slice(&(payload_len as u32).to_le_bytes());
+    header[8..16].copy_from_slice(&lsn.to_le_bytes());
+    header[16..24].copy_from_slice(&partition.to_le_bytes());
+    header[24..32].copy_from_slice(&slot.to_le_bytes());
+    header[32..34].copy_from_slice(&flags.to_le_bytes());
+    header[34] = kind;
+    header[35..40].fill(0);
     let crc = crc32c::crc32c(&out[start + 4..]);
     out[start..start + 4].copy_from_slice(&crc.to_le_bytes());
 }

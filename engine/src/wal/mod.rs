@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
 pub use format::Record;
-use format::{encode_record, mark_flush_start, scan_segment, ScanEnd, SegmentHeader, BLOCK, RECORD_HEADER_LEN};
+use format::{finish_record, mark_flush_start, scan_segment, ScanEnd, SegmentHeader, BLOCK, RECORD_HEADER_LEN};
 
 use crate::disk::{self, File};
 use crate::error::{Error, Result};
@@ -44,7 +44,9 @@ impl Default for WalConfig {
             // A BatchWriteItem request may carry 16 MB.
             record_bytes_max: (16 << 20) + (64 << 10),
             flush_bytes_max: 4 << 20,
-            spare_segments_max: 2,
+            // A checkpoint starts when the log spans 4 segments; keeping as many spares means
+            // the steady state reuses segments rather than zero-filling new ones.
+            spare_segments_max: 4,
         }
     }
 }
@@ -256,22 +258,33 @@ impl Wal {
     }
 
     /// Queues a record and returns its LSN. It is durable once `durable(lsn)` resolves.
+    #[cfg(test)]
     pub fn append(&self, partition: u64, slot: u64, kind: u8, payload: &[u8]) -> Result<u64> {
+        self.append_with(partition, slot, kind, |out| out.extend_from_slice(payload))
+    }
+
+    /// Queues a record whose payload `write` appends straight into the WAL buffer (no
+    /// intermediate copy) and returns its LSN.
+    pub fn append_with(&self, partition: u64, slot: u64, kind: u8, write: impl FnOnce(&mut Vec<u8>)) -> Result<u64> {
         let inner = &self.inner;
         if let Some(cause) = inner.durable.failure() {
             return Err(Error::Poisoned { cause });
         }
-        if payload.len() > inner.config.record_bytes_max {
+        let mut pending = inner.pending.borrow_mut();
+        let start = pending.bytes.len();
+        pending.bytes.resize(start + RECORD_HEADER_LEN, 0);
+        write(&mut pending.bytes);
+        let payload_len = pending.bytes.len() - start - RECORD_HEADER_LEN;
+        if payload_len > inner.config.record_bytes_max {
+            pending.bytes.truncate(start);
             return Err(Error::validation(format!(
-                "log record of {} bytes exceeds the {}-byte limit",
-                payload.len(),
+                "log record of {payload_len} bytes exceeds the {}-byte limit",
                 inner.config.record_bytes_max
             )));
         }
         let lsn = inner.next_lsn.get();
         inner.next_lsn.set(lsn + 1);
-        let mut pending = inner.pending.borrow_mut();
-        encode_record(&mut pending.bytes, lsn, partition, slot, kind, 0, payload);
+        finish_record(&mut pending.bytes, start, lsn, partition, slot, kind, 0);
         let end = pending.bytes.len();
         pending.ends.push((end, lsn));
         drop(pending);
