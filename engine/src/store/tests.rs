@@ -255,3 +255,24 @@ fn damaged_files_give_errors_or_correct_data_never_wrong_data() {
     }
     assert!(errors > 10 && clean > 10, "{errors} cases reported damage, {clean} read cleanly");
 }
+
+#[test]
+fn bad_writes_get_typed_errors_and_change_nothing() {
+    let dir = scratch_dir("store-bad-writes");
+    run(async move {
+        let log = LocalLog::new(Store::open(&dir, small_config()).await.unwrap());
+        let long = vec![b'k'; KEY_LEN_MAX + 1];
+        let error = log.propose(1, put(&long, b"v")).await.unwrap_err();
+        assert!(matches!(&error, Error::Validation(message) if message.contains("exceeds")), "{error}");
+        let error = log.propose(u64::MAX, put(b"k", b"v")).await.unwrap_err();
+        assert!(matches!(&error, Error::Validation(message) if message.contains("reserved")), "{error}");
+        let huge = vec![0u8; small_config().wal.record_bytes_max + 1];
+        let error = log.propose(1, put(b"k", &huge)).await.unwrap_err();
+        assert!(matches!(&error, Error::Validation(message) if message.contains("exceeds")), "{error}");
+        // The rejected writes consumed no slot and left the store working.
+        log.propose(1, put(b"k", b"v")).await.unwrap();
+        assert_eq!(log.store().applied_slot(1), 1);
+        assert_eq!(log.store().get(1, b"k").await.unwrap(), Some(b"v".to_vec()));
+        log.store().close().await.unwrap();
+    });
+}
