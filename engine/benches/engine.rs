@@ -36,7 +36,7 @@ fn item_for(n: u64) -> (Vec<u8>, Vec<u8>) {
 }
 
 enum Job {
-    Puts { writers: usize, total: u64, reply: mpsc::Sender<(Duration, Vec<Duration>)> },
+    Puts { writers: usize, total: u64, reply: mpsc::Sender<(Duration, Vec<Duration>, u64)> },
     Gets { count: u64, reply: mpsc::Sender<Duration> },
     Scans { count: u64, length: usize, reply: mpsc::Sender<Duration> },
 }
@@ -71,15 +71,10 @@ impl Engine {
                 while let Ok(job) = receiver.recv() {
                     match job {
                         Job::Puts { writers, total, reply } => {
-                            let result = run_puts(&log, &items, writers, total, PUT_KEYS, &mut next_key).await;
-                            let store = log.store();
-                            eprintln!(
-                                "page reads {} checkpoints {} flushes {} lsn {}",
-                                store.page_reads(),
-                                store.checkpoints(),
-                                store.wal().flush_count(),
-                                store.wal().next_lsn()
-                            );
+                            let flushes = log.store().wal().flush_count();
+                            let (elapsed, latencies) =
+                                run_puts(&log, &items, writers, total, PUT_KEYS, &mut next_key).await;
+                            let result = (elapsed, latencies, log.store().wal().flush_count() - flushes);
                             reply.send(result).expect("reply");
                         }
                         Job::Gets { count, reply } => {
@@ -121,7 +116,7 @@ impl Engine {
         Engine { jobs, thread: Some(thread) }
     }
 
-    fn puts(&self, writers: usize, total: u64) -> (Duration, Vec<Duration>) {
+    fn puts(&self, writers: usize, total: u64) -> (Duration, Vec<Duration>, u64) {
         let (reply, answer) = mpsc::channel();
         self.jobs.send(Job::Puts { writers, total, reply }).expect("engine alive");
         answer.recv().expect("engine replies")
@@ -216,11 +211,13 @@ fn durable_puts(c: &mut Criterion) {
         let mut all = Vec::new();
         let mut elapsed_total = Duration::ZERO;
         let mut count = 0;
+        let mut flushes = 0;
         group.bench_with_input(BenchmarkId::new("tessera", writers), &writers, |b, &writers| {
             b.iter_custom(|iterations| {
                 let mut elapsed = Duration::ZERO;
                 for _ in 0..iterations {
-                    let (took, latencies) = engine.puts(writers, batch);
+                    let (took, latencies, flushed) = engine.puts(writers, batch);
+                    flushes += flushed;
                     elapsed += took;
                     elapsed_total += took;
                     count += batch;
@@ -229,7 +226,11 @@ fn durable_puts(c: &mut Criterion) {
                 elapsed
             })
         });
-        percentiles(&format!("tessera durable puts, {writers} writers"), &mut all, elapsed_total, count);
+        let label = format!(
+            "tessera durable puts, {writers} writers, {:.1} puts per fdatasync",
+            count as f64 / flushes.max(1) as f64
+        );
+        percentiles(&label, &mut all, elapsed_total, count);
     }
     drop(engine);
 
