@@ -449,10 +449,15 @@ impl Inner {
             return Ok(entries);
         }
         self.with_tree(|tree| {
-            let result = tree.scan(as_slice(&lower), as_slice(&upper), reverse, &mut |key, value| {
-                entries.push((key.to_vec(), value));
-                entries.len() < limit
-            });
+            let result = tree.scan(
+                lower.as_ref().map(Vec::as_slice),
+                upper.as_ref().map(Vec::as_slice),
+                reverse,
+                &mut |key, value| {
+                    entries.push((key.to_vec(), value));
+                    entries.len() < limit
+                },
+            );
             // Resume after the last entry taken if a page must be loaded first.
             if let Some((last, _)) = entries.last() {
                 let resume = Bound::Excluded(last.clone());
@@ -639,14 +644,6 @@ impl Inner {
         self.file.fdatasync().await?;
         self.meta_sequence.set(sequence);
         Ok(())
-    }
-}
-
-fn as_slice(bound: &Bound<Vec<u8>>) -> Bound<&[u8]> {
-    match bound {
-        Bound::Included(key) => Bound::Included(key),
-        Bound::Excluded(key) => Bound::Excluded(key),
-        Bound::Unbounded => Bound::Unbounded,
     }
 }
 

@@ -478,7 +478,7 @@ impl Tree {
             _ => {
                 let left_last = &cells.last().expect("left half is not empty").0;
                 let right_first = &right_cells[0].0;
-                let keep = common_prefix_len(left_last, right_first) + 1;
+                let keep = page::common_prefix_len(left_last, right_first) + 1;
                 (right_first[..keep.min(right_first.len())].to_vec(), 0)
             }
         };
@@ -730,10 +730,6 @@ pub(crate) fn freelist_entries(freelist_page: &[u8]) -> (Vec<PageId>, PageId) {
     let entries = page::count(freelist_page).min(page::FREELIST_IDS_MAX);
     let ids = (0..entries).map(|slot| page::get_u64(freelist_page, page::HEADER_LEN + slot * 8)).collect();
     (ids, page::link(freelist_page))
-}
-
-fn common_prefix_len(a: &[u8], b: &[u8]) -> usize {
-    a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 
 fn after_lower(key: &[u8], lower: Bound<&[u8]>) -> bool {

@@ -276,7 +276,8 @@ pub(crate) fn insert_cell(page: &mut [u8], index: usize, key: &[u8], body: &[u8]
     set_u16(page, at + 10, key.len());
 }
 
-fn common_prefix_len(a: &[u8], b: &[u8]) -> usize {
+/// Length of the longest common prefix of two byte strings.
+pub(crate) fn common_prefix_len(a: &[u8], b: &[u8]) -> usize {
     a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 

@@ -77,10 +77,15 @@ impl Harness {
         let mut out: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
         let (mut lower, mut upper) = (lower, upper);
         self.run(|tree| {
-            let result = tree.scan(as_ref(&lower), as_ref(&upper), reverse, &mut |key, value| {
-                out.push((key.to_vec(), value));
-                out.len() < limit
-            });
+            let result = tree.scan(
+                lower.as_ref().map(Vec::as_slice),
+                upper.as_ref().map(Vec::as_slice),
+                reverse,
+                &mut |key, value| {
+                    out.push((key.to_vec(), value));
+                    out.len() < limit
+                },
+            );
             if let Some((last, _)) = out.last() {
                 if reverse {
                     upper = Bound::Excluded(last.clone())
@@ -95,14 +100,6 @@ impl Harness {
             }
         });
         out
-    }
-}
-
-fn as_ref(bound: &Bound<Vec<u8>>) -> Bound<&[u8]> {
-    match bound {
-        Bound::Included(key) => Bound::Included(key),
-        Bound::Excluded(key) => Bound::Excluded(key),
-        Bound::Unbounded => Bound::Unbounded,
     }
 }
 
