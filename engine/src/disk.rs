@@ -85,12 +85,14 @@ impl File {
     /// Writes `bytes` at `offset`; `offset` is block-aligned and `bytes` a whole number of
     /// blocks.
     pub(crate) async fn write(&self, offset: u64, bytes: &[u8]) -> Result<()> {
-        self.write_parts(offset, &[bytes]).await
+        self.write_parts(offset, &[bytes], |_| ()).await
     }
 
     /// Writes the concatenation of `parts` at `offset` (block-aligned, a whole number of
-    /// blocks in all), copying each part once, straight into the DMA buffers.
-    pub(crate) async fn write_parts(&self, offset: u64, parts: &[&[u8]]) -> Result<()> {
+    /// blocks in all), copying each part once, straight into the DMA buffers; `finish` is
+    /// applied to the copy of each part that lies whole within one buffer (every part, when
+    /// parts are blocks).
+    pub(crate) async fn write_parts(&self, offset: u64, parts: &[&[u8]], finish: impl Fn(&mut [u8])) -> Result<()> {
         let total: usize = parts.iter().map(|part| part.len()).sum();
         let (mut done, mut part, mut within) = (0, 0, 0);
         while done < total {
@@ -102,6 +104,9 @@ impl File {
                 let source = &parts[part][within..];
                 let take = source.len().min(len - filled);
                 target[filled..filled + take].copy_from_slice(&source[..take]);
+                if take == parts[part].len() {
+                    finish(&mut target[filled..filled + take]);
+                }
                 filled += take;
                 within += take;
                 if within == parts[part].len() {

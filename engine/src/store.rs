@@ -627,7 +627,7 @@ impl Inner {
                 end += 1;
             }
             let run: Vec<&[u8]> = pages[start..end].iter().map(|(_, bytes)| &bytes[..]).collect();
-            self.file.write_parts(pages[start].0 * PAGE_SIZE as u64, &run).await?;
+            self.file.write_parts(pages[start].0 * PAGE_SIZE as u64, &run, page::seal).await?;
             start = end;
         }
         self.file.fdatasync().await?;

@@ -110,7 +110,8 @@ impl FrameTable {
 
 /// The state a checkpoint needs, taken at `seal`.
 pub(crate) struct Sealed {
-    /// Pages to write, including the freelist pages, sealed (checksummed).
+    /// Pages to write, including the freelist pages. Checksums are not filled in: the writer
+    /// seals each page's copy as it goes (`page::seal`), so sealing costs no pause here.
     pub(crate) pages: Vec<(PageId, Rc<[u8]>)>,
     pub(crate) root: PageId,
     pub(crate) page_count: u64,
@@ -680,7 +681,6 @@ impl Tree {
         for (id, frame) in self.frames.iter_mut() {
             if frame.state == State::Dirty {
                 frame.state = State::Sealed;
-                page::seal(Rc::get_mut(&mut frame.page).expect("dirty pages are never shared"));
                 pages.push((id, frame.page.clone()));
             }
         }

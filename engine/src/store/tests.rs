@@ -152,8 +152,12 @@ fn overwrites_keep_the_files_bounded() {
             }
             pages.push(log.store().tree_pages());
         }
-        // A leak would grow the file every round; reuse keeps it flat once warm.
-        assert!(pages[99] - pages[30] <= pages[30] / 50, "tree pages per round: {pages:?}");
+        // A leak would grow the file by the pages of every overwrite (hundreds per round);
+        // reuse keeps it flat once warm. The page count is a high-water mark: while a
+        // checkpoint is being written the pages it releases cannot be reused yet, so it can
+        // creep by a few pages with I/O timing (the B+tree's own test checks exactly that no
+        // page is ever lost).
+        assert!(pages[99] - pages[30] <= pages[30] / 20, "tree pages per round: {pages:?}");
         let wal_files = std::fs::read_dir(dir.join("wal")).unwrap().count();
         assert!(wal_files <= 1 + 3 + 1, "{wal_files} WAL files");
         log.store().close().await.unwrap();
