@@ -417,12 +417,13 @@ impl Tree {
         // Nothing below can need a page: the path and the old chain are cached.
         self.make_writable(&mut path);
         old_chain.into_iter().for_each(|id| self.free_page(id));
-        let body = if page::value_inline(key.len(), value.len()) {
-            ValueRef::Inline(value).encode()
+        let value_ref = if page::value_inline(key.len(), value.len()) {
+            ValueRef::Inline(value)
         } else {
-            let first = self.write_overflow(value);
-            ValueRef::Overflow { len: value.len(), first }.encode()
+            ValueRef::Overflow { len: value.len(), first: self.write_overflow(value) }
         };
+        let (header, header_len) = value_ref.header();
+        let inline: &[u8] = if let ValueRef::Inline(bytes) = value_ref { bytes } else { &[] };
         let leaf = path.last().expect("path ends at a leaf").0;
         let index = match page::search(self.page(leaf).expect("cached"), key) {
             Ok(index) => {
@@ -433,7 +434,7 @@ impl Tree {
             }
             Err(index) => index,
         };
-        self.insert_at(&path, path.len() - 1, index, key.to_vec(), body);
+        self.insert_at(&path, path.len() - 1, index, key, &[&header[..header_len], inline]);
         Ok(previous)
     }
 
@@ -459,16 +460,16 @@ impl Tree {
     }
 
     /// Inserts a cell into the writable page at `path[level]`, splitting upward as needed.
-    fn insert_at(&mut self, path: &[(PageId, usize)], level: usize, index: usize, key: Vec<u8>, body: Vec<u8>) {
+    fn insert_at(&mut self, path: &[(PageId, usize)], level: usize, index: usize, key: &[u8], body: &[&[u8]]) {
         let id = path[level].0;
         let target = self.page_mut(id);
-        if page::fits(target, key.len() + body.len()) {
-            page::insert_cell(target, index, &key, &body);
+        if page::fits(target, key.len() + body.iter().map(|part| part.len()).sum::<usize>()) {
+            page::insert_cell(target, index, key, body);
             return;
         }
         let kind = page::kind(target).expect("tree page");
         let mut cells = page::cells(target);
-        cells.insert(index, (key, body));
+        cells.insert(index, (key.to_vec(), body.concat()));
         let split = choose_split(&cells, kind);
         let mut right_cells = cells.split_off(split);
         let (separator, right_link) = match kind {
@@ -492,11 +493,11 @@ impl Tree {
             let root = self.alloc(Kind::Branch);
             let root_page = self.page_mut(root);
             page::set_link(root_page, id);
-            page::insert_cell(root_page, 0, &separator, &right.to_le_bytes());
+            page::insert_cell(root_page, 0, &separator, &[&right.to_le_bytes()]);
             self.root = root;
         } else {
             let child_index = path[level - 1].1;
-            self.insert_at(path, level - 1, child_index, separator, right.to_le_bytes().to_vec());
+            self.insert_at(path, level - 1, child_index, &separator, &[&right.to_le_bytes()]);
         }
     }
 

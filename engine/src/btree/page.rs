@@ -238,9 +238,10 @@ pub(crate) fn fits(page: &[u8], cell_len: usize) -> bool {
     gap(page) + dead_bytes(page) >= cell_len + SLOT_LEN
 }
 
-/// Inserts a cell (`key` followed by `body`) at slot `index`. The caller checked `fits`.
-pub(crate) fn insert_cell(page: &mut [u8], index: usize, key: &[u8], body: &[u8]) {
-    let cell_len = key.len() + body.len();
+/// Inserts a cell (`key` followed by the `body` parts) at slot `index`. The caller checked
+/// `fits`.
+pub(crate) fn insert_cell(page: &mut [u8], index: usize, key: &[u8], body: &[&[u8]]) {
+    let cell_len = key.len() + body.iter().map(|part| part.len()).sum::<usize>();
     assert!(fits(page, cell_len), "insert_cell without room");
     if gap(page) < cell_len + SLOT_LEN {
         compact(page);
@@ -248,7 +249,11 @@ pub(crate) fn insert_cell(page: &mut [u8], index: usize, key: &[u8], body: &[u8]
     let count = count(page);
     let offset = heap_start(page) - cell_len;
     page[offset..offset + key.len()].copy_from_slice(key);
-    page[offset + key.len()..offset + cell_len].copy_from_slice(body);
+    let mut at = offset + key.len();
+    for part in body {
+        page[at..at + part.len()].copy_from_slice(part);
+        at += part.len();
+    }
     set_u16(page, 10, offset);
     page.copy_within(slot_at(index)..slot_at(count), slot_at(index + 1));
     set_count(page, count + 1);
@@ -332,7 +337,7 @@ pub(crate) fn rebuild(page: &mut [u8], cells: &[(Vec<u8>, Vec<u8>)]) {
     init(page, kind, id);
     set_link(page, link);
     for (index, (key, body)) in cells.iter().enumerate() {
-        insert_cell(page, index, key, body);
+        insert_cell(page, index, key, &[body]);
     }
 }
 
@@ -396,19 +401,29 @@ impl<'a> ValueRef<'a> {
         }
     }
 
-    pub(crate) fn encode(&self) -> Vec<u8> {
-        let mut body = Vec::with_capacity(self.encoded_len());
+    /// The fixed part of the encoding (an inline value's bytes follow it) and its length.
+    pub(crate) fn header(&self) -> ([u8; VALUE_OVERFLOW_LEN], usize) {
+        let mut header = [0u8; VALUE_OVERFLOW_LEN];
         match self {
             ValueRef::Inline(bytes) => {
-                body.push(0);
-                body.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
-                body.extend_from_slice(bytes);
+                header[1..5].copy_from_slice(&(bytes.len() as u32).to_le_bytes());
+                (header, VALUE_INLINE_HEADER)
             }
             ValueRef::Overflow { len, first } => {
-                body.push(1);
-                body.extend_from_slice(&(*len as u32).to_le_bytes());
-                body.extend_from_slice(&first.to_le_bytes());
+                header[0] = 1;
+                header[1..5].copy_from_slice(&(*len as u32).to_le_bytes());
+                header[5..13].copy_from_slice(&first.to_le_bytes());
+                (header, VALUE_OVERFLOW_LEN)
             }
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let (header, len) = self.header();
+        let mut body = header[..len].to_vec();
+        if let ValueRef::Inline(bytes) = self {
+            body.extend_from_slice(bytes);
         }
         body
     }
@@ -433,7 +448,7 @@ mod tests {
         init(&mut page, Kind::Leaf, 7);
         for key in keys {
             let index = search(&page, key).unwrap_err();
-            insert_cell(&mut page, index, key, &ValueRef::Inline(b"v").encode());
+            insert_cell(&mut page, index, key, &[&ValueRef::Inline(b"v").encode()]);
         }
         page
     }
@@ -454,7 +469,7 @@ mod tests {
         assert_eq!(search(&page, b"z"), Err(60));
         // A key outside the shared prefix shrinks it and keeps search correct.
         let mut page = page;
-        insert_cell(&mut page, 0, b"other", &ValueRef::Inline(b"v").encode());
+        insert_cell(&mut page, 0, b"other", &[&ValueRef::Inline(b"v").encode()]);
         assert_eq!(prefix_len(&page), 0);
         assert_eq!(search(&page, b"other"), Ok(0));
         assert_eq!(search(&page, &keys[59]), Ok(60));
@@ -466,13 +481,13 @@ mod tests {
         let mut inserted = 0;
         while fits(&page, 100 + VALUE_INLINE_HEADER + 1) {
             let key = format!("{inserted:0100}");
-            insert_cell(&mut page, inserted, key.as_bytes(), &ValueRef::Inline(b"v").encode());
+            insert_cell(&mut page, inserted, key.as_bytes(), &[&ValueRef::Inline(b"v").encode()]);
             inserted += 1;
         }
         let cell = cell_len_at(&page, 0);
         remove_cell(&mut page, 0, cell);
         assert!(fits(&page, cell));
-        insert_cell(&mut page, 0, &[b'0'; 100], &ValueRef::Inline(b"v").encode());
+        insert_cell(&mut page, 0, &[b'0'; 100], &[&ValueRef::Inline(b"v").encode()]);
         assert_eq!(count(&page), inserted);
         seal(&mut page);
         verify(&page, 7).unwrap();
