@@ -193,6 +193,16 @@ pub(crate) async fn probe_device(dir: &Path) -> Result<()> {
 
 const BLOCK_PROBE: usize = 4096;
 
+/// Creates `dir` (and missing parents) if it does not exist, and makes its entry durable.
+pub(crate) fn create_dir(dir: &Path) -> Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(dir).map_err(|error| Error::io("create directory", dir, error))?;
+    let parent = dir.parent().filter(|parent| !parent.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    sync_dir(parent)
+}
+
 /// Makes a directory entry change (a created or renamed file) durable.
 pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
     std::fs::File::open(dir)

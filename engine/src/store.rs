@@ -170,7 +170,7 @@ impl Store {
         if config.cache_pages < CACHE_PAGES_MIN {
             return Err(Error::Config(format!("cache_pages must be at least {CACHE_PAGES_MIN}")));
         }
-        std::fs::create_dir_all(dir).map_err(|error| Error::io("create directory", dir, error))?;
+        disk::create_dir(dir)?;
         disk::probe_device(dir).await?;
         let path = dir.join(TREE_FILE);
         let file = File::open(&path, true).await?;

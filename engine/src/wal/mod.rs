@@ -119,7 +119,7 @@ impl Wal {
     /// `checkpoint_lsn`. Damage inside acknowledged records is an error naming file and offset.
     pub async fn open(dir: &Path, config: WalConfig, checkpoint_lsn: u64) -> Result<Recovered> {
         config.validate()?;
-        std::fs::create_dir_all(dir).map_err(|error| Error::io("create directory", dir, error))?;
+        disk::create_dir(dir)?;
         disk::probe_device(dir).await?;
         let mut segments = Vec::new();
         let mut next_index = 0;
