@@ -444,36 +444,8 @@ impl Inner {
         reverse: bool,
         limit: usize,
     ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        let mut entries: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
-        if limit == 0 {
-            return Ok(entries);
-        }
-        self.with_tree(|tree| {
-            let result = tree.scan(
-                lower.as_ref().map(Vec::as_slice),
-                upper.as_ref().map(Vec::as_slice),
-                reverse,
-                &mut |key, value| {
-                    entries.push((key.to_vec(), value));
-                    entries.len() < limit
-                },
-            );
-            // Resume after the last entry taken if a page must be loaded first.
-            if let Some((last, _)) = entries.last() {
-                let resume = Bound::Excluded(last.clone());
-                if reverse {
-                    upper = resume;
-                } else {
-                    lower = resume;
-                }
-            }
-            if entries.len() >= limit {
-                Ok(())
-            } else {
-                result
-            }
-        })
-        .await?;
+        let mut entries = Vec::new();
+        self.with_tree(|tree| tree.scan_resumable(&mut lower, &mut upper, reverse, limit, &mut entries)).await?;
         Ok(entries)
     }
 

@@ -639,6 +639,44 @@ impl Tree {
         }
     }
 
+    /// Collects up to `limit` entries into `entries`, resumably: after `Need`, the bounds have
+    /// been moved past the entries already collected, so calling again (with the same
+    /// arguments) continues where it stopped.
+    pub(crate) fn scan_resumable(
+        &self,
+        lower: &mut Bound<Vec<u8>>,
+        upper: &mut Bound<Vec<u8>>,
+        reverse: bool,
+        limit: usize,
+        entries: &mut Vec<(Vec<u8>, Vec<u8>)>,
+    ) -> TreeResult<()> {
+        if entries.len() >= limit {
+            return Ok(());
+        }
+        let result = self.scan(
+            lower.as_ref().map(Vec::as_slice),
+            upper.as_ref().map(Vec::as_slice),
+            reverse,
+            &mut |key, value| {
+                entries.push((key.to_vec(), value));
+                entries.len() < limit
+            },
+        );
+        if let Some((last, _)) = entries.last() {
+            let resume = Bound::Excluded(last.clone());
+            if reverse {
+                *upper = resume;
+            } else {
+                *lower = resume;
+            }
+        }
+        if entries.len() >= limit {
+            Ok(())
+        } else {
+            result
+        }
+    }
+
     /// Ends the epoch: the dirty pages and a freelist become the checkpoint to write.
     /// Writes go on while it is written; `commit` is called once it is durable.
     pub(crate) fn seal(&mut self) -> Sealed {

@@ -76,31 +76,8 @@ impl Harness {
         reverse: bool,
         limit: usize,
     ) -> Vec<(Vec<u8>, Vec<u8>)> {
-        let mut out: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
-        let (mut lower, mut upper) = (lower, upper);
-        self.run(|tree| {
-            let result = tree.scan(
-                lower.as_ref().map(Vec::as_slice),
-                upper.as_ref().map(Vec::as_slice),
-                reverse,
-                &mut |key, value| {
-                    out.push((key.to_vec(), value));
-                    out.len() < limit
-                },
-            );
-            if let Some((last, _)) = out.last() {
-                if reverse {
-                    upper = Bound::Excluded(last.clone())
-                } else {
-                    lower = Bound::Excluded(last.clone())
-                }
-            }
-            if out.len() >= limit {
-                Ok(())
-            } else {
-                result
-            }
-        });
+        let (mut lower, mut upper, mut out) = (lower, upper, Vec::new());
+        self.run(|tree| tree.scan_resumable(&mut lower, &mut upper, reverse, limit, &mut out));
         out
     }
 }
