@@ -77,21 +77,24 @@ fn segments_roll_over_recycle_and_recover() {
     });
 }
 
+/// Writes records 1..=3, each made durable (one flush each), and returns the segment's path.
+fn three_flushes(dir: &std::path::Path, payload: fn(u64) -> Vec<u8>) -> std::path::PathBuf {
+    let dir = dir.to_path_buf();
+    run(async move {
+        let wal = Wal::open(&dir, small(), 0).await.unwrap().wal;
+        for lsn in 1..=3u64 {
+            let lsn = wal.append(1, lsn, 1, &payload(lsn)).unwrap();
+            wal.durable(lsn).await.unwrap();
+        }
+        wal.close().await.unwrap();
+        dir.join("00000000.wal")
+    })
+}
+
 #[test]
 fn damage_inside_acknowledged_records_is_reported() {
     let dir = scratch_dir("wal-corrupt");
-    let path = run({
-        let dir = dir.clone();
-        async move {
-            let wal = Wal::open(&dir, small(), 0).await.unwrap().wal;
-            for lsn in 1..=3u64 {
-                let lsn = wal.append(1, lsn, 1, b"acknowledged").unwrap();
-                wal.durable(lsn).await.unwrap();
-            }
-            wal.close().await.unwrap();
-            dir.join("00000000.wal")
-        }
-    });
+    let path = three_flushes(&dir, |_| b"acknowledged".to_vec());
     // Flip a byte of the second record (the second flush, in block 2).
     let mut bytes = std::fs::read(&path).unwrap();
     bytes[2 * BLOCK + 45] ^= 0x10;
@@ -109,18 +112,7 @@ fn damage_inside_acknowledged_records_is_reported() {
 #[test]
 fn torn_tail_ends_the_log_and_is_overwritten_safely() {
     let dir = scratch_dir("wal-torn");
-    let path = run({
-        let dir = dir.clone();
-        async move {
-            let wal = Wal::open(&dir, small(), 0).await.unwrap().wal;
-            for lsn in 1..=3u64 {
-                let lsn = wal.append(1, lsn, 1, &[lsn as u8; 3000]).unwrap();
-                wal.durable(lsn).await.unwrap();
-            }
-            wal.close().await.unwrap();
-            dir.join("00000000.wal")
-        }
-    });
+    let path = three_flushes(&dir, |lsn| vec![lsn as u8; 3000]);
     // The last flush (block 3) was torn: garbage in its first half.
     let mut bytes = std::fs::read(&path).unwrap();
     bytes[3 * BLOCK..3 * BLOCK + 2048].fill(0xEE);
