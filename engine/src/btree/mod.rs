@@ -561,7 +561,7 @@ impl Tree {
     /// Visits entries in key order (or reverse order) within the bounds, until `visit`
     /// returns false. Resumable: after `Need`, the caller loads the page and calls again with
     /// the bound moved past the last key visited.
-    pub(crate) fn scan(
+    fn scan(
         &self,
         lower: Bound<&[u8]>,
         upper: Bound<&[u8]>,
