@@ -4,7 +4,7 @@
 //!
 //! The engine runs on its own glommio executor pinned to core 0; criterion drives it from the
 //! main thread through a channel and times whole batches (`iter_custom`), so the channel's cost
-//! is not in the figures. Commit latencies (submit to durable-and-applied) are collected too
+//! is not in the figures. Commit latencies (submit to durable, when the put is acknowledged) are collected too
 //! and printed as percentiles at the end of each group.
 
 use std::ops::Bound;

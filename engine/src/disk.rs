@@ -34,10 +34,21 @@ pub(crate) struct File {
 impl File {
     /// Opens (creating if asked) a file for O_DIRECT reads and writes.
     pub(crate) async fn open(path: &Path, create: bool) -> Result<File> {
+        Self::open_with(path, create, 0).await
+    }
+
+    /// Opens an existing file for O_DIRECT reads and O_DSYNC writes: a write completes only
+    /// once its data is durable (the device cache flushed), as if followed by fdatasync.
+    pub(crate) async fn open_synced(path: &Path) -> Result<File> {
+        Self::open_with(path, false, libc::O_DSYNC).await
+    }
+
+    async fn open_with(path: &Path, create: bool, flags: i32) -> Result<File> {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(create)
+            .custom_flags(flags)
             .dma_open(path)
             .await
             .map_err(|error| Error::io("open", path, error))?;

@@ -1,10 +1,62 @@
 //! Single-threaded wake-up primitives for one executor (no locks, no atomics): a watermark
-//! that futures wait to pass, and an event that wakes one waiting task.
+//! that futures wait to pass, and an event that wakes one waiting task; and two ways of
+//! living with glommio's scheduler (`yield_to_reactor`, `guard_executor`).
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::sync::{Arc, Mutex};
 use std::task::{Poll, Waker};
+use std::time::Duration;
+
+/// Suspends the calling task until the reactor has had a turn (polled I/O completions and
+/// timers). `yield_now` is not enough: glommio keeps running ready tasks without polling I/O
+/// for as long as any is ready, while a timer is only fired by the reactor.
+pub(crate) async fn yield_to_reactor() {
+    glommio::timer::sleep(Duration::from_micros(1)).await;
+}
+
+/// How often the executor is woken from outside.
+const WATCHDOG_PERIOD: Duration = Duration::from_millis(10);
+
+thread_local! {
+    static GUARDED: Cell<Option<usize>> = const { Cell::new(None) };
+}
+
+/// Keeps the current executor from sleeping forever with work queued. glommio 0.9 parks the
+/// executor when its scheduler was preempted before running any task (its run loop reads
+/// "preempted" as "idle"); nothing queued on the executor itself can wake it then, since its
+/// own timers only fire when it runs. A thread outside wakes a task of the executor every
+/// `WATCHDOG_PERIOD`, which makes the executor's next loop consume the preemption and run its
+/// tasks: such a stall is bounded. Installed at most once per executor; the thread ends with
+/// the executor.
+pub(crate) fn guard_executor() {
+    let id = glommio::executor().id();
+    if GUARDED.with(|guarded| guarded.replace(Some(id))) == Some(id) {
+        return;
+    }
+    let slot: Arc<Mutex<Option<Waker>>> = Arc::default();
+    let watched = Arc::downgrade(&slot);
+    let spawned = std::thread::Builder::new().name("tessera-watchdog".into()).spawn(move || {
+        while let Some(slot) = watched.upgrade() {
+            let waker = slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
+            drop(slot);
+            if let Some(waker) = waker {
+                waker.wake();
+            }
+            std::thread::sleep(WATCHDOG_PERIOD);
+        }
+    });
+    if spawned.is_err() {
+        // Without the thread the executor runs as glommio alone would run it.
+        return;
+    }
+    glommio::spawn_local(futures_lite::future::poll_fn(move |context| {
+        *slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(context.waker().clone());
+        Poll::<()>::Pending
+    }))
+    .detach();
+}
 
 /// A monotonically advancing value; `wait(target)` resolves once it reaches `target`, or
 /// with the failure once `fail` is called.

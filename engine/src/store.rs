@@ -28,7 +28,7 @@ use crate::btree::{freelist_entries, Durable, Sealed, Tree, TreeError, TreeResul
 use crate::command::{Command, Outcome};
 use crate::disk::{self, File};
 use crate::error::{Error, Result};
-use crate::signal::{Event, Watermark};
+use crate::signal::{guard_executor, yield_to_reactor, Event, Watermark};
 use crate::wal::{Wal, WalConfig};
 
 /// Identifies a partition replica on a core.
@@ -41,6 +41,10 @@ const META_PREFIX: [u8; 8] = [0xFF; 8];
 pub const KEY_LEN_MAX: usize = page::TREE_KEY_LEN_MAX - 8;
 const TREE_FILE: &str = "tree.db";
 const META_MAGIC: &[u8; 8] = b"TESSTREE";
+/// Most committed records that may wait to be applied before `committed` waits for applies.
+const APPLY_LAG_MAX: u64 = 16 * 1024;
+/// Records applied between two turns of the reactor.
+const APPLY_CHUNK: usize = 256;
 /// WAL record kind of a replicated command.
 const RECORD_COMMAND: u8 = 1;
 
@@ -72,6 +76,8 @@ struct Queued {
     partition: PartitionId,
     slot: u64,
     command: Command,
+    /// The proposer will take the outcome (`Store::outcome`); otherwise it is dropped.
+    want_outcome: bool,
 }
 
 struct Inner {
@@ -170,6 +176,7 @@ impl Store {
         if config.cache_pages < CACHE_PAGES_MIN {
             return Err(Error::Config(format!("cache_pages must be at least {CACHE_PAGES_MIN}")));
         }
+        guard_executor();
         disk::create_dir(dir)?;
         disk::probe_device(dir).await?;
         let path = dir.join(TREE_FILE);
@@ -260,8 +267,9 @@ impl Store {
     }
 
     /// Appends `command` for `partition` at `slot` to the WAL and queues it for apply; returns
-    /// the LSN to pass to `outcome`. Slots of one partition must be submitted in order.
-    pub fn submit(&self, partition: PartitionId, slot: u64, command: Command) -> Result<u64> {
+    /// its LSN, to pass to `committed`, or to `outcome` if `want_outcome`. Slots of one
+    /// partition must be submitted in order.
+    pub fn submit(&self, partition: PartitionId, slot: u64, command: Command, want_outcome: bool) -> Result<u64> {
         if let Some(cause) = self.inner.poisoned.borrow().clone() {
             return Err(Error::Poisoned { cause });
         }
@@ -275,12 +283,28 @@ impl Store {
             )));
         }
         let lsn = self.inner.wal.append_with(partition, slot, RECORD_COMMAND, |out| command.encode_payload(out))?;
-        self.inner.queue.borrow_mut().push_back(Queued { lsn, partition, slot, command });
+        self.inner.queue.borrow_mut().push_back(Queued { lsn, partition, slot, command, want_outcome });
         self.inner.work.notify();
         Ok(lsn)
     }
 
-    /// Resolves once the record `lsn` is durable and applied, with what the apply found.
+    /// Resolves once the record `lsn` is durable (committed). Applies run behind commits; if
+    /// they fall more than `APPLY_LAG_MAX` records behind, this also waits for them, so the
+    /// queue of committed but unapplied records stays bounded.
+    pub async fn committed(&self, lsn: u64) -> Result<()> {
+        self.inner.wal.durable(lsn).await?;
+        self.inner.applied.wait(lsn.saturating_sub(APPLY_LAG_MAX)).await.map_err(|cause| Error::Poisoned { cause })
+    }
+
+    /// Waits until every record committed before the call is applied: a read that follows
+    /// sees every acknowledged write.
+    async fn read_barrier(&self) -> Result<()> {
+        let durable = self.inner.wal.durable_lsn();
+        self.inner.applied.wait(durable).await.map_err(|cause| Error::Poisoned { cause })
+    }
+
+    /// Resolves once the record `lsn` (submitted with `want_outcome`) is durable and applied,
+    /// with what the apply found.
     pub async fn outcome(&self, lsn: u64) -> Result<Outcome> {
         self.inner.applied.wait(lsn).await.map_err(|cause| Error::Poisoned { cause })?;
         self.inner
@@ -292,6 +316,7 @@ impl Store {
 
     /// The value stored under `key` in `partition`.
     pub async fn get(&self, partition: PartitionId, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.read_barrier().await?;
         let full = tree_key(partition, key);
         self.inner.with_tree(|tree| tree.get(&full)).await
     }
@@ -306,6 +331,7 @@ impl Store {
         reverse: bool,
         limit: usize,
     ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        self.read_barrier().await?;
         let prefix = |bound: Bound<&[u8]>, end: Bound<Vec<u8>>| match bound {
             Bound::Included(key) => Bound::Included(tree_key(partition, key)),
             Bound::Excluded(key) => Bound::Excluded(tree_key(partition, key)),
@@ -512,7 +538,16 @@ impl Inner {
                 }
             }
             let durable = inner.wal.durable_lsn();
+            let mut applied_here = 0usize;
             loop {
+                // Before each chunk, let the reactor turn: writers acknowledged by the flush
+                // that woke us submit again and the next flush is issued before the applies
+                // run, so the disk works while this core applies. A chunk bounds how long a
+                // flush's completion can wait unnoticed behind applies.
+                if applied_here.is_multiple_of(APPLY_CHUNK) {
+                    yield_to_reactor().await;
+                }
+                applied_here += 1;
                 let queued = {
                     let mut queue = inner.queue.borrow_mut();
                     match queue.front() {
@@ -523,7 +558,9 @@ impl Inner {
                 let Some(queued) = queued else { break };
                 match inner.apply(queued.partition, queued.slot, &queued.command).await {
                     Ok(outcome) => {
-                        inner.outcomes.borrow_mut().insert(queued.lsn, outcome);
+                        if queued.want_outcome {
+                            inner.outcomes.borrow_mut().insert(queued.lsn, outcome);
+                        }
                         inner.applied.advance(queued.lsn);
                     }
                     Err(error) => {

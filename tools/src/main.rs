@@ -56,7 +56,7 @@ async fn execute(data: PathBuf, args: Vec<String>) -> Result<(), String> {
         }
         "delete" => {
             let command = Command::Delete { key: arg(2)?.clone().into_bytes() };
-            match log.propose(partition(args.get(1))?, command).await {
+            match log.propose_applied(partition(args.get(1))?, command).await {
                 Ok(Outcome::Previous(None)) => Err(format!("no key {:?}", arg(2)?)),
                 other => other.map(drop).map_err(|e| e.to_string()),
             }

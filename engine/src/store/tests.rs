@@ -30,8 +30,8 @@ fn writes_survive_reopen_with_and_without_checkpoint() {
     let dir = scratch_dir("store-reopen");
     run(async move {
         let log = LocalLog::new(Store::open(&dir, small_config()).await.unwrap());
-        assert_eq!(log.propose(1, put(b"a", b"1")).await.unwrap(), Outcome::Previous(None));
-        assert_eq!(log.propose(1, put(b"a", b"2")).await.unwrap(), Outcome::Previous(Some(b"1".to_vec())));
+        assert_eq!(log.propose_applied(1, put(b"a", b"1")).await.unwrap(), Outcome::Previous(None));
+        assert_eq!(log.propose_applied(1, put(b"a", b"2")).await.unwrap(), Outcome::Previous(Some(b"1".to_vec())));
         log.propose(2, put(b"a", b"other partition")).await.unwrap();
         log.store().checkpoint().await.unwrap();
         log.propose(1, put(b"b", b"after checkpoint")).await.unwrap();
@@ -47,6 +47,35 @@ fn writes_survive_reopen_with_and_without_checkpoint() {
         let entries = store.scan(1, Bound::Unbounded, Bound::Unbounded, false, 10).await.unwrap();
         assert_eq!(entries, vec![(b"b".to_vec(), b"after checkpoint".to_vec())]);
         store.close().await.unwrap();
+    });
+}
+
+/// Proposals resolve once durable, before they are applied; a read that follows must still
+/// see every one of them (the read barrier), and the applies must all happen.
+#[test]
+fn acknowledged_writes_are_visible_to_the_next_read() {
+    let dir = scratch_dir("store-read-barrier");
+    run(async move {
+        let log = Rc::new(LocalLog::new(Store::open(&dir, small_config()).await.unwrap()));
+        for round in 0..20u32 {
+            let writers: Vec<_> = (0..64u32)
+                .map(|writer| {
+                    let log = log.clone();
+                    glommio::spawn_local(async move {
+                        let key = format!("k{writer}");
+                        log.propose(1, put(key.as_bytes(), &round.to_le_bytes())).await.unwrap();
+                        log.store().get(1, key.as_bytes()).await.unwrap()
+                    })
+                })
+                .collect();
+            for writer in writers {
+                assert_eq!(writer.await, Some(round.to_le_bytes().to_vec()));
+            }
+            let entries = log.store().scan(1, Bound::Unbounded, Bound::Unbounded, false, 100).await.unwrap();
+            assert_eq!(entries.len(), 64);
+            assert!(entries.iter().all(|(_, value)| value == &round.to_le_bytes()));
+        }
+        log.store().close().await.unwrap();
     });
 }
 
@@ -95,11 +124,11 @@ proptest! {
             for op in ops {
                 match op {
                     Op::Put(p, k, len) => {
-                        let previous = log.propose(p, put(&key(k), &value(k, len))).await.unwrap();
+                        let previous = log.propose_applied(p, put(&key(k), &value(k, len))).await.unwrap();
                         assert_eq!(previous, Outcome::Previous(model.insert((p, key(k)), value(k, len))));
                     }
                     Op::Delete(p, k) => {
-                        let previous = log.propose(p, Command::Delete { key: key(k) }).await.unwrap();
+                        let previous = log.propose_applied(p, Command::Delete { key: key(k) }).await.unwrap();
                         assert_eq!(previous, Outcome::Previous(model.remove(&(p, key(k)))));
                     }
                     Op::Batch(p, items) => {
@@ -275,8 +304,8 @@ fn bad_writes_get_typed_errors_and_change_nothing() {
         assert!(matches!(&error, Error::Validation(message) if message.contains("exceeds")), "{error}");
         // The rejected writes consumed no slot and left the store working.
         log.propose(1, put(b"k", b"v")).await.unwrap();
-        assert_eq!(log.store().applied_slot(1), 1);
         assert_eq!(log.store().get(1, b"k").await.unwrap(), Some(b"v".to_vec()));
+        assert_eq!(log.store().applied_slot(1), 1);
         log.store().close().await.unwrap();
     });
 }
