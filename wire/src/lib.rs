@@ -1,1 +1,21 @@
+//! Tessera's binary protocol: the frame format, the messages (flatbuffers, schema in
+//! `schema/tessera.fbs`) as owned Rust values, and the errors that travel on the wire. No I/O.
+//!
+//! The Rust code generated from the schema is committed in `src/generated`; regenerate it
+//! with `cargo build -p tessera-wire --features regen` (builds flatc 23.5.26 from source,
+//! matching the `flatbuffers` runtime; needs cmake).
 
+mod error;
+pub mod frame;
+mod message;
+
+#[allow(clippy::all, dead_code, unused_imports, non_camel_case_types, non_snake_case, non_upper_case_globals)]
+#[rustfmt::skip]
+mod generated {
+    include!("generated/tessera_generated.rs");
+}
+
+pub use error::{ErrorCode, WireError};
+pub use message::{
+    MessageType, Query, Request, Response, Scan, SortCondition, TableDescription, TableKeys, TableStatus, Write,
+};

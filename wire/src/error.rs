@@ -1,0 +1,102 @@
+//! Errors that travel on the wire: DynamoDB's error names, and the protocol's own.
+
+use std::fmt;
+
+use crate::generated::tessera::fb;
+
+/// What went wrong, by name. The first group are DynamoDB's exception names, as its SDKs know
+/// them; the second are this protocol's own (damaged or unknown frames).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    ValidationException,
+    ResourceNotFoundException,
+    ResourceInUseException,
+    LimitExceededException,
+    ProvisionedThroughputExceededException,
+    ThrottlingException,
+    InternalServerError,
+    ServiceUnavailable,
+    /// The frame's checksum did not match its bytes.
+    ChecksumMismatch,
+    /// The message type is not one the receiver knows.
+    UnknownMessageType,
+    /// The payload is not a valid flatbuffer of the message type's root table.
+    MalformedMessage,
+    /// The frame is larger than the limit; the connection is closed after this answer.
+    FrameTooLarge,
+    /// A code this side does not know (sent by a newer peer).
+    Unknown(u16),
+}
+
+const CODES: [(ErrorCode, fb::ErrorCode); 12] = [
+    (ErrorCode::ValidationException, fb::ErrorCode::ValidationException),
+    (ErrorCode::ResourceNotFoundException, fb::ErrorCode::ResourceNotFoundException),
+    (ErrorCode::ResourceInUseException, fb::ErrorCode::ResourceInUseException),
+    (ErrorCode::LimitExceededException, fb::ErrorCode::LimitExceededException),
+    (ErrorCode::ProvisionedThroughputExceededException, fb::ErrorCode::ProvisionedThroughputExceededException),
+    (ErrorCode::ThrottlingException, fb::ErrorCode::ThrottlingException),
+    (ErrorCode::InternalServerError, fb::ErrorCode::InternalServerError),
+    (ErrorCode::ServiceUnavailable, fb::ErrorCode::ServiceUnavailable),
+    (ErrorCode::ChecksumMismatch, fb::ErrorCode::ChecksumMismatch),
+    (ErrorCode::UnknownMessageType, fb::ErrorCode::UnknownMessageType),
+    (ErrorCode::MalformedMessage, fb::ErrorCode::MalformedMessage),
+    (ErrorCode::FrameTooLarge, fb::ErrorCode::FrameTooLarge),
+];
+
+impl ErrorCode {
+    pub(crate) fn to_fb(self) -> fb::ErrorCode {
+        match self {
+            ErrorCode::Unknown(code) => fb::ErrorCode(code),
+            known => {
+                CODES.iter().find(|(code, _)| *code == known).map(|(_, wire)| *wire).expect("every code is listed")
+            }
+        }
+    }
+
+    pub(crate) fn from_fb(code: fb::ErrorCode) -> ErrorCode {
+        CODES.iter().find(|(_, wire)| *wire == code).map_or(ErrorCode::Unknown(code.0), |(known, _)| *known)
+    }
+
+    /// The name as DynamoDB's SDKs print it.
+    pub fn name(self) -> String {
+        match self {
+            ErrorCode::Unknown(code) => format!("UnknownError{code}"),
+            known => format!("{known:?}"),
+        }
+    }
+
+    /// Whether a request failing this way may succeed later, unchanged.
+    pub fn retryable(self) -> bool {
+        matches!(
+            self,
+            ErrorCode::ProvisionedThroughputExceededException
+                | ErrorCode::ThrottlingException
+                | ErrorCode::InternalServerError
+                | ErrorCode::ServiceUnavailable
+                | ErrorCode::ChecksumMismatch
+        )
+    }
+}
+
+/// An error answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WireError {
+    pub code: ErrorCode,
+    pub message: String,
+    pub retryable: bool,
+}
+
+impl WireError {
+    /// An error with `code`'s own retryability.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> WireError {
+        WireError { code, message: message.into(), retryable: code.retryable() }
+    }
+}
+
+impl fmt::Display for WireError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.code.name(), self.message)
+    }
+}
+
+impl std::error::Error for WireError {}

@@ -1,0 +1,912 @@
+//! The messages, as owned Rust values, and their conversion to and from flatbuffers.
+//!
+//! Decoding never trusts the peer: the payload is verified against the schema (with bounds on
+//! depth, table count and size) before anything is read, and every field the message needs is
+//! checked, so a bad message becomes a `WireError` naming what was wrong.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use flatbuffers::{FlatBufferBuilder, ForwardsUOffset, Vector, WIPOffset};
+use tessera_engine::{AttributeValue, Item, KeyAttribute, KeySchema, KeyType, Number, NESTING_MAX};
+
+use crate::error::{ErrorCode, WireError};
+use crate::frame;
+use crate::generated::tessera::fb;
+
+/// What a frame's payload is. Requests have types below `0x8000`, answers at or above it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u16)]
+pub enum MessageType {
+    CreateTable = 1,
+    DeleteTable = 2,
+    DescribeTable = 3,
+    ListTables = 4,
+    PutItem = 5,
+    GetItem = 6,
+    DeleteItem = 7,
+    Query = 8,
+    Scan = 9,
+    BatchGetItem = 10,
+    BatchWriteItem = 11,
+    /// CreateTable, DeleteTable and DescribeTable answers.
+    TableResponse = 0x8001,
+    ListTablesResponse = 0x8002,
+    /// PutItem, GetItem and DeleteItem answers.
+    ItemResponse = 0x8003,
+    /// Query and Scan answers.
+    ItemsResponse = 0x8004,
+    BatchGetItemResponse = 0x8005,
+    BatchWriteItemResponse = 0x8006,
+    Error = 0xFFFF,
+}
+
+impl MessageType {
+    const ALL: [MessageType; 18] = [
+        MessageType::CreateTable,
+        MessageType::DeleteTable,
+        MessageType::DescribeTable,
+        MessageType::ListTables,
+        MessageType::PutItem,
+        MessageType::GetItem,
+        MessageType::DeleteItem,
+        MessageType::Query,
+        MessageType::Scan,
+        MessageType::BatchGetItem,
+        MessageType::BatchWriteItem,
+        MessageType::TableResponse,
+        MessageType::ListTablesResponse,
+        MessageType::ItemResponse,
+        MessageType::ItemsResponse,
+        MessageType::BatchGetItemResponse,
+        MessageType::BatchWriteItemResponse,
+        MessageType::Error,
+    ];
+
+    /// The message type with this number, if it is one.
+    pub fn from_u16(value: u16) -> Option<MessageType> {
+        MessageType::ALL.into_iter().find(|kind| *kind as u16 == value)
+    }
+}
+
+/// A table's state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TableStatus {
+    Creating,
+    Active,
+    Deleting,
+}
+
+/// What DescribeTable reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TableDescription {
+    pub name: String,
+    pub key_schema: KeySchema,
+    pub partitions: u32,
+    pub status: TableStatus,
+    pub created_at_ms: u64,
+    pub item_count: u64,
+    pub size_bytes: u64,
+}
+
+/// A Query's condition on the sort key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SortCondition {
+    Eq(AttributeValue),
+    Lt(AttributeValue),
+    Le(AttributeValue),
+    Gt(AttributeValue),
+    Ge(AttributeValue),
+    Between(AttributeValue, AttributeValue),
+    BeginsWith(AttributeValue),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Query {
+    pub table: String,
+    pub partition_key: AttributeValue,
+    pub sort: Option<SortCondition>,
+    pub backward: bool,
+    /// 0: no limit (pages still end at 1 MB).
+    pub limit: u32,
+    pub exclusive_start_key: Option<Item>,
+    pub consistent_read: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Scan {
+    pub table: String,
+    /// This request's segment of `total_segments` (0 of 0 or 0 of 1: the whole table).
+    pub segment: u32,
+    pub total_segments: u32,
+    pub limit: u32,
+    pub exclusive_start_key: Option<Item>,
+    pub consistent_read: bool,
+}
+
+/// Keys to read from one table (BatchGetItem).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TableKeys {
+    pub table: String,
+    pub keys: Vec<Item>,
+    pub consistent_read: bool,
+}
+
+/// One write of a BatchWriteItem.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Write {
+    Put { table: String, item: Item },
+    Delete { table: String, key: Item },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Request {
+    CreateTable { table: String, key_schema: KeySchema, partitions: u32 },
+    DeleteTable { table: String },
+    DescribeTable { table: String },
+    ListTables { exclusive_start_table: Option<String>, limit: u32 },
+    PutItem { table: String, item: Item, return_old: bool },
+    GetItem { table: String, key: Item, consistent_read: bool },
+    DeleteItem { table: String, key: Item, return_old: bool },
+    Query(Query),
+    Scan(Scan),
+    BatchGetItem(Vec<TableKeys>),
+    BatchWriteItem(Vec<Write>),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Response {
+    Table(TableDescription),
+    ListTables {
+        tables: Vec<String>,
+        last_evaluated_table: Option<String>,
+    },
+    /// The item read, or the old item returned by a write.
+    Item(Option<Item>),
+    Items {
+        items: Vec<Item>,
+        scanned_count: u32,
+        last_evaluated_key: Option<Item>,
+    },
+    BatchGetItem {
+        responses: Vec<(String, Vec<Item>)>,
+        unprocessed: Vec<TableKeys>,
+    },
+    BatchWriteItem {
+        unprocessed: Vec<Write>,
+    },
+    Error(WireError),
+}
+
+/// Bounds the verifier holds a payload to before anything in it is read.
+fn verifier_options() -> flatbuffers::VerifierOptions {
+    flatbuffers::VerifierOptions {
+        // A value nested NESTING_MAX levels deep is three tables a level (Value, Attribute or
+        // list vector, Value) plus the message's own.
+        max_depth: 3 * NESTING_MAX + 16,
+        max_tables: 4 << 20,
+        max_apparent_size: 1 << 31,
+        ignore_missing_null_terminator: false,
+    }
+}
+
+fn root<'a, T: flatbuffers::Follow<'a> + flatbuffers::Verifiable + 'a>(
+    payload: &'a [u8],
+    what: &str,
+) -> Result<T::Inner, WireError> {
+    flatbuffers::root_with_opts::<T>(&verifier_options(), payload)
+        .map_err(|error| WireError::new(ErrorCode::MalformedMessage, format!("the {what} payload is invalid: {error}")))
+}
+
+fn invalid(message: impl Into<String>) -> WireError {
+    WireError::new(ErrorCode::ValidationException, message)
+}
+
+fn required<T>(value: Option<T>, what: &str) -> Result<T, WireError> {
+    value.ok_or_else(|| invalid(format!("{what} is missing")))
+}
+
+// ------------------------------------------------------------------ values: Rust to flatbuffers
+
+fn write_value<'a>(fbb: &mut FlatBufferBuilder<'a>, value: &AttributeValue) -> WIPOffset<fb::Value<'a>> {
+    let mut args = fb::ValueArgs::default();
+    match value {
+        AttributeValue::S(text) => {
+            args.kind = fb::ValueKind::S;
+            args.text = Some(fbb.create_string(text));
+        }
+        AttributeValue::N(number) => {
+            args.kind = fb::ValueKind::N;
+            args.text = Some(fbb.create_string(&number.to_string()));
+        }
+        AttributeValue::B(bytes) => {
+            args.kind = fb::ValueKind::B;
+            args.data = Some(fbb.create_vector(bytes));
+        }
+        AttributeValue::Bool(flag) => {
+            args.kind = fb::ValueKind::BOOL;
+            args.flag = *flag;
+        }
+        AttributeValue::Null => args.kind = fb::ValueKind::NULL,
+        AttributeValue::M(map) => {
+            args.kind = fb::ValueKind::M;
+            args.map = Some(write_attributes(fbb, map));
+        }
+        AttributeValue::L(list) => {
+            args.kind = fb::ValueKind::L;
+            let values: Vec<_> = list.iter().map(|value| write_value(fbb, value)).collect();
+            args.list = Some(fbb.create_vector(&values));
+        }
+        AttributeValue::Ss(set) => {
+            args.kind = fb::ValueKind::SS;
+            let texts: Vec<_> = set.iter().map(|text| fbb.create_string(text)).collect();
+            args.texts = Some(fbb.create_vector(&texts));
+        }
+        AttributeValue::Ns(set) => {
+            args.kind = fb::ValueKind::NS;
+            let texts: Vec<_> = set.iter().map(|number| fbb.create_string(&number.to_string())).collect();
+            args.texts = Some(fbb.create_vector(&texts));
+        }
+        AttributeValue::Bs(set) => {
+            args.kind = fb::ValueKind::BS;
+            let blobs: Vec<_> = set
+                .iter()
+                .map(|bytes| {
+                    let data = Some(fbb.create_vector(bytes));
+                    fb::Blob::create(fbb, &fb::BlobArgs { data })
+                })
+                .collect();
+            args.blobs = Some(fbb.create_vector(&blobs));
+        }
+    }
+    fb::Value::create(fbb, &args)
+}
+
+fn write_attributes<'a>(
+    fbb: &mut FlatBufferBuilder<'a>,
+    item: &BTreeMap<String, AttributeValue>,
+) -> WIPOffset<Vector<'a, ForwardsUOffset<fb::Attribute<'a>>>> {
+    let attributes: Vec<_> = item
+        .iter()
+        .map(|(name, value)| {
+            let name = Some(fbb.create_string(name));
+            let value = Some(write_value(fbb, value));
+            fb::Attribute::create(fbb, &fb::AttributeArgs { name, value })
+        })
+        .collect();
+    fbb.create_vector(&attributes)
+}
+
+fn write_item<'a>(fbb: &mut FlatBufferBuilder<'a>, item: &Item) -> WIPOffset<fb::Item<'a>> {
+    let attributes = Some(write_attributes(fbb, item));
+    fb::Item::create(fbb, &fb::ItemArgs { attributes })
+}
+
+fn write_items<'a>(
+    fbb: &mut FlatBufferBuilder<'a>,
+    items: &[Item],
+) -> WIPOffset<Vector<'a, ForwardsUOffset<fb::Item<'a>>>> {
+    let items: Vec<_> = items.iter().map(|item| write_item(fbb, item)).collect();
+    fbb.create_vector(&items)
+}
+
+fn write_key_element<'a>(fbb: &mut FlatBufferBuilder<'a>, key: &KeyAttribute) -> WIPOffset<fb::KeyElement<'a>> {
+    let name = Some(fbb.create_string(&key.name));
+    let type_ = match key.key_type {
+        KeyType::S => fb::KeyType::S,
+        KeyType::N => fb::KeyType::N,
+        KeyType::B => fb::KeyType::B,
+    };
+    fb::KeyElement::create(fbb, &fb::KeyElementArgs { name, type_ })
+}
+
+fn write_table_keys<'a>(
+    fbb: &mut FlatBufferBuilder<'a>,
+    tables: &[TableKeys],
+) -> WIPOffset<Vector<'a, ForwardsUOffset<fb::TableKeys<'a>>>> {
+    let tables: Vec<_> = tables
+        .iter()
+        .map(|keys| {
+            let table = Some(fbb.create_string(&keys.table));
+            let keys_offset = Some(write_items(fbb, &keys.keys));
+            fb::TableKeys::create(
+                fbb,
+                &fb::TableKeysArgs { table, keys: keys_offset, consistent_read: keys.consistent_read },
+            )
+        })
+        .collect();
+    fbb.create_vector(&tables)
+}
+
+fn write_writes<'a>(
+    fbb: &mut FlatBufferBuilder<'a>,
+    writes: &[Write],
+) -> WIPOffset<Vector<'a, ForwardsUOffset<fb::WriteRequest<'a>>>> {
+    let writes: Vec<_> = writes
+        .iter()
+        .map(|write| {
+            let args = match write {
+                Write::Put { table, item } => fb::WriteRequestArgs {
+                    table: Some(fbb.create_string(table)),
+                    put: Some(write_item(fbb, item)),
+                    delete: None,
+                },
+                Write::Delete { table, key } => fb::WriteRequestArgs {
+                    table: Some(fbb.create_string(table)),
+                    put: None,
+                    delete: Some(write_item(fbb, key)),
+                },
+            };
+            fb::WriteRequest::create(fbb, &args)
+        })
+        .collect();
+    fbb.create_vector(&writes)
+}
+
+// ------------------------------------------------------------------ values: flatbuffers to Rust
+
+fn read_number(text: Option<&str>, path: &str) -> Result<Number, WireError> {
+    let text = required(text, &format!("the number text of {path}"))?;
+    Number::parse(text).map_err(|error| invalid(format!("{path}: {error}")))
+}
+
+fn read_value(value: fb::Value<'_>, path: &str, depth: usize) -> Result<AttributeValue, WireError> {
+    if depth > NESTING_MAX {
+        return Err(invalid(format!("{path} nests lists and maps deeper than {NESTING_MAX} levels")));
+    }
+    Ok(match value.kind() {
+        fb::ValueKind::S => AttributeValue::S(required(value.text(), &format!("the text of {path}"))?.to_string()),
+        fb::ValueKind::N => AttributeValue::N(read_number(value.text(), path)?),
+        fb::ValueKind::B => {
+            AttributeValue::B(required(value.data(), &format!("the bytes of {path}"))?.bytes().to_vec())
+        }
+        fb::ValueKind::BOOL => AttributeValue::Bool(value.flag()),
+        fb::ValueKind::NULL => AttributeValue::Null,
+        fb::ValueKind::M => {
+            AttributeValue::M(read_attributes(required(value.map(), &format!("the map of {path}"))?, path, depth + 1)?)
+        }
+        fb::ValueKind::L => {
+            let list = required(value.list(), &format!("the list of {path}"))?;
+            let values =
+                list.iter().enumerate().map(|(index, value)| read_value(value, &format!("{path}[{index}]"), depth + 1));
+            AttributeValue::L(values.collect::<Result<_, _>>()?)
+        }
+        fb::ValueKind::SS => {
+            let texts = required(value.texts(), &format!("the strings of {path}"))?;
+            AttributeValue::Ss(unique_set(texts.iter().map(|text| Ok(text.to_string())), path)?)
+        }
+        fb::ValueKind::NS => {
+            let texts = required(value.texts(), &format!("the numbers of {path}"))?;
+            AttributeValue::Ns(unique_set(texts.iter().map(|text| read_number(Some(text), path)), path)?)
+        }
+        fb::ValueKind::BS => {
+            let blobs = required(value.blobs(), &format!("the binaries of {path}"))?;
+            let values =
+                blobs.iter().map(|blob| Ok(required(blob.data(), &format!("a binary of {path}"))?.bytes().to_vec()));
+            AttributeValue::Bs(unique_set(values, path)?)
+        }
+        other => return Err(invalid(format!("{path} has unknown value kind {}", other.0))),
+    })
+}
+
+/// A set from its elements, refusing duplicates as DynamoDB does.
+fn unique_set<T: Ord>(
+    elements: impl Iterator<Item = Result<T, WireError>>,
+    path: &str,
+) -> Result<BTreeSet<T>, WireError> {
+    let mut set = BTreeSet::new();
+    for element in elements {
+        if !set.insert(element?) {
+            return Err(invalid(format!("the set {path} holds duplicate values")));
+        }
+    }
+    Ok(set)
+}
+
+fn read_attributes(
+    attributes: Vector<'_, ForwardsUOffset<fb::Attribute<'_>>>,
+    path: &str,
+    depth: usize,
+) -> Result<BTreeMap<String, AttributeValue>, WireError> {
+    let mut map = BTreeMap::new();
+    for attribute in attributes.iter() {
+        let name = attribute.name();
+        let inner = if path.is_empty() { name.to_string() } else { format!("{path}.{name}") };
+        let value = read_value(attribute.value(), &inner, depth)?;
+        if map.insert(name.to_string(), value).is_some() {
+            return Err(invalid(format!("attribute {inner} appears twice")));
+        }
+    }
+    Ok(map)
+}
+
+fn read_item(item: Option<fb::Item<'_>>, what: &str) -> Result<Item, WireError> {
+    let item = required(item, what)?;
+    match item.attributes() {
+        Some(attributes) => read_attributes(attributes, "", 0),
+        None => Ok(Item::new()),
+    }
+}
+
+fn read_optional_item(item: Option<fb::Item<'_>>, what: &str) -> Result<Option<Item>, WireError> {
+    item.map(|item| read_item(Some(item), what)).transpose()
+}
+
+fn read_items(items: Option<Vector<'_, ForwardsUOffset<fb::Item<'_>>>>, what: &str) -> Result<Vec<Item>, WireError> {
+    items.map_or(Ok(Vec::new()), |items| items.iter().map(|item| read_item(Some(item), what)).collect())
+}
+
+fn read_string(text: Option<&str>) -> String {
+    text.unwrap_or_default().to_string()
+}
+
+fn read_key_element(key: Option<fb::KeyElement<'_>>, what: &str) -> Result<KeyAttribute, WireError> {
+    let key = required(key, what)?;
+    let key_type = match key.type_() {
+        fb::KeyType::S => KeyType::S,
+        fb::KeyType::N => KeyType::N,
+        fb::KeyType::B => KeyType::B,
+        other => return Err(invalid(format!("{what} has unknown key type {}", other.0))),
+    };
+    Ok(KeyAttribute { name: key.name().to_string(), key_type })
+}
+
+fn read_table_keys(
+    tables: Option<Vector<'_, ForwardsUOffset<fb::TableKeys<'_>>>>,
+) -> Result<Vec<TableKeys>, WireError> {
+    let Some(tables) = tables else { return Ok(Vec::new()) };
+    tables
+        .iter()
+        .map(|keys| {
+            Ok(TableKeys {
+                table: read_string(keys.table()),
+                keys: read_items(keys.keys(), "a key")?,
+                consistent_read: keys.consistent_read(),
+            })
+        })
+        .collect()
+}
+
+fn read_writes(writes: Option<Vector<'_, ForwardsUOffset<fb::WriteRequest<'_>>>>) -> Result<Vec<Write>, WireError> {
+    let Some(writes) = writes else { return Ok(Vec::new()) };
+    writes
+        .iter()
+        .map(|write| {
+            let table = read_string(write.table());
+            match (write.put(), write.delete()) {
+                (Some(item), None) => Ok(Write::Put { table, item: read_item(Some(item), "the item to put")? }),
+                (None, Some(key)) => Ok(Write::Delete { table, key: read_item(Some(key), "the key to delete")? }),
+                _ => Err(invalid("a write request must hold exactly one of put and delete")),
+            }
+        })
+        .collect()
+}
+
+// ------------------------------------------------------------------ requests
+
+impl Request {
+    /// The message type this request travels as.
+    pub fn message_type(&self) -> MessageType {
+        match self {
+            Request::CreateTable { .. } => MessageType::CreateTable,
+            Request::DeleteTable { .. } => MessageType::DeleteTable,
+            Request::DescribeTable { .. } => MessageType::DescribeTable,
+            Request::ListTables { .. } => MessageType::ListTables,
+            Request::PutItem { .. } => MessageType::PutItem,
+            Request::GetItem { .. } => MessageType::GetItem,
+            Request::DeleteItem { .. } => MessageType::DeleteItem,
+            Request::Query(_) => MessageType::Query,
+            Request::Scan(_) => MessageType::Scan,
+            Request::BatchGetItem(_) => MessageType::BatchGetItem,
+            Request::BatchWriteItem(_) => MessageType::BatchWriteItem,
+        }
+    }
+
+    /// The DynamoDB name of the operation.
+    pub fn operation(&self) -> &'static str {
+        match self.message_type() {
+            MessageType::CreateTable => "CreateTable",
+            MessageType::DeleteTable => "DeleteTable",
+            MessageType::DescribeTable => "DescribeTable",
+            MessageType::ListTables => "ListTables",
+            MessageType::PutItem => "PutItem",
+            MessageType::GetItem => "GetItem",
+            MessageType::DeleteItem => "DeleteItem",
+            MessageType::Query => "Query",
+            MessageType::Scan => "Scan",
+            MessageType::BatchGetItem => "BatchGetItem",
+            _ => "BatchWriteItem",
+        }
+    }
+
+    /// Appends this request as a whole frame to `out`.
+    pub fn encode(&self, request_id: u64, out: &mut Vec<u8>) {
+        let mut fbb = FlatBufferBuilder::with_capacity(256);
+        match self {
+            Request::CreateTable { table, key_schema, partitions } => {
+                let table = Some(fbb.create_string(table));
+                let partition_key = Some(write_key_element(&mut fbb, &key_schema.partition));
+                let sort_key = key_schema.sort.as_ref().map(|sort| write_key_element(&mut fbb, sort));
+                let root = fb::CreateTableRequest::create(
+                    &mut fbb,
+                    &fb::CreateTableRequestArgs { table, partition_key, sort_key, partitions: *partitions },
+                );
+                fbb.finish_minimal(root);
+            }
+            Request::DeleteTable { table } => {
+                let table = Some(fbb.create_string(table));
+                let root = fb::DeleteTableRequest::create(&mut fbb, &fb::DeleteTableRequestArgs { table });
+                fbb.finish_minimal(root);
+            }
+            Request::DescribeTable { table } => {
+                let table = Some(fbb.create_string(table));
+                let root = fb::DescribeTableRequest::create(&mut fbb, &fb::DescribeTableRequestArgs { table });
+                fbb.finish_minimal(root);
+            }
+            Request::ListTables { exclusive_start_table, limit } => {
+                let exclusive_start_table = exclusive_start_table.as_deref().map(|table| fbb.create_string(table));
+                let root = fb::ListTablesRequest::create(
+                    &mut fbb,
+                    &fb::ListTablesRequestArgs { exclusive_start_table, limit: *limit },
+                );
+                fbb.finish_minimal(root);
+            }
+            Request::PutItem { table, item, return_old } => {
+                let table = Some(fbb.create_string(table));
+                let item = Some(write_item(&mut fbb, item));
+                let root = fb::PutItemRequest::create(
+                    &mut fbb,
+                    &fb::PutItemRequestArgs { table, item, return_old: *return_old },
+                );
+                fbb.finish_minimal(root);
+            }
+            Request::GetItem { table, key, consistent_read } => {
+                let table = Some(fbb.create_string(table));
+                let key = Some(write_item(&mut fbb, key));
+                let args = fb::GetItemRequestArgs { table, key, consistent_read: *consistent_read };
+                let root = fb::GetItemRequest::create(&mut fbb, &args);
+                fbb.finish_minimal(root);
+            }
+            Request::DeleteItem { table, key, return_old } => {
+                let table = Some(fbb.create_string(table));
+                let key = Some(write_item(&mut fbb, key));
+                let args = fb::DeleteItemRequestArgs { table, key, return_old: *return_old };
+                let root = fb::DeleteItemRequest::create(&mut fbb, &args);
+                fbb.finish_minimal(root);
+            }
+            Request::Query(query) => {
+                let table = Some(fbb.create_string(&query.table));
+                let partition_key = Some(write_value(&mut fbb, &query.partition_key));
+                let (sort_condition, low, high) = match &query.sort {
+                    None => (fb::SortCondition::NONE, None, None),
+                    Some(SortCondition::Eq(value)) => (fb::SortCondition::EQ, Some(value), None),
+                    Some(SortCondition::Lt(value)) => (fb::SortCondition::LT, Some(value), None),
+                    Some(SortCondition::Le(value)) => (fb::SortCondition::LE, Some(value), None),
+                    Some(SortCondition::Gt(value)) => (fb::SortCondition::GT, Some(value), None),
+                    Some(SortCondition::Ge(value)) => (fb::SortCondition::GE, Some(value), None),
+                    Some(SortCondition::Between(low, high)) => (fb::SortCondition::BETWEEN, Some(low), Some(high)),
+                    Some(SortCondition::BeginsWith(value)) => (fb::SortCondition::BEGINS_WITH, Some(value), None),
+                };
+                let sort_value = low.map(|value| write_value(&mut fbb, value));
+                let sort_value_high = high.map(|value| write_value(&mut fbb, value));
+                let exclusive_start_key = query.exclusive_start_key.as_ref().map(|key| write_item(&mut fbb, key));
+                let args = fb::QueryRequestArgs {
+                    table,
+                    partition_key,
+                    sort_condition,
+                    sort_value,
+                    sort_value_high,
+                    backward: query.backward,
+                    limit: query.limit,
+                    exclusive_start_key,
+                    consistent_read: query.consistent_read,
+                };
+                let root = fb::QueryRequest::create(&mut fbb, &args);
+                fbb.finish_minimal(root);
+            }
+            Request::Scan(scan) => {
+                let table = Some(fbb.create_string(&scan.table));
+                let exclusive_start_key = scan.exclusive_start_key.as_ref().map(|key| write_item(&mut fbb, key));
+                let args = fb::ScanRequestArgs {
+                    table,
+                    segment: scan.segment,
+                    total_segments: scan.total_segments,
+                    limit: scan.limit,
+                    exclusive_start_key,
+                    consistent_read: scan.consistent_read,
+                };
+                let root = fb::ScanRequest::create(&mut fbb, &args);
+                fbb.finish_minimal(root);
+            }
+            Request::BatchGetItem(tables) => {
+                let tables = Some(write_table_keys(&mut fbb, tables));
+                let root = fb::BatchGetItemRequest::create(&mut fbb, &fb::BatchGetItemRequestArgs { tables });
+                fbb.finish_minimal(root);
+            }
+            Request::BatchWriteItem(writes) => {
+                let writes = Some(write_writes(&mut fbb, writes));
+                let root = fb::BatchWriteItemRequest::create(&mut fbb, &fb::BatchWriteItemRequestArgs { writes });
+                fbb.finish_minimal(root);
+            }
+        }
+        frame::encode(request_id, self.message_type(), fbb.finished_data(), out);
+    }
+
+    /// Decodes the payload of a frame of type `message_type`.
+    pub fn decode(message_type: u16, payload: &[u8]) -> Result<Request, WireError> {
+        let kind = MessageType::from_u16(message_type).filter(|kind| (*kind as u16) < 0x8000).ok_or_else(|| {
+            WireError::new(ErrorCode::UnknownMessageType, format!("message type {message_type} is not a request"))
+        })?;
+        Ok(match kind {
+            MessageType::CreateTable => {
+                let request = root::<fb::CreateTableRequest>(payload, "CreateTable")?;
+                let partition = read_key_element(request.partition_key(), "the partition key")?;
+                let sort = request.sort_key().map(|sort| read_key_element(Some(sort), "the sort key")).transpose()?;
+                Request::CreateTable {
+                    table: read_string(request.table()),
+                    key_schema: KeySchema { partition, sort },
+                    partitions: request.partitions(),
+                }
+            }
+            MessageType::DeleteTable => Request::DeleteTable {
+                table: read_string(root::<fb::DeleteTableRequest>(payload, "DeleteTable")?.table()),
+            },
+            MessageType::DescribeTable => Request::DescribeTable {
+                table: read_string(root::<fb::DescribeTableRequest>(payload, "DescribeTable")?.table()),
+            },
+            MessageType::ListTables => {
+                let request = root::<fb::ListTablesRequest>(payload, "ListTables")?;
+                Request::ListTables {
+                    exclusive_start_table: request.exclusive_start_table().map(str::to_string),
+                    limit: request.limit(),
+                }
+            }
+            MessageType::PutItem => {
+                let request = root::<fb::PutItemRequest>(payload, "PutItem")?;
+                Request::PutItem {
+                    table: read_string(request.table()),
+                    item: read_item(request.item(), "the item")?,
+                    return_old: request.return_old(),
+                }
+            }
+            MessageType::GetItem => {
+                let request = root::<fb::GetItemRequest>(payload, "GetItem")?;
+                Request::GetItem {
+                    table: read_string(request.table()),
+                    key: read_item(request.key(), "the key")?,
+                    consistent_read: request.consistent_read(),
+                }
+            }
+            MessageType::DeleteItem => {
+                let request = root::<fb::DeleteItemRequest>(payload, "DeleteItem")?;
+                Request::DeleteItem {
+                    table: read_string(request.table()),
+                    key: read_item(request.key(), "the key")?,
+                    return_old: request.return_old(),
+                }
+            }
+            MessageType::Query => {
+                let request = root::<fb::QueryRequest>(payload, "Query")?;
+                let value = |value: Option<fb::Value<'_>>, what: &str| read_value(required(value, what)?, what, 0);
+                let low = || value(request.sort_value(), "the sort key value");
+                let sort = match request.sort_condition() {
+                    fb::SortCondition::NONE => None,
+                    fb::SortCondition::EQ => Some(SortCondition::Eq(low()?)),
+                    fb::SortCondition::LT => Some(SortCondition::Lt(low()?)),
+                    fb::SortCondition::LE => Some(SortCondition::Le(low()?)),
+                    fb::SortCondition::GT => Some(SortCondition::Gt(low()?)),
+                    fb::SortCondition::GE => Some(SortCondition::Ge(low()?)),
+                    fb::SortCondition::BETWEEN => Some(SortCondition::Between(
+                        low()?,
+                        value(request.sort_value_high(), "the upper sort key value of BETWEEN")?,
+                    )),
+                    fb::SortCondition::BEGINS_WITH => Some(SortCondition::BeginsWith(low()?)),
+                    other => return Err(invalid(format!("unknown sort key condition {}", other.0))),
+                };
+                Request::Query(Query {
+                    table: read_string(request.table()),
+                    partition_key: value(request.partition_key(), "the partition key value")?,
+                    sort,
+                    backward: request.backward(),
+                    limit: request.limit(),
+                    exclusive_start_key: read_optional_item(request.exclusive_start_key(), "the exclusive start key")?,
+                    consistent_read: request.consistent_read(),
+                })
+            }
+            MessageType::Scan => {
+                let request = root::<fb::ScanRequest>(payload, "Scan")?;
+                Request::Scan(Scan {
+                    table: read_string(request.table()),
+                    segment: request.segment(),
+                    total_segments: request.total_segments(),
+                    limit: request.limit(),
+                    exclusive_start_key: read_optional_item(request.exclusive_start_key(), "the exclusive start key")?,
+                    consistent_read: request.consistent_read(),
+                })
+            }
+            MessageType::BatchGetItem => Request::BatchGetItem(read_table_keys(
+                root::<fb::BatchGetItemRequest>(payload, "BatchGetItem")?.tables(),
+            )?),
+            _ => Request::BatchWriteItem(read_writes(
+                root::<fb::BatchWriteItemRequest>(payload, "BatchWriteItem")?.writes(),
+            )?),
+        })
+    }
+}
+
+// ------------------------------------------------------------------ responses
+
+fn write_table_description<'a>(
+    fbb: &mut FlatBufferBuilder<'a>,
+    table: &TableDescription,
+) -> WIPOffset<fb::TableDescription<'a>> {
+    let name = Some(fbb.create_string(&table.name));
+    let partition_key = Some(write_key_element(fbb, &table.key_schema.partition));
+    let sort_key = table.key_schema.sort.as_ref().map(|sort| write_key_element(fbb, sort));
+    let status = match table.status {
+        TableStatus::Creating => fb::TableStatus::CREATING,
+        TableStatus::Active => fb::TableStatus::ACTIVE,
+        TableStatus::Deleting => fb::TableStatus::DELETING,
+    };
+    fb::TableDescription::create(
+        fbb,
+        &fb::TableDescriptionArgs {
+            name,
+            partition_key,
+            sort_key,
+            partitions: table.partitions,
+            status,
+            created_at_ms: table.created_at_ms,
+            item_count: table.item_count,
+            size_bytes: table.size_bytes,
+        },
+    )
+}
+
+fn read_table_description(table: fb::TableDescription<'_>) -> Result<TableDescription, WireError> {
+    let partition = read_key_element(Some(table.partition_key()), "the partition key")?;
+    let sort = table.sort_key().map(|sort| read_key_element(Some(sort), "the sort key")).transpose()?;
+    let status = match table.status() {
+        fb::TableStatus::CREATING => TableStatus::Creating,
+        fb::TableStatus::ACTIVE => TableStatus::Active,
+        fb::TableStatus::DELETING => TableStatus::Deleting,
+        other => return Err(invalid(format!("unknown table status {}", other.0))),
+    };
+    Ok(TableDescription {
+        name: table.name().to_string(),
+        key_schema: KeySchema { partition, sort },
+        partitions: table.partitions(),
+        status,
+        created_at_ms: table.created_at_ms(),
+        item_count: table.item_count(),
+        size_bytes: table.size_bytes(),
+    })
+}
+
+impl Response {
+    /// The message type this answer travels as.
+    pub fn message_type(&self) -> MessageType {
+        match self {
+            Response::Table(_) => MessageType::TableResponse,
+            Response::ListTables { .. } => MessageType::ListTablesResponse,
+            Response::Item(_) => MessageType::ItemResponse,
+            Response::Items { .. } => MessageType::ItemsResponse,
+            Response::BatchGetItem { .. } => MessageType::BatchGetItemResponse,
+            Response::BatchWriteItem { .. } => MessageType::BatchWriteItemResponse,
+            Response::Error(_) => MessageType::Error,
+        }
+    }
+
+    /// Appends this answer as a whole frame to `out`.
+    pub fn encode(&self, request_id: u64, out: &mut Vec<u8>) {
+        let mut fbb = FlatBufferBuilder::with_capacity(256);
+        match self {
+            Response::Table(table) => {
+                let table = Some(write_table_description(&mut fbb, table));
+                let root = fb::TableResponse::create(&mut fbb, &fb::TableResponseArgs { table });
+                fbb.finish_minimal(root);
+            }
+            Response::ListTables { tables, last_evaluated_table } => {
+                let names: Vec<_> = tables.iter().map(|table| fbb.create_string(table)).collect();
+                let tables = Some(fbb.create_vector(&names));
+                let last_evaluated_table = last_evaluated_table.as_deref().map(|table| fbb.create_string(table));
+                let args = fb::ListTablesResponseArgs { tables, last_evaluated_table };
+                let root = fb::ListTablesResponse::create(&mut fbb, &args);
+                fbb.finish_minimal(root);
+            }
+            Response::Item(item) => {
+                let item = item.as_ref().map(|item| write_item(&mut fbb, item));
+                let root = fb::ItemResponse::create(&mut fbb, &fb::ItemResponseArgs { item });
+                fbb.finish_minimal(root);
+            }
+            Response::Items { items, scanned_count, last_evaluated_key } => {
+                let items = Some(write_items(&mut fbb, items));
+                let last_evaluated_key = last_evaluated_key.as_ref().map(|key| write_item(&mut fbb, key));
+                let args = fb::ItemsResponseArgs { items, scanned_count: *scanned_count, last_evaluated_key };
+                let root = fb::ItemsResponse::create(&mut fbb, &args);
+                fbb.finish_minimal(root);
+            }
+            Response::BatchGetItem { responses, unprocessed } => {
+                let tables: Vec<_> = responses
+                    .iter()
+                    .map(|(table, items)| {
+                        let table = Some(fbb.create_string(table));
+                        let items = Some(write_items(&mut fbb, items));
+                        fb::TableItems::create(&mut fbb, &fb::TableItemsArgs { table, items })
+                    })
+                    .collect();
+                let responses = Some(fbb.create_vector(&tables));
+                let unprocessed = Some(write_table_keys(&mut fbb, unprocessed));
+                let args = fb::BatchGetItemResponseArgs { responses, unprocessed };
+                let root = fb::BatchGetItemResponse::create(&mut fbb, &args);
+                fbb.finish_minimal(root);
+            }
+            Response::BatchWriteItem { unprocessed } => {
+                let unprocessed = Some(write_writes(&mut fbb, unprocessed));
+                let args = fb::BatchWriteItemResponseArgs { unprocessed };
+                let root = fb::BatchWriteItemResponse::create(&mut fbb, &args);
+                fbb.finish_minimal(root);
+            }
+            Response::Error(error) => {
+                let message = Some(fbb.create_string(&error.message));
+                let args = fb::ErrorResponseArgs { code: error.code.to_fb(), message, retryable: error.retryable };
+                let root = fb::ErrorResponse::create(&mut fbb, &args);
+                fbb.finish_minimal(root);
+            }
+        }
+        frame::encode(request_id, self.message_type(), fbb.finished_data(), out);
+    }
+
+    /// Decodes the payload of a frame of type `message_type`.
+    pub fn decode(message_type: u16, payload: &[u8]) -> Result<Response, WireError> {
+        let kind = MessageType::from_u16(message_type).filter(|kind| (*kind as u16) >= 0x8000).ok_or_else(|| {
+            WireError::new(ErrorCode::UnknownMessageType, format!("message type {message_type} is not an answer"))
+        })?;
+        Ok(match kind {
+            MessageType::TableResponse => {
+                Response::Table(read_table_description(root::<fb::TableResponse>(payload, "table answer")?.table())?)
+            }
+            MessageType::ListTablesResponse => {
+                let answer = root::<fb::ListTablesResponse>(payload, "ListTables answer")?;
+                Response::ListTables {
+                    tables: answer.tables().map_or(Vec::new(), |tables| tables.iter().map(str::to_string).collect()),
+                    last_evaluated_table: answer.last_evaluated_table().map(str::to_string),
+                }
+            }
+            MessageType::ItemResponse => {
+                let answer = root::<fb::ItemResponse>(payload, "item answer")?;
+                Response::Item(read_optional_item(answer.item(), "the item")?)
+            }
+            MessageType::ItemsResponse => {
+                let answer = root::<fb::ItemsResponse>(payload, "items answer")?;
+                Response::Items {
+                    items: read_items(answer.items(), "an item")?,
+                    scanned_count: answer.scanned_count(),
+                    last_evaluated_key: read_optional_item(answer.last_evaluated_key(), "the last evaluated key")?,
+                }
+            }
+            MessageType::BatchGetItemResponse => {
+                let answer = root::<fb::BatchGetItemResponse>(payload, "BatchGetItem answer")?;
+                let responses = answer.responses().map_or(Ok(Vec::new()), |tables| {
+                    tables
+                        .iter()
+                        .map(|table| Ok((read_string(table.table()), read_items(table.items(), "an item")?)))
+                        .collect::<Result<_, WireError>>()
+                })?;
+                Response::BatchGetItem { responses, unprocessed: read_table_keys(answer.unprocessed())? }
+            }
+            MessageType::BatchWriteItemResponse => Response::BatchWriteItem {
+                unprocessed: read_writes(
+                    root::<fb::BatchWriteItemResponse>(payload, "BatchWriteItem answer")?.unprocessed(),
+                )?,
+            },
+            _ => {
+                let answer = root::<fb::ErrorResponse>(payload, "error answer")?;
+                Response::Error(WireError {
+                    code: ErrorCode::from_fb(answer.code()),
+                    message: read_string(answer.message()),
+                    retryable: answer.retryable(),
+                })
+            }
+        })
+    }
+}

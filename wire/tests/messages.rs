@@ -1,0 +1,195 @@
+//! Every message round-trips through its frame, and no byte sequence makes a decoder panic.
+
+use std::collections::BTreeMap;
+
+use proptest::prelude::*;
+use tessera_engine::{AttributeValue, Item, KeySchema, KeyType, Number};
+use tessera_wire::frame::{self, Decoded};
+use tessera_wire::*;
+
+fn number() -> impl Strategy<Value = Number> {
+    (any::<i64>(), -20i64..20)
+        .prop_map(|(mantissa, exponent)| Number::parse(&format!("{mantissa}E{exponent}")).expect("in range"))
+}
+
+fn value() -> impl Strategy<Value = AttributeValue> {
+    let leaf = prop_oneof![
+        ".{0,12}".prop_map(AttributeValue::S),
+        number().prop_map(AttributeValue::N),
+        proptest::collection::vec(any::<u8>(), 0..40).prop_map(AttributeValue::B),
+        any::<bool>().prop_map(AttributeValue::Bool),
+        Just(AttributeValue::Null),
+        proptest::collection::btree_set(".{0,6}", 1..4).prop_map(AttributeValue::Ss),
+        proptest::collection::btree_set(number(), 1..4).prop_map(AttributeValue::Ns),
+        proptest::collection::btree_set(proptest::collection::vec(any::<u8>(), 0..6), 1..4)
+            .prop_map(AttributeValue::Bs),
+    ];
+    leaf.prop_recursive(4, 32, 4, |inner| {
+        prop_oneof![
+            proptest::collection::vec(inner.clone(), 0..4).prop_map(AttributeValue::L),
+            proptest::collection::btree_map("[a-z]{1,5}", inner, 0..4).prop_map(AttributeValue::M),
+        ]
+    })
+}
+
+fn item() -> impl Strategy<Value = Item> {
+    proptest::collection::btree_map("[a-z#]{1,8}", value(), 0..6)
+}
+
+fn round_trip_request(request: &Request) -> Request {
+    let mut bytes = Vec::new();
+    request.encode(42, &mut bytes);
+    let Ok(Decoded::Frame(frame, used)) = frame::decode(&bytes) else { panic!("one whole frame") };
+    assert_eq!((used, frame.header.request_id, frame.checksum_ok), (bytes.len(), 42, true));
+    Request::decode(frame.header.message_type, frame.payload).expect("decodes")
+}
+
+fn round_trip_response(response: &Response) -> Response {
+    let mut bytes = Vec::new();
+    response.encode(7, &mut bytes);
+    let Ok(Decoded::Frame(frame, _)) = frame::decode(&bytes) else { panic!("one whole frame") };
+    Response::decode(frame.header.message_type, frame.payload).expect("decodes")
+}
+
+proptest! {
+    #[test]
+    fn item_messages_round_trip(item in item(), key in item(), flag in any::<bool>()) {
+        let table = "orders".to_string();
+        let requests = vec![
+            Request::PutItem { table: table.clone(), item: item.clone(), return_old: flag },
+            Request::GetItem { table: table.clone(), key: key.clone(), consistent_read: flag },
+            Request::DeleteItem { table: table.clone(), key: key.clone(), return_old: !flag },
+            Request::BatchGetItem(vec![TableKeys { table: table.clone(), keys: vec![key.clone(), item.clone()], consistent_read: flag }]),
+            Request::BatchWriteItem(vec![
+                Write::Put { table: table.clone(), item: item.clone() },
+                Write::Delete { table: table.clone(), key: key.clone() },
+            ]),
+        ];
+        for request in requests {
+            prop_assert_eq!(round_trip_request(&request), request);
+        }
+        let responses = vec![
+            Response::Item(Some(item.clone())),
+            Response::Item(None),
+            Response::Items { items: vec![item.clone(), key.clone()], scanned_count: 9, last_evaluated_key: Some(key.clone()) },
+            Response::BatchGetItem { responses: vec![(table.clone(), vec![item.clone()])], unprocessed: vec![] },
+            Response::BatchWriteItem { unprocessed: vec![Write::Put { table, item }] },
+        ];
+        for response in responses {
+            prop_assert_eq!(round_trip_response(&response), response);
+        }
+    }
+
+    #[test]
+    fn query_and_scan_round_trip(low in value(), high in value(), start in proptest::option::of(item()), limit in any::<u32>()) {
+        let conditions = [
+            None,
+            Some(SortCondition::Eq(low.clone())),
+            Some(SortCondition::Lt(low.clone())),
+            Some(SortCondition::Le(low.clone())),
+            Some(SortCondition::Gt(low.clone())),
+            Some(SortCondition::Ge(low.clone())),
+            Some(SortCondition::Between(low.clone(), high.clone())),
+            Some(SortCondition::BeginsWith(low.clone())),
+        ];
+        for (index, sort) in conditions.into_iter().enumerate() {
+            let request = Request::Query(Query {
+                table: "t".into(),
+                partition_key: high.clone(),
+                sort,
+                backward: index % 2 == 0,
+                limit,
+                exclusive_start_key: start.clone(),
+                consistent_read: index % 3 == 0,
+            });
+            prop_assert_eq!(round_trip_request(&request), request);
+        }
+        let scan = Request::Scan(Scan { table: "t".into(), segment: 3, total_segments: 8, limit, exclusive_start_key: start, consistent_read: true });
+        prop_assert_eq!(round_trip_request(&scan), scan);
+    }
+
+    /// Random bytes, as a frame stream and as the payload of every message type.
+    #[test]
+    fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512), message_type in any::<u16>()) {
+        let _ = frame::decode(&bytes);
+        let _ = Request::decode(message_type, &bytes);
+        let _ = Response::decode(message_type, &bytes);
+        for kind in 1..=11u16 {
+            let _ = Request::decode(kind, &bytes);
+        }
+        for kind in (0x8001..=0x8006u16).chain([0xFFFF]) {
+            let _ = Response::decode(kind, &bytes);
+        }
+    }
+
+    /// Valid messages with bytes changed: an error or a message, never a panic.
+    #[test]
+    fn damaged_messages_never_panic(item in item(), flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8)) {
+        let request = Request::BatchWriteItem(vec![Write::Put { table: "t".into(), item: item.clone() }, Write::Delete { table: "t".into(), key: item }]);
+        let mut bytes = Vec::new();
+        request.encode(1, &mut bytes);
+        let mut payload = bytes[frame::HEADER_LEN..].to_vec();
+        for (index, byte) in flips {
+            let at = index.index(payload.len());
+            payload[at] = byte;
+        }
+        let _ = Request::decode(MessageType::BatchWriteItem as u16, &payload);
+        let _ = Request::decode(MessageType::PutItem as u16, &payload);
+    }
+}
+
+#[test]
+fn table_messages_round_trip() {
+    let schema = KeySchema::composite(("customer", KeyType::S), ("order", KeyType::N));
+    let requests = [
+        Request::CreateTable { table: "orders".into(), key_schema: schema.clone(), partitions: 8 },
+        Request::CreateTable {
+            table: "users".into(),
+            key_schema: KeySchema::hash_only("id", KeyType::B),
+            partitions: 0,
+        },
+        Request::DeleteTable { table: "orders".into() },
+        Request::DescribeTable { table: "orders".into() },
+        Request::ListTables { exclusive_start_table: Some("a".into()), limit: 10 },
+        Request::ListTables { exclusive_start_table: None, limit: 0 },
+    ];
+    for request in requests {
+        assert_eq!(round_trip_request(&request), request);
+    }
+    let description = TableDescription {
+        name: "orders".into(),
+        key_schema: schema,
+        partitions: 8,
+        status: TableStatus::Active,
+        created_at_ms: 1_700_000_000_000,
+        item_count: 12,
+        size_bytes: 3456,
+    };
+    let responses = [
+        Response::Table(description),
+        Response::ListTables { tables: vec!["a".into(), "b".into()], last_evaluated_table: Some("b".into()) },
+        Response::Error(WireError::new(ErrorCode::ResourceNotFoundException, "no table named orders")),
+        Response::Error(WireError::new(ErrorCode::ThrottlingException, "slow down")),
+    ];
+    for response in responses {
+        assert_eq!(round_trip_response(&response), response);
+    }
+}
+
+#[test]
+fn bad_messages_get_errors_that_say_what_was_wrong() {
+    let unknown = Request::decode(0x4242, &[]).unwrap_err();
+    assert_eq!(unknown.code, ErrorCode::UnknownMessageType);
+    let answer_as_request = Request::decode(MessageType::ItemResponse as u16, &[]).unwrap_err();
+    assert_eq!(answer_as_request.code, ErrorCode::UnknownMessageType);
+    let garbage = Request::decode(MessageType::PutItem as u16, &[1, 2, 3]).unwrap_err();
+    assert_eq!(garbage.code, ErrorCode::MalformedMessage);
+    assert!(garbage.message.contains("PutItem"), "{garbage}");
+
+    let deep = (0..40).fold(AttributeValue::Null, |inner, _| AttributeValue::L(vec![inner]));
+    let mut bytes = Vec::new();
+    Request::PutItem { table: "t".into(), item: BTreeMap::from([("deep".to_string(), deep)]), return_old: false }
+        .encode(1, &mut bytes);
+    let error = Request::decode(MessageType::PutItem as u16, &bytes[frame::HEADER_LEN..]).unwrap_err();
+    assert!(error.message.contains("deeper"), "{error}");
+}
