@@ -78,6 +78,32 @@ impl KeySchema {
         Ok(EncodedKey { hash, bytes })
     }
 
+    /// The encoded-key prefix every item with partition key `value` shares (hash, then the
+    /// partition key), with the hash. With a sort key the partition-key component is
+    /// self-delimiting, so the items of one partition key are exactly the keys with this prefix;
+    /// without one the prefix is the whole key.
+    pub fn encode_partition_prefix(&self, value: &AttributeValue) -> Result<EncodedKey> {
+        let mut partition = Vec::new();
+        encode_value(&self.partition, value, PARTITION_KEY_LEN_MAX, self.sort.is_none(), &mut partition)?;
+        let hash = partition_hash(&partition);
+        let mut bytes = Vec::with_capacity(8 + partition.len());
+        bytes.extend_from_slice(&hash.to_be_bytes());
+        bytes.extend_from_slice(&partition);
+        Ok(EncodedKey { hash, bytes })
+    }
+
+    /// The encoded sort-key component of `value`, appended to a partition prefix to bound a
+    /// query. An error if the table has no sort key or `value` has the wrong type.
+    pub fn encode_sort_value(&self, value: &AttributeValue) -> Result<Vec<u8>> {
+        let sort = self
+            .sort
+            .as_ref()
+            .ok_or_else(|| Error::validation("the table has no sort key, so a sort key condition cannot apply"))?;
+        let mut out = Vec::new();
+        encode_value(sort, value, SORT_KEY_LEN_MAX, true, &mut out)?;
+        Ok(out)
+    }
+
     /// Decodes an encoded key back into its key attributes.
     pub fn decode_key(&self, bytes: &[u8]) -> Result<Item, String> {
         let mut reader = Reader::new(bytes);
@@ -118,6 +144,17 @@ fn encode_component(
     let value = item.get(name).ok_or_else(|| {
         Error::validation(format!("one or more parameter values were invalid: missing the key {name} in the item"))
     })?;
+    encode_value(attribute, value, len_max, last, out)
+}
+
+fn encode_value(
+    attribute: &KeyAttribute,
+    value: &AttributeValue,
+    len_max: usize,
+    last: bool,
+    out: &mut Vec<u8>,
+) -> Result<()> {
+    let name = &attribute.name;
     let mismatch = || {
         Error::validation(format!(
             "one or more parameter values were invalid: type mismatch for key {name} expected: {} actual: {}",
@@ -183,6 +220,20 @@ mod tests {
 
     fn sort_bytes(schema: &KeySchema, pk: AttributeValue, sk: AttributeValue) -> Vec<u8> {
         schema.encode_key(&item(&[("pk", pk), ("sk", sk)])).unwrap().bytes
+    }
+
+    proptest! {
+        /// A full key starts with its partition prefix followed by its sort component, and the
+        /// prefix carries the same hash.
+        #[test]
+        fn keys_are_partition_prefix_then_sort_component(pk in "\\PC{1,8}", sk in arb_number()) {
+            let schema = KeySchema::composite(("pk", KeyType::S), ("sk", KeyType::N));
+            let full = schema.encode_key(&item(&[("pk", AttributeValue::S(pk.clone())), ("sk", AttributeValue::N(sk))])).unwrap();
+            let prefix = schema.encode_partition_prefix(&AttributeValue::S(pk)).unwrap();
+            let sort = schema.encode_sort_value(&AttributeValue::N(sk)).unwrap();
+            prop_assert_eq!(prefix.hash, full.hash);
+            prop_assert_eq!([prefix.bytes, sort].concat(), full.bytes);
+        }
     }
 
     proptest! {
