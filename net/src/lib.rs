@@ -1,1 +1,12 @@
+//! The Tessera node and its client: a shard-per-core server speaking the binary protocol of
+//! `tessera-wire`, and the client library (`client`).
 
+mod catalog;
+pub mod client;
+pub mod json;
+mod server;
+mod shard;
+
+pub use catalog::PARTITIONS_MAX;
+pub use server::{Server, ServerConfig};
+pub use shard::{BATCH_GET_MAX, BATCH_WRITE_MAX, PAGE_BYTES_MAX};

@@ -1,0 +1,230 @@
+//! Tables: their durable descriptions, names, and how a table's partitions are laid out over
+//! the hash space and the cores.
+//!
+//! A table of `n` partitions splits the 64-bit partition-key hash space into `n` equal ranges;
+//! partition `i` holds the hashes `h` with `h * n >> 64 == i` and lives on core `i % cores`.
+//! Its storage partition id is `table_id << 20 | i`, so ids are never reused across tables
+//! (table ids only grow) and partition 0 is free for the catalog itself.
+
+use std::collections::BTreeMap;
+
+use tessera_engine::{KeyAttribute, KeySchema, KeyType, PartitionId};
+use tessera_wire::{ErrorCode, TableDescription, TableStatus, WireError};
+
+/// Storage partition (on core 0) holding the catalog.
+pub const CATALOG_PARTITION: PartitionId = 0;
+/// Most partitions a table may have.
+pub const PARTITIONS_MAX: u32 = 1 << 20;
+const TABLE_KEY_PREFIX: &[u8] = b"table/";
+/// Catalog key of the next table id.
+pub const NEXT_ID_KEY: &[u8] = b"next-table-id";
+
+/// A table as the catalog holds it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TableInfo {
+    pub id: u32,
+    pub name: String,
+    pub key_schema: KeySchema,
+    pub partitions: u32,
+    pub created_at_ms: u64,
+}
+
+impl TableInfo {
+    /// The storage partition id of partition `index`.
+    pub fn partition_id(&self, index: u32) -> PartitionId {
+        (u64::from(self.id) << 20) | u64::from(index)
+    }
+
+    /// The partition holding partition-key hash `hash`.
+    pub fn partition_of(&self, hash: u64) -> u32 {
+        ((u128::from(hash) * u128::from(self.partitions)) >> 64) as u32
+    }
+
+    /// The first hash of partition `index` (of `partitions`), or `None` past the last.
+    pub fn partition_start(&self, index: u32) -> Option<u64> {
+        range_start(u64::from(index), u64::from(self.partitions))
+    }
+
+    pub fn describe(&self, item_count: u64, size_bytes: u64) -> TableDescription {
+        TableDescription {
+            name: self.name.clone(),
+            key_schema: self.key_schema.clone(),
+            partitions: self.partitions,
+            status: TableStatus::Active,
+            created_at_ms: self.created_at_ms,
+            item_count,
+            size_bytes,
+        }
+    }
+
+    /// The catalog key of this table.
+    pub fn key(name: &str) -> Vec<u8> {
+        [TABLE_KEY_PREFIX, name.as_bytes()].concat()
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        out.extend_from_slice(&self.id.to_le_bytes());
+        out.extend_from_slice(&self.partitions.to_le_bytes());
+        out.extend_from_slice(&self.created_at_ms.to_le_bytes());
+        for text in [&self.name, &self.key_schema.partition.name] {
+            out.extend_from_slice(&(text.len() as u32).to_le_bytes());
+            out.extend_from_slice(text.as_bytes());
+        }
+        out.push(key_type_byte(self.key_schema.partition.key_type));
+        if let Some(sort) = &self.key_schema.sort {
+            out.push(key_type_byte(sort.key_type));
+            out.extend_from_slice(&(sort.name.len() as u32).to_le_bytes());
+            out.extend_from_slice(sort.name.as_bytes());
+        }
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Option<TableInfo> {
+        let mut cursor = Cursor { bytes, at: 0 };
+        let id = u32::from_le_bytes(cursor.take(4)?.try_into().ok()?);
+        let partitions = u32::from_le_bytes(cursor.take(4)?.try_into().ok()?);
+        let created_at_ms = u64::from_le_bytes(cursor.take(8)?.try_into().ok()?);
+        let name = cursor.text()?;
+        let partition_name = cursor.text()?;
+        let partition_type = key_type_of(cursor.take(1)?[0])?;
+        let sort = match cursor.take(1) {
+            Some(&[byte]) => Some(KeyAttribute { key_type: key_type_of(byte)?, name: cursor.text()? }),
+            _ => None,
+        };
+        let key_schema = KeySchema { partition: KeyAttribute { name: partition_name, key_type: partition_type }, sort };
+        Some(TableInfo { id, name, key_schema, partitions, created_at_ms })
+    }
+}
+
+struct Cursor<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, len: usize) -> Option<&'a [u8]> {
+        let slice = self.bytes.get(self.at..self.at.checked_add(len)?)?;
+        self.at += len;
+        Some(slice)
+    }
+
+    fn text(&mut self) -> Option<String> {
+        let len = u32::from_le_bytes(self.take(4)?.try_into().ok()?) as usize;
+        String::from_utf8(self.take(len)?.to_vec()).ok()
+    }
+}
+
+fn key_type_byte(key_type: KeyType) -> u8 {
+    match key_type {
+        KeyType::S => 0,
+        KeyType::N => 1,
+        KeyType::B => 2,
+    }
+}
+
+fn key_type_of(byte: u8) -> Option<KeyType> {
+    [KeyType::S, KeyType::N, KeyType::B].get(usize::from(byte)).copied()
+}
+
+/// The first hash of range `index` when the hash space is cut into `count` equal ranges, or
+/// `None` when `index == count` (the end of the space).
+pub fn range_start(index: u64, count: u64) -> Option<u64> {
+    let start = (u128::from(index) << 64).div_ceil(u128::from(count));
+    u64::try_from(start).ok()
+}
+
+/// Every table, by name, with the next table id.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Catalog {
+    pub tables: BTreeMap<String, TableInfo>,
+    pub next_id: u32,
+}
+
+impl Catalog {
+    pub fn table(&self, name: &str) -> Result<&TableInfo, WireError> {
+        self.tables.get(name).ok_or_else(|| {
+            WireError::new(
+                ErrorCode::ResourceNotFoundException,
+                format!("Requested resource not found: Table: {name} not found"),
+            )
+        })
+    }
+}
+
+/// DynamoDB's rule for table names: 3 to 255 characters of `a-z A-Z 0-9 _ - .`.
+pub fn validate_table_name(name: &str) -> Result<(), WireError> {
+    let valid = (3..=255).contains(&name.len())
+        && name.bytes().all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'_' | b'-' | b'.'));
+    if valid {
+        Ok(())
+    } else {
+        Err(WireError::new(
+            ErrorCode::ValidationException,
+            format!("TableName {name:?} must be 3 to 255 characters of a-z, A-Z, 0-9, '_', '-' and '.'"),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_info_round_trips() {
+        let tables = [
+            TableInfo {
+                id: 7,
+                name: "orders".into(),
+                key_schema: KeySchema::composite(("customer", KeyType::S), ("n", KeyType::N)),
+                partitions: 12,
+                created_at_ms: 99,
+            },
+            TableInfo {
+                id: 8,
+                name: "users".into(),
+                key_schema: KeySchema::hash_only("id", KeyType::B),
+                partitions: 1,
+                created_at_ms: 5,
+            },
+        ];
+        for table in tables {
+            assert_eq!(TableInfo::decode(&table.encode()), Some(table.clone()));
+            let encoded = table.encode();
+            for cut in 0..encoded.len() - 1 {
+                // Truncations either fail or (at the optional sort key) decode without it.
+                if let Some(decoded) = TableInfo::decode(&encoded[..cut]) {
+                    assert!(decoded.key_schema.sort.is_none());
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn partitions_cover_the_hash_space_in_order() {
+        let table = TableInfo {
+            id: 1,
+            name: "t".into(),
+            key_schema: KeySchema::hash_only("id", KeyType::S),
+            partitions: 7,
+            created_at_ms: 0,
+        };
+        for index in 0..7 {
+            let start = table.partition_start(index).unwrap();
+            assert_eq!(table.partition_of(start), index);
+            if start > 0 {
+                assert_eq!(table.partition_of(start - 1), index - 1);
+            }
+        }
+        assert_eq!(table.partition_start(7), None);
+        assert_eq!(table.partition_of(u64::MAX), 6);
+    }
+
+    #[test]
+    fn table_names_follow_dynamodb() {
+        assert!(validate_table_name("Orders_2024-v1.0").is_ok());
+        for bad in ["ab", "has space", "ünï", &"x".repeat(256)] {
+            assert_eq!(validate_table_name(bad).unwrap_err().code, ErrorCode::ValidationException);
+        }
+    }
+}

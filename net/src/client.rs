@@ -1,0 +1,365 @@
+//! The client library: a blocking client for plain programs, with typed calls, timeouts,
+//! and retries with jittered exponential backoff on retryable errors; and `ItemBuilder`, so
+//! that items need not be written as attribute-value trees by hand.
+//!
+//! ```no_run
+//! use tessera_net::client::{Client, ItemBuilder};
+//! let mut client = Client::connect("127.0.0.1:7400").unwrap();
+//! let item = ItemBuilder::new().s("id", "user#1").n("visits", 3).build();
+//! client.put_item("users", item).unwrap();
+//! ```
+
+use std::collections::BTreeSet;
+use std::io::{Read, Write as _};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::time::{Duration, Instant};
+
+use tessera_engine::{AttributeValue, Item, KeySchema, Number};
+use tessera_wire::frame::{self, Decoded};
+use tessera_wire::{ErrorCode, Query, Request, Response, Scan, TableDescription, TableKeys, WireError, Write};
+
+/// What a call can fail with.
+#[derive(Debug)]
+pub enum ClientError {
+    /// The connection failed or timed out.
+    Io(std::io::Error),
+    /// The server's bytes made no sense (a bug on one side, or not a Tessera server).
+    Protocol(String),
+    /// The server answered with an error.
+    Service(WireError),
+}
+
+impl std::fmt::Display for ClientError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ClientError::Io(error) => write!(f, "connection error: {error}"),
+            ClientError::Protocol(message) => write!(f, "protocol error: {message}"),
+            ClientError::Service(error) => write!(f, "{error}"),
+        }
+    }
+}
+
+impl std::error::Error for ClientError {}
+
+impl From<std::io::Error> for ClientError {
+    fn from(error: std::io::Error) -> ClientError {
+        ClientError::Io(error)
+    }
+}
+
+/// Settings of a client.
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    /// How long one attempt may wait for its answer.
+    pub timeout: Duration,
+    /// Attempts of a request whose error is retryable, the first included.
+    pub attempts: u32,
+    /// The first backoff; each retry doubles it, with random jitter.
+    pub backoff: Duration,
+}
+
+impl Default for ClientConfig {
+    fn default() -> ClientConfig {
+        ClientConfig { timeout: Duration::from_secs(10), attempts: 5, backoff: Duration::from_millis(20) }
+    }
+}
+
+/// A blocking connection to a Tessera server.
+pub struct Client {
+    stream: TcpStream,
+    buffer: Vec<u8>,
+    next_id: u64,
+    config: ClientConfig,
+    jitter: u64,
+}
+
+/// What BatchGetItem returns: the items found, per table, and the keys left unprocessed.
+pub type BatchGetOutput = (Vec<(String, Vec<Item>)>, Vec<TableKeys>);
+
+/// One page of a Query or Scan.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Page {
+    pub items: Vec<Item>,
+    pub scanned_count: u32,
+    /// Pass as `exclusive_start_key` to read the next page; `None` after the last.
+    pub last_evaluated_key: Option<Item>,
+}
+
+impl Client {
+    pub fn connect(address: impl ToSocketAddrs) -> Result<Client, ClientError> {
+        Client::connect_with(address, ClientConfig::default())
+    }
+
+    pub fn connect_with(address: impl ToSocketAddrs, config: ClientConfig) -> Result<Client, ClientError> {
+        let stream = TcpStream::connect(address)?;
+        stream.set_nodelay(true)?;
+        stream.set_read_timeout(Some(config.timeout))?;
+        stream.set_write_timeout(Some(config.timeout))?;
+        let jitter = Instant::now().elapsed().as_nanos() as u64 ^ u64::from(std::process::id()) ^ 0x9E37_79B9_7F4A_7C15;
+        Ok(Client { stream, buffer: Vec::new(), next_id: 1, config, jitter })
+    }
+
+    /// Sends `request` and returns the answer, retrying retryable errors with backoff.
+    pub fn call(&mut self, request: &Request) -> Result<Response, ClientError> {
+        let mut backoff = self.config.backoff;
+        for attempt in 1.. {
+            match self.call_once(request)? {
+                Response::Error(error) if error.retryable && attempt < self.config.attempts => {
+                    std::thread::sleep(backoff.mul_f64(0.5 + self.random_unit()));
+                    backoff = backoff.saturating_mul(2);
+                }
+                Response::Error(error) => return Err(ClientError::Service(error)),
+                response => return Ok(response),
+            }
+        }
+        unreachable!("the loop returns")
+    }
+
+    /// Sends `request` once and waits for its answer.
+    pub fn call_once(&mut self, request: &Request) -> Result<Response, ClientError> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let mut bytes = Vec::new();
+        request.encode(id, &mut bytes);
+        self.stream.write_all(&bytes)?;
+        loop {
+            match frame::decode(&self.buffer).map_err(|lost| ClientError::Protocol(lost.to_string()))? {
+                Decoded::Frame(frame, used) => {
+                    let (header, checksum_ok) = (frame.header, frame.checksum_ok);
+                    let response = Response::decode(header.message_type, frame.payload);
+                    self.buffer.drain(..used);
+                    if !checksum_ok {
+                        return Err(ClientError::Protocol("an answer failed its checksum".into()));
+                    }
+                    let response = response.map_err(|error| ClientError::Protocol(error.to_string()))?;
+                    match header.request_id {
+                        answered if answered == id => return Ok(response),
+                        // An error about the framing of our stream: nothing more will come.
+                        0 => return response_error(response),
+                        _ => continue,
+                    }
+                }
+                Decoded::Incomplete(_) => {
+                    let mut chunk = [0u8; 64 << 10];
+                    let read = self.stream.read(&mut chunk)?;
+                    if read == 0 {
+                        return Err(ClientError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+                    }
+                    self.buffer.extend_from_slice(&chunk[..read]);
+                }
+            }
+        }
+    }
+
+    fn random_unit(&mut self) -> f64 {
+        self.jitter ^= self.jitter << 13;
+        self.jitter ^= self.jitter >> 7;
+        self.jitter ^= self.jitter << 17;
+        (self.jitter >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    pub fn create_table(
+        &mut self,
+        table: &str,
+        key_schema: KeySchema,
+        partitions: u32,
+    ) -> Result<TableDescription, ClientError> {
+        table_of(self.call(&Request::CreateTable { table: table.into(), key_schema, partitions })?)
+    }
+
+    pub fn delete_table(&mut self, table: &str) -> Result<TableDescription, ClientError> {
+        table_of(self.call(&Request::DeleteTable { table: table.into() })?)
+    }
+
+    pub fn describe_table(&mut self, table: &str) -> Result<TableDescription, ClientError> {
+        table_of(self.call(&Request::DescribeTable { table: table.into() })?)
+    }
+
+    /// Every table name, following every page.
+    pub fn list_tables(&mut self) -> Result<Vec<String>, ClientError> {
+        let mut names = Vec::new();
+        let mut start = None;
+        loop {
+            match self.call(&Request::ListTables { exclusive_start_table: start, limit: 0 })? {
+                Response::ListTables { tables, last_evaluated_table } => {
+                    names.extend(tables);
+                    match last_evaluated_table {
+                        Some(last) => start = Some(last),
+                        None => return Ok(names),
+                    }
+                }
+                other => return unexpected(other),
+            }
+        }
+    }
+
+    pub fn put_item(&mut self, table: &str, item: Item) -> Result<(), ClientError> {
+        self.call(&Request::PutItem { table: table.into(), item, return_old: false }).map(drop)
+    }
+
+    /// Puts `item`, returning the item it replaced.
+    pub fn put_item_returning_old(&mut self, table: &str, item: Item) -> Result<Option<Item>, ClientError> {
+        item_of(self.call(&Request::PutItem { table: table.into(), item, return_old: true })?)
+    }
+
+    pub fn get_item(&mut self, table: &str, key: Item) -> Result<Option<Item>, ClientError> {
+        item_of(self.call(&Request::GetItem { table: table.into(), key, consistent_read: true })?)
+    }
+
+    /// Deletes the item under `key`, returning it if there was one.
+    pub fn delete_item(&mut self, table: &str, key: Item) -> Result<Option<Item>, ClientError> {
+        item_of(self.call(&Request::DeleteItem { table: table.into(), key, return_old: true })?)
+    }
+
+    pub fn query(&mut self, query: Query) -> Result<Page, ClientError> {
+        page_of(self.call(&Request::Query(query))?)
+    }
+
+    pub fn scan(&mut self, scan: Scan) -> Result<Page, ClientError> {
+        page_of(self.call(&Request::Scan(scan))?)
+    }
+
+    /// Every item a Query matches, following every page.
+    pub fn query_all(&mut self, mut query: Query) -> Result<Vec<Item>, ClientError> {
+        let mut items = Vec::new();
+        loop {
+            let page = self.query(query.clone())?;
+            items.extend(page.items);
+            match page.last_evaluated_key {
+                Some(key) => query.exclusive_start_key = Some(key),
+                None => return Ok(items),
+            }
+        }
+    }
+
+    /// Every item of one scan segment, following every page.
+    pub fn scan_all(&mut self, mut scan: Scan) -> Result<Vec<Item>, ClientError> {
+        let mut items = Vec::new();
+        loop {
+            let page = self.scan(scan.clone())?;
+            items.extend(page.items);
+            match page.last_evaluated_key {
+                Some(key) => scan.exclusive_start_key = Some(key),
+                None => return Ok(items),
+            }
+        }
+    }
+
+    /// Reads up to 100 keys; returns the items found per table and the keys left unprocessed.
+    pub fn batch_get_item(&mut self, tables: Vec<TableKeys>) -> Result<BatchGetOutput, ClientError> {
+        match self.call(&Request::BatchGetItem(tables))? {
+            Response::BatchGetItem { responses, unprocessed } => Ok((responses, unprocessed)),
+            other => unexpected(other),
+        }
+    }
+
+    /// Makes up to 25 writes; returns the writes left unprocessed.
+    pub fn batch_write_item(&mut self, writes: Vec<Write>) -> Result<Vec<Write>, ClientError> {
+        match self.call(&Request::BatchWriteItem(writes))? {
+            Response::BatchWriteItem { unprocessed } => Ok(unprocessed),
+            other => unexpected(other),
+        }
+    }
+}
+
+fn unexpected<T>(response: Response) -> Result<T, ClientError> {
+    Err(ClientError::Protocol(format!("unexpected answer {:?}", response.message_type())))
+}
+
+fn response_error<T>(response: Response) -> Result<T, ClientError> {
+    match response {
+        Response::Error(error) => Err(ClientError::Service(error)),
+        other => unexpected(other),
+    }
+}
+
+fn table_of(response: Response) -> Result<TableDescription, ClientError> {
+    match response {
+        Response::Table(table) => Ok(table),
+        other => unexpected(other),
+    }
+}
+
+fn item_of(response: Response) -> Result<Option<Item>, ClientError> {
+    match response {
+        Response::Item(item) => Ok(item),
+        other => unexpected(other),
+    }
+}
+
+fn page_of(response: Response) -> Result<Page, ClientError> {
+    match response {
+        Response::Items { items, scanned_count, last_evaluated_key } => {
+            Ok(Page { items, scanned_count, last_evaluated_key })
+        }
+        other => unexpected(other),
+    }
+}
+
+/// Builds an item (or a key) attribute by attribute.
+#[derive(Clone, Debug, Default)]
+pub struct ItemBuilder {
+    item: Item,
+}
+
+impl ItemBuilder {
+    pub fn new() -> ItemBuilder {
+        ItemBuilder::default()
+    }
+
+    /// Any attribute value.
+    pub fn value(mut self, name: &str, value: AttributeValue) -> ItemBuilder {
+        self.item.insert(name.to_string(), value);
+        self
+    }
+
+    pub fn s(self, name: &str, value: impl Into<String>) -> ItemBuilder {
+        self.value(name, AttributeValue::S(value.into()))
+    }
+
+    /// A number from an integer.
+    pub fn n(self, name: &str, value: i64) -> ItemBuilder {
+        let number = Number::parse(&value.to_string()).expect("an i64 is a valid number");
+        self.value(name, AttributeValue::N(number))
+    }
+
+    /// A number from its decimal text; panics if the text is not a valid DynamoDB number (use
+    /// `value` with `Number::parse` to handle that case).
+    pub fn n_text(self, name: &str, text: &str) -> ItemBuilder {
+        self.value(name, AttributeValue::N(Number::parse(text).expect("a valid number")))
+    }
+
+    pub fn b(self, name: &str, value: impl Into<Vec<u8>>) -> ItemBuilder {
+        self.value(name, AttributeValue::B(value.into()))
+    }
+
+    pub fn bool(self, name: &str, value: bool) -> ItemBuilder {
+        self.value(name, AttributeValue::Bool(value))
+    }
+
+    pub fn null(self, name: &str) -> ItemBuilder {
+        self.value(name, AttributeValue::Null)
+    }
+
+    pub fn ss<S: Into<String>>(self, name: &str, values: impl IntoIterator<Item = S>) -> ItemBuilder {
+        self.value(name, AttributeValue::Ss(values.into_iter().map(Into::into).collect::<BTreeSet<_>>()))
+    }
+
+    /// A nested map.
+    pub fn m(self, name: &str, map: ItemBuilder) -> ItemBuilder {
+        self.value(name, AttributeValue::M(map.item))
+    }
+
+    pub fn l(self, name: &str, values: Vec<AttributeValue>) -> ItemBuilder {
+        self.value(name, AttributeValue::L(values))
+    }
+
+    pub fn build(self) -> Item {
+        self.item
+    }
+}
+
+/// Whether an error is the service's answer with this code.
+pub fn is_error(error: &ClientError, code: ErrorCode) -> bool {
+    matches!(error, ClientError::Service(service) if service.code == code)
+}

@@ -1,0 +1,325 @@
+//! The node: one glommio executor pinned per core, each with its own store (`DIR/core-N`),
+//! its own listener on the shared address (SO_REUSEPORT: the kernel spreads connections over
+//! the cores), and the channel mesh that carries partition work between cores.
+//!
+//! A connection's frames are read by one task; every request runs in a task of its own, so
+//! requests on one connection are served concurrently and answered as they finish (each answer
+//! names its request id). Answers are written by one writer task per connection, which sends
+//! everything ready in one write.
+
+use std::cell::{Cell, RefCell};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Poll, Waker};
+use std::time::Duration;
+
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::channels::channel_mesh::MeshBuilder;
+use glommio::net::{TcpListener, TcpStream};
+use glommio::{LocalExecutorBuilder, Placement};
+use tessera_engine::{LocalLog, Store, StoreConfig};
+use tessera_wire::frame::{self, Decoded};
+use tessera_wire::{ErrorCode, Request, Response, WireError};
+
+use crate::shard::{Envelope, Shard};
+
+/// Requests one connection may have in progress; reading pauses beyond it.
+const IN_FLIGHT_MAX: u64 = 512;
+/// Bytes read from a socket at a time.
+const READ_CHUNK: usize = 64 << 10;
+/// How often each core checks whether the server is stopping.
+const STOP_POLL: Duration = Duration::from_millis(20);
+
+/// How to run a node.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    /// Cores to run on (one executor each, pinned to cores 0..cores).
+    pub cores: usize,
+    pub store: StoreConfig,
+}
+
+/// A running server; `stop` ends it cleanly (applies, checkpoints and closes every store).
+pub struct Server {
+    pub address: SocketAddr,
+    stop: Arc<AtomicBool>,
+    executors: Vec<glommio::ExecutorJoinHandle<Result<(), String>>>,
+}
+
+const CORES_FILE: &str = "cores";
+
+/// Checks (or records, for a new directory) the number of cores the data is laid out for:
+/// partitions are placed by core, so the count cannot change under existing data.
+fn check_layout(config: &ServerConfig) -> Result<(), String> {
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|error| format!("cannot create {}: {error}", config.data_dir.display()))?;
+    let path = config.data_dir.join(CORES_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let recorded: usize =
+                text.trim().parse().map_err(|_| format!("{} is damaged: {text:?} is not a number", path.display()))?;
+            if recorded != config.cores {
+                return Err(format!(
+                    "{} holds data laid out for {recorded} cores; start with --cores {recorded}",
+                    config.data_dir.display()
+                ));
+            }
+            Ok(())
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            let temporary = path.with_extension("tmp");
+            std::fs::write(&temporary, format!("{}\n", config.cores))
+                .and_then(|()| std::fs::File::open(&temporary)?.sync_all())
+                .and_then(|()| std::fs::rename(&temporary, &path))
+                .and_then(|()| std::fs::File::open(&config.data_dir)?.sync_all())
+                .map_err(|error| format!("cannot write {}: {error}", path.display()))
+        }
+        Err(error) => Err(format!("cannot read {}: {error}", path.display())),
+    }
+}
+
+impl Server {
+    /// Starts the node; returns once every core listens.
+    pub fn start(config: ServerConfig) -> Result<Server, String> {
+        if config.cores == 0 {
+            return Err("--cores must be at least 1".into());
+        }
+        check_layout(&config)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let mesh = MeshBuilder::<Envelope, _>::full(config.cores, 4096);
+        let (ready_sender, ready) = std::sync::mpsc::channel::<Result<SocketAddr, String>>();
+        let mut executors = Vec::new();
+        let mut address = config.listen;
+        for core in 0..config.cores {
+            let config = ServerConfig { listen: address, ..config.clone() };
+            let (mesh, core_stop, ready_sender) = (mesh.clone(), stop.clone(), ready_sender.clone());
+            let executor = LocalExecutorBuilder::new(Placement::Fixed(core))
+                .name(&format!("tessera-core-{core}"))
+                .io_memory(2 << 20)
+                .spin_before_park(Duration::from_micros(50))
+                .spawn(move || async move {
+                    let result = run_core(core, config, mesh, core_stop, &ready_sender).await;
+                    if let Err(error) = &result {
+                        let _ = ready_sender.send(Err(error.clone()));
+                    }
+                    result
+                })
+                .map_err(|error| format!("cannot start the executor of core {core}: {error}"))?;
+            executors.push(executor);
+            // Core 0 binds first, so that an address with port 0 becomes one port for all.
+            match ready.recv() {
+                Ok(Ok(bound)) => address = bound,
+                Ok(Err(error)) => {
+                    stop.store(true, Ordering::SeqCst);
+                    return Err(error);
+                }
+                Err(_) => return Err(format!("core {core} stopped while starting")),
+            }
+        }
+        // Every core has bound; wait until each has joined the mesh and has the catalog.
+        for _ in 0..config.cores {
+            match ready.recv() {
+                Ok(Ok(_)) => {}
+                Ok(Err(error)) => {
+                    stop.store(true, Ordering::SeqCst);
+                    return Err(error);
+                }
+                Err(_) => return Err("a core stopped while starting".into()),
+            }
+        }
+        Ok(Server { address, stop, executors })
+    }
+
+    /// A flag that stops the server when set (for signal handlers).
+    pub fn stop_flag(&self) -> Arc<AtomicBool> {
+        self.stop.clone()
+    }
+
+    /// Waits until the server stops (see `stop_flag`), and reports the first core's error.
+    pub fn wait(self) -> Result<(), String> {
+        let mut first = Ok(());
+        for executor in self.executors {
+            let result = executor.join().map_err(|_| "a core panicked".to_string()).and_then(|result| result);
+            if first.is_ok() {
+                first = result;
+            }
+        }
+        first
+    }
+
+    /// Stops the server and waits for it.
+    pub fn stop(self) -> Result<(), String> {
+        self.stop.store(true, Ordering::SeqCst);
+        self.wait()
+    }
+}
+
+async fn run_core(
+    core: usize,
+    config: ServerConfig,
+    mesh: MeshBuilder<Envelope, glommio::channels::channel_mesh::Full>,
+    stop: Arc<AtomicBool>,
+    ready: &std::sync::mpsc::Sender<Result<SocketAddr, String>>,
+) -> Result<(), String> {
+    let listener =
+        TcpListener::bind(config.listen).map_err(|error| format!("cannot listen on {}: {error}", config.listen))?;
+    let address = listener.local_addr().map_err(|error| error.to_string())?;
+    let _ = ready.send(Ok(address));
+    let dir = config.data_dir.join(format!("core-{core}"));
+    let store = Store::open(&dir, config.store.clone())
+        .await
+        .map_err(|error| format!("cannot open the store in {}: {error}", dir.display()))?;
+    let (senders, receivers) = mesh.join().await.map_err(|_| "cannot join the core mesh".to_string())?;
+    let shard = Rc::new(Shard::new(core, config.cores, LocalLog::new(store.clone()), senders));
+    shard.serve_peers(receivers);
+    if core == 0 {
+        let catalog = shard.load_catalog().await?;
+        shard.publish_catalog(catalog).await.map_err(|error| error.to_string())?;
+    } else {
+        shard.catalog_loaded().await;
+    }
+    let _ = ready.send(Ok(address));
+
+    let accepting = {
+        let shard = shard.clone();
+        glommio::spawn_local(async move {
+            while let Ok(stream) = listener.accept().await {
+                glommio::spawn_local(connection(shard.clone(), stream)).detach();
+            }
+        })
+    };
+    while !stop.load(Ordering::SeqCst) {
+        glommio::timer::sleep(STOP_POLL).await;
+    }
+    drop(accepting.cancel());
+    store.checkpoint().await.map_err(|error| error.to_string())?;
+    store.close().await.map_err(|error| error.to_string())
+}
+
+/// Answers waiting to be written to one connection, and how many tasks may still add some.
+#[derive(Default)]
+struct Outbox {
+    bytes: RefCell<Vec<u8>>,
+    producers: Cell<usize>,
+    waker: RefCell<Option<Waker>>,
+}
+
+/// A task that may still add answers; the writer ends after the last one is dropped.
+struct Producer(Rc<Outbox>);
+
+impl Producer {
+    fn new(outbox: &Rc<Outbox>) -> Producer {
+        outbox.producers.set(outbox.producers.get() + 1);
+        Producer(outbox.clone())
+    }
+
+    fn send(&self, request_id: u64, response: &Response) {
+        response.encode(request_id, &mut self.0.bytes.borrow_mut());
+        self.0.wake();
+    }
+}
+
+impl Drop for Producer {
+    fn drop(&mut self) {
+        self.0.producers.set(self.0.producers.get() - 1);
+        self.0.wake();
+    }
+}
+
+impl Outbox {
+    fn wake(&self) {
+        if let Some(waker) = self.waker.borrow_mut().take() {
+            waker.wake();
+        }
+    }
+
+    /// Everything queued so far (swapped with `spare`), or `None` once nothing more can come.
+    async fn next(&self, spare: Vec<u8>) -> Option<Vec<u8>> {
+        let mut spare = Some(spare);
+        futures_lite::future::poll_fn(|context| {
+            let mut bytes = self.bytes.borrow_mut();
+            if !bytes.is_empty() {
+                let mut next = spare.take().expect("polled once more after ready");
+                next.clear();
+                return Poll::Ready(Some(std::mem::replace(&mut *bytes, next)));
+            }
+            if self.producers.get() == 0 {
+                return Poll::Ready(None);
+            }
+            *self.waker.borrow_mut() = Some(context.waker().clone());
+            Poll::Pending
+        })
+        .await
+    }
+}
+
+/// Serves one connection until the peer closes it or its framing is lost.
+async fn connection(shard: Rc<Shard>, stream: TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let (mut reader, mut writer) = futures_lite::io::split(stream);
+    let outbox = Rc::new(Outbox::default());
+    let answers = Producer::new(&outbox);
+    let writing = glommio::spawn_local(async move {
+        let mut spare = Vec::new();
+        while let Some(batch) = outbox.next(spare).await {
+            if writer.write_all(&batch).await.is_err() {
+                return;
+            }
+            spare = batch;
+        }
+        let _ = writer.close().await;
+    });
+    let in_flight = Rc::new(glommio::sync::Semaphore::new(IN_FLIGHT_MAX));
+    let mut buffer: Vec<u8> = Vec::with_capacity(READ_CHUNK);
+    let mut start = 0;
+    'reading: loop {
+        loop {
+            match frame::decode(&buffer[start..]) {
+                Ok(Decoded::Incomplete(_)) => break,
+                Ok(Decoded::Frame(frame, used)) => {
+                    start += used;
+                    let id = frame.header.request_id;
+                    let request = if !frame.checksum_ok {
+                        Err(WireError::new(ErrorCode::ChecksumMismatch, "the frame's CRC32C does not match its bytes"))
+                    } else if frame.header.flags != 0 {
+                        Err(WireError::new(ErrorCode::ValidationException, "frame flags must be zero"))
+                    } else {
+                        Request::decode(frame.header.message_type, frame.payload)
+                    };
+                    match request {
+                        Err(error) => answers.send(id, &Response::Error(error)),
+                        Ok(request) => {
+                            let Ok(permit) = in_flight.acquire_static_permit(1).await else { break 'reading };
+                            let (shard, producer) = (shard.clone(), Producer::new(&answers.0));
+                            glommio::spawn_local(async move {
+                                let response = shard.execute(request).await;
+                                producer.send(id, &response);
+                                drop(permit);
+                            })
+                            .detach();
+                        }
+                    }
+                }
+                Err(lost) => {
+                    answers.send(0, &Response::Error(WireError::new(ErrorCode::FrameTooLarge, lost.to_string())));
+                    break 'reading;
+                }
+            }
+        }
+        buffer.drain(..start);
+        start = 0;
+        let filled = buffer.len();
+        buffer.resize(filled + READ_CHUNK, 0);
+        match reader.read(&mut buffer[filled..]).await {
+            Ok(0) | Err(_) => break,
+            Ok(read) => buffer.truncate(filled + read),
+        }
+    }
+    // Requests still being served hold producers of their own; the writer ends after the last.
+    drop(answers);
+    writing.await;
+}

@@ -1,0 +1,921 @@
+//! One core's share of the server: its store, its copy of the catalog, and the operations.
+//!
+//! A request is coordinated by the core whose connection received it. Each partition lives on
+//! exactly one core; work on a partition is an `Op` run by that core, called directly when it
+//! is local and sent over the glommio channel mesh otherwise. No data is shared between cores
+//! and nothing on the data path takes a lock. The catalog is owned by core 0 (stored in its
+//! store, partition 0); every change is made there and copied to every core before the
+//! request that made it is answered.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Bound;
+use std::rc::Rc;
+use std::task::{Poll, Waker};
+
+use glommio::channels::channel_mesh::{Receivers, Senders};
+use tessera_engine::{
+    decode_item, encode_item, validate_item, Command, Error, Item, ItemMeta, KeySchema, KeyType, LocalLog, Outcome,
+    PartitionId, ReplicationLog,
+};
+use tessera_wire::{ErrorCode, Query, Request, Response, Scan, SortCondition, TableKeys, WireError, Write};
+
+use crate::catalog::{
+    range_start, validate_table_name, Catalog, TableInfo, CATALOG_PARTITION, NEXT_ID_KEY, PARTITIONS_MAX,
+};
+
+/// A page of Query or Scan results ends once it holds this many bytes of items.
+pub const PAGE_BYTES_MAX: usize = 1 << 20;
+/// Most keys one BatchGetItem may ask for.
+pub const BATCH_GET_MAX: usize = 100;
+/// Most writes one BatchWriteItem may carry.
+pub const BATCH_WRITE_MAX: usize = 25;
+/// Most table names one ListTables returns.
+const LIST_TABLES_MAX: u32 = 100;
+/// Entries read from the tree at a time while filling a page.
+const SCAN_CHUNK: usize = 128;
+
+/// Work on one core's partitions (or its catalog copy).
+pub(crate) enum Op {
+    Put {
+        partition: PartitionId,
+        key: Vec<u8>,
+        value: Vec<u8>,
+        return_old: bool,
+    },
+    Delete {
+        partition: PartitionId,
+        key: Vec<u8>,
+        return_old: bool,
+    },
+    Get {
+        partition: PartitionId,
+        key: Vec<u8>,
+    },
+    /// Entries within the bounds, until `limit` entries or `bytes_max` bytes of values.
+    Scan {
+        partition: PartitionId,
+        lower: Bound<Vec<u8>>,
+        upper: Bound<Vec<u8>>,
+        reverse: bool,
+        limit: usize,
+        bytes_max: usize,
+    },
+    Batch {
+        partition: PartitionId,
+        commands: Vec<Command>,
+    },
+    /// Items and bytes in the partitions.
+    Count {
+        partitions: Vec<PartitionId>,
+    },
+    /// Core 0 only.
+    CreateTable {
+        name: String,
+        key_schema: KeySchema,
+        partitions: u32,
+    },
+    /// Core 0 only.
+    DeleteTable {
+        name: String,
+    },
+    /// The whole catalog, sent by core 0 at start-up.
+    CatalogLoad(Catalog),
+    CatalogPut(TableInfo),
+    CatalogRemove(String),
+    /// Deletes every entry of the partitions (a deleted table's data).
+    Drop {
+        partitions: Vec<PartitionId>,
+    },
+}
+
+pub(crate) enum OpResult {
+    Value(Option<Vec<u8>>),
+    /// `more`: the scan stopped at its limit or byte budget, not at the end of its range.
+    Entries {
+        entries: Vec<(Vec<u8>, Vec<u8>)>,
+        more: bool,
+    },
+    Count {
+        items: u64,
+        bytes: u64,
+    },
+    Table(TableInfo),
+    Done,
+    Error(WireError),
+}
+
+pub(crate) enum Message {
+    Op(Op),
+    Result(OpResult),
+}
+
+/// What travels between cores.
+pub(crate) struct Envelope {
+    token: u64,
+    from: usize,
+    message: Message,
+}
+
+/// A reply being waited for.
+#[derive(Default)]
+struct Slot {
+    value: RefCell<Option<OpResult>>,
+    waker: RefCell<Option<Waker>>,
+}
+
+pub(crate) struct Shard {
+    core: usize,
+    cores: usize,
+    log: LocalLog,
+    catalog: RefCell<Catalog>,
+    senders: Senders<Envelope>,
+    pending: RefCell<ahash::HashMap<u64, Rc<Slot>>>,
+    next_token: Cell<u64>,
+    /// Serializes catalog changes (core 0).
+    catalog_lock: glommio::sync::Semaphore,
+    /// Signalled once the catalog is loaded.
+    catalog_ready: glommio::sync::Semaphore,
+}
+
+fn engine_error(error: Error) -> WireError {
+    match error {
+        Error::Validation(message) => WireError::new(ErrorCode::ValidationException, message),
+        other => WireError::new(ErrorCode::InternalServerError, other.to_string()),
+    }
+}
+
+fn invalid(message: impl Into<String>) -> WireError {
+    WireError::new(ErrorCode::ValidationException, message)
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_millis() as u64)
+}
+
+/// The smallest byte string greater than every string that starts with `prefix`.
+fn successor(prefix: &[u8]) -> Option<Vec<u8>> {
+    let end = prefix.iter().rposition(|&byte| byte != 0xFF)?;
+    let mut next = prefix[..=end].to_vec();
+    next[end] += 1;
+    Some(next)
+}
+
+/// The tighter of two lower bounds.
+fn max_lower(a: Bound<Vec<u8>>, b: Bound<Vec<u8>>) -> Bound<Vec<u8>> {
+    match (&a, &b) {
+        (Bound::Unbounded, _) => b,
+        (_, Bound::Unbounded) => a,
+        (Bound::Included(x) | Bound::Excluded(x), Bound::Included(y) | Bound::Excluded(y)) => {
+            if x > y || (x == y && matches!(a, Bound::Excluded(_))) {
+                a
+            } else {
+                b
+            }
+        }
+    }
+}
+
+/// The tighter of two upper bounds.
+fn min_upper(a: Bound<Vec<u8>>, b: Bound<Vec<u8>>) -> Bound<Vec<u8>> {
+    match (&a, &b) {
+        (Bound::Unbounded, _) => b,
+        (_, Bound::Unbounded) => a,
+        (Bound::Included(x) | Bound::Excluded(x), Bound::Included(y) | Bound::Excluded(y)) => {
+            if x < y || (x == y && matches!(a, Bound::Excluded(_))) {
+                a
+            } else {
+                b
+            }
+        }
+    }
+}
+
+/// Checks that `key` holds exactly the table's key attributes, and encodes it.
+fn encode_exact_key(schema: &KeySchema, key: &Item) -> Result<Vec<u8>, WireError> {
+    let expected = 1 + usize::from(schema.sort.is_some());
+    let names_match = key.contains_key(&schema.partition.name)
+        && schema.sort.as_ref().is_none_or(|sort| key.contains_key(&sort.name));
+    if key.len() != expected || !names_match {
+        return Err(invalid("The provided key element does not match the schema"));
+    }
+    schema.encode_key(key).map(|key| key.bytes).map_err(engine_error)
+}
+
+fn decode_stored(value: &[u8]) -> Result<Item, WireError> {
+    decode_item(value)
+        .map(|(item, _)| item)
+        .map_err(|reason| WireError::new(ErrorCode::InternalServerError, format!("a stored item is damaged: {reason}")))
+}
+
+fn encode_stored(item: &Item) -> Vec<u8> {
+    let mut value = Vec::new();
+    encode_item(item, ItemMeta::default(), &mut value);
+    value
+}
+
+impl Shard {
+    pub(crate) fn new(core: usize, cores: usize, log: LocalLog, senders: Senders<Envelope>) -> Shard {
+        Shard {
+            core,
+            cores,
+            log,
+            catalog: RefCell::new(Catalog::default()),
+            senders,
+            pending: RefCell::default(),
+            next_token: Cell::new(0),
+            catalog_lock: glommio::sync::Semaphore::new(1),
+            catalog_ready: glommio::sync::Semaphore::new(0),
+        }
+    }
+
+    pub(crate) fn store(&self) -> &tessera_engine::Store {
+        self.log.store()
+    }
+
+    /// Core 0: reads the catalog from its store.
+    pub(crate) async fn load_catalog(&self) -> Result<Catalog, String> {
+        let mut catalog = Catalog { next_id: 1, ..Catalog::default() };
+        let entries = self
+            .store()
+            .scan(CATALOG_PARTITION, Bound::Unbounded, Bound::Unbounded, false, usize::MAX)
+            .await
+            .map_err(|error| error.to_string())?;
+        for (key, value) in entries {
+            if key == NEXT_ID_KEY {
+                catalog.next_id =
+                    u32::from_le_bytes(value.as_slice().try_into().map_err(|_| "damaged catalog: next id")?);
+            } else {
+                let table = TableInfo::decode(&value).ok_or("damaged catalog: a table entry does not decode")?;
+                catalog.tables.insert(table.name.clone(), table);
+            }
+        }
+        Ok(catalog)
+    }
+
+    /// Core 0: installs the catalog it loaded here and on every other core.
+    pub(crate) async fn publish_catalog(self: &Rc<Shard>, catalog: Catalog) -> Result<(), WireError> {
+        self.install_catalog(catalog.clone());
+        self.broadcast(|| Op::CatalogLoad(catalog.clone())).await
+    }
+
+    fn install_catalog(&self, catalog: Catalog) {
+        *self.catalog.borrow_mut() = catalog;
+        self.catalog_ready.signal(1);
+    }
+
+    /// Resolves once this core has the catalog.
+    pub(crate) async fn catalog_loaded(&self) {
+        if let Ok(permit) = self.catalog_ready.acquire_permit(1).await {
+            drop(permit);
+        }
+    }
+
+    /// Serves operations that other cores send, and their replies to ours, until the mesh
+    /// closes.
+    pub(crate) fn serve_peers(self: &Rc<Shard>, mut receivers: Receivers<Envelope>) {
+        for (_, receiver) in receivers.streams() {
+            let shard = self.clone();
+            glommio::spawn_local(async move {
+                while let Some(envelope) = receiver.recv().await {
+                    match envelope.message {
+                        Message::Op(op) => {
+                            let shard = shard.clone();
+                            glommio::spawn_local(async move {
+                                let result = shard.run(op).await;
+                                let reply = Envelope {
+                                    token: envelope.token,
+                                    from: shard.core,
+                                    message: Message::Result(result),
+                                };
+                                // The peer is gone only when the server stops.
+                                let _ = shard.senders.send_to(envelope.from, reply).await;
+                            })
+                            .detach();
+                        }
+                        Message::Result(result) => {
+                            let slot = shard.pending.borrow_mut().remove(&envelope.token);
+                            if let Some(slot) = slot {
+                                *slot.value.borrow_mut() = Some(result);
+                                if let Some(waker) = slot.waker.borrow_mut().take() {
+                                    waker.wake();
+                                }
+                            }
+                        }
+                    }
+                }
+            })
+            .detach();
+        }
+    }
+
+    /// Runs `op` on `core`.
+    async fn call(self: &Rc<Shard>, core: usize, op: Op) -> OpResult {
+        if core == self.core {
+            return Box::pin(self.run(op)).await;
+        }
+        let token = self.next_token.get();
+        self.next_token.set(token + 1);
+        let slot = Rc::new(Slot::default());
+        self.pending.borrow_mut().insert(token, slot.clone());
+        let envelope = Envelope { token, from: self.core, message: Message::Op(op) };
+        if self.senders.send_to(core, envelope).await.is_err() {
+            self.pending.borrow_mut().remove(&token);
+            return OpResult::Error(WireError::new(
+                ErrorCode::ServiceUnavailable,
+                format!("core {core} is not running"),
+            ));
+        }
+        futures_lite::future::poll_fn(|context| match slot.value.borrow_mut().take() {
+            Some(result) => Poll::Ready(result),
+            None => {
+                *slot.waker.borrow_mut() = Some(context.waker().clone());
+                Poll::Pending
+            }
+        })
+        .await
+    }
+
+    fn owner(&self, partition_index: u32) -> usize {
+        partition_index as usize % self.cores
+    }
+
+    // ------------------------------------------------------------------ partition work
+
+    async fn run(self: &Rc<Shard>, op: Op) -> OpResult {
+        let result = match op {
+            Op::Put { partition, key, value, return_old } => {
+                self.write(partition, Command::Put { key, value }, return_old).await
+            }
+            Op::Delete { partition, key, return_old } => {
+                self.write(partition, Command::Delete { key }, return_old).await
+            }
+            Op::Get { partition, key } => {
+                self.store().get(partition, &key).await.map(OpResult::Value).map_err(engine_error)
+            }
+            Op::Scan { partition, lower, upper, reverse, limit, bytes_max } => {
+                self.scan(partition, lower, upper, reverse, limit, bytes_max).await
+            }
+            Op::Batch { partition, commands } => self
+                .log
+                .propose(partition, Command::Batch(commands))
+                .await
+                .map(|()| OpResult::Done)
+                .map_err(engine_error),
+            Op::Count { partitions } => self.count(&partitions).await,
+            Op::CreateTable { name, key_schema, partitions } => self.create_table(name, key_schema, partitions).await,
+            Op::DeleteTable { name } => self.delete_table(&name).await,
+            Op::CatalogLoad(catalog) => {
+                self.install_catalog(catalog);
+                Ok(OpResult::Done)
+            }
+            Op::CatalogPut(table) => {
+                self.catalog.borrow_mut().tables.insert(table.name.clone(), table);
+                Ok(OpResult::Done)
+            }
+            Op::CatalogRemove(name) => {
+                self.catalog.borrow_mut().tables.remove(&name);
+                Ok(OpResult::Done)
+            }
+            Op::Drop { partitions } => self.drop_partitions(&partitions).await,
+        };
+        result.unwrap_or_else(OpResult::Error)
+    }
+
+    async fn write(&self, partition: PartitionId, command: Command, return_old: bool) -> Result<OpResult, WireError> {
+        if return_old {
+            match self.log.propose_applied(partition, command).await.map_err(engine_error)? {
+                Outcome::Previous(previous) => Ok(OpResult::Value(previous)),
+                Outcome::Batch(_) => {
+                    Err(WireError::new(ErrorCode::InternalServerError, "a single write had a batch outcome"))
+                }
+            }
+        } else {
+            self.log.propose(partition, command).await.map_err(engine_error)?;
+            Ok(OpResult::Value(None))
+        }
+    }
+
+    async fn scan(
+        &self,
+        partition: PartitionId,
+        mut lower: Bound<Vec<u8>>,
+        mut upper: Bound<Vec<u8>>,
+        reverse: bool,
+        limit: usize,
+        bytes_max: usize,
+    ) -> Result<OpResult, WireError> {
+        let mut entries = Vec::new();
+        let mut bytes = 0;
+        loop {
+            let want = SCAN_CHUNK.min(limit - entries.len());
+            let chunk = self
+                .store()
+                .scan(partition, bound_ref(&lower), bound_ref(&upper), reverse, want)
+                .await
+                .map_err(engine_error)?;
+            let exhausted = chunk.len() < want;
+            for (key, value) in chunk {
+                bytes += key.len() + value.len();
+                if reverse {
+                    upper = Bound::Excluded(key.clone());
+                } else {
+                    lower = Bound::Excluded(key.clone());
+                }
+                entries.push((key, value));
+                if entries.len() == limit || bytes >= bytes_max {
+                    return Ok(OpResult::Entries { entries, more: true });
+                }
+            }
+            if exhausted {
+                return Ok(OpResult::Entries { entries, more: false });
+            }
+        }
+    }
+
+    async fn count(&self, partitions: &[PartitionId]) -> Result<OpResult, WireError> {
+        let (mut items, mut bytes) = (0u64, 0u64);
+        for &partition in partitions {
+            let mut lower = Bound::Unbounded;
+            loop {
+                let chunk = self
+                    .store()
+                    .scan(partition, bound_ref(&lower), Bound::Unbounded, false, 1024)
+                    .await
+                    .map_err(engine_error)?;
+                let Some((last, _)) = chunk.last() else { break };
+                lower = Bound::Excluded(last.clone());
+                items += chunk.len() as u64;
+                bytes += chunk.iter().map(|(key, value)| (key.len() + value.len()) as u64).sum::<u64>();
+            }
+        }
+        Ok(OpResult::Count { items, bytes })
+    }
+
+    async fn drop_partitions(&self, partitions: &[PartitionId]) -> Result<OpResult, WireError> {
+        for &partition in partitions {
+            loop {
+                let chunk = self
+                    .store()
+                    .scan(partition, Bound::Unbounded, Bound::Unbounded, false, 256)
+                    .await
+                    .map_err(engine_error)?;
+                if chunk.is_empty() {
+                    break;
+                }
+                let deletes = chunk.into_iter().map(|(key, _)| Command::Delete { key }).collect();
+                self.log.propose(partition, Command::Batch(deletes)).await.map_err(engine_error)?;
+            }
+        }
+        Ok(OpResult::Done)
+    }
+
+    /// Sends `op` (built per core) to every other core and waits for all of them.
+    async fn broadcast(self: &Rc<Shard>, op: impl Fn() -> Op) -> Result<(), WireError> {
+        for core in (0..self.cores).filter(|&core| core != self.core) {
+            if let OpResult::Error(error) = self.call(core, op()).await {
+                return Err(error);
+            }
+        }
+        Ok(())
+    }
+
+    async fn create_table(
+        self: &Rc<Shard>,
+        name: String,
+        key_schema: KeySchema,
+        partitions: u32,
+    ) -> Result<OpResult, WireError> {
+        let _guard = self
+            .catalog_lock
+            .acquire_permit(1)
+            .await
+            .map_err(|_| WireError::new(ErrorCode::ServiceUnavailable, "stopping"))?;
+        if self.catalog.borrow().tables.contains_key(&name) {
+            return Err(WireError::new(ErrorCode::ResourceInUseException, format!("Table already exists: {name}")));
+        }
+        let id = self.catalog.borrow().next_id;
+        let table = TableInfo { id, name: name.clone(), key_schema, partitions, created_at_ms: now_ms() };
+        let commands = vec![
+            Command::Put { key: TableInfo::key(&name), value: table.encode() },
+            Command::Put { key: NEXT_ID_KEY.to_vec(), value: (id + 1).to_le_bytes().to_vec() },
+        ];
+        self.log.propose(CATALOG_PARTITION, Command::Batch(commands)).await.map_err(engine_error)?;
+        {
+            let mut catalog = self.catalog.borrow_mut();
+            catalog.next_id = id + 1;
+            catalog.tables.insert(name, table.clone());
+        }
+        self.broadcast(|| Op::CatalogPut(table.clone())).await?;
+        Ok(OpResult::Table(table))
+    }
+
+    async fn delete_table(self: &Rc<Shard>, name: &str) -> Result<OpResult, WireError> {
+        let _guard = self
+            .catalog_lock
+            .acquire_permit(1)
+            .await
+            .map_err(|_| WireError::new(ErrorCode::ServiceUnavailable, "stopping"))?;
+        let table = self.catalog.borrow().table(name)?.clone();
+        self.log
+            .propose(CATALOG_PARTITION, Command::Delete { key: TableInfo::key(name) })
+            .await
+            .map_err(engine_error)?;
+        self.catalog.borrow_mut().tables.remove(name);
+        self.broadcast(|| Op::CatalogRemove(name.to_string())).await?;
+        // The data goes in the background; the table id is never reused, so nothing can see it.
+        for core in 0..self.cores {
+            let partitions: Vec<PartitionId> = (0..table.partitions)
+                .filter(|&index| self.owner(index) == core)
+                .map(|index| table.partition_id(index))
+                .collect();
+            let shard = self.clone();
+            glommio::spawn_local(async move {
+                shard.call(core, Op::Drop { partitions }).await;
+            })
+            .detach();
+        }
+        Ok(OpResult::Table(table))
+    }
+
+    // ------------------------------------------------------------------ requests
+
+    /// Serves one request: the coordinator's side, whichever core owns the data.
+    pub(crate) async fn execute(self: &Rc<Shard>, request: Request) -> Response {
+        let result = match request {
+            Request::CreateTable { table, key_schema, partitions } => {
+                self.execute_create(table, key_schema, partitions).await
+            }
+            Request::DeleteTable { table } => match self.call(0, Op::DeleteTable { name: table }).await {
+                OpResult::Table(table) => {
+                    let mut description = table.describe(0, 0);
+                    description.status = tessera_wire::TableStatus::Deleting;
+                    Ok(Response::Table(description))
+                }
+                other => Err(unexpected(other)),
+            },
+            Request::DescribeTable { table } => self.describe(&table).await,
+            Request::ListTables { exclusive_start_table, limit } => self.list_tables(exclusive_start_table, limit),
+            Request::PutItem { table, item, return_old } => self.put_item(&table, item, return_old).await,
+            Request::GetItem { table, key, .. } => self.get_item(&table, &key).await,
+            Request::DeleteItem { table, key, return_old } => self.delete_item(&table, &key, return_old).await,
+            Request::Query(query) => self.query(query).await,
+            Request::Scan(scan) => self.scan_table(scan).await,
+            Request::BatchGetItem(tables) => self.batch_get(tables).await,
+            Request::BatchWriteItem(writes) => self.batch_write(writes).await,
+        };
+        result.unwrap_or_else(Response::Error)
+    }
+
+    fn table(&self, name: &str) -> Result<TableInfo, WireError> {
+        self.catalog.borrow().table(name).cloned()
+    }
+
+    async fn execute_create(
+        self: &Rc<Shard>,
+        table: String,
+        key_schema: KeySchema,
+        partitions: u32,
+    ) -> Result<Response, WireError> {
+        validate_table_name(&table)?;
+        for key in std::iter::once(&key_schema.partition).chain(key_schema.sort.as_ref()) {
+            if key.name.is_empty() || key.name.len() > 255 {
+                return Err(invalid(format!("key attribute name {:?} must be 1 to 255 bytes", key.name)));
+            }
+        }
+        if key_schema.sort.as_ref().is_some_and(|sort| sort.name == key_schema.partition.name) {
+            return Err(invalid("the partition key and the sort key must have different names"));
+        }
+        if partitions > PARTITIONS_MAX {
+            return Err(invalid(format!("a table may have at most {PARTITIONS_MAX} partitions, not {partitions}")));
+        }
+        let partitions = if partitions == 0 { self.cores as u32 } else { partitions };
+        match self.call(0, Op::CreateTable { name: table, key_schema, partitions }).await {
+            OpResult::Table(table) => Ok(Response::Table(table.describe(0, 0))),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn describe(self: &Rc<Shard>, name: &str) -> Result<Response, WireError> {
+        let table = self.table(name)?;
+        let (mut items, mut bytes) = (0, 0);
+        for core in 0..self.cores {
+            let partitions = (0..table.partitions)
+                .filter(|&index| self.owner(index) == core)
+                .map(|index| table.partition_id(index))
+                .collect();
+            match self.call(core, Op::Count { partitions }).await {
+                OpResult::Count { items: core_items, bytes: core_bytes } => {
+                    items += core_items;
+                    bytes += core_bytes;
+                }
+                other => return Err(unexpected(other)),
+            }
+        }
+        Ok(Response::Table(table.describe(items, bytes)))
+    }
+
+    fn list_tables(&self, exclusive_start_table: Option<String>, limit: u32) -> Result<Response, WireError> {
+        if limit > LIST_TABLES_MAX {
+            return Err(invalid(format!("Limit must be between 1 and {LIST_TABLES_MAX}, not {limit}")));
+        }
+        let limit = if limit == 0 { LIST_TABLES_MAX } else { limit } as usize;
+        let catalog = self.catalog.borrow();
+        let start = match &exclusive_start_table {
+            Some(name) => Bound::Excluded(name.clone()),
+            None => Bound::Unbounded,
+        };
+        let mut names = catalog.tables.range((start, Bound::Unbounded)).map(|(name, _)| name.clone());
+        let tables: Vec<String> = names.by_ref().take(limit).collect();
+        let last_evaluated_table = names.next().and(tables.last().cloned());
+        Ok(Response::ListTables { tables, last_evaluated_table })
+    }
+
+    /// Where an encoded key lives: (owner core, partition id).
+    fn place(&self, table: &TableInfo, key: &[u8]) -> (usize, PartitionId) {
+        let hash = u64::from_be_bytes(key[..8].try_into().expect("encoded keys start with the hash"));
+        let index = table.partition_of(hash);
+        (self.owner(index), table.partition_id(index))
+    }
+
+    async fn old_item(self: &Rc<Shard>, core: usize, op: Op) -> Result<Response, WireError> {
+        match self.call(core, op).await {
+            OpResult::Value(value) => Ok(Response::Item(value.as_deref().map(decode_stored).transpose()?)),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn put_item(self: &Rc<Shard>, name: &str, item: Item, return_old: bool) -> Result<Response, WireError> {
+        let table = self.table(name)?;
+        validate_item(&item).map_err(engine_error)?;
+        let key = table.key_schema.encode_key(&item).map_err(engine_error)?.bytes;
+        let (core, partition) = self.place(&table, &key);
+        let value = encode_stored(&item);
+        self.old_item(core, Op::Put { partition, key, value, return_old }).await
+    }
+
+    async fn get_item(self: &Rc<Shard>, name: &str, key: &Item) -> Result<Response, WireError> {
+        let table = self.table(name)?;
+        let key = encode_exact_key(&table.key_schema, key)?;
+        let (core, partition) = self.place(&table, &key);
+        self.old_item(core, Op::Get { partition, key }).await
+    }
+
+    async fn delete_item(self: &Rc<Shard>, name: &str, key: &Item, return_old: bool) -> Result<Response, WireError> {
+        let table = self.table(name)?;
+        let key = encode_exact_key(&table.key_schema, key)?;
+        let (core, partition) = self.place(&table, &key);
+        self.old_item(core, Op::Delete { partition, key, return_old }).await
+    }
+
+    async fn query(self: &Rc<Shard>, query: Query) -> Result<Response, WireError> {
+        let table = self.table(&query.table)?;
+        let schema = &table.key_schema;
+        let prefix = schema.encode_partition_prefix(&query.partition_key).map_err(engine_error)?.bytes;
+        let whole = || -> (Bound<Vec<u8>>, Bound<Vec<u8>>) {
+            if schema.sort.is_none() {
+                (Bound::Included(prefix.clone()), Bound::Included(prefix.clone()))
+            } else {
+                (Bound::Included(prefix.clone()), successor(&prefix).map_or(Bound::Unbounded, Bound::Excluded))
+            }
+        };
+        let full = |value| -> Result<Vec<u8>, WireError> {
+            Ok([prefix.as_slice(), &schema.encode_sort_value(value).map_err(engine_error)?].concat())
+        };
+        let (all_lower, all_upper) = whole();
+        let (lower, upper) = match &query.sort {
+            None => (all_lower, all_upper),
+            Some(SortCondition::Eq(value)) => (Bound::Included(full(value)?), Bound::Included(full(value)?)),
+            Some(SortCondition::Lt(value)) => (all_lower, Bound::Excluded(full(value)?)),
+            Some(SortCondition::Le(value)) => (all_lower, Bound::Included(full(value)?)),
+            Some(SortCondition::Gt(value)) => (Bound::Excluded(full(value)?), all_upper),
+            Some(SortCondition::Ge(value)) => (Bound::Included(full(value)?), all_upper),
+            Some(SortCondition::Between(low, high)) => {
+                let (low, high) = (full(low)?, full(high)?);
+                if low > high {
+                    return Err(invalid(
+                        "Invalid KeyConditionExpression: The BETWEEN operator requires upper bound to be greater than or equal to lower bound",
+                    ));
+                }
+                (Bound::Included(low), Bound::Included(high))
+            }
+            Some(SortCondition::BeginsWith(value)) => {
+                if schema.sort.as_ref().is_some_and(|sort| sort.key_type == KeyType::N) {
+                    return Err(invalid(
+                        "Invalid KeyConditionExpression: Incorrect operand type for operator or function; operator or function: begins_with, operand type: N",
+                    ));
+                }
+                let start = full(value)?;
+                let end = successor(&start).map_or(all_upper, Bound::Excluded);
+                (Bound::Included(start), end)
+            }
+        };
+        let (mut lower, mut upper) = (lower, upper);
+        if let Some(start) = &query.exclusive_start_key {
+            let start = encode_exact_key(schema, start)?;
+            if !start.starts_with(&prefix) {
+                return Err(invalid("The provided starting key is invalid: it is not in the queried partition key"));
+            }
+            if query.backward {
+                upper = min_upper(upper, Bound::Excluded(start));
+            } else {
+                lower = max_lower(lower, Bound::Excluded(start));
+            }
+        }
+        let limit = if query.limit == 0 { usize::MAX } else { query.limit as usize };
+        let (core, partition) = self.place(&table, &prefix);
+        let op = Op::Scan { partition, lower, upper, reverse: query.backward, limit, bytes_max: PAGE_BYTES_MAX };
+        let (entries, more) = match self.call(core, op).await {
+            OpResult::Entries { entries, more } => (entries, more),
+            other => return Err(unexpected(other)),
+        };
+        let last_evaluated_key = match entries.last() {
+            Some((key, _)) if more => Some(decode_key(schema, key)?),
+            _ => None,
+        };
+        let items = entries.iter().map(|(_, value)| decode_stored(value)).collect::<Result<Vec<_>, _>>()?;
+        Ok(Response::Items { scanned_count: items.len() as u32, items, last_evaluated_key })
+    }
+
+    async fn scan_table(self: &Rc<Shard>, scan: Scan) -> Result<Response, WireError> {
+        let table = self.table(&scan.table)?;
+        let total = if scan.total_segments == 0 { 1 } else { scan.total_segments };
+        if total > 1_000_000 {
+            return Err(invalid(format!("TotalSegments must be between 1 and 1000000, not {total}")));
+        }
+        if scan.segment >= total {
+            return Err(invalid(format!("Segment {} must be less than TotalSegments {total}", scan.segment)));
+        }
+        let segment_start = range_start(u64::from(scan.segment), u64::from(total)).expect("segment < total");
+        let segment_end = range_start(u64::from(scan.segment) + 1, u64::from(total));
+        let (mut index, mut lower) = match &scan.exclusive_start_key {
+            Some(start) => {
+                let start = encode_exact_key(&table.key_schema, start)?;
+                let hash = u64::from_be_bytes(start[..8].try_into().expect("hash"));
+                if hash < segment_start || segment_end.is_some_and(|end| hash >= end) {
+                    return Err(invalid("The provided starting key is invalid: it is not in this scan segment"));
+                }
+                (table.partition_of(hash), Bound::Excluded(start))
+            }
+            None => (table.partition_of(segment_start), Bound::Included(segment_start.to_be_bytes().to_vec())),
+        };
+        let mut remaining = if scan.limit == 0 { usize::MAX } else { scan.limit as usize };
+        let mut bytes_left = PAGE_BYTES_MAX;
+        let mut items = Vec::new();
+        let mut last_key = None;
+        loop {
+            let partition_end = table.partition_start(index + 1);
+            let end = match (segment_end, partition_end) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let upper = end.map_or(Bound::Unbounded, |end| Bound::Excluded(end.to_be_bytes().to_vec()));
+            let op = Op::Scan {
+                partition: table.partition_id(index),
+                lower,
+                upper,
+                reverse: false,
+                limit: remaining,
+                bytes_max: bytes_left,
+            };
+            let (entries, more) = match self.call(self.owner(index), op).await {
+                OpResult::Entries { entries, more } => (entries, more),
+                other => return Err(unexpected(other)),
+            };
+            for (key, value) in &entries {
+                bytes_left = bytes_left.saturating_sub(key.len() + value.len());
+                items.push(decode_stored(value)?);
+            }
+            remaining -= entries.len();
+            if let Some((key, _)) = entries.last() {
+                last_key = Some(key.clone());
+            }
+            let segment_done = end == segment_end;
+            if more || remaining == 0 || bytes_left == 0 {
+                let last_evaluated_key = match (&last_key, segment_done && !more) {
+                    (Some(key), false) => Some(decode_key(&table.key_schema, key)?),
+                    _ => None,
+                };
+                return Ok(Response::Items { scanned_count: items.len() as u32, items, last_evaluated_key });
+            }
+            if segment_done {
+                return Ok(Response::Items { scanned_count: items.len() as u32, items, last_evaluated_key: None });
+            }
+            index += 1;
+            lower = Bound::Included(partition_end.expect("not the last partition").to_be_bytes().to_vec());
+        }
+    }
+
+    async fn batch_get(self: &Rc<Shard>, tables: Vec<TableKeys>) -> Result<Response, WireError> {
+        let count: usize = tables.iter().map(|table| table.keys.len()).sum();
+        if count == 0 {
+            return Err(invalid("BatchGetItem needs at least one key"));
+        }
+        if count > BATCH_GET_MAX {
+            return Err(invalid(format!(
+                "Too many items requested for the BatchGetItem call: {count}, at most {BATCH_GET_MAX}"
+            )));
+        }
+        let mut gets = Vec::new();
+        let mut seen = BTreeSet::new();
+        for request in &tables {
+            let table = self.table(&request.table)?;
+            for key in &request.keys {
+                let key = encode_exact_key(&table.key_schema, key)?;
+                if !seen.insert((table.id, key.clone())) {
+                    return Err(invalid("Provided list of item keys contains duplicates"));
+                }
+                let (core, partition) = self.place(&table, &key);
+                let shard = self.clone();
+                let name = table.name.clone();
+                gets.push(glommio::spawn_local(
+                    async move { (name, shard.call(core, Op::Get { partition, key }).await) },
+                ));
+            }
+        }
+        let mut responses: BTreeMap<String, Vec<Item>> = BTreeMap::new();
+        for get in gets {
+            let (name, result) = get.await;
+            match result {
+                OpResult::Value(Some(value)) => responses.entry(name).or_default().push(decode_stored(&value)?),
+                OpResult::Value(None) => {
+                    responses.entry(name).or_default();
+                }
+                other => return Err(unexpected(other)),
+            }
+        }
+        Ok(Response::BatchGetItem { responses: responses.into_iter().collect(), unprocessed: Vec::new() })
+    }
+
+    async fn batch_write(self: &Rc<Shard>, writes: Vec<Write>) -> Result<Response, WireError> {
+        if writes.is_empty() || writes.len() > BATCH_WRITE_MAX {
+            return Err(invalid(format!("BatchWriteItem takes 1 to {BATCH_WRITE_MAX} writes, not {}", writes.len())));
+        }
+        // Everything is validated before anything is written.
+        let mut groups: BTreeMap<(usize, PartitionId), (Vec<Command>, Vec<Write>)> = BTreeMap::new();
+        let mut seen = BTreeSet::new();
+        for write in writes {
+            let (table, command) = match &write {
+                Write::Put { table, item } => {
+                    let table = self.table(table)?;
+                    validate_item(item).map_err(engine_error)?;
+                    let key = table.key_schema.encode_key(item).map_err(engine_error)?.bytes;
+                    (table, Command::Put { key, value: encode_stored(item) })
+                }
+                Write::Delete { table, key } => {
+                    let table = self.table(table)?;
+                    let key = encode_exact_key(&table.key_schema, key)?;
+                    (table, Command::Delete { key })
+                }
+            };
+            let key = match &command {
+                Command::Put { key, .. } | Command::Delete { key } => key.clone(),
+                Command::Batch(_) => unreachable!("single writes only"),
+            };
+            if !seen.insert((table.id, key.clone())) {
+                return Err(invalid("Provided list of item keys contains duplicates"));
+            }
+            let group = groups.entry(self.place(&table, &key)).or_default();
+            group.0.push(command);
+            group.1.push(write);
+        }
+        let mut tasks = Vec::new();
+        for ((core, partition), (commands, writes)) in groups {
+            let shard = self.clone();
+            tasks.push(glommio::spawn_local(async move {
+                (shard.call(core, Op::Batch { partition, commands }).await, writes)
+            }));
+        }
+        let mut unprocessed = Vec::new();
+        for task in tasks {
+            match task.await {
+                (OpResult::Done, _) => {}
+                (OpResult::Error(error), writes) if error.retryable => unprocessed.extend(writes),
+                (other, _) => return Err(unexpected(other)),
+            }
+        }
+        Ok(Response::BatchWriteItem { unprocessed })
+    }
+}
+
+fn decode_key(schema: &KeySchema, key: &[u8]) -> Result<Item, WireError> {
+    schema
+        .decode_key(key)
+        .map_err(|reason| WireError::new(ErrorCode::InternalServerError, format!("a stored key is damaged: {reason}")))
+}
+
+/// An operation's result that is not what the request needed: its error, or an internal one.
+fn unexpected(result: OpResult) -> WireError {
+    match result {
+        OpResult::Error(error) => error,
+        _ => WireError::new(ErrorCode::InternalServerError, "a core answered with the wrong kind of result"),
+    }
+}
+
+fn bound_ref(bound: &Bound<Vec<u8>>) -> Bound<&[u8]> {
+    match bound {
+        Bound::Included(key) => Bound::Included(key),
+        Bound::Excluded(key) => Bound::Excluded(key),
+        Bound::Unbounded => Bound::Unbounded,
+    }
+}
