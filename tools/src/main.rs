@@ -1,35 +1,48 @@
-//! `tessera`: commands over the embedded single-node store in `./data` (or `--data DIR`).
-//! The network server (`tessera serve`) arrives with the server; until then these commands
-//! open the store in-process, do their work durably, and close it.
+//! `tessera`: runs a node (`serve`) and talks to one (every other command). Items go in and
+//! out as DynamoDB JSON; failures print one line and exit non-zero.
 
-use std::ops::Bound;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::Ordering;
 
-use tessera_engine::{Command, LocalLog, Outcome, ReplicationLog, Store, StoreConfig};
+use serde_json::{json, Value};
+use tessera_engine::{AttributeValue, KeyAttribute, KeySchema, KeyType, StoreConfig};
+use tessera_net::client::Client;
+use tessera_net::json::{item_from_text, item_to_json, value_from_json};
+use tessera_net::{Server, ServerConfig};
+use tessera_wire::{Query, Scan, SortCondition, TableDescription, TableStatus};
 
-const USAGE: &str = "usage: tessera [--data DIR] COMMAND
-commands:
-  put PARTITION KEY VALUE   store VALUE under KEY (durable when the command returns)
-  get PARTITION KEY         print the value under KEY
-  delete PARTITION KEY      remove KEY
-  scan PARTITION [LIMIT]    print the partition's entries in key order
-  stats                     print the store's WAL and tree figures
-  checkpoint                write a checkpoint now";
+const USAGE: &str = "usage: tessera COMMAND
+  serve [--data-dir DIR] [--listen ADDR] [--cores N] [--cache-mib N]
+        run a node (defaults: ./data, 127.0.0.1:7400, every core, 256 MiB of cache per core)
+client commands, against --endpoint ADDR (default 127.0.0.1:7400), given before the command:
+  table create NAME --pk NAME:TYPE [--sk NAME:TYPE] [--partitions N]   (TYPE: S, N or B)
+  table list | table describe NAME | table delete NAME
+  put TABLE ITEM_JSON          e.g. put users '{\"id\":{\"S\":\"a\"},\"age\":{\"N\":\"30\"}}'
+  get TABLE KEY_JSON
+  delete TABLE KEY_JSON
+  query TABLE --pk VALUE_JSON [--sk OP VALUE_JSON [VALUE_JSON]] [--backward] [--limit N]
+        OP: eq lt le gt ge between begins_with; VALUE_JSON e.g. '{\"N\":\"5\"}'
+  scan TABLE [--segment S --total-segments T]
+query and scan print one item per line, following every page.";
+
+const ENDPOINT_DEFAULT: &str = "127.0.0.1:7400";
 
 fn main() -> ExitCode {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
-    let mut data = PathBuf::from("data");
-    if args.first().map(String::as_str) == Some("--data") && args.len() >= 2 {
-        data = PathBuf::from(args.remove(1));
+    let mut endpoint = ENDPOINT_DEFAULT.to_string();
+    if args.first().map(String::as_str) == Some("--endpoint") && args.len() >= 2 {
+        endpoint = args.remove(1);
         args.remove(0);
     }
-    let result = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
-        .io_memory(2 << 20)
-        .name("tessera")
-        .make()
-        .map_err(|error| format!("cannot start the executor: {error}"))
-        .and_then(|executor| executor.run(execute(data, args)));
+    let result = match args.first().map(String::as_str) {
+        Some("serve") => serve(&args[1..]),
+        Some("help" | "--help" | "-h") | None => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        Some(_) => client_command(&endpoint, &args),
+    };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
@@ -39,59 +52,175 @@ fn main() -> ExitCode {
     }
 }
 
-fn partition(text: Option<&String>) -> Result<u64, String> {
-    let text = text.ok_or(USAGE)?;
-    text.parse().map_err(|_| format!("partition must be a number below {}, not {text:?}", u64::MAX))
+/// The value after flag `name` in `args`, if the flag is there.
+fn flag<'a>(args: &'a [String], name: &str) -> Result<Option<&'a str>, String> {
+    match args.iter().position(|arg| arg == name) {
+        Some(at) => args.get(at + 1).map(|value| Some(value.as_str())).ok_or_else(|| format!("{name} needs a value")),
+        None => Ok(None),
+    }
 }
 
-async fn execute(data: PathBuf, args: Vec<String>) -> Result<(), String> {
-    let command = args.first().ok_or(USAGE)?.as_str();
-    let store = Store::open(&data, StoreConfig::default()).await.map_err(|error| error.to_string())?;
-    let log = LocalLog::new(store.clone());
-    let arg = |index: usize| args.get(index).ok_or_else(|| USAGE.to_string());
-    let result = match command {
-        "put" => {
-            let command = Command::Put { key: arg(2)?.clone().into_bytes(), value: arg(3)?.clone().into_bytes() };
-            log.propose(partition(args.get(1))?, command).await.map(drop).map_err(|e| e.to_string())
-        }
-        "delete" => {
-            let command = Command::Delete { key: arg(2)?.clone().into_bytes() };
-            match log.propose_applied(partition(args.get(1))?, command).await {
-                Ok(Outcome::Previous(None)) => Err(format!("no key {:?}", arg(2)?)),
-                other => other.map(drop).map_err(|e| e.to_string()),
-            }
-        }
-        "get" => match store.get(partition(args.get(1))?, arg(2)?.as_bytes()).await {
-            Ok(Some(value)) => {
-                println!("{}", String::from_utf8_lossy(&value));
-                Ok(())
-            }
-            Ok(None) => Err(format!("no key {:?}", arg(2)?)),
-            Err(error) => Err(error.to_string()),
-        },
-        "scan" => {
-            let limit =
-                args.get(2).map_or(Ok(usize::MAX), |text| text.parse().map_err(|_| format!("bad limit {text:?}")))?;
-            let entries = store
-                .scan(partition(args.get(1))?, Bound::Unbounded, Bound::Unbounded, false, limit)
-                .await
-                .map_err(|error| error.to_string())?;
-            for (key, value) in entries {
-                println!("{}\t{}", String::from_utf8_lossy(&key), String::from_utf8_lossy(&value));
-            }
-            Ok(())
-        }
-        "stats" => {
-            println!("data directory   {}", data.display());
-            println!("applied LSN      {}", store.applied_lsn());
-            println!("next LSN         {}", store.wal().next_lsn());
-            println!("WAL segments     {}", store.wal().segments_in_use());
-            println!("tree pages       {}", store.tree_pages());
-            Ok(())
-        }
-        "checkpoint" => store.checkpoint().await.map_err(|error| error.to_string()),
-        _ => Err(USAGE.to_string()),
+fn number_flag<T: std::str::FromStr>(args: &[String], name: &str) -> Result<Option<T>, String> {
+    flag(args, name)?.map(|text| text.parse().map_err(|_| format!("{name} takes a number, not {text:?}"))).transpose()
+}
+
+fn serve(args: &[String]) -> Result<(), String> {
+    let cores_available = std::thread::available_parallelism().map_or(1, |cores| cores.get());
+    let mut store = StoreConfig::default();
+    if let Some(mib) = number_flag::<usize>(args, "--cache-mib")? {
+        store.cache_pages = mib * 256;
+    }
+    let config = ServerConfig {
+        data_dir: PathBuf::from(flag(args, "--data-dir")?.unwrap_or("data")),
+        listen: flag(args, "--listen")?
+            .unwrap_or(ENDPOINT_DEFAULT)
+            .parse()
+            .map_err(|error| format!("--listen takes ADDRESS:PORT: {error}"))?,
+        cores: number_flag(args, "--cores")?.unwrap_or(cores_available),
+        store,
     };
-    store.close().await.map_err(|error| error.to_string())?;
-    result
+    // SIGINT and SIGTERM are taken by one thread that stops the server cleanly; they are
+    // blocked before any other thread starts, so every thread inherits the mask.
+    let signals = block_stop_signals();
+    let server = Server::start(config.clone())?;
+    println!(
+        "tessera: serving on {} ({} cores, data in {})",
+        server.address,
+        config.cores,
+        config.data_dir.display()
+    );
+    let stop = server.stop_flag();
+    std::thread::spawn(move || {
+        let mut signal = 0;
+        // SAFETY: `signals` is an initialized set; sigwait only writes `signal`.
+        unsafe { libc::sigwait(&signals, &mut signal) };
+        eprintln!("tessera: stopping (signal {signal}): applying, checkpointing and closing");
+        stop.store(true, Ordering::SeqCst);
+    });
+    server.wait()
+}
+
+fn block_stop_signals() -> libc::sigset_t {
+    // SAFETY: the set is initialized by sigemptyset before use; pthread_sigmask only reads it.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    }
+}
+
+fn key_attribute(text: &str) -> Result<KeyAttribute, String> {
+    let (name, kind) = text.rsplit_once(':').ok_or_else(|| format!("key {text:?} must be NAME:TYPE, such as id:S"))?;
+    let key_type = match kind {
+        "S" => KeyType::S,
+        "N" => KeyType::N,
+        "B" => KeyType::B,
+        other => return Err(format!("key type {other:?} must be S, N or B")),
+    };
+    Ok(KeyAttribute { name: name.to_string(), key_type })
+}
+
+fn describe_json(table: &TableDescription) -> Value {
+    let key = |key: &KeyAttribute| json!({"AttributeName": key.name, "KeyType": key.key_type.name()});
+    json!({
+        "TableName": table.name,
+        "TableStatus": match table.status {
+            TableStatus::Creating => "CREATING",
+            TableStatus::Active => "ACTIVE",
+            TableStatus::Deleting => "DELETING",
+        },
+        "PartitionKey": key(&table.key_schema.partition),
+        "SortKey": table.key_schema.sort.as_ref().map(key),
+        "Partitions": table.partitions,
+        "ItemCount": table.item_count,
+        "TableSizeBytes": table.size_bytes,
+        "CreationDateTimeMs": table.created_at_ms,
+    })
+}
+
+fn value_arg(text: &str, what: &str) -> Result<AttributeValue, String> {
+    let json: Value = serde_json::from_str(text).map_err(|error| format!("{what} is not valid JSON: {error}"))?;
+    value_from_json(&json, what)
+}
+
+fn client_command(endpoint: &str, args: &[String]) -> Result<(), String> {
+    let arg = |index: usize| args.get(index).map(String::as_str).ok_or_else(|| USAGE.to_string());
+    let mut client = Client::connect(endpoint).map_err(|error| format!("cannot connect to {endpoint}: {error}"))?;
+    let failed = |error: tessera_net::client::ClientError| error.to_string();
+    match arg(0)? {
+        "table" => match arg(1)? {
+            "create" => {
+                let partition = key_attribute(flag(args, "--pk")?.ok_or("table create needs --pk NAME:TYPE")?)?;
+                let sort = flag(args, "--sk")?.map(key_attribute).transpose()?;
+                let partitions = number_flag(args, "--partitions")?.unwrap_or(0);
+                let table = client.create_table(arg(2)?, KeySchema { partition, sort }, partitions).map_err(failed)?;
+                println!("{}", describe_json(&table));
+            }
+            "list" => client.list_tables().map_err(failed)?.iter().for_each(|name| println!("{name}")),
+            "describe" => println!("{}", describe_json(&client.describe_table(arg(2)?).map_err(failed)?)),
+            "delete" => println!("{}", describe_json(&client.delete_table(arg(2)?).map_err(failed)?)),
+            other => return Err(format!("unknown table command {other:?}\n{USAGE}")),
+        },
+        "put" => client.put_item(arg(1)?, item_from_text(arg(2)?)?).map_err(failed)?,
+        "get" => match client.get_item(arg(1)?, item_from_text(arg(2)?)?).map_err(failed)? {
+            Some(item) => println!("{}", item_to_json(&item)),
+            None => return Err(format!("no item with key {} in {}", arg(2)?, arg(1)?)),
+        },
+        "delete" => {
+            if client.delete_item(arg(1)?, item_from_text(arg(2)?)?).map_err(failed)?.is_none() {
+                return Err(format!("no item with key {} in {}", arg(2)?, arg(1)?));
+            }
+        }
+        "query" => {
+            let partition_key = value_arg(flag(args, "--pk")?.ok_or("query needs --pk VALUE_JSON")?, "--pk")?;
+            let sort = match args.iter().position(|arg| arg == "--sk") {
+                None => None,
+                Some(at) => {
+                    let value = |offset: usize| {
+                        args.get(at + offset).ok_or("--sk OP needs a value".to_string()).and_then(|text| value_arg(text, "--sk"))
+                    };
+                    Some(match args.get(at + 1).map(String::as_str) {
+                        Some("eq") => SortCondition::Eq(value(2)?),
+                        Some("lt") => SortCondition::Lt(value(2)?),
+                        Some("le") => SortCondition::Le(value(2)?),
+                        Some("gt") => SortCondition::Gt(value(2)?),
+                        Some("ge") => SortCondition::Ge(value(2)?),
+                        Some("between") => SortCondition::Between(value(2)?, value(3)?),
+                        Some("begins_with") => SortCondition::BeginsWith(value(2)?),
+                        other => return Err(format!("--sk operator {other:?} must be eq, lt, le, gt, ge, between or begins_with")),
+                    })
+                }
+            };
+            let query = Query {
+                table: arg(1)?.to_string(),
+                partition_key,
+                sort,
+                backward: args.iter().any(|arg| arg == "--backward"),
+                limit: number_flag(args, "--limit")?.unwrap_or(0),
+                exclusive_start_key: None,
+                consistent_read: true,
+            };
+            for item in client.query_all(query).map_err(failed)? {
+                println!("{}", item_to_json(&item));
+            }
+        }
+        "scan" => {
+            let scan = Scan {
+                table: arg(1)?.to_string(),
+                segment: number_flag(args, "--segment")?.unwrap_or(0),
+                total_segments: number_flag(args, "--total-segments")?.unwrap_or(1),
+                limit: 0,
+                exclusive_start_key: None,
+                consistent_read: true,
+            };
+            for item in client.scan_all(scan).map_err(failed)? {
+                println!("{}", item_to_json(&item));
+            }
+        }
+        other => return Err(format!("unknown command {other:?}\n{USAGE}")),
+    }
+    Ok(())
 }
