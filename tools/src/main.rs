@@ -83,12 +83,7 @@ fn serve(args: &[String]) -> Result<(), String> {
     // blocked before any other thread starts, so every thread inherits the mask.
     let signals = block_stop_signals();
     let server = Server::start(config.clone())?;
-    println!(
-        "tessera: serving on {} ({} cores, data in {})",
-        server.address,
-        config.cores,
-        config.data_dir.display()
-    );
+    println!("tessera: serving on {} ({} cores, data in {})", server.address, config.cores, config.data_dir.display());
     let stop = server.stop_flag();
     std::thread::spawn(move || {
         let mut signal = 0;
@@ -180,7 +175,9 @@ fn client_command(endpoint: &str, args: &[String]) -> Result<(), String> {
                 None => None,
                 Some(at) => {
                     let value = |offset: usize| {
-                        args.get(at + offset).ok_or("--sk OP needs a value".to_string()).and_then(|text| value_arg(text, "--sk"))
+                        args.get(at + offset)
+                            .ok_or("--sk OP needs a value".to_string())
+                            .and_then(|text| value_arg(text, "--sk"))
                     };
                     Some(match args.get(at + 1).map(String::as_str) {
                         Some("eq") => SortCondition::Eq(value(2)?),
@@ -190,7 +187,11 @@ fn client_command(endpoint: &str, args: &[String]) -> Result<(), String> {
                         Some("ge") => SortCondition::Ge(value(2)?),
                         Some("between") => SortCondition::Between(value(2)?, value(3)?),
                         Some("begins_with") => SortCondition::BeginsWith(value(2)?),
-                        other => return Err(format!("--sk operator {other:?} must be eq, lt, le, gt, ge, between or begins_with")),
+                        other => {
+                            return Err(format!(
+                                "--sk operator {other:?} must be eq, lt, le, gt, ge, between or begins_with"
+                            ))
+                        }
                     })
                 }
             };
