@@ -220,26 +220,29 @@ impl Client {
     }
 
     /// Every item a Query matches, following every page.
-    pub fn query_all(&mut self, mut query: Query) -> Result<Vec<Item>, ClientError> {
-        let mut items = Vec::new();
-        loop {
-            let page = self.query(query.clone())?;
-            items.extend(page.items);
-            match page.last_evaluated_key {
-                Some(key) => query.exclusive_start_key = Some(key),
-                None => return Ok(items),
-            }
-        }
+    pub fn query_all(&mut self, query: Query) -> Result<Vec<Item>, ClientError> {
+        let first = query.exclusive_start_key.clone();
+        self.follow_pages(first, |client, start| client.query(Query { exclusive_start_key: start, ..query.clone() }))
     }
 
     /// Every item of one scan segment, following every page.
-    pub fn scan_all(&mut self, mut scan: Scan) -> Result<Vec<Item>, ClientError> {
+    pub fn scan_all(&mut self, scan: Scan) -> Result<Vec<Item>, ClientError> {
+        let first = scan.exclusive_start_key.clone();
+        self.follow_pages(first, |client, start| client.scan(Scan { exclusive_start_key: start, ..scan.clone() }))
+    }
+
+    /// Reads pages from `start` on, each after the last one's LastEvaluatedKey.
+    fn follow_pages(
+        &mut self,
+        mut start: Option<Item>,
+        mut page: impl FnMut(&mut Client, Option<Item>) -> Result<Page, ClientError>,
+    ) -> Result<Vec<Item>, ClientError> {
         let mut items = Vec::new();
         loop {
-            let page = self.scan(scan.clone())?;
-            items.extend(page.items);
-            match page.last_evaluated_key {
-                Some(key) => scan.exclusive_start_key = Some(key),
+            let next = page(self, start)?;
+            items.extend(next.items);
+            match next.last_evaluated_key {
+                Some(key) => start = Some(key),
                 None => return Ok(items),
             }
         }

@@ -480,17 +480,20 @@ impl Shard {
         Ok(())
     }
 
+    async fn lock_catalog(&self) -> Result<glommio::sync::Permit<'_>, WireError> {
+        self.catalog_lock
+            .acquire_permit(1)
+            .await
+            .map_err(|_| WireError::new(ErrorCode::ServiceUnavailable, "the server is stopping"))
+    }
+
     async fn create_table(
         self: &Rc<Shard>,
         name: String,
         key_schema: KeySchema,
         partitions: u32,
     ) -> Result<OpResult, WireError> {
-        let _guard = self
-            .catalog_lock
-            .acquire_permit(1)
-            .await
-            .map_err(|_| WireError::new(ErrorCode::ServiceUnavailable, "stopping"))?;
+        let _guard = self.lock_catalog().await?;
         if self.catalog.borrow().tables.contains_key(&name) {
             return Err(WireError::new(ErrorCode::ResourceInUseException, format!("Table already exists: {name}")));
         }
@@ -511,11 +514,7 @@ impl Shard {
     }
 
     async fn delete_table(self: &Rc<Shard>, name: &str) -> Result<OpResult, WireError> {
-        let _guard = self
-            .catalog_lock
-            .acquire_permit(1)
-            .await
-            .map_err(|_| WireError::new(ErrorCode::ServiceUnavailable, "stopping"))?;
+        let _guard = self.lock_catalog().await?;
         let table = self.catalog.borrow().table(name)?.clone();
         self.log
             .propose(CATALOG_PARTITION, Command::Delete { key: TableInfo::key(name) })
