@@ -11,9 +11,14 @@
 
 use std::collections::BTreeSet;
 use std::io::{Read, Write as _};
+use std::net::SocketAddr;
 use std::net::{TcpStream, ToSocketAddrs};
-use std::time::{Duration, Instant};
+use std::rc::Rc;
+use std::time::Duration;
 
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+
+use crate::local::{Outbox, Pending, Producer};
 use tessera_engine::{AttributeValue, Item, KeySchema, Number};
 use tessera_wire::frame::{self, Decoded};
 use tessera_wire::{ErrorCode, Query, Request, Response, Scan, TableDescription, TableKeys, WireError, Write};
@@ -64,13 +69,32 @@ impl Default for ClientConfig {
     }
 }
 
+/// Randomness for backoff jitter (xorshift; not for anything else).
+struct Jitter(u64);
+
+impl Jitter {
+    fn new() -> Jitter {
+        let clock =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |now| now.as_nanos() as u64);
+        Jitter(clock ^ u64::from(std::process::id()) ^ 0x9E37_79B9_7F4A_7C15)
+    }
+
+    /// A number in [0, 1).
+    fn unit(&mut self) -> f64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
 /// A blocking connection to a Tessera server.
 pub struct Client {
     stream: TcpStream,
     buffer: Vec<u8>,
     next_id: u64,
     config: ClientConfig,
-    jitter: u64,
+    jitter: Jitter,
 }
 
 /// What BatchGetItem returns: the items found, per table, and the keys left unprocessed.
@@ -95,8 +119,7 @@ impl Client {
         stream.set_nodelay(true)?;
         stream.set_read_timeout(Some(config.timeout))?;
         stream.set_write_timeout(Some(config.timeout))?;
-        let jitter = Instant::now().elapsed().as_nanos() as u64 ^ u64::from(std::process::id()) ^ 0x9E37_79B9_7F4A_7C15;
-        Ok(Client { stream, buffer: Vec::new(), next_id: 1, config, jitter })
+        Ok(Client { stream, buffer: Vec::new(), next_id: 1, config, jitter: Jitter::new() })
     }
 
     /// Sends `request` and returns the answer, retrying retryable errors with backoff.
@@ -105,7 +128,7 @@ impl Client {
         for attempt in 1.. {
             match self.call_once(request)? {
                 Response::Error(error) if error.retryable && attempt < self.config.attempts => {
-                    std::thread::sleep(backoff.mul_f64(0.5 + self.random_unit()));
+                    std::thread::sleep(backoff.mul_f64(0.5 + self.jitter.unit()));
                     backoff = backoff.saturating_mul(2);
                 }
                 Response::Error(error) => return Err(ClientError::Service(error)),
@@ -149,13 +172,6 @@ impl Client {
                 }
             }
         }
-    }
-
-    fn random_unit(&mut self) -> f64 {
-        self.jitter ^= self.jitter << 13;
-        self.jitter ^= self.jitter >> 7;
-        self.jitter ^= self.jitter << 17;
-        (self.jitter >> 11) as f64 / (1u64 << 53) as f64
     }
 
     pub fn create_table(
@@ -365,4 +381,104 @@ impl ItemBuilder {
 /// Whether an error is the service's answer with this code.
 pub fn is_error(error: &ClientError, code: ErrorCode) -> bool {
     matches!(error, ClientError::Service(service) if service.code == code)
+}
+
+/// A pipelined connection for glommio programs (the load generator): any number of calls may
+/// be in flight on it at once; each waits for the answer carrying its request id.
+pub struct AsyncClient {
+    outbox: Rc<Outbox>,
+    pending: Rc<Pending<Result<Response, ClientError>>>,
+    /// Keeps the writer task going while the client lives.
+    _producer: Producer,
+    config: ClientConfig,
+}
+
+impl AsyncClient {
+    /// Connects from the current glommio executor.
+    pub async fn connect(address: SocketAddr, config: ClientConfig) -> Result<AsyncClient, ClientError> {
+        let stream = glommio::net::TcpStream::connect(address).await.map_err(|error| ClientError::Io(error.into()))?;
+        stream.set_nodelay(true).map_err(|error| ClientError::Io(error.into()))?;
+        let (mut reader, mut writer) = futures_lite::io::split(stream);
+        let outbox = Rc::new(Outbox::default());
+        let producer = Producer::new(&outbox);
+        let pending: Rc<Pending<Result<Response, ClientError>>> = Rc::default();
+        let writing = outbox.clone();
+        glommio::spawn_local(async move {
+            let mut spare = Vec::new();
+            while let Some(batch) = writing.next(spare).await {
+                if writer.write_all(&batch).await.is_err() {
+                    return;
+                }
+                spare = batch;
+            }
+        })
+        .detach();
+        let answers = pending.clone();
+        glommio::spawn_local(async move {
+            let mut buffer = Vec::new();
+            let mut chunk = vec![0u8; 64 << 10];
+            let failure = loop {
+                match frame::decode(&buffer) {
+                    Err(lost) => break lost.to_string(),
+                    Ok(Decoded::Frame(frame, used)) => {
+                        let response =
+                            match (frame.checksum_ok, Response::decode(frame.header.message_type, frame.payload)) {
+                                (false, _) => Err(ClientError::Protocol("an answer failed its checksum".into())),
+                                (true, Ok(response)) => Ok(response),
+                                (true, Err(error)) => Err(ClientError::Protocol(error.to_string())),
+                            };
+                        answers.complete(frame.header.request_id, response);
+                        buffer.drain(..used);
+                    }
+                    Ok(Decoded::Incomplete(_)) => match reader.read(&mut chunk).await {
+                        Ok(0) => break "the server closed the connection".to_string(),
+                        Ok(read) => buffer.extend_from_slice(&chunk[..read]),
+                        Err(error) => break error.to_string(),
+                    },
+                }
+            };
+            answers.fail_all(|| Err(ClientError::Protocol(failure.clone())));
+        })
+        .detach();
+        Ok(AsyncClient { outbox, pending, _producer: producer, config })
+    }
+
+    /// Sends `request` once and waits for its answer (or the timeout).
+    pub async fn call_once(&self, request: &Request) -> Result<Response, ClientError> {
+        let (id, reply) = self.pending.open();
+        request.encode(id, &mut self.outbox.bytes.borrow_mut());
+        self.outbox.wake();
+        match glommio::timer::timeout(self.config.timeout, async { Ok(reply.await) }).await {
+            Ok(answer) => answer,
+            Err(_) => {
+                self.pending.abandon(id);
+                Err(ClientError::Io(std::io::ErrorKind::TimedOut.into()))
+            }
+        }
+    }
+
+    /// Sends `request`, retrying retryable errors with jittered exponential backoff.
+    pub async fn call(&self, request: &Request) -> Result<Response, ClientError> {
+        let mut backoff = self.config.backoff;
+        let mut jitter = Jitter::new();
+        for attempt in 1.. {
+            match self.call_once(request).await? {
+                Response::Error(error) if error.retryable && attempt < self.config.attempts => {
+                    glommio::timer::sleep(backoff.mul_f64(0.5 + jitter.unit())).await;
+                    backoff = backoff.saturating_mul(2);
+                }
+                Response::Error(error) => return Err(ClientError::Service(error)),
+                response => return Ok(response),
+            }
+        }
+        unreachable!("the loop returns")
+    }
+
+    pub async fn put_item(&self, table: &str, item: Item) -> Result<(), ClientError> {
+        self.call(&Request::PutItem { table: table.into(), item, return_old: false }).await.map(drop)
+    }
+
+    pub async fn get_item(&self, table: &str, key: Item) -> Result<Option<Item>, ClientError> {
+        item_of(self.call(&Request::GetItem { table: table.into(), key, consistent_read: true }).await?)
+    }
 }

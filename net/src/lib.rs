@@ -4,6 +4,7 @@
 mod catalog;
 pub mod client;
 pub mod json;
+mod local;
 mod server;
 mod shard;
 

@@ -7,13 +7,11 @@
 //! names its request id). Answers are written by one writer task per connection, which sends
 //! everything ready in one write.
 
-use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::task::{Poll, Waker};
 use std::time::Duration;
 
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
@@ -24,6 +22,7 @@ use tessera_engine::{LocalLog, Store, StoreConfig};
 use tessera_wire::frame::{self, Decoded};
 use tessera_wire::{ErrorCode, Request, Response, WireError};
 
+use crate::local::{Outbox, Producer};
 use crate::shard::{Envelope, Shard};
 
 /// Requests one connection may have in progress; reading pauses beyond it.
@@ -200,63 +199,6 @@ async fn run_core(
     store.close().await.map_err(|error| error.to_string())
 }
 
-/// Answers waiting to be written to one connection, and how many tasks may still add some.
-#[derive(Default)]
-struct Outbox {
-    bytes: RefCell<Vec<u8>>,
-    producers: Cell<usize>,
-    waker: RefCell<Option<Waker>>,
-}
-
-/// A task that may still add answers; the writer ends after the last one is dropped.
-struct Producer(Rc<Outbox>);
-
-impl Producer {
-    fn new(outbox: &Rc<Outbox>) -> Producer {
-        outbox.producers.set(outbox.producers.get() + 1);
-        Producer(outbox.clone())
-    }
-
-    fn send(&self, request_id: u64, response: &Response) {
-        response.encode(request_id, &mut self.0.bytes.borrow_mut());
-        self.0.wake();
-    }
-}
-
-impl Drop for Producer {
-    fn drop(&mut self) {
-        self.0.producers.set(self.0.producers.get() - 1);
-        self.0.wake();
-    }
-}
-
-impl Outbox {
-    fn wake(&self) {
-        if let Some(waker) = self.waker.borrow_mut().take() {
-            waker.wake();
-        }
-    }
-
-    /// Everything queued so far (swapped with `spare`), or `None` once nothing more can come.
-    async fn next(&self, spare: Vec<u8>) -> Option<Vec<u8>> {
-        let mut spare = Some(spare);
-        futures_lite::future::poll_fn(|context| {
-            let mut bytes = self.bytes.borrow_mut();
-            if !bytes.is_empty() {
-                let mut next = spare.take().expect("polled once more after ready");
-                next.clear();
-                return Poll::Ready(Some(std::mem::replace(&mut *bytes, next)));
-            }
-            if self.producers.get() == 0 {
-                return Poll::Ready(None);
-            }
-            *self.waker.borrow_mut() = Some(context.waker().clone());
-            Poll::Pending
-        })
-        .await
-    }
-}
-
 /// Serves one connection until the peer closes it or its framing is lost.
 async fn connection(shard: Rc<Shard>, stream: TcpStream) {
     let _ = stream.set_nodelay(true);
@@ -291,13 +233,13 @@ async fn connection(shard: Rc<Shard>, stream: TcpStream) {
                         Request::decode(frame.header.message_type, frame.payload)
                     };
                     match request {
-                        Err(error) => answers.send(id, &Response::Error(error)),
+                        Err(error) => answers.send(|out| Response::Error(error).encode(id, out)),
                         Ok(request) => {
                             let Ok(permit) = in_flight.acquire_static_permit(1).await else { break 'reading };
                             let (shard, producer) = (shard.clone(), Producer::new(&answers.0));
                             glommio::spawn_local(async move {
                                 let response = shard.execute(request).await;
-                                producer.send(id, &response);
+                                producer.send(|out| response.encode(id, out));
                                 drop(permit);
                             })
                             .detach();
@@ -305,7 +247,8 @@ async fn connection(shard: Rc<Shard>, stream: TcpStream) {
                     }
                 }
                 Err(lost) => {
-                    answers.send(0, &Response::Error(WireError::new(ErrorCode::FrameTooLarge, lost.to_string())));
+                    let error = WireError::new(ErrorCode::FrameTooLarge, lost.to_string());
+                    answers.send(|out| Response::Error(error).encode(0, out));
                     break 'reading;
                 }
             }

@@ -7,11 +7,10 @@
 //! store, partition 0); every change is made there and copied to every core before the
 //! request that made it is answered.
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
 use std::rc::Rc;
-use std::task::{Poll, Waker};
 
 use glommio::channels::channel_mesh::{Receivers, Senders};
 use tessera_engine::{
@@ -23,6 +22,7 @@ use tessera_wire::{ErrorCode, Query, Request, Response, Scan, SortCondition, Tab
 use crate::catalog::{
     range_start, validate_table_name, Catalog, TableInfo, CATALOG_PARTITION, NEXT_ID_KEY, PARTITIONS_MAX,
 };
+use crate::local::Pending;
 
 /// A page of Query or Scan results ends once it holds this many bytes of items.
 pub const PAGE_BYTES_MAX: usize = 1 << 20;
@@ -117,21 +117,13 @@ pub(crate) struct Envelope {
     message: Message,
 }
 
-/// A reply being waited for.
-#[derive(Default)]
-struct Slot {
-    value: RefCell<Option<OpResult>>,
-    waker: RefCell<Option<Waker>>,
-}
-
 pub(crate) struct Shard {
     core: usize,
     cores: usize,
     log: LocalLog,
     catalog: RefCell<Catalog>,
     senders: Senders<Envelope>,
-    pending: RefCell<ahash::HashMap<u64, Rc<Slot>>>,
-    next_token: Cell<u64>,
+    pending: Pending<OpResult>,
     /// Serializes catalog changes (core 0).
     catalog_lock: glommio::sync::Semaphore,
     /// Signalled once the catalog is loaded.
@@ -222,8 +214,7 @@ impl Shard {
             log,
             catalog: RefCell::new(Catalog::default()),
             senders,
-            pending: RefCell::default(),
-            next_token: Cell::new(0),
+            pending: Pending::default(),
             catalog_lock: glommio::sync::Semaphore::new(1),
             catalog_ready: glommio::sync::Semaphore::new(0),
         }
@@ -293,15 +284,7 @@ impl Shard {
                             })
                             .detach();
                         }
-                        Message::Result(result) => {
-                            let slot = shard.pending.borrow_mut().remove(&envelope.token);
-                            if let Some(slot) = slot {
-                                *slot.value.borrow_mut() = Some(result);
-                                if let Some(waker) = slot.waker.borrow_mut().take() {
-                                    waker.wake();
-                                }
-                            }
-                        }
+                        Message::Result(result) => shard.pending.complete(envelope.token, result),
                     }
                 }
             })
@@ -314,26 +297,16 @@ impl Shard {
         if core == self.core {
             return Box::pin(self.run(op)).await;
         }
-        let token = self.next_token.get();
-        self.next_token.set(token + 1);
-        let slot = Rc::new(Slot::default());
-        self.pending.borrow_mut().insert(token, slot.clone());
+        let (token, reply) = self.pending.open();
         let envelope = Envelope { token, from: self.core, message: Message::Op(op) };
         if self.senders.send_to(core, envelope).await.is_err() {
-            self.pending.borrow_mut().remove(&token);
+            self.pending.abandon(token);
             return OpResult::Error(WireError::new(
                 ErrorCode::ServiceUnavailable,
                 format!("core {core} is not running"),
             ));
         }
-        futures_lite::future::poll_fn(|context| match slot.value.borrow_mut().take() {
-            Some(result) => Poll::Ready(result),
-            None => {
-                *slot.waker.borrow_mut() = Some(context.waker().clone());
-                Poll::Pending
-            }
-        })
-        .await
+        reply.await
     }
 
     fn owner(&self, partition_index: u32) -> usize {
