@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use glommio::{LocalExecutorBuilder, Placement};
 use hdrhistogram::Histogram;
 use tessera_engine::{Item, KeySchema, KeyType};
-use tessera_net::client::{AsyncClient, Client, ClientConfig, ItemBuilder};
+use tessera_net::client::{AsyncPool, Client, ClientConfig, ItemBuilder};
 
 const USAGE: &str = "usage: tessera-load [--endpoint ADDR] [--table NAME] [--keys N] [--value-bytes N]
                     [--rate OPS_PER_S] [--duration SECONDS] [--get-ratio R] [--connections N]
@@ -93,22 +93,19 @@ fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds")
 }
 
-async fn connections(settings: &Settings) -> Vec<Rc<AsyncClient>> {
-    let mut clients = Vec::new();
-    for _ in 0..settings.connections {
-        let client = AsyncClient::connect(settings.endpoint, ClientConfig::default()).await.expect("connect");
-        clients.push(Rc::new(client));
-    }
-    clients
+async fn pool(settings: &Settings) -> Rc<AsyncPool> {
+    Rc::new(
+        AsyncPool::connect(settings.endpoint, settings.connections, ClientConfig::default()).await.expect("connect"),
+    )
 }
 
 /// Writes keys `thread, thread + threads, ...` once each, 256 at a time.
 async fn prefill(settings: Settings, thread: usize) {
-    let clients = connections(&settings).await;
+    let pool = pool(&settings).await;
     let next = Rc::new(Cell::new(thread as u64));
     let workers: Vec<_> = (0..256)
-        .map(|worker| {
-            let (client, next, settings) = (clients[worker % clients.len()].clone(), next.clone(), settings.clone());
+        .map(|_| {
+            let (pool, next, settings) = (pool.clone(), next.clone(), settings.clone());
             glommio::spawn_local(async move {
                 loop {
                     let index = next.get();
@@ -116,7 +113,10 @@ async fn prefill(settings: Settings, thread: usize) {
                         return;
                     }
                     next.set(index + settings.threads as u64);
-                    client.put_item(&settings.table, item(index, settings.value_bytes)).await.expect("prefill put");
+                    pool.client()
+                        .put_item(&settings.table, item(index, settings.value_bytes))
+                        .await
+                        .expect("prefill put");
                 }
             })
         })
@@ -127,7 +127,7 @@ async fn prefill(settings: Settings, thread: usize) {
 }
 
 async fn run(settings: Settings, thread: usize) -> Report {
-    let clients = connections(&settings).await;
+    let pool = pool(&settings).await;
     let report = Rc::new(RefCell::new(Report { gets: histogram(), puts: histogram(), errors: 0, issued: 0 }));
     let rate = settings.rate / settings.threads as f64;
     let interval = Duration::from_secs_f64(1.0 / rate);
@@ -141,13 +141,14 @@ async fn run(settings: Settings, thread: usize) -> Report {
         // Issue everything scheduled up to now, each stamped with its own scheduled time.
         while issued < total && start + interval.mul_f64(issued as f64) <= now {
             let scheduled = start + interval.mul_f64(issued as f64);
-            let client = clients[issued as usize % clients.len()].clone();
+            let pool = pool.clone();
             let index = random.next() % settings.keys;
             let is_get = (random.next() % 1_000_000) as f64 / 1_000_000.0 < settings.get_ratio;
             let (report, table, value_bytes) = (report.clone(), settings.table.clone(), settings.value_bytes);
             let outstanding = outstanding.clone();
             outstanding.set(outstanding.get() + 1);
             glommio::spawn_local(async move {
+                let client = pool.client();
                 let result = if is_get {
                     client.get_item(&table, ItemBuilder::new().s("id", key(index)).build()).await.map(drop)
                 } else {

@@ -482,3 +482,32 @@ impl AsyncClient {
         item_of(self.call(&Request::GetItem { table: table.into(), key, consistent_read: true }).await?)
     }
 }
+
+/// Pipelined connections to one server, used round-robin: spreads a glommio program's calls
+/// over several sockets (and so over the server's cores).
+pub struct AsyncPool {
+    clients: Vec<AsyncClient>,
+    next: std::cell::Cell<usize>,
+}
+
+impl AsyncPool {
+    /// Opens `connections` connections (at least one).
+    pub async fn connect(
+        address: SocketAddr,
+        connections: usize,
+        config: ClientConfig,
+    ) -> Result<AsyncPool, ClientError> {
+        let mut clients = Vec::new();
+        for _ in 0..connections.max(1) {
+            clients.push(AsyncClient::connect(address, config.clone()).await?);
+        }
+        Ok(AsyncPool { clients, next: std::cell::Cell::new(0) })
+    }
+
+    /// The next connection in turn.
+    pub fn client(&self) -> &AsyncClient {
+        let index = self.next.get();
+        self.next.set((index + 1) % self.clients.len());
+        &self.clients[index]
+    }
+}

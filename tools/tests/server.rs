@@ -498,3 +498,49 @@ fn acknowledged_writes_survive_sigkill_and_restart() {
     let count = node.client().describe_table("acks").unwrap().item_count;
     assert_eq!(count, stored.len() as u64);
 }
+
+#[test]
+fn the_async_pool_pipelines_many_calls_per_connection() {
+    let node = Node::fresh("async");
+    node.client().create_table("pipelined", KeySchema::hash_only("k", KeyType::N), 4).unwrap();
+    let address = node.address;
+    let found = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+        .io_memory(1 << 20)
+        .spawn(move || async move {
+            let config = tessera_net::client::ClientConfig::default();
+            let pool = std::rc::Rc::new(tessera_net::client::AsyncPool::connect(address, 3, config).await.unwrap());
+            // 600 puts in flight at once over three connections, then 600 gets likewise.
+            let puts: Vec<_> = (0..600)
+                .map(|k| {
+                    let pool = pool.clone();
+                    glommio::spawn_local(async move {
+                        let item = ItemBuilder::new().n("k", k).n("square", k * k).build();
+                        pool.client().put_item("pipelined", item).await.unwrap();
+                    })
+                })
+                .collect();
+            for put in puts {
+                put.await;
+            }
+            let gets: Vec<_> = (0..600)
+                .map(|k| {
+                    let pool = pool.clone();
+                    glommio::spawn_local(async move {
+                        let item =
+                            pool.client().get_item("pipelined", ItemBuilder::new().n("k", k).build()).await.unwrap();
+                        item.map(|item| item["square"] == n(k * k))
+                    })
+                })
+                .collect();
+            let mut found = 0;
+            for get in gets {
+                assert_eq!(get.await, Some(true));
+                found += 1;
+            }
+            found
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+    assert_eq!(found, 600);
+}
