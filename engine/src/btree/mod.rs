@@ -102,10 +102,6 @@ impl FrameTable {
     fn len(&self) -> usize {
         self.len
     }
-
-    fn iter_mut(&mut self) -> impl Iterator<Item = (PageId, &mut Frame)> {
-        self.slots.iter_mut().enumerate().filter_map(|(id, frame)| frame.as_mut().map(|frame| (id as PageId, frame)))
-    }
 }
 
 /// The state a checkpoint needs, taken at `seal`.
@@ -143,6 +139,9 @@ pub(crate) struct Tree {
     /// Pages holding the durable checkpoint's freelist.
     freelist_pages: Vec<PageId>,
     dirty_count: usize,
+    /// Ids of pages made dirty since the last seal (a superset: freed ones are skipped at
+    /// seal), so sealing touches the dirty pages only, not every cached frame.
+    dirty_ids: Vec<PageId>,
     sealed_count: usize,
     /// Count of committed checkpoints; a page read started before a commit is discarded.
     generation: u64,
@@ -163,6 +162,7 @@ impl Tree {
             pending_free: Vec::new(),
             freelist_pages: durable.freelist_pages,
             dirty_count: 0,
+            dirty_ids: Vec::new(),
             sealed_count: 0,
             generation: 0,
             sealed: false,
@@ -254,6 +254,7 @@ impl Tree {
         self.frames.insert(id, Frame { page: Rc::from(buffer), state: State::Dirty, referenced: Cell::new(true) });
         self.ring.push(id);
         self.dirty_count += 1;
+        self.dirty_ids.push(id);
         id
     }
 
@@ -686,20 +687,20 @@ impl Tree {
         // pages of the previous freelist. The new freelist's own pages come out of `free`.
         let mut released = std::mem::take(&mut self.pending_free);
         released.append(&mut self.freelist_pages);
-        let mut listed: Vec<PageId> = self.free.iter().chain(&released).copied().collect();
-        let mut freelist_pages = Vec::new();
-        while listed.len() > freelist_pages.len() * page::FREELIST_IDS_MAX {
-            match self.free.pop() {
-                Some(id) => {
-                    listed.retain(|&listed_id| listed_id != id);
-                    freelist_pages.push(id);
-                }
-                None => {
-                    freelist_pages.push(self.page_count);
-                    self.page_count += 1;
-                }
-            }
+        // The freelist pages come out of `free` first (they are then not listed themselves),
+        // the rest from the end of the file: the fewest pages that hold every listed id.
+        let mut count = 0;
+        while self.free.len() - count.min(self.free.len()) + released.len() > count * page::FREELIST_IDS_MAX {
+            count += 1;
         }
+        let from_free = count.min(self.free.len());
+        let mut freelist_pages: Vec<PageId> = self.free.split_off(self.free.len() - from_free);
+        freelist_pages.reverse();
+        for _ in from_free..count {
+            freelist_pages.push(self.page_count);
+            self.page_count += 1;
+        }
+        let listed: Vec<PageId> = self.free.iter().chain(&released).copied().collect();
         let mut pages = Vec::new();
         let mut next = 0;
         for (position, &id) in freelist_pages.iter().enumerate().rev() {
@@ -717,8 +718,8 @@ impl Tree {
             pages.push((id, Rc::from(buffer)));
             next = id;
         }
-        for (id, frame) in self.frames.iter_mut() {
-            if frame.state == State::Dirty {
+        for id in std::mem::take(&mut self.dirty_ids) {
+            if let Some(frame) = self.frames.get_mut(&id).filter(|frame| frame.state == State::Dirty) {
                 frame.state = State::Sealed;
                 pages.push((id, frame.page.clone()));
             }
@@ -753,6 +754,7 @@ impl Tree {
             if let Some(frame) = self.frames.get_mut(id) {
                 if frame.state == State::Sealed {
                     frame.state = State::Dirty;
+                    self.dirty_ids.push(*id);
                 }
             }
         }
