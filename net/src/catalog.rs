@@ -84,6 +84,9 @@ impl TableInfo {
         let mut cursor = Cursor { bytes, at: 0 };
         let id = u32::from_le_bytes(cursor.take(4)?.try_into().ok()?);
         let partitions = u32::from_le_bytes(cursor.take(4)?.try_into().ok()?);
+        if !(1..=PARTITIONS_MAX).contains(&partitions) {
+            return None;
+        }
         let created_at_ms = u64::from_le_bytes(cursor.take(8)?.try_into().ok()?);
         let name = cursor.text()?;
         let partition_name = cursor.text()?;
@@ -190,6 +193,9 @@ mod tests {
         ];
         for table in tables {
             assert_eq!(TableInfo::decode(&table.encode()), Some(table.clone()));
+            let mut no_partitions = table.encode();
+            no_partitions[4..8].copy_from_slice(&0u32.to_le_bytes());
+            assert_eq!(TableInfo::decode(&no_partitions), None);
             let encoded = table.encode();
             for cut in 0..encoded.len() - 1 {
                 // Truncations either fail or (at the optional sort key) decode without it.
