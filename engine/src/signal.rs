@@ -138,3 +138,48 @@ impl Event {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// Many short tasks under a 100 µs preempt timer: glommio 0.9 sometimes parks with work
+    /// queued, and only the watchdog wakes it. With `guard_executor` this takes about a second
+    /// here; without it, it hung for over a minute.
+    #[test]
+    fn the_watchdog_keeps_a_preempted_executor_going() {
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let executor = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+                .io_memory(1 << 20)
+                .preempt_timer(Duration::from_micros(100))
+                .make()
+                .expect("executor");
+            executor.run(async {
+                guard_executor();
+                for _ in 0..20_000 {
+                    let tasks: Vec<_> = (0..50)
+                        .map(|task| {
+                            glommio::spawn_local(async move {
+                                let mut sum = 0u64;
+                                for round in 0..200u64 {
+                                    sum = sum.wrapping_add(round * task);
+                                    glommio::yield_if_needed().await;
+                                }
+                                yield_to_reactor().await;
+                                sum
+                            })
+                        })
+                        .collect();
+                    for task in tasks {
+                        task.await;
+                    }
+                }
+            });
+            let _ = done.send(());
+        });
+        finished.recv_timeout(Duration::from_secs(60)).expect("the executor finished instead of hanging");
+    }
+}
