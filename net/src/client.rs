@@ -511,3 +511,31 @@ impl AsyncPool {
         &self.clients[index]
     }
 }
+
+/// Blocking connections shared by threads: `with` lends an idle connection (opening one if
+/// none is idle) and takes it back afterwards, unless the call failed at the connection level.
+pub struct ClientPool {
+    address: SocketAddr,
+    config: ClientConfig,
+    idle: std::sync::Mutex<Vec<Client>>,
+}
+
+impl ClientPool {
+    pub fn new(address: SocketAddr, config: ClientConfig) -> ClientPool {
+        ClientPool { address, config, idle: std::sync::Mutex::new(Vec::new()) }
+    }
+
+    /// Runs `call` with a pooled connection.
+    pub fn with<T>(&self, call: impl FnOnce(&mut Client) -> Result<T, ClientError>) -> Result<T, ClientError> {
+        let idle = self.idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).pop();
+        let mut client = match idle {
+            Some(client) => client,
+            None => Client::connect_with(self.address, self.config.clone())?,
+        };
+        let result = call(&mut client);
+        if !matches!(result, Err(ClientError::Io(_) | ClientError::Protocol(_))) {
+            self.idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).push(client);
+        }
+        result
+    }
+}

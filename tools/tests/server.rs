@@ -500,6 +500,28 @@ fn acknowledged_writes_survive_sigkill_and_restart() {
 }
 
 #[test]
+fn a_client_pool_serves_many_threads() {
+    let node = Node::fresh("pool");
+    node.client().create_table("shared", KeySchema::hash_only("k", KeyType::N), 4).unwrap();
+    let pool = std::sync::Arc::new(tessera_net::client::ClientPool::new(node.address, Default::default()));
+    let threads: Vec<_> = (0..8)
+        .map(|thread| {
+            let pool = pool.clone();
+            std::thread::spawn(move || {
+                for k in thread * 50..(thread + 1) * 50 {
+                    pool.with(|client| client.put_item("shared", ItemBuilder::new().n("k", k).build())).unwrap();
+                }
+            })
+        })
+        .collect();
+    threads.into_iter().for_each(|thread| thread.join().unwrap());
+    assert_eq!(pool.with(|client| client.describe_table("shared")).unwrap().item_count, 400);
+    let message =
+        service_error(pool.with(|client| client.describe_table("nothing")), ErrorCode::ResourceNotFoundException);
+    assert!(message.contains("nothing"), "{message}");
+}
+
+#[test]
 fn the_async_pool_pipelines_many_calls_per_connection() {
     let node = Node::fresh("async");
     node.client().create_table("pipelined", KeySchema::hash_only("k", KeyType::N), 4).unwrap();
