@@ -543,8 +543,9 @@ impl Inner {
                 // Before each chunk, let the reactor turn: writers acknowledged by the flush
                 // that woke us submit again and the next flush is issued before the applies
                 // run, so the disk works while this core applies. A chunk bounds how long a
-                // flush's completion can wait unnoticed behind applies.
-                if applied_here.is_multiple_of(APPLY_CHUNK) {
+                // flush's completion can wait unnoticed behind applies. Reads waiting for
+                // applies (the read barrier) skip the turn: they are served first.
+                if applied_here.is_multiple_of(APPLY_CHUNK) && !inner.applied.has_waiters() {
                     yield_to_reactor().await;
                 }
                 applied_here += 1;
