@@ -151,9 +151,12 @@ mod tests {
     use super::*;
 
     /// Many short tasks under a 100 µs preempt timer: glommio 0.9 sometimes parks with work
-    /// queued, and only the watchdog wakes it. With `guard_executor` this takes about a second
-    /// here; without it, it hung for over a minute.
+    /// queued, and only the watchdog wakes it. Run alone, with `guard_executor` this takes about
+    /// a second here; without it, it hung for over a minute. Timing-dependent (on a busy machine
+    /// the bounded stalls add up past the limit), so it is not part of the default run:
+    /// `cargo test --release -p tessera-engine --lib watchdog -- --ignored`.
     #[test]
+    #[ignore = "timing-dependent soak; run alone with --ignored"]
     fn the_watchdog_keeps_a_preempted_executor_going() {
         let (done, finished) = std::sync::mpsc::channel();
         std::thread::spawn(move || {

@@ -352,6 +352,21 @@ impl Store {
         Ok(entries)
     }
 
+    /// Ids of the partitions that hold entries, in order (found by seeking, not scanning).
+    pub async fn partitions(&self) -> Result<Vec<PartitionId>> {
+        self.read_barrier().await?;
+        let mut found = Vec::new();
+        let mut lower = Bound::Included(0u64.to_be_bytes().to_vec());
+        loop {
+            let first = self.inner.scan_tree(lower, Bound::Excluded(META_PREFIX.to_vec()), false, 1).await?;
+            let Some(partition) = first.first().and_then(|(key, _)| key.get(..8)) else { break };
+            let partition = u64::from_be_bytes(partition.try_into().expect("8 bytes"));
+            found.push(partition);
+            lower = Bound::Included((partition + 1).to_be_bytes().to_vec());
+        }
+        Ok(found)
+    }
+
     /// Makes everything applied so far part of a durable checkpoint.
     pub async fn checkpoint(&self) -> Result<()> {
         let target = self.inner.checkpoints_started.get() + 1;

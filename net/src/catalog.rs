@@ -145,6 +145,14 @@ pub struct Catalog {
 }
 
 impl Catalog {
+    /// Whether storage partition `partition` belongs to no table (its table was deleted and
+    /// its data not yet removed).
+    pub fn orphaned(&self, partition: PartitionId) -> bool {
+        let (id, index) = (partition >> 20, (partition & u64::from(PARTITIONS_MAX - 1)) as u32);
+        partition != CATALOG_PARTITION
+            && !self.tables.values().any(|table| u64::from(table.id) == id && index < table.partitions)
+    }
+
     pub fn table(&self, name: &str) -> Result<&TableInfo, WireError> {
         self.tables.get(name).ok_or_else(|| {
             WireError::new(
@@ -224,6 +232,22 @@ mod tests {
         }
         assert_eq!(table.partition_start(7), None);
         assert_eq!(table.partition_of(u64::MAX), 6);
+    }
+
+    #[test]
+    fn partitions_of_deleted_tables_are_orphans() {
+        let table = TableInfo {
+            id: 3,
+            name: "kept".into(),
+            key_schema: KeySchema::hash_only("id", KeyType::S),
+            partitions: 4,
+            created_at_ms: 0,
+        };
+        let catalog = Catalog { tables: BTreeMap::from([("kept".to_string(), table.clone())]), next_id: 5 };
+        assert!(!catalog.orphaned(CATALOG_PARTITION));
+        assert!((0..4).all(|index| !catalog.orphaned(table.partition_id(index))));
+        assert!(catalog.orphaned(table.partition_id(4)));
+        assert!(catalog.orphaned((2 << 20) | 1));
     }
 
     #[test]

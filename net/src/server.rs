@@ -181,6 +181,7 @@ async fn run_core(
     } else {
         shard.catalog_loaded().await;
     }
+    shard.remove_orphans();
     let _ = ready.send(Ok(address));
 
     let accepting = {

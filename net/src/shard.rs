@@ -255,6 +255,30 @@ impl Shard {
         self.catalog_ready.signal(1);
     }
 
+    /// Removes, in the background, the data of tables whose deletion a stop interrupted.
+    pub(crate) fn remove_orphans(self: &Rc<Shard>) {
+        let shard = self.clone();
+        glommio::spawn_local(async move {
+            let partitions = match shard.store().partitions().await {
+                Ok(partitions) => partitions,
+                Err(error) => return eprintln!("tessera: core {}: cannot list partitions: {error}", shard.core),
+            };
+            let orphans: Vec<PartitionId> =
+                partitions.into_iter().filter(|&partition| shard.catalog.borrow().orphaned(partition)).collect();
+            if !orphans.is_empty() {
+                eprintln!(
+                    "tessera: core {} removes the data of deleted tables ({} partitions)",
+                    shard.core,
+                    orphans.len()
+                );
+                if let OpResult::Error(error) = shard.run(Op::Drop { partitions: orphans }).await {
+                    eprintln!("tessera: core {}: removing deleted tables' data failed: {error}", shard.core);
+                }
+            }
+        })
+        .detach();
+    }
+
     /// Resolves once this core has the catalog.
     pub(crate) async fn catalog_loaded(&self) {
         if let Ok(permit) = self.catalog_ready.acquire_permit(1).await {

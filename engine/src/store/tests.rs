@@ -43,6 +43,7 @@ fn writes_survive_reopen_with_and_without_checkpoint() {
         assert_eq!(store.get(1, b"b").await.unwrap(), Some(b"after checkpoint".to_vec()));
         assert_eq!(store.get(2, b"a").await.unwrap(), Some(b"other partition".to_vec()));
         assert_eq!(store.applied_slot(1), 4);
+        assert_eq!(store.partitions().await.unwrap(), [1, 2]);
         assert_eq!(store.applied_slot(2), 1);
         let entries = store.scan(1, Bound::Unbounded, Bound::Unbounded, false, 10).await.unwrap();
         assert_eq!(entries, vec![(b"b".to_vec(), b"after checkpoint".to_vec())]);
@@ -164,6 +165,8 @@ proptest! {
             for ((p, k), v) in &model {
                 assert_eq!(log.store().get(*p, k).await.unwrap().as_ref(), Some(v));
             }
+            let partitions: Vec<u64> = model.keys().map(|(p, _)| *p).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+            assert_eq!(log.store().partitions().await.unwrap(), partitions);
             log.store().close().await.unwrap();
         });
     }
