@@ -12,7 +12,7 @@ use std::time::Duration;
 /// Suspends the calling task until the reactor has had a turn (polled I/O completions and
 /// timers). `yield_now` is not enough: glommio keeps running ready tasks without polling I/O
 /// for as long as any is ready, while a timer is only fired by the reactor.
-pub(crate) async fn yield_to_reactor() {
+pub async fn yield_to_reactor() {
     glommio::timer::sleep(Duration::from_micros(1)).await;
 }
 

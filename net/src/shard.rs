@@ -14,8 +14,8 @@ use std::rc::Rc;
 
 use glommio::channels::channel_mesh::{Receivers, Senders};
 use tessera_engine::{
-    decode_item, encode_item, validate_item, Command, Error, Item, ItemMeta, KeySchema, KeyType, LocalLog, Outcome,
-    PartitionId, ReplicationLog,
+    decode_item, encode_item, validate_item, yield_to_reactor, Command, Error, Item, ItemMeta, KeySchema, KeyType,
+    LocalLog, Outcome, PartitionId, ReplicationLog,
 };
 use tessera_wire::{ErrorCode, Query, Request, Response, Scan, SortCondition, TableKeys, WireError, Write};
 
@@ -427,6 +427,8 @@ impl Shard {
             if exhausted {
                 return Ok(OpResult::Entries { entries, more: false });
             }
+            // A page of small items is many chunks: let other requests run between them.
+            yield_to_reactor().await;
         }
     }
 
@@ -444,6 +446,7 @@ impl Shard {
                 lower = Bound::Excluded(last.clone());
                 items += chunk.len() as u64;
                 bytes += chunk.iter().map(|(key, value)| (key.len() + value.len()) as u64).sum::<u64>();
+                yield_to_reactor().await;
             }
         }
         Ok(OpResult::Count { items, bytes })
