@@ -274,10 +274,7 @@ impl Client {
 
     /// Makes up to 25 writes; returns the writes left unprocessed.
     pub fn batch_write_item(&mut self, writes: Vec<Write>) -> Result<Vec<Write>, ClientError> {
-        match self.call(&Request::BatchWriteItem(writes))? {
-            Response::BatchWriteItem { unprocessed } => Ok(unprocessed),
-            other => unexpected(other),
-        }
+        batch_write_of(self.call(&Request::BatchWriteItem(writes))?)
     }
 }
 
@@ -302,6 +299,20 @@ fn table_of(response: Response) -> Result<TableDescription, ClientError> {
 fn item_of(response: Response) -> Result<Option<Item>, ClientError> {
     match response {
         Response::Item(item) => Ok(item),
+        other => unexpected(other),
+    }
+}
+
+fn batch_get_of(response: Response) -> Result<BatchGetOutput, ClientError> {
+    match response {
+        Response::BatchGetItem { responses, unprocessed } => Ok((responses, unprocessed)),
+        other => unexpected(other),
+    }
+}
+
+fn batch_write_of(response: Response) -> Result<Vec<Write>, ClientError> {
+    match response {
+        Response::BatchWriteItem { unprocessed } => Ok(unprocessed),
         other => unexpected(other),
     }
 }
@@ -480,6 +491,40 @@ impl AsyncClient {
 
     pub async fn get_item(&self, table: &str, key: Item) -> Result<Option<Item>, ClientError> {
         item_of(self.call(&Request::GetItem { table: table.into(), key, consistent_read: true }).await?)
+    }
+
+    /// Deletes the item under `key`, returning it if there was one.
+    pub async fn delete_item(&self, table: &str, key: Item) -> Result<Option<Item>, ClientError> {
+        item_of(self.call(&Request::DeleteItem { table: table.into(), key, return_old: true }).await?)
+    }
+
+    pub async fn query(&self, query: Query) -> Result<Page, ClientError> {
+        page_of(self.call(&Request::Query(query)).await?)
+    }
+
+    pub async fn scan(&self, scan: Scan) -> Result<Page, ClientError> {
+        page_of(self.call(&Request::Scan(scan)).await?)
+    }
+
+    pub async fn batch_get_item(&self, tables: Vec<TableKeys>) -> Result<BatchGetOutput, ClientError> {
+        batch_get_of(self.call(&Request::BatchGetItem(tables)).await?)
+    }
+
+    pub async fn batch_write_item(&self, writes: Vec<Write>) -> Result<Vec<Write>, ClientError> {
+        batch_write_of(self.call(&Request::BatchWriteItem(writes)).await?)
+    }
+
+    pub async fn create_table(
+        &self,
+        table: &str,
+        key_schema: KeySchema,
+        partitions: u32,
+    ) -> Result<TableDescription, ClientError> {
+        table_of(self.call(&Request::CreateTable { table: table.into(), key_schema, partitions }).await?)
+    }
+
+    pub async fn describe_table(&self, table: &str) -> Result<TableDescription, ClientError> {
+        table_of(self.call(&Request::DescribeTable { table: table.into() }).await?)
     }
 }
 

@@ -524,13 +524,13 @@ fn a_client_pool_serves_many_threads() {
 #[test]
 fn the_async_pool_pipelines_many_calls_per_connection() {
     let node = Node::fresh("async");
-    node.client().create_table("pipelined", KeySchema::hash_only("k", KeyType::N), 4).unwrap();
     let address = node.address;
     let found = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
         .io_memory(1 << 20)
         .spawn(move || async move {
             let config = tessera_net::client::ClientConfig::default();
             let pool = std::rc::Rc::new(tessera_net::client::AsyncPool::connect(address, 3, config).await.unwrap());
+            pool.client().create_table("pipelined", KeySchema::hash_only("k", KeyType::N), 4).await.unwrap();
             // 600 puts in flight at once over three connections, then 600 gets likewise.
             let puts: Vec<_> = (0..600)
                 .map(|k| {
@@ -559,6 +559,30 @@ fn the_async_pool_pipelines_many_calls_per_connection() {
                 assert_eq!(get.await, Some(true));
                 found += 1;
             }
+            // The rest of the typed calls.
+            let client = pool.client();
+            let deletes =
+                (0..10).map(|k| Write::Delete { table: "pipelined".into(), key: ItemBuilder::new().n("k", k).build() });
+            assert!(client.batch_write_item(deletes.collect()).await.unwrap().is_empty());
+            let keys = (5..15).map(|k| ItemBuilder::new().n("k", k).build()).collect();
+            let (responses, _) = client
+                .batch_get_item(vec![TableKeys { table: "pipelined".into(), keys, consistent_read: true }])
+                .await
+                .unwrap();
+            assert_eq!(responses[0].1.len(), 5);
+            assert!(client.delete_item("pipelined", ItemBuilder::new().n("k", 20).build()).await.unwrap().is_some());
+            let scan = Scan {
+                table: "pipelined".into(),
+                segment: 0,
+                total_segments: 1,
+                limit: 0,
+                exclusive_start_key: None,
+                consistent_read: true,
+            };
+            assert_eq!(client.scan(scan).await.unwrap().items.len(), 589);
+            let page = client.query(query("pipelined", n(30), None)).await.unwrap();
+            assert_eq!(page.items.len(), 1);
+            assert_eq!(client.describe_table("pipelined").await.unwrap().item_count, 589);
             found
         })
         .unwrap()
