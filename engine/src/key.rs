@@ -66,16 +66,11 @@ impl KeySchema {
     /// Encodes the primary key of `item` (a full item or a key-only item). Extra attributes are
     /// ignored here; callers that need a key-only map check that themselves.
     pub fn encode_key(&self, item: &Item) -> Result<EncodedKey> {
-        let mut partition = Vec::new();
-        encode_component(&self.partition, item, PARTITION_KEY_LEN_MAX, self.sort.is_none(), &mut partition)?;
-        let hash = partition_hash(&partition);
-        let mut bytes = Vec::with_capacity(8 + partition.len() + 16);
-        bytes.extend_from_slice(&hash.to_be_bytes());
-        bytes.extend_from_slice(&partition);
+        let mut key = self.encode_partition_prefix(key_value(&self.partition, item)?)?;
         if let Some(sort) = &self.sort {
-            encode_component(sort, item, SORT_KEY_LEN_MAX, true, &mut bytes)?;
+            encode_value(sort, key_value(sort, item)?, SORT_KEY_LEN_MAX, true, &mut key.bytes)?;
         }
-        Ok(EncodedKey { hash, bytes })
+        Ok(key)
     }
 
     /// The encoded-key prefix every item with partition key `value` shares (hash, then the
@@ -133,18 +128,14 @@ pub fn partition_hash(encoded_partition_key: &[u8]) -> u64 {
     xxhash_rust::xxh3::xxh3_64(encoded_partition_key)
 }
 
-fn encode_component(
-    attribute: &KeyAttribute,
-    item: &Item,
-    len_max: usize,
-    last: bool,
-    out: &mut Vec<u8>,
-) -> Result<()> {
-    let name = &attribute.name;
-    let value = item.get(name).ok_or_else(|| {
-        Error::validation(format!("one or more parameter values were invalid: missing the key {name} in the item"))
-    })?;
-    encode_value(attribute, value, len_max, last, out)
+/// The value of key attribute `attribute` in `item`.
+fn key_value<'a>(attribute: &KeyAttribute, item: &'a Item) -> Result<&'a AttributeValue> {
+    item.get(&attribute.name).ok_or_else(|| {
+        Error::validation(format!(
+            "one or more parameter values were invalid: missing the key {} in the item",
+            attribute.name
+        ))
+    })
 }
 
 fn encode_value(
