@@ -88,13 +88,40 @@ impl Jitter {
     }
 }
 
+/// The retry policy of one request: retryable errors are retried after a jittered,
+/// doubling backoff until the attempts run out.
+struct Retries {
+    backoff: Duration,
+    attempts_left: u32,
+    jitter: Jitter,
+}
+
+impl Retries {
+    fn new(config: &ClientConfig) -> Retries {
+        Retries { backoff: config.backoff, attempts_left: config.attempts.max(1), jitter: Jitter::new() }
+    }
+
+    /// The answer to give the caller, or how long to wait before the next attempt.
+    fn judge(&mut self, response: Response) -> Result<Result<Response, ClientError>, Duration> {
+        self.attempts_left -= 1;
+        match response {
+            Response::Error(error) if error.retryable && self.attempts_left > 0 => {
+                let delay = self.backoff.mul_f64(0.5 + self.jitter.unit());
+                self.backoff = self.backoff.saturating_mul(2);
+                Err(delay)
+            }
+            Response::Error(error) => Ok(Err(ClientError::Service(error))),
+            response => Ok(Ok(response)),
+        }
+    }
+}
+
 /// A blocking connection to a Tessera server.
 pub struct Client {
     stream: TcpStream,
     buffer: Vec<u8>,
     next_id: u64,
     config: ClientConfig,
-    jitter: Jitter,
 }
 
 /// What BatchGetItem returns: the items found, per table, and the keys left unprocessed.
@@ -119,23 +146,18 @@ impl Client {
         stream.set_nodelay(true)?;
         stream.set_read_timeout(Some(config.timeout))?;
         stream.set_write_timeout(Some(config.timeout))?;
-        Ok(Client { stream, buffer: Vec::new(), next_id: 1, config, jitter: Jitter::new() })
+        Ok(Client { stream, buffer: Vec::new(), next_id: 1, config })
     }
 
     /// Sends `request` and returns the answer, retrying retryable errors with backoff.
     pub fn call(&mut self, request: &Request) -> Result<Response, ClientError> {
-        let mut backoff = self.config.backoff;
-        for attempt in 1.. {
-            match self.call_once(request)? {
-                Response::Error(error) if error.retryable && attempt < self.config.attempts => {
-                    std::thread::sleep(backoff.mul_f64(0.5 + self.jitter.unit()));
-                    backoff = backoff.saturating_mul(2);
-                }
-                Response::Error(error) => return Err(ClientError::Service(error)),
-                response => return Ok(response),
+        let mut retries = Retries::new(&self.config);
+        loop {
+            match retries.judge(self.call_once(request)?) {
+                Ok(answer) => return answer,
+                Err(delay) => std::thread::sleep(delay),
             }
         }
-        unreachable!("the loop returns")
     }
 
     /// Sends `request` once and waits for its answer.
@@ -470,19 +492,13 @@ impl AsyncClient {
 
     /// Sends `request`, retrying retryable errors with jittered exponential backoff.
     pub async fn call(&self, request: &Request) -> Result<Response, ClientError> {
-        let mut backoff = self.config.backoff;
-        let mut jitter = Jitter::new();
-        for attempt in 1.. {
-            match self.call_once(request).await? {
-                Response::Error(error) if error.retryable && attempt < self.config.attempts => {
-                    glommio::timer::sleep(backoff.mul_f64(0.5 + jitter.unit())).await;
-                    backoff = backoff.saturating_mul(2);
-                }
-                Response::Error(error) => return Err(ClientError::Service(error)),
-                response => return Ok(response),
+        let mut retries = Retries::new(&self.config);
+        loop {
+            match retries.judge(self.call_once(request).await?) {
+                Ok(answer) => return answer,
+                Err(delay) => glommio::timer::sleep(delay).await,
             }
         }
-        unreachable!("the loop returns")
     }
 
     pub async fn put_item(&self, table: &str, item: Item) -> Result<(), ClientError> {
@@ -582,5 +598,28 @@ impl ClientPool {
             self.idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).push(client);
         }
         result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retryable_errors_back_off_until_the_attempts_run_out() {
+        let config = ClientConfig { attempts: 4, backoff: Duration::from_millis(10), ..ClientConfig::default() };
+        let mut retries = Retries::new(&config);
+        let throttled = || Response::Error(WireError::new(ErrorCode::ThrottlingException, "slow down"));
+        for attempt in 0..3 {
+            let delay = retries.judge(throttled()).expect_err("retried");
+            let base = Duration::from_millis(10) * 2u32.pow(attempt);
+            assert!(delay >= base / 2 && delay <= base * 3 / 2, "attempt {attempt}: {delay:?}");
+        }
+        assert!(matches!(retries.judge(throttled()), Ok(Err(ClientError::Service(_)))));
+
+        let mut retries = Retries::new(&config);
+        let invalid = Response::Error(WireError::new(ErrorCode::ValidationException, "bad"));
+        assert!(matches!(retries.judge(invalid), Ok(Err(ClientError::Service(_)))));
+        assert!(matches!(retries.judge(Response::Item(None)), Ok(Ok(Response::Item(None)))));
     }
 }
