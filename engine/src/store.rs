@@ -43,6 +43,10 @@ const TREE_FILE: &str = "tree.db";
 const META_MAGIC: &[u8; 8] = b"TESSTREE";
 /// Most committed records that may wait to be applied before `committed` waits for applies.
 const APPLY_LAG_MAX: u64 = 16 * 1024;
+/// Checkpoint page writes on the device at once.
+const CHECKPOINT_WRITES_IN_FLIGHT: usize = 32;
+/// Sealed pages the checkpoint writer collects from the tree at a time.
+const CHECKPOINT_CHUNK_PAGES: usize = 512;
 /// Records applied between two turns of the reactor.
 const APPLY_CHUNK: usize = 256;
 /// WAL record kind of a replicated command.
@@ -642,19 +646,24 @@ impl Inner {
 
     /// Steps (1) to (4) of the commit described in the module documentation.
     async fn write_sealed(&self, sealed: &Sealed, covered_lsn: u64) -> Result<()> {
-        let mut pages: Vec<&(PageId, Rc<[u8]>)> = sealed.pages.iter().collect();
-        pages.sort_by_key(|(id, _)| *id);
-        // Coalesce runs of consecutive pages into single writes.
-        let mut start = 0;
-        while start < pages.len() {
-            let mut end = start + 1;
-            while end < pages.len() && pages[end].0 == pages[end - 1].0 + 1 && end - start < 256 {
-                end += 1;
+        // The freelist pages, then the tree pages, collected from the tree a chunk at a time so
+        // that no step holds the core for long. Up to CHECKPOINT_WRITES_IN_FLIGHT writes are on
+        // the device at once: io_uring submits them together, one doorbell for many writes.
+        let mut writing = VecDeque::new();
+        let mut outcome = self.write_pages(sealed.freelist.clone(), &mut writing).await;
+        for chunk in sealed.ids.chunks(CHECKPOINT_CHUNK_PAGES) {
+            if outcome.is_err() {
+                break;
             }
-            let run: Vec<&[u8]> = pages[start..end].iter().map(|(_, bytes)| &bytes[..]).collect();
-            self.file.write_parts(pages[start].0 * PAGE_SIZE as u64, &run, page::seal).await?;
-            start = end;
+            let pages = self.tree.borrow().sealed_pages(chunk);
+            outcome = self.write_pages(pages, &mut writing).await;
         }
+        // Every write is awaited, even after a failure: none may land after this returns.
+        for write in writing {
+            let result = self.written(write).await;
+            outcome = outcome.and(result);
+        }
+        outcome?;
         self.file.fdatasync().await?;
         let sequence = self.meta_sequence.get() + 1;
         let meta = Meta {
@@ -668,6 +677,42 @@ impl Inner {
         self.file.write(slot * PAGE_SIZE as u64, &meta.encode(slot)).await?;
         self.file.fdatasync().await?;
         self.meta_sequence.set(sequence);
+        Ok(())
+    }
+
+    /// The outcome of a checkpoint write.
+    async fn written(&self, write: glommio::task::JoinHandle<Result<()>>) -> Result<()> {
+        write.await.unwrap_or_else(|| {
+            Err(Error::io("write", self.file.path(), std::io::Error::other("the write's task was cancelled")))
+        })
+    }
+
+    /// Starts the writes of `pages`, runs of consecutive ids coalesced into one write, waiting
+    /// for the oldest write whenever `writing` holds CHECKPOINT_WRITES_IN_FLIGHT.
+    async fn write_pages(
+        &self,
+        mut pages: Vec<(PageId, Rc<[u8]>)>,
+        writing: &mut VecDeque<glommio::task::JoinHandle<Result<()>>>,
+    ) -> Result<()> {
+        pages.sort_unstable_by_key(|(id, _)| *id);
+        let mut start = 0;
+        while start < pages.len() {
+            let mut end = start + 1;
+            while end < pages.len() && pages[end].0 == pages[end - 1].0 + 1 && end - start < 256 {
+                end += 1;
+            }
+            let run: Vec<Rc<[u8]>> = pages[start..end].iter().map(|(_, bytes)| bytes.clone()).collect();
+            let (file, offset) = (self.file.clone(), pages[start].0 * PAGE_SIZE as u64);
+            let write = glommio::spawn_local(async move {
+                let parts: Vec<&[u8]> = run.iter().map(|bytes| &bytes[..]).collect();
+                file.write_parts(offset, &parts, page::seal).await
+            });
+            writing.push_back(write.detach());
+            if writing.len() >= CHECKPOINT_WRITES_IN_FLIGHT {
+                self.written(writing.pop_front().expect("a write in flight")).await?;
+            }
+            start = end;
+        }
         Ok(())
     }
 }

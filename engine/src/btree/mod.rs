@@ -7,7 +7,10 @@
 //! to it in an epoch copies it to a newly allocated page (and so up to the root), and the old
 //! page is freed only once the next checkpoint is durable. `seal` ends an epoch: the dirty pages
 //! become read-only and are handed to the checkpoint writer while writes go on in the next
-//! epoch. Freed pages move through three lists:
+//! epoch. A frame records the epoch that allocated it, and its state follows from that number
+//! (`Tree::state`), so sealing and committing change no frame: each is O(1) in the dirty pages,
+//! and the writer collects the sealed pages itself (`sealed_pages`), a chunk at a time.
+//! Freed pages move through three lists:
 //! `pending_free` (referenced by the durable checkpoint) -> the sealed plan -> `free` once the
 //! checkpoint that stops referencing them is durable.
 //!
@@ -29,6 +32,8 @@ pub(crate) const FIRST_DATA_PAGE: PageId = 2;
 /// Clean pages the cache always keeps room for beside the pinned ones: an operation needs a
 /// root-to-leaf path and a whole overflow chain (a 400 KB value spans 101 pages) cached at once.
 const CLEAN_PAGES_MIN: usize = 128;
+/// Most frames one eviction call looks at.
+const EVICTION_STEPS: usize = 64;
 /// Smallest page cache setting.
 pub const CACHE_PAGES_MIN: usize = 2 * CLEAN_PAGES_MIN;
 const _: () = assert!(400 * 1024 / page::OVERFLOW_DATA_MAX + 1 + 16 <= CLEAN_PAGES_MIN);
@@ -44,19 +49,10 @@ pub(crate) enum TreeError {
 
 pub(crate) type TreeResult<T> = Result<T, TreeError>;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum State {
-    /// Identical to the page on disk; may be evicted.
-    Clean,
-    /// Allocated in the current epoch; mutated in place.
-    Dirty,
-    /// Part of the checkpoint being written; read-only and pinned.
-    Sealed,
-}
-
 struct Frame {
     page: Rc<[u8]>,
-    state: State,
+    /// The epoch that allocated the page; 0 for a page read from disk.
+    epoch: u64,
     referenced: Cell<bool>,
 }
 
@@ -106,9 +102,12 @@ impl FrameTable {
 
 /// The state a checkpoint needs, taken at `seal`.
 pub(crate) struct Sealed {
-    /// Pages to write, including the freelist pages. Checksums are not filled in: the writer
-    /// seals each page's copy as it goes (`page::seal`), so sealing costs no pause here.
-    pub(crate) pages: Vec<(PageId, Rc<[u8]>)>,
+    /// Ids of the tree pages to write, sorted and unique; `Tree::sealed_pages` hands over
+    /// their contents. Checksums are not filled in: the writer seals each page's copy as it
+    /// goes (`page::seal`), so sealing costs no pause here.
+    pub(crate) ids: Vec<PageId>,
+    /// The freelist pages to write, built at `seal`.
+    pub(crate) freelist: Vec<(PageId, Rc<[u8]>)>,
     pub(crate) root: PageId,
     pub(crate) page_count: u64,
     pub(crate) freelist_head: PageId,
@@ -139,13 +138,29 @@ pub(crate) struct Tree {
     /// Pages holding the durable checkpoint's freelist.
     freelist_pages: Vec<PageId>,
     dirty_count: usize,
-    /// Ids of pages made dirty since the last seal (a superset: freed ones are skipped at
-    /// seal), so sealing touches the dirty pages only, not every cached frame.
+    /// Ids of pages allocated in this epoch (a superset: some may have been freed since), so
+    /// the checkpoint writer visits the dirty pages only, not every cached frame.
     dirty_ids: Vec<PageId>,
     sealed_count: usize,
+    /// The current epoch: frames allocated in it are dirty; while a checkpoint is being
+    /// written, frames of the epoch before are sealed.
+    epoch: u64,
+    /// Sealed frames freed by the current epoch while their checkpoint is being written: the
+    /// checkpoint still needs their contents (their ids stay unused until it commits).
+    orphans: ahash::HashMap<PageId, Rc<[u8]>>,
     /// Count of committed checkpoints; a page read started before a commit is discarded.
     generation: u64,
     sealed: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    /// Identical to the page on disk; may be evicted.
+    Clean,
+    /// Allocated in the current epoch; mutated in place.
+    Dirty,
+    /// Part of the checkpoint being written; read-only and pinned.
+    Sealed,
 }
 
 impl Tree {
@@ -164,6 +179,8 @@ impl Tree {
             dirty_count: 0,
             dirty_ids: Vec::new(),
             sealed_count: 0,
+            epoch: 1,
+            orphans: ahash::HashMap::default(),
             generation: 0,
             sealed: false,
         };
@@ -175,6 +192,16 @@ impl Tree {
 
     pub(crate) fn generation(&self) -> u64 {
         self.generation
+    }
+
+    fn state(&self, frame: &Frame) -> State {
+        if frame.epoch == self.epoch {
+            State::Dirty
+        } else if self.sealed && frame.epoch + 1 == self.epoch {
+            State::Sealed
+        } else {
+            State::Clean
+        }
     }
 
     /// Pages changed since the last seal; the store checkpoints when this grows large.
@@ -198,7 +225,7 @@ impl Tree {
             return;
         }
         self.evict_to(self.eviction_target() - 1);
-        self.frames.insert(id, Frame { page: Rc::from(page), state: State::Clean, referenced: Cell::new(true) });
+        self.frames.insert(id, Frame { page: Rc::from(page), epoch: 0, referenced: Cell::new(true) });
         self.ring.push(id);
     }
 
@@ -208,9 +235,11 @@ impl Tree {
         self.capacity.max(self.dirty_count + self.sealed_count + CLEAN_PAGES_MIN)
     }
 
-    /// CLOCK sweep: drops unreferenced clean frames until at most `target` remain.
+    /// CLOCK sweep: drops unreferenced clean frames until at most `target` remain, visiting at
+    /// most `EVICTION_STEPS` frames, so that no call stalls (a commit may leave many more
+    /// frames than the target; allocations and loads bring them down a step at a time).
     fn evict_to(&mut self, target: usize) {
-        let mut budget = 2 * self.ring.len();
+        let mut budget = (2 * self.ring.len()).min(EVICTION_STEPS);
         while self.frames.len() > target && budget > 0 && !self.ring.is_empty() {
             budget -= 1;
             self.hand %= self.ring.len();
@@ -219,7 +248,7 @@ impl Tree {
                 None => {
                     self.ring.swap_remove(self.hand);
                 }
-                Some(frame) if frame.state != State::Clean => self.hand += 1,
+                Some(frame) if self.state(frame) != State::Clean => self.hand += 1,
                 Some(frame) if frame.referenced.replace(false) => self.hand += 1,
                 Some(_) => {
                     self.frames.remove(&id);
@@ -239,8 +268,9 @@ impl Tree {
     }
 
     fn page_mut(&mut self, id: PageId) -> &mut [u8] {
+        let epoch = self.epoch;
         let frame = self.frames.get_mut(&id).expect("page_mut of a cached page");
-        assert_eq!(frame.state, State::Dirty, "page_mut of a page that is not dirty");
+        assert_eq!(frame.epoch, epoch, "page_mut of a page that is not dirty");
         Rc::get_mut(&mut frame.page).expect("dirty pages are never shared")
     }
 
@@ -251,7 +281,7 @@ impl Tree {
         });
         let mut buffer = vec![0u8; PAGE_SIZE];
         page::init(&mut buffer, kind, id);
-        self.frames.insert(id, Frame { page: Rc::from(buffer), state: State::Dirty, referenced: Cell::new(true) });
+        self.frames.insert(id, Frame { page: Rc::from(buffer), epoch: self.epoch, referenced: Cell::new(true) });
         self.ring.push(id);
         self.dirty_count += 1;
         self.dirty_ids.push(id);
@@ -259,16 +289,21 @@ impl Tree {
     }
 
     fn free_page(&mut self, id: PageId) {
-        match self.frames.remove(&id).map(|frame| frame.state) {
-            Some(State::Dirty) => {
+        let Some(frame) = self.frames.remove(&id) else {
+            self.pending_free.push(id);
+            return;
+        };
+        match self.state(&frame) {
+            State::Dirty => {
                 self.dirty_count -= 1;
                 self.free.push(id);
             }
-            Some(State::Sealed) => {
+            State::Sealed => {
                 self.sealed_count -= 1;
+                self.orphans.insert(id, frame.page);
                 self.pending_free.push(id);
             }
-            _ => self.pending_free.push(id),
+            State::Clean => self.pending_free.push(id),
         }
     }
 
@@ -276,7 +311,7 @@ impl Tree {
     /// Returns the id to use from now on.
     fn writable(&mut self, id: PageId) -> PageId {
         let frame = self.frames.get(&id).expect("writable of a cached page");
-        if frame.state == State::Dirty {
+        if frame.epoch == self.epoch {
             return id;
         }
         let copy = frame.page.to_vec();
@@ -411,6 +446,9 @@ impl Tree {
     /// Stores `value` under `key`; returns the value it replaced.
     pub(crate) fn put(&mut self, key: &[u8], value: &[u8]) -> TreeResult<Option<Vec<u8>>> {
         assert!(key.len() <= page::TREE_KEY_LEN_MAX, "key longer than the tree allows");
+        // Before anything is touched: frames beyond the target (a commit leaves its pages
+        // clean all at once) are evicted a few per write.
+        self.evict_to(self.eviction_target());
         let mut path = self.path(key)?;
         let leaf = path.last().expect("path ends at a leaf").0;
         let old_chain = self.existing_chain(leaf, key)?;
@@ -504,6 +542,7 @@ impl Tree {
 
     /// Removes `key`; returns the value it held.
     pub(crate) fn delete(&mut self, key: &[u8]) -> TreeResult<Option<Vec<u8>>> {
+        self.evict_to(self.eviction_target());
         let mut path = self.path(key)?;
         let leaf = path.last().expect("path ends at a leaf").0;
         let old_chain = self.existing_chain(leaf, key)?;
@@ -718,28 +757,41 @@ impl Tree {
             pages.push((id, Rc::from(buffer)));
             next = id;
         }
-        for id in std::mem::take(&mut self.dirty_ids) {
-            if let Some(frame) = self.frames.get_mut(&id).filter(|frame| frame.state == State::Dirty) {
-                frame.state = State::Sealed;
-                pages.push((id, frame.page.clone()));
-            }
-        }
+        // Ids allocated, freed and allocated again in the epoch appear twice; the writer wants
+        // them in order anyway, to coalesce neighbours into one write.
+        let mut ids = std::mem::take(&mut self.dirty_ids);
+        ids.sort_unstable();
+        ids.dedup();
+        self.epoch += 1;
         self.sealed_count = self.dirty_count;
         self.dirty_count = 0;
-        Sealed { pages, root: self.root, page_count: self.page_count, freelist_head: next, released, freelist_pages }
+        Sealed {
+            ids,
+            freelist: pages,
+            root: self.root,
+            page_count: self.page_count,
+            freelist_head: next,
+            released,
+            freelist_pages,
+        }
+    }
+
+    /// The contents of the sealed pages among `ids` (ids the epoch freed again are skipped).
+    pub(crate) fn sealed_pages(&self, ids: &[PageId]) -> Vec<(PageId, Rc<[u8]>)> {
+        assert!(self.sealed, "sealed_pages without seal");
+        ids.iter()
+            .filter_map(|&id| match self.frames.get(&id) {
+                Some(frame) if self.state(frame) == State::Sealed => Some((id, frame.page.clone())),
+                _ => self.orphans.get(&id).map(|page| (id, page.clone())),
+            })
+            .collect()
     }
 
     /// The sealed checkpoint is durable: its pages become clean, its released pages free.
     pub(crate) fn commit(&mut self, sealed: Sealed) {
         assert!(self.sealed, "commit without seal");
         self.sealed = false;
-        for (id, _) in &sealed.pages {
-            if let Some(frame) = self.frames.get_mut(id) {
-                if frame.state == State::Sealed {
-                    frame.state = State::Clean;
-                }
-            }
-        }
+        self.orphans.clear();
         self.sealed_count = 0;
         self.free.extend(sealed.released);
         self.freelist_pages = sealed.freelist_pages;
@@ -750,14 +802,15 @@ impl Tree {
     /// The checkpoint failed: the store is poisoned, but the tree stays readable.
     pub(crate) fn abandon(&mut self, sealed: Sealed) {
         self.sealed = false;
-        for (id, _) in &sealed.pages {
-            if let Some(frame) = self.frames.get_mut(id) {
-                if frame.state == State::Sealed {
-                    frame.state = State::Dirty;
-                    self.dirty_ids.push(*id);
-                }
+        let sealed_epoch = self.epoch - 1;
+        for id in sealed.ids {
+            if let Some(frame) = self.frames.get_mut(&id).filter(|frame| frame.epoch == sealed_epoch) {
+                frame.epoch = self.epoch;
+                self.dirty_ids.push(id);
             }
         }
+        // Freed sealed pages were never durable; their ids stay out of use until a commit.
+        self.orphans.clear();
         self.dirty_count += self.sealed_count;
         self.sealed_count = 0;
         // The durable checkpoint still references what this one would have released.

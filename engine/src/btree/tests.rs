@@ -7,7 +7,7 @@ use std::ops::Bound;
 use proptest::prelude::*;
 
 use super::page::{self, Kind, PageId};
-use super::{freelist_entries, Durable, Tree, TreeError, TreeResult, CACHE_PAGES_MIN, FIRST_DATA_PAGE};
+use super::{freelist_entries, Durable, Sealed, Tree, TreeError, TreeResult, CACHE_PAGES_MIN, FIRST_DATA_PAGE};
 
 /// A tree with an in-memory "disk" of sealed pages.
 struct Harness {
@@ -15,6 +15,8 @@ struct Harness {
     disk: HashMap<PageId, Vec<u8>>,
     durable: (PageId, u64, PageId),
     capacity: usize,
+    /// A checkpoint sealed and not yet written: the tree goes on changing meanwhile.
+    sealed: Option<Sealed>,
 }
 
 impl Harness {
@@ -25,6 +27,7 @@ impl Harness {
             disk: HashMap::new(),
             durable: (0, FIRST_DATA_PAGE, 0),
             capacity,
+            sealed: None,
         }
     }
 
@@ -43,9 +46,29 @@ impl Harness {
         }
     }
 
+    /// A whole checkpoint of the tree as it is (after finishing one already sealed).
     fn checkpoint(&mut self) {
-        let sealed = self.tree.seal();
-        for (id, page) in &sealed.pages {
+        self.commit();
+        self.seal();
+        self.commit();
+    }
+
+    /// Seals a checkpoint (if none is sealed); `commit` writes it, maybe after more changes.
+    fn seal(&mut self) {
+        if self.sealed.is_none() {
+            self.sealed = Some(self.tree.seal());
+        }
+    }
+
+    /// Writes the sealed checkpoint (if any), collecting its pages in small chunks as the
+    /// store does, and commits it.
+    fn commit(&mut self) {
+        let Some(sealed) = self.sealed.take() else { return };
+        let mut pages = sealed.freelist.clone();
+        for chunk in sealed.ids.chunks(3) {
+            pages.extend(self.tree.sealed_pages(chunk));
+        }
+        for (id, page) in &pages {
             let mut copy = page.to_vec();
             page::seal(&mut copy);
             page::verify(&copy, *id).unwrap();
@@ -55,7 +78,9 @@ impl Harness {
         self.tree.commit(sealed);
     }
 
+    /// Reopens from the last committed checkpoint (a sealed one is lost, as in a crash).
     fn reopen(&mut self) {
+        self.sealed = None;
         let (root, page_count, mut next) = self.durable;
         let (mut free, mut freelist_pages) = (Vec::new(), Vec::new());
         while next != 0 {
@@ -89,6 +114,9 @@ enum Op {
     Get(u16),
     Scan(Option<u16>, Option<u16>, bool, usize),
     Checkpoint,
+    /// Seals a checkpoint; the next `Commit` writes it, with changes in between.
+    Seal,
+    Commit,
     Reopen,
 }
 
@@ -116,6 +144,8 @@ fn op() -> impl Strategy<Value = Op> {
         4 => (proptest::option::of(key.clone()), proptest::option::of(key), any::<bool>(), 1usize..50)
             .prop_map(|(a, b, r, l)| Op::Scan(a, b, r, l)),
         1 => Just(Op::Checkpoint),
+        1 => Just(Op::Seal),
+        1 => Just(Op::Commit),
         1 => Just(Op::Reopen),
     ]
 }
@@ -124,6 +154,7 @@ fn check(ops: Vec<Op>, capacity: usize) {
     let mut harness = Harness::new(capacity);
     let mut model: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
     let mut durable_model = model.clone();
+    let mut sealed_model = None;
     for op in ops {
         match op {
             Op::Put(k, len) => {
@@ -160,10 +191,24 @@ fn check(ops: Vec<Op>, capacity: usize) {
             Op::Checkpoint => {
                 harness.checkpoint();
                 durable_model = model.clone();
+                sealed_model = None;
+            }
+            Op::Seal => {
+                if harness.sealed.is_none() {
+                    harness.seal();
+                    sealed_model = Some(model.clone());
+                }
+            }
+            Op::Commit => {
+                harness.commit();
+                if let Some(sealed) = sealed_model.take() {
+                    durable_model = sealed;
+                }
             }
             Op::Reopen => {
                 harness.reopen();
                 model = durable_model.clone();
+                sealed_model = None;
             }
         }
     }
@@ -272,6 +317,11 @@ proptest! {
                 }
                 Op::Checkpoint => {
                     harness.checkpoint();
+                    harness.check_accounting();
+                }
+                Op::Seal => harness.seal(),
+                Op::Commit => {
+                    harness.commit();
                     harness.check_accounting();
                 }
                 Op::Reopen => {
