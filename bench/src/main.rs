@@ -136,8 +136,12 @@ async fn run(settings: Settings, thread: usize) -> Report {
     let total = (rate * settings.duration.as_secs_f64()) as u64;
     let mut issued = 0u64;
     let outstanding = Rc::new(Cell::new(0u64));
+    let mut tick = 0usize;
     while issued < total {
         let now = Instant::now();
+        // What is due in one tick goes out on one connection, as a client batching the
+        // requests of concurrent users would send it; the next tick takes the next connection.
+        tick += 1;
         // Issue everything scheduled up to now, each stamped with its own scheduled time.
         while issued < total && start + interval.mul_f64(issued as f64) <= now {
             let scheduled = start + interval.mul_f64(issued as f64);
@@ -148,7 +152,7 @@ async fn run(settings: Settings, thread: usize) -> Report {
             let outstanding = outstanding.clone();
             outstanding.set(outstanding.get() + 1);
             glommio::spawn_local(async move {
-                let client = pool.client();
+                let client = pool.nth(tick);
                 let result = if is_get {
                     client.get_item(&table, ItemBuilder::new().s("id", key(index)).build()).await.map(drop)
                 } else {

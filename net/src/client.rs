@@ -16,9 +16,9 @@ use std::net::{TcpStream, ToSocketAddrs};
 use std::rc::Rc;
 use std::time::Duration;
 
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use futures_lite::AsyncWriteExt;
 
-use crate::local::{Outbox, Pending, Producer};
+use crate::local::{Inbox, Outbox, Pending, Producer};
 use tessera_engine::{AttributeValue, Item, KeySchema, Number};
 use tessera_wire::frame::{self, Decoded};
 use tessera_wire::{ErrorCode, Query, Request, Response, Scan, TableDescription, TableKeys, WireError, Write};
@@ -448,12 +448,11 @@ impl AsyncClient {
         .detach();
         let answers = pending.clone();
         glommio::spawn_local(async move {
-            let mut buffer = Vec::new();
-            let mut chunk = vec![0u8; 64 << 10];
+            let mut inbox = Inbox::new();
             let failure = loop {
-                match frame::decode(&buffer) {
+                match inbox.next_frame() {
                     Err(lost) => break lost.to_string(),
-                    Ok(Decoded::Frame(frame, used)) => {
+                    Ok(Some(frame)) => {
                         let response =
                             match (frame.checksum_ok, Response::decode(frame.header.message_type, frame.payload)) {
                                 (false, _) => Err(ClientError::Protocol("an answer failed its checksum".into())),
@@ -461,11 +460,10 @@ impl AsyncClient {
                                 (true, Err(error)) => Err(ClientError::Protocol(error.to_string())),
                             };
                         answers.complete(frame.header.request_id, response);
-                        buffer.drain(..used);
                     }
-                    Ok(Decoded::Incomplete(_)) => match reader.read(&mut chunk).await {
+                    Ok(None) => match inbox.fill(&mut reader).await {
                         Ok(0) => break "the server closed the connection".to_string(),
-                        Ok(read) => buffer.extend_from_slice(&chunk[..read]),
+                        Ok(_) => {}
                         Err(error) => break error.to_string(),
                     },
                 }
@@ -570,6 +568,12 @@ impl AsyncPool {
         let index = self.next.get();
         self.next.set((index + 1) % self.clients.len());
         &self.clients[index]
+    }
+
+    /// Connection `index` (modulo the pool's size): calls made together on one connection
+    /// share its reads and writes.
+    pub fn nth(&self, index: usize) -> &AsyncClient {
+        &self.clients[index % self.clients.len()]
     }
 }
 

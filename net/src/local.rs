@@ -1,10 +1,13 @@
 //! Single-executor plumbing shared by the server and the client: replies awaited by token,
-//! and the outbox a connection's writer task drains.
+//! the outbox a connection's writer task drains, and the inbox its reader cuts frames from.
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::rc::Rc;
 use std::task::{Poll, Waker};
+
+use futures_lite::{AsyncRead, AsyncReadExt};
+use tessera_wire::frame::{self, Decoded, Frame, FramingLost};
 
 /// A reply being waited for.
 struct Slot<T> {
@@ -121,5 +124,54 @@ impl Outbox {
             Poll::Pending
         })
         .await
+    }
+}
+
+/// Bytes read from a connection and not yet cut into frames. The buffer is allocated (and
+/// zeroed) once and reused; it grows only for a frame larger than itself, and shrinks back once
+/// that frame is consumed.
+pub(crate) struct Inbox {
+    bytes: Vec<u8>,
+    start: usize,
+    end: usize,
+}
+
+/// Bytes an `Inbox` asks the socket for at a time.
+const INBOX_BYTES: usize = 64 << 10;
+
+impl Inbox {
+    pub(crate) fn new() -> Inbox {
+        Inbox { bytes: vec![0; INBOX_BYTES], start: 0, end: 0 }
+    }
+
+    /// The next whole frame, `None` if more bytes are needed first.
+    pub(crate) fn next_frame(&mut self) -> Result<Option<Frame<'_>>, FramingLost> {
+        match frame::decode(&self.bytes[self.start..self.end])? {
+            Decoded::Incomplete(_) => Ok(None),
+            Decoded::Frame(frame, used) => {
+                self.start += used;
+                Ok(Some(frame))
+            }
+        }
+    }
+
+    /// Reads more bytes from `reader`; `Ok(0)` when the peer has closed.
+    pub(crate) async fn fill(&mut self, reader: &mut (impl AsyncRead + Unpin)) -> std::io::Result<usize> {
+        if self.start == self.end {
+            (self.start, self.end) = (0, 0);
+            if self.bytes.len() > INBOX_BYTES {
+                self.bytes = vec![0; INBOX_BYTES];
+            }
+        } else if self.bytes.len() - self.end < INBOX_BYTES / 2 {
+            self.bytes.copy_within(self.start..self.end, 0);
+            (self.start, self.end) = (0, self.end - self.start);
+        }
+        if self.end == self.bytes.len() {
+            // A frame larger than the buffer (at most FRAME_LEN_MAX, or decoding stops first).
+            self.bytes.resize(self.bytes.len() * 2, 0);
+        }
+        let read = reader.read(&mut self.bytes[self.end..]).await?;
+        self.end += read;
+        Ok(read)
     }
 }

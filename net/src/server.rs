@@ -14,21 +14,18 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use futures_lite::AsyncWriteExt;
 use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::net::{TcpListener, TcpStream};
 use glommio::{LocalExecutorBuilder, Placement};
 use tessera_engine::{LocalLog, Store, StoreConfig};
-use tessera_wire::frame::{self, Decoded};
 use tessera_wire::{ErrorCode, Request, Response, WireError};
 
-use crate::local::{Outbox, Producer};
+use crate::local::{Inbox, Outbox, Producer};
 use crate::shard::{Envelope, Shard};
 
 /// Requests one connection may have in progress; reading pauses beyond it.
 const IN_FLIGHT_MAX: u64 = 512;
-/// Bytes read from a socket at a time.
-const READ_CHUNK: usize = 64 << 10;
 /// How often each core checks whether the server is stopping.
 const STOP_POLL: Duration = Duration::from_millis(20);
 
@@ -217,14 +214,12 @@ async fn connection(shard: Rc<Shard>, stream: TcpStream) {
         let _ = writer.close().await;
     });
     let in_flight = Rc::new(glommio::sync::Semaphore::new(IN_FLIGHT_MAX));
-    let mut buffer: Vec<u8> = Vec::with_capacity(READ_CHUNK);
-    let mut start = 0;
+    let mut inbox = Inbox::new();
     'reading: loop {
         loop {
-            match frame::decode(&buffer[start..]) {
-                Ok(Decoded::Incomplete(_)) => break,
-                Ok(Decoded::Frame(frame, used)) => {
-                    start += used;
+            match inbox.next_frame() {
+                Ok(None) => break,
+                Ok(Some(frame)) => {
                     let id = frame.header.request_id;
                     let request = if !frame.checksum_ok {
                         Err(WireError::new(ErrorCode::ChecksumMismatch, "the frame's CRC32C does not match its bytes"))
@@ -254,13 +249,9 @@ async fn connection(shard: Rc<Shard>, stream: TcpStream) {
                 }
             }
         }
-        buffer.drain(..start);
-        start = 0;
-        let filled = buffer.len();
-        buffer.resize(filled + READ_CHUNK, 0);
-        match reader.read(&mut buffer[filled..]).await {
+        match inbox.fill(&mut reader).await {
             Ok(0) | Err(_) => break,
-            Ok(read) => buffer.truncate(filled + read),
+            Ok(_) => {}
         }
     }
     // Requests still being served hold producers of their own; the writer ends after the last.
