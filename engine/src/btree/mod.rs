@@ -32,8 +32,8 @@ pub(crate) const FIRST_DATA_PAGE: PageId = 2;
 /// Clean pages the cache always keeps room for beside the pinned ones: an operation needs a
 /// root-to-leaf path and a whole overflow chain (a 400 KB value spans 101 pages) cached at once.
 const CLEAN_PAGES_MIN: usize = 128;
-/// Most frames one eviction call looks at.
-const EVICTION_STEPS: usize = 64;
+/// Most frames one eviction call drops.
+const EVICTIONS_PER_CALL: usize = 4;
 /// Smallest page cache setting.
 pub const CACHE_PAGES_MIN: usize = 2 * CLEAN_PAGES_MIN;
 const _: () = assert!(400 * 1024 / page::OVERFLOW_DATA_MAX + 1 + 16 <= CLEAN_PAGES_MIN);
@@ -235,12 +235,13 @@ impl Tree {
         self.capacity.max(self.dirty_count + self.sealed_count + CLEAN_PAGES_MIN)
     }
 
-    /// CLOCK sweep: drops unreferenced clean frames until at most `target` remain, visiting at
-    /// most `EVICTION_STEPS` frames, so that no call stalls (a commit may leave many more
-    /// frames than the target; allocations and loads bring them down a step at a time).
+    /// CLOCK sweep: drops unreferenced clean frames until at most `target` remain, but at most
+    /// `EVICTIONS_PER_CALL` of them, so that no call stalls (a commit may leave many more frames
+    /// than the target; loads and writes bring them down a few at a time).
     fn evict_to(&mut self, target: usize) {
-        let mut budget = (2 * self.ring.len()).min(EVICTION_STEPS);
-        while self.frames.len() > target && budget > 0 && !self.ring.is_empty() {
+        let mut budget = 2 * self.ring.len();
+        let mut evicted = 0;
+        while self.frames.len() > target && budget > 0 && evicted < EVICTIONS_PER_CALL && !self.ring.is_empty() {
             budget -= 1;
             self.hand %= self.ring.len();
             let id = self.ring[self.hand];
@@ -253,6 +254,7 @@ impl Tree {
                 Some(_) => {
                     self.frames.remove(&id);
                     self.ring.swap_remove(self.hand);
+                    evicted += 1;
                 }
             }
         }

@@ -335,3 +335,20 @@ proptest! {
         harness.check_accounting();
     }
 }
+
+#[test]
+fn reads_keep_the_cache_within_its_capacity() {
+    let mut harness = Harness::new(CACHE_PAGES_MIN);
+    for k in 0..1500u16 {
+        harness.run(|tree| tree.put(&key_of(k), &value_of(k, 600)));
+    }
+    harness.checkpoint();
+    harness.reopen();
+    for round in 0..3 {
+        for k in 0..1500u16 {
+            assert!(harness.run(|tree| tree.get(&key_of(k))).is_some());
+            let cached = harness.tree.frames.len();
+            assert!(cached <= CACHE_PAGES_MIN + 1, "round {round}, key {k}: {cached} pages cached");
+        }
+    }
+}
