@@ -19,6 +19,8 @@ use tessera_net::client::{AsyncPool, Client, ClientConfig, ItemBuilder};
 const USAGE: &str = "usage: tessera-load [--endpoint ADDR] [--table NAME] [--keys N] [--value-bytes N]
                     [--rate OPS_PER_S] [--duration SECONDS] [--get-ratio R] [--connections N]
                     [--threads N] [--create PARTITIONS] [--prefill]
+  --connections N  pipelined connections per server core (default 1); each call goes to
+                   one on the core owning its key
   --create P   create the table (partition key id:S) with P partitions first
   --prefill    write every key once (closed loop, 256 in flight) before the timed run";
 
@@ -54,7 +56,7 @@ fn parse() -> Result<Settings, String> {
         rate: number(value("--rate"), "--rate", 50_000.0)?,
         duration: Duration::from_secs_f64(number(value("--duration"), "--duration", 20.0)?),
         get_ratio: number(value("--get-ratio"), "--get-ratio", 0.5)?,
-        connections: number(value("--connections"), "--connections", 16)?,
+        connections: number(value("--connections"), "--connections", 1)?,
         threads: number(value("--threads"), "--threads", 1)?,
         create: value("--create").map(|text| number(Some(text), "--create", 0)).transpose()?,
         prefill: args.iter().any(|arg| arg == "--prefill"),
@@ -113,10 +115,9 @@ async fn prefill(settings: Settings, thread: usize) {
                         return;
                     }
                     next.set(index + settings.threads as u64);
-                    pool.client()
-                        .put_item(&settings.table, item(index, settings.value_bytes))
-                        .await
-                        .expect("prefill put");
+                    let item = item(index, settings.value_bytes);
+                    let client = pool.route(&settings.table, &item).await;
+                    client.put_item(&settings.table, item).await.expect("prefill put");
                 }
             })
         })
@@ -136,12 +137,8 @@ async fn run(settings: Settings, thread: usize) -> Report {
     let total = (rate * settings.duration.as_secs_f64()) as u64;
     let mut issued = 0u64;
     let outstanding = Rc::new(Cell::new(0u64));
-    let mut tick = 0usize;
     while issued < total {
         let now = Instant::now();
-        // What is due in one tick goes out on one connection, as a client batching the
-        // requests of concurrent users would send it; the next tick takes the next connection.
-        tick += 1;
         // Issue everything scheduled up to now, each stamped with its own scheduled time.
         while issued < total && start + interval.mul_f64(issued as f64) <= now {
             let scheduled = start + interval.mul_f64(issued as f64);
@@ -152,11 +149,15 @@ async fn run(settings: Settings, thread: usize) -> Report {
             let outstanding = outstanding.clone();
             outstanding.set(outstanding.get() + 1);
             glommio::spawn_local(async move {
-                let client = pool.nth(tick);
+                // Each call goes to a connection on the core owning the key's partition.
                 let result = if is_get {
-                    client.get_item(&table, ItemBuilder::new().s("id", key(index)).build()).await.map(drop)
+                    let key = ItemBuilder::new().s("id", key(index)).build();
+                    let client = pool.route(&table, &key).await;
+                    client.get_item(&table, key).await.map(drop)
                 } else {
-                    client.put_item(&table, item(index, value_bytes)).await
+                    let item = item(index, value_bytes);
+                    let client = pool.route(&table, &item).await;
+                    client.put_item(&table, item).await
                 };
                 let micros = scheduled.elapsed().as_micros() as u64;
                 let mut report = report.borrow_mut();

@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 
-use tessera_engine::{KeyAttribute, KeySchema, KeyType, PartitionId};
+use tessera_engine::{Item, KeyAttribute, KeySchema, KeyType, PartitionId};
 use tessera_wire::{ErrorCode, TableDescription, TableStatus, WireError};
 
 /// Storage partition (on core 0) holding the catalog.
@@ -37,7 +37,7 @@ impl TableInfo {
 
     /// The partition holding partition-key hash `hash`.
     pub fn partition_of(&self, hash: u64) -> u32 {
-        ((u128::from(hash) * u128::from(self.partitions)) >> 64) as u32
+        partition_of(hash, self.partitions)
     }
 
     /// The first hash of partition `index` (of `partitions`), or `None` past the last.
@@ -130,6 +130,29 @@ fn key_type_of(byte: u8) -> Option<KeyType> {
     [KeyType::S, KeyType::N, KeyType::B].get(usize::from(byte)).copied()
 }
 
+/// The partition, of `partitions`, holding partition-key hash `hash`.
+pub fn partition_of(hash: u64, partitions: u32) -> u32 {
+    ((u128::from(hash) * u128::from(partitions)) >> 64) as u32
+}
+
+/// The core, of `cores`, that owns partition `index`.
+pub fn owner_core(index: u32, cores: usize) -> usize {
+    index as usize % cores
+}
+
+/// The hash an encoded key (or partition-key prefix) starts with.
+pub fn key_hash(encoded: &[u8]) -> u64 {
+    u64::from_be_bytes(encoded[..8].try_into().expect("encoded keys start with the hash"))
+}
+
+/// The core owning the item with key `key` in a table described by `table`, for a node of
+/// `cores` cores; `None` if the key has no valid partition key value (the server will say why).
+pub fn core_of_key(table: &TableDescription, cores: usize, key: &Item) -> Option<usize> {
+    let value = key.get(&table.key_schema.partition.name)?;
+    let prefix = table.key_schema.encode_partition_prefix(value).ok()?;
+    Some(owner_core(partition_of(key_hash(&prefix.bytes), table.partitions), cores))
+}
+
 /// The first hash of range `index` when the hash space is cut into `count` equal ranges, or
 /// `None` when `index == count` (the end of the space).
 pub fn range_start(index: u64, count: u64) -> Option<u64> {
@@ -212,6 +235,32 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn clients_route_keys_to_the_core_the_server_places_them_on() {
+        use tessera_engine::AttributeValue;
+        let table = TableInfo {
+            id: 3,
+            name: "t".into(),
+            key_schema: KeySchema::composite(("customer", KeyType::S), ("n", KeyType::N)),
+            partitions: 13,
+            created_at_ms: 0,
+        };
+        let description = table.describe(0, 0);
+        let mut seen = std::collections::HashSet::new();
+        for customer in 0..200 {
+            let mut item = Item::new();
+            item.insert("customer".into(), AttributeValue::S(format!("c{customer}")));
+            item.insert("n".into(), AttributeValue::N(tessera_engine::Number::parse("7").unwrap()));
+            for cores in 1..4 {
+                let placed = table.partition_of(key_hash(&table.key_schema.encode_key(&item).unwrap().bytes));
+                assert_eq!(core_of_key(&description, cores, &item), Some(owner_core(placed, cores)));
+                seen.insert((cores, owner_core(placed, cores)));
+            }
+        }
+        assert_eq!(seen.len(), 1 + 2 + 3, "every core of every layout gets keys");
+        assert_eq!(core_of_key(&description, 2, &Item::new()), None);
     }
 
     #[test]

@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use futures_lite::AsyncWriteExt;
 
+use crate::catalog::core_of_key;
 use crate::local::{Inbox, Outbox, Pending, Producer};
 use tessera_engine::{AttributeValue, Item, KeySchema, Number};
 use tessera_wire::frame::{self, Decoded};
@@ -210,7 +211,7 @@ impl Client {
     }
 
     pub fn describe_table(&mut self, table: &str) -> Result<TableDescription, ClientError> {
-        table_of(self.call(&Request::DescribeTable { table: table.into() })?)
+        table_of(self.call(&Request::DescribeTable { table: table.into(), counts: true })?)
     }
 
     /// Every table name, following every page.
@@ -538,42 +539,103 @@ impl AsyncClient {
     }
 
     pub async fn describe_table(&self, table: &str) -> Result<TableDescription, ClientError> {
-        table_of(self.call(&Request::DescribeTable { table: table.into() }).await?)
+        table_of(self.call(&Request::DescribeTable { table: table.into(), counts: true }).await?)
+    }
+
+    /// The table's description without its item count and size (which cost the server a pass
+    /// over the table): its key schema and partitions.
+    pub async fn layout(&self, table: &str) -> Result<TableDescription, ClientError> {
+        table_of(self.call(&Request::DescribeTable { table: table.into(), counts: false }).await?)
+    }
+
+    /// The core serving this connection, and the server's number of cores.
+    pub async fn hello(&self) -> Result<(usize, usize), ClientError> {
+        match self.call(&Request::Hello).await? {
+            Response::Hello { core, cores } => Ok((core as usize, cores as usize)),
+            other => unexpected(other),
+        }
     }
 }
 
-/// Pipelined connections to one server, used round-robin: spreads a glommio program's calls
-/// over several sockets (and so over the server's cores).
+/// Pipelined connections to one server, grouped by the core serving each. A call on one item
+/// goes to a connection on the core that owns the item's partition (`route`), so the server
+/// need not forward it between cores; other calls take the connections in turn (`client`).
+/// Routing is only a hint: a stale table layout (the table recreated with other partitions)
+/// costs a forward inside the server, never a wrong answer.
 pub struct AsyncPool {
     clients: Vec<AsyncClient>,
+    /// Indexes into `clients` of the connections each core serves.
+    by_core: Vec<Vec<usize>>,
+    /// Layouts of the tables routed to so far.
+    tables: std::cell::RefCell<ahash::HashMap<String, TableDescription>>,
+    looking_up: std::cell::RefCell<ahash::HashSet<String>>,
     next: std::cell::Cell<usize>,
 }
 
+/// Connections tried per wanted connection before a core without one is given up on.
+const CONNECT_ATTEMPTS: usize = 8;
+
 impl AsyncPool {
-    /// Opens `connections` connections (at least one).
-    pub async fn connect(
-        address: SocketAddr,
-        connections: usize,
-        config: ClientConfig,
-    ) -> Result<AsyncPool, ClientError> {
-        let mut clients = Vec::new();
-        for _ in 0..connections.max(1) {
-            clients.push(AsyncClient::connect(address, config.clone()).await?);
+    /// Opens connections until every core of the server serves `per_core` of them (at least
+    /// one). The kernel picks each connection's core, so more may be opened (and closed again)
+    /// than kept; a core still without one after a few tries is reached through the others.
+    pub async fn connect(address: SocketAddr, per_core: usize, config: ClientConfig) -> Result<AsyncPool, ClientError> {
+        let per_core = per_core.max(1);
+        let mut pool = AsyncPool {
+            clients: Vec::new(),
+            by_core: Vec::new(),
+            tables: std::cell::RefCell::default(),
+            looking_up: std::cell::RefCell::default(),
+            next: std::cell::Cell::new(0),
+        };
+        let mut attempts = CONNECT_ATTEMPTS;
+        while attempts > 0 && (pool.clients.is_empty() || pool.by_core.iter().any(|core| core.len() < per_core)) {
+            attempts -= 1;
+            let client = AsyncClient::connect(address, config.clone()).await?;
+            let (core, cores) = client.hello().await?;
+            if pool.by_core.is_empty() {
+                pool.by_core = vec![Vec::new(); cores];
+                attempts = per_core * cores * CONNECT_ATTEMPTS;
+            }
+            if pool.by_core.len() != cores || core >= cores {
+                return Err(ClientError::Protocol(format!("the server answered core {core} of {cores}")));
+            }
+            if pool.by_core[core].len() < per_core {
+                pool.by_core[core].push(pool.clients.len());
+                pool.clients.push(client);
+            }
         }
-        Ok(AsyncPool { clients, next: std::cell::Cell::new(0) })
+        Ok(pool)
     }
 
     /// The next connection in turn.
     pub fn client(&self) -> &AsyncClient {
         let index = self.next.get();
-        self.next.set((index + 1) % self.clients.len());
-        &self.clients[index]
+        self.next.set(index.wrapping_add(1));
+        &self.clients[index % self.clients.len()]
     }
 
-    /// Connection `index` (modulo the pool's size): calls made together on one connection
-    /// share its reads and writes.
-    pub fn nth(&self, index: usize) -> &AsyncClient {
-        &self.clients[index % self.clients.len()]
+    /// The connection for a call on the item with key `key` (or the whole item) in `table`:
+    /// one on the core owning it. The table's layout is looked up on first use.
+    pub async fn route(&self, table: &str, key: &Item) -> &AsyncClient {
+        let unknown = !self.tables.borrow().contains_key(table);
+        // One lookup at a time per table; calls made meanwhile take any connection.
+        if unknown && self.looking_up.borrow_mut().insert(table.to_string()) {
+            let description = self.client().layout(table).await;
+            self.looking_up.borrow_mut().remove(table);
+            if let Ok(description) = description {
+                self.tables.borrow_mut().insert(table.to_string(), description);
+            }
+        }
+        let core = self.tables.borrow().get(table).and_then(|table| core_of_key(table, self.by_core.len(), key));
+        match core.map(|core| &self.by_core[core]).filter(|connections| !connections.is_empty()) {
+            Some(connections) => {
+                let index = self.next.get();
+                self.next.set(index.wrapping_add(1));
+                &self.clients[connections[index % connections.len()]]
+            }
+            None => self.client(),
+        }
     }
 }
 

@@ -20,7 +20,8 @@ use tessera_engine::{
 use tessera_wire::{ErrorCode, Query, Request, Response, Scan, SortCondition, TableKeys, WireError, Write};
 
 use crate::catalog::{
-    range_start, validate_table_name, Catalog, TableInfo, CATALOG_PARTITION, NEXT_ID_KEY, PARTITIONS_MAX,
+    key_hash, owner_core, range_start, validate_table_name, Catalog, TableInfo, CATALOG_PARTITION, NEXT_ID_KEY,
+    PARTITIONS_MAX,
 };
 use crate::local::Pending;
 
@@ -334,7 +335,7 @@ impl Shard {
     }
 
     fn owner(&self, partition_index: u32) -> usize {
-        partition_index as usize % self.cores
+        owner_core(partition_index, self.cores)
     }
 
     // ------------------------------------------------------------------ partition work
@@ -553,7 +554,7 @@ impl Shard {
                 }
                 other => Err(unexpected(other)),
             },
-            Request::DescribeTable { table } => self.describe(&table).await,
+            Request::DescribeTable { table, counts } => self.describe(&table, counts).await,
             Request::ListTables { exclusive_start_table, limit } => self.list_tables(exclusive_start_table, limit),
             Request::PutItem { table, item, return_old } => self.put_item(&table, item, return_old).await,
             Request::GetItem { table, key, .. } => self.get_item(&table, &key).await,
@@ -562,6 +563,7 @@ impl Shard {
             Request::Scan(scan) => self.scan_table(scan).await,
             Request::BatchGetItem(tables) => self.batch_get(tables).await,
             Request::BatchWriteItem(writes) => self.batch_write(writes).await,
+            Request::Hello => Ok(Response::Hello { core: self.core as u32, cores: self.cores as u32 }),
         };
         result.unwrap_or_else(Response::Error)
     }
@@ -595,10 +597,10 @@ impl Shard {
         }
     }
 
-    async fn describe(self: &Rc<Shard>, name: &str) -> Result<Response, WireError> {
+    async fn describe(self: &Rc<Shard>, name: &str, counts: bool) -> Result<Response, WireError> {
         let table = self.table(name)?;
         let (mut items, mut bytes) = (0, 0);
-        for core in 0..self.cores {
+        for core in (0..self.cores).filter(|_| counts) {
             let partitions = (0..table.partitions)
                 .filter(|&index| self.owner(index) == core)
                 .map(|index| table.partition_id(index))
@@ -632,8 +634,7 @@ impl Shard {
 
     /// Where an encoded key lives: (owner core, partition id).
     fn place(&self, table: &TableInfo, key: &[u8]) -> (usize, PartitionId) {
-        let hash = u64::from_be_bytes(key[..8].try_into().expect("encoded keys start with the hash"));
-        let index = table.partition_of(hash);
+        let index = table.partition_of(key_hash(key));
         (self.owner(index), table.partition_id(index))
     }
 
@@ -750,7 +751,7 @@ impl Shard {
         let (mut index, mut lower) = match &scan.exclusive_start_key {
             Some(start) => {
                 let start = encode_exact_key(&table.key_schema, start)?;
-                let hash = u64::from_be_bytes(start[..8].try_into().expect("hash"));
+                let hash = key_hash(&start);
                 if hash < segment_start || segment_end.is_some_and(|end| hash >= end) {
                     return Err(invalid("The provided starting key is invalid: it is not in this scan segment"));
                 }

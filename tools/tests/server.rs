@@ -393,17 +393,17 @@ fn garbage_gets_typed_errors_and_the_server_keeps_serving() {
     frame::encode(1, MessageType::PutItem, b"not a flatbuffer", &mut bytes);
     frame::encode(2, MessageType::ItemResponse, b"", &mut bytes);
     let mut damaged = Vec::new();
-    Request::DescribeTable { table: "pairs".into() }.encode(3, &mut damaged);
+    Request::DescribeTable { table: "pairs".into(), counts: true }.encode(3, &mut damaged);
     let last = damaged.len() - 1;
     damaged[last] ^= 0xFF;
     bytes.extend_from_slice(&damaged);
     let mut unknown = Vec::new();
-    Request::DescribeTable { table: "pairs".into() }.encode(4, &mut unknown);
+    Request::DescribeTable { table: "pairs".into(), counts: true }.encode(4, &mut unknown);
     unknown[16..18].copy_from_slice(&0x7777u16.to_le_bytes());
     let checksum = crc32c::crc32c(&unknown[8..]);
     unknown[4..8].copy_from_slice(&checksum.to_le_bytes());
     bytes.extend_from_slice(&unknown);
-    Request::DescribeTable { table: "pairs".into() }.encode(5, &mut bytes);
+    Request::DescribeTable { table: "pairs".into(), counts: true }.encode(5, &mut bytes);
     stream.write_all(&bytes).unwrap();
     let (answers, closed) = read_answers(&mut stream, 5);
     assert!(!closed);
@@ -428,7 +428,7 @@ fn garbage_gets_typed_errors_and_the_server_keeps_serving() {
     let mut state = 0x1234_5678_9ABC_DEF1u64;
     let mut hanging = TcpStream::connect(node.address).unwrap();
     let mut half = Vec::new();
-    Request::DescribeTable { table: "pairs".into() }.encode(9, &mut half);
+    Request::DescribeTable { table: "pairs".into(), counts: true }.encode(9, &mut half);
     hanging.write_all(&half[..half.len() / 2]).unwrap();
     for round in 0..50 {
         let mut garbage = vec![0u8; 1 + round * 37 % 3000];
@@ -531,7 +531,8 @@ fn the_async_pool_pipelines_many_calls_per_connection() {
             let config = tessera_net::client::ClientConfig::default();
             let pool = std::rc::Rc::new(tessera_net::client::AsyncPool::connect(address, 3, config).await.unwrap());
             pool.client().create_table("pipelined", KeySchema::hash_only("k", KeyType::N), 4).await.unwrap();
-            // 600 puts in flight at once over three connections, then 600 gets likewise.
+            // 600 puts in flight at once over three connections per core, then 600 gets
+            // likewise, each sent to a connection on the core owning its key.
             let puts: Vec<_> = (0..600)
                 .map(|k| {
                     let pool = pool.clone();
@@ -548,8 +549,8 @@ fn the_async_pool_pipelines_many_calls_per_connection() {
                 .map(|k| {
                     let pool = pool.clone();
                     glommio::spawn_local(async move {
-                        let item =
-                            pool.client().get_item("pipelined", ItemBuilder::new().n("k", k).build()).await.unwrap();
+                        let key = ItemBuilder::new().n("k", k).build();
+                        let item = pool.route("pipelined", &key).await.get_item("pipelined", key).await.unwrap();
                         item.map(|item| item["square"] == n(k * k))
                     })
                 })

@@ -28,6 +28,8 @@ pub enum MessageType {
     Scan = 9,
     BatchGetItem = 10,
     BatchWriteItem = 11,
+    /// Which core serves this connection (for clients that route by partition).
+    Hello = 12,
     /// CreateTable, DeleteTable and DescribeTable answers.
     TableResponse = 0x8001,
     ListTablesResponse = 0x8002,
@@ -37,11 +39,12 @@ pub enum MessageType {
     ItemsResponse = 0x8004,
     BatchGetItemResponse = 0x8005,
     BatchWriteItemResponse = 0x8006,
+    HelloResponse = 0x8007,
     Error = 0xFFFF,
 }
 
 impl MessageType {
-    const ALL: [MessageType; 18] = [
+    const ALL: [MessageType; 20] = [
         MessageType::CreateTable,
         MessageType::DeleteTable,
         MessageType::DescribeTable,
@@ -53,12 +56,14 @@ impl MessageType {
         MessageType::Scan,
         MessageType::BatchGetItem,
         MessageType::BatchWriteItem,
+        MessageType::Hello,
         MessageType::TableResponse,
         MessageType::ListTablesResponse,
         MessageType::ItemResponse,
         MessageType::ItemsResponse,
         MessageType::BatchGetItemResponse,
         MessageType::BatchWriteItemResponse,
+        MessageType::HelloResponse,
         MessageType::Error,
     ];
 
@@ -140,21 +145,52 @@ pub enum Write {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Request {
-    CreateTable { table: String, key_schema: KeySchema, partitions: u32 },
-    DeleteTable { table: String },
-    DescribeTable { table: String },
-    ListTables { exclusive_start_table: Option<String>, limit: u32 },
-    PutItem { table: String, item: Item, return_old: bool },
-    GetItem { table: String, key: Item, consistent_read: bool },
-    DeleteItem { table: String, key: Item, return_old: bool },
+    CreateTable {
+        table: String,
+        key_schema: KeySchema,
+        partitions: u32,
+    },
+    DeleteTable {
+        table: String,
+    },
+    /// `counts: false` leaves the item count and size at 0 (they cost a pass over the table).
+    DescribeTable {
+        table: String,
+        counts: bool,
+    },
+    ListTables {
+        exclusive_start_table: Option<String>,
+        limit: u32,
+    },
+    PutItem {
+        table: String,
+        item: Item,
+        return_old: bool,
+    },
+    GetItem {
+        table: String,
+        key: Item,
+        consistent_read: bool,
+    },
+    DeleteItem {
+        table: String,
+        key: Item,
+        return_old: bool,
+    },
     Query(Query),
     Scan(Scan),
     BatchGetItem(Vec<TableKeys>),
     BatchWriteItem(Vec<Write>),
+    Hello,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Response {
+    /// The core serving the connection, of how many.
+    Hello {
+        core: u32,
+        cores: u32,
+    },
     Table(TableDescription),
     ListTables {
         tables: Vec<String>,
@@ -498,6 +534,7 @@ impl Request {
             Request::Scan(_) => MessageType::Scan,
             Request::BatchGetItem(_) => MessageType::BatchGetItem,
             Request::BatchWriteItem(_) => MessageType::BatchWriteItem,
+            Request::Hello => MessageType::Hello,
         }
     }
 
@@ -514,6 +551,7 @@ impl Request {
             MessageType::Query => "Query",
             MessageType::Scan => "Scan",
             MessageType::BatchGetItem => "BatchGetItem",
+            MessageType::Hello => "Hello",
             _ => "BatchWriteItem",
         }
     }
@@ -537,9 +575,10 @@ impl Request {
                 let root = fb::DeleteTableRequest::create(&mut fbb, &fb::DeleteTableRequestArgs { table });
                 fbb.finish_minimal(root);
             }
-            Request::DescribeTable { table } => {
+            Request::DescribeTable { table, counts } => {
                 let table = Some(fbb.create_string(table));
-                let root = fb::DescribeTableRequest::create(&mut fbb, &fb::DescribeTableRequestArgs { table });
+                let args = fb::DescribeTableRequestArgs { table, without_counts: !counts };
+                let root = fb::DescribeTableRequest::create(&mut fbb, &args);
                 fbb.finish_minimal(root);
             }
             Request::ListTables { exclusive_start_table, limit } => {
@@ -627,6 +666,10 @@ impl Request {
                 let root = fb::BatchWriteItemRequest::create(&mut fbb, &fb::BatchWriteItemRequestArgs { writes });
                 fbb.finish_minimal(root);
             }
+            Request::Hello => {
+                let root = fb::HelloRequest::create(&mut fbb, &fb::HelloRequestArgs {});
+                fbb.finish_minimal(root);
+            }
         }
         frame::encode(request_id, self.message_type(), fbb.finished_data(), out);
     }
@@ -647,12 +690,17 @@ impl Request {
                     partitions: request.partitions(),
                 }
             }
+            MessageType::Hello => {
+                root::<fb::HelloRequest>(payload, "Hello")?;
+                Request::Hello
+            }
             MessageType::DeleteTable => Request::DeleteTable {
                 table: read_string(root::<fb::DeleteTableRequest>(payload, "DeleteTable")?.table()),
             },
-            MessageType::DescribeTable => Request::DescribeTable {
-                table: read_string(root::<fb::DescribeTableRequest>(payload, "DescribeTable")?.table()),
-            },
+            MessageType::DescribeTable => {
+                let request = root::<fb::DescribeTableRequest>(payload, "DescribeTable")?;
+                Request::DescribeTable { table: read_string(request.table()), counts: !request.without_counts() }
+            }
             MessageType::ListTables => {
                 let request = root::<fb::ListTablesRequest>(payload, "ListTables")?;
                 Request::ListTables {
@@ -786,6 +834,7 @@ impl Response {
     /// The message type this answer travels as.
     pub fn message_type(&self) -> MessageType {
         match self {
+            Response::Hello { .. } => MessageType::HelloResponse,
             Response::Table(_) => MessageType::TableResponse,
             Response::ListTables { .. } => MessageType::ListTablesResponse,
             Response::Item(_) => MessageType::ItemResponse,
@@ -800,6 +849,11 @@ impl Response {
     pub fn encode(&self, request_id: u64, out: &mut Vec<u8>) {
         let mut fbb = FlatBufferBuilder::with_capacity(256);
         match self {
+            Response::Hello { core, cores } => {
+                let args = fb::HelloResponseArgs { core: *core, cores: *cores };
+                let root = fb::HelloResponse::create(&mut fbb, &args);
+                fbb.finish_minimal(root);
+            }
             Response::Table(table) => {
                 let table = Some(write_table_description(&mut fbb, table));
                 let root = fb::TableResponse::create(&mut fbb, &fb::TableResponseArgs { table });
@@ -862,6 +916,10 @@ impl Response {
             WireError::new(ErrorCode::UnknownMessageType, format!("message type {message_type} is not an answer"))
         })?;
         Ok(match kind {
+            MessageType::HelloResponse => {
+                let answer = root::<fb::HelloResponse>(payload, "Hello answer")?;
+                Response::Hello { core: answer.core(), cores: answer.cores() }
+            }
             MessageType::TableResponse => {
                 Response::Table(read_table_description(root::<fb::TableResponse>(payload, "table answer")?.table())?)
             }

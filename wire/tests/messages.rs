@@ -149,9 +149,11 @@ fn table_messages_round_trip() {
             partitions: 0,
         },
         Request::DeleteTable { table: "orders".into() },
-        Request::DescribeTable { table: "orders".into() },
+        Request::DescribeTable { table: "orders".into(), counts: true },
+        Request::DescribeTable { table: "orders".into(), counts: false },
         Request::ListTables { exclusive_start_table: Some("a".into()), limit: 10 },
         Request::ListTables { exclusive_start_table: None, limit: 0 },
+        Request::Hello,
     ];
     for request in requests {
         assert_eq!(round_trip_request(&request), request);
@@ -168,6 +170,7 @@ fn table_messages_round_trip() {
     let responses = [
         Response::Table(description),
         Response::ListTables { tables: vec!["a".into(), "b".into()], last_evaluated_table: Some("b".into()) },
+        Response::Hello { core: 1, cores: 2 },
         Response::Error(WireError::new(ErrorCode::ResourceNotFoundException, "no table named orders")),
         Response::Error(WireError::new(ErrorCode::ThrottlingException, "slow down")),
     ];

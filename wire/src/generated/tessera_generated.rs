@@ -1676,6 +1676,7 @@ impl<'a> flatbuffers::Follow<'a> for DescribeTableRequest<'a> {
 
 impl<'a> DescribeTableRequest<'a> {
   pub const VT_TABLE: flatbuffers::VOffsetT = 4;
+  pub const VT_WITHOUT_COUNTS: flatbuffers::VOffsetT = 6;
 
   #[inline]
   pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
@@ -1688,6 +1689,7 @@ impl<'a> DescribeTableRequest<'a> {
   ) -> flatbuffers::WIPOffset<DescribeTableRequest<'bldr>> {
     let mut builder = DescribeTableRequestBuilder::new(_fbb);
     if let Some(x) = args.table { builder.add_table(x); }
+    builder.add_without_counts(args.without_counts);
     builder.finish()
   }
 
@@ -1699,6 +1701,13 @@ impl<'a> DescribeTableRequest<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<&str>>(DescribeTableRequest::VT_TABLE, None)}
   }
+  #[inline]
+  pub fn without_counts(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(DescribeTableRequest::VT_WITHOUT_COUNTS, Some(false)).unwrap()}
+  }
 }
 
 impl flatbuffers::Verifiable for DescribeTableRequest<'_> {
@@ -1709,18 +1718,21 @@ impl flatbuffers::Verifiable for DescribeTableRequest<'_> {
     use self::flatbuffers::Verifiable;
     v.visit_table(pos)?
      .visit_field::<flatbuffers::ForwardsUOffset<&str>>("table", Self::VT_TABLE, false)?
+     .visit_field::<bool>("without_counts", Self::VT_WITHOUT_COUNTS, false)?
      .finish();
     Ok(())
   }
 }
 pub struct DescribeTableRequestArgs<'a> {
     pub table: Option<flatbuffers::WIPOffset<&'a str>>,
+    pub without_counts: bool,
 }
 impl<'a> Default for DescribeTableRequestArgs<'a> {
   #[inline]
   fn default() -> Self {
     DescribeTableRequestArgs {
       table: None,
+      without_counts: false,
     }
   }
 }
@@ -1733,6 +1745,10 @@ impl<'a: 'b, 'b> DescribeTableRequestBuilder<'a, 'b> {
   #[inline]
   pub fn add_table(&mut self, table: flatbuffers::WIPOffset<&'b  str>) {
     self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(DescribeTableRequest::VT_TABLE, table);
+  }
+  #[inline]
+  pub fn add_without_counts(&mut self, without_counts: bool) {
+    self.fbb_.push_slot::<bool>(DescribeTableRequest::VT_WITHOUT_COUNTS, without_counts, false);
   }
   #[inline]
   pub fn new(_fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>) -> DescribeTableRequestBuilder<'a, 'b> {
@@ -1753,6 +1769,7 @@ impl core::fmt::Debug for DescribeTableRequest<'_> {
   fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
     let mut ds = f.debug_struct("DescribeTableRequest");
       ds.field("table", &self.table());
+      ds.field("without_counts", &self.without_counts());
       ds.finish()
   }
 }
@@ -2079,6 +2096,199 @@ impl core::fmt::Debug for ListTablesResponse<'_> {
     let mut ds = f.debug_struct("ListTablesResponse");
       ds.field("tables", &self.tables());
       ds.field("last_evaluated_table", &self.last_evaluated_table());
+      ds.finish()
+  }
+}
+pub enum HelloRequestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct HelloRequest<'a> {
+  pub _tab: flatbuffers::Table<'a>,
+}
+
+impl<'a> flatbuffers::Follow<'a> for HelloRequest<'a> {
+  type Inner = HelloRequest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: flatbuffers::Table::new(buf, loc) }
+  }
+}
+
+impl<'a> HelloRequest<'a> {
+
+  #[inline]
+  pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
+    HelloRequest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr>(
+    _fbb: &'mut_bldr mut flatbuffers::FlatBufferBuilder<'bldr>,
+    _args: &'args HelloRequestArgs
+  ) -> flatbuffers::WIPOffset<HelloRequest<'bldr>> {
+    let mut builder = HelloRequestBuilder::new(_fbb);
+    builder.finish()
+  }
+
+}
+
+impl flatbuffers::Verifiable for HelloRequest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut flatbuffers::Verifier, pos: usize
+  ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+    use self::flatbuffers::Verifiable;
+    v.visit_table(pos)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct HelloRequestArgs {
+}
+impl<'a> Default for HelloRequestArgs {
+  #[inline]
+  fn default() -> Self {
+    HelloRequestArgs {
+    }
+  }
+}
+
+pub struct HelloRequestBuilder<'a: 'b, 'b> {
+  fbb_: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+  start_: flatbuffers::WIPOffset<flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b> HelloRequestBuilder<'a, 'b> {
+  #[inline]
+  pub fn new(_fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>) -> HelloRequestBuilder<'a, 'b> {
+    let start = _fbb.start_table();
+    HelloRequestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> flatbuffers::WIPOffset<HelloRequest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl core::fmt::Debug for HelloRequest<'_> {
+  fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+    let mut ds = f.debug_struct("HelloRequest");
+      ds.finish()
+  }
+}
+pub enum HelloResponseOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct HelloResponse<'a> {
+  pub _tab: flatbuffers::Table<'a>,
+}
+
+impl<'a> flatbuffers::Follow<'a> for HelloResponse<'a> {
+  type Inner = HelloResponse<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: flatbuffers::Table::new(buf, loc) }
+  }
+}
+
+impl<'a> HelloResponse<'a> {
+  pub const VT_CORE: flatbuffers::VOffsetT = 4;
+  pub const VT_CORES: flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
+    HelloResponse { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr>(
+    _fbb: &'mut_bldr mut flatbuffers::FlatBufferBuilder<'bldr>,
+    args: &'args HelloResponseArgs
+  ) -> flatbuffers::WIPOffset<HelloResponse<'bldr>> {
+    let mut builder = HelloResponseBuilder::new(_fbb);
+    builder.add_cores(args.cores);
+    builder.add_core(args.core);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn core(&self) -> u32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(HelloResponse::VT_CORE, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn cores(&self) -> u32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(HelloResponse::VT_CORES, Some(0)).unwrap()}
+  }
+}
+
+impl flatbuffers::Verifiable for HelloResponse<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut flatbuffers::Verifier, pos: usize
+  ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+    use self::flatbuffers::Verifiable;
+    v.visit_table(pos)?
+     .visit_field::<u32>("core", Self::VT_CORE, false)?
+     .visit_field::<u32>("cores", Self::VT_CORES, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct HelloResponseArgs {
+    pub core: u32,
+    pub cores: u32,
+}
+impl<'a> Default for HelloResponseArgs {
+  #[inline]
+  fn default() -> Self {
+    HelloResponseArgs {
+      core: 0,
+      cores: 0,
+    }
+  }
+}
+
+pub struct HelloResponseBuilder<'a: 'b, 'b> {
+  fbb_: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+  start_: flatbuffers::WIPOffset<flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b> HelloResponseBuilder<'a, 'b> {
+  #[inline]
+  pub fn add_core(&mut self, core: u32) {
+    self.fbb_.push_slot::<u32>(HelloResponse::VT_CORE, core, 0);
+  }
+  #[inline]
+  pub fn add_cores(&mut self, cores: u32) {
+    self.fbb_.push_slot::<u32>(HelloResponse::VT_CORES, cores, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>) -> HelloResponseBuilder<'a, 'b> {
+    let start = _fbb.start_table();
+    HelloResponseBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> flatbuffers::WIPOffset<HelloResponse<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl core::fmt::Debug for HelloResponse<'_> {
+  fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+    let mut ds = f.debug_struct("HelloResponse");
+      ds.field("core", &self.core());
+      ds.field("cores", &self.cores());
       ds.finish()
   }
 }
