@@ -90,7 +90,8 @@ struct Inner {
     config: StoreConfig,
     tree: RefCell<Tree>,
     wal: Wal,
-    applied_slots: RefCell<ahash::HashMap<PartitionId, u64>>,
+    /// Each partition's applied slot and item counts (`PartitionMeta`).
+    applied_slots: RefCell<ahash::HashMap<PartitionId, PartitionMeta>>,
     /// Partitions whose applied slot changed since the last checkpoint was sealed.
     unsaved_slots: RefCell<ahash::HashSet<PartitionId>>,
     queue: RefCell<VecDeque<Queued>>,
@@ -173,6 +174,60 @@ fn meta_key(partition: PartitionId) -> Vec<u8> {
     tree_key(u64::MAX, &partition.to_be_bytes())
 }
 
+/// What the store keeps of each partition beside its items: the last slot applied, and how
+/// many items it holds and their bytes (keys and stored values), kept up to date by every
+/// apply so that counting a partition costs nothing.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PartitionMeta {
+    pub applied_slot: u64,
+    pub items: u64,
+    pub bytes: u64,
+}
+
+impl PartitionMeta {
+    const ENCODED_LEN: usize = 24;
+
+    fn encode(&self) -> [u8; Self::ENCODED_LEN] {
+        let mut bytes = [0; Self::ENCODED_LEN];
+        bytes[..8].copy_from_slice(&self.applied_slot.to_le_bytes());
+        bytes[8..16].copy_from_slice(&self.items.to_le_bytes());
+        bytes[16..].copy_from_slice(&self.bytes.to_le_bytes());
+        bytes
+    }
+
+    fn decode(bytes: &[u8]) -> Option<PartitionMeta> {
+        let word = |at: usize| bytes.get(at..at + 8).and_then(|word| word.try_into().ok()).map(u64::from_le_bytes);
+        (bytes.len() == Self::ENCODED_LEN).then_some(())?;
+        Some(PartitionMeta { applied_slot: word(0)?, items: word(8)?, bytes: word(16)? })
+    }
+
+    /// Accounts for `key` now holding `value` (or nothing) where it held `previous`.
+    fn change(&mut self, key: &[u8], previous: Option<&[u8]>, value: Option<&[u8]>) {
+        if let Some(previous) = previous {
+            self.items -= 1;
+            self.bytes -= (key.len() + previous.len()) as u64;
+        }
+        if let Some(value) = value {
+            self.items += 1;
+            self.bytes += (key.len() + value.len()) as u64;
+        }
+    }
+}
+
+/// Updates `meta`'s counts for `command`, applied with `outcome` (the values it replaced).
+fn account(meta: &mut PartitionMeta, command: &Command, outcome: &Outcome) {
+    match (command, outcome) {
+        (Command::Put { key, value }, Outcome::Previous(previous)) => {
+            meta.change(key, previous.as_deref(), Some(value))
+        }
+        (Command::Delete { key }, Outcome::Previous(previous)) => meta.change(key, previous.as_deref(), None),
+        (Command::Batch(commands), Outcome::Batch(outcomes)) => {
+            commands.iter().zip(outcomes).for_each(|(command, outcome)| account(meta, command, outcome))
+        }
+        _ => {}
+    }
+}
+
 impl Store {
     /// Opens the store in `dir`, creating it if empty: loads the newest complete checkpoint
     /// and replays the WAL after it.
@@ -248,21 +303,41 @@ impl Store {
     async fn load_applied_slots(&self) -> Result<()> {
         let entries =
             self.inner.scan_tree(Bound::Included(META_PREFIX.to_vec()), Bound::Unbounded, false, usize::MAX).await?;
-        let mut slots = self.inner.applied_slots.borrow_mut();
         for (key, value) in entries {
             let partition = key.get(8..16).and_then(|bytes| bytes.try_into().ok()).map(u64::from_be_bytes);
-            let slot = value.as_slice().try_into().ok().map(u64::from_le_bytes);
-            match (partition, slot) {
-                (Some(partition), Some(slot)) => slots.insert(partition, slot),
+            let meta = match (partition, PartitionMeta::decode(&value), value.as_slice().try_into()) {
+                (Some(_), Some(meta), _) => meta,
+                // Written before the counts were kept (the applied slot alone): count once.
+                (Some(partition), None, Ok(slot)) => {
+                    let mut meta = PartitionMeta { applied_slot: u64::from_le_bytes(slot), ..PartitionMeta::default() };
+                    let mut lower = Bound::Included(tree_key(partition, &[]));
+                    let upper = Bound::Excluded(tree_key(partition.saturating_add(1), &[]));
+                    loop {
+                        let chunk = self.inner.scan_tree(lower, upper.clone(), false, 1024).await?;
+                        let Some((last, _)) = chunk.last() else { break };
+                        lower = Bound::Excluded(last.clone());
+                        chunk.iter().for_each(|(key, value)| meta.change(&key[8..], None, Some(value)));
+                    }
+                    self.inner.unsaved_slots.borrow_mut().insert(partition);
+                    meta
+                }
                 _ => return Err(Error::corrupt(self.inner.file.path(), 0, "malformed partition metadata entry")),
             };
+            self.inner.applied_slots.borrow_mut().insert(partition.expect("matched above"), meta);
         }
         Ok(())
     }
 
     /// Highest slot applied for `partition` (0 if none).
     pub fn applied_slot(&self, partition: PartitionId) -> u64 {
-        self.inner.applied_slots.borrow().get(&partition).copied().unwrap_or(0)
+        self.inner.applied_slots.borrow().get(&partition).map_or(0, |meta| meta.applied_slot)
+    }
+
+    /// `partition`'s applied slot and item counts, reflecting every write committed before the
+    /// call (as a read does).
+    pub async fn partition_meta(&self, partition: PartitionId) -> Result<PartitionMeta> {
+        self.read_barrier().await?;
+        Ok(self.inner.applied_slots.borrow().get(&partition).copied().unwrap_or_default())
     }
 
     /// Highest WAL LSN applied to the tree.
@@ -499,7 +574,10 @@ impl Inner {
     /// checkpoint holds exactly the slots of the records its tree reflects.
     async fn apply(&self, partition: PartitionId, slot: u64, command: &Command) -> Result<Outcome> {
         let outcome = self.apply_command(partition, command).await?;
-        self.applied_slots.borrow_mut().insert(partition, slot);
+        let mut metas = self.applied_slots.borrow_mut();
+        let meta = metas.entry(partition).or_default();
+        meta.applied_slot = slot;
+        account(meta, command, &outcome);
         self.unsaved_slots.borrow_mut().insert(partition);
         Ok(outcome)
     }
@@ -509,9 +587,9 @@ impl Inner {
     async fn save_applied_slots(&self) -> Result<()> {
         let partitions: Vec<PartitionId> = self.unsaved_slots.borrow_mut().drain().collect();
         for partition in partitions {
-            let slot = self.applied_slots.borrow()[&partition];
+            let meta = self.applied_slots.borrow()[&partition].encode();
             let key = meta_key(partition);
-            self.with_tree(|tree| tree.put(&key, &slot.to_le_bytes()).map(drop)).await?;
+            self.with_tree(|tree| tree.put(&key, &meta).map(drop)).await?;
         }
         Ok(())
     }

@@ -433,22 +433,13 @@ impl Shard {
         }
     }
 
+    /// Items and bytes in `partitions` (the store keeps the counts as it applies writes).
     async fn count(&self, partitions: &[PartitionId]) -> Result<OpResult, WireError> {
         let (mut items, mut bytes) = (0u64, 0u64);
         for &partition in partitions {
-            let mut lower = Bound::Unbounded;
-            loop {
-                let chunk = self
-                    .store()
-                    .scan(partition, bound_ref(&lower), Bound::Unbounded, false, 1024)
-                    .await
-                    .map_err(engine_error)?;
-                let Some((last, _)) = chunk.last() else { break };
-                lower = Bound::Excluded(last.clone());
-                items += chunk.len() as u64;
-                bytes += chunk.iter().map(|(key, value)| (key.len() + value.len()) as u64).sum::<u64>();
-                yield_to_reactor().await;
-            }
+            let meta = self.store().partition_meta(partition).await.map_err(engine_error)?;
+            items += meta.items;
+            bytes += meta.bytes;
         }
         Ok(OpResult::Count { items, bytes })
     }

@@ -159,9 +159,11 @@ proptest! {
                     Op::Reopen => {
                         log.store().close().await.unwrap();
                         log = LocalLog::new(Store::open(&dir, small_config()).await.unwrap());
+                        check_counts(log.store(), &model).await;
                     }
                 }
             }
+            check_counts(log.store(), &model).await;
             for ((p, k), v) in &model {
                 assert_eq!(log.store().get(*p, k).await.unwrap().as_ref(), Some(v));
             }
@@ -169,6 +171,16 @@ proptest! {
             assert_eq!(log.store().partitions().await.unwrap(), partitions);
             log.store().close().await.unwrap();
         });
+    }
+}
+
+/// Every partition's item count and bytes, as the store keeps them, match the model's.
+async fn check_counts(store: &Store, model: &BTreeMap<(u64, Vec<u8>), Vec<u8>>) {
+    for partition in 0..4 {
+        let entries = model.iter().filter(|((p, _), _)| *p == partition);
+        let bytes = entries.clone().map(|((_, k), v)| (k.len() + v.len()) as u64).sum();
+        let meta = store.partition_meta(partition).await.unwrap();
+        assert_eq!((meta.items, meta.bytes), (entries.count() as u64, bytes), "partition {partition}");
     }
 }
 
@@ -338,6 +350,36 @@ fn largest_items_round_trip_through_a_small_cache() {
             assert_eq!(store.get(1, &key(k)).await.unwrap(), Some(big(k)), "item {k}");
         }
         assert!(store.page_reads() > 100, "values were read back from disk");
+        store.close().await.unwrap();
+    });
+}
+
+/// A store written before item counts were kept holds only the applied slot in a partition's
+/// metadata; opening it counts the partition once and keeps the counts from then on.
+#[test]
+fn partition_counts_are_rebuilt_from_the_applied_slot_alone() {
+    let dir = scratch_dir("store-legacy-meta");
+    run(async move {
+        let log = LocalLog::new(Store::open(&dir, small_config()).await.unwrap());
+        for k in 0..50u16 {
+            log.propose(1, put(&key(k), &value(k, 100 + usize::from(k)))).await.unwrap();
+        }
+        log.store().checkpoint().await.unwrap();
+        let expected = log.store().partition_meta(1).await.unwrap();
+        assert_eq!(expected.items, 50);
+        // Rewrite the metadata as the older layout had it, then make that durable.
+        let legacy = expected.applied_slot.to_le_bytes();
+        log.store().inner.with_tree(|tree| tree.put(&meta_key(1), &legacy).map(drop)).await.unwrap();
+        log.store().inner.unsaved_slots.borrow_mut().clear();
+        log.store().checkpoint().await.unwrap();
+        log.store().close().await.unwrap();
+
+        let store = Store::open(&dir, small_config()).await.unwrap();
+        assert_eq!(store.partition_meta(1).await.unwrap(), expected);
+        store.checkpoint().await.unwrap();
+        store.close().await.unwrap();
+        let store = Store::open(&dir, small_config()).await.unwrap();
+        assert_eq!(store.partition_meta(1).await.unwrap(), expected);
         store.close().await.unwrap();
     });
 }
