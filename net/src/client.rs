@@ -542,8 +542,8 @@ impl AsyncClient {
         table_of(self.call(&Request::DescribeTable { table: table.into(), counts: true }).await?)
     }
 
-    /// The table's description without its item count and size (which cost the server a pass
-    /// over the table): its key schema and partitions.
+    /// The table's description without its item count and size (which take the server a call
+    /// to every core): its key schema and partitions.
     pub async fn layout(&self, table: &str) -> Result<TableDescription, ClientError> {
         table_of(self.call(&Request::DescribeTable { table: table.into(), counts: false }).await?)
     }

@@ -153,7 +153,7 @@ pub enum Request {
     DeleteTable {
         table: String,
     },
-    /// `counts: false` leaves the item count and size at 0 (they cost a pass over the table).
+    /// `counts: false` leaves the item count and size at 0 (they take a call to every core).
     DescribeTable {
         table: String,
         counts: bool,
