@@ -214,6 +214,13 @@ pub(crate) fn create_dir(dir: &Path) -> Result<()> {
     sync_dir(parent)
 }
 
+/// Runs blocking filesystem calls (rename, unlink, a directory fsync, which waits for an ext4
+/// journal commit) on the executor's helper thread, so the core's reactor keeps serving
+/// meanwhile. For calls made while the store serves; opening may block.
+pub(crate) async fn off_reactor<T: Send + 'static>(call: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    glommio::executor().spawn_blocking(call).await
+}
+
 /// Makes a directory entry change (a created or renamed file) durable.
 pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
     std::fs::File::open(dir)

@@ -708,7 +708,7 @@ impl Inner {
         match result {
             Ok(()) => {
                 inner.tree.borrow_mut().commit(sealed);
-                if let Err(error) = inner.wal.recycle_through(covered_lsn) {
+                if let Err(error) = inner.wal.recycle_through(covered_lsn).await {
                     inner.fail(error.to_string());
                     return;
                 }

@@ -312,19 +312,26 @@ impl Wal {
 
     /// A checkpoint covers every record up to `lsn`: segments holding only such records
     /// become spares, to be reused (the extra ones are deleted).
-    pub fn recycle_through(&self, lsn: u64) -> Result<()> {
+    pub async fn recycle_through(&self, lsn: u64) -> Result<()> {
         let inner = &self.inner;
-        let mut chain = inner.chain.borrow_mut();
-        let mut spares = inner.spares.borrow_mut();
-        while chain.len() > 1 && chain[1].header.is_some_and(|header| header.first_lsn <= lsn + 1) {
-            let segment = chain.remove(0);
-            if spares.len() < inner.config.spare_segments_max {
-                spares.push(segment);
-            } else {
-                let path = segment.file.path().to_path_buf();
-                drop(segment);
-                std::fs::remove_file(&path).map_err(|error| Error::io("remove", &path, error))?;
+        let mut surplus = Vec::new();
+        {
+            let mut chain = inner.chain.borrow_mut();
+            let mut spares = inner.spares.borrow_mut();
+            while chain.len() > 1 && chain[1].header.is_some_and(|header| header.first_lsn <= lsn + 1) {
+                let segment = chain.remove(0);
+                if spares.len() < inner.config.spare_segments_max {
+                    spares.push(segment);
+                } else {
+                    surplus.push(segment);
+                }
             }
+        }
+        for segment in surplus {
+            let path = segment.file.path().to_path_buf();
+            segment.file.close().await?;
+            disk::off_reactor(move || std::fs::remove_file(&path).map_err(|error| Error::io("remove", &path, error)))
+                .await?;
         }
         Ok(())
     }
@@ -482,8 +489,12 @@ impl Inner {
         file.write_zeros(0, self.config.segment_bytes).await?;
         file.fdatasync().await?;
         drop(file);
-        std::fs::rename(&temporary, &path).map_err(|error| Error::io("rename", &temporary, error))?;
-        disk::sync_dir(&self.dir)?;
+        let (renamed, dir) = (path.clone(), self.dir.clone());
+        disk::off_reactor(move || {
+            std::fs::rename(&temporary, &renamed).map_err(|error| Error::io("rename", &temporary, error))?;
+            disk::sync_dir(&dir)
+        })
+        .await?;
         Ok(Segment { file: File::open_synced(&path).await?, header: None })
     }
 }

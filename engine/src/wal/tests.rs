@@ -56,7 +56,7 @@ fn segments_roll_over_recycle_and_recover() {
         }
         wal.durable(400).await.unwrap();
         assert!(wal.segments_in_use() > 3);
-        wal.recycle_through(300).unwrap();
+        wal.recycle_through(300).await.unwrap();
         assert!(wal.segments_in_use() <= 3);
         wal.close().await.unwrap();
         let recovered = Wal::open(&dir, small(), 300).await.unwrap();
@@ -68,7 +68,7 @@ fn segments_roll_over_recycle_and_recover() {
             wal.append(1, lsn, 1, &payload(lsn)).unwrap();
         }
         wal.durable(900).await.unwrap();
-        wal.recycle_through(800).unwrap();
+        wal.recycle_through(800).await.unwrap();
         wal.close().await.unwrap();
         let recovered = Wal::open(&dir, small(), 800).await.unwrap();
         assert_eq!(recovered.records.first().map(|r| r.lsn), Some(801));
