@@ -574,6 +574,8 @@ pub struct AsyncPool {
 
 /// Connections tried per wanted connection before a core without one is given up on.
 const CONNECT_ATTEMPTS: usize = 8;
+/// Most cores a server may claim (an answer beyond it is a protocol error, not an allocation).
+const SERVER_CORES_MAX: usize = 4096;
 
 impl AsyncPool {
     /// Opens connections until every core of the server serves `per_core` of them (at least
@@ -593,12 +595,18 @@ impl AsyncPool {
             attempts -= 1;
             let client = AsyncClient::connect(address, config.clone()).await?;
             let (core, cores) = client.hello().await?;
+            if core >= cores || cores > SERVER_CORES_MAX {
+                return Err(ClientError::Protocol(format!("the server answered core {core} of {cores}")));
+            }
             if pool.by_core.is_empty() {
                 pool.by_core = vec![Vec::new(); cores];
                 attempts = per_core * cores * CONNECT_ATTEMPTS;
             }
-            if pool.by_core.len() != cores || core >= cores {
-                return Err(ClientError::Protocol(format!("the server answered core {core} of {cores}")));
+            if pool.by_core.len() != cores {
+                return Err(ClientError::Protocol(format!(
+                    "the server answered {cores} cores, earlier {}",
+                    pool.by_core.len()
+                )));
             }
             if pool.by_core[core].len() < per_core {
                 pool.by_core[core].push(pool.clients.len());
