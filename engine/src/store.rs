@@ -91,9 +91,9 @@ struct Inner {
     tree: RefCell<Tree>,
     wal: Wal,
     /// Each partition's applied slot and item counts (`PartitionMeta`).
-    applied_slots: RefCell<ahash::HashMap<PartitionId, PartitionMeta>>,
-    /// Partitions whose applied slot changed since the last checkpoint was sealed.
-    unsaved_slots: RefCell<ahash::HashSet<PartitionId>>,
+    partition_metas: RefCell<ahash::HashMap<PartitionId, PartitionMeta>>,
+    /// Partitions whose metadata changed since the last checkpoint was sealed.
+    unsaved_metas: RefCell<ahash::HashSet<PartitionId>>,
     queue: RefCell<VecDeque<Queued>>,
     outcomes: RefCell<ahash::HashMap<u64, Outcome>>,
     /// Highest LSN applied to the tree.
@@ -261,8 +261,8 @@ impl Store {
                 tree: RefCell::new(Tree::open(durable, config.cache_pages)),
                 config,
                 wal: recovered.wal,
-                applied_slots: RefCell::new(ahash::HashMap::default()),
-                unsaved_slots: RefCell::new(ahash::HashSet::default()),
+                partition_metas: RefCell::new(ahash::HashMap::default()),
+                unsaved_metas: RefCell::new(ahash::HashSet::default()),
                 queue: RefCell::new(VecDeque::new()),
                 outcomes: RefCell::new(ahash::HashMap::default()),
                 applied: Watermark::new(covered_lsn),
@@ -278,7 +278,7 @@ impl Store {
                 page_reads: Cell::new(0),
             }),
         };
-        store.load_applied_slots().await?;
+        store.load_partition_metas().await?;
         for record in recovered.records {
             if record.kind != RECORD_COMMAND {
                 return Err(Error::corrupt(
@@ -300,7 +300,7 @@ impl Store {
         Ok(store)
     }
 
-    async fn load_applied_slots(&self) -> Result<()> {
+    async fn load_partition_metas(&self) -> Result<()> {
         let entries =
             self.inner.scan_tree(Bound::Included(META_PREFIX.to_vec()), Bound::Unbounded, false, usize::MAX).await?;
         for (key, value) in entries {
@@ -318,26 +318,26 @@ impl Store {
                         lower = Bound::Excluded(last.clone());
                         chunk.iter().for_each(|(key, value)| meta.change(&key[8..], None, Some(value)));
                     }
-                    self.inner.unsaved_slots.borrow_mut().insert(partition);
+                    self.inner.unsaved_metas.borrow_mut().insert(partition);
                     meta
                 }
                 _ => return Err(Error::corrupt(self.inner.file.path(), 0, "malformed partition metadata entry")),
             };
-            self.inner.applied_slots.borrow_mut().insert(partition.expect("matched above"), meta);
+            self.inner.partition_metas.borrow_mut().insert(partition.expect("matched above"), meta);
         }
         Ok(())
     }
 
     /// Highest slot applied for `partition` (0 if none).
     pub fn applied_slot(&self, partition: PartitionId) -> u64 {
-        self.inner.applied_slots.borrow().get(&partition).map_or(0, |meta| meta.applied_slot)
+        self.inner.partition_metas.borrow().get(&partition).map_or(0, |meta| meta.applied_slot)
     }
 
     /// `partition`'s applied slot and item counts, reflecting every write committed before the
     /// call (as a read does).
     pub async fn partition_meta(&self, partition: PartitionId) -> Result<PartitionMeta> {
         self.read_barrier().await?;
-        Ok(self.inner.applied_slots.borrow().get(&partition).copied().unwrap_or_default())
+        Ok(self.inner.partition_metas.borrow().get(&partition).copied().unwrap_or_default())
     }
 
     /// Highest WAL LSN applied to the tree.
@@ -569,25 +569,26 @@ impl Inner {
         Ok(entries)
     }
 
-    /// Applies one command at `slot`. The partition's applied slot is kept in memory and
-    /// written into the tree just before a checkpoint is sealed (`save_applied_slots`), so the
-    /// checkpoint holds exactly the slots of the records its tree reflects.
+    /// Applies one command at `slot`. The partition's metadata (applied slot, counts) is kept in
+    /// memory and written into the tree just before a checkpoint is sealed
+    /// (`save_partition_metas`), so the checkpoint holds exactly the metadata of the records its
+    /// tree reflects.
     async fn apply(&self, partition: PartitionId, slot: u64, command: &Command) -> Result<Outcome> {
         let outcome = self.apply_command(partition, command).await?;
-        let mut metas = self.applied_slots.borrow_mut();
+        let mut metas = self.partition_metas.borrow_mut();
         let meta = metas.entry(partition).or_default();
         meta.applied_slot = slot;
         account(meta, command, &outcome);
-        self.unsaved_slots.borrow_mut().insert(partition);
+        self.unsaved_metas.borrow_mut().insert(partition);
         Ok(outcome)
     }
 
-    /// Writes the applied slots changed since the last checkpoint into the tree. Called by
+    /// Writes the partition metadata changed since the last checkpoint into the tree. Called by
     /// the applier only, between records.
-    async fn save_applied_slots(&self) -> Result<()> {
-        let partitions: Vec<PartitionId> = self.unsaved_slots.borrow_mut().drain().collect();
+    async fn save_partition_metas(&self) -> Result<()> {
+        let partitions: Vec<PartitionId> = self.unsaved_metas.borrow_mut().drain().collect();
         for partition in partitions {
-            let meta = self.applied_slots.borrow()[&partition].encode();
+            let meta = self.partition_metas.borrow()[&partition].encode();
             let key = meta_key(partition);
             self.with_tree(|tree| tree.put(&key, &meta).map(drop)).await?;
         }
@@ -692,7 +693,7 @@ impl Inner {
         if !(self.checkpoint_wanted.get() || tree_full || log_long) {
             return Ok(());
         }
-        self.save_applied_slots().await?;
+        self.save_partition_metas().await?;
         self.checkpoint_wanted.set(false);
         self.checkpoint_running.set(true);
         self.checkpoints_started.set(self.checkpoints_started.get() + 1);
@@ -726,7 +727,7 @@ impl Inner {
     async fn write_sealed(&self, sealed: &Sealed, covered_lsn: u64) -> Result<()> {
         // The freelist pages, then the tree pages, collected from the tree a chunk at a time so
         // that no step holds the core for long. Up to CHECKPOINT_WRITES_IN_FLIGHT writes are on
-        // the device at once: io_uring submits them together, one doorbell for many writes.
+        // the device at once (one after another, a 16k-page checkpoint took 250-500 ms).
         let mut writing = VecDeque::new();
         let mut outcome = self.write_pages(sealed.freelist.clone(), &mut writing).await;
         for chunk in sealed.ids.chunks(CHECKPOINT_CHUNK_PAGES) {

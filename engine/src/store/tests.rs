@@ -370,7 +370,7 @@ fn partition_counts_are_rebuilt_from_the_applied_slot_alone() {
         // Rewrite the metadata as the older layout had it, then make that durable.
         let legacy = expected.applied_slot.to_le_bytes();
         log.store().inner.with_tree(|tree| tree.put(&meta_key(1), &legacy).map(drop)).await.unwrap();
-        log.store().inner.unsaved_slots.borrow_mut().clear();
+        log.store().inner.unsaved_metas.borrow_mut().clear();
         log.store().checkpoint().await.unwrap();
         log.store().close().await.unwrap();
 
