@@ -94,12 +94,13 @@ impl Jitter {
 struct Retries {
     backoff: Duration,
     attempts_left: u32,
-    jitter: Jitter,
+    /// Seeded at the first retry: most requests never need it.
+    jitter: Option<Jitter>,
 }
 
 impl Retries {
     fn new(config: &ClientConfig) -> Retries {
-        Retries { backoff: config.backoff, attempts_left: config.attempts.max(1), jitter: Jitter::new() }
+        Retries { backoff: config.backoff, attempts_left: config.attempts.max(1), jitter: None }
     }
 
     /// The answer to give the caller, or how long to wait before the next attempt.
@@ -107,7 +108,7 @@ impl Retries {
         self.attempts_left -= 1;
         match response {
             Response::Error(error) if error.retryable && self.attempts_left > 0 => {
-                let delay = self.backoff.mul_f64(0.5 + self.jitter.unit());
+                let delay = self.backoff.mul_f64(0.5 + self.jitter.get_or_insert_with(Jitter::new).unit());
                 self.backoff = self.backoff.saturating_mul(2);
                 Err(delay)
             }
