@@ -6,6 +6,7 @@ mod codec;
 mod command;
 mod disk;
 mod error;
+pub mod expr;
 mod key;
 mod number;
 mod replication;

@@ -1,0 +1,223 @@
+//! DynamoDB's expression language, pure (no I/O): an expression is parsed once into an AST
+//! with its `#name` and `:value` placeholders resolved, then evaluated against any number of
+//! items.
+//!
+//! Built so far: condition and filter expressions (comparators, BETWEEN, IN, AND/OR/NOT,
+//! parentheses, `attribute_exists`, `attribute_not_exists`, `attribute_type`, `begins_with`,
+//! `contains`, `size`), document paths (`a.b[3].c`), projection expressions, and DynamoDB's
+//! checks (reserved words, undefined and unused placeholders, expression size, nesting depth,
+//! operand types of literal values).
+//!
+//! Semantics that DynamoDB documents loosely, and the choice made here: a comparison with an
+//! operand that does not resolve (a missing attribute, a path through the wrong type, `size` of
+//! a number) is false, for every comparator including `<>`; `NOT` is plain negation, so
+//! `NOT (a = :v)` is true when `a` is missing. `size` of a string counts its UTF-8 bytes.
+
+mod eval;
+mod lex;
+mod parse;
+mod reserved;
+
+use std::collections::{BTreeSet, HashMap};
+use std::fmt;
+
+use crate::value::AttributeValue;
+
+pub use eval::project;
+
+/// Longest expression accepted, in bytes (DynamoDB's 4 KB limit).
+pub const EXPRESSION_BYTES_MAX: usize = 4096;
+/// Most elements in one document path (DynamoDB's 32 levels of nesting).
+pub const PATH_ELEMENTS_MAX: usize = 32;
+/// Most operands on the right of `IN`.
+pub const IN_OPERANDS_MAX: usize = 100;
+
+/// Why an expression was refused: DynamoDB's `ValidationException`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExprError {
+    /// Which expression: "ConditionExpression", "ProjectionExpression", ...
+    pub expression: &'static str,
+    /// 1-based character position the error refers to, when there is one.
+    pub position: Option<usize>,
+    pub reason: String,
+}
+
+impl ExprError {
+    pub(crate) fn new(expression: &'static str, at: usize, reason: impl Into<String>) -> ExprError {
+        ExprError { expression, position: Some(at + 1), reason: reason.into() }
+    }
+
+    pub(crate) fn whole(expression: &'static str, reason: impl Into<String>) -> ExprError {
+        ExprError { expression, position: None, reason: reason.into() }
+    }
+}
+
+impl fmt::Display for ExprError {
+    fn fmt(&self, out: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(out, "Invalid {}: {}", self.expression, self.reason)?;
+        if let Some(position) = self.position {
+            write!(out, " (at character {position})")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ExprError {}
+
+/// One step of a document path.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum PathElement {
+    Name(String),
+    Index(usize),
+}
+
+/// A document path: a top-level attribute name, then map keys and list indexes.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Path(pub Vec<PathElement>);
+
+impl fmt::Display for Path {
+    fn fmt(&self, out: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, element) in self.0.iter().enumerate() {
+            match element {
+                PathElement::Name(name) if i == 0 => write!(out, "{name}")?,
+                PathElement::Name(name) => write!(out, ".{name}")?,
+                PathElement::Index(index) => write!(out, "[{index}]")?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Something a condition compares: an attribute, a literal value, or `size(path)`.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Operand {
+    Path(Path),
+    Value(AttributeValue),
+    Size(Path),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Comparator {
+    Eq,
+    Ne,
+    Lt,
+    Le,
+    Gt,
+    Ge,
+}
+
+impl Comparator {
+    pub fn symbol(self) -> &'static str {
+        match self {
+            Comparator::Eq => "=",
+            Comparator::Ne => "<>",
+            Comparator::Lt => "<",
+            Comparator::Le => "<=",
+            Comparator::Gt => ">",
+            Comparator::Ge => ">=",
+        }
+    }
+}
+
+/// A parsed condition or filter expression.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Condition {
+    Compare(Operand, Comparator, Operand),
+    Between(Operand, Operand, Operand),
+    In(Operand, Vec<Operand>),
+    Exists(Path),
+    NotExists(Path),
+    /// `attribute_type(path, :t)`; the type name is checked at parse time.
+    Type(Path, String),
+    BeginsWith(Operand, Operand),
+    Contains(Operand, Operand),
+    And(Box<Condition>, Box<Condition>),
+    Or(Box<Condition>, Box<Condition>),
+    Not(Box<Condition>),
+}
+
+/// The placeholders of one request (`ExpressionAttributeNames`, `ExpressionAttributeValues`),
+/// shared by all its expressions, with a record of which were used: DynamoDB refuses a
+/// request that defines a placeholder none of its expressions uses (`check_all_used`).
+pub struct Placeholders<'a> {
+    names: &'a HashMap<String, String>,
+    values: &'a HashMap<String, AttributeValue>,
+    used_names: BTreeSet<String>,
+    used_values: BTreeSet<String>,
+}
+
+impl<'a> Placeholders<'a> {
+    /// Keys are written with their sigil, as in DynamoDB requests: `#n`, `:v`.
+    pub fn new(names: &'a HashMap<String, String>, values: &'a HashMap<String, AttributeValue>) -> Placeholders<'a> {
+        Placeholders { names, values, used_names: BTreeSet::new(), used_values: BTreeSet::new() }
+    }
+
+    fn name(&mut self, kind: &'static str, at: usize, name: &str) -> Result<String, ExprError> {
+        let key = format!("#{name}");
+        let value = self.names.get(&key).ok_or_else(|| {
+            ExprError::new(
+                kind,
+                at,
+                format!("an expression attribute name used in the document path is not defined; attribute name: {key}"),
+            )
+        })?;
+        self.used_names.insert(key);
+        Ok(value.clone())
+    }
+
+    fn value(&mut self, kind: &'static str, at: usize, name: &str) -> Result<AttributeValue, ExprError> {
+        let key = format!(":{name}");
+        let value = self.values.get(&key).ok_or_else(|| {
+            ExprError::new(
+                kind,
+                at,
+                format!("an expression attribute value used in expression is not defined; attribute value: {key}"),
+            )
+        })?;
+        self.used_values.insert(key);
+        Ok(value.clone())
+    }
+
+    /// After every expression of the request is parsed: refuses placeholders none used.
+    pub fn check_all_used(&self) -> Result<(), String> {
+        let unused = |defined: Vec<&String>, used: &BTreeSet<String>| {
+            let mut unused: Vec<&str> =
+                defined.into_iter().filter(|key| !used.contains(*key)).map(String::as_str).collect();
+            unused.sort_unstable();
+            unused.join(", ")
+        };
+        let names = unused(self.names.keys().collect(), &self.used_names);
+        if !names.is_empty() {
+            return Err(format!("Value provided in ExpressionAttributeNames unused in expressions: keys: {{{names}}}"));
+        }
+        let values = unused(self.values.keys().collect(), &self.used_values);
+        if !values.is_empty() {
+            return Err(format!(
+                "Value provided in ExpressionAttributeValues unused in expressions: keys: {{{values}}}"
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Parses a ConditionExpression.
+pub fn parse_condition(text: &str, placeholders: &mut Placeholders<'_>) -> Result<Condition, ExprError> {
+    parse::Parser::new("ConditionExpression", text, placeholders)?.condition_expression()
+}
+
+/// Parses a FilterExpression (the same language as a condition).
+pub fn parse_filter(text: &str, placeholders: &mut Placeholders<'_>) -> Result<Condition, ExprError> {
+    parse::Parser::new("FilterExpression", text, placeholders)?.condition_expression()
+}
+
+/// Parses a ProjectionExpression: document paths separated by commas, none overlapping.
+pub fn parse_projection(text: &str, placeholders: &mut Placeholders<'_>) -> Result<Vec<Path>, ExprError> {
+    parse::Parser::new("ProjectionExpression", text, placeholders)?.projection_expression()
+}
+
+impl Condition {
+    /// Whether `item` satisfies the condition (an absent item is an empty one).
+    pub fn evaluate(&self, item: &crate::value::Item) -> bool {
+        eval::condition(self, item)
+    }
+}

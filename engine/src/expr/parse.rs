@@ -1,0 +1,463 @@
+//! Recursive-descent parser. Precedence, loosest first: OR, AND, NOT, then parentheses,
+//! functions and the predicates (comparators, IN, BETWEEN), which do not chain.
+
+use std::cmp::Ordering;
+
+use super::eval::order;
+use super::lex::{tokens, Spanned, Token};
+use super::reserved::is_reserved;
+use super::{
+    Comparator, Condition, ExprError, Operand, Path, PathElement, Placeholders, EXPRESSION_BYTES_MAX, IN_OPERANDS_MAX,
+    PATH_ELEMENTS_MAX,
+};
+use crate::value::AttributeValue;
+
+/// Functions that are conditions by themselves.
+const CONDITION_FUNCTIONS: [&str; 5] =
+    ["attribute_exists", "attribute_not_exists", "attribute_type", "begins_with", "contains"];
+/// Type names `attribute_type` accepts.
+const TYPE_NAMES: [&str; 10] = ["S", "SS", "N", "NS", "B", "BS", "BOOL", "NULL", "L", "M"];
+
+pub(crate) struct Parser<'p, 'a> {
+    kind: &'static str,
+    tokens: Vec<Spanned>,
+    next: usize,
+    end: usize,
+    placeholders: &'p mut Placeholders<'a>,
+}
+
+impl<'p, 'a> Parser<'p, 'a> {
+    pub(crate) fn new(
+        kind: &'static str,
+        text: &str,
+        placeholders: &'p mut Placeholders<'a>,
+    ) -> Result<Parser<'p, 'a>, ExprError> {
+        if text.len() > EXPRESSION_BYTES_MAX {
+            return Err(ExprError::whole(
+                kind,
+                format!("expression size has exceeded the maximum allowed size; expression size: {}", text.len()),
+            ));
+        }
+        if text.trim().is_empty() {
+            return Err(ExprError::whole(kind, "the expression can not be empty"));
+        }
+        Ok(Parser { kind, tokens: tokens(kind, text)?, next: 0, end: text.len(), placeholders })
+    }
+
+    pub(crate) fn condition_expression(mut self) -> Result<Condition, ExprError> {
+        let condition = self.or()?;
+        self.finish()?;
+        Ok(condition)
+    }
+
+    pub(crate) fn projection_expression(mut self) -> Result<Vec<Path>, ExprError> {
+        let mut paths: Vec<(Path, usize)> = Vec::new();
+        loop {
+            let at = self.at();
+            let path = self.path()?;
+            for (other, _) in &paths {
+                let shorter = path.0.len().min(other.0.len());
+                if path.0[..shorter] == other.0[..shorter] {
+                    return Err(self.error_at(
+                        at,
+                        format!("two document paths overlap with each other; must remove or rewrite one of these paths; path one: [{other}], path two: [{path}]"),
+                    ));
+                }
+            }
+            paths.push((path, at));
+            if !self.eat_symbol(",") {
+                break;
+            }
+        }
+        self.finish()?;
+        Ok(paths.into_iter().map(|(path, _)| path).collect())
+    }
+
+    fn finish(&self) -> Result<(), ExprError> {
+        match self.tokens.get(self.next) {
+            None => Ok(()),
+            Some(extra) => {
+                Err(self.error_at(extra.at, format!("syntax error; unexpected token: \"{}\"", extra.token.text())))
+            }
+        }
+    }
+
+    // Conditions.
+
+    fn or(&mut self) -> Result<Condition, ExprError> {
+        let mut left = self.and()?;
+        while self.eat_keyword("OR") {
+            left = Condition::Or(Box::new(left), Box::new(self.and()?));
+        }
+        Ok(left)
+    }
+
+    fn and(&mut self) -> Result<Condition, ExprError> {
+        let mut left = self.not()?;
+        while self.eat_keyword("AND") {
+            left = Condition::And(Box::new(left), Box::new(self.not()?));
+        }
+        Ok(left)
+    }
+
+    fn not(&mut self) -> Result<Condition, ExprError> {
+        if self.eat_keyword("NOT") {
+            return Ok(Condition::Not(Box::new(self.not()?)));
+        }
+        self.primary()
+    }
+
+    fn primary(&mut self) -> Result<Condition, ExprError> {
+        if self.eat_symbol("(") {
+            let inner = self.or()?;
+            self.expect_symbol(")")?;
+            return Ok(inner);
+        }
+        if let Some(function) = self.function_name().filter(|name| CONDITION_FUNCTIONS.contains(&name.as_str())) {
+            let at = self.at();
+            let condition = self.condition_function(&function)?;
+            if self.predicate_follows() {
+                return Err(self.error_at(
+                    at,
+                    format!("the function is not allowed to be used this way in an expression; function: {function}"),
+                ));
+            }
+            return Ok(condition);
+        }
+        let at = self.at();
+        let left = self.operand()?;
+        if let Some(comparator) = self.comparator() {
+            let right_at = self.at();
+            let right = self.operand()?;
+            if !matches!(comparator, Comparator::Eq | Comparator::Ne) {
+                self.check_ordered(comparator.symbol(), &left, at)?;
+                self.check_ordered(comparator.symbol(), &right, right_at)?;
+            }
+            self.check_distinct(comparator.symbol(), &left, [&right], at)?;
+            return Ok(Condition::Compare(left, comparator, right));
+        }
+        if self.eat_keyword("BETWEEN") {
+            let low_at = self.at();
+            let low = self.operand()?;
+            if !self.eat_keyword("AND") {
+                return Err(self.syntax_error("BETWEEN needs AND between its bounds"));
+            }
+            let high_at = self.at();
+            let high = self.operand()?;
+            self.check_ordered("BETWEEN", &left, at)?;
+            self.check_ordered("BETWEEN", &low, low_at)?;
+            self.check_ordered("BETWEEN", &high, high_at)?;
+            self.check_distinct("BETWEEN", &left, [&low, &high], at)?;
+            if let (Operand::Value(low), Operand::Value(high)) = (&low, &high) {
+                match order(low, high) {
+                    None => {
+                        return Err(self.error_at(
+                            low_at,
+                            format!("the BETWEEN operator requires same data type for lower and upper bounds; lower bound operand type: {}, upper bound operand type: {}", low.type_name(), high.type_name()),
+                        ))
+                    }
+                    Some(Ordering::Greater) => {
+                        return Err(self.error_at(low_at, "the BETWEEN operator requires upper bound to be greater than or equal to lower bound"))
+                    }
+                    Some(_) => {}
+                }
+            }
+            return Ok(Condition::Between(left, low, high));
+        }
+        if self.eat_keyword("IN") {
+            self.expect_symbol("(")?;
+            let mut list = vec![self.operand()?];
+            while self.eat_symbol(",") {
+                list.push(self.operand()?);
+            }
+            self.expect_symbol(")")?;
+            if list.len() > IN_OPERANDS_MAX {
+                return Err(self.error_at(
+                    at,
+                    format!(
+                        "the IN operator takes at most {IN_OPERANDS_MAX} operands on its right; found {}",
+                        list.len()
+                    ),
+                ));
+            }
+            self.check_distinct("IN", &left, list.iter(), at)?;
+            return Ok(Condition::In(left, list));
+        }
+        match &left {
+            Operand::Size(_) => {
+                Err(self
+                    .error_at(at, "the function is not allowed to be used this way in an expression; function: size"))
+            }
+            _ => Err(self.syntax_error("expected a comparator (= <> < <= > >=), BETWEEN or IN after the operand")),
+        }
+    }
+
+    fn condition_function(&mut self, function: &str) -> Result<Condition, ExprError> {
+        let at = self.at();
+        self.next += 2; // the name and "("
+        let mut arguments = vec![(self.at(), self.operand()?)];
+        while self.eat_symbol(",") {
+            arguments.push((self.at(), self.operand()?));
+        }
+        self.expect_symbol(")")?;
+        let wanted = if function.starts_with("attribute_") && function != "attribute_type" { 1 } else { 2 };
+        if arguments.len() != wanted {
+            return Err(self.error_at(
+                at,
+                format!("incorrect number of operands for operator or function; operator or function: {function}, number of operands: {}", arguments.len()),
+            ));
+        }
+        let mut arguments = arguments.into_iter();
+        let (first_at, first) = arguments.next().expect("one argument at least");
+        let second = arguments.next();
+        let path = |parser: &Self| match &first {
+            Operand::Path(path) => Ok(path.clone()),
+            other => Err(parser.error_at(first_at, incorrect_operand(function, other))),
+        };
+        match function {
+            "attribute_exists" => Ok(Condition::Exists(path(self)?)),
+            "attribute_not_exists" => Ok(Condition::NotExists(path(self)?)),
+            "attribute_type" => {
+                let path = path(self)?;
+                let (type_at, type_operand) = second.expect("two arguments");
+                match type_operand {
+                    Operand::Value(AttributeValue::S(name)) if TYPE_NAMES.contains(&name.as_str()) => {
+                        Ok(Condition::Type(path, name))
+                    }
+                    Operand::Value(AttributeValue::S(name)) => Err(self.error_at(
+                        type_at,
+                        format!(
+                            "invalid type: {name}; attribute_type takes one of S, SS, N, NS, B, BS, BOOL, NULL, L, M"
+                        ),
+                    )),
+                    other => Err(self.error_at(type_at, incorrect_operand(function, &other))),
+                }
+            }
+            _ => {
+                let (second_at, second) = second.expect("two arguments");
+                for (index, (operand, operand_at)) in [(&first, first_at), (&second, second_at)].into_iter().enumerate()
+                {
+                    if let Operand::Value(value) = operand {
+                        // begins_with takes strings and binaries; contains searches a string, a
+                        // set or a list, for anything.
+                        let fits = match function {
+                            "begins_with" => matches!(value, AttributeValue::S(_) | AttributeValue::B(_)),
+                            _ => {
+                                index == 1
+                                    || matches!(
+                                        value,
+                                        AttributeValue::S(_)
+                                            | AttributeValue::L(_)
+                                            | AttributeValue::Ss(_)
+                                            | AttributeValue::Ns(_)
+                                            | AttributeValue::Bs(_)
+                                    )
+                            }
+                        };
+                        if !fits {
+                            return Err(self.error_at(operand_at, incorrect_operand(function, operand)));
+                        }
+                    }
+                }
+                self.check_distinct(function, &first, [&second], first_at)?;
+                Ok(if function == "begins_with" {
+                    Condition::BeginsWith(first, second)
+                } else {
+                    Condition::Contains(first, second)
+                })
+            }
+        }
+    }
+
+    /// Refuses a literal that `operator` cannot order (only N, S and B order).
+    fn check_ordered(&self, operator: &str, operand: &Operand, at: usize) -> Result<(), ExprError> {
+        match operand {
+            Operand::Value(AttributeValue::N(_) | AttributeValue::S(_) | AttributeValue::B(_))
+            | Operand::Path(_)
+            | Operand::Size(_) => Ok(()),
+            other => Err(self.error_at(at, incorrect_operand(operator, other))),
+        }
+    }
+
+    /// DynamoDB refuses an operator whose first operand is the same path as another operand.
+    fn check_distinct<'o>(
+        &self,
+        operator: &str,
+        first: &Operand,
+        rest: impl IntoIterator<Item = &'o Operand>,
+        at: usize,
+    ) -> Result<(), ExprError> {
+        if let Operand::Path(path) = first {
+            if rest.into_iter().any(|other| other == first) {
+                return Err(self.error_at(
+                    at,
+                    format!("the first operand must be distinct from the remaining operands for this operator or function; operator: {operator}, first operand: [{path}]"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    // Operands and paths.
+
+    fn operand(&mut self) -> Result<Operand, ExprError> {
+        let at = self.at();
+        if let Some(function) = self.function_name() {
+            if function != "size" {
+                let reason = if CONDITION_FUNCTIONS.contains(&function.as_str()) {
+                    format!("the function is not allowed to be used this way in an expression; function: {function}")
+                } else {
+                    format!("invalid function name; function: {function}")
+                };
+                return Err(self.error_at(at, reason));
+            }
+            self.next += 2;
+            let argument_at = self.at();
+            let argument = self.operand()?;
+            if self.eat_symbol(",") {
+                return Err(self.error_at(at, "incorrect number of operands for operator or function; operator or function: size, number of operands: 2"));
+            }
+            self.expect_symbol(")")?;
+            return match argument {
+                Operand::Path(path) => Ok(Operand::Size(path)),
+                other => Err(self.error_at(argument_at, incorrect_operand("size", &other))),
+            };
+        }
+        match self.tokens.get(self.next).map(|spanned| spanned.token.clone()) {
+            Some(Token::Value(name)) => {
+                self.next += 1;
+                Ok(Operand::Value(self.placeholders.value(self.kind, at, &name)?))
+            }
+            _ => Ok(Operand::Path(self.path()?)),
+        }
+    }
+
+    fn path(&mut self) -> Result<Path, ExprError> {
+        let mut elements = vec![PathElement::Name(self.path_name()?)];
+        loop {
+            let at = self.at();
+            if self.eat_symbol(".") {
+                elements.push(PathElement::Name(self.path_name()?));
+            } else if self.eat_symbol("[") {
+                let index = match self.tokens.get(self.next).map(|spanned| &spanned.token) {
+                    Some(Token::Integer(digits)) => {
+                        digits.parse::<usize>().ok().filter(|index| *index <= u32::MAX as usize)
+                    }
+                    _ => return Err(self.syntax_error("a list index must be a non-negative integer")),
+                };
+                let index = index.ok_or_else(|| self.error_at(at, "a list index is too large"))?;
+                self.next += 1;
+                self.expect_symbol("]")?;
+                elements.push(PathElement::Index(index));
+            } else {
+                break;
+            }
+            if elements.len() > PATH_ELEMENTS_MAX {
+                return Err(self.error_at(
+                    at,
+                    format!("the document path has too many nesting levels; at most {PATH_ELEMENTS_MAX} elements"),
+                ));
+            }
+        }
+        Ok(Path(elements))
+    }
+
+    /// A name step of a path: a bare attribute name (not a reserved word) or `#placeholder`.
+    fn path_name(&mut self) -> Result<String, ExprError> {
+        let at = self.at();
+        match self.tokens.get(self.next).map(|spanned| spanned.token.clone()) {
+            Some(Token::Word(word)) if is_reserved(&word) => {
+                Err(self.error_at(at, format!("attribute name is a reserved keyword; reserved keyword: {word}")))
+            }
+            Some(Token::Word(word)) => {
+                self.next += 1;
+                Ok(word)
+            }
+            Some(Token::Name(name)) => {
+                self.next += 1;
+                self.placeholders.name(self.kind, at, &name)
+            }
+            _ => Err(self.syntax_error("expected an attribute name or a #name placeholder")),
+        }
+    }
+
+    // Tokens.
+
+    /// The byte offset of the next token (the end of the text when there is none).
+    fn at(&self) -> usize {
+        self.tokens.get(self.next).map_or(self.end, |spanned| spanned.at)
+    }
+
+    /// The name of a function call starting at the next token (a word followed by "(").
+    fn function_name(&self) -> Option<String> {
+        match (self.tokens.get(self.next), self.tokens.get(self.next + 1)) {
+            (Some(Spanned { token: Token::Word(word), .. }), Some(Spanned { token: Token::Symbol("("), .. })) => {
+                Some(word.clone())
+            }
+            _ => None,
+        }
+    }
+
+    fn comparator(&mut self) -> Option<Comparator> {
+        let comparator = match self.tokens.get(self.next).map(|spanned| &spanned.token) {
+            Some(Token::Symbol("=")) => Comparator::Eq,
+            Some(Token::Symbol("<>")) => Comparator::Ne,
+            Some(Token::Symbol("<")) => Comparator::Lt,
+            Some(Token::Symbol("<=")) => Comparator::Le,
+            Some(Token::Symbol(">")) => Comparator::Gt,
+            Some(Token::Symbol(">=")) => Comparator::Ge,
+            _ => return None,
+        };
+        self.next += 1;
+        Some(comparator)
+    }
+
+    fn predicate_follows(&self) -> bool {
+        self.tokens.get(self.next).is_some_and(|spanned| {
+            matches!(spanned.token, Token::Symbol("=" | "<>" | "<" | "<=" | ">" | ">="))
+                || spanned.token.is_keyword("BETWEEN")
+                || spanned.token.is_keyword("IN")
+        })
+    }
+
+    fn eat_keyword(&mut self, keyword: &str) -> bool {
+        let found = self.tokens.get(self.next).is_some_and(|spanned| spanned.token.is_keyword(keyword));
+        self.next += usize::from(found);
+        found
+    }
+
+    fn eat_symbol(&mut self, symbol: &str) -> bool {
+        let found = matches!(self.tokens.get(self.next), Some(Spanned { token: Token::Symbol(s), .. }) if *s == symbol);
+        self.next += usize::from(found);
+        found
+    }
+
+    fn expect_symbol(&mut self, symbol: &str) -> Result<(), ExprError> {
+        if self.eat_symbol(symbol) {
+            Ok(())
+        } else {
+            Err(self.syntax_error(&format!("expected \"{symbol}\"")))
+        }
+    }
+
+    fn syntax_error(&self, expected: &str) -> ExprError {
+        let found = self
+            .tokens
+            .get(self.next)
+            .map_or("the end of the expression".to_string(), |spanned| format!("\"{}\"", spanned.token.text()));
+        self.error_at(self.at(), format!("syntax error; {expected}, found {found}"))
+    }
+
+    fn error_at(&self, at: usize, reason: impl Into<String>) -> ExprError {
+        ExprError::new(self.kind, at, reason)
+    }
+}
+
+fn incorrect_operand(operator: &str, operand: &Operand) -> String {
+    let kind = match operand {
+        Operand::Value(value) => value.type_name().to_string(),
+        Operand::Path(path) => format!("path [{path}]"),
+        Operand::Size(_) => "N (size)".to_string(),
+    };
+    format!("incorrect operand type for operator or function; operator or function: {operator}, operand type: {kind}")
+}
