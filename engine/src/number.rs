@@ -122,6 +122,46 @@ impl Number {
         Ok(Number { negative, coefficient, exponent: exponent as i32 })
     }
 
+    /// The exact sum, or a `ValidationException` if it needs more than 38 significant digits or
+    /// leaves the supported range (DynamoDB's rules for `+` and ADD).
+    pub fn checked_add(&self, other: &Number) -> Result<Number> {
+        if other.is_zero() {
+            return Ok(*self);
+        }
+        if self.is_zero() {
+            return Ok(*other);
+        }
+        // Align both on the smaller exponent. If one coefficient cannot be scaled within u128,
+        // the exact sum has more than 38 digits: the scaled one ends in zeros, the other (being
+        // normalized) does not, so no cancellation can bring the result back under 10^38.
+        let exponent = self.exponent.min(other.exponent);
+        let too_precise = || Error::validation("attempting to store more than 38 significant digits in a Number");
+        let scaled = |number: &Number| {
+            10u128
+                .checked_pow((number.exponent - exponent) as u32)
+                .and_then(|scale| number.coefficient.checked_mul(scale))
+        };
+        let (left, right) = (scaled(self).ok_or_else(too_precise)?, scaled(other).ok_or_else(too_precise)?);
+        let (negative, coefficient) = if self.negative == other.negative {
+            (self.negative, left.checked_add(right).ok_or_else(too_precise)?)
+        } else if left >= right {
+            (self.negative, left - right)
+        } else {
+            (other.negative, right - left)
+        };
+        Number::from_parts(negative, coefficient, i64::from(exponent))
+    }
+
+    /// The exact difference `self - other` (see `checked_add`).
+    pub fn checked_sub(&self, other: &Number) -> Result<Number> {
+        self.checked_add(&other.negated())
+    }
+
+    /// The number with its sign flipped (zero stays zero).
+    pub fn negated(&self) -> Number {
+        Number { negative: !self.negative && !self.is_zero(), ..*self }
+    }
+
     /// Whether the number is below zero.
     pub fn is_negative(&self) -> bool {
         self.negative
@@ -309,6 +349,42 @@ mod tests {
 
     fn n(text: &str) -> Number {
         Number::parse(text).unwrap()
+    }
+
+    #[test]
+    fn sums_are_exact_or_refused() {
+        let sum = |a: &str, b: &str| n(a).checked_add(&n(b)).map(|sum| sum.to_string());
+        assert_eq!(sum("1", "2").unwrap(), "3");
+        assert_eq!(sum("0.1", "0.2").unwrap(), "0.3");
+        assert_eq!(sum("-5", "3").unwrap(), "-2");
+        assert_eq!(sum("5", "-5").unwrap(), "0");
+        assert_eq!(sum("1E-130", "-1E-130").unwrap(), "0");
+        assert_eq!(
+            sum("99999999999999999999999999999999999999", "1").unwrap(),
+            "100000000000000000000000000000000000000"
+        );
+        assert_eq!(
+            sum("12345678901234567890123456789012345678", "0").unwrap(),
+            "12345678901234567890123456789012345678"
+        );
+        assert!(sum("12345678901234567890123456789012345678", "0.1").is_err(), "39 digits");
+        assert!(sum("1E100", "1E-100").is_err(), "201 digits");
+        assert!(sum("9.9999999999999999999999999999999999999E+125", "1E+88").is_err(), "overflow");
+        assert_eq!(n("7").checked_sub(&n("10")).unwrap().to_string(), "-3");
+        assert_eq!(n("0").negated(), n("0"));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn sums_match_i128_arithmetic(a in -(10i64.pow(17))..10i64.pow(17), b in -(10i64.pow(17))..10i64.pow(17), scale in 0u32..20) {
+            // a / 10^scale + b: exact in i128 once both are scaled by 10^scale.
+            let left = Number::from_parts(a < 0, u128::from(a.unsigned_abs()), -i64::from(scale)).unwrap();
+            let right = Number::from(b);
+            let expected = i128::from(a) + i128::from(b) * 10i128.pow(scale);
+            let expected = Number::from_parts(expected < 0, expected.unsigned_abs(), -i64::from(scale)).unwrap();
+            proptest::prop_assert_eq!(left.checked_add(&right).unwrap(), expected);
+            proptest::prop_assert_eq!(expected.checked_sub(&right).unwrap(), left);
+        }
     }
 
     #[test]

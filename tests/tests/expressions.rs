@@ -25,11 +25,11 @@ fn placeholders(case: &Value) -> (HashMap<String, String>, HashMap<String, Attri
     (names, values)
 }
 
-/// What a case produced: a truth value, a projected item, or an error message.
+/// What a case produced: a truth value, a projected or updated item, or an error message.
 #[derive(Debug, PartialEq)]
 enum Got {
     Truth(bool),
-    Projected(Item),
+    Item(Item),
     Error(String),
 }
 
@@ -43,8 +43,15 @@ fn run(case: &Value, items: &HashMap<String, Item>) -> Got {
             expr::parse_condition(text, &mut placeholders).map(|condition| Got::Truth(condition.evaluate(&item())))
         }
         Some("projection") => {
-            expr::parse_projection(text, &mut placeholders).map(|paths| Got::Projected(expr::project(&item(), &paths)))
+            expr::parse_projection(text, &mut placeholders).map(|paths| Got::Item(expr::project(&item(), &paths)))
         }
+        Some("update") => expr::parse_update(text, &mut placeholders).map(|update| {
+            let mut item = item();
+            match update.apply(&mut item) {
+                Ok(()) => Got::Item(item),
+                Err(error) => Got::Error(error.to_string()),
+            }
+        }),
         other => panic!("unknown case kind {other:?}"),
     };
     match result {
@@ -72,11 +79,10 @@ fn the_corpus_holds() {
         }
         cases += 1;
         let got = run(&case, &items);
-        let ok = match (&got, &case["expect"], &case["projected"], &case["error"]) {
+        let expected_item = if case["projected"].is_object() { &case["projected"] } else { &case["updated"] };
+        let ok = match (&got, &case["expect"], expected_item, &case["error"]) {
             (Got::Truth(truth), Value::Bool(expected), _, _) => truth == expected,
-            (Got::Projected(item), _, expected @ Value::Object(_), _) => {
-                *item == item_from_json(expected).expect("an item")
-            }
+            (Got::Item(item), _, expected @ Value::Object(_), _) => *item == item_from_json(expected).expect("an item"),
             (Got::Error(message), _, _, Value::String(part)) => message.contains(part.as_str()),
             _ => false,
         };
@@ -103,16 +109,20 @@ fn errors_name_the_expression_and_the_position() {
     assert_eq!(error.to_string(), "Invalid FilterExpression: the expression can not be empty");
 }
 
-/// A small item with the attributes `a`..`d`, each missing or one of a few values.
-fn small_item() -> impl Strategy<Value = Item> {
-    let value = prop_oneof![
+/// One of a few small values of several types.
+fn small_value() -> impl Strategy<Value = AttributeValue> {
+    prop_oneof![
         (-3i64..3).prop_map(|n| AttributeValue::N(Number::from(n))),
         "[ab]{0,2}".prop_map(AttributeValue::S),
         any::<bool>().prop_map(AttributeValue::Bool),
         prop::collection::vec((-2i64..2).prop_map(|n| AttributeValue::N(Number::from(n))), 0..3)
             .prop_map(AttributeValue::L),
-    ];
-    prop::collection::btree_map("[a-d]", value, 0..4)
+    ]
+}
+
+/// A small item with the attributes `a`..`d`, each missing or one of a few values.
+fn small_item() -> impl Strategy<Value = Item> {
+    prop::collection::btree_map("[a-d]", small_value(), 0..4)
 }
 
 /// A random condition over `a`..`d` and the placeholders `:n` (a number) and `:s` (a string).
@@ -176,11 +186,48 @@ proptest! {
     }
 
     #[test]
+    fn an_update_reads_back_as_it_said(item in small_item(), value in small_value(), set in 0usize..4, offset in 1usize..4) {
+        let name = |index: usize| ["a", "b", "c", "d"][index % 4].to_string();
+        let (set, remove) = (name(set), name(set + offset));
+        let names = HashMap::new();
+        let values = HashMap::from([(":v".to_string(), value.clone())]);
+        let mut placeholders = Placeholders::new(&names, &values);
+        let update = expr::parse_update(&format!("SET {set} = :v REMOVE {remove}"), &mut placeholders).unwrap();
+        let mut updated = item.clone();
+        update.apply(&mut updated).unwrap();
+        prop_assert_eq!(updated.get(&set), Some(&value));
+        prop_assert!(!updated.contains_key(&remove));
+        // Nothing else changed.
+        let others = |item: &Item| item.iter().filter(|(name, _)| **name != set && **name != remove).map(|(n, v)| (n.clone(), v.clone())).collect::<Vec<_>>();
+        prop_assert_eq!(others(&updated), others(&item));
+    }
+
+    #[test]
+    fn counters_add_up_exactly(start in -(10i64.pow(15))..10i64.pow(15), adds in prop::collection::vec((-(10i64.pow(15))..10i64.pow(15), 0u32..6), 0..20)) {
+        // Each ADD adds n / 10^scale; i128 in units of 10^-5 is the exact reference.
+        let mut item = Item::from([("c".to_string(), AttributeValue::N(Number::from(start)))]);
+        let mut expected = i128::from(start) * 100_000;
+        for (n, scale) in adds {
+            let value = AttributeValue::N(Number::from_parts(n < 0, u128::from(n.unsigned_abs()), -i64::from(scale)).unwrap());
+            let names = HashMap::new();
+            let values = HashMap::from([(":n".to_string(), value)]);
+            let mut placeholders = Placeholders::new(&names, &values);
+            expr::parse_update("ADD c :n", &mut placeholders).unwrap().apply(&mut item).unwrap();
+            expected += i128::from(n) * 10i128.pow(5 - scale);
+        }
+        let expected = Number::from_parts(expected < 0, expected.unsigned_abs(), -5).unwrap();
+        prop_assert_eq!(item.get("c"), Some(&AttributeValue::N(expected)));
+    }
+
+    #[test]
     fn parsing_arbitrary_text_never_panics(text in "[ -~]{0,80}") {
         let names = HashMap::from([("#a".to_string(), "a".to_string())]);
         let values = HashMap::from([(":v".to_string(), AttributeValue::N(Number::from(1)))]);
         let mut placeholders = Placeholders::new(&names, &values);
         let _ = expr::parse_condition(&text, &mut placeholders);
         let _ = expr::parse_projection(&text, &mut placeholders);
+        if let Ok(update) = expr::parse_update(&text, &mut placeholders) {
+            let _ = update.apply(&mut Item::new());
+        }
     }
 }

@@ -2,7 +2,8 @@
 //! with its `#name` and `:value` placeholders resolved, then evaluated against any number of
 //! items.
 //!
-//! Built so far: condition and filter expressions (comparators, BETWEEN, IN, AND/OR/NOT,
+//! Built so far: update expressions (SET with `+`, `-`, `if_not_exists`, `list_append`;
+//! REMOVE; ADD; DELETE) applied with exact decimal arithmetic, condition and filter expressions (comparators, BETWEEN, IN, AND/OR/NOT,
 //! parentheses, `attribute_exists`, `attribute_not_exists`, `attribute_type`, `begins_with`,
 //! `contains`, `size`), document paths (`a.b[3].c`), projection expressions, and DynamoDB's
 //! checks (reserved words, undefined and unused placeholders, expression size, nesting depth,
@@ -17,6 +18,7 @@ mod eval;
 mod lex;
 mod parse;
 mod reserved;
+mod update;
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
@@ -24,6 +26,7 @@ use std::fmt;
 use crate::value::AttributeValue;
 
 pub use eval::project;
+pub use update::{SetOperand, SetValue, Update};
 
 /// Longest expression accepted, in bytes (DynamoDB's 4 KB limit).
 pub const EXPRESSION_BYTES_MAX: usize = 4096;
@@ -153,29 +156,15 @@ impl<'a> Placeholders<'a> {
     }
 
     fn name(&mut self, kind: &'static str, at: usize, name: &str) -> Result<String, ExprError> {
-        let key = format!("#{name}");
-        let value = self.names.get(&key).ok_or_else(|| {
-            ExprError::new(
-                kind,
-                at,
-                format!("an expression attribute name used in the document path is not defined; attribute name: {key}"),
-            )
-        })?;
-        self.used_names.insert(key);
-        Ok(value.clone())
+        let what = "an expression attribute name used in the document path is not defined; attribute name";
+        lookup(self.names, &mut self.used_names, format!("#{name}"), what)
+            .map_err(|reason| ExprError::new(kind, at, reason))
     }
 
     fn value(&mut self, kind: &'static str, at: usize, name: &str) -> Result<AttributeValue, ExprError> {
-        let key = format!(":{name}");
-        let value = self.values.get(&key).ok_or_else(|| {
-            ExprError::new(
-                kind,
-                at,
-                format!("an expression attribute value used in expression is not defined; attribute value: {key}"),
-            )
-        })?;
-        self.used_values.insert(key);
-        Ok(value.clone())
+        let what = "an expression attribute value used in expression is not defined; attribute value";
+        lookup(self.values, &mut self.used_values, format!(":{name}"), what)
+            .map_err(|reason| ExprError::new(kind, at, reason))
     }
 
     /// After every expression of the request is parsed: refuses placeholders none used.
@@ -200,6 +189,18 @@ impl<'a> Placeholders<'a> {
     }
 }
 
+/// The placeholder `key` from `defined`, recorded as used; `missing` starts the error.
+fn lookup<T: Clone>(
+    defined: &HashMap<String, T>,
+    used: &mut BTreeSet<String>,
+    key: String,
+    missing: &str,
+) -> Result<T, String> {
+    let value = defined.get(&key).cloned().ok_or_else(|| format!("{missing}: {key}"))?;
+    used.insert(key);
+    Ok(value)
+}
+
 /// Parses a ConditionExpression.
 pub fn parse_condition(text: &str, placeholders: &mut Placeholders<'_>) -> Result<Condition, ExprError> {
     parse::Parser::new("ConditionExpression", text, placeholders)?.condition_expression()
@@ -208,6 +209,11 @@ pub fn parse_condition(text: &str, placeholders: &mut Placeholders<'_>) -> Resul
 /// Parses a FilterExpression (the same language as a condition).
 pub fn parse_filter(text: &str, placeholders: &mut Placeholders<'_>) -> Result<Condition, ExprError> {
     parse::Parser::new("FilterExpression", text, placeholders)?.condition_expression()
+}
+
+/// Parses an UpdateExpression: SET, REMOVE, ADD and DELETE sections, each at most once.
+pub fn parse_update(text: &str, placeholders: &mut Placeholders<'_>) -> Result<Update, ExprError> {
+    parse::Parser::new("UpdateExpression", text, placeholders)?.update_expression()
 }
 
 /// Parses a ProjectionExpression: document paths separated by commas, none overlapping.

@@ -6,6 +6,7 @@ use std::cmp::Ordering;
 use super::eval::order;
 use super::lex::{tokens, Spanned, Token};
 use super::reserved::is_reserved;
+use super::update::{SetOperand, SetValue, Update};
 use super::{
     Comparator, Condition, ExprError, Operand, Path, PathElement, Placeholders, EXPRESSION_BYTES_MAX, IN_OPERANDS_MAX,
     PATH_ELEMENTS_MAX,
@@ -51,26 +52,162 @@ impl<'p, 'a> Parser<'p, 'a> {
     }
 
     pub(crate) fn projection_expression(mut self) -> Result<Vec<Path>, ExprError> {
-        let mut paths: Vec<(Path, usize)> = Vec::new();
-        loop {
-            let at = self.at();
-            let path = self.path()?;
-            for (other, _) in &paths {
-                let shorter = path.0.len().min(other.0.len());
-                if path.0[..shorter] == other.0[..shorter] {
-                    return Err(self.error_at(
-                        at,
-                        format!("two document paths overlap with each other; must remove or rewrite one of these paths; path one: [{other}], path two: [{path}]"),
-                    ));
-                }
-            }
-            paths.push((path, at));
-            if !self.eat_symbol(",") {
-                break;
-            }
+        let mut paths = vec![(self.at(), self.path()?)];
+        while self.eat_symbol(",") {
+            paths.push((self.at(), self.path()?));
         }
         self.finish()?;
-        Ok(paths.into_iter().map(|(path, _)| path).collect())
+        self.check_disjoint(&paths)?;
+        Ok(paths.into_iter().map(|(_, path)| path).collect())
+    }
+
+    pub(crate) fn update_expression(mut self) -> Result<Update, ExprError> {
+        let mut update = Update::default();
+        let mut seen: Vec<&'static str> = Vec::new();
+        let mut targets: Vec<(usize, Path)> = Vec::new();
+        while self.next < self.tokens.len() {
+            let at = self.at();
+            let Some(section) =
+                ["SET", "REMOVE", "ADD", "DELETE"].into_iter().find(|section| self.eat_keyword(section))
+            else {
+                return Err(self.syntax_error("expected SET, REMOVE, ADD or DELETE"));
+            };
+            if seen.contains(&section) {
+                return Err(self
+                    .error_at(at, format!("the \"{section}\" section can only be used once in an update expression")));
+            }
+            seen.push(section);
+            loop {
+                let path_at = self.at();
+                let path = self.path()?;
+                targets.push((path_at, path.clone()));
+                match section {
+                    "SET" => {
+                        self.expect_symbol("=")?;
+                        let value = self.set_value()?;
+                        update.set.push((path, value));
+                    }
+                    "REMOVE" => update.remove.push(path),
+                    _ => {
+                        let value_at = self.at();
+                        let value = match self.operand()? {
+                            Operand::Value(value) => value,
+                            other => return Err(self.error_at(value_at, incorrect_operand(section, &other))),
+                        };
+                        let fits =
+                            matches!(value, AttributeValue::Ss(_) | AttributeValue::Ns(_) | AttributeValue::Bs(_))
+                                || (section == "ADD" && matches!(value, AttributeValue::N(_)));
+                        if !fits {
+                            return Err(self.error_at(value_at, incorrect_operand(section, &Operand::Value(value))));
+                        }
+                        if section == "ADD" {
+                            update.add.push((path, value))
+                        } else {
+                            update.delete.push((path, value))
+                        }
+                    }
+                }
+                if !self.eat_symbol(",") {
+                    break;
+                }
+            }
+        }
+        self.check_disjoint(&targets)?;
+        Ok(update)
+    }
+
+    /// DynamoDB refuses two paths of one expression where one contains the other ("overlap")
+    /// or where one indexes a list and the other names a map key at the same place
+    /// ("conflict").
+    fn check_disjoint(&self, paths: &[(usize, Path)]) -> Result<(), ExprError> {
+        for (i, (at, path)) in paths.iter().enumerate() {
+            for (_, other) in &paths[..i] {
+                let common = path.0.iter().zip(&other.0).take_while(|(a, b)| a == b).count();
+                let problem = if common == path.0.len().min(other.0.len()) {
+                    "overlap"
+                } else if matches!(
+                    (&path.0[common], &other.0[common]),
+                    (PathElement::Name(_), PathElement::Index(_)) | (PathElement::Index(_), PathElement::Name(_))
+                ) {
+                    "conflict"
+                } else {
+                    continue;
+                };
+                return Err(self.error_at(
+                    *at,
+                    format!("two document paths {problem} with each other; must remove or rewrite one of these paths; path one: [{other}], path two: [{path}]"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn set_value(&mut self) -> Result<SetValue, ExprError> {
+        let left_at = self.at();
+        let left = self.set_operand()?;
+        let operator = if self.eat_symbol("+") {
+            "+"
+        } else if self.eat_symbol("-") {
+            "-"
+        } else {
+            return Ok(SetValue::Operand(left));
+        };
+        let right_at = self.at();
+        let right = self.set_operand()?;
+        for (operand, at) in [(&left, left_at), (&right, right_at)] {
+            if let SetOperand::Value(value) = operand {
+                if !matches!(value, AttributeValue::N(_)) {
+                    return Err(self.error_at(at, incorrect_operand(operator, &Operand::Value(value.clone()))));
+                }
+            }
+        }
+        Ok(if operator == "+" { SetValue::Plus(left, right) } else { SetValue::Minus(left, right) })
+    }
+
+    fn set_operand(&mut self) -> Result<SetOperand, ExprError> {
+        let at = self.at();
+        match self.function_name().as_deref() {
+            Some("if_not_exists") => {
+                self.next += 2;
+                let path = self.path()?;
+                self.expect_symbol(",")?;
+                let fallback = self.set_operand()?;
+                self.expect_symbol(")")?;
+                Ok(SetOperand::IfNotExists(path, Box::new(fallback)))
+            }
+            Some("list_append") => {
+                self.next += 2;
+                let mut parts = Vec::new();
+                for separator in [",", ")"] {
+                    let part_at = self.at();
+                    let part = self.set_operand()?;
+                    if let SetOperand::Value(value) = &part {
+                        if !matches!(value, AttributeValue::L(_)) {
+                            return Err(self
+                                .error_at(part_at, incorrect_operand("list_append", &Operand::Value(value.clone()))));
+                        }
+                    }
+                    parts.push(part);
+                    self.expect_symbol(separator)?;
+                }
+                let right = parts.pop().expect("two parts");
+                let left = parts.pop().expect("two parts");
+                Ok(SetOperand::ListAppend(Box::new(left), Box::new(right)))
+            }
+            Some(function) => {
+                let reason = if CONDITION_FUNCTIONS.contains(&function) || function == "size" {
+                    format!("the function is not allowed in an update expression; function: {function}")
+                } else {
+                    format!("invalid function name; function: {function}")
+                };
+                Err(self.error_at(at, reason))
+            }
+            None => match self.operand()? {
+                Operand::Path(path) => Ok(SetOperand::Path(path)),
+                Operand::Value(value) => Ok(SetOperand::Value(value)),
+                Operand::Size(_) => unreachable!("size( is a function name, handled above"),
+            },
+        }
     }
 
     fn finish(&self) -> Result<(), ExprError> {
