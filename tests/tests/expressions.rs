@@ -6,8 +6,8 @@ use std::collections::HashMap;
 
 use proptest::prelude::*;
 use serde_json::Value;
-use tessera_engine::expr::{self, Condition, Placeholders};
-use tessera_engine::{AttributeValue, Item, Number};
+use tessera_engine::expr::{self, Condition, KeyCondition, Placeholders, SortCondition};
+use tessera_engine::{AttributeValue, Item, KeySchema, KeyType, Number};
 use tessera_net::json::{item_from_json, value_from_json};
 
 const CORPUS: &str = include_str!("../corpus/expressions.jsonl");
@@ -31,6 +31,47 @@ enum Got {
     Truth(bool),
     Item(Item),
     Error(String),
+    Key(KeyCondition),
+}
+
+/// The table schema a key-condition case names: `{"pk": "id:S", "sk": "ts:N"}`.
+fn schema(case: &Value) -> KeySchema {
+    let attribute = |text: &str| {
+        let (name, kind) = text.split_once(':').expect("NAME:TYPE");
+        let kind = match kind {
+            "S" => KeyType::S,
+            "N" => KeyType::N,
+            "B" => KeyType::B,
+            other => panic!("key type {other}"),
+        };
+        (name.to_string(), kind)
+    };
+    let (name, kind) = attribute(case["schema"]["pk"].as_str().expect("a partition key"));
+    let mut schema = KeySchema::hash_only(&name, kind);
+    if let Some(sort) = case["schema"]["sk"].as_str() {
+        let (sort_name, sort_kind) = attribute(sort);
+        schema = KeySchema::composite((&name, kind), (&sort_name, sort_kind));
+    }
+    schema
+}
+
+/// The expected key condition of a case: `{"partition": V, "sort": ["BETWEEN", V, V]}`.
+fn expected_key(json: &Value) -> KeyCondition {
+    let value = |json: &Value| value_from_json(json, "key").expect("a DynamoDB JSON value");
+    let sort = json["sort"].as_array().map(|sort| {
+        let operand = |i: usize| value(&sort[i]);
+        match sort[0].as_str().expect("an operator") {
+            "=" => SortCondition::Eq(operand(1)),
+            "<" => SortCondition::Lt(operand(1)),
+            "<=" => SortCondition::Le(operand(1)),
+            ">" => SortCondition::Gt(operand(1)),
+            ">=" => SortCondition::Ge(operand(1)),
+            "BETWEEN" => SortCondition::Between(operand(1), operand(2)),
+            "begins_with" => SortCondition::BeginsWith(operand(1)),
+            other => panic!("sort operator {other}"),
+        }
+    });
+    KeyCondition { partition_key: value(&json["partition"]), sort }
 }
 
 fn run(case: &Value, items: &HashMap<String, Item>) -> Got {
@@ -45,6 +86,7 @@ fn run(case: &Value, items: &HashMap<String, Item>) -> Got {
         Some("projection") => {
             expr::parse_projection(text, &mut placeholders).map(|paths| Got::Item(expr::project(&item(), &paths)))
         }
+        Some("key") => expr::parse_key_condition(text, &mut placeholders, &schema(case)).map(Got::Key),
         Some("update") => expr::parse_update(text, &mut placeholders).map(|update| {
             let mut item = item();
             match update.apply(&mut item) {
@@ -84,6 +126,7 @@ fn the_corpus_holds() {
             (Got::Truth(truth), Value::Bool(expected), _, _) => truth == expected,
             (Got::Item(item), _, expected @ Value::Object(_), _) => *item == item_from_json(expected).expect("an item"),
             (Got::Error(message), _, _, Value::String(part)) => message.contains(part.as_str()),
+            (Got::Key(key), _, _, _) if case["key"].is_object() => *key == expected_key(&case["key"]),
             _ => false,
         };
         if !ok {

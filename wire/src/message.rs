@@ -7,6 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use flatbuffers::{FlatBufferBuilder, ForwardsUOffset, Vector, WIPOffset};
+pub use tessera_engine::expr::SortCondition;
 use tessera_engine::{AttributeValue, Item, KeyAttribute, KeySchema, KeyType, Number, NESTING_MAX};
 
 use crate::error::{ErrorCode, WireError};
@@ -91,18 +92,6 @@ pub struct TableDescription {
     pub created_at_ms: u64,
     pub item_count: u64,
     pub size_bytes: u64,
-}
-
-/// A Query's condition on the sort key.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum SortCondition {
-    Eq(AttributeValue),
-    Lt(AttributeValue),
-    Le(AttributeValue),
-    Gt(AttributeValue),
-    Ge(AttributeValue),
-    Between(AttributeValue, AttributeValue),
-    BeginsWith(AttributeValue),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

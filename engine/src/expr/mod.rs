@@ -3,7 +3,8 @@
 //! items.
 //!
 //! Built so far: update expressions (SET with `+`, `-`, `if_not_exists`, `list_append`;
-//! REMOVE; ADD; DELETE) applied with exact decimal arithmetic, condition and filter expressions (comparators, BETWEEN, IN, AND/OR/NOT,
+//! REMOVE; ADD; DELETE) applied with exact decimal arithmetic, key conditions (for Query),
+//! condition and filter expressions (comparators, BETWEEN, IN, AND/OR/NOT,
 //! parentheses, `attribute_exists`, `attribute_not_exists`, `attribute_type`, `begins_with`,
 //! `contains`, `size`), document paths (`a.b[3].c`), projection expressions, and DynamoDB's
 //! checks (reserved words, undefined and unused placeholders, expression size, nesting depth,
@@ -15,6 +16,7 @@
 //! `NOT (a = :v)` is true when `a` is missing. `size` of a string counts its UTF-8 bytes.
 
 mod eval;
+mod key;
 mod lex;
 mod parse;
 mod reserved;
@@ -26,6 +28,7 @@ use std::fmt;
 use crate::value::AttributeValue;
 
 pub use eval::project;
+pub use key::{KeyCondition, SortCondition};
 pub use update::{SetOperand, SetValue, Update};
 
 /// Longest expression accepted, in bytes (DynamoDB's 4 KB limit).
@@ -214,6 +217,16 @@ pub fn parse_filter(text: &str, placeholders: &mut Placeholders<'_>) -> Result<C
 /// Parses an UpdateExpression: SET, REMOVE, ADD and DELETE sections, each at most once.
 pub fn parse_update(text: &str, placeholders: &mut Placeholders<'_>) -> Result<Update, ExprError> {
     parse::Parser::new("UpdateExpression", text, placeholders)?.update_expression()
+}
+
+/// Parses a KeyConditionExpression for a table whose primary key is `schema`.
+pub fn parse_key_condition(
+    text: &str,
+    placeholders: &mut Placeholders<'_>,
+    schema: &crate::key::KeySchema,
+) -> Result<KeyCondition, ExprError> {
+    let condition = parse::Parser::new("KeyConditionExpression", text, placeholders)?.condition_expression()?;
+    key::key_condition(condition, schema)
 }
 
 /// Parses a ProjectionExpression: document paths separated by commas, none overlapping.
