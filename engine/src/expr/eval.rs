@@ -12,7 +12,9 @@ pub(crate) fn condition(condition: &Condition, item: &Item) -> bool {
     match condition {
         Condition::Compare(left, comparator, right) => match (operand(left, item), operand(right, item)) {
             (Some(left), Some(right)) => compare(&left, *comparator, &right),
-            _ => false,
+            // A missing operand is unequal to a present one and unordered.
+            (None, None) => false,
+            _ => *comparator == Comparator::Ne,
         },
         Condition::Between(value, low, high) => match (operand(value, item), operand(low, item), operand(high, item)) {
             (Some(value), Some(low), Some(high)) => {
@@ -67,7 +69,7 @@ fn operand<'i>(operand: &'i Operand, item: &'i Item) -> Option<Cow<'i, Attribute
 }
 
 /// `size(...)`: bytes of a string or binary, elements of a set, list or map.
-fn size(value: &AttributeValue) -> Option<AttributeValue> {
+pub(crate) fn size(value: &AttributeValue) -> Option<AttributeValue> {
     let count = match value {
         AttributeValue::S(text) => text.len(),
         AttributeValue::B(bytes) => bytes.len(),
@@ -105,6 +107,9 @@ fn compare(left: &AttributeValue, comparator: Comparator, right: &AttributeValue
 fn contains(haystack: &AttributeValue, needle: &AttributeValue) -> bool {
     match (haystack, needle) {
         (AttributeValue::S(text), AttributeValue::S(part)) => text.contains(part.as_str()),
+        (AttributeValue::B(bytes), AttributeValue::B(part)) => {
+            part.is_empty() || bytes.windows(part.len()).any(|window| window == part.as_slice())
+        }
         (AttributeValue::Ss(set), AttributeValue::S(element)) => set.contains(element),
         (AttributeValue::Ns(set), AttributeValue::N(element)) => set.contains(element),
         (AttributeValue::Bs(set), AttributeValue::B(element)) => set.contains(element),

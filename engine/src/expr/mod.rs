@@ -10,10 +10,12 @@
 //! checks (reserved words, undefined and unused placeholders, expression size, nesting depth,
 //! operand types of literal values).
 //!
-//! Semantics that DynamoDB documents loosely, and the choice made here: a comparison with an
-//! operand that does not resolve (a missing attribute, a path through the wrong type, `size` of
-//! a number) is false, for every comparator including `<>`; `NOT` is plain negation, so
-//! `NOT (a = :v)` is true when `a` is missing. `size` of a string counts its UTF-8 bytes.
+//! Semantics that DynamoDB documents loosely, and the choice made here (matching the behaviour
+//! of the dynalite emulator, whose tests were written against DynamoDB): an operand that does
+//! not resolve (a missing attribute, a path through the wrong type, `size` of a number) makes
+//! every comparison false except `<>`, which is true when exactly one side is missing; `NOT` is
+//! plain negation. `size` of a string counts its UTF-8 bytes. `((...))` is refused as redundant
+//! parentheses, as DynamoDB does.
 
 mod eval;
 mod key;

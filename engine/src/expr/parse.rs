@@ -3,7 +3,7 @@
 
 use std::cmp::Ordering;
 
-use super::eval::order;
+use super::eval::{order, size};
 use super::lex::{tokens, Spanned, Token};
 use super::reserved::is_reserved;
 use super::update::{SetOperand, SetValue, Update};
@@ -16,6 +16,8 @@ use crate::value::AttributeValue;
 /// Functions that are conditions by themselves.
 const CONDITION_FUNCTIONS: [&str; 5] =
     ["attribute_exists", "attribute_not_exists", "attribute_type", "begins_with", "contains"];
+/// Deepest nesting of parentheses and NOTs accepted.
+const NESTING_MAX: usize = 64;
 /// Type names `attribute_type` accepts.
 const TYPE_NAMES: [&str; 10] = ["S", "SS", "N", "NS", "B", "BS", "BOOL", "NULL", "L", "M"];
 
@@ -24,6 +26,8 @@ pub(crate) struct Parser<'p, 'a> {
     tokens: Vec<Spanned>,
     next: usize,
     end: usize,
+    /// Parentheses and NOTs open around the token being parsed.
+    depth: usize,
     placeholders: &'p mut Placeholders<'a>,
 }
 
@@ -42,7 +46,7 @@ impl<'p, 'a> Parser<'p, 'a> {
         if text.trim().is_empty() {
             return Err(ExprError::whole(kind, "the expression can not be empty"));
         }
-        Ok(Parser { kind, tokens: tokens(kind, text)?, next: 0, end: text.len(), placeholders })
+        Ok(Parser { kind, tokens: tokens(kind, text)?, next: 0, end: text.len(), depth: 0, placeholders })
     }
 
     pub(crate) fn condition_expression(mut self) -> Result<Condition, ExprError> {
@@ -239,16 +243,23 @@ impl<'p, 'a> Parser<'p, 'a> {
 
     fn not(&mut self) -> Result<Condition, ExprError> {
         if self.eat_keyword("NOT") {
-            return Ok(Condition::Not(Box::new(self.not()?)));
+            return Ok(Condition::Not(Box::new(self.nested(Self::not)?)));
         }
         self.primary()
     }
 
     fn primary(&mut self) -> Result<Condition, ExprError> {
-        if self.eat_symbol("(") {
-            let inner = self.or()?;
-            self.expect_symbol(")")?;
-            return Ok(inner);
+        if self.peek_symbol("(") {
+            self.check_redundant_parentheses()?;
+            // A parenthesized operand (`(a) = :v`) is followed by a comparator, BETWEEN or IN;
+            // anything else in parentheses is a condition.
+            let operand_first = self.closing(self.next).is_some_and(|close| self.predicate_at(close + 1));
+            if !operand_first {
+                self.next += 1;
+                let inner = self.nested(Self::or)?;
+                self.expect_symbol(")")?;
+                return Ok(inner);
+            }
         }
         if let Some(function) = self.function_name().filter(|name| CONDITION_FUNCTIONS.contains(&name.as_str())) {
             let at = self.at();
@@ -261,6 +272,11 @@ impl<'p, 'a> Parser<'p, 'a> {
             }
             return Ok(condition);
         }
+        self.predicate()
+    }
+
+    /// `operand comparator operand`, `operand BETWEEN operand AND operand`, `operand IN (...)`.
+    fn predicate(&mut self) -> Result<Condition, ExprError> {
         let at = self.at();
         let left = self.operand()?;
         if let Some(comparator) = self.comparator() {
@@ -284,7 +300,6 @@ impl<'p, 'a> Parser<'p, 'a> {
             self.check_ordered("BETWEEN", &left, at)?;
             self.check_ordered("BETWEEN", &low, low_at)?;
             self.check_ordered("BETWEEN", &high, high_at)?;
-            self.check_distinct("BETWEEN", &left, [&low, &high], at)?;
             if let (Operand::Value(low), Operand::Value(high)) = (&low, &high) {
                 match order(low, high) {
                     None => {
@@ -317,7 +332,6 @@ impl<'p, 'a> Parser<'p, 'a> {
                     ),
                 ));
             }
-            self.check_distinct("IN", &left, list.iter(), at)?;
             return Ok(Condition::In(left, list));
         }
         match &left {
@@ -349,7 +363,10 @@ impl<'p, 'a> Parser<'p, 'a> {
         let second = arguments.next();
         let path = |parser: &Self| match &first {
             Operand::Path(path) => Ok(path.clone()),
-            other => Err(parser.error_at(first_at, incorrect_operand(function, other))),
+            _ => Err(parser.error_at(
+                first_at,
+                format!("operator or function requires a document path; operator or function: {function}"),
+            )),
         };
         match function {
             "attribute_exists" => Ok(Condition::Exists(path(self)?)),
@@ -364,7 +381,7 @@ impl<'p, 'a> Parser<'p, 'a> {
                     Operand::Value(AttributeValue::S(name)) => Err(self.error_at(
                         type_at,
                         format!(
-                            "invalid type: {name}; attribute_type takes one of S, SS, N, NS, B, BS, BOOL, NULL, L, M"
+                            "invalid attribute type name found; type: {name}, valid types: {{B,NULL,SS,BOOL,L,BS,N,NS,S,M}}"
                         ),
                     )),
                     other => Err(self.error_at(type_at, incorrect_operand(function, &other))),
@@ -455,10 +472,22 @@ impl<'p, 'a> Parser<'p, 'a> {
                 return Err(self.error_at(at, "incorrect number of operands for operator or function; operator or function: size, number of operands: 2"));
             }
             self.expect_symbol(")")?;
+            // The size of a literal is known now.
             return match argument {
                 Operand::Path(path) => Ok(Operand::Size(path)),
-                other => Err(self.error_at(argument_at, incorrect_operand("size", &other))),
+                Operand::Value(value) => match size(&value) {
+                    Some(size) => Ok(Operand::Value(size)),
+                    None => Err(self.error_at(argument_at, incorrect_operand("size", &Operand::Value(value)))),
+                },
+                Operand::Size(_) => Err(self.error_at(argument_at, incorrect_operand("size", &argument))),
             };
+        }
+        if self.peek_symbol("(") {
+            self.check_redundant_parentheses()?;
+            self.next += 1;
+            let inner = self.nested(Self::operand)?;
+            self.expect_symbol(")")?;
+            return Ok(inner);
         }
         match self.tokens.get(self.next).map(|spanned| spanned.token.clone()) {
             Some(Token::Value(name)) => {
@@ -518,6 +547,19 @@ impl<'p, 'a> Parser<'p, 'a> {
         }
     }
 
+    /// Runs `parse` one level deeper, refusing expressions nested beyond `NESTING_MAX`.
+    fn nested<T>(&mut self, parse: impl FnOnce(&mut Self) -> Result<T, ExprError>) -> Result<T, ExprError> {
+        self.depth += 1;
+        if self.depth > NESTING_MAX {
+            return Err(
+                self.error_at(self.at(), format!("the expression is nested more than {NESTING_MAX} levels deep"))
+            );
+        }
+        let result = parse(self);
+        self.depth -= 1;
+        result
+    }
+
     // Tokens.
 
     /// The byte offset of the next token (the end of the text when there is none).
@@ -550,7 +592,12 @@ impl<'p, 'a> Parser<'p, 'a> {
     }
 
     fn predicate_follows(&self) -> bool {
-        self.tokens.get(self.next).is_some_and(|spanned| {
+        self.predicate_at(self.next)
+    }
+
+    /// Whether token `index` starts the rest of a predicate (a comparator, BETWEEN or IN).
+    fn predicate_at(&self, index: usize) -> bool {
+        self.tokens.get(index).is_some_and(|spanned| {
             matches!(spanned.token, Token::Symbol("=" | "<>" | "<" | "<=" | ">" | ">="))
                 || spanned.token.is_keyword("BETWEEN")
                 || spanned.token.is_keyword("IN")
@@ -561,6 +608,40 @@ impl<'p, 'a> Parser<'p, 'a> {
         let found = self.tokens.get(self.next).is_some_and(|spanned| spanned.token.is_keyword(keyword));
         self.next += usize::from(found);
         found
+    }
+
+    fn peek_symbol(&self, symbol: &str) -> bool {
+        matches!(self.tokens.get(self.next), Some(Spanned { token: Token::Symbol(s), .. }) if *s == symbol)
+    }
+
+    /// DynamoDB refuses `((...))`: a parenthesized part wrapped in a second pair directly.
+    fn check_redundant_parentheses(&self) -> Result<(), ExprError> {
+        let (Some(outer), Some(inner)) = (self.closing(self.next), self.closing(self.next + 1)) else { return Ok(()) };
+        if self.peek_symbol("(") && inner + 1 == outer {
+            return Err(self.error_at(self.at(), "the expression has redundant parentheses"));
+        }
+        Ok(())
+    }
+
+    /// The index of the ")" matching a "(" at token `open`.
+    fn closing(&self, open: usize) -> Option<usize> {
+        if !matches!(self.tokens.get(open), Some(Spanned { token: Token::Symbol("("), .. })) {
+            return None;
+        }
+        let mut depth = 0usize;
+        for (index, spanned) in self.tokens.iter().enumerate().skip(open) {
+            match spanned.token {
+                Token::Symbol("(") => depth += 1,
+                Token::Symbol(")") => {
+                    depth -= 1;
+                    if depth == 0 {
+                        return Some(index);
+                    }
+                }
+                _ => {}
+            }
+        }
+        None
     }
 
     fn eat_symbol(&mut self, symbol: &str) -> bool {
