@@ -1,8 +1,10 @@
 //! DynamoDB's JSON form of items (`{"id": {"S": "a"}, "n": {"N": "1"}}`): numbers as strings,
-//! binaries as base64. Used by the command line and the HTTP endpoint.
+//! binaries as base64; and the legacy condition and update parameters. Used by the command line
+//! and the HTTP endpoint.
 
 use base64::Engine as _;
 use serde_json::{Map, Value};
+use tessera_engine::expr::legacy::{AttributeAction, ComparisonOperator, ExpectedAttribute, LegacyCondition};
 use tessera_engine::{AttributeValue, Item, Number};
 
 const BASE64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
@@ -74,6 +76,69 @@ pub fn value_from_json(json: &Value, path: &str) -> Result<AttributeValue, Strin
             value
         }
         other => return Err(format!("attribute {path} has unknown type {other:?}")),
+    })
+}
+
+/// The entries of a JSON object, each parsed by `parse` (errors name the entry).
+fn entries<T>(
+    json: &Value,
+    what: &str,
+    parse: impl Fn(&str, &Value) -> Result<T, String>,
+) -> Result<Vec<(String, T)>, String> {
+    let object = json.as_object().ok_or_else(|| format!("{what} must be a JSON object of attribute names"))?;
+    object.iter().map(|(name, entry)| Ok((name.clone(), parse(name, entry)?))).collect()
+}
+
+fn operator_from_json(json: &Value, name: &str) -> Result<ComparisonOperator, String> {
+    let text = json.as_str().ok_or_else(|| format!("{name}: ComparisonOperator must be a string"))?;
+    ComparisonOperator::parse(text).ok_or_else(|| format!("{name}: unknown ComparisonOperator {text:?}"))
+}
+
+fn values_from_json(json: &Value, name: &str) -> Result<Vec<AttributeValue>, String> {
+    match json {
+        Value::Null => Ok(Vec::new()),
+        Value::Array(values) => values.iter().map(|value| value_from_json(value, name)).collect(),
+        _ => Err(format!("{name}: AttributeValueList must be an array")),
+    }
+}
+
+/// `QueryFilter`, `ScanFilter` or `KeyConditions`: `{"a": {"ComparisonOperator": "EQ",
+/// "AttributeValueList": [...]}}`.
+pub fn legacy_conditions_from_json(json: &Value) -> Result<Vec<(String, LegacyCondition)>, String> {
+    entries(json, "a legacy condition map", |name, entry| {
+        Ok(LegacyCondition {
+            operator: operator_from_json(&entry["ComparisonOperator"], name)?,
+            values: values_from_json(&entry["AttributeValueList"], name)?,
+        })
+    })
+}
+
+/// `Expected`: `{"a": {"Value": V, "Exists": B}}` or the ComparisonOperator form.
+pub fn expected_from_json(json: &Value) -> Result<Vec<(String, ExpectedAttribute)>, String> {
+    entries(json, "Expected", |name, entry| {
+        Ok(ExpectedAttribute {
+            value: entry.get("Value").map(|value| value_from_json(value, name)).transpose()?,
+            exists: entry
+                .get("Exists")
+                .map(|exists| exists.as_bool().ok_or_else(|| format!("{name}: Exists must be true or false")))
+                .transpose()?,
+            operator: entry.get("ComparisonOperator").map(|operator| operator_from_json(operator, name)).transpose()?,
+            values: values_from_json(&entry["AttributeValueList"], name)?,
+        })
+    })
+}
+
+/// `AttributeUpdates`: `{"a": {"Action": "PUT" | "DELETE" | "ADD", "Value": V}}` (PUT by default).
+pub fn attribute_updates_from_json(json: &Value) -> Result<Vec<(String, AttributeAction)>, String> {
+    entries(json, "AttributeUpdates", |name, entry| {
+        let value = entry.get("Value").map(|value| value_from_json(value, name)).transpose()?;
+        let missing = || format!("{name}: this Action needs a Value");
+        match entry.get("Action").map(|action| action.as_str().unwrap_or("?")).unwrap_or("PUT") {
+            "PUT" => Ok(AttributeAction::Put(value.ok_or_else(missing)?)),
+            "DELETE" => Ok(AttributeAction::Delete(value)),
+            "ADD" => Ok(AttributeAction::Add(value.ok_or_else(missing)?)),
+            other => Err(format!("{name}: unknown Action {other:?}")),
+        }
     })
 }
 

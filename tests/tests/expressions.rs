@@ -6,9 +6,12 @@ use std::collections::HashMap;
 
 use proptest::prelude::*;
 use serde_json::Value;
+use tessera_engine::expr::legacy;
 use tessera_engine::expr::{self, Condition, KeyCondition, Placeholders, SortCondition};
 use tessera_engine::{AttributeValue, Item, KeySchema, KeyType, Number};
-use tessera_net::json::{item_from_json, value_from_json};
+use tessera_net::json::{
+    attribute_updates_from_json, expected_from_json, item_from_json, legacy_conditions_from_json, value_from_json,
+};
 
 const CORPUS: &str = include_str!("../corpus/expressions.jsonl");
 
@@ -77,7 +80,7 @@ fn expected_key(json: &Value) -> KeyCondition {
 fn run(case: &Value, items: &HashMap<String, Item>) -> Got {
     let (names, values) = placeholders(case);
     let mut placeholders = Placeholders::new(&names, &values);
-    let text = case["expression"].as_str().expect("an expression");
+    let text = case["expression"].as_str().unwrap_or_default();
     let item = || case["item"].as_str().map(|name| items[name].clone()).unwrap_or_default();
     let result = match case["kind"].as_str() {
         Some("condition") => {
@@ -87,6 +90,7 @@ fn run(case: &Value, items: &HashMap<String, Item>) -> Got {
             expr::parse_projection(text, &mut placeholders).map(|paths| Got::Item(expr::project(&item(), &paths)))
         }
         Some("key") => expr::parse_key_condition(text, &mut placeholders, &schema(case)).map(Got::Key),
+        Some(kind) if kind.starts_with("legacy-") => return run_legacy(case, kind, item()),
         Some("update") => expr::parse_update(text, &mut placeholders).map(|update| {
             let mut item = item();
             match update.apply(&mut item) {
@@ -103,6 +107,36 @@ fn run(case: &Value, items: &HashMap<String, Item>) -> Got {
             Ok(()) => got,
         },
     }
+}
+
+/// A case of the legacy parameters: what it produced, or its first error as text.
+fn run_legacy(case: &Value, kind: &str, mut item: Item) -> Got {
+    let or = case["operator"] == "OR";
+    let text = |error: expr::ExprError| error.to_string();
+    let mut outcome = || -> Result<Got, String> {
+        Ok(match kind {
+            "legacy-expected" => {
+                let condition = legacy::expected(&expected_from_json(&case["expected"])?, or).map_err(text)?;
+                Got::Truth(condition.is_none_or(|condition| condition.evaluate(&item)))
+            }
+            "legacy-filter" => {
+                let condition = legacy::filter(&legacy_conditions_from_json(&case["filter"])?, or).map_err(text)?;
+                Got::Truth(condition.is_none_or(|condition| condition.evaluate(&item)))
+            }
+            "legacy-key" => {
+                let entries = legacy_conditions_from_json(&case["conditions"])?;
+                Got::Key(legacy::key_conditions(&entries, &schema(case)).map_err(text)?)
+            }
+            "legacy-updates" => {
+                let update =
+                    legacy::attribute_updates(&attribute_updates_from_json(&case["updates"])?).map_err(text)?;
+                update.apply(&mut item).map_err(|error| error.to_string())?;
+                Got::Item(item.clone())
+            }
+            other => panic!("unknown case kind {other:?}"),
+        })
+    };
+    outcome().unwrap_or_else(Got::Error)
 }
 
 #[test]
@@ -130,7 +164,8 @@ fn the_corpus_holds() {
             _ => false,
         };
         if !ok {
-            failures.push(format!("line {}: {} gave {got:?}", number + 1, case["expression"]));
+            let what = if case["expression"].is_string() { case["expression"].to_string() } else { line.to_string() };
+            failures.push(format!("line {}: {what} gave {got:?}", number + 1));
         }
     }
     assert!(cases >= 200, "the corpus shrank to {cases} cases");

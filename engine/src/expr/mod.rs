@@ -4,7 +4,7 @@
 //!
 //! Built so far: update expressions (SET with `+`, `-`, `if_not_exists`, `list_append`;
 //! REMOVE; ADD; DELETE) applied with exact decimal arithmetic, key conditions (for Query),
-//! condition and filter expressions (comparators, BETWEEN, IN, AND/OR/NOT,
+//! condition and filter expressions, the legacy parameters older SDKs send (`legacy`) (comparators, BETWEEN, IN, AND/OR/NOT,
 //! parentheses, `attribute_exists`, `attribute_not_exists`, `attribute_type`, `begins_with`,
 //! `contains`, `size`), document paths (`a.b[3].c`), projection expressions, and DynamoDB's
 //! checks (reserved words, undefined and unused placeholders, expression size, nesting depth,
@@ -19,6 +19,7 @@
 
 mod eval;
 mod key;
+pub mod legacy;
 mod lex;
 mod parse;
 mod reserved;
@@ -228,7 +229,7 @@ pub fn parse_key_condition(
     schema: &crate::key::KeySchema,
 ) -> Result<KeyCondition, ExprError> {
     let condition = parse::Parser::new("KeyConditionExpression", text, placeholders)?.condition_expression()?;
-    key::key_condition(condition, schema)
+    key::key_condition(condition, schema, "KeyConditionExpression")
 }
 
 /// Parses a ProjectionExpression: document paths separated by commas, none overlapping.
