@@ -56,12 +56,12 @@ pub fn encode_item(item: &Item, meta: ItemMeta, out: &mut Vec<u8>) {
     }
 }
 
-fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
+pub(crate) fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
     put_varint(out, bytes.len() as u64);
     out.extend_from_slice(bytes);
 }
 
-fn encode_value(value: &AttributeValue, out: &mut Vec<u8>) {
+pub(crate) fn encode_value(value: &AttributeValue, out: &mut Vec<u8>) {
     match value {
         AttributeValue::S(text) => {
             out.push(TAG_S);
@@ -170,12 +170,12 @@ impl<'a> Reader<'a> {
         Ok(count as usize)
     }
 
-    fn bytes(&mut self) -> Result<&'a [u8], String> {
+    pub(crate) fn bytes(&mut self) -> Result<&'a [u8], String> {
         let len = self.count()?;
         self.take(len)
     }
 
-    fn string(&mut self) -> Result<String, String> {
+    pub(crate) fn string(&mut self) -> Result<String, String> {
         let bytes = self.bytes()?;
         String::from_utf8(bytes.to_vec()).map_err(|_| "string is not UTF-8".to_string())
     }
@@ -239,7 +239,7 @@ fn decode_set<'a, T: Ord>(
     Ok(set)
 }
 
-fn decode_value(reader: &mut Reader<'_>, depth: usize) -> Result<AttributeValue, String> {
+pub(crate) fn decode_value(reader: &mut Reader<'_>, depth: usize) -> Result<AttributeValue, String> {
     if depth > NESTING_MAX {
         return Err("nesting deeper than allowed".to_string());
     }

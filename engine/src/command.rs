@@ -2,12 +2,18 @@
 //! (FORMAT.md, "Commands"). Applying a command is deterministic and idempotent, so replaying
 //! a record that was already applied before a crash changes nothing.
 
-use crate::codec::{put_varint, Reader};
+use crate::codec::{decode_item, encode_item, put_varint, ItemMeta, Reader};
+use crate::expr::codec::{decode_condition, decode_update, encode_condition, encode_update};
+use crate::expr::{Condition, Update};
+use crate::value::Item;
 
 const COMMAND_FORMAT_VERSION: u8 = 1;
 const PUT: u8 = 1;
 const DELETE: u8 = 2;
 const BATCH: u8 = 3;
+const CONDITIONAL: u8 = 4;
+/// The write of a conditional command that applies an update.
+const UPDATE: u8 = 5;
 
 /// A change to one partition. Keys are encoded primary keys (`KeySchema::encode_key`);
 /// values are encoded items (`encode_item`).
@@ -22,6 +28,41 @@ pub enum Command {
     },
     /// Several changes applied atomically, in order.
     Batch(Vec<Command>),
+    /// A write that happens only if its condition holds when the record is applied.
+    Conditional(Box<ConditionalCommand>),
+}
+
+/// A write that happens only if `condition` holds for the item stored under `key` when the
+/// record is applied (an absent item is an empty one): the check and the write are one log
+/// record, so no other write to the key can come between them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConditionalCommand {
+    pub key: Vec<u8>,
+    pub condition: Option<Condition>,
+    pub write: ConditionalWrite,
+}
+
+impl Command {
+    /// A conditional command (see `ConditionalCommand`).
+    pub fn conditional(key: Vec<u8>, condition: Option<Condition>, write: ConditionalWrite) -> Command {
+        Command::Conditional(Box::new(ConditionalCommand { key, condition, write }))
+    }
+}
+
+/// What a conditional command writes when its condition holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConditionalWrite {
+    /// Store this encoded item.
+    Put(Vec<u8>),
+    Delete,
+    /// Apply `update` to the stored item, or to `key_item` (the key attributes) if there is
+    /// none; the result is stored with `write_timestamp`, carried in the record so that every
+    /// replica stores the same bytes.
+    Update {
+        key_item: Item,
+        update: Update,
+        write_timestamp: u64,
+    },
 }
 
 /// What applying a command found: the previous value of each key it wrote.
@@ -29,6 +70,16 @@ pub enum Command {
 pub enum Outcome {
     Previous(Option<Vec<u8>>),
     Batch(Vec<Outcome>),
+    /// A conditional command: whether its condition held (nothing was written if not), and the
+    /// encoded item before and after.
+    Conditional {
+        passed: bool,
+        old: Option<Vec<u8>>,
+        new: Option<Vec<u8>>,
+    },
+    /// The update could not be applied to the stored item (a type it does not fit, a result
+    /// over the size limit); nothing was written. A `ValidationException` for the caller.
+    Invalid(String),
 }
 
 impl Command {
@@ -64,6 +115,36 @@ impl Command {
                 put_varint(out, commands.len() as u64);
                 commands.iter().for_each(|command| command.encode_into(out));
             }
+            Command::Conditional(conditional) => {
+                let ConditionalCommand { key, condition, write } = &**conditional;
+                out.push(CONDITIONAL);
+                put_varint(out, key.len() as u64);
+                out.extend_from_slice(key);
+                match condition {
+                    None => out.push(0),
+                    Some(condition) => {
+                        out.push(1);
+                        encode_condition(condition, out);
+                    }
+                }
+                match write {
+                    ConditionalWrite::Put(value) => {
+                        out.push(PUT);
+                        put_varint(out, value.len() as u64);
+                        out.extend_from_slice(value);
+                    }
+                    ConditionalWrite::Delete => out.push(DELETE),
+                    ConditionalWrite::Update { key_item, update, write_timestamp } => {
+                        out.push(UPDATE);
+                        let mut item = Vec::new();
+                        encode_item(key_item, ItemMeta::default(), &mut item);
+                        put_varint(out, item.len() as u64);
+                        out.extend_from_slice(&item);
+                        encode_update(update, out);
+                        out.extend_from_slice(&write_timestamp.to_le_bytes());
+                    }
+                }
+            }
         }
     }
 
@@ -96,6 +177,26 @@ impl Command {
                 }
                 Command::Batch(commands)
             }
+            CONDITIONAL => {
+                let key = bytes(reader)?;
+                let condition = match reader.u8()? {
+                    0 => None,
+                    1 => Some(decode_condition(reader, 0)?),
+                    other => return Err(format!("unknown condition flag {other}")),
+                };
+                let write = match reader.u8()? {
+                    PUT => ConditionalWrite::Put(bytes(reader)?),
+                    DELETE => ConditionalWrite::Delete,
+                    UPDATE => {
+                        let (key_item, _) = decode_item(&bytes(reader)?)?;
+                        let update = decode_update(reader)?;
+                        let timestamp = reader.take(8)?.try_into().expect("8 bytes");
+                        ConditionalWrite::Update { key_item, update, write_timestamp: u64::from_le_bytes(timestamp) }
+                    }
+                    other => return Err(format!("unknown conditional write kind {other}")),
+                };
+                Command::conditional(key, condition, write)
+            }
             other => return Err(format!("unknown command kind {other}")),
         })
     }
@@ -104,6 +205,7 @@ impl Command {
     pub(crate) fn key_len_max(&self) -> usize {
         match self {
             Command::Put { key, .. } | Command::Delete { key } => key.len(),
+            Command::Conditional(conditional) => conditional.key.len(),
             Command::Batch(commands) => commands.iter().map(Command::key_len_max).max().unwrap_or(0),
         }
     }
@@ -126,5 +228,65 @@ mod tests {
         }
         let nested = Command::Batch(vec![command.clone()]).encode();
         assert!(Command::decode(&nested).unwrap_err().contains("unknown command kind"));
+    }
+
+    fn conditional_commands() -> Vec<Command> {
+        use crate::expr::{parse_condition, parse_update, Placeholders};
+        use crate::value::AttributeValue;
+        use std::collections::HashMap;
+        let names = HashMap::from([("#n".to_string(), "name".to_string())]);
+        let values = HashMap::from([
+            (":v".to_string(), AttributeValue::N(crate::Number::from(3))),
+            (":l".to_string(), AttributeValue::L(vec![AttributeValue::S("x".into())])),
+            (":s".to_string(), AttributeValue::Ss(["a".to_string()].into())),
+            (":t".to_string(), AttributeValue::S("N".into())),
+        ]);
+        let mut placeholders = Placeholders::new(&names, &values);
+        // Every node kind of the condition AST.
+        let condition = parse_condition(
+            "(a = :v OR NOT b.c[2] <> :v) AND a BETWEEN :v AND :v AND a IN (:v, :v) AND attribute_exists(#n) \
+             AND attribute_not_exists(d) AND attribute_type(a, :t) AND begins_with(e, :t) AND contains(f, :v) \
+             AND size(g) < :v",
+            &mut placeholders,
+        )
+        .unwrap();
+        let update = parse_update(
+            "SET a = a + :v, b = if_not_exists(b, :v) - :v, c = list_append(c, :l) REMOVE d[1] ADD e :v DELETE f :s",
+            &mut placeholders,
+        )
+        .unwrap();
+        let key_item = crate::value::Item::from([("id".to_string(), AttributeValue::S("k".into()))]);
+        vec![
+            Command::conditional(b"k".to_vec(), Some(condition.clone()), ConditionalWrite::Put(vec![1, 2, 3])),
+            Command::conditional(b"k".to_vec(), None, ConditionalWrite::Delete),
+            Command::conditional(
+                b"k".to_vec(),
+                Some(condition),
+                ConditionalWrite::Update { key_item, update, write_timestamp: 42 },
+            ),
+        ]
+    }
+
+    #[test]
+    fn conditional_commands_round_trip_and_reject_truncation() {
+        for command in conditional_commands() {
+            let bytes = command.encode();
+            assert_eq!(Command::decode(&bytes).unwrap(), command);
+            for cut in 0..bytes.len() {
+                assert!(Command::decode(&bytes[..cut]).is_err(), "cut at {cut}");
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn decoding_damaged_commands_never_panics(flips in proptest::collection::vec((0usize..4096, 0u8..=255), 1..8), which in 0usize..3) {
+            let mut bytes = conditional_commands()[which].encode();
+            for (at, byte) in flips {
+                let at = at % bytes.len();
+                bytes[at] = byte;
+            }
+            let _ = Command::decode(&bytes);
+        }
     }
 }

@@ -20,7 +20,7 @@ mod wal;
 pub use btree::page::{PAGE_SIZE, TREE_KEY_LEN_MAX};
 pub use btree::CACHE_PAGES_MIN;
 pub use codec::{decode_item, encode_item, ItemMeta, ITEM_FORMAT_VERSION};
-pub use command::{Command, Outcome};
+pub use command::{Command, ConditionalCommand, ConditionalWrite, Outcome};
 pub use error::{Error, Result};
 pub use key::{partition_hash, EncodedKey, KeyAttribute, KeySchema, KeyType};
 pub use number::Number;

@@ -25,10 +25,12 @@ use std::rc::Rc;
 
 use crate::btree::page::{self, Kind, PageId, PAGE_SIZE};
 use crate::btree::{freelist_entries, Durable, Sealed, Tree, TreeError, TreeResult, CACHE_PAGES_MIN, FIRST_DATA_PAGE};
-use crate::command::{Command, Outcome};
+use crate::codec::{decode_item, encode_item, ItemMeta};
+use crate::command::{Command, ConditionalCommand, ConditionalWrite, Outcome};
 use crate::disk::{self, File};
 use crate::error::{Error, Result};
 use crate::signal::{guard_executor, yield_to_reactor, Event, Watermark};
+use crate::value::validate_item;
 use crate::wal::{Wal, WalConfig};
 
 /// Identifies a partition replica on a core.
@@ -223,6 +225,9 @@ fn account(meta: &mut PartitionMeta, command: &Command, outcome: &Outcome) {
         (Command::Delete { key }, Outcome::Previous(previous)) => meta.change(key, previous.as_deref(), None),
         (Command::Batch(commands), Outcome::Batch(outcomes)) => {
             commands.iter().zip(outcomes).for_each(|(command, outcome)| account(meta, command, outcome))
+        }
+        (Command::Conditional(conditional), Outcome::Conditional { passed: true, old, new }) => {
+            meta.change(&conditional.key, old.as_deref(), new.as_deref())
         }
         _ => {}
     }
@@ -611,6 +616,47 @@ impl Inner {
                     outcomes.push(Box::pin(self.apply_command(partition, command)).await?);
                 }
                 Ok(Outcome::Batch(outcomes))
+            }
+            Command::Conditional(conditional) => {
+                let ConditionalCommand { key, condition, write } = &**conditional;
+                let full = tree_key(partition, key);
+                let old = self.with_tree(|tree| tree.get(&full)).await?;
+                let old_item = match &old {
+                    None => None,
+                    Some(bytes) => Some(
+                        decode_item(bytes)
+                            .map_err(|reason| Error::corrupt(self.file.path(), 0, format!("a stored item: {reason}")))?
+                            .0,
+                    ),
+                };
+                let passed = condition
+                    .as_ref()
+                    .is_none_or(|condition| condition.evaluate(&old_item.clone().unwrap_or_default()));
+                if !passed {
+                    return Ok(Outcome::Conditional { passed, old, new: None });
+                }
+                let new = match write {
+                    ConditionalWrite::Put(value) => Some(value.clone()),
+                    ConditionalWrite::Delete => None,
+                    ConditionalWrite::Update { key_item, update, write_timestamp } => {
+                        let mut item = old_item.unwrap_or_else(|| key_item.clone());
+                        if let Err(error) = update.apply(&mut item).and_then(|()| validate_item(&item)) {
+                            return Ok(Outcome::Invalid(error.to_string()));
+                        }
+                        let mut bytes = Vec::new();
+                        encode_item(
+                            &item,
+                            ItemMeta { write_timestamp: *write_timestamp, pending_transaction: 0 },
+                            &mut bytes,
+                        );
+                        Some(bytes)
+                    }
+                };
+                match &new {
+                    Some(bytes) => self.with_tree(|tree| tree.put(&full, bytes)).await?,
+                    None => self.with_tree(|tree| tree.delete(&full)).await?,
+                };
+                Ok(Outcome::Conditional { passed, old, new })
             }
         }
     }

@@ -384,8 +384,8 @@ impl Shard {
         if return_old {
             match self.log.propose_applied(partition, command).await.map_err(engine_error)? {
                 Outcome::Previous(previous) => Ok(OpResult::Value(previous)),
-                Outcome::Batch(_) => {
-                    Err(WireError::new(ErrorCode::InternalServerError, "a single write had a batch outcome"))
+                Outcome::Batch(_) | Outcome::Conditional { .. } | Outcome::Invalid(_) => {
+                    Err(WireError::new(ErrorCode::InternalServerError, "a plain write had another kind of outcome"))
                 }
             }
         } else {
@@ -861,7 +861,7 @@ impl Shard {
             };
             let key = match &command {
                 Command::Put { key, .. } | Command::Delete { key } => key.clone(),
-                Command::Batch(_) => unreachable!("single writes only"),
+                Command::Batch(_) | Command::Conditional(_) => unreachable!("plain single writes only"),
             };
             if !seen.insert((table.id, key.clone())) {
                 return Err(invalid("Provided list of item keys contains duplicates"));

@@ -17,6 +17,7 @@
 //! plain negation. `size` of a string counts its UTF-8 bytes. `((...))` is refused as redundant
 //! parentheses, as DynamoDB does.
 
+pub(crate) mod codec;
 mod eval;
 mod key;
 pub mod legacy;
@@ -98,7 +99,7 @@ impl fmt::Display for Path {
 }
 
 /// Something a condition compares: an attribute, a literal value, or `size(path)`.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Operand {
     Path(Path),
     Value(AttributeValue),
@@ -129,7 +130,7 @@ impl Comparator {
 }
 
 /// A parsed condition or filter expression.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Condition {
     Compare(Operand, Comparator, Operand),
     Between(Operand, Operand, Operand),

@@ -13,14 +13,14 @@ use crate::error::{Error, Result};
 use crate::value::{AttributeValue, Item};
 
 /// The right-hand side of a SET action.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SetValue {
     Operand(SetOperand),
     Plus(SetOperand, SetOperand),
     Minus(SetOperand, SetOperand),
 }
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SetOperand {
     Path(Path),
     Value(AttributeValue),
@@ -29,7 +29,7 @@ pub enum SetOperand {
 }
 
 /// A parsed UpdateExpression.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Update {
     pub set: Vec<(Path, SetValue)>,
     pub remove: Vec<Path>,

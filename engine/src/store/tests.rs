@@ -383,3 +383,129 @@ fn partition_counts_are_rebuilt_from_the_applied_slot_alone() {
         store.close().await.unwrap();
     });
 }
+
+/// Conditional writes: the condition is checked when the record is applied, so among puts
+/// proposed together only the first finds the key absent; updates build on each other and
+/// create the item from its key when it is absent; an update that does not fit the stored
+/// item writes nothing; everything survives a reopen (the records carry the condition).
+#[test]
+fn conditional_writes_are_checked_at_apply() {
+    use crate::codec::{decode_item, encode_item, ItemMeta};
+    use crate::command::{ConditionalCommand, ConditionalWrite};
+    use crate::expr::{parse_condition, parse_update, Placeholders};
+    use crate::value::{AttributeValue, Item};
+    use std::collections::HashMap;
+
+    let dir = scratch_dir("store-conditional");
+    let number = |n: i64| AttributeValue::N(crate::Number::from(n));
+    let placeholders = move || (HashMap::new(), HashMap::from([(":one".to_string(), number(1))]));
+    let condition = move |text: &str| {
+        let (names, values) = placeholders();
+        parse_condition(text, &mut Placeholders::new(&names, &values)).unwrap()
+    };
+    let update = move |text: &str| {
+        let (names, values) = placeholders();
+        parse_update(text, &mut Placeholders::new(&names, &values)).unwrap()
+    };
+    let key_item = Item::from([("id".to_string(), AttributeValue::S("k".into()))]);
+    let encoded = |item: &Item| {
+        let mut out = Vec::new();
+        encode_item(item, ItemMeta::default(), &mut out);
+        out
+    };
+    run(async move {
+        let log = Rc::new(LocalLog::new(Store::open(&dir, small_config()).await.unwrap()));
+        // Eight put-if-absent writes proposed at once: exactly one passes.
+        let racers: Vec<_> = (0..8)
+            .map(|i| {
+                let mut item = key_item.clone();
+                item.insert("who".into(), number(i));
+                let command = Command::Conditional(Box::new(ConditionalCommand {
+                    key: b"k".to_vec(),
+                    condition: Some(condition("attribute_not_exists(id)")),
+                    write: ConditionalWrite::Put(encoded(&item)),
+                }));
+                let log = log.clone();
+                glommio::spawn_local(async move { log.propose_applied(1, command).await.unwrap() })
+            })
+            .collect();
+        let mut passed = 0;
+        for racer in racers {
+            if let Outcome::Conditional { passed: true, .. } = racer.await {
+                passed += 1;
+            }
+        }
+        assert_eq!(passed, 1);
+
+        // Counter updates, each a conditional record, add up exactly.
+        let adds: Vec<_> = (0..20)
+            .map(|_| {
+                let command = Command::Conditional(Box::new(ConditionalCommand {
+                    key: b"k".to_vec(),
+                    condition: Some(condition("attribute_exists(id)")),
+                    write: ConditionalWrite::Update {
+                        key_item: key_item.clone(),
+                        update: update("ADD hits :one"),
+                        write_timestamp: 7,
+                    },
+                }));
+                let log = log.clone();
+                glommio::spawn_local(async move { log.propose_applied(1, command).await.unwrap() })
+            })
+            .collect();
+        for add in adds {
+            assert!(matches!(add.await, Outcome::Conditional { passed: true, .. }));
+        }
+        // An update that does not fit the stored item (ADD to a string) writes nothing.
+        let unfit = Command::Conditional(Box::new(ConditionalCommand {
+            key: b"k".to_vec(),
+            condition: None,
+            write: ConditionalWrite::Update {
+                key_item: key_item.clone(),
+                update: update("ADD id :one"),
+                write_timestamp: 7,
+            },
+        }));
+        assert!(
+            matches!(log.propose_applied(1, unfit).await.unwrap(), Outcome::Invalid(reason) if reason.contains("incorrect data type"))
+        );
+        // A failed condition writes nothing and reports the stored item.
+        let refused = Command::Conditional(Box::new(ConditionalCommand {
+            key: b"k".to_vec(),
+            condition: Some(condition("hits = :one")),
+            write: ConditionalWrite::Delete,
+        }));
+        assert!(matches!(
+            log.propose_applied(1, refused).await.unwrap(),
+            Outcome::Conditional { passed: false, old: Some(_), new: None }
+        ));
+        // An update of an absent item starts from its key.
+        let fresh_key = Item::from([("id".to_string(), AttributeValue::S("new".into()))]);
+        let create = Command::Conditional(Box::new(ConditionalCommand {
+            key: b"new".to_vec(),
+            condition: Some(condition("attribute_not_exists(id)")),
+            write: ConditionalWrite::Update {
+                key_item: fresh_key.clone(),
+                update: update("SET hits = :one"),
+                write_timestamp: 9,
+            },
+        }));
+        assert!(matches!(
+            log.propose_applied(1, create).await.unwrap(),
+            Outcome::Conditional { passed: true, old: None, .. }
+        ));
+        log.store().close().await.unwrap();
+
+        let store = Store::open(&dir, small_config()).await.unwrap();
+        let (item, _) = decode_item(&store.get(1, b"k").await.unwrap().unwrap()).unwrap();
+        assert_eq!(item["hits"], number(20));
+        assert_eq!(item["id"], AttributeValue::S("k".into()));
+        let (fresh, meta) = decode_item(&store.get(1, b"new").await.unwrap().unwrap()).unwrap();
+        assert_eq!(
+            fresh,
+            Item::from([("id".to_string(), AttributeValue::S("new".into())), ("hits".to_string(), number(1))])
+        );
+        assert_eq!(meta.write_timestamp, 9);
+        store.close().await.unwrap();
+    });
+}
