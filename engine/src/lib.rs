@@ -2,6 +2,7 @@
 //! page-based B+tree with copy-on-write checkpoints, and crash recovery.
 
 mod btree;
+pub mod capacity;
 mod codec;
 mod command;
 mod disk;

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use proptest::prelude::*;
 use serde_json::Value;
 use tessera_engine::expr::legacy;
-use tessera_engine::expr::{self, Condition, KeyCondition, Placeholders, SortCondition};
+use tessera_engine::expr::{self, Condition, KeyCondition, Placeholders, ReturnValues, SortCondition};
 use tessera_engine::{AttributeValue, Item, KeySchema, KeyType, Number};
 use tessera_net::json::{
     attribute_updates_from_json, expected_from_json, item_from_json, legacy_conditions_from_json, value_from_json,
@@ -92,11 +92,22 @@ fn run(case: &Value, items: &HashMap<String, Item>) -> Got {
         Some("key") => expr::parse_key_condition(text, &mut placeholders, &schema(case)).map(Got::Key),
         Some(kind) if kind.starts_with("legacy-") => return run_legacy(case, kind, item()),
         Some("update") => expr::parse_update(text, &mut placeholders).map(|update| {
-            let mut item = item();
-            match update.apply(&mut item) {
-                Ok(()) => Got::Item(item),
-                Err(error) => Got::Error(error.to_string()),
+            let old = item();
+            let mut new = old.clone();
+            if let Err(error) = update.apply(&mut new) {
+                return Got::Error(error.to_string());
             }
+            // With "return_values", what the update returns must be "returned" (or nothing).
+            if let Some(name) = case["return_values"].as_str() {
+                let targets: Vec<_> = update.targets().cloned().collect();
+                let returned =
+                    ReturnValues::parse(name, "UpdateItem").unwrap().select(Some(&old), Some(&new), &targets);
+                let expected = case["returned"].is_object().then(|| item_from_json(&case["returned"]).unwrap());
+                if returned != expected {
+                    return Got::Error(format!("returned {returned:?}"));
+                }
+            }
+            Got::Item(new)
         }),
         other => panic!("unknown case kind {other:?}"),
     };

@@ -24,6 +24,7 @@ pub mod legacy;
 mod lex;
 mod parse;
 mod reserved;
+mod returns;
 mod update;
 
 use std::collections::{BTreeSet, HashMap};
@@ -33,6 +34,7 @@ use crate::value::AttributeValue;
 
 pub use eval::project;
 pub use key::{KeyCondition, SortCondition};
+pub use returns::{parse_on_condition_failure, ReturnValues};
 pub use update::{SetOperand, SetValue, Update};
 
 /// Longest expression accepted, in bytes (DynamoDB's 4 KB limit).
