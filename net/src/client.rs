@@ -22,7 +22,10 @@ use crate::catalog::core_of_key;
 use crate::local::{Inbox, Outbox, Pending, Producer};
 use tessera_engine::{AttributeValue, Item, KeySchema, Number};
 use tessera_wire::frame::{self, Decoded};
-use tessera_wire::{ErrorCode, Query, Request, Response, Scan, TableDescription, TableKeys, WireError, Write};
+use tessera_wire::{
+    ErrorCode, Expressions, Query, Request, Response, ReturnValues, Scan, TableDescription, TableKeys, UpdateItem,
+    WireError, Write,
+};
 
 /// What a call can fail with.
 #[derive(Debug)]
@@ -68,6 +71,31 @@ impl Default for ClientConfig {
     fn default() -> ClientConfig {
         ClientConfig { timeout: Duration::from_secs(10), attempts: 5, backoff: Duration::from_millis(20) }
     }
+}
+
+fn put_request(table: &str, item: Item, return_old: bool, expressions: Expressions) -> Request {
+    Request::PutItem { table: table.into(), item, return_old, expressions, return_old_on_failure: false }
+}
+
+fn delete_request(table: &str, key: Item, expressions: Expressions) -> Request {
+    Request::DeleteItem { table: table.into(), key, return_old: true, expressions, return_old_on_failure: false }
+}
+
+fn update_request(
+    table: &str,
+    key: Item,
+    update: &str,
+    expressions: Expressions,
+    return_values: ReturnValues,
+) -> Request {
+    Request::UpdateItem(UpdateItem {
+        table: table.into(),
+        key,
+        update: update.into(),
+        expressions,
+        return_values,
+        return_old_on_failure: false,
+    })
 }
 
 /// Randomness for backoff jitter (xorshift; not for anything else).
@@ -234,12 +262,40 @@ impl Client {
     }
 
     pub fn put_item(&mut self, table: &str, item: Item) -> Result<(), ClientError> {
-        self.call(&Request::PutItem { table: table.into(), item, return_old: false }).map(drop)
+        self.call(&put_request(table, item, false, Expressions::default())).map(drop)
     }
 
     /// Puts `item`, returning the item it replaced.
     pub fn put_item_returning_old(&mut self, table: &str, item: Item) -> Result<Option<Item>, ClientError> {
-        item_of(self.call(&Request::PutItem { table: table.into(), item, return_old: true })?)
+        item_of(self.call(&put_request(table, item, true, Expressions::default()))?)
+    }
+
+    /// Puts `item` if `expressions`' condition holds (`ConditionalCheckFailedException` if not).
+    pub fn put_item_if(&mut self, table: &str, item: Item, expressions: Expressions) -> Result<(), ClientError> {
+        self.call(&put_request(table, item, false, expressions)).map(drop)
+    }
+
+    /// Applies the UpdateExpression `update` to the item under `key` (creating it if absent)
+    /// if `expressions`' condition holds; returns what `return_values` asks for.
+    pub fn update_item(
+        &mut self,
+        table: &str,
+        key: Item,
+        update: &str,
+        expressions: Expressions,
+        return_values: ReturnValues,
+    ) -> Result<Option<Item>, ClientError> {
+        item_of(self.call(&update_request(table, key, update, expressions, return_values))?)
+    }
+
+    /// Deletes the item under `key` if `expressions`' condition holds, returning it.
+    pub fn delete_item_if(
+        &mut self,
+        table: &str,
+        key: Item,
+        expressions: Expressions,
+    ) -> Result<Option<Item>, ClientError> {
+        item_of(self.call(&delete_request(table, key, expressions))?)
     }
 
     pub fn get_item(&mut self, table: &str, key: Item) -> Result<Option<Item>, ClientError> {
@@ -248,7 +304,7 @@ impl Client {
 
     /// Deletes the item under `key`, returning it if there was one.
     pub fn delete_item(&mut self, table: &str, key: Item) -> Result<Option<Item>, ClientError> {
-        item_of(self.call(&Request::DeleteItem { table: table.into(), key, return_old: true })?)
+        item_of(self.call(&delete_request(table, key, Expressions::default()))?)
     }
 
     pub fn query(&mut self, query: Query) -> Result<Page, ClientError> {
@@ -502,7 +558,24 @@ impl AsyncClient {
     }
 
     pub async fn put_item(&self, table: &str, item: Item) -> Result<(), ClientError> {
-        self.call(&Request::PutItem { table: table.into(), item, return_old: false }).await.map(drop)
+        self.call(&put_request(table, item, false, Expressions::default())).await.map(drop)
+    }
+
+    /// Puts `item` if `expressions`' condition holds (`ConditionalCheckFailedException` if not).
+    pub async fn put_item_if(&self, table: &str, item: Item, expressions: Expressions) -> Result<(), ClientError> {
+        self.call(&put_request(table, item, false, expressions)).await.map(drop)
+    }
+
+    /// Applies the UpdateExpression `update` to the item under `key` (see `Client::update_item`).
+    pub async fn update_item(
+        &self,
+        table: &str,
+        key: Item,
+        update: &str,
+        expressions: Expressions,
+        return_values: ReturnValues,
+    ) -> Result<Option<Item>, ClientError> {
+        item_of(self.call(&update_request(table, key, update, expressions, return_values)).await?)
     }
 
     pub async fn get_item(&self, table: &str, key: Item) -> Result<Option<Item>, ClientError> {
@@ -511,7 +584,7 @@ impl AsyncClient {
 
     /// Deletes the item under `key`, returning it if there was one.
     pub async fn delete_item(&self, table: &str, key: Item) -> Result<Option<Item>, ClientError> {
-        item_of(self.call(&Request::DeleteItem { table: table.into(), key, return_old: true }).await?)
+        item_of(self.call(&delete_request(table, key, Expressions::default())).await?)
     }
 
     pub async fn query(&self, query: Query) -> Result<Page, ClientError> {

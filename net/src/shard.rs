@@ -8,16 +8,19 @@
 //! request that made it is answered.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::Bound;
 use std::rc::Rc;
 
 use glommio::channels::channel_mesh::{Receivers, Senders};
+use tessera_engine::expr::{self, Condition, Placeholders, Update};
 use tessera_engine::{
-    decode_item, encode_item, validate_item, yield_to_reactor, Command, Error, Item, ItemMeta, KeySchema, KeyType,
-    LocalLog, Outcome, PartitionId, ReplicationLog,
+    decode_item, encode_item, validate_item, yield_to_reactor, AttributeValue, Command, ConditionalWrite, Error, Item,
+    ItemMeta, KeySchema, KeyType, LocalLog, Outcome, PartitionId, ReplicationLog,
 };
-use tessera_wire::{ErrorCode, Query, Request, Response, Scan, SortCondition, TableKeys, WireError, Write};
+use tessera_wire::{
+    ErrorCode, Expressions, Query, Request, Response, Scan, SortCondition, TableKeys, UpdateItem, WireError, Write,
+};
 
 use crate::catalog::{
     key_hash, owner_core, range_start, validate_table_name, Catalog, TableInfo, CATALOG_PARTITION, NEXT_ID_KEY,
@@ -52,6 +55,11 @@ pub(crate) enum Op {
     Get {
         partition: PartitionId,
         key: Vec<u8>,
+    },
+    /// A conditional put, delete or update, checked and written by one log record.
+    Conditional {
+        partition: PartitionId,
+        command: Command,
     },
     /// Entries within the bounds, until `limit` entries or `bytes_max` bytes of values.
     Scan {
@@ -92,6 +100,12 @@ pub(crate) enum Op {
 
 pub(crate) enum OpResult {
     Value(Option<Vec<u8>>),
+    /// A conditional write: whether its condition held, and the stored item before and after.
+    Conditional {
+        passed: bool,
+        old: Option<Vec<u8>>,
+        new: Option<Vec<u8>>,
+    },
     /// `more`: the scan stopped at its limit or byte budget, not at the end of its range.
     Entries {
         entries: Vec<(Vec<u8>, Vec<u8>)>,
@@ -193,6 +207,30 @@ fn encode_exact_key(schema: &KeySchema, key: &Item) -> Result<Vec<u8>, WireError
         return Err(invalid("The provided key element does not match the schema"));
     }
     schema.encode_key(key).map(|key| key.bytes).map_err(engine_error)
+}
+
+/// Parses a write's ConditionExpression and, for UpdateItem, its UpdateExpression, with the
+/// request's placeholders, all of which must be used.
+fn parse_write_expressions(
+    expressions: &Expressions,
+    update: Option<&str>,
+) -> Result<(Option<Condition>, Option<Update>), WireError> {
+    let names: HashMap<String, String> = expressions.names.iter().cloned().collect();
+    let values: HashMap<String, AttributeValue> = expressions.values.iter().cloned().collect();
+    let mut placeholders = Placeholders::new(&names, &values);
+    let update = update
+        .filter(|text| !text.is_empty())
+        .map(|text| expr::parse_update(text, &mut placeholders))
+        .transpose()
+        .map_err(|error| invalid(error.to_string()))?;
+    let condition = expressions
+        .condition
+        .as_deref()
+        .map(|text| expr::parse_condition(text, &mut placeholders))
+        .transpose()
+        .map_err(|error| invalid(error.to_string()))?;
+    placeholders.check_all_used().map_err(invalid)?;
+    Ok((condition, update))
 }
 
 fn decode_stored(value: &[u8]) -> Result<Item, WireError> {
@@ -351,6 +389,15 @@ impl Shard {
             Op::Get { partition, key } => {
                 self.store().get(partition, &key).await.map(OpResult::Value).map_err(engine_error)
             }
+            Op::Conditional { partition, command } => match self.log.propose_applied(partition, command).await {
+                Err(error) => Err(engine_error(error)),
+                Ok(Outcome::Conditional { passed, old, new }) => Ok(OpResult::Conditional { passed, old, new }),
+                Ok(Outcome::Invalid(reason)) => Err(invalid(reason)),
+                Ok(Outcome::Previous(_) | Outcome::Batch(_)) => Err(WireError::new(
+                    ErrorCode::InternalServerError,
+                    "a conditional write had another kind of outcome",
+                )),
+            },
             Op::Scan { partition, lower, upper, reverse, limit, bytes_max } => {
                 self.scan(partition, lower, upper, reverse, limit, bytes_max).await
             }
@@ -547,9 +594,22 @@ impl Shard {
             },
             Request::DescribeTable { table, counts } => self.describe(&table, counts).await,
             Request::ListTables { exclusive_start_table, limit } => self.list_tables(exclusive_start_table, limit),
-            Request::PutItem { table, item, return_old } => self.put_item(&table, item, return_old).await,
+            Request::PutItem { table, item, return_old, expressions, return_old_on_failure } => {
+                if expressions == Expressions::default() {
+                    self.put_item(&table, item, return_old).await
+                } else {
+                    self.conditional_put(&table, item, return_old, &expressions, return_old_on_failure).await
+                }
+            }
             Request::GetItem { table, key, .. } => self.get_item(&table, &key).await,
-            Request::DeleteItem { table, key, return_old } => self.delete_item(&table, &key, return_old).await,
+            Request::DeleteItem { table, key, return_old, expressions, return_old_on_failure } => {
+                if expressions == Expressions::default() {
+                    self.delete_item(&table, &key, return_old).await
+                } else {
+                    self.conditional_delete(&table, &key, return_old, &expressions, return_old_on_failure).await
+                }
+            }
+            Request::UpdateItem(update) => self.update_item(update).await,
             Request::Query(query) => self.query(query).await,
             Request::Scan(scan) => self.scan_table(scan).await,
             Request::BatchGetItem(tables) => self.batch_get(tables).await,
@@ -657,6 +717,85 @@ impl Shard {
         let key = encode_exact_key(&table.key_schema, key)?;
         let (core, partition) = self.place(&table, &key);
         self.old_item(core, Op::Delete { partition, key, return_old }).await
+    }
+
+    async fn conditional_put(
+        self: &Rc<Shard>,
+        name: &str,
+        item: Item,
+        return_old: bool,
+        expressions: &Expressions,
+        return_old_on_failure: bool,
+    ) -> Result<Response, WireError> {
+        let table = self.table(name)?;
+        validate_item(&item).map_err(engine_error)?;
+        let key = table.key_schema.encode_key(&item).map_err(engine_error)?.bytes;
+        let condition = parse_write_expressions(expressions, None)?.0;
+        let write = ConditionalWrite::Put(encode_stored(&item));
+        let (old, _) = self.conditional(&table, key, condition, write, return_old_on_failure).await?;
+        Ok(Response::Item(if return_old { old } else { None }))
+    }
+
+    async fn conditional_delete(
+        self: &Rc<Shard>,
+        name: &str,
+        key: &Item,
+        return_old: bool,
+        expressions: &Expressions,
+        return_old_on_failure: bool,
+    ) -> Result<Response, WireError> {
+        let table = self.table(name)?;
+        let key = encode_exact_key(&table.key_schema, key)?;
+        let condition = parse_write_expressions(expressions, None)?.0;
+        let (old, _) =
+            self.conditional(&table, key, condition, ConditionalWrite::Delete, return_old_on_failure).await?;
+        Ok(Response::Item(if return_old { old } else { None }))
+    }
+
+    async fn update_item(self: &Rc<Shard>, request: UpdateItem) -> Result<Response, WireError> {
+        let table = self.table(&request.table)?;
+        let key = encode_exact_key(&table.key_schema, &request.key)?;
+        let (condition, update) = parse_write_expressions(&request.expressions, Some(&request.update))?;
+        let update = update.unwrap_or_default();
+        let key_names: Vec<&str> = std::iter::once(&table.key_schema.partition)
+            .chain(&table.key_schema.sort)
+            .map(|key| key.name.as_str())
+            .collect();
+        update.check_key_attributes(&key_names).map_err(engine_error)?;
+        let write_timestamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.as_millis() as u64);
+        let targets: Vec<_> = update.targets().cloned().collect();
+        let write = ConditionalWrite::Update { key_item: request.key, update, write_timestamp };
+        let (old, new) = self.conditional(&table, key, condition, write, request.return_old_on_failure).await?;
+        Ok(Response::Item(request.return_values.select(old.as_ref(), new.as_ref(), &targets)))
+    }
+
+    /// Runs a conditional write at the key's owner: the old and new items when the condition
+    /// held, ConditionalCheckFailedException (with the old item if asked) when it did not.
+    async fn conditional(
+        self: &Rc<Shard>,
+        table: &TableInfo,
+        key: Vec<u8>,
+        condition: Option<Condition>,
+        write: ConditionalWrite,
+        return_old_on_failure: bool,
+    ) -> Result<(Option<Item>, Option<Item>), WireError> {
+        let (core, partition) = self.place(table, &key);
+        let command = Command::conditional(key, condition, write);
+        match self.call(core, Op::Conditional { partition, command }).await {
+            OpResult::Conditional { passed, old, new } => {
+                let old = old.as_deref().map(decode_stored).transpose()?;
+                if !passed {
+                    let mut error =
+                        WireError::new(ErrorCode::ConditionalCheckFailedException, "The conditional request failed");
+                    error.item = old.filter(|_| return_old_on_failure);
+                    return Err(error);
+                }
+                Ok((old, new.as_deref().map(decode_stored).transpose()?))
+            }
+            other => Err(unexpected(other)),
+        }
     }
 
     async fn query(self: &Rc<Shard>, query: Query) -> Result<Response, WireError> {

@@ -2,6 +2,8 @@
 
 use std::fmt;
 
+use tessera_engine::Item;
+
 use crate::generated::tessera::fb;
 
 /// What went wrong, by name. The first group are DynamoDB's exception names, as its SDKs know
@@ -16,6 +18,8 @@ pub enum ErrorCode {
     ThrottlingException,
     InternalServerError,
     ServiceUnavailable,
+    /// A write's condition did not hold; nothing was written.
+    ConditionalCheckFailedException,
     /// The frame's checksum did not match its bytes.
     ChecksumMismatch,
     /// The message type is not one the receiver knows.
@@ -28,7 +32,7 @@ pub enum ErrorCode {
     Unknown(u16),
 }
 
-const CODES: [(ErrorCode, fb::ErrorCode); 12] = [
+const CODES: [(ErrorCode, fb::ErrorCode); 13] = [
     (ErrorCode::ValidationException, fb::ErrorCode::ValidationException),
     (ErrorCode::ResourceNotFoundException, fb::ErrorCode::ResourceNotFoundException),
     (ErrorCode::ResourceInUseException, fb::ErrorCode::ResourceInUseException),
@@ -37,6 +41,7 @@ const CODES: [(ErrorCode, fb::ErrorCode); 12] = [
     (ErrorCode::ThrottlingException, fb::ErrorCode::ThrottlingException),
     (ErrorCode::InternalServerError, fb::ErrorCode::InternalServerError),
     (ErrorCode::ServiceUnavailable, fb::ErrorCode::ServiceUnavailable),
+    (ErrorCode::ConditionalCheckFailedException, fb::ErrorCode::ConditionalCheckFailedException),
     (ErrorCode::ChecksumMismatch, fb::ErrorCode::ChecksumMismatch),
     (ErrorCode::UnknownMessageType, fb::ErrorCode::UnknownMessageType),
     (ErrorCode::MalformedMessage, fb::ErrorCode::MalformedMessage),
@@ -84,12 +89,14 @@ pub struct WireError {
     pub code: ErrorCode,
     pub message: String,
     pub retryable: bool,
+    /// The item as it was, for a ConditionalCheckFailedException whose request asked for it.
+    pub item: Option<Item>,
 }
 
 impl WireError {
     /// An error with `code`'s own retryability.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> WireError {
-        WireError { code, message: message.into(), retryable: code.retryable() }
+        WireError { code, message: message.into(), retryable: code.retryable(), item: None }
     }
 }
 

@@ -17,5 +17,6 @@ mod generated {
 
 pub use error::{ErrorCode, WireError};
 pub use message::{
-    MessageType, Query, Request, Response, Scan, SortCondition, TableDescription, TableKeys, TableStatus, Write,
+    Expressions, MessageType, Query, Request, Response, ReturnValues, Scan, SortCondition, TableDescription, TableKeys,
+    TableStatus, UpdateItem, Write,
 };

@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use flatbuffers::{FlatBufferBuilder, ForwardsUOffset, Vector, WIPOffset};
-pub use tessera_engine::expr::SortCondition;
+pub use tessera_engine::expr::{ReturnValues, SortCondition};
 use tessera_engine::{AttributeValue, Item, KeyAttribute, KeySchema, KeyType, Number, NESTING_MAX};
 
 use crate::error::{ErrorCode, WireError};
@@ -25,6 +25,7 @@ pub enum MessageType {
     PutItem = 5,
     GetItem = 6,
     DeleteItem = 7,
+    UpdateItem = 13,
     Query = 8,
     Scan = 9,
     BatchGetItem = 10,
@@ -45,7 +46,7 @@ pub enum MessageType {
 }
 
 impl MessageType {
-    const ALL: [MessageType; 20] = [
+    const ALL: [MessageType; 21] = [
         MessageType::CreateTable,
         MessageType::DeleteTable,
         MessageType::DescribeTable,
@@ -53,6 +54,7 @@ impl MessageType {
         MessageType::PutItem,
         MessageType::GetItem,
         MessageType::DeleteItem,
+        MessageType::UpdateItem,
         MessageType::Query,
         MessageType::Scan,
         MessageType::BatchGetItem,
@@ -92,6 +94,47 @@ pub struct TableDescription {
     pub created_at_ms: u64,
     pub item_count: u64,
     pub size_bytes: u64,
+}
+
+/// A write's ConditionExpression and the placeholders of all its expressions, as text: the
+/// server parses them (DynamoDB's request shape).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Expressions {
+    pub condition: Option<String>,
+    /// ExpressionAttributeNames: ("#n", "name").
+    pub names: Vec<(String, String)>,
+    /// ExpressionAttributeValues: (":v", value).
+    pub values: Vec<(String, AttributeValue)>,
+}
+
+impl Expressions {
+    /// Expressions with `condition` as the ConditionExpression.
+    pub fn condition(text: impl Into<String>) -> Expressions {
+        Expressions { condition: Some(text.into()), ..Expressions::default() }
+    }
+
+    /// Adds an ExpressionAttributeNames entry (`#placeholder` for `name`).
+    pub fn name(mut self, placeholder: impl Into<String>, name: impl Into<String>) -> Expressions {
+        self.names.push((placeholder.into(), name.into()));
+        self
+    }
+
+    /// Adds an ExpressionAttributeValues entry (`:placeholder` for `value`).
+    pub fn value(mut self, placeholder: impl Into<String>, value: AttributeValue) -> Expressions {
+        self.values.push((placeholder.into(), value));
+        self
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UpdateItem {
+    pub table: String,
+    pub key: Item,
+    /// The UpdateExpression.
+    pub update: String,
+    pub expressions: Expressions,
+    pub return_values: ReturnValues,
+    pub return_old_on_failure: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -155,6 +198,8 @@ pub enum Request {
         table: String,
         item: Item,
         return_old: bool,
+        expressions: Expressions,
+        return_old_on_failure: bool,
     },
     GetItem {
         table: String,
@@ -165,7 +210,10 @@ pub enum Request {
         table: String,
         key: Item,
         return_old: bool,
+        expressions: Expressions,
+        return_old_on_failure: bool,
     },
+    UpdateItem(UpdateItem),
     Query(Query),
     Scan(Scan),
     BatchGetItem(Vec<TableKeys>),
@@ -304,6 +352,49 @@ fn write_attributes<'a>(
 fn write_item<'a>(fbb: &mut FlatBufferBuilder<'a>, item: &Item) -> WIPOffset<fb::Item<'a>> {
     let attributes = Some(write_attributes(fbb, item));
     fb::Item::create(fbb, &fb::ItemArgs { attributes })
+}
+
+fn write_expressions<'a>(fbb: &mut FlatBufferBuilder<'a>, expressions: &Expressions) -> WIPOffset<fb::Expressions<'a>> {
+    let condition = expressions.condition.as_deref().map(|condition| fbb.create_string(condition));
+    let names: Vec<_> = expressions
+        .names
+        .iter()
+        .map(|(placeholder, name)| {
+            let args = fb::NameEntryArgs {
+                placeholder: Some(fbb.create_string(placeholder)),
+                name: Some(fbb.create_string(name)),
+            };
+            fb::NameEntry::create(fbb, &args)
+        })
+        .collect();
+    let names = Some(fbb.create_vector(&names));
+    let values: Vec<_> = expressions
+        .values
+        .iter()
+        .map(|(placeholder, value)| {
+            let args = fb::ValueEntryArgs {
+                placeholder: Some(fbb.create_string(placeholder)),
+                value: Some(write_value(fbb, value)),
+            };
+            fb::ValueEntry::create(fbb, &args)
+        })
+        .collect();
+    let values = Some(fbb.create_vector(&values));
+    fb::Expressions::create(fbb, &fb::ExpressionsArgs { condition, names, values })
+}
+
+fn read_expressions(expressions: Option<fb::Expressions<'_>>) -> Result<Expressions, WireError> {
+    let Some(expressions) = expressions else { return Ok(Expressions::default()) };
+    let names = expressions.names().map_or(Vec::new(), |names| {
+        names.iter().map(|entry| (entry.placeholder().to_string(), entry.name().to_string())).collect()
+    });
+    let values = expressions.values().map_or(Ok(Vec::new()), |values| {
+        values
+            .iter()
+            .map(|entry| Ok((entry.placeholder().to_string(), read_value(entry.value(), entry.placeholder(), 0)?)))
+            .collect::<Result<Vec<_>, WireError>>()
+    })?;
+    Ok(Expressions { condition: expressions.condition().map(str::to_string), names, values })
 }
 
 fn write_items<'a>(
@@ -519,6 +610,7 @@ impl Request {
             Request::PutItem { .. } => MessageType::PutItem,
             Request::GetItem { .. } => MessageType::GetItem,
             Request::DeleteItem { .. } => MessageType::DeleteItem,
+            Request::UpdateItem(_) => MessageType::UpdateItem,
             Request::Query(_) => MessageType::Query,
             Request::Scan(_) => MessageType::Scan,
             Request::BatchGetItem(_) => MessageType::BatchGetItem,
@@ -578,13 +670,18 @@ impl Request {
                 );
                 fbb.finish_minimal(root);
             }
-            Request::PutItem { table, item, return_old } => {
+            Request::PutItem { table, item, return_old, expressions, return_old_on_failure } => {
                 let table = Some(fbb.create_string(table));
                 let item = Some(write_item(&mut fbb, item));
-                let root = fb::PutItemRequest::create(
-                    &mut fbb,
-                    &fb::PutItemRequestArgs { table, item, return_old: *return_old },
-                );
+                let expressions = Some(write_expressions(&mut fbb, expressions));
+                let args = fb::PutItemRequestArgs {
+                    table,
+                    item,
+                    return_old: *return_old,
+                    expressions,
+                    return_old_on_failure: *return_old_on_failure,
+                };
+                let root = fb::PutItemRequest::create(&mut fbb, &args);
                 fbb.finish_minimal(root);
             }
             Request::GetItem { table, key, consistent_read } => {
@@ -594,11 +691,41 @@ impl Request {
                 let root = fb::GetItemRequest::create(&mut fbb, &args);
                 fbb.finish_minimal(root);
             }
-            Request::DeleteItem { table, key, return_old } => {
+            Request::DeleteItem { table, key, return_old, expressions, return_old_on_failure } => {
                 let table = Some(fbb.create_string(table));
                 let key = Some(write_item(&mut fbb, key));
-                let args = fb::DeleteItemRequestArgs { table, key, return_old: *return_old };
+                let expressions = Some(write_expressions(&mut fbb, expressions));
+                let args = fb::DeleteItemRequestArgs {
+                    table,
+                    key,
+                    return_old: *return_old,
+                    expressions,
+                    return_old_on_failure: *return_old_on_failure,
+                };
                 let root = fb::DeleteItemRequest::create(&mut fbb, &args);
+                fbb.finish_minimal(root);
+            }
+            Request::UpdateItem(request) => {
+                let table = Some(fbb.create_string(&request.table));
+                let key = Some(write_item(&mut fbb, &request.key));
+                let update = Some(fbb.create_string(&request.update));
+                let expressions = Some(write_expressions(&mut fbb, &request.expressions));
+                let return_values = match request.return_values {
+                    ReturnValues::None => fb::ReturnValues::NONE,
+                    ReturnValues::AllOld => fb::ReturnValues::ALL_OLD,
+                    ReturnValues::UpdatedOld => fb::ReturnValues::UPDATED_OLD,
+                    ReturnValues::AllNew => fb::ReturnValues::ALL_NEW,
+                    ReturnValues::UpdatedNew => fb::ReturnValues::UPDATED_NEW,
+                };
+                let args = fb::UpdateItemRequestArgs {
+                    table,
+                    key,
+                    update,
+                    expressions,
+                    return_values,
+                    return_old_on_failure: request.return_old_on_failure,
+                };
+                let root = fb::UpdateItemRequest::create(&mut fbb, &args);
                 fbb.finish_minimal(root);
             }
             Request::Query(query) => {
@@ -703,6 +830,8 @@ impl Request {
                     table: read_string(request.table()),
                     item: read_item(request.item(), "the item")?,
                     return_old: request.return_old(),
+                    expressions: read_expressions(request.expressions())?,
+                    return_old_on_failure: request.return_old_on_failure(),
                 }
             }
             MessageType::GetItem => {
@@ -719,7 +848,28 @@ impl Request {
                     table: read_string(request.table()),
                     key: read_item(request.key(), "the key")?,
                     return_old: request.return_old(),
+                    expressions: read_expressions(request.expressions())?,
+                    return_old_on_failure: request.return_old_on_failure(),
                 }
+            }
+            MessageType::UpdateItem => {
+                let request = root::<fb::UpdateItemRequest>(payload, "UpdateItem")?;
+                let return_values = match request.return_values() {
+                    fb::ReturnValues::NONE => ReturnValues::None,
+                    fb::ReturnValues::ALL_OLD => ReturnValues::AllOld,
+                    fb::ReturnValues::UPDATED_OLD => ReturnValues::UpdatedOld,
+                    fb::ReturnValues::ALL_NEW => ReturnValues::AllNew,
+                    fb::ReturnValues::UPDATED_NEW => ReturnValues::UpdatedNew,
+                    other => return Err(invalid(format!("unknown ReturnValues {}", other.0))),
+                };
+                Request::UpdateItem(UpdateItem {
+                    table: read_string(request.table()),
+                    key: read_item(request.key(), "the key")?,
+                    update: read_string(request.update()),
+                    expressions: read_expressions(request.expressions())?,
+                    return_values,
+                    return_old_on_failure: request.return_old_on_failure(),
+                })
             }
             MessageType::Query => {
                 let request = root::<fb::QueryRequest>(payload, "Query")?;
@@ -891,7 +1041,9 @@ impl Response {
             }
             Response::Error(error) => {
                 let message = Some(fbb.create_string(&error.message));
-                let args = fb::ErrorResponseArgs { code: error.code.to_fb(), message, retryable: error.retryable };
+                let item = error.item.as_ref().map(|item| write_item(&mut fbb, item));
+                let args =
+                    fb::ErrorResponseArgs { code: error.code.to_fb(), message, retryable: error.retryable, item };
                 let root = fb::ErrorResponse::create(&mut fbb, &args);
                 fbb.finish_minimal(root);
             }
@@ -952,6 +1104,7 @@ impl Response {
                     code: ErrorCode::from_fb(answer.code()),
                     message: read_string(answer.message()),
                     retryable: answer.retryable(),
+                    item: read_optional_item(answer.item(), "the item")?,
                 })
             }
         })

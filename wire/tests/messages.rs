@@ -53,12 +53,26 @@ fn round_trip_response(response: &Response) -> Response {
 
 proptest! {
     #[test]
-    fn item_messages_round_trip(item in item(), key in item(), flag in any::<bool>()) {
+    fn item_messages_round_trip(item in item(), key in item(), flag in any::<bool>(), placeholder_value in value()) {
         let table = "orders".to_string();
+        let expressions = Expressions {
+            condition: flag.then(|| "attribute_not_exists(#k) OR #k < :v".to_string()),
+            names: vec![("#k".into(), "key name".into())],
+            values: vec![(":v".into(), placeholder_value.clone())],
+        };
         let requests = vec![
-            Request::PutItem { table: table.clone(), item: item.clone(), return_old: flag },
+            Request::PutItem { table: table.clone(), item: item.clone(), return_old: flag, expressions: expressions.clone(), return_old_on_failure: !flag },
+            Request::PutItem { table: table.clone(), item: item.clone(), return_old: flag, expressions: Expressions::default(), return_old_on_failure: false },
             Request::GetItem { table: table.clone(), key: key.clone(), consistent_read: flag },
-            Request::DeleteItem { table: table.clone(), key: key.clone(), return_old: !flag },
+            Request::DeleteItem { table: table.clone(), key: key.clone(), return_old: !flag, expressions: expressions.clone(), return_old_on_failure: flag },
+            Request::UpdateItem(UpdateItem {
+                table: table.clone(),
+                key: key.clone(),
+                update: "SET #k = :v".into(),
+                expressions: expressions.clone(),
+                return_values: if flag { ReturnValues::UpdatedNew } else { ReturnValues::AllOld },
+                return_old_on_failure: flag,
+            }),
             Request::BatchGetItem(vec![TableKeys { table: table.clone(), keys: vec![key.clone(), item.clone()], consistent_read: flag }]),
             Request::BatchWriteItem(vec![
                 Write::Put { table: table.clone(), item: item.clone() },
@@ -68,7 +82,10 @@ proptest! {
         for request in requests {
             prop_assert_eq!(round_trip_request(&request), request);
         }
+        let mut failed = WireError::new(ErrorCode::ConditionalCheckFailedException, "The conditional request failed");
+        failed.item = Some(item.clone());
         let responses = vec![
+            Response::Error(failed),
             Response::Item(Some(item.clone())),
             Response::Item(None),
             Response::Items { items: vec![item.clone(), key.clone()], scanned_count: 9, last_evaluated_key: Some(key.clone()) },
@@ -191,8 +208,14 @@ fn bad_messages_get_errors_that_say_what_was_wrong() {
 
     let deep = (0..40).fold(AttributeValue::Null, |inner, _| AttributeValue::L(vec![inner]));
     let mut bytes = Vec::new();
-    Request::PutItem { table: "t".into(), item: BTreeMap::from([("deep".to_string(), deep)]), return_old: false }
-        .encode(1, &mut bytes);
+    Request::PutItem {
+        table: "t".into(),
+        item: BTreeMap::from([("deep".to_string(), deep)]),
+        return_old: false,
+        expressions: Expressions::default(),
+        return_old_on_failure: false,
+    }
+    .encode(1, &mut bytes);
     let error = Request::decode(MessageType::PutItem as u16, &bytes[frame::HEADER_LEN..]).unwrap_err();
     assert!(error.message.contains("deeper"), "{error}");
 }

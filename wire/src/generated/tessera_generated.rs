@@ -322,6 +322,103 @@ impl<'a> flatbuffers::Verifiable for TableStatus {
 
 impl flatbuffers::SimpleToVerifyInSlice for TableStatus {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+pub const ENUM_MIN_RETURN_VALUES: u8 = 0;
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+pub const ENUM_MAX_RETURN_VALUES: u8 = 4;
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+#[allow(non_camel_case_types)]
+pub const ENUM_VALUES_RETURN_VALUES: [ReturnValues; 5] = [
+  ReturnValues::NONE,
+  ReturnValues::ALL_OLD,
+  ReturnValues::UPDATED_OLD,
+  ReturnValues::ALL_NEW,
+  ReturnValues::UPDATED_NEW,
+];
+
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[repr(transparent)]
+pub struct ReturnValues(pub u8);
+#[allow(non_upper_case_globals)]
+impl ReturnValues {
+  pub const NONE: Self = Self(0);
+  pub const ALL_OLD: Self = Self(1);
+  pub const UPDATED_OLD: Self = Self(2);
+  pub const ALL_NEW: Self = Self(3);
+  pub const UPDATED_NEW: Self = Self(4);
+
+  pub const ENUM_MIN: u8 = 0;
+  pub const ENUM_MAX: u8 = 4;
+  pub const ENUM_VALUES: &'static [Self] = &[
+    Self::NONE,
+    Self::ALL_OLD,
+    Self::UPDATED_OLD,
+    Self::ALL_NEW,
+    Self::UPDATED_NEW,
+  ];
+  /// Returns the variant's name or "" if unknown.
+  pub fn variant_name(self) -> Option<&'static str> {
+    match self {
+      Self::NONE => Some("NONE"),
+      Self::ALL_OLD => Some("ALL_OLD"),
+      Self::UPDATED_OLD => Some("UPDATED_OLD"),
+      Self::ALL_NEW => Some("ALL_NEW"),
+      Self::UPDATED_NEW => Some("UPDATED_NEW"),
+      _ => None,
+    }
+  }
+}
+impl core::fmt::Debug for ReturnValues {
+  fn fmt(&self, f: &mut core::fmt::Formatter) -> core::fmt::Result {
+    if let Some(name) = self.variant_name() {
+      f.write_str(name)
+    } else {
+      f.write_fmt(format_args!("<UNKNOWN {:?}>", self.0))
+    }
+  }
+}
+impl<'a> flatbuffers::Follow<'a> for ReturnValues {
+  type Inner = Self;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    let b = flatbuffers::read_scalar_at::<u8>(buf, loc);
+    Self(b)
+  }
+}
+
+impl flatbuffers::Push for ReturnValues {
+    type Output = ReturnValues;
+    #[inline]
+    unsafe fn push(&self, dst: &mut [u8], _written_len: usize) {
+        flatbuffers::emplace_scalar::<u8>(dst, self.0);
+    }
+}
+
+impl flatbuffers::EndianScalar for ReturnValues {
+  type Scalar = u8;
+  #[inline]
+  fn to_little_endian(self) -> u8 {
+    self.0.to_le()
+  }
+  #[inline]
+  #[allow(clippy::wrong_self_convention)]
+  fn from_little_endian(v: u8) -> Self {
+    let b = u8::from_le(v);
+    Self(b)
+  }
+}
+
+impl<'a> flatbuffers::Verifiable for ReturnValues {
+  #[inline]
+  fn run_verifier(
+    v: &mut flatbuffers::Verifier, pos: usize
+  ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+    use self::flatbuffers::Verifiable;
+    u8::run_verifier(v, pos)
+  }
+}
+
+impl flatbuffers::SimpleToVerifyInSlice for ReturnValues {}
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_SORT_CONDITION: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MAX_SORT_CONDITION: u8 = 7;
@@ -436,7 +533,7 @@ pub const ENUM_MIN_ERROR_CODE: u16 = 0;
 pub const ENUM_MAX_ERROR_CODE: u16 = 103;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 12] = [
+pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 13] = [
   ErrorCode::ValidationException,
   ErrorCode::ResourceNotFoundException,
   ErrorCode::ResourceInUseException,
@@ -445,6 +542,7 @@ pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 12] = [
   ErrorCode::ThrottlingException,
   ErrorCode::InternalServerError,
   ErrorCode::ServiceUnavailable,
+  ErrorCode::ConditionalCheckFailedException,
   ErrorCode::ChecksumMismatch,
   ErrorCode::UnknownMessageType,
   ErrorCode::MalformedMessage,
@@ -464,6 +562,7 @@ impl ErrorCode {
   pub const ThrottlingException: Self = Self(5);
   pub const InternalServerError: Self = Self(6);
   pub const ServiceUnavailable: Self = Self(7);
+  pub const ConditionalCheckFailedException: Self = Self(8);
   pub const ChecksumMismatch: Self = Self(100);
   pub const UnknownMessageType: Self = Self(101);
   pub const MalformedMessage: Self = Self(102);
@@ -480,6 +579,7 @@ impl ErrorCode {
     Self::ThrottlingException,
     Self::InternalServerError,
     Self::ServiceUnavailable,
+    Self::ConditionalCheckFailedException,
     Self::ChecksumMismatch,
     Self::UnknownMessageType,
     Self::MalformedMessage,
@@ -496,6 +596,7 @@ impl ErrorCode {
       Self::ThrottlingException => Some("ThrottlingException"),
       Self::InternalServerError => Some("InternalServerError"),
       Self::ServiceUnavailable => Some("ServiceUnavailable"),
+      Self::ConditionalCheckFailedException => Some("ConditionalCheckFailedException"),
       Self::ChecksumMismatch => Some("ChecksumMismatch"),
       Self::UnknownMessageType => Some("UnknownMessageType"),
       Self::MalformedMessage => Some("MalformedMessage"),
@@ -2292,6 +2393,369 @@ impl core::fmt::Debug for HelloResponse<'_> {
       ds.finish()
   }
 }
+pub enum NameEntryOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct NameEntry<'a> {
+  pub _tab: flatbuffers::Table<'a>,
+}
+
+impl<'a> flatbuffers::Follow<'a> for NameEntry<'a> {
+  type Inner = NameEntry<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: flatbuffers::Table::new(buf, loc) }
+  }
+}
+
+impl<'a> NameEntry<'a> {
+  pub const VT_PLACEHOLDER: flatbuffers::VOffsetT = 4;
+  pub const VT_NAME: flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
+    NameEntry { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr>(
+    _fbb: &'mut_bldr mut flatbuffers::FlatBufferBuilder<'bldr>,
+    args: &'args NameEntryArgs<'args>
+  ) -> flatbuffers::WIPOffset<NameEntry<'bldr>> {
+    let mut builder = NameEntryBuilder::new(_fbb);
+    if let Some(x) = args.name { builder.add_name(x); }
+    if let Some(x) = args.placeholder { builder.add_placeholder(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn placeholder(&self) -> &'a str {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<&str>>(NameEntry::VT_PLACEHOLDER, None).unwrap()}
+  }
+  #[inline]
+  pub fn name(&self) -> &'a str {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<&str>>(NameEntry::VT_NAME, None).unwrap()}
+  }
+}
+
+impl flatbuffers::Verifiable for NameEntry<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut flatbuffers::Verifier, pos: usize
+  ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+    use self::flatbuffers::Verifiable;
+    v.visit_table(pos)?
+     .visit_field::<flatbuffers::ForwardsUOffset<&str>>("placeholder", Self::VT_PLACEHOLDER, true)?
+     .visit_field::<flatbuffers::ForwardsUOffset<&str>>("name", Self::VT_NAME, true)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct NameEntryArgs<'a> {
+    pub placeholder: Option<flatbuffers::WIPOffset<&'a str>>,
+    pub name: Option<flatbuffers::WIPOffset<&'a str>>,
+}
+impl<'a> Default for NameEntryArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    NameEntryArgs {
+      placeholder: None, // required field
+      name: None, // required field
+    }
+  }
+}
+
+pub struct NameEntryBuilder<'a: 'b, 'b> {
+  fbb_: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+  start_: flatbuffers::WIPOffset<flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b> NameEntryBuilder<'a, 'b> {
+  #[inline]
+  pub fn add_placeholder(&mut self, placeholder: flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(NameEntry::VT_PLACEHOLDER, placeholder);
+  }
+  #[inline]
+  pub fn add_name(&mut self, name: flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(NameEntry::VT_NAME, name);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>) -> NameEntryBuilder<'a, 'b> {
+    let start = _fbb.start_table();
+    NameEntryBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> flatbuffers::WIPOffset<NameEntry<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    self.fbb_.required(o, NameEntry::VT_PLACEHOLDER,"placeholder");
+    self.fbb_.required(o, NameEntry::VT_NAME,"name");
+    flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl core::fmt::Debug for NameEntry<'_> {
+  fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+    let mut ds = f.debug_struct("NameEntry");
+      ds.field("placeholder", &self.placeholder());
+      ds.field("name", &self.name());
+      ds.finish()
+  }
+}
+pub enum ValueEntryOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct ValueEntry<'a> {
+  pub _tab: flatbuffers::Table<'a>,
+}
+
+impl<'a> flatbuffers::Follow<'a> for ValueEntry<'a> {
+  type Inner = ValueEntry<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: flatbuffers::Table::new(buf, loc) }
+  }
+}
+
+impl<'a> ValueEntry<'a> {
+  pub const VT_PLACEHOLDER: flatbuffers::VOffsetT = 4;
+  pub const VT_VALUE: flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
+    ValueEntry { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr>(
+    _fbb: &'mut_bldr mut flatbuffers::FlatBufferBuilder<'bldr>,
+    args: &'args ValueEntryArgs<'args>
+  ) -> flatbuffers::WIPOffset<ValueEntry<'bldr>> {
+    let mut builder = ValueEntryBuilder::new(_fbb);
+    if let Some(x) = args.value { builder.add_value(x); }
+    if let Some(x) = args.placeholder { builder.add_placeholder(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn placeholder(&self) -> &'a str {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<&str>>(ValueEntry::VT_PLACEHOLDER, None).unwrap()}
+  }
+  #[inline]
+  pub fn value(&self) -> Value<'a> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<Value>>(ValueEntry::VT_VALUE, None).unwrap()}
+  }
+}
+
+impl flatbuffers::Verifiable for ValueEntry<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut flatbuffers::Verifier, pos: usize
+  ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+    use self::flatbuffers::Verifiable;
+    v.visit_table(pos)?
+     .visit_field::<flatbuffers::ForwardsUOffset<&str>>("placeholder", Self::VT_PLACEHOLDER, true)?
+     .visit_field::<flatbuffers::ForwardsUOffset<Value>>("value", Self::VT_VALUE, true)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct ValueEntryArgs<'a> {
+    pub placeholder: Option<flatbuffers::WIPOffset<&'a str>>,
+    pub value: Option<flatbuffers::WIPOffset<Value<'a>>>,
+}
+impl<'a> Default for ValueEntryArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    ValueEntryArgs {
+      placeholder: None, // required field
+      value: None, // required field
+    }
+  }
+}
+
+pub struct ValueEntryBuilder<'a: 'b, 'b> {
+  fbb_: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+  start_: flatbuffers::WIPOffset<flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b> ValueEntryBuilder<'a, 'b> {
+  #[inline]
+  pub fn add_placeholder(&mut self, placeholder: flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(ValueEntry::VT_PLACEHOLDER, placeholder);
+  }
+  #[inline]
+  pub fn add_value(&mut self, value: flatbuffers::WIPOffset<Value<'b >>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<Value>>(ValueEntry::VT_VALUE, value);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>) -> ValueEntryBuilder<'a, 'b> {
+    let start = _fbb.start_table();
+    ValueEntryBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> flatbuffers::WIPOffset<ValueEntry<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    self.fbb_.required(o, ValueEntry::VT_PLACEHOLDER,"placeholder");
+    self.fbb_.required(o, ValueEntry::VT_VALUE,"value");
+    flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl core::fmt::Debug for ValueEntry<'_> {
+  fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+    let mut ds = f.debug_struct("ValueEntry");
+      ds.field("placeholder", &self.placeholder());
+      ds.field("value", &self.value());
+      ds.finish()
+  }
+}
+pub enum ExpressionsOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct Expressions<'a> {
+  pub _tab: flatbuffers::Table<'a>,
+}
+
+impl<'a> flatbuffers::Follow<'a> for Expressions<'a> {
+  type Inner = Expressions<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: flatbuffers::Table::new(buf, loc) }
+  }
+}
+
+impl<'a> Expressions<'a> {
+  pub const VT_CONDITION: flatbuffers::VOffsetT = 4;
+  pub const VT_NAMES: flatbuffers::VOffsetT = 6;
+  pub const VT_VALUES: flatbuffers::VOffsetT = 8;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
+    Expressions { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr>(
+    _fbb: &'mut_bldr mut flatbuffers::FlatBufferBuilder<'bldr>,
+    args: &'args ExpressionsArgs<'args>
+  ) -> flatbuffers::WIPOffset<Expressions<'bldr>> {
+    let mut builder = ExpressionsBuilder::new(_fbb);
+    if let Some(x) = args.values { builder.add_values(x); }
+    if let Some(x) = args.names { builder.add_names(x); }
+    if let Some(x) = args.condition { builder.add_condition(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn condition(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<&str>>(Expressions::VT_CONDITION, None)}
+  }
+  #[inline]
+  pub fn names(&self) -> Option<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<NameEntry<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<NameEntry>>>>(Expressions::VT_NAMES, None)}
+  }
+  #[inline]
+  pub fn values(&self) -> Option<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<ValueEntry<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<ValueEntry>>>>(Expressions::VT_VALUES, None)}
+  }
+}
+
+impl flatbuffers::Verifiable for Expressions<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut flatbuffers::Verifier, pos: usize
+  ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+    use self::flatbuffers::Verifiable;
+    v.visit_table(pos)?
+     .visit_field::<flatbuffers::ForwardsUOffset<&str>>("condition", Self::VT_CONDITION, false)?
+     .visit_field::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'_, flatbuffers::ForwardsUOffset<NameEntry>>>>("names", Self::VT_NAMES, false)?
+     .visit_field::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'_, flatbuffers::ForwardsUOffset<ValueEntry>>>>("values", Self::VT_VALUES, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct ExpressionsArgs<'a> {
+    pub condition: Option<flatbuffers::WIPOffset<&'a str>>,
+    pub names: Option<flatbuffers::WIPOffset<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<NameEntry<'a>>>>>,
+    pub values: Option<flatbuffers::WIPOffset<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<ValueEntry<'a>>>>>,
+}
+impl<'a> Default for ExpressionsArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    ExpressionsArgs {
+      condition: None,
+      names: None,
+      values: None,
+    }
+  }
+}
+
+pub struct ExpressionsBuilder<'a: 'b, 'b> {
+  fbb_: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+  start_: flatbuffers::WIPOffset<flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b> ExpressionsBuilder<'a, 'b> {
+  #[inline]
+  pub fn add_condition(&mut self, condition: flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(Expressions::VT_CONDITION, condition);
+  }
+  #[inline]
+  pub fn add_names(&mut self, names: flatbuffers::WIPOffset<flatbuffers::Vector<'b , flatbuffers::ForwardsUOffset<NameEntry<'b >>>>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(Expressions::VT_NAMES, names);
+  }
+  #[inline]
+  pub fn add_values(&mut self, values: flatbuffers::WIPOffset<flatbuffers::Vector<'b , flatbuffers::ForwardsUOffset<ValueEntry<'b >>>>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(Expressions::VT_VALUES, values);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>) -> ExpressionsBuilder<'a, 'b> {
+    let start = _fbb.start_table();
+    ExpressionsBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> flatbuffers::WIPOffset<Expressions<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl core::fmt::Debug for Expressions<'_> {
+  fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+    let mut ds = f.debug_struct("Expressions");
+      ds.field("condition", &self.condition());
+      ds.field("names", &self.names());
+      ds.field("values", &self.values());
+      ds.finish()
+  }
+}
 pub enum PutItemRequestOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -2311,6 +2775,8 @@ impl<'a> PutItemRequest<'a> {
   pub const VT_TABLE: flatbuffers::VOffsetT = 4;
   pub const VT_ITEM: flatbuffers::VOffsetT = 6;
   pub const VT_RETURN_OLD: flatbuffers::VOffsetT = 8;
+  pub const VT_EXPRESSIONS: flatbuffers::VOffsetT = 10;
+  pub const VT_RETURN_OLD_ON_FAILURE: flatbuffers::VOffsetT = 12;
 
   #[inline]
   pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
@@ -2322,8 +2788,10 @@ impl<'a> PutItemRequest<'a> {
     args: &'args PutItemRequestArgs<'args>
   ) -> flatbuffers::WIPOffset<PutItemRequest<'bldr>> {
     let mut builder = PutItemRequestBuilder::new(_fbb);
+    if let Some(x) = args.expressions { builder.add_expressions(x); }
     if let Some(x) = args.item { builder.add_item(x); }
     if let Some(x) = args.table { builder.add_table(x); }
+    builder.add_return_old_on_failure(args.return_old_on_failure);
     builder.add_return_old(args.return_old);
     builder.finish()
   }
@@ -2350,6 +2818,20 @@ impl<'a> PutItemRequest<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<bool>(PutItemRequest::VT_RETURN_OLD, Some(false)).unwrap()}
   }
+  #[inline]
+  pub fn expressions(&self) -> Option<Expressions<'a>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<Expressions>>(PutItemRequest::VT_EXPRESSIONS, None)}
+  }
+  #[inline]
+  pub fn return_old_on_failure(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(PutItemRequest::VT_RETURN_OLD_ON_FAILURE, Some(false)).unwrap()}
+  }
 }
 
 impl flatbuffers::Verifiable for PutItemRequest<'_> {
@@ -2362,6 +2844,8 @@ impl flatbuffers::Verifiable for PutItemRequest<'_> {
      .visit_field::<flatbuffers::ForwardsUOffset<&str>>("table", Self::VT_TABLE, false)?
      .visit_field::<flatbuffers::ForwardsUOffset<Item>>("item", Self::VT_ITEM, false)?
      .visit_field::<bool>("return_old", Self::VT_RETURN_OLD, false)?
+     .visit_field::<flatbuffers::ForwardsUOffset<Expressions>>("expressions", Self::VT_EXPRESSIONS, false)?
+     .visit_field::<bool>("return_old_on_failure", Self::VT_RETURN_OLD_ON_FAILURE, false)?
      .finish();
     Ok(())
   }
@@ -2370,6 +2854,8 @@ pub struct PutItemRequestArgs<'a> {
     pub table: Option<flatbuffers::WIPOffset<&'a str>>,
     pub item: Option<flatbuffers::WIPOffset<Item<'a>>>,
     pub return_old: bool,
+    pub expressions: Option<flatbuffers::WIPOffset<Expressions<'a>>>,
+    pub return_old_on_failure: bool,
 }
 impl<'a> Default for PutItemRequestArgs<'a> {
   #[inline]
@@ -2378,6 +2864,8 @@ impl<'a> Default for PutItemRequestArgs<'a> {
       table: None,
       item: None,
       return_old: false,
+      expressions: None,
+      return_old_on_failure: false,
     }
   }
 }
@@ -2400,6 +2888,14 @@ impl<'a: 'b, 'b> PutItemRequestBuilder<'a, 'b> {
     self.fbb_.push_slot::<bool>(PutItemRequest::VT_RETURN_OLD, return_old, false);
   }
   #[inline]
+  pub fn add_expressions(&mut self, expressions: flatbuffers::WIPOffset<Expressions<'b >>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<Expressions>>(PutItemRequest::VT_EXPRESSIONS, expressions);
+  }
+  #[inline]
+  pub fn add_return_old_on_failure(&mut self, return_old_on_failure: bool) {
+    self.fbb_.push_slot::<bool>(PutItemRequest::VT_RETURN_OLD_ON_FAILURE, return_old_on_failure, false);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>) -> PutItemRequestBuilder<'a, 'b> {
     let start = _fbb.start_table();
     PutItemRequestBuilder {
@@ -2420,6 +2916,8 @@ impl core::fmt::Debug for PutItemRequest<'_> {
       ds.field("table", &self.table());
       ds.field("item", &self.item());
       ds.field("return_old", &self.return_old());
+      ds.field("expressions", &self.expressions());
+      ds.field("return_old_on_failure", &self.return_old_on_failure());
       ds.finish()
   }
 }
@@ -2573,6 +3071,8 @@ impl<'a> DeleteItemRequest<'a> {
   pub const VT_TABLE: flatbuffers::VOffsetT = 4;
   pub const VT_KEY: flatbuffers::VOffsetT = 6;
   pub const VT_RETURN_OLD: flatbuffers::VOffsetT = 8;
+  pub const VT_EXPRESSIONS: flatbuffers::VOffsetT = 10;
+  pub const VT_RETURN_OLD_ON_FAILURE: flatbuffers::VOffsetT = 12;
 
   #[inline]
   pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
@@ -2584,8 +3084,10 @@ impl<'a> DeleteItemRequest<'a> {
     args: &'args DeleteItemRequestArgs<'args>
   ) -> flatbuffers::WIPOffset<DeleteItemRequest<'bldr>> {
     let mut builder = DeleteItemRequestBuilder::new(_fbb);
+    if let Some(x) = args.expressions { builder.add_expressions(x); }
     if let Some(x) = args.key { builder.add_key(x); }
     if let Some(x) = args.table { builder.add_table(x); }
+    builder.add_return_old_on_failure(args.return_old_on_failure);
     builder.add_return_old(args.return_old);
     builder.finish()
   }
@@ -2612,6 +3114,20 @@ impl<'a> DeleteItemRequest<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<bool>(DeleteItemRequest::VT_RETURN_OLD, Some(false)).unwrap()}
   }
+  #[inline]
+  pub fn expressions(&self) -> Option<Expressions<'a>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<Expressions>>(DeleteItemRequest::VT_EXPRESSIONS, None)}
+  }
+  #[inline]
+  pub fn return_old_on_failure(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(DeleteItemRequest::VT_RETURN_OLD_ON_FAILURE, Some(false)).unwrap()}
+  }
 }
 
 impl flatbuffers::Verifiable for DeleteItemRequest<'_> {
@@ -2624,6 +3140,8 @@ impl flatbuffers::Verifiable for DeleteItemRequest<'_> {
      .visit_field::<flatbuffers::ForwardsUOffset<&str>>("table", Self::VT_TABLE, false)?
      .visit_field::<flatbuffers::ForwardsUOffset<Item>>("key", Self::VT_KEY, false)?
      .visit_field::<bool>("return_old", Self::VT_RETURN_OLD, false)?
+     .visit_field::<flatbuffers::ForwardsUOffset<Expressions>>("expressions", Self::VT_EXPRESSIONS, false)?
+     .visit_field::<bool>("return_old_on_failure", Self::VT_RETURN_OLD_ON_FAILURE, false)?
      .finish();
     Ok(())
   }
@@ -2632,6 +3150,8 @@ pub struct DeleteItemRequestArgs<'a> {
     pub table: Option<flatbuffers::WIPOffset<&'a str>>,
     pub key: Option<flatbuffers::WIPOffset<Item<'a>>>,
     pub return_old: bool,
+    pub expressions: Option<flatbuffers::WIPOffset<Expressions<'a>>>,
+    pub return_old_on_failure: bool,
 }
 impl<'a> Default for DeleteItemRequestArgs<'a> {
   #[inline]
@@ -2640,6 +3160,8 @@ impl<'a> Default for DeleteItemRequestArgs<'a> {
       table: None,
       key: None,
       return_old: false,
+      expressions: None,
+      return_old_on_failure: false,
     }
   }
 }
@@ -2662,6 +3184,14 @@ impl<'a: 'b, 'b> DeleteItemRequestBuilder<'a, 'b> {
     self.fbb_.push_slot::<bool>(DeleteItemRequest::VT_RETURN_OLD, return_old, false);
   }
   #[inline]
+  pub fn add_expressions(&mut self, expressions: flatbuffers::WIPOffset<Expressions<'b >>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<Expressions>>(DeleteItemRequest::VT_EXPRESSIONS, expressions);
+  }
+  #[inline]
+  pub fn add_return_old_on_failure(&mut self, return_old_on_failure: bool) {
+    self.fbb_.push_slot::<bool>(DeleteItemRequest::VT_RETURN_OLD_ON_FAILURE, return_old_on_failure, false);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>) -> DeleteItemRequestBuilder<'a, 'b> {
     let start = _fbb.start_table();
     DeleteItemRequestBuilder {
@@ -2682,6 +3212,190 @@ impl core::fmt::Debug for DeleteItemRequest<'_> {
       ds.field("table", &self.table());
       ds.field("key", &self.key());
       ds.field("return_old", &self.return_old());
+      ds.field("expressions", &self.expressions());
+      ds.field("return_old_on_failure", &self.return_old_on_failure());
+      ds.finish()
+  }
+}
+pub enum UpdateItemRequestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct UpdateItemRequest<'a> {
+  pub _tab: flatbuffers::Table<'a>,
+}
+
+impl<'a> flatbuffers::Follow<'a> for UpdateItemRequest<'a> {
+  type Inner = UpdateItemRequest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: flatbuffers::Table::new(buf, loc) }
+  }
+}
+
+impl<'a> UpdateItemRequest<'a> {
+  pub const VT_TABLE: flatbuffers::VOffsetT = 4;
+  pub const VT_KEY: flatbuffers::VOffsetT = 6;
+  pub const VT_UPDATE: flatbuffers::VOffsetT = 8;
+  pub const VT_EXPRESSIONS: flatbuffers::VOffsetT = 10;
+  pub const VT_RETURN_VALUES: flatbuffers::VOffsetT = 12;
+  pub const VT_RETURN_OLD_ON_FAILURE: flatbuffers::VOffsetT = 14;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
+    UpdateItemRequest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr>(
+    _fbb: &'mut_bldr mut flatbuffers::FlatBufferBuilder<'bldr>,
+    args: &'args UpdateItemRequestArgs<'args>
+  ) -> flatbuffers::WIPOffset<UpdateItemRequest<'bldr>> {
+    let mut builder = UpdateItemRequestBuilder::new(_fbb);
+    if let Some(x) = args.expressions { builder.add_expressions(x); }
+    if let Some(x) = args.update { builder.add_update(x); }
+    if let Some(x) = args.key { builder.add_key(x); }
+    if let Some(x) = args.table { builder.add_table(x); }
+    builder.add_return_old_on_failure(args.return_old_on_failure);
+    builder.add_return_values(args.return_values);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn table(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<&str>>(UpdateItemRequest::VT_TABLE, None)}
+  }
+  #[inline]
+  pub fn key(&self) -> Option<Item<'a>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<Item>>(UpdateItemRequest::VT_KEY, None)}
+  }
+  #[inline]
+  pub fn update(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<&str>>(UpdateItemRequest::VT_UPDATE, None)}
+  }
+  #[inline]
+  pub fn expressions(&self) -> Option<Expressions<'a>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<Expressions>>(UpdateItemRequest::VT_EXPRESSIONS, None)}
+  }
+  #[inline]
+  pub fn return_values(&self) -> ReturnValues {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<ReturnValues>(UpdateItemRequest::VT_RETURN_VALUES, Some(ReturnValues::NONE)).unwrap()}
+  }
+  #[inline]
+  pub fn return_old_on_failure(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(UpdateItemRequest::VT_RETURN_OLD_ON_FAILURE, Some(false)).unwrap()}
+  }
+}
+
+impl flatbuffers::Verifiable for UpdateItemRequest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut flatbuffers::Verifier, pos: usize
+  ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+    use self::flatbuffers::Verifiable;
+    v.visit_table(pos)?
+     .visit_field::<flatbuffers::ForwardsUOffset<&str>>("table", Self::VT_TABLE, false)?
+     .visit_field::<flatbuffers::ForwardsUOffset<Item>>("key", Self::VT_KEY, false)?
+     .visit_field::<flatbuffers::ForwardsUOffset<&str>>("update", Self::VT_UPDATE, false)?
+     .visit_field::<flatbuffers::ForwardsUOffset<Expressions>>("expressions", Self::VT_EXPRESSIONS, false)?
+     .visit_field::<ReturnValues>("return_values", Self::VT_RETURN_VALUES, false)?
+     .visit_field::<bool>("return_old_on_failure", Self::VT_RETURN_OLD_ON_FAILURE, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct UpdateItemRequestArgs<'a> {
+    pub table: Option<flatbuffers::WIPOffset<&'a str>>,
+    pub key: Option<flatbuffers::WIPOffset<Item<'a>>>,
+    pub update: Option<flatbuffers::WIPOffset<&'a str>>,
+    pub expressions: Option<flatbuffers::WIPOffset<Expressions<'a>>>,
+    pub return_values: ReturnValues,
+    pub return_old_on_failure: bool,
+}
+impl<'a> Default for UpdateItemRequestArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    UpdateItemRequestArgs {
+      table: None,
+      key: None,
+      update: None,
+      expressions: None,
+      return_values: ReturnValues::NONE,
+      return_old_on_failure: false,
+    }
+  }
+}
+
+pub struct UpdateItemRequestBuilder<'a: 'b, 'b> {
+  fbb_: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+  start_: flatbuffers::WIPOffset<flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b> UpdateItemRequestBuilder<'a, 'b> {
+  #[inline]
+  pub fn add_table(&mut self, table: flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(UpdateItemRequest::VT_TABLE, table);
+  }
+  #[inline]
+  pub fn add_key(&mut self, key: flatbuffers::WIPOffset<Item<'b >>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<Item>>(UpdateItemRequest::VT_KEY, key);
+  }
+  #[inline]
+  pub fn add_update(&mut self, update: flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(UpdateItemRequest::VT_UPDATE, update);
+  }
+  #[inline]
+  pub fn add_expressions(&mut self, expressions: flatbuffers::WIPOffset<Expressions<'b >>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<Expressions>>(UpdateItemRequest::VT_EXPRESSIONS, expressions);
+  }
+  #[inline]
+  pub fn add_return_values(&mut self, return_values: ReturnValues) {
+    self.fbb_.push_slot::<ReturnValues>(UpdateItemRequest::VT_RETURN_VALUES, return_values, ReturnValues::NONE);
+  }
+  #[inline]
+  pub fn add_return_old_on_failure(&mut self, return_old_on_failure: bool) {
+    self.fbb_.push_slot::<bool>(UpdateItemRequest::VT_RETURN_OLD_ON_FAILURE, return_old_on_failure, false);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>) -> UpdateItemRequestBuilder<'a, 'b> {
+    let start = _fbb.start_table();
+    UpdateItemRequestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> flatbuffers::WIPOffset<UpdateItemRequest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl core::fmt::Debug for UpdateItemRequest<'_> {
+  fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+    let mut ds = f.debug_struct("UpdateItemRequest");
+      ds.field("table", &self.table());
+      ds.field("key", &self.key());
+      ds.field("update", &self.update());
+      ds.field("expressions", &self.expressions());
+      ds.field("return_values", &self.return_values());
+      ds.field("return_old_on_failure", &self.return_old_on_failure());
       ds.finish()
   }
 }
@@ -4128,6 +4842,7 @@ impl<'a> ErrorResponse<'a> {
   pub const VT_CODE: flatbuffers::VOffsetT = 4;
   pub const VT_MESSAGE: flatbuffers::VOffsetT = 6;
   pub const VT_RETRYABLE: flatbuffers::VOffsetT = 8;
+  pub const VT_ITEM: flatbuffers::VOffsetT = 10;
 
   #[inline]
   pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
@@ -4139,6 +4854,7 @@ impl<'a> ErrorResponse<'a> {
     args: &'args ErrorResponseArgs<'args>
   ) -> flatbuffers::WIPOffset<ErrorResponse<'bldr>> {
     let mut builder = ErrorResponseBuilder::new(_fbb);
+    if let Some(x) = args.item { builder.add_item(x); }
     if let Some(x) = args.message { builder.add_message(x); }
     builder.add_code(args.code);
     builder.add_retryable(args.retryable);
@@ -4167,6 +4883,13 @@ impl<'a> ErrorResponse<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<bool>(ErrorResponse::VT_RETRYABLE, Some(false)).unwrap()}
   }
+  #[inline]
+  pub fn item(&self) -> Option<Item<'a>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<Item>>(ErrorResponse::VT_ITEM, None)}
+  }
 }
 
 impl flatbuffers::Verifiable for ErrorResponse<'_> {
@@ -4179,6 +4902,7 @@ impl flatbuffers::Verifiable for ErrorResponse<'_> {
      .visit_field::<ErrorCode>("code", Self::VT_CODE, false)?
      .visit_field::<flatbuffers::ForwardsUOffset<&str>>("message", Self::VT_MESSAGE, false)?
      .visit_field::<bool>("retryable", Self::VT_RETRYABLE, false)?
+     .visit_field::<flatbuffers::ForwardsUOffset<Item>>("item", Self::VT_ITEM, false)?
      .finish();
     Ok(())
   }
@@ -4187,6 +4911,7 @@ pub struct ErrorResponseArgs<'a> {
     pub code: ErrorCode,
     pub message: Option<flatbuffers::WIPOffset<&'a str>>,
     pub retryable: bool,
+    pub item: Option<flatbuffers::WIPOffset<Item<'a>>>,
 }
 impl<'a> Default for ErrorResponseArgs<'a> {
   #[inline]
@@ -4195,6 +4920,7 @@ impl<'a> Default for ErrorResponseArgs<'a> {
       code: ErrorCode::ValidationException,
       message: None,
       retryable: false,
+      item: None,
     }
   }
 }
@@ -4217,6 +4943,10 @@ impl<'a: 'b, 'b> ErrorResponseBuilder<'a, 'b> {
     self.fbb_.push_slot::<bool>(ErrorResponse::VT_RETRYABLE, retryable, false);
   }
   #[inline]
+  pub fn add_item(&mut self, item: flatbuffers::WIPOffset<Item<'b >>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<Item>>(ErrorResponse::VT_ITEM, item);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>) -> ErrorResponseBuilder<'a, 'b> {
     let start = _fbb.start_table();
     ErrorResponseBuilder {
@@ -4237,6 +4967,7 @@ impl core::fmt::Debug for ErrorResponse<'_> {
       ds.field("code", &self.code());
       ds.field("message", &self.message());
       ds.field("retryable", &self.retryable());
+      ds.field("item", &self.item());
       ds.finish()
   }
 }
