@@ -4,7 +4,9 @@
 //! figures instead of silently lowering the rate (no coordinated omission).
 //!
 //! The workload is the first one the project measures: GetItem and PutItem in a given mix on
-//! items of `--value-bytes` over `--keys` uniformly chosen keys.
+//! items of `--value-bytes` over `--keys` uniformly chosen keys. With `--updates`, the writes
+//! are conditional counter updates instead of puts (`SET #c = if_not_exists(#c, :zero) + :one`
+//! on an item that must exist), to compare their cost with plain puts.
 
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
@@ -13,8 +15,12 @@ use std::time::{Duration, Instant};
 
 use glommio::{LocalExecutorBuilder, Placement};
 use hdrhistogram::Histogram;
-use tessera_engine::{Item, KeySchema, KeyType};
+use tessera_engine::{AttributeValue, Item, KeySchema, KeyType, Number};
 use tessera_net::client::{AsyncPool, Client, ClientConfig, ItemBuilder};
+use tessera_wire::{Expressions, ReturnValues};
+
+/// The write of `--updates`: a counter increment, conditional on the item existing.
+const COUNTER_UPDATE: &str = "SET #c = if_not_exists(#c, :zero) + :one";
 
 /// mimalloc rather than glibc's allocator: every request allocates and frees (items, frames,
 /// tasks); measured under tessera-load it cut server CPU per operation ~5% and the median
@@ -24,11 +30,12 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const USAGE: &str = "usage: tessera-load [--endpoint ADDR] [--table NAME] [--keys N] [--value-bytes N]
                     [--rate OPS_PER_S] [--duration SECONDS] [--get-ratio R] [--connections N]
-                    [--threads N] [--create PARTITIONS] [--prefill]
+                    [--threads N] [--create PARTITIONS] [--prefill] [--updates]
   --connections N  pipelined connections per server core (default 1); each call goes to
                    one on the core owning its key
   --create P   create the table (partition key id:S) with P partitions first
-  --prefill    write every key once (closed loop, 256 in flight) before the timed run";
+  --prefill    write every key once (closed loop, 256 in flight) before the timed run
+  --updates    writes are conditional UpdateItem counter increments instead of PutItem";
 
 #[derive(Clone)]
 struct Settings {
@@ -43,6 +50,7 @@ struct Settings {
     threads: usize,
     create: Option<u32>,
     prefill: bool,
+    updates: bool,
 }
 
 fn parse() -> Result<Settings, String> {
@@ -66,6 +74,7 @@ fn parse() -> Result<Settings, String> {
         threads: number(value("--threads"), "--threads", 1)?,
         create: value("--create").map(|text| number(Some(text), "--create", 0)).transpose()?,
         prefill: args.iter().any(|arg| arg == "--prefill"),
+        updates: args.iter().any(|arg| arg == "--updates"),
     })
 }
 
@@ -152,6 +161,7 @@ async fn run(settings: Settings, thread: usize) -> Report {
             let index = random.next() % settings.keys;
             let is_get = (random.next() % 1_000_000) as f64 / 1_000_000.0 < settings.get_ratio;
             let (report, table, value_bytes) = (report.clone(), settings.table.clone(), settings.value_bytes);
+            let updates = settings.updates;
             let outstanding = outstanding.clone();
             outstanding.set(outstanding.get() + 1);
             glommio::spawn_local(async move {
@@ -160,6 +170,14 @@ async fn run(settings: Settings, thread: usize) -> Report {
                     let key = ItemBuilder::new().s("id", key(index)).build();
                     let client = pool.route(&table, &key).await;
                     client.get_item(&table, key).await.map(drop)
+                } else if updates {
+                    let key = ItemBuilder::new().s("id", key(index)).build();
+                    let client = pool.route(&table, &key).await;
+                    let expressions = Expressions::condition("attribute_exists(id)")
+                        .name("#c", "count")
+                        .value(":zero", AttributeValue::N(Number::from(0)))
+                        .value(":one", AttributeValue::N(Number::from(1)));
+                    client.update_item(&table, key, COUNTER_UPDATE, expressions, ReturnValues::None).await.map(drop)
                 } else {
                     let item = item(index, value_bytes);
                     let client = pool.route(&table, &item).await;
@@ -267,6 +285,6 @@ fn main() {
         "op", "count", "ops/s", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "max ms"
     );
     line("get", &gets, seconds);
-    line("put", &puts, seconds);
+    line(if settings.updates { "update" } else { "put" }, &puts, seconds);
     line("all", &all, seconds);
 }
