@@ -344,6 +344,52 @@ fn the_command_line_speaks_dynamodb_json() {
     assert!(!ok && err.contains("ResourceNotFoundException"), "{err}");
     let (ok, _, _) = node.cli(&["delete", "pets", r#"{"owner":{"S":"bob"},"name":{"S":"kit"}}"#]);
     assert!(ok);
+
+    // Expressions: update with a condition, names and values, printing what it returns.
+    let rex = r#"{"owner":{"S":"ann"},"name":{"S":"rex"}}"#;
+    let one = r#"{":one":{"N":"1"},":three":{"N":"3"}}"#;
+    let (ok, out, err) = node.cli(&[
+        "update",
+        "pets",
+        rex,
+        "--update",
+        "SET #a = #a + :one",
+        "--condition",
+        "#a = :three",
+        "--names",
+        r##"{"#a":"age"}"##,
+        "--values",
+        one,
+        "--return-values",
+        "UPDATED_NEW",
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), r#"{"age":{"N":"4"}}"#);
+    let (ok, _, err) = node.cli(&[
+        "update",
+        "pets",
+        rex,
+        "--update",
+        "SET #a = #a + :one",
+        "--condition",
+        "#a = :three",
+        "--names",
+        r##"{"#a":"age"}"##,
+        "--values",
+        one,
+    ]);
+    assert!(!ok && err.lines().count() == 1 && err.contains("ConditionalCheckFailedException"), "{err}");
+    let (ok, _, err) =
+        node.cli(&["put", "pets", rex, "--condition", "attribute_not_exists(#o)", "--names", r##"{"#o":"owner"}"##]);
+    assert!(!ok && err.contains("ConditionalCheckFailedException"), "{err}");
+    let (ok, out, err) =
+        node.cli(&["delete", "pets", rex, "--condition", "attribute_exists(age)", "--return-values", "ALL_OLD"]);
+    assert!(ok, "{err}");
+    assert!(out.contains(r#""age":{"N":"4"}"#), "{out}");
+    let (ok, _, err) = node.cli(&["update", "pets", rex, "--update", "SET status = :one", "--values", one]);
+    assert!(!ok && err.contains("reserved keyword: status"), "{err}");
+    let (ok, _, err) = node.cli(&["put", "pets", rex, "--return-values", "ALL_NEW"]);
+    assert!(!ok && err.contains("ALL_OLD or NONE"), "{err}");
     let (ok, _, _) = node.cli(&["table", "delete", "pets"]);
     assert!(ok);
 }
