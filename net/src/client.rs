@@ -23,8 +23,8 @@ use crate::local::{Inbox, Outbox, Pending, Producer};
 use tessera_engine::{AttributeValue, Item, KeySchema, Number};
 use tessera_wire::frame::{self, Decoded};
 use tessera_wire::{
-    ErrorCode, Expressions, Query, Request, Response, ReturnValues, Scan, TableDescription, TableKeys, UpdateItem,
-    WireError, Write,
+    ErrorCode, Expressions, Query, ReadExpressions, Request, Response, ReturnValues, Scan, TableDescription, TableKeys,
+    UpdateItem, WireError, Write,
 };
 
 /// What a call can fail with.
@@ -161,7 +161,10 @@ pub type BatchGetOutput = (Vec<(String, Vec<Item>)>, Vec<TableKeys>);
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Page {
     pub items: Vec<Item>,
+    /// Items read, before the filter.
     pub scanned_count: u32,
+    /// Items that matched the filter (`items` is empty with Select COUNT).
+    pub count: u32,
     /// Pass as `exclusive_start_key` to read the next page; `None` after the last.
     pub last_evaluated_key: Option<Item>,
 }
@@ -299,7 +302,12 @@ impl Client {
     }
 
     pub fn get_item(&mut self, table: &str, key: Item) -> Result<Option<Item>, ClientError> {
-        item_of(self.call(&Request::GetItem { table: table.into(), key, consistent_read: true })?)
+        item_of(self.call(&Request::GetItem {
+            table: table.into(),
+            key,
+            consistent_read: true,
+            read: ReadExpressions::default(),
+        })?)
     }
 
     /// Deletes the item under `key`, returning it if there was one.
@@ -399,8 +407,8 @@ fn batch_write_of(response: Response) -> Result<Vec<Write>, ClientError> {
 
 fn page_of(response: Response) -> Result<Page, ClientError> {
     match response {
-        Response::Items { items, scanned_count, last_evaluated_key } => {
-            Ok(Page { items, scanned_count, last_evaluated_key })
+        Response::Items { items, scanned_count, count, last_evaluated_key } => {
+            Ok(Page { items, scanned_count, count, last_evaluated_key })
         }
         other => unexpected(other),
     }
@@ -579,7 +587,15 @@ impl AsyncClient {
     }
 
     pub async fn get_item(&self, table: &str, key: Item) -> Result<Option<Item>, ClientError> {
-        item_of(self.call(&Request::GetItem { table: table.into(), key, consistent_read: true }).await?)
+        item_of(
+            self.call(&Request::GetItem {
+                table: table.into(),
+                key,
+                consistent_read: true,
+                read: ReadExpressions::default(),
+            })
+            .await?,
+        )
     }
 
     /// Deletes the item under `key`, returning it if there was one.

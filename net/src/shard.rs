@@ -13,13 +13,14 @@ use std::ops::Bound;
 use std::rc::Rc;
 
 use glommio::channels::channel_mesh::{Receivers, Senders};
-use tessera_engine::expr::{self, Condition, Placeholders, Update};
+use tessera_engine::expr::{self, Condition, KeyCondition, Path, Placeholders, Update};
 use tessera_engine::{
     decode_item, encode_item, validate_item, yield_to_reactor, AttributeValue, Command, ConditionalWrite, Error, Item,
     ItemMeta, KeySchema, KeyType, LocalLog, Outcome, PartitionId, ReplicationLog,
 };
 use tessera_wire::{
-    ErrorCode, Expressions, Query, Request, Response, Scan, SortCondition, TableKeys, UpdateItem, WireError, Write,
+    ErrorCode, Expressions, Query, ReadExpressions, Request, Response, Scan, Select, SortCondition, TableKeys,
+    UpdateItem, WireError, Write,
 };
 
 use crate::catalog::{
@@ -207,6 +208,72 @@ fn encode_exact_key(schema: &KeySchema, key: &Item) -> Result<Vec<u8>, WireError
         return Err(invalid("The provided key element does not match the schema"));
     }
     schema.encode_key(key).map(|key| key.bytes).map_err(engine_error)
+}
+
+/// A read's parsed expressions (ReadExpressions).
+struct ReadPlan {
+    key: Option<KeyCondition>,
+    filter: Option<Condition>,
+    projection: Option<Vec<Path>>,
+    count_only: bool,
+}
+
+impl ReadPlan {
+    /// `schema` is the table's key schema for a Query (whose key condition it parses).
+    fn parse(read: &ReadExpressions, schema: Option<&KeySchema>) -> Result<ReadPlan, WireError> {
+        let names: HashMap<String, String> = read.names.iter().cloned().collect();
+        let values: HashMap<String, AttributeValue> = read.values.iter().cloned().collect();
+        let mut placeholders = Placeholders::new(&names, &values);
+        let error = |error: expr::ExprError| invalid(error.to_string());
+        let key = match (&read.key_condition, schema) {
+            (Some(text), Some(schema)) => {
+                Some(expr::parse_key_condition(text, &mut placeholders, schema).map_err(error)?)
+            }
+            _ => None,
+        };
+        let filter = read
+            .filter
+            .as_deref()
+            .map(|text| expr::parse_filter(text, &mut placeholders))
+            .transpose()
+            .map_err(error)?;
+        let projection = read
+            .projection
+            .as_deref()
+            .map(|text| expr::parse_projection(text, &mut placeholders))
+            .transpose()
+            .map_err(error)?;
+        match (read.select, &projection) {
+            (Select::SpecificAttributes, None) => {
+                return Err(invalid("Must specify the ProjectionExpression when choosing to get SPECIFIC_ATTRIBUTES"))
+            }
+            (Select::Count, Some(_)) => {
+                return Err(invalid("Cannot specify the ProjectionExpression when choosing to get COUNT"))
+            }
+            _ => {}
+        }
+        placeholders.check_all_used().map_err(invalid)?;
+        Ok(ReadPlan { key, filter, projection, count_only: read.select == Select::Count })
+    }
+
+    fn project(&self, item: Item) -> Item {
+        match &self.projection {
+            Some(paths) => expr::project(&item, paths),
+            None => item,
+        }
+    }
+
+    /// A Query or Scan page: the items read, filtered (after the page was read, as DynamoDB
+    /// does: ScannedCount counts them all), projected, or only counted.
+    fn page(&self, items: Vec<Item>, last_evaluated_key: Option<Item>) -> Response {
+        let scanned_count = items.len() as u32;
+        let matched: Vec<Item> =
+            items.into_iter().filter(|item| self.filter.as_ref().is_none_or(|filter| filter.evaluate(item))).collect();
+        let count = matched.len() as u32;
+        let items =
+            if self.count_only { Vec::new() } else { matched.into_iter().map(|item| self.project(item)).collect() };
+        Response::Items { items, scanned_count, count, last_evaluated_key }
+    }
 }
 
 /// Parses a write's ConditionExpression and, for UpdateItem, its UpdateExpression, with the
@@ -601,7 +668,7 @@ impl Shard {
                     self.conditional_put(&table, item, return_old, &expressions, return_old_on_failure).await
                 }
             }
-            Request::GetItem { table, key, .. } => self.get_item(&table, &key).await,
+            Request::GetItem { table, key, read, .. } => self.get_item(&table, &key, &read).await,
             Request::DeleteItem { table, key, return_old, expressions, return_old_on_failure } => {
                 if expressions == Expressions::default() {
                     self.delete_item(&table, &key, return_old).await
@@ -705,11 +772,18 @@ impl Shard {
         self.old_item(core, Op::Put { partition, key, value, return_old }).await
     }
 
-    async fn get_item(self: &Rc<Shard>, name: &str, key: &Item) -> Result<Response, WireError> {
+    async fn get_item(self: &Rc<Shard>, name: &str, key: &Item, read: &ReadExpressions) -> Result<Response, WireError> {
         let table = self.table(name)?;
+        if read.filter.is_some() || read.key_condition.is_some() || read.select != Select::AllAttributes {
+            return Err(invalid("GetItem takes a ProjectionExpression only"));
+        }
+        let plan = ReadPlan::parse(read, None)?;
         let key = encode_exact_key(&table.key_schema, key)?;
         let (core, partition) = self.place(&table, &key);
-        self.old_item(core, Op::Get { partition, key }).await
+        match self.old_item(core, Op::Get { partition, key }).await? {
+            Response::Item(Some(item)) => Ok(Response::Item(Some(plan.project(item)))),
+            other => Ok(other),
+        }
     }
 
     async fn delete_item(self: &Rc<Shard>, name: &str, key: &Item, return_old: bool) -> Result<Response, WireError> {
@@ -798,9 +872,14 @@ impl Shard {
         }
     }
 
-    async fn query(self: &Rc<Shard>, query: Query) -> Result<Response, WireError> {
+    async fn query(self: &Rc<Shard>, mut query: Query) -> Result<Response, WireError> {
         let table = self.table(&query.table)?;
         let schema = &table.key_schema;
+        let mut plan = ReadPlan::parse(&query.read, Some(schema))?;
+        if let Some(key) = plan.key.take() {
+            query.partition_key = key.partition_key;
+            query.sort = key.sort;
+        }
         let prefix = schema.encode_partition_prefix(&query.partition_key).map_err(engine_error)?.bytes;
         let whole = || -> (Bound<Vec<u8>>, Bound<Vec<u8>>) {
             if schema.sort.is_none() {
@@ -864,11 +943,15 @@ impl Shard {
             _ => None,
         };
         let items = entries.iter().map(|(_, value)| decode_stored(value)).collect::<Result<Vec<_>, _>>()?;
-        Ok(Response::Items { scanned_count: items.len() as u32, items, last_evaluated_key })
+        Ok(plan.page(items, last_evaluated_key))
     }
 
     async fn scan_table(self: &Rc<Shard>, scan: Scan) -> Result<Response, WireError> {
         let table = self.table(&scan.table)?;
+        if scan.read.key_condition.is_some() {
+            return Err(invalid("Scan takes no KeyConditionExpression"));
+        }
+        let plan = ReadPlan::parse(&scan.read, None)?;
         let total = if scan.total_segments == 0 { 1 } else { scan.total_segments };
         if total > 1_000_000 {
             return Err(invalid(format!("TotalSegments must be between 1 and 1000000, not {total}")));
@@ -926,10 +1009,10 @@ impl Shard {
                     (Some(key), false) => Some(decode_key(&table.key_schema, key)?),
                     _ => None,
                 };
-                return Ok(Response::Items { scanned_count: items.len() as u32, items, last_evaluated_key });
+                return Ok(plan.page(items, last_evaluated_key));
             }
             if segment_done {
-                return Ok(Response::Items { scanned_count: items.len() as u32, items, last_evaluated_key: None });
+                return Ok(plan.page(items, None));
             }
             index += 1;
             lower = Bound::Included(partition_end.expect("not the last partition").to_be_bytes().to_vec());

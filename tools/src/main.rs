@@ -11,7 +11,8 @@ use tessera_net::client::Client;
 use tessera_net::json::{item_from_text, item_to_json, value_from_json};
 use tessera_net::{Server, ServerConfig};
 use tessera_wire::{
-    Expressions, Query, Request, Response, ReturnValues, Scan, SortCondition, TableDescription, TableStatus, UpdateItem,
+    Expressions, Query, ReadExpressions, Request, Response, ReturnValues, Scan, Select, SortCondition,
+    TableDescription, TableStatus, UpdateItem,
 };
 
 /// mimalloc rather than glibc's allocator: every request allocates and frees (items, frames,
@@ -27,16 +28,21 @@ client commands, against --endpoint ADDR (default 127.0.0.1:7400), given before 
   table create NAME --pk NAME:TYPE [--sk NAME:TYPE] [--partitions N]   (TYPE: S, N or B)
   table list | table describe NAME | table delete NAME
   put TABLE ITEM_JSON          e.g. put users '{\"id\":{\"S\":\"a\"},\"age\":{\"N\":\"30\"}}'
-  get TABLE KEY_JSON
   delete TABLE KEY_JSON
   update TABLE KEY_JSON --update EXPR   e.g. --update 'SET #c = #c + :one'
         put, delete and update also take [--condition EXPR] [--names JSON] [--values JSON]
         [--return-values WHAT]: --names '{\"#c\":\"count\"}', --values '{\":one\":{\"N\":\"1\"}}';
         WHAT is NONE or ALL_OLD (put, delete) or also UPDATED_OLD, ALL_NEW, UPDATED_NEW (update);
         the attributes returned are printed as DynamoDB JSON
-  query TABLE --pk VALUE_JSON [--sk OP VALUE_JSON [VALUE_JSON]] [--backward] [--limit N]
+  query TABLE --key-condition EXPR [--filter EXPR] [--projection EXPR] [--limit N] [--backward]
+        e.g. --key-condition 'customer = :c AND n BETWEEN :lo AND :hi'
+  query TABLE --pk VALUE_JSON [--sk OP VALUE_JSON [VALUE_JSON]] [...]   the same, without expressions
         OP: eq lt le gt ge between begins_with; VALUE_JSON e.g. '{\"N\":\"5\"}'
-  scan TABLE [--segment S --total-segments T]
+  scan TABLE [--filter EXPR] [--projection EXPR] [--segments N | --segment S --total-segments T]
+        --segments N reads N segments in parallel
+  get TABLE KEY_JSON [--projection EXPR] [--consistent]
+  query, scan and get take --names JSON and --values JSON like the writes; query and scan take
+  --count to print how many items match instead of the items
 query and scan print one item per line, following every page.";
 
 const ENDPOINT_DEFAULT: &str = "127.0.0.1:7400";
@@ -154,33 +160,89 @@ fn value_arg(text: &str, what: &str) -> Result<AttributeValue, String> {
     value_from_json(&json, what)
 }
 
-/// `--condition`, `--names` and `--values` of a write.
-fn expressions(args: &[String]) -> Result<Expressions, String> {
-    let json = |name: &str| -> Result<Option<serde_json::Map<String, Value>>, String> {
-        flag(args, name)?
-            .map(|text| match serde_json::from_str(text) {
-                Ok(Value::Object(map)) => Ok(map),
-                _ => Err(format!("{name} takes a JSON object")),
-            })
-            .transpose()
+/// `--names` and `--values`: ExpressionAttributeNames and ExpressionAttributeValues.
+type Placeholders = (Vec<(String, String)>, Vec<(String, AttributeValue)>);
+
+fn placeholders(args: &[String]) -> Result<Placeholders, String> {
+    let json = |name: &str| -> Result<serde_json::Map<String, Value>, String> {
+        flag(args, name)?.map_or(Ok(serde_json::Map::new()), |text| match serde_json::from_str(text) {
+            Ok(Value::Object(map)) => Ok(map),
+            _ => Err(format!("{name} takes a JSON object")),
+        })
     };
-    let names = json("--names")?.unwrap_or_default().into_iter().map(|(placeholder, name)| match name {
-        Value::String(name) => Ok((placeholder, name)),
-        _ => Err(format!("--names: {placeholder} must map to a string")),
-    });
-    let values = json("--values")?.unwrap_or_default().into_iter().map(|(placeholder, value)| {
-        let value = value_from_json(&value, &placeholder)?;
-        Ok((placeholder, value))
-    });
-    Ok(Expressions {
-        condition: flag(args, "--condition")?.map(str::to_string),
-        names: names.collect::<Result<_, String>>()?,
-        values: values.collect::<Result<_, String>>()?,
+    let names = json("--names")?
+        .into_iter()
+        .map(|(placeholder, name)| match name {
+            Value::String(name) => Ok((placeholder, name)),
+            _ => Err(format!("--names: {placeholder} must map to a string")),
+        })
+        .collect::<Result<_, String>>()?;
+    let values = json("--values")?
+        .into_iter()
+        .map(|(placeholder, value)| Ok((placeholder.clone(), value_from_json(&value, &placeholder)?)))
+        .collect::<Result<_, String>>()?;
+    Ok((names, values))
+}
+
+/// `--condition` and the placeholders of a write.
+fn expressions(args: &[String]) -> Result<Expressions, String> {
+    let (names, values) = placeholders(args)?;
+    Ok(Expressions { condition: flag(args, "--condition")?.map(str::to_string), names, values })
+}
+
+/// `--key-condition`, `--filter`, `--projection` and the placeholders of a read.
+fn read_expressions(args: &[String]) -> Result<ReadExpressions, String> {
+    let (names, values) = placeholders(args)?;
+    let text = |name: &str| flag(args, name).map(|text| text.map(str::to_string));
+    Ok(ReadExpressions {
+        key_condition: text("--key-condition")?,
+        filter: text("--filter")?,
+        projection: text("--projection")?,
+        names,
+        values,
+        select: Select::AllAttributes,
     })
 }
 
 fn return_values(args: &[String], operation: &str) -> Result<ReturnValues, String> {
     flag(args, "--return-values")?.map_or(Ok(ReturnValues::None), |name| ReturnValues::parse(name, operation))
+}
+
+/// Whether `--count` asked for the number of matching items (over every page) rather than
+/// the items.
+fn query_count(args: &[String]) -> bool {
+    args.iter().any(|arg| arg == "--count")
+}
+
+/// Prints items one per line, or only how many there are.
+fn print_all(items: Vec<tessera_engine::Item>, count_only: bool) {
+    if count_only {
+        println!("{}", items.len());
+    } else {
+        items.iter().for_each(|item| println!("{}", item_to_json(item)));
+    }
+}
+
+/// Every item of `scan` read as `segments` segments at once.
+fn parallel_scan(endpoint: &str, scan: Scan, segments: u32) -> Result<Vec<tessera_engine::Item>, String> {
+    if segments == 0 {
+        return Err("--segments takes a count of at least 1".into());
+    }
+    let readers: Vec<_> = (0..segments)
+        .map(|segment| {
+            let (endpoint, scan) = (endpoint.to_string(), Scan { segment, total_segments: segments, ..scan.clone() });
+            std::thread::spawn(move || -> Result<Vec<tessera_engine::Item>, String> {
+                let mut client =
+                    Client::connect(&endpoint).map_err(|error| format!("cannot connect to {endpoint}: {error}"))?;
+                client.scan_all(scan).map_err(|error| error.to_string())
+            })
+        })
+        .collect();
+    let mut items = Vec::new();
+    for reader in readers {
+        items.extend(reader.join().map_err(|_| "a scan thread panicked".to_string())??);
+    }
+    Ok(items)
 }
 
 /// Prints the attributes a write returned, if any.
@@ -230,10 +292,18 @@ fn client_command(endpoint: &str, args: &[String]) -> Result<(), String> {
             });
             print_returned(client.call(&request).map_err(failed)?);
         }
-        "get" => match client.get_item(arg(1)?, item_from_text(arg(2)?)?).map_err(failed)? {
-            Some(item) => println!("{}", item_to_json(&item)),
-            None => return Err(format!("no item with key {} in {}", arg(2)?, arg(1)?)),
-        },
+        "get" => {
+            let request = Request::GetItem {
+                table: arg(1)?.to_string(),
+                key: item_from_text(arg(2)?)?,
+                consistent_read: args.iter().any(|arg| arg == "--consistent"),
+                read: read_expressions(args)?,
+            };
+            match client.call(&request).map_err(failed)? {
+                Response::Item(Some(item)) => println!("{}", item_to_json(&item)),
+                _ => return Err(format!("no item with key {} in {}", arg(2)?, arg(1)?)),
+            }
+        }
         "delete" if flag(args, "--condition")?.is_some() || flag(args, "--return-values")?.is_some() => {
             let request = Request::DeleteItem {
                 table: arg(1)?.to_string(),
@@ -250,7 +320,13 @@ fn client_command(endpoint: &str, args: &[String]) -> Result<(), String> {
             }
         }
         "query" => {
-            let partition_key = value_arg(flag(args, "--pk")?.ok_or("query needs --pk VALUE_JSON")?, "--pk")?;
+            let read = read_expressions(args)?;
+            let partition_key = match (flag(args, "--pk")?, &read.key_condition) {
+                (Some(text), _) => value_arg(text, "--pk")?,
+                // The key condition names the partition key; this field is not read.
+                (None, Some(_)) => AttributeValue::Null,
+                (None, None) => return Err("query needs --key-condition EXPR or --pk VALUE_JSON".into()),
+            };
             let sort = match args.iter().position(|arg| arg == "--sk") {
                 None => None,
                 Some(at) => {
@@ -283,10 +359,9 @@ fn client_command(endpoint: &str, args: &[String]) -> Result<(), String> {
                 limit: number_flag(args, "--limit")?.unwrap_or(0),
                 exclusive_start_key: None,
                 consistent_read: true,
+                read,
             };
-            for item in client.query_all(query).map_err(failed)? {
-                println!("{}", item_to_json(&item));
-            }
+            print_all(client.query_all(query).map_err(failed)?, query_count(args));
         }
         "scan" => {
             let scan = Scan {
@@ -296,10 +371,14 @@ fn client_command(endpoint: &str, args: &[String]) -> Result<(), String> {
                 limit: 0,
                 exclusive_start_key: None,
                 consistent_read: true,
+                read: read_expressions(args)?,
             };
-            for item in client.scan_all(scan).map_err(failed)? {
-                println!("{}", item_to_json(&item));
-            }
+            let items = match number_flag::<u32>(args, "--segments")? {
+                // A parallel scan: one connection and thread per segment.
+                Some(segments) => parallel_scan(endpoint, scan, segments)?,
+                None => client.scan_all(scan).map_err(failed)?,
+            };
+            print_all(items, query_count(args));
         }
         other => return Err(format!("unknown command {other:?}\n{USAGE}")),
     }

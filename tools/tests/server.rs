@@ -123,6 +123,7 @@ fn query(table: &str, pk: AttributeValue, sort: Option<SortCondition>) -> Query 
         limit: 0,
         exclusive_start_key: None,
         consistent_read: true,
+        read: Default::default(),
     }
 }
 
@@ -247,6 +248,7 @@ fn scans_page_by_the_megabyte_and_segments_cover_each_item_once() {
         limit: 0,
         exclusive_start_key: None,
         consistent_read: true,
+        read: Default::default(),
     };
     // 300 items of 10 KB are 3 MB: at least three 1 MB pages.
     let mut pages = 0;
@@ -390,6 +392,61 @@ fn the_command_line_speaks_dynamodb_json() {
     assert!(!ok && err.contains("reserved keyword: status"), "{err}");
     let (ok, _, err) = node.cli(&["put", "pets", rex, "--return-values", "ALL_NEW"]);
     assert!(!ok && err.contains("ALL_OLD or NONE"), "{err}");
+
+    // Reads with expressions.
+    let ann = r#"{":o":{"S":"ann"},":r":{"S":"t"}}"#;
+    let (ok, out, err) = node.cli(&[
+        "query",
+        "pets",
+        "--key-condition",
+        "#o = :o",
+        "--names",
+        r##"{"#o":"owner"}"##,
+        "--values",
+        r#"{":o":{"S":"ann"}}"#,
+        "--projection",
+        "#n",
+        "--names",
+        r##"{"#o":"owner"}"##,
+    ]);
+    assert!(!ok && err.contains("#n"), "an undefined name is refused: {out} {err}");
+    let (ok, out, err) = node.cli(&[
+        "query",
+        "pets",
+        "--key-condition",
+        "#o = :o AND begins_with(#n, :r)",
+        "--names",
+        r##"{"#o":"owner","#n":"name"}"##,
+        "--values",
+        ann,
+        "--projection",
+        "#n",
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), r#"{"name":{"S":"tom"}}"#);
+    let (ok, out, err) = node.cli(&[
+        "scan",
+        "pets",
+        "--segments",
+        "3",
+        "--filter",
+        "age = :a",
+        "--values",
+        r#"{":a":{"N":"3"}}"#,
+        "--count",
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "1", "tom (rex was deleted, kit too)");
+    let (ok, out, err) = node.cli(&[
+        "get",
+        "pets",
+        r#"{"owner":{"S":"ann"},"name":{"S":"tom"}}"#,
+        "--projection",
+        "age",
+        "--consistent",
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), r#"{"age":{"N":"3"}}"#);
     let (ok, _, _) = node.cli(&["table", "delete", "pets"]);
     assert!(ok);
 }
@@ -530,6 +587,7 @@ fn acknowledged_writes_survive_sigkill_and_restart() {
             limit: 0,
             exclusive_start_key: None,
             consistent_read: true,
+            read: Default::default(),
         })
         .unwrap()
         .into_iter()
@@ -625,6 +683,7 @@ fn the_async_pool_pipelines_many_calls_per_connection() {
                 limit: 0,
                 exclusive_start_key: None,
                 consistent_read: true,
+                read: Default::default(),
             };
             assert_eq!(client.scan(scan).await.unwrap().items.len(), 589);
             let page = client.query(query("pipelined", n(30), None)).await.unwrap();
@@ -799,4 +858,92 @@ fn conditional_writes_race_correctly() {
         ErrorCode::ValidationException,
     );
     assert!(message.contains("unused in expressions"), "{message}");
+}
+
+/// Reads with expressions through the real server: KeyConditionExpression, FilterExpression
+/// applied after the page is read (ScannedCount counts every item read, Count the matches),
+/// ProjectionExpression on GetItem, Query and Scan, Select COUNT, and their errors.
+#[test]
+fn reads_take_key_conditions_filters_and_projections() {
+    use tessera_wire::{ReadExpressions, Select};
+    let node = Node::fresh("reads");
+    let mut client = node.client();
+    client.create_table("orders", KeySchema::composite(("customer", KeyType::S), ("n", KeyType::N)), 3).unwrap();
+    for number in 1..=10 {
+        let item = ItemBuilder::new()
+            .s("customer", "c1")
+            .n("n", number)
+            .n("amount", number * 10)
+            .s("state", if number % 2 == 0 { "shipped" } else { "open" })
+            .build();
+        client.put_item("orders", item).unwrap();
+    }
+    let read = |key_condition: &str, filter: Option<&str>, projection: Option<&str>, select: Select| ReadExpressions {
+        key_condition: Some(key_condition.to_string()),
+        filter: filter.map(str::to_string),
+        projection: projection.map(str::to_string),
+        names: vec![("#s".into(), "state".into())],
+        values: vec![(":c".into(), s("c1")), (":lo".into(), n(3)), (":hi".into(), n(8)), (":st".into(), s("shipped"))],
+        select,
+    };
+    let mut query = query("orders", s("ignored"), None);
+    query.read =
+        read("customer = :c AND n BETWEEN :lo AND :hi", Some("#s = :st"), Some("n, amount"), Select::AllAttributes);
+    let page = client.query(query.clone()).unwrap();
+    assert_eq!((page.scanned_count, page.count), (6, 3), "n 3..8 read, 4, 6 and 8 shipped");
+    assert_eq!(numbers(&page.items), [4, 6, 8]);
+    assert_eq!(page.items[0], ItemBuilder::new().n("n", 4).n("amount", 40).build(), "projected");
+
+    query.read = read("customer = :c AND n BETWEEN :lo AND :hi", Some("#s = :st"), None, Select::Count);
+    let page = client.query(query.clone()).unwrap();
+    assert_eq!((page.scanned_count, page.count, page.items.len()), (6, 3, 0));
+
+    // Limit bounds the items read, not the matches.
+    query.read = read("customer = :c AND n BETWEEN :lo AND :hi", Some("#s = :st"), None, Select::AllAttributes);
+    query.limit = 2;
+    let page = client.query(query.clone()).unwrap();
+    assert_eq!((page.scanned_count, page.count), (2, 1));
+    assert!(page.last_evaluated_key.is_some());
+
+    let scan = Scan {
+        table: "orders".into(),
+        segment: 0,
+        total_segments: 1,
+        limit: 0,
+        exclusive_start_key: None,
+        consistent_read: true,
+        read: ReadExpressions {
+            filter: Some("amount > :t".into()),
+            values: vec![(":t".into(), n(75))],
+            ..Default::default()
+        },
+    };
+    let page = client.scan(scan).unwrap();
+    assert_eq!((page.scanned_count, page.count), (10, 3));
+
+    let get = Request::GetItem {
+        table: "orders".into(),
+        key: orders_key("c1", 2),
+        consistent_read: true,
+        read: ReadExpressions {
+            projection: Some("#s".into()),
+            names: vec![("#s".into(), "state".into())],
+            ..Default::default()
+        },
+    };
+    assert_eq!(client.call(&get).unwrap(), Response::Item(Some(ItemBuilder::new().s("state", "shipped").build())));
+
+    for (key_condition, filter, expected) in [
+        ("customer = :c AND n > :lo AND n < :hi", None, "only contain one condition per key"),
+        ("n > :lo", None, "missed key schema element: customer"),
+        ("customer = :c", Some("state = :st"), "reserved keyword: state"),
+        ("customer = :c", Some("#s = :nope"), "attribute value: :nope"),
+    ] {
+        query.read = read(key_condition, filter, None, Select::AllAttributes);
+        let message = service_error(client.query(query.clone()), ErrorCode::ValidationException);
+        assert!(message.contains(expected), "{key_condition} / {filter:?}: {message}");
+    }
+    query.read = read("customer = :c", None, None, Select::SpecificAttributes);
+    let message = service_error(client.query(query.clone()), ErrorCode::ValidationException);
+    assert!(message.contains("SPECIFIC_ATTRIBUTES"), "{message}");
 }

@@ -137,6 +137,31 @@ pub struct UpdateItem {
     pub return_old_on_failure: bool,
 }
 
+/// What a read returns (`Select`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Select {
+    /// Every attribute, or those of the projection when there is one.
+    #[default]
+    AllAttributes,
+    /// The projection's attributes (a ProjectionExpression is required).
+    SpecificAttributes,
+    /// Only the count of matching items.
+    Count,
+}
+
+/// A read's expressions, as text with their placeholders: parsed by the server.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReadExpressions {
+    /// Query's KeyConditionExpression; it replaces the request's partition key and sort
+    /// condition when present.
+    pub key_condition: Option<String>,
+    pub filter: Option<String>,
+    pub projection: Option<String>,
+    pub names: Vec<(String, String)>,
+    pub values: Vec<(String, AttributeValue)>,
+    pub select: Select,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Query {
     pub table: String,
@@ -147,6 +172,7 @@ pub struct Query {
     pub limit: u32,
     pub exclusive_start_key: Option<Item>,
     pub consistent_read: bool,
+    pub read: ReadExpressions,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -158,6 +184,7 @@ pub struct Scan {
     pub limit: u32,
     pub exclusive_start_key: Option<Item>,
     pub consistent_read: bool,
+    pub read: ReadExpressions,
 }
 
 /// Keys to read from one table (BatchGetItem).
@@ -205,6 +232,7 @@ pub enum Request {
         table: String,
         key: Item,
         consistent_read: bool,
+        read: ReadExpressions,
     },
     DeleteItem {
         table: String,
@@ -237,7 +265,10 @@ pub enum Response {
     Item(Option<Item>),
     Items {
         items: Vec<Item>,
+        /// Items read before the filter.
         scanned_count: u32,
+        /// Items that matched the filter (`items` is empty with Select COUNT).
+        count: u32,
         last_evaluated_key: Option<Item>,
     },
     BatchGetItem {
@@ -354,10 +385,18 @@ fn write_item<'a>(fbb: &mut FlatBufferBuilder<'a>, item: &Item) -> WIPOffset<fb:
     fb::Item::create(fbb, &fb::ItemArgs { attributes })
 }
 
-fn write_expressions<'a>(fbb: &mut FlatBufferBuilder<'a>, expressions: &Expressions) -> WIPOffset<fb::Expressions<'a>> {
-    let condition = expressions.condition.as_deref().map(|condition| fbb.create_string(condition));
-    let names: Vec<_> = expressions
-        .names
+/// ExpressionAttributeNames and ExpressionAttributeValues entries.
+type PlaceholderOffsets<'a> = (
+    WIPOffset<Vector<'a, ForwardsUOffset<fb::NameEntry<'a>>>>,
+    WIPOffset<Vector<'a, ForwardsUOffset<fb::ValueEntry<'a>>>>,
+);
+
+fn write_placeholders<'a>(
+    fbb: &mut FlatBufferBuilder<'a>,
+    names: &[(String, String)],
+    values: &[(String, AttributeValue)],
+) -> PlaceholderOffsets<'a> {
+    let names: Vec<_> = names
         .iter()
         .map(|(placeholder, name)| {
             let args = fb::NameEntryArgs {
@@ -367,9 +406,8 @@ fn write_expressions<'a>(fbb: &mut FlatBufferBuilder<'a>, expressions: &Expressi
             fb::NameEntry::create(fbb, &args)
         })
         .collect();
-    let names = Some(fbb.create_vector(&names));
-    let values: Vec<_> = expressions
-        .values
+    let names = fbb.create_vector(&names);
+    let values: Vec<_> = values
         .iter()
         .map(|(placeholder, value)| {
             let args = fb::ValueEntryArgs {
@@ -379,21 +417,73 @@ fn write_expressions<'a>(fbb: &mut FlatBufferBuilder<'a>, expressions: &Expressi
             fb::ValueEntry::create(fbb, &args)
         })
         .collect();
-    let values = Some(fbb.create_vector(&values));
-    fb::Expressions::create(fbb, &fb::ExpressionsArgs { condition, names, values })
+    (names, fbb.create_vector(&values))
 }
 
-fn read_expressions(expressions: Option<fb::Expressions<'_>>) -> Result<Expressions, WireError> {
-    let Some(expressions) = expressions else { return Ok(Expressions::default()) };
-    let names = expressions.names().map_or(Vec::new(), |names| {
+type Placeholders = (Vec<(String, String)>, Vec<(String, AttributeValue)>);
+
+fn read_placeholders(
+    names: Option<Vector<'_, ForwardsUOffset<fb::NameEntry<'_>>>>,
+    values: Option<Vector<'_, ForwardsUOffset<fb::ValueEntry<'_>>>>,
+) -> Result<Placeholders, WireError> {
+    let names = names.map_or(Vec::new(), |names| {
         names.iter().map(|entry| (entry.placeholder().to_string(), entry.name().to_string())).collect()
     });
-    let values = expressions.values().map_or(Ok(Vec::new()), |values| {
+    let values = values.map_or(Ok(Vec::new()), |values| {
         values
             .iter()
             .map(|entry| Ok((entry.placeholder().to_string(), read_value(entry.value(), entry.placeholder(), 0)?)))
             .collect::<Result<Vec<_>, WireError>>()
     })?;
+    Ok((names, values))
+}
+
+fn write_expressions<'a>(fbb: &mut FlatBufferBuilder<'a>, expressions: &Expressions) -> WIPOffset<fb::Expressions<'a>> {
+    let condition = expressions.condition.as_deref().map(|condition| fbb.create_string(condition));
+    let (names, values) = write_placeholders(fbb, &expressions.names, &expressions.values);
+    fb::Expressions::create(fbb, &fb::ExpressionsArgs { condition, names: Some(names), values: Some(values) })
+}
+
+fn write_read_expressions<'a>(
+    fbb: &mut FlatBufferBuilder<'a>,
+    read: &ReadExpressions,
+) -> WIPOffset<fb::ReadExpressions<'a>> {
+    let mut text = |text: &Option<String>| text.as_deref().map(|text| fbb.create_string(text));
+    let (key_condition, filter, projection) = (text(&read.key_condition), text(&read.filter), text(&read.projection));
+    let (names, values) = write_placeholders(fbb, &read.names, &read.values);
+    let select = match read.select {
+        Select::AllAttributes => fb::Select::ALL_ATTRIBUTES,
+        Select::SpecificAttributes => fb::Select::SPECIFIC_ATTRIBUTES,
+        Select::Count => fb::Select::COUNT,
+    };
+    let args =
+        fb::ReadExpressionsArgs { key_condition, filter, projection, names: Some(names), values: Some(values), select };
+    fb::ReadExpressions::create(fbb, &args)
+}
+
+fn read_read_expressions(read: Option<fb::ReadExpressions<'_>>) -> Result<ReadExpressions, WireError> {
+    let Some(read) = read else { return Ok(ReadExpressions::default()) };
+    let (names, values) = read_placeholders(read.names(), read.values())?;
+    let select = match read.select() {
+        fb::Select::ALL_ATTRIBUTES => Select::AllAttributes,
+        fb::Select::SPECIFIC_ATTRIBUTES => Select::SpecificAttributes,
+        fb::Select::COUNT => Select::Count,
+        other => return Err(invalid(format!("unknown Select {}", other.0))),
+    };
+    let text = |text: Option<&str>| text.map(str::to_string);
+    Ok(ReadExpressions {
+        key_condition: text(read.key_condition()),
+        filter: text(read.filter()),
+        projection: text(read.projection()),
+        names,
+        values,
+        select,
+    })
+}
+
+fn read_expressions(expressions: Option<fb::Expressions<'_>>) -> Result<Expressions, WireError> {
+    let Some(expressions) = expressions else { return Ok(Expressions::default()) };
+    let (names, values) = read_placeholders(expressions.names(), expressions.values())?;
     Ok(Expressions { condition: expressions.condition().map(str::to_string), names, values })
 }
 
@@ -684,10 +774,11 @@ impl Request {
                 let root = fb::PutItemRequest::create(&mut fbb, &args);
                 fbb.finish_minimal(root);
             }
-            Request::GetItem { table, key, consistent_read } => {
+            Request::GetItem { table, key, consistent_read, read } => {
                 let table = Some(fbb.create_string(table));
                 let key = Some(write_item(&mut fbb, key));
-                let args = fb::GetItemRequestArgs { table, key, consistent_read: *consistent_read };
+                let read = Some(write_read_expressions(&mut fbb, read));
+                let args = fb::GetItemRequestArgs { table, key, consistent_read: *consistent_read, read };
                 let root = fb::GetItemRequest::create(&mut fbb, &args);
                 fbb.finish_minimal(root);
             }
@@ -744,6 +835,7 @@ impl Request {
                 let sort_value = low.map(|value| write_value(&mut fbb, value));
                 let sort_value_high = high.map(|value| write_value(&mut fbb, value));
                 let exclusive_start_key = query.exclusive_start_key.as_ref().map(|key| write_item(&mut fbb, key));
+                let read = Some(write_read_expressions(&mut fbb, &query.read));
                 let args = fb::QueryRequestArgs {
                     table,
                     partition_key,
@@ -754,6 +846,7 @@ impl Request {
                     limit: query.limit,
                     exclusive_start_key,
                     consistent_read: query.consistent_read,
+                    read,
                 };
                 let root = fb::QueryRequest::create(&mut fbb, &args);
                 fbb.finish_minimal(root);
@@ -761,6 +854,7 @@ impl Request {
             Request::Scan(scan) => {
                 let table = Some(fbb.create_string(&scan.table));
                 let exclusive_start_key = scan.exclusive_start_key.as_ref().map(|key| write_item(&mut fbb, key));
+                let read = Some(write_read_expressions(&mut fbb, &scan.read));
                 let args = fb::ScanRequestArgs {
                     table,
                     segment: scan.segment,
@@ -768,6 +862,7 @@ impl Request {
                     limit: scan.limit,
                     exclusive_start_key,
                     consistent_read: scan.consistent_read,
+                    read,
                 };
                 let root = fb::ScanRequest::create(&mut fbb, &args);
                 fbb.finish_minimal(root);
@@ -840,6 +935,7 @@ impl Request {
                     table: read_string(request.table()),
                     key: read_item(request.key(), "the key")?,
                     consistent_read: request.consistent_read(),
+                    read: read_read_expressions(request.read())?,
                 }
             }
             MessageType::DeleteItem => {
@@ -897,6 +993,7 @@ impl Request {
                     limit: request.limit(),
                     exclusive_start_key: read_optional_item(request.exclusive_start_key(), "the exclusive start key")?,
                     consistent_read: request.consistent_read(),
+                    read: read_read_expressions(request.read())?,
                 })
             }
             MessageType::Scan => {
@@ -908,6 +1005,7 @@ impl Request {
                     limit: request.limit(),
                     exclusive_start_key: read_optional_item(request.exclusive_start_key(), "the exclusive start key")?,
                     consistent_read: request.consistent_read(),
+                    read: read_read_expressions(request.read())?,
                 })
             }
             MessageType::BatchGetItem => Request::BatchGetItem(read_table_keys(
@@ -1011,10 +1109,11 @@ impl Response {
                 let root = fb::ItemResponse::create(&mut fbb, &fb::ItemResponseArgs { item });
                 fbb.finish_minimal(root);
             }
-            Response::Items { items, scanned_count, last_evaluated_key } => {
+            Response::Items { items, scanned_count, count, last_evaluated_key } => {
                 let items = Some(write_items(&mut fbb, items));
                 let last_evaluated_key = last_evaluated_key.as_ref().map(|key| write_item(&mut fbb, key));
-                let args = fb::ItemsResponseArgs { items, scanned_count: *scanned_count, last_evaluated_key };
+                let args =
+                    fb::ItemsResponseArgs { items, scanned_count: *scanned_count, last_evaluated_key, count: *count };
                 let root = fb::ItemsResponse::create(&mut fbb, &args);
                 fbb.finish_minimal(root);
             }
@@ -1080,6 +1179,7 @@ impl Response {
                 Response::Items {
                     items: read_items(answer.items(), "an item")?,
                     scanned_count: answer.scanned_count(),
+                    count: answer.count(),
                     last_evaluated_key: read_optional_item(answer.last_evaluated_key(), "the last evaluated key")?,
                 }
             }

@@ -63,7 +63,13 @@ proptest! {
         let requests = vec![
             Request::PutItem { table: table.clone(), item: item.clone(), return_old: flag, expressions: expressions.clone(), return_old_on_failure: !flag },
             Request::PutItem { table: table.clone(), item: item.clone(), return_old: flag, expressions: Expressions::default(), return_old_on_failure: false },
-            Request::GetItem { table: table.clone(), key: key.clone(), consistent_read: flag },
+            Request::GetItem { table: table.clone(), key: key.clone(), consistent_read: flag, read: Default::default() },
+            Request::GetItem {
+                table: table.clone(),
+                key: key.clone(),
+                consistent_read: flag,
+                read: ReadExpressions { projection: Some("a, #k.b[1]".into()), names: expressions.names.clone(), ..Default::default() },
+            },
             Request::DeleteItem { table: table.clone(), key: key.clone(), return_old: !flag, expressions: expressions.clone(), return_old_on_failure: flag },
             Request::UpdateItem(UpdateItem {
                 table: table.clone(),
@@ -88,7 +94,7 @@ proptest! {
             Response::Error(failed),
             Response::Item(Some(item.clone())),
             Response::Item(None),
-            Response::Items { items: vec![item.clone(), key.clone()], scanned_count: 9, last_evaluated_key: Some(key.clone()) },
+            Response::Items { items: vec![item.clone(), key.clone()], scanned_count: 9, count: 2, last_evaluated_key: Some(key.clone()) },
             Response::BatchGetItem { responses: vec![(table.clone(), vec![item.clone()])], unprocessed: vec![] },
             Response::BatchWriteItem { unprocessed: vec![Write::Put { table, item }] },
         ];
@@ -118,10 +124,19 @@ proptest! {
                 limit,
                 exclusive_start_key: start.clone(),
                 consistent_read: index % 3 == 0,
+                read: ReadExpressions {
+                    key_condition: (index % 2 == 0).then(|| "pk = :v".into()),
+                    filter: Some("attribute_exists(x)".into()),
+                    projection: (index % 3 == 0).then(|| "x".into()),
+                    names: vec![("#n".into(), "name".into())],
+                    values: vec![(":v".into(), low.clone())],
+                    select: [Select::AllAttributes, Select::SpecificAttributes, Select::Count][index % 3],
+                },
             });
             prop_assert_eq!(round_trip_request(&request), request);
         }
-        let scan = Request::Scan(Scan { table: "t".into(), segment: 3, total_segments: 8, limit, exclusive_start_key: start, consistent_read: true });
+        let read = ReadExpressions { filter: Some("a < :v".into()), values: vec![(":v".into(), high.clone())], ..Default::default() };
+        let scan = Request::Scan(Scan { table: "t".into(), segment: 3, total_segments: 8, limit, exclusive_start_key: start, consistent_read: true, read });
         prop_assert_eq!(round_trip_request(&scan), scan);
     }
 
@@ -131,7 +146,7 @@ proptest! {
         let _ = frame::decode(&bytes);
         let _ = Request::decode(message_type, &bytes);
         let _ = Response::decode(message_type, &bytes);
-        for kind in 1..=11u16 {
+        for kind in 1..=13u16 {
             let _ = Request::decode(kind, &bytes);
         }
         for kind in (0x8001..=0x8006u16).chain([0xFFFF]) {

@@ -322,6 +322,95 @@ impl<'a> flatbuffers::Verifiable for TableStatus {
 
 impl flatbuffers::SimpleToVerifyInSlice for TableStatus {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+pub const ENUM_MIN_SELECT: u8 = 0;
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+pub const ENUM_MAX_SELECT: u8 = 2;
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+#[allow(non_camel_case_types)]
+pub const ENUM_VALUES_SELECT: [Select; 3] = [
+  Select::ALL_ATTRIBUTES,
+  Select::SPECIFIC_ATTRIBUTES,
+  Select::COUNT,
+];
+
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[repr(transparent)]
+pub struct Select(pub u8);
+#[allow(non_upper_case_globals)]
+impl Select {
+  pub const ALL_ATTRIBUTES: Self = Self(0);
+  pub const SPECIFIC_ATTRIBUTES: Self = Self(1);
+  pub const COUNT: Self = Self(2);
+
+  pub const ENUM_MIN: u8 = 0;
+  pub const ENUM_MAX: u8 = 2;
+  pub const ENUM_VALUES: &'static [Self] = &[
+    Self::ALL_ATTRIBUTES,
+    Self::SPECIFIC_ATTRIBUTES,
+    Self::COUNT,
+  ];
+  /// Returns the variant's name or "" if unknown.
+  pub fn variant_name(self) -> Option<&'static str> {
+    match self {
+      Self::ALL_ATTRIBUTES => Some("ALL_ATTRIBUTES"),
+      Self::SPECIFIC_ATTRIBUTES => Some("SPECIFIC_ATTRIBUTES"),
+      Self::COUNT => Some("COUNT"),
+      _ => None,
+    }
+  }
+}
+impl core::fmt::Debug for Select {
+  fn fmt(&self, f: &mut core::fmt::Formatter) -> core::fmt::Result {
+    if let Some(name) = self.variant_name() {
+      f.write_str(name)
+    } else {
+      f.write_fmt(format_args!("<UNKNOWN {:?}>", self.0))
+    }
+  }
+}
+impl<'a> flatbuffers::Follow<'a> for Select {
+  type Inner = Self;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    let b = flatbuffers::read_scalar_at::<u8>(buf, loc);
+    Self(b)
+  }
+}
+
+impl flatbuffers::Push for Select {
+    type Output = Select;
+    #[inline]
+    unsafe fn push(&self, dst: &mut [u8], _written_len: usize) {
+        flatbuffers::emplace_scalar::<u8>(dst, self.0);
+    }
+}
+
+impl flatbuffers::EndianScalar for Select {
+  type Scalar = u8;
+  #[inline]
+  fn to_little_endian(self) -> u8 {
+    self.0.to_le()
+  }
+  #[inline]
+  #[allow(clippy::wrong_self_convention)]
+  fn from_little_endian(v: u8) -> Self {
+    let b = u8::from_le(v);
+    Self(b)
+  }
+}
+
+impl<'a> flatbuffers::Verifiable for Select {
+  #[inline]
+  fn run_verifier(
+    v: &mut flatbuffers::Verifier, pos: usize
+  ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+    use self::flatbuffers::Verifiable;
+    u8::run_verifier(v, pos)
+  }
+}
+
+impl flatbuffers::SimpleToVerifyInSlice for Select {}
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_RETURN_VALUES: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MAX_RETURN_VALUES: u8 = 4;
@@ -2921,6 +3010,188 @@ impl core::fmt::Debug for PutItemRequest<'_> {
       ds.finish()
   }
 }
+pub enum ReadExpressionsOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct ReadExpressions<'a> {
+  pub _tab: flatbuffers::Table<'a>,
+}
+
+impl<'a> flatbuffers::Follow<'a> for ReadExpressions<'a> {
+  type Inner = ReadExpressions<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: flatbuffers::Table::new(buf, loc) }
+  }
+}
+
+impl<'a> ReadExpressions<'a> {
+  pub const VT_KEY_CONDITION: flatbuffers::VOffsetT = 4;
+  pub const VT_FILTER: flatbuffers::VOffsetT = 6;
+  pub const VT_PROJECTION: flatbuffers::VOffsetT = 8;
+  pub const VT_NAMES: flatbuffers::VOffsetT = 10;
+  pub const VT_VALUES: flatbuffers::VOffsetT = 12;
+  pub const VT_SELECT: flatbuffers::VOffsetT = 14;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
+    ReadExpressions { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr>(
+    _fbb: &'mut_bldr mut flatbuffers::FlatBufferBuilder<'bldr>,
+    args: &'args ReadExpressionsArgs<'args>
+  ) -> flatbuffers::WIPOffset<ReadExpressions<'bldr>> {
+    let mut builder = ReadExpressionsBuilder::new(_fbb);
+    if let Some(x) = args.values { builder.add_values(x); }
+    if let Some(x) = args.names { builder.add_names(x); }
+    if let Some(x) = args.projection { builder.add_projection(x); }
+    if let Some(x) = args.filter { builder.add_filter(x); }
+    if let Some(x) = args.key_condition { builder.add_key_condition(x); }
+    builder.add_select(args.select);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn key_condition(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<&str>>(ReadExpressions::VT_KEY_CONDITION, None)}
+  }
+  #[inline]
+  pub fn filter(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<&str>>(ReadExpressions::VT_FILTER, None)}
+  }
+  #[inline]
+  pub fn projection(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<&str>>(ReadExpressions::VT_PROJECTION, None)}
+  }
+  #[inline]
+  pub fn names(&self) -> Option<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<NameEntry<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<NameEntry>>>>(ReadExpressions::VT_NAMES, None)}
+  }
+  #[inline]
+  pub fn values(&self) -> Option<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<ValueEntry<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<ValueEntry>>>>(ReadExpressions::VT_VALUES, None)}
+  }
+  #[inline]
+  pub fn select(&self) -> Select {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<Select>(ReadExpressions::VT_SELECT, Some(Select::ALL_ATTRIBUTES)).unwrap()}
+  }
+}
+
+impl flatbuffers::Verifiable for ReadExpressions<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut flatbuffers::Verifier, pos: usize
+  ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+    use self::flatbuffers::Verifiable;
+    v.visit_table(pos)?
+     .visit_field::<flatbuffers::ForwardsUOffset<&str>>("key_condition", Self::VT_KEY_CONDITION, false)?
+     .visit_field::<flatbuffers::ForwardsUOffset<&str>>("filter", Self::VT_FILTER, false)?
+     .visit_field::<flatbuffers::ForwardsUOffset<&str>>("projection", Self::VT_PROJECTION, false)?
+     .visit_field::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'_, flatbuffers::ForwardsUOffset<NameEntry>>>>("names", Self::VT_NAMES, false)?
+     .visit_field::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'_, flatbuffers::ForwardsUOffset<ValueEntry>>>>("values", Self::VT_VALUES, false)?
+     .visit_field::<Select>("select", Self::VT_SELECT, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct ReadExpressionsArgs<'a> {
+    pub key_condition: Option<flatbuffers::WIPOffset<&'a str>>,
+    pub filter: Option<flatbuffers::WIPOffset<&'a str>>,
+    pub projection: Option<flatbuffers::WIPOffset<&'a str>>,
+    pub names: Option<flatbuffers::WIPOffset<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<NameEntry<'a>>>>>,
+    pub values: Option<flatbuffers::WIPOffset<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<ValueEntry<'a>>>>>,
+    pub select: Select,
+}
+impl<'a> Default for ReadExpressionsArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    ReadExpressionsArgs {
+      key_condition: None,
+      filter: None,
+      projection: None,
+      names: None,
+      values: None,
+      select: Select::ALL_ATTRIBUTES,
+    }
+  }
+}
+
+pub struct ReadExpressionsBuilder<'a: 'b, 'b> {
+  fbb_: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+  start_: flatbuffers::WIPOffset<flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b> ReadExpressionsBuilder<'a, 'b> {
+  #[inline]
+  pub fn add_key_condition(&mut self, key_condition: flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(ReadExpressions::VT_KEY_CONDITION, key_condition);
+  }
+  #[inline]
+  pub fn add_filter(&mut self, filter: flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(ReadExpressions::VT_FILTER, filter);
+  }
+  #[inline]
+  pub fn add_projection(&mut self, projection: flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(ReadExpressions::VT_PROJECTION, projection);
+  }
+  #[inline]
+  pub fn add_names(&mut self, names: flatbuffers::WIPOffset<flatbuffers::Vector<'b , flatbuffers::ForwardsUOffset<NameEntry<'b >>>>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(ReadExpressions::VT_NAMES, names);
+  }
+  #[inline]
+  pub fn add_values(&mut self, values: flatbuffers::WIPOffset<flatbuffers::Vector<'b , flatbuffers::ForwardsUOffset<ValueEntry<'b >>>>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(ReadExpressions::VT_VALUES, values);
+  }
+  #[inline]
+  pub fn add_select(&mut self, select: Select) {
+    self.fbb_.push_slot::<Select>(ReadExpressions::VT_SELECT, select, Select::ALL_ATTRIBUTES);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>) -> ReadExpressionsBuilder<'a, 'b> {
+    let start = _fbb.start_table();
+    ReadExpressionsBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> flatbuffers::WIPOffset<ReadExpressions<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl core::fmt::Debug for ReadExpressions<'_> {
+  fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+    let mut ds = f.debug_struct("ReadExpressions");
+      ds.field("key_condition", &self.key_condition());
+      ds.field("filter", &self.filter());
+      ds.field("projection", &self.projection());
+      ds.field("names", &self.names());
+      ds.field("values", &self.values());
+      ds.field("select", &self.select());
+      ds.finish()
+  }
+}
 pub enum GetItemRequestOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -2940,6 +3211,7 @@ impl<'a> GetItemRequest<'a> {
   pub const VT_TABLE: flatbuffers::VOffsetT = 4;
   pub const VT_KEY: flatbuffers::VOffsetT = 6;
   pub const VT_CONSISTENT_READ: flatbuffers::VOffsetT = 8;
+  pub const VT_READ: flatbuffers::VOffsetT = 10;
 
   #[inline]
   pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
@@ -2951,6 +3223,7 @@ impl<'a> GetItemRequest<'a> {
     args: &'args GetItemRequestArgs<'args>
   ) -> flatbuffers::WIPOffset<GetItemRequest<'bldr>> {
     let mut builder = GetItemRequestBuilder::new(_fbb);
+    if let Some(x) = args.read { builder.add_read(x); }
     if let Some(x) = args.key { builder.add_key(x); }
     if let Some(x) = args.table { builder.add_table(x); }
     builder.add_consistent_read(args.consistent_read);
@@ -2979,6 +3252,13 @@ impl<'a> GetItemRequest<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<bool>(GetItemRequest::VT_CONSISTENT_READ, Some(false)).unwrap()}
   }
+  #[inline]
+  pub fn read(&self) -> Option<ReadExpressions<'a>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<ReadExpressions>>(GetItemRequest::VT_READ, None)}
+  }
 }
 
 impl flatbuffers::Verifiable for GetItemRequest<'_> {
@@ -2991,6 +3271,7 @@ impl flatbuffers::Verifiable for GetItemRequest<'_> {
      .visit_field::<flatbuffers::ForwardsUOffset<&str>>("table", Self::VT_TABLE, false)?
      .visit_field::<flatbuffers::ForwardsUOffset<Item>>("key", Self::VT_KEY, false)?
      .visit_field::<bool>("consistent_read", Self::VT_CONSISTENT_READ, false)?
+     .visit_field::<flatbuffers::ForwardsUOffset<ReadExpressions>>("read", Self::VT_READ, false)?
      .finish();
     Ok(())
   }
@@ -2999,6 +3280,7 @@ pub struct GetItemRequestArgs<'a> {
     pub table: Option<flatbuffers::WIPOffset<&'a str>>,
     pub key: Option<flatbuffers::WIPOffset<Item<'a>>>,
     pub consistent_read: bool,
+    pub read: Option<flatbuffers::WIPOffset<ReadExpressions<'a>>>,
 }
 impl<'a> Default for GetItemRequestArgs<'a> {
   #[inline]
@@ -3007,6 +3289,7 @@ impl<'a> Default for GetItemRequestArgs<'a> {
       table: None,
       key: None,
       consistent_read: false,
+      read: None,
     }
   }
 }
@@ -3029,6 +3312,10 @@ impl<'a: 'b, 'b> GetItemRequestBuilder<'a, 'b> {
     self.fbb_.push_slot::<bool>(GetItemRequest::VT_CONSISTENT_READ, consistent_read, false);
   }
   #[inline]
+  pub fn add_read(&mut self, read: flatbuffers::WIPOffset<ReadExpressions<'b >>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<ReadExpressions>>(GetItemRequest::VT_READ, read);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>) -> GetItemRequestBuilder<'a, 'b> {
     let start = _fbb.start_table();
     GetItemRequestBuilder {
@@ -3049,6 +3336,7 @@ impl core::fmt::Debug for GetItemRequest<'_> {
       ds.field("table", &self.table());
       ds.field("key", &self.key());
       ds.field("consistent_read", &self.consistent_read());
+      ds.field("read", &self.read());
       ds.finish()
   }
 }
@@ -3521,6 +3809,7 @@ impl<'a> QueryRequest<'a> {
   pub const VT_LIMIT: flatbuffers::VOffsetT = 16;
   pub const VT_EXCLUSIVE_START_KEY: flatbuffers::VOffsetT = 18;
   pub const VT_CONSISTENT_READ: flatbuffers::VOffsetT = 20;
+  pub const VT_READ: flatbuffers::VOffsetT = 22;
 
   #[inline]
   pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
@@ -3532,6 +3821,7 @@ impl<'a> QueryRequest<'a> {
     args: &'args QueryRequestArgs<'args>
   ) -> flatbuffers::WIPOffset<QueryRequest<'bldr>> {
     let mut builder = QueryRequestBuilder::new(_fbb);
+    if let Some(x) = args.read { builder.add_read(x); }
     if let Some(x) = args.exclusive_start_key { builder.add_exclusive_start_key(x); }
     builder.add_limit(args.limit);
     if let Some(x) = args.sort_value_high { builder.add_sort_value_high(x); }
@@ -3608,6 +3898,13 @@ impl<'a> QueryRequest<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<bool>(QueryRequest::VT_CONSISTENT_READ, Some(false)).unwrap()}
   }
+  #[inline]
+  pub fn read(&self) -> Option<ReadExpressions<'a>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<ReadExpressions>>(QueryRequest::VT_READ, None)}
+  }
 }
 
 impl flatbuffers::Verifiable for QueryRequest<'_> {
@@ -3626,6 +3923,7 @@ impl flatbuffers::Verifiable for QueryRequest<'_> {
      .visit_field::<u32>("limit", Self::VT_LIMIT, false)?
      .visit_field::<flatbuffers::ForwardsUOffset<Item>>("exclusive_start_key", Self::VT_EXCLUSIVE_START_KEY, false)?
      .visit_field::<bool>("consistent_read", Self::VT_CONSISTENT_READ, false)?
+     .visit_field::<flatbuffers::ForwardsUOffset<ReadExpressions>>("read", Self::VT_READ, false)?
      .finish();
     Ok(())
   }
@@ -3640,6 +3938,7 @@ pub struct QueryRequestArgs<'a> {
     pub limit: u32,
     pub exclusive_start_key: Option<flatbuffers::WIPOffset<Item<'a>>>,
     pub consistent_read: bool,
+    pub read: Option<flatbuffers::WIPOffset<ReadExpressions<'a>>>,
 }
 impl<'a> Default for QueryRequestArgs<'a> {
   #[inline]
@@ -3654,6 +3953,7 @@ impl<'a> Default for QueryRequestArgs<'a> {
       limit: 0,
       exclusive_start_key: None,
       consistent_read: false,
+      read: None,
     }
   }
 }
@@ -3700,6 +4000,10 @@ impl<'a: 'b, 'b> QueryRequestBuilder<'a, 'b> {
     self.fbb_.push_slot::<bool>(QueryRequest::VT_CONSISTENT_READ, consistent_read, false);
   }
   #[inline]
+  pub fn add_read(&mut self, read: flatbuffers::WIPOffset<ReadExpressions<'b >>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<ReadExpressions>>(QueryRequest::VT_READ, read);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>) -> QueryRequestBuilder<'a, 'b> {
     let start = _fbb.start_table();
     QueryRequestBuilder {
@@ -3726,6 +4030,7 @@ impl core::fmt::Debug for QueryRequest<'_> {
       ds.field("limit", &self.limit());
       ds.field("exclusive_start_key", &self.exclusive_start_key());
       ds.field("consistent_read", &self.consistent_read());
+      ds.field("read", &self.read());
       ds.finish()
   }
 }
@@ -3751,6 +4056,7 @@ impl<'a> ScanRequest<'a> {
   pub const VT_LIMIT: flatbuffers::VOffsetT = 10;
   pub const VT_EXCLUSIVE_START_KEY: flatbuffers::VOffsetT = 12;
   pub const VT_CONSISTENT_READ: flatbuffers::VOffsetT = 14;
+  pub const VT_READ: flatbuffers::VOffsetT = 16;
 
   #[inline]
   pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
@@ -3762,6 +4068,7 @@ impl<'a> ScanRequest<'a> {
     args: &'args ScanRequestArgs<'args>
   ) -> flatbuffers::WIPOffset<ScanRequest<'bldr>> {
     let mut builder = ScanRequestBuilder::new(_fbb);
+    if let Some(x) = args.read { builder.add_read(x); }
     if let Some(x) = args.exclusive_start_key { builder.add_exclusive_start_key(x); }
     builder.add_limit(args.limit);
     builder.add_total_segments(args.total_segments);
@@ -3814,6 +4121,13 @@ impl<'a> ScanRequest<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<bool>(ScanRequest::VT_CONSISTENT_READ, Some(false)).unwrap()}
   }
+  #[inline]
+  pub fn read(&self) -> Option<ReadExpressions<'a>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<ReadExpressions>>(ScanRequest::VT_READ, None)}
+  }
 }
 
 impl flatbuffers::Verifiable for ScanRequest<'_> {
@@ -3829,6 +4143,7 @@ impl flatbuffers::Verifiable for ScanRequest<'_> {
      .visit_field::<u32>("limit", Self::VT_LIMIT, false)?
      .visit_field::<flatbuffers::ForwardsUOffset<Item>>("exclusive_start_key", Self::VT_EXCLUSIVE_START_KEY, false)?
      .visit_field::<bool>("consistent_read", Self::VT_CONSISTENT_READ, false)?
+     .visit_field::<flatbuffers::ForwardsUOffset<ReadExpressions>>("read", Self::VT_READ, false)?
      .finish();
     Ok(())
   }
@@ -3840,6 +4155,7 @@ pub struct ScanRequestArgs<'a> {
     pub limit: u32,
     pub exclusive_start_key: Option<flatbuffers::WIPOffset<Item<'a>>>,
     pub consistent_read: bool,
+    pub read: Option<flatbuffers::WIPOffset<ReadExpressions<'a>>>,
 }
 impl<'a> Default for ScanRequestArgs<'a> {
   #[inline]
@@ -3851,6 +4167,7 @@ impl<'a> Default for ScanRequestArgs<'a> {
       limit: 0,
       exclusive_start_key: None,
       consistent_read: false,
+      read: None,
     }
   }
 }
@@ -3885,6 +4202,10 @@ impl<'a: 'b, 'b> ScanRequestBuilder<'a, 'b> {
     self.fbb_.push_slot::<bool>(ScanRequest::VT_CONSISTENT_READ, consistent_read, false);
   }
   #[inline]
+  pub fn add_read(&mut self, read: flatbuffers::WIPOffset<ReadExpressions<'b >>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<ReadExpressions>>(ScanRequest::VT_READ, read);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>) -> ScanRequestBuilder<'a, 'b> {
     let start = _fbb.start_table();
     ScanRequestBuilder {
@@ -3908,6 +4229,7 @@ impl core::fmt::Debug for ScanRequest<'_> {
       ds.field("limit", &self.limit());
       ds.field("exclusive_start_key", &self.exclusive_start_key());
       ds.field("consistent_read", &self.consistent_read());
+      ds.field("read", &self.read());
       ds.finish()
   }
 }
@@ -3930,6 +4252,7 @@ impl<'a> ItemsResponse<'a> {
   pub const VT_ITEMS: flatbuffers::VOffsetT = 4;
   pub const VT_SCANNED_COUNT: flatbuffers::VOffsetT = 6;
   pub const VT_LAST_EVALUATED_KEY: flatbuffers::VOffsetT = 8;
+  pub const VT_COUNT: flatbuffers::VOffsetT = 10;
 
   #[inline]
   pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
@@ -3941,6 +4264,7 @@ impl<'a> ItemsResponse<'a> {
     args: &'args ItemsResponseArgs<'args>
   ) -> flatbuffers::WIPOffset<ItemsResponse<'bldr>> {
     let mut builder = ItemsResponseBuilder::new(_fbb);
+    builder.add_count(args.count);
     if let Some(x) = args.last_evaluated_key { builder.add_last_evaluated_key(x); }
     builder.add_scanned_count(args.scanned_count);
     if let Some(x) = args.items { builder.add_items(x); }
@@ -3969,6 +4293,13 @@ impl<'a> ItemsResponse<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<Item>>(ItemsResponse::VT_LAST_EVALUATED_KEY, None)}
   }
+  #[inline]
+  pub fn count(&self) -> u32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(ItemsResponse::VT_COUNT, Some(0)).unwrap()}
+  }
 }
 
 impl flatbuffers::Verifiable for ItemsResponse<'_> {
@@ -3981,6 +4312,7 @@ impl flatbuffers::Verifiable for ItemsResponse<'_> {
      .visit_field::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'_, flatbuffers::ForwardsUOffset<Item>>>>("items", Self::VT_ITEMS, false)?
      .visit_field::<u32>("scanned_count", Self::VT_SCANNED_COUNT, false)?
      .visit_field::<flatbuffers::ForwardsUOffset<Item>>("last_evaluated_key", Self::VT_LAST_EVALUATED_KEY, false)?
+     .visit_field::<u32>("count", Self::VT_COUNT, false)?
      .finish();
     Ok(())
   }
@@ -3989,6 +4321,7 @@ pub struct ItemsResponseArgs<'a> {
     pub items: Option<flatbuffers::WIPOffset<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<Item<'a>>>>>,
     pub scanned_count: u32,
     pub last_evaluated_key: Option<flatbuffers::WIPOffset<Item<'a>>>,
+    pub count: u32,
 }
 impl<'a> Default for ItemsResponseArgs<'a> {
   #[inline]
@@ -3997,6 +4330,7 @@ impl<'a> Default for ItemsResponseArgs<'a> {
       items: None,
       scanned_count: 0,
       last_evaluated_key: None,
+      count: 0,
     }
   }
 }
@@ -4019,6 +4353,10 @@ impl<'a: 'b, 'b> ItemsResponseBuilder<'a, 'b> {
     self.fbb_.push_slot_always::<flatbuffers::WIPOffset<Item>>(ItemsResponse::VT_LAST_EVALUATED_KEY, last_evaluated_key);
   }
   #[inline]
+  pub fn add_count(&mut self, count: u32) {
+    self.fbb_.push_slot::<u32>(ItemsResponse::VT_COUNT, count, 0);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>) -> ItemsResponseBuilder<'a, 'b> {
     let start = _fbb.start_table();
     ItemsResponseBuilder {
@@ -4039,6 +4377,7 @@ impl core::fmt::Debug for ItemsResponse<'_> {
       ds.field("items", &self.items());
       ds.field("scanned_count", &self.scanned_count());
       ds.field("last_evaluated_key", &self.last_evaluated_key());
+      ds.field("count", &self.count());
       ds.finish()
   }
 }
