@@ -840,24 +840,17 @@ fn conditional_writes_race_correctly() {
         ErrorCode::ValidationException,
     );
     assert!(message.contains("Cannot update attribute id"), "{message}");
-    let message = service_error(
-        client.put_item_if(
-            "locks",
-            ItemBuilder::new().s("id", "x").build(),
-            Expressions::condition("status = :v").value(":v", n(1)),
-        ),
-        ErrorCode::ValidationException,
-    );
-    assert!(message.contains("reserved keyword: status"), "{message}");
-    let message = service_error(
-        client.put_item_if(
-            "locks",
-            ItemBuilder::new().s("id", "x").build(),
-            Expressions::condition("attribute_exists(id)").value(":unused", n(1)),
-        ),
-        ErrorCode::ValidationException,
-    );
-    assert!(message.contains("unused in expressions"), "{message}");
+    for (condition, placeholder, expected) in [
+        ("status = :v", ":v", "reserved keyword: status"),
+        ("attribute_exists(id)", ":unused", "unused in expressions"),
+    ] {
+        let expressions = Expressions::condition(condition).value(placeholder, n(1));
+        let message = service_error(
+            client.put_item_if("locks", ItemBuilder::new().s("id", "x").build(), expressions),
+            ErrorCode::ValidationException,
+        );
+        assert!(message.contains(expected), "{message}");
+    }
 }
 
 /// Reads with expressions through the real server: KeyConditionExpression, FilterExpression
