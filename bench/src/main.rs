@@ -106,13 +106,21 @@ struct Report {
     issued: u64,
 }
 
+/// Ends the run with a one-line error (from any thread).
+fn fail(message: String) -> ! {
+    eprintln!("tessera-load: {message}");
+    std::process::exit(1)
+}
+
 fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds")
 }
 
 async fn pool(settings: &Settings) -> Rc<AsyncPool> {
     Rc::new(
-        AsyncPool::connect(settings.endpoint, settings.connections, ClientConfig::default()).await.expect("connect"),
+        AsyncPool::connect(settings.endpoint, settings.connections, ClientConfig::default())
+            .await
+            .unwrap_or_else(|error| fail(format!("cannot connect to {}: {error}", settings.endpoint))),
     )
 }
 
@@ -132,7 +140,9 @@ async fn prefill(settings: Settings, thread: usize) {
                     next.set(index + settings.threads as u64);
                     let item = item(index, settings.value_bytes);
                     let client = pool.route(&settings.table, &item).await;
-                    client.put_item(&settings.table, item).await.expect("prefill put");
+                    if let Err(error) = client.put_item(&settings.table, item).await {
+                        fail(format!("prefill: {error}"));
+                    }
                 }
             })
         })
@@ -227,10 +237,11 @@ fn main() {
         }
     };
     if let Some(partitions) = settings.create {
-        let mut client = Client::connect(settings.endpoint).expect("connect");
+        let mut client = Client::connect(settings.endpoint)
+            .unwrap_or_else(|error| fail(format!("cannot connect to {}: {error}", settings.endpoint)));
         client
             .create_table(&settings.table, KeySchema::hash_only("id", KeyType::S), partitions)
-            .expect("create the table");
+            .unwrap_or_else(|error| fail(format!("cannot create table {}: {error}", settings.table)));
     }
     let spawn_all = |prefilling: bool| -> Vec<Option<Report>> {
         let handles: Vec<_> = (0..settings.threads)
