@@ -256,6 +256,14 @@ impl ReadPlan {
         Ok(ReadPlan { key, filter, projection, count_only: read.select == Select::Count })
     }
 
+    /// The plan of a read by key (GetItem, BatchGetItem), which takes a projection only.
+    fn projection_only(read: &ReadExpressions, operation: &str) -> Result<ReadPlan, WireError> {
+        if read.filter.is_some() || read.key_condition.is_some() || read.select != Select::AllAttributes {
+            return Err(invalid(format!("{operation} takes a ProjectionExpression only")));
+        }
+        ReadPlan::parse(read, None)
+    }
+
     fn project(&self, item: Item) -> Item {
         match &self.projection {
             Some(paths) => expr::project(&item, paths),
@@ -774,10 +782,7 @@ impl Shard {
 
     async fn get_item(self: &Rc<Shard>, name: &str, key: &Item, read: &ReadExpressions) -> Result<Response, WireError> {
         let table = self.table(name)?;
-        if read.filter.is_some() || read.key_condition.is_some() || read.select != Select::AllAttributes {
-            return Err(invalid("GetItem takes a ProjectionExpression only"));
-        }
-        let plan = ReadPlan::parse(read, None)?;
+        let plan = ReadPlan::projection_only(read, "GetItem")?;
         let key = encode_exact_key(&table.key_schema, key)?;
         let (core, partition) = self.place(&table, &key);
         match self.old_item(core, Op::Get { partition, key }).await? {
@@ -1031,8 +1036,10 @@ impl Shard {
         }
         let mut gets = Vec::new();
         let mut seen = BTreeSet::new();
+        let mut plans = BTreeMap::new();
         for request in &tables {
             let table = self.table(&request.table)?;
+            plans.insert(table.name.clone(), ReadPlan::projection_only(&request.read, "BatchGetItem")?);
             for key in &request.keys {
                 let key = encode_exact_key(&table.key_schema, key)?;
                 if !seen.insert((table.id, key.clone())) {
@@ -1050,7 +1057,10 @@ impl Shard {
         for get in gets {
             let (name, result) = get.await;
             match result {
-                OpResult::Value(Some(value)) => responses.entry(name).or_default().push(decode_stored(&value)?),
+                OpResult::Value(Some(value)) => {
+                    let item = plans[&name].project(decode_stored(&value)?);
+                    responses.entry(name).or_default().push(item)
+                }
                 OpResult::Value(None) => {
                     responses.entry(name).or_default();
                 }

@@ -301,7 +301,12 @@ fn batches_have_dynamodb_limits() {
     assert!(client.batch_write_item(vec![Write::Delete { table: "pairs".into(), key: key(0) }]).unwrap().is_empty());
 
     let keys = |range: std::ops::Range<i64>| {
-        vec![TableKeys { table: "pairs".into(), keys: range.map(key).collect(), consistent_read: true }]
+        vec![TableKeys {
+            table: "pairs".into(),
+            keys: range.map(key).collect(),
+            consistent_read: true,
+            read: Default::default(),
+        }]
     };
     let (responses, unprocessed) = client.batch_get_item(keys(0..30)).unwrap();
     assert!(unprocessed.is_empty());
@@ -671,7 +676,12 @@ fn the_async_pool_pipelines_many_calls_per_connection() {
             assert!(client.batch_write_item(deletes.collect()).await.unwrap().is_empty());
             let keys = (5..15).map(|k| ItemBuilder::new().n("k", k).build()).collect();
             let (responses, _) = client
-                .batch_get_item(vec![TableKeys { table: "pipelined".into(), keys, consistent_read: true }])
+                .batch_get_item(vec![TableKeys {
+                    table: "pipelined".into(),
+                    keys,
+                    consistent_read: true,
+                    read: Default::default(),
+                }])
                 .await
                 .unwrap();
             assert_eq!(responses[0].1.len(), 5);
@@ -925,6 +935,18 @@ fn reads_take_key_conditions_filters_and_projections() {
         },
     };
     assert_eq!(client.call(&get).unwrap(), Response::Item(Some(ItemBuilder::new().s("state", "shipped").build())));
+    let batch = TableKeys {
+        table: "orders".into(),
+        keys: vec![orders_key("c1", 1), orders_key("c1", 9)],
+        consistent_read: true,
+        read: ReadExpressions { projection: Some("amount".into()), ..Default::default() },
+    };
+    let (found, _) = client.batch_get_item(vec![batch]).unwrap();
+    let amounts = &found[0].1;
+    assert_eq!(amounts.len(), 2);
+    for amount in [10, 90] {
+        assert!(amounts.contains(&ItemBuilder::new().n("amount", amount).build()), "{amounts:?}");
+    }
 
     for (key_condition, filter, expected) in [
         ("customer = :c AND n > :lo AND n < :hi", None, "only contain one condition per key"),

@@ -193,6 +193,8 @@ pub struct TableKeys {
     pub table: String,
     pub keys: Vec<Item>,
     pub consistent_read: bool,
+    /// The ProjectionExpression (and its names) for this table's items.
+    pub read: ReadExpressions,
 }
 
 /// One write of a BatchWriteItem.
@@ -514,9 +516,10 @@ fn write_table_keys<'a>(
         .map(|keys| {
             let table = Some(fbb.create_string(&keys.table));
             let keys_offset = Some(write_items(fbb, &keys.keys));
+            let read = Some(write_read_expressions(fbb, &keys.read));
             fb::TableKeys::create(
                 fbb,
-                &fb::TableKeysArgs { table, keys: keys_offset, consistent_read: keys.consistent_read },
+                &fb::TableKeysArgs { table, keys: keys_offset, consistent_read: keys.consistent_read, read },
             )
         })
         .collect();
@@ -667,6 +670,7 @@ fn read_table_keys(
                 table: read_string(keys.table()),
                 keys: read_items(keys.keys(), "a key")?,
                 consistent_read: keys.consistent_read(),
+                read: read_read_expressions(keys.read())?,
             })
         })
         .collect()

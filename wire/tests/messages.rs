@@ -79,7 +79,7 @@ proptest! {
                 return_values: if flag { ReturnValues::UpdatedNew } else { ReturnValues::AllOld },
                 return_old_on_failure: flag,
             }),
-            Request::BatchGetItem(vec![TableKeys { table: table.clone(), keys: vec![key.clone(), item.clone()], consistent_read: flag }]),
+            Request::BatchGetItem(vec![TableKeys { table: table.clone(), keys: vec![key.clone(), item.clone()], consistent_read: flag, read: ReadExpressions { projection: Some("a".into()), ..Default::default() } }]),
             Request::BatchWriteItem(vec![
                 Write::Put { table: table.clone(), item: item.clone() },
                 Write::Delete { table: table.clone(), key: key.clone() },

@@ -4400,6 +4400,7 @@ impl<'a> TableKeys<'a> {
   pub const VT_TABLE: flatbuffers::VOffsetT = 4;
   pub const VT_KEYS: flatbuffers::VOffsetT = 6;
   pub const VT_CONSISTENT_READ: flatbuffers::VOffsetT = 8;
+  pub const VT_READ: flatbuffers::VOffsetT = 10;
 
   #[inline]
   pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
@@ -4411,6 +4412,7 @@ impl<'a> TableKeys<'a> {
     args: &'args TableKeysArgs<'args>
   ) -> flatbuffers::WIPOffset<TableKeys<'bldr>> {
     let mut builder = TableKeysBuilder::new(_fbb);
+    if let Some(x) = args.read { builder.add_read(x); }
     if let Some(x) = args.keys { builder.add_keys(x); }
     if let Some(x) = args.table { builder.add_table(x); }
     builder.add_consistent_read(args.consistent_read);
@@ -4439,6 +4441,13 @@ impl<'a> TableKeys<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<bool>(TableKeys::VT_CONSISTENT_READ, Some(false)).unwrap()}
   }
+  #[inline]
+  pub fn read(&self) -> Option<ReadExpressions<'a>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<ReadExpressions>>(TableKeys::VT_READ, None)}
+  }
 }
 
 impl flatbuffers::Verifiable for TableKeys<'_> {
@@ -4451,6 +4460,7 @@ impl flatbuffers::Verifiable for TableKeys<'_> {
      .visit_field::<flatbuffers::ForwardsUOffset<&str>>("table", Self::VT_TABLE, false)?
      .visit_field::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'_, flatbuffers::ForwardsUOffset<Item>>>>("keys", Self::VT_KEYS, false)?
      .visit_field::<bool>("consistent_read", Self::VT_CONSISTENT_READ, false)?
+     .visit_field::<flatbuffers::ForwardsUOffset<ReadExpressions>>("read", Self::VT_READ, false)?
      .finish();
     Ok(())
   }
@@ -4459,6 +4469,7 @@ pub struct TableKeysArgs<'a> {
     pub table: Option<flatbuffers::WIPOffset<&'a str>>,
     pub keys: Option<flatbuffers::WIPOffset<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<Item<'a>>>>>,
     pub consistent_read: bool,
+    pub read: Option<flatbuffers::WIPOffset<ReadExpressions<'a>>>,
 }
 impl<'a> Default for TableKeysArgs<'a> {
   #[inline]
@@ -4467,6 +4478,7 @@ impl<'a> Default for TableKeysArgs<'a> {
       table: None,
       keys: None,
       consistent_read: false,
+      read: None,
     }
   }
 }
@@ -4489,6 +4501,10 @@ impl<'a: 'b, 'b> TableKeysBuilder<'a, 'b> {
     self.fbb_.push_slot::<bool>(TableKeys::VT_CONSISTENT_READ, consistent_read, false);
   }
   #[inline]
+  pub fn add_read(&mut self, read: flatbuffers::WIPOffset<ReadExpressions<'b >>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<ReadExpressions>>(TableKeys::VT_READ, read);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>) -> TableKeysBuilder<'a, 'b> {
     let start = _fbb.start_table();
     TableKeysBuilder {
@@ -4509,6 +4525,7 @@ impl core::fmt::Debug for TableKeys<'_> {
       ds.field("table", &self.table());
       ds.field("keys", &self.keys());
       ds.field("consistent_read", &self.consistent_read());
+      ds.field("read", &self.read());
       ds.finish()
   }
 }
