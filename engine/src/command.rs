@@ -1,6 +1,8 @@
 //! Log commands: what a replica applies at a slot, and how it is encoded in a WAL record
-//! (FORMAT.md, "Commands"). Applying a command is deterministic and idempotent, so replaying
-//! a record that was already applied before a crash changes nothing.
+//! (FORMAT.md, "Commands"). Applying a command is deterministic: every replica that applies the
+//! same records in the same order holds the same state. Conditional commands are not
+//! idempotent (an ADD applied twice counts twice), so each record is applied exactly once,
+//! recovery included (it replays only what the checkpoint does not cover).
 
 use crate::codec::{decode_item, encode_item, put_varint, ItemMeta, Reader};
 use crate::expr::codec::{decode_condition, decode_update, encode_condition, encode_update};
