@@ -221,28 +221,17 @@ struct ReadPlan {
 impl ReadPlan {
     /// `schema` is the table's key schema for a Query (whose key condition it parses).
     fn parse(read: &ReadExpressions, schema: Option<&KeySchema>) -> Result<ReadPlan, WireError> {
-        let names: HashMap<String, String> = read.names.iter().cloned().collect();
-        let values: HashMap<String, AttributeValue> = read.values.iter().cloned().collect();
+        let (names, values) = placeholder_maps(&read.names, &read.values);
         let mut placeholders = Placeholders::new(&names, &values);
-        let error = |error: expr::ExprError| invalid(error.to_string());
-        let key = match (&read.key_condition, schema) {
-            (Some(text), Some(schema)) => {
-                Some(expr::parse_key_condition(text, &mut placeholders, schema).map_err(error)?)
-            }
-            _ => None,
+        let key = match schema {
+            Some(schema) => parse_optional(read.key_condition.as_deref(), |text| {
+                expr::parse_key_condition(text, &mut placeholders, schema)
+            })?,
+            None => None,
         };
-        let filter = read
-            .filter
-            .as_deref()
-            .map(|text| expr::parse_filter(text, &mut placeholders))
-            .transpose()
-            .map_err(error)?;
-        let projection = read
-            .projection
-            .as_deref()
-            .map(|text| expr::parse_projection(text, &mut placeholders))
-            .transpose()
-            .map_err(error)?;
+        let filter = parse_optional(read.filter.as_deref(), |text| expr::parse_filter(text, &mut placeholders))?;
+        let projection =
+            parse_optional(read.projection.as_deref(), |text| expr::parse_projection(text, &mut placeholders))?;
         match (read.select, &projection) {
             (Select::SpecificAttributes, None) => {
                 return Err(invalid("Must specify the ProjectionExpression when choosing to get SPECIFIC_ATTRIBUTES"))
@@ -290,22 +279,30 @@ fn parse_write_expressions(
     expressions: &Expressions,
     update: Option<&str>,
 ) -> Result<(Option<Condition>, Option<Update>), WireError> {
-    let names: HashMap<String, String> = expressions.names.iter().cloned().collect();
-    let values: HashMap<String, AttributeValue> = expressions.values.iter().cloned().collect();
+    let (names, values) = placeholder_maps(&expressions.names, &expressions.values);
     let mut placeholders = Placeholders::new(&names, &values);
-    let update = update
-        .filter(|text| !text.is_empty())
-        .map(|text| expr::parse_update(text, &mut placeholders))
-        .transpose()
-        .map_err(|error| invalid(error.to_string()))?;
-    let condition = expressions
-        .condition
-        .as_deref()
-        .map(|text| expr::parse_condition(text, &mut placeholders))
-        .transpose()
-        .map_err(|error| invalid(error.to_string()))?;
+    let update =
+        parse_optional(update.filter(|text| !text.is_empty()), |text| expr::parse_update(text, &mut placeholders))?;
+    let condition =
+        parse_optional(expressions.condition.as_deref(), |text| expr::parse_condition(text, &mut placeholders))?;
     placeholders.check_all_used().map_err(invalid)?;
     Ok((condition, update))
+}
+
+/// A request's ExpressionAttributeNames and ExpressionAttributeValues as the parser takes them.
+fn placeholder_maps(
+    names: &[(String, String)],
+    values: &[(String, AttributeValue)],
+) -> (HashMap<String, String>, HashMap<String, AttributeValue>) {
+    (names.iter().cloned().collect(), values.iter().cloned().collect())
+}
+
+/// Parses an expression the request may leave out; a parse error is a ValidationException.
+fn parse_optional<T>(
+    text: Option<&str>,
+    parse: impl FnOnce(&str) -> Result<T, expr::ExprError>,
+) -> Result<Option<T>, WireError> {
+    text.map(parse).transpose().map_err(|error| invalid(error.to_string()))
 }
 
 fn decode_stored(value: &[u8]) -> Result<Item, WireError> {
