@@ -23,8 +23,8 @@ use crate::local::{Inbox, Outbox, Pending, Producer};
 use tessera_engine::{AttributeValue, Item, KeySchema, Number};
 use tessera_wire::frame::{self, Decoded};
 use tessera_wire::{
-    ErrorCode, Expressions, Query, ReadExpressions, Request, Response, ReturnValues, Scan, TableDescription, TableKeys,
-    UpdateItem, WireError, Write,
+    ConsumedCapacity, ErrorCode, Expressions, Query, ReadExpressions, Request, Response, ReturnConsumedCapacity,
+    ReturnValues, Scan, TableDescription, TableKeys, UpdateItem, WireError, Write,
 };
 
 /// What a call can fail with.
@@ -184,34 +184,49 @@ impl Client {
 
     /// Sends `request` and returns the answer, retrying retryable errors with backoff.
     pub fn call(&mut self, request: &Request) -> Result<Response, ClientError> {
+        self.call_with_capacity(request, ReturnConsumedCapacity::None).map(|(response, _)| response)
+    }
+
+    /// Sends `request` asking for the capacity it consumes (ReturnConsumedCapacity); returns
+    /// the answer and that capacity, per table, retrying retryable errors with backoff.
+    pub fn call_with_capacity(
+        &mut self,
+        request: &Request,
+        capacity: ReturnConsumedCapacity,
+    ) -> Result<(Response, Vec<ConsumedCapacity>), ClientError> {
         let mut retries = Retries::new(&self.config);
         loop {
-            match retries.judge(self.call_once(request)?) {
-                Ok(answer) => return answer,
+            let (response, consumed) = self.call_once(request, capacity)?;
+            match retries.judge(response) {
+                Ok(answer) => return answer.map(|response| (response, consumed)),
                 Err(delay) => std::thread::sleep(delay),
             }
         }
     }
 
     /// Sends `request` once and waits for its answer.
-    pub fn call_once(&mut self, request: &Request) -> Result<Response, ClientError> {
+    fn call_once(
+        &mut self,
+        request: &Request,
+        capacity: ReturnConsumedCapacity,
+    ) -> Result<(Response, Vec<ConsumedCapacity>), ClientError> {
         let id = self.next_id;
         self.next_id += 1;
         let mut bytes = Vec::new();
-        request.encode(id, &mut bytes);
+        request.encode_with_capacity(id, capacity, &mut bytes);
         self.stream.write_all(&bytes)?;
         loop {
             match frame::decode(&self.buffer).map_err(|lost| ClientError::Protocol(lost.to_string()))? {
                 Decoded::Frame(frame, used) => {
                     let (header, checksum_ok) = (frame.header, frame.checksum_ok);
-                    let response = Response::decode(header.message_type, frame.payload);
+                    let answer = Response::decode_with_capacity(header.message_type, frame.payload);
                     self.buffer.drain(..used);
                     if !checksum_ok {
                         return Err(ClientError::Protocol("an answer failed its checksum".into()));
                     }
-                    let response = response.map_err(|error| ClientError::Protocol(error.to_string()))?;
+                    let (response, consumed) = answer.map_err(|error| ClientError::Protocol(error.to_string()))?;
                     match header.request_id {
-                        answered if answered == id => return Ok(response),
+                        answered if answered == id => return Ok((response, consumed)),
                         // An error about the framing of our stream: nothing more will come.
                         0 => return response_error(response),
                         _ => continue,

@@ -168,6 +168,18 @@ pub fn value_to_json(value: &AttributeValue) -> Value {
     Value::Object(Map::from_iter([(kind.to_string(), inner)]))
 }
 
+/// DynamoDB's JSON form of a `ConsumedCapacity`: `TableName` and `CapacityUnits`, and with
+/// INDEXES the table's own share as `Table`.
+pub fn consumed_capacity_to_json(consumed: &tessera_wire::ConsumedCapacity) -> Value {
+    let mut object = Map::new();
+    object.insert("TableName".into(), Value::from(consumed.table.as_str()));
+    object.insert("CapacityUnits".into(), Value::from(consumed.capacity_units()));
+    if let Some(units) = consumed.table_units {
+        object.insert("Table".into(), serde_json::json!({ "CapacityUnits": units }));
+    }
+    Value::Object(object)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

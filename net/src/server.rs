@@ -19,7 +19,7 @@ use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::net::{TcpListener, TcpStream};
 use glommio::{LocalExecutorBuilder, Placement};
 use tessera_engine::{LocalLog, Store, StoreConfig};
-use tessera_wire::{ErrorCode, Request, Response, WireError};
+use tessera_wire::{ErrorCode, Request, Response, ReturnConsumedCapacity, WireError};
 
 use crate::local::{Inbox, Outbox, Producer};
 use crate::shard::{Envelope, Shard};
@@ -229,19 +229,19 @@ async fn connection(shard: Rc<Shard>, stream: TcpStream) {
                     let id = frame.header.request_id;
                     let request = if !frame.checksum_ok {
                         Err(WireError::new(ErrorCode::ChecksumMismatch, "the frame's CRC32C does not match its bytes"))
-                    } else if frame.header.flags != 0 {
-                        Err(WireError::new(ErrorCode::ValidationException, "frame flags must be zero"))
                     } else {
-                        Request::decode(frame.header.message_type, frame.payload)
+                        ReturnConsumedCapacity::from_flags(frame.header.flags).and_then(|capacity| {
+                            Ok((Request::decode(frame.header.message_type, frame.payload)?, capacity))
+                        })
                     };
                     match request {
                         Err(error) => answers.send(|out| Response::Error(error).encode(id, out)),
-                        Ok(request) => {
+                        Ok((request, capacity)) => {
                             let Ok(permit) = in_flight.acquire_static_permit(1).await else { break 'reading };
                             let (shard, producer) = (shard.clone(), Producer::new(&answers.0));
                             glommio::spawn_local(async move {
-                                let response = shard.execute(request).await;
-                                producer.send(|out| response.encode(id, out));
+                                let (response, consumed) = shard.execute(request, capacity).await;
+                                producer.send(|out| response.encode_with_capacity(id, &consumed, out));
                                 drop(permit);
                             })
                             .detach();

@@ -15,12 +15,12 @@ use std::rc::Rc;
 use glommio::channels::channel_mesh::{Receivers, Senders};
 use tessera_engine::expr::{self, Condition, KeyCondition, Path, Placeholders, Update};
 use tessera_engine::{
-    decode_item, encode_item, validate_item, yield_to_reactor, AttributeValue, Command, ConditionalWrite, Error, Item,
-    ItemMeta, KeySchema, KeyType, LocalLog, Outcome, PartitionId, ReplicationLog,
+    capacity, decode_item, encode_item, item_size, validate_item, yield_to_reactor, AttributeValue, Command,
+    ConditionalWrite, Error, Item, ItemMeta, KeySchema, KeyType, LocalLog, Outcome, PartitionId, ReplicationLog,
 };
 use tessera_wire::{
-    ErrorCode, Expressions, Query, ReadExpressions, Request, Response, Scan, Select, SortCondition, TableKeys,
-    UpdateItem, WireError, Write,
+    ConsumedCapacity, ErrorCode, Expressions, Query, ReadExpressions, Request, Response, ReturnConsumedCapacity, Scan,
+    Select, SortCondition, TableKeys, UpdateItem, WireError, Write,
 };
 
 use crate::catalog::{
@@ -71,9 +71,11 @@ pub(crate) enum Op {
         limit: usize,
         bytes_max: usize,
     },
+    /// With `previous`, answers the item each write replaced (`Values`, in order).
     Batch {
         partition: PartitionId,
         commands: Vec<Command>,
+        previous: bool,
     },
     /// Items and bytes in the partitions.
     Count {
@@ -101,6 +103,7 @@ pub(crate) enum Op {
 
 pub(crate) enum OpResult {
     Value(Option<Vec<u8>>),
+    Values(Vec<Option<Vec<u8>>>),
     /// A conditional write: whether its condition held, and the stored item before and after.
     Conditional {
         passed: bool,
@@ -317,6 +320,57 @@ fn encode_stored(item: &Item) -> Vec<u8> {
     value
 }
 
+/// The size DynamoDB counts of an item that may be absent (0).
+fn size_of(item: Option<&Item>) -> usize {
+    item.map_or(0, item_size)
+}
+
+/// The capacity a request consumes, per table, counted when it asked (ReturnConsumedCapacity):
+/// reads by `capacity::read_units` of each item (a Query or Scan page counts as one read of
+/// all the items it read, before any filter), writes by `capacity::write_units` of the item
+/// before and after.
+struct Meter {
+    mode: ReturnConsumedCapacity,
+    /// Table name: read units, write units.
+    tables: BTreeMap<String, (f64, f64)>,
+}
+
+impl Meter {
+    fn new(mode: ReturnConsumedCapacity) -> Meter {
+        Meter { mode, tables: BTreeMap::new() }
+    }
+
+    /// Whether the request asked: writes then need the old item to count.
+    fn wanted(&self) -> bool {
+        self.mode != ReturnConsumedCapacity::None
+    }
+
+    fn read(&mut self, table: &str, bytes: usize, consistent: bool) {
+        if self.wanted() {
+            self.tables.entry(table.to_string()).or_default().0 += capacity::read_units(bytes, consistent);
+        }
+    }
+
+    fn write(&mut self, table: &str, old: Option<&Item>, new: Option<&Item>) {
+        if self.wanted() {
+            self.tables.entry(table.to_string()).or_default().1 += capacity::write_units(size_of(old), size_of(new));
+        }
+    }
+
+    fn report(self) -> Vec<ConsumedCapacity> {
+        let indexes = self.mode == ReturnConsumedCapacity::Indexes;
+        self.tables
+            .into_iter()
+            .map(|(table, (read_units, write_units))| ConsumedCapacity {
+                table,
+                read_units,
+                write_units,
+                table_units: indexes.then_some(read_units + write_units),
+            })
+            .collect()
+    }
+}
+
 impl Shard {
     pub(crate) fn new(core: usize, cores: usize, log: LocalLog, senders: Senders<Envelope>) -> Shard {
         Shard {
@@ -473,12 +527,26 @@ impl Shard {
             Op::Scan { partition, lower, upper, reverse, limit, bytes_max } => {
                 self.scan(partition, lower, upper, reverse, limit, bytes_max).await
             }
-            Op::Batch { partition, commands } => self
+            Op::Batch { partition, commands, previous: false } => self
                 .log
                 .propose(partition, Command::Batch(commands))
                 .await
                 .map(|()| OpResult::Done)
                 .map_err(engine_error),
+            Op::Batch { partition, commands, previous: true } => {
+                match self.log.propose_applied(partition, Command::Batch(commands)).await.map_err(engine_error) {
+                    Ok(Outcome::Batch(outcomes)) => outcomes
+                        .into_iter()
+                        .map(|outcome| match outcome {
+                            Outcome::Previous(previous) => Ok(previous),
+                            _ => Err(unexpected(OpResult::Done)),
+                        })
+                        .collect::<Result<_, _>>()
+                        .map(OpResult::Values),
+                    Ok(_) => Err(unexpected(OpResult::Done)),
+                    Err(error) => Err(error),
+                }
+            }
             Op::Count { partitions } => self.count(&partitions).await,
             Op::CreateTable { name, key_schema, partitions } => self.create_table(name, key_schema, partitions).await,
             Op::DeleteTable { name } => self.delete_table(&name).await,
@@ -650,8 +718,14 @@ impl Shard {
 
     // ------------------------------------------------------------------ requests
 
-    /// Serves one request: the coordinator's side, whichever core owns the data.
-    pub(crate) async fn execute(self: &Rc<Shard>, request: Request) -> Response {
+    /// Serves one request: the coordinator's side, whichever core owns the data. Returns the
+    /// answer and, if `capacity` asked for it, the capacity the request consumed.
+    pub(crate) async fn execute(
+        self: &Rc<Shard>,
+        request: Request,
+        capacity: ReturnConsumedCapacity,
+    ) -> (Response, Vec<ConsumedCapacity>) {
+        let mut meter = Meter::new(capacity);
         let result = match request {
             Request::CreateTable { table, key_schema, partitions } => {
                 self.execute_create(table, key_schema, partitions).await
@@ -668,27 +742,35 @@ impl Shard {
             Request::ListTables { exclusive_start_table, limit } => self.list_tables(exclusive_start_table, limit),
             Request::PutItem { table, item, return_old, expressions, return_old_on_failure } => {
                 if expressions == Expressions::default() {
-                    self.put_item(&table, item, return_old).await
+                    self.put_item(&table, item, return_old, &mut meter).await
                 } else {
-                    self.conditional_put(&table, item, return_old, &expressions, return_old_on_failure).await
+                    self.conditional_put(&table, item, return_old, &expressions, return_old_on_failure, &mut meter)
+                        .await
                 }
             }
-            Request::GetItem { table, key, read, .. } => self.get_item(&table, &key, &read).await,
+            Request::GetItem { table, key, consistent_read, read } => {
+                self.get_item(&table, &key, consistent_read, &read, &mut meter).await
+            }
             Request::DeleteItem { table, key, return_old, expressions, return_old_on_failure } => {
                 if expressions == Expressions::default() {
-                    self.delete_item(&table, &key, return_old).await
+                    self.delete_item(&table, &key, return_old, &mut meter).await
                 } else {
-                    self.conditional_delete(&table, &key, return_old, &expressions, return_old_on_failure).await
+                    self.conditional_delete(&table, &key, return_old, &expressions, return_old_on_failure, &mut meter)
+                        .await
                 }
             }
-            Request::UpdateItem(update) => self.update_item(update).await,
-            Request::Query(query) => self.query(query).await,
-            Request::Scan(scan) => self.scan_table(scan).await,
-            Request::BatchGetItem(tables) => self.batch_get(tables).await,
-            Request::BatchWriteItem(writes) => self.batch_write(writes).await,
+            Request::UpdateItem(update) => self.update_item(update, &mut meter).await,
+            Request::Query(query) => self.query(query, &mut meter).await,
+            Request::Scan(scan) => self.scan_table(scan, &mut meter).await,
+            Request::BatchGetItem(tables) => self.batch_get(tables, &mut meter).await,
+            Request::BatchWriteItem(writes) => self.batch_write(writes, &mut meter).await,
             Request::Hello => Ok(Response::Hello { core: self.core as u32, cores: self.cores as u32 }),
         };
-        result.unwrap_or_else(Response::Error)
+        match result {
+            // An error reports no capacity, as in DynamoDB.
+            Err(error) => (Response::Error(error), Vec::new()),
+            Ok(response) => (response, meter.report()),
+        }
     }
 
     fn table(&self, name: &str) -> Result<TableInfo, WireError> {
@@ -761,38 +843,62 @@ impl Shard {
         (self.owner(index), table.partition_id(index))
     }
 
-    async fn old_item(self: &Rc<Shard>, core: usize, op: Op) -> Result<Response, WireError> {
+    /// Runs `op` (a put, delete or get) at `core`: the item it replaced or read.
+    async fn old_item(self: &Rc<Shard>, core: usize, op: Op) -> Result<Option<Item>, WireError> {
         match self.call(core, op).await {
-            OpResult::Value(value) => Ok(Response::Item(value.as_deref().map(decode_stored).transpose()?)),
+            OpResult::Value(value) => value.as_deref().map(decode_stored).transpose(),
             other => Err(unexpected(other)),
         }
     }
 
-    async fn put_item(self: &Rc<Shard>, name: &str, item: Item, return_old: bool) -> Result<Response, WireError> {
+    async fn put_item(
+        self: &Rc<Shard>,
+        name: &str,
+        item: Item,
+        return_old: bool,
+        meter: &mut Meter,
+    ) -> Result<Response, WireError> {
         let table = self.table(name)?;
         validate_item(&item).map_err(engine_error)?;
         let key = table.key_schema.encode_key(&item).map_err(engine_error)?.bytes;
         let (core, partition) = self.place(&table, &key);
         let value = encode_stored(&item);
-        self.old_item(core, Op::Put { partition, key, value, return_old }).await
+        let op = Op::Put { partition, key, value, return_old: return_old || meter.wanted() };
+        let old = self.old_item(core, op).await?;
+        meter.write(name, old.as_ref(), Some(&item));
+        Ok(Response::Item(old.filter(|_| return_old)))
     }
 
-    async fn get_item(self: &Rc<Shard>, name: &str, key: &Item, read: &ReadExpressions) -> Result<Response, WireError> {
+    async fn get_item(
+        self: &Rc<Shard>,
+        name: &str,
+        key: &Item,
+        consistent: bool,
+        read: &ReadExpressions,
+        meter: &mut Meter,
+    ) -> Result<Response, WireError> {
         let table = self.table(name)?;
         let plan = ReadPlan::projection_only(read, "GetItem")?;
         let key = encode_exact_key(&table.key_schema, key)?;
         let (core, partition) = self.place(&table, &key);
-        match self.old_item(core, Op::Get { partition, key }).await? {
-            Response::Item(Some(item)) => Ok(Response::Item(Some(plan.project(item)))),
-            other => Ok(other),
-        }
+        let item = self.old_item(core, Op::Get { partition, key }).await?;
+        meter.read(name, size_of(item.as_ref()), consistent);
+        Ok(Response::Item(item.map(|item| plan.project(item))))
     }
 
-    async fn delete_item(self: &Rc<Shard>, name: &str, key: &Item, return_old: bool) -> Result<Response, WireError> {
+    async fn delete_item(
+        self: &Rc<Shard>,
+        name: &str,
+        key: &Item,
+        return_old: bool,
+        meter: &mut Meter,
+    ) -> Result<Response, WireError> {
         let table = self.table(name)?;
         let key = encode_exact_key(&table.key_schema, key)?;
         let (core, partition) = self.place(&table, &key);
-        self.old_item(core, Op::Delete { partition, key, return_old }).await
+        let old = self.old_item(core, Op::Delete { partition, key, return_old: return_old || meter.wanted() }).await?;
+        meter.write(name, old.as_ref(), None);
+        Ok(Response::Item(old.filter(|_| return_old)))
     }
 
     async fn conditional_put(
@@ -802,13 +908,14 @@ impl Shard {
         return_old: bool,
         expressions: &Expressions,
         return_old_on_failure: bool,
+        meter: &mut Meter,
     ) -> Result<Response, WireError> {
         let table = self.table(name)?;
         validate_item(&item).map_err(engine_error)?;
         let key = table.key_schema.encode_key(&item).map_err(engine_error)?.bytes;
         let condition = parse_write_expressions(expressions, None)?.0;
         let write = ConditionalWrite::Put(encode_stored(&item));
-        let (old, _) = self.conditional(&table, key, condition, write, return_old_on_failure).await?;
+        let (old, _) = self.conditional(&table, key, condition, write, return_old_on_failure, meter).await?;
         Ok(Response::Item(if return_old { old } else { None }))
     }
 
@@ -819,16 +926,17 @@ impl Shard {
         return_old: bool,
         expressions: &Expressions,
         return_old_on_failure: bool,
+        meter: &mut Meter,
     ) -> Result<Response, WireError> {
         let table = self.table(name)?;
         let key = encode_exact_key(&table.key_schema, key)?;
         let condition = parse_write_expressions(expressions, None)?.0;
-        let (old, _) =
-            self.conditional(&table, key, condition, ConditionalWrite::Delete, return_old_on_failure).await?;
+        let write = ConditionalWrite::Delete;
+        let (old, _) = self.conditional(&table, key, condition, write, return_old_on_failure, meter).await?;
         Ok(Response::Item(if return_old { old } else { None }))
     }
 
-    async fn update_item(self: &Rc<Shard>, request: UpdateItem) -> Result<Response, WireError> {
+    async fn update_item(self: &Rc<Shard>, request: UpdateItem, meter: &mut Meter) -> Result<Response, WireError> {
         let table = self.table(&request.table)?;
         let key = encode_exact_key(&table.key_schema, &request.key)?;
         let (condition, update) = parse_write_expressions(&request.expressions, Some(&request.update))?;
@@ -843,7 +951,7 @@ impl Shard {
             .map_or(0, |since| since.as_millis() as u64);
         let targets: Vec<_> = update.targets().cloned().collect();
         let write = ConditionalWrite::Update { key_item: request.key, update, write_timestamp };
-        let (old, new) = self.conditional(&table, key, condition, write, request.return_old_on_failure).await?;
+        let (old, new) = self.conditional(&table, key, condition, write, request.return_old_on_failure, meter).await?;
         Ok(Response::Item(request.return_values.select(old.as_ref(), new.as_ref(), &targets)))
     }
 
@@ -856,6 +964,7 @@ impl Shard {
         condition: Option<Condition>,
         write: ConditionalWrite,
         return_old_on_failure: bool,
+        meter: &mut Meter,
     ) -> Result<(Option<Item>, Option<Item>), WireError> {
         let (core, partition) = self.place(table, &key);
         let command = Command::conditional(key, condition, write);
@@ -868,13 +977,15 @@ impl Shard {
                     error.item = old.filter(|_| return_old_on_failure);
                     return Err(error);
                 }
-                Ok((old, new.as_deref().map(decode_stored).transpose()?))
+                let new = new.as_deref().map(decode_stored).transpose()?;
+                meter.write(&table.name, old.as_ref(), new.as_ref());
+                Ok((old, new))
             }
             other => Err(unexpected(other)),
         }
     }
 
-    async fn query(self: &Rc<Shard>, mut query: Query) -> Result<Response, WireError> {
+    async fn query(self: &Rc<Shard>, mut query: Query, meter: &mut Meter) -> Result<Response, WireError> {
         let table = self.table(&query.table)?;
         let schema = &table.key_schema;
         let mut plan = ReadPlan::parse(&query.read, Some(schema))?;
@@ -945,10 +1056,11 @@ impl Shard {
             _ => None,
         };
         let items = entries.iter().map(|(_, value)| decode_stored(value)).collect::<Result<Vec<_>, _>>()?;
+        meter.read(&table.name, items.iter().map(item_size).sum(), query.consistent_read);
         Ok(plan.page(items, last_evaluated_key))
     }
 
-    async fn scan_table(self: &Rc<Shard>, scan: Scan) -> Result<Response, WireError> {
+    async fn scan_table(self: &Rc<Shard>, scan: Scan, meter: &mut Meter) -> Result<Response, WireError> {
         let table = self.table(&scan.table)?;
         if scan.read.key_condition.is_some() {
             return Err(invalid("Scan takes no KeyConditionExpression"));
@@ -1006,7 +1118,11 @@ impl Shard {
                 last_key = Some(key.clone());
             }
             let segment_done = end == segment_end;
-            if more || remaining == 0 || bytes_left == 0 {
+            let page_done = more || remaining == 0 || bytes_left == 0;
+            if page_done || segment_done {
+                meter.read(&table.name, items.iter().map(item_size).sum(), scan.consistent_read);
+            }
+            if page_done {
                 let last_evaluated_key = match (&last_key, segment_done && !more) {
                     (Some(key), false) => Some(decode_key(&table.key_schema, key)?),
                     _ => None,
@@ -1021,7 +1137,7 @@ impl Shard {
         }
     }
 
-    async fn batch_get(self: &Rc<Shard>, tables: Vec<TableKeys>) -> Result<Response, WireError> {
+    async fn batch_get(self: &Rc<Shard>, tables: Vec<TableKeys>, meter: &mut Meter) -> Result<Response, WireError> {
         let count: usize = tables.iter().map(|table| table.keys.len()).sum();
         if count == 0 {
             return Err(invalid("BatchGetItem needs at least one key"));
@@ -1036,7 +1152,8 @@ impl Shard {
         let mut plans = BTreeMap::new();
         for request in &tables {
             let table = self.table(&request.table)?;
-            plans.insert(table.name.clone(), ReadPlan::projection_only(&request.read, "BatchGetItem")?);
+            let plan = ReadPlan::projection_only(&request.read, "BatchGetItem")?;
+            plans.insert(table.name.clone(), (plan, request.consistent_read));
             for key in &request.keys {
                 let key = encode_exact_key(&table.key_schema, key)?;
                 if !seen.insert((table.id, key.clone())) {
@@ -1053,12 +1170,15 @@ impl Shard {
         let mut responses: BTreeMap<String, Vec<Item>> = BTreeMap::new();
         for get in gets {
             let (name, result) = get.await;
+            let (plan, consistent) = &plans[&name];
             match result {
                 OpResult::Value(Some(value)) => {
-                    let item = plans[&name].project(decode_stored(&value)?);
-                    responses.entry(name).or_default().push(item)
+                    let item = decode_stored(&value)?;
+                    meter.read(&name, item_size(&item), *consistent);
+                    responses.entry(name).or_default().push(plan.project(item))
                 }
                 OpResult::Value(None) => {
+                    meter.read(&name, 0, *consistent);
                     responses.entry(name).or_default();
                 }
                 other => return Err(unexpected(other)),
@@ -1067,7 +1187,7 @@ impl Shard {
         Ok(Response::BatchGetItem { responses: responses.into_iter().collect(), unprocessed: Vec::new() })
     }
 
-    async fn batch_write(self: &Rc<Shard>, writes: Vec<Write>) -> Result<Response, WireError> {
+    async fn batch_write(self: &Rc<Shard>, writes: Vec<Write>, meter: &mut Meter) -> Result<Response, WireError> {
         if writes.is_empty() || writes.len() > BATCH_WRITE_MAX {
             return Err(invalid(format!("BatchWriteItem takes 1 to {BATCH_WRITE_MAX} writes, not {}", writes.len())));
         }
@@ -1100,16 +1220,26 @@ impl Shard {
             group.1.push(write);
         }
         let mut tasks = Vec::new();
+        let previous = meter.wanted();
         for ((core, partition), (commands, writes)) in groups {
             let shard = self.clone();
             tasks.push(glommio::spawn_local(async move {
-                (shard.call(core, Op::Batch { partition, commands }).await, writes)
+                (shard.call(core, Op::Batch { partition, commands, previous }).await, writes)
             }));
         }
         let mut unprocessed = Vec::new();
         for task in tasks {
             match task.await {
                 (OpResult::Done, _) => {}
+                (OpResult::Values(olds), writes) => {
+                    for (old, write) in olds.iter().zip(&writes) {
+                        let old = old.as_deref().map(decode_stored).transpose()?;
+                        match write {
+                            Write::Put { table, item } => meter.write(table, old.as_ref(), Some(item)),
+                            Write::Delete { table, .. } => meter.write(table, old.as_ref(), None),
+                        }
+                    }
+                }
                 (OpResult::Error(error), writes) if error.retryable => unprocessed.extend(writes),
                 (other, _) => return Err(unexpected(other)),
             }

@@ -8,11 +8,11 @@ use std::sync::atomic::Ordering;
 use serde_json::{json, Value};
 use tessera_engine::{AttributeValue, KeyAttribute, KeySchema, KeyType, StoreConfig};
 use tessera_net::client::Client;
-use tessera_net::json::{item_from_text, item_to_json, value_from_json};
+use tessera_net::json::{consumed_capacity_to_json, item_from_text, item_to_json, value_from_json};
 use tessera_net::{Server, ServerConfig};
 use tessera_wire::{
-    Expressions, Query, ReadExpressions, Request, Response, ReturnValues, Scan, Select, SortCondition,
-    TableDescription, TableStatus, UpdateItem,
+    Expressions, Query, ReadExpressions, Request, Response, ReturnConsumedCapacity, ReturnValues, Scan, Select,
+    SortCondition, TableDescription, TableStatus, UpdateItem,
 };
 
 /// mimalloc rather than glibc's allocator: every request allocates and frees (items, frames,
@@ -41,6 +41,8 @@ client commands, against --endpoint ADDR (default 127.0.0.1:7400), given before 
   scan TABLE [--filter EXPR] [--projection EXPR] [--segments N | --segment S --total-segments T]
         --segments N reads N segments in parallel
   get TABLE KEY_JSON [--projection EXPR] [--consistent]
+        put, delete, update and get take [--return-consumed-capacity TOTAL|INDEXES] and print
+        the capacity consumed as {\"ConsumedCapacity\": ...} on standard error
   query, scan and get take --names JSON and --values JSON like the writes; query and scan take
   --count to print how many items match instead of the items
 query and scan print one item per line, following every page.";
@@ -245,6 +247,22 @@ fn parallel_scan(endpoint: &str, scan: Scan, segments: u32) -> Result<Vec<tesser
     Ok(items)
 }
 
+/// Sends `request`, with the ReturnConsumedCapacity `--return-consumed-capacity` asks for;
+/// prints the capacity consumed (DynamoDB JSON) on standard error.
+fn call_reporting_capacity(client: &mut Client, request: &Request, args: &[String]) -> Result<Response, String> {
+    let capacity = match flag(args, "--return-consumed-capacity")? {
+        None | Some("NONE") => ReturnConsumedCapacity::None,
+        Some("TOTAL") => ReturnConsumedCapacity::Total,
+        Some("INDEXES") => ReturnConsumedCapacity::Indexes,
+        Some(other) => return Err(format!("--return-consumed-capacity takes NONE, TOTAL or INDEXES, not {other:?}")),
+    };
+    let (response, consumed) = client.call_with_capacity(request, capacity).map_err(|error| error.to_string())?;
+    for consumed in &consumed {
+        eprintln!("{}", serde_json::json!({ "ConsumedCapacity": consumed_capacity_to_json(consumed) }));
+    }
+    Ok(response)
+}
+
 /// Prints the attributes a write returned, if any.
 fn print_returned(response: Response) {
     if let Response::Item(Some(item)) = response {
@@ -279,7 +297,7 @@ fn client_command(endpoint: &str, args: &[String]) -> Result<(), String> {
                 expressions: expressions(args)?,
                 return_old_on_failure: false,
             };
-            print_returned(client.call(&request).map_err(failed)?);
+            print_returned(call_reporting_capacity(&mut client, &request, args)?);
         }
         "update" => {
             let request = Request::UpdateItem(UpdateItem {
@@ -290,7 +308,7 @@ fn client_command(endpoint: &str, args: &[String]) -> Result<(), String> {
                 return_values: return_values(args, "UpdateItem")?,
                 return_old_on_failure: false,
             });
-            print_returned(client.call(&request).map_err(failed)?);
+            print_returned(call_reporting_capacity(&mut client, &request, args)?);
         }
         "get" => {
             let request = Request::GetItem {
@@ -299,12 +317,16 @@ fn client_command(endpoint: &str, args: &[String]) -> Result<(), String> {
                 consistent_read: args.iter().any(|arg| arg == "--consistent"),
                 read: read_expressions(args)?,
             };
-            match client.call(&request).map_err(failed)? {
+            match call_reporting_capacity(&mut client, &request, args)? {
                 Response::Item(Some(item)) => println!("{}", item_to_json(&item)),
                 _ => return Err(format!("no item with key {} in {}", arg(2)?, arg(1)?)),
             }
         }
-        "delete" if flag(args, "--condition")?.is_some() || flag(args, "--return-values")?.is_some() => {
+        "delete"
+            if ["--condition", "--return-values", "--return-consumed-capacity"]
+                .iter()
+                .any(|name| args.iter().any(|arg| arg == name)) =>
+        {
             let request = Request::DeleteItem {
                 table: arg(1)?.to_string(),
                 key: item_from_text(arg(2)?)?,
@@ -312,7 +334,7 @@ fn client_command(endpoint: &str, args: &[String]) -> Result<(), String> {
                 expressions: expressions(args)?,
                 return_old_on_failure: false,
             };
-            print_returned(client.call(&request).map_err(failed)?);
+            print_returned(call_reporting_capacity(&mut client, &request, args)?);
         }
         "delete" => {
             if client.delete_item(arg(1)?, item_from_text(arg(2)?)?).map_err(failed)?.is_none() {

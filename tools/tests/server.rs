@@ -486,8 +486,8 @@ fn garbage_gets_typed_errors_and_the_server_keeps_serving() {
     // Intact frames with bad contents: each gets its error, the connection lives on.
     let mut stream = TcpStream::connect(node.address).unwrap();
     let mut bytes = Vec::new();
-    frame::encode(1, MessageType::PutItem, b"not a flatbuffer", &mut bytes);
-    frame::encode(2, MessageType::ItemResponse, b"", &mut bytes);
+    frame::encode(1, MessageType::PutItem, 0, b"not a flatbuffer", &mut bytes);
+    frame::encode(2, MessageType::ItemResponse, 0, b"", &mut bytes);
     let mut damaged = Vec::new();
     Request::DescribeTable { table: "pairs".into(), counts: true }.encode(3, &mut damaged);
     let last = damaged.len() - 1;
@@ -949,4 +949,140 @@ fn reads_take_key_conditions_filters_and_projections() {
     query.read = read("customer = :c", None, None, Select::SpecificAttributes);
     let message = service_error(client.query(query.clone()), ErrorCode::ValidationException);
     assert!(message.contains("SPECIFIC_ATTRIBUTES"), "{message}");
+}
+
+/// ReturnConsumedCapacity through the real server, against DynamoDB's rules: writes count the
+/// larger of the item before and after in 1 KB units, reads 4 KB units (halved when
+/// eventually consistent), a Query or Scan page its items' total before any filter, batches
+/// each item on its own; INDEXES adds the table's share; errors report none.
+#[test]
+fn consumed_capacity_follows_dynamodb_rules() {
+    use tessera_wire::{
+        ConsumedCapacity, Expressions, ReadExpressions, ReturnConsumedCapacity, ReturnValues, UpdateItem,
+    };
+    let node = Node::fresh("capacity");
+    let mut client = node.client();
+    client.create_table("docs", KeySchema::hash_only("id", KeyType::S), 2).unwrap();
+    // "id" + "kN" is 4 bytes; "filler" + its text is 6 + len.
+    let doc = |id: &str, pad: usize| ItemBuilder::new().s("id", id).s("filler", "x".repeat(pad)).build();
+    let key = |id: &str| ItemBuilder::new().s("id", id).build();
+    let units = |request: Request, capacity: ReturnConsumedCapacity| -> Vec<ConsumedCapacity> {
+        let (response, consumed) = node.client().call_with_capacity(&request, capacity).unwrap();
+        assert!(!matches!(response, Response::Error(_)), "{response:?}");
+        consumed
+    };
+    let total = |consumed: &[ConsumedCapacity]| -> (f64, f64) {
+        assert_eq!(consumed.len(), 1, "{consumed:?}");
+        assert_eq!((consumed[0].table.as_str(), consumed[0].table_units), ("docs", None));
+        (consumed[0].read_units, consumed[0].write_units)
+    };
+    let put = |item: Item| Request::PutItem {
+        table: "docs".into(),
+        item,
+        return_old: false,
+        expressions: Expressions::default(),
+        return_old_on_failure: false,
+    };
+    let get = |id: &str, consistent_read: bool| Request::GetItem {
+        table: "docs".into(),
+        key: key(id),
+        consistent_read,
+        read: ReadExpressions::default(),
+    };
+    let t = ReturnConsumedCapacity::Total;
+    // A 1,510-byte item: 2 write units; replaced by an 11-byte one: still 2 (the larger); then 1.
+    assert_eq!(total(&units(put(doc("k1", 1500)), t)), (0.0, 2.0));
+    assert_eq!(total(&units(put(doc("k1", 1)), t)), (0.0, 2.0));
+    assert_eq!(total(&units(put(doc("k1", 1)), t)), (0.0, 1.0));
+    assert_eq!(units(put(doc("k1", 1)), ReturnConsumedCapacity::None), vec![]);
+    assert_eq!(total(&units(get("k1", true), t)), (1.0, 0.0));
+    assert_eq!(total(&units(get("k1", false), t)), (0.5, 0.0));
+    assert_eq!(total(&units(get("absent", true), t)), (1.0, 0.0), "an absent item costs a unit");
+    // Five items of 1,009 bytes and k1's 11: a Scan page of 5,056 bytes is 2 units, whatever the
+    // filter keeps; eventually consistent, 1.
+    for id in ["k2", "k3", "k4", "k5", "k6"] {
+        client.put_item("docs", doc(id, 999)).unwrap();
+    }
+    let scan = |consistent_read: bool| {
+        Request::Scan(Scan {
+            table: "docs".into(),
+            segment: 0,
+            total_segments: 1,
+            limit: 0,
+            exclusive_start_key: None,
+            consistent_read,
+            read: ReadExpressions {
+                filter: Some("id = :none".into()),
+                values: vec![(":none".into(), s("none"))],
+                ..Default::default()
+            },
+        })
+    };
+    assert_eq!(total(&units(scan(true), t)), (2.0, 0.0));
+    assert_eq!(total(&units(scan(false), t)), (1.0, 0.0));
+    // BatchGetItem counts each item: two found and one absent, 3 units (1.5 eventually).
+    let batch_get = |consistent_read: bool| {
+        Request::BatchGetItem(vec![TableKeys {
+            table: "docs".into(),
+            keys: vec![key("k1"), key("k2"), key("absent")],
+            consistent_read,
+            read: ReadExpressions::default(),
+        }])
+    };
+    assert_eq!(total(&units(batch_get(true), t)), (3.0, 0.0));
+    assert_eq!(total(&units(batch_get(false), t)), (1.5, 0.0));
+    // BatchWriteItem: a new 1,009-byte item (1), a delete of one (1), a 3,010-byte
+    // replacement (3).
+    let writes = vec![
+        Write::Put { table: "docs".into(), item: doc("k7", 999) },
+        Write::Delete { table: "docs".into(), key: key("k2") },
+        Write::Put { table: "docs".into(), item: doc("k3", 3000) },
+    ];
+    assert_eq!(total(&units(Request::BatchWriteItem(writes), t)), (0.0, 5.0));
+    // A delete counts the item it removed; a conditional update the larger of before and after.
+    let delete = Request::DeleteItem {
+        table: "docs".into(),
+        key: key("k3"),
+        return_old: false,
+        expressions: Expressions::default(),
+        return_old_on_failure: false,
+    };
+    assert_eq!(total(&units(delete, t)), (0.0, 3.0));
+    let update = |condition: &str| {
+        Request::UpdateItem(UpdateItem {
+            table: "docs".into(),
+            key: key("k4"),
+            update: "SET filler = :short".into(),
+            expressions: Expressions::condition(condition).value(":short", s("y")),
+            return_values: ReturnValues::None,
+            return_old_on_failure: false,
+        })
+    };
+    let indexes = units(update("attribute_exists(filler)"), ReturnConsumedCapacity::Indexes);
+    assert_eq!(
+        indexes,
+        vec![ConsumedCapacity { table: "docs".into(), read_units: 0.0, write_units: 1.0, table_units: Some(1.0) }]
+    );
+    let failed = client.call_with_capacity(&update("attribute_not_exists(filler)"), t);
+    service_error(failed, ErrorCode::ConditionalCheckFailedException);
+    // A Query page: three items of about 1,516 bytes in one partition key, 2 units.
+    client.create_table("lines", KeySchema::composite(("order", KeyType::S), ("n", KeyType::N)), 2).unwrap();
+    for number in 1..=3 {
+        let line = ItemBuilder::new().s("order", "o1").n("n", number).s("filler", "z".repeat(1500)).build();
+        client.put_item("lines", line).unwrap();
+    }
+    let (_, consumed) = client.call_with_capacity(&Request::Query(query("lines", s("o1"), None)), t).unwrap();
+    assert_eq!(
+        consumed,
+        vec![ConsumedCapacity { table: "lines".into(), read_units: 2.0, write_units: 0.0, table_units: None }]
+    );
+    // The command line prints it on standard error.
+    let (ok, _, stderr) = node.cli(&["get", "docs", r#"{"id":{"S":"k5"}}"#, "--return-consumed-capacity", "INDEXES"]);
+    assert!(ok, "{stderr}");
+    assert_eq!(
+        stderr.trim(),
+        r#"{"ConsumedCapacity":{"CapacityUnits":0.5,"Table":{"CapacityUnits":0.5},"TableName":"docs"}}"#
+    );
+    let (ok, _, stderr) = node.cli(&["get", "docs", r#"{"id":{"S":"k5"}}"#, "--return-consumed-capacity", "SOME"]);
+    assert!(!ok && stderr.contains("NONE, TOTAL or INDEXES"), "{stderr}");
 }

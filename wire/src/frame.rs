@@ -6,7 +6,8 @@
 //!  4     u32   CRC32C (Castagnoli) of bytes 8.. to the end of the frame
 //!  8     u64   request id, chosen by the client, echoed in the answer
 //! 16     u16   message type (`MessageType`)
-//! 18     u16   flags, zero (reserved)
+//! 18     u16   flags: in a request, its ReturnConsumedCapacity (0 NONE, 1 TOTAL, 2
+//!              INDEXES; `ReturnConsumedCapacity::flags`); in an answer, zero
 //! 20     ...   payload: a flatbuffer whose root is the table the message type names
 //! ```
 //!
@@ -14,7 +15,7 @@
 //! any order. What a receiver does with a frame that is wrong:
 //! - a length below 16 or above `FRAME_LEN_MAX`: the framing is lost, nothing after it can be
 //!   trusted; answer `FrameTooLarge` (request id 0) and close;
-//! - a checksum mismatch, nonzero flags, an unknown type or a payload that does not verify:
+//! - a checksum mismatch, flags it does not know, an unknown type or a payload that does not verify:
 //!   the framing is intact; answer with the typed error and go on reading.
 
 use crate::message::MessageType;
@@ -89,13 +90,13 @@ pub fn decode(buffer: &[u8]) -> Result<Decoded<'_>, FramingLost> {
 }
 
 /// Appends a frame holding `payload` to `out`.
-pub fn encode(request_id: u64, message_type: MessageType, payload: &[u8], out: &mut Vec<u8>) {
+pub fn encode(request_id: u64, message_type: MessageType, flags: u16, payload: &[u8], out: &mut Vec<u8>) {
     let start = out.len();
     out.extend_from_slice(&((HEADER_LEN - 4 + payload.len()) as u32).to_le_bytes());
     out.extend_from_slice(&[0; 4]);
     out.extend_from_slice(&request_id.to_le_bytes());
     out.extend_from_slice(&(message_type as u16).to_le_bytes());
-    out.extend_from_slice(&0u16.to_le_bytes());
+    out.extend_from_slice(&flags.to_le_bytes());
     out.extend_from_slice(payload);
     let checksum = crc32c::crc32c(&out[start + 8..]);
     out[start + 4..start + 8].copy_from_slice(&checksum.to_le_bytes());
@@ -108,8 +109,8 @@ mod tests {
     #[test]
     fn frames_round_trip_and_split_anywhere() {
         let mut stream = Vec::new();
-        encode(7, MessageType::GetItem, b"first", &mut stream);
-        encode(8, MessageType::PutItem, b"", &mut stream);
+        encode(7, MessageType::GetItem, 0, b"first", &mut stream);
+        encode(8, MessageType::PutItem, 2, b"", &mut stream);
         let first_len = HEADER_LEN + 5;
         for cut in 0..first_len {
             assert!(matches!(decode(&stream[..cut]), Ok(Decoded::Incomplete(_))), "cut at {cut}");
@@ -120,13 +121,13 @@ mod tests {
         assert_eq!(frame.payload, b"first");
         assert!(frame.checksum_ok);
         let Ok(Decoded::Frame(frame, _)) = decode(&stream[used..]) else { panic!("a frame") };
-        assert_eq!((frame.header.request_id, frame.payload), (8, &b""[..]));
+        assert_eq!((frame.header.request_id, frame.header.flags, frame.payload), (8, 2, &b""[..]));
     }
 
     #[test]
     fn a_flipped_bit_fails_the_checksum_and_bad_lengths_lose_the_framing() {
         let mut stream = Vec::new();
-        encode(1, MessageType::Scan, b"payload", &mut stream);
+        encode(1, MessageType::Scan, 0, b"payload", &mut stream);
         for byte in 4..stream.len() {
             let mut damaged = stream.clone();
             damaged[byte] ^= 0x10;

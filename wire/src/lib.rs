@@ -17,6 +17,6 @@ mod generated {
 
 pub use error::{ErrorCode, WireError};
 pub use message::{
-    Expressions, MessageType, Query, ReadExpressions, Request, Response, ReturnValues, Scan, Select, SortCondition,
-    TableDescription, TableKeys, TableStatus, UpdateItem, Write,
+    ConsumedCapacity, Expressions, MessageType, Query, ReadExpressions, Request, Response, ReturnConsumedCapacity,
+    ReturnValues, Scan, Select, SortCondition, TableDescription, TableKeys, TableStatus, UpdateItem, Write,
 };

@@ -76,6 +76,60 @@ impl MessageType {
     }
 }
 
+/// ReturnConsumedCapacity: whether an answer reports the capacity its request consumed. Every
+/// item operation takes it, so it travels in the request frame's flags (`flags`), not in each
+/// message.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ReturnConsumedCapacity {
+    #[default]
+    None,
+    /// The units consumed, per table.
+    Total,
+    /// Also each table's and each index's own share (no indexes exist yet: the table's).
+    Indexes,
+}
+
+impl ReturnConsumedCapacity {
+    /// The request frame's flags that carry it.
+    pub fn flags(self) -> u16 {
+        match self {
+            ReturnConsumedCapacity::None => 0,
+            ReturnConsumedCapacity::Total => 1,
+            ReturnConsumedCapacity::Indexes => 2,
+        }
+    }
+
+    /// Reads a request frame's flags; any other value is a ValidationException.
+    pub fn from_flags(flags: u16) -> Result<ReturnConsumedCapacity, WireError> {
+        match flags {
+            0 => Ok(ReturnConsumedCapacity::None),
+            1 => Ok(ReturnConsumedCapacity::Total),
+            2 => Ok(ReturnConsumedCapacity::Indexes),
+            other => Err(invalid(format!(
+                "frame flags {other:#06x} are not a ReturnConsumedCapacity (0 NONE, 1 TOTAL, 2 INDEXES)"
+            ))),
+        }
+    }
+}
+
+/// The capacity one table's part of a request consumed, in DynamoDB's units
+/// (`tessera_engine::capacity`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ConsumedCapacity {
+    pub table: String,
+    pub read_units: f64,
+    pub write_units: f64,
+    /// The table's own share (DynamoDB's `Table`), present when INDEXES was asked for.
+    pub table_units: Option<f64>,
+}
+
+impl ConsumedCapacity {
+    /// DynamoDB's `CapacityUnits`: read and write units together.
+    pub fn capacity_units(&self) -> f64 {
+        self.read_units + self.write_units
+    }
+}
+
 /// A table's state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TableStatus {
@@ -644,6 +698,44 @@ fn read_items(items: Option<Vector<'_, ForwardsUOffset<fb::Item<'_>>>>, what: &s
     items.map_or(Ok(Vec::new()), |items| items.iter().map(|item| read_item(Some(item), what)).collect())
 }
 
+fn write_consumed_capacity<'a>(
+    fbb: &mut FlatBufferBuilder<'a>,
+    consumed: &[ConsumedCapacity],
+) -> Option<WIPOffset<Vector<'a, ForwardsUOffset<fb::ConsumedCapacity<'a>>>>> {
+    if consumed.is_empty() {
+        return None;
+    }
+    let tables: Vec<_> = consumed
+        .iter()
+        .map(|capacity| {
+            let args = fb::ConsumedCapacityArgs {
+                table: Some(fbb.create_string(&capacity.table)),
+                read_units: capacity.read_units,
+                write_units: capacity.write_units,
+                table_units: capacity.table_units,
+            };
+            fb::ConsumedCapacity::create(fbb, &args)
+        })
+        .collect();
+    Some(fbb.create_vector(&tables))
+}
+
+fn read_consumed_capacity(
+    consumed: Option<Vector<'_, ForwardsUOffset<fb::ConsumedCapacity<'_>>>>,
+) -> Vec<ConsumedCapacity> {
+    consumed.map_or(Vec::new(), |tables| {
+        tables
+            .iter()
+            .map(|capacity| ConsumedCapacity {
+                table: read_string(capacity.table()),
+                read_units: capacity.read_units(),
+                write_units: capacity.write_units(),
+                table_units: capacity.table_units(),
+            })
+            .collect()
+    })
+}
+
 fn read_string(text: Option<&str>) -> String {
     text.unwrap_or_default().to_string()
 }
@@ -733,6 +825,11 @@ impl Request {
 
     /// Appends this request as a whole frame to `out`.
     pub fn encode(&self, request_id: u64, out: &mut Vec<u8>) {
+        self.encode_with_capacity(request_id, ReturnConsumedCapacity::None, out);
+    }
+
+    /// Appends this request as a whole frame to `out`, asking for the capacity it consumes.
+    pub fn encode_with_capacity(&self, request_id: u64, capacity: ReturnConsumedCapacity, out: &mut Vec<u8>) {
         let mut fbb = FlatBufferBuilder::with_capacity(256);
         match self {
             Request::CreateTable { table, key_schema, partitions } => {
@@ -886,7 +983,7 @@ impl Request {
                 fbb.finish_minimal(root);
             }
         }
-        frame::encode(request_id, self.message_type(), fbb.finished_data(), out);
+        frame::encode(request_id, self.message_type(), capacity.flags(), fbb.finished_data(), out);
     }
 
     /// Decodes the payload of a frame of type `message_type`.
@@ -1088,7 +1185,14 @@ impl Response {
 
     /// Appends this answer as a whole frame to `out`.
     pub fn encode(&self, request_id: u64, out: &mut Vec<u8>) {
+        self.encode_with_capacity(request_id, &[], out);
+    }
+
+    /// Appends this answer and the capacity its request consumed as a whole frame to `out`
+    /// (answers to item operations carry it; others have no room for it and drop it).
+    pub fn encode_with_capacity(&self, request_id: u64, consumed: &[ConsumedCapacity], out: &mut Vec<u8>) {
         let mut fbb = FlatBufferBuilder::with_capacity(256);
+        let consumed_capacity = write_consumed_capacity(&mut fbb, consumed);
         match self {
             Response::Hello { core, cores } => {
                 let args = fb::HelloResponseArgs { core: *core, cores: *cores };
@@ -1110,14 +1214,19 @@ impl Response {
             }
             Response::Item(item) => {
                 let item = item.as_ref().map(|item| write_item(&mut fbb, item));
-                let root = fb::ItemResponse::create(&mut fbb, &fb::ItemResponseArgs { item });
+                let root = fb::ItemResponse::create(&mut fbb, &fb::ItemResponseArgs { item, consumed_capacity });
                 fbb.finish_minimal(root);
             }
             Response::Items { items, scanned_count, count, last_evaluated_key } => {
                 let items = Some(write_items(&mut fbb, items));
                 let last_evaluated_key = last_evaluated_key.as_ref().map(|key| write_item(&mut fbb, key));
-                let args =
-                    fb::ItemsResponseArgs { items, scanned_count: *scanned_count, last_evaluated_key, count: *count };
+                let args = fb::ItemsResponseArgs {
+                    items,
+                    scanned_count: *scanned_count,
+                    last_evaluated_key,
+                    count: *count,
+                    consumed_capacity,
+                };
                 let root = fb::ItemsResponse::create(&mut fbb, &args);
                 fbb.finish_minimal(root);
             }
@@ -1132,13 +1241,13 @@ impl Response {
                     .collect();
                 let responses = Some(fbb.create_vector(&tables));
                 let unprocessed = Some(write_table_keys(&mut fbb, unprocessed));
-                let args = fb::BatchGetItemResponseArgs { responses, unprocessed };
+                let args = fb::BatchGetItemResponseArgs { responses, unprocessed, consumed_capacity };
                 let root = fb::BatchGetItemResponse::create(&mut fbb, &args);
                 fbb.finish_minimal(root);
             }
             Response::BatchWriteItem { unprocessed } => {
                 let unprocessed = Some(write_writes(&mut fbb, unprocessed));
-                let args = fb::BatchWriteItemResponseArgs { unprocessed };
+                let args = fb::BatchWriteItemResponseArgs { unprocessed, consumed_capacity };
                 let root = fb::BatchWriteItemResponse::create(&mut fbb, &args);
                 fbb.finish_minimal(root);
             }
@@ -1151,15 +1260,24 @@ impl Response {
                 fbb.finish_minimal(root);
             }
         }
-        frame::encode(request_id, self.message_type(), fbb.finished_data(), out);
+        frame::encode(request_id, self.message_type(), 0, fbb.finished_data(), out);
     }
 
     /// Decodes the payload of a frame of type `message_type`.
     pub fn decode(message_type: u16, payload: &[u8]) -> Result<Response, WireError> {
+        Response::decode_with_capacity(message_type, payload).map(|(response, _)| response)
+    }
+
+    /// Decodes the payload of a frame of type `message_type`, and the capacity it reports.
+    pub fn decode_with_capacity(
+        message_type: u16,
+        payload: &[u8],
+    ) -> Result<(Response, Vec<ConsumedCapacity>), WireError> {
+        let mut consumed = Vec::new();
         let kind = MessageType::from_u16(message_type).filter(|kind| (*kind as u16) >= 0x8000).ok_or_else(|| {
             WireError::new(ErrorCode::UnknownMessageType, format!("message type {message_type} is not an answer"))
         })?;
-        Ok(match kind {
+        let response = match kind {
             MessageType::HelloResponse => {
                 let answer = root::<fb::HelloResponse>(payload, "Hello answer")?;
                 Response::Hello { core: answer.core(), cores: answer.cores() }
@@ -1176,10 +1294,12 @@ impl Response {
             }
             MessageType::ItemResponse => {
                 let answer = root::<fb::ItemResponse>(payload, "item answer")?;
+                consumed = read_consumed_capacity(answer.consumed_capacity());
                 Response::Item(read_optional_item(answer.item(), "the item")?)
             }
             MessageType::ItemsResponse => {
                 let answer = root::<fb::ItemsResponse>(payload, "items answer")?;
+                consumed = read_consumed_capacity(answer.consumed_capacity());
                 Response::Items {
                     items: read_items(answer.items(), "an item")?,
                     scanned_count: answer.scanned_count(),
@@ -1189,6 +1309,7 @@ impl Response {
             }
             MessageType::BatchGetItemResponse => {
                 let answer = root::<fb::BatchGetItemResponse>(payload, "BatchGetItem answer")?;
+                consumed = read_consumed_capacity(answer.consumed_capacity());
                 let responses = answer.responses().map_or(Ok(Vec::new()), |tables| {
                     tables
                         .iter()
@@ -1197,11 +1318,11 @@ impl Response {
                 })?;
                 Response::BatchGetItem { responses, unprocessed: read_table_keys(answer.unprocessed())? }
             }
-            MessageType::BatchWriteItemResponse => Response::BatchWriteItem {
-                unprocessed: read_writes(
-                    root::<fb::BatchWriteItemResponse>(payload, "BatchWriteItem answer")?.unprocessed(),
-                )?,
-            },
+            MessageType::BatchWriteItemResponse => {
+                let answer = root::<fb::BatchWriteItemResponse>(payload, "BatchWriteItem answer")?;
+                consumed = read_consumed_capacity(answer.consumed_capacity());
+                Response::BatchWriteItem { unprocessed: read_writes(answer.unprocessed())? }
+            }
             _ => {
                 let answer = root::<fb::ErrorResponse>(payload, "error answer")?;
                 Response::Error(WireError {
@@ -1211,6 +1332,7 @@ impl Response {
                     item: read_optional_item(answer.item(), "the item")?,
                 })
             }
-        })
+        };
+        Ok((response, consumed))
     }
 }

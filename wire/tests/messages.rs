@@ -234,3 +234,49 @@ fn bad_messages_get_errors_that_say_what_was_wrong() {
     let error = Request::decode(MessageType::PutItem as u16, &bytes[frame::HEADER_LEN..]).unwrap_err();
     assert!(error.message.contains("deeper"), "{error}");
 }
+
+/// ReturnConsumedCapacity travels in the request frame's flags, and the consumed capacity in
+/// the four item answers; flags that are not a ReturnConsumedCapacity are refused by name.
+#[test]
+fn consumed_capacity_rides_with_item_requests_and_answers() {
+    let request = Request::GetItem {
+        table: "orders".into(),
+        key: BTreeMap::from([("id".to_string(), AttributeValue::S("a".into()))]),
+        consistent_read: false,
+        read: ReadExpressions::default(),
+    };
+    for capacity in [ReturnConsumedCapacity::None, ReturnConsumedCapacity::Total, ReturnConsumedCapacity::Indexes] {
+        let mut bytes = Vec::new();
+        request.encode_with_capacity(3, capacity, &mut bytes);
+        let Ok(Decoded::Frame(frame, _)) = frame::decode(&bytes) else { panic!("one whole frame") };
+        assert_eq!(ReturnConsumedCapacity::from_flags(frame.header.flags).unwrap(), capacity);
+        assert_eq!(Request::decode(frame.header.message_type, frame.payload).unwrap(), request);
+    }
+    let error = ReturnConsumedCapacity::from_flags(4).unwrap_err();
+    assert_eq!(error.code, ErrorCode::ValidationException);
+    assert!(error.message.contains("0x0004") && error.message.contains("INDEXES"), "{}", error.message);
+
+    let consumed = vec![
+        ConsumedCapacity { table: "orders".into(), read_units: 0.5, write_units: 0.0, table_units: None },
+        ConsumedCapacity { table: "lines".into(), read_units: 0.0, write_units: 3.0, table_units: Some(3.0) },
+    ];
+    assert_eq!(consumed[1].capacity_units(), 3.0);
+    let answers = [
+        Response::Item(None),
+        Response::Items { items: vec![], scanned_count: 4, count: 0, last_evaluated_key: None },
+        Response::BatchGetItem { responses: vec![], unprocessed: vec![] },
+        Response::BatchWriteItem { unprocessed: vec![] },
+    ];
+    for answer in answers {
+        let mut bytes = Vec::new();
+        answer.encode_with_capacity(9, &consumed, &mut bytes);
+        let Ok(Decoded::Frame(frame, _)) = frame::decode(&bytes) else { panic!("one whole frame") };
+        assert_eq!(frame.header.flags, 0);
+        let decoded = Response::decode_with_capacity(frame.header.message_type, frame.payload).unwrap();
+        assert_eq!(decoded, (answer.clone(), consumed.clone()));
+        let mut plain = Vec::new();
+        answer.encode(9, &mut plain);
+        let Ok(Decoded::Frame(frame, _)) = frame::decode(&plain) else { panic!("one whole frame") };
+        assert_eq!(Response::decode_with_capacity(frame.header.message_type, frame.payload).unwrap().1, vec![]);
+    }
+}

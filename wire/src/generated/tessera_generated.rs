@@ -3687,6 +3687,154 @@ impl core::fmt::Debug for UpdateItemRequest<'_> {
       ds.finish()
   }
 }
+pub enum ConsumedCapacityOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct ConsumedCapacity<'a> {
+  pub _tab: flatbuffers::Table<'a>,
+}
+
+impl<'a> flatbuffers::Follow<'a> for ConsumedCapacity<'a> {
+  type Inner = ConsumedCapacity<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: flatbuffers::Table::new(buf, loc) }
+  }
+}
+
+impl<'a> ConsumedCapacity<'a> {
+  pub const VT_TABLE: flatbuffers::VOffsetT = 4;
+  pub const VT_READ_UNITS: flatbuffers::VOffsetT = 6;
+  pub const VT_WRITE_UNITS: flatbuffers::VOffsetT = 8;
+  pub const VT_TABLE_UNITS: flatbuffers::VOffsetT = 10;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
+    ConsumedCapacity { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr>(
+    _fbb: &'mut_bldr mut flatbuffers::FlatBufferBuilder<'bldr>,
+    args: &'args ConsumedCapacityArgs<'args>
+  ) -> flatbuffers::WIPOffset<ConsumedCapacity<'bldr>> {
+    let mut builder = ConsumedCapacityBuilder::new(_fbb);
+    if let Some(x) = args.table_units { builder.add_table_units(x); }
+    builder.add_write_units(args.write_units);
+    builder.add_read_units(args.read_units);
+    if let Some(x) = args.table { builder.add_table(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn table(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<&str>>(ConsumedCapacity::VT_TABLE, None)}
+  }
+  #[inline]
+  pub fn read_units(&self) -> f64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<f64>(ConsumedCapacity::VT_READ_UNITS, Some(0.0)).unwrap()}
+  }
+  #[inline]
+  pub fn write_units(&self) -> f64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<f64>(ConsumedCapacity::VT_WRITE_UNITS, Some(0.0)).unwrap()}
+  }
+  #[inline]
+  pub fn table_units(&self) -> Option<f64> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<f64>(ConsumedCapacity::VT_TABLE_UNITS, None)}
+  }
+}
+
+impl flatbuffers::Verifiable for ConsumedCapacity<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut flatbuffers::Verifier, pos: usize
+  ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+    use self::flatbuffers::Verifiable;
+    v.visit_table(pos)?
+     .visit_field::<flatbuffers::ForwardsUOffset<&str>>("table", Self::VT_TABLE, false)?
+     .visit_field::<f64>("read_units", Self::VT_READ_UNITS, false)?
+     .visit_field::<f64>("write_units", Self::VT_WRITE_UNITS, false)?
+     .visit_field::<f64>("table_units", Self::VT_TABLE_UNITS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct ConsumedCapacityArgs<'a> {
+    pub table: Option<flatbuffers::WIPOffset<&'a str>>,
+    pub read_units: f64,
+    pub write_units: f64,
+    pub table_units: Option<f64>,
+}
+impl<'a> Default for ConsumedCapacityArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    ConsumedCapacityArgs {
+      table: None,
+      read_units: 0.0,
+      write_units: 0.0,
+      table_units: None,
+    }
+  }
+}
+
+pub struct ConsumedCapacityBuilder<'a: 'b, 'b> {
+  fbb_: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+  start_: flatbuffers::WIPOffset<flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b> ConsumedCapacityBuilder<'a, 'b> {
+  #[inline]
+  pub fn add_table(&mut self, table: flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(ConsumedCapacity::VT_TABLE, table);
+  }
+  #[inline]
+  pub fn add_read_units(&mut self, read_units: f64) {
+    self.fbb_.push_slot::<f64>(ConsumedCapacity::VT_READ_UNITS, read_units, 0.0);
+  }
+  #[inline]
+  pub fn add_write_units(&mut self, write_units: f64) {
+    self.fbb_.push_slot::<f64>(ConsumedCapacity::VT_WRITE_UNITS, write_units, 0.0);
+  }
+  #[inline]
+  pub fn add_table_units(&mut self, table_units: f64) {
+    self.fbb_.push_slot_always::<f64>(ConsumedCapacity::VT_TABLE_UNITS, table_units);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>) -> ConsumedCapacityBuilder<'a, 'b> {
+    let start = _fbb.start_table();
+    ConsumedCapacityBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> flatbuffers::WIPOffset<ConsumedCapacity<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl core::fmt::Debug for ConsumedCapacity<'_> {
+  fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+    let mut ds = f.debug_struct("ConsumedCapacity");
+      ds.field("table", &self.table());
+      ds.field("read_units", &self.read_units());
+      ds.field("write_units", &self.write_units());
+      ds.field("table_units", &self.table_units());
+      ds.finish()
+  }
+}
 pub enum ItemResponseOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -3704,6 +3852,7 @@ impl<'a> flatbuffers::Follow<'a> for ItemResponse<'a> {
 
 impl<'a> ItemResponse<'a> {
   pub const VT_ITEM: flatbuffers::VOffsetT = 4;
+  pub const VT_CONSUMED_CAPACITY: flatbuffers::VOffsetT = 6;
 
   #[inline]
   pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
@@ -3715,6 +3864,7 @@ impl<'a> ItemResponse<'a> {
     args: &'args ItemResponseArgs<'args>
   ) -> flatbuffers::WIPOffset<ItemResponse<'bldr>> {
     let mut builder = ItemResponseBuilder::new(_fbb);
+    if let Some(x) = args.consumed_capacity { builder.add_consumed_capacity(x); }
     if let Some(x) = args.item { builder.add_item(x); }
     builder.finish()
   }
@@ -3727,6 +3877,13 @@ impl<'a> ItemResponse<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<Item>>(ItemResponse::VT_ITEM, None)}
   }
+  #[inline]
+  pub fn consumed_capacity(&self) -> Option<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<ConsumedCapacity<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<ConsumedCapacity>>>>(ItemResponse::VT_CONSUMED_CAPACITY, None)}
+  }
 }
 
 impl flatbuffers::Verifiable for ItemResponse<'_> {
@@ -3737,18 +3894,21 @@ impl flatbuffers::Verifiable for ItemResponse<'_> {
     use self::flatbuffers::Verifiable;
     v.visit_table(pos)?
      .visit_field::<flatbuffers::ForwardsUOffset<Item>>("item", Self::VT_ITEM, false)?
+     .visit_field::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'_, flatbuffers::ForwardsUOffset<ConsumedCapacity>>>>("consumed_capacity", Self::VT_CONSUMED_CAPACITY, false)?
      .finish();
     Ok(())
   }
 }
 pub struct ItemResponseArgs<'a> {
     pub item: Option<flatbuffers::WIPOffset<Item<'a>>>,
+    pub consumed_capacity: Option<flatbuffers::WIPOffset<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<ConsumedCapacity<'a>>>>>,
 }
 impl<'a> Default for ItemResponseArgs<'a> {
   #[inline]
   fn default() -> Self {
     ItemResponseArgs {
       item: None,
+      consumed_capacity: None,
     }
   }
 }
@@ -3761,6 +3921,10 @@ impl<'a: 'b, 'b> ItemResponseBuilder<'a, 'b> {
   #[inline]
   pub fn add_item(&mut self, item: flatbuffers::WIPOffset<Item<'b >>) {
     self.fbb_.push_slot_always::<flatbuffers::WIPOffset<Item>>(ItemResponse::VT_ITEM, item);
+  }
+  #[inline]
+  pub fn add_consumed_capacity(&mut self, consumed_capacity: flatbuffers::WIPOffset<flatbuffers::Vector<'b , flatbuffers::ForwardsUOffset<ConsumedCapacity<'b >>>>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(ItemResponse::VT_CONSUMED_CAPACITY, consumed_capacity);
   }
   #[inline]
   pub fn new(_fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>) -> ItemResponseBuilder<'a, 'b> {
@@ -3781,6 +3945,7 @@ impl core::fmt::Debug for ItemResponse<'_> {
   fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
     let mut ds = f.debug_struct("ItemResponse");
       ds.field("item", &self.item());
+      ds.field("consumed_capacity", &self.consumed_capacity());
       ds.finish()
   }
 }
@@ -4253,6 +4418,7 @@ impl<'a> ItemsResponse<'a> {
   pub const VT_SCANNED_COUNT: flatbuffers::VOffsetT = 6;
   pub const VT_LAST_EVALUATED_KEY: flatbuffers::VOffsetT = 8;
   pub const VT_COUNT: flatbuffers::VOffsetT = 10;
+  pub const VT_CONSUMED_CAPACITY: flatbuffers::VOffsetT = 12;
 
   #[inline]
   pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
@@ -4264,6 +4430,7 @@ impl<'a> ItemsResponse<'a> {
     args: &'args ItemsResponseArgs<'args>
   ) -> flatbuffers::WIPOffset<ItemsResponse<'bldr>> {
     let mut builder = ItemsResponseBuilder::new(_fbb);
+    if let Some(x) = args.consumed_capacity { builder.add_consumed_capacity(x); }
     builder.add_count(args.count);
     if let Some(x) = args.last_evaluated_key { builder.add_last_evaluated_key(x); }
     builder.add_scanned_count(args.scanned_count);
@@ -4300,6 +4467,13 @@ impl<'a> ItemsResponse<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<u32>(ItemsResponse::VT_COUNT, Some(0)).unwrap()}
   }
+  #[inline]
+  pub fn consumed_capacity(&self) -> Option<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<ConsumedCapacity<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<ConsumedCapacity>>>>(ItemsResponse::VT_CONSUMED_CAPACITY, None)}
+  }
 }
 
 impl flatbuffers::Verifiable for ItemsResponse<'_> {
@@ -4313,6 +4487,7 @@ impl flatbuffers::Verifiable for ItemsResponse<'_> {
      .visit_field::<u32>("scanned_count", Self::VT_SCANNED_COUNT, false)?
      .visit_field::<flatbuffers::ForwardsUOffset<Item>>("last_evaluated_key", Self::VT_LAST_EVALUATED_KEY, false)?
      .visit_field::<u32>("count", Self::VT_COUNT, false)?
+     .visit_field::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'_, flatbuffers::ForwardsUOffset<ConsumedCapacity>>>>("consumed_capacity", Self::VT_CONSUMED_CAPACITY, false)?
      .finish();
     Ok(())
   }
@@ -4322,6 +4497,7 @@ pub struct ItemsResponseArgs<'a> {
     pub scanned_count: u32,
     pub last_evaluated_key: Option<flatbuffers::WIPOffset<Item<'a>>>,
     pub count: u32,
+    pub consumed_capacity: Option<flatbuffers::WIPOffset<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<ConsumedCapacity<'a>>>>>,
 }
 impl<'a> Default for ItemsResponseArgs<'a> {
   #[inline]
@@ -4331,6 +4507,7 @@ impl<'a> Default for ItemsResponseArgs<'a> {
       scanned_count: 0,
       last_evaluated_key: None,
       count: 0,
+      consumed_capacity: None,
     }
   }
 }
@@ -4357,6 +4534,10 @@ impl<'a: 'b, 'b> ItemsResponseBuilder<'a, 'b> {
     self.fbb_.push_slot::<u32>(ItemsResponse::VT_COUNT, count, 0);
   }
   #[inline]
+  pub fn add_consumed_capacity(&mut self, consumed_capacity: flatbuffers::WIPOffset<flatbuffers::Vector<'b , flatbuffers::ForwardsUOffset<ConsumedCapacity<'b >>>>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(ItemsResponse::VT_CONSUMED_CAPACITY, consumed_capacity);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>) -> ItemsResponseBuilder<'a, 'b> {
     let start = _fbb.start_table();
     ItemsResponseBuilder {
@@ -4378,6 +4559,7 @@ impl core::fmt::Debug for ItemsResponse<'_> {
       ds.field("scanned_count", &self.scanned_count());
       ds.field("last_evaluated_key", &self.last_evaluated_key());
       ds.field("count", &self.count());
+      ds.field("consumed_capacity", &self.consumed_capacity());
       ds.finish()
   }
 }
@@ -4758,6 +4940,7 @@ impl<'a> flatbuffers::Follow<'a> for BatchGetItemResponse<'a> {
 impl<'a> BatchGetItemResponse<'a> {
   pub const VT_RESPONSES: flatbuffers::VOffsetT = 4;
   pub const VT_UNPROCESSED: flatbuffers::VOffsetT = 6;
+  pub const VT_CONSUMED_CAPACITY: flatbuffers::VOffsetT = 8;
 
   #[inline]
   pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
@@ -4769,6 +4952,7 @@ impl<'a> BatchGetItemResponse<'a> {
     args: &'args BatchGetItemResponseArgs<'args>
   ) -> flatbuffers::WIPOffset<BatchGetItemResponse<'bldr>> {
     let mut builder = BatchGetItemResponseBuilder::new(_fbb);
+    if let Some(x) = args.consumed_capacity { builder.add_consumed_capacity(x); }
     if let Some(x) = args.unprocessed { builder.add_unprocessed(x); }
     if let Some(x) = args.responses { builder.add_responses(x); }
     builder.finish()
@@ -4789,6 +4973,13 @@ impl<'a> BatchGetItemResponse<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<TableKeys>>>>(BatchGetItemResponse::VT_UNPROCESSED, None)}
   }
+  #[inline]
+  pub fn consumed_capacity(&self) -> Option<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<ConsumedCapacity<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<ConsumedCapacity>>>>(BatchGetItemResponse::VT_CONSUMED_CAPACITY, None)}
+  }
 }
 
 impl flatbuffers::Verifiable for BatchGetItemResponse<'_> {
@@ -4800,6 +4991,7 @@ impl flatbuffers::Verifiable for BatchGetItemResponse<'_> {
     v.visit_table(pos)?
      .visit_field::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'_, flatbuffers::ForwardsUOffset<TableItems>>>>("responses", Self::VT_RESPONSES, false)?
      .visit_field::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'_, flatbuffers::ForwardsUOffset<TableKeys>>>>("unprocessed", Self::VT_UNPROCESSED, false)?
+     .visit_field::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'_, flatbuffers::ForwardsUOffset<ConsumedCapacity>>>>("consumed_capacity", Self::VT_CONSUMED_CAPACITY, false)?
      .finish();
     Ok(())
   }
@@ -4807,6 +4999,7 @@ impl flatbuffers::Verifiable for BatchGetItemResponse<'_> {
 pub struct BatchGetItemResponseArgs<'a> {
     pub responses: Option<flatbuffers::WIPOffset<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<TableItems<'a>>>>>,
     pub unprocessed: Option<flatbuffers::WIPOffset<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<TableKeys<'a>>>>>,
+    pub consumed_capacity: Option<flatbuffers::WIPOffset<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<ConsumedCapacity<'a>>>>>,
 }
 impl<'a> Default for BatchGetItemResponseArgs<'a> {
   #[inline]
@@ -4814,6 +5007,7 @@ impl<'a> Default for BatchGetItemResponseArgs<'a> {
     BatchGetItemResponseArgs {
       responses: None,
       unprocessed: None,
+      consumed_capacity: None,
     }
   }
 }
@@ -4830,6 +5024,10 @@ impl<'a: 'b, 'b> BatchGetItemResponseBuilder<'a, 'b> {
   #[inline]
   pub fn add_unprocessed(&mut self, unprocessed: flatbuffers::WIPOffset<flatbuffers::Vector<'b , flatbuffers::ForwardsUOffset<TableKeys<'b >>>>) {
     self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(BatchGetItemResponse::VT_UNPROCESSED, unprocessed);
+  }
+  #[inline]
+  pub fn add_consumed_capacity(&mut self, consumed_capacity: flatbuffers::WIPOffset<flatbuffers::Vector<'b , flatbuffers::ForwardsUOffset<ConsumedCapacity<'b >>>>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(BatchGetItemResponse::VT_CONSUMED_CAPACITY, consumed_capacity);
   }
   #[inline]
   pub fn new(_fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>) -> BatchGetItemResponseBuilder<'a, 'b> {
@@ -4851,6 +5049,7 @@ impl core::fmt::Debug for BatchGetItemResponse<'_> {
     let mut ds = f.debug_struct("BatchGetItemResponse");
       ds.field("responses", &self.responses());
       ds.field("unprocessed", &self.unprocessed());
+      ds.field("consumed_capacity", &self.consumed_capacity());
       ds.finish()
   }
 }
@@ -5099,6 +5298,7 @@ impl<'a> flatbuffers::Follow<'a> for BatchWriteItemResponse<'a> {
 
 impl<'a> BatchWriteItemResponse<'a> {
   pub const VT_UNPROCESSED: flatbuffers::VOffsetT = 4;
+  pub const VT_CONSUMED_CAPACITY: flatbuffers::VOffsetT = 6;
 
   #[inline]
   pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
@@ -5110,6 +5310,7 @@ impl<'a> BatchWriteItemResponse<'a> {
     args: &'args BatchWriteItemResponseArgs<'args>
   ) -> flatbuffers::WIPOffset<BatchWriteItemResponse<'bldr>> {
     let mut builder = BatchWriteItemResponseBuilder::new(_fbb);
+    if let Some(x) = args.consumed_capacity { builder.add_consumed_capacity(x); }
     if let Some(x) = args.unprocessed { builder.add_unprocessed(x); }
     builder.finish()
   }
@@ -5122,6 +5323,13 @@ impl<'a> BatchWriteItemResponse<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<WriteRequest>>>>(BatchWriteItemResponse::VT_UNPROCESSED, None)}
   }
+  #[inline]
+  pub fn consumed_capacity(&self) -> Option<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<ConsumedCapacity<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<ConsumedCapacity>>>>(BatchWriteItemResponse::VT_CONSUMED_CAPACITY, None)}
+  }
 }
 
 impl flatbuffers::Verifiable for BatchWriteItemResponse<'_> {
@@ -5132,18 +5340,21 @@ impl flatbuffers::Verifiable for BatchWriteItemResponse<'_> {
     use self::flatbuffers::Verifiable;
     v.visit_table(pos)?
      .visit_field::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'_, flatbuffers::ForwardsUOffset<WriteRequest>>>>("unprocessed", Self::VT_UNPROCESSED, false)?
+     .visit_field::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'_, flatbuffers::ForwardsUOffset<ConsumedCapacity>>>>("consumed_capacity", Self::VT_CONSUMED_CAPACITY, false)?
      .finish();
     Ok(())
   }
 }
 pub struct BatchWriteItemResponseArgs<'a> {
     pub unprocessed: Option<flatbuffers::WIPOffset<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<WriteRequest<'a>>>>>,
+    pub consumed_capacity: Option<flatbuffers::WIPOffset<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<ConsumedCapacity<'a>>>>>,
 }
 impl<'a> Default for BatchWriteItemResponseArgs<'a> {
   #[inline]
   fn default() -> Self {
     BatchWriteItemResponseArgs {
       unprocessed: None,
+      consumed_capacity: None,
     }
   }
 }
@@ -5156,6 +5367,10 @@ impl<'a: 'b, 'b> BatchWriteItemResponseBuilder<'a, 'b> {
   #[inline]
   pub fn add_unprocessed(&mut self, unprocessed: flatbuffers::WIPOffset<flatbuffers::Vector<'b , flatbuffers::ForwardsUOffset<WriteRequest<'b >>>>) {
     self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(BatchWriteItemResponse::VT_UNPROCESSED, unprocessed);
+  }
+  #[inline]
+  pub fn add_consumed_capacity(&mut self, consumed_capacity: flatbuffers::WIPOffset<flatbuffers::Vector<'b , flatbuffers::ForwardsUOffset<ConsumedCapacity<'b >>>>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(BatchWriteItemResponse::VT_CONSUMED_CAPACITY, consumed_capacity);
   }
   #[inline]
   pub fn new(_fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>) -> BatchWriteItemResponseBuilder<'a, 'b> {
@@ -5176,6 +5391,7 @@ impl core::fmt::Debug for BatchWriteItemResponse<'_> {
   fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
     let mut ds = f.debug_struct("BatchWriteItemResponse");
       ds.field("unprocessed", &self.unprocessed());
+      ds.field("consumed_capacity", &self.consumed_capacity());
       ds.finish()
   }
 }
