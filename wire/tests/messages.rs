@@ -205,6 +205,10 @@ fn table_messages_round_trip() {
         Response::Hello { core: 1, cores: 2 },
         Response::Error(WireError::new(ErrorCode::ResourceNotFoundException, "no table named orders")),
         Response::Error(WireError::new(ErrorCode::ThrottlingException, "slow down")),
+        Response::Error(WireError::new(
+            ErrorCode::ItemCollectionSizeLimitExceededException,
+            "Item collection size limit exceeded",
+        )),
     ];
     for response in responses {
         assert_eq!(round_trip_response(&response), response);

@@ -622,7 +622,7 @@ pub const ENUM_MIN_ERROR_CODE: u16 = 0;
 pub const ENUM_MAX_ERROR_CODE: u16 = 103;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 13] = [
+pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 14] = [
   ErrorCode::ValidationException,
   ErrorCode::ResourceNotFoundException,
   ErrorCode::ResourceInUseException,
@@ -632,6 +632,7 @@ pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 13] = [
   ErrorCode::InternalServerError,
   ErrorCode::ServiceUnavailable,
   ErrorCode::ConditionalCheckFailedException,
+  ErrorCode::ItemCollectionSizeLimitExceededException,
   ErrorCode::ChecksumMismatch,
   ErrorCode::UnknownMessageType,
   ErrorCode::MalformedMessage,
@@ -652,6 +653,7 @@ impl ErrorCode {
   pub const InternalServerError: Self = Self(6);
   pub const ServiceUnavailable: Self = Self(7);
   pub const ConditionalCheckFailedException: Self = Self(8);
+  pub const ItemCollectionSizeLimitExceededException: Self = Self(9);
   pub const ChecksumMismatch: Self = Self(100);
   pub const UnknownMessageType: Self = Self(101);
   pub const MalformedMessage: Self = Self(102);
@@ -669,6 +671,7 @@ impl ErrorCode {
     Self::InternalServerError,
     Self::ServiceUnavailable,
     Self::ConditionalCheckFailedException,
+    Self::ItemCollectionSizeLimitExceededException,
     Self::ChecksumMismatch,
     Self::UnknownMessageType,
     Self::MalformedMessage,
@@ -686,6 +689,7 @@ impl ErrorCode {
       Self::InternalServerError => Some("InternalServerError"),
       Self::ServiceUnavailable => Some("ServiceUnavailable"),
       Self::ConditionalCheckFailedException => Some("ConditionalCheckFailedException"),
+      Self::ItemCollectionSizeLimitExceededException => Some("ItemCollectionSizeLimitExceededException"),
       Self::ChecksumMismatch => Some("ChecksumMismatch"),
       Self::UnknownMessageType => Some("UnknownMessageType"),
       Self::MalformedMessage => Some("MalformedMessage"),
