@@ -94,11 +94,6 @@ impl Watermark {
         waiters.into_values().flatten().for_each(Waker::wake);
     }
 
-    /// Whether any task waits for a value not reached yet.
-    pub(crate) fn has_waiters(&self) -> bool {
-        !self.waiters.borrow().is_empty()
-    }
-
     pub(crate) fn failure(&self) -> Option<String> {
         self.failure.borrow().clone()
     }

@@ -1,0 +1,103 @@
+//! Multi-Paxos for one replication group, as a pure state machine: no I/O, no clock, no
+//! randomness of its own. The host feeds it inputs (`tick`, `step` with a message, `propose`,
+//! `persisted` when a write it asked for is durable) with the time as the host's clock reads
+//! it, and drains `Action`s: messages to send, writes to make durable, committed entries to
+//! apply. The same code runs in the server and in the deterministic simulator (tests/).
+//!
+//! The protocol (Lamport's Paxos, run once per slot, with phase 1 shared by all open slots):
+//! * A ballot is `(round, replica)`; ballots are totally ordered and each belongs to one
+//!   replica. A replica whose election timer fires (randomized between `election_min` and
+//!   `election_max` after it last heard from a leader) becomes a candidate: it promises its own
+//!   ballot and sends `Prepare { from_slot }`, its first slot not known to be committed.
+//! * An acceptor promises a ballot higher than any it promised, durably, and answers with every
+//!   entry it accepted from `from_slot` on. It refuses (by silence) while it heard from a leader
+//!   less than `election_min` ago: that is what makes leader leases safe.
+//! * With promises from a quorum (itself included) the candidate leads: for every slot from
+//!   `from_slot` to the highest reported, it re-proposes the entry with the highest ballot
+//!   (a no-op where none was reported), then appends a no-op of its own ballot.
+//! * Phase 2: the leader appends each proposal at the next slot and sends `Accept` to every
+//!   peer without waiting (pipelined). An acceptor accepts entries of a ballot no lower than its
+//!   promise, makes them durable, and only then answers `Accepted { up_to }`: the end of its
+//!   contiguous run of durable entries of that ballot. A slot is committed once a quorum's
+//!   `up_to` (the leader's own durable end included) reaches it. `Accept` carries the leader's
+//!   commit index, so acceptors learn what to apply; empty `Accept`s are the heartbeats.
+//! * A replica that hears of a higher ballot (in any message) stops leading or campaigning.
+//!
+//! Leases. Every `Accept` carries the leader's clock reading `sent_at`, echoed in `Accepted`.
+//! Once a quorum (the leader counts itself) echoed a reading `t`, each of them heard from the
+//! leader at or after `t` and will promise no other ballot for `election_min` of its own clock.
+//! The leader serves strongly consistent reads alone until `t + lease`, where `lease` is
+//! shorter than `election_min` by the configured clock-drift bound (`Config::validate`), and
+//! only once an entry of its own ballot is committed (so everything chosen before is applied).
+//! A restarted replica promises nothing for `election_min`, since it may have heard from a
+//! leader just before it stopped.
+//!
+//! Invariants (checked by the simulator): one value chosen per slot; entries applied in slot
+//! order, the same on every replica; an acceptor acknowledges only durable entries; at most
+//! one replica holds a valid lease at any moment.
+
+mod replica;
+
+pub use replica::{Action, Config, Durable, ProposeError, Replica, Role};
+
+/// A replica of the group: its index in the group's member list is not assumed; ids are
+/// chosen by the host.
+pub type ReplicaId = u32;
+
+/// A log position. Slot 0 is before the log: the first entry is at slot 1.
+pub type Slot = u64;
+
+/// Time as the host's clock reads it, in microseconds. Only differences are used.
+pub type Micros = u64;
+
+/// A ballot: rounds ordered first, the replica's id breaking ties, so no two replicas ever
+/// own the same ballot.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Ballot {
+    pub round: u64,
+    pub replica: ReplicaId,
+}
+
+/// What a slot holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Value {
+    /// Fills a slot a new leader found open with nothing accepted, and marks the start of a
+    /// leadership. Applies nothing.
+    Noop,
+    /// A command for the replicated state machine, opaque here; `id` is the proposer's, so
+    /// the host can tell whether the value chosen for a slot is the one it proposed.
+    Command { id: u64, bytes: Vec<u8> },
+}
+
+/// A value and the ballot it was accepted at.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub ballot: Ballot,
+    pub value: Value,
+}
+
+/// What replicas say to each other.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Message {
+    /// Phase 1a: promise `ballot`, and report what you accepted from `from_slot` on.
+    Prepare { ballot: Ballot, from_slot: Slot },
+    /// Phase 1b: promised; the entries accepted at `from_slot` and after, and the sender's
+    /// commit index.
+    Promise { ballot: Ballot, entries: Vec<(Slot, Entry)>, commit: Slot },
+    /// Phase 2a: accept `entries` (consecutive slots from `first_slot`; empty for a
+    /// heartbeat); the leader's commit index and its clock reading, for the lease.
+    Accept { ballot: Ballot, first_slot: Slot, entries: Vec<Value>, commit: Slot, sent_at: Micros },
+    /// Phase 2b: every slot up to `up_to` (past the sender's commit) holds a durable entry of
+    /// `ballot`. `gap`: an `Accept` was refused because slots before it were missing.
+    Accepted { ballot: Ballot, up_to: Slot, sent_at: Micros, gap: bool },
+    /// The sender promised `promised`, higher than the ballot of the message it answers.
+    Reject { promised: Ballot },
+}
+
+/// A message with its sender and receiver.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Envelope {
+    pub from: ReplicaId,
+    pub to: ReplicaId,
+    pub message: Message,
+}
