@@ -10,6 +10,7 @@ mod error;
 pub mod expr;
 mod key;
 mod number;
+pub mod paxos;
 mod replication;
 mod signal;
 mod store;

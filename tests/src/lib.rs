@@ -43,3 +43,4 @@ pub fn crash_config() -> tessera_engine::StoreConfig {
         checkpoint_wal_segments: 3,
     }
 }
+pub mod sim;

@@ -1,0 +1,657 @@
+//! One replica of a replication group: acceptor always, follower, candidate or leader in turn.
+//! See the module above for the protocol and its invariants.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use super::{Ballot, Entry, Envelope, Message, Micros, ReplicaId, Slot, Value};
+
+/// Timing and bounds of a group. Every replica of a group must use the same values.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// A follower that heard nothing from a leader for a random time between these campaigns,
+    /// and promises no other ballot for `election_min` after it last heard from one.
+    pub election_min: Micros,
+    pub election_max: Micros,
+    /// How often a leader sends `Accept`s when it has nothing else to send.
+    pub heartbeat: Micros,
+    /// How long after a quorum echoed a clock reading the leader serves reads alone.
+    pub lease: Micros,
+    /// The most any replica's clock rate may differ from true time, in parts per million.
+    pub drift_ppm: u64,
+    /// Most entries in one `Accept`.
+    pub entries_per_message_max: usize,
+    /// Most entries sent to a peer beyond what it acknowledged.
+    pub entries_in_flight_max: u64,
+    /// A planted bug for the simulator to find, never set outside tests: acceptors answer
+    /// `Accepted` before their entries are durable.
+    pub unsafe_ack_before_durable: bool,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            election_min: 300_000,
+            election_max: 600_000,
+            heartbeat: 50_000,
+            lease: 240_000,
+            drift_ppm: 10_000,
+            entries_per_message_max: 64,
+            entries_in_flight_max: 1024,
+            unsafe_ack_before_durable: false,
+        }
+    }
+}
+
+impl Config {
+    /// Why this configuration is unsafe or unworkable, if it is.
+    pub fn validate(&self) -> Result<(), String> {
+        // The leader's lease runs on its clock, at worst slow by `drift_ppm`; a follower's
+        // promise to wait `election_min` runs on its clock, at worst fast by as much. In true
+        // time the first must end before the second.
+        let lease_true_max = u128::from(self.lease) * u128::from(1_000_000 + self.drift_ppm);
+        let quiet_true_min = u128::from(self.election_min) * u128::from(1_000_000u64.saturating_sub(self.drift_ppm));
+        if self.drift_ppm >= 1_000_000 || lease_true_max >= quiet_true_min {
+            return Err(format!(
+                "lease {} us is not shorter than election_min {} us by the clock drift bound of {} ppm",
+                self.lease, self.election_min, self.drift_ppm
+            ));
+        }
+        if self.election_max <= self.election_min || self.heartbeat == 0 || self.heartbeat >= self.election_min {
+            return Err("election_max must exceed election_min, and heartbeats come well within it".into());
+        }
+        if self.entries_per_message_max == 0 || self.entries_in_flight_max < self.entries_per_message_max as u64 {
+            return Err("entries_per_message_max must be at least 1 and at most entries_in_flight_max".into());
+        }
+        Ok(())
+    }
+}
+
+/// What a replica has made durable: the ballot it promised and the entries it accepted.
+/// The host stores what `Action::Persist` says and gives it back at start.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Durable {
+    pub promised: Ballot,
+    pub entries: BTreeMap<Slot, Entry>,
+}
+
+/// What the host must do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    Send(Envelope),
+    /// Make these durable (the promise, if any, and the entries, replacing what those slots
+    /// held), then call `persisted(id)`. Persists complete in the order they were asked for.
+    Persist {
+        id: u64,
+        promised: Option<Ballot>,
+        entries: Vec<(Slot, Entry)>,
+    },
+    /// The value chosen for `slot`, in slot order, each once per start.
+    Apply {
+        slot: Slot,
+        value: Value,
+    },
+}
+
+/// Why a proposal was not taken.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProposeError {
+    /// Only the leader proposes; this replica believes `leader` leads, if it knows one.
+    NotLeader { leader: Option<ReplicaId> },
+}
+
+/// The part a replica plays now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Follower,
+    Candidate,
+    Leader,
+}
+
+/// What is waiting for a persist to complete.
+#[derive(Debug)]
+struct PendingPersist {
+    id: u64,
+    /// The ballot of the run of entries it extends, and the run's end once it is durable.
+    run: Ballot,
+    end: Slot,
+    /// Answer once durable.
+    reply: Option<Envelope>,
+}
+
+#[derive(Debug)]
+struct Campaign {
+    ballot: Ballot,
+    from_slot: Slot,
+    /// Promises received: the entries each reported.
+    promises: BTreeMap<ReplicaId, Vec<(Slot, Entry)>>,
+    /// Whether this replica's own promise is durable.
+    promised_self: bool,
+}
+
+#[derive(Debug)]
+struct Leadership {
+    ballot: Ballot,
+    /// The slot of this leadership's own no-op: reads wait until it is committed.
+    first_slot: Slot,
+    /// Per peer: the next slot to send, the end of its acknowledged run, the latest clock
+    /// reading it echoed.
+    next: BTreeMap<ReplicaId, Slot>,
+    matched: BTreeMap<ReplicaId, Slot>,
+    echoed: BTreeMap<ReplicaId, Micros>,
+    next_heartbeat: Micros,
+    /// The newest reading a quorum echoed: the lease runs from it (0: none yet).
+    lease_start: Micros,
+    /// When this leadership began or a quorum last echoed, whichever is later.
+    contact: Micros,
+}
+
+#[derive(Debug)]
+enum State {
+    Follower,
+    Candidate(Campaign),
+    Leader(Leadership),
+}
+
+/// One replica. See the module documentation.
+#[derive(Debug)]
+pub struct Replica {
+    config: Config,
+    id: ReplicaId,
+    peers: Vec<ReplicaId>,
+    /// A replica's votes needed, itself included.
+    quorum: usize,
+    random: u64,
+    promised: Ballot,
+    log: BTreeMap<Slot, Entry>,
+    /// Every slot up to `commit` holds its chosen value; applies have been emitted up to it.
+    commit: Slot,
+    /// The run of entries of ballot `run` past `commit`: accepted up to `accepted_end`,
+    /// durable up to `durable_end`.
+    run: Ballot,
+    accepted_end: Slot,
+    durable_end: Slot,
+    /// The commit index the leader of `run` announced.
+    leader_commit: Slot,
+    leader: Option<ReplicaId>,
+    /// Prepares of other ballots are not answered before this time.
+    quiet_until: Micros,
+    election_deadline: Micros,
+    round_seen: u64,
+    next_persist: u64,
+    persists: VecDeque<PendingPersist>,
+    state: State,
+    actions: Vec<Action>,
+}
+
+impl Replica {
+    /// A replica starting (or restarting) at `now` with what it made durable before; entries
+    /// up to `applied` are already applied by the host. `seed` drives its election timeouts.
+    pub fn new(
+        config: Config,
+        id: ReplicaId,
+        members: &[ReplicaId],
+        durable: Durable,
+        applied: Slot,
+        now: Micros,
+        seed: u64,
+    ) -> Replica {
+        assert!(members.contains(&id), "replica {id} is not among the members {members:?}");
+        config.validate().expect("a valid paxos configuration");
+        let peers: Vec<ReplicaId> = members.iter().copied().filter(|&member| member != id).collect();
+        let round_seen =
+            durable.entries.values().map(|entry| entry.ballot.round).max().unwrap_or(0).max(durable.promised.round);
+        let promised =
+            durable.entries.values().map(|entry| entry.ballot).max().unwrap_or_default().max(durable.promised);
+        let mut replica = Replica {
+            quorum: members.len() / 2 + 1,
+            config,
+            id,
+            peers,
+            random: seed | 1,
+            promised,
+            log: durable.entries,
+            commit: applied,
+            run: Ballot::default(),
+            accepted_end: applied,
+            durable_end: applied,
+            leader_commit: applied,
+            leader: None,
+            // It may have heard from a leader just before it stopped.
+            quiet_until: 0,
+            election_deadline: 0,
+            round_seen,
+            next_persist: 1,
+            persists: VecDeque::new(),
+            state: State::Follower,
+            actions: Vec::new(),
+        };
+        replica.quiet_until = now + replica.config.election_min;
+        replica.reset_election_timer(now);
+        replica
+    }
+
+    pub fn id(&self) -> ReplicaId {
+        self.id
+    }
+
+    pub fn role(&self) -> Role {
+        match self.state {
+            State::Follower => Role::Follower,
+            State::Candidate(_) => Role::Candidate,
+            State::Leader(_) => Role::Leader,
+        }
+    }
+
+    /// The ballot this replica leads with, if it leads.
+    pub fn leading(&self) -> Option<Ballot> {
+        match &self.state {
+            State::Leader(leadership) => Some(leadership.ballot),
+            _ => None,
+        }
+    }
+
+    /// The replica this one believes leads (itself when leading).
+    pub fn leader(&self) -> Option<ReplicaId> {
+        self.leader
+    }
+
+    pub fn commit(&self) -> Slot {
+        self.commit
+    }
+
+    /// Whether a strongly consistent read may be served from this replica's applied state at
+    /// `now`: it leads, an entry of its own ballot is committed, and its lease holds.
+    pub fn can_read(&self, now: Micros) -> bool {
+        match &self.state {
+            State::Leader(leadership) => {
+                self.commit >= leadership.first_slot
+                    && (self.quorum == 1 || now < leadership.lease_start + self.config.lease)
+            }
+            _ => false,
+        }
+    }
+
+    /// What the host must do, in order.
+    pub fn drain(&mut self) -> Vec<Action> {
+        std::mem::take(&mut self.actions)
+    }
+
+    /// Proposes `value` (a command) at the next slot; the host learns whether it was chosen
+    /// there from the `Apply` of that slot.
+    pub fn propose(&mut self, now: Micros, id: u64, bytes: Vec<u8>) -> Result<Slot, ProposeError> {
+        let State::Leader(leadership) = &self.state else {
+            return Err(ProposeError::NotLeader { leader: self.leader });
+        };
+        let ballot = leadership.ballot;
+        let slot = self.accepted_end + 1;
+        let entry = Entry { ballot, value: Value::Command { id, bytes } };
+        self.log.insert(slot, entry.clone());
+        self.accepted_end = slot;
+        self.persist(None, vec![(slot, entry)], None);
+        for peer in self.peers.clone() {
+            self.send_entries(now, peer);
+        }
+        Ok(slot)
+    }
+
+    /// The write `id` asked for is durable.
+    pub fn persisted(&mut self, now: Micros, id: u64) {
+        let pending = self.persists.pop_front().expect("a persist completed that was not asked for");
+        assert_eq!(pending.id, id, "persists complete in the order they were asked for");
+        if pending.run == self.run {
+            self.durable_end = self.durable_end.max(pending.end);
+        }
+        if let Some(reply) = pending.reply {
+            let reply = match reply.message {
+                // The run may have grown durable further meanwhile.
+                Message::Accepted { ballot, sent_at, gap, .. } if ballot == self.run => {
+                    Envelope { message: Message::Accepted { ballot, up_to: self.durable_end, sent_at, gap }, ..reply }
+                }
+                _ => reply,
+            };
+            self.actions.push(Action::Send(reply));
+        }
+        if let State::Candidate(campaign) = &mut self.state {
+            if campaign.ballot == self.promised && !campaign.promised_self {
+                campaign.promised_self = true;
+                self.maybe_lead(now);
+            }
+        }
+        self.advance_commit();
+    }
+
+    /// Time passes.
+    pub fn tick(&mut self, now: Micros) {
+        match &self.state {
+            State::Leader(leadership) => {
+                if self.quorum > 1 && now >= leadership.contact + self.config.election_max {
+                    // No quorum has answered for a whole election timeout: let another lead.
+                    self.become_follower(now, None);
+                } else if now >= leadership.next_heartbeat {
+                    self.heartbeat(now);
+                }
+            }
+            State::Follower | State::Candidate(_) => {
+                if now >= self.election_deadline {
+                    self.campaign(now);
+                }
+            }
+        }
+    }
+
+    /// A message arrives.
+    pub fn step(&mut self, now: Micros, from: ReplicaId, message: Message) {
+        if from == self.id || !self.peers.contains(&from) {
+            return;
+        }
+        match message {
+            Message::Prepare { ballot, from_slot } => self.on_prepare(now, from, ballot, from_slot),
+            Message::Promise { ballot, entries, .. } => self.on_promise(now, from, ballot, entries),
+            // Only a ballot's owner sends its accepts.
+            Message::Accept { ballot, first_slot, entries, commit, sent_at } if ballot.replica == from => {
+                self.on_accept(now, from, ballot, first_slot, entries, commit, sent_at)
+            }
+            Message::Accept { .. } => {}
+            Message::Accepted { ballot, up_to, sent_at, gap } => {
+                self.on_accepted(now, from, ballot, up_to, sent_at, gap)
+            }
+            Message::Reject { promised } => self.observe(now, promised),
+        }
+    }
+
+    // ------------------------------------------------------------------ roles
+
+    fn random_below(&mut self, bound: u64) -> u64 {
+        // xorshift64*: deterministic from the seed.
+        self.random ^= self.random >> 12;
+        self.random ^= self.random << 25;
+        self.random ^= self.random >> 27;
+        self.random.wrapping_mul(0x2545_F491_4F6C_DD1D) % bound.max(1)
+    }
+
+    fn reset_election_timer(&mut self, now: Micros) {
+        let spread = self.config.election_max - self.config.election_min;
+        self.election_deadline = now + self.config.election_min + self.random_below(spread);
+    }
+
+    /// A ballot higher than ours was seen: stop leading or campaigning.
+    fn observe(&mut self, now: Micros, ballot: Ballot) {
+        self.round_seen = self.round_seen.max(ballot.round);
+        let own = match &self.state {
+            State::Leader(leadership) => Some(leadership.ballot),
+            State::Candidate(campaign) => Some(campaign.ballot),
+            State::Follower => None,
+        };
+        if own.is_some_and(|own| ballot > own) {
+            self.become_follower(now, None);
+        }
+    }
+
+    fn become_follower(&mut self, now: Micros, leader: Option<ReplicaId>) {
+        self.state = State::Follower;
+        self.leader = leader;
+        self.reset_election_timer(now);
+    }
+
+    fn campaign(&mut self, now: Micros) {
+        self.round_seen += 1;
+        let ballot = Ballot { round: self.round_seen, replica: self.id };
+        self.promised = ballot;
+        self.leader = None;
+        let from_slot = self.commit + 1;
+        self.state = State::Candidate(Campaign { ballot, from_slot, promises: BTreeMap::new(), promised_self: false });
+        self.persist(Some(ballot), Vec::new(), None);
+        for &peer in &self.peers {
+            self.actions.push(Action::Send(Envelope {
+                from: self.id,
+                to: peer,
+                message: Message::Prepare { ballot, from_slot },
+            }));
+        }
+        self.reset_election_timer(now);
+    }
+
+    fn on_prepare(&mut self, now: Micros, from: ReplicaId, ballot: Ballot, from_slot: Slot) {
+        if ballot < self.promised {
+            self.send(from, Message::Reject { promised: self.promised });
+            return;
+        }
+        // Silence while a leader's lease may hold (or a duplicate of a prepare answered).
+        if ballot == self.promised || (now < self.quiet_until && self.leader != Some(ballot.replica)) {
+            return;
+        }
+        self.observe(now, ballot);
+        self.become_follower(now, None);
+        self.promised = ballot;
+        let entries: Vec<(Slot, Entry)> =
+            self.log.range(from_slot..).map(|(&slot, entry)| (slot, entry.clone())).collect();
+        let reply =
+            Envelope { from: self.id, to: from, message: Message::Promise { ballot, entries, commit: self.commit } };
+        self.persist(Some(ballot), Vec::new(), Some(reply));
+    }
+
+    fn on_promise(&mut self, now: Micros, from: ReplicaId, ballot: Ballot, entries: Vec<(Slot, Entry)>) {
+        let State::Candidate(campaign) = &mut self.state else { return };
+        if campaign.ballot != ballot {
+            return;
+        }
+        campaign.promises.insert(from, entries);
+        self.maybe_lead(now);
+    }
+
+    /// With a quorum of promises, lead: re-propose every open slot at our ballot, then a no-op.
+    fn maybe_lead(&mut self, now: Micros) {
+        let State::Candidate(campaign) = &self.state else { return };
+        if !campaign.promised_self || campaign.promises.len() + 1 < self.quorum {
+            return;
+        }
+        let (ballot, from_slot) = (campaign.ballot, campaign.from_slot);
+        let mut highest: BTreeMap<Slot, Entry> = self.log.range(from_slot..).map(|(&s, e)| (s, e.clone())).collect();
+        for (slot, entry) in campaign.promises.values().flatten() {
+            if *slot >= from_slot && highest.get(slot).is_none_or(|held| held.ballot < entry.ballot) {
+                highest.insert(*slot, entry.clone());
+            }
+        }
+        let last = highest.keys().next_back().map_or(from_slot - 1, |&slot| slot.max(from_slot - 1));
+        // Slots up to `last` keep the value with the highest ballot (a no-op where none was
+        // reported); `last + 1` is this leadership's own no-op.
+        let entries: Vec<(Slot, Entry)> = (from_slot..=last + 1)
+            .map(|slot| (slot, Entry { ballot, value: highest.remove(&slot).map_or(Value::Noop, |entry| entry.value) }))
+            .collect();
+        for (slot, entry) in &entries {
+            self.log.insert(*slot, entry.clone());
+        }
+        self.run = ballot;
+        self.accepted_end = last + 1;
+        self.durable_end = self.commit;
+        self.leader_commit = self.commit;
+        self.leader = Some(self.id);
+        let peers = self.peers.clone();
+        self.state = State::Leader(Leadership {
+            ballot,
+            first_slot: last + 1,
+            next: peers.iter().map(|&peer| (peer, from_slot)).collect(),
+            // Slots before `from_slot` are committed: counting them as acknowledged is safe,
+            // and a peer that lacks them says so (`gap`).
+            matched: peers.iter().map(|&peer| (peer, from_slot - 1)).collect(),
+            echoed: BTreeMap::new(),
+            next_heartbeat: now,
+            lease_start: 0,
+            contact: now,
+        });
+        self.persist(None, entries, None);
+        self.heartbeat(now);
+    }
+
+    // ------------------------------------------------------------------ phase 2
+
+    fn heartbeat(&mut self, now: Micros) {
+        let State::Leader(leadership) = &mut self.state else { return };
+        leadership.next_heartbeat = now + self.config.heartbeat;
+        // Go back to what each peer acknowledged: whatever was lost is sent again.
+        for (peer, next) in leadership.next.iter_mut() {
+            *next = leadership.matched[peer] + 1;
+        }
+        for peer in self.peers.clone() {
+            if !self.send_entries(now, peer) {
+                self.send_accept(now, peer, self.accepted_end + 1, Vec::new());
+            }
+        }
+    }
+
+    /// Sends `peer` what it lacks, within the in-flight bound; whether anything was sent.
+    fn send_entries(&mut self, now: Micros, peer: ReplicaId) -> bool {
+        let mut sent = false;
+        loop {
+            let State::Leader(leadership) = &self.state else { return sent };
+            let (next, matched) = (leadership.next[&peer], leadership.matched[&peer]);
+            if next > self.accepted_end || next > matched + self.config.entries_in_flight_max {
+                return sent;
+            }
+            let last = self.accepted_end.min(next + self.config.entries_per_message_max as u64 - 1);
+            let values: Vec<Value> = (next..=last).map(|slot| self.log[&slot].value.clone()).collect();
+            if let State::Leader(leadership) = &mut self.state {
+                leadership.next.insert(peer, last + 1);
+            }
+            self.send_accept(now, peer, next, values);
+            sent = true;
+        }
+    }
+
+    fn send_accept(&mut self, now: Micros, peer: ReplicaId, first_slot: Slot, entries: Vec<Value>) {
+        let ballot = self.run;
+        let commit = self.commit;
+        self.send(peer, Message::Accept { ballot, first_slot, entries, commit, sent_at: now });
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn on_accept(
+        &mut self,
+        now: Micros,
+        from: ReplicaId,
+        ballot: Ballot,
+        first_slot: Slot,
+        values: Vec<Value>,
+        commit: Slot,
+        sent_at: Micros,
+    ) {
+        if ballot < self.promised {
+            self.send(from, Message::Reject { promised: self.promised });
+            return;
+        }
+        let promise = (ballot > self.promised).then_some(ballot);
+        self.observe(now, ballot);
+        self.promised = ballot;
+        if !matches!(self.state, State::Follower) || self.leader != Some(from) {
+            self.become_follower(now, Some(from));
+        }
+        self.quiet_until = now + self.config.election_min;
+        self.reset_election_timer(now);
+        if self.run != ballot {
+            self.run = ballot;
+            self.accepted_end = self.commit;
+            self.durable_end = self.commit;
+        }
+        self.leader_commit = self.leader_commit.max(commit);
+        let id = self.id;
+        let accepted = move |up_to, gap| Envelope {
+            from: id,
+            to: from,
+            message: Message::Accepted { ballot, up_to, sent_at, gap },
+        };
+        if first_slot > self.accepted_end + 1 {
+            // A gap before these entries (or, in a heartbeat, before the leader's end): say
+            // where the run ends so the leader goes back.
+            let reply = accepted(self.durable_end, true);
+            if promise.is_some() {
+                self.persist(promise, Vec::new(), None);
+            }
+            self.actions.push(Action::Send(reply));
+            self.advance_commit();
+            return;
+        }
+        let entries: Vec<(Slot, Entry)> = (first_slot..)
+            .zip(values)
+            .filter(|(slot, _)| *slot > self.accepted_end)
+            .map(|(slot, value)| (slot, Entry { ballot, value }))
+            .collect();
+        for (slot, entry) in &entries {
+            self.log.insert(*slot, entry.clone());
+            self.accepted_end = *slot;
+        }
+        if entries.is_empty() && promise.is_none() {
+            self.actions.push(Action::Send(accepted(self.durable_end, false)));
+        } else if self.config.unsafe_ack_before_durable {
+            // The planted bug: claim the entries durable before they are.
+            let end = self.accepted_end;
+            self.persist(promise, entries, None);
+            self.durable_end = end;
+            self.actions.push(Action::Send(accepted(end, false)));
+        } else {
+            let reply = accepted(self.durable_end, false);
+            self.persist(promise, entries, Some(reply));
+        }
+        self.advance_commit();
+    }
+
+    fn on_accepted(&mut self, now: Micros, from: ReplicaId, ballot: Ballot, up_to: Slot, sent_at: Micros, gap: bool) {
+        if ballot > self.promised {
+            self.observe(now, ballot);
+            return;
+        }
+        let quorum = self.quorum;
+        let State::Leader(leadership) = &mut self.state else { return };
+        if ballot != leadership.ballot {
+            return;
+        }
+        let matched = leadership.matched.entry(from).or_default();
+        *matched = (*matched).max(up_to);
+        if gap {
+            // Send again from where the peer's run ends.
+            leadership.next.insert(from, up_to + 1);
+        }
+        let echoed = leadership.echoed.entry(from).or_default();
+        *echoed = (*echoed).max(sent_at);
+        // The lease runs from the newest reading a quorum (this replica included) echoed.
+        let mut readings: Vec<Micros> = leadership.echoed.values().copied().collect();
+        readings.sort_unstable_by(|a, b| b.cmp(a));
+        if let Some(&reading) = quorum.checked_sub(2).and_then(|index| readings.get(index)) {
+            leadership.lease_start = leadership.lease_start.max(reading);
+            leadership.contact = leadership.contact.max(reading);
+        }
+        self.advance_commit();
+        self.send_entries(now, from);
+    }
+
+    /// Moves the commit index as far as what is known allows, and emits the applies.
+    fn advance_commit(&mut self) {
+        let target = match &self.state {
+            State::Leader(leadership) => {
+                let mut ends: Vec<Slot> = leadership.matched.values().copied().collect();
+                ends.push(self.durable_end);
+                ends.sort_unstable_by(|a, b| b.cmp(a));
+                ends[self.quorum - 1].min(self.accepted_end)
+            }
+            // Entries of the leader's ballot that are durable here are the leader's values.
+            _ => self.leader_commit.min(self.durable_end),
+        };
+        while self.commit < target {
+            self.commit += 1;
+            let value = self.log.get(&self.commit).expect("a committed slot holds its entry").value.clone();
+            self.actions.push(Action::Apply { slot: self.commit, value });
+        }
+    }
+
+    // ------------------------------------------------------------------ output
+
+    fn send(&mut self, to: ReplicaId, message: Message) {
+        self.actions.push(Action::Send(Envelope { from: self.id, to, message }));
+    }
+
+    fn persist(&mut self, promised: Option<Ballot>, entries: Vec<(Slot, Entry)>, reply: Option<Envelope>) {
+        let id = self.next_persist;
+        self.next_persist += 1;
+        self.persists.push_back(PendingPersist { id, run: self.run, end: self.accepted_end, reply });
+        self.actions.push(Action::Persist { id, promised, entries });
+    }
+}

@@ -1,0 +1,774 @@
+//! Deterministic simulation of one Multi-Paxos replication group: the real protocol core
+//! (`tessera_engine::paxos::Replica`) on three simulated nodes, each with a simulated disk,
+//! clock and network link, driven with a client workload. One seed decides everything:
+//! message delays, drops, duplicates and reordering, partitions, crashes (losing unsynced
+//! writes, sometimes tearing the one in flight), disk latencies, clock offsets and rates, and
+//! the workload. The same seed replays the same run exactly.
+//!
+//! What a run checks, as it goes and at the end:
+//! * one value chosen per slot, and every replica applies the same values in slot order;
+//! * at most one replica holds a read lease at any moment;
+//! * every acknowledged write is chosen, at the slot it was acknowledged for;
+//! * the client history of each key is linearizable (reads served under the leader's lease);
+//! * after the faults stop, the group elects a leader and every replica catches up.
+
+pub mod linearizability;
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, VecDeque};
+
+use tessera_engine::paxos::{Action, Config, Durable, Envelope, Micros, Replica, ReplicaId, Role, Slot, Value};
+
+use linearizability::{Operation, RegisterOp};
+
+/// A small deterministic generator (SplitMix64).
+#[derive(Clone, Debug)]
+pub struct Random(u64);
+
+impl Random {
+    pub fn new(seed: u64) -> Random {
+        Random(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `low..=high`.
+    pub fn between(&mut self, low: u64, high: u64) -> u64 {
+        low + self.next_u64() % (high - low + 1)
+    }
+
+    /// True with probability `per_million` / 1,000,000.
+    pub fn chance(&mut self, per_million: u64) -> bool {
+        self.next_u64() % 1_000_000 < per_million
+    }
+}
+
+/// How a run is shaped; `Options::for_seed` draws fault rates from the seed.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub paxos: Config,
+    /// Simulated time with faults and clients, then time with neither to converge.
+    pub active: Micros,
+    pub quiet: Micros,
+    pub clients: usize,
+    pub keys: u64,
+    pub drop_per_million: u64,
+    pub duplicate_per_million: u64,
+    pub delay_max: Micros,
+    /// Mean time between fault events (a crash or a partition).
+    pub fault_interval: Micros,
+    pub disk_latency_max: Micros,
+}
+
+impl Options {
+    /// Fault rates drawn from the seed, so seeds differ in kind as well as in detail.
+    pub fn for_seed(seed: u64) -> Options {
+        let mut random = Random::new(seed ^ 0x5EED);
+        Options {
+            paxos: Config {
+                election_min: 150_000,
+                election_max: 300_000,
+                heartbeat: 20_000,
+                lease: 120_000,
+                drift_ppm: 10_000,
+                entries_per_message_max: 16,
+                entries_in_flight_max: 256,
+                unsafe_ack_before_durable: false,
+            },
+            active: 4_000_000,
+            quiet: 3_000_000,
+            clients: random.between(2, 6) as usize,
+            keys: random.between(1, 4),
+            drop_per_million: random.between(0, 50_000),
+            duplicate_per_million: random.between(0, 30_000),
+            delay_max: random.between(200, 20_000),
+            fault_interval: random.between(100_000, 1_500_000),
+            disk_latency_max: random.between(100, 5_000),
+        }
+    }
+}
+
+/// What a run saw, for the caller to print and to check that rare paths ran.
+#[derive(Clone, Debug, Default)]
+pub struct Report {
+    pub seed: u64,
+    pub chosen_slots: u64,
+    pub writes_acknowledged: u64,
+    pub reads_served: u64,
+    /// How often each notable path ran (FoundationDB's code probes).
+    pub probes: BTreeMap<&'static str, u64>,
+}
+
+/// A run that broke an invariant: the seed reproduces it.
+#[derive(Debug)]
+pub struct Failure {
+    pub seed: u64,
+    pub at: Micros,
+    pub what: String,
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "seed {} failed at {} us: {}", self.seed, self.at, self.what)
+    }
+}
+
+const REPLICAS: [ReplicaId; 3] = [1, 2, 3];
+const TICK: Micros = 2_000;
+const CLIENT_TIMEOUT: Micros = 400_000;
+const CLIENT_DELAY_MAX: Micros = 500;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Request {
+    Write { key: u64, value: u64 },
+    Read { key: u64 },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Reply {
+    Written {
+        slot: Slot,
+    },
+    Read {
+        value: u64,
+    },
+    /// Not taken (not the leader, no lease, or lost its slot): try elsewhere.
+    Refused {
+        leader: Option<ReplicaId>,
+    },
+}
+
+#[derive(Debug)]
+enum Event {
+    Tick(ReplicaId),
+    Deliver(Envelope),
+    DiskDone { node: ReplicaId, epoch: u64, id: u64 },
+    ClientRequest { node: ReplicaId, client: usize, attempt: u64, request: Request },
+    ClientReply { client: usize, attempt: u64, reply: Reply },
+    ClientTimeout { client: usize, attempt: u64 },
+    ClientStart(usize),
+    ClientRetry(usize),
+    Fault,
+    Restart(ReplicaId),
+    Heal(ReplicaId),
+}
+
+struct Clock {
+    offset: Micros,
+    rate_ppm: i64,
+}
+
+impl Clock {
+    fn local(&self, now: Micros) -> Micros {
+        let drift = (now as i128 * self.rate_ppm as i128 / 1_000_000) as i64;
+        (self.offset as i64 + now as i64 + drift) as Micros
+    }
+}
+
+struct Node {
+    id: ReplicaId,
+    replica: Option<Replica>,
+    /// Bumped at each crash, so completions of a previous life are ignored.
+    epoch: u64,
+    clock: Clock,
+    durable: Durable,
+    /// Writes asked for and not yet durable, oldest first.
+    writing: VecDeque<(u64, Action)>,
+    disk_free_at: Micros,
+    applied: Slot,
+    registers: BTreeMap<u64, u64>,
+    /// Proposals waiting for their slot: slot, (command id, client, attempt).
+    proposals: BTreeMap<Slot, (u64, usize, u64)>,
+    isolated: bool,
+}
+
+struct Client {
+    attempt: u64,
+    /// The operation in progress: its request, call time, and the node it tries.
+    current: Option<(Request, Micros)>,
+    target: ReplicaId,
+    tries: u32,
+}
+
+/// A simulation of one seed.
+pub struct Simulation {
+    seed: u64,
+    options: Options,
+    random: Random,
+    now: Micros,
+    sequence: u64,
+    events: BinaryHeap<Reverse<(Micros, u64, usize)>>,
+    payloads: BTreeMap<usize, Event>,
+    nodes: Vec<Node>,
+    clients: Vec<Client>,
+    next_value: u64,
+    chosen: BTreeMap<Slot, Value>,
+    /// Per key: the history of operations that completed, or whose outcome is unknown.
+    history: BTreeMap<u64, Vec<Operation>>,
+    /// Writes whose client gave up: (key, value, call).
+    unknown_writes: Vec<(u64, u64, Micros)>,
+    /// Acknowledged writes: command id and slot.
+    acknowledged: Vec<(u64, Slot)>,
+    leaderships: std::collections::BTreeSet<tessera_engine::paxos::Ballot>,
+    report: Report,
+}
+
+impl Simulation {
+    pub fn new(seed: u64, options: Options) -> Simulation {
+        let mut random = Random::new(seed);
+        let drift = options.paxos.drift_ppm as i64;
+        let nodes = REPLICAS
+            .iter()
+            .map(|&id| Node {
+                id,
+                replica: None,
+                epoch: 0,
+                clock: Clock {
+                    offset: random.between(0, 10_000_000_000),
+                    rate_ppm: random.between(0, 2 * drift as u64) as i64 - drift,
+                },
+                durable: Durable::default(),
+                writing: VecDeque::new(),
+                disk_free_at: 0,
+                applied: 0,
+                registers: BTreeMap::new(),
+                proposals: BTreeMap::new(),
+                isolated: false,
+            })
+            .collect();
+        let clients = (0..options.clients)
+            .map(|index| Client { attempt: 0, current: None, target: REPLICAS[index % 3], tries: 0 })
+            .collect();
+        Simulation {
+            seed,
+            options,
+            random,
+            now: 0,
+            sequence: 0,
+            events: BinaryHeap::new(),
+            payloads: BTreeMap::new(),
+            nodes,
+            clients,
+            next_value: 1,
+            chosen: BTreeMap::new(),
+            history: BTreeMap::new(),
+            unknown_writes: Vec::new(),
+            acknowledged: Vec::new(),
+            leaderships: std::collections::BTreeSet::new(),
+            report: Report { seed, ..Report::default() },
+        }
+    }
+
+    /// Runs to the end and checks everything.
+    pub fn run(mut self) -> Result<Report, Failure> {
+        for id in REPLICAS {
+            self.start(id);
+        }
+        for client in 0..self.clients.len() {
+            let at = self.random.between(0, 50_000);
+            self.schedule(at, Event::ClientStart(client));
+        }
+        let first_fault = self.random.between(0, self.options.fault_interval);
+        self.schedule(first_fault, Event::Fault);
+        let end = self.options.active + self.options.quiet;
+        while let Some(Reverse((at, _, key))) = self.events.pop() {
+            if at > end {
+                break;
+            }
+            self.now = at;
+            let event = self.payloads.remove(&key).expect("every event has its payload");
+            self.handle(event)?;
+            self.check_leases()?;
+        }
+        self.finish()
+    }
+
+    fn fail(&self, what: impl Into<String>) -> Failure {
+        Failure { seed: self.seed, at: self.now, what: what.into() }
+    }
+
+    fn probe(&mut self, name: &'static str) {
+        *self.report.probes.entry(name).or_default() += 1;
+    }
+
+    fn schedule(&mut self, delay: Micros, event: Event) {
+        self.sequence += 1;
+        let key = self.sequence as usize;
+        self.events.push(Reverse((self.now + delay, self.sequence, key)));
+        self.payloads.insert(key, event);
+    }
+
+    fn node(&mut self, id: ReplicaId) -> &mut Node {
+        &mut self.nodes[id as usize - 1]
+    }
+
+    fn active(&self) -> bool {
+        self.now < self.options.active
+    }
+
+    // ------------------------------------------------------------------ nodes
+
+    fn start(&mut self, id: ReplicaId) {
+        let (now, config, seed) = (self.now, self.options.paxos.clone(), self.random.next_u64());
+        let node = self.node(id);
+        let local = node.clock.local(now);
+        node.applied = 0;
+        node.registers.clear();
+        node.proposals.clear();
+        node.replica = Some(Replica::new(config, id, &REPLICAS, node.durable.clone(), 0, local, seed));
+        let jitter = self.random.between(0, TICK);
+        self.schedule(jitter, Event::Tick(id));
+    }
+
+    fn crash(&mut self, id: ReplicaId) {
+        let tear = self.random.chance(500_000);
+        let keep = self.random.next_u64();
+        let node = self.node(id);
+        node.replica = None;
+        node.epoch += 1;
+        // The write in flight may be torn: a prefix of its entries reached the disk.
+        if let Some((_, Action::Persist { promised, entries, .. })) = node.writing.pop_front() {
+            if tear && !entries.is_empty() {
+                let kept = (keep % (entries.len() as u64 + 1)) as usize;
+                for (slot, entry) in entries.into_iter().take(kept) {
+                    node.durable.entries.insert(slot, entry);
+                }
+                if let Some(promised) = promised.filter(|_| kept > 0) {
+                    node.durable.promised = node.durable.promised.max(promised);
+                }
+                self.probe("torn write on crash");
+            }
+        }
+        let node = self.node(id);
+        node.writing.clear();
+        node.disk_free_at = 0;
+        self.probe("crash");
+    }
+
+    fn handle(&mut self, event: Event) -> Result<(), Failure> {
+        match event {
+            Event::Tick(id) => {
+                let now = self.now;
+                let node = self.node(id);
+                let local = node.clock.local(now);
+                let Some(replica) = node.replica.as_mut() else { return Ok(()) };
+                replica.tick(local);
+                self.schedule(TICK, Event::Tick(id));
+                self.run_actions(id)?;
+            }
+            Event::Deliver(envelope) => {
+                let now = self.now;
+                let node = self.node(envelope.to);
+                let local = node.clock.local(now);
+                if let Some(replica) = node.replica.as_mut() {
+                    replica.step(local, envelope.from, envelope.message);
+                    self.run_actions(envelope.to)?;
+                }
+            }
+            Event::DiskDone { node: id, epoch, id: write } => {
+                let now = self.now;
+                let node = self.node(id);
+                if node.epoch != epoch {
+                    return Ok(());
+                }
+                let local = node.clock.local(now);
+                let (first, action) = node.writing.pop_front().expect("a write completes that was started");
+                assert_eq!(first, write, "the disk completes writes in order");
+                if let Action::Persist { promised, entries, .. } = action {
+                    if let Some(promised) = promised {
+                        node.durable.promised = node.durable.promised.max(promised);
+                    }
+                    node.durable.entries.extend(entries);
+                }
+                node.replica.as_mut().expect("a node with writes in flight is up").persisted(local, write);
+                self.run_actions(id)?;
+            }
+            Event::ClientStart(client) => self.client_next(client),
+            Event::ClientRetry(client) => self.client_send(client),
+            Event::ClientRequest { node, client, attempt, request } => self.serve(node, client, attempt, request)?,
+            Event::ClientReply { client, attempt, reply } => self.client_reply(client, attempt, reply),
+            Event::ClientTimeout { client, attempt } => {
+                if self.clients[client].attempt == attempt {
+                    self.client_gave_up(client);
+                }
+            }
+            Event::Fault => self.fault(),
+            Event::Restart(id) => {
+                if self.node(id).replica.is_none() {
+                    self.start(id);
+                }
+            }
+            Event::Heal(id) => self.node(id).isolated = false,
+        }
+        Ok(())
+    }
+
+    fn fault(&mut self) {
+        if !self.active() {
+            // The quiet period: everything heals and restarts.
+            for id in REPLICAS {
+                self.node(id).isolated = false;
+                if self.node(id).replica.is_none() {
+                    self.start(id);
+                }
+            }
+            return;
+        }
+        let id = REPLICAS[self.random.between(0, 2) as usize];
+        let leader_first = self.random.chance(500_000);
+        let target = if leader_first {
+            REPLICAS
+                .iter()
+                .copied()
+                .find(|&id| self.nodes[id as usize - 1].replica.as_ref().is_some_and(|r| r.role() == Role::Leader))
+                .unwrap_or(id)
+        } else {
+            id
+        };
+        if self.random.chance(150_000) {
+            // A power failure: every replica stops at once, losing what it had not synced.
+            self.probe("power failure");
+            for id in REPLICAS {
+                if self.node(id).replica.is_some() {
+                    self.crash(id);
+                    let down = self.random.between(10_000, 1_000_000);
+                    self.schedule(down, Event::Restart(id));
+                }
+            }
+        } else if self.random.chance(500_000) {
+            if self.node(target).replica.is_some() {
+                self.crash(target);
+                let down = self.random.between(10_000, 1_000_000);
+                self.schedule(down, Event::Restart(target));
+            }
+        } else {
+            self.node(target).isolated = true;
+            self.probe("partition");
+            let cut = self.random.between(10_000, 1_500_000);
+            self.schedule(cut, Event::Heal(target));
+        }
+        let next = self.random.between(1, 2 * self.options.fault_interval);
+        let next = next.min(self.options.active.saturating_sub(self.now) + 1);
+        self.schedule(next, Event::Fault);
+    }
+
+    /// Carries out what a replica asked for.
+    fn run_actions(&mut self, id: ReplicaId) -> Result<(), Failure> {
+        let actions = match self.node(id).replica.as_mut() {
+            Some(replica) => replica.drain(),
+            None => return Ok(()),
+        };
+        for action in actions {
+            match action {
+                Action::Send(envelope) => self.send(envelope),
+                Action::Persist { id: write, .. } => {
+                    let latency = self.random.between(20, self.options.disk_latency_max);
+                    let now = self.now;
+                    let node = self.node(id);
+                    let done = node.disk_free_at.max(now) + latency;
+                    node.disk_free_at = done;
+                    let epoch = node.epoch;
+                    node.writing.push_back((write, action));
+                    self.schedule(done - now, Event::DiskDone { node: id, epoch, id: write });
+                }
+                Action::Apply { slot, value } => self.apply(id, slot, value)?,
+            }
+        }
+        Ok(())
+    }
+
+    fn send(&mut self, envelope: Envelope) {
+        let (from, to) = (envelope.from, envelope.to);
+        if self.node(from).isolated || self.node(to).isolated {
+            return;
+        }
+        if self.random.chance(self.options.drop_per_million) {
+            self.probe("message dropped");
+            return;
+        }
+        if self.random.chance(self.options.duplicate_per_million) {
+            let delay = self.random.between(1, self.options.delay_max);
+            self.schedule(delay, Event::Deliver(envelope.clone()));
+            self.probe("message duplicated");
+        }
+        let delay = self.random.between(1, self.options.delay_max);
+        self.schedule(delay, Event::Deliver(envelope));
+    }
+
+    fn apply(&mut self, id: ReplicaId, slot: Slot, value: Value) -> Result<(), Failure> {
+        let applied = self.node(id).applied;
+        if slot != applied + 1 {
+            return Err(self.fail(format!("replica {id} applied slot {slot} after slot {applied}")));
+        }
+        let node = self.node(id);
+        node.applied = slot;
+        if let Value::Command { bytes, .. } = &value {
+            let (key, written) = decode(bytes);
+            node.registers.insert(key, written);
+        }
+        let waiting = node.proposals.remove(&slot);
+        match self.chosen.get(&slot) {
+            Some(chosen) if *chosen != value => {
+                return Err(
+                    self.fail(format!("two values chosen for slot {slot}: {chosen:?} and, at replica {id}, {value:?}"))
+                );
+            }
+            Some(_) => {}
+            None => {
+                self.chosen.insert(slot, value.clone());
+                self.report.chosen_slots += 1;
+            }
+        }
+        if let Some((command, client, attempt)) = waiting {
+            let reply = match value {
+                Value::Command { id: chosen, .. } if chosen == command => Reply::Written { slot },
+                _ => {
+                    self.probe("proposal lost its slot");
+                    Reply::Refused { leader: None }
+                }
+            };
+            self.reply(client, attempt, reply);
+        }
+        Ok(())
+    }
+
+    /// At most one replica may hold a read lease at any moment; counts leaderships.
+    fn check_leases(&mut self) -> Result<(), Failure> {
+        for node in &self.nodes {
+            if let Some(ballot) = node.replica.as_ref().and_then(Replica::leading) {
+                if self.leaderships.insert(ballot) {
+                    *self.report.probes.entry("new leadership").or_default() += 1;
+                }
+            }
+        }
+        let holders: Vec<ReplicaId> = self
+            .nodes
+            .iter()
+            .filter(|node| node.replica.as_ref().is_some_and(|replica| replica.can_read(node.clock.local(self.now))))
+            .map(|node| node.id)
+            .collect();
+        if holders.len() > 1 {
+            return Err(self.fail(format!("replicas {holders:?} hold read leases at once")));
+        }
+        Ok(())
+    }
+
+    // ------------------------------------------------------------------ clients
+
+    fn client_next(&mut self, client: usize) {
+        if !self.active() {
+            return;
+        }
+        let key = self.random.between(1, self.options.keys);
+        let request = if self.random.chance(500_000) {
+            let value = self.next_value;
+            self.next_value += 1;
+            Request::Write { key, value }
+        } else {
+            Request::Read { key }
+        };
+        self.clients[client].current = Some((request, self.now));
+        self.clients[client].tries = 0;
+        self.client_send(client);
+    }
+
+    fn client_send(&mut self, client: usize) {
+        let Some((request, _)) = self.clients[client].current else { return };
+        self.clients[client].attempt += 1;
+        self.clients[client].tries += 1;
+        let (attempt, node) = (self.clients[client].attempt, self.clients[client].target);
+        let delay = self.random.between(1, CLIENT_DELAY_MAX);
+        self.schedule(delay, Event::ClientRequest { node, client, attempt, request });
+        self.schedule(CLIENT_TIMEOUT, Event::ClientTimeout { client, attempt });
+    }
+
+    fn reply(&mut self, client: usize, attempt: u64, reply: Reply) {
+        let delay = self.random.between(1, CLIENT_DELAY_MAX);
+        self.schedule(delay, Event::ClientReply { client, attempt, reply });
+    }
+
+    fn serve(&mut self, id: ReplicaId, client: usize, attempt: u64, request: Request) -> Result<(), Failure> {
+        let now = self.now;
+        let command_id = (client as u64) << 32 | attempt;
+        let node = &mut self.nodes[id as usize - 1];
+        let local = node.clock.local(now);
+        let Some(replica) = node.replica.as_mut() else { return Ok(()) };
+        if node.isolated {
+            return Ok(());
+        }
+        let mut refused_without_lease = false;
+        let reply = match request {
+            Request::Write { key, value } => match replica.propose(local, command_id, encode(key, value)) {
+                Ok(slot) => {
+                    node.proposals.insert(slot, (command_id, client, attempt));
+                    self.run_actions(id)?;
+                    return Ok(());
+                }
+                Err(tessera_engine::paxos::ProposeError::NotLeader { leader }) => Reply::Refused { leader },
+            },
+            Request::Read { key } => {
+                if replica.can_read(local) {
+                    Reply::Read { value: node.registers.get(&key).copied().unwrap_or(0) }
+                } else {
+                    refused_without_lease = replica.role() == Role::Leader;
+                    Reply::Refused { leader: replica.leader().filter(|&leader| leader != id) }
+                }
+            }
+        };
+        if refused_without_lease {
+            self.probe("read refused by a leader without a lease");
+        }
+        self.reply(client, attempt, reply);
+        Ok(())
+    }
+
+    fn client_reply(&mut self, client: usize, attempt: u64, reply: Reply) {
+        if self.clients[client].attempt != attempt {
+            return;
+        }
+        let Some((request, call)) = self.clients[client].current else { return };
+        match (reply, request) {
+            (Reply::Written { slot }, Request::Write { key, value }) => {
+                let command_id = (client as u64) << 32 | attempt;
+                self.acknowledged.push((command_id, slot));
+                self.report.writes_acknowledged += 1;
+                self.record(key, Operation { call, ret: Some(self.now), op: RegisterOp::Write(value) });
+            }
+            (Reply::Read { value }, Request::Read { key }) => {
+                self.report.reads_served += 1;
+                self.record(key, Operation { call, ret: Some(self.now), op: RegisterOp::Read(value) });
+            }
+            (Reply::Refused { leader }, _) => {
+                // Not taken: try the hinted leader, or the next replica, after a pause. The
+                // bumped attempt retires this attempt's timeout.
+                let target = self.clients[client].target;
+                self.clients[client].target = leader.unwrap_or(target % 3 + 1);
+                self.clients[client].attempt += 1;
+                if self.clients[client].tries < 50 {
+                    let pause = self.random.between(1_000, 20_000);
+                    self.schedule(pause, Event::ClientRetry(client));
+                    return;
+                }
+                self.probe("client gave up after refusals");
+            }
+            _ => unreachable!("replies match their requests"),
+        }
+        self.clients[client].current = None;
+        let think = self.random.between(100, 10_000);
+        self.schedule(think, Event::ClientStart(client));
+    }
+
+    fn client_gave_up(&mut self, client: usize) {
+        let Some((request, call)) = self.clients[client].current.take() else { return };
+        if let Request::Write { key, value } = request {
+            // The write may or may not have been chosen: decided at the end.
+            self.unknown_writes.push((key, value, call));
+            self.probe("write outcome unknown");
+        }
+        self.clients[client].target = self.clients[client].target % 3 + 1;
+        self.clients[client].attempt += 1;
+        let think = self.random.between(100, 10_000);
+        self.schedule(think, Event::ClientStart(client));
+    }
+
+    fn record(&mut self, key: u64, operation: Operation) {
+        self.history.entry(key).or_default().push(operation);
+    }
+
+    // ------------------------------------------------------------------ the end
+
+    fn finish(mut self) -> Result<Report, Failure> {
+        // Liveness: after the quiet period every replica is up and has applied everything.
+        let highest = self.chosen.keys().next_back().copied().unwrap_or(0);
+        let leaders =
+            self.nodes.iter().filter(|node| node.replica.as_ref().is_some_and(|r| r.role() == Role::Leader)).count();
+        if leaders != 1 {
+            return Err(self.fail(format!("{leaders} leaders after the quiet period; {}", self.describe())));
+        }
+        for node in &self.nodes {
+            if node.applied < highest {
+                return Err(self.fail(format!(
+                    "replica {} applied {} of {highest} chosen slots after the quiet period; {}",
+                    node.id,
+                    node.applied,
+                    self.describe()
+                )));
+            }
+        }
+        let registers = &self.nodes[0].registers;
+        if self.nodes.iter().any(|node| node.registers != *registers) {
+            return Err(self.fail("replicas' states differ after applying the same slots"));
+        }
+        // Every acknowledged write is chosen at its slot.
+        for &(command, slot) in &self.acknowledged {
+            match self.chosen.get(&slot) {
+                Some(Value::Command { id, .. }) if *id == command => {}
+                other => {
+                    return Err(self.fail(format!(
+                        "acknowledged write {command:#x} at slot {slot} was lost: the slot holds {other:?}"
+                    )))
+                }
+            }
+        }
+        // Writes whose outcome is unknown took effect if they were chosen.
+        let chosen_values: std::collections::BTreeSet<(u64, u64)> = self
+            .chosen
+            .values()
+            .filter_map(|value| match value {
+                Value::Command { bytes, .. } => Some(decode(bytes)),
+                Value::Noop => None,
+            })
+            .collect();
+        for (key, value, call) in std::mem::take(&mut self.unknown_writes) {
+            if chosen_values.contains(&(key, value)) {
+                self.probe("unknown write was chosen");
+                self.record(key, Operation { call, ret: None, op: RegisterOp::Write(value) });
+            }
+        }
+        for (key, history) in &self.history {
+            if let Err(reason) = linearizability::check(history) {
+                return Err(self.fail(format!("key {key}'s history is not linearizable: {reason}")));
+            }
+        }
+        Ok(self.report)
+    }
+}
+
+impl Simulation {
+    /// Each replica's state, for failure messages.
+    fn describe(&self) -> String {
+        let states: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|node| match &node.replica {
+                None => format!("{}: down", node.id),
+                Some(replica) => format!(
+                    "{}: {:?} of {:?}, leader {:?}, commit {}, applied {}, log to {:?}",
+                    node.id,
+                    replica.role(),
+                    replica.leading(),
+                    replica.leader(),
+                    replica.commit(),
+                    node.applied,
+                    node.durable.entries.keys().next_back()
+                ),
+            })
+            .collect();
+        states.join("; ")
+    }
+}
+
+fn encode(key: u64, value: u64) -> Vec<u8> {
+    [key.to_le_bytes(), value.to_le_bytes()].concat()
+}
+
+fn decode(bytes: &[u8]) -> (u64, u64) {
+    let word = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
+    (word(0), word(8))
+}
