@@ -46,6 +46,7 @@ fn every_seed_keeps_every_invariant() {
         "proposal lost its slot",
         "read refused by a leader without a lease",
         "new leadership",
+        "snapshot installed",
     ] {
         assert!(probes.get(probe).copied().unwrap_or(0) > 0, "no seed ran {probe:?}: {probes:?}");
     }

@@ -32,6 +32,13 @@
 //! A restarted replica promises nothing for `election_min`, since it may have heard from a
 //! leader just before it stopped.
 //!
+//! Snapshots. The host applies committed entries to its state machine and checkpoints it;
+//! it then `compact`s the log through the checkpoint's slot. A peer that needs entries the
+//! leader no longer has gets `Action::SendSnapshot`: the host streams its state machine, and
+//! the receiving host, once the snapshot is durable, calls `install_snapshot`; replication
+//! resumes after it. A candidate ignores promises from replicas whose log starts after its
+//! `from_slot`: it could not know the values of the slots in between, and they are ahead of it.
+//!
 //! Invariants (checked by the simulator): one value chosen per slot; entries applied in slot
 //! order, the same on every replica; an acceptor acknowledges only durable entries; at most
 //! one replica holds a valid lease at any moment.
@@ -81,9 +88,9 @@ pub struct Entry {
 pub enum Message {
     /// Phase 1a: promise `ballot`, and report what you accepted from `from_slot` on.
     Prepare { ballot: Ballot, from_slot: Slot },
-    /// Phase 1b: promised; the entries accepted at `from_slot` and after, and the sender's
-    /// commit index.
-    Promise { ballot: Ballot, entries: Vec<(Slot, Entry)>, commit: Slot },
+    /// Phase 1b: promised; the entries accepted at `from_slot` and after, the sender's commit
+    /// index, and its first slot still in its log (earlier ones are in its snapshot only).
+    Promise { ballot: Ballot, entries: Vec<(Slot, Entry)>, commit: Slot, log_start: Slot },
     /// Phase 2a: accept `entries` (consecutive slots from `first_slot`; empty for a
     /// heartbeat); the leader's commit index and its clock reading, for the lease.
     Accept { ballot: Ballot, first_slot: Slot, entries: Vec<Value>, commit: Slot, sent_at: Micros },

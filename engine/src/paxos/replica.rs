@@ -90,6 +90,11 @@ pub enum Action {
         slot: Slot,
         value: Value,
     },
+    /// `to` needs entries this replica compacted: send it a snapshot of the state machine;
+    /// its host calls `install_snapshot` when it has it durably.
+    SendSnapshot {
+        to: ReplicaId,
+    },
 }
 
 /// Why a proposal was not taken.
@@ -138,6 +143,9 @@ struct Leadership {
     next: BTreeMap<ReplicaId, Slot>,
     matched: BTreeMap<ReplicaId, Slot>,
     echoed: BTreeMap<ReplicaId, Micros>,
+    /// When a snapshot was last asked for, per peer: another is asked for only after
+    /// `election_max`, unless the peer acknowledges it first.
+    snapshot_asked: BTreeMap<ReplicaId, Micros>,
     next_heartbeat: Micros,
     /// The newest reading a quorum echoed: the lease runs from it (0: none yet).
     lease_start: Micros,
@@ -163,6 +171,8 @@ pub struct Replica {
     random: u64,
     promised: Ballot,
     log: BTreeMap<Slot, Entry>,
+    /// The first slot the log still holds; earlier ones are only in the host's snapshot.
+    log_start: Slot,
     /// Every slot up to `commit` holds its chosen value; applies have been emitted up to it.
     commit: Slot,
     /// The run of entries of ballot `run` past `commit`: accepted up to `accepted_end`,
@@ -185,12 +195,13 @@ pub struct Replica {
 
 impl Replica {
     /// A replica starting (or restarting) at `now` with what it made durable before; entries
-    /// up to `applied` are already applied by the host. `seed` drives its election timeouts.
+    /// up to `applied` are already applied by the host (in its checkpoint), and the log
+    /// starts after them. `seed` drives its election timeouts.
     pub fn new(
         config: Config,
         id: ReplicaId,
         members: &[ReplicaId],
-        durable: Durable,
+        mut durable: Durable,
         applied: Slot,
         now: Micros,
         seed: u64,
@@ -209,7 +220,8 @@ impl Replica {
             peers,
             random: seed | 1,
             promised,
-            log: durable.entries,
+            log: durable.entries.split_off(&(applied + 1)),
+            log_start: applied + 1,
             commit: applied,
             run: Ballot::default(),
             accepted_end: applied,
@@ -269,6 +281,39 @@ impl Replica {
             }
             _ => false,
         }
+    }
+
+    /// The host's checkpoint covers every slot through `through` (at most `commit`): those
+    /// entries leave the log.
+    pub fn compact(&mut self, through: Slot) {
+        assert!(through <= self.commit, "compacting slot {through} past the commit index {}", self.commit);
+        if through >= self.log_start {
+            self.log = self.log.split_off(&(through + 1));
+            self.log_start = through + 1;
+        }
+    }
+
+    /// The host durably installed a snapshot of the state machine through `slot`, sent by
+    /// `from`, the leader of `ballot`: replication resumes after it.
+    pub fn install_snapshot(&mut self, slot: Slot, from: ReplicaId, ballot: Ballot) {
+        if slot > self.commit {
+            self.commit = slot;
+            self.leader_commit = self.leader_commit.max(slot);
+            self.log = self.log.split_off(&(slot + 1));
+            self.log_start = slot + 1;
+        }
+        if ballot >= self.promised && self.run != ballot {
+            // A run of the sender's ballot starts at the snapshot.
+            self.run = ballot;
+            self.accepted_end = self.commit;
+            self.durable_end = self.commit;
+        } else {
+            self.accepted_end = self.accepted_end.max(self.commit);
+            self.durable_end = self.durable_end.max(self.commit);
+        }
+        // Tell the leader where the run now ends, so it sends what follows.
+        let message = Message::Accepted { ballot: self.run, up_to: self.durable_end, sent_at: 0, gap: true };
+        self.send(from, message);
     }
 
     /// What the host must do, in order.
@@ -346,7 +391,9 @@ impl Replica {
         }
         match message {
             Message::Prepare { ballot, from_slot } => self.on_prepare(now, from, ballot, from_slot),
-            Message::Promise { ballot, entries, .. } => self.on_promise(now, from, ballot, entries),
+            Message::Promise { ballot, entries, log_start, .. } => {
+                self.on_promise(now, from, ballot, entries, log_start)
+            }
             // Only a ballot's owner sends its accepts.
             Message::Accept { ballot, first_slot, entries, commit, sent_at } if ballot.replica == from => {
                 self.on_accept(now, from, ballot, first_slot, entries, commit, sent_at)
@@ -425,14 +472,23 @@ impl Replica {
         self.promised = ballot;
         let entries: Vec<(Slot, Entry)> =
             self.log.range(from_slot..).map(|(&slot, entry)| (slot, entry.clone())).collect();
-        let reply =
-            Envelope { from: self.id, to: from, message: Message::Promise { ballot, entries, commit: self.commit } };
+        let message = Message::Promise { ballot, entries, commit: self.commit, log_start: self.log_start };
+        let reply = Envelope { from: self.id, to: from, message };
         self.persist(Some(ballot), Vec::new(), Some(reply));
     }
 
-    fn on_promise(&mut self, now: Micros, from: ReplicaId, ballot: Ballot, entries: Vec<(Slot, Entry)>) {
+    fn on_promise(
+        &mut self,
+        now: Micros,
+        from: ReplicaId,
+        ballot: Ballot,
+        entries: Vec<(Slot, Entry)>,
+        log_start: Slot,
+    ) {
         let State::Candidate(campaign) = &mut self.state else { return };
-        if campaign.ballot != ballot {
+        // A promiser whose log starts after our first open slot is ahead of us: we could not
+        // fill the slots between, so its promise is of no use.
+        if campaign.ballot != ballot || log_start > campaign.from_slot {
             return;
         }
         campaign.promises.insert(from, entries);
@@ -475,6 +531,7 @@ impl Replica {
             // and a peer that lacks them says so (`gap`).
             matched: peers.iter().map(|&peer| (peer, from_slot - 1)).collect(),
             echoed: BTreeMap::new(),
+            snapshot_asked: BTreeMap::new(),
             next_heartbeat: now,
             lease_start: 0,
             contact: now,
@@ -503,8 +560,17 @@ impl Replica {
     fn send_entries(&mut self, now: Micros, peer: ReplicaId) -> bool {
         let mut sent = false;
         loop {
-            let State::Leader(leadership) = &self.state else { return sent };
+            let State::Leader(leadership) = &mut self.state else { return sent };
             let (next, matched) = (leadership.next[&peer], leadership.matched[&peer]);
+            if next < self.log_start {
+                // The peer needs compacted entries: a snapshot, asked for again only after a while.
+                let asked = leadership.snapshot_asked.get(&peer).copied();
+                if asked.is_none_or(|asked| now >= asked + self.config.election_max) {
+                    leadership.snapshot_asked.insert(peer, now);
+                    self.actions.push(Action::SendSnapshot { to: peer });
+                }
+                return true;
+            }
             if next > self.accepted_end || next > matched + self.config.entries_in_flight_max {
                 return sent;
             }
@@ -609,6 +675,9 @@ impl Replica {
         if gap {
             // Send again from where the peer's run ends.
             leadership.next.insert(from, up_to + 1);
+        }
+        if up_to + 1 >= self.log_start {
+            leadership.snapshot_asked.remove(&from);
         }
         let echoed = leadership.echoed.entry(from).or_default();
         *echoed = (*echoed).max(sent_at);

@@ -17,7 +17,7 @@ pub mod linearizability;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 
-use tessera_engine::paxos::{Action, Config, Durable, Envelope, Micros, Replica, ReplicaId, Role, Slot, Value};
+use tessera_engine::paxos::{Action, Ballot, Config, Durable, Envelope, Micros, Replica, ReplicaId, Role, Slot, Value};
 
 use linearizability::{Operation, RegisterOp};
 
@@ -64,6 +64,8 @@ pub struct Options {
     /// Mean time between fault events (a crash or a partition).
     pub fault_interval: Micros,
     pub disk_latency_max: Micros,
+    /// Applied slots between a replica's checkpoints; each checkpoint compacts its log.
+    pub checkpoint_every: u64,
 }
 
 impl Options {
@@ -90,6 +92,7 @@ impl Options {
             delay_max: random.between(200, 20_000),
             fault_interval: random.between(100_000, 1_500_000),
             disk_latency_max: random.between(100, 5_000),
+            checkpoint_every: random.between(10, 300),
         }
     }
 }
@@ -148,15 +151,39 @@ enum Reply {
 enum Event {
     Tick(ReplicaId),
     Deliver(Envelope),
-    DiskDone { node: ReplicaId, epoch: u64, id: u64 },
-    ClientRequest { node: ReplicaId, client: usize, attempt: u64, request: Request },
-    ClientReply { client: usize, attempt: u64, reply: Reply },
-    ClientTimeout { client: usize, attempt: u64 },
+    DiskDone {
+        node: ReplicaId,
+        epoch: u64,
+        id: u64,
+    },
+    ClientRequest {
+        node: ReplicaId,
+        client: usize,
+        attempt: u64,
+        request: Request,
+    },
+    ClientReply {
+        client: usize,
+        attempt: u64,
+        reply: Reply,
+    },
+    ClientTimeout {
+        client: usize,
+        attempt: u64,
+    },
     ClientStart(usize),
     ClientRetry(usize),
     Fault,
     Restart(ReplicaId),
     Heal(ReplicaId),
+    /// A state machine snapshot in transit (host to host, beside the protocol's messages).
+    Snapshot {
+        from: ReplicaId,
+        to: ReplicaId,
+        ballot: Ballot,
+        slot: Slot,
+        registers: BTreeMap<u64, u64>,
+    },
 }
 
 struct Clock {
@@ -183,6 +210,9 @@ struct Node {
     disk_free_at: Micros,
     applied: Slot,
     registers: BTreeMap<u64, u64>,
+    /// The durable checkpoint of the state machine: the slot it covers and its registers.
+    /// (Written at once: the simulated disk's latency is on the log.)
+    checkpoint: (Slot, BTreeMap<u64, u64>),
     /// Proposals waiting for their slot: slot, (command id, client, attempt).
     proposals: BTreeMap<Slot, (u64, usize, u64)>,
     isolated: bool,
@@ -238,6 +268,7 @@ impl Simulation {
                 disk_free_at: 0,
                 applied: 0,
                 registers: BTreeMap::new(),
+                checkpoint: (0, BTreeMap::new()),
                 proposals: BTreeMap::new(),
                 isolated: false,
             })
@@ -318,10 +349,11 @@ impl Simulation {
         let (now, config, seed) = (self.now, self.options.paxos.clone(), self.random.next_u64());
         let node = self.node(id);
         let local = node.clock.local(now);
-        node.applied = 0;
-        node.registers.clear();
+        // The state machine restarts from its checkpoint; the log replays after it.
+        node.applied = node.checkpoint.0;
+        node.registers = node.checkpoint.1.clone();
         node.proposals.clear();
-        node.replica = Some(Replica::new(config, id, &REPLICAS, node.durable.clone(), 0, local, seed));
+        node.replica = Some(Replica::new(config, id, &REPLICAS, node.durable.clone(), node.applied, local, seed));
         let jitter = self.random.between(0, TICK);
         self.schedule(jitter, Event::Tick(id));
     }
@@ -405,6 +437,26 @@ impl Simulation {
                 }
             }
             Event::Heal(id) => self.node(id).isolated = false,
+            Event::Snapshot { from, to, ballot, slot, registers } => {
+                let node = self.node(to);
+                if node.replica.is_none() {
+                    return Ok(());
+                }
+                let installs = slot > node.applied;
+                if installs {
+                    node.applied = slot;
+                    node.registers = registers.clone();
+                    node.checkpoint = (slot, registers);
+                    node.durable.entries = node.durable.entries.split_off(&(slot + 1));
+                    // Proposals waiting on covered slots learn nothing: their clients time out.
+                    node.proposals = node.proposals.split_off(&(slot + 1));
+                }
+                node.replica.as_mut().expect("checked above").install_snapshot(slot, from, ballot);
+                if installs {
+                    self.probe("snapshot installed");
+                }
+                self.run_actions(to)?;
+            }
         }
         Ok(())
     }
@@ -478,6 +530,15 @@ impl Simulation {
                     self.schedule(done - now, Event::DiskDone { node: id, epoch, id: write });
                 }
                 Action::Apply { slot, value } => self.apply(id, slot, value)?,
+                Action::SendSnapshot { to } => {
+                    let node = self.node(id);
+                    let Some(ballot) = node.replica.as_ref().and_then(Replica::leading) else { continue };
+                    let (slot, registers) = (node.applied, node.registers.clone());
+                    if !self.node(id).isolated && !self.node(to).isolated {
+                        let delay = self.random.between(1, self.options.delay_max);
+                        self.schedule(delay, Event::Snapshot { from: id, to, ballot, slot, registers });
+                    }
+                }
             }
         }
         Ok(())
@@ -506,11 +567,17 @@ impl Simulation {
         if slot != applied + 1 {
             return Err(self.fail(format!("replica {id} applied slot {slot} after slot {applied}")));
         }
+        let every = self.options.checkpoint_every;
         let node = self.node(id);
         node.applied = slot;
         if let Value::Command { bytes, .. } = &value {
             let (key, written) = decode(bytes);
             node.registers.insert(key, written);
+        }
+        if slot >= node.checkpoint.0 + every {
+            node.checkpoint = (slot, node.registers.clone());
+            node.durable.entries = node.durable.entries.split_off(&(slot + 1));
+            node.replica.as_mut().expect("an applying replica is up").compact(slot);
         }
         let waiting = node.proposals.remove(&slot);
         match self.chosen.get(&slot) {
