@@ -15,10 +15,19 @@
 //! intact; a torn meta fails its CRC and the other slot wins. Only after (4) are the WAL
 //! segments it covers recycled and the pages it released reused.
 //!
+//! Replicated mode (`StoreConfig::replicated`): the WAL also holds the Multi-Paxos log of every
+//! replica on the core (`persist_paxos`, records of kind 2: promises and accepted entries),
+//! and chosen entries are queued for apply by the replication layer (`apply_chosen`), in slot
+//! order per partition, in the order they were chosen across partitions. Nothing is applied
+//! at recovery: the promises and entries past each partition's applied slot are handed back
+//! (`take_recovered_paxos`) for its replica to start from. A checkpoint covers the WAL only up
+//! to the oldest entry not yet applied, so no accepted entry is recycled before its apply, and
+//! it saves each partition's promised ballot, so no promise is lost with a recycled record.
+//!
 //! Invariants: applied slots per partition only grow; the tree reflects a prefix of the log.
 
 use std::cell::{Cell, RefCell};
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -29,6 +38,7 @@ use crate::codec::{decode_item, encode_item, ItemMeta};
 use crate::command::{Command, ConditionalCommand, ConditionalWrite, Outcome};
 use crate::disk::{self, File};
 use crate::error::{Error, Result};
+use crate::paxos::{self, Ballot};
 use crate::signal::{guard_executor, yield_to_reactor, Event, Watermark};
 use crate::value::validate_item;
 use crate::wal::{Wal, WalConfig};
@@ -51,8 +61,10 @@ const CHECKPOINT_WRITES_IN_FLIGHT: usize = 32;
 const CHECKPOINT_CHUNK_PAGES: usize = 512;
 /// Records applied between two turns of the reactor.
 const APPLY_CHUNK: usize = 256;
-/// WAL record kind of a replicated command.
+/// WAL record kind of a command applied once durable (a group of one).
 const RECORD_COMMAND: u8 = 1;
+/// WAL record kind of a Multi-Paxos persist (replicated mode).
+const RECORD_PAXOS: u8 = 2;
 
 /// Store settings.
 #[derive(Clone, Debug)]
@@ -64,6 +76,9 @@ pub struct StoreConfig {
     pub checkpoint_dirty_pages: usize,
     /// ...or when the log spans this many segments.
     pub checkpoint_wal_segments: usize,
+    /// Partitions are replicated (Multi-Paxos): writes enter through `persist_paxos` and
+    /// `apply_chosen` rather than `submit`.
+    pub replicated: bool,
 }
 
 impl Default for StoreConfig {
@@ -73,11 +88,14 @@ impl Default for StoreConfig {
             wal: WalConfig::default(),
             checkpoint_dirty_pages: 16 * 1024,
             checkpoint_wal_segments: 4,
+            replicated: false,
         }
     }
 }
 
 struct Queued {
+    /// The record's LSN (a group of one, applied once durable), or in replicated mode the
+    /// apply's ticket (chosen entries are durable on a quorum already).
     lsn: u64,
     partition: PartitionId,
     slot: u64,
@@ -98,6 +116,13 @@ struct Inner {
     unsaved_metas: RefCell<ahash::HashSet<PartitionId>>,
     queue: RefCell<VecDeque<Queued>>,
     outcomes: RefCell<ahash::HashMap<u64, Outcome>>,
+    /// Replicated mode: the last apply ticket handed out.
+    last_ticket: Cell<u64>,
+    /// Replicated mode: per partition, the LSN of the newest record holding each accepted
+    /// entry not yet applied. The WAL is recycled only below the oldest of them.
+    unapplied: RefCell<ahash::HashMap<PartitionId, BTreeMap<u64, u64>>>,
+    /// Replicated mode: what recovery found for each partition's replica, until taken.
+    recovered_paxos: RefCell<BTreeMap<PartitionId, paxos::Durable>>,
     /// Highest LSN applied to the tree.
     applied: Watermark,
     work: Event,
@@ -184,23 +209,35 @@ pub struct PartitionMeta {
     pub applied_slot: u64,
     pub items: u64,
     pub bytes: u64,
+    /// Replicated mode: the highest ballot the partition's replica promised.
+    pub promised: Ballot,
 }
 
 impl PartitionMeta {
-    const ENCODED_LEN: usize = 24;
+    /// Without the promised ballot, as written before replication existed.
+    const ENCODED_LEN_V1: usize = 24;
+    const ENCODED_LEN: usize = 36;
 
     fn encode(&self) -> [u8; Self::ENCODED_LEN] {
         let mut bytes = [0; Self::ENCODED_LEN];
         bytes[..8].copy_from_slice(&self.applied_slot.to_le_bytes());
         bytes[8..16].copy_from_slice(&self.items.to_le_bytes());
-        bytes[16..].copy_from_slice(&self.bytes.to_le_bytes());
+        bytes[16..24].copy_from_slice(&self.bytes.to_le_bytes());
+        bytes[24..32].copy_from_slice(&self.promised.round.to_le_bytes());
+        bytes[32..].copy_from_slice(&self.promised.replica.to_le_bytes());
         bytes
     }
 
     fn decode(bytes: &[u8]) -> Option<PartitionMeta> {
         let word = |at: usize| bytes.get(at..at + 8).and_then(|word| word.try_into().ok()).map(u64::from_le_bytes);
-        (bytes.len() == Self::ENCODED_LEN).then_some(())?;
-        Some(PartitionMeta { applied_slot: word(0)?, items: word(8)?, bytes: word(16)? })
+        let promised = match bytes.len() {
+            Self::ENCODED_LEN_V1 => Ballot::default(),
+            Self::ENCODED_LEN => {
+                Ballot { round: word(24)?, replica: u32::from_le_bytes(bytes[32..36].try_into().ok()?) }
+            }
+            _ => return None,
+        };
+        Some(PartitionMeta { applied_slot: word(0)?, items: word(8)?, bytes: word(16)?, promised })
     }
 
     /// Accounts for `key` now holding `value` (or nothing) where it held `previous`.
@@ -259,6 +296,7 @@ impl Store {
         };
         let covered_lsn = meta.as_ref().map_or(0, |meta| meta.covered_lsn);
         let recovered = Wal::open(&dir.join("wal"), config.wal.clone(), covered_lsn).await?;
+        let replicated = config.replicated;
         let store = Store {
             inner: Rc::new(Inner {
                 dir: dir.to_path_buf(),
@@ -270,7 +308,11 @@ impl Store {
                 unsaved_metas: RefCell::new(ahash::HashSet::default()),
                 queue: RefCell::new(VecDeque::new()),
                 outcomes: RefCell::new(ahash::HashMap::default()),
-                applied: Watermark::new(covered_lsn),
+                last_ticket: Cell::new(0),
+                unapplied: RefCell::new(ahash::HashMap::default()),
+                recovered_paxos: RefCell::new(BTreeMap::new()),
+                // Replicated mode counts applies by ticket, from 0 at each start.
+                applied: Watermark::new(if replicated { 0 } else { covered_lsn }),
                 work: Event::default(),
                 checkpoint_wanted: Cell::new(false),
                 checkpoint_running: Cell::new(false),
@@ -284,25 +326,71 @@ impl Store {
             }),
         };
         store.load_partition_metas().await?;
-        for record in recovered.records {
-            if record.kind != RECORD_COMMAND {
-                return Err(Error::corrupt(
-                    dir.join("wal"),
-                    0,
-                    format!("WAL record {} has unknown kind {}", record.lsn, record.kind),
-                ));
-            }
-            let command = Command::decode(&record.payload).map_err(|reason| {
-                Error::corrupt(dir.join("wal"), 0, format!("WAL record {} holds a bad command: {reason}", record.lsn))
-            })?;
-            if record.slot > store.applied_slot(record.partition) {
-                store.inner.apply(record.partition, record.slot, &command).await?;
-            }
-            store.inner.applied.advance(record.lsn);
+        if replicated {
+            store.recover_paxos(recovered.records)?;
+        } else {
+            store.replay_commands(recovered.records).await?;
         }
         let applier = glommio::spawn_local(Inner::applier(store.inner.clone()));
         *store.inner.applier.borrow_mut() = Some(applier);
         Ok(store)
+    }
+
+    /// Applies the commands recovered from the WAL (a group of one): each record past its
+    /// partition's applied slot, once.
+    async fn replay_commands(&self, records: Vec<crate::wal::Record>) -> Result<()> {
+        for record in records {
+            if record.kind != RECORD_COMMAND {
+                return Err(Error::corrupt(
+                    self.inner.dir.join("wal"),
+                    0,
+                    format!(
+                        "WAL record {} has kind {}, not a command (kind {RECORD_COMMAND})",
+                        record.lsn, record.kind
+                    ),
+                ));
+            }
+            let command = Command::decode(&record.payload).map_err(|reason| {
+                Error::corrupt(
+                    self.inner.dir.join("wal"),
+                    0,
+                    format!("WAL record {} holds a bad command: {reason}", record.lsn),
+                )
+            })?;
+            if record.slot > self.applied_slot(record.partition) {
+                self.inner.apply(record.partition, record.slot, &command).await?;
+            }
+            self.inner.applied.advance(record.lsn);
+        }
+        Ok(())
+    }
+
+    /// Replicated mode: collects each partition's promises and entries from the WAL records
+    /// past the checkpoint, for its replica to start from, and remembers which entries are
+    /// not applied yet.
+    fn recover_paxos(&self, records: Vec<crate::wal::Record>) -> Result<()> {
+        let mut recovered: BTreeMap<PartitionId, paxos::Durable> = BTreeMap::new();
+        for (partition, meta) in self.inner.partition_metas.borrow().iter() {
+            recovered.entry(*partition).or_default().promised = meta.promised;
+        }
+        for record in records {
+            let damaged = |reason: String| {
+                Error::corrupt(self.inner.dir.join("wal"), 0, format!("WAL record {}: {reason}", record.lsn))
+            };
+            if record.kind != RECORD_PAXOS {
+                return Err(damaged(format!("kind {} in a replicated store, not {RECORD_PAXOS}", record.kind)));
+            }
+            let (promised, entries) = paxos::decode_persist(&record.payload).map_err(damaged)?;
+            self.note_paxos_record(record.partition, record.lsn, promised, &entries);
+            let applied = self.applied_slot(record.partition);
+            let durable = recovered.entry(record.partition).or_default();
+            if let Some(promised) = promised {
+                durable.promised = durable.promised.max(promised);
+            }
+            durable.entries.extend(entries.into_iter().filter(|(slot, _)| *slot > applied));
+        }
+        *self.inner.recovered_paxos.borrow_mut() = recovered;
+        Ok(())
     }
 
     async fn load_partition_metas(&self) -> Result<()> {
@@ -357,6 +445,9 @@ impl Store {
         if let Some(cause) = self.inner.poisoned.borrow().clone() {
             return Err(Error::Poisoned { cause });
         }
+        if self.inner.config.replicated {
+            return Err(Error::Config("a replicated store takes writes through persist_paxos and apply_chosen".into()));
+        }
         if partition == u64::MAX {
             return Err(Error::validation("partition id u64::MAX is reserved"));
         }
@@ -372,6 +463,82 @@ impl Store {
         Ok(lsn)
     }
 
+    /// Replicated mode: appends what `partition`'s replica asked to make durable (its promise
+    /// and accepted entries, `paxos::Action::Persist`) to the WAL; returns the record's LSN, to
+    /// pass to `durable`.
+    pub fn persist_paxos(
+        &self,
+        partition: PartitionId,
+        promised: Option<Ballot>,
+        entries: &[(u64, paxos::Entry)],
+    ) -> Result<u64> {
+        if let Some(cause) = self.inner.poisoned.borrow().clone() {
+            return Err(Error::Poisoned { cause });
+        }
+        if !self.inner.config.replicated {
+            return Err(Error::Config("persist_paxos needs a replicated store".into()));
+        }
+        let last_slot = entries.last().map_or(0, |(slot, _)| *slot);
+        let lsn = self
+            .inner
+            .wal
+            .append_with(partition, last_slot, RECORD_PAXOS, |out| paxos::encode_persist(promised, entries, out))?;
+        self.note_paxos_record(partition, lsn, promised, entries);
+        Ok(lsn)
+    }
+
+    /// Resolves once the WAL record `lsn` is durable.
+    pub async fn durable(&self, lsn: u64) -> Result<()> {
+        self.inner.wal.durable(lsn).await
+    }
+
+    /// Replicated mode: queues the command chosen for `slot` of `partition` for apply (slots
+    /// of a partition in order); returns a ticket for `outcome` if `want_outcome`.
+    pub fn apply_chosen(&self, partition: PartitionId, slot: u64, command: Command, want_outcome: bool) -> Result<u64> {
+        if let Some(cause) = self.inner.poisoned.borrow().clone() {
+            return Err(Error::Poisoned { cause });
+        }
+        if !self.inner.config.replicated {
+            return Err(Error::Config("apply_chosen needs a replicated store".into()));
+        }
+        let ticket = self.inner.last_ticket.get() + 1;
+        self.inner.last_ticket.set(ticket);
+        self.inner.queue.borrow_mut().push_back(Queued { lsn: ticket, partition, slot, command, want_outcome });
+        self.inner.work.notify();
+        Ok(ticket)
+    }
+
+    /// Replicated mode: the promises and entries recovered for each partition's replica (past
+    /// its applied slot). Taken once, after `open`.
+    pub fn take_recovered_paxos(&self) -> BTreeMap<PartitionId, paxos::Durable> {
+        std::mem::take(&mut *self.inner.recovered_paxos.borrow_mut())
+    }
+
+    /// Remembers a persist: its promise (saved with the next checkpoint) and which unapplied
+    /// entries the record holds.
+    fn note_paxos_record(
+        &self,
+        partition: PartitionId,
+        lsn: u64,
+        promised: Option<Ballot>,
+        entries: &[(u64, paxos::Entry)],
+    ) {
+        let applied = self.applied_slot(partition);
+        if let Some(promised) = promised {
+            let mut metas = self.inner.partition_metas.borrow_mut();
+            let meta = metas.entry(partition).or_default();
+            if promised > meta.promised {
+                meta.promised = promised;
+                self.inner.unsaved_metas.borrow_mut().insert(partition);
+            }
+        }
+        let mut unapplied = self.inner.unapplied.borrow_mut();
+        let held = unapplied.entry(partition).or_default();
+        for (slot, _) in entries.iter().filter(|(slot, _)| *slot > applied) {
+            held.insert(*slot, lsn);
+        }
+    }
+
     /// Resolves once the record `lsn` is durable (committed). Applies run behind commits; if
     /// they fall more than `APPLY_LAG_MAX` records behind, this also waits for them, so the
     /// queue of committed but unapplied records stays bounded.
@@ -383,8 +550,10 @@ impl Store {
     /// Waits until every record committed before the call is applied: a read that follows
     /// sees every acknowledged write.
     async fn read_barrier(&self) -> Result<()> {
-        let durable = self.inner.wal.durable_lsn();
-        self.inner.applied.wait(durable).await.map_err(|cause| Error::Poisoned { cause })
+        // Replicated mode: every chosen entry queued before the read.
+        let target =
+            if self.inner.config.replicated { self.inner.last_ticket.get() } else { self.inner.wal.durable_lsn() };
+        self.inner.applied.wait(target).await.map_err(|cause| Error::Poisoned { cause })
     }
 
     /// Resolves once the record `lsn` (submitted with `want_outcome`) is durable and applied,
@@ -462,7 +631,8 @@ impl Store {
     /// Applies everything submitted, waits for a running checkpoint, and stops the store's
     /// tasks. Nothing is lost without it: this only lets the directory be reopened in-process.
     pub async fn close(&self) -> Result<()> {
-        let last = self.inner.wal.next_lsn() - 1;
+        let last =
+            if self.inner.config.replicated { self.inner.last_ticket.get() } else { self.inner.wal.next_lsn() - 1 };
         let applied = self.inner.applied.wait(last).await;
         while self.inner.checkpoint_running.get() {
             let done = self.inner.checkpoints.get() + 1;
@@ -585,6 +755,9 @@ impl Inner {
         meta.applied_slot = slot;
         account(meta, command, &outcome);
         self.unsaved_metas.borrow_mut().insert(partition);
+        if let Some(held) = self.unapplied.borrow_mut().get_mut(&partition) {
+            *held = held.split_off(&(slot + 1));
+        }
         Ok(outcome)
     }
 
@@ -674,6 +847,8 @@ impl Inner {
                     inner.work.wait().await;
                     continue;
                 }
+                // Chosen entries (replicated mode) are durable on a quorum already.
+                Some(_) if inner.config.replicated => {}
                 Some(lsn) => {
                     if let Err(error) = inner.wal.durable(lsn).await {
                         inner.fail(error.to_string());
@@ -681,7 +856,7 @@ impl Inner {
                     }
                 }
             }
-            let durable = inner.wal.durable_lsn();
+            let durable = if inner.config.replicated { u64::MAX } else { inner.wal.durable_lsn() };
             let mut applied_here = 0usize;
             loop {
                 // Before each chunk, let the reactor turn: writers acknowledged by the flush
@@ -747,9 +922,21 @@ impl Inner {
         self.checkpoint_running.set(true);
         self.checkpoints_started.set(self.checkpoints_started.get() + 1);
         let sealed = self.tree.borrow_mut().seal();
-        let covered_lsn = self.applied.get();
+        let covered_lsn = self.covered_lsn();
         glommio::spawn_local(Inner::write_checkpoint(self.clone(), sealed, covered_lsn)).detach();
         Ok(())
+    }
+
+    /// The WAL a checkpoint sealed now makes redundant: every applied record (a group of one);
+    /// in replicated mode, every durable record before the oldest unapplied entry (entries at
+    /// or below applied slots are in the tree, promises in the partition metadata).
+    fn covered_lsn(&self) -> u64 {
+        if !self.config.replicated {
+            return self.applied.get();
+        }
+        let oldest = self.unapplied.borrow().values().filter_map(|held| held.values().min().copied()).min();
+        let durable = self.wal.durable_lsn();
+        oldest.map_or(durable, |oldest| durable.min(oldest - 1))
     }
 
     async fn write_checkpoint(inner: Rc<Inner>, sealed: Sealed, covered_lsn: u64) {

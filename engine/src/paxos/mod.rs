@@ -43,8 +43,10 @@
 //! order, the same on every replica; an acceptor acknowledges only durable entries; at most
 //! one replica holds a valid lease at any moment.
 
+mod codec;
 mod replica;
 
+pub use codec::{decode_persist, encode_persist, PersistContent};
 pub use replica::{Action, Config, Durable, ProposeError, Replica, Role};
 
 /// A replica of the group: its index in the group's member list is not assumed; ids are

@@ -18,6 +18,7 @@ fn small_config() -> StoreConfig {
         },
         checkpoint_dirty_pages: 200,
         checkpoint_wal_segments: 3,
+        replicated: false,
     }
 }
 
@@ -507,5 +508,103 @@ fn conditional_writes_are_checked_at_apply() {
         );
         assert_eq!(meta.write_timestamp, 9);
         store.close().await.unwrap();
+    });
+}
+
+fn replicated_config() -> StoreConfig {
+    StoreConfig { replicated: true, ..small_config() }
+}
+
+fn chosen(slot: u64, round: u64, command: &Command) -> (u64, paxos::Entry) {
+    let mut bytes = Vec::new();
+    command.encode_payload(&mut bytes);
+    let value = paxos::Value::Command { id: slot, bytes };
+    (slot, paxos::Entry { ballot: Ballot { round, replica: 1 }, value })
+}
+
+/// Replicated mode: promises and accepted entries come back after a restart for the replica
+/// to start from; chosen entries are applied when the replication layer says, and only those
+/// past the partition's applied slot come back; the promise survives checkpoints that recycle
+/// the WAL it was written in.
+#[test]
+fn replicated_stores_keep_promises_and_unapplied_entries() {
+    let dir = scratch_dir("store-replicated");
+    run(async move {
+        let store = Store::open(&dir, replicated_config()).await.unwrap();
+        assert!(store.submit(1, 1, put(b"a", b"1"), false).is_err(), "a replicated store refuses submit");
+        let promise = Ballot { round: 3, replica: 2 };
+        let entries: Vec<_> = (1..=3).map(|slot| chosen(slot, 3, &put(b"k", &[slot as u8]))).collect();
+        let lsn = store.persist_paxos(7, Some(promise), &entries).unwrap();
+        store.durable(lsn).await.unwrap();
+        // Slot 1 is chosen and applied; 2 and 3 are only accepted.
+        let ticket = store.apply_chosen(7, 1, put(b"k", &[1]), true).unwrap();
+        assert_eq!(store.outcome(ticket).await.unwrap(), Outcome::Previous(None));
+        assert_eq!(store.get(7, b"k").await.unwrap(), Some(vec![1]));
+        store.close().await.unwrap();
+
+        let store = Store::open(&dir, replicated_config()).await.unwrap();
+        // Nothing is applied at recovery, and without a checkpoint the tree lost the apply of
+        // slot 1: the replica applies it again once it learns the commit index.
+        assert_eq!((store.get(7, b"k").await.unwrap(), store.applied_slot(7)), (None, 0));
+        let recovered = store.take_recovered_paxos();
+        assert_eq!(recovered[&7].promised, promise);
+        assert_eq!(recovered[&7].entries.keys().copied().collect::<Vec<_>>(), [1, 2, 3]);
+        for slot in 1..=3u64 {
+            store.apply_chosen(7, slot, put(b"k", &[slot as u8]), false).unwrap();
+        }
+        assert_eq!(store.get(7, b"k").await.unwrap(), Some(vec![3]));
+        // Another partition fills the WAL with chosen, applied entries, before and after two
+        // entries of partition 7 that stay unapplied; checkpoints recycle what is before them.
+        let filler = vec![0u8; 60 << 10];
+        let fill = |range: std::ops::RangeInclusive<u64>| {
+            let store = store.clone();
+            let filler = filler.clone();
+            async move {
+                for slot in range {
+                    let command = put(&slot.to_be_bytes(), &filler);
+                    let lsn = store.persist_paxos(8, None, &[chosen(slot, 1, &command)]).unwrap();
+                    store.durable(lsn).await.unwrap();
+                    store.apply_chosen(8, slot, command, false).unwrap();
+                }
+            }
+        };
+        fill(1..=30).await;
+        let pending = [chosen(4, 3, &put(b"k", &[4])), chosen(5, 3, &put(b"k", &[5]))];
+        let lsn = store.persist_paxos(7, None, &pending).unwrap();
+        store.durable(lsn).await.unwrap();
+        fill(31..=60).await;
+        store.checkpoint().await.unwrap();
+        let segments = store.wal().segments_in_use();
+        assert!(segments < 60 * 60 / 512, "the WAL before the unapplied entries was recycled: {segments} segments");
+        store.close().await.unwrap();
+
+        let store = Store::open(&dir, replicated_config()).await.unwrap();
+        let recovered = store.take_recovered_paxos();
+        assert_eq!(recovered[&7].promised, promise, "the promise is in the checkpoint");
+        assert_eq!(
+            recovered[&7].entries.keys().copied().collect::<Vec<_>>(),
+            [4, 5],
+            "unapplied entries are never recycled; applied ones are in the tree"
+        );
+        assert_eq!(recovered.get(&8).map_or(0, |durable| durable.entries.len()), 0);
+        assert_eq!((store.applied_slot(7), store.applied_slot(8)), (3, 60));
+        // Applying them now, and a checkpoint, leaves nothing to recover.
+        for slot in 4..=5u64 {
+            store.apply_chosen(7, slot, put(b"k", &[slot as u8]), false).unwrap();
+        }
+        store.checkpoint().await.unwrap();
+        store.close().await.unwrap();
+        let store = Store::open(&dir, replicated_config()).await.unwrap();
+        let recovered = store.take_recovered_paxos();
+        assert!(recovered.values().all(|durable| durable.entries.is_empty()));
+        assert_eq!(recovered[&7].promised, promise);
+        assert_eq!(store.get(7, b"k").await.unwrap(), Some(vec![5]));
+        assert_eq!((store.applied_slot(7), store.partition_meta(7).await.unwrap().promised), (5, promise));
+        let lsn = store.persist_paxos(7, None, &[chosen(6, 3, &put(b"k", &[6]))]).unwrap();
+        store.durable(lsn).await.unwrap();
+        store.close().await.unwrap();
+        // A store of the other mode refuses these records by name.
+        let error = Store::open(&dir, small_config()).await.err().expect("a group-of-one store refuses paxos records");
+        assert!(error.to_string().contains("kind 2"), "{error}");
     });
 }
