@@ -1,6 +1,8 @@
 //! Multi-Paxos under deterministic simulation (`tessera_tests::sim`): a few hundred seeds,
-//! each a different mix of drops, duplicates, delays, partitions, crashes, torn writes, clock
-//! skew and client load, every one checked for safety, linearizability and recovery. A longer
+//! each a different mix of drops, duplicates, delays, partitions, crashes, torn writes, power
+//! failures, clock skew, snapshots, client load and, in some, a replica lost for good and
+//! replaced through configuration changes; every one checked for safety, linearizability and
+//! recovery. A longer
 //! soak: `cargo run --release -p tessera-tests --bin paxos-soak -- --seeds 100000`.
 
 use std::collections::BTreeMap;
@@ -47,6 +49,12 @@ fn every_seed_keeps_every_invariant() {
         "read refused by a leader without a lease",
         "new leadership",
         "snapshot installed",
+        "replica lost for good",
+        "log replica added",
+        "lost replica removed",
+        "full replica added",
+        "log replica retired",
+        "lost replica replaced",
     ] {
         assert!(probes.get(probe).copied().unwrap_or(0) > 0, "no seed ran {probe:?}: {probes:?}");
     }

@@ -1,12 +1,13 @@
 //! The durable form of a replica's persist (`Action::Persist`): a WAL record payload of kind 2
 //! (FORMAT.md, "Multi-Paxos records").
 
-use super::{Ballot, Entry, Slot, Value};
+use super::{Ballot, Entry, Member, MemberKind, Slot, Value};
 use crate::codec::Reader;
 
 const FORMAT_VERSION: u8 = 1;
 const VALUE_NOOP: u8 = 0;
 const VALUE_COMMAND: u8 = 1;
+const VALUE_MEMBERS: u8 = 2;
 
 /// Appends the promise (if any) and entries as one record payload.
 pub fn encode_persist(promised: Option<Ballot>, entries: &[(Slot, Entry)], out: &mut Vec<u8>) {
@@ -29,6 +30,17 @@ pub fn encode_persist(promised: Option<Ballot>, entries: &[(Slot, Entry)], out: 
                 out.extend_from_slice(&id.to_le_bytes());
                 out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
                 out.extend_from_slice(bytes);
+            }
+            Value::Members(members) => {
+                out.push(VALUE_MEMBERS);
+                out.extend_from_slice(&(members.len() as u32).to_le_bytes());
+                for member in members {
+                    out.extend_from_slice(&member.id.to_le_bytes());
+                    out.push(match member.kind {
+                        MemberKind::Full => 0,
+                        MemberKind::Log => 1,
+                    });
+                }
             }
         }
     }
@@ -65,7 +77,24 @@ pub fn decode_persist(bytes: &[u8]) -> Result<PersistContent, String> {
                 let len = u32_le(&mut reader)? as usize;
                 Value::Command { id, bytes: reader.take(len)?.to_vec() }
             }
-            other => return Err(format!("value kind {other} is neither a no-op (0) nor a command (1)")),
+            VALUE_MEMBERS => {
+                let count = u32_le(&mut reader)? as usize;
+                if count > bytes.len() / 5 {
+                    return Err(format!("{count} members cannot fit in {} bytes", bytes.len()));
+                }
+                let mut members = Vec::with_capacity(count);
+                for _ in 0..count {
+                    let id = u32_le(&mut reader)?;
+                    let kind = match reader.u8()? {
+                        0 => MemberKind::Full,
+                        1 => MemberKind::Log,
+                        other => return Err(format!("member kind {other} is neither full (0) nor log (1)")),
+                    };
+                    members.push(Member { id, kind });
+                }
+                Value::Members(members)
+            }
+            other => return Err(format!("value kind {other} is not a no-op (0), command (1) or members (2)")),
         };
         if slot == 0 {
             return Err("an entry at slot 0, which is before the log".into());
@@ -105,6 +134,7 @@ mod tests {
         let entries = vec![
             (5, Entry { ballot, value: Value::Noop }),
             (6, Entry { ballot, value: Value::Command { id: 99, bytes: b"put".to_vec() } }),
+            (7, Entry { ballot, value: Value::Members(vec![Member::full(1), Member::log(4)]) }),
         ];
         for promised in [None, Some(ballot)] {
             let mut bytes = Vec::new();

@@ -39,6 +39,13 @@
 //! resumes after it. A candidate ignores promises from replicas whose log starts after its
 //! `from_slot`: it could not know the values of the slots in between, and they are ahead of it.
 //!
+//! Membership. The configuration is itself in the log (`Value::Members`), and a replica uses
+//! the newest configuration in its log, committed or not, for every quorum (as in Raft's
+//! single-server changes): consecutive configurations differ by one member, so any quorum of
+//! one meets any quorum of the next, and a leader proposes a change only once the previous one
+//! and an entry of its own ballot are committed. A leader that removed itself steps down once
+//! the change is committed. Log replicas (`MemberKind::Log`) vote and accept but never lead.
+//!
 //! Invariants (checked by the simulator): one value chosen per slot; entries applied in slot
 //! order, the same on every replica; an acceptor acknowledges only durable entries; at most
 //! one replica holds a valid lease at any moment.
@@ -47,7 +54,7 @@ mod codec;
 mod replica;
 
 pub use codec::{decode_persist, encode_persist, PersistContent};
-pub use replica::{Action, Config, Durable, ProposeError, Replica, Role};
+pub use replica::{Action, ChangeError, Config, Durable, ProposeError, Replica, Role};
 
 /// A replica of the group: its index in the group's member list is not assumed; ids are
 /// chosen by the host.
@@ -67,6 +74,33 @@ pub struct Ballot {
     pub replica: ReplicaId,
 }
 
+/// What part a member plays in its group.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum MemberKind {
+    /// Holds the state machine: votes, accepts, applies, may lead and serve reads.
+    Full,
+    /// Holds the log only: votes and accepts, never leads. Restores quorum durability quickly
+    /// when a full replica is lost, while a new full replica is built.
+    Log,
+}
+
+/// One member of a group's configuration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Member {
+    pub id: ReplicaId,
+    pub kind: MemberKind,
+}
+
+impl Member {
+    pub fn full(id: ReplicaId) -> Member {
+        Member { id, kind: MemberKind::Full }
+    }
+
+    pub fn log(id: ReplicaId) -> Member {
+        Member { id, kind: MemberKind::Log }
+    }
+}
+
 /// What a slot holds.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Value {
@@ -76,6 +110,8 @@ pub enum Value {
     /// A command for the replicated state machine, opaque here; `id` is the proposer's, so
     /// the host can tell whether the value chosen for a slot is the one it proposed.
     Command { id: u64, bytes: Vec<u8> },
+    /// The group's members from this slot on (a configuration change; see `Replica`).
+    Members(Vec<Member>),
 }
 
 /// A value and the ballot it was accepted at.
@@ -98,7 +134,9 @@ pub enum Message {
     Accept { ballot: Ballot, first_slot: Slot, entries: Vec<Value>, commit: Slot, sent_at: Micros },
     /// Phase 2b: every slot up to `up_to` (past the sender's commit) holds a durable entry of
     /// `ballot`. `gap`: an `Accept` was refused because slots before it were missing.
-    Accepted { ballot: Ballot, up_to: Slot, sent_at: Micros, gap: bool },
+    /// `checkpointed`: the slot through which the sender's host made its state machine durable
+    /// (the leader keeps its log until every full member has checkpointed what it holds).
+    Accepted { ballot: Ballot, up_to: Slot, sent_at: Micros, gap: bool, checkpointed: Slot },
     /// The sender promised `promised`, higher than the ballot of the message it answers.
     Reject { promised: Ballot },
 }

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use super::{Ballot, Entry, Envelope, Message, Micros, ReplicaId, Slot, Value};
+use super::{Ballot, Entry, Envelope, Member, MemberKind, Message, Micros, ReplicaId, Slot, Value};
 
 /// Timing and bounds of a group. Every replica of a group must use the same values.
 #[derive(Clone, Debug)]
@@ -95,6 +95,15 @@ pub enum Action {
     SendSnapshot {
         to: ReplicaId,
     },
+    /// `to`, a log replica, needs entries this replica compacted. It holds no state machine,
+    /// so it needs none: its host calls `install_snapshot` with `slot` (committed, and no
+    /// later than any full member's checkpoint: `compactable`) and `members` (the
+    /// configuration in force there), and its log starts after `slot`.
+    StartLog {
+        to: ReplicaId,
+        slot: Slot,
+        members: Vec<Member>,
+    },
 }
 
 /// Why a proposal was not taken.
@@ -102,6 +111,19 @@ pub enum Action {
 pub enum ProposeError {
     /// Only the leader proposes; this replica believes `leader` leads, if it knows one.
     NotLeader { leader: Option<ReplicaId> },
+}
+
+/// Why a configuration change was not taken.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChangeError {
+    NotLeader {
+        leader: Option<ReplicaId>,
+    },
+    /// A change waits until the previous one, and an entry of the leader's own ballot, are
+    /// committed.
+    InProgress,
+    /// A change adds, removes or changes the kind of exactly one member.
+    NotOneChange,
 }
 
 /// The part a replica plays now.
@@ -127,10 +149,12 @@ struct PendingPersist {
 struct Campaign {
     ballot: Ballot,
     from_slot: Slot,
-    /// Promises received: the entries each reported.
-    promises: BTreeMap<ReplicaId, Vec<(Slot, Entry)>>,
+    /// Promises received: where each promiser's log starts, and the entries it reported.
+    promises: BTreeMap<ReplicaId, (Slot, Vec<(Slot, Entry)>)>,
     /// Whether this replica's own promise is durable.
     promised_self: bool,
+    /// The replicas sent a `Prepare`.
+    asked: std::collections::BTreeSet<ReplicaId>,
 }
 
 #[derive(Debug)]
@@ -143,6 +167,8 @@ struct Leadership {
     next: BTreeMap<ReplicaId, Slot>,
     matched: BTreeMap<ReplicaId, Slot>,
     echoed: BTreeMap<ReplicaId, Micros>,
+    /// The slot each peer last said its state machine is durable through.
+    checkpoints: BTreeMap<ReplicaId, Slot>,
     /// When a snapshot was last asked for, per peer: another is asked for only after
     /// `election_max`, unless the peer acknowledges it first.
     snapshot_asked: BTreeMap<ReplicaId, Micros>,
@@ -165,14 +191,16 @@ enum State {
 pub struct Replica {
     config: Config,
     id: ReplicaId,
-    peers: Vec<ReplicaId>,
-    /// A replica's votes needed, itself included.
-    quorum: usize,
+    /// The configurations in the log by the slot that holds them (the first: the one in force
+    /// at the log's start). The newest is in force, committed or not.
+    configs: BTreeMap<Slot, Vec<Member>>,
     random: u64,
     promised: Ballot,
     log: BTreeMap<Slot, Entry>,
     /// The first slot the log still holds; earlier ones are only in the host's snapshot.
     log_start: Slot,
+    /// The slot through which the host's state machine is durable.
+    checkpointed: Slot,
     /// Every slot up to `commit` holds its chosen value; applies have been emitted up to it.
     commit: Slot,
     /// The run of entries of ballot `run` past `commit`: accepted up to `accepted_end`,
@@ -196,32 +224,37 @@ pub struct Replica {
 impl Replica {
     /// A replica starting (or restarting) at `now` with what it made durable before; entries
     /// up to `applied` are already applied by the host (in its checkpoint), and the log
-    /// starts after them. `seed` drives its election timeouts.
+    /// starts after them; `members` is the configuration in force at `applied`. `seed` drives
+    /// its election timeouts.
     pub fn new(
         config: Config,
         id: ReplicaId,
-        members: &[ReplicaId],
+        members: &[Member],
         mut durable: Durable,
         applied: Slot,
         now: Micros,
         seed: u64,
     ) -> Replica {
-        assert!(members.contains(&id), "replica {id} is not among the members {members:?}");
         config.validate().expect("a valid paxos configuration");
-        let peers: Vec<ReplicaId> = members.iter().copied().filter(|&member| member != id).collect();
+        let mut configs = BTreeMap::from([(applied, members.to_vec())]);
+        for (slot, entry) in durable.entries.range(applied + 1..) {
+            if let Value::Members(members) = &entry.value {
+                configs.insert(*slot, members.clone());
+            }
+        }
         let round_seen =
             durable.entries.values().map(|entry| entry.ballot.round).max().unwrap_or(0).max(durable.promised.round);
         let promised =
             durable.entries.values().map(|entry| entry.ballot).max().unwrap_or_default().max(durable.promised);
         let mut replica = Replica {
-            quorum: members.len() / 2 + 1,
             config,
             id,
-            peers,
+            configs,
             random: seed | 1,
             promised,
             log: durable.entries.split_off(&(applied + 1)),
             log_start: applied + 1,
+            checkpointed: applied,
             commit: applied,
             run: Ballot::default(),
             accepted_end: applied,
@@ -271,16 +304,91 @@ impl Replica {
         self.commit
     }
 
+    /// The first slot the log still holds.
+    pub fn log_start(&self) -> Slot {
+        self.log_start
+    }
+
+    /// The configuration in force: the newest in the log.
+    pub fn members(&self) -> &[Member] {
+        self.configs.values().next_back().expect("a configuration is always in force")
+    }
+
+    /// Whether the configuration in force is committed (another change may be proposed).
+    pub fn members_committed(&self) -> bool {
+        self.configs.keys().next_back().is_none_or(|&slot| slot <= self.commit)
+    }
+
+    fn peers(&self) -> Vec<ReplicaId> {
+        self.members().iter().map(|member| member.id).filter(|&id| id != self.id).collect()
+    }
+
+    fn quorum(&self) -> usize {
+        self.members().len() / 2 + 1
+    }
+
+    fn is_member(&self) -> bool {
+        self.members().iter().any(|member| member.id == self.id)
+    }
+
+    fn can_lead(&self) -> bool {
+        self.members().contains(&Member::full(self.id))
+    }
+
+    /// Puts `entry` in the log at `slot`, keeping the configurations in step with it.
+    fn log_insert(&mut self, slot: Slot, entry: Entry) {
+        match &entry.value {
+            Value::Members(members) => self.configs.insert(slot, members.clone()),
+            _ => self.configs.remove(&slot),
+        };
+        self.log.insert(slot, entry);
+    }
+
+    /// Drops the log through `through` (now in the state machine), keeping the configuration in
+    /// force there as the first.
+    fn drop_log_through(&mut self, through: Slot, base: Option<Vec<Member>>) {
+        let base = base.unwrap_or_else(|| {
+            self.configs.range(..=through).next_back().map(|(_, members)| members.clone()).expect("a configuration")
+        });
+        self.log = self.log.split_off(&(through + 1));
+        self.configs = self.configs.split_off(&(through + 1));
+        self.configs.insert(through, base);
+        self.log_start = through + 1;
+    }
+
     /// Whether a strongly consistent read may be served from this replica's applied state at
     /// `now`: it leads, an entry of its own ballot is committed, and its lease holds.
     pub fn can_read(&self, now: Micros) -> bool {
         match &self.state {
             State::Leader(leadership) => {
-                self.commit >= leadership.first_slot
-                    && (self.quorum == 1 || now < leadership.lease_start + self.config.lease)
+                self.can_lead()
+                    && self.commit >= leadership.first_slot
+                    && (self.quorum() == 1 || now < leadership.lease_start + self.config.lease)
             }
             _ => false,
         }
+    }
+
+    /// How far the host may compact this replica's log. A leader keeps every entry some other
+    /// full member has not checkpointed: a full member restarts from its checkpoint and
+    /// campaigns from there, and a log replica, which joins (or catches up) from the leader's
+    /// log, must then hold everything after that point. Others may compact what they
+    /// committed.
+    pub fn compactable(&self) -> Slot {
+        match &self.state {
+            State::Leader(leadership) => self
+                .members()
+                .iter()
+                .filter(|member| member.kind == MemberKind::Full && member.id != self.id)
+                .map(|member| leadership.checkpoints.get(&member.id).copied().unwrap_or(0))
+                .fold(self.commit, Slot::min),
+            _ => self.commit,
+        }
+    }
+
+    /// The host made its state machine durable through `slot` (a checkpoint).
+    pub fn checkpointed(&mut self, slot: Slot) {
+        self.checkpointed = self.checkpointed.max(slot.min(self.commit));
     }
 
     /// The host's checkpoint covers every slot through `through` (at most `commit`): those
@@ -288,19 +396,19 @@ impl Replica {
     pub fn compact(&mut self, through: Slot) {
         assert!(through <= self.commit, "compacting slot {through} past the commit index {}", self.commit);
         if through >= self.log_start {
-            self.log = self.log.split_off(&(through + 1));
-            self.log_start = through + 1;
+            self.drop_log_through(through, None);
         }
     }
 
     /// The host durably installed a snapshot of the state machine through `slot`, sent by
-    /// `from`, the leader of `ballot`: replication resumes after it.
-    pub fn install_snapshot(&mut self, slot: Slot, from: ReplicaId, ballot: Ballot) {
+    /// `from`, the leader of `ballot`, with `members` the configuration in force at `slot`:
+    /// replication resumes after it.
+    pub fn install_snapshot(&mut self, slot: Slot, from: ReplicaId, ballot: Ballot, members: Vec<Member>) {
         if slot > self.commit {
             self.commit = slot;
+            self.checkpointed = slot;
             self.leader_commit = self.leader_commit.max(slot);
-            self.log = self.log.split_off(&(slot + 1));
-            self.log_start = slot + 1;
+            self.drop_log_through(slot, Some(members));
         }
         if ballot >= self.promised && self.run != ballot {
             // A run of the sender's ballot starts at the snapshot.
@@ -312,7 +420,13 @@ impl Replica {
             self.durable_end = self.durable_end.max(self.commit);
         }
         // Tell the leader where the run now ends, so it sends what follows.
-        let message = Message::Accepted { ballot: self.run, up_to: self.durable_end, sent_at: 0, gap: true };
+        let message = Message::Accepted {
+            ballot: self.run,
+            up_to: self.durable_end,
+            sent_at: 0,
+            gap: true,
+            checkpointed: self.checkpointed,
+        };
         self.send(from, message);
     }
 
@@ -328,15 +442,65 @@ impl Replica {
             return Err(ProposeError::NotLeader { leader: self.leader });
         };
         let ballot = leadership.ballot;
+        Ok(self.append(now, ballot, Value::Command { id, bytes }))
+    }
+
+    /// Proposes a new configuration: `members` differs from the one in force by exactly one
+    /// member added, removed, or changed in kind. It is in force (for quorums) as soon as it
+    /// is in the log.
+    pub fn propose_members(&mut self, now: Micros, members: Vec<Member>) -> Result<Slot, ChangeError> {
+        let State::Leader(leadership) = &self.state else {
+            return Err(ChangeError::NotLeader { leader: self.leader });
+        };
+        let (ballot, first_slot) = (leadership.ballot, leadership.first_slot);
+        if !self.members_committed() || first_slot > self.commit {
+            return Err(ChangeError::InProgress);
+        }
+        let current = self.members();
+        let differs = |a: &[Member], b: &[Member]| a.iter().filter(|member| !b.contains(member)).count();
+        let ids =
+            |members: &[Member]| members.iter().map(|member| member.id).collect::<std::collections::BTreeSet<_>>();
+        let (added, removed) = (differs(&members, current), differs(current, &members));
+        let one_change = match (added, removed) {
+            (1, 0) | (0, 1) => true,
+            // The same ids with one member's kind changed.
+            (1, 1) => ids(&members) == ids(current),
+            _ => false,
+        };
+        if !one_change || ids(&members).len() != members.len() {
+            return Err(ChangeError::NotOneChange);
+        }
+        Ok(self.append(now, ballot, Value::Members(members)))
+    }
+
+    /// The leader appends `value` at its next slot and sends it on.
+    fn append(&mut self, now: Micros, ballot: Ballot, value: Value) -> Slot {
         let slot = self.accepted_end + 1;
-        let entry = Entry { ballot, value: Value::Command { id, bytes } };
-        self.log.insert(slot, entry.clone());
+        let entry = Entry { ballot, value };
+        self.log_insert(slot, entry.clone());
         self.accepted_end = slot;
+        self.sync_peers();
         self.persist(None, vec![(slot, entry)], None);
-        for peer in self.peers.clone() {
+        for peer in self.peers() {
             self.send_entries(now, peer);
         }
-        Ok(slot)
+        slot
+    }
+
+    /// The leader's per-peer state follows the configuration in force.
+    fn sync_peers(&mut self) {
+        let peers = self.peers();
+        // A new member is sent the newest entry: it answers where its log ends (`gap`).
+        let next = self.accepted_end;
+        let State::Leader(leadership) = &mut self.state else { return };
+        leadership.next.retain(|peer, _| peers.contains(peer));
+        leadership.matched.retain(|peer, _| peers.contains(peer));
+        leadership.echoed.retain(|peer, _| peers.contains(peer));
+        leadership.checkpoints.retain(|peer, _| peers.contains(peer));
+        for peer in peers {
+            leadership.next.entry(peer).or_insert(next);
+            leadership.matched.entry(peer).or_insert(0);
+        }
     }
 
     /// The write `id` asked for is durable.
@@ -350,7 +514,8 @@ impl Replica {
             let reply = match reply.message {
                 // The run may have grown durable further meanwhile.
                 Message::Accepted { ballot, sent_at, gap, .. } if ballot == self.run => {
-                    Envelope { message: Message::Accepted { ballot, up_to: self.durable_end, sent_at, gap }, ..reply }
+                    let (up_to, checkpointed) = (self.durable_end, self.checkpointed);
+                    Envelope { message: Message::Accepted { ballot, up_to, sent_at, gap, checkpointed }, ..reply }
                 }
                 _ => reply,
             };
@@ -369,7 +534,7 @@ impl Replica {
     pub fn tick(&mut self, now: Micros) {
         match &self.state {
             State::Leader(leadership) => {
-                if self.quorum > 1 && now >= leadership.contact + self.config.election_max {
+                if self.quorum() > 1 && now >= leadership.contact + self.config.election_max {
                     // No quorum has answered for a whole election timeout: let another lead.
                     self.become_follower(now, None);
                 } else if now >= leadership.next_heartbeat {
@@ -378,7 +543,12 @@ impl Replica {
             }
             State::Follower | State::Candidate(_) => {
                 if now >= self.election_deadline {
-                    self.campaign(now);
+                    if self.can_lead() {
+                        self.campaign(now);
+                    } else {
+                        // Log replicas and replicas outside the configuration never lead.
+                        self.become_follower(now, self.leader);
+                    }
                 }
             }
         }
@@ -386,7 +556,7 @@ impl Replica {
 
     /// A message arrives.
     pub fn step(&mut self, now: Micros, from: ReplicaId, message: Message) {
-        if from == self.id || !self.peers.contains(&from) {
+        if from == self.id {
             return;
         }
         match message {
@@ -399,8 +569,8 @@ impl Replica {
                 self.on_accept(now, from, ballot, first_slot, entries, commit, sent_at)
             }
             Message::Accept { .. } => {}
-            Message::Accepted { ballot, up_to, sent_at, gap } => {
-                self.on_accepted(now, from, ballot, up_to, sent_at, gap)
+            Message::Accepted { ballot, up_to, sent_at, gap, checkpointed } => {
+                self.on_accepted(now, from, ballot, up_to, sent_at, gap, checkpointed)
             }
             Message::Reject { promised } => self.observe(now, promised),
         }
@@ -446,14 +616,12 @@ impl Replica {
         self.promised = ballot;
         self.leader = None;
         let from_slot = self.commit + 1;
-        self.state = State::Candidate(Campaign { ballot, from_slot, promises: BTreeMap::new(), promised_self: false });
+        let asked = self.peers().into_iter().collect();
+        self.state =
+            State::Candidate(Campaign { ballot, from_slot, promises: BTreeMap::new(), promised_self: false, asked });
         self.persist(Some(ballot), Vec::new(), None);
-        for &peer in &self.peers {
-            self.actions.push(Action::Send(Envelope {
-                from: self.id,
-                to: peer,
-                message: Message::Prepare { ballot, from_slot },
-            }));
+        for peer in self.peers() {
+            self.send(peer, Message::Prepare { ballot, from_slot });
         }
         self.reset_election_timer(now);
     }
@@ -465,10 +633,18 @@ impl Replica {
         }
         // Silence while a leader's lease may hold (or a duplicate of a prepare answered).
         if ballot == self.promised || (now < self.quiet_until && self.leader != Some(ballot.replica)) {
+            // Its round is still news: this replica's next campaign goes above it.
+            self.round_seen = self.round_seen.max(ballot.round);
             return;
         }
         self.observe(now, ballot);
+        let deadline = self.election_deadline;
         self.become_follower(now, None);
+        if from_slot < self.log_start {
+            // The candidate is behind this replica's compacted log and may not manage to lead:
+            // this replica's own campaign is not put off for it.
+            self.election_deadline = deadline;
+        }
         self.promised = ballot;
         let entries: Vec<(Slot, Entry)> =
             self.log.range(from_slot..).map(|(&slot, entry)| (slot, entry.clone())).collect();
@@ -486,27 +662,68 @@ impl Replica {
         log_start: Slot,
     ) {
         let State::Candidate(campaign) = &mut self.state else { return };
-        // A promiser whose log starts after our first open slot is ahead of us: we could not
-        // fill the slots between, so its promise is of no use.
-        if campaign.ballot != ballot || log_start > campaign.from_slot {
+        if campaign.ballot != ballot {
             return;
         }
-        campaign.promises.insert(from, entries);
+        campaign.promises.insert(from, (log_start, entries));
         self.maybe_lead(now);
     }
 
     /// With a quorum of promises, lead: re-propose every open slot at our ballot, then a no-op.
+    ///
+    /// The quorum is one of the newest configuration the promises reveal, not only of the one
+    /// this replica knew: a replica that missed configuration changes learns of each committed
+    /// one from any quorum of the one before (consecutive configurations share a member of
+    /// every quorum), and asks its new members in turn, until its quorum is of the newest.
     fn maybe_lead(&mut self, now: Micros) {
         let State::Candidate(campaign) = &self.state else { return };
-        if !campaign.promised_self || campaign.promises.len() + 1 < self.quorum {
+        if !campaign.promised_self {
             return;
         }
         let (ballot, from_slot) = (campaign.ballot, campaign.from_slot);
+        if from_slot < self.log_start {
+            // A snapshot installed meanwhile moved the log past this campaign's first slot.
+            self.become_follower(now, None);
+            return;
+        }
         let mut highest: BTreeMap<Slot, Entry> = self.log.range(from_slot..).map(|(&s, e)| (s, e.clone())).collect();
-        for (slot, entry) in campaign.promises.values().flatten() {
+        for (slot, entry) in campaign.promises.values().flat_map(|(_, entries)| entries) {
             if *slot >= from_slot && highest.get(slot).is_none_or(|held| held.ballot < entry.ballot) {
                 highest.insert(*slot, entry.clone());
             }
+        }
+        let newest = highest.values().rev().find_map(|entry| match &entry.value {
+            Value::Members(members) => Some(members.clone()),
+            _ => None,
+        });
+        let members = newest.unwrap_or_else(|| {
+            self.configs.range(..from_slot).next_back().map(|(_, members)| members.clone()).expect("a configuration")
+        });
+        if !members.contains(&Member::full(self.id)) {
+            self.become_follower(now, None);
+            return;
+        }
+        // A promiser whose log starts after `from_slot` compacted slots this campaign must fill
+        // and could not report what was chosen there: only the others count. (Counting it, with
+        // the rest enough to meet every quorum of this configuration, is not enough: a change
+        // of configuration among those slots, unseen, may have been chosen by a quorum that
+        // the rest do not meet.)
+        let counted = |id: &ReplicaId| members.iter().any(|member| member.id == *id);
+        let votes =
+            1 + campaign.promises.iter().filter(|(id, (log_start, _))| counted(id) && *log_start <= from_slot).count();
+        if votes < members.len() / 2 + 1 {
+            let unasked: Vec<ReplicaId> = members
+                .iter()
+                .map(|member| member.id)
+                .filter(|id| *id != self.id && !campaign.asked.contains(id))
+                .collect();
+            for peer in unasked {
+                if let State::Candidate(campaign) = &mut self.state {
+                    campaign.asked.insert(peer);
+                }
+                self.send(peer, Message::Prepare { ballot, from_slot });
+            }
+            return;
         }
         let last = highest.keys().next_back().map_or(from_slot - 1, |&slot| slot.max(from_slot - 1));
         // Slots up to `last` keep the value with the highest ballot (a no-op where none was
@@ -515,14 +732,14 @@ impl Replica {
             .map(|slot| (slot, Entry { ballot, value: highest.remove(&slot).map_or(Value::Noop, |entry| entry.value) }))
             .collect();
         for (slot, entry) in &entries {
-            self.log.insert(*slot, entry.clone());
+            self.log_insert(*slot, entry.clone());
         }
         self.run = ballot;
         self.accepted_end = last + 1;
         self.durable_end = self.commit;
         self.leader_commit = self.commit;
         self.leader = Some(self.id);
-        let peers = self.peers.clone();
+        let peers = self.peers();
         self.state = State::Leader(Leadership {
             ballot,
             first_slot: last + 1,
@@ -531,6 +748,7 @@ impl Replica {
             // and a peer that lacks them says so (`gap`).
             matched: peers.iter().map(|&peer| (peer, from_slot - 1)).collect(),
             echoed: BTreeMap::new(),
+            checkpoints: BTreeMap::new(),
             snapshot_asked: BTreeMap::new(),
             next_heartbeat: now,
             lease_start: 0,
@@ -549,7 +767,7 @@ impl Replica {
         for (peer, next) in leadership.next.iter_mut() {
             *next = leadership.matched[peer] + 1;
         }
-        for peer in self.peers.clone() {
+        for peer in self.peers() {
             if !self.send_entries(now, peer) {
                 self.send_accept(now, peer, self.accepted_end + 1, Vec::new());
             }
@@ -567,7 +785,13 @@ impl Replica {
                 let asked = leadership.snapshot_asked.get(&peer).copied();
                 if asked.is_none_or(|asked| now >= asked + self.config.election_max) {
                     leadership.snapshot_asked.insert(peer, now);
-                    self.actions.push(Action::SendSnapshot { to: peer });
+                    let action = if self.members().contains(&Member::log(peer)) {
+                        let (&slot, members) = self.configs.iter().next().expect("a configuration");
+                        Action::StartLog { to: peer, slot, members: members.clone() }
+                    } else {
+                        Action::SendSnapshot { to: peer }
+                    };
+                    self.actions.push(action);
                 }
                 return true;
             }
@@ -619,11 +843,11 @@ impl Replica {
             self.durable_end = self.commit;
         }
         self.leader_commit = self.leader_commit.max(commit);
-        let id = self.id;
+        let (id, checkpointed) = (self.id, self.checkpointed);
         let accepted = move |up_to, gap| Envelope {
             from: id,
             to: from,
-            message: Message::Accepted { ballot, up_to, sent_at, gap },
+            message: Message::Accepted { ballot, up_to, sent_at, gap, checkpointed },
         };
         if first_slot > self.accepted_end + 1 {
             // A gap before these entries (or, in a heartbeat, before the leader's end): say
@@ -642,7 +866,7 @@ impl Replica {
             .map(|(slot, value)| (slot, Entry { ballot, value }))
             .collect();
         for (slot, entry) in &entries {
-            self.log.insert(*slot, entry.clone());
+            self.log_insert(*slot, entry.clone());
             self.accepted_end = *slot;
         }
         if entries.is_empty() && promise.is_none() {
@@ -660,18 +884,31 @@ impl Replica {
         self.advance_commit();
     }
 
-    fn on_accepted(&mut self, now: Micros, from: ReplicaId, ballot: Ballot, up_to: Slot, sent_at: Micros, gap: bool) {
+    #[allow(clippy::too_many_arguments)]
+    fn on_accepted(
+        &mut self,
+        now: Micros,
+        from: ReplicaId,
+        ballot: Ballot,
+        up_to: Slot,
+        sent_at: Micros,
+        gap: bool,
+        checkpointed: Slot,
+    ) {
         if ballot > self.promised {
             self.observe(now, ballot);
             return;
         }
-        let quorum = self.quorum;
+        let quorum = self.quorum();
+        let member = self.is_member();
         let State::Leader(leadership) = &mut self.state else { return };
-        if ballot != leadership.ballot {
+        if ballot != leadership.ballot || !leadership.next.contains_key(&from) {
             return;
         }
         let matched = leadership.matched.entry(from).or_default();
         *matched = (*matched).max(up_to);
+        let known = leadership.checkpoints.entry(from).or_default();
+        *known = (*known).max(checkpointed);
         if gap {
             // Send again from where the peer's run ends.
             leadership.next.insert(from, up_to + 1);
@@ -684,7 +921,9 @@ impl Replica {
         // The lease runs from the newest reading a quorum (this replica included) echoed.
         let mut readings: Vec<Micros> = leadership.echoed.values().copied().collect();
         readings.sort_unstable_by(|a, b| b.cmp(a));
-        if let Some(&reading) = quorum.checked_sub(2).and_then(|index| readings.get(index)) {
+        // A leader outside the configuration (removing itself) does not count itself.
+        let index = if member { quorum.checked_sub(2) } else { Some(quorum - 1) };
+        if let Some(&reading) = index.and_then(|index| readings.get(index)) {
             leadership.lease_start = leadership.lease_start.max(reading);
             leadership.contact = leadership.contact.max(reading);
         }
@@ -697,9 +936,11 @@ impl Replica {
         let target = match &self.state {
             State::Leader(leadership) => {
                 let mut ends: Vec<Slot> = leadership.matched.values().copied().collect();
-                ends.push(self.durable_end);
+                if self.is_member() {
+                    ends.push(self.durable_end);
+                }
                 ends.sort_unstable_by(|a, b| b.cmp(a));
-                ends[self.quorum - 1].min(self.accepted_end)
+                ends.get(self.quorum() - 1).map_or(self.commit, |&end| end.min(self.accepted_end))
             }
             // Entries of the leader's ballot that are durable here are the leader's values.
             _ => self.leader_commit.min(self.durable_end),
@@ -708,6 +949,11 @@ impl Replica {
             self.commit += 1;
             let value = self.log.get(&self.commit).expect("a committed slot holds its entry").value.clone();
             self.actions.push(Action::Apply { slot: self.commit, value });
+        }
+        // A leader that removed itself hands over once the change is committed.
+        if matches!(self.state, State::Leader(_)) && !self.is_member() && self.members_committed() {
+            self.state = State::Follower;
+            self.leader = None;
         }
     }
 
@@ -722,5 +968,67 @@ impl Replica {
         self.next_persist += 1;
         self.persists.push_back(PendingPersist { id, run: self.run, end: self.accepted_end, reply });
         self.actions.push(Action::Persist { id, promised, entries });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Completes every persist the replica asked for, as a host would.
+    fn settle(replica: &mut Replica, now: Micros) -> Vec<Action> {
+        let mut seen = Vec::new();
+        loop {
+            let actions = replica.drain();
+            if actions.is_empty() {
+                return seen;
+            }
+            for action in &actions {
+                if let Action::Persist { id, .. } = action {
+                    replica.persisted(now, *id);
+                }
+            }
+            seen.extend(actions);
+        }
+    }
+
+    #[test]
+    fn configuration_changes_are_one_at_a_time_and_wait_for_the_previous() {
+        let config = Config::default();
+        let mut replica = Replica::new(config.clone(), 1, &[Member::full(1)], Durable::default(), 0, 0, 7);
+        assert_eq!(replica.propose(0, 1, b"x".to_vec()), Err(ProposeError::NotLeader { leader: None }));
+        replica.tick(config.election_max);
+        settle(&mut replica, config.election_max);
+        assert_eq!((replica.role(), replica.commit()), (Role::Leader, 1), "a group of one leads alone");
+        let now = config.election_max;
+        let two_changes = vec![Member::full(1), Member::full(2), Member::full(3)];
+        assert_eq!(replica.propose_members(now, two_changes), Err(ChangeError::NotOneChange));
+        let duplicate = vec![Member::full(1), Member::log(1)];
+        assert_eq!(replica.propose_members(now, duplicate), Err(ChangeError::NotOneChange));
+        let with_log = vec![Member::full(1), Member::log(2)];
+        assert_eq!(replica.propose_members(now, with_log.clone()), Ok(2));
+        assert_eq!(replica.members(), with_log.as_slice(), "in force once in the log");
+        let promoted = vec![Member::full(1), Member::full(2)];
+        assert_eq!(replica.propose_members(now, promoted.clone()), Err(ChangeError::InProgress));
+        // The new member must accept before anything commits: two of two now.
+        let actions = settle(&mut replica, now);
+        assert_eq!(replica.commit(), 1);
+        assert!(actions.iter().any(|action| matches!(action, Action::Send(Envelope { to: 2, .. }))));
+        let accepted = Message::Accepted {
+            ballot: replica.leading().unwrap(),
+            up_to: 2,
+            sent_at: now,
+            gap: false,
+            checkpointed: 0,
+        };
+        replica.step(now, 2, accepted);
+        settle(&mut replica, now);
+        assert!(replica.members_committed() && replica.commit() == 2);
+        // A change of kind is one change.
+        assert_eq!(replica.propose_members(now, promoted), Ok(3));
+        // Log replicas never campaign.
+        let mut log = Replica::new(config.clone(), 2, &with_log, Durable::default(), 0, 0, 9);
+        log.tick(10 * config.election_max);
+        assert_eq!((log.role(), log.drain()), (Role::Follower, vec![]));
     }
 }

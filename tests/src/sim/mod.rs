@@ -11,13 +11,20 @@
 //! * every acknowledged write is chosen, at the slot it was acknowledged for;
 //! * the client history of each key is linearizable (reads served under the leader's lease);
 //! * after the faults stop, the group elects a leader and every replica catches up.
+//!
+//! Some seeds lose a replica for good (its disk with it). A small control plane in the
+//! simulation then changes the configuration one member at a time, through the log: a log
+//! replica joins to restore quorum durability, the lost replica is removed, a new full replica
+//! joins (by snapshot and log), and the log replica is retired.
 
 pub mod linearizability;
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 
-use tessera_engine::paxos::{Action, Ballot, Config, Durable, Envelope, Micros, Replica, ReplicaId, Role, Slot, Value};
+use tessera_engine::paxos::{
+    Action, Ballot, Config, Durable, Envelope, Member, MemberKind, Micros, Replica, ReplicaId, Role, Slot, Value,
+};
 
 use linearizability::{Operation, RegisterOp};
 
@@ -122,7 +129,8 @@ impl std::fmt::Display for Failure {
     }
 }
 
-const REPLICAS: [ReplicaId; 3] = [1, 2, 3];
+/// The group's first members.
+const FIRST_MEMBERS: [ReplicaId; 3] = [1, 2, 3];
 const TICK: Micros = 2_000;
 const CLIENT_TIMEOUT: Micros = 400_000;
 const CLIENT_DELAY_MAX: Micros = 500;
@@ -176,13 +184,15 @@ enum Event {
     Fault,
     Restart(ReplicaId),
     Heal(ReplicaId),
+    /// The control plane's next step after a replica was lost.
+    Admin,
     /// A state machine snapshot in transit (host to host, beside the protocol's messages).
     Snapshot {
         from: ReplicaId,
         to: ReplicaId,
         ballot: Ballot,
         slot: Slot,
-        registers: BTreeMap<u64, u64>,
+        state: MachineState,
     },
 }
 
@@ -209,13 +219,24 @@ struct Node {
     writing: VecDeque<(u64, Action)>,
     disk_free_at: Micros,
     applied: Slot,
-    registers: BTreeMap<u64, u64>,
-    /// The durable checkpoint of the state machine: the slot it covers and its registers.
+    state: MachineState,
+    /// The durable checkpoint of the state machine: the slot it covers and its state.
     /// (Written at once: the simulated disk's latency is on the log.)
-    checkpoint: (Slot, BTreeMap<u64, u64>),
+    checkpoint: (Slot, MachineState),
     /// Proposals waiting for their slot: slot, (command id, client, attempt).
     proposals: BTreeMap<Slot, (u64, usize, u64)>,
     isolated: bool,
+    /// Gone for good, disk and all.
+    lost: bool,
+    /// A log replica: it keeps no state machine checkpoints, so it never compacts its log.
+    log_only: bool,
+}
+
+/// The replicated state machine: the registers, and the configuration in force.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct MachineState {
+    registers: BTreeMap<u64, u64>,
+    members: Vec<Member>,
 }
 
 struct Client {
@@ -246,35 +267,53 @@ pub struct Simulation {
     /// Acknowledged writes: command id and slot.
     acknowledged: Vec<(u64, Slot)>,
     leaderships: std::collections::BTreeSet<tessera_engine::paxos::Ballot>,
+    /// The replica lost for good, and the log and full replicas that replace it.
+    replacement: Option<Replacement>,
     report: Report,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Replacement {
+    lost: ReplicaId,
+    log: ReplicaId,
+    full: ReplicaId,
+}
+
+/// A node that has never run: its first state is `first` (an empty machine with the
+/// configuration it joins).
+fn new_node(id: ReplicaId, random: &mut Random, drift: i64, first: MachineState) -> Node {
+    Node {
+        id,
+        replica: None,
+        epoch: 0,
+        clock: Clock {
+            offset: random.between(0, 10_000_000_000),
+            rate_ppm: random.between(0, 2 * drift as u64) as i64 - drift,
+        },
+        durable: Durable::default(),
+        writing: VecDeque::new(),
+        disk_free_at: 0,
+        applied: 0,
+        state: first.clone(),
+        checkpoint: (0, first),
+        proposals: BTreeMap::new(),
+        isolated: false,
+        lost: false,
+        log_only: false,
+    }
 }
 
 impl Simulation {
     pub fn new(seed: u64, options: Options) -> Simulation {
         let mut random = Random::new(seed);
         let drift = options.paxos.drift_ppm as i64;
-        let nodes = REPLICAS
-            .iter()
-            .map(|&id| Node {
-                id,
-                replica: None,
-                epoch: 0,
-                clock: Clock {
-                    offset: random.between(0, 10_000_000_000),
-                    rate_ppm: random.between(0, 2 * drift as u64) as i64 - drift,
-                },
-                durable: Durable::default(),
-                writing: VecDeque::new(),
-                disk_free_at: 0,
-                applied: 0,
-                registers: BTreeMap::new(),
-                checkpoint: (0, BTreeMap::new()),
-                proposals: BTreeMap::new(),
-                isolated: false,
-            })
-            .collect();
+        let first = MachineState {
+            registers: BTreeMap::new(),
+            members: FIRST_MEMBERS.iter().map(|&id| Member::full(id)).collect(),
+        };
+        let nodes = FIRST_MEMBERS.iter().map(|&id| new_node(id, &mut random, drift, first.clone())).collect();
         let clients = (0..options.clients)
-            .map(|index| Client { attempt: 0, current: None, target: REPLICAS[index % 3], tries: 0 })
+            .map(|index| Client { attempt: 0, current: None, target: FIRST_MEMBERS[index % 3], tries: 0 })
             .collect();
         Simulation {
             seed,
@@ -292,13 +331,27 @@ impl Simulation {
             unknown_writes: Vec::new(),
             acknowledged: Vec::new(),
             leaderships: std::collections::BTreeSet::new(),
+            replacement: None,
             report: Report { seed, ..Report::default() },
         }
     }
 
+    /// The replica that leads, if one does.
+    fn leader(&self) -> Option<ReplicaId> {
+        self.nodes
+            .iter()
+            .find(|node| node.replica.as_ref().is_some_and(|replica| replica.role() == Role::Leader))
+            .map(|node| node.id)
+    }
+
+    /// The node after `id`, in id order, for a client trying another.
+    fn next_node(&self, id: ReplicaId) -> ReplicaId {
+        id % self.nodes.len() as ReplicaId + 1
+    }
+
     /// Runs to the end and checks everything.
     pub fn run(mut self) -> Result<Report, Failure> {
-        for id in REPLICAS {
+        for id in FIRST_MEMBERS {
             self.start(id);
         }
         for client in 0..self.clients.len() {
@@ -351,9 +404,10 @@ impl Simulation {
         let local = node.clock.local(now);
         // The state machine restarts from its checkpoint; the log replays after it.
         node.applied = node.checkpoint.0;
-        node.registers = node.checkpoint.1.clone();
+        node.state = node.checkpoint.1.clone();
         node.proposals.clear();
-        node.replica = Some(Replica::new(config, id, &REPLICAS, node.durable.clone(), node.applied, local, seed));
+        let members = node.state.members.clone();
+        node.replica = Some(Replica::new(config, id, &members, node.durable.clone(), node.applied, local, seed));
         let jitter = self.random.between(0, TICK);
         self.schedule(jitter, Event::Tick(id));
     }
@@ -432,26 +486,28 @@ impl Simulation {
             }
             Event::Fault => self.fault(),
             Event::Restart(id) => {
-                if self.node(id).replica.is_none() {
+                if self.node(id).replica.is_none() && !self.node(id).lost {
                     self.start(id);
                 }
             }
+            Event::Admin => self.admin()?,
             Event::Heal(id) => self.node(id).isolated = false,
-            Event::Snapshot { from, to, ballot, slot, registers } => {
+            Event::Snapshot { from, to, ballot, slot, state } => {
                 let node = self.node(to);
                 if node.replica.is_none() {
                     return Ok(());
                 }
                 let installs = slot > node.applied;
+                let members = state.members.clone();
                 if installs {
                     node.applied = slot;
-                    node.registers = registers.clone();
-                    node.checkpoint = (slot, registers);
+                    node.state = state.clone();
+                    node.checkpoint = (slot, state);
                     node.durable.entries = node.durable.entries.split_off(&(slot + 1));
                     // Proposals waiting on covered slots learn nothing: their clients time out.
                     node.proposals = node.proposals.split_off(&(slot + 1));
                 }
-                node.replica.as_mut().expect("checked above").install_snapshot(slot, from, ballot);
+                node.replica.as_mut().expect("checked above").install_snapshot(slot, from, ballot, members);
                 if installs {
                     self.probe("snapshot installed");
                 }
@@ -462,9 +518,10 @@ impl Simulation {
     }
 
     fn fault(&mut self) {
+        let alive: Vec<ReplicaId> = self.nodes.iter().filter(|node| !node.lost).map(|node| node.id).collect();
         if !self.active() {
             // The quiet period: everything heals and restarts.
-            for id in REPLICAS {
+            for id in alive {
                 self.node(id).isolated = false;
                 if self.node(id).replica.is_none() {
                     self.start(id);
@@ -472,21 +529,23 @@ impl Simulation {
             }
             return;
         }
-        let id = REPLICAS[self.random.between(0, 2) as usize];
+        let id = alive[self.random.between(0, alive.len() as u64 - 1) as usize];
         let leader_first = self.random.chance(500_000);
-        let target = if leader_first {
-            REPLICAS
-                .iter()
-                .copied()
-                .find(|&id| self.nodes[id as usize - 1].replica.as_ref().is_some_and(|r| r.role() == Role::Leader))
-                .unwrap_or(id)
-        } else {
-            id
-        };
-        if self.random.chance(150_000) {
+        let target = if leader_first { self.leader().unwrap_or(id) } else { id };
+        let down = self.random.between(10_000, 1_000_000);
+        let member = self.nodes.iter().any(|node| {
+            node.replica.as_ref().is_some_and(|replica| {
+                replica.role() == Role::Leader && replica.members().contains(&Member::full(target))
+            })
+        });
+        // One replica at most is lost for good per run, a full member of the group.
+        let none_lost = self.nodes.iter().all(|node| !node.lost);
+        if none_lost && member && self.random.chance(80_000) {
+            self.lose(target);
+        } else if self.random.chance(150_000) {
             // A power failure: every replica stops at once, losing what it had not synced.
             self.probe("power failure");
-            for id in REPLICAS {
+            for id in alive {
                 if self.node(id).replica.is_some() {
                     self.crash(id);
                     let down = self.random.between(10_000, 1_000_000);
@@ -496,7 +555,6 @@ impl Simulation {
         } else if self.random.chance(500_000) {
             if self.node(target).replica.is_some() {
                 self.crash(target);
-                let down = self.random.between(10_000, 1_000_000);
                 self.schedule(down, Event::Restart(target));
             }
         } else {
@@ -508,6 +566,77 @@ impl Simulation {
         let next = self.random.between(1, 2 * self.options.fault_interval);
         let next = next.min(self.options.active.saturating_sub(self.now) + 1);
         self.schedule(next, Event::Fault);
+    }
+
+    /// Loses `id` for good, and starts the control plane's replacement of it.
+    fn lose(&mut self, id: ReplicaId) {
+        if self.node(id).replica.is_some() {
+            self.crash(id);
+        }
+        let node = self.node(id);
+        node.lost = true;
+        node.durable = Durable::default();
+        self.probe("replica lost for good");
+        let count = self.nodes.len() as ReplicaId;
+        self.replacement = Some(Replacement { lost: id, log: count + 1, full: count + 2 });
+        self.schedule(1_000, Event::Admin);
+    }
+
+    /// One step of replacing a lost replica, each a configuration change through the log at
+    /// the leader, once the previous one is committed: add a log replica, remove the lost
+    /// replica, add a new full replica, and once it has caught up, remove the log replica.
+    fn admin(&mut self) -> Result<(), Failure> {
+        let Some(Replacement { lost, log, full }) = self.replacement else { return Ok(()) };
+        self.schedule(50_000, Event::Admin);
+        let Some(leader) = self.leader() else { return Ok(()) };
+        let now = self.now;
+        let node = self.node(leader);
+        let local = node.clock.local(now);
+        let replica = node.replica.as_ref().expect("a leader is up");
+        if !replica.members_committed() {
+            return Ok(());
+        }
+        let current = replica.members().to_vec();
+        let commit = replica.commit();
+        let has = |id: ReplicaId| current.iter().any(|member| member.id == id);
+        let mut next = current.clone();
+        let step = if has(lost) && !has(log) {
+            next.push(Member::log(log));
+            "log replica added"
+        } else if has(lost) {
+            next.retain(|member| member.id != lost);
+            "lost replica removed"
+        } else if !has(full) {
+            next.push(Member::full(full));
+            "full replica added"
+        } else if has(log) && self.nodes.get(full as usize - 1).is_some_and(|node| node.applied + 16 >= commit) {
+            next.retain(|member| member.id != log);
+            "log replica retired"
+        } else {
+            if !has(log) {
+                self.replacement = None;
+                self.probe("lost replica replaced");
+            }
+            return Ok(());
+        };
+        // A joining replica starts empty, with the configuration it joins.
+        let joining: Vec<ReplicaId> =
+            next.iter().map(|member| member.id).filter(|&id| id as usize > self.nodes.len()).collect();
+        for id in joining {
+            let drift = self.options.paxos.drift_ppm as i64;
+            let first = MachineState { registers: BTreeMap::new(), members: next.clone() };
+            let mut node = new_node(id, &mut self.random, drift, first);
+            node.log_only = next.contains(&Member::log(id));
+            assert_eq!(node.id as usize, self.nodes.len() + 1, "new replicas take the next id");
+            self.nodes.push(node);
+            self.start(id);
+        }
+        let replica = self.node(leader).replica.as_mut().expect("a leader is up");
+        if replica.propose_members(local, next).is_ok() {
+            self.probe(step);
+            self.run_actions(leader)?;
+        }
+        Ok(())
     }
 
     /// Carries out what a replica asked for.
@@ -533,10 +662,20 @@ impl Simulation {
                 Action::SendSnapshot { to } => {
                     let node = self.node(id);
                     let Some(ballot) = node.replica.as_ref().and_then(Replica::leading) else { continue };
-                    let (slot, registers) = (node.applied, node.registers.clone());
+                    let (slot, state) = (node.applied, node.state.clone());
                     if !self.node(id).isolated && !self.node(to).isolated {
                         let delay = self.random.between(1, self.options.delay_max);
-                        self.schedule(delay, Event::Snapshot { from: id, to, ballot, slot, registers });
+                        self.schedule(delay, Event::Snapshot { from: id, to, ballot, slot, state });
+                    }
+                }
+                Action::StartLog { to, slot, members } => {
+                    // A log replica gets no state: an empty machine with the configuration.
+                    let node = self.node(id);
+                    let Some(ballot) = node.replica.as_ref().and_then(Replica::leading) else { continue };
+                    let state = MachineState { registers: BTreeMap::new(), members };
+                    if !self.node(id).isolated && !self.node(to).isolated {
+                        let delay = self.random.between(1, self.options.delay_max);
+                        self.schedule(delay, Event::Snapshot { from: id, to, ballot, slot, state });
                     }
                 }
             }
@@ -570,14 +709,23 @@ impl Simulation {
         let every = self.options.checkpoint_every;
         let node = self.node(id);
         node.applied = slot;
-        if let Value::Command { bytes, .. } = &value {
-            let (key, written) = decode(bytes);
-            node.registers.insert(key, written);
+        match &value {
+            Value::Command { bytes, .. } => {
+                let (key, written) = decode(bytes);
+                node.state.registers.insert(key, written);
+            }
+            Value::Members(members) => node.state.members = members.clone(),
+            Value::Noop => {}
         }
-        if slot >= node.checkpoint.0 + every {
-            node.checkpoint = (slot, node.registers.clone());
-            node.durable.entries = node.durable.entries.split_off(&(slot + 1));
-            node.replica.as_mut().expect("an applying replica is up").compact(slot);
+        // A log replica has no state machine to checkpoint, so it keeps its log: full replicas
+        // that fall behind may need those entries from it.
+        if !node.log_only && slot >= node.checkpoint.0 + every {
+            node.checkpoint = (slot, node.state.clone());
+            let replica = node.replica.as_mut().expect("an applying replica is up");
+            replica.checkpointed(slot);
+            let through = slot.min(replica.compactable());
+            replica.compact(through);
+            node.durable.entries = node.durable.entries.split_off(&(through + 1));
         }
         let waiting = node.proposals.remove(&slot);
         match self.chosen.get(&slot) {
@@ -681,7 +829,7 @@ impl Simulation {
             },
             Request::Read { key } => {
                 if replica.can_read(local) {
-                    Reply::Read { value: node.registers.get(&key).copied().unwrap_or(0) }
+                    Reply::Read { value: node.state.registers.get(&key).copied().unwrap_or(0) }
                 } else {
                     refused_without_lease = replica.role() == Role::Leader;
                     Reply::Refused { leader: replica.leader().filter(|&leader| leader != id) }
@@ -715,7 +863,7 @@ impl Simulation {
                 // Not taken: try the hinted leader, or the next replica, after a pause. The
                 // bumped attempt retires this attempt's timeout.
                 let target = self.clients[client].target;
-                self.clients[client].target = leader.unwrap_or(target % 3 + 1);
+                self.clients[client].target = leader.unwrap_or_else(|| self.next_node(target));
                 self.clients[client].attempt += 1;
                 if self.clients[client].tries < 50 {
                     let pause = self.random.between(1_000, 20_000);
@@ -738,7 +886,7 @@ impl Simulation {
             self.unknown_writes.push((key, value, call));
             self.probe("write outcome unknown");
         }
-        self.clients[client].target = self.clients[client].target % 3 + 1;
+        self.clients[client].target = self.next_node(self.clients[client].target);
         self.clients[client].attempt += 1;
         let think = self.random.between(100, 10_000);
         self.schedule(think, Event::ClientStart(client));
@@ -758,7 +906,16 @@ impl Simulation {
         if leaders != 1 {
             return Err(self.fail(format!("{leaders} leaders after the quiet period; {}", self.describe())));
         }
-        for node in &self.nodes {
+        let leader = self.leader().expect("one leader");
+        let members: Vec<Member> = self.node(leader).replica.as_ref().expect("up").members().to_vec();
+        let in_config = |node: &Node| members.iter().any(|member| member.id == node.id);
+        if let Some(replacement) = self.replacement {
+            return Err(self.fail(format!("the replacement {replacement:?} did not finish: members {members:?}")));
+        }
+        if members.iter().filter(|member| member.kind == MemberKind::Full).count() != 3 || members.len() != 3 {
+            return Err(self.fail(format!("the group ended with members {members:?}")));
+        }
+        for node in self.nodes.iter().filter(|node| in_config(node)) {
             if node.applied < highest {
                 return Err(self.fail(format!(
                     "replica {} applied {} of {highest} chosen slots after the quiet period; {}",
@@ -768,8 +925,8 @@ impl Simulation {
                 )));
             }
         }
-        let registers = &self.nodes[0].registers;
-        if self.nodes.iter().any(|node| node.registers != *registers) {
+        let state = self.node(leader).state.clone();
+        if self.nodes.iter().filter(|node| in_config(node)).any(|node| node.state != state) {
             return Err(self.fail("replicas' states differ after applying the same slots"));
         }
         // Every acknowledged write is chosen at its slot.
@@ -789,7 +946,7 @@ impl Simulation {
             .values()
             .filter_map(|value| match value {
                 Value::Command { bytes, .. } => Some(decode(bytes)),
-                Value::Noop => None,
+                Value::Noop | Value::Members(_) => None,
             })
             .collect();
         for (key, value, call) in std::mem::take(&mut self.unknown_writes) {
@@ -816,14 +973,16 @@ impl Simulation {
             .map(|node| match &node.replica {
                 None => format!("{}: down", node.id),
                 Some(replica) => format!(
-                    "{}: {:?} of {:?}, leader {:?}, commit {}, applied {}, log to {:?}",
+                    "{}: {:?} of {:?}, leader {:?}, commit {}, applied {}, log {}..{:?}, members {:?}",
                     node.id,
                     replica.role(),
                     replica.leading(),
                     replica.leader(),
                     replica.commit(),
                     node.applied,
-                    node.durable.entries.keys().next_back()
+                    replica.log_start(),
+                    node.durable.entries.keys().next_back(),
+                    replica.members()
                 ),
             })
             .collect();
