@@ -8,6 +8,7 @@
 mod error;
 pub mod frame;
 mod message;
+pub mod replication;
 
 #[allow(clippy::all, dead_code, unused_imports, non_camel_case_types, non_snake_case, non_upper_case_globals)]
 #[rustfmt::skip]

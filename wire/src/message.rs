@@ -32,6 +32,8 @@ pub enum MessageType {
     BatchWriteItem = 11,
     /// Which core serves this connection (for clients that route by partition).
     Hello = 12,
+    /// A batch of Multi-Paxos messages on a peer link (node to node; `replication.rs`).
+    Replication = 0x4000,
     /// CreateTable, DeleteTable and DescribeTable answers.
     TableResponse = 0x8001,
     ListTablesResponse = 0x8002,
@@ -46,7 +48,7 @@ pub enum MessageType {
 }
 
 impl MessageType {
-    const ALL: [MessageType; 21] = [
+    const ALL: [MessageType; 22] = [
         MessageType::CreateTable,
         MessageType::DeleteTable,
         MessageType::DescribeTable,
@@ -60,6 +62,7 @@ impl MessageType {
         MessageType::BatchGetItem,
         MessageType::BatchWriteItem,
         MessageType::Hello,
+        MessageType::Replication,
         MessageType::TableResponse,
         MessageType::ListTablesResponse,
         MessageType::ItemResponse,
@@ -349,7 +352,7 @@ fn verifier_options() -> flatbuffers::VerifierOptions {
     }
 }
 
-fn root<'a, T: flatbuffers::Follow<'a> + flatbuffers::Verifiable + 'a>(
+pub(crate) fn root<'a, T: flatbuffers::Follow<'a> + flatbuffers::Verifiable + 'a>(
     payload: &'a [u8],
     what: &str,
 ) -> Result<T::Inner, WireError> {
@@ -988,9 +991,11 @@ impl Request {
 
     /// Decodes the payload of a frame of type `message_type`.
     pub fn decode(message_type: u16, payload: &[u8]) -> Result<Request, WireError> {
-        let kind = MessageType::from_u16(message_type).filter(|kind| (*kind as u16) < 0x8000).ok_or_else(|| {
-            WireError::new(ErrorCode::UnknownMessageType, format!("message type {message_type} is not a request"))
-        })?;
+        let kind = MessageType::from_u16(message_type)
+            .filter(|kind| (*kind as u16) < 0x8000 && *kind != MessageType::Replication)
+            .ok_or_else(|| {
+                WireError::new(ErrorCode::UnknownMessageType, format!("message type {message_type} is not a request"))
+            })?;
         Ok(match kind {
             MessageType::CreateTable => {
                 let request = root::<fb::CreateTableRequest>(payload, "CreateTable")?;

@@ -749,6 +749,322 @@ impl<'a> flatbuffers::Verifiable for ErrorCode {
 }
 
 impl flatbuffers::SimpleToVerifyInSlice for ErrorCode {}
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+pub const ENUM_MIN_PAXOS_VALUE_KIND: u8 = 0;
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+pub const ENUM_MAX_PAXOS_VALUE_KIND: u8 = 2;
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+#[allow(non_camel_case_types)]
+pub const ENUM_VALUES_PAXOS_VALUE_KIND: [PaxosValueKind; 3] = [
+  PaxosValueKind::NOOP,
+  PaxosValueKind::COMMAND,
+  PaxosValueKind::MEMBERS,
+];
+
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[repr(transparent)]
+pub struct PaxosValueKind(pub u8);
+#[allow(non_upper_case_globals)]
+impl PaxosValueKind {
+  pub const NOOP: Self = Self(0);
+  pub const COMMAND: Self = Self(1);
+  pub const MEMBERS: Self = Self(2);
+
+  pub const ENUM_MIN: u8 = 0;
+  pub const ENUM_MAX: u8 = 2;
+  pub const ENUM_VALUES: &'static [Self] = &[
+    Self::NOOP,
+    Self::COMMAND,
+    Self::MEMBERS,
+  ];
+  /// Returns the variant's name or "" if unknown.
+  pub fn variant_name(self) -> Option<&'static str> {
+    match self {
+      Self::NOOP => Some("NOOP"),
+      Self::COMMAND => Some("COMMAND"),
+      Self::MEMBERS => Some("MEMBERS"),
+      _ => None,
+    }
+  }
+}
+impl core::fmt::Debug for PaxosValueKind {
+  fn fmt(&self, f: &mut core::fmt::Formatter) -> core::fmt::Result {
+    if let Some(name) = self.variant_name() {
+      f.write_str(name)
+    } else {
+      f.write_fmt(format_args!("<UNKNOWN {:?}>", self.0))
+    }
+  }
+}
+impl<'a> flatbuffers::Follow<'a> for PaxosValueKind {
+  type Inner = Self;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    let b = flatbuffers::read_scalar_at::<u8>(buf, loc);
+    Self(b)
+  }
+}
+
+impl flatbuffers::Push for PaxosValueKind {
+    type Output = PaxosValueKind;
+    #[inline]
+    unsafe fn push(&self, dst: &mut [u8], _written_len: usize) {
+        flatbuffers::emplace_scalar::<u8>(dst, self.0);
+    }
+}
+
+impl flatbuffers::EndianScalar for PaxosValueKind {
+  type Scalar = u8;
+  #[inline]
+  fn to_little_endian(self) -> u8 {
+    self.0.to_le()
+  }
+  #[inline]
+  #[allow(clippy::wrong_self_convention)]
+  fn from_little_endian(v: u8) -> Self {
+    let b = u8::from_le(v);
+    Self(b)
+  }
+}
+
+impl<'a> flatbuffers::Verifiable for PaxosValueKind {
+  #[inline]
+  fn run_verifier(
+    v: &mut flatbuffers::Verifier, pos: usize
+  ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+    use self::flatbuffers::Verifiable;
+    u8::run_verifier(v, pos)
+  }
+}
+
+impl flatbuffers::SimpleToVerifyInSlice for PaxosValueKind {}
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+pub const ENUM_MIN_PAXOS_BODY: u8 = 0;
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+pub const ENUM_MAX_PAXOS_BODY: u8 = 5;
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+#[allow(non_camel_case_types)]
+pub const ENUM_VALUES_PAXOS_BODY: [PaxosBody; 6] = [
+  PaxosBody::NONE,
+  PaxosBody::Prepare,
+  PaxosBody::Promise,
+  PaxosBody::Accept,
+  PaxosBody::Accepted,
+  PaxosBody::Reject,
+];
+
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[repr(transparent)]
+pub struct PaxosBody(pub u8);
+#[allow(non_upper_case_globals)]
+impl PaxosBody {
+  pub const NONE: Self = Self(0);
+  pub const Prepare: Self = Self(1);
+  pub const Promise: Self = Self(2);
+  pub const Accept: Self = Self(3);
+  pub const Accepted: Self = Self(4);
+  pub const Reject: Self = Self(5);
+
+  pub const ENUM_MIN: u8 = 0;
+  pub const ENUM_MAX: u8 = 5;
+  pub const ENUM_VALUES: &'static [Self] = &[
+    Self::NONE,
+    Self::Prepare,
+    Self::Promise,
+    Self::Accept,
+    Self::Accepted,
+    Self::Reject,
+  ];
+  /// Returns the variant's name or "" if unknown.
+  pub fn variant_name(self) -> Option<&'static str> {
+    match self {
+      Self::NONE => Some("NONE"),
+      Self::Prepare => Some("Prepare"),
+      Self::Promise => Some("Promise"),
+      Self::Accept => Some("Accept"),
+      Self::Accepted => Some("Accepted"),
+      Self::Reject => Some("Reject"),
+      _ => None,
+    }
+  }
+}
+impl core::fmt::Debug for PaxosBody {
+  fn fmt(&self, f: &mut core::fmt::Formatter) -> core::fmt::Result {
+    if let Some(name) = self.variant_name() {
+      f.write_str(name)
+    } else {
+      f.write_fmt(format_args!("<UNKNOWN {:?}>", self.0))
+    }
+  }
+}
+impl<'a> flatbuffers::Follow<'a> for PaxosBody {
+  type Inner = Self;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    let b = flatbuffers::read_scalar_at::<u8>(buf, loc);
+    Self(b)
+  }
+}
+
+impl flatbuffers::Push for PaxosBody {
+    type Output = PaxosBody;
+    #[inline]
+    unsafe fn push(&self, dst: &mut [u8], _written_len: usize) {
+        flatbuffers::emplace_scalar::<u8>(dst, self.0);
+    }
+}
+
+impl flatbuffers::EndianScalar for PaxosBody {
+  type Scalar = u8;
+  #[inline]
+  fn to_little_endian(self) -> u8 {
+    self.0.to_le()
+  }
+  #[inline]
+  #[allow(clippy::wrong_self_convention)]
+  fn from_little_endian(v: u8) -> Self {
+    let b = u8::from_le(v);
+    Self(b)
+  }
+}
+
+impl<'a> flatbuffers::Verifiable for PaxosBody {
+  #[inline]
+  fn run_verifier(
+    v: &mut flatbuffers::Verifier, pos: usize
+  ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+    use self::flatbuffers::Verifiable;
+    u8::run_verifier(v, pos)
+  }
+}
+
+impl flatbuffers::SimpleToVerifyInSlice for PaxosBody {}
+pub struct PaxosBodyUnionTableOffset {}
+
+// struct Ballot, aligned to 8
+#[repr(transparent)]
+#[derive(Clone, Copy, PartialEq)]
+pub struct Ballot(pub [u8; 16]);
+impl Default for Ballot { 
+  fn default() -> Self { 
+    Self([0; 16])
+  }
+}
+impl core::fmt::Debug for Ballot {
+  fn fmt(&self, f: &mut core::fmt::Formatter) -> core::fmt::Result {
+    f.debug_struct("Ballot")
+      .field("round", &self.round())
+      .field("replica", &self.replica())
+      .finish()
+  }
+}
+
+impl flatbuffers::SimpleToVerifyInSlice for Ballot {}
+impl<'a> flatbuffers::Follow<'a> for Ballot {
+  type Inner = &'a Ballot;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    <&'a Ballot>::follow(buf, loc)
+  }
+}
+impl<'a> flatbuffers::Follow<'a> for &'a Ballot {
+  type Inner = &'a Ballot;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    flatbuffers::follow_cast_ref::<Ballot>(buf, loc)
+  }
+}
+impl<'b> flatbuffers::Push for Ballot {
+    type Output = Ballot;
+    #[inline]
+    unsafe fn push(&self, dst: &mut [u8], _written_len: usize) {
+        let src = ::core::slice::from_raw_parts(self as *const Ballot as *const u8, Self::size());
+        dst.copy_from_slice(src);
+    }
+}
+
+impl<'a> flatbuffers::Verifiable for Ballot {
+  #[inline]
+  fn run_verifier(
+    v: &mut flatbuffers::Verifier, pos: usize
+  ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+    use self::flatbuffers::Verifiable;
+    v.in_buffer::<Self>(pos)
+  }
+}
+
+impl<'a> Ballot {
+  #[allow(clippy::too_many_arguments)]
+  pub fn new(
+    round: u64,
+    replica: u32,
+  ) -> Self {
+    let mut s = Self([0; 16]);
+    s.set_round(round);
+    s.set_replica(replica);
+    s
+  }
+
+  pub fn round(&self) -> u64 {
+    let mut mem = core::mem::MaybeUninit::<<u64 as EndianScalar>::Scalar>::uninit();
+    // Safety:
+    // Created from a valid Table for this object
+    // Which contains a valid value in this slot
+    EndianScalar::from_little_endian(unsafe {
+      core::ptr::copy_nonoverlapping(
+        self.0[0..].as_ptr(),
+        mem.as_mut_ptr() as *mut u8,
+        core::mem::size_of::<<u64 as EndianScalar>::Scalar>(),
+      );
+      mem.assume_init()
+    })
+  }
+
+  pub fn set_round(&mut self, x: u64) {
+    let x_le = x.to_little_endian();
+    // Safety:
+    // Created from a valid Table for this object
+    // Which contains a valid value in this slot
+    unsafe {
+      core::ptr::copy_nonoverlapping(
+        &x_le as *const _ as *const u8,
+        self.0[0..].as_mut_ptr(),
+        core::mem::size_of::<<u64 as EndianScalar>::Scalar>(),
+      );
+    }
+  }
+
+  pub fn replica(&self) -> u32 {
+    let mut mem = core::mem::MaybeUninit::<<u32 as EndianScalar>::Scalar>::uninit();
+    // Safety:
+    // Created from a valid Table for this object
+    // Which contains a valid value in this slot
+    EndianScalar::from_little_endian(unsafe {
+      core::ptr::copy_nonoverlapping(
+        self.0[8..].as_ptr(),
+        mem.as_mut_ptr() as *mut u8,
+        core::mem::size_of::<<u32 as EndianScalar>::Scalar>(),
+      );
+      mem.assume_init()
+    })
+  }
+
+  pub fn set_replica(&mut self, x: u32) {
+    let x_le = x.to_little_endian();
+    // Safety:
+    // Created from a valid Table for this object
+    // Which contains a valid value in this slot
+    unsafe {
+      core::ptr::copy_nonoverlapping(
+        &x_le as *const _ as *const u8,
+        self.0[8..].as_mut_ptr(),
+        core::mem::size_of::<<u32 as EndianScalar>::Scalar>(),
+      );
+    }
+  }
+
+}
+
 pub enum BlobOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -5544,6 +5860,1473 @@ impl core::fmt::Debug for ErrorResponse<'_> {
       ds.field("message", &self.message());
       ds.field("retryable", &self.retryable());
       ds.field("item", &self.item());
+      ds.finish()
+  }
+}
+pub enum PaxosMemberOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct PaxosMember<'a> {
+  pub _tab: flatbuffers::Table<'a>,
+}
+
+impl<'a> flatbuffers::Follow<'a> for PaxosMember<'a> {
+  type Inner = PaxosMember<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: flatbuffers::Table::new(buf, loc) }
+  }
+}
+
+impl<'a> PaxosMember<'a> {
+  pub const VT_ID: flatbuffers::VOffsetT = 4;
+  pub const VT_LOG: flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
+    PaxosMember { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr>(
+    _fbb: &'mut_bldr mut flatbuffers::FlatBufferBuilder<'bldr>,
+    args: &'args PaxosMemberArgs
+  ) -> flatbuffers::WIPOffset<PaxosMember<'bldr>> {
+    let mut builder = PaxosMemberBuilder::new(_fbb);
+    builder.add_id(args.id);
+    builder.add_log(args.log);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn id(&self) -> u32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(PaxosMember::VT_ID, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn log(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(PaxosMember::VT_LOG, Some(false)).unwrap()}
+  }
+}
+
+impl flatbuffers::Verifiable for PaxosMember<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut flatbuffers::Verifier, pos: usize
+  ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+    use self::flatbuffers::Verifiable;
+    v.visit_table(pos)?
+     .visit_field::<u32>("id", Self::VT_ID, false)?
+     .visit_field::<bool>("log", Self::VT_LOG, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct PaxosMemberArgs {
+    pub id: u32,
+    pub log: bool,
+}
+impl<'a> Default for PaxosMemberArgs {
+  #[inline]
+  fn default() -> Self {
+    PaxosMemberArgs {
+      id: 0,
+      log: false,
+    }
+  }
+}
+
+pub struct PaxosMemberBuilder<'a: 'b, 'b> {
+  fbb_: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+  start_: flatbuffers::WIPOffset<flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b> PaxosMemberBuilder<'a, 'b> {
+  #[inline]
+  pub fn add_id(&mut self, id: u32) {
+    self.fbb_.push_slot::<u32>(PaxosMember::VT_ID, id, 0);
+  }
+  #[inline]
+  pub fn add_log(&mut self, log: bool) {
+    self.fbb_.push_slot::<bool>(PaxosMember::VT_LOG, log, false);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>) -> PaxosMemberBuilder<'a, 'b> {
+    let start = _fbb.start_table();
+    PaxosMemberBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> flatbuffers::WIPOffset<PaxosMember<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl core::fmt::Debug for PaxosMember<'_> {
+  fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+    let mut ds = f.debug_struct("PaxosMember");
+      ds.field("id", &self.id());
+      ds.field("log", &self.log());
+      ds.finish()
+  }
+}
+pub enum PaxosValueOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct PaxosValue<'a> {
+  pub _tab: flatbuffers::Table<'a>,
+}
+
+impl<'a> flatbuffers::Follow<'a> for PaxosValue<'a> {
+  type Inner = PaxosValue<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: flatbuffers::Table::new(buf, loc) }
+  }
+}
+
+impl<'a> PaxosValue<'a> {
+  pub const VT_KIND: flatbuffers::VOffsetT = 4;
+  pub const VT_ID: flatbuffers::VOffsetT = 6;
+  pub const VT_BYTES: flatbuffers::VOffsetT = 8;
+  pub const VT_MEMBERS: flatbuffers::VOffsetT = 10;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
+    PaxosValue { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr>(
+    _fbb: &'mut_bldr mut flatbuffers::FlatBufferBuilder<'bldr>,
+    args: &'args PaxosValueArgs<'args>
+  ) -> flatbuffers::WIPOffset<PaxosValue<'bldr>> {
+    let mut builder = PaxosValueBuilder::new(_fbb);
+    builder.add_id(args.id);
+    if let Some(x) = args.members { builder.add_members(x); }
+    if let Some(x) = args.bytes { builder.add_bytes(x); }
+    builder.add_kind(args.kind);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn kind(&self) -> PaxosValueKind {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<PaxosValueKind>(PaxosValue::VT_KIND, Some(PaxosValueKind::NOOP)).unwrap()}
+  }
+  #[inline]
+  pub fn id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(PaxosValue::VT_ID, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn bytes(&self) -> Option<flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'a, u8>>>(PaxosValue::VT_BYTES, None)}
+  }
+  #[inline]
+  pub fn members(&self) -> Option<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<PaxosMember<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<PaxosMember>>>>(PaxosValue::VT_MEMBERS, None)}
+  }
+}
+
+impl flatbuffers::Verifiable for PaxosValue<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut flatbuffers::Verifier, pos: usize
+  ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+    use self::flatbuffers::Verifiable;
+    v.visit_table(pos)?
+     .visit_field::<PaxosValueKind>("kind", Self::VT_KIND, false)?
+     .visit_field::<u64>("id", Self::VT_ID, false)?
+     .visit_field::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'_, u8>>>("bytes", Self::VT_BYTES, false)?
+     .visit_field::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'_, flatbuffers::ForwardsUOffset<PaxosMember>>>>("members", Self::VT_MEMBERS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct PaxosValueArgs<'a> {
+    pub kind: PaxosValueKind,
+    pub id: u64,
+    pub bytes: Option<flatbuffers::WIPOffset<flatbuffers::Vector<'a, u8>>>,
+    pub members: Option<flatbuffers::WIPOffset<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<PaxosMember<'a>>>>>,
+}
+impl<'a> Default for PaxosValueArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    PaxosValueArgs {
+      kind: PaxosValueKind::NOOP,
+      id: 0,
+      bytes: None,
+      members: None,
+    }
+  }
+}
+
+pub struct PaxosValueBuilder<'a: 'b, 'b> {
+  fbb_: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+  start_: flatbuffers::WIPOffset<flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b> PaxosValueBuilder<'a, 'b> {
+  #[inline]
+  pub fn add_kind(&mut self, kind: PaxosValueKind) {
+    self.fbb_.push_slot::<PaxosValueKind>(PaxosValue::VT_KIND, kind, PaxosValueKind::NOOP);
+  }
+  #[inline]
+  pub fn add_id(&mut self, id: u64) {
+    self.fbb_.push_slot::<u64>(PaxosValue::VT_ID, id, 0);
+  }
+  #[inline]
+  pub fn add_bytes(&mut self, bytes: flatbuffers::WIPOffset<flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(PaxosValue::VT_BYTES, bytes);
+  }
+  #[inline]
+  pub fn add_members(&mut self, members: flatbuffers::WIPOffset<flatbuffers::Vector<'b , flatbuffers::ForwardsUOffset<PaxosMember<'b >>>>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(PaxosValue::VT_MEMBERS, members);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>) -> PaxosValueBuilder<'a, 'b> {
+    let start = _fbb.start_table();
+    PaxosValueBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> flatbuffers::WIPOffset<PaxosValue<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl core::fmt::Debug for PaxosValue<'_> {
+  fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+    let mut ds = f.debug_struct("PaxosValue");
+      ds.field("kind", &self.kind());
+      ds.field("id", &self.id());
+      ds.field("bytes", &self.bytes());
+      ds.field("members", &self.members());
+      ds.finish()
+  }
+}
+pub enum PaxosEntryOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct PaxosEntry<'a> {
+  pub _tab: flatbuffers::Table<'a>,
+}
+
+impl<'a> flatbuffers::Follow<'a> for PaxosEntry<'a> {
+  type Inner = PaxosEntry<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: flatbuffers::Table::new(buf, loc) }
+  }
+}
+
+impl<'a> PaxosEntry<'a> {
+  pub const VT_SLOT: flatbuffers::VOffsetT = 4;
+  pub const VT_BALLOT: flatbuffers::VOffsetT = 6;
+  pub const VT_VALUE: flatbuffers::VOffsetT = 8;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
+    PaxosEntry { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr>(
+    _fbb: &'mut_bldr mut flatbuffers::FlatBufferBuilder<'bldr>,
+    args: &'args PaxosEntryArgs<'args>
+  ) -> flatbuffers::WIPOffset<PaxosEntry<'bldr>> {
+    let mut builder = PaxosEntryBuilder::new(_fbb);
+    builder.add_slot(args.slot);
+    if let Some(x) = args.value { builder.add_value(x); }
+    if let Some(x) = args.ballot { builder.add_ballot(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn slot(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(PaxosEntry::VT_SLOT, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn ballot(&self) -> Option<&'a Ballot> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<Ballot>(PaxosEntry::VT_BALLOT, None)}
+  }
+  #[inline]
+  pub fn value(&self) -> Option<PaxosValue<'a>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<PaxosValue>>(PaxosEntry::VT_VALUE, None)}
+  }
+}
+
+impl flatbuffers::Verifiable for PaxosEntry<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut flatbuffers::Verifier, pos: usize
+  ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+    use self::flatbuffers::Verifiable;
+    v.visit_table(pos)?
+     .visit_field::<u64>("slot", Self::VT_SLOT, false)?
+     .visit_field::<Ballot>("ballot", Self::VT_BALLOT, false)?
+     .visit_field::<flatbuffers::ForwardsUOffset<PaxosValue>>("value", Self::VT_VALUE, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct PaxosEntryArgs<'a> {
+    pub slot: u64,
+    pub ballot: Option<&'a Ballot>,
+    pub value: Option<flatbuffers::WIPOffset<PaxosValue<'a>>>,
+}
+impl<'a> Default for PaxosEntryArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    PaxosEntryArgs {
+      slot: 0,
+      ballot: None,
+      value: None,
+    }
+  }
+}
+
+pub struct PaxosEntryBuilder<'a: 'b, 'b> {
+  fbb_: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+  start_: flatbuffers::WIPOffset<flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b> PaxosEntryBuilder<'a, 'b> {
+  #[inline]
+  pub fn add_slot(&mut self, slot: u64) {
+    self.fbb_.push_slot::<u64>(PaxosEntry::VT_SLOT, slot, 0);
+  }
+  #[inline]
+  pub fn add_ballot(&mut self, ballot: &Ballot) {
+    self.fbb_.push_slot_always::<&Ballot>(PaxosEntry::VT_BALLOT, ballot);
+  }
+  #[inline]
+  pub fn add_value(&mut self, value: flatbuffers::WIPOffset<PaxosValue<'b >>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<PaxosValue>>(PaxosEntry::VT_VALUE, value);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>) -> PaxosEntryBuilder<'a, 'b> {
+    let start = _fbb.start_table();
+    PaxosEntryBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> flatbuffers::WIPOffset<PaxosEntry<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl core::fmt::Debug for PaxosEntry<'_> {
+  fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+    let mut ds = f.debug_struct("PaxosEntry");
+      ds.field("slot", &self.slot());
+      ds.field("ballot", &self.ballot());
+      ds.field("value", &self.value());
+      ds.finish()
+  }
+}
+pub enum PrepareOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct Prepare<'a> {
+  pub _tab: flatbuffers::Table<'a>,
+}
+
+impl<'a> flatbuffers::Follow<'a> for Prepare<'a> {
+  type Inner = Prepare<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: flatbuffers::Table::new(buf, loc) }
+  }
+}
+
+impl<'a> Prepare<'a> {
+  pub const VT_BALLOT: flatbuffers::VOffsetT = 4;
+  pub const VT_FROM_SLOT: flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
+    Prepare { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr>(
+    _fbb: &'mut_bldr mut flatbuffers::FlatBufferBuilder<'bldr>,
+    args: &'args PrepareArgs<'args>
+  ) -> flatbuffers::WIPOffset<Prepare<'bldr>> {
+    let mut builder = PrepareBuilder::new(_fbb);
+    builder.add_from_slot(args.from_slot);
+    if let Some(x) = args.ballot { builder.add_ballot(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn ballot(&self) -> Option<&'a Ballot> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<Ballot>(Prepare::VT_BALLOT, None)}
+  }
+  #[inline]
+  pub fn from_slot(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Prepare::VT_FROM_SLOT, Some(0)).unwrap()}
+  }
+}
+
+impl flatbuffers::Verifiable for Prepare<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut flatbuffers::Verifier, pos: usize
+  ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+    use self::flatbuffers::Verifiable;
+    v.visit_table(pos)?
+     .visit_field::<Ballot>("ballot", Self::VT_BALLOT, false)?
+     .visit_field::<u64>("from_slot", Self::VT_FROM_SLOT, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct PrepareArgs<'a> {
+    pub ballot: Option<&'a Ballot>,
+    pub from_slot: u64,
+}
+impl<'a> Default for PrepareArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    PrepareArgs {
+      ballot: None,
+      from_slot: 0,
+    }
+  }
+}
+
+pub struct PrepareBuilder<'a: 'b, 'b> {
+  fbb_: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+  start_: flatbuffers::WIPOffset<flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b> PrepareBuilder<'a, 'b> {
+  #[inline]
+  pub fn add_ballot(&mut self, ballot: &Ballot) {
+    self.fbb_.push_slot_always::<&Ballot>(Prepare::VT_BALLOT, ballot);
+  }
+  #[inline]
+  pub fn add_from_slot(&mut self, from_slot: u64) {
+    self.fbb_.push_slot::<u64>(Prepare::VT_FROM_SLOT, from_slot, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>) -> PrepareBuilder<'a, 'b> {
+    let start = _fbb.start_table();
+    PrepareBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> flatbuffers::WIPOffset<Prepare<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl core::fmt::Debug for Prepare<'_> {
+  fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+    let mut ds = f.debug_struct("Prepare");
+      ds.field("ballot", &self.ballot());
+      ds.field("from_slot", &self.from_slot());
+      ds.finish()
+  }
+}
+pub enum PromiseOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct Promise<'a> {
+  pub _tab: flatbuffers::Table<'a>,
+}
+
+impl<'a> flatbuffers::Follow<'a> for Promise<'a> {
+  type Inner = Promise<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: flatbuffers::Table::new(buf, loc) }
+  }
+}
+
+impl<'a> Promise<'a> {
+  pub const VT_BALLOT: flatbuffers::VOffsetT = 4;
+  pub const VT_ENTRIES: flatbuffers::VOffsetT = 6;
+  pub const VT_COMMIT: flatbuffers::VOffsetT = 8;
+  pub const VT_LOG_START: flatbuffers::VOffsetT = 10;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
+    Promise { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr>(
+    _fbb: &'mut_bldr mut flatbuffers::FlatBufferBuilder<'bldr>,
+    args: &'args PromiseArgs<'args>
+  ) -> flatbuffers::WIPOffset<Promise<'bldr>> {
+    let mut builder = PromiseBuilder::new(_fbb);
+    builder.add_log_start(args.log_start);
+    builder.add_commit(args.commit);
+    if let Some(x) = args.entries { builder.add_entries(x); }
+    if let Some(x) = args.ballot { builder.add_ballot(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn ballot(&self) -> Option<&'a Ballot> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<Ballot>(Promise::VT_BALLOT, None)}
+  }
+  #[inline]
+  pub fn entries(&self) -> Option<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<PaxosEntry<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<PaxosEntry>>>>(Promise::VT_ENTRIES, None)}
+  }
+  #[inline]
+  pub fn commit(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Promise::VT_COMMIT, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn log_start(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Promise::VT_LOG_START, Some(0)).unwrap()}
+  }
+}
+
+impl flatbuffers::Verifiable for Promise<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut flatbuffers::Verifier, pos: usize
+  ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+    use self::flatbuffers::Verifiable;
+    v.visit_table(pos)?
+     .visit_field::<Ballot>("ballot", Self::VT_BALLOT, false)?
+     .visit_field::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'_, flatbuffers::ForwardsUOffset<PaxosEntry>>>>("entries", Self::VT_ENTRIES, false)?
+     .visit_field::<u64>("commit", Self::VT_COMMIT, false)?
+     .visit_field::<u64>("log_start", Self::VT_LOG_START, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct PromiseArgs<'a> {
+    pub ballot: Option<&'a Ballot>,
+    pub entries: Option<flatbuffers::WIPOffset<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<PaxosEntry<'a>>>>>,
+    pub commit: u64,
+    pub log_start: u64,
+}
+impl<'a> Default for PromiseArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    PromiseArgs {
+      ballot: None,
+      entries: None,
+      commit: 0,
+      log_start: 0,
+    }
+  }
+}
+
+pub struct PromiseBuilder<'a: 'b, 'b> {
+  fbb_: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+  start_: flatbuffers::WIPOffset<flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b> PromiseBuilder<'a, 'b> {
+  #[inline]
+  pub fn add_ballot(&mut self, ballot: &Ballot) {
+    self.fbb_.push_slot_always::<&Ballot>(Promise::VT_BALLOT, ballot);
+  }
+  #[inline]
+  pub fn add_entries(&mut self, entries: flatbuffers::WIPOffset<flatbuffers::Vector<'b , flatbuffers::ForwardsUOffset<PaxosEntry<'b >>>>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(Promise::VT_ENTRIES, entries);
+  }
+  #[inline]
+  pub fn add_commit(&mut self, commit: u64) {
+    self.fbb_.push_slot::<u64>(Promise::VT_COMMIT, commit, 0);
+  }
+  #[inline]
+  pub fn add_log_start(&mut self, log_start: u64) {
+    self.fbb_.push_slot::<u64>(Promise::VT_LOG_START, log_start, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>) -> PromiseBuilder<'a, 'b> {
+    let start = _fbb.start_table();
+    PromiseBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> flatbuffers::WIPOffset<Promise<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl core::fmt::Debug for Promise<'_> {
+  fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+    let mut ds = f.debug_struct("Promise");
+      ds.field("ballot", &self.ballot());
+      ds.field("entries", &self.entries());
+      ds.field("commit", &self.commit());
+      ds.field("log_start", &self.log_start());
+      ds.finish()
+  }
+}
+pub enum AcceptOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct Accept<'a> {
+  pub _tab: flatbuffers::Table<'a>,
+}
+
+impl<'a> flatbuffers::Follow<'a> for Accept<'a> {
+  type Inner = Accept<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: flatbuffers::Table::new(buf, loc) }
+  }
+}
+
+impl<'a> Accept<'a> {
+  pub const VT_BALLOT: flatbuffers::VOffsetT = 4;
+  pub const VT_FIRST_SLOT: flatbuffers::VOffsetT = 6;
+  pub const VT_ENTRIES: flatbuffers::VOffsetT = 8;
+  pub const VT_COMMIT: flatbuffers::VOffsetT = 10;
+  pub const VT_SENT_AT: flatbuffers::VOffsetT = 12;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
+    Accept { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr>(
+    _fbb: &'mut_bldr mut flatbuffers::FlatBufferBuilder<'bldr>,
+    args: &'args AcceptArgs<'args>
+  ) -> flatbuffers::WIPOffset<Accept<'bldr>> {
+    let mut builder = AcceptBuilder::new(_fbb);
+    builder.add_sent_at(args.sent_at);
+    builder.add_commit(args.commit);
+    builder.add_first_slot(args.first_slot);
+    if let Some(x) = args.entries { builder.add_entries(x); }
+    if let Some(x) = args.ballot { builder.add_ballot(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn ballot(&self) -> Option<&'a Ballot> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<Ballot>(Accept::VT_BALLOT, None)}
+  }
+  #[inline]
+  pub fn first_slot(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Accept::VT_FIRST_SLOT, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn entries(&self) -> Option<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<PaxosValue<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<PaxosValue>>>>(Accept::VT_ENTRIES, None)}
+  }
+  #[inline]
+  pub fn commit(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Accept::VT_COMMIT, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn sent_at(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Accept::VT_SENT_AT, Some(0)).unwrap()}
+  }
+}
+
+impl flatbuffers::Verifiable for Accept<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut flatbuffers::Verifier, pos: usize
+  ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+    use self::flatbuffers::Verifiable;
+    v.visit_table(pos)?
+     .visit_field::<Ballot>("ballot", Self::VT_BALLOT, false)?
+     .visit_field::<u64>("first_slot", Self::VT_FIRST_SLOT, false)?
+     .visit_field::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'_, flatbuffers::ForwardsUOffset<PaxosValue>>>>("entries", Self::VT_ENTRIES, false)?
+     .visit_field::<u64>("commit", Self::VT_COMMIT, false)?
+     .visit_field::<u64>("sent_at", Self::VT_SENT_AT, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct AcceptArgs<'a> {
+    pub ballot: Option<&'a Ballot>,
+    pub first_slot: u64,
+    pub entries: Option<flatbuffers::WIPOffset<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<PaxosValue<'a>>>>>,
+    pub commit: u64,
+    pub sent_at: u64,
+}
+impl<'a> Default for AcceptArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    AcceptArgs {
+      ballot: None,
+      first_slot: 0,
+      entries: None,
+      commit: 0,
+      sent_at: 0,
+    }
+  }
+}
+
+pub struct AcceptBuilder<'a: 'b, 'b> {
+  fbb_: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+  start_: flatbuffers::WIPOffset<flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b> AcceptBuilder<'a, 'b> {
+  #[inline]
+  pub fn add_ballot(&mut self, ballot: &Ballot) {
+    self.fbb_.push_slot_always::<&Ballot>(Accept::VT_BALLOT, ballot);
+  }
+  #[inline]
+  pub fn add_first_slot(&mut self, first_slot: u64) {
+    self.fbb_.push_slot::<u64>(Accept::VT_FIRST_SLOT, first_slot, 0);
+  }
+  #[inline]
+  pub fn add_entries(&mut self, entries: flatbuffers::WIPOffset<flatbuffers::Vector<'b , flatbuffers::ForwardsUOffset<PaxosValue<'b >>>>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(Accept::VT_ENTRIES, entries);
+  }
+  #[inline]
+  pub fn add_commit(&mut self, commit: u64) {
+    self.fbb_.push_slot::<u64>(Accept::VT_COMMIT, commit, 0);
+  }
+  #[inline]
+  pub fn add_sent_at(&mut self, sent_at: u64) {
+    self.fbb_.push_slot::<u64>(Accept::VT_SENT_AT, sent_at, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>) -> AcceptBuilder<'a, 'b> {
+    let start = _fbb.start_table();
+    AcceptBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> flatbuffers::WIPOffset<Accept<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl core::fmt::Debug for Accept<'_> {
+  fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+    let mut ds = f.debug_struct("Accept");
+      ds.field("ballot", &self.ballot());
+      ds.field("first_slot", &self.first_slot());
+      ds.field("entries", &self.entries());
+      ds.field("commit", &self.commit());
+      ds.field("sent_at", &self.sent_at());
+      ds.finish()
+  }
+}
+pub enum AcceptedOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct Accepted<'a> {
+  pub _tab: flatbuffers::Table<'a>,
+}
+
+impl<'a> flatbuffers::Follow<'a> for Accepted<'a> {
+  type Inner = Accepted<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: flatbuffers::Table::new(buf, loc) }
+  }
+}
+
+impl<'a> Accepted<'a> {
+  pub const VT_BALLOT: flatbuffers::VOffsetT = 4;
+  pub const VT_UP_TO: flatbuffers::VOffsetT = 6;
+  pub const VT_SENT_AT: flatbuffers::VOffsetT = 8;
+  pub const VT_GAP: flatbuffers::VOffsetT = 10;
+  pub const VT_CHECKPOINTED: flatbuffers::VOffsetT = 12;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
+    Accepted { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr>(
+    _fbb: &'mut_bldr mut flatbuffers::FlatBufferBuilder<'bldr>,
+    args: &'args AcceptedArgs<'args>
+  ) -> flatbuffers::WIPOffset<Accepted<'bldr>> {
+    let mut builder = AcceptedBuilder::new(_fbb);
+    builder.add_checkpointed(args.checkpointed);
+    builder.add_sent_at(args.sent_at);
+    builder.add_up_to(args.up_to);
+    if let Some(x) = args.ballot { builder.add_ballot(x); }
+    builder.add_gap(args.gap);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn ballot(&self) -> Option<&'a Ballot> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<Ballot>(Accepted::VT_BALLOT, None)}
+  }
+  #[inline]
+  pub fn up_to(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Accepted::VT_UP_TO, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn sent_at(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Accepted::VT_SENT_AT, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn gap(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(Accepted::VT_GAP, Some(false)).unwrap()}
+  }
+  #[inline]
+  pub fn checkpointed(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Accepted::VT_CHECKPOINTED, Some(0)).unwrap()}
+  }
+}
+
+impl flatbuffers::Verifiable for Accepted<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut flatbuffers::Verifier, pos: usize
+  ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+    use self::flatbuffers::Verifiable;
+    v.visit_table(pos)?
+     .visit_field::<Ballot>("ballot", Self::VT_BALLOT, false)?
+     .visit_field::<u64>("up_to", Self::VT_UP_TO, false)?
+     .visit_field::<u64>("sent_at", Self::VT_SENT_AT, false)?
+     .visit_field::<bool>("gap", Self::VT_GAP, false)?
+     .visit_field::<u64>("checkpointed", Self::VT_CHECKPOINTED, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct AcceptedArgs<'a> {
+    pub ballot: Option<&'a Ballot>,
+    pub up_to: u64,
+    pub sent_at: u64,
+    pub gap: bool,
+    pub checkpointed: u64,
+}
+impl<'a> Default for AcceptedArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    AcceptedArgs {
+      ballot: None,
+      up_to: 0,
+      sent_at: 0,
+      gap: false,
+      checkpointed: 0,
+    }
+  }
+}
+
+pub struct AcceptedBuilder<'a: 'b, 'b> {
+  fbb_: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+  start_: flatbuffers::WIPOffset<flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b> AcceptedBuilder<'a, 'b> {
+  #[inline]
+  pub fn add_ballot(&mut self, ballot: &Ballot) {
+    self.fbb_.push_slot_always::<&Ballot>(Accepted::VT_BALLOT, ballot);
+  }
+  #[inline]
+  pub fn add_up_to(&mut self, up_to: u64) {
+    self.fbb_.push_slot::<u64>(Accepted::VT_UP_TO, up_to, 0);
+  }
+  #[inline]
+  pub fn add_sent_at(&mut self, sent_at: u64) {
+    self.fbb_.push_slot::<u64>(Accepted::VT_SENT_AT, sent_at, 0);
+  }
+  #[inline]
+  pub fn add_gap(&mut self, gap: bool) {
+    self.fbb_.push_slot::<bool>(Accepted::VT_GAP, gap, false);
+  }
+  #[inline]
+  pub fn add_checkpointed(&mut self, checkpointed: u64) {
+    self.fbb_.push_slot::<u64>(Accepted::VT_CHECKPOINTED, checkpointed, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>) -> AcceptedBuilder<'a, 'b> {
+    let start = _fbb.start_table();
+    AcceptedBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> flatbuffers::WIPOffset<Accepted<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl core::fmt::Debug for Accepted<'_> {
+  fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+    let mut ds = f.debug_struct("Accepted");
+      ds.field("ballot", &self.ballot());
+      ds.field("up_to", &self.up_to());
+      ds.field("sent_at", &self.sent_at());
+      ds.field("gap", &self.gap());
+      ds.field("checkpointed", &self.checkpointed());
+      ds.finish()
+  }
+}
+pub enum RejectOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct Reject<'a> {
+  pub _tab: flatbuffers::Table<'a>,
+}
+
+impl<'a> flatbuffers::Follow<'a> for Reject<'a> {
+  type Inner = Reject<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: flatbuffers::Table::new(buf, loc) }
+  }
+}
+
+impl<'a> Reject<'a> {
+  pub const VT_PROMISED: flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
+    Reject { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr>(
+    _fbb: &'mut_bldr mut flatbuffers::FlatBufferBuilder<'bldr>,
+    args: &'args RejectArgs<'args>
+  ) -> flatbuffers::WIPOffset<Reject<'bldr>> {
+    let mut builder = RejectBuilder::new(_fbb);
+    if let Some(x) = args.promised { builder.add_promised(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn promised(&self) -> Option<&'a Ballot> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<Ballot>(Reject::VT_PROMISED, None)}
+  }
+}
+
+impl flatbuffers::Verifiable for Reject<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut flatbuffers::Verifier, pos: usize
+  ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+    use self::flatbuffers::Verifiable;
+    v.visit_table(pos)?
+     .visit_field::<Ballot>("promised", Self::VT_PROMISED, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct RejectArgs<'a> {
+    pub promised: Option<&'a Ballot>,
+}
+impl<'a> Default for RejectArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    RejectArgs {
+      promised: None,
+    }
+  }
+}
+
+pub struct RejectBuilder<'a: 'b, 'b> {
+  fbb_: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+  start_: flatbuffers::WIPOffset<flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b> RejectBuilder<'a, 'b> {
+  #[inline]
+  pub fn add_promised(&mut self, promised: &Ballot) {
+    self.fbb_.push_slot_always::<&Ballot>(Reject::VT_PROMISED, promised);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>) -> RejectBuilder<'a, 'b> {
+    let start = _fbb.start_table();
+    RejectBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> flatbuffers::WIPOffset<Reject<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl core::fmt::Debug for Reject<'_> {
+  fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+    let mut ds = f.debug_struct("Reject");
+      ds.field("promised", &self.promised());
+      ds.finish()
+  }
+}
+pub enum PaxosMessageOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct PaxosMessage<'a> {
+  pub _tab: flatbuffers::Table<'a>,
+}
+
+impl<'a> flatbuffers::Follow<'a> for PaxosMessage<'a> {
+  type Inner = PaxosMessage<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: flatbuffers::Table::new(buf, loc) }
+  }
+}
+
+impl<'a> PaxosMessage<'a> {
+  pub const VT_PARTITION: flatbuffers::VOffsetT = 4;
+  pub const VT_FROM: flatbuffers::VOffsetT = 6;
+  pub const VT_TO: flatbuffers::VOffsetT = 8;
+  pub const VT_BODY_TYPE: flatbuffers::VOffsetT = 10;
+  pub const VT_BODY: flatbuffers::VOffsetT = 12;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
+    PaxosMessage { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr>(
+    _fbb: &'mut_bldr mut flatbuffers::FlatBufferBuilder<'bldr>,
+    args: &'args PaxosMessageArgs
+  ) -> flatbuffers::WIPOffset<PaxosMessage<'bldr>> {
+    let mut builder = PaxosMessageBuilder::new(_fbb);
+    builder.add_partition(args.partition);
+    if let Some(x) = args.body { builder.add_body(x); }
+    builder.add_to(args.to);
+    builder.add_from(args.from);
+    builder.add_body_type(args.body_type);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn partition(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(PaxosMessage::VT_PARTITION, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn from(&self) -> u32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(PaxosMessage::VT_FROM, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn to(&self) -> u32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(PaxosMessage::VT_TO, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn body_type(&self) -> PaxosBody {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<PaxosBody>(PaxosMessage::VT_BODY_TYPE, Some(PaxosBody::NONE)).unwrap()}
+  }
+  #[inline]
+  pub fn body(&self) -> Option<flatbuffers::Table<'a>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<flatbuffers::Table<'a>>>(PaxosMessage::VT_BODY, None)}
+  }
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_prepare(&self) -> Option<Prepare<'a>> {
+    if self.body_type() == PaxosBody::Prepare {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { Prepare::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_promise(&self) -> Option<Promise<'a>> {
+    if self.body_type() == PaxosBody::Promise {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { Promise::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_accept(&self) -> Option<Accept<'a>> {
+    if self.body_type() == PaxosBody::Accept {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { Accept::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_accepted(&self) -> Option<Accepted<'a>> {
+    if self.body_type() == PaxosBody::Accepted {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { Accepted::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_reject(&self) -> Option<Reject<'a>> {
+    if self.body_type() == PaxosBody::Reject {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { Reject::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+}
+
+impl flatbuffers::Verifiable for PaxosMessage<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut flatbuffers::Verifier, pos: usize
+  ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+    use self::flatbuffers::Verifiable;
+    v.visit_table(pos)?
+     .visit_field::<u64>("partition", Self::VT_PARTITION, false)?
+     .visit_field::<u32>("from", Self::VT_FROM, false)?
+     .visit_field::<u32>("to", Self::VT_TO, false)?
+     .visit_union::<PaxosBody, _>("body_type", Self::VT_BODY_TYPE, "body", Self::VT_BODY, false, |key, v, pos| {
+        match key {
+          PaxosBody::Prepare => v.verify_union_variant::<flatbuffers::ForwardsUOffset<Prepare>>("PaxosBody::Prepare", pos),
+          PaxosBody::Promise => v.verify_union_variant::<flatbuffers::ForwardsUOffset<Promise>>("PaxosBody::Promise", pos),
+          PaxosBody::Accept => v.verify_union_variant::<flatbuffers::ForwardsUOffset<Accept>>("PaxosBody::Accept", pos),
+          PaxosBody::Accepted => v.verify_union_variant::<flatbuffers::ForwardsUOffset<Accepted>>("PaxosBody::Accepted", pos),
+          PaxosBody::Reject => v.verify_union_variant::<flatbuffers::ForwardsUOffset<Reject>>("PaxosBody::Reject", pos),
+          _ => Ok(()),
+        }
+     })?
+     .finish();
+    Ok(())
+  }
+}
+pub struct PaxosMessageArgs {
+    pub partition: u64,
+    pub from: u32,
+    pub to: u32,
+    pub body_type: PaxosBody,
+    pub body: Option<flatbuffers::WIPOffset<flatbuffers::UnionWIPOffset>>,
+}
+impl<'a> Default for PaxosMessageArgs {
+  #[inline]
+  fn default() -> Self {
+    PaxosMessageArgs {
+      partition: 0,
+      from: 0,
+      to: 0,
+      body_type: PaxosBody::NONE,
+      body: None,
+    }
+  }
+}
+
+pub struct PaxosMessageBuilder<'a: 'b, 'b> {
+  fbb_: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+  start_: flatbuffers::WIPOffset<flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b> PaxosMessageBuilder<'a, 'b> {
+  #[inline]
+  pub fn add_partition(&mut self, partition: u64) {
+    self.fbb_.push_slot::<u64>(PaxosMessage::VT_PARTITION, partition, 0);
+  }
+  #[inline]
+  pub fn add_from(&mut self, from: u32) {
+    self.fbb_.push_slot::<u32>(PaxosMessage::VT_FROM, from, 0);
+  }
+  #[inline]
+  pub fn add_to(&mut self, to: u32) {
+    self.fbb_.push_slot::<u32>(PaxosMessage::VT_TO, to, 0);
+  }
+  #[inline]
+  pub fn add_body_type(&mut self, body_type: PaxosBody) {
+    self.fbb_.push_slot::<PaxosBody>(PaxosMessage::VT_BODY_TYPE, body_type, PaxosBody::NONE);
+  }
+  #[inline]
+  pub fn add_body(&mut self, body: flatbuffers::WIPOffset<flatbuffers::UnionWIPOffset>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(PaxosMessage::VT_BODY, body);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>) -> PaxosMessageBuilder<'a, 'b> {
+    let start = _fbb.start_table();
+    PaxosMessageBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> flatbuffers::WIPOffset<PaxosMessage<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl core::fmt::Debug for PaxosMessage<'_> {
+  fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+    let mut ds = f.debug_struct("PaxosMessage");
+      ds.field("partition", &self.partition());
+      ds.field("from", &self.from());
+      ds.field("to", &self.to());
+      ds.field("body_type", &self.body_type());
+      match self.body_type() {
+        PaxosBody::Prepare => {
+          if let Some(x) = self.body_as_prepare() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        PaxosBody::Promise => {
+          if let Some(x) = self.body_as_promise() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        PaxosBody::Accept => {
+          if let Some(x) = self.body_as_accept() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        PaxosBody::Accepted => {
+          if let Some(x) = self.body_as_accepted() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        PaxosBody::Reject => {
+          if let Some(x) = self.body_as_reject() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        _ => {
+          let x: Option<()> = None;
+          ds.field("body", &x)
+        },
+      };
+      ds.finish()
+  }
+}
+pub enum ReplicationBatchOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct ReplicationBatch<'a> {
+  pub _tab: flatbuffers::Table<'a>,
+}
+
+impl<'a> flatbuffers::Follow<'a> for ReplicationBatch<'a> {
+  type Inner = ReplicationBatch<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: flatbuffers::Table::new(buf, loc) }
+  }
+}
+
+impl<'a> ReplicationBatch<'a> {
+  pub const VT_MESSAGES: flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
+    ReplicationBatch { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr>(
+    _fbb: &'mut_bldr mut flatbuffers::FlatBufferBuilder<'bldr>,
+    args: &'args ReplicationBatchArgs<'args>
+  ) -> flatbuffers::WIPOffset<ReplicationBatch<'bldr>> {
+    let mut builder = ReplicationBatchBuilder::new(_fbb);
+    if let Some(x) = args.messages { builder.add_messages(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn messages(&self) -> Option<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<PaxosMessage<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<PaxosMessage>>>>(ReplicationBatch::VT_MESSAGES, None)}
+  }
+}
+
+impl flatbuffers::Verifiable for ReplicationBatch<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut flatbuffers::Verifier, pos: usize
+  ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+    use self::flatbuffers::Verifiable;
+    v.visit_table(pos)?
+     .visit_field::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'_, flatbuffers::ForwardsUOffset<PaxosMessage>>>>("messages", Self::VT_MESSAGES, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct ReplicationBatchArgs<'a> {
+    pub messages: Option<flatbuffers::WIPOffset<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<PaxosMessage<'a>>>>>,
+}
+impl<'a> Default for ReplicationBatchArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    ReplicationBatchArgs {
+      messages: None,
+    }
+  }
+}
+
+pub struct ReplicationBatchBuilder<'a: 'b, 'b> {
+  fbb_: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+  start_: flatbuffers::WIPOffset<flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b> ReplicationBatchBuilder<'a, 'b> {
+  #[inline]
+  pub fn add_messages(&mut self, messages: flatbuffers::WIPOffset<flatbuffers::Vector<'b , flatbuffers::ForwardsUOffset<PaxosMessage<'b >>>>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(ReplicationBatch::VT_MESSAGES, messages);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>) -> ReplicationBatchBuilder<'a, 'b> {
+    let start = _fbb.start_table();
+    ReplicationBatchBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> flatbuffers::WIPOffset<ReplicationBatch<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl core::fmt::Debug for ReplicationBatch<'_> {
+  fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+    let mut ds = f.debug_struct("ReplicationBatch");
+      ds.field("messages", &self.messages());
       ds.finish()
   }
 }
