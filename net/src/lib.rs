@@ -5,6 +5,7 @@ mod catalog;
 pub mod client;
 pub mod json;
 mod local;
+pub mod peers;
 mod server;
 mod shard;
 
