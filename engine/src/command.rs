@@ -93,7 +93,7 @@ impl Command {
     }
 
     /// Appends the command as a WAL record payload.
-    pub(crate) fn encode_payload(&self, out: &mut Vec<u8>) {
+    pub fn encode_payload(&self, out: &mut Vec<u8>) {
         out.push(COMMAND_FORMAT_VERSION);
         self.encode_into(out);
     }
@@ -150,7 +150,7 @@ impl Command {
         }
     }
 
-    pub(crate) fn decode(bytes: &[u8]) -> Result<Command, String> {
+    pub fn decode(bytes: &[u8]) -> Result<Command, String> {
         let mut reader = Reader::new(bytes);
         let version = reader.u8()?;
         if version != COMMAND_FORMAT_VERSION {

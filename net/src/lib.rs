@@ -6,6 +6,7 @@ pub mod client;
 pub mod json;
 mod local;
 pub mod peers;
+pub mod replicated;
 mod server;
 mod shard;
 

@@ -32,6 +32,8 @@ const FRAME_MESSAGES_MAX: usize = 1024;
 /// How long a dial may take, and the pause after a failed one.
 const DIAL_TIMEOUT: Duration = Duration::from_millis(500);
 const REDIAL_PAUSE: Duration = Duration::from_millis(50);
+/// How long one write to a peer may take before the connection is given up.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Messages waiting for one peer's sender task.
 #[derive(Default)]
@@ -81,7 +83,8 @@ pub struct LinkStats {
 pub struct PeerLinks {
     queues: BTreeMap<ReplicaId, Rc<Queue>>,
     stats: Rc<Cell<LinkStats>>,
-    tasks: RefCell<Vec<glommio::task::JoinHandle<()>>>,
+    /// The listener, the senders, and a reader per accepted connection.
+    tasks: Rc<RefCell<Vec<glommio::task::JoinHandle<()>>>>,
 }
 
 /// The address core `core` of a node whose peer address is `base` listens on.
@@ -103,14 +106,17 @@ impl PeerLinks {
         let listener = TcpListener::bind(address)
             .map_err(|error| std::io::Error::other(format!("cannot listen for peers on {address}: {error}")))?;
         let stats = Rc::new(Cell::new(LinkStats::default()));
-        let mut tasks = vec![glommio::spawn_local(accept(listener, deliver, stats.clone())).detach()];
+        let tasks: Rc<RefCell<Vec<_>>> = Rc::default();
+        let accepting = glommio::spawn_local(accept(listener, deliver, stats.clone(), Rc::downgrade(&tasks)));
+        tasks.borrow_mut().push(accepting.detach());
         let mut queues = BTreeMap::new();
         for (&node, &base) in peers {
             let queue = Rc::new(Queue::default());
-            tasks.push(glommio::spawn_local(send(core_address(base, core), queue.clone(), stats.clone())).detach());
+            let sending = glommio::spawn_local(send(core_address(base, core), queue.clone(), stats.clone()));
+            tasks.borrow_mut().push(sending.detach());
             queues.insert(node, queue);
         }
-        Ok(PeerLinks { queues, stats, tasks: RefCell::new(tasks) })
+        Ok(PeerLinks { queues, stats, tasks })
     }
 
     /// Queues `message` for node `to`; dropped (and counted) if `to` is unknown or its queue
@@ -140,11 +146,20 @@ fn count(stats: &Cell<LinkStats>, change: impl FnOnce(&mut LinkStats)) {
     stats.set(value);
 }
 
-async fn accept(listener: TcpListener, deliver: Rc<dyn Fn(Vec<PartitionMessage>)>, stats: Rc<Cell<LinkStats>>) {
+async fn accept(
+    listener: TcpListener,
+    deliver: Rc<dyn Fn(Vec<PartitionMessage>)>,
+    stats: Rc<Cell<LinkStats>>,
+    tasks: std::rc::Weak<RefCell<Vec<glommio::task::JoinHandle<()>>>>,
+) {
     loop {
         let Ok(stream) = listener.accept().await else { continue };
         let (deliver, stats) = (deliver.clone(), stats.clone());
-        glommio::spawn_local(receive(stream, deliver, stats)).detach();
+        let reading = glommio::spawn_local(receive(stream, deliver, stats)).detach();
+        match tasks.upgrade() {
+            Some(tasks) => tasks.borrow_mut().push(reading),
+            None => reading.cancel(),
+        }
     }
 }
 
@@ -189,6 +204,8 @@ async fn send(address: SocketAddr, queue: Rc<Queue>, stats: Rc<Cell<LinkStats>>)
             match TcpStream::connect_timeout(address, DIAL_TIMEOUT).await {
                 Ok(connected) => {
                     let _ = connected.set_nodelay(true);
+                    // A peer that stops reading must not hold this link forever.
+                    let _ = connected.set_write_timeout(Some(WRITE_TIMEOUT));
                     stream = Some(connected);
                 }
                 Err(_) => {

@@ -1,0 +1,369 @@
+//! A core's replicated partitions: one `paxos::Replica` per partition, its WAL writes and
+//! applies through the core's store (replicated mode), its messages through the core's peer
+//! links, and its timers from one ticking task. Implements `ReplicationLog`, so a write
+//! proposed here resolves once chosen (durable on a quorum of the partition's replicas), and
+//! `propose_applied` once applied here too.
+//!
+//! The Replica is pure; this is its host. Action order is kept: persists are appended to the
+//! WAL in the order asked and reported durable in that order (one task follows the WAL's
+//! durable LSN); chosen entries are queued for apply in slot order. A proposal that is not
+//! chosen within `PROPOSAL_TIMEOUT` (this replica lost leadership, or no quorum answers)
+//! resolves as `Unavailable`: its outcome is unknown to the caller.
+//!
+//! Not yet here: snapshots over the wire (a peer that needs compacted entries waits), and
+//! compaction of the in-memory log.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
+use std::rc::{Rc, Weak};
+use std::task::{Poll, Waker};
+use std::time::{Duration, Instant};
+
+use tessera_engine::paxos::{self, Action, Member, Micros, ProposeError, Replica, ReplicaId, Slot, Value};
+use tessera_engine::{Command, Error, Outcome, PartitionId, ReplicationLog, Result, Store};
+use tessera_wire::replication::PartitionMessage;
+
+use crate::peers::{LinkStats, PeerLinks};
+
+/// How often replicas' timers are driven.
+const TICK: Duration = Duration::from_millis(5);
+
+/// A proposal that waits for its slot.
+struct Waiter {
+    command: u64,
+    want_outcome: bool,
+    deadline: Instant,
+    reply: Rc<Reply>,
+}
+
+/// Where a proposal's result lands.
+#[derive(Default)]
+struct Reply {
+    result: RefCell<Option<Result<Option<Outcome>>>>,
+    waker: RefCell<Option<Waker>>,
+}
+
+impl Reply {
+    fn resolve(&self, result: Result<Option<Outcome>>) {
+        *self.result.borrow_mut() = Some(result);
+        if let Some(waker) = self.waker.borrow_mut().take() {
+            waker.wake();
+        }
+    }
+
+    async fn wait(&self) -> Result<Option<Outcome>> {
+        futures_lite::future::poll_fn(|context| match self.result.borrow_mut().take() {
+            Some(result) => Poll::Ready(result),
+            None => {
+                *self.waker.borrow_mut() = Some(context.waker().clone());
+                Poll::Pending
+            }
+        })
+        .await
+    }
+}
+
+/// Where a core's replicas run.
+pub struct ReplicatedLog {
+    node: ReplicaId,
+    members: Vec<Member>,
+    config: paxos::Config,
+    store: Store,
+    links: RefCell<Option<PeerLinks>>,
+    replicas: RefCell<BTreeMap<PartitionId, Replica>>,
+    recovered: RefCell<BTreeMap<PartitionId, paxos::Durable>>,
+    started: Instant,
+    /// Persists appended to the WAL and not yet reported: partition, persist id, LSN.
+    persisting: RefCell<VecDeque<(PartitionId, u64, u64)>>,
+    persist_waker: RefCell<Option<Waker>>,
+    waiters: RefCell<BTreeMap<(PartitionId, Slot), Waiter>>,
+    next_command: Cell<u64>,
+    proposal_timeout: Duration,
+    tasks: RefCell<Vec<glommio::task::JoinHandle<()>>>,
+}
+
+impl ReplicatedLog {
+    /// Starts the replicas of this core: `store` must be a replicated store; `members` are
+    /// every partition's replicas (one per node, this node included); peers are the other
+    /// nodes' base peer addresses.
+    pub fn start(
+        store: Store,
+        node: ReplicaId,
+        members: Vec<Member>,
+        config: paxos::Config,
+        listen: SocketAddr,
+        core: usize,
+        peers: &BTreeMap<ReplicaId, SocketAddr>,
+    ) -> std::io::Result<Rc<ReplicatedLog>> {
+        config.validate().map_err(std::io::Error::other)?;
+        let proposal_timeout = Duration::from_micros(4 * config.election_max);
+        let log = Rc::new(ReplicatedLog {
+            node,
+            members,
+            config,
+            recovered: RefCell::new(store.take_recovered_paxos()),
+            store,
+            links: RefCell::new(None),
+            replicas: RefCell::new(BTreeMap::new()),
+            started: Instant::now(),
+            persisting: RefCell::new(VecDeque::new()),
+            persist_waker: RefCell::new(None),
+            waiters: RefCell::new(BTreeMap::new()),
+            next_command: Cell::new(1),
+            proposal_timeout,
+            tasks: RefCell::new(Vec::new()),
+        });
+        let weak = Rc::downgrade(&log);
+        let deliver: Rc<dyn Fn(Vec<PartitionMessage>)> = Rc::new(move |messages| {
+            if let Some(log) = weak.upgrade() {
+                log.deliver(messages);
+            }
+        });
+        *log.links.borrow_mut() = Some(PeerLinks::start(listen, core, peers, deliver)?);
+        let tasks = vec![
+            glommio::spawn_local(tick(Rc::downgrade(&log))).detach(),
+            glommio::spawn_local(report_persists(Rc::downgrade(&log))).detach(),
+        ];
+        *log.tasks.borrow_mut() = tasks;
+        Ok(log)
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Stops the replicas' tasks and links (the store stays open).
+    pub fn stop(&self) {
+        for task in self.tasks.borrow_mut().drain(..) {
+            task.cancel();
+        }
+        if let Some(links) = self.links.borrow_mut().take() {
+            links.stop();
+        }
+    }
+
+    pub fn link_stats(&self) -> LinkStats {
+        self.links.borrow().as_ref().map(PeerLinks::stats).unwrap_or_default()
+    }
+
+    /// Whether this node may serve a strongly consistent read of `partition` now (it leads
+    /// with a lease); otherwise which replica it believes leads.
+    pub fn check_read(&self, partition: PartitionId) -> Result<()> {
+        let now = self.now();
+        self.with_replica(partition, |replica| {
+            if replica.can_read(now) {
+                Ok(())
+            } else {
+                Err(Error::NotLeader { leader: replica.leader().filter(|&leader| leader != self.node) })
+            }
+        })
+    }
+
+    /// The replica this node believes leads `partition`.
+    pub fn leader(&self, partition: PartitionId) -> Option<ReplicaId> {
+        self.with_replica(partition, |replica| replica.leader())
+    }
+
+    fn now(&self) -> Micros {
+        self.started.elapsed().as_micros() as Micros
+    }
+
+    /// Runs `f` on `partition`'s replica (started on first use), then carries out what it
+    /// asked for.
+    fn with_replica<T>(&self, partition: PartitionId, f: impl FnOnce(&mut Replica) -> T) -> T {
+        let now = self.now();
+        let (result, actions) = {
+            let mut replicas = self.replicas.borrow_mut();
+            let replica = replicas.entry(partition).or_insert_with(|| {
+                let durable = self.recovered.borrow_mut().remove(&partition).unwrap_or_default();
+                let applied = self.store.applied_slot(partition);
+                let seed = u64::from(self.node) << 48 ^ partition ^ now;
+                Replica::new(self.config.clone(), self.node, &self.members, durable, applied, now, seed)
+            });
+            let result = f(replica);
+            (result, replica.drain())
+        };
+        self.carry_out(partition, actions);
+        result
+    }
+
+    fn deliver(&self, messages: Vec<PartitionMessage>) {
+        let now = self.now();
+        for (partition, envelope) in messages {
+            if envelope.to == self.node {
+                self.with_replica(partition, |replica| replica.step(now, envelope.from, envelope.message));
+            }
+        }
+    }
+
+    fn carry_out(&self, partition: PartitionId, actions: Vec<Action>) {
+        for action in actions {
+            match action {
+                Action::Send(envelope) => {
+                    if let Some(links) = self.links.borrow().as_ref() {
+                        links.send(envelope.to, (partition, envelope));
+                    }
+                }
+                // If the store refuses (it is poisoned), this replica never reports the persist
+                // and so never acknowledges: the others go on without it.
+                Action::Persist { id, promised, entries } => {
+                    if let Ok(lsn) = self.store.persist_paxos(partition, promised, &entries) {
+                        self.persisting.borrow_mut().push_back((partition, id, lsn));
+                        if let Some(waker) = self.persist_waker.borrow_mut().take() {
+                            waker.wake();
+                        }
+                    }
+                }
+                Action::Apply { slot, value } => self.apply(partition, slot, value),
+                // Snapshots over the wire are not built yet: the peer stays behind.
+                Action::SendSnapshot { .. } | Action::StartLog { .. } => {}
+            }
+        }
+    }
+
+    /// Queues the value chosen for `slot` for apply, and answers its proposer.
+    fn apply(&self, partition: PartitionId, slot: Slot, value: Value) {
+        let waiter = self.waiters.borrow_mut().remove(&(partition, slot));
+        let (command, chosen_id) = match value {
+            Value::Command { id, bytes } => match Command::decode(&bytes) {
+                Ok(command) => (command, Some(id)),
+                Err(reason) => {
+                    // A chosen command that does not decode: every replica stops the same way.
+                    let error =
+                        format!("the command chosen for slot {slot} of partition {partition} is damaged: {reason}");
+                    if let Some(waiter) = waiter {
+                        waiter.reply.resolve(Err(Error::Unavailable(error)));
+                    }
+                    return;
+                }
+            },
+            // No-ops and configurations apply nothing but move the applied slot.
+            Value::Noop | Value::Members(_) => (Command::Batch(Vec::new()), None),
+        };
+        let ours = waiter.as_ref().is_some_and(|waiter| Some(waiter.command) == chosen_id);
+        let want_outcome = ours && waiter.as_ref().is_some_and(|waiter| waiter.want_outcome);
+        let ticket = self.store.apply_chosen(partition, slot, command, want_outcome);
+        let Some(waiter) = waiter else { return };
+        match (ours, ticket) {
+            (false, _) => waiter.reply.resolve(Err(Error::Unavailable(format!(
+                "slot {slot} of partition {partition} was chosen for another write: this one was not applied"
+            )))),
+            (true, Err(error)) => waiter.reply.resolve(Err(error)),
+            (true, Ok(_)) if !want_outcome => waiter.reply.resolve(Ok(None)),
+            (true, Ok(ticket)) => {
+                let store = self.store.clone();
+                glommio::spawn_local(async move {
+                    waiter.reply.resolve(store.outcome(ticket).await.map(Some));
+                })
+                .detach();
+            }
+        }
+    }
+
+    async fn propose_command(
+        &self,
+        partition: PartitionId,
+        command: Command,
+        want_outcome: bool,
+    ) -> Result<Option<Outcome>> {
+        let id = self.next_command.get();
+        self.next_command.set(id + 1);
+        let mut bytes = Vec::new();
+        command.encode_payload(&mut bytes);
+        let now = self.now();
+        let slot = self.with_replica(partition, |replica| replica.propose(now, id, bytes));
+        let slot = match slot {
+            Ok(slot) => slot,
+            Err(ProposeError::NotLeader { leader }) => return Err(Error::NotLeader { leader }),
+        };
+        // Nothing was chosen yet (its persist is not even durable): the waiter is in time.
+        let reply = Rc::new(Reply::default());
+        let deadline = Instant::now() + self.proposal_timeout;
+        let waiter = Waiter { command: id, want_outcome, deadline, reply: reply.clone() };
+        self.waiters.borrow_mut().insert((partition, slot), waiter);
+        reply.wait().await
+    }
+
+    /// Drives every replica's timers, and expires proposals that waited too long.
+    fn tick_all(&self) {
+        let now = self.now();
+        let partitions: Vec<PartitionId> = self.replicas.borrow().keys().copied().collect();
+        for partition in partitions {
+            self.with_replica(partition, |replica| replica.tick(now));
+        }
+        let expired: Vec<(PartitionId, Slot)> = self
+            .waiters
+            .borrow()
+            .iter()
+            .filter(|(_, waiter)| waiter.deadline <= Instant::now())
+            .map(|(key, _)| *key)
+            .collect();
+        for key in expired {
+            if let Some(waiter) = self.waiters.borrow_mut().remove(&key) {
+                waiter.reply.resolve(Err(Error::Unavailable(format!(
+                    "slot {} of partition {} was not chosen in time: the write may or may not take effect",
+                    key.1, key.0
+                ))));
+            }
+        }
+    }
+}
+
+async fn tick(log: Weak<ReplicatedLog>) {
+    loop {
+        glommio::timer::sleep(TICK).await;
+        let Some(log) = log.upgrade() else { return };
+        log.tick_all();
+    }
+}
+
+/// Reports persists durable, in the order they were appended.
+async fn report_persists(log: Weak<ReplicatedLog>) {
+    loop {
+        let Some(strong) = log.upgrade() else { return };
+        let front = strong.persisting.borrow().front().map(|(_, _, lsn)| *lsn);
+        match front {
+            None => {
+                let waiting = futures_lite::future::poll_fn(|context| {
+                    if strong.persisting.borrow().is_empty() {
+                        *strong.persist_waker.borrow_mut() = Some(context.waker().clone());
+                        Poll::Pending
+                    } else {
+                        Poll::Ready(())
+                    }
+                });
+                waiting.await;
+            }
+            Some(lsn) => {
+                if strong.store.durable(lsn).await.is_err() {
+                    return;
+                }
+                let durable = strong.store.wal().durable_lsn();
+                loop {
+                    let next = strong.persisting.borrow().front().copied();
+                    match next {
+                        Some((partition, id, lsn)) if lsn <= durable => {
+                            strong.persisting.borrow_mut().pop_front();
+                            let now = strong.now();
+                            strong.with_replica(partition, |replica| replica.persisted(now, id));
+                        }
+                        _ => break,
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl ReplicationLog for ReplicatedLog {
+    async fn propose(&self, partition: PartitionId, command: Command) -> Result<()> {
+        self.propose_command(partition, command, false).await.map(drop)
+    }
+
+    async fn propose_applied(&self, partition: PartitionId, command: Command) -> Result<Outcome> {
+        self.propose_command(partition, command, true)
+            .await?
+            .ok_or_else(|| Error::Unavailable("the write's outcome was not kept".into()))
+    }
+}

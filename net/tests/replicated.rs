@@ -1,0 +1,230 @@
+//! Three replicas of a partition in one process, each on its own executor thread with its own
+//! store directory, talking over real loopback TCP: writes are chosen by a quorum and applied
+//! everywhere; only the leader serves strong reads; when the leader stops, another is elected
+//! and every acknowledged write is still there; the stopped replica restarts from its WAL and
+//! catches up. (SIGKILL of real server processes is in the server's tests.)
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use tessera_engine::paxos::{self, Member, ReplicaId};
+use tessera_engine::{Command, Error, ReplicationLog, Store, StoreConfig, WalConfig, CACHE_PAGES_MIN};
+use tessera_net::replicated::ReplicatedLog;
+
+const PARTITION: u64 = 7;
+
+enum Ask {
+    Put(u64),
+    Get {
+        key: u64,
+        strong: bool,
+    },
+    /// Where the replica stands, for failure messages.
+    State,
+    Stop,
+}
+
+type Answer = Result<Option<Vec<u8>>, String>;
+
+fn paxos_config() -> paxos::Config {
+    paxos::Config {
+        election_min: 150_000,
+        election_max: 300_000,
+        heartbeat: 20_000,
+        lease: 120_000,
+        ..paxos::Config::default()
+    }
+}
+
+fn store_config() -> StoreConfig {
+    StoreConfig {
+        cache_pages: CACHE_PAGES_MIN,
+        wal: WalConfig {
+            segment_bytes: 1 << 20,
+            record_bytes_max: 128 << 10,
+            flush_bytes_max: 128 << 10,
+            spare_segments_max: 1,
+        },
+        checkpoint_dirty_pages: 200,
+        checkpoint_wal_segments: 3,
+        replicated: true,
+    }
+}
+
+fn value(key: u64) -> Vec<u8> {
+    format!("value of {key}").into_bytes()
+}
+
+struct Node {
+    asks: mpsc::Sender<(Ask, mpsc::Sender<Answer>)>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Node {
+    fn start(id: ReplicaId, dir: PathBuf, addresses: BTreeMap<ReplicaId, SocketAddr>) -> Node {
+        let (asks, inbox) = mpsc::channel::<(Ask, mpsc::Sender<Answer>)>();
+        let thread = std::thread::spawn(move || {
+            glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+                .io_memory(1 << 20)
+                .make()
+                .expect("executor")
+                .run(async move {
+                    let store = Store::open(&dir, store_config()).await.expect("store opens");
+                    let members: Vec<Member> = addresses.keys().map(|&id| Member::full(id)).collect();
+                    let peers = addresses
+                        .iter()
+                        .filter(|(&peer, _)| peer != id)
+                        .map(|(&peer, &address)| (peer, address))
+                        .collect();
+                    let log = ReplicatedLog::start(store, id, members, paxos_config(), addresses[&id], 0, &peers)
+                        .expect("log starts");
+                    loop {
+                        match inbox.try_recv() {
+                            Ok((Ask::Stop, _)) | Err(mpsc::TryRecvError::Disconnected) => break,
+                            Ok((ask, answer)) => {
+                                let log = Rc::clone(&log);
+                                glommio::spawn_local(async move {
+                                    let _ = answer.send(serve(&log, ask).await);
+                                })
+                                .detach();
+                            }
+                            Err(mpsc::TryRecvError::Empty) => glommio::timer::sleep(Duration::from_millis(1)).await,
+                        }
+                    }
+                    // Stop the replica; closing the store releases its directory for a restart
+                    // in this process (a crash is the real-process tests' business).
+                    log.stop();
+                    log.store().close().await.expect("store closes");
+                    // Let the cancelled tasks go, and with them the listening socket.
+                    glommio::timer::sleep(Duration::from_millis(50)).await;
+                })
+        });
+        Node { asks, thread: Some(thread) }
+    }
+
+    fn ask(&self, ask: Ask) -> Answer {
+        let (answer, answers) = mpsc::channel();
+        self.asks.send((ask, answer)).map_err(|_| "the node stopped".to_string())?;
+        answers.recv_timeout(Duration::from_secs(10)).map_err(|_| "no answer".to_string())?
+    }
+
+    fn stop(mut self) {
+        let (answer, _) = mpsc::channel();
+        let _ = self.asks.send((Ask::Stop, answer));
+        self.thread.take().unwrap().join().unwrap();
+    }
+}
+
+async fn serve(log: &ReplicatedLog, ask: Ask) -> Answer {
+    match ask {
+        Ask::Put(key) => {
+            let command = Command::Put { key: key.to_be_bytes().to_vec(), value: value(key) };
+            log.propose(PARTITION, command).await.map(|()| None).map_err(|error| error.to_string())
+        }
+        Ask::Get { key, strong } => {
+            if strong {
+                log.check_read(PARTITION).map_err(|error| error.to_string())?;
+            }
+            log.store().get(PARTITION, &key.to_be_bytes()).await.map_err(|error| error.to_string())
+        }
+        Ask::State => Ok(Some(
+            format!(
+                "leader {:?}, applied slot {}, links {:?}",
+                log.leader(PARTITION),
+                log.store().applied_slot(PARTITION),
+                log.link_stats()
+            )
+            .into_bytes(),
+        )),
+        Ask::Stop => Ok(None),
+    }
+}
+
+fn free_address() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+}
+
+/// Writes `key` through whichever node takes it, waiting for a leader up to `within`;
+/// returns the node that took it.
+fn put_anywhere(nodes: &BTreeMap<ReplicaId, Node>, key: u64, within: Duration) -> ReplicaId {
+    let deadline = Instant::now() + within;
+    loop {
+        for (&id, node) in nodes {
+            if node.ask(Ask::Put(key)).is_ok() {
+                return id;
+            }
+        }
+        assert!(Instant::now() < deadline, "no node took a write within {within:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn eventually_has(node: &Node, keys: std::ops::Range<u64>) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for key in keys {
+        loop {
+            if node.ask(Ask::Get { key, strong: false }) == Ok(Some(value(key))) {
+                break;
+            }
+            if Instant::now() > deadline {
+                let state =
+                    node.ask(Ask::State).map(|state| String::from_utf8_lossy(&state.unwrap_or_default()).into_owned());
+                panic!("key {key} never arrived; the replica: {state:?}");
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+#[test]
+fn three_replicas_choose_apply_fail_over_and_catch_up() {
+    let root = std::env::temp_dir().join(format!("tessera-replicated-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let addresses: BTreeMap<ReplicaId, SocketAddr> = (1..=3).map(|id| (id, free_address())).collect();
+    let dir = |id: ReplicaId| root.join(format!("node-{id}"));
+    let mut nodes: BTreeMap<ReplicaId, Node> =
+        addresses.keys().map(|&id| (id, Node::start(id, dir(id), addresses.clone()))).collect();
+
+    let leader = put_anywhere(&nodes, 0, Duration::from_secs(10));
+    for key in 1..100 {
+        assert_eq!(nodes[&leader].ask(Ask::Put(key)), Ok(None), "the leader takes every write");
+    }
+    for node in nodes.values() {
+        eventually_has(node, 0..100);
+    }
+    assert_eq!(nodes[&leader].ask(Ask::Get { key: 5, strong: true }), Ok(Some(value(5))));
+    let follower = *nodes.keys().find(|&&id| id != leader).unwrap();
+    let refused = nodes[&follower].ask(Ask::Get { key: 5, strong: true }).unwrap_err();
+    assert!(refused.contains("not the leader"), "{refused}");
+    assert!(matches!(
+        Error::NotLeader { leader: Some(leader) }.to_string(),
+        message if message.contains(&leader.to_string())
+    ));
+
+    // The leader stops; the other two elect one and go on, with every acknowledged write.
+    nodes.remove(&leader).unwrap().stop();
+    let stopped = Instant::now();
+    let new_leader = put_anywhere(&nodes, 100, Duration::from_secs(5));
+    let failover = stopped.elapsed();
+    println!("a new leader took a write {failover:?} after the old one stopped (election timeout 150-300 ms)");
+    assert_ne!(new_leader, leader);
+    assert!(failover < Duration::from_secs(2), "a new leader took a write {failover:?} after the old one stopped");
+    for key in 0..=100 {
+        assert_eq!(nodes[&new_leader].ask(Ask::Get { key, strong: true }), Ok(Some(value(key))), "key {key}");
+    }
+    for key in 101..150 {
+        assert_eq!(nodes[&new_leader].ask(Ask::Put(key)), Ok(None));
+    }
+
+    // The stopped replica restarts from its directory and catches up.
+    nodes.insert(leader, Node::start(leader, dir(leader), addresses.clone()));
+    eventually_has(&nodes[&leader], 0..150);
+    for (_, node) in nodes {
+        node.stop();
+    }
+    let _ = std::fs::remove_dir_all(&root);
+}
