@@ -25,7 +25,8 @@ pub enum Error {
     Config(String),
     /// A replicated partition's write or strong read reached a replica that does not lead
     /// (or has no lease); `leader` is the replica it believes leads, if any.
-    NotLeader { leader: Option<u32> },
+    /// `address` is where its node takes requests, when known.
+    NotLeader { leader: Option<u32>, address: Option<String> },
     /// A replicated write's outcome is unknown: its replica lost leadership, or no quorum
     /// answered in time. It may or may not have taken effect.
     Unavailable(String),
@@ -57,8 +58,8 @@ impl fmt::Display for Error {
                 write!(f, "storage is poisoned by an earlier I/O failure ({cause}); reopen it")
             }
             Error::Config(message) => write!(f, "invalid configuration: {message}"),
-            Error::NotLeader { leader: Some(leader) } => write!(f, "not the leader; replica {leader} leads"),
-            Error::NotLeader { leader: None } => write!(f, "not the leader, and no leader is known"),
+            Error::NotLeader { leader: Some(leader), .. } => write!(f, "not the leader; replica {leader} leads"),
+            Error::NotLeader { leader: None, .. } => write!(f, "not the leader, and no leader is known"),
             Error::Unavailable(reason) => write!(f, "unavailable: {reason}"),
         }
     }

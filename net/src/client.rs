@@ -147,6 +147,12 @@ impl Retries {
 }
 
 /// A blocking connection to a Tessera server.
+/// NotLeader answers a call follows before it gives up.
+const REDIRECTS_MAX: u32 = 16;
+/// The pause after a NotLeader answer that names no leader (an election is on): with
+/// `REDIRECTS_MAX`, a call waits about 3 s for an election.
+const ELECTION_PAUSE: Duration = Duration::from_millis(200);
+
 pub struct Client {
     stream: TcpStream,
     buffer: Vec<u8>,
@@ -195,13 +201,37 @@ impl Client {
         capacity: ReturnConsumedCapacity,
     ) -> Result<(Response, Vec<ConsumedCapacity>), ClientError> {
         let mut retries = Retries::new(&self.config);
+        let mut redirects = 0;
         loop {
             let (response, consumed) = self.call_once(request, capacity)?;
+            // A cluster member that does not lead the partition names the node that does (or
+            // none, during an election): follow it, a bounded number of times.
+            if let Response::Error(WireError { code: ErrorCode::NotLeader, leader, .. }) = &response {
+                if redirects < REDIRECTS_MAX {
+                    redirects += 1;
+                    match leader.as_deref().map(str::parse::<SocketAddr>) {
+                        Some(Ok(address)) => self.reconnect(address)?,
+                        _ => std::thread::sleep(ELECTION_PAUSE),
+                    }
+                    continue;
+                }
+            }
             match retries.judge(response) {
                 Ok(answer) => return answer.map(|response| (response, consumed)),
                 Err(delay) => std::thread::sleep(delay),
             }
         }
+    }
+
+    /// Connects to `address` instead (the node a NotLeader answer named).
+    fn reconnect(&mut self, address: SocketAddr) -> Result<(), ClientError> {
+        let stream = TcpStream::connect_timeout(&address, self.config.timeout)?;
+        stream.set_nodelay(true)?;
+        stream.set_read_timeout(Some(self.config.timeout))?;
+        stream.set_write_timeout(Some(self.config.timeout))?;
+        self.stream = stream;
+        self.buffer.clear();
+        Ok(())
     }
 
     /// Sends `request` once and waits for its answer.

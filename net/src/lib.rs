@@ -5,11 +5,13 @@ mod catalog;
 pub mod client;
 pub mod json;
 mod local;
+mod log;
 pub mod peers;
 pub mod replicated;
 mod server;
 mod shard;
 
 pub use catalog::PARTITIONS_MAX;
+pub use replicated::{Cluster, ClusterNode};
 pub use server::{Server, ServerConfig};
 pub use shard::{BATCH_GET_MAX, BATCH_WRITE_MAX, PAGE_BYTES_MAX};

@@ -29,6 +29,24 @@ use crate::peers::{LinkStats, PeerLinks};
 /// How often replicas' timers are driven.
 const TICK: Duration = Duration::from_millis(5);
 
+/// A cluster as one node sees it: every node's addresses, and the Multi-Paxos settings all
+/// share. Every partition has a replica on every node (groups of three on three nodes), on
+/// the same core index everywhere.
+#[derive(Clone, Debug)]
+pub struct Cluster {
+    pub node: ReplicaId,
+    pub nodes: BTreeMap<ReplicaId, ClusterNode>,
+    pub paxos: paxos::Config,
+}
+
+/// Where a node takes clients' requests, and its replication peers (core `k` on `peer`'s port
+/// plus `k`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClusterNode {
+    pub client: SocketAddr,
+    pub peer: SocketAddr,
+}
+
 /// A proposal that waits for its slot.
 struct Waiter {
     command: u64,
@@ -67,6 +85,8 @@ impl Reply {
 /// Where a core's replicas run.
 pub struct ReplicatedLog {
     node: ReplicaId,
+    /// Client addresses by node, for leader hints.
+    clients: BTreeMap<ReplicaId, SocketAddr>,
     members: Vec<Member>,
     config: paxos::Config,
     store: Store,
@@ -81,25 +101,26 @@ pub struct ReplicatedLog {
     next_command: Cell<u64>,
     proposal_timeout: Duration,
     tasks: RefCell<Vec<glommio::task::JoinHandle<()>>>,
+    /// Called after an entry of the partition is queued for apply (the catalog's follower).
+    watchers: RefCell<BTreeMap<PartitionId, Rc<dyn Fn()>>>,
 }
 
 impl ReplicatedLog {
-    /// Starts the replicas of this core: `store` must be a replicated store; `members` are
-    /// every partition's replicas (one per node, this node included); peers are the other
-    /// nodes' base peer addresses.
-    pub fn start(
-        store: Store,
-        node: ReplicaId,
-        members: Vec<Member>,
-        config: paxos::Config,
-        listen: SocketAddr,
-        core: usize,
-        peers: &BTreeMap<ReplicaId, SocketAddr>,
-    ) -> std::io::Result<Rc<ReplicatedLog>> {
+    /// Starts the replicas of core `core` of this node: `store` must be a replicated store.
+    pub fn start(store: Store, cluster: &Cluster, core: usize) -> std::io::Result<Rc<ReplicatedLog>> {
+        let (node, config) = (cluster.node, cluster.paxos.clone());
         config.validate().map_err(std::io::Error::other)?;
+        let own = cluster
+            .nodes
+            .get(&node)
+            .ok_or_else(|| std::io::Error::other(format!("node {node} is not in the cluster")))?;
+        let members: Vec<Member> = cluster.nodes.keys().map(|&id| Member::full(id)).collect();
+        let peers: BTreeMap<ReplicaId, SocketAddr> =
+            cluster.nodes.iter().filter(|(&id, _)| id != node).map(|(&id, addresses)| (id, addresses.peer)).collect();
         let proposal_timeout = Duration::from_micros(4 * config.election_max);
         let log = Rc::new(ReplicatedLog {
             node,
+            clients: cluster.nodes.iter().map(|(&id, addresses)| (id, addresses.client)).collect(),
             members,
             config,
             recovered: RefCell::new(store.take_recovered_paxos()),
@@ -113,6 +134,7 @@ impl ReplicatedLog {
             next_command: Cell::new(1),
             proposal_timeout,
             tasks: RefCell::new(Vec::new()),
+            watchers: RefCell::new(BTreeMap::new()),
         });
         let weak = Rc::downgrade(&log);
         let deliver: Rc<dyn Fn(Vec<PartitionMessage>)> = Rc::new(move |messages| {
@@ -120,7 +142,7 @@ impl ReplicatedLog {
                 log.deliver(messages);
             }
         });
-        *log.links.borrow_mut() = Some(PeerLinks::start(listen, core, peers, deliver)?);
+        *log.links.borrow_mut() = Some(PeerLinks::start(own.peer, core, &peers, deliver)?);
         let tasks = vec![
             glommio::spawn_local(tick(Rc::downgrade(&log))).detach(),
             glommio::spawn_local(report_persists(Rc::downgrade(&log))).detach(),
@@ -155,14 +177,26 @@ impl ReplicatedLog {
             if replica.can_read(now) {
                 Ok(())
             } else {
-                Err(Error::NotLeader { leader: replica.leader().filter(|&leader| leader != self.node) })
+                Err(self.not_leader(replica.leader()))
             }
         })
+    }
+
+    /// Calls `watcher` whenever a chosen entry of `partition` is queued for apply here.
+    pub fn watch(&self, partition: PartitionId, watcher: Rc<dyn Fn()>) {
+        self.watchers.borrow_mut().insert(partition, watcher);
     }
 
     /// The replica this node believes leads `partition`.
     pub fn leader(&self, partition: PartitionId) -> Option<ReplicaId> {
         self.with_replica(partition, |replica| replica.leader())
+    }
+
+    /// The error for a request this node's replica cannot take, naming the leader it knows.
+    fn not_leader(&self, leader: Option<ReplicaId>) -> Error {
+        let leader = leader.filter(|&leader| leader != self.node);
+        let address = leader.and_then(|leader| self.clients.get(&leader)).map(SocketAddr::to_string);
+        Error::NotLeader { leader, address }
     }
 
     fn now(&self) -> Micros {
@@ -179,7 +213,11 @@ impl ReplicatedLog {
                 let durable = self.recovered.borrow_mut().remove(&partition).unwrap_or_default();
                 let applied = self.store.applied_slot(partition);
                 let seed = u64::from(self.node) << 48 ^ partition ^ now;
-                Replica::new(self.config.clone(), self.node, &self.members, durable, applied, now, seed)
+                let mut replica =
+                    Replica::new(self.config.clone(), self.node, &self.members, durable, applied, now, seed);
+                // This log's clock started with the process's replication.
+                replica.restarted_at(0);
+                replica
             });
             let result = f(replica);
             (result, replica.drain())
@@ -244,6 +282,10 @@ impl ReplicatedLog {
         let ours = waiter.as_ref().is_some_and(|waiter| Some(waiter.command) == chosen_id);
         let want_outcome = ours && waiter.as_ref().is_some_and(|waiter| waiter.want_outcome);
         let ticket = self.store.apply_chosen(partition, slot, command, want_outcome);
+        let watcher = self.watchers.borrow().get(&partition).cloned();
+        if let Some(watcher) = watcher {
+            watcher();
+        }
         let Some(waiter) = waiter else { return };
         match (ours, ticket) {
             (false, _) => waiter.reply.resolve(Err(Error::Unavailable(format!(
@@ -275,7 +317,7 @@ impl ReplicatedLog {
         let slot = self.with_replica(partition, |replica| replica.propose(now, id, bytes));
         let slot = match slot {
             Ok(slot) => slot,
-            Err(ProposeError::NotLeader { leader }) => return Err(Error::NotLeader { leader }),
+            Err(ProposeError::NotLeader { leader }) => return Err(self.not_leader(leader)),
         };
         // Nothing was chosen yet (its persist is not even durable): the waiter is in time.
         let reply = Rc::new(Reply::default());

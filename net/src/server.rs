@@ -22,6 +22,8 @@ use tessera_engine::{LocalLog, Store, StoreConfig};
 use tessera_wire::{ErrorCode, Request, Response, ReturnConsumedCapacity, WireError};
 
 use crate::local::{Inbox, Outbox, Producer};
+use crate::log::Log;
+use crate::replicated::{Cluster, ReplicatedLog};
 use crate::shard::{Envelope, Shard};
 
 /// Requests one connection may have in progress; reading pauses beyond it.
@@ -43,6 +45,9 @@ pub struct ServerConfig {
     /// Cores to run on (one executor each, pinned to cores 0..cores).
     pub cores: usize,
     pub store: StoreConfig,
+    /// A member of a cluster: every partition replicated on every node (Multi-Paxos). `None`:
+    /// a single node, every partition a group of one.
+    pub cluster: Option<Cluster>,
 }
 
 /// A running server; `stop` ends it cleanly (applies, checkpoints and closes every store).
@@ -172,19 +177,33 @@ async fn run_core(
     let address = listener.local_addr().map_err(|error| error.to_string())?;
     let _ = ready.send(Ok(address));
     let dir = config.data_dir.join(format!("core-{core}"));
-    let store = Store::open(&dir, config.store.clone())
+    let store_config = StoreConfig { replicated: config.cluster.is_some(), ..config.store.clone() };
+    let store = Store::open(&dir, store_config)
         .await
         .map_err(|error| format!("cannot open the store in {}: {error}", dir.display()))?;
     let (senders, receivers) = mesh.join().await.map_err(|_| "cannot join the core mesh".to_string())?;
-    let shard = Rc::new(Shard::new(core, config.cores, LocalLog::new(store.clone()), senders));
+    let log = match &config.cluster {
+        None => Log::Local(LocalLog::new(store.clone())),
+        Some(cluster) => {
+            Log::Replicated(ReplicatedLog::start(store.clone(), cluster, core).map_err(|error| error.to_string())?)
+        }
+    };
+    let replicated = matches!(log, Log::Replicated(_));
+    let shard = Rc::new(Shard::new(core, config.cores, log, senders));
     shard.serve_peers(receivers);
     if core == 0 {
         let catalog = shard.load_catalog().await?;
         shard.publish_catalog(catalog).await.map_err(|error| error.to_string())?;
+        // In a cluster the catalog changes as its partition's chosen entries are applied here.
+        shard.follow_catalog();
     } else {
         shard.catalog_loaded().await;
     }
-    shard.remove_orphans();
+    // A replicated node's catalog is complete only once its partition caught up: data that
+    // looks orphaned before may not be, so nothing is removed at start.
+    if !replicated {
+        shard.remove_orphans();
+    }
     let _ = ready.send(Ok(address));
 
     let accepting = {

@@ -16,7 +16,7 @@ use glommio::channels::channel_mesh::{Receivers, Senders};
 use tessera_engine::expr::{self, Condition, KeyCondition, Path, Placeholders, Update};
 use tessera_engine::{
     capacity, decode_item, encode_item, item_size, validate_item, yield_to_reactor, AttributeValue, Command,
-    ConditionalWrite, Error, Item, ItemMeta, KeySchema, KeyType, LocalLog, Outcome, PartitionId, ReplicationLog,
+    ConditionalWrite, Error, Item, ItemMeta, KeySchema, KeyType, Outcome, PartitionId, ReplicationLog,
 };
 use tessera_wire::{
     ConsumedCapacity, ErrorCode, Expressions, Query, ReadExpressions, Request, Response, ReturnConsumedCapacity, Scan,
@@ -28,6 +28,7 @@ use crate::catalog::{
     PARTITIONS_MAX,
 };
 use crate::local::Pending;
+use crate::log::Log;
 
 /// A page of Query or Scan results ends once it holds this many bytes of items.
 pub const PAGE_BYTES_MAX: usize = 1 << 20;
@@ -53,9 +54,12 @@ pub(crate) enum Op {
         key: Vec<u8>,
         return_old: bool,
     },
+    /// `consistent`: a strongly consistent read (a replicated partition serves it only where
+    /// it leads with a lease).
     Get {
         partition: PartitionId,
         key: Vec<u8>,
+        consistent: bool,
     },
     /// A conditional put, delete or update, checked and written by one log record.
     Conditional {
@@ -65,6 +69,7 @@ pub(crate) enum Op {
     /// Entries within the bounds, until `limit` entries or `bytes_max` bytes of values.
     Scan {
         partition: PartitionId,
+        consistent: bool,
         lower: Bound<Vec<u8>>,
         upper: Bound<Vec<u8>>,
         reverse: bool,
@@ -139,7 +144,7 @@ pub(crate) struct Envelope {
 pub(crate) struct Shard {
     core: usize,
     cores: usize,
-    log: LocalLog,
+    log: Log,
     catalog: RefCell<Catalog>,
     senders: Senders<Envelope>,
     pending: Pending<OpResult>,
@@ -152,6 +157,12 @@ pub(crate) struct Shard {
 fn engine_error(error: Error) -> WireError {
     match error {
         Error::Validation(message) => WireError::new(ErrorCode::ValidationException, message),
+        Error::NotLeader { leader, address } => {
+            let mut wire = WireError::new(ErrorCode::NotLeader, Error::NotLeader { leader, address: None }.to_string());
+            wire.leader = address;
+            wire
+        }
+        Error::Unavailable(reason) => WireError::new(ErrorCode::ServiceUnavailable, reason),
         other => WireError::new(ErrorCode::InternalServerError, other.to_string()),
     }
 }
@@ -372,7 +383,7 @@ impl Meter {
 }
 
 impl Shard {
-    pub(crate) fn new(core: usize, cores: usize, log: LocalLog, senders: Senders<Envelope>) -> Shard {
+    pub(crate) fn new(core: usize, cores: usize, log: Log, senders: Senders<Envelope>) -> Shard {
         Shard {
             core,
             cores,
@@ -418,6 +429,31 @@ impl Shard {
     fn install_catalog(&self, catalog: Catalog) {
         *self.catalog.borrow_mut() = catalog;
         self.catalog_ready.signal(1);
+    }
+
+    /// Core 0 of a cluster member: reloads and republishes the catalog whenever an entry of its
+    /// partition is applied here (tables made or dropped through another node).
+    pub(crate) fn follow_catalog(self: &Rc<Shard>) {
+        let Log::Replicated(log) = &self.log else { return };
+        let shard = Rc::downgrade(self);
+        log.watch(
+            CATALOG_PARTITION,
+            Rc::new(move || {
+                let Some(shard) = shard.upgrade() else { return };
+                glommio::spawn_local(async move {
+                    // The load reads after the apply (the store's read barrier).
+                    match shard.load_catalog().await {
+                        Ok(catalog) => {
+                            if let Err(error) = shard.publish_catalog(catalog).await {
+                                eprintln!("tessera: cannot publish the catalog: {error}");
+                            }
+                        }
+                        Err(error) => eprintln!("tessera: cannot reload the catalog: {error}"),
+                    }
+                })
+                .detach();
+            }),
+        );
     }
 
     /// Removes, in the background, the data of tables whose deletion a stop interrupted.
@@ -512,9 +548,10 @@ impl Shard {
             Op::Delete { partition, key, return_old } => {
                 self.write(partition, Command::Delete { key }, return_old).await
             }
-            Op::Get { partition, key } => {
-                self.store().get(partition, &key).await.map(OpResult::Value).map_err(engine_error)
-            }
+            Op::Get { partition, key, consistent } => match self.log.check_read(partition, consistent) {
+                Ok(()) => self.store().get(partition, &key).await.map(OpResult::Value).map_err(engine_error),
+                Err(error) => Err(engine_error(error)),
+            },
             Op::Conditional { partition, command } => match self.log.propose_applied(partition, command).await {
                 Err(error) => Err(engine_error(error)),
                 Ok(Outcome::Conditional { passed, old, new }) => Ok(OpResult::Conditional { passed, old, new }),
@@ -524,8 +561,11 @@ impl Shard {
                     "a conditional write had another kind of outcome",
                 )),
             },
-            Op::Scan { partition, lower, upper, reverse, limit, bytes_max } => {
-                self.scan(partition, lower, upper, reverse, limit, bytes_max).await
+            Op::Scan { partition, consistent, lower, upper, reverse, limit, bytes_max } => {
+                match self.log.check_read(partition, consistent) {
+                    Ok(()) => self.scan(partition, lower, upper, reverse, limit, bytes_max).await,
+                    Err(error) => Err(engine_error(error)),
+                }
             }
             Op::Batch { partition, commands, previous: false } => self
                 .log
@@ -881,7 +921,7 @@ impl Shard {
         let plan = ReadPlan::projection_only(read, "GetItem")?;
         let key = encode_exact_key(&table.key_schema, key)?;
         let (core, partition) = self.place(&table, &key);
-        let item = self.old_item(core, Op::Get { partition, key }).await?;
+        let item = self.old_item(core, Op::Get { partition, key, consistent }).await?;
         meter.read(name, size_of(item.as_ref()), consistent);
         Ok(Response::Item(item.map(|item| plan.project(item))))
     }
@@ -1046,7 +1086,15 @@ impl Shard {
         }
         let limit = if query.limit == 0 { usize::MAX } else { query.limit as usize };
         let (core, partition) = self.place(&table, &prefix);
-        let op = Op::Scan { partition, lower, upper, reverse: query.backward, limit, bytes_max: PAGE_BYTES_MAX };
+        let op = Op::Scan {
+            partition,
+            consistent: query.consistent_read,
+            lower,
+            upper,
+            reverse: query.backward,
+            limit,
+            bytes_max: PAGE_BYTES_MAX,
+        };
         let (entries, more) = match self.call(core, op).await {
             OpResult::Entries { entries, more } => (entries, more),
             other => return Err(unexpected(other)),
@@ -1099,6 +1147,7 @@ impl Shard {
             let upper = end.map_or(Bound::Unbounded, |end| Bound::Excluded(end.to_be_bytes().to_vec()));
             let op = Op::Scan {
                 partition: table.partition_id(index),
+                consistent: scan.consistent_read,
                 lower,
                 upper,
                 reverse: false,
@@ -1160,11 +1209,10 @@ impl Shard {
                     return Err(invalid("Provided list of item keys contains duplicates"));
                 }
                 let (core, partition) = self.place(&table, &key);
-                let shard = self.clone();
-                let name = table.name.clone();
-                gets.push(glommio::spawn_local(
-                    async move { (name, shard.call(core, Op::Get { partition, key }).await) },
-                ));
+                let (shard, name, consistent) = (self.clone(), table.name.clone(), request.consistent_read);
+                gets.push(glommio::spawn_local(async move {
+                    (name, shard.call(core, Op::Get { partition, key, consistent }).await)
+                }));
             }
         }
         let mut responses: BTreeMap<String, Vec<Item>> = BTreeMap::new();

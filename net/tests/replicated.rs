@@ -11,9 +11,9 @@ use std::rc::Rc;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use tessera_engine::paxos::{self, Member, ReplicaId};
+use tessera_engine::paxos::{self, ReplicaId};
 use tessera_engine::{Command, Error, ReplicationLog, Store, StoreConfig, WalConfig, CACHE_PAGES_MIN};
-use tessera_net::replicated::ReplicatedLog;
+use tessera_net::replicated::{Cluster, ClusterNode, ReplicatedLog};
 
 const PARTITION: u64 = 7;
 
@@ -74,14 +74,10 @@ impl Node {
                 .expect("executor")
                 .run(async move {
                     let store = Store::open(&dir, store_config()).await.expect("store opens");
-                    let members: Vec<Member> = addresses.keys().map(|&id| Member::full(id)).collect();
-                    let peers = addresses
-                        .iter()
-                        .filter(|(&peer, _)| peer != id)
-                        .map(|(&peer, &address)| (peer, address))
-                        .collect();
-                    let log = ReplicatedLog::start(store, id, members, paxos_config(), addresses[&id], 0, &peers)
-                        .expect("log starts");
+                    let nodes =
+                        addresses.iter().map(|(&node, &peer)| (node, ClusterNode { client: peer, peer })).collect();
+                    let cluster = Cluster { node: id, nodes, paxos: paxos_config() };
+                    let log = ReplicatedLog::start(store, &cluster, 0).expect("log starts");
                     loop {
                         match inbox.try_recv() {
                             Ok((Ask::Stop, _)) | Err(mpsc::TryRecvError::Disconnected) => break,
@@ -201,7 +197,7 @@ fn three_replicas_choose_apply_fail_over_and_catch_up() {
     let refused = nodes[&follower].ask(Ask::Get { key: 5, strong: true }).unwrap_err();
     assert!(refused.contains("not the leader"), "{refused}");
     assert!(matches!(
-        Error::NotLeader { leader: Some(leader) }.to_string(),
+        Error::NotLeader { leader: Some(leader), address: None }.to_string(),
         message if message.contains(&leader.to_string())
     ));
 

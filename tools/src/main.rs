@@ -1,15 +1,17 @@
 //! `tessera`: runs a node (`serve`) and talks to one (every other command). Items go in and
 //! out as DynamoDB JSON; failures print one line and exit non-zero.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
 
 use serde_json::{json, Value};
+use tessera_engine::paxos;
 use tessera_engine::{AttributeValue, KeyAttribute, KeySchema, KeyType, StoreConfig};
 use tessera_net::client::Client;
 use tessera_net::json::{consumed_capacity_to_json, item_from_text, item_to_json, value_from_json};
-use tessera_net::{Server, ServerConfig};
+use tessera_net::{Cluster, ClusterNode, Server, ServerConfig};
 use tessera_wire::{
     Expressions, Query, ReadExpressions, Request, Response, ReturnConsumedCapacity, ReturnValues, Scan, Select,
     SortCondition, TableDescription, TableStatus, UpdateItem,
@@ -22,8 +24,12 @@ use tessera_wire::{
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const USAGE: &str = "usage: tessera COMMAND
-  serve [--data-dir DIR] [--listen ADDR] [--cores N] [--cache-mib N]
-        run a node (defaults: ./data, 127.0.0.1:7400, every core, 256 MiB of cache per core)
+  serve [--data-dir DIR] [--listen ADDR] [--cores N] [--cache-mib N] [--node-id N --cluster FILE]
+        run a node (defaults: ./data, 127.0.0.1:7400, every core, 256 MiB of cache per core);
+        with --node-id and --cluster, a member of a cluster (FILE: one node a line,
+        ID CLIENT_ADDRESS PEER_ADDRESS; every node must run the same --cores)
+  cluster local [--nodes 3] [--port 7400] [--cores 1] [--data-dir data-cluster]
+        run a cluster of N nodes on loopback, each a serve process (clients on PORT, PORT+1...)
 client commands, against --endpoint ADDR (default 127.0.0.1:7400), given before the command:
   table create NAME --pk NAME:TYPE [--sk NAME:TYPE] [--partitions N]   (TYPE: S, N or B)
   table list | table describe NAME | table delete NAME
@@ -58,6 +64,7 @@ fn main() -> ExitCode {
     }
     let result = match args.first().map(String::as_str) {
         Some("serve") => serve(&args[1..]),
+        Some("cluster") if args.get(1).map(String::as_str) == Some("local") => cluster_local(&args[2..]),
         Some("help" | "--help" | "-h") | None => {
             println!("{USAGE}");
             Ok(())
@@ -99,12 +106,26 @@ fn serve(args: &[String]) -> Result<(), String> {
             .map_err(|error| format!("--listen takes ADDRESS:PORT: {error}"))?,
         cores: number_flag(args, "--cores")?.unwrap_or(cores_available),
         store,
+        cluster: match (number_flag::<u32>(args, "--node-id")?, flag(args, "--cluster")?) {
+            (None, None) => None,
+            (Some(node), Some(file)) => Some(read_cluster(node, file)?),
+            _ => return Err("a cluster member needs both --node-id N and --cluster FILE".into()),
+        },
     };
     // SIGINT and SIGTERM are taken by one thread that stops the server cleanly; they are
     // blocked before any other thread starts, so every thread inherits the mask.
     let signals = block_stop_signals();
     let server = Server::start(config.clone())?;
-    println!("tessera: serving on {} ({} cores, data in {})", server.address, config.cores, config.data_dir.display());
+    let role = match &config.cluster {
+        None => "a single node".to_string(),
+        Some(cluster) => format!("node {} of {}", cluster.node, cluster.nodes.len()),
+    };
+    println!(
+        "tessera: serving on {} ({role}, {} cores, data in {})",
+        server.address,
+        config.cores,
+        config.data_dir.display()
+    );
     let stop = server.stop_flag();
     std::thread::spawn(move || {
         let mut signal = 0;
@@ -114,6 +135,78 @@ fn serve(args: &[String]) -> Result<(), String> {
         stop.store(true, Ordering::SeqCst);
     });
     server.wait()
+}
+
+/// A cluster file: one node a line, `ID CLIENT_ADDRESS PEER_ADDRESS` (core `k` of a node
+/// takes replication traffic on its peer port plus `k`); `#` starts a comment.
+fn read_cluster(node: u32, path: &str) -> Result<Cluster, String> {
+    let text =
+        std::fs::read_to_string(path).map_err(|error| format!("cannot read the cluster file {path}: {error}"))?;
+    let mut nodes = BTreeMap::new();
+    for (number, line) in text.lines().enumerate() {
+        let line = line.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let bad = |what: &str| format!("{path} line {}: {what} (expected ID CLIENT_ADDRESS PEER_ADDRESS)", number + 1);
+        let [id, client, peer] = fields[..] else { return Err(bad("three fields")) };
+        let id: u32 = id.parse().map_err(|_| bad("the id is not a number"))?;
+        let client = client.parse().map_err(|_| bad("the client address is not ADDRESS:PORT"))?;
+        let peer = peer.parse().map_err(|_| bad("the peer address is not ADDRESS:PORT"))?;
+        if nodes.insert(id, ClusterNode { client, peer }).is_some() {
+            return Err(bad("the id appears twice"));
+        }
+    }
+    if !nodes.contains_key(&node) {
+        return Err(format!("node {node} is not in the cluster file {path}"));
+    }
+    Ok(Cluster { node, nodes, paxos: paxos::Config::default() })
+}
+
+/// `cluster local`: N nodes on loopback, each a `tessera serve` child process with its own
+/// data directory, client port `--port` + i - 1 and peer ports from `--port` + 100 + 10 (i - 1).
+fn cluster_local(args: &[String]) -> Result<(), String> {
+    let count: u32 = number_flag(args, "--nodes")?.unwrap_or(3);
+    let port: u16 = number_flag(args, "--port")?.unwrap_or(7400);
+    let cores: usize = number_flag(args, "--cores")?.unwrap_or(1);
+    let root = PathBuf::from(flag(args, "--data-dir")?.unwrap_or("data-cluster"));
+    std::fs::create_dir_all(&root).map_err(|error| format!("cannot create {}: {error}", root.display()))?;
+    let file = root.join("cluster");
+    let lines: Vec<String> = (1..=count)
+        .map(|id| {
+            let offset = id as u16 - 1;
+            format!("{id} 127.0.0.1:{} 127.0.0.1:{}", port + offset, port + 100 + 10 * offset)
+        })
+        .collect();
+    std::fs::write(&file, lines.join("\n") + "\n")
+        .map_err(|error| format!("cannot write {}: {error}", file.display()))?;
+    let binary = std::env::current_exe().map_err(|error| error.to_string())?;
+    let signals = block_stop_signals();
+    let mut children = Vec::new();
+    for id in 1..=count {
+        let child = std::process::Command::new(&binary)
+            .args(["serve", "--node-id", &id.to_string(), "--cluster"])
+            .arg(&file)
+            .args(["--listen", &format!("127.0.0.1:{}", port + id as u16 - 1), "--cores", &cores.to_string()])
+            .arg("--data-dir")
+            .arg(root.join(format!("node-{id}")))
+            .spawn()
+            .map_err(|error| format!("cannot start node {id}: {error}"))?;
+        children.push(child);
+    }
+    println!("tessera: a local cluster of {count} nodes, clients on 127.0.0.1:{port}..{}", port + count as u16 - 1);
+    let mut signal = 0;
+    // SAFETY: `signals` is an initialized set; sigwait only writes `signal`.
+    unsafe { libc::sigwait(&signals, &mut signal) };
+    for child in &mut children {
+        // SAFETY: kill with a child's pid and SIGTERM has no memory effects.
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    }
+    for mut child in children {
+        let _ = child.wait();
+    }
+    Ok(())
 }
 
 fn block_stop_signals() -> libc::sigset_t {

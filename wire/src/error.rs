@@ -32,11 +32,14 @@ pub enum ErrorCode {
     MalformedMessage,
     /// The frame is larger than the limit; the connection is closed after this answer.
     FrameTooLarge,
+    /// The partition's replica on this node does not lead (a write or a strong read):
+    /// `WireError::leader` is the address of the node to ask, when one is known.
+    NotLeader,
     /// A code this side does not know (sent by a newer peer).
     Unknown(u16),
 }
 
-const CODES: [(ErrorCode, fb::ErrorCode); 14] = [
+const CODES: [(ErrorCode, fb::ErrorCode); 15] = [
     (ErrorCode::ValidationException, fb::ErrorCode::ValidationException),
     (ErrorCode::ResourceNotFoundException, fb::ErrorCode::ResourceNotFoundException),
     (ErrorCode::ResourceInUseException, fb::ErrorCode::ResourceInUseException),
@@ -51,6 +54,7 @@ const CODES: [(ErrorCode, fb::ErrorCode); 14] = [
     (ErrorCode::UnknownMessageType, fb::ErrorCode::UnknownMessageType),
     (ErrorCode::MalformedMessage, fb::ErrorCode::MalformedMessage),
     (ErrorCode::FrameTooLarge, fb::ErrorCode::FrameTooLarge),
+    (ErrorCode::NotLeader, fb::ErrorCode::NotLeader),
 ];
 
 impl ErrorCode {
@@ -96,12 +100,14 @@ pub struct WireError {
     pub retryable: bool,
     /// The item as it was, for a ConditionalCheckFailedException whose request asked for it.
     pub item: Option<Item>,
+    /// NotLeader: the client address of the node that leads, if known.
+    pub leader: Option<String>,
 }
 
 impl WireError {
     /// An error with `code`'s own retryability.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> WireError {
-        WireError { code, message: message.into(), retryable: code.retryable(), item: None }
+        WireError { code, message: message.into(), retryable: code.retryable(), item: None, leader: None }
     }
 }
 

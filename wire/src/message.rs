@@ -1259,8 +1259,14 @@ impl Response {
             Response::Error(error) => {
                 let message = Some(fbb.create_string(&error.message));
                 let item = error.item.as_ref().map(|item| write_item(&mut fbb, item));
-                let args =
-                    fb::ErrorResponseArgs { code: error.code.to_fb(), message, retryable: error.retryable, item };
+                let leader = error.leader.as_deref().map(|leader| fbb.create_string(leader));
+                let args = fb::ErrorResponseArgs {
+                    code: error.code.to_fb(),
+                    message,
+                    retryable: error.retryable,
+                    item,
+                    leader,
+                };
                 let root = fb::ErrorResponse::create(&mut fbb, &args);
                 fbb.finish_minimal(root);
             }
@@ -1335,6 +1341,7 @@ impl Response {
                     message: read_string(answer.message()),
                     retryable: answer.retryable(),
                     item: read_optional_item(answer.item(), "the item")?,
+                    leader: answer.leader().map(str::to_string),
                 })
             }
         };

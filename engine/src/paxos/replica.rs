@@ -275,6 +275,14 @@ impl Replica {
         replica
     }
 
+    /// The host (re)started at `at`, before it created this replica: the replica promises no
+    /// other ballot before `at + election_min`, since it may have echoed a leader's lease just
+    /// before the host stopped. (Without this call, from the replica's creation: a replica
+    /// created lazily, long after the start, would otherwise sit out a needless quiet time.)
+    pub fn restarted_at(&mut self, at: Micros) {
+        self.quiet_until = self.quiet_until.min(at + self.config.election_min);
+    }
+
     pub fn id(&self) -> ReplicaId {
         self.id
     }

@@ -619,10 +619,10 @@ impl flatbuffers::SimpleToVerifyInSlice for SortCondition {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_ERROR_CODE: u16 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_ERROR_CODE: u16 = 103;
+pub const ENUM_MAX_ERROR_CODE: u16 = 104;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 14] = [
+pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 15] = [
   ErrorCode::ValidationException,
   ErrorCode::ResourceNotFoundException,
   ErrorCode::ResourceInUseException,
@@ -637,6 +637,7 @@ pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 14] = [
   ErrorCode::UnknownMessageType,
   ErrorCode::MalformedMessage,
   ErrorCode::FrameTooLarge,
+  ErrorCode::NotLeader,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -658,9 +659,10 @@ impl ErrorCode {
   pub const UnknownMessageType: Self = Self(101);
   pub const MalformedMessage: Self = Self(102);
   pub const FrameTooLarge: Self = Self(103);
+  pub const NotLeader: Self = Self(104);
 
   pub const ENUM_MIN: u16 = 0;
-  pub const ENUM_MAX: u16 = 103;
+  pub const ENUM_MAX: u16 = 104;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::ValidationException,
     Self::ResourceNotFoundException,
@@ -676,6 +678,7 @@ impl ErrorCode {
     Self::UnknownMessageType,
     Self::MalformedMessage,
     Self::FrameTooLarge,
+    Self::NotLeader,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -694,6 +697,7 @@ impl ErrorCode {
       Self::UnknownMessageType => Some("UnknownMessageType"),
       Self::MalformedMessage => Some("MalformedMessage"),
       Self::FrameTooLarge => Some("FrameTooLarge"),
+      Self::NotLeader => Some("NotLeader"),
       _ => None,
     }
   }
@@ -5735,6 +5739,7 @@ impl<'a> ErrorResponse<'a> {
   pub const VT_MESSAGE: flatbuffers::VOffsetT = 6;
   pub const VT_RETRYABLE: flatbuffers::VOffsetT = 8;
   pub const VT_ITEM: flatbuffers::VOffsetT = 10;
+  pub const VT_LEADER: flatbuffers::VOffsetT = 12;
 
   #[inline]
   pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
@@ -5746,6 +5751,7 @@ impl<'a> ErrorResponse<'a> {
     args: &'args ErrorResponseArgs<'args>
   ) -> flatbuffers::WIPOffset<ErrorResponse<'bldr>> {
     let mut builder = ErrorResponseBuilder::new(_fbb);
+    if let Some(x) = args.leader { builder.add_leader(x); }
     if let Some(x) = args.item { builder.add_item(x); }
     if let Some(x) = args.message { builder.add_message(x); }
     builder.add_code(args.code);
@@ -5782,6 +5788,13 @@ impl<'a> ErrorResponse<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<Item>>(ErrorResponse::VT_ITEM, None)}
   }
+  #[inline]
+  pub fn leader(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<&str>>(ErrorResponse::VT_LEADER, None)}
+  }
 }
 
 impl flatbuffers::Verifiable for ErrorResponse<'_> {
@@ -5795,6 +5808,7 @@ impl flatbuffers::Verifiable for ErrorResponse<'_> {
      .visit_field::<flatbuffers::ForwardsUOffset<&str>>("message", Self::VT_MESSAGE, false)?
      .visit_field::<bool>("retryable", Self::VT_RETRYABLE, false)?
      .visit_field::<flatbuffers::ForwardsUOffset<Item>>("item", Self::VT_ITEM, false)?
+     .visit_field::<flatbuffers::ForwardsUOffset<&str>>("leader", Self::VT_LEADER, false)?
      .finish();
     Ok(())
   }
@@ -5804,6 +5818,7 @@ pub struct ErrorResponseArgs<'a> {
     pub message: Option<flatbuffers::WIPOffset<&'a str>>,
     pub retryable: bool,
     pub item: Option<flatbuffers::WIPOffset<Item<'a>>>,
+    pub leader: Option<flatbuffers::WIPOffset<&'a str>>,
 }
 impl<'a> Default for ErrorResponseArgs<'a> {
   #[inline]
@@ -5813,6 +5828,7 @@ impl<'a> Default for ErrorResponseArgs<'a> {
       message: None,
       retryable: false,
       item: None,
+      leader: None,
     }
   }
 }
@@ -5839,6 +5855,10 @@ impl<'a: 'b, 'b> ErrorResponseBuilder<'a, 'b> {
     self.fbb_.push_slot_always::<flatbuffers::WIPOffset<Item>>(ErrorResponse::VT_ITEM, item);
   }
   #[inline]
+  pub fn add_leader(&mut self, leader: flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(ErrorResponse::VT_LEADER, leader);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>) -> ErrorResponseBuilder<'a, 'b> {
     let start = _fbb.start_table();
     ErrorResponseBuilder {
@@ -5860,6 +5880,7 @@ impl core::fmt::Debug for ErrorResponse<'_> {
       ds.field("message", &self.message());
       ds.field("retryable", &self.retryable());
       ds.field("item", &self.item());
+      ds.field("leader", &self.leader());
       ds.finish()
   }
 }
