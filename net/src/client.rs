@@ -158,6 +158,9 @@ pub struct Client {
     buffer: Vec<u8>,
     next_id: u64,
     config: ClientConfig,
+    /// The node first connected to: where a client goes back when a node a NotLeader answer
+    /// named cannot be reached.
+    home: SocketAddr,
 }
 
 /// What BatchGetItem returns: the items found, per table, and the keys left unprocessed.
@@ -185,7 +188,8 @@ impl Client {
         stream.set_nodelay(true)?;
         stream.set_read_timeout(Some(config.timeout))?;
         stream.set_write_timeout(Some(config.timeout))?;
-        Ok(Client { stream, buffer: Vec::new(), next_id: 1, config })
+        let home = stream.peer_addr()?;
+        Ok(Client { stream, buffer: Vec::new(), next_id: 1, config, home })
     }
 
     /// Sends `request` and returns the answer, retrying retryable errors with backoff.
@@ -203,14 +207,26 @@ impl Client {
         let mut retries = Retries::new(&self.config);
         let mut redirects = 0;
         loop {
-            let (response, consumed) = self.call_once(request, capacity)?;
+            let (response, consumed) = match self.call_once(request, capacity) {
+                // A node a NotLeader answer named is down: back home, and wait for an election.
+                Err(ClientError::Io(_)) if redirects > 0 && redirects < REDIRECTS_MAX => {
+                    redirects += 1;
+                    std::thread::sleep(ELECTION_PAUSE);
+                    let home = self.home;
+                    // If home is down too, the next call fails the same way, up to the bound.
+                    let _ = self.reconnect(home);
+                    continue;
+                }
+                answer => answer?,
+            };
             // A cluster member that does not lead the partition names the node that does (or
             // none, during an election): follow it, a bounded number of times.
             if let Response::Error(WireError { code: ErrorCode::NotLeader, leader, .. }) = &response {
                 if redirects < REDIRECTS_MAX {
                     redirects += 1;
                     match leader.as_deref().map(str::parse::<SocketAddr>) {
-                        Some(Ok(address)) => self.reconnect(address)?,
+                        // A node that cannot be reached is handled as a lost connection above.
+                        Some(Ok(address)) if self.reconnect(address).is_ok() => {}
                         _ => std::thread::sleep(ELECTION_PAUSE),
                     }
                     continue;
@@ -221,6 +237,11 @@ impl Client {
                 Err(delay) => std::thread::sleep(delay),
             }
         }
+    }
+
+    /// The node this client talks to now (after following any NotLeader answers).
+    pub fn peer_address(&self) -> Result<SocketAddr, ClientError> {
+        Ok(self.stream.peer_addr()?)
     }
 
     /// Connects to `address` instead (the node a NotLeader answer named).
