@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use glommio::{LocalExecutorBuilder, Placement};
 use hdrhistogram::Histogram;
 use tessera_engine::{AttributeValue, Item, KeySchema, KeyType, Number};
-use tessera_net::client::{AsyncPool, Client, ClientConfig, ItemBuilder};
-use tessera_wire::{Expressions, ReturnValues};
+use tessera_net::client::{AsyncClient, AsyncPool, Client, ClientConfig, ClientError, ItemBuilder};
+use tessera_wire::{ErrorCode, Expressions, ReturnValues, WireError};
 
 /// The write of `--updates`: a counter increment, conditional on the item existing.
 const COUNTER_UPDATE: &str = "SET #c = if_not_exists(#c, :zero) + :one";
@@ -35,7 +35,11 @@ const USAGE: &str = "usage: tessera-load [--endpoint ADDR] [--table NAME] [--key
                    one on the core owning its key
   --create P   create the table (partition key id:S) with P partitions first
   --prefill    write every key once (closed loop, 256 in flight) before the timed run
-  --updates    writes are conditional UpdateItem counter increments instead of PutItem";
+  --updates    writes are conditional UpdateItem counter increments instead of PutItem
+  --concurrency N  closed loop: N calls in flight per thread, each issued when the one before
+               it is answered (throughput and latency at that concurrency), instead of --rate
+  --cluster A,B,C  the nodes of a cluster (the first is --endpoint's default): connections to
+               every node, each call sent to its partition's leader, learned from NotLeader";
 
 #[derive(Clone)]
 struct Settings {
@@ -51,6 +55,10 @@ struct Settings {
     create: Option<u32>,
     prefill: bool,
     updates: bool,
+    /// Every node of a cluster (just the endpoint for a single node).
+    nodes: Vec<SocketAddr>,
+    /// Closed loop with this many calls in flight per thread, instead of a rate.
+    concurrency: Option<usize>,
 }
 
 fn parse() -> Result<Settings, String> {
@@ -62,8 +70,21 @@ fn parse() -> Result<Settings, String> {
     fn number<T: std::str::FromStr>(text: Option<&String>, name: &str, default: T) -> Result<T, String> {
         text.map_or(Ok(default), |text| text.parse().map_err(|_| format!("{name} takes a number, not {text:?}")))
     }
+    let nodes = match value("--cluster") {
+        None => Vec::new(),
+        Some(list) => list
+            .split(',')
+            .map(|address| address.parse().map_err(|_| format!("--cluster takes ADDRESS:PORT,... not {address:?}")))
+            .collect::<Result<Vec<SocketAddr>, String>>()?,
+    };
+    let endpoint = match nodes.first() {
+        Some(first) => number(value("--endpoint"), "--endpoint", *first)?,
+        None => number(value("--endpoint"), "--endpoint", "127.0.0.1:7400".parse().expect("address"))?,
+    };
     Ok(Settings {
-        endpoint: number(value("--endpoint"), "--endpoint", "127.0.0.1:7400".parse().expect("address"))?,
+        nodes: if nodes.is_empty() { vec![endpoint] } else { nodes },
+        concurrency: value("--concurrency").map(|text| number(Some(text), "--concurrency", 1)).transpose()?,
+        endpoint,
         table: value("--table").cloned().unwrap_or_else(|| "load".into()),
         keys: number(value("--keys"), "--keys", 1_000_000)?,
         value_bytes: number(value("--value-bytes"), "--value-bytes", 1024)?,
@@ -116,12 +137,57 @@ fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds")
 }
 
-async fn pool(settings: &Settings) -> Rc<AsyncPool> {
-    Rc::new(
-        AsyncPool::connect(settings.endpoint, settings.connections, ClientConfig::default())
+/// Where calls go: one node's connections, or every node's in a cluster, each call sent to
+/// its partition's leader as the NotLeader answers teach it.
+struct Target {
+    pools: Vec<AsyncPool>,
+    addresses: Vec<SocketAddr>,
+    /// Partition index: the index in `pools` of the node that leads it.
+    leaders: RefCell<std::collections::HashMap<u32, usize>>,
+}
+
+/// NotLeader answers one call follows before it counts as an error: with the pause after one
+/// that names no leader, a call waits about 2 s for an election.
+const REDIRECTS_MAX: usize = 40;
+
+impl Target {
+    /// Runs `call` on a connection of the node leading `key`'s partition (on its owning core).
+    async fn call(
+        &self,
+        table: &str,
+        key: &Item,
+        call: impl AsyncFn(&AsyncClient) -> Result<(), ClientError>,
+    ) -> Result<(), ClientError> {
+        let mut result = Ok(());
+        for _ in 0..REDIRECTS_MAX {
+            let partition = self.pools[0].partition_index(table, key);
+            let node = partition.and_then(|partition| self.leaders.borrow().get(&partition).copied()).unwrap_or(0);
+            result = call(self.pools[node].route(table, key).await).await;
+            let Err(ClientError::Service(WireError { code: ErrorCode::NotLeader, leader, .. })) = &result else {
+                return result;
+            };
+            let leader = leader.as_deref().and_then(|address| address.parse().ok());
+            match (partition, leader.and_then(|leader: SocketAddr| self.addresses.iter().position(|node| *node == leader))) {
+                (Some(partition), Some(node)) => {
+                    self.leaders.borrow_mut().insert(partition, node);
+                }
+                // No leader known (an election), or the layout not learned yet: a moment.
+                _ => glommio::timer::sleep(Duration::from_millis(50)).await,
+            }
+        }
+        result
+    }
+}
+
+async fn pool(settings: &Settings) -> Rc<Target> {
+    let mut pools = Vec::new();
+    for &address in &settings.nodes {
+        let pool = AsyncPool::connect(address, settings.connections, ClientConfig::default())
             .await
-            .unwrap_or_else(|error| fail(format!("cannot connect to {}: {error}", settings.endpoint))),
-    )
+            .unwrap_or_else(|error| fail(format!("cannot connect to {address}: {error}")));
+        pools.push(pool);
+    }
+    Rc::new(Target { pools, addresses: settings.nodes.clone(), leaders: RefCell::default() })
 }
 
 /// Writes keys `thread, thread + threads, ...` once each, 256 at a time.
@@ -139,8 +205,8 @@ async fn prefill(settings: Settings, thread: usize) {
                     }
                     next.set(index + settings.threads as u64);
                     let item = item(index, settings.value_bytes);
-                    let client = pool.route(&settings.table, &item).await;
-                    if let Err(error) = client.put_item(&settings.table, item).await {
+                    let put = async |client: &AsyncClient| client.put_item(&settings.table, item.clone()).await;
+                    if let Err(error) = pool.call(&settings.table, &item, put).await {
                         fail(format!("prefill: {error}"));
                     }
                 }
@@ -176,23 +242,7 @@ async fn run(settings: Settings, thread: usize) -> Report {
             outstanding.set(outstanding.get() + 1);
             glommio::spawn_local(async move {
                 // Each call goes to a connection on the core owning the key's partition.
-                let result = if is_get {
-                    let key = ItemBuilder::new().s("id", key(index)).build();
-                    let client = pool.route(&table, &key).await;
-                    client.get_item(&table, key).await.map(drop)
-                } else if updates {
-                    let key = ItemBuilder::new().s("id", key(index)).build();
-                    let client = pool.route(&table, &key).await;
-                    let expressions = Expressions::condition("attribute_exists(id)")
-                        .name("#c", "count")
-                        .value(":zero", AttributeValue::N(Number::from(0)))
-                        .value(":one", AttributeValue::N(Number::from(1)));
-                    client.update_item(&table, key, COUNTER_UPDATE, expressions, ReturnValues::None).await.map(drop)
-                } else {
-                    let item = item(index, value_bytes);
-                    let client = pool.route(&table, &item).await;
-                    client.put_item(&table, item).await
-                };
+                let result = one_call(&pool, &table, index, is_get, updates, value_bytes).await;
                 let micros = scheduled.elapsed().as_micros() as u64;
                 let mut report = report.borrow_mut();
                 match result {
@@ -212,6 +262,75 @@ async fn run(settings: Settings, thread: usize) -> Report {
     }
     report.borrow_mut().issued = issued;
     Rc::try_unwrap(report).ok().expect("every task is done").into_inner()
+}
+
+/// One call of the workload: a GetItem of key `index`, or its write (a PutItem, or with
+/// `updates` a conditional counter update).
+async fn one_call(
+    pool: &Target,
+    table: &str,
+    index: u64,
+    is_get: bool,
+    updates: bool,
+    value_bytes: usize,
+) -> Result<(), ClientError> {
+    if is_get {
+        let key = ItemBuilder::new().s("id", key(index)).build();
+        let get = async |client: &AsyncClient| client.get_item(table, key.clone()).await.map(drop);
+        pool.call(table, &key, get).await
+    } else if updates {
+        let key = ItemBuilder::new().s("id", key(index)).build();
+        let expressions = Expressions::condition("attribute_exists(id)")
+            .name("#c", "count")
+            .value(":zero", AttributeValue::N(Number::from(0)))
+            .value(":one", AttributeValue::N(Number::from(1)));
+        let update = async |client: &AsyncClient| {
+            let (key, expressions) = (key.clone(), expressions.clone());
+            client.update_item(table, key, COUNTER_UPDATE, expressions, ReturnValues::None).await.map(drop)
+        };
+        pool.call(table, &key, update).await
+    } else {
+        let item = item(index, value_bytes);
+        let put = async |client: &AsyncClient| client.put_item(table, item.clone()).await;
+        pool.call(table, &item, put).await
+    }
+}
+
+/// Closed loop (`--concurrency N`): N calls in flight on this thread, each issued as soon as
+/// the one before it is answered; latency from issue to answer, throughput what the server
+/// sustains at that concurrency.
+async fn run_closed(settings: Settings, thread: usize, concurrency: usize) -> Report {
+    let pool = pool(&settings).await;
+    let report = Rc::new(RefCell::new(Report { gets: histogram(), puts: histogram(), errors: 0, issued: 0 }));
+    let deadline = Instant::now() + settings.duration;
+    let workers: Vec<_> = (0..concurrency)
+        .map(|worker| {
+            let (pool, report, settings) = (pool.clone(), report.clone(), settings.clone());
+            glommio::spawn_local(async move {
+                let seed = (thread * 10_007 + worker + 1) as u64;
+                let mut random = Random(0x9E37_79B9_7F4A_7C15 ^ seed.wrapping_mul(0xBF58_476D_1CE4_E5B9));
+                while Instant::now() < deadline {
+                    let index = random.next() % settings.keys;
+                    let is_get = (random.next() % 1_000_000) as f64 / 1_000_000.0 < settings.get_ratio;
+                    let issued = Instant::now();
+                    let result =
+                        one_call(&pool, &settings.table, index, is_get, settings.updates, settings.value_bytes).await;
+                    let micros = issued.elapsed().as_micros() as u64;
+                    let mut report = report.borrow_mut();
+                    report.issued += 1;
+                    match result {
+                        Ok(()) if is_get => report.gets.saturating_record(micros.max(1)),
+                        Ok(()) => report.puts.saturating_record(micros.max(1)),
+                        Err(_) => report.errors += 1,
+                    }
+                }
+            })
+        })
+        .collect();
+    for worker in workers {
+        worker.await;
+    }
+    Rc::try_unwrap(report).ok().expect("every worker is done").into_inner()
 }
 
 fn line(name: &str, histogram: &Histogram<u64>, seconds: f64) {
@@ -254,6 +373,8 @@ fn main() {
                         if prefilling {
                             prefill(settings, thread).await;
                             None
+                        } else if let Some(concurrency) = settings.concurrency {
+                            Some(run_closed(settings, thread, concurrency).await)
                         } else {
                             Some(run(settings, thread).await)
                         }

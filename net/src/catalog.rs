@@ -148,9 +148,14 @@ pub fn key_hash(encoded: &[u8]) -> u64 {
 /// The core owning the item with key `key` in a table described by `table`, for a node of
 /// `cores` cores; `None` if the key has no valid partition key value (the server will say why).
 pub fn core_of_key(table: &TableDescription, cores: usize, key: &Item) -> Option<usize> {
+    partition_of_key(table, key).map(|index| owner_core(index, cores))
+}
+
+/// The index of the partition that holds the item with key `key` (or the whole item).
+pub fn partition_of_key(table: &TableDescription, key: &Item) -> Option<u32> {
     let value = key.get(&table.key_schema.partition.name)?;
     let prefix = table.key_schema.encode_partition_prefix(value).ok()?;
-    Some(owner_core(partition_of(key_hash(&prefix.bytes), table.partitions), cores))
+    Some(partition_of(key_hash(&prefix.bytes), table.partitions))
 }
 
 /// The first hash of range `index` when the hash space is cut into `count` equal ranges, or

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use futures_lite::AsyncWriteExt;
 
-use crate::catalog::core_of_key;
+use crate::catalog::{core_of_key, partition_of_key};
 use crate::local::{Inbox, Outbox, Pending, Producer};
 use tessera_engine::{AttributeValue, Item, KeySchema, Number};
 use tessera_wire::frame::{self, Decoded};
@@ -777,6 +777,12 @@ impl AsyncPool {
         let index = self.next.get();
         self.next.set(index.wrapping_add(1));
         &self.clients[index % self.clients.len()]
+    }
+
+    /// The index of the partition holding `key` in `table`, once `route` has learned the
+    /// table's layout.
+    pub fn partition_index(&self, table: &str, key: &Item) -> Option<u32> {
+        self.tables.borrow().get(table).and_then(|table| partition_of_key(table, key))
     }
 
     /// The connection for a call on the item with key `key` (or the whole item) in `table`:

@@ -42,8 +42,10 @@ const STOP_POLL: Duration = Duration::from_millis(20);
 pub struct ServerConfig {
     pub data_dir: PathBuf,
     pub listen: SocketAddr,
-    /// Cores to run on (one executor each, pinned to cores 0..cores).
+    /// Cores to run on (one executor each, pinned to CPUs `first_cpu`.. in turn).
     pub cores: usize,
+    /// The CPU core 0's executor is pinned to (several nodes on one machine spread out).
+    pub first_cpu: usize,
     pub store: StoreConfig,
     /// A member of a cluster: every partition replicated on every node (Multi-Paxos). `None`:
     /// a single node, every partition a group of one.
@@ -104,7 +106,8 @@ impl Server {
         for core in 0..config.cores {
             let config = ServerConfig { listen: address, ..config.clone() };
             let (mesh, core_stop, ready_sender) = (mesh.clone(), stop.clone(), ready_sender.clone());
-            let executor = LocalExecutorBuilder::new(Placement::Fixed(core))
+            let cpus = std::thread::available_parallelism().map_or(1, |cpus| cpus.get());
+            let executor = LocalExecutorBuilder::new(Placement::Fixed((config.first_cpu + core) % cpus))
                 .name(&format!("tessera-core-{core}"))
                 .io_memory(2 << 20)
                 .spin_before_park(SPIN_BEFORE_PARK)

@@ -24,8 +24,10 @@ use tessera_wire::{
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const USAGE: &str = "usage: tessera COMMAND
-  serve [--data-dir DIR] [--listen ADDR] [--cores N] [--cache-mib N] [--node-id N --cluster FILE]
-        run a node (defaults: ./data, 127.0.0.1:7400, every core, 256 MiB of cache per core);
+  serve [--data-dir DIR] [--listen ADDR] [--cores N] [--first-cpu C] [--cache-mib N]
+        [--node-id N --cluster FILE]
+        run a node (defaults: ./data, 127.0.0.1:7400, every core pinned from CPU 0, 256 MiB of
+        cache per core);
         with --node-id and --cluster, a member of a cluster (FILE: one node a line,
         ID CLIENT_ADDRESS PEER_ADDRESS; every node must run the same --cores)
   cluster local [--nodes 3] [--port 7400] [--cores 1] [--data-dir data-cluster]
@@ -105,6 +107,7 @@ fn serve(args: &[String]) -> Result<(), String> {
             .parse()
             .map_err(|error| format!("--listen takes ADDRESS:PORT: {error}"))?,
         cores: number_flag(args, "--cores")?.unwrap_or(cores_available),
+        first_cpu: number_flag(args, "--first-cpu")?.unwrap_or(0),
         store,
         cluster: match (number_flag::<u32>(args, "--node-id")?, flag(args, "--cluster")?) {
             (None, None) => None,
@@ -189,6 +192,7 @@ fn cluster_local(args: &[String]) -> Result<(), String> {
             .args(["serve", "--node-id", &id.to_string(), "--cluster"])
             .arg(&file)
             .args(["--listen", &format!("127.0.0.1:{}", port + id as u16 - 1), "--cores", &cores.to_string()])
+            .args(["--first-cpu", &((id as usize - 1) * cores).to_string()])
             .arg("--data-dir")
             .arg(root.join(format!("node-{id}")))
             .spawn()

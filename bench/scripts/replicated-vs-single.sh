@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Replicated durable 1 KiB puts on a 3-node cluster against a single node, in one run on one
+# machine: a single node (1 core), then `tessera cluster local --nodes 3` (1 core each); each
+# gets a table of 8 partitions prefilled with 100k items, then closed-loop puts at 64 and 512
+# calls in flight, printing tessera-load's latency line (count, ops/s, p50 p90 p99 p99.9 max ms).
+#
+#   cargo build --release -p tessera-tools -p tessera-bench
+#   bench/scripts/replicated-vs-single.sh [SECONDS]
+#
+# Uses target/release/{tessera,tessera-load}, data under $TMPDIR, ports 7700 and 7800-7802.
+set -euo pipefail
+seconds=${1:-10}
+bin=${BIN:-target/release}
+data=${TMPDIR:-/tmp}/tessera-replicated-vs-single
+rm -rf "$data"
+mkdir -p "$data"
+pids=()
+trap 'kill "${pids[@]}" 2>/dev/null; wait 2>/dev/null; rm -rf "$data"' EXIT
+load() { "$bin/tessera-load" --keys 100000 --value-bytes 1024 "$@"; }
+measure() {
+  local name=$1; shift
+  load "$@" --create 8 --prefill --rate 5000 --duration 1 > /dev/null
+  for concurrency in 64 512; do
+    echo "$name, $concurrency in flight: $(load "$@" --get-ratio 0 --concurrency "$concurrency" --duration "$seconds" | grep '^put')"
+  done
+}
+"$bin/tessera" serve --cores 1 --data-dir "$data/single" --listen 127.0.0.1:7700 > /dev/null 2>&1 &
+pids+=($!)
+sleep 1
+measure "single node" --endpoint 127.0.0.1:7700
+kill "${pids[@]}"; wait 2>/dev/null || true; pids=()
+"$bin/tessera" cluster local --nodes 3 --port 7800 --data-dir "$data/cluster" > /dev/null 2>&1 &
+pids+=($!)
+sleep 2
+measure "3 nodes" --cluster 127.0.0.1:7800,127.0.0.1:7801,127.0.0.1:7802
