@@ -167,7 +167,10 @@ impl Target {
                 return result;
             };
             let leader = leader.as_deref().and_then(|address| address.parse().ok());
-            match (partition, leader.and_then(|leader: SocketAddr| self.addresses.iter().position(|node| *node == leader))) {
+            match (
+                partition,
+                leader.and_then(|leader: SocketAddr| self.addresses.iter().position(|node| *node == leader)),
+            ) {
                 (Some(partition), Some(node)) => {
                     self.leaders.borrow_mut().insert(partition, node);
                 }

@@ -103,6 +103,11 @@ pub struct ReplicatedLog {
     tasks: RefCell<Vec<glommio::task::JoinHandle<()>>>,
     /// Called after an entry of the partition is queued for apply (the catalog's follower).
     watchers: RefCell<BTreeMap<PartitionId, Rc<dyn Fn()>>>,
+    /// Partitions with proposals not yet flushed, and whether a flush is on its way: the
+    /// proposals of one turn of the executor go out as one WAL write and one message per peer.
+    unflushed: RefCell<std::collections::BTreeSet<PartitionId>>,
+    flush_scheduled: Cell<bool>,
+    me: RefCell<Weak<ReplicatedLog>>,
 }
 
 impl ReplicatedLog {
@@ -135,7 +140,11 @@ impl ReplicatedLog {
             proposal_timeout,
             tasks: RefCell::new(Vec::new()),
             watchers: RefCell::new(BTreeMap::new()),
+            unflushed: RefCell::default(),
+            flush_scheduled: Cell::new(false),
+            me: RefCell::new(Weak::new()),
         });
+        *log.me.borrow_mut() = Rc::downgrade(&log);
         let weak = Rc::downgrade(&log);
         let deliver: Rc<dyn Fn(Vec<PartitionMessage>)> = Rc::new(move |messages| {
             if let Some(log) = weak.upgrade() {
@@ -319,12 +328,33 @@ impl ReplicatedLog {
             Ok(slot) => slot,
             Err(ProposeError::NotLeader { leader }) => return Err(self.not_leader(leader)),
         };
+        self.schedule_flush(partition);
         // Nothing was chosen yet (its persist is not even durable): the waiter is in time.
         let reply = Rc::new(Reply::default());
         let deadline = Instant::now() + self.proposal_timeout;
         let waiter = Waiter { command: id, want_outcome, deadline, reply: reply.clone() };
         self.waiters.borrow_mut().insert((partition, slot), waiter);
         reply.wait().await
+    }
+
+    /// Flushes `partition`'s proposals after the tasks ready now have run (and proposed).
+    fn schedule_flush(&self, partition: PartitionId) {
+        self.unflushed.borrow_mut().insert(partition);
+        if self.flush_scheduled.replace(true) {
+            return;
+        }
+        let me = self.me.borrow().clone();
+        glommio::spawn_local(async move {
+            futures_lite::future::yield_now().await;
+            let Some(log) = me.upgrade() else { return };
+            log.flush_scheduled.set(false);
+            let partitions = std::mem::take(&mut *log.unflushed.borrow_mut());
+            let now = log.now();
+            for partition in partitions {
+                log.with_replica(partition, |replica| replica.flush(now));
+            }
+        })
+        .detach();
     }
 
     /// Drives every replica's timers, and expires proposals that waited too long.

@@ -219,6 +219,8 @@ pub struct Replica {
     persists: VecDeque<PendingPersist>,
     state: State,
     actions: Vec<Action>,
+    /// Entries the leader appended since its last `flush`.
+    unflushed: Vec<(Slot, Entry)>,
 }
 
 impl Replica {
@@ -269,6 +271,7 @@ impl Replica {
             persists: VecDeque::new(),
             state: State::Follower,
             actions: Vec::new(),
+            unflushed: Vec::new(),
         };
         replica.quiet_until = now + replica.config.election_min;
         replica.reset_election_timer(now);
@@ -482,17 +485,30 @@ impl Replica {
     }
 
     /// The leader appends `value` at its next slot and sends it on.
-    fn append(&mut self, now: Micros, ballot: Ballot, value: Value) -> Slot {
+    /// The leader appends `value` at its next slot. It is persisted and sent at the next
+    /// `flush`, together with everything appended since the last one.
+    fn append(&mut self, _now: Micros, ballot: Ballot, value: Value) -> Slot {
         let slot = self.accepted_end + 1;
         let entry = Entry { ballot, value };
         self.log_insert(slot, entry.clone());
         self.accepted_end = slot;
         self.sync_peers();
-        self.persist(None, vec![(slot, entry)], None);
+        self.unflushed.push((slot, entry));
+        slot
+    }
+
+    /// Persists and sends what was proposed since the last flush: one WAL write and one
+    /// message per peer for a batch of proposals. A host calls it once it has made the
+    /// proposals of a turn (calling it after each proposal works too, unbatched).
+    pub fn flush(&mut self, now: Micros) {
+        if self.unflushed.is_empty() {
+            return;
+        }
+        let entries = std::mem::take(&mut self.unflushed);
+        self.persist(None, entries, None);
         for peer in self.peers() {
             self.send_entries(now, peer);
         }
-        slot
     }
 
     /// The leader's per-peer state follows the configuration in force.
@@ -542,7 +558,11 @@ impl Replica {
     pub fn tick(&mut self, now: Micros) {
         match &self.state {
             State::Leader(leadership) => {
-                if self.quorum() > 1 && now >= leadership.contact + self.config.election_max {
+                let contact = leadership.contact;
+                // Whatever a host left unflushed goes out now.
+                self.flush(now);
+                let State::Leader(leadership) = &self.state else { return };
+                if self.quorum() > 1 && now >= contact + self.config.election_max {
                     // No quorum has answered for a whole election timeout: let another lead.
                     self.become_follower(now, None);
                 } else if now >= leadership.next_heartbeat {
@@ -613,6 +633,11 @@ impl Replica {
     }
 
     fn become_follower(&mut self, now: Micros, leader: Option<ReplicaId>) {
+        // Entries proposed and not yet flushed are accepted here all the same: persist them.
+        if !self.unflushed.is_empty() {
+            let entries = std::mem::take(&mut self.unflushed);
+            self.persist(None, entries, None);
+        }
         self.state = State::Follower;
         self.leader = leader;
         self.reset_election_timer(now);
@@ -1015,6 +1040,7 @@ mod tests {
         assert_eq!(replica.propose_members(now, duplicate), Err(ChangeError::NotOneChange));
         let with_log = vec![Member::full(1), Member::log(2)];
         assert_eq!(replica.propose_members(now, with_log.clone()), Ok(2));
+        replica.flush(now);
         assert_eq!(replica.members(), with_log.as_slice(), "in force once in the log");
         let promoted = vec![Member::full(1), Member::full(2)];
         assert_eq!(replica.propose_members(now, promoted.clone()), Err(ChangeError::InProgress));
@@ -1034,6 +1060,7 @@ mod tests {
         assert!(replica.members_committed() && replica.commit() == 2);
         // A change of kind is one change.
         assert_eq!(replica.propose_members(now, promoted), Ok(3));
+        replica.flush(now);
         // Log replicas never campaign.
         let mut log = Replica::new(config.clone(), 2, &with_log, Durable::default(), 0, 0, 9);
         log.tick(10 * config.election_max);

@@ -633,6 +633,7 @@ impl Simulation {
         }
         let replica = self.node(leader).replica.as_mut().expect("a leader is up");
         if replica.propose_members(local, next).is_ok() {
+            replica.flush(local);
             self.probe(step);
             self.run_actions(leader)?;
         }
@@ -821,6 +822,7 @@ impl Simulation {
         let reply = match request {
             Request::Write { key, value } => match replica.propose(local, command_id, encode(key, value)) {
                 Ok(slot) => {
+                    replica.flush(local);
                     node.proposals.insert(slot, (command_id, client, attempt));
                     self.run_actions(id)?;
                     return Ok(());
