@@ -236,6 +236,19 @@ mod tests {
 
     use super::*;
 
+    /// Runs `work` on a new single-executor thread.
+    fn on_executor<T: Send + 'static, F: std::future::Future<Output = T> + 'static>(
+        work: impl FnOnce() -> F + Send + 'static,
+    ) -> std::thread::JoinHandle<T> {
+        std::thread::spawn(move || {
+            glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+                .io_memory(1 << 20)
+                .make()
+                .expect("executor")
+                .run(work())
+        })
+    }
+
     fn free_port() -> SocketAddr {
         std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
     }
@@ -249,26 +262,18 @@ mod tests {
         let received: Arc<Mutex<Vec<PartitionMessage>>> = Arc::default();
         let (sink, done) = (received.clone(), Arc::new(Mutex::new(false)));
         let finished = done.clone();
-        let receiver = std::thread::spawn(move || {
-            glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
-                .io_memory(1 << 20)
-                .make()
-                .expect("executor")
-                .run(async move {
-                    let deliver: Rc<dyn Fn(Vec<PartitionMessage>)> =
-                        Rc::new(move |messages| sink.lock().unwrap().extend(messages));
-                    let links = PeerLinks::start(two, 0, &BTreeMap::from([(1, one)]), deliver).unwrap();
-                    // Until the sender saw everything arrive, and the garbage was read.
-                    let stop = std::time::Instant::now() + Duration::from_secs(10);
-                    while !*finished.lock().unwrap()
-                        || (links.stats().bad_frames == 0 && std::time::Instant::now() < stop)
-                    {
-                        glommio::timer::sleep(Duration::from_millis(5)).await;
-                    }
-                    let stats = links.stats();
-                    links.stop();
-                    stats
-                })
+        let receiver = on_executor(move || async move {
+            let deliver: Rc<dyn Fn(Vec<PartitionMessage>)> =
+                Rc::new(move |messages| sink.lock().unwrap().extend(messages));
+            let links = PeerLinks::start(two, 0, &BTreeMap::from([(1, one)]), deliver).unwrap();
+            // Until the sender saw everything arrive, and the garbage was read.
+            let stop = std::time::Instant::now() + Duration::from_secs(10);
+            while !*finished.lock().unwrap() || (links.stats().bad_frames == 0 && std::time::Instant::now() < stop) {
+                glommio::timer::sleep(Duration::from_millis(5)).await;
+            }
+            let stats = links.stats();
+            links.stop();
+            stats
         });
         // Garbage on the receiver's port first (once it listens).
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
@@ -288,26 +293,20 @@ mod tests {
             .collect::<Vec<_>>();
         let expected = sent.clone();
         let (stop, all_in) = (done.clone(), received.clone());
-        let sending = std::thread::spawn(move || {
-            glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
-                .io_memory(1 << 20)
-                .make()
-                .expect("executor")
-                .run(async move {
-                    let deliver: Rc<dyn Fn(Vec<PartitionMessage>)> = Rc::new(|_| {});
-                    let links = PeerLinks::start(one, 0, &BTreeMap::from([(2, two)]), deliver).unwrap();
-                    for message in sent {
-                        links.send(2, message);
-                    }
-                    links.send(9, expected_unknown());
-                    while all_in.lock().unwrap().len() < 1000 && std::time::Instant::now() < deadline {
-                        glommio::timer::sleep(Duration::from_millis(5)).await;
-                    }
-                    *stop.lock().unwrap() = true;
-                    let stats = links.stats();
-                    links.stop();
-                    stats
-                })
+        let sending = on_executor(move || async move {
+            let deliver: Rc<dyn Fn(Vec<PartitionMessage>)> = Rc::new(|_| {});
+            let links = PeerLinks::start(one, 0, &BTreeMap::from([(2, two)]), deliver).unwrap();
+            for message in sent {
+                links.send(2, message);
+            }
+            links.send(9, expected_unknown());
+            while all_in.lock().unwrap().len() < 1000 && std::time::Instant::now() < deadline {
+                glommio::timer::sleep(Duration::from_millis(5)).await;
+            }
+            *stop.lock().unwrap() = true;
+            let stats = links.stats();
+            links.stop();
+            stats
         });
         let sender_stats = sending.join().unwrap();
         let receiver_stats = receiver.join().unwrap();
