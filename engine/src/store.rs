@@ -123,6 +123,8 @@ struct Inner {
     unapplied: RefCell<ahash::HashMap<PartitionId, BTreeMap<u64, u64>>>,
     /// Replicated mode: what recovery found for each partition's replica, until taken.
     recovered_paxos: RefCell<BTreeMap<PartitionId, paxos::Durable>>,
+    /// Each partition's applied slot in the newest durable checkpoint.
+    checkpointed_slots: RefCell<ahash::HashMap<PartitionId, u64>>,
     /// Highest LSN applied to the tree.
     applied: Watermark,
     work: Event,
@@ -311,6 +313,7 @@ impl Store {
                 last_ticket: Cell::new(0),
                 unapplied: RefCell::new(ahash::HashMap::default()),
                 recovered_paxos: RefCell::new(BTreeMap::new()),
+                checkpointed_slots: RefCell::new(ahash::HashMap::default()),
                 // Replicated mode counts applies by ticket, from 0 at each start.
                 applied: Watermark::new(if replicated { 0 } else { covered_lsn }),
                 work: Event::default(),
@@ -326,6 +329,13 @@ impl Store {
             }),
         };
         store.load_partition_metas().await?;
+        *store.inner.checkpointed_slots.borrow_mut() = store
+            .inner
+            .partition_metas
+            .borrow()
+            .iter()
+            .map(|(&partition, meta)| (partition, meta.applied_slot))
+            .collect();
         if replicated {
             store.recover_paxos(recovered.records)?;
         } else {
@@ -419,6 +429,12 @@ impl Store {
             self.inner.partition_metas.borrow_mut().insert(partition.expect("matched above"), meta);
         }
         Ok(())
+    }
+
+    /// The slot through which `partition` is in the newest durable checkpoint (its state
+    /// there survives any crash; 0 before the first checkpoint of this run).
+    pub fn checkpointed_slot(&self, partition: PartitionId) -> u64 {
+        self.inner.checkpointed_slots.borrow().get(&partition).copied().unwrap_or(0)
     }
 
     /// Highest slot applied for `partition` (0 if none).
@@ -923,7 +939,9 @@ impl Inner {
         self.checkpoints_started.set(self.checkpoints_started.get() + 1);
         let sealed = self.tree.borrow_mut().seal();
         let covered_lsn = self.covered_lsn();
-        glommio::spawn_local(Inner::write_checkpoint(self.clone(), sealed, covered_lsn)).detach();
+        let slots =
+            self.partition_metas.borrow().iter().map(|(&partition, meta)| (partition, meta.applied_slot)).collect();
+        glommio::spawn_local(Inner::write_checkpoint(self.clone(), sealed, covered_lsn, slots)).detach();
         Ok(())
     }
 
@@ -939,12 +957,18 @@ impl Inner {
         oldest.map_or(durable, |oldest| durable.min(oldest - 1))
     }
 
-    async fn write_checkpoint(inner: Rc<Inner>, sealed: Sealed, covered_lsn: u64) {
+    async fn write_checkpoint(
+        inner: Rc<Inner>,
+        sealed: Sealed,
+        covered_lsn: u64,
+        slots: ahash::HashMap<PartitionId, u64>,
+    ) {
         let result = inner.write_sealed(&sealed, covered_lsn).await;
         inner.checkpoint_running.set(false);
         match result {
             Ok(()) => {
                 inner.tree.borrow_mut().commit(sealed);
+                *inner.checkpointed_slots.borrow_mut() = slots;
                 if let Err(error) = inner.wal.recycle_through(covered_lsn).await {
                     inner.fail(error.to_string());
                     return;

@@ -10,8 +10,9 @@
 //! chosen within `PROPOSAL_TIMEOUT` (this replica lost leadership, or no quorum answers)
 //! resolves as `Unavailable`: its outcome is unknown to the caller.
 //!
-//! Not yet here: snapshots over the wire (a peer that needs compacted entries waits), and
-//! compaction of the in-memory log.
+//! Not yet here: snapshots over the wire. The in-memory logs are compacted only through what
+//! every full replica checkpointed, so a replica that restarts finds the entries it needs at
+//! the leader; one that lost its data would need a snapshot, and waits.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, VecDeque};
@@ -28,6 +29,8 @@ use crate::peers::{LinkStats, PeerLinks};
 
 /// How often replicas' timers are driven.
 const TICK: Duration = Duration::from_millis(5);
+/// Ticks between two compactions of the replicas' in-memory logs (about a second).
+const COMPACT_EVERY_TICKS: u64 = 200;
 
 /// A cluster as one node sees it: every node's addresses, and the Multi-Paxos settings all
 /// share. Every partition has a replica on every node (groups of three on three nodes), on
@@ -108,6 +111,7 @@ pub struct ReplicatedLog {
     unflushed: RefCell<std::collections::BTreeSet<PartitionId>>,
     flush_scheduled: Cell<bool>,
     me: RefCell<Weak<ReplicatedLog>>,
+    ticks: Cell<u64>,
 }
 
 impl ReplicatedLog {
@@ -143,6 +147,7 @@ impl ReplicatedLog {
             unflushed: RefCell::default(),
             flush_scheduled: Cell::new(false),
             me: RefCell::new(Weak::new()),
+            ticks: Cell::new(0),
         });
         *log.me.borrow_mut() = Rc::downgrade(&log);
         let weak = Rc::downgrade(&log);
@@ -172,6 +177,11 @@ impl ReplicatedLog {
         if let Some(links) = self.links.borrow_mut().take() {
             links.stop();
         }
+    }
+
+    /// The first slot `partition`'s in-memory log holds (for statistics and tests).
+    pub fn log_start(&self, partition: PartitionId) -> Slot {
+        self.with_replica(partition, |replica| replica.log_start())
     }
 
     pub fn link_stats(&self) -> LinkStats {
@@ -357,12 +367,26 @@ impl ReplicatedLog {
         .detach();
     }
 
-    /// Drives every replica's timers, and expires proposals that waited too long.
+    /// Drives every replica's timers, expires proposals that waited too long, and now and
+    /// then drops from the replicas' in-memory logs what every full replica has checkpointed
+    /// (`Replica::compactable`), so the logs stay bounded while all replicas are up.
     fn tick_all(&self) {
         let now = self.now();
+        let ticks = self.ticks.get() + 1;
+        self.ticks.set(ticks);
         let partitions: Vec<PartitionId> = self.replicas.borrow().keys().copied().collect();
         for partition in partitions {
-            self.with_replica(partition, |replica| replica.tick(now));
+            let checkpointed = self.store.checkpointed_slot(partition);
+            self.with_replica(partition, |replica| {
+                replica.tick(now);
+                if ticks.is_multiple_of(COMPACT_EVERY_TICKS) {
+                    replica.checkpointed(checkpointed);
+                    let through = replica.compactable().min(checkpointed);
+                    if through >= replica.log_start() {
+                        replica.compact(through);
+                    }
+                }
+            });
         }
         let expired: Vec<(PartitionId, Slot)> = self
             .waiters

@@ -2,7 +2,8 @@
 //! store directory, talking over real loopback TCP: writes are chosen by a quorum and applied
 //! everywhere; only the leader serves strong reads; when the leader stops, another is elected
 //! and every acknowledged write is still there; the stopped replica restarts from its WAL and
-//! catches up. (SIGKILL of real server processes is in the server's tests.)
+//! catches up; in-memory logs are compacted once every replica checkpointed. (SIGKILL of real
+//! server processes is in the server's tests.)
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -25,6 +26,9 @@ enum Ask {
     },
     /// Where the replica stands, for failure messages.
     State,
+    /// A checkpoint of the node's store; answers the first slot its in-memory log still
+    /// holds, once a compaction has had time to run.
+    Checkpoint,
     Stop,
 }
 
@@ -136,6 +140,10 @@ async fn serve(log: &ReplicatedLog, ask: Ask) -> Answer {
             )
             .into_bytes(),
         )),
+        Ask::Checkpoint => {
+            log.store().checkpoint().await.map_err(|error| error.to_string())?;
+            Ok(Some(log.log_start(PARTITION).to_le_bytes().to_vec()))
+        }
         Ask::Stop => Ok(None),
     }
 }
@@ -191,6 +199,19 @@ fn three_replicas_choose_apply_fail_over_and_catch_up() {
     }
     for node in nodes.values() {
         eventually_has(node, 0..100);
+    }
+    // Once every replica checkpointed them, the leader's in-memory log lets them go.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let starts: Vec<u64> = nodes
+            .values()
+            .map(|node| u64::from_le_bytes(node.ask(Ask::Checkpoint).unwrap().unwrap().try_into().unwrap()))
+            .collect();
+        if starts[leader as usize - 1] > 50 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the leader's log was never compacted: starts {starts:?}");
+        std::thread::sleep(Duration::from_millis(200));
     }
     assert_eq!(nodes[&leader].ask(Ask::Get { key: 5, strong: true }), Ok(Some(value(5))));
     let follower = *nodes.keys().find(|&&id| id != leader).unwrap();
