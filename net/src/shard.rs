@@ -9,6 +9,7 @@
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::SocketAddr;
 use std::ops::Bound;
 use std::rc::Rc;
 
@@ -27,6 +28,7 @@ use crate::catalog::{
     key_hash, owner_core, range_start, validate_table_name, Catalog, TableInfo, CATALOG_PARTITION, NEXT_ID_KEY,
     PARTITIONS_MAX,
 };
+use crate::client::{AsyncClient, ClientConfig, ClientError};
 use crate::local::Pending;
 use crate::log::Log;
 
@@ -152,6 +154,9 @@ pub(crate) struct Shard {
     catalog_lock: glommio::sync::Semaphore,
     /// Signalled once the catalog is loaded.
     catalog_ready: glommio::sync::Semaphore,
+    /// Connections to other cluster members, by client address, for the partitions of a
+    /// multi-partition request that they lead.
+    forwards: RefCell<HashMap<String, Rc<AsyncClient>>>,
 }
 
 fn engine_error(error: Error) -> WireError {
@@ -393,6 +398,7 @@ impl Shard {
             pending: Pending::default(),
             catalog_lock: glommio::sync::Semaphore::new(1),
             catalog_ready: glommio::sync::Semaphore::new(0),
+            forwards: RefCell::default(),
         }
     }
 
@@ -429,6 +435,35 @@ impl Shard {
     fn install_catalog(&self, catalog: Catalog) {
         *self.catalog.borrow_mut() = catalog;
         self.catalog_ready.signal(1);
+    }
+
+    /// Sends `request` to the node at `leader` (a cluster member that leads a partition this
+    /// request needs), over a connection kept per node.
+    async fn forward(&self, leader: &str, request: &Request) -> Result<Response, WireError> {
+        let unavailable = |what: String| WireError::new(ErrorCode::ServiceUnavailable, what);
+        let known = self.forwards.borrow().get(leader).cloned();
+        let client = match known {
+            Some(client) => client,
+            None => {
+                let address: SocketAddr = leader
+                    .parse()
+                    .map_err(|_| unavailable(format!("the leader's address {leader:?} does not parse")))?;
+                let client = AsyncClient::connect(address, ClientConfig::default())
+                    .await
+                    .map_err(|error| unavailable(format!("cannot reach the leader at {leader}: {error}")))?;
+                let client = Rc::new(client);
+                self.forwards.borrow_mut().insert(leader.to_string(), client.clone());
+                client
+            }
+        };
+        match client.call(request).await {
+            Ok(response) => Ok(response),
+            Err(ClientError::Service(error)) => Err(error),
+            Err(error) => {
+                self.forwards.borrow_mut().remove(leader);
+                Err(unavailable(format!("the leader at {leader} failed: {error}")))
+            }
+        }
     }
 
     /// Core 0 of a cluster member: reloads and republishes the catalog whenever an entry of its
@@ -1145,6 +1180,10 @@ impl Shard {
                 (a, b) => a.or(b),
             };
             let upper = end.map_or(Bound::Unbounded, |end| Bound::Excluded(end.to_be_bytes().to_vec()));
+            let after = match &lower {
+                Bound::Excluded(key) => Some(key.clone()),
+                _ => None,
+            };
             let op = Op::Scan {
                 partition: table.partition_id(index),
                 consistent: scan.consistent_read,
@@ -1156,6 +1195,12 @@ impl Shard {
             };
             let (entries, more) = match self.call(self.owner(index), op).await {
                 OpResult::Entries { entries, more } => (entries, more),
+                OpResult::Error(error) => match leader_of(&error) {
+                    Some(leader) => {
+                        self.scan_elsewhere(leader, &table, index, after, remaining, scan.consistent_read).await?
+                    }
+                    None => return Err(error),
+                },
                 other => return Err(unexpected(other)),
             };
             for (key, value) in &entries {
@@ -1186,6 +1231,41 @@ impl Shard {
         }
     }
 
+    /// Scans partition `index` at the node that leads it (a Scan of the segment the partition
+    /// is, when the table's partitions are the segments), after encoded key `after`: its
+    /// entries and whether more follow. The remote page may hold up to a page of its own.
+    async fn scan_elsewhere(
+        &self,
+        leader: &str,
+        table: &TableInfo,
+        index: u32,
+        after: Option<Vec<u8>>,
+        remaining: usize,
+        consistent_read: bool,
+    ) -> Result<(Vec<(Vec<u8>, Vec<u8>)>, bool), WireError> {
+        let request = Request::Scan(Scan {
+            table: table.name.clone(),
+            segment: index,
+            total_segments: table.partitions,
+            limit: u32::try_from(remaining).unwrap_or(0),
+            exclusive_start_key: after.map(|key| decode_key(&table.key_schema, &key)).transpose()?,
+            consistent_read,
+            read: ReadExpressions::default(),
+        });
+        match self.forward(leader, &request).await? {
+            Response::Items { items, last_evaluated_key, .. } => {
+                let entries = items
+                    .iter()
+                    .map(|item| {
+                        Ok((table.key_schema.encode_key(item).map_err(engine_error)?.bytes, encode_stored(item)))
+                    })
+                    .collect::<Result<Vec<_>, WireError>>()?;
+                Ok((entries, last_evaluated_key.is_some()))
+            }
+            _ => Err(WireError::new(ErrorCode::InternalServerError, "a node answered Scan wrongly")),
+        }
+    }
+
     async fn batch_get(self: &Rc<Shard>, tables: Vec<TableKeys>, meter: &mut Meter) -> Result<Response, WireError> {
         let count: usize = tables.iter().map(|table| table.keys.len()).sum();
         if count == 0 {
@@ -1203,15 +1283,37 @@ impl Shard {
             let table = self.table(&request.table)?;
             let plan = ReadPlan::projection_only(&request.read, "BatchGetItem")?;
             plans.insert(table.name.clone(), (plan, request.consistent_read));
-            for key in &request.keys {
-                let key = encode_exact_key(&table.key_schema, key)?;
+            for key_item in &request.keys {
+                let key = encode_exact_key(&table.key_schema, key_item)?;
                 if !seen.insert((table.id, key.clone())) {
                     return Err(invalid("Provided list of item keys contains duplicates"));
                 }
                 let (core, partition) = self.place(&table, &key);
                 let (shard, name, consistent) = (self.clone(), table.name.clone(), request.consistent_read);
+                let forwarded = Request::GetItem {
+                    table: name.clone(),
+                    key: key_item.clone(),
+                    consistent_read: consistent,
+                    read: ReadExpressions::default(),
+                };
                 gets.push(glommio::spawn_local(async move {
-                    (name, shard.call(core, Op::Get { partition, key, consistent }).await)
+                    let result = match shard.call(core, Op::Get { partition, key, consistent }).await {
+                        OpResult::Value(value) => value.as_deref().map(decode_stored).transpose(),
+                        OpResult::Error(error) => match leader_of(&error) {
+                            // Another node leads the key's partition: ask it.
+                            Some(leader) => match shard.forward(leader, &forwarded).await {
+                                Ok(Response::Item(item)) => Ok(item),
+                                Ok(_) => Err(WireError::new(
+                                    ErrorCode::InternalServerError,
+                                    "a node answered GetItem wrongly",
+                                )),
+                                Err(error) => Err(error),
+                            },
+                            None => Err(error),
+                        },
+                        other => Err(unexpected(other)),
+                    };
+                    (name, result)
                 }));
             }
         }
@@ -1219,17 +1321,15 @@ impl Shard {
         for get in gets {
             let (name, result) = get.await;
             let (plan, consistent) = &plans[&name];
-            match result {
-                OpResult::Value(Some(value)) => {
-                    let item = decode_stored(&value)?;
+            match result? {
+                Some(item) => {
                     meter.read(&name, item_size(&item), *consistent);
                     responses.entry(name).or_default().push(plan.project(item))
                 }
-                OpResult::Value(None) => {
+                None => {
                     meter.read(&name, 0, *consistent);
                     responses.entry(name).or_default();
                 }
-                other => return Err(unexpected(other)),
             }
         }
         Ok(Response::BatchGetItem { responses: responses.into_iter().collect(), unprocessed: Vec::new() })
@@ -1267,19 +1367,40 @@ impl Shard {
             group.0.push(command);
             group.1.push(write);
         }
+        /// One partition's share of the writes: written here (the outcome, and the writes), or
+        /// by the node that leads the partition (what it left unprocessed).
+        enum Share {
+            Here(OpResult, Vec<Write>),
+            There(Result<Vec<Write>, WireError>),
+        }
         let mut tasks = Vec::new();
         let previous = meter.wanted();
         for ((core, partition), (commands, writes)) in groups {
             let shard = self.clone();
             tasks.push(glommio::spawn_local(async move {
-                (shard.call(core, Op::Batch { partition, commands, previous }).await, writes)
+                let result = shard.call(core, Op::Batch { partition, commands, previous }).await;
+                let leader = match &result {
+                    OpResult::Error(error) => leader_of(error).map(str::to_string),
+                    _ => None,
+                };
+                // Another node leads the partition: it takes these writes as a batch of its
+                // own (its capacity is not counted here).
+                let Some(leader) = leader else { return Share::Here(result, writes) };
+                Share::There(match shard.forward(&leader, &Request::BatchWriteItem(writes)).await {
+                    Ok(Response::BatchWriteItem { unprocessed }) => Ok(unprocessed),
+                    Ok(_) => {
+                        Err(WireError::new(ErrorCode::InternalServerError, "a node answered BatchWriteItem wrongly"))
+                    }
+                    Err(error) => Err(error),
+                })
             }));
         }
         let mut unprocessed = Vec::new();
         for task in tasks {
             match task.await {
-                (OpResult::Done, _) => {}
-                (OpResult::Values(olds), writes) => {
+                Share::There(left) => unprocessed.extend(left?),
+                Share::Here(OpResult::Done, _) => {}
+                Share::Here(OpResult::Values(olds), writes) => {
                     for (old, write) in olds.iter().zip(&writes) {
                         let old = old.as_deref().map(decode_stored).transpose()?;
                         match write {
@@ -1288,12 +1409,17 @@ impl Shard {
                         }
                     }
                 }
-                (OpResult::Error(error), writes) if error.retryable => unprocessed.extend(writes),
-                (other, _) => return Err(unexpected(other)),
+                Share::Here(OpResult::Error(error), writes) if error.retryable => unprocessed.extend(writes),
+                Share::Here(other, _) => return Err(unexpected(other)),
             }
         }
         Ok(Response::BatchWriteItem { unprocessed })
     }
+}
+
+/// The address of the node that leads, when `error` is a NotLeader answer naming one.
+fn leader_of(error: &WireError) -> Option<&str> {
+    (error.code == ErrorCode::NotLeader).then_some(error.leader.as_deref()).flatten()
 }
 
 fn decode_key(schema: &KeySchema, key: &[u8]) -> Result<Item, WireError> {

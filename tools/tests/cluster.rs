@@ -188,3 +188,56 @@ fn a_cluster_survives_sigkill_and_sigstop_of_its_nodes() {
     });
     all_readable(&cluster, paused, &(6000..6020).collect::<Vec<_>>());
 }
+
+/// Requests that span partitions (BatchWriteItem, BatchGetItem, Scan) work at any node of a
+/// cluster with strong consistency: the parts whose partitions another node leads are sent
+/// to it.
+#[test]
+fn multi_partition_requests_work_at_every_node() {
+    use tessera_engine::Item;
+    use tessera_wire::{Scan, TableKeys, Write};
+    let cluster = Cluster::start("spanning");
+    cluster.client(1).create_table(TABLE, KeySchema::hash_only("id", KeyType::S), 8).unwrap();
+    for id in 1..=3 {
+        let address = cluster.clients[&id];
+        wait_until("the table reaching every node", Duration::from_secs(5), || {
+            Client::connect(address).unwrap().describe_table(TABLE).is_ok()
+        });
+    }
+    // Leaders start where writes first arrive: spread them over the nodes.
+    for n in 0..24u64 {
+        cluster.client(n as u32 % 3 + 1).put_item(TABLE, item(n)).unwrap();
+    }
+    for via in 1..=3u32 {
+        let mut client = cluster.client(via);
+        let base = 100 * u64::from(via);
+        let writes: Vec<Write> = (base..base + 25).map(|n| Write::Put { table: TABLE.into(), item: item(n) }).collect();
+        let (unprocessed, _) = match client.call(&Request::BatchWriteItem(writes)).unwrap() {
+            Response::BatchWriteItem { unprocessed } => (unprocessed, ()),
+            other => panic!("{other:?}"),
+        };
+        assert!(unprocessed.is_empty(), "{unprocessed:?}");
+        let keys: Vec<Item> = (base..base + 25).map(key).collect();
+        let tables = vec![TableKeys { table: TABLE.into(), keys, consistent_read: true, read: ReadExpressions::default() }];
+        match client.call(&Request::BatchGetItem(tables)).unwrap() {
+            Response::BatchGetItem { responses, unprocessed } => {
+                assert!(unprocessed.is_empty());
+                assert_eq!(responses[0].1.len(), 25, "BatchGetItem at node {via}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    for via in 1..=3u32 {
+        let scan = Scan {
+            table: TABLE.into(),
+            segment: 0,
+            total_segments: 1,
+            limit: 7,
+            exclusive_start_key: None,
+            consistent_read: true,
+            read: ReadExpressions::default(),
+        };
+        let items = cluster.client(via).scan_all(scan).unwrap();
+        assert_eq!(items.len(), 24 + 75, "a strongly consistent Scan, in pages of 7, at node {via}");
+    }
+}
