@@ -734,11 +734,22 @@ impl Shard {
         Ok(())
     }
 
+    /// Serializes catalog changes on core 0. In a cluster, only the catalog partition's
+    /// leader (with its lease, its own entry committed) changes the catalog, and it first
+    /// reloads it from its store, so a newly elected leader decides on everything chosen before.
     async fn lock_catalog(&self) -> Result<glommio::sync::Permit<'_>, WireError> {
-        self.catalog_lock
+        let permit = self
+            .catalog_lock
             .acquire_permit(1)
             .await
-            .map_err(|_| WireError::new(ErrorCode::ServiceUnavailable, "the server is stopping"))
+            .map_err(|_| WireError::new(ErrorCode::ServiceUnavailable, "the server is stopping"))?;
+        if let Log::Replicated(_) = &self.log {
+            self.log.check_read(CATALOG_PARTITION, true).map_err(engine_error)?;
+            let catalog =
+                self.load_catalog().await.map_err(|error| WireError::new(ErrorCode::InternalServerError, error))?;
+            self.install_catalog(catalog);
+        }
+        Ok(permit)
     }
 
     async fn create_table(

@@ -218,7 +218,8 @@ fn multi_partition_requests_work_at_every_node() {
         };
         assert!(unprocessed.is_empty(), "{unprocessed:?}");
         let keys: Vec<Item> = (base..base + 25).map(key).collect();
-        let tables = vec![TableKeys { table: TABLE.into(), keys, consistent_read: true, read: ReadExpressions::default() }];
+        let tables =
+            vec![TableKeys { table: TABLE.into(), keys, consistent_read: true, read: ReadExpressions::default() }];
         match client.call(&Request::BatchGetItem(tables)).unwrap() {
             Response::BatchGetItem { responses, unprocessed } => {
                 assert!(unprocessed.is_empty());
