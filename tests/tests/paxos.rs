@@ -41,6 +41,7 @@ fn every_seed_keeps_every_invariant() {
         "power failure",
         "torn write on crash",
         "partition",
+        "link cut",
         "message dropped",
         "message duplicated",
         "write outcome unknown",
@@ -65,6 +66,20 @@ fn a_seed_replays_exactly() {
     let first = run(7, Options::for_seed(7));
     let second = run(7, Options::for_seed(7));
     assert_eq!(format!("{first:?}"), format!("{second:?}"));
+}
+
+/// The second planted bug: acceptors promise a new ballot while a leader's lease may hold, so
+/// two replicas serve strong reads at once (or a read misses a write); the lease checks and
+/// the linearizability checker must notice.
+#[test]
+fn the_simulator_catches_promising_during_a_lease() {
+    let caught = (0..seeds()).find_map(|seed| {
+        let mut options = Options::for_seed(seed);
+        options.paxos.unsafe_promise_during_lease = true;
+        Simulation::new(seed, options).run().err()
+    });
+    let failure = caught.expect("some seed exposes promising during a lease");
+    println!("caught: {failure}");
 }
 
 /// The planted bug: acceptors acknowledge entries before they are durable. A crash then loses

@@ -25,6 +25,10 @@ pub struct Config {
     /// A planted bug for the simulator to find, never set outside tests: acceptors answer
     /// `Accepted` before their entries are durable.
     pub unsafe_ack_before_durable: bool,
+    /// A planted bug for the simulator to find, never set outside tests: acceptors promise a
+    /// new ballot even while they heard from a leader less than `election_min` ago, so a
+    /// leader's lease no longer keeps others from leading.
+    pub unsafe_promise_during_lease: bool,
 }
 
 impl Default for Config {
@@ -38,6 +42,7 @@ impl Default for Config {
             entries_per_message_max: 64,
             entries_in_flight_max: 1024,
             unsafe_ack_before_durable: false,
+            unsafe_promise_during_lease: false,
         }
     }
 }
@@ -665,7 +670,8 @@ impl Replica {
             return;
         }
         // Silence while a leader's lease may hold (or a duplicate of a prepare answered).
-        if ballot == self.promised || (now < self.quiet_until && self.leader != Some(ballot.replica)) {
+        let quiet = now < self.quiet_until && !self.config.unsafe_promise_during_lease;
+        if ballot == self.promised || (quiet && self.leader != Some(ballot.replica)) {
             // Its round is still news: this replica's next campaign goes above it.
             self.round_seen = self.round_seen.max(ballot.round);
             return;

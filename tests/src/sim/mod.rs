@@ -89,6 +89,7 @@ impl Options {
                 entries_per_message_max: 16,
                 entries_in_flight_max: 256,
                 unsafe_ack_before_durable: false,
+                unsafe_promise_during_lease: false,
             },
             active: 4_000_000,
             quiet: 3_000_000,
@@ -184,6 +185,7 @@ enum Event {
     Fault,
     Restart(ReplicaId),
     Heal(ReplicaId),
+    HealLink(ReplicaId, ReplicaId),
     /// The control plane's next step after a replica was lost.
     Admin,
     /// A state machine snapshot in transit (host to host, beside the protocol's messages).
@@ -269,6 +271,8 @@ pub struct Simulation {
     leaderships: std::collections::BTreeSet<tessera_engine::paxos::Ballot>,
     /// The replica lost for good, and the log and full replicas that replace it.
     replacement: Option<Replacement>,
+    /// Links cut (both ways), as (lower id, higher id).
+    cut: std::collections::BTreeSet<(ReplicaId, ReplicaId)>,
     report: Report,
 }
 
@@ -332,6 +336,7 @@ impl Simulation {
             acknowledged: Vec::new(),
             leaderships: std::collections::BTreeSet::new(),
             replacement: None,
+            cut: std::collections::BTreeSet::new(),
             report: Report { seed, ..Report::default() },
         }
     }
@@ -492,6 +497,9 @@ impl Simulation {
             }
             Event::Admin => self.admin()?,
             Event::Heal(id) => self.node(id).isolated = false,
+            Event::HealLink(a, b) => {
+                self.cut.remove(&(a, b));
+            }
             Event::Snapshot { from, to, ballot, slot, state } => {
                 let node = self.node(to);
                 if node.replica.is_none() {
@@ -521,6 +529,7 @@ impl Simulation {
         let alive: Vec<ReplicaId> = self.nodes.iter().filter(|node| !node.lost).map(|node| node.id).collect();
         if !self.active() {
             // The quiet period: everything heals and restarts.
+            self.cut.clear();
             for id in alive {
                 self.node(id).isolated = false;
                 if self.node(id).replica.is_none() {
@@ -557,11 +566,20 @@ impl Simulation {
                 self.crash(target);
                 self.schedule(down, Event::Restart(target));
             }
-        } else {
+        } else if self.random.chance(500_000) {
             self.node(target).isolated = true;
             self.probe("partition");
             let cut = self.random.between(10_000, 1_500_000);
             self.schedule(cut, Event::Heal(target));
+        } else {
+            // One link cut, both ways: the two nodes still hear the third.
+            let other = alive[self.random.between(0, alive.len() as u64 - 1) as usize];
+            if other != target {
+                self.cut.insert((target.min(other), target.max(other)));
+                self.probe("link cut");
+                let cut = self.random.between(10_000, 1_500_000);
+                self.schedule(cut, Event::HealLink(target.min(other), target.max(other)));
+            }
         }
         let next = self.random.between(1, 2 * self.options.fault_interval);
         let next = next.min(self.options.active.saturating_sub(self.now) + 1);
@@ -686,7 +704,7 @@ impl Simulation {
 
     fn send(&mut self, envelope: Envelope) {
         let (from, to) = (envelope.from, envelope.to);
-        if self.node(from).isolated || self.node(to).isolated {
+        if self.node(from).isolated || self.node(to).isolated || self.cut.contains(&(from.min(to), from.max(to))) {
             return;
         }
         if self.random.chance(self.options.drop_per_million) {
