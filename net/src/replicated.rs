@@ -42,12 +42,25 @@ pub struct Cluster {
     pub paxos: paxos::Config,
 }
 
-/// Where a node takes clients' requests, and its replication peers (core `k` on `peer`'s port
-/// plus `k`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Where a node takes clients' requests, its replication peers (core `k` on `peer`'s port
+/// plus `k`), and the failure domain it is in.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClusterNode {
     pub client: SocketAddr,
     pub peer: SocketAddr,
+    pub zone: String,
+}
+
+impl Cluster {
+    /// Zones holding more than one node: every partition has a replica on every node, so
+    /// losing such a zone loses more than one replica of every partition.
+    pub fn shared_zones(&self) -> Vec<&str> {
+        let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+        for node in self.nodes.values() {
+            *counts.entry(node.zone.as_str()).or_default() += 1;
+        }
+        counts.into_iter().filter(|(_, count)| *count > 1).map(|(zone, _)| zone).collect()
+    }
 }
 
 /// A proposal that waits for its slot.
@@ -129,7 +142,7 @@ impl ReplicatedLog {
         let proposal_timeout = Duration::from_micros(4 * config.election_max);
         let log = Rc::new(ReplicatedLog {
             node,
-            clients: cluster.nodes.iter().map(|(&id, addresses)| (id, addresses.client)).collect(),
+            clients: cluster.nodes.iter().map(|(&id, node)| (id, node.client)).collect(),
             members,
             config,
             recovered: RefCell::new(store.take_recovered_paxos()),

@@ -78,8 +78,10 @@ impl Node {
                 .expect("executor")
                 .run(async move {
                     let store = Store::open(&dir, store_config()).await.expect("store opens");
-                    let nodes =
-                        addresses.iter().map(|(&node, &peer)| (node, ClusterNode { client: peer, peer })).collect();
+                    let nodes = addresses
+                        .iter()
+                        .map(|(&node, &peer)| (node, ClusterNode { client: peer, peer, zone: format!("zone-{node}") }))
+                        .collect();
                     let cluster = Cluster { node: id, nodes, paxos: paxos_config() };
                     let log = ReplicatedLog::start(store, &cluster, 0).expect("log starts");
                     loop {

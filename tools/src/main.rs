@@ -29,7 +29,7 @@ const USAGE: &str = "usage: tessera COMMAND
         run a node (defaults: ./data, 127.0.0.1:7400, every core pinned from CPU 0, 256 MiB of
         cache per core);
         with --node-id and --cluster, a member of a cluster (FILE: one node a line,
-        ID CLIENT_ADDRESS PEER_ADDRESS; every node must run the same --cores)
+        ID CLIENT_ADDRESS PEER_ADDRESS [ZONE]; every node must run the same --cores)
   cluster local [--nodes 3] [--port 7400] [--cores 1] [--data-dir data-cluster]
         run a cluster of N nodes on loopback, each a serve process (clients on PORT, PORT+1...)
 client commands, against --endpoint ADDR (default 127.0.0.1:7400), given before the command:
@@ -121,7 +121,13 @@ fn serve(args: &[String]) -> Result<(), String> {
     let server = Server::start(config.clone())?;
     let role = match &config.cluster {
         None => "a single node".to_string(),
-        Some(cluster) => format!("node {} of {}", cluster.node, cluster.nodes.len()),
+        Some(cluster) => {
+            let shared = cluster.shared_zones();
+            if !shared.is_empty() {
+                eprintln!("tessera: warning: zones {shared:?} hold more than one node; losing one loses more than one replica of every partition");
+            }
+            format!("node {} of {}, zone {}", cluster.node, cluster.nodes.len(), cluster.nodes[&cluster.node].zone)
+        }
     };
     println!(
         "tessera: serving on {} ({role}, {} cores, data in {})",
@@ -140,8 +146,9 @@ fn serve(args: &[String]) -> Result<(), String> {
     server.wait()
 }
 
-/// A cluster file: one node a line, `ID CLIENT_ADDRESS PEER_ADDRESS` (core `k` of a node
-/// takes replication traffic on its peer port plus `k`); `#` starts a comment.
+/// A cluster file: one node a line, `ID CLIENT_ADDRESS PEER_ADDRESS [ZONE]` (core `k` of a
+/// node takes replication traffic on its peer port plus `k`; the zone defaults to `zone-ID`);
+/// `#` starts a comment.
 fn read_cluster(node: u32, path: &str) -> Result<Cluster, String> {
     let text =
         std::fs::read_to_string(path).map_err(|error| format!("cannot read the cluster file {path}: {error}"))?;
@@ -152,12 +159,18 @@ fn read_cluster(node: u32, path: &str) -> Result<Cluster, String> {
             continue;
         }
         let fields: Vec<&str> = line.split_whitespace().collect();
-        let bad = |what: &str| format!("{path} line {}: {what} (expected ID CLIENT_ADDRESS PEER_ADDRESS)", number + 1);
-        let [id, client, peer] = fields[..] else { return Err(bad("three fields")) };
+        let bad =
+            |what: &str| format!("{path} line {}: {what} (expected ID CLIENT_ADDRESS PEER_ADDRESS [ZONE])", number + 1);
+        let (id, client, peer, zone) = match fields[..] {
+            [id, client, peer] => (id, client, peer, None),
+            [id, client, peer, zone] => (id, client, peer, Some(zone)),
+            _ => return Err(bad("three or four fields")),
+        };
         let id: u32 = id.parse().map_err(|_| bad("the id is not a number"))?;
         let client = client.parse().map_err(|_| bad("the client address is not ADDRESS:PORT"))?;
         let peer = peer.parse().map_err(|_| bad("the peer address is not ADDRESS:PORT"))?;
-        if nodes.insert(id, ClusterNode { client, peer }).is_some() {
+        let zone = zone.map_or_else(|| format!("zone-{id}"), str::to_string);
+        if nodes.insert(id, ClusterNode { client, peer, zone }).is_some() {
             return Err(bad("the id appears twice"));
         }
     }
@@ -179,7 +192,7 @@ fn cluster_local(args: &[String]) -> Result<(), String> {
     let lines: Vec<String> = (1..=count)
         .map(|id| {
             let offset = id as u16 - 1;
-            format!("{id} 127.0.0.1:{} 127.0.0.1:{}", port + offset, port + 100 + 10 * offset)
+            format!("{id} 127.0.0.1:{} 127.0.0.1:{} local-{id}", port + offset, port + 100 + 10 * offset)
         })
         .collect();
     std::fs::write(&file, lines.join("\n") + "\n")

@@ -242,3 +242,33 @@ fn multi_partition_requests_work_at_every_node() {
         assert_eq!(items.len(), 24 + 75, "a strongly consistent Scan, in pages of 7, at node {via}");
     }
 }
+
+/// A cluster file that is wrong stops `serve` with a message naming the line and the fault.
+#[test]
+fn bad_cluster_files_are_refused_by_name() {
+    let root = std::env::temp_dir().join(format!("tessera-cluster-file-{}", std::process::id()));
+    std::fs::create_dir_all(&root).unwrap();
+    let file = root.join("cluster");
+    let serve = |text: &str, node: &str| {
+        std::fs::write(&file, text).unwrap();
+        let output = Command::new(BINARY)
+            .args(["serve", "--node-id", node, "--cluster"])
+            .arg(&file)
+            .args(["--data-dir"])
+            .arg(root.join("data"))
+            .output()
+            .unwrap();
+        (output.status.success(), String::from_utf8_lossy(&output.stderr).into_owned())
+    };
+    let cases = [
+        ("1 127.0.0.1:1 127.0.0.1:2\n2 nowhere 127.0.0.1:3\n", "1", "line 2: the client address"),
+        ("1 127.0.0.1:1\n", "1", "line 1: three or four fields"),
+        ("1 127.0.0.1:1 127.0.0.1:2\n1 127.0.0.1:3 127.0.0.1:4\n", "1", "line 2: the id appears twice"),
+        ("1 127.0.0.1:1 127.0.0.1:2 a\n", "7", "node 7 is not in the cluster file"),
+    ];
+    for (text, node, expected) in cases {
+        let (ok, stderr) = serve(text, node);
+        assert!(!ok && stderr.contains(expected), "{text:?}: {stderr}");
+    }
+    let _ = std::fs::remove_dir_all(&root);
+}
