@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use glommio::{LocalExecutorBuilder, Placement};
 use hdrhistogram::Histogram;
 use tessera_engine::{AttributeValue, Item, KeySchema, KeyType, Number};
-use tessera_net::client::{AsyncClient, AsyncPool, Client, ClientConfig, ClientError, ItemBuilder};
-use tessera_wire::{ErrorCode, Expressions, ReturnValues, WireError};
+use tessera_net::client::{AsyncClient, Client, ClientConfig, ClientError, ClusterPool, ItemBuilder};
+use tessera_wire::{Expressions, ReturnValues};
 
 /// The write of `--updates`: a counter increment, conditional on the item existing.
 const COUNTER_UPDATE: &str = "SET #c = if_not_exists(#c, :zero) + :one";
@@ -137,60 +137,11 @@ fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds")
 }
 
-/// Where calls go: one node's connections, or every node's in a cluster, each call sent to
-/// its partition's leader as the NotLeader answers teach it.
-struct Target {
-    pools: Vec<AsyncPool>,
-    addresses: Vec<SocketAddr>,
-    /// Partition index: the index in `pools` of the node that leads it.
-    leaders: RefCell<std::collections::HashMap<u32, usize>>,
-}
-
-/// NotLeader answers one call follows before it counts as an error: with the pause after one
-/// that names no leader, a call waits about 2 s for an election.
-const REDIRECTS_MAX: usize = 40;
-
-impl Target {
-    /// Runs `call` on a connection of the node leading `key`'s partition (on its owning core).
-    async fn call(
-        &self,
-        table: &str,
-        key: &Item,
-        call: impl AsyncFn(&AsyncClient) -> Result<(), ClientError>,
-    ) -> Result<(), ClientError> {
-        let mut result = Ok(());
-        for _ in 0..REDIRECTS_MAX {
-            let partition = self.pools[0].partition_index(table, key);
-            let node = partition.and_then(|partition| self.leaders.borrow().get(&partition).copied()).unwrap_or(0);
-            result = call(self.pools[node].route(table, key).await).await;
-            let Err(ClientError::Service(WireError { code: ErrorCode::NotLeader, leader, .. })) = &result else {
-                return result;
-            };
-            let leader = leader.as_deref().and_then(|address| address.parse().ok());
-            match (
-                partition,
-                leader.and_then(|leader: SocketAddr| self.addresses.iter().position(|node| *node == leader)),
-            ) {
-                (Some(partition), Some(node)) => {
-                    self.leaders.borrow_mut().insert(partition, node);
-                }
-                // No leader known (an election), or the layout not learned yet: a moment.
-                _ => glommio::timer::sleep(Duration::from_millis(50)).await,
-            }
-        }
-        result
-    }
-}
-
-async fn pool(settings: &Settings) -> Rc<Target> {
-    let mut pools = Vec::new();
-    for &address in &settings.nodes {
-        let pool = AsyncPool::connect(address, settings.connections, ClientConfig::default())
-            .await
-            .unwrap_or_else(|error| fail(format!("cannot connect to {address}: {error}")));
-        pools.push(pool);
-    }
-    Rc::new(Target { pools, addresses: settings.nodes.clone(), leaders: RefCell::default() })
+async fn pool(settings: &Settings) -> Rc<ClusterPool> {
+    let pool = ClusterPool::connect(&settings.nodes, settings.connections, ClientConfig::default())
+        .await
+        .unwrap_or_else(|error| fail(format!("cannot connect to {:?}: {error}", settings.nodes)));
+    Rc::new(pool)
 }
 
 /// Writes keys `thread, thread + threads, ...` once each, 256 at a time.
@@ -270,7 +221,7 @@ async fn run(settings: Settings, thread: usize) -> Report {
 /// One call of the workload: a GetItem of key `index`, or its write (a PutItem, or with
 /// `updates` a conditional counter update).
 async fn one_call(
-    pool: &Target,
+    pool: &ClusterPool,
     table: &str,
     index: u64,
     is_get: bool,

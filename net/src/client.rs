@@ -809,6 +809,71 @@ impl AsyncPool {
     }
 }
 
+/// Connections to every node of a cluster (an `AsyncPool` each), each call sent to the node
+/// that leads its key's partition, learned from NotLeader answers and kept per partition; a
+/// single node is a cluster of one.
+pub struct ClusterPool {
+    pools: Vec<AsyncPool>,
+    addresses: Vec<SocketAddr>,
+    /// (table, partition index): the index in `pools` of the node that leads it.
+    leaders: std::cell::RefCell<ahash::HashMap<(String, u32), usize>>,
+}
+
+/// NotLeader answers one `ClusterPool` call follows before it gives up: with the pause after
+/// one that names no leader, a call waits about 2 s for an election.
+const CLUSTER_REDIRECTS_MAX: usize = 40;
+
+impl ClusterPool {
+    /// Connects to every node of `addresses` (`per_core` connections per core of each).
+    pub async fn connect(
+        addresses: &[SocketAddr],
+        per_core: usize,
+        config: ClientConfig,
+    ) -> Result<ClusterPool, ClientError> {
+        let mut pools = Vec::with_capacity(addresses.len());
+        for &address in addresses {
+            pools.push(AsyncPool::connect(address, per_core, config.clone()).await?);
+        }
+        if pools.is_empty() {
+            return Err(ClientError::Protocol("a cluster pool needs at least one node".into()));
+        }
+        Ok(ClusterPool { pools, addresses: addresses.to_vec(), leaders: std::cell::RefCell::default() })
+    }
+
+    /// Runs `call` on a connection of the node leading `key`'s partition in `table` (on the
+    /// core owning it), following NotLeader answers.
+    pub async fn call<T>(
+        &self,
+        table: &str,
+        key: &Item,
+        call: impl AsyncFn(&AsyncClient) -> Result<T, ClientError>,
+    ) -> Result<T, ClientError> {
+        let mut attempts = 0;
+        loop {
+            let partition = self.pools[0].partition_index(table, key);
+            let cached =
+                partition.and_then(|partition| self.leaders.borrow().get(&(table.to_string(), partition)).copied());
+            let node = cached.unwrap_or(0);
+            let result = call(self.pools[node].route(table, key).await).await;
+            attempts += 1;
+            let Err(ClientError::Service(WireError { code: ErrorCode::NotLeader, leader, .. })) = &result else {
+                return result;
+            };
+            if attempts >= CLUSTER_REDIRECTS_MAX {
+                return result;
+            }
+            let leader: Option<SocketAddr> = leader.as_deref().and_then(|address| address.parse().ok());
+            match (partition, leader.and_then(|leader| self.addresses.iter().position(|node| *node == leader))) {
+                (Some(partition), Some(node)) => {
+                    self.leaders.borrow_mut().insert((table.to_string(), partition), node);
+                }
+                // No leader known (an election), or the layout not learned yet: a moment.
+                _ => glommio::timer::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    }
+}
+
 /// Blocking connections shared by threads: `with` lends an idle connection (opening one if
 /// none is idle) and takes it back afterwards, unless the call failed at the connection level.
 pub struct ClientPool {

@@ -66,6 +66,15 @@ impl Cluster {
         Client::connect(self.clients[&id]).expect("connect")
     }
 
+    /// Waits until every node knows the table (each applies the catalog's entry on its own).
+    fn wait_for_table(&self) {
+        for address in self.clients.values() {
+            wait_until("the table reaching every node", Duration::from_secs(5), || {
+                Client::connect(address).unwrap().describe_table(TABLE).is_ok()
+            });
+        }
+    }
+
     fn node_at(&self, address: SocketAddr) -> u32 {
         *self.clients.iter().find(|(_, client)| **client == address).expect("a node's address").0
     }
@@ -124,14 +133,7 @@ fn all_readable(cluster: &Cluster, via: u32, keys: &[u64]) {
 fn a_cluster_survives_sigkill_and_sigstop_of_its_nodes() {
     let mut cluster = Cluster::start("faults");
     cluster.client(1).create_table(TABLE, KeySchema::hash_only("id", KeyType::S), 1).unwrap();
-    // Every node learns of the table.
-    for id in 1..=3 {
-        let address = cluster.clients[&id];
-        wait_until("the table reaching every node", Duration::from_secs(5), || {
-            let mut client = Client::connect(address).unwrap();
-            client.describe_table(TABLE).is_ok()
-        });
-    }
+    cluster.wait_for_table();
     // Concurrent clients, one per node, each following NotLeader to the partition's leader.
     let acknowledged = Arc::new(Mutex::new(Vec::new()));
     let writers: Vec<_> = (0..3u64)
@@ -198,12 +200,7 @@ fn multi_partition_requests_work_at_every_node() {
     use tessera_wire::{Scan, TableKeys, Write};
     let cluster = Cluster::start("spanning");
     cluster.client(1).create_table(TABLE, KeySchema::hash_only("id", KeyType::S), 8).unwrap();
-    for id in 1..=3 {
-        let address = cluster.clients[&id];
-        wait_until("the table reaching every node", Duration::from_secs(5), || {
-            Client::connect(address).unwrap().describe_table(TABLE).is_ok()
-        });
-    }
+    cluster.wait_for_table();
     // Leaders start where writes first arrive: spread them over the nodes.
     for n in 0..24u64 {
         cluster.client(n as u32 % 3 + 1).put_item(TABLE, item(n)).unwrap();
@@ -271,4 +268,35 @@ fn bad_cluster_files_are_refused_by_name() {
         assert!(!ok && stderr.contains(expected), "{text:?}: {stderr}");
     }
     let _ = std::fs::remove_dir_all(&root);
+}
+
+/// The asynchronous `ClusterPool` sends each call to its partition's leader, learning leaders
+/// from NotLeader answers, whichever node it asks first.
+#[test]
+fn the_cluster_pool_finds_each_partitions_leader() {
+    use tessera_net::client::{AsyncClient, ClientConfig, ClusterPool};
+    let cluster = Cluster::start("pool");
+    cluster.client(2).create_table(TABLE, KeySchema::hash_only("id", KeyType::S), 8).unwrap();
+    cluster.wait_for_table();
+    // Leaders start where writes first arrive: spread them over the nodes.
+    for n in 0..24u64 {
+        cluster.client(n as u32 % 3 + 1).put_item(TABLE, item(n)).unwrap();
+    }
+    let addresses: Vec<SocketAddr> = cluster.clients.values().copied().collect();
+    let found = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound).io_memory(1 << 20).make().unwrap().run(
+        async move {
+            let pool = ClusterPool::connect(&addresses, 1, ClientConfig::default()).await.unwrap();
+            for n in 100..160u64 {
+                let put = async |client: &AsyncClient| client.put_item(TABLE, item(n)).await;
+                pool.call(TABLE, &item(n), put).await.unwrap();
+            }
+            let mut found = 0;
+            for n in (0..24u64).chain(100..160) {
+                let get = async |client: &AsyncClient| client.get_item(TABLE, key(n)).await;
+                found += usize::from(pool.call(TABLE, &key(n), get).await.unwrap() == Some(item(n)));
+            }
+            found
+        },
+    );
+    assert_eq!(found, 24 + 60);
 }
