@@ -175,6 +175,13 @@ impl ReplicatedLog {
             glommio::spawn_local(report_persists(Rc::downgrade(&log))).detach(),
         ];
         *log.tasks.borrow_mut() = tasks;
+        // Every partition with durable replica state starts now rather than on first use, so
+        // that after a restart of the whole cluster its entries are committed and applied
+        // (the catalog's among them) before anything asks for them.
+        let partitions: Vec<PartitionId> = log.recovered.borrow().keys().copied().collect();
+        for partition in partitions {
+            log.with_replica(partition, |_| ());
+        }
         Ok(log)
     }
 
