@@ -23,8 +23,8 @@ use crate::local::{Inbox, Outbox, Pending, Producer};
 use tessera_engine::{AttributeValue, Item, KeySchema, Number};
 use tessera_wire::frame::{self, Decoded};
 use tessera_wire::{
-    ConsumedCapacity, ErrorCode, Expressions, Query, ReadExpressions, Request, Response, ReturnConsumedCapacity,
-    ReturnValues, Scan, TableDescription, TableKeys, UpdateItem, WireError, Write,
+    ConsumedCapacity, ErrorCode, Expressions, Query, ReadExpressions, Request, RequestFlags, Response,
+    ReturnConsumedCapacity, ReturnValues, Scan, TableDescription, TableKeys, UpdateItem, WireError, Write,
 };
 
 /// What a call can fail with.
@@ -264,7 +264,7 @@ impl Client {
         let id = self.next_id;
         self.next_id += 1;
         let mut bytes = Vec::new();
-        request.encode_with_capacity(id, capacity, &mut bytes);
+        request.encode_with_flags(id, RequestFlags { capacity, forwarded: false }, &mut bytes);
         self.stream.write_all(&bytes)?;
         loop {
             match frame::decode(&self.buffer).map_err(|lost| ClientError::Protocol(lost.to_string()))? {
@@ -608,8 +608,13 @@ impl AsyncClient {
 
     /// Sends `request` once and waits for its answer (or the timeout).
     pub async fn call_once(&self, request: &Request) -> Result<Response, ClientError> {
+        self.call_once_with(request, RequestFlags::default()).await
+    }
+
+    /// Sends `request` once with `flags` (a node forwarding a request marks it so).
+    pub async fn call_once_with(&self, request: &Request, flags: RequestFlags) -> Result<Response, ClientError> {
         let (id, reply) = self.pending.open();
-        request.encode(id, &mut self.outbox.bytes.borrow_mut());
+        request.encode_with_flags(id, flags, &mut self.outbox.bytes.borrow_mut());
         self.outbox.wake();
         match glommio::timer::timeout(self.config.timeout, async { Ok(reply.await) }).await {
             Ok(answer) => answer,

@@ -19,7 +19,7 @@ use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::net::{TcpListener, TcpStream};
 use glommio::{LocalExecutorBuilder, Placement};
 use tessera_engine::{LocalLog, Store, StoreConfig};
-use tessera_wire::{ErrorCode, Request, Response, ReturnConsumedCapacity, WireError};
+use tessera_wire::{ErrorCode, Request, RequestFlags, Response, WireError};
 
 use crate::local::{Inbox, Outbox, Producer};
 use crate::log::Log;
@@ -252,17 +252,16 @@ async fn connection(shard: Rc<Shard>, stream: TcpStream) {
                     let request = if !frame.checksum_ok {
                         Err(WireError::new(ErrorCode::ChecksumMismatch, "the frame's CRC32C does not match its bytes"))
                     } else {
-                        ReturnConsumedCapacity::from_flags(frame.header.flags).and_then(|capacity| {
-                            Ok((Request::decode(frame.header.message_type, frame.payload)?, capacity))
-                        })
+                        RequestFlags::from_bits(frame.header.flags)
+                            .and_then(|flags| Ok((Request::decode(frame.header.message_type, frame.payload)?, flags)))
                     };
                     match request {
                         Err(error) => answers.send(|out| Response::Error(error).encode(id, out)),
-                        Ok((request, capacity)) => {
+                        Ok((request, flags)) => {
                             let Ok(permit) = in_flight.acquire_static_permit(1).await else { break 'reading };
                             let (shard, producer) = (shard.clone(), Producer::new(&answers.0));
                             glommio::spawn_local(async move {
-                                let (response, consumed) = shard.execute(request, capacity).await;
+                                let (response, consumed) = shard.execute(request, flags).await;
                                 producer.send(|out| response.encode_with_capacity(id, &consumed, out));
                                 drop(permit);
                             })

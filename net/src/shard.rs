@@ -20,15 +20,15 @@ use tessera_engine::{
     ConditionalWrite, Error, Item, ItemMeta, KeySchema, KeyType, Outcome, PartitionId, ReplicationLog,
 };
 use tessera_wire::{
-    ConsumedCapacity, ErrorCode, Expressions, Query, ReadExpressions, Request, Response, ReturnConsumedCapacity, Scan,
-    Select, SortCondition, TableKeys, UpdateItem, WireError, Write,
+    ConsumedCapacity, ErrorCode, Expressions, Query, ReadExpressions, Request, RequestFlags, Response,
+    ReturnConsumedCapacity, Scan, Select, SortCondition, TableKeys, UpdateItem, WireError, Write,
 };
 
 use crate::catalog::{
     key_hash, owner_core, range_start, validate_table_name, Catalog, TableInfo, CATALOG_PARTITION, NEXT_ID_KEY,
     PARTITIONS_MAX,
 };
-use crate::client::{AsyncClient, ClientConfig, ClientError};
+use crate::client::{AsyncClient, ClientConfig};
 use crate::local::Pending;
 use crate::log::Log;
 
@@ -456,9 +456,10 @@ impl Shard {
                 client
             }
         };
-        match client.call(request).await {
+        let flags = RequestFlags { capacity: ReturnConsumedCapacity::None, forwarded: true };
+        match client.call_once_with(request, flags).await {
+            Ok(Response::Error(error)) => Err(error),
             Ok(response) => Ok(response),
-            Err(ClientError::Service(error)) => Err(error),
             Err(error) => {
                 self.forwards.borrow_mut().remove(leader);
                 Err(unavailable(format!("the leader at {leader} failed: {error}")))
@@ -805,13 +806,15 @@ impl Shard {
     // ------------------------------------------------------------------ requests
 
     /// Serves one request: the coordinator's side, whichever core owns the data. Returns the
-    /// answer and, if `capacity` asked for it, the capacity the request consumed.
+    /// answer and, if its flags asked for it, the capacity the request consumed. A request
+    /// another node forwarded is not forwarded again.
     pub(crate) async fn execute(
         self: &Rc<Shard>,
         request: Request,
-        capacity: ReturnConsumedCapacity,
+        flags: RequestFlags,
     ) -> (Response, Vec<ConsumedCapacity>) {
-        let mut meter = Meter::new(capacity);
+        let mut meter = Meter::new(flags.capacity);
+        let may_forward = !flags.forwarded;
         let result = match request {
             Request::CreateTable { table, key_schema, partitions } => {
                 self.execute_create(table, key_schema, partitions).await
@@ -847,9 +850,9 @@ impl Shard {
             }
             Request::UpdateItem(update) => self.update_item(update, &mut meter).await,
             Request::Query(query) => self.query(query, &mut meter).await,
-            Request::Scan(scan) => self.scan_table(scan, &mut meter).await,
-            Request::BatchGetItem(tables) => self.batch_get(tables, &mut meter).await,
-            Request::BatchWriteItem(writes) => self.batch_write(writes, &mut meter).await,
+            Request::Scan(scan) => self.scan_table(scan, may_forward, &mut meter).await,
+            Request::BatchGetItem(tables) => self.batch_get(tables, may_forward, &mut meter).await,
+            Request::BatchWriteItem(writes) => self.batch_write(writes, may_forward, &mut meter).await,
             Request::Hello => Ok(Response::Hello { core: self.core as u32, cores: self.cores as u32 }),
         };
         match result {
@@ -1154,7 +1157,12 @@ impl Shard {
         Ok(plan.page(items, last_evaluated_key))
     }
 
-    async fn scan_table(self: &Rc<Shard>, scan: Scan, meter: &mut Meter) -> Result<Response, WireError> {
+    async fn scan_table(
+        self: &Rc<Shard>,
+        scan: Scan,
+        may_forward: bool,
+        meter: &mut Meter,
+    ) -> Result<Response, WireError> {
         let table = self.table(&scan.table)?;
         if scan.read.key_condition.is_some() {
             return Err(invalid("Scan takes no KeyConditionExpression"));
@@ -1206,7 +1214,7 @@ impl Shard {
             };
             let (entries, more) = match self.call(self.owner(index), op).await {
                 OpResult::Entries { entries, more } => (entries, more),
-                OpResult::Error(error) => match leader_of(&error) {
+                OpResult::Error(error) => match leader_of(&error).filter(|_| may_forward) {
                     Some(leader) => {
                         self.scan_elsewhere(leader, &table, index, after, remaining, scan.consistent_read).await?
                     }
@@ -1277,7 +1285,12 @@ impl Shard {
         }
     }
 
-    async fn batch_get(self: &Rc<Shard>, tables: Vec<TableKeys>, meter: &mut Meter) -> Result<Response, WireError> {
+    async fn batch_get(
+        self: &Rc<Shard>,
+        tables: Vec<TableKeys>,
+        may_forward: bool,
+        meter: &mut Meter,
+    ) -> Result<Response, WireError> {
         let count: usize = tables.iter().map(|table| table.keys.len()).sum();
         if count == 0 {
             return Err(invalid("BatchGetItem needs at least one key"));
@@ -1310,7 +1323,7 @@ impl Shard {
                 gets.push(glommio::spawn_local(async move {
                     let result = match shard.call(core, Op::Get { partition, key, consistent }).await {
                         OpResult::Value(value) => value.as_deref().map(decode_stored).transpose(),
-                        OpResult::Error(error) => match leader_of(&error) {
+                        OpResult::Error(error) => match leader_of(&error).filter(|_| may_forward) {
                             // Another node leads the key's partition: ask it.
                             Some(leader) => match shard.forward(leader, &forwarded).await {
                                 Ok(Response::Item(item)) => Ok(item),
@@ -1346,7 +1359,12 @@ impl Shard {
         Ok(Response::BatchGetItem { responses: responses.into_iter().collect(), unprocessed: Vec::new() })
     }
 
-    async fn batch_write(self: &Rc<Shard>, writes: Vec<Write>, meter: &mut Meter) -> Result<Response, WireError> {
+    async fn batch_write(
+        self: &Rc<Shard>,
+        writes: Vec<Write>,
+        may_forward: bool,
+        meter: &mut Meter,
+    ) -> Result<Response, WireError> {
         if writes.is_empty() || writes.len() > BATCH_WRITE_MAX {
             return Err(invalid(format!("BatchWriteItem takes 1 to {BATCH_WRITE_MAX} writes, not {}", writes.len())));
         }
@@ -1391,7 +1409,7 @@ impl Shard {
             tasks.push(glommio::spawn_local(async move {
                 let result = shard.call(core, Op::Batch { partition, commands, previous }).await;
                 let leader = match &result {
-                    OpResult::Error(error) => leader_of(error).map(str::to_string),
+                    OpResult::Error(error) => leader_of(error).filter(|_| may_forward).map(str::to_string),
                     _ => None,
                 };
                 // Another node leads the partition: it takes these writes as a batch of its

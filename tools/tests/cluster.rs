@@ -225,6 +225,38 @@ fn multi_partition_requests_work_at_every_node() {
             other => panic!("{other:?}"),
         }
     }
+    // A request a node forwarded is never forwarded again: asked with the forwarded flag, a node
+    // that does not lead every partition refuses with NotLeader (leaders are spread, so some
+    // node does not lead them all).
+    let refusals = (1..=3u32)
+        .filter(|&via| {
+            let keys: Vec<Item> = (0..24).map(key).collect();
+            let request = Request::BatchGetItem(vec![TableKeys {
+                table: TABLE.into(),
+                keys,
+                consistent_read: true,
+                read: ReadExpressions::default(),
+            }]);
+            let mut bytes = Vec::new();
+            let flags = tessera_wire::RequestFlags { forwarded: true, ..Default::default() };
+            request.encode_with_flags(1, flags, &mut bytes);
+            let mut stream = std::net::TcpStream::connect(cluster.clients[&via]).unwrap();
+            std::io::Write::write_all(&mut stream, &bytes).unwrap();
+            let mut answer = vec![0u8; 4];
+            std::io::Read::read_exact(&mut stream, &mut answer).unwrap();
+            let length = u32::from_le_bytes(answer[..4].try_into().unwrap()) as usize;
+            answer.resize(4 + length, 0);
+            std::io::Read::read_exact(&mut stream, &mut answer[4..]).unwrap();
+            let Ok(tessera_wire::frame::Decoded::Frame(frame, _)) = tessera_wire::frame::decode(&answer) else {
+                panic!("an answer frame")
+            };
+            matches!(
+                Response::decode(frame.header.message_type, frame.payload).unwrap(),
+                Response::Error(error) if error.code == tessera_wire::ErrorCode::NotLeader
+            )
+        })
+        .count();
+    assert!(refusals > 0, "every node answered a forwarded request for partitions it may not lead");
     for via in 1..=3u32 {
         let scan = Scan {
             table: TABLE.into(),

@@ -92,26 +92,40 @@ pub enum ReturnConsumedCapacity {
     Indexes,
 }
 
-impl ReturnConsumedCapacity {
-    /// The request frame's flags that carry it.
-    pub fn flags(self) -> u16 {
-        match self {
+/// What a request frame's flags say: bits 0-1 its ReturnConsumedCapacity (0 NONE, 1 TOTAL,
+/// 2 INDEXES), bit 15 that a cluster node forwarded it (the receiver must not forward it
+/// again: a stale leader hint cannot bounce a request between nodes). Other bits are zero.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RequestFlags {
+    pub capacity: ReturnConsumedCapacity,
+    pub forwarded: bool,
+}
+
+const FLAG_FORWARDED: u16 = 0x8000;
+
+impl RequestFlags {
+    pub fn bits(self) -> u16 {
+        let capacity = match self.capacity {
             ReturnConsumedCapacity::None => 0,
             ReturnConsumedCapacity::Total => 1,
             ReturnConsumedCapacity::Indexes => 2,
-        }
+        };
+        capacity | if self.forwarded { FLAG_FORWARDED } else { 0 }
     }
 
-    /// Reads a request frame's flags; any other value is a ValidationException.
-    pub fn from_flags(flags: u16) -> Result<ReturnConsumedCapacity, WireError> {
-        match flags {
-            0 => Ok(ReturnConsumedCapacity::None),
-            1 => Ok(ReturnConsumedCapacity::Total),
-            2 => Ok(ReturnConsumedCapacity::Indexes),
-            other => Err(invalid(format!(
-                "frame flags {other:#06x} are not a ReturnConsumedCapacity (0 NONE, 1 TOTAL, 2 INDEXES)"
-            ))),
-        }
+    /// Reads a request frame's flags; anything else is a ValidationException.
+    pub fn from_bits(bits: u16) -> Result<RequestFlags, WireError> {
+        let capacity = match bits & !FLAG_FORWARDED {
+            0 => ReturnConsumedCapacity::None,
+            1 => ReturnConsumedCapacity::Total,
+            2 => ReturnConsumedCapacity::Indexes,
+            _ => {
+                return Err(invalid(format!(
+                    "frame flags {bits:#06x} are not a request's (bits 0-1: ReturnConsumedCapacity 0 NONE, 1 TOTAL, 2 INDEXES; bit 15: forwarded)"
+                )))
+            }
+        };
+        Ok(RequestFlags { capacity, forwarded: bits & FLAG_FORWARDED != 0 })
     }
 }
 
@@ -828,11 +842,12 @@ impl Request {
 
     /// Appends this request as a whole frame to `out`.
     pub fn encode(&self, request_id: u64, out: &mut Vec<u8>) {
-        self.encode_with_capacity(request_id, ReturnConsumedCapacity::None, out);
+        self.encode_with_flags(request_id, RequestFlags::default(), out);
     }
 
-    /// Appends this request as a whole frame to `out`, asking for the capacity it consumes.
-    pub fn encode_with_capacity(&self, request_id: u64, capacity: ReturnConsumedCapacity, out: &mut Vec<u8>) {
+    /// Appends this request as a whole frame to `out`, with `flags` (the capacity it asks to
+    /// hear of, whether a node forwarded it).
+    pub fn encode_with_flags(&self, request_id: u64, flags: RequestFlags, out: &mut Vec<u8>) {
         let mut fbb = FlatBufferBuilder::with_capacity(256);
         match self {
             Request::CreateTable { table, key_schema, partitions } => {
@@ -986,7 +1001,7 @@ impl Request {
                 fbb.finish_minimal(root);
             }
         }
-        frame::encode(request_id, self.message_type(), capacity.flags(), fbb.finished_data(), out);
+        frame::encode(request_id, self.message_type(), flags.bits(), fbb.finished_data(), out);
     }
 
     /// Decodes the payload of a frame of type `message_type`.

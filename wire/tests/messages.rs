@@ -239,8 +239,8 @@ fn bad_messages_get_errors_that_say_what_was_wrong() {
     assert!(error.message.contains("deeper"), "{error}");
 }
 
-/// ReturnConsumedCapacity travels in the request frame's flags, and the consumed capacity in
-/// the four item answers; flags that are not a ReturnConsumedCapacity are refused by name.
+/// ReturnConsumedCapacity (and the forwarded bit) travel in the request frame's flags, and the
+/// consumed capacity in the four item answers; flags that mean nothing are refused by name.
 #[test]
 fn consumed_capacity_rides_with_item_requests_and_answers() {
     let request = Request::GetItem {
@@ -250,15 +250,24 @@ fn consumed_capacity_rides_with_item_requests_and_answers() {
         read: ReadExpressions::default(),
     };
     for capacity in [ReturnConsumedCapacity::None, ReturnConsumedCapacity::Total, ReturnConsumedCapacity::Indexes] {
-        let mut bytes = Vec::new();
-        request.encode_with_capacity(3, capacity, &mut bytes);
-        let Ok(Decoded::Frame(frame, _)) = frame::decode(&bytes) else { panic!("one whole frame") };
-        assert_eq!(ReturnConsumedCapacity::from_flags(frame.header.flags).unwrap(), capacity);
-        assert_eq!(Request::decode(frame.header.message_type, frame.payload).unwrap(), request);
+        for forwarded in [false, true] {
+            let flags = RequestFlags { capacity, forwarded };
+            let mut bytes = Vec::new();
+            request.encode_with_flags(3, flags, &mut bytes);
+            let Ok(Decoded::Frame(frame, _)) = frame::decode(&bytes) else { panic!("one whole frame") };
+            assert_eq!(RequestFlags::from_bits(frame.header.flags).unwrap(), flags);
+            assert_eq!(Request::decode(frame.header.message_type, frame.payload).unwrap(), request);
+        }
     }
-    let error = ReturnConsumedCapacity::from_flags(4).unwrap_err();
-    assert_eq!(error.code, ErrorCode::ValidationException);
-    assert!(error.message.contains("0x0004") && error.message.contains("INDEXES"), "{}", error.message);
+    for bits in [3, 4, 0x4000, 0x8003] {
+        let error = RequestFlags::from_bits(bits).unwrap_err();
+        assert_eq!(error.code, ErrorCode::ValidationException);
+        assert!(
+            error.message.contains(&format!("{bits:#06x}")) && error.message.contains("INDEXES"),
+            "{}",
+            error.message
+        );
+    }
 
     let consumed = vec![
         ConsumedCapacity { table: "orders".into(), read_units: 0.5, write_units: 0.0, table_units: None },
