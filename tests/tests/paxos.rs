@@ -73,24 +73,23 @@ fn a_seed_replays_exactly() {
 /// the linearizability checker must notice.
 #[test]
 fn the_simulator_catches_promising_during_a_lease() {
-    let caught = (0..seeds()).find_map(|seed| {
-        let mut options = Options::for_seed(seed);
-        options.paxos.unsafe_promise_during_lease = true;
-        Simulation::new(seed, options).run().err()
-    });
-    let failure = caught.expect("some seed exposes promising during a lease");
-    println!("caught: {failure}");
+    let failure = first_failure(|options| options.paxos.unsafe_promise_during_lease = true);
+    println!("caught: {}", failure.expect("some seed exposes promising during a lease"));
 }
 
 /// The planted bug: acceptors acknowledge entries before they are durable. A crash then loses
 /// entries a quorum was counted for, and the simulator must notice.
 #[test]
 fn the_simulator_catches_acknowledging_before_durable() {
-    let caught = (0..seeds()).find_map(|seed| {
+    let failure = first_failure(|options| options.paxos.unsafe_ack_before_durable = true);
+    println!("caught: {}", failure.expect("some seed exposes acknowledging before durable"));
+}
+
+/// The first failure among the CI seeds with `plant` applied to each seed's options.
+fn first_failure(plant: impl Fn(&mut Options)) -> Option<tessera_tests::sim::Failure> {
+    (0..seeds()).find_map(|seed| {
         let mut options = Options::for_seed(seed);
-        options.paxos.unsafe_ack_before_durable = true;
+        plant(&mut options);
         Simulation::new(seed, options).run().err()
-    });
-    let failure = caught.expect("some seed exposes acknowledging before durable");
-    println!("caught: {failure}");
+    })
 }

@@ -75,6 +75,15 @@ impl Cluster {
         }
     }
 
+    /// Once every node knows the table, writes items 0..24 through the nodes in turn: a
+    /// partition's leader is elected where its first write arrives, so leaders spread.
+    fn spread_leaders(&self) {
+        self.wait_for_table();
+        for n in 0..24u64 {
+            self.client(n as u32 % 3 + 1).put_item(TABLE, item(n)).unwrap();
+        }
+    }
+
     fn node_at(&self, address: SocketAddr) -> u32 {
         *self.clients.iter().find(|(_, client)| **client == address).expect("a node's address").0
     }
@@ -200,11 +209,7 @@ fn multi_partition_requests_work_at_every_node() {
     use tessera_wire::{Scan, TableKeys, Write};
     let cluster = Cluster::start("spanning");
     cluster.client(1).create_table(TABLE, KeySchema::hash_only("id", KeyType::S), 8).unwrap();
-    cluster.wait_for_table();
-    // Leaders start where writes first arrive: spread them over the nodes.
-    for n in 0..24u64 {
-        cluster.client(n as u32 % 3 + 1).put_item(TABLE, item(n)).unwrap();
-    }
+    cluster.spread_leaders();
     for via in 1..=3u32 {
         let mut client = cluster.client(via);
         let base = 100 * u64::from(via);
@@ -309,11 +314,7 @@ fn the_cluster_pool_finds_each_partitions_leader() {
     use tessera_net::client::{AsyncClient, ClientConfig, ClusterPool};
     let cluster = Cluster::start("pool");
     cluster.client(2).create_table(TABLE, KeySchema::hash_only("id", KeyType::S), 8).unwrap();
-    cluster.wait_for_table();
-    // Leaders start where writes first arrive: spread them over the nodes.
-    for n in 0..24u64 {
-        cluster.client(n as u32 % 3 + 1).put_item(TABLE, item(n)).unwrap();
-    }
+    cluster.spread_leaders();
     let addresses: Vec<SocketAddr> = cluster.clients.values().copied().collect();
     let found = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound).io_memory(1 << 20).make().unwrap().run(
         async move {
