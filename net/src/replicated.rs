@@ -153,7 +153,12 @@ impl ReplicatedLog {
             persisting: RefCell::new(VecDeque::new()),
             persist_waker: RefCell::new(None),
             waiters: RefCell::new(BTreeMap::new()),
-            next_command: Cell::new(1),
+            // Proposal ids differ across restarts: a waiter never mistakes an old entry for its own.
+            next_command: Cell::new(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(1, |since| since.as_micros() as u64),
+            ),
             proposal_timeout,
             tasks: RefCell::new(Vec::new()),
             watchers: RefCell::new(BTreeMap::new()),
@@ -306,7 +311,8 @@ impl ReplicatedLog {
             Value::Command { id, bytes } => match Command::decode(&bytes) {
                 Ok(command) => (command, Some(id)),
                 Err(reason) => {
-                    // A chosen command that does not decode: every replica stops the same way.
+                    // A chosen command that does not decode (the same bytes everywhere): every
+                    // replica skips it alike, and its proposer hears of it.
                     let error =
                         format!("the command chosen for slot {slot} of partition {partition} is damaged: {reason}");
                     if let Some(waiter) = waiter {
