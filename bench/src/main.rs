@@ -315,6 +315,16 @@ fn main() {
         client
             .create_table(&settings.table, KeySchema::hash_only("id", KeyType::S), partitions)
             .unwrap_or_else(|error| fail(format!("cannot create table {}: {error}", settings.table)));
+        // In a cluster each node learns of the table as it applies the catalog's entry.
+        for &node in &settings.nodes {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Client::connect(node).and_then(|mut client| client.describe_table(&settings.table)).is_err() {
+                if Instant::now() > deadline {
+                    fail(format!("node {node} never learned of table {}", settings.table));
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
     }
     let spawn_all = |prefilling: bool| -> Vec<Option<Report>> {
         let handles: Vec<_> = (0..settings.threads)

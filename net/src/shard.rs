@@ -886,7 +886,16 @@ impl Shard {
         }
         let partitions = if partitions == 0 { self.cores as u32 } else { partitions };
         match self.call(0, Op::CreateTable { name: table, key_schema, partitions }).await {
-            OpResult::Table(table) => Ok(Response::Table(table.describe(0, 0))),
+            OpResult::Table(table) => {
+                let mut description = table.describe(0, 0);
+                // In a cluster the table is chosen, and reaches the other nodes as each applies
+                // the catalog's entry: CREATING, as DynamoDB says until a table is usable
+                // everywhere (DescribeTable at a node says ACTIVE once that node has it).
+                if let Log::Replicated(_) = &self.log {
+                    description.status = tessera_wire::TableStatus::Creating;
+                }
+                Ok(Response::Table(description))
+            }
             other => Err(unexpected(other)),
         }
     }

@@ -208,8 +208,14 @@ fn multi_partition_requests_work_at_every_node() {
     use tessera_engine::Item;
     use tessera_wire::{Scan, TableKeys, Write};
     let cluster = Cluster::start("spanning");
-    cluster.client(1).create_table(TABLE, KeySchema::hash_only("id", KeyType::S), 8).unwrap();
+    let created = cluster.client(1).create_table(TABLE, KeySchema::hash_only("id", KeyType::S), 8).unwrap();
+    // Chosen, and on its way to every node: CREATING until each node's DescribeTable says ACTIVE.
+    assert_eq!(created.status, tessera_wire::TableStatus::Creating);
     cluster.spread_leaders();
+    for address in cluster.clients.values() {
+        let described = Client::connect(address).unwrap().describe_table(TABLE).unwrap();
+        assert_eq!(described.status, tessera_wire::TableStatus::Active);
+    }
     for via in 1..=3u32 {
         let mut client = cluster.client(via);
         let base = 100 * u64::from(via);
