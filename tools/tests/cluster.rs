@@ -28,7 +28,12 @@ struct Cluster {
     file: PathBuf,
     clients: BTreeMap<u32, SocketAddr>,
     nodes: BTreeMap<u32, Child>,
+    /// One cluster at a time: three servers per test, run side by side on a two-CPU machine,
+    /// starve each other into timeouts that say nothing about the code.
+    _serial: std::sync::MutexGuard<'static, ()>,
 }
+
+static SERIAL: Mutex<()> = Mutex::new(());
 
 impl Cluster {
     fn start(name: &str) -> Cluster {
@@ -40,7 +45,8 @@ impl Cluster {
             clients.iter().map(|(id, client)| format!("{id} {client} {}", free_address())).collect();
         let file = root.join("cluster");
         std::fs::write(&file, lines.join("\n")).unwrap();
-        let mut cluster = Cluster { root, file, clients, nodes: BTreeMap::new() };
+        let serial = SERIAL.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut cluster = Cluster { root, file, clients, nodes: BTreeMap::new(), _serial: serial };
         for id in 1..=3 {
             cluster.start_node(id);
         }
@@ -49,7 +55,9 @@ impl Cluster {
 
     fn start_node(&mut self, id: u32) {
         let mut child = Command::new(BINARY)
-            .args(["serve", "--node-id", &id.to_string(), "--cores", "1", "--cache-mib", "64", "--cluster"])
+            .args(["serve", "--node-id", &id.to_string(), "--cores", "1", "--cache-mib", "64"])
+            // The nodes spread over the machine's CPUs rather than all on the first.
+            .args(["--first-cpu", &(id as usize - 1).to_string(), "--cluster"])
             .arg(&self.file)
             .args(["--listen", &self.clients[&id].to_string(), "--data-dir"])
             .arg(self.root.join(format!("node-{id}")))
