@@ -146,13 +146,14 @@ impl Retries {
     }
 }
 
-/// A blocking connection to a Tessera server.
 /// NotLeader answers a call follows before it gives up.
-const REDIRECTS_MAX: u32 = 16;
+const REDIRECTS_MAX: u32 = 50;
 /// The pause after a NotLeader answer that names no leader (an election is on): with
-/// `REDIRECTS_MAX`, a call waits about 3 s for an election.
+/// `REDIRECTS_MAX`, a call waits about 10 s for an election (candidates that collide take
+/// another round or two of randomized timeouts).
 const ELECTION_PAUSE: Duration = Duration::from_millis(200);
 
+/// A blocking connection to a Tessera server.
 pub struct Client {
     stream: TcpStream,
     buffer: Vec<u8>,
