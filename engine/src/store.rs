@@ -99,9 +99,29 @@ struct Queued {
     lsn: u64,
     partition: PartitionId,
     slot: u64,
-    command: Command,
+    work: Work,
     /// The proposer will take the outcome (`Store::outcome`); otherwise it is dropped.
     want_outcome: bool,
+}
+
+/// What the applier does with a queued record.
+enum Work {
+    Command(Command),
+    /// A step of installing a snapshot of the partition (replicated mode).
+    Install(Install),
+}
+
+/// The steps of installing a partition snapshot, applied in queue order like commands.
+enum Install {
+    /// Empties the partition and marks it installing (applied slot 0), durably with the next
+    /// checkpoint: a crash before `End` leaves a partition that needs a snapshot, never a
+    /// half-installed one that looks whole.
+    Begin,
+    /// Stores these entries (keys without the partition prefix).
+    Entries(Vec<(Vec<u8>, Vec<u8>)>),
+    /// The snapshot is whole if the partition now holds `items` items of `bytes` bytes: it is
+    /// then at `slot`, and no longer installing.
+    End { slot: u64, items: u64, bytes: u64 },
 }
 
 struct Inner {
@@ -213,12 +233,17 @@ pub struct PartitionMeta {
     pub bytes: u64,
     /// Replicated mode: the highest ballot the partition's replica promised.
     pub promised: Ballot,
+    /// Replicated mode: a snapshot is being installed (the items are partial, the applied
+    /// slot 0); reads are refused until one is whole.
+    pub installing: bool,
 }
 
 impl PartitionMeta {
     /// Without the promised ballot, as written before replication existed.
     const ENCODED_LEN_V1: usize = 24;
-    const ENCODED_LEN: usize = 36;
+    /// Without the installing flag, as written before snapshots were installed.
+    const ENCODED_LEN_V2: usize = 36;
+    const ENCODED_LEN: usize = 37;
 
     fn encode(&self) -> [u8; Self::ENCODED_LEN] {
         let mut bytes = [0; Self::ENCODED_LEN];
@@ -226,7 +251,8 @@ impl PartitionMeta {
         bytes[8..16].copy_from_slice(&self.items.to_le_bytes());
         bytes[16..24].copy_from_slice(&self.bytes.to_le_bytes());
         bytes[24..32].copy_from_slice(&self.promised.round.to_le_bytes());
-        bytes[32..].copy_from_slice(&self.promised.replica.to_le_bytes());
+        bytes[32..36].copy_from_slice(&self.promised.replica.to_le_bytes());
+        bytes[36] = u8::from(self.installing);
         bytes
     }
 
@@ -234,12 +260,17 @@ impl PartitionMeta {
         let word = |at: usize| bytes.get(at..at + 8).and_then(|word| word.try_into().ok()).map(u64::from_le_bytes);
         let promised = match bytes.len() {
             Self::ENCODED_LEN_V1 => Ballot::default(),
-            Self::ENCODED_LEN => {
+            Self::ENCODED_LEN_V2 | Self::ENCODED_LEN => {
                 Ballot { round: word(24)?, replica: u32::from_le_bytes(bytes[32..36].try_into().ok()?) }
             }
             _ => return None,
         };
-        Some(PartitionMeta { applied_slot: word(0)?, items: word(8)?, bytes: word(16)?, promised })
+        let installing = match bytes.get(36) {
+            None | Some(0) => false,
+            Some(1) => true,
+            Some(_) => return None,
+        };
+        Some(PartitionMeta { applied_slot: word(0)?, items: word(8)?, bytes: word(16)?, promised, installing })
     }
 
     /// Accounts for `key` now holding `value` (or nothing) where it held `previous`.
@@ -474,7 +505,13 @@ impl Store {
             )));
         }
         let lsn = self.inner.wal.append_with(partition, slot, RECORD_COMMAND, |out| command.encode_payload(out))?;
-        self.inner.queue.borrow_mut().push_back(Queued { lsn, partition, slot, command, want_outcome });
+        self.inner.queue.borrow_mut().push_back(Queued {
+            lsn,
+            partition,
+            slot,
+            work: Work::Command(command),
+            want_outcome,
+        });
         self.inner.work.notify();
         Ok(lsn)
     }
@@ -511,17 +548,102 @@ impl Store {
     /// Replicated mode: queues the command chosen for `slot` of `partition` for apply (slots
     /// of a partition in order); returns a ticket for `outcome` if `want_outcome`.
     pub fn apply_chosen(&self, partition: PartitionId, slot: u64, command: Command, want_outcome: bool) -> Result<u64> {
+        self.queue_chosen(partition, slot, Work::Command(command), want_outcome)
+    }
+
+    /// Replicated mode: queues `work` behind the chosen entries queued before; its ticket.
+    fn queue_chosen(&self, partition: PartitionId, slot: u64, work: Work, want_outcome: bool) -> Result<u64> {
         if let Some(cause) = self.inner.poisoned.borrow().clone() {
             return Err(Error::Poisoned { cause });
         }
         if !self.inner.config.replicated {
-            return Err(Error::Config("apply_chosen needs a replicated store".into()));
+            return Err(Error::Config("apply_chosen and snapshots need a replicated store".into()));
         }
         let ticket = self.inner.last_ticket.get() + 1;
         self.inner.last_ticket.set(ticket);
-        self.inner.queue.borrow_mut().push_back(Queued { lsn: ticket, partition, slot, command, want_outcome });
+        self.inner.queue.borrow_mut().push_back(Queued { lsn: ticket, partition, slot, work, want_outcome });
         self.inner.work.notify();
         Ok(ticket)
+    }
+
+    /// Replicated mode: a consistent image of `partition` as the newest durable checkpoint
+    /// holds it, to stream to a replica that needs it. Writes go on meanwhile; the pages it
+    /// reads are kept from reuse until it is dropped.
+    pub async fn snapshot(&self, partition: PartitionId) -> Result<PartitionSnapshot> {
+        if !self.inner.config.replicated {
+            return Err(Error::Config("snapshots need a replicated store".into()));
+        }
+        let root = self.inner.tree.borrow_mut().pin();
+        let mut snapshot = PartitionSnapshot {
+            store: self.clone(),
+            root,
+            meta: PartitionMeta::default(),
+            lower: Bound::Included(tree_key(partition, &[])),
+            upper: match partition.checked_add(1) {
+                Some(next) => Bound::Excluded(tree_key(next, &[])),
+                None => Bound::Unbounded,
+            },
+        };
+        let key = meta_key(partition);
+        let meta = self.inner.with_tree(|tree| tree.get_in(root, &key)).await?;
+        let meta = match meta {
+            None => PartitionMeta::default(),
+            Some(bytes) => PartitionMeta::decode(&bytes)
+                .ok_or_else(|| Error::corrupt(self.inner.file.path(), 0, "malformed partition metadata entry"))?,
+        };
+        if meta.installing {
+            return Err(Error::Unavailable(format!(
+                "partition {partition} was receiving a snapshot at the last checkpoint: it has none to give"
+            )));
+        }
+        snapshot.meta = meta;
+        Ok(snapshot)
+    }
+
+    /// Replicated mode: whether `partition` is installing a snapshot (it then serves no reads
+    /// and applies nothing until one is whole).
+    pub fn installing(&self, partition: PartitionId) -> bool {
+        self.inner.partition_metas.borrow().get(&partition).is_some_and(|meta| meta.installing)
+    }
+
+    /// Replicated mode: starts installing a snapshot of `partition`, behind every chosen
+    /// entry queued before: its items are removed and it is marked installing. The caller
+    /// stops queueing the partition's chosen entries until `install_end` succeeds.
+    pub async fn install_begin(&self, partition: PartitionId) -> Result<()> {
+        self.install(partition, Install::Begin).await
+    }
+
+    /// Replicated mode: stores a chunk of the snapshot being installed.
+    pub async fn install_entries(&self, partition: PartitionId, entries: Vec<(Vec<u8>, Vec<u8>)>) -> Result<()> {
+        if let Some((key, _)) = entries.iter().find(|(key, _)| key.len() > KEY_LEN_MAX) {
+            return Err(Error::validation(format!(
+                "a snapshot entry's key of {} bytes exceeds the {KEY_LEN_MAX}-byte limit",
+                key.len()
+            )));
+        }
+        self.install(partition, Install::Entries(entries)).await
+    }
+
+    /// Replicated mode: ends the snapshot being installed, taken at `slot` of a partition of
+    /// `items` items and `bytes` bytes. If the partition holds exactly those, it is at `slot`
+    /// now (durably so with the next checkpoint); otherwise it stays installing and this
+    /// says what differed.
+    pub async fn install_end(&self, partition: PartitionId, slot: u64, items: u64, bytes: u64) -> Result<()> {
+        self.install(partition, Install::End { slot, items, bytes }).await?;
+        let meta = self.inner.partition_metas.borrow().get(&partition).copied().unwrap_or_default();
+        if meta.installing {
+            return Err(Error::Unavailable(format!(
+                "the snapshot of partition {partition} at slot {slot} should hold {items} items of {bytes} bytes, \
+                 and holds {} of {}: it is not installed",
+                meta.items, meta.bytes
+            )));
+        }
+        Ok(())
+    }
+
+    async fn install(&self, partition: PartitionId, step: Install) -> Result<()> {
+        let ticket = self.queue_chosen(partition, 0, Work::Install(step), false)?;
+        self.inner.applied.wait(ticket).await.map_err(|cause| Error::Poisoned { cause })
     }
 
     /// Replicated mode: the promises and entries recovered for each partition's replica (past
@@ -586,6 +708,7 @@ impl Store {
     /// The value stored under `key` in `partition`.
     pub async fn get(&self, partition: PartitionId, key: &[u8]) -> Result<Option<Vec<u8>>> {
         self.read_barrier().await?;
+        self.readable(partition)?;
         let full = tree_key(partition, key);
         self.inner.with_tree(|tree| tree.get(&full)).await
     }
@@ -601,6 +724,7 @@ impl Store {
         limit: usize,
     ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         self.read_barrier().await?;
+        self.readable(partition)?;
         let prefix = |bound: Bound<&[u8]>, end: Bound<Vec<u8>>| match bound {
             Bound::Included(key) => Bound::Included(tree_key(partition, key)),
             Bound::Excluded(key) => Bound::Excluded(tree_key(partition, key)),
@@ -619,6 +743,16 @@ impl Store {
             key.drain(..8);
         });
         Ok(entries)
+    }
+
+    /// Refuses reads of a partition whose items are a partial snapshot.
+    fn readable(&self, partition: PartitionId) -> Result<()> {
+        if self.installing(partition) {
+            return Err(Error::Unavailable(format!(
+                "partition {partition} is receiving a snapshot from its leader: its items are incomplete"
+            )));
+        }
+        Ok(())
     }
 
     /// Ids of the partitions that hold entries, in order (found by seeking, not scanning).
@@ -691,6 +825,54 @@ impl Store {
     }
 }
 
+/// A consistent image of one partition as a durable checkpoint holds it (`Store::snapshot`),
+/// read a chunk at a time.
+pub struct PartitionSnapshot {
+    store: Store,
+    root: PageId,
+    meta: PartitionMeta,
+    lower: Bound<Vec<u8>>,
+    upper: Bound<Vec<u8>>,
+}
+
+impl PartitionSnapshot {
+    /// The partition's applied slot, item count and bytes in the image.
+    pub fn meta(&self) -> PartitionMeta {
+        self.meta
+    }
+
+    /// The next entries (keys without the partition prefix), about `bytes_max` of them (at
+    /// least one); empty at the end.
+    pub async fn next_chunk(&mut self, bytes_max: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let (mut chunk, mut bytes) = (Vec::new(), 0);
+        while bytes < bytes_max {
+            let mut entries = Vec::new();
+            let root = self.root;
+            let (lower, upper) = (&mut self.lower, &mut self.upper);
+            self.store.inner.with_tree(|tree| tree.scan_resumable(root, lower, upper, false, 16, &mut entries)).await?;
+            if entries.is_empty() {
+                break;
+            }
+            for (mut key, value) in entries {
+                bytes += key.len() + value.len();
+                key.drain(..8);
+                chunk.push((key, value));
+            }
+        }
+        if chunk.is_empty() {
+            // Past the end: no later call reads again.
+            self.lower = self.upper.clone();
+        }
+        Ok(chunk)
+    }
+}
+
+impl Drop for PartitionSnapshot {
+    fn drop(&mut self) {
+        self.store.inner.tree.borrow_mut().unpin();
+    }
+}
+
 /// The freelist and the rest of a checkpoint's state.
 async fn read_durable(file: &File, meta: &Meta) -> Result<Durable> {
     let mut free = Vec::new();
@@ -756,7 +938,8 @@ impl Inner {
         limit: usize,
     ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         let mut entries = Vec::new();
-        self.with_tree(|tree| tree.scan_resumable(&mut lower, &mut upper, reverse, limit, &mut entries)).await?;
+        self.with_tree(|tree| tree.scan_resumable(tree.root(), &mut lower, &mut upper, reverse, limit, &mut entries))
+            .await?;
         Ok(entries)
     }
 
@@ -775,6 +958,51 @@ impl Inner {
             *held = held.split_off(&(slot + 1));
         }
         Ok(outcome)
+    }
+
+    /// Applies a step of installing a snapshot of `partition`.
+    async fn install(&self, partition: PartitionId, step: &Install) -> Result<()> {
+        match step {
+            Install::Begin => {
+                let (mut lower, upper) = (
+                    Bound::Included(tree_key(partition, &[])),
+                    Bound::Excluded(tree_key(partition.saturating_add(1), &[])),
+                );
+                loop {
+                    let chunk = self.scan_tree(lower, upper.clone(), false, APPLY_CHUNK).await?;
+                    let Some((last, _)) = chunk.last() else { break };
+                    lower = Bound::Excluded(last.clone());
+                    for (key, _) in &chunk {
+                        self.with_tree(|tree| tree.delete(key)).await?;
+                    }
+                    yield_to_reactor().await;
+                }
+                let mut metas = self.partition_metas.borrow_mut();
+                let meta = metas.entry(partition).or_default();
+                *meta = PartitionMeta { promised: meta.promised, installing: true, ..PartitionMeta::default() };
+            }
+            Install::Entries(entries) => {
+                for (key, value) in entries {
+                    let full = tree_key(partition, key);
+                    let previous = self.with_tree(|tree| tree.put(&full, value)).await?;
+                    let mut metas = self.partition_metas.borrow_mut();
+                    metas.entry(partition).or_default().change(key, previous.as_deref(), Some(value));
+                }
+            }
+            &Install::End { slot, items, bytes } => {
+                let mut metas = self.partition_metas.borrow_mut();
+                let meta = metas.entry(partition).or_default();
+                if meta.installing && meta.items == items && meta.bytes == bytes {
+                    meta.installing = false;
+                    meta.applied_slot = slot;
+                    if let Some(held) = self.unapplied.borrow_mut().get_mut(&partition) {
+                        *held = held.split_off(&(slot + 1));
+                    }
+                }
+            }
+        }
+        self.unsaved_metas.borrow_mut().insert(partition);
+        Ok(())
     }
 
     /// Writes the partition metadata changed since the last checkpoint into the tree. Called by
@@ -895,7 +1123,13 @@ impl Inner {
                     }
                 };
                 let Some(queued) = queued else { break };
-                match inner.apply(queued.partition, queued.slot, &queued.command).await {
+                let applied = match &queued.work {
+                    Work::Command(command) => inner.apply(queued.partition, queued.slot, command).await,
+                    Work::Install(step) => {
+                        inner.install(queued.partition, step).await.map(|()| Outcome::Batch(Vec::new()))
+                    }
+                };
+                match applied {
                     Ok(outcome) => {
                         if queued.want_outcome {
                             inner.outcomes.borrow_mut().insert(queued.lsn, outcome);

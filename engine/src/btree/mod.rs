@@ -151,6 +151,13 @@ pub(crate) struct Tree {
     /// Count of committed checkpoints; a page read started before a commit is discarded.
     generation: u64,
     sealed: bool,
+    /// The root of the newest durable checkpoint (0: none yet).
+    durable_root: PageId,
+    /// Readers of a durable checkpoint's pages (`pin`): while any is, the pages later
+    /// checkpoints release are held rather than reused, so every page the pinned roots reach
+    /// keeps its contents.
+    pins: usize,
+    held: Vec<PageId>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -183,6 +190,9 @@ impl Tree {
             orphans: ahash::HashMap::default(),
             generation: 0,
             sealed: false,
+            durable_root: durable.root,
+            pins: 0,
+            held: Vec::new(),
         };
         if tree.root == 0 {
             tree.root = tree.alloc(Kind::Leaf);
@@ -428,7 +438,16 @@ impl Tree {
 
     /// The value stored under `key`.
     pub(crate) fn get(&self, key: &[u8]) -> TreeResult<Option<Vec<u8>>> {
-        let mut id = self.root;
+        self.get_in(self.root, key)
+    }
+
+    /// The value stored under `key` in the tree under `root` (the current root, or a pinned
+    /// one; 0 is an empty tree).
+    pub(crate) fn get_in(&self, root: PageId, key: &[u8]) -> TreeResult<Option<Vec<u8>>> {
+        if root == 0 {
+            return Ok(None);
+        }
+        let mut id = root;
         for _ in 0..64 {
             let page = self.page(id)?;
             match page::kind(page) {
@@ -605,15 +624,19 @@ impl Tree {
     /// the bound moved past the last key visited.
     fn scan(
         &self,
+        root: PageId,
         lower: Bound<&[u8]>,
         upper: Bound<&[u8]>,
         reverse: bool,
         visit: &mut dyn FnMut(&[u8], Vec<u8>) -> bool,
     ) -> TreeResult<()> {
+        if root == 0 {
+            return Ok(());
+        }
         let start = if reverse { upper } else { lower };
         // Descend to the leaf holding the start bound, remembering the branches.
         let mut stack: Vec<(PageId, usize)> = Vec::new();
-        let mut id = self.root;
+        let mut id = root;
         loop {
             let page = self.page(id)?;
             match self.kind_of(id)? {
@@ -681,11 +704,13 @@ impl Tree {
         }
     }
 
-    /// Collects up to `limit` entries into `entries`, resumably: after `Need`, the bounds have
-    /// been moved past the entries already collected, so calling again (with the same
-    /// arguments) continues where it stopped.
+    /// Collects up to `limit` entries of the tree under `root` (`Tree::root`, or a pinned
+    /// root) into `entries`, resumably: after `Need`, the bounds have been moved past the
+    /// entries already collected, so calling again (with the same arguments) continues where
+    /// it stopped.
     pub(crate) fn scan_resumable(
         &self,
+        root: PageId,
         lower: &mut Bound<Vec<u8>>,
         upper: &mut Bound<Vec<u8>>,
         reverse: bool,
@@ -696,6 +721,7 @@ impl Tree {
             return Ok(());
         }
         let result = self.scan(
+            root,
             lower.as_ref().map(Vec::as_slice),
             upper.as_ref().map(Vec::as_slice),
             reverse,
@@ -731,7 +757,9 @@ impl Tree {
         // The freelist pages come out of `free` first (they are then not listed themselves),
         // the rest from the end of the file: the fewest pages that hold every listed id.
         let mut count = 0;
-        while self.free.len() - count.min(self.free.len()) + released.len() > count * page::FREELIST_IDS_MAX {
+        while self.free.len() - count.min(self.free.len()) + self.held.len() + released.len()
+            > count * page::FREELIST_IDS_MAX
+        {
             count += 1;
         }
         let from_free = count.min(self.free.len());
@@ -741,7 +769,8 @@ impl Tree {
             freelist_pages.push(self.page_count);
             self.page_count += 1;
         }
-        let listed: Vec<PageId> = self.free.iter().chain(&released).copied().collect();
+        // Held pages are free once no reader pins a checkpoint, which a restart ends.
+        let listed: Vec<PageId> = self.free.iter().chain(&self.held).chain(&released).copied().collect();
         let mut pages = Vec::new();
         let mut next = 0;
         for (position, &id) in freelist_pages.iter().enumerate().rev() {
@@ -778,6 +807,27 @@ impl Tree {
         }
     }
 
+    /// The current root.
+    pub(crate) fn root(&self) -> PageId {
+        self.root
+    }
+
+    /// Pins the newest durable checkpoint: its root (0: none yet), whose pages keep their
+    /// contents until `unpin`. Reads under it see the tree as that checkpoint holds it.
+    pub(crate) fn pin(&mut self) -> PageId {
+        self.pins += 1;
+        self.durable_root
+    }
+
+    /// Ends one `pin`; once none is left, the held pages become free.
+    pub(crate) fn unpin(&mut self) {
+        self.pins -= 1;
+        if self.pins == 0 {
+            let held = std::mem::take(&mut self.held);
+            self.free.extend(held);
+        }
+    }
+
     /// The contents of the sealed pages among `ids` (ids the epoch freed again are skipped).
     pub(crate) fn sealed_pages(&self, ids: &[PageId]) -> Vec<(PageId, Rc<[u8]>)> {
         assert!(self.sealed, "sealed_pages without seal");
@@ -795,7 +845,12 @@ impl Tree {
         self.sealed = false;
         self.orphans.clear();
         self.sealed_count = 0;
-        self.free.extend(sealed.released);
+        if self.pins > 0 {
+            self.held.extend(sealed.released);
+        } else {
+            self.free.extend(sealed.released);
+        }
+        self.durable_root = sealed.root;
         self.freelist_pages = sealed.freelist_pages;
         self.generation += 1;
         self.evict_to(self.eviction_target());

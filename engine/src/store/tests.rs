@@ -608,3 +608,95 @@ fn replicated_stores_keep_promises_and_unapplied_entries() {
         assert!(error.to_string().contains("kind 2"), "{error}");
     });
 }
+
+/// Replicated mode: a snapshot reads a partition as the durable checkpoint holds it while
+/// writes and checkpoints go on; installing one replaces the receiver's partition, refuses
+/// reads until whole, survives a crash midway as "still installing" (never as a partial
+/// partition that looks whole), and is refused when its counts do not match.
+#[test]
+fn snapshots_read_a_checkpoint_and_install_whole_or_not_at_all() {
+    let (leader_dir, follower_dir) = (scratch_dir("store-snapshot-leader"), scratch_dir("store-snapshot-follower"));
+    run(async move {
+        let leader = Store::open(&leader_dir, replicated_config()).await.unwrap();
+        let value = |slot: u64| vec![slot as u8; 300 + (slot as usize % 7) * 100];
+        for slot in 1..=500u64 {
+            leader.apply_chosen(7, slot, put(format!("k{slot:04}").as_bytes(), &value(slot)), false).unwrap();
+            leader.apply_chosen(8, slot, put(b"other", &value(slot)), false).unwrap();
+        }
+        leader.checkpoint().await.unwrap();
+        let expected = leader.scan(7, Bound::Unbounded, Bound::Unbounded, false, usize::MAX).await.unwrap();
+        let mut snapshot = leader.snapshot(7).await.unwrap();
+        assert_eq!((snapshot.meta().applied_slot, snapshot.meta().items), (500, 500));
+        let mut streamed = Vec::new();
+        let mut next = 501u64;
+        loop {
+            let chunk = snapshot.next_chunk(4096).await.unwrap();
+            if chunk.is_empty() {
+                break;
+            }
+            streamed.push(chunk);
+            // Overwrites, deletes and checkpoints between chunks change nothing the snapshot reads.
+            for _ in 0..20 {
+                let key = format!("k{:04}", next % 500 + 1);
+                let command = if next.is_multiple_of(3) {
+                    Command::Delete { key: key.into_bytes() }
+                } else {
+                    put(key.as_bytes(), &value(next + 1))
+                };
+                leader.apply_chosen(7, next, command, false).unwrap();
+                next += 1;
+            }
+            leader.checkpoint().await.unwrap();
+        }
+        assert!(streamed.len() > 10, "{} chunks", streamed.len());
+        assert!(streamed.concat() == expected, "the snapshot is not the checkpoint's image");
+        let meta = snapshot.meta();
+        drop(snapshot);
+
+        let follower = Store::open(&follower_dir, replicated_config()).await.unwrap();
+        for slot in 1..=10u64 {
+            follower.apply_chosen(7, slot, put(format!("stale{slot}").as_bytes(), b"x"), false).unwrap();
+            follower.apply_chosen(8, slot, put(b"mine", b"kept"), false).unwrap();
+        }
+        // An install interrupted by a crash (after a checkpoint) comes back as installing.
+        follower.install_begin(7).await.unwrap();
+        assert!(matches!(follower.get(7, b"stale1").await, Err(Error::Unavailable(_))));
+        follower.install_entries(7, streamed[0].clone()).await.unwrap();
+        follower.checkpoint().await.unwrap();
+        follower.close().await.unwrap();
+        let follower = Store::open(&follower_dir, replicated_config()).await.unwrap();
+        assert!(follower.installing(7));
+        assert_eq!(follower.applied_slot(7), 0);
+        assert!(matches!(
+            follower.scan(7, Bound::Unbounded, Bound::Unbounded, false, 10).await,
+            Err(Error::Unavailable(_))
+        ));
+        assert_eq!(follower.get(8, b"mine").await.unwrap(), Some(b"kept".to_vec()));
+        // A snapshot whose counts do not match what arrived is not installed.
+        follower.install_begin(7).await.unwrap();
+        for chunk in &streamed[1..] {
+            follower.install_entries(7, chunk.clone()).await.unwrap();
+        }
+        let error = follower.install_end(7, meta.applied_slot, meta.items, meta.bytes).await.unwrap_err();
+        assert!(error.to_string().contains("should hold 500 items"), "{error}");
+        assert!(follower.installing(7));
+        // A whole one is.
+        follower.install_begin(7).await.unwrap();
+        for chunk in &streamed {
+            follower.install_entries(7, chunk.clone()).await.unwrap();
+        }
+        follower.install_end(7, meta.applied_slot, meta.items, meta.bytes).await.unwrap();
+        assert!(!follower.installing(7));
+        let installed = follower.scan(7, Bound::Unbounded, Bound::Unbounded, false, usize::MAX).await.unwrap();
+        assert!(installed == expected);
+        follower.checkpoint().await.unwrap();
+        follower.close().await.unwrap();
+        let follower = Store::open(&follower_dir, replicated_config()).await.unwrap();
+        let meta_after = follower.partition_meta(7).await.unwrap();
+        assert_eq!((meta_after.applied_slot, meta_after.items, meta_after.bytes), (500, 500, meta.bytes));
+        assert!(follower.scan(7, Bound::Unbounded, Bound::Unbounded, false, usize::MAX).await.unwrap() == expected);
+        assert_eq!(follower.get(8, b"mine").await.unwrap(), Some(b"kept".to_vec()));
+        follower.close().await.unwrap();
+        leader.close().await.unwrap();
+    });
+}
