@@ -12,6 +12,6 @@ mod server;
 mod shard;
 
 pub use catalog::PARTITIONS_MAX;
-pub use replicated::{Cluster, ClusterNode};
+pub use replicated::{Cluster, ClusterNode, SnapshotStats, LOG_RETAIN_DEFAULT};
 pub use server::{Server, ServerConfig};
 pub use shard::{BATCH_GET_MAX, BATCH_WRITE_MAX, PAGE_BYTES_MAX};

@@ -20,15 +20,17 @@ use std::time::Duration;
 use futures_lite::AsyncWriteExt;
 use glommio::net::{TcpListener, TcpStream};
 use tessera_engine::paxos::ReplicaId;
-use tessera_wire::replication::{decode_batch, encode_batch, PartitionMessage};
+use tessera_wire::replication::{decode_batch, encode_batch, PeerMessage};
 use tessera_wire::MessageType;
 
 use crate::local::Inbox;
 
 /// Most messages queued for one peer; past it, new ones are dropped (and later resent).
 const QUEUED_MAX: usize = 1 << 16;
-/// Most messages in one replication frame.
+/// Most messages in one replication frame...
 const FRAME_MESSAGES_MAX: usize = 1024;
+/// ...and most snapshot bytes (a frame may hold 16 MiB).
+const FRAME_SNAPSHOT_BYTES_MAX: usize = 4 << 20;
 /// How long a dial may take, and the pause after a failed one.
 const DIAL_TIMEOUT: Duration = Duration::from_millis(500);
 const REDIAL_PAUSE: Duration = Duration::from_millis(50);
@@ -38,12 +40,12 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Messages waiting for one peer's sender task.
 #[derive(Default)]
 struct Queue {
-    messages: RefCell<Vec<PartitionMessage>>,
+    messages: RefCell<Vec<PeerMessage>>,
     waker: RefCell<Option<Waker>>,
 }
 
 impl Queue {
-    fn push(&self, message: PartitionMessage) -> bool {
+    fn push(&self, message: PeerMessage) -> bool {
         let mut messages = self.messages.borrow_mut();
         if messages.len() >= QUEUED_MAX {
             return false;
@@ -56,7 +58,7 @@ impl Queue {
     }
 
     /// Everything queued, once something is.
-    async fn take(&self) -> Vec<PartitionMessage> {
+    async fn take(&self) -> Vec<PeerMessage> {
         futures_lite::future::poll_fn(|context| {
             let mut messages = self.messages.borrow_mut();
             if messages.is_empty() {
@@ -100,7 +102,7 @@ impl PeerLinks {
         listen: SocketAddr,
         core: usize,
         peers: &BTreeMap<ReplicaId, SocketAddr>,
-        deliver: Rc<dyn Fn(Vec<PartitionMessage>)>,
+        deliver: Rc<dyn Fn(Vec<PeerMessage>)>,
     ) -> std::io::Result<PeerLinks> {
         let address = core_address(listen, core);
         let listener = TcpListener::bind(address)
@@ -119,10 +121,10 @@ impl PeerLinks {
         Ok(PeerLinks { queues, stats, tasks })
     }
 
-    /// Queues `message` for node `to`; dropped (and counted) if `to` is unknown or its queue
-    /// is full.
-    pub fn send(&self, to: ReplicaId, message: PartitionMessage) {
-        let queued = self.queues.get(&to).is_some_and(|queue| queue.push(message));
+    /// Queues `message` for its node; dropped (and counted) if that node is unknown or its
+    /// queue is full.
+    pub fn send(&self, message: PeerMessage) {
+        let queued = self.queues.get(&message.to()).is_some_and(|queue| queue.push(message));
         if !queued {
             count(&self.stats, |stats| stats.dropped += 1);
         }
@@ -148,7 +150,7 @@ fn count(stats: &Cell<LinkStats>, change: impl FnOnce(&mut LinkStats)) {
 
 async fn accept(
     listener: TcpListener,
-    deliver: Rc<dyn Fn(Vec<PartitionMessage>)>,
+    deliver: Rc<dyn Fn(Vec<PeerMessage>)>,
     stats: Rc<Cell<LinkStats>>,
     tasks: std::rc::Weak<RefCell<Vec<glommio::task::JoinHandle<()>>>>,
 ) {
@@ -164,7 +166,7 @@ async fn accept(
 }
 
 /// Reads replication frames from one incoming connection until it closes.
-async fn receive(mut stream: TcpStream, deliver: Rc<dyn Fn(Vec<PartitionMessage>)>, stats: Rc<Cell<LinkStats>>) {
+async fn receive(mut stream: TcpStream, deliver: Rc<dyn Fn(Vec<PeerMessage>)>, stats: Rc<Cell<LinkStats>>) {
     let _ = stream.set_nodelay(true);
     let mut inbox = Inbox::new();
     loop {
@@ -216,8 +218,18 @@ async fn send(address: SocketAddr, queue: Rc<Queue>, stats: Rc<Cell<LinkStats>>)
             }
         }
         bytes.clear();
-        for chunk in messages.chunks(FRAME_MESSAGES_MAX) {
-            encode_batch(chunk, &mut bytes);
+        let (mut start, mut snapshot_bytes) = (0, 0);
+        for (at, message) in messages.iter().enumerate() {
+            if let PeerMessage::Chunk(chunk) = message {
+                snapshot_bytes += chunk.entries.iter().map(|(key, value)| key.len() + value.len()).sum::<usize>();
+            }
+            if at + 1 - start == FRAME_MESSAGES_MAX || snapshot_bytes >= FRAME_SNAPSHOT_BYTES_MAX {
+                encode_batch(&messages[start..=at], &mut bytes);
+                (start, snapshot_bytes) = (at + 1, 0);
+            }
+        }
+        if start < messages.len() {
+            encode_batch(&messages[start..], &mut bytes);
         }
         let connection = stream.as_mut().expect("connected above");
         if connection.write_all(&bytes).await.is_err() {
@@ -259,12 +271,11 @@ mod tests {
     #[test]
     fn batches_cross_real_tcp_and_garbage_is_dropped() {
         let (one, two) = (free_port(), free_port());
-        let received: Arc<Mutex<Vec<PartitionMessage>>> = Arc::default();
+        let received: Arc<Mutex<Vec<PeerMessage>>> = Arc::default();
         let (sink, done) = (received.clone(), Arc::new(Mutex::new(false)));
         let finished = done.clone();
         let receiver = on_executor(move || async move {
-            let deliver: Rc<dyn Fn(Vec<PartitionMessage>)> =
-                Rc::new(move |messages| sink.lock().unwrap().extend(messages));
+            let deliver: Rc<dyn Fn(Vec<PeerMessage>)> = Rc::new(move |messages| sink.lock().unwrap().extend(messages));
             let links = PeerLinks::start(two, 0, &BTreeMap::from([(1, one)]), deliver).unwrap();
             // Until the sender saw everything arrive, and the garbage was read.
             let stop = std::time::Instant::now() + Duration::from_secs(10);
@@ -288,18 +299,18 @@ mod tests {
         let sent = (0..1000u64)
             .map(|slot| {
                 let message = Message::Prepare { ballot: Ballot { round: slot, replica: 1 }, from_slot: slot };
-                (slot % 7, Envelope { from: 1, to: 2, message })
+                PeerMessage::Paxos((slot % 7, Envelope { from: 1, to: 2, message }))
             })
             .collect::<Vec<_>>();
         let expected = sent.clone();
         let (stop, all_in) = (done.clone(), received.clone());
         let sending = on_executor(move || async move {
-            let deliver: Rc<dyn Fn(Vec<PartitionMessage>)> = Rc::new(|_| {});
+            let deliver: Rc<dyn Fn(Vec<PeerMessage>)> = Rc::new(|_| {});
             let links = PeerLinks::start(one, 0, &BTreeMap::from([(2, two)]), deliver).unwrap();
             for message in sent {
-                links.send(2, message);
+                links.send(message);
             }
-            links.send(9, expected_unknown());
+            links.send(expected_unknown());
             while all_in.lock().unwrap().len() < 1000 && std::time::Instant::now() < deadline {
                 glommio::timer::sleep(Duration::from_millis(5)).await;
             }
@@ -316,7 +327,7 @@ mod tests {
         assert_eq!(receiver_stats.bad_frames, 1, "the garbage frame");
     }
 
-    fn expected_unknown() -> PartitionMessage {
-        (0, Envelope { from: 1, to: 9, message: Message::Reject { promised: Ballot::default() } })
+    fn expected_unknown() -> PeerMessage {
+        PeerMessage::Paxos((0, Envelope { from: 1, to: 9, message: Message::Reject { promised: Ballot::default() } }))
     }
 }

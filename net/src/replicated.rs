@@ -10,9 +10,10 @@
 //! chosen within `PROPOSAL_TIMEOUT` (this replica lost leadership, or no quorum answers)
 //! resolves as `Unavailable`: its outcome is unknown to the caller.
 //!
-//! Not yet here: snapshots over the wire. The in-memory logs are compacted only through what
-//! every full replica checkpointed, so a replica that restarts finds the entries it needs at
-//! the leader; one that lost its data would need a snapshot, and waits.
+//! The in-memory logs are compacted through what every full replica checkpointed, so a
+//! replica that restarts finds the entries it needs at the leader, unless one lags by more
+//! than `Cluster::log_retain` entries (it is down, or lost its data): the leader then compacts
+//! through its own checkpoint, and that replica gets a snapshot (`snapshot.rs`).
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, VecDeque};
@@ -21,16 +22,22 @@ use std::rc::{Rc, Weak};
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
-use tessera_engine::paxos::{self, Action, Member, Micros, ProposeError, Replica, ReplicaId, Slot, Value};
+use tessera_engine::paxos::{self, Action, Member, MemberKind, Micros, ProposeError, Replica, ReplicaId, Slot, Value};
 use tessera_engine::{Command, Error, Outcome, PartitionId, ReplicationLog, Result, Store};
-use tessera_wire::replication::PartitionMessage;
+use tessera_wire::replication::PeerMessage;
 
 use crate::peers::{LinkStats, PeerLinks};
+
+mod snapshot;
+
+pub use snapshot::SnapshotStats;
 
 /// How often replicas' timers are driven.
 const TICK: Duration = Duration::from_millis(5);
 /// Ticks between two compactions of the replicas' in-memory logs (about a second).
 const COMPACT_EVERY_TICKS: u64 = 200;
+/// Entries a leader keeps for a full replica that has not checkpointed them, by default.
+pub const LOG_RETAIN_DEFAULT: u64 = 50_000;
 
 /// A cluster as one node sees it: every node's addresses, and the Multi-Paxos settings all
 /// share. Every partition has a replica on every node (groups of three on three nodes), on
@@ -40,6 +47,9 @@ pub struct Cluster {
     pub node: ReplicaId,
     pub nodes: BTreeMap<ReplicaId, ClusterNode>,
     pub paxos: paxos::Config,
+    /// Entries a leader keeps for a full replica that has not checkpointed them; one that
+    /// lags further (down, or its data lost) gets a snapshot instead.
+    pub log_retain: u64,
 }
 
 /// Where a node takes clients' requests, its replication peers (core `k` on `peer`'s port
@@ -125,6 +135,8 @@ pub struct ReplicatedLog {
     flush_scheduled: Cell<bool>,
     me: RefCell<Weak<ReplicatedLog>>,
     ticks: Cell<u64>,
+    log_retain: u64,
+    snapshots: snapshot::Snapshots,
 }
 
 impl ReplicatedLog {
@@ -166,10 +178,12 @@ impl ReplicatedLog {
             flush_scheduled: Cell::new(false),
             me: RefCell::new(Weak::new()),
             ticks: Cell::new(0),
+            log_retain: cluster.log_retain,
+            snapshots: snapshot::Snapshots::default(),
         });
         *log.me.borrow_mut() = Rc::downgrade(&log);
         let weak = Rc::downgrade(&log);
-        let deliver: Rc<dyn Fn(Vec<PartitionMessage>)> = Rc::new(move |messages| {
+        let deliver: Rc<dyn Fn(Vec<PeerMessage>)> = Rc::new(move |messages| {
             if let Some(log) = weak.upgrade() {
                 log.deliver(messages);
             }
@@ -183,8 +197,13 @@ impl ReplicatedLog {
         // Every partition with durable replica state starts now rather than on first use, so
         // that after a restart of the whole cluster its entries are committed and applied
         // (the catalog's among them) before anything asks for them.
+        // A partition that was installing a snapshot when the node stopped applies nothing until
+        // one is whole.
         let partitions: Vec<PartitionId> = log.recovered.borrow().keys().copied().collect();
         for partition in partitions {
+            if log.store.installing(partition) {
+                log.snapshots.deferred.borrow_mut().insert(partition, Vec::new());
+            }
             log.with_replica(partition, |_| ());
         }
         Ok(log)
@@ -270,23 +289,32 @@ impl ReplicatedLog {
         result
     }
 
-    fn deliver(&self, messages: Vec<PartitionMessage>) {
+    fn deliver(&self, messages: Vec<PeerMessage>) {
         let now = self.now();
-        for (partition, envelope) in messages {
-            if envelope.to == self.node {
-                self.with_replica(partition, |replica| replica.step(now, envelope.from, envelope.message));
+        for message in messages {
+            if message.to() != self.node {
+                continue;
             }
+            match message {
+                PeerMessage::Paxos((partition, envelope)) => {
+                    self.with_replica(partition, |replica| replica.step(now, envelope.from, envelope.message))
+                }
+                PeerMessage::Chunk(chunk) => self.receive_chunk(chunk),
+                PeerMessage::Ack(ack) => self.receive_ack(ack),
+            }
+        }
+    }
+
+    fn send(&self, message: PeerMessage) {
+        if let Some(links) = self.links.borrow().as_ref() {
+            links.send(message);
         }
     }
 
     fn carry_out(&self, partition: PartitionId, actions: Vec<Action>) {
         for action in actions {
             match action {
-                Action::Send(envelope) => {
-                    if let Some(links) = self.links.borrow().as_ref() {
-                        links.send(envelope.to, (partition, envelope));
-                    }
-                }
+                Action::Send(envelope) => self.send(PeerMessage::Paxos((partition, envelope))),
                 // If the store refuses (it is poisoned), this replica never reports the persist
                 // and so never acknowledges: the others go on without it.
                 Action::Persist { id, promised, entries } => {
@@ -297,9 +325,16 @@ impl ReplicatedLog {
                         }
                     }
                 }
-                Action::Apply { slot, value } => self.apply(partition, slot, value),
-                // Snapshots over the wire are not built yet: the peer stays behind.
-                Action::SendSnapshot { .. } | Action::StartLog { .. } => {}
+                Action::Apply { slot, value } => {
+                    // While a snapshot is being installed, chosen entries wait for it.
+                    match self.snapshots.deferred.borrow_mut().get_mut(&partition) {
+                        Some(deferred) => deferred.push((slot, value)),
+                        None => self.apply(partition, slot, value),
+                    }
+                }
+                Action::SendSnapshot { to } => self.send_snapshot(partition, to),
+                // The server makes no membership changes, so it has no log replicas.
+                Action::StartLog { .. } => {}
             }
         }
     }
@@ -394,25 +429,25 @@ impl ReplicatedLog {
     }
 
     /// Drives every replica's timers, expires proposals that waited too long, and now and
-    /// then drops from the replicas' in-memory logs what every full replica has checkpointed
-    /// (`Replica::compactable`), so the logs stay bounded while all replicas are up.
+    /// then compacts the replicas' in-memory logs and asks for snapshots that are wanted.
     fn tick_all(&self) {
         let now = self.now();
         let ticks = self.ticks.get() + 1;
         self.ticks.set(ticks);
+        let compacting = ticks.is_multiple_of(COMPACT_EVERY_TICKS);
         let partitions: Vec<PartitionId> = self.replicas.borrow().keys().copied().collect();
         for partition in partitions {
             let checkpointed = self.store.checkpointed_slot(partition);
+            let floor = self.snapshot_floor(partition);
             self.with_replica(partition, |replica| {
                 replica.tick(now);
-                if ticks.is_multiple_of(COMPACT_EVERY_TICKS) {
-                    replica.checkpointed(checkpointed);
-                    let through = replica.compactable().min(checkpointed);
-                    if through >= replica.log_start() {
-                        replica.compact(through);
-                    }
+                if compacting {
+                    compact(replica, checkpointed, floor, self.log_retain);
                 }
             });
+        }
+        if compacting {
+            self.ask_for_snapshots();
         }
         let expired: Vec<(PartitionId, Slot)> = self
             .waiters
@@ -429,6 +464,25 @@ impl ReplicatedLog {
                 ))));
             }
         }
+    }
+}
+
+/// Drops from `replica`'s in-memory log what every full replica has checkpointed
+/// (`Replica::compactable`), or, when one lags by more than `retain` entries and no log
+/// replica (which cannot take a snapshot) is a member, what this one has checkpointed; never
+/// past `floor` (a snapshot being sent, which the receiver continues from).
+fn compact(replica: &mut Replica, checkpointed: Slot, floor: Option<Slot>, retain: u64) {
+    replica.checkpointed(checkpointed);
+    let mut through = replica.compactable().min(checkpointed);
+    let full_only = replica.members().iter().all(|member| member.kind == MemberKind::Full);
+    if full_only && checkpointed.saturating_sub(through) > retain {
+        through = checkpointed.min(replica.commit());
+    }
+    if let Some(floor) = floor {
+        through = through.min(floor);
+    }
+    if through >= replica.log_start() {
+        replica.compact(through);
     }
 }
 

@@ -2,8 +2,9 @@
 //! store directory, talking over real loopback TCP: writes are chosen by a quorum and applied
 //! everywhere; only the leader serves strong reads; when the leader stops, another is elected
 //! and every acknowledged write is still there; the stopped replica restarts from its WAL and
-//! catches up; in-memory logs are compacted once every replica checkpointed. (SIGKILL of real
-//! server processes is in the server's tests.)
+//! catches up; in-memory logs are compacted once every replica checkpointed; a replica that
+//! was down while its leader's log moved on gets a snapshot. (SIGKILL of real server
+//! processes is in the server's tests.)
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -29,6 +30,8 @@ enum Ask {
     /// A checkpoint of the node's store; answers the first slot its in-memory log still
     /// holds, once a compaction has had time to run.
     Checkpoint,
+    /// Snapshots sent and installed: two little-endian u64s.
+    Snapshots,
     Stop,
 }
 
@@ -82,7 +85,8 @@ impl Node {
                         .iter()
                         .map(|(&node, &peer)| (node, ClusterNode { client: peer, peer, zone: format!("zone-{node}") }))
                         .collect();
-                    let cluster = Cluster { node: id, nodes, paxos: paxos_config() };
+                    // A short log: a replica down for a few hundred writes needs a snapshot.
+                    let cluster = Cluster { node: id, nodes, paxos: paxos_config(), log_retain: 200 };
                     let log = ReplicatedLog::start(store, &cluster, 0).expect("log starts");
                     loop {
                         match inbox.try_recv() {
@@ -145,6 +149,10 @@ async fn serve(log: &ReplicatedLog, ask: Ask) -> Answer {
         Ask::Checkpoint => {
             log.store().checkpoint().await.map_err(|error| error.to_string())?;
             Ok(Some(log.log_start(PARTITION).to_le_bytes().to_vec()))
+        }
+        Ask::Snapshots => {
+            let stats = log.snapshot_stats();
+            Ok(Some([stats.sent.to_le_bytes(), stats.installed.to_le_bytes()].concat()))
         }
         Ask::Stop => Ok(None),
     }
@@ -242,6 +250,68 @@ fn three_replicas_choose_apply_fail_over_and_catch_up() {
     // The stopped replica restarts from its directory and catches up.
     nodes.insert(leader, Node::start(leader, dir(leader), addresses.clone()));
     eventually_has(&nodes[&leader], 0..150);
+    for (_, node) in nodes {
+        node.stop();
+    }
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+fn snapshot_stats(node: &Node) -> (u64, u64) {
+    let bytes = node.ask(Ask::Snapshots).unwrap().unwrap();
+    (u64::from_le_bytes(bytes[..8].try_into().unwrap()), u64::from_le_bytes(bytes[8..].try_into().unwrap()))
+}
+
+/// A follower stops; the others take writes and checkpoint until the leader's log no longer
+/// holds what the follower lacks. Restarted, the follower gets a snapshot of the leader's
+/// checkpoint and continues from the log: it then holds every write, and takes part again.
+#[test]
+fn a_replica_behind_a_recycled_log_recovers_by_snapshot() {
+    let root = std::env::temp_dir().join(format!("tessera-snapshot-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let addresses: BTreeMap<ReplicaId, SocketAddr> = (1..=3).map(|id| (id, free_address())).collect();
+    let dir = |id: ReplicaId| root.join(format!("node-{id}"));
+    let mut nodes: BTreeMap<ReplicaId, Node> =
+        addresses.keys().map(|&id| (id, Node::start(id, dir(id), addresses.clone()))).collect();
+    let leader = put_anywhere(&nodes, 0, Duration::from_secs(10));
+    for key in 1..50 {
+        assert_eq!(nodes[&leader].ask(Ask::Put(key)), Ok(None));
+    }
+    let follower = *nodes.keys().find(|&&id| id != leader).unwrap();
+    eventually_has(&nodes[&follower], 0..50);
+    nodes.remove(&follower).unwrap().stop();
+    // Far more writes than the leader keeps for a replica that is down.
+    for key in 50..1500 {
+        assert_eq!(nodes[&leader].ask(Ask::Put(key)), Ok(None), "key {key}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let start = u64::from_le_bytes(nodes[&leader].ask(Ask::Checkpoint).unwrap().unwrap().try_into().unwrap());
+        if start > 1000 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the leader's log still starts at slot {start}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    nodes.insert(follower, Node::start(follower, dir(follower), addresses.clone()));
+    eventually_has(&nodes[&follower], 0..1500);
+    // One, or two if the first (begun while it was down) was behind the log by the time it
+    // was installed.
+    assert!(snapshot_stats(&nodes[&follower]).1 >= 1, "the follower installed a snapshot");
+    // Sent by whichever node led then (the restarted node's campaign may move leadership).
+    let sent: u64 = nodes.iter().filter(|(&id, _)| id != follower).map(|(_, node)| snapshot_stats(node).0).sum();
+    assert!(sent >= 1, "the leader sent it");
+    // It continues from the log, and counts in a quorum: with the third node stopped, the
+    // leader and it still choose writes.
+    let leader = put_anywhere(&nodes, 1500, Duration::from_secs(5));
+    for key in 1501..1550 {
+        assert_eq!(nodes[&leader].ask(Ask::Put(key)), Ok(None));
+    }
+    eventually_has(&nodes[&follower], 1500..1550);
+    // Stop a node other than the follower (the leader's peer if the follower does not lead).
+    let third = *nodes.keys().filter(|&&id| id != follower).max_by_key(|&&id| id != leader).unwrap();
+    nodes.remove(&third).unwrap().stop();
+    put_anywhere(&nodes, 1550, Duration::from_secs(5));
+    eventually_has(&nodes[&follower], 1550..1551);
     for (_, node) in nodes {
         node.stop();
     }

@@ -11,7 +11,7 @@ use tessera_engine::paxos;
 use tessera_engine::{AttributeValue, KeyAttribute, KeySchema, KeyType, StoreConfig};
 use tessera_net::client::Client;
 use tessera_net::json::{consumed_capacity_to_json, item_from_text, item_to_json, value_from_json};
-use tessera_net::{Cluster, ClusterNode, Server, ServerConfig};
+use tessera_net::{Cluster, ClusterNode, Server, ServerConfig, LOG_RETAIN_DEFAULT};
 use tessera_wire::{
     Expressions, Query, ReadExpressions, Request, Response, ReturnConsumedCapacity, ReturnValues, Scan, Select,
     SortCondition, TableDescription, TableStatus, UpdateItem,
@@ -25,11 +25,13 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const USAGE: &str = "usage: tessera COMMAND
   serve [--data-dir DIR] [--listen ADDR] [--cores N] [--first-cpu C] [--cache-mib N]
-        [--node-id N --cluster FILE]
+        [--node-id N --cluster FILE [--log-retain ENTRIES]]
         run a node (defaults: ./data, 127.0.0.1:7400, every core pinned from CPU 0, 256 MiB of
         cache per core);
         with --node-id and --cluster, a member of a cluster (FILE: one node a line,
-        ID CLIENT_ADDRESS PEER_ADDRESS [ZONE]; every node must run the same --cores)
+        ID CLIENT_ADDRESS PEER_ADDRESS [ZONE]; every node must run the same --cores); a leader
+        keeps up to ENTRIES (default 50000) log entries for a replica that has not
+        checkpointed them, and sends one that lags further a snapshot
   cluster local [--nodes 3] [--port 7400] [--cores 1] [--data-dir data-cluster]
         run a cluster of N nodes on loopback, each a serve process (clients on PORT, PORT+1...)
 client commands, against --endpoint ADDR (default 127.0.0.1:7400), given before the command:
@@ -111,7 +113,10 @@ fn serve(args: &[String]) -> Result<(), String> {
         store,
         cluster: match (number_flag::<u32>(args, "--node-id")?, flag(args, "--cluster")?) {
             (None, None) => None,
-            (Some(node), Some(file)) => Some(read_cluster(node, file)?),
+            (Some(node), Some(file)) => Some(Cluster {
+                log_retain: number_flag(args, "--log-retain")?.unwrap_or(LOG_RETAIN_DEFAULT),
+                ..read_cluster(node, file)?
+            }),
             _ => return Err("a cluster member needs both --node-id N and --cluster FILE".into()),
         },
     };
@@ -177,7 +182,7 @@ fn read_cluster(node: u32, path: &str) -> Result<Cluster, String> {
     if !nodes.contains_key(&node) {
         return Err(format!("node {node} is not in the cluster file {path}"));
     }
-    Ok(Cluster { node, nodes, paxos: paxos::Config::default() })
+    Ok(Cluster { node, nodes, paxos: paxos::Config::default(), log_retain: LOG_RETAIN_DEFAULT })
 }
 
 /// `cluster local`: N nodes on loopback, each a `tessera serve` child process with its own

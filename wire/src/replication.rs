@@ -1,10 +1,11 @@
 //! Replication frames: batches of Multi-Paxos messages between the replicas of partitions,
-//! sent on peer links (node to node, core to core). One-way: a receiver never answers a
-//! replication frame; a bad one is counted and dropped, and the protocol's own retries
-//! (heartbeats resend what was not acknowledged) cover the loss.
+//! and the chunks of partition snapshots and their acknowledgements, sent on peer links (node
+//! to node, core to core). One-way: a receiver never answers a replication frame; a bad one is
+//! counted and dropped, and the protocol's own retries (heartbeats resend what was not
+//! acknowledged; a snapshot's sender waits for each chunk's acknowledgement) cover the loss.
 
 use flatbuffers::{FlatBufferBuilder, ForwardsUOffset, Vector, WIPOffset};
-use tessera_engine::paxos::{Ballot, Entry, Envelope, Member, MemberKind, Message, Value};
+use tessera_engine::paxos::{Ballot, Entry, Envelope, Member, MemberKind, Message, ReplicaId, Slot, Value};
 
 use crate::error::{ErrorCode, WireError};
 use crate::frame;
@@ -14,40 +15,185 @@ use crate::message::{root, MessageType};
 /// A Multi-Paxos message for one partition's replica.
 pub type PartitionMessage = (u64, Envelope);
 
+/// What a peer link carries.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PeerMessage {
+    Paxos(PartitionMessage),
+    Chunk(SnapshotChunk),
+    Ack(SnapshotAck),
+}
+
+impl PeerMessage {
+    /// The replica (node) the message is for.
+    pub fn to(&self) -> ReplicaId {
+        match self {
+            PeerMessage::Paxos((_, envelope)) => envelope.to,
+            PeerMessage::Chunk(chunk) => chunk.to,
+            PeerMessage::Ack(ack) => ack.to,
+        }
+    }
+}
+
+/// A piece of a partition snapshot (`Store::snapshot`), from the leader `from` to `to`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapshotChunk {
+    pub partition: u64,
+    pub from: ReplicaId,
+    pub to: ReplicaId,
+    pub stream: u64,
+    pub seq: u32,
+    pub slot: Slot,
+    pub ballot: Ballot,
+    /// Keys (without the partition prefix) and stored values, in key order.
+    pub entries: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Present in the last chunk.
+    pub last: Option<SnapshotEnd>,
+}
+
+/// What the last chunk of a snapshot adds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapshotEnd {
+    /// The configuration in force at the snapshot's slot.
+    pub members: Vec<Member>,
+    /// The partition's item count and bytes in the snapshot, checked by the receiver.
+    pub items: u64,
+    pub bytes: u64,
+}
+
+/// The receiver's word on a snapshot stream: it stored every chunk before `next` (0: it
+/// wants a snapshot from the start), or `refused` it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapshotAck {
+    pub partition: u64,
+    pub from: ReplicaId,
+    pub to: ReplicaId,
+    pub stream: u64,
+    pub next: u32,
+    pub refused: Option<String>,
+}
+
 /// Appends one frame carrying `messages` to `out`.
-pub fn encode_batch(messages: &[PartitionMessage], out: &mut Vec<u8>) {
+pub fn encode_batch(messages: &[PeerMessage], out: &mut Vec<u8>) {
     let mut fbb = FlatBufferBuilder::with_capacity(256);
-    let encoded: Vec<_> = messages
-        .iter()
-        .map(|(partition, envelope)| {
-            let (body_type, body) = write_body(&mut fbb, &envelope.message);
-            let args = fb::PaxosMessageArgs {
-                partition: *partition,
-                from: envelope.from,
-                to: envelope.to,
-                body_type,
-                body: Some(body),
-            };
-            fb::PaxosMessage::create(&mut fbb, &args)
-        })
-        .collect();
-    let messages = Some(fbb.create_vector(&encoded));
-    let root = fb::ReplicationBatch::create(&mut fbb, &fb::ReplicationBatchArgs { messages });
+    let (mut paxos, mut chunks, mut acks) = (Vec::new(), Vec::new(), Vec::new());
+    for message in messages {
+        match message {
+            PeerMessage::Paxos((partition, envelope)) => {
+                let (body_type, body) = write_body(&mut fbb, &envelope.message);
+                let args = fb::PaxosMessageArgs {
+                    partition: *partition,
+                    from: envelope.from,
+                    to: envelope.to,
+                    body_type,
+                    body: Some(body),
+                };
+                paxos.push(fb::PaxosMessage::create(&mut fbb, &args));
+            }
+            PeerMessage::Chunk(chunk) => chunks.push(write_chunk(&mut fbb, chunk)),
+            PeerMessage::Ack(ack) => {
+                let refused = ack.refused.as_deref().map(|reason| fbb.create_string(reason));
+                let args = fb::SnapshotAckArgs {
+                    partition: ack.partition,
+                    from: ack.from,
+                    to: ack.to,
+                    stream: ack.stream,
+                    next: ack.next,
+                    refused,
+                };
+                acks.push(fb::SnapshotAck::create(&mut fbb, &args));
+            }
+        }
+    }
+    let args = fb::ReplicationBatchArgs {
+        messages: Some(fbb.create_vector(&paxos)),
+        chunks: (!chunks.is_empty()).then(|| fbb.create_vector(&chunks)),
+        acks: (!acks.is_empty()).then(|| fbb.create_vector(&acks)),
+    };
+    let root = fb::ReplicationBatch::create(&mut fbb, &args);
     fbb.finish_minimal(root);
     frame::encode(0, MessageType::Replication, 0, fbb.finished_data(), out);
 }
 
-/// The messages of a replication frame's payload, or what was wrong with it.
-pub fn decode_batch(payload: &[u8]) -> Result<Vec<PartitionMessage>, WireError> {
-    let batch = root::<fb::ReplicationBatch>(payload, "replication batch")?;
-    let Some(messages) = batch.messages() else { return Ok(Vec::new()) };
-    messages
+fn write_chunk<'a>(fbb: &mut FlatBufferBuilder<'a>, chunk: &SnapshotChunk) -> WIPOffset<fb::SnapshotChunk<'a>> {
+    let entries: Vec<_> = chunk
+        .entries
         .iter()
-        .map(|message| {
-            let envelope = Envelope { from: message.from(), to: message.to(), message: read_body(&message)? };
-            Ok((message.partition(), envelope))
+        .map(|(key, value)| {
+            let args =
+                fb::SnapshotEntryArgs { key: Some(fbb.create_vector(key)), value: Some(fbb.create_vector(value)) };
+            fb::SnapshotEntry::create(fbb, &args)
         })
-        .collect()
+        .collect();
+    let mut args = fb::SnapshotChunkArgs {
+        partition: chunk.partition,
+        from: chunk.from,
+        to: chunk.to,
+        stream: chunk.stream,
+        seq: chunk.seq,
+        slot: chunk.slot,
+        ballot: Some(&ballot(chunk.ballot)),
+        entries: Some(fbb.create_vector(&entries)),
+        ..Default::default()
+    };
+    if let Some(end) = &chunk.last {
+        args.last = true;
+        args.members = Some(write_members(fbb, &end.members));
+        args.items = end.items;
+        args.bytes = end.bytes;
+    }
+    fb::SnapshotChunk::create(fbb, &args)
+}
+
+/// The messages of a replication frame's payload, or what was wrong with it.
+pub fn decode_batch(payload: &[u8]) -> Result<Vec<PeerMessage>, WireError> {
+    let batch = root::<fb::ReplicationBatch>(payload, "replication batch")?;
+    let mut decoded = Vec::new();
+    for message in batch.messages().iter().flatten() {
+        let envelope = Envelope { from: message.from(), to: message.to(), message: read_body(&message)? };
+        decoded.push(PeerMessage::Paxos((message.partition(), envelope)));
+    }
+    for chunk in batch.chunks().iter().flatten() {
+        let entries = chunk
+            .entries()
+            .iter()
+            .flatten()
+            .map(|entry| {
+                let key = entry.key().ok_or_else(|| missing("a snapshot entry's key"))?;
+                let value = entry.value().ok_or_else(|| missing("a snapshot entry's value"))?;
+                Ok((key.bytes().to_vec(), value.bytes().to_vec()))
+            })
+            .collect::<Result<_, WireError>>()?;
+        let last = match chunk.last() {
+            false => None,
+            true => Some(SnapshotEnd {
+                members: read_members(chunk.members(), "the members of a snapshot")?,
+                items: chunk.items(),
+                bytes: chunk.bytes(),
+            }),
+        };
+        decoded.push(PeerMessage::Chunk(SnapshotChunk {
+            partition: chunk.partition(),
+            from: chunk.from(),
+            to: chunk.to(),
+            stream: chunk.stream(),
+            seq: chunk.seq(),
+            slot: chunk.slot(),
+            ballot: read_ballot(chunk.ballot(), "a snapshot's ballot")?,
+            entries,
+            last,
+        }));
+    }
+    for ack in batch.acks().iter().flatten() {
+        decoded.push(PeerMessage::Ack(SnapshotAck {
+            partition: ack.partition(),
+            from: ack.from(),
+            to: ack.to(),
+            stream: ack.stream(),
+            next: ack.next(),
+            refused: ack.refused().map(str::to_string),
+        }));
+    }
+    Ok(decoded)
 }
 
 fn ballot(ballot: Ballot) -> fb::Ballot {
@@ -74,17 +220,34 @@ fn write_value<'a>(fbb: &mut FlatBufferBuilder<'a>, value: &Value) -> WIPOffset<
         }
         Value::Members(members) => {
             args.kind = fb::PaxosValueKind::MEMBERS;
-            let members: Vec<_> = members
-                .iter()
-                .map(|member| {
-                    let args = fb::PaxosMemberArgs { id: member.id, log: member.kind == MemberKind::Log };
-                    fb::PaxosMember::create(fbb, &args)
-                })
-                .collect();
-            args.members = Some(fbb.create_vector(&members));
+            args.members = Some(write_members(fbb, members));
         }
     }
     fb::PaxosValue::create(fbb, &args)
+}
+
+type Members<'a> = WIPOffset<Vector<'a, ForwardsUOffset<fb::PaxosMember<'a>>>>;
+
+fn write_members<'a>(fbb: &mut FlatBufferBuilder<'a>, members: &[Member]) -> Members<'a> {
+    let members: Vec<_> = members
+        .iter()
+        .map(|member| {
+            let args = fb::PaxosMemberArgs { id: member.id, log: member.kind == MemberKind::Log };
+            fb::PaxosMember::create(fbb, &args)
+        })
+        .collect();
+    fbb.create_vector(&members)
+}
+
+fn read_members(
+    members: Option<Vector<'_, ForwardsUOffset<fb::PaxosMember<'_>>>>,
+    what: &str,
+) -> Result<Vec<Member>, WireError> {
+    Ok(members
+        .ok_or_else(|| missing(what))?
+        .iter()
+        .map(|member| Member { id: member.id(), kind: if member.log() { MemberKind::Log } else { MemberKind::Full } })
+        .collect())
 }
 
 fn read_value(value: fb::PaxosValue<'_>) -> Result<Value, WireError> {
@@ -94,17 +257,7 @@ fn read_value(value: fb::PaxosValue<'_>) -> Result<Value, WireError> {
             id: value.id(),
             bytes: value.bytes().ok_or_else(|| missing("a command's bytes"))?.bytes().to_vec(),
         },
-        fb::PaxosValueKind::MEMBERS => Value::Members(
-            value
-                .members()
-                .ok_or_else(|| missing("the members of a configuration"))?
-                .iter()
-                .map(|member| Member {
-                    id: member.id(),
-                    kind: if member.log() { MemberKind::Log } else { MemberKind::Full },
-                })
-                .collect(),
-        ),
+        fb::PaxosValueKind::MEMBERS => Value::Members(read_members(value.members(), "the members of a configuration")?),
         other => {
             return Err(WireError::new(ErrorCode::MalformedMessage, format!("unknown paxos value kind {}", other.0)))
         }

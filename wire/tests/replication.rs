@@ -4,7 +4,7 @@
 use proptest::prelude::*;
 use tessera_engine::paxos::{Ballot, Entry, Envelope, Member, Message, Value};
 use tessera_wire::frame::{self, Decoded};
-use tessera_wire::replication::{decode_batch, encode_batch};
+use tessera_wire::replication::{decode_batch, encode_batch, PeerMessage, SnapshotAck, SnapshotChunk, SnapshotEnd};
 use tessera_wire::{ErrorCode, MessageType, Request};
 
 fn values() -> Vec<Value> {
@@ -31,13 +31,38 @@ fn messages() -> Vec<Message> {
     ]
 }
 
+/// Snapshot chunks (a middle one, a last one, an empty last one) and acknowledgements.
+fn snapshot_messages() -> Vec<PeerMessage> {
+    let ballot = Ballot { round: 9, replica: 1 };
+    let chunk = SnapshotChunk {
+        partition: 1 << 40,
+        from: 1,
+        to: 2,
+        stream: u64::MAX,
+        seq: 3,
+        slot: 77,
+        ballot,
+        entries: vec![(b"key".to_vec(), vec![0; 1000]), (Vec::new(), Vec::new())],
+        last: None,
+    };
+    let end = SnapshotEnd { members: vec![Member::full(1), Member::log(4)], items: 2, bytes: 1003 };
+    vec![
+        PeerMessage::Chunk(chunk.clone()),
+        PeerMessage::Chunk(SnapshotChunk { seq: 4, last: Some(end.clone()), ..chunk.clone() }),
+        PeerMessage::Chunk(SnapshotChunk { seq: 0, entries: Vec::new(), last: Some(end), ..chunk }),
+        PeerMessage::Ack(SnapshotAck { partition: 5, from: 2, to: 1, stream: 8, next: 4, refused: None }),
+        PeerMessage::Ack(SnapshotAck { partition: 5, from: 2, to: 1, stream: 8, next: 0, refused: Some("why".into()) }),
+    ]
+}
+
 #[test]
 fn every_message_round_trips_in_one_frame() {
-    let batch: Vec<_> = messages()
+    let mut batch: Vec<_> = messages()
         .into_iter()
         .enumerate()
-        .map(|(at, message)| (1 << 20 | at as u64, Envelope { from: 1, to: 2, message }))
+        .map(|(at, message)| PeerMessage::Paxos((1 << 20 | at as u64, Envelope { from: 1, to: 2, message })))
         .collect();
+    batch.extend(snapshot_messages());
     let mut bytes = Vec::new();
     encode_batch(&batch, &mut bytes);
     let Ok(Decoded::Frame(frame, used)) = frame::decode(&bytes) else { panic!("one whole frame") };
@@ -63,7 +88,9 @@ proptest! {
         flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8),
     ) {
         let _ = decode_batch(&bytes);
-        let batch: Vec<_> = messages().into_iter().map(|message| (1, Envelope { from: 2, to: 1, message })).collect();
+        let mut batch: Vec<_> =
+            messages().into_iter().map(|message| PeerMessage::Paxos((1, Envelope { from: 2, to: 1, message }))).collect();
+        batch.extend(snapshot_messages());
         let mut encoded = Vec::new();
         encode_batch(&batch, &mut encoded);
         let mut payload = encoded[frame::HEADER_LEN..].to_vec();

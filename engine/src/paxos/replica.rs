@@ -385,6 +385,15 @@ impl Replica {
         }
     }
 
+    /// The configuration in force at `slot` (after its entry), if this replica's log still
+    /// reaches back that far (its log starts at most one slot after it).
+    pub fn members_at(&self, slot: Slot) -> Option<Vec<Member>> {
+        if slot + 1 < self.log_start {
+            return None;
+        }
+        self.configs.range(..=slot).next_back().map(|(_, members)| members.clone())
+    }
+
     /// How far the host may compact this replica's log. A leader keeps every entry some other
     /// full member has not checkpointed: a full member restarts from its checkpoint and
     /// campaigns from there, and a log replica, which joins (or catches up) from the leader's

@@ -7254,6 +7254,586 @@ impl core::fmt::Debug for PaxosMessage<'_> {
       ds.finish()
   }
 }
+pub enum SnapshotEntryOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct SnapshotEntry<'a> {
+  pub _tab: flatbuffers::Table<'a>,
+}
+
+impl<'a> flatbuffers::Follow<'a> for SnapshotEntry<'a> {
+  type Inner = SnapshotEntry<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: flatbuffers::Table::new(buf, loc) }
+  }
+}
+
+impl<'a> SnapshotEntry<'a> {
+  pub const VT_KEY: flatbuffers::VOffsetT = 4;
+  pub const VT_VALUE: flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
+    SnapshotEntry { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr>(
+    _fbb: &'mut_bldr mut flatbuffers::FlatBufferBuilder<'bldr>,
+    args: &'args SnapshotEntryArgs<'args>
+  ) -> flatbuffers::WIPOffset<SnapshotEntry<'bldr>> {
+    let mut builder = SnapshotEntryBuilder::new(_fbb);
+    if let Some(x) = args.value { builder.add_value(x); }
+    if let Some(x) = args.key { builder.add_key(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn key(&self) -> Option<flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'a, u8>>>(SnapshotEntry::VT_KEY, None)}
+  }
+  #[inline]
+  pub fn value(&self) -> Option<flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'a, u8>>>(SnapshotEntry::VT_VALUE, None)}
+  }
+}
+
+impl flatbuffers::Verifiable for SnapshotEntry<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut flatbuffers::Verifier, pos: usize
+  ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+    use self::flatbuffers::Verifiable;
+    v.visit_table(pos)?
+     .visit_field::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'_, u8>>>("key", Self::VT_KEY, false)?
+     .visit_field::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'_, u8>>>("value", Self::VT_VALUE, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct SnapshotEntryArgs<'a> {
+    pub key: Option<flatbuffers::WIPOffset<flatbuffers::Vector<'a, u8>>>,
+    pub value: Option<flatbuffers::WIPOffset<flatbuffers::Vector<'a, u8>>>,
+}
+impl<'a> Default for SnapshotEntryArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    SnapshotEntryArgs {
+      key: None,
+      value: None,
+    }
+  }
+}
+
+pub struct SnapshotEntryBuilder<'a: 'b, 'b> {
+  fbb_: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+  start_: flatbuffers::WIPOffset<flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b> SnapshotEntryBuilder<'a, 'b> {
+  #[inline]
+  pub fn add_key(&mut self, key: flatbuffers::WIPOffset<flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(SnapshotEntry::VT_KEY, key);
+  }
+  #[inline]
+  pub fn add_value(&mut self, value: flatbuffers::WIPOffset<flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(SnapshotEntry::VT_VALUE, value);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>) -> SnapshotEntryBuilder<'a, 'b> {
+    let start = _fbb.start_table();
+    SnapshotEntryBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> flatbuffers::WIPOffset<SnapshotEntry<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl core::fmt::Debug for SnapshotEntry<'_> {
+  fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+    let mut ds = f.debug_struct("SnapshotEntry");
+      ds.field("key", &self.key());
+      ds.field("value", &self.value());
+      ds.finish()
+  }
+}
+pub enum SnapshotChunkOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct SnapshotChunk<'a> {
+  pub _tab: flatbuffers::Table<'a>,
+}
+
+impl<'a> flatbuffers::Follow<'a> for SnapshotChunk<'a> {
+  type Inner = SnapshotChunk<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: flatbuffers::Table::new(buf, loc) }
+  }
+}
+
+impl<'a> SnapshotChunk<'a> {
+  pub const VT_PARTITION: flatbuffers::VOffsetT = 4;
+  pub const VT_FROM: flatbuffers::VOffsetT = 6;
+  pub const VT_TO: flatbuffers::VOffsetT = 8;
+  pub const VT_STREAM: flatbuffers::VOffsetT = 10;
+  pub const VT_SEQ: flatbuffers::VOffsetT = 12;
+  pub const VT_SLOT: flatbuffers::VOffsetT = 14;
+  pub const VT_BALLOT: flatbuffers::VOffsetT = 16;
+  pub const VT_ENTRIES: flatbuffers::VOffsetT = 18;
+  pub const VT_LAST: flatbuffers::VOffsetT = 20;
+  pub const VT_MEMBERS: flatbuffers::VOffsetT = 22;
+  pub const VT_ITEMS: flatbuffers::VOffsetT = 24;
+  pub const VT_BYTES: flatbuffers::VOffsetT = 26;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
+    SnapshotChunk { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr>(
+    _fbb: &'mut_bldr mut flatbuffers::FlatBufferBuilder<'bldr>,
+    args: &'args SnapshotChunkArgs<'args>
+  ) -> flatbuffers::WIPOffset<SnapshotChunk<'bldr>> {
+    let mut builder = SnapshotChunkBuilder::new(_fbb);
+    builder.add_bytes(args.bytes);
+    builder.add_items(args.items);
+    builder.add_slot(args.slot);
+    builder.add_stream(args.stream);
+    builder.add_partition(args.partition);
+    if let Some(x) = args.members { builder.add_members(x); }
+    if let Some(x) = args.entries { builder.add_entries(x); }
+    if let Some(x) = args.ballot { builder.add_ballot(x); }
+    builder.add_seq(args.seq);
+    builder.add_to(args.to);
+    builder.add_from(args.from);
+    builder.add_last(args.last);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn partition(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(SnapshotChunk::VT_PARTITION, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn from(&self) -> u32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(SnapshotChunk::VT_FROM, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn to(&self) -> u32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(SnapshotChunk::VT_TO, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn stream(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(SnapshotChunk::VT_STREAM, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn seq(&self) -> u32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(SnapshotChunk::VT_SEQ, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn slot(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(SnapshotChunk::VT_SLOT, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn ballot(&self) -> Option<&'a Ballot> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<Ballot>(SnapshotChunk::VT_BALLOT, None)}
+  }
+  #[inline]
+  pub fn entries(&self) -> Option<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<SnapshotEntry<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<SnapshotEntry>>>>(SnapshotChunk::VT_ENTRIES, None)}
+  }
+  #[inline]
+  pub fn last(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(SnapshotChunk::VT_LAST, Some(false)).unwrap()}
+  }
+  #[inline]
+  pub fn members(&self) -> Option<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<PaxosMember<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<PaxosMember>>>>(SnapshotChunk::VT_MEMBERS, None)}
+  }
+  #[inline]
+  pub fn items(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(SnapshotChunk::VT_ITEMS, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn bytes(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(SnapshotChunk::VT_BYTES, Some(0)).unwrap()}
+  }
+}
+
+impl flatbuffers::Verifiable for SnapshotChunk<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut flatbuffers::Verifier, pos: usize
+  ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+    use self::flatbuffers::Verifiable;
+    v.visit_table(pos)?
+     .visit_field::<u64>("partition", Self::VT_PARTITION, false)?
+     .visit_field::<u32>("from", Self::VT_FROM, false)?
+     .visit_field::<u32>("to", Self::VT_TO, false)?
+     .visit_field::<u64>("stream", Self::VT_STREAM, false)?
+     .visit_field::<u32>("seq", Self::VT_SEQ, false)?
+     .visit_field::<u64>("slot", Self::VT_SLOT, false)?
+     .visit_field::<Ballot>("ballot", Self::VT_BALLOT, false)?
+     .visit_field::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'_, flatbuffers::ForwardsUOffset<SnapshotEntry>>>>("entries", Self::VT_ENTRIES, false)?
+     .visit_field::<bool>("last", Self::VT_LAST, false)?
+     .visit_field::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'_, flatbuffers::ForwardsUOffset<PaxosMember>>>>("members", Self::VT_MEMBERS, false)?
+     .visit_field::<u64>("items", Self::VT_ITEMS, false)?
+     .visit_field::<u64>("bytes", Self::VT_BYTES, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct SnapshotChunkArgs<'a> {
+    pub partition: u64,
+    pub from: u32,
+    pub to: u32,
+    pub stream: u64,
+    pub seq: u32,
+    pub slot: u64,
+    pub ballot: Option<&'a Ballot>,
+    pub entries: Option<flatbuffers::WIPOffset<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<SnapshotEntry<'a>>>>>,
+    pub last: bool,
+    pub members: Option<flatbuffers::WIPOffset<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<PaxosMember<'a>>>>>,
+    pub items: u64,
+    pub bytes: u64,
+}
+impl<'a> Default for SnapshotChunkArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    SnapshotChunkArgs {
+      partition: 0,
+      from: 0,
+      to: 0,
+      stream: 0,
+      seq: 0,
+      slot: 0,
+      ballot: None,
+      entries: None,
+      last: false,
+      members: None,
+      items: 0,
+      bytes: 0,
+    }
+  }
+}
+
+pub struct SnapshotChunkBuilder<'a: 'b, 'b> {
+  fbb_: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+  start_: flatbuffers::WIPOffset<flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b> SnapshotChunkBuilder<'a, 'b> {
+  #[inline]
+  pub fn add_partition(&mut self, partition: u64) {
+    self.fbb_.push_slot::<u64>(SnapshotChunk::VT_PARTITION, partition, 0);
+  }
+  #[inline]
+  pub fn add_from(&mut self, from: u32) {
+    self.fbb_.push_slot::<u32>(SnapshotChunk::VT_FROM, from, 0);
+  }
+  #[inline]
+  pub fn add_to(&mut self, to: u32) {
+    self.fbb_.push_slot::<u32>(SnapshotChunk::VT_TO, to, 0);
+  }
+  #[inline]
+  pub fn add_stream(&mut self, stream: u64) {
+    self.fbb_.push_slot::<u64>(SnapshotChunk::VT_STREAM, stream, 0);
+  }
+  #[inline]
+  pub fn add_seq(&mut self, seq: u32) {
+    self.fbb_.push_slot::<u32>(SnapshotChunk::VT_SEQ, seq, 0);
+  }
+  #[inline]
+  pub fn add_slot(&mut self, slot: u64) {
+    self.fbb_.push_slot::<u64>(SnapshotChunk::VT_SLOT, slot, 0);
+  }
+  #[inline]
+  pub fn add_ballot(&mut self, ballot: &Ballot) {
+    self.fbb_.push_slot_always::<&Ballot>(SnapshotChunk::VT_BALLOT, ballot);
+  }
+  #[inline]
+  pub fn add_entries(&mut self, entries: flatbuffers::WIPOffset<flatbuffers::Vector<'b , flatbuffers::ForwardsUOffset<SnapshotEntry<'b >>>>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(SnapshotChunk::VT_ENTRIES, entries);
+  }
+  #[inline]
+  pub fn add_last(&mut self, last: bool) {
+    self.fbb_.push_slot::<bool>(SnapshotChunk::VT_LAST, last, false);
+  }
+  #[inline]
+  pub fn add_members(&mut self, members: flatbuffers::WIPOffset<flatbuffers::Vector<'b , flatbuffers::ForwardsUOffset<PaxosMember<'b >>>>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(SnapshotChunk::VT_MEMBERS, members);
+  }
+  #[inline]
+  pub fn add_items(&mut self, items: u64) {
+    self.fbb_.push_slot::<u64>(SnapshotChunk::VT_ITEMS, items, 0);
+  }
+  #[inline]
+  pub fn add_bytes(&mut self, bytes: u64) {
+    self.fbb_.push_slot::<u64>(SnapshotChunk::VT_BYTES, bytes, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>) -> SnapshotChunkBuilder<'a, 'b> {
+    let start = _fbb.start_table();
+    SnapshotChunkBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> flatbuffers::WIPOffset<SnapshotChunk<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl core::fmt::Debug for SnapshotChunk<'_> {
+  fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+    let mut ds = f.debug_struct("SnapshotChunk");
+      ds.field("partition", &self.partition());
+      ds.field("from", &self.from());
+      ds.field("to", &self.to());
+      ds.field("stream", &self.stream());
+      ds.field("seq", &self.seq());
+      ds.field("slot", &self.slot());
+      ds.field("ballot", &self.ballot());
+      ds.field("entries", &self.entries());
+      ds.field("last", &self.last());
+      ds.field("members", &self.members());
+      ds.field("items", &self.items());
+      ds.field("bytes", &self.bytes());
+      ds.finish()
+  }
+}
+pub enum SnapshotAckOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct SnapshotAck<'a> {
+  pub _tab: flatbuffers::Table<'a>,
+}
+
+impl<'a> flatbuffers::Follow<'a> for SnapshotAck<'a> {
+  type Inner = SnapshotAck<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: flatbuffers::Table::new(buf, loc) }
+  }
+}
+
+impl<'a> SnapshotAck<'a> {
+  pub const VT_PARTITION: flatbuffers::VOffsetT = 4;
+  pub const VT_FROM: flatbuffers::VOffsetT = 6;
+  pub const VT_TO: flatbuffers::VOffsetT = 8;
+  pub const VT_STREAM: flatbuffers::VOffsetT = 10;
+  pub const VT_NEXT: flatbuffers::VOffsetT = 12;
+  pub const VT_REFUSED: flatbuffers::VOffsetT = 14;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
+    SnapshotAck { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr>(
+    _fbb: &'mut_bldr mut flatbuffers::FlatBufferBuilder<'bldr>,
+    args: &'args SnapshotAckArgs<'args>
+  ) -> flatbuffers::WIPOffset<SnapshotAck<'bldr>> {
+    let mut builder = SnapshotAckBuilder::new(_fbb);
+    builder.add_stream(args.stream);
+    builder.add_partition(args.partition);
+    if let Some(x) = args.refused { builder.add_refused(x); }
+    builder.add_next(args.next);
+    builder.add_to(args.to);
+    builder.add_from(args.from);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn partition(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(SnapshotAck::VT_PARTITION, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn from(&self) -> u32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(SnapshotAck::VT_FROM, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn to(&self) -> u32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(SnapshotAck::VT_TO, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn stream(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(SnapshotAck::VT_STREAM, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn next(&self) -> u32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(SnapshotAck::VT_NEXT, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn refused(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<&str>>(SnapshotAck::VT_REFUSED, None)}
+  }
+}
+
+impl flatbuffers::Verifiable for SnapshotAck<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut flatbuffers::Verifier, pos: usize
+  ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+    use self::flatbuffers::Verifiable;
+    v.visit_table(pos)?
+     .visit_field::<u64>("partition", Self::VT_PARTITION, false)?
+     .visit_field::<u32>("from", Self::VT_FROM, false)?
+     .visit_field::<u32>("to", Self::VT_TO, false)?
+     .visit_field::<u64>("stream", Self::VT_STREAM, false)?
+     .visit_field::<u32>("next", Self::VT_NEXT, false)?
+     .visit_field::<flatbuffers::ForwardsUOffset<&str>>("refused", Self::VT_REFUSED, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct SnapshotAckArgs<'a> {
+    pub partition: u64,
+    pub from: u32,
+    pub to: u32,
+    pub stream: u64,
+    pub next: u32,
+    pub refused: Option<flatbuffers::WIPOffset<&'a str>>,
+}
+impl<'a> Default for SnapshotAckArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    SnapshotAckArgs {
+      partition: 0,
+      from: 0,
+      to: 0,
+      stream: 0,
+      next: 0,
+      refused: None,
+    }
+  }
+}
+
+pub struct SnapshotAckBuilder<'a: 'b, 'b> {
+  fbb_: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+  start_: flatbuffers::WIPOffset<flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b> SnapshotAckBuilder<'a, 'b> {
+  #[inline]
+  pub fn add_partition(&mut self, partition: u64) {
+    self.fbb_.push_slot::<u64>(SnapshotAck::VT_PARTITION, partition, 0);
+  }
+  #[inline]
+  pub fn add_from(&mut self, from: u32) {
+    self.fbb_.push_slot::<u32>(SnapshotAck::VT_FROM, from, 0);
+  }
+  #[inline]
+  pub fn add_to(&mut self, to: u32) {
+    self.fbb_.push_slot::<u32>(SnapshotAck::VT_TO, to, 0);
+  }
+  #[inline]
+  pub fn add_stream(&mut self, stream: u64) {
+    self.fbb_.push_slot::<u64>(SnapshotAck::VT_STREAM, stream, 0);
+  }
+  #[inline]
+  pub fn add_next(&mut self, next: u32) {
+    self.fbb_.push_slot::<u32>(SnapshotAck::VT_NEXT, next, 0);
+  }
+  #[inline]
+  pub fn add_refused(&mut self, refused: flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(SnapshotAck::VT_REFUSED, refused);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>) -> SnapshotAckBuilder<'a, 'b> {
+    let start = _fbb.start_table();
+    SnapshotAckBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> flatbuffers::WIPOffset<SnapshotAck<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl core::fmt::Debug for SnapshotAck<'_> {
+  fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+    let mut ds = f.debug_struct("SnapshotAck");
+      ds.field("partition", &self.partition());
+      ds.field("from", &self.from());
+      ds.field("to", &self.to());
+      ds.field("stream", &self.stream());
+      ds.field("next", &self.next());
+      ds.field("refused", &self.refused());
+      ds.finish()
+  }
+}
 pub enum ReplicationBatchOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -7271,6 +7851,8 @@ impl<'a> flatbuffers::Follow<'a> for ReplicationBatch<'a> {
 
 impl<'a> ReplicationBatch<'a> {
   pub const VT_MESSAGES: flatbuffers::VOffsetT = 4;
+  pub const VT_CHUNKS: flatbuffers::VOffsetT = 6;
+  pub const VT_ACKS: flatbuffers::VOffsetT = 8;
 
   #[inline]
   pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
@@ -7282,6 +7864,8 @@ impl<'a> ReplicationBatch<'a> {
     args: &'args ReplicationBatchArgs<'args>
   ) -> flatbuffers::WIPOffset<ReplicationBatch<'bldr>> {
     let mut builder = ReplicationBatchBuilder::new(_fbb);
+    if let Some(x) = args.acks { builder.add_acks(x); }
+    if let Some(x) = args.chunks { builder.add_chunks(x); }
     if let Some(x) = args.messages { builder.add_messages(x); }
     builder.finish()
   }
@@ -7294,6 +7878,20 @@ impl<'a> ReplicationBatch<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<PaxosMessage>>>>(ReplicationBatch::VT_MESSAGES, None)}
   }
+  #[inline]
+  pub fn chunks(&self) -> Option<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<SnapshotChunk<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<SnapshotChunk>>>>(ReplicationBatch::VT_CHUNKS, None)}
+  }
+  #[inline]
+  pub fn acks(&self) -> Option<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<SnapshotAck<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<SnapshotAck>>>>(ReplicationBatch::VT_ACKS, None)}
+  }
 }
 
 impl flatbuffers::Verifiable for ReplicationBatch<'_> {
@@ -7304,18 +7902,24 @@ impl flatbuffers::Verifiable for ReplicationBatch<'_> {
     use self::flatbuffers::Verifiable;
     v.visit_table(pos)?
      .visit_field::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'_, flatbuffers::ForwardsUOffset<PaxosMessage>>>>("messages", Self::VT_MESSAGES, false)?
+     .visit_field::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'_, flatbuffers::ForwardsUOffset<SnapshotChunk>>>>("chunks", Self::VT_CHUNKS, false)?
+     .visit_field::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'_, flatbuffers::ForwardsUOffset<SnapshotAck>>>>("acks", Self::VT_ACKS, false)?
      .finish();
     Ok(())
   }
 }
 pub struct ReplicationBatchArgs<'a> {
     pub messages: Option<flatbuffers::WIPOffset<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<PaxosMessage<'a>>>>>,
+    pub chunks: Option<flatbuffers::WIPOffset<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<SnapshotChunk<'a>>>>>,
+    pub acks: Option<flatbuffers::WIPOffset<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<SnapshotAck<'a>>>>>,
 }
 impl<'a> Default for ReplicationBatchArgs<'a> {
   #[inline]
   fn default() -> Self {
     ReplicationBatchArgs {
       messages: None,
+      chunks: None,
+      acks: None,
     }
   }
 }
@@ -7328,6 +7932,14 @@ impl<'a: 'b, 'b> ReplicationBatchBuilder<'a, 'b> {
   #[inline]
   pub fn add_messages(&mut self, messages: flatbuffers::WIPOffset<flatbuffers::Vector<'b , flatbuffers::ForwardsUOffset<PaxosMessage<'b >>>>) {
     self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(ReplicationBatch::VT_MESSAGES, messages);
+  }
+  #[inline]
+  pub fn add_chunks(&mut self, chunks: flatbuffers::WIPOffset<flatbuffers::Vector<'b , flatbuffers::ForwardsUOffset<SnapshotChunk<'b >>>>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(ReplicationBatch::VT_CHUNKS, chunks);
+  }
+  #[inline]
+  pub fn add_acks(&mut self, acks: flatbuffers::WIPOffset<flatbuffers::Vector<'b , flatbuffers::ForwardsUOffset<SnapshotAck<'b >>>>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(ReplicationBatch::VT_ACKS, acks);
   }
   #[inline]
   pub fn new(_fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>) -> ReplicationBatchBuilder<'a, 'b> {
@@ -7348,6 +7960,8 @@ impl core::fmt::Debug for ReplicationBatch<'_> {
   fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
     let mut ds = f.debug_struct("ReplicationBatch");
       ds.field("messages", &self.messages());
+      ds.field("chunks", &self.chunks());
+      ds.field("acks", &self.acks());
       ds.finish()
   }
 }
