@@ -770,6 +770,12 @@ impl Store {
         Ok(found)
     }
 
+    /// Asks for a checkpoint soon, without waiting for it.
+    pub fn request_checkpoint(&self) {
+        self.inner.checkpoint_wanted.set(true);
+        self.inner.work.notify();
+    }
+
     /// Makes everything applied so far part of a durable checkpoint.
     pub async fn checkpoint(&self) -> Result<()> {
         let target = self.inner.checkpoints_started.get() + 1;

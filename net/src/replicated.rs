@@ -439,12 +439,17 @@ impl ReplicatedLog {
         for partition in partitions {
             let checkpointed = self.store.checkpointed_slot(partition);
             let floor = self.snapshot_floor(partition);
-            self.with_replica(partition, |replica| {
+            let unchecked = self.with_replica(partition, |replica| {
                 replica.tick(now);
                 if compacting {
                     compact(replica, checkpointed, floor, self.log_retain);
                 }
+                replica.commit().saturating_sub(checkpointed)
             });
+            // A log longer than the retained length is cut only at a checkpoint: ask for one.
+            if compacting && unchecked > self.log_retain {
+                self.store.request_checkpoint();
+            }
         }
         if compacting {
             self.ask_for_snapshots();

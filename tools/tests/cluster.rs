@@ -2,7 +2,8 @@
 //! clients: SIGKILL the leader of a partition and another takes its writes within 2 s (the
 //! election timeout is 300-600 ms), with every acknowledged write readable (ConsistentRead);
 //! the killed node restarts and catches up; a node paused with SIGSTOP misses writes and
-//! catches up after SIGCONT.
+//! catches up after SIGCONT; a follower killed while its leader's log moves past it recovers
+//! by snapshot.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -28,6 +29,8 @@ struct Cluster {
     file: PathBuf,
     clients: BTreeMap<u32, SocketAddr>,
     nodes: BTreeMap<u32, Child>,
+    /// Flags every node is started with, beyond the usual.
+    flags: Vec<String>,
     /// One cluster at a time: three servers per test, run side by side on a two-CPU machine,
     /// starve each other into timeouts that say nothing about the code.
     _serial: std::sync::MutexGuard<'static, ()>,
@@ -37,6 +40,10 @@ static SERIAL: Mutex<()> = Mutex::new(());
 
 impl Cluster {
     fn start(name: &str) -> Cluster {
+        Cluster::start_with(name, &[])
+    }
+
+    fn start_with(name: &str, flags: &[&str]) -> Cluster {
         let root = std::env::temp_dir().join(format!("tessera-cluster-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&root);
         std::fs::create_dir_all(&root).unwrap();
@@ -46,7 +53,8 @@ impl Cluster {
         let file = root.join("cluster");
         std::fs::write(&file, lines.join("\n")).unwrap();
         let serial = SERIAL.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let mut cluster = Cluster { root, file, clients, nodes: BTreeMap::new(), _serial: serial };
+        let flags = flags.iter().map(|flag| flag.to_string()).collect();
+        let mut cluster = Cluster { root, file, clients, nodes: BTreeMap::new(), flags, _serial: serial };
         for id in 1..=3 {
             cluster.start_node(id);
         }
@@ -61,13 +69,25 @@ impl Cluster {
             .arg(&self.file)
             .args(["--listen", &self.clients[&id].to_string(), "--data-dir"])
             .arg(self.root.join(format!("node-{id}")))
+            .args(&self.flags)
             .stdout(Stdio::piped())
+            .stderr(self.log_file(id))
             .spawn()
             .expect("start tessera serve");
         let mut line = String::new();
         BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
         assert!(line.contains("serving"), "{line}");
         self.nodes.insert(id, child);
+    }
+
+    /// Where node `id`'s standard error goes (appended across restarts).
+    fn log_file(&self, id: u32) -> std::fs::File {
+        let path = self.root.join(format!("node-{id}.log"));
+        std::fs::OpenOptions::new().create(true).append(true).open(path).unwrap()
+    }
+
+    fn log(&self, id: u32) -> String {
+        std::fs::read_to_string(self.root.join(format!("node-{id}.log"))).unwrap_or_default()
     }
 
     fn client(&self, id: u32) -> Client {
@@ -371,4 +391,62 @@ fn a_whole_cluster_restarts_after_sigkill() {
     for n in 0..40u64 {
         assert_eq!(client.get_item(TABLE, key(n)).unwrap(), Some(item(n)), "acknowledged k{n} after the restart");
     }
+}
+
+/// A follower is killed; the leader takes far more writes than it keeps for a replica that is
+/// behind (`--log-retain 500`), checkpoints, and compacts its log past the follower. The
+/// follower restarts, receives a snapshot of the partition, and continues from the log: it
+/// then holds every acknowledged write, and with the third node killed it and the leader still
+/// form a quorum.
+#[test]
+fn a_follower_behind_a_recycled_log_recovers_by_snapshot() {
+    let mut cluster = Cluster::start_with("snapshot", &["--log-retain", "500"]);
+    cluster.client(1).create_table(TABLE, KeySchema::hash_only("id", KeyType::S), 1).unwrap();
+    cluster.wait_for_table();
+    let mut client = cluster.client(1);
+    for n in 0..50u64 {
+        client.put_item(TABLE, item(n)).unwrap();
+    }
+    let leader = cluster.node_at(client.peer_address().unwrap());
+    let follower = (1..=3).find(|&id| id != leader).unwrap();
+    let address = cluster.clients[&follower];
+    wait_until("the follower having the first writes", Duration::from_secs(10), || {
+        (0..50).all(|n| local_read(address, n) == Some(item(n)))
+    });
+    cluster.signal(follower, libc::SIGKILL);
+    let _ = cluster.nodes.get_mut(&follower).unwrap().wait();
+    // Concurrent writers through the leader, 3,000 writes in all.
+    let writers: Vec<_> = (0..4u64)
+        .map(|writer| {
+            let address = cluster.clients[&leader];
+            std::thread::spawn(move || {
+                let mut client = Client::connect(address).unwrap();
+                for n in (0..750).map(|i| 1000 + writer * 1000 + i) {
+                    client.put_item(TABLE, item(n)).unwrap();
+                }
+            })
+        })
+        .collect();
+    writers.into_iter().for_each(|writer| writer.join().unwrap());
+    // The leader's log no longer reaches back to what the follower has: give its compaction
+    // (about once a second, after a checkpoint it asks for) time to run.
+    std::thread::sleep(Duration::from_secs(3));
+    cluster.start_node(follower);
+    let written: Vec<u64> =
+        (0..50).chain((0..4).flat_map(|writer| (0..750).map(move |i| 1000 + writer * 1000 + i))).collect();
+    wait_until("the restarted follower holding every write", Duration::from_secs(20), || {
+        written.iter().all(|&n| local_read(address, n) == Some(item(n)))
+    });
+    let log = cluster.log(follower);
+    assert!(log.contains("installed a snapshot"), "the follower caught up without a snapshot:\n{log}");
+    log.lines().filter(|line| line.contains("snapshot")).for_each(|line| println!("node {follower}: {line}"));
+    // It takes part again: with the third node killed, the leader and it choose writes.
+    let third = (1..=3).find(|&id| id != leader && id != follower).unwrap();
+    cluster.signal(third, libc::SIGKILL);
+    let _ = cluster.nodes.get_mut(&third).unwrap().wait();
+    let mut client = cluster.client(follower);
+    for n in 9000..9010 {
+        client.put_item(TABLE, item(n)).unwrap();
+    }
+    all_readable(&cluster, follower, &written);
 }
