@@ -2,7 +2,9 @@
 # Replicated durable 1 KiB puts on a 3-node cluster against a single node, in one run on one
 # machine: a single node (1 core), then `tessera cluster local --nodes 3` (1 core each); each
 # gets a table of 8 partitions prefilled with 100k items, then closed-loop puts at 64 and 512
-# calls in flight, printing tessera-load's latency line (count, ops/s, p50 p90 p99 p99.9 max ms).
+# calls in flight, then open-loop puts at half the higher of those two rates (latency from
+# each put's scheduled time), printing tessera-load's latency line (count, ops/s, p50 p90 p99
+# p99.9 max ms).
 #
 #   cargo build --release -p tessera-tools -p tessera-bench
 #   bench/scripts/replicated-vs-single.sh [SECONDS]
@@ -20,9 +22,14 @@ load() { "$bin/tessera-load" --keys 100000 --value-bytes 1024 "$@"; }
 measure() {
   local name=$1; shift
   load "$@" --create 8 --prefill --rate 5000 --duration 1 > /dev/null
+  local peak=0 line rate
   for concurrency in 64 512; do
-    echo "$name, $concurrency in flight: $(load "$@" --get-ratio 0 --concurrency "$concurrency" --duration "$seconds" | grep '^put')"
+    line=$(load "$@" --get-ratio 0 --concurrency "$concurrency" --duration "$seconds" | grep '^put')
+    echo "$name, $concurrency in flight: $line"
+    rate=$(echo "$line" | awk '{printf "%d", $3}')
+    if (( rate > peak )); then peak=$rate; fi
   done
+  echo "$name, open loop at $((peak / 2))/s (half its peak): $(load "$@" --get-ratio 0 --rate $((peak / 2)) --duration "$seconds" | grep '^put')"
 }
 "$bin/tessera" serve --cores 1 --data-dir "$data/single" --listen 127.0.0.1:7700 > /dev/null 2>&1 &
 pids+=($!)

@@ -20,7 +20,7 @@ use std::time::Duration;
 use futures_lite::AsyncWriteExt;
 use glommio::net::{TcpListener, TcpStream};
 use tessera_engine::paxos::ReplicaId;
-use tessera_wire::replication::{decode_batch, encode_batch, PeerMessage};
+use tessera_wire::replication::{decode_batch, BatchEncoder, PeerMessage};
 use tessera_wire::MessageType;
 
 use crate::local::Inbox;
@@ -199,7 +199,7 @@ async fn receive(mut stream: TcpStream, deliver: Rc<dyn Fn(Vec<PeerMessage>)>, s
 /// Writes everything queued for one peer, dialing it when there is no connection.
 async fn send(address: SocketAddr, queue: Rc<Queue>, stats: Rc<Cell<LinkStats>>) {
     let mut stream: Option<TcpStream> = None;
-    let mut bytes = Vec::new();
+    let (mut bytes, mut encoder) = (Vec::new(), BatchEncoder::default());
     loop {
         let messages = queue.take().await;
         if stream.is_none() {
@@ -224,12 +224,12 @@ async fn send(address: SocketAddr, queue: Rc<Queue>, stats: Rc<Cell<LinkStats>>)
                 snapshot_bytes += chunk.entries.iter().map(|(key, value)| key.len() + value.len()).sum::<usize>();
             }
             if at + 1 - start == FRAME_MESSAGES_MAX || snapshot_bytes >= FRAME_SNAPSHOT_BYTES_MAX {
-                encode_batch(&messages[start..=at], &mut bytes);
+                encoder.encode(&messages[start..=at], &mut bytes);
                 (start, snapshot_bytes) = (at + 1, 0);
             }
         }
         if start < messages.len() {
-            encode_batch(&messages[start..], &mut bytes);
+            encoder.encode(&messages[start..], &mut bytes);
         }
         let connection = stream.as_mut().expect("connected above");
         if connection.write_all(&bytes).await.is_err() {

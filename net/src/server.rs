@@ -44,8 +44,10 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// Cores to run on (one executor each, pinned to CPUs `first_cpu`.. in turn).
     pub cores: usize,
-    /// The CPU core 0's executor is pinned to (several nodes on one machine spread out).
-    pub first_cpu: usize,
+    /// The CPU core 0's executor is pinned to (several nodes on one machine spread out);
+    /// `None`: executors are not pinned, and the kernel places them (for more executors on
+    /// a machine than it has CPUs, where pinning would stack some on one CPU).
+    pub first_cpu: Option<usize>,
     pub store: StoreConfig,
     /// A member of a cluster: every partition replicated on every node (Multi-Paxos). `None`:
     /// a single node, every partition a group of one.
@@ -107,7 +109,9 @@ impl Server {
             let config = ServerConfig { listen: address, ..config.clone() };
             let (mesh, core_stop, ready_sender) = (mesh.clone(), stop.clone(), ready_sender.clone());
             let cpus = std::thread::available_parallelism().map_or(1, |cpus| cpus.get());
-            let executor = LocalExecutorBuilder::new(Placement::Fixed((config.first_cpu + core) % cpus))
+            let placement =
+                config.first_cpu.map_or(Placement::Unbound, |first| Placement::Fixed((first + core) % cpus));
+            let executor = LocalExecutorBuilder::new(placement)
                 .name(&format!("tessera-core-{core}"))
                 .io_memory(2 << 20)
                 .spin_before_park(SPIN_BEFORE_PARK)

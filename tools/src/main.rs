@@ -24,16 +24,17 @@ use tessera_wire::{
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const USAGE: &str = "usage: tessera COMMAND
-  serve [--data-dir DIR] [--listen ADDR] [--cores N] [--first-cpu C] [--cache-mib N]
+  serve [--data-dir DIR] [--listen ADDR] [--cores N] [--first-cpu C|none] [--cache-mib N]
         [--node-id N --cluster FILE [--log-retain ENTRIES]]
-        run a node (defaults: ./data, 127.0.0.1:7400, every core pinned from CPU 0, 256 MiB of
-        cache per core);
+        run a node (defaults: ./data, 127.0.0.1:7400, every core pinned from CPU 0, or not
+        pinned with --first-cpu none, 256 MiB of cache per core);
         with --node-id and --cluster, a member of a cluster (FILE: one node a line,
         ID CLIENT_ADDRESS PEER_ADDRESS [ZONE]; every node must run the same --cores); a leader
         keeps up to ENTRIES (default 50000) log entries for a replica that has not
         checkpointed them, and sends one that lags further a snapshot
   cluster local [--nodes 3] [--port 7400] [--cores 1] [--data-dir data-cluster]
-        run a cluster of N nodes on loopback, each a serve process (clients on PORT, PORT+1...)
+        run a cluster of N nodes on loopback, each a serve process (clients on PORT, PORT+1...),
+        pinned to CPUs of their own if the machine has enough, else not pinned
 client commands, against --endpoint ADDR (default 127.0.0.1:7400), given before the command:
   table create NAME --pk NAME:TYPE [--sk NAME:TYPE] [--partitions N]   (TYPE: S, N or B)
   table list | table describe NAME | table delete NAME
@@ -109,7 +110,10 @@ fn serve(args: &[String]) -> Result<(), String> {
             .parse()
             .map_err(|error| format!("--listen takes ADDRESS:PORT: {error}"))?,
         cores: number_flag(args, "--cores")?.unwrap_or(cores_available),
-        first_cpu: number_flag(args, "--first-cpu")?.unwrap_or(0),
+        first_cpu: match flag(args, "--first-cpu")? {
+            Some("none") => None,
+            _ => Some(number_flag(args, "--first-cpu")?.unwrap_or(0)),
+        },
         store,
         cluster: match (number_flag::<u32>(args, "--node-id")?, flag(args, "--cluster")?) {
             (None, None) => None,
@@ -203,6 +207,10 @@ fn cluster_local(args: &[String]) -> Result<(), String> {
     std::fs::write(&file, lines.join("\n") + "\n")
         .map_err(|error| format!("cannot write {}: {error}", file.display()))?;
     let binary = std::env::current_exe().map_err(|error| error.to_string())?;
+    // Pinned, nodes beyond the machine's CPUs would stack on the first ones while others
+    // idle (three nodes on two CPUs: two on CPU 0); unpinned, the kernel balances them.
+    let cpus = std::thread::available_parallelism().map_or(1, |cpus| cpus.get());
+    let pinned = count as usize * cores <= cpus;
     let signals = block_stop_signals();
     let mut children = Vec::new();
     for id in 1..=count {
@@ -210,7 +218,7 @@ fn cluster_local(args: &[String]) -> Result<(), String> {
             .args(["serve", "--node-id", &id.to_string(), "--cluster"])
             .arg(&file)
             .args(["--listen", &format!("127.0.0.1:{}", port + id as u16 - 1), "--cores", &cores.to_string()])
-            .args(["--first-cpu", &((id as usize - 1) * cores).to_string()])
+            .args(["--first-cpu", &if pinned { ((id as usize - 1) * cores).to_string() } else { "none".into() }])
             .arg("--data-dir")
             .arg(root.join(format!("node-{id}")))
             .spawn()

@@ -74,12 +74,30 @@ pub struct SnapshotAck {
 
 /// Appends one frame carrying `messages` to `out`.
 pub fn encode_batch(messages: &[PeerMessage], out: &mut Vec<u8>) {
-    let mut fbb = FlatBufferBuilder::with_capacity(256);
+    BatchEncoder::default().encode(messages, out);
+}
+
+/// `encode_batch` with a builder kept from frame to frame, so that a link's frames reuse its
+/// buffer rather than growing a new one (copying as it doubles) for every frame.
+#[derive(Default)]
+pub struct BatchEncoder {
+    fbb: FlatBufferBuilder<'static>,
+}
+
+impl BatchEncoder {
+    /// Appends one frame carrying `messages` to `out`.
+    pub fn encode(&mut self, messages: &[PeerMessage], out: &mut Vec<u8>) {
+        self.fbb.reset();
+        encode_into(&mut self.fbb, messages, out);
+    }
+}
+
+fn encode_into(fbb: &mut FlatBufferBuilder<'static>, messages: &[PeerMessage], out: &mut Vec<u8>) {
     let (mut paxos, mut chunks, mut acks) = (Vec::new(), Vec::new(), Vec::new());
     for message in messages {
         match message {
             PeerMessage::Paxos((partition, envelope)) => {
-                let (body_type, body) = write_body(&mut fbb, &envelope.message);
+                let (body_type, body) = write_body(fbb, &envelope.message);
                 let args = fb::PaxosMessageArgs {
                     partition: *partition,
                     from: envelope.from,
@@ -87,9 +105,9 @@ pub fn encode_batch(messages: &[PeerMessage], out: &mut Vec<u8>) {
                     body_type,
                     body: Some(body),
                 };
-                paxos.push(fb::PaxosMessage::create(&mut fbb, &args));
+                paxos.push(fb::PaxosMessage::create(fbb, &args));
             }
-            PeerMessage::Chunk(chunk) => chunks.push(write_chunk(&mut fbb, chunk)),
+            PeerMessage::Chunk(chunk) => chunks.push(write_chunk(fbb, chunk)),
             PeerMessage::Ack(ack) => {
                 let refused = ack.refused.as_deref().map(|reason| fbb.create_string(reason));
                 let args = fb::SnapshotAckArgs {
@@ -100,7 +118,7 @@ pub fn encode_batch(messages: &[PeerMessage], out: &mut Vec<u8>) {
                     next: ack.next,
                     refused,
                 };
-                acks.push(fb::SnapshotAck::create(&mut fbb, &args));
+                acks.push(fb::SnapshotAck::create(fbb, &args));
             }
         }
     }
@@ -109,7 +127,7 @@ pub fn encode_batch(messages: &[PeerMessage], out: &mut Vec<u8>) {
         chunks: (!chunks.is_empty()).then(|| fbb.create_vector(&chunks)),
         acks: (!acks.is_empty()).then(|| fbb.create_vector(&acks)),
     };
-    let root = fb::ReplicationBatch::create(&mut fbb, &args);
+    let root = fb::ReplicationBatch::create(fbb, &args);
     fbb.finish_minimal(root);
     frame::encode(0, MessageType::Replication, 0, fbb.finished_data(), out);
 }

@@ -287,13 +287,20 @@ impl Tree {
     }
 
     fn alloc(&mut self, kind: Kind) -> PageId {
+        static ZEROS: [u8; PAGE_SIZE] = [0; PAGE_SIZE];
+        self.alloc_from(&ZEROS, |page, id| page::init(page, kind, id))
+    }
+
+    /// Allocates a dirty page holding a copy of `contents` (one copy, straight into the frame),
+    /// then `prepare`d with its id.
+    fn alloc_from(&mut self, contents: &[u8], prepare: impl FnOnce(&mut [u8], PageId)) -> PageId {
         let id = self.free.pop().unwrap_or_else(|| {
             self.page_count += 1;
             self.page_count - 1
         });
-        let mut buffer = vec![0u8; PAGE_SIZE];
-        page::init(&mut buffer, kind, id);
-        self.frames.insert(id, Frame { page: Rc::from(buffer), epoch: self.epoch, referenced: Cell::new(true) });
+        let mut buffer: Rc<[u8]> = Rc::from(contents);
+        prepare(Rc::get_mut(&mut buffer).expect("a new page is not shared"), id);
+        self.frames.insert(id, Frame { page: buffer, epoch: self.epoch, referenced: Cell::new(true) });
         self.ring.push(id);
         self.dirty_count += 1;
         self.dirty_ids.push(id);
@@ -326,12 +333,8 @@ impl Tree {
         if frame.epoch == self.epoch {
             return id;
         }
-        let copy = frame.page.to_vec();
-        let kind = page::kind(&copy).expect("cached pages have a known kind");
-        let new_id = self.alloc(kind);
-        let target = self.page_mut(new_id);
-        target.copy_from_slice(&copy);
-        page::set_u64(target, 16, new_id);
+        let page = frame.page.clone();
+        let new_id = self.alloc_from(&page, |copy, new_id| page::set_u64(copy, 16, new_id));
         self.free_page(id);
         new_id
     }
