@@ -86,7 +86,7 @@ impl Default for StoreConfig {
         StoreConfig {
             cache_pages: 64 * 1024, // 256 MiB
             wal: WalConfig::default(),
-            checkpoint_dirty_pages: 16 * 1024,
+            checkpoint_dirty_pages: 32 * 1024,
             checkpoint_wal_segments: 4,
             replicated: false,
         }

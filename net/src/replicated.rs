@@ -250,6 +250,20 @@ impl ReplicatedLog {
         self.watchers.borrow_mut().insert(partition, watcher);
     }
 
+    /// Partition `index` of a table (storage partition `partition`) is preferred to lead on
+    /// the cluster's node `index` modulo the node count, in id order: that replica, if it
+    /// knows no leader yet (a new table, or a restart), campaigns at once, so leaders spread
+    /// over the nodes. Starts the replica here if it is not running.
+    pub fn prefer_leader(&self, partition: PartitionId, index: u32) {
+        let preferred = self.members.get(index as usize % self.members.len().max(1)).map(|member| member.id);
+        let now = self.now();
+        self.with_replica(partition, |replica| {
+            if preferred == Some(replica.id()) {
+                replica.hasten_election(now);
+            }
+        });
+    }
+
     /// The replica this node believes leads `partition`.
     pub fn leader(&self, partition: PartitionId) -> Option<ReplicaId> {
         self.with_replica(partition, |replica| replica.leader())

@@ -433,6 +433,14 @@ impl Shard {
     }
 
     fn install_catalog(&self, catalog: Catalog) {
+        if let Log::Replicated(log) = &self.log {
+            // Each table's partitions lead on the nodes in turn (those this core owns).
+            for table in catalog.tables.values() {
+                for index in (0..table.partitions).filter(|&index| owner_core(index, self.cores) == self.core) {
+                    log.prefer_leader(table.partition_id(index), index);
+                }
+            }
+        }
         *self.catalog.borrow_mut() = catalog;
         self.catalog_ready.signal(1);
     }

@@ -97,7 +97,17 @@ fn number_flag<T: std::str::FromStr>(args: &[String], name: &str) -> Result<Opti
     flag(args, name)?.map(|text| text.parse().map_err(|_| format!("{name} takes a number, not {text:?}"))).transpose()
 }
 
+/// mimalloc's `mi_option_purge_delay` (its place in `mi_option_e`, mimalloc.h; the Rust
+/// bindings name no constant for it).
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
 fn serve(args: &[String]) -> Result<(), String> {
+    // A server keeps the memory it freed rather than returning it to the kernel a second
+    // later: returned memory comes back as fresh pages the kernel must zero (2 MiB at a time
+    // with transparent huge pages), which took ~6% of a 3-node cluster's CPU under puts; kept,
+    // the cluster's peak rose ~9% (bench/RESULTS.md).
+    // SAFETY: sets a process-wide allocator option; any thread may, at any time.
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
     let cores_available = std::thread::available_parallelism().map_or(1, |cores| cores.get());
     let mut store = StoreConfig::default();
     if let Some(mib) = number_flag::<usize>(args, "--cache-mib")? {

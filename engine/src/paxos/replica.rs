@@ -633,6 +633,15 @@ impl Replica {
         self.election_deadline = now + self.config.election_min + self.random_below(spread);
     }
 
+    /// Campaigns at the next tick if this replica follows no known leader: the host prefers
+    /// it to lead (leaders spread over nodes rather than gathering where replicas happened to
+    /// start first). Affects only who is likely to lead, never safety.
+    pub fn hasten_election(&mut self, now: Micros) {
+        if matches!(self.state, State::Follower) && self.leader.is_none() && self.can_lead() {
+            self.election_deadline = self.election_deadline.min(now);
+        }
+    }
+
     /// A ballot higher than ours was seen: stop leading or campaigning.
     fn observe(&mut self, now: Micros, ballot: Ballot) {
         self.round_seen = self.round_seen.max(ballot.round);
