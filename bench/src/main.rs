@@ -30,12 +30,14 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const USAGE: &str = "usage: tessera-load [--endpoint ADDR] [--table NAME] [--keys N] [--value-bytes N]
                     [--rate OPS_PER_S] [--duration SECONDS] [--get-ratio R] [--connections N]
-                    [--threads N] [--create PARTITIONS] [--prefill] [--updates]
+                    [--threads N] [--create PARTITIONS] [--prefill] [--updates] [--warmup SECONDS]
   --connections N  pipelined connections per server core (default 1); each call goes to
                    one on the core owning its key
   --create P   create the table (partition key id:S) with P partitions first
   --prefill    write every key once (closed loop, 256 in flight) before the timed run
   --updates    writes are conditional UpdateItem counter increments instead of PutItem
+  --warmup S   run the load for S seconds (default 1) before the measured --duration, and
+               record nothing of it (connections, table layouts and leaders are learned then)
   --concurrency N  closed loop: N calls in flight per thread, each issued when the one before
                it is answered (throughput and latency at that concurrency), instead of --rate
   --cluster A,B,C  the nodes of a cluster (the first is --endpoint's default): connections to
@@ -49,6 +51,7 @@ struct Settings {
     value_bytes: usize,
     rate: f64,
     duration: Duration,
+    warmup: Duration,
     get_ratio: f64,
     connections: usize,
     threads: usize,
@@ -90,6 +93,7 @@ fn parse() -> Result<Settings, String> {
         value_bytes: number(value("--value-bytes"), "--value-bytes", 1024)?,
         rate: number(value("--rate"), "--rate", 50_000.0)?,
         duration: Duration::from_secs_f64(number(value("--duration"), "--duration", 20.0)?),
+        warmup: Duration::from_secs_f64(number(value("--warmup"), "--warmup", 1.0)?),
         get_ratio: number(value("--get-ratio"), "--get-ratio", 0.5)?,
         connections: number(value("--connections"), "--connections", 1)?,
         threads: number(value("--threads"), "--threads", 1)?,
@@ -179,8 +183,10 @@ async fn run(settings: Settings, thread: usize) -> Report {
     let interval = Duration::from_secs_f64(1.0 / rate);
     let mut random = Random(0x9E37_79B9_7F4A_7C15 ^ (thread as u64 + 1).wrapping_mul(0xBF58_476D_1CE4_E5B9));
     let start = Instant::now();
-    let total = (rate * settings.duration.as_secs_f64()) as u64;
+    let measured_from = start + settings.warmup;
+    let total = (rate * (settings.warmup + settings.duration).as_secs_f64()) as u64;
     let mut issued = 0u64;
+    let mut measured = 0u64;
     let outstanding = Rc::new(Cell::new(0u64));
     while issued < total {
         let now = Instant::now();
@@ -194,17 +200,22 @@ async fn run(settings: Settings, thread: usize) -> Report {
             let updates = settings.updates;
             let outstanding = outstanding.clone();
             outstanding.set(outstanding.get() + 1);
+            let recorded = scheduled >= measured_from;
+            measured += u64::from(recorded);
             glommio::spawn_local(async move {
                 // Each call goes to a connection on the core owning the key's partition.
                 let result = one_call(&pool, &table, index, is_get, updates, value_bytes).await;
                 let micros = scheduled.elapsed().as_micros() as u64;
+                outstanding.set(outstanding.get() - 1);
+                if !recorded {
+                    return;
+                }
                 let mut report = report.borrow_mut();
                 match result {
                     Ok(()) if is_get => report.gets.saturating_record(micros.max(1)),
                     Ok(()) => report.puts.saturating_record(micros.max(1)),
                     Err(_) => report.errors += 1,
                 }
-                outstanding.set(outstanding.get() - 1);
             })
             .detach();
             issued += 1;
@@ -214,7 +225,7 @@ async fn run(settings: Settings, thread: usize) -> Report {
     while outstanding.get() > 0 {
         glommio::timer::sleep(Duration::from_millis(1)).await;
     }
-    report.borrow_mut().issued = issued;
+    report.borrow_mut().issued = measured;
     Rc::try_unwrap(report).ok().expect("every task is done").into_inner()
 }
 
@@ -256,7 +267,8 @@ async fn one_call(
 async fn run_closed(settings: Settings, thread: usize, concurrency: usize) -> Report {
     let pool = pool(&settings).await;
     let report = Rc::new(RefCell::new(Report { gets: histogram(), puts: histogram(), errors: 0, issued: 0 }));
-    let deadline = Instant::now() + settings.duration;
+    let measured_from = Instant::now() + settings.warmup;
+    let deadline = measured_from + settings.duration;
     let workers: Vec<_> = (0..concurrency)
         .map(|worker| {
             let (pool, report, settings) = (pool.clone(), report.clone(), settings.clone());
@@ -270,6 +282,9 @@ async fn run_closed(settings: Settings, thread: usize, concurrency: usize) -> Re
                     let result =
                         one_call(&pool, &settings.table, index, is_get, settings.updates, settings.value_bytes).await;
                     let micros = issued.elapsed().as_micros() as u64;
+                    if issued < measured_from {
+                        continue;
+                    }
                     let mut report = report.borrow_mut();
                     report.issued += 1;
                     match result {
@@ -356,7 +371,7 @@ fn main() {
     }
     let began = Instant::now();
     let reports: Vec<Report> = spawn_all(false).into_iter().flatten().collect();
-    let seconds = began.elapsed().as_secs_f64();
+    let seconds = began.elapsed().saturating_sub(settings.warmup).as_secs_f64();
     let mut gets = histogram();
     let mut puts = histogram();
     let mut all = histogram();

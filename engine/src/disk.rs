@@ -21,6 +21,8 @@ use crate::error::{Error, Result};
 
 /// Largest single DMA transfer issued; bigger reads and writes are split.
 const TRANSFER_MAX: usize = 1 << 20;
+/// Bytes `write_zeros` writes between two flushes.
+const ZEROS_SYNC_EVERY: u64 = 4 << 20;
 /// How long `open` waits for another holder of a file's lock before giving up.
 const LOCK_WAIT: Duration = Duration::from_secs(10);
 
@@ -155,6 +157,12 @@ impl File {
             let chunk = (len - done).min(TRANSFER_MAX as u64) as usize;
             self.write(offset + done, &zeros[..chunk]).await?;
             done += chunk as u64;
+            // Flushed as it goes: written, unflushed data is a debt the device's next cache
+            // flush pays, and that flush may be a WAL write's (64 MiB of it stalled every
+            // write of a 3-node cluster for ~200 ms).
+            if done.is_multiple_of(ZEROS_SYNC_EVERY) {
+                self.fdatasync().await?;
+            }
         }
         Ok(())
     }

@@ -59,6 +59,8 @@ const APPLY_LAG_MAX: u64 = 16 * 1024;
 const CHECKPOINT_WRITES_IN_FLIGHT: usize = 32;
 /// Sealed pages the checkpoint writer collects from the tree at a time.
 const CHECKPOINT_CHUNK_PAGES: usize = 512;
+/// Chunks a checkpoint writes between two flushes of the device's cache (4 MiB).
+const CHECKPOINT_SYNC_EVERY_CHUNKS: usize = 2;
 /// Records applied between two turns of the reactor.
 const APPLY_CHUNK: usize = 256;
 /// WAL record kind of a command applied once durable (a group of one).
@@ -1230,19 +1232,28 @@ impl Inner {
         // the device at once (one after another, a 16k-page checkpoint took 250-500 ms).
         let mut writing = VecDeque::new();
         let mut outcome = self.write_pages(sealed.freelist.clone(), &mut writing).await;
-        for chunk in sealed.ids.chunks(CHECKPOINT_CHUNK_PAGES) {
+        for (at, chunk) in sealed.ids.chunks(CHECKPOINT_CHUNK_PAGES).enumerate() {
             if outcome.is_err() {
                 break;
+            }
+            if at > 0 && at.is_multiple_of(CHECKPOINT_SYNC_EVERY_CHUNKS) {
+                // Written but not yet flushed data is a debt the device's next cache flush
+                // pays, and the next flush is a WAL write's: bounded here, that write waits for
+                // a few megabytes rather than the whole checkpoint.
+                outcome = self.drain(&mut writing).await;
+                if outcome.is_ok() {
+                    outcome = self.file.fdatasync().await;
+                }
+                if outcome.is_err() {
+                    break;
+                }
             }
             let pages = self.tree.borrow().sealed_pages(chunk);
             outcome = self.write_pages(pages, &mut writing).await;
         }
         // Every write is awaited, even after a failure: none may land after this returns.
-        for write in writing {
-            let result = self.written(write).await;
-            outcome = outcome.and(result);
-        }
-        outcome?;
+        let drained = self.drain(&mut writing).await;
+        outcome.and(drained)?;
         self.file.fdatasync().await?;
         let sequence = self.meta_sequence.get() + 1;
         let meta = Meta {
@@ -1257,6 +1268,16 @@ impl Inner {
         self.file.fdatasync().await?;
         self.meta_sequence.set(sequence);
         Ok(())
+    }
+
+    /// Awaits every write in `writing` (all of them, even after one failed).
+    async fn drain(&self, writing: &mut VecDeque<glommio::task::JoinHandle<Result<()>>>) -> Result<()> {
+        let mut outcome = Ok(());
+        for write in writing.drain(..) {
+            let result = self.written(write).await;
+            outcome = outcome.and(result);
+        }
+        outcome
     }
 
     /// The outcome of a checkpoint write.

@@ -234,6 +234,7 @@ impl Wal {
         wal.prepare_tail().await?;
         let flusher = glommio::spawn_local(Inner::flusher(wal.inner.clone()));
         *wal.inner.flusher.borrow_mut() = Some(flusher);
+        wal.inner.fill_spares(wal.inner.config.spare_segments_max);
         Ok(Recovered { wal, records })
     }
 
@@ -458,16 +459,31 @@ impl Inner {
     /// Creates a spare segment in the background if none is ready, so that rolling over to a
     /// new segment never waits for a zero-fill.
     fn prepare_spare(self: &Rc<Inner>) {
-        if self.preparing.get() || !self.spares.borrow().is_empty() || self.closed.get() {
+        if !self.spares.borrow().is_empty() {
+            return;
+        }
+        self.fill_spares(1);
+    }
+
+    /// Creates spare segments in the background, one at a time, until `count` are ready. At
+    /// open, a new log fills its spares this way before load arrives: zero-filled under load,
+    /// each new segment took disk bandwidth from the flushes that acknowledge writes.
+    fn fill_spares(self: &Rc<Inner>, count: usize) {
+        if self.preparing.get() || self.closed.get() {
             return;
         }
         self.preparing.set(true);
         let inner = self.clone();
         glommio::spawn_local(async move {
-            match inner.create_segment().await {
-                Ok(segment) if !inner.closed.get() => inner.spares.borrow_mut().push(segment),
-                Ok(segment) => drop(segment.file.close().await),
-                Err(error) => inner.durable.fail(error.to_string()),
+            while inner.spares.borrow().len() < count && !inner.closed.get() {
+                match inner.create_segment().await {
+                    Ok(segment) if !inner.closed.get() => inner.spares.borrow_mut().push(segment),
+                    Ok(segment) => drop(segment.file.close().await),
+                    Err(error) => {
+                        inner.durable.fail(error.to_string());
+                        break;
+                    }
+                }
             }
             inner.preparing.set(false);
         })
