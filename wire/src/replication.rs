@@ -273,7 +273,7 @@ fn read_value(value: fb::PaxosValue<'_>) -> Result<Value, WireError> {
         fb::PaxosValueKind::NOOP => Value::Noop,
         fb::PaxosValueKind::COMMAND => Value::Command {
             id: value.id(),
-            bytes: value.bytes().ok_or_else(|| missing("a command's bytes"))?.bytes().to_vec(),
+            bytes: value.bytes().ok_or_else(|| missing("a command's bytes"))?.bytes().to_vec().into(),
         },
         fb::PaxosValueKind::MEMBERS => Value::Members(read_members(value.members(), "the members of a configuration")?),
         other => {

@@ -10,8 +10,8 @@ use tessera_wire::{ErrorCode, MessageType, Request};
 fn values() -> Vec<Value> {
     vec![
         Value::Noop,
-        Value::Command { id: 7, bytes: b"a command".to_vec() },
-        Value::Command { id: 8, bytes: Vec::new() },
+        Value::Command { id: 7, bytes: b"a command".to_vec().into() },
+        Value::Command { id: 8, bytes: Vec::new().into() },
         Value::Members(vec![Member::full(1), Member::full(2), Member::log(9)]),
     ]
 }

@@ -75,7 +75,7 @@ pub fn decode_persist(bytes: &[u8]) -> Result<PersistContent, String> {
             VALUE_COMMAND => {
                 let id = u64_le(&mut reader)?;
                 let len = u32_le(&mut reader)? as usize;
-                Value::Command { id, bytes: reader.take(len)?.to_vec() }
+                Value::Command { id, bytes: bytes::Bytes::copy_from_slice(reader.take(len)?) }
             }
             VALUE_MEMBERS => {
                 let count = u32_le(&mut reader)? as usize;
@@ -133,7 +133,7 @@ mod tests {
         let ballot = Ballot { round: 7, replica: 2 };
         let entries = vec![
             (5, Entry { ballot, value: Value::Noop }),
-            (6, Entry { ballot, value: Value::Command { id: 99, bytes: b"put".to_vec() } }),
+            (6, Entry { ballot, value: Value::Command { id: 99, bytes: bytes::Bytes::from_static(b"put") } }),
             (7, Entry { ballot, value: Value::Members(vec![Member::full(1), Member::log(4)]) }),
         ];
         for promised in [None, Some(ballot)] {

@@ -108,8 +108,10 @@ pub enum Value {
     /// leadership. Applies nothing.
     Noop,
     /// A command for the replicated state machine, opaque here; `id` is the proposer's, so
-    /// the host can tell whether the value chosen for a slot is the one it proposed.
-    Command { id: u64, bytes: Vec<u8> },
+    /// the host can tell whether the value chosen for a slot is the one it proposed. Shared
+    /// bytes: the log, the persist, the messages to each peer and the apply all hold the same
+    /// command without copying it.
+    Command { id: u64, bytes: bytes::Bytes },
     /// The group's members from this slot on (a configuration change; see `Replica`).
     Members(Vec<Member>),
 }

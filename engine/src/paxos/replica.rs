@@ -467,7 +467,7 @@ impl Replica {
             return Err(ProposeError::NotLeader { leader: self.leader });
         };
         let ballot = leadership.ballot;
-        Ok(self.append(now, ballot, Value::Command { id, bytes }))
+        Ok(self.append(now, ballot, Value::Command { id, bytes: bytes.into() }))
     }
 
     /// Proposes a new configuration: `members` differs from the one in force by exactly one

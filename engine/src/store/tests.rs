@@ -518,7 +518,7 @@ fn replicated_config() -> StoreConfig {
 fn chosen(slot: u64, round: u64, command: &Command) -> (u64, paxos::Entry) {
     let mut bytes = Vec::new();
     command.encode_payload(&mut bytes);
-    let value = paxos::Value::Command { id: slot, bytes };
+    let value = paxos::Value::Command { id: slot, bytes: bytes.into() };
     (slot, paxos::Entry { ballot: Ballot { round, replica: 1 }, value })
 }
 
