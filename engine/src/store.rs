@@ -159,6 +159,8 @@ struct Inner {
     meta_sequence: Cell<u64>,
     poisoned: RefCell<Option<String>>,
     closed: Cell<bool>,
+    /// xorshift state drawing each checkpoint's dirty-page threshold.
+    jitter: Cell<u64>,
     applier: RefCell<Option<glommio::Task<()>>>,
     page_reads: Cell<u64>,
 }
@@ -357,6 +359,12 @@ impl Store {
                 meta_sequence: Cell::new(meta.as_ref().map_or(0, |meta| meta.sequence)),
                 poisoned: RefCell::new(None),
                 closed: Cell::new(false),
+                jitter: Cell::new(
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(1, |since| since.as_nanos() as u64)
+                        | 1,
+                ),
                 applier: RefCell::new(None),
                 page_reads: Cell::new(0),
             }),
@@ -1169,8 +1177,12 @@ impl Inner {
         if self.checkpoint_running.get() || self.poisoned.borrow().is_some() || self.closed.get() {
             return Ok(());
         }
-        let tree_full = self.tree.borrow().dirty_pages()
-            >= self.config.checkpoint_dirty_pages.min(self.tree.borrow().capacity() / 2);
+        // Each checkpoint starts at a threshold between 3/4 and all of the configured one, drawn
+        // afresh: stores under the same load (the replicas of a cluster) then checkpoint at
+        // different moments rather than all at once on a shared disk.
+        let threshold = self.config.checkpoint_dirty_pages.min(self.tree.borrow().capacity() / 2);
+        let threshold = threshold - threshold / 4 * (self.jitter.get() % 1024) as usize / 1024;
+        let tree_full = self.tree.borrow().dirty_pages() >= threshold;
         let log_long = self.wal.segments_in_use() >= self.config.checkpoint_wal_segments;
         if !(self.checkpoint_wanted.get() || tree_full || log_long) {
             return Ok(());
@@ -1179,6 +1191,9 @@ impl Inner {
         self.checkpoint_wanted.set(false);
         self.checkpoint_running.set(true);
         self.checkpoints_started.set(self.checkpoints_started.get() + 1);
+        let mut jitter = self.jitter.get();
+        (jitter ^= jitter << 13, jitter ^= jitter >> 7, jitter ^= jitter << 17);
+        self.jitter.set(jitter);
         let sealed = self.tree.borrow_mut().seal();
         let covered_lsn = self.covered_lsn();
         let slots =
