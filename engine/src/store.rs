@@ -1192,7 +1192,9 @@ impl Inner {
         self.checkpoint_running.set(true);
         self.checkpoints_started.set(self.checkpoints_started.get() + 1);
         let mut jitter = self.jitter.get();
-        (jitter ^= jitter << 13, jitter ^= jitter >> 7, jitter ^= jitter << 17);
+        jitter ^= jitter << 13;
+        jitter ^= jitter >> 7;
+        jitter ^= jitter << 17;
         self.jitter.set(jitter);
         let sealed = self.tree.borrow_mut().seal();
         let covered_lsn = self.covered_lsn();
