@@ -177,6 +177,16 @@ fn put_anywhere(nodes: &BTreeMap<ReplicaId, Node>, key: u64, within: Duration) -
     }
 }
 
+/// Three replicas on loopback, each with a directory under a fresh root.
+fn three_nodes(name: &str) -> (PathBuf, BTreeMap<ReplicaId, SocketAddr>, BTreeMap<ReplicaId, Node>) {
+    let root = std::env::temp_dir().join(format!("tessera-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let addresses: BTreeMap<ReplicaId, SocketAddr> = (1..=3).map(|id| (id, free_address())).collect();
+    let nodes =
+        addresses.keys().map(|&id| (id, Node::start(id, root.join(format!("node-{id}")), addresses.clone()))).collect();
+    (root, addresses, nodes)
+}
+
 fn eventually_has(node: &Node, keys: std::ops::Range<u64>) {
     let deadline = Instant::now() + Duration::from_secs(10);
     for key in keys {
@@ -196,12 +206,8 @@ fn eventually_has(node: &Node, keys: std::ops::Range<u64>) {
 
 #[test]
 fn three_replicas_choose_apply_fail_over_and_catch_up() {
-    let root = std::env::temp_dir().join(format!("tessera-replicated-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&root);
-    let addresses: BTreeMap<ReplicaId, SocketAddr> = (1..=3).map(|id| (id, free_address())).collect();
+    let (root, addresses, mut nodes) = three_nodes("replicated");
     let dir = |id: ReplicaId| root.join(format!("node-{id}"));
-    let mut nodes: BTreeMap<ReplicaId, Node> =
-        addresses.keys().map(|&id| (id, Node::start(id, dir(id), addresses.clone()))).collect();
 
     let leader = put_anywhere(&nodes, 0, Duration::from_secs(10));
     for key in 1..100 {
@@ -266,12 +272,8 @@ fn snapshot_stats(node: &Node) -> (u64, u64) {
 /// checkpoint and continues from the log: it then holds every write, and takes part again.
 #[test]
 fn a_replica_behind_a_recycled_log_recovers_by_snapshot() {
-    let root = std::env::temp_dir().join(format!("tessera-snapshot-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&root);
-    let addresses: BTreeMap<ReplicaId, SocketAddr> = (1..=3).map(|id| (id, free_address())).collect();
+    let (root, addresses, mut nodes) = three_nodes("snapshot");
     let dir = |id: ReplicaId| root.join(format!("node-{id}"));
-    let mut nodes: BTreeMap<ReplicaId, Node> =
-        addresses.keys().map(|&id| (id, Node::start(id, dir(id), addresses.clone()))).collect();
     let leader = put_anywhere(&nodes, 0, Duration::from_secs(10));
     for key in 1..50 {
         assert_eq!(nodes[&leader].ask(Ask::Put(key)), Ok(None));
