@@ -111,6 +111,9 @@ enum Work {
     Command(Command),
     /// A step of installing a snapshot of the partition (replicated mode).
     Install(Install),
+    /// Removes the partition: its items, its metadata, and its claim on the WAL (replicated
+    /// mode; its table was deleted).
+    Drop,
 }
 
 /// The steps of installing a partition snapshot, applied in queue order like commands.
@@ -616,6 +619,12 @@ impl Store {
         self.inner.partition_metas.borrow().get(&partition).is_some_and(|meta| meta.installing)
     }
 
+    /// Replicated mode: removes `partition` (items, metadata, unapplied entries) behind every
+    /// chosen entry queued before; its replica must be stopped first (its table was deleted).
+    pub async fn drop_partition(&self, partition: PartitionId) -> Result<()> {
+        self.applied_work(partition, Work::Drop).await
+    }
+
     /// Replicated mode: starts installing a snapshot of `partition`, behind every chosen
     /// entry queued before: its items are removed and it is marked installing. The caller
     /// stops queueing the partition's chosen entries until `install_end` succeeds.
@@ -652,7 +661,12 @@ impl Store {
     }
 
     async fn install(&self, partition: PartitionId, step: Install) -> Result<()> {
-        let ticket = self.queue_chosen(partition, 0, Work::Install(step), false)?;
+        self.applied_work(partition, Work::Install(step)).await
+    }
+
+    /// Queues `work` behind the chosen entries queued before, and waits until it is applied.
+    async fn applied_work(&self, partition: PartitionId, work: Work) -> Result<()> {
+        let ticket = self.queue_chosen(partition, 0, work, false)?;
         self.inner.applied.wait(ticket).await.map_err(|cause| Error::Poisoned { cause })
     }
 
@@ -980,19 +994,7 @@ impl Inner {
     async fn install(&self, partition: PartitionId, step: &Install) -> Result<()> {
         match step {
             Install::Begin => {
-                let (mut lower, upper) = (
-                    Bound::Included(tree_key(partition, &[])),
-                    Bound::Excluded(tree_key(partition.saturating_add(1), &[])),
-                );
-                loop {
-                    let chunk = self.scan_tree(lower, upper.clone(), false, APPLY_CHUNK).await?;
-                    let Some((last, _)) = chunk.last() else { break };
-                    lower = Bound::Excluded(last.clone());
-                    for (key, _) in &chunk {
-                        self.with_tree(|tree| tree.delete(key)).await?;
-                    }
-                    yield_to_reactor().await;
-                }
+                self.empty_partition(partition).await?;
                 let mut metas = self.partition_metas.borrow_mut();
                 let meta = metas.entry(partition).or_default();
                 *meta = PartitionMeta { promised: meta.promised, installing: true, ..PartitionMeta::default() };
@@ -1018,6 +1020,35 @@ impl Inner {
             }
         }
         self.unsaved_metas.borrow_mut().insert(partition);
+        Ok(())
+    }
+
+    /// Deletes every item of `partition` from the tree, a chunk at a time.
+    async fn empty_partition(&self, partition: PartitionId) -> Result<()> {
+        let (mut lower, upper) =
+            (Bound::Included(tree_key(partition, &[])), Bound::Excluded(tree_key(partition.saturating_add(1), &[])));
+        loop {
+            let chunk = self.scan_tree(lower, upper.clone(), false, APPLY_CHUNK).await?;
+            let Some((last, _)) = chunk.last() else { break };
+            lower = Bound::Excluded(last.clone());
+            for (key, _) in &chunk {
+                self.with_tree(|tree| tree.delete(key)).await?;
+            }
+            yield_to_reactor().await;
+        }
+        Ok(())
+    }
+
+    /// Removes `partition` whole: items, metadata (in memory and in the tree), and the
+    /// entries it held unapplied, which would otherwise keep the WAL from being recycled.
+    async fn drop_partition(&self, partition: PartitionId) -> Result<()> {
+        self.empty_partition(partition).await?;
+        let key = meta_key(partition);
+        self.with_tree(|tree| tree.delete(&key).map(drop)).await?;
+        self.partition_metas.borrow_mut().remove(&partition);
+        self.unsaved_metas.borrow_mut().remove(&partition);
+        self.unapplied.borrow_mut().remove(&partition);
+        self.checkpointed_slots.borrow_mut().remove(&partition);
         Ok(())
     }
 
@@ -1144,6 +1175,7 @@ impl Inner {
                     Work::Install(step) => {
                         inner.install(queued.partition, step).await.map(|()| Outcome::Batch(Vec::new()))
                     }
+                    Work::Drop => inner.drop_partition(queued.partition).await.map(|()| Outcome::Batch(Vec::new())),
                 };
                 match applied {
                     Ok(outcome) => {

@@ -181,6 +181,14 @@ impl Catalog {
             && !self.tables.values().any(|table| u64::from(table.id) == id && index < table.partitions)
     }
 
+    /// Whether storage partition `partition` belonged to a table this catalog knows was
+    /// deleted: its table id was handed out (below `next_id`, which the same catalog entry
+    /// advanced) and no table has it. A catalog that is behind says no for tables it has not
+    /// seen created, so a lagging replica never takes a new table's partition for a deleted one.
+    pub fn deleted(&self, partition: PartitionId) -> bool {
+        (partition >> 20) < u64::from(self.next_id) && self.orphaned(partition)
+    }
+
     pub fn table(&self, name: &str) -> Result<&TableInfo, WireError> {
         self.tables.get(name).ok_or_else(|| {
             WireError::new(
@@ -301,6 +309,11 @@ mod tests {
         assert!(!catalog.orphaned(CATALOG_PARTITION));
         assert!((0..4).all(|index| !catalog.orphaned(table.partition_id(index))));
         assert!(catalog.orphaned(table.partition_id(4)));
+        // Deleted: a table id already handed out that no table has; not a table yet to come.
+        let gone = TableInfo { id: 2, ..table.clone() };
+        let coming = TableInfo { id: 5, ..table.clone() };
+        assert!(catalog.deleted(gone.partition_id(0)) && !catalog.deleted(coming.partition_id(0)));
+        assert!(!catalog.deleted(table.partition_id(0)) && !catalog.deleted(CATALOG_PARTITION));
         assert!(catalog.orphaned((2 << 20) | 1));
     }
 

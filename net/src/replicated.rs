@@ -137,6 +137,8 @@ pub struct ReplicatedLog {
     ticks: Cell<u64>,
     log_retain: u64,
     snapshots: snapshot::Snapshots,
+    /// Partitions of deleted tables: their replicas are stopped and their messages ignored.
+    retired: RefCell<std::collections::BTreeSet<PartitionId>>,
 }
 
 impl ReplicatedLog {
@@ -180,6 +182,7 @@ impl ReplicatedLog {
             ticks: Cell::new(0),
             log_retain: cluster.log_retain,
             snapshots: snapshot::Snapshots::default(),
+            retired: RefCell::default(),
         });
         *log.me.borrow_mut() = Rc::downgrade(&log);
         let weak = Rc::downgrade(&log);
@@ -264,6 +267,41 @@ impl ReplicatedLog {
         });
     }
 
+    /// The partitions whose replicas run here.
+    pub fn partitions(&self) -> Vec<PartitionId> {
+        self.replicas.borrow().keys().copied().collect()
+    }
+
+    /// Stops `partition`'s replica for good (its table was deleted: every replica does this
+    /// as it applies the deletion) and removes its data in the background. Its messages are
+    /// ignored from now on, and proposals waiting on it fail.
+    pub fn retire(&self, partition: PartitionId) {
+        if !self.retired.borrow_mut().insert(partition) {
+            return;
+        }
+        self.replicas.borrow_mut().remove(&partition);
+        self.recovered.borrow_mut().remove(&partition);
+        self.snapshots.forget(partition);
+        let waiting: Vec<(PartitionId, Slot)> =
+            self.waiters.borrow().keys().filter(|(of, _)| *of == partition).copied().collect();
+        for key in waiting {
+            if let Some(waiter) = self.waiters.borrow_mut().remove(&key) {
+                let reason = format!("partition {partition} belongs to a deleted table");
+                waiter.reply.resolve(Err(Error::Unavailable(reason)));
+            }
+        }
+        let store = self.store.clone();
+        glommio::spawn_local(async move {
+            match store.drop_partition(partition).await {
+                Ok(()) => eprintln!("tessera: partition {partition} of a deleted table: replica stopped, data removed"),
+                Err(error) => {
+                    eprintln!("tessera: partition {partition} of a deleted table: removing its data failed: {error}")
+                }
+            }
+        })
+        .detach();
+    }
+
     /// The replica this node believes leads `partition`.
     pub fn leader(&self, partition: PartitionId) -> Option<ReplicaId> {
         self.with_replica(partition, |replica| replica.leader())
@@ -307,6 +345,14 @@ impl ReplicatedLog {
         let now = self.now();
         for message in messages {
             if message.to() != self.node {
+                continue;
+            }
+            let partition = match &message {
+                PeerMessage::Paxos((partition, _)) => *partition,
+                PeerMessage::Chunk(chunk) => chunk.partition,
+                PeerMessage::Ack(ack) => ack.partition,
+            };
+            if self.retired.borrow().contains(&partition) {
                 continue;
             }
             match message {

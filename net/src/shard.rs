@@ -440,6 +440,10 @@ impl Shard {
                     log.prefer_leader(table.partition_id(index), index);
                 }
             }
+            // Every replica of a deleted table's partitions stops here and drops its data.
+            for partition in log.partitions().into_iter().filter(|&partition| catalog.deleted(partition)) {
+                log.retire(partition);
+            }
         }
         *self.catalog.borrow_mut() = catalog;
         self.catalog_ready.signal(1);
@@ -796,6 +800,11 @@ impl Shard {
             .map_err(engine_error)?;
         self.catalog.borrow_mut().tables.remove(name);
         self.broadcast(|| Op::CatalogRemove(name.to_string())).await?;
+        // In a cluster every replica drops its partitions of the table as it applies the
+        // deletion (`install_catalog`).
+        if matches!(self.log, Log::Replicated(_)) {
+            return Ok(OpResult::Table(table));
+        }
         // The data goes in the background; the table id is never reused, so nothing can see it.
         for core in 0..self.cores {
             let partitions: Vec<PartitionId> = (0..table.partitions)

@@ -450,3 +450,25 @@ fn a_follower_behind_a_recycled_log_recovers_by_snapshot() {
     }
     all_readable(&cluster, follower, &written);
 }
+
+/// DeleteTable in a cluster: every node stops its replicas of the table's partitions and
+/// removes their data (not only where the deleting node leads), and a table created again
+/// under the name starts empty, on new partitions.
+#[test]
+fn deleted_tables_leave_no_replicas_behind() {
+    let cluster = Cluster::start("delete");
+    cluster.client(1).create_table(TABLE, KeySchema::hash_only("id", KeyType::S), 4).unwrap();
+    cluster.spread_leaders();
+    cluster.client(2).delete_table(TABLE).unwrap();
+    for id in 1..=3 {
+        wait_until("every replica of the deleted table stopping", Duration::from_secs(10), || {
+            cluster.log(id).matches("of a deleted table: replica stopped, data removed").count() == 4
+        });
+    }
+    cluster.client(3).create_table(TABLE, KeySchema::hash_only("id", KeyType::S), 2).unwrap();
+    cluster.wait_for_table();
+    let mut client = cluster.client(1);
+    assert_eq!(client.get_item(TABLE, key(5)).unwrap(), None, "the new table starts empty");
+    client.put_item(TABLE, item(5)).unwrap();
+    all_readable(&cluster, 2, &[5]);
+}

@@ -700,3 +700,34 @@ fn snapshots_read_a_checkpoint_and_install_whole_or_not_at_all() {
         leader.close().await.unwrap();
     });
 }
+
+/// Replicated mode: dropping a partition (its table deleted) removes its items and metadata
+/// and releases the WAL its unapplied entries held; other partitions are untouched.
+#[test]
+fn dropped_partitions_leave_nothing_behind() {
+    let dir = scratch_dir("store-drop");
+    run(async move {
+        let store = Store::open(&dir, replicated_config()).await.unwrap();
+        for slot in 1..=50u64 {
+            store.apply_chosen(7, slot, put(format!("k{slot}").as_bytes(), b"gone"), false).unwrap();
+            store.apply_chosen(8, slot, put(format!("k{slot}").as_bytes(), b"kept"), false).unwrap();
+        }
+        // An accepted entry of partition 7 that will never be applied.
+        let lsn = store.persist_paxos(7, None, &[chosen(51, 1, &put(b"late", b"x"))]).unwrap();
+        store.durable(lsn).await.unwrap();
+        store.checkpoint().await.unwrap();
+        store.drop_partition(7).await.unwrap();
+        assert!(store.scan(7, Bound::Unbounded, Bound::Unbounded, false, 10).await.unwrap().is_empty());
+        assert_eq!(store.partition_meta(7).await.unwrap(), PartitionMeta::default());
+        // Nothing holds the WAL back now: a checkpoint covers the dropped partition's entry.
+        store.checkpoint().await.unwrap();
+        assert!(store.inner.covered_lsn() >= lsn);
+        store.close().await.unwrap();
+        let store = Store::open(&dir, replicated_config()).await.unwrap();
+        assert_eq!(store.applied_slot(7), 0);
+        assert!(store.scan(7, Bound::Unbounded, Bound::Unbounded, false, 10).await.unwrap().is_empty());
+        assert_eq!(store.partition_meta(8).await.unwrap().items, 50);
+        assert_eq!(store.get(8, b"k7").await.unwrap(), Some(b"kept".to_vec()));
+        store.close().await.unwrap();
+    });
+}

@@ -125,6 +125,16 @@ pub(super) struct Snapshots {
     stats: Cell<SnapshotStats>,
 }
 
+impl Snapshots {
+    /// Forgets `partition` (retired): entries held back for it and a snapshot being received
+    /// go; one being sent ends at its next acknowledgement or timeout.
+    pub(super) fn forget(&self, partition: PartitionId) {
+        self.deferred.borrow_mut().remove(&partition);
+        self.incoming.borrow_mut().remove(&partition);
+        self.outgoing.borrow_mut().retain(|(of, _), _| *of != partition);
+    }
+}
+
 impl ReplicatedLog {
     pub fn snapshot_stats(&self) -> SnapshotStats {
         self.snapshots.stats.get()
