@@ -1242,7 +1242,24 @@ impl Shard {
                 OpResult::Entries { entries, more } => (entries, more),
                 OpResult::Error(error) => match leader_of(&error).filter(|_| may_forward) {
                     Some(leader) => {
-                        self.scan_elsewhere(leader, &table, index, after, remaining, scan.consistent_read).await?
+                        let (mut entries, mut more) =
+                            self.scan_elsewhere(leader, &table, index, after, remaining, scan.consistent_read).await?;
+                        // The other node's page is held to this one's byte budget, as a local
+                        // partition's is: what does not fit is read by the next page.
+                        let mut budget = bytes_left;
+                        let fits = entries
+                            .iter()
+                            .take_while(|(key, value)| {
+                                let fits = budget > 0;
+                                budget = budget.saturating_sub(key.len() + value.len());
+                                fits
+                            })
+                            .count();
+                        if fits < entries.len() {
+                            entries.truncate(fits);
+                            more = true;
+                        }
+                        (entries, more)
                     }
                     None => return Err(error),
                 },
@@ -1278,7 +1295,8 @@ impl Shard {
 
     /// Scans partition `index` at the node that leads it (a Scan of the segment the partition
     /// is, when the table's partitions are the segments), after encoded key `after`: its
-    /// entries and whether more follow. The remote page may hold up to a page of its own.
+    /// entries and whether more follow (up to a page of the other node's; the caller holds it
+    /// to its own page's byte budget).
     async fn scan_elsewhere(
         &self,
         leader: &str,

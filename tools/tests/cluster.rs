@@ -309,6 +309,38 @@ fn multi_partition_requests_work_at_every_node() {
         let items = cluster.client(via).scan_all(scan).unwrap();
         assert_eq!(items.len(), 24 + 75, "a strongly consistent Scan, in pages of 7, at node {via}");
     }
+    // Pages stay within 1 MB (plus the item that crosses it) when partitions other nodes lead
+    // are part of them: 40 items of 100 KB over the 8 partitions.
+    let mut client = cluster.client(1);
+    for n in 0..40u64 {
+        let big = ItemBuilder::new().s("id", format!("big{n}")).b("data", vec![n as u8; 100_000]).build();
+        client.put_item(TABLE, big).unwrap();
+    }
+    for via in 1..=3u32 {
+        let (mut client, mut start, mut seen) = (cluster.client(via), None, 0);
+        loop {
+            let scan = Scan {
+                table: TABLE.into(),
+                segment: 0,
+                total_segments: 1,
+                limit: 0,
+                exclusive_start_key: start,
+                consistent_read: true,
+                read: ReadExpressions::default(),
+            };
+            let Response::Items { items, last_evaluated_key, .. } = client.call(&Request::Scan(scan)).unwrap() else {
+                panic!("a page of items")
+            };
+            let bytes: usize = items.iter().map(tessera_engine::item_size).sum();
+            assert!(bytes <= (1 << 20) + 100_100, "a page of {bytes} bytes at node {via}");
+            seen += items.len();
+            match last_evaluated_key {
+                Some(key) => start = Some(key),
+                None => break,
+            }
+        }
+        assert_eq!(seen, 24 + 75 + 40, "every item, page by page, at node {via}");
+    }
 }
 
 /// A cluster file that is wrong stops `serve` with a message naming the line and the fault.
