@@ -549,11 +549,14 @@ pub fn is_error(error: &ClientError, code: ErrorCode) -> bool {
     matches!(error, ClientError::Service(service) if service.code == code)
 }
 
+/// An answer and the capacity it reports, or why there is none.
+type Answer = Result<(Response, Vec<ConsumedCapacity>), ClientError>;
+
 /// A pipelined connection for glommio programs (the load generator): any number of calls may
 /// be in flight on it at once; each waits for the answer carrying its request id.
 pub struct AsyncClient {
     outbox: Rc<Outbox>,
-    pending: Rc<Pending<Result<Response, ClientError>>>,
+    pending: Rc<Pending<Answer>>,
     /// Keeps the writer task going while the client lives.
     _producer: Producer,
     config: ClientConfig,
@@ -567,7 +570,7 @@ impl AsyncClient {
         let (mut reader, mut writer) = futures_lite::io::split(stream);
         let outbox = Rc::new(Outbox::default());
         let producer = Producer::new(&outbox);
-        let pending: Rc<Pending<Result<Response, ClientError>>> = Rc::default();
+        let pending: Rc<Pending<Answer>> = Rc::default();
         let writing = outbox.clone();
         glommio::spawn_local(async move {
             let mut spare = Vec::new();
@@ -586,12 +589,12 @@ impl AsyncClient {
                 match inbox.next_frame() {
                     Err(lost) => break lost.to_string(),
                     Ok(Some(frame)) => {
-                        let response =
-                            match (frame.checksum_ok, Response::decode(frame.header.message_type, frame.payload)) {
-                                (false, _) => Err(ClientError::Protocol("an answer failed its checksum".into())),
-                                (true, Ok(response)) => Ok(response),
-                                (true, Err(error)) => Err(ClientError::Protocol(error.to_string())),
-                            };
+                        let decoded = Response::decode_with_capacity(frame.header.message_type, frame.payload);
+                        let response = match (frame.checksum_ok, decoded) {
+                            (false, _) => Err(ClientError::Protocol("an answer failed its checksum".into())),
+                            (true, Ok(answer)) => Ok(answer),
+                            (true, Err(error)) => Err(ClientError::Protocol(error.to_string())),
+                        };
                         answers.complete(frame.header.request_id, response);
                     }
                     Ok(None) => match inbox.fill(&mut reader).await {
@@ -609,11 +612,12 @@ impl AsyncClient {
 
     /// Sends `request` once and waits for its answer (or the timeout).
     pub async fn call_once(&self, request: &Request) -> Result<Response, ClientError> {
-        self.call_once_with(request, RequestFlags::default()).await
+        self.call_once_with(request, RequestFlags::default()).await.map(|(response, _)| response)
     }
 
-    /// Sends `request` once with `flags` (a node forwarding a request marks it so).
-    pub async fn call_once_with(&self, request: &Request, flags: RequestFlags) -> Result<Response, ClientError> {
+    /// Sends `request` once with `flags` (a node forwarding a request marks it so); the answer
+    /// and the capacity it reports (when the flags asked for it).
+    pub async fn call_once_with(&self, request: &Request, flags: RequestFlags) -> Answer {
         let (id, reply) = self.pending.open();
         request.encode_with_flags(id, flags, &mut self.outbox.bytes.borrow_mut());
         self.outbox.wake();

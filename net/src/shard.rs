@@ -373,6 +373,14 @@ impl Meter {
         }
     }
 
+    /// Adds what another node counted for part of this request.
+    fn add(&mut self, consumed: &[ConsumedCapacity]) {
+        for part in consumed {
+            let units = self.tables.entry(part.table.clone()).or_default();
+            (units.0, units.1) = (units.0 + part.read_units, units.1 + part.write_units);
+        }
+    }
+
     fn report(self) -> Vec<ConsumedCapacity> {
         let indexes = self.mode == ReturnConsumedCapacity::Indexes;
         self.tables
@@ -452,6 +460,16 @@ impl Shard {
     /// Sends `request` to the node at `leader` (a cluster member that leads a partition this
     /// request needs), over a connection kept per node.
     async fn forward(&self, leader: &str, request: &Request) -> Result<Response, WireError> {
+        self.forward_with(leader, request, ReturnConsumedCapacity::None).await.map(|(response, _)| response)
+    }
+
+    /// `forward`, asking the other node for the capacity the request consumed there.
+    async fn forward_with(
+        &self,
+        leader: &str,
+        request: &Request,
+        capacity: ReturnConsumedCapacity,
+    ) -> Result<(Response, Vec<ConsumedCapacity>), WireError> {
         let unavailable = |what: String| WireError::new(ErrorCode::ServiceUnavailable, what);
         let known = self.forwards.borrow().get(leader).cloned();
         let client = match known {
@@ -468,10 +486,10 @@ impl Shard {
                 client
             }
         };
-        let flags = RequestFlags { capacity: ReturnConsumedCapacity::None, forwarded: true };
+        let flags = RequestFlags { capacity, forwarded: true };
         match client.call_once_with(request, flags).await {
-            Ok(Response::Error(error)) => Err(error),
-            Ok(response) => Ok(response),
+            Ok((Response::Error(error), _)) => Err(error),
+            Ok(answer) => Ok(answer),
             Err(error) => {
                 self.forwards.borrow_mut().remove(leader);
                 Err(unavailable(format!("the leader at {leader} failed: {error}")))
@@ -1444,10 +1462,10 @@ impl Shard {
         /// by the node that leads the partition (what it left unprocessed).
         enum Share {
             Here(OpResult, Vec<Write>),
-            There(Result<Vec<Write>, WireError>),
+            There(Result<(Vec<Write>, Vec<ConsumedCapacity>), WireError>),
         }
         let mut tasks = Vec::new();
-        let previous = meter.wanted();
+        let (previous, mode) = (meter.wanted(), meter.mode);
         for ((core, partition), (commands, writes)) in groups {
             let shard = self.clone();
             tasks.push(glommio::spawn_local(async move {
@@ -1457,10 +1475,11 @@ impl Shard {
                     _ => None,
                 };
                 // Another node leads the partition: it takes these writes as a batch of its
-                // own (its capacity is not counted here).
+                // own, and counts their capacity when asked.
                 let Some(leader) = leader else { return Share::Here(result, writes) };
-                Share::There(match shard.forward(&leader, &Request::BatchWriteItem(writes)).await {
-                    Ok(Response::BatchWriteItem { unprocessed }) => Ok(unprocessed),
+                let request = Request::BatchWriteItem(writes);
+                Share::There(match shard.forward_with(&leader, &request, mode).await {
+                    Ok((Response::BatchWriteItem { unprocessed }, consumed)) => Ok((unprocessed, consumed)),
                     Ok(_) => {
                         Err(WireError::new(ErrorCode::InternalServerError, "a node answered BatchWriteItem wrongly"))
                     }
@@ -1471,7 +1490,11 @@ impl Shard {
         let mut unprocessed = Vec::new();
         for task in tasks {
             match task.await {
-                Share::There(left) => unprocessed.extend(left?),
+                Share::There(left) => {
+                    let (left, consumed) = left?;
+                    unprocessed.extend(left);
+                    meter.add(&consumed);
+                }
                 Share::Here(OpResult::Done, _) => {}
                 Share::Here(OpResult::Values(olds), writes) => {
                     for (old, write) in olds.iter().zip(&writes) {

@@ -248,11 +248,17 @@ fn multi_partition_requests_work_at_every_node() {
         let mut client = cluster.client(via);
         let base = 100 * u64::from(via);
         let writes: Vec<Write> = (base..base + 25).map(|n| Write::Put { table: TABLE.into(), item: item(n) }).collect();
-        let (unprocessed, _) = match client.call(&Request::BatchWriteItem(writes)).unwrap() {
-            Response::BatchWriteItem { unprocessed } => (unprocessed, ()),
+        // Capacity is counted for every write, those another node took included (one unit
+        // each: new items under 1 KB).
+        let total = tessera_wire::ReturnConsumedCapacity::Total;
+        let (unprocessed, consumed) = match client.call_with_capacity(&Request::BatchWriteItem(writes), total).unwrap()
+        {
+            (Response::BatchWriteItem { unprocessed }, consumed) => (unprocessed, consumed),
             other => panic!("{other:?}"),
         };
         assert!(unprocessed.is_empty(), "{unprocessed:?}");
+        let units: f64 = consumed.iter().map(|part| part.write_units).sum();
+        assert_eq!(units, 25.0, "write units of a BatchWriteItem at node {via}: {consumed:?}");
         let keys: Vec<Item> = (base..base + 25).map(key).collect();
         let tables =
             vec![TableKeys { table: TABLE.into(), keys, consistent_read: true, read: ReadExpressions::default() }];
