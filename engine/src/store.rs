@@ -114,6 +114,8 @@ enum Work {
     /// Removes the partition: its items, its metadata, and its claim on the WAL (replicated
     /// mode; its table was deleted).
     Drop,
+    /// The configuration chosen at the queued slot (replicated mode): applies nothing else.
+    Members(Vec<paxos::Member>),
 }
 
 /// The steps of installing a partition snapshot, applied in queue order like commands.
@@ -126,7 +128,7 @@ enum Install {
     Entries(Vec<(Vec<u8>, Vec<u8>)>),
     /// The snapshot is whole if the partition now holds `items` items of `bytes` bytes: it is
     /// then at `slot`, and no longer installing.
-    End { slot: u64, items: u64, bytes: u64 },
+    End { slot: u64, items: u64, bytes: u64, members: Vec<paxos::Member> },
 }
 
 struct Inner {
@@ -139,6 +141,10 @@ struct Inner {
     partition_metas: RefCell<ahash::HashMap<PartitionId, PartitionMeta>>,
     /// Partitions whose metadata changed since the last checkpoint was sealed.
     unsaved_metas: RefCell<ahash::HashSet<PartitionId>>,
+    /// Replicated mode: each partition's replication group configuration as of its applied
+    /// slot (absent: the one the host started the group with), saved with checkpoints.
+    configs: RefCell<ahash::HashMap<PartitionId, Vec<paxos::Member>>>,
+    unsaved_configs: RefCell<ahash::HashSet<PartitionId>>,
     queue: RefCell<VecDeque<Queued>>,
     outcomes: RefCell<ahash::HashMap<u64, Outcome>>,
     /// Replicated mode: the last apply ticket handed out.
@@ -229,6 +235,15 @@ fn tree_key(partition: PartitionId, key: &[u8]) -> Vec<u8> {
 fn meta_key(partition: PartitionId) -> Vec<u8> {
     tree_key(u64::MAX, &partition.to_be_bytes())
 }
+
+/// The tree key of a partition's replication group configuration: its metadata key and `c`.
+fn config_key(partition: PartitionId) -> Vec<u8> {
+    let mut key = meta_key(partition);
+    key.push(CONFIG_SUFFIX);
+    key
+}
+
+const CONFIG_SUFFIX: u8 = b'c';
 
 /// What the store keeps of each partition beside its items: the last slot applied, and how
 /// many items it holds and their bytes (keys and stored values), kept up to date by every
@@ -346,6 +361,8 @@ impl Store {
                 wal: recovered.wal,
                 partition_metas: RefCell::new(ahash::HashMap::default()),
                 unsaved_metas: RefCell::new(ahash::HashSet::default()),
+                configs: RefCell::new(ahash::HashMap::default()),
+                unsaved_configs: RefCell::new(ahash::HashSet::default()),
                 queue: RefCell::new(VecDeque::new()),
                 outcomes: RefCell::new(ahash::HashMap::default()),
                 last_ticket: Cell::new(0),
@@ -452,6 +469,15 @@ impl Store {
             self.inner.scan_tree(Bound::Included(META_PREFIX.to_vec()), Bound::Unbounded, false, usize::MAX).await?;
         for (key, value) in entries {
             let partition = key.get(8..16).and_then(|bytes| bytes.try_into().ok()).map(u64::from_be_bytes);
+            if let (Some(partition), Some(&CONFIG_SUFFIX), 17) = (partition, key.get(16), key.len()) {
+                let mut reader = crate::codec::Reader::new(&value);
+                let members = paxos::decode_members(&mut reader, value.len())
+                    .ok()
+                    .filter(|_| reader.is_empty())
+                    .ok_or_else(|| Error::corrupt(self.inner.file.path(), 0, "malformed group configuration entry"))?;
+                self.inner.configs.borrow_mut().insert(partition, members);
+                continue;
+            }
             let meta = match (partition, PartitionMeta::decode(&value), value.as_slice().try_into()) {
                 (Some(_), Some(meta), _) => meta,
                 // Written before the counts were kept (the applied slot alone): count once.
@@ -579,6 +605,18 @@ impl Store {
         Ok(ticket)
     }
 
+    /// Replicated mode: queues the configuration chosen for `slot` of `partition` (in slot
+    /// order with its commands, like `apply_chosen`); it is saved with the next checkpoint.
+    pub fn apply_members(&self, partition: PartitionId, slot: u64, members: Vec<paxos::Member>) -> Result<u64> {
+        self.queue_chosen(partition, slot, Work::Members(members), false)
+    }
+
+    /// Replicated mode: `partition`'s group configuration as of its applied slot, if one was
+    /// chosen or installed since the group began (else the host's initial one holds).
+    pub fn configuration(&self, partition: PartitionId) -> Option<Vec<paxos::Member>> {
+        self.inner.configs.borrow().get(&partition).cloned()
+    }
+
     /// Replicated mode: a consistent image of `partition` as the newest durable checkpoint
     /// holds it, to stream to a replica that needs it. Writes go on meanwhile; the pages it
     /// reads are kept from reuse until it is dropped.
@@ -644,11 +682,18 @@ impl Store {
     }
 
     /// Replicated mode: ends the snapshot being installed, taken at `slot` of a partition of
-    /// `items` items and `bytes` bytes. If the partition holds exactly those, it is at `slot`
-    /// now (durably so with the next checkpoint); otherwise it stays installing and this
-    /// says what differed.
-    pub async fn install_end(&self, partition: PartitionId, slot: u64, items: u64, bytes: u64) -> Result<()> {
-        self.install(partition, Install::End { slot, items, bytes }).await?;
+    /// `items` items and `bytes` bytes, with `members` the configuration in force there. If
+    /// the partition holds exactly those, it is at `slot` now (durably so with the next
+    /// checkpoint); otherwise it stays installing and this says what differed.
+    pub async fn install_end(
+        &self,
+        partition: PartitionId,
+        slot: u64,
+        items: u64,
+        bytes: u64,
+        members: Vec<paxos::Member>,
+    ) -> Result<()> {
+        self.install(partition, Install::End { slot, items, bytes, members }).await?;
         let meta = self.inner.partition_metas.borrow().get(&partition).copied().unwrap_or_default();
         if meta.installing {
             return Err(Error::Unavailable(format!(
@@ -1007,20 +1052,34 @@ impl Inner {
                     metas.entry(partition).or_default().change(key, previous.as_deref(), Some(value));
                 }
             }
-            &Install::End { slot, items, bytes } => {
-                let mut metas = self.partition_metas.borrow_mut();
-                let meta = metas.entry(partition).or_default();
-                if meta.installing && meta.items == items && meta.bytes == bytes {
-                    meta.installing = false;
-                    meta.applied_slot = slot;
-                    if let Some(held) = self.unapplied.borrow_mut().get_mut(&partition) {
-                        *held = held.split_off(&(slot + 1));
-                    }
+            Install::End { slot, items, bytes, members } => {
+                let whole = {
+                    let mut metas = self.partition_metas.borrow_mut();
+                    let meta = metas.entry(partition).or_default();
+                    let whole = meta.installing && meta.items == *items && meta.bytes == *bytes;
+                    meta.installing &= !whole;
+                    whole
+                };
+                if whole {
+                    self.configure(partition, *slot, members.clone());
                 }
             }
         }
         self.unsaved_metas.borrow_mut().insert(partition);
         Ok(())
+    }
+
+    /// `partition`'s group is configured as `members` from `slot` on (applied).
+    fn configure(&self, partition: PartitionId, slot: u64, members: Vec<paxos::Member>) {
+        self.configs.borrow_mut().insert(partition, members);
+        self.unsaved_configs.borrow_mut().insert(partition);
+        let mut metas = self.partition_metas.borrow_mut();
+        let meta = metas.entry(partition).or_default();
+        meta.applied_slot = meta.applied_slot.max(slot);
+        self.unsaved_metas.borrow_mut().insert(partition);
+        if let Some(held) = self.unapplied.borrow_mut().get_mut(&partition) {
+            *held = held.split_off(&(slot + 1));
+        }
     }
 
     /// Deletes every item of `partition` from the tree, a chunk at a time.
@@ -1043,8 +1102,11 @@ impl Inner {
     /// entries it held unapplied, which would otherwise keep the WAL from being recycled.
     async fn drop_partition(&self, partition: PartitionId) -> Result<()> {
         self.empty_partition(partition).await?;
-        let key = meta_key(partition);
-        self.with_tree(|tree| tree.delete(&key).map(drop)).await?;
+        for key in [meta_key(partition), config_key(partition)] {
+            self.with_tree(|tree| tree.delete(&key).map(drop)).await?;
+        }
+        self.configs.borrow_mut().remove(&partition);
+        self.unsaved_configs.borrow_mut().remove(&partition);
         self.partition_metas.borrow_mut().remove(&partition);
         self.unsaved_metas.borrow_mut().remove(&partition);
         self.unapplied.borrow_mut().remove(&partition);
@@ -1060,6 +1122,13 @@ impl Inner {
             let meta = self.partition_metas.borrow()[&partition].encode();
             let key = meta_key(partition);
             self.with_tree(|tree| tree.put(&key, &meta).map(drop)).await?;
+        }
+        let partitions: Vec<PartitionId> = self.unsaved_configs.borrow_mut().drain().collect();
+        for partition in partitions {
+            let mut encoded = Vec::new();
+            paxos::encode_members(&self.configs.borrow()[&partition], &mut encoded);
+            let key = config_key(partition);
+            self.with_tree(|tree| tree.put(&key, &encoded).map(drop)).await?;
         }
         Ok(())
     }
@@ -1176,6 +1245,10 @@ impl Inner {
                         inner.install(queued.partition, step).await.map(|()| Outcome::Batch(Vec::new()))
                     }
                     Work::Drop => inner.drop_partition(queued.partition).await.map(|()| Outcome::Batch(Vec::new())),
+                    Work::Members(members) => {
+                        inner.configure(queued.partition, queued.slot, members.clone());
+                        Ok(Outcome::Batch(Vec::new()))
+                    }
                 };
                 match applied {
                     Ok(outcome) => {

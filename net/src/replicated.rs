@@ -73,6 +73,12 @@ impl Cluster {
     }
 }
 
+/// What a chosen value asks the store to apply.
+enum Chosen {
+    Command(Command),
+    Members(Vec<Member>),
+}
+
 /// A proposal that waits for its slot.
 struct Waiter {
     command: u64,
@@ -328,8 +334,9 @@ impl ReplicatedLog {
                 let durable = self.recovered.borrow_mut().remove(&partition).unwrap_or_default();
                 let applied = self.store.applied_slot(partition);
                 let seed = u64::from(self.node) << 48 ^ partition ^ now;
-                let mut replica =
-                    Replica::new(self.config.clone(), self.node, &self.members, durable, applied, now, seed);
+                // The configuration as of the applied slot (later ones are in the log).
+                let members = self.store.configuration(partition).unwrap_or_else(|| self.members.clone());
+                let mut replica = Replica::new(self.config.clone(), self.node, &members, durable, applied, now, seed);
                 // This log's clock started with the process's replication.
                 replica.restarted_at(0);
                 replica
@@ -404,7 +411,7 @@ impl ReplicatedLog {
         let waiter = self.waiters.borrow_mut().remove(&(partition, slot));
         let (command, chosen_id) = match value {
             Value::Command { id, bytes } => match Command::decode(&bytes) {
-                Ok(command) => (command, Some(id)),
+                Ok(command) => (Chosen::Command(command), Some(id)),
                 Err(reason) => {
                     // A chosen command that does not decode (the same bytes everywhere): every
                     // replica skips it alike, and its proposer hears of it.
@@ -416,12 +423,17 @@ impl ReplicatedLog {
                     return;
                 }
             },
-            // No-ops and configurations apply nothing but move the applied slot.
-            Value::Noop | Value::Members(_) => (Command::Batch(Vec::new()), None),
+            // A no-op applies nothing but moves the applied slot.
+            Value::Noop => (Chosen::Command(Command::Batch(Vec::new())), None),
+            // A configuration is saved with the partition, for its replica to restart from.
+            Value::Members(members) => (Chosen::Members(members), None),
         };
         let ours = waiter.as_ref().is_some_and(|waiter| Some(waiter.command) == chosen_id);
         let want_outcome = ours && waiter.as_ref().is_some_and(|waiter| waiter.want_outcome);
-        let ticket = self.store.apply_chosen(partition, slot, command, want_outcome);
+        let ticket = match command {
+            Chosen::Command(command) => self.store.apply_chosen(partition, slot, command, want_outcome),
+            Chosen::Members(members) => self.store.apply_members(partition, slot, members),
+        };
         let watcher = self.watchers.borrow().get(&partition).cloned();
         if let Some(watcher) = watcher {
             watcher();

@@ -33,17 +33,41 @@ pub fn encode_persist(promised: Option<Ballot>, entries: &[(Slot, Entry)], out: 
             }
             Value::Members(members) => {
                 out.push(VALUE_MEMBERS);
-                out.extend_from_slice(&(members.len() as u32).to_le_bytes());
-                for member in members {
-                    out.extend_from_slice(&member.id.to_le_bytes());
-                    out.push(match member.kind {
-                        MemberKind::Full => 0,
-                        MemberKind::Log => 1,
-                    });
-                }
+                encode_members(members, out);
             }
         }
     }
+}
+
+/// Appends a configuration: its member count, then each member's id and kind.
+pub fn encode_members(members: &[Member], out: &mut Vec<u8>) {
+    out.extend_from_slice(&(members.len() as u32).to_le_bytes());
+    for member in members {
+        out.extend_from_slice(&member.id.to_le_bytes());
+        out.push(match member.kind {
+            MemberKind::Full => 0,
+            MemberKind::Log => 1,
+        });
+    }
+}
+
+/// A configuration as `encode_members` wrote it, read from `reader` (within `total` bytes).
+pub(crate) fn decode_members(reader: &mut Reader<'_>, total: usize) -> Result<Vec<Member>, String> {
+    let count = u32_le(reader)? as usize;
+    if count > total / 5 {
+        return Err(format!("{count} members cannot fit in {total} bytes"));
+    }
+    let mut members = Vec::with_capacity(count);
+    for _ in 0..count {
+        let id = u32_le(reader)?;
+        let kind = match reader.u8()? {
+            0 => MemberKind::Full,
+            1 => MemberKind::Log,
+            other => return Err(format!("member kind {other} is neither full (0) nor log (1)")),
+        };
+        members.push(Member { id, kind });
+    }
+    Ok(members)
 }
 
 /// What one persist holds: the promise, if it made one, and the entries.
@@ -77,23 +101,7 @@ pub fn decode_persist(bytes: &[u8]) -> Result<PersistContent, String> {
                 let len = u32_le(&mut reader)? as usize;
                 Value::Command { id, bytes: bytes::Bytes::copy_from_slice(reader.take(len)?) }
             }
-            VALUE_MEMBERS => {
-                let count = u32_le(&mut reader)? as usize;
-                if count > bytes.len() / 5 {
-                    return Err(format!("{count} members cannot fit in {} bytes", bytes.len()));
-                }
-                let mut members = Vec::with_capacity(count);
-                for _ in 0..count {
-                    let id = u32_le(&mut reader)?;
-                    let kind = match reader.u8()? {
-                        0 => MemberKind::Full,
-                        1 => MemberKind::Log,
-                        other => return Err(format!("member kind {other} is neither full (0) nor log (1)")),
-                    };
-                    members.push(Member { id, kind });
-                }
-                Value::Members(members)
-            }
+            VALUE_MEMBERS => Value::Members(decode_members(&mut reader, bytes.len())?),
             other => return Err(format!("value kind {other} is not a no-op (0), command (1) or members (2)")),
         };
         if slot == 0 {

@@ -677,7 +677,10 @@ fn snapshots_read_a_checkpoint_and_install_whole_or_not_at_all() {
         for chunk in &streamed[1..] {
             follower.install_entries(7, chunk.clone()).await.unwrap();
         }
-        let error = follower.install_end(7, meta.applied_slot, meta.items, meta.bytes).await.unwrap_err();
+        let error = follower
+            .install_end(7, meta.applied_slot, meta.items, meta.bytes, vec![paxos::Member::full(1)])
+            .await
+            .unwrap_err();
         assert!(error.to_string().contains("should hold 500 items"), "{error}");
         assert!(follower.installing(7));
         // A whole one is.
@@ -685,7 +688,7 @@ fn snapshots_read_a_checkpoint_and_install_whole_or_not_at_all() {
         for chunk in &streamed {
             follower.install_entries(7, chunk.clone()).await.unwrap();
         }
-        follower.install_end(7, meta.applied_slot, meta.items, meta.bytes).await.unwrap();
+        follower.install_end(7, meta.applied_slot, meta.items, meta.bytes, vec![paxos::Member::full(1)]).await.unwrap();
         assert!(!follower.installing(7));
         let installed = follower.scan(7, Bound::Unbounded, Bound::Unbounded, false, usize::MAX).await.unwrap();
         assert!(installed == expected);
@@ -694,6 +697,8 @@ fn snapshots_read_a_checkpoint_and_install_whole_or_not_at_all() {
         let follower = Store::open(&follower_dir, replicated_config()).await.unwrap();
         let meta_after = follower.partition_meta(7).await.unwrap();
         assert_eq!((meta_after.applied_slot, meta_after.items, meta_after.bytes), (500, 500, meta.bytes));
+        // The configuration the snapshot carried is the partition's now.
+        assert_eq!(follower.configuration(7), Some(vec![paxos::Member::full(1)]));
         assert!(follower.scan(7, Bound::Unbounded, Bound::Unbounded, false, usize::MAX).await.unwrap() == expected);
         assert_eq!(follower.get(8, b"mine").await.unwrap(), Some(b"kept".to_vec()));
         follower.close().await.unwrap();
@@ -728,6 +733,36 @@ fn dropped_partitions_leave_nothing_behind() {
         assert!(store.scan(7, Bound::Unbounded, Bound::Unbounded, false, 10).await.unwrap().is_empty());
         assert_eq!(store.partition_meta(8).await.unwrap().items, 50);
         assert_eq!(store.get(8, b"k7").await.unwrap(), Some(b"kept".to_vec()));
+        store.close().await.unwrap();
+    });
+}
+
+/// Replicated mode: a configuration chosen for a slot is applied in order with the commands,
+/// saved with the checkpoint, and back after a restart (a restarted replica starts from it,
+/// not from the group it began with); a dropped partition loses it.
+#[test]
+fn group_configurations_survive_restarts() {
+    let dir = scratch_dir("store-members");
+    run(async move {
+        let store = Store::open(&dir, replicated_config()).await.unwrap();
+        assert_eq!(store.configuration(7), None);
+        let members = vec![paxos::Member::full(1), paxos::Member::full(2), paxos::Member::log(4)];
+        store.apply_chosen(7, 1, put(b"a", b"1"), false).unwrap();
+        store.apply_members(7, 2, members.clone()).unwrap();
+        store.apply_chosen(7, 3, put(b"b", b"2"), false).unwrap();
+        store.apply_members(9, 1, vec![paxos::Member::full(3)]).unwrap();
+        store.checkpoint().await.unwrap();
+        assert_eq!((store.configuration(7), store.applied_slot(7)), (Some(members.clone()), 3));
+        store.close().await.unwrap();
+        let store = Store::open(&dir, replicated_config()).await.unwrap();
+        assert_eq!((store.configuration(7), store.applied_slot(7)), (Some(members), 3));
+        assert_eq!(store.configuration(9), Some(vec![paxos::Member::full(3)]));
+        assert_eq!(store.get(7, b"b").await.unwrap(), Some(b"2".to_vec()));
+        store.drop_partition(9).await.unwrap();
+        store.checkpoint().await.unwrap();
+        store.close().await.unwrap();
+        let store = Store::open(&dir, replicated_config()).await.unwrap();
+        assert_eq!(store.configuration(9), None);
         store.close().await.unwrap();
     });
 }

@@ -390,7 +390,7 @@ async fn store_chunk(log: Weak<ReplicatedLog>, chunk: SnapshotChunk) {
         result = store.install_entries(partition, chunk.entries.clone()).await;
     }
     if let (Ok(()), Some(end)) = (&result, &chunk.last) {
-        result = store.install_end(partition, chunk.slot, end.items, end.bytes).await;
+        result = store.install_end(partition, chunk.slot, end.items, end.bytes, end.members.clone()).await;
         if result.is_ok() {
             // Durable before the replica continues from it.
             result = store.checkpoint().await;
