@@ -319,3 +319,48 @@ fn a_replica_behind_a_recycled_log_recovers_by_snapshot() {
     }
     let _ = std::fs::remove_dir_all(&root);
 }
+
+/// A follower that stopped partway through installing a snapshot (its partition durably
+/// marked installing, its items partial) restarts: it serves no reads of the partition, applies
+/// nothing from its log onto the partial items, asks its leader for a snapshot, and ends with
+/// every write.
+#[test]
+fn a_replica_stopped_while_installing_asks_for_a_snapshot() {
+    let (root, addresses, mut nodes) = three_nodes("installing");
+    let dir = |id: ReplicaId| root.join(format!("node-{id}"));
+    let leader = put_anywhere(&nodes, 0, Duration::from_secs(10));
+    for key in 1..200 {
+        assert_eq!(nodes[&leader].ask(Ask::Put(key)), Ok(None));
+    }
+    let follower = *nodes.keys().find(|&&id| id != leader).unwrap();
+    eventually_has(&nodes[&follower], 0..200);
+    nodes.remove(&follower).unwrap().stop();
+    // What a crash partway through an install leaves: the partition emptied and marked
+    // installing, one stray item in it, all of it in a durable checkpoint.
+    let follower_dir = dir(follower);
+    std::thread::spawn(move || {
+        glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+            .io_memory(1 << 20)
+            .make()
+            .expect("executor")
+            .run(async move {
+                let store = Store::open(&follower_dir, store_config()).await.unwrap();
+                store.install_begin(PARTITION).await.unwrap();
+                store.install_entries(PARTITION, vec![(7u64.to_be_bytes().to_vec(), b"stray".to_vec())]).await.unwrap();
+                store.checkpoint().await.unwrap();
+                store.close().await.unwrap();
+            })
+    })
+    .join()
+    .unwrap();
+    for key in 200..250 {
+        assert_eq!(nodes[&leader].ask(Ask::Put(key)), Ok(None));
+    }
+    nodes.insert(follower, Node::start(follower, dir(follower), addresses.clone()));
+    eventually_has(&nodes[&follower], 0..250);
+    assert!(snapshot_stats(&nodes[&follower]).1 >= 1, "the follower installed a snapshot");
+    for (_, node) in nodes {
+        node.stop();
+    }
+    let _ = std::fs::remove_dir_all(&root);
+}
