@@ -210,10 +210,12 @@ impl ReplicatedLog {
         // one is whole.
         let partitions: Vec<PartitionId> = log.recovered.borrow().keys().copied().collect();
         for partition in partitions {
-            if log.store.installing(partition) {
+            let installing = log.store.installing(partition);
+            if installing {
                 log.snapshots.deferred.borrow_mut().insert(partition, Vec::new());
             }
-            log.with_replica(partition, |_| ());
+            // Until the snapshot is whole, it could not serve what it chose as leader.
+            log.with_replica(partition, |replica| replica.set_standby(installing));
         }
         Ok(log)
     }

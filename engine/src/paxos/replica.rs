@@ -219,6 +219,9 @@ pub struct Replica {
     /// Prepares of other ballots are not answered before this time.
     quiet_until: Micros,
     election_deadline: Micros,
+    /// The host cannot apply entries yet (its state machine awaits a snapshot): this replica
+    /// does not campaign, since as leader it could not serve what it chose.
+    standby: bool,
     round_seen: u64,
     next_persist: u64,
     persists: VecDeque<PendingPersist>,
@@ -271,6 +274,7 @@ impl Replica {
             // It may have heard from a leader just before it stopped.
             quiet_until: 0,
             election_deadline: 0,
+            standby: false,
             round_seen,
             next_persist: 1,
             persists: VecDeque::new(),
@@ -585,7 +589,7 @@ impl Replica {
             }
             State::Follower | State::Candidate(_) => {
                 if now >= self.election_deadline {
-                    if self.can_lead() {
+                    if self.can_lead() && !self.standby {
                         self.campaign(now);
                     } else {
                         // Log replicas and replicas outside the configuration never lead.
@@ -631,6 +635,12 @@ impl Replica {
     fn reset_election_timer(&mut self, now: Micros) {
         let spread = self.config.election_max - self.config.election_min;
         self.election_deadline = now + self.config.election_min + self.random_below(spread);
+    }
+
+    /// Keeps this replica from campaigning (`true`) while its host's state machine awaits a
+    /// snapshot, or lets it again. It still votes and accepts; only liveness is affected.
+    pub fn set_standby(&mut self, standby: bool) {
+        self.standby = standby;
     }
 
     /// Campaigns at the next tick if this replica follows no known leader: the host prefers
@@ -1085,9 +1095,17 @@ mod tests {
         // A change of kind is one change.
         assert_eq!(replica.propose_members(now, promoted), Ok(3));
         replica.flush(now);
-        // Log replicas never campaign.
+        // Log replicas never campaign, nor do replicas on standby, until released.
         let mut log = Replica::new(config.clone(), 2, &with_log, Durable::default(), 0, 0, 9);
         log.tick(10 * config.election_max);
         assert_eq!((log.role(), log.drain()), (Role::Follower, vec![]));
+        let pair = [Member::full(1), Member::full(2)];
+        let mut standby = Replica::new(config.clone(), 1, &pair, Durable::default(), 0, 0, 9);
+        standby.set_standby(true);
+        standby.tick(10 * config.election_max);
+        assert_eq!((standby.role(), standby.drain()), (Role::Follower, vec![]));
+        standby.set_standby(false);
+        standby.tick(20 * config.election_max);
+        assert_eq!(standby.role(), Role::Candidate, "released, it campaigns");
     }
 }

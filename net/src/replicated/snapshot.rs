@@ -245,8 +245,10 @@ impl ReplicatedLog {
             let (from, stream) = (chunk.from, chunk.stream);
             incoming.insert(partition, Incoming { from, stream, next: 0, busy: true, heard: Instant::now() });
             drop(incoming);
-            // From now on, what the replica chooses waits for the snapshot.
+            // From now on, what the replica chooses waits for the snapshot, and it does not
+            // campaign (as leader it could not serve what it chose).
             self.snapshots.deferred.borrow_mut().entry(partition).or_default();
+            self.with_replica(partition, |replica| replica.set_standby(true));
             eprintln!(
                 "tessera: partition {partition}: receiving a snapshot through slot {} from node {from}",
                 chunk.slot
@@ -283,7 +285,10 @@ impl ReplicatedLog {
     /// after it, with the entries it chose meanwhile that follow it.
     fn installed(&self, chunk: &SnapshotChunk, end: SnapshotEnd) {
         let (partition, slot) = (chunk.partition, chunk.slot);
-        self.with_replica(partition, |replica| replica.install_snapshot(slot, chunk.from, chunk.ballot, end.members));
+        self.with_replica(partition, |replica| {
+            replica.install_snapshot(slot, chunk.from, chunk.ballot, end.members);
+            replica.set_standby(false);
+        });
         let deferred = self.snapshots.deferred.borrow_mut().remove(&partition).unwrap_or_default();
         for (chosen, value) in deferred {
             if chosen > slot {
