@@ -379,6 +379,17 @@ async fn stream_snapshot(
         if done {
             return Ok((slot, meta.items, meta.bytes));
         }
+        if seq == 0 {
+            // Until the receiver first answered (it may have been down all along), the log was
+            // free to move past this snapshot's slot; if it did, the receiver could not continue
+            // from it, and a newer snapshot is wanted instead (the core asks again).
+            let log_start = log.upgrade().ok_or_else(gone)?.with_replica(partition, |replica| replica.log_start());
+            if log_start > slot + 1 {
+                return Err(format!(
+                    "the log moved past slot {slot} before the receiver answered; a newer one follows"
+                ));
+            }
+        }
         seq += 1;
     }
 }
