@@ -512,7 +512,8 @@ impl ReplicatedLog {
         let partitions: Vec<PartitionId> = self.replicas.borrow().keys().copied().collect();
         for partition in partitions {
             let checkpointed = self.store.checkpointed_slot(partition);
-            let floor = self.snapshot_floor(partition);
+            // Only compaction needs the floor: not looked up on the other ticks.
+            let floor = if compacting { self.snapshot_floor(partition) } else { None };
             let unchecked = self.with_replica(partition, |replica| {
                 replica.tick(now);
                 if compacting {
