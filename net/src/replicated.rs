@@ -22,9 +22,12 @@ use std::rc::{Rc, Weak};
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
-use tessera_engine::paxos::{self, Action, Member, MemberKind, Micros, ProposeError, Replica, ReplicaId, Slot, Value};
+use tessera_engine::paxos::{
+    self, Action, ChangeError, Member, MemberKind, Micros, ProposeError, Replica, ReplicaId, Slot, Value,
+};
 use tessera_engine::{Command, Error, Outcome, PartitionId, ReplicationLog, Result, Store};
 use tessera_wire::replication::PeerMessage;
+use tessera_wire::ReplicaStatus;
 
 use crate::peers::{LinkStats, PeerLinks};
 
@@ -40,8 +43,9 @@ const COMPACT_EVERY_TICKS: u64 = 200;
 pub const LOG_RETAIN_DEFAULT: u64 = 50_000;
 
 /// A cluster as one node sees it: every node's addresses, and the Multi-Paxos settings all
-/// share. Every partition has a replica on every node (groups of three on three nodes), on
-/// the same core index everywhere.
+/// share. Every partition starts with a replica on every node that is not a spare (groups of
+/// three on three nodes), on the same core index everywhere; spares host replicas once a
+/// configuration change adds them (replacing a lost node: `tessera cluster replace`).
 #[derive(Clone, Debug)]
 pub struct Cluster {
     pub node: ReplicaId,
@@ -59,14 +63,17 @@ pub struct ClusterNode {
     pub client: SocketAddr,
     pub peer: SocketAddr,
     pub zone: String,
+    /// In no group at first: a node standing by to replace a lost one.
+    pub spare: bool,
 }
 
 impl Cluster {
-    /// Zones holding more than one node: every partition has a replica on every node, so
-    /// losing such a zone loses more than one replica of every partition.
+    /// Zones holding more than one node that is not a spare: every partition starts with a
+    /// replica on each of those, so losing such a zone loses more than one replica of every
+    /// partition.
     pub fn shared_zones(&self) -> Vec<&str> {
         let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
-        for node in self.nodes.values() {
+        for node in self.nodes.values().filter(|node| !node.spare) {
             *counts.entry(node.zone.as_str()).or_default() += 1;
         }
         counts.into_iter().filter(|(_, count)| *count > 1).map(|(zone, _)| zone).collect()
@@ -119,7 +126,8 @@ pub struct ReplicatedLog {
     node: ReplicaId,
     /// Client addresses by node, for leader hints.
     clients: BTreeMap<ReplicaId, SocketAddr>,
-    members: Vec<Member>,
+    /// The configuration every group starts with: the cluster's nodes that are not spares.
+    initial: Vec<Member>,
     config: paxos::Config,
     store: Store,
     links: RefCell<Option<PeerLinks>>,
@@ -145,6 +153,8 @@ pub struct ReplicatedLog {
     snapshots: snapshot::Snapshots,
     /// Partitions of deleted tables: their replicas are stopped and their messages ignored.
     retired: RefCell<std::collections::BTreeSet<PartitionId>>,
+    /// Entries chosen at replicas whose configuration does not name this node yet (`chosen`).
+    held: RefCell<BTreeMap<PartitionId, Vec<(Slot, Value)>>>,
 }
 
 impl ReplicatedLog {
@@ -156,14 +166,15 @@ impl ReplicatedLog {
             .nodes
             .get(&node)
             .ok_or_else(|| std::io::Error::other(format!("node {node} is not in the cluster")))?;
-        let members: Vec<Member> = cluster.nodes.keys().map(|&id| Member::full(id)).collect();
+        let members: Vec<Member> =
+            cluster.nodes.iter().filter(|(_, node)| !node.spare).map(|(&id, _)| Member::full(id)).collect();
         let peers: BTreeMap<ReplicaId, SocketAddr> =
             cluster.nodes.iter().filter(|(&id, _)| id != node).map(|(&id, addresses)| (id, addresses.peer)).collect();
         let proposal_timeout = Duration::from_micros(4 * config.election_max);
         let log = Rc::new(ReplicatedLog {
             node,
             clients: cluster.nodes.iter().map(|(&id, node)| (id, node.client)).collect(),
-            members,
+            initial: members,
             config,
             recovered: RefCell::new(store.take_recovered_paxos()),
             store,
@@ -189,6 +200,7 @@ impl ReplicatedLog {
             log_retain: cluster.log_retain,
             snapshots: snapshot::Snapshots::default(),
             retired: RefCell::default(),
+            held: RefCell::default(),
         });
         *log.me.borrow_mut() = Rc::downgrade(&log);
         let weak = Rc::downgrade(&log);
@@ -266,7 +278,7 @@ impl ReplicatedLog {
     /// knows no leader yet (a new table, or a restart), campaigns at once, so leaders spread
     /// over the nodes. Starts the replica here if it is not running.
     pub fn prefer_leader(&self, partition: PartitionId, index: u32) {
-        let preferred = self.members.get(index as usize % self.members.len().max(1)).map(|member| member.id);
+        let preferred = self.initial.get(index as usize % self.initial.len().max(1)).map(|member| member.id);
         let now = self.now();
         self.with_replica(partition, |replica| {
             if preferred == Some(replica.id()) {
@@ -280,34 +292,110 @@ impl ReplicatedLog {
         self.replicas.borrow().keys().copied().collect()
     }
 
-    /// Stops `partition`'s replica for good (its table was deleted: every replica does this
-    /// as it applies the deletion) and removes its data in the background. Its messages are
-    /// ignored from now on, and proposals waiting on it fail.
-    pub fn retire(&self, partition: PartitionId) {
+    /// Stops `partition`'s replica for good and removes its data in the background: its table
+    /// was deleted (every replica does this as it applies the deletion), or its group removed
+    /// it (`why` says which). Its messages are ignored from now on, and proposals waiting on it
+    /// fail.
+    pub fn retire(&self, partition: PartitionId, why: &'static str) {
         if !self.retired.borrow_mut().insert(partition) {
             return;
         }
         self.replicas.borrow_mut().remove(&partition);
         self.recovered.borrow_mut().remove(&partition);
+        self.held.borrow_mut().remove(&partition);
         self.snapshots.forget(partition);
         let waiting: Vec<(PartitionId, Slot)> =
             self.waiters.borrow().keys().filter(|(of, _)| *of == partition).copied().collect();
         for key in waiting {
             if let Some(waiter) = self.waiters.borrow_mut().remove(&key) {
-                let reason = format!("partition {partition} belongs to a deleted table");
+                let reason = format!("partition {partition}: {why}");
                 waiter.reply.resolve(Err(Error::Unavailable(reason)));
             }
         }
         let store = self.store.clone();
         glommio::spawn_local(async move {
             match store.drop_partition(partition).await {
-                Ok(()) => eprintln!("tessera: partition {partition} of a deleted table: replica stopped, data removed"),
-                Err(error) => {
-                    eprintln!("tessera: partition {partition} of a deleted table: removing its data failed: {error}")
-                }
+                Ok(()) => eprintln!("tessera: partition {partition} ({why}): replica stopped, data removed"),
+                Err(error) => eprintln!("tessera: partition {partition} ({why}): removing its data failed: {error}"),
             }
         })
         .detach();
+    }
+
+    /// This node's id.
+    pub fn node(&self) -> ReplicaId {
+        self.node
+    }
+
+    /// Every replica this core hosts, as cluster administration reports them.
+    pub fn replica_statuses(&self) -> Vec<ReplicaStatus> {
+        self.partitions()
+            .into_iter()
+            .map(|partition| {
+                let applied = self.store.applied_slot(partition);
+                self.with_replica(partition, |replica| ReplicaStatus {
+                    partition,
+                    leader: replica.leader(),
+                    leading: replica.leading().is_some(),
+                    members: replica.members().to_vec(),
+                    members_committed: replica.members_committed(),
+                    commit: replica.commit(),
+                    applied,
+                })
+            })
+            .collect()
+    }
+
+    /// Proposes `members` as `partition`'s configuration, at its leader here: one member added
+    /// or removed from the configuration in force (the server does not change a member's
+    /// kind: a log replica has no state machine to become full with). The slot it was
+    /// proposed at; it is in force from there, and done once committed.
+    pub fn change_members(&self, partition: PartitionId, members: Vec<Member>) -> Result<Slot> {
+        if !self.replicas.borrow().contains_key(&partition) {
+            return Err(Error::Validation(format!("partition {partition} has no replica on node {}", self.node)));
+        }
+        let now = self.now();
+        let proposed = self.with_replica(partition, |replica| {
+            let changes_kind = members.iter().any(|member| {
+                replica.members().iter().any(|current| current.id == member.id && current.kind != member.kind)
+            });
+            if changes_kind {
+                return Err(Error::Validation(
+                    "a member's kind cannot change: add a full replica and remove the log replica instead".into(),
+                ));
+            }
+            replica.propose_members(now, members).map_err(|error| match error {
+                ChangeError::NotLeader { leader } => self.not_leader(leader),
+                ChangeError::InProgress => Error::Unavailable(format!(
+                    "partition {partition}: a configuration change (or the leader's first entry) is not committed yet"
+                )),
+                ChangeError::NotOneChange => Error::Validation(format!(
+                    "partition {partition}: a configuration change adds or removes exactly one member"
+                )),
+            })
+        })?;
+        self.schedule_flush(partition);
+        Ok(proposed)
+    }
+
+    /// Retires this node's replica of `partition`, which its group removed: the leader stops
+    /// sending to a replica it removed, so only the operator's tool can tell it.
+    pub fn retire_removed(&self, partition: PartitionId) -> Result<()> {
+        let leading = self.replicas.borrow().get(&partition).map(|replica| replica.leading().is_some());
+        match leading {
+            None => {
+                return Err(Error::Validation(format!("partition {partition} has no replica on node {}", self.node)))
+            }
+            Some(true) => {
+                return Err(Error::Validation(format!(
+                    "partition {partition}: the replica on node {} leads its group; remove it from the group first",
+                    self.node
+                )))
+            }
+            Some(false) => {}
+        }
+        self.retire(partition, "removed from its group");
+        Ok(())
     }
 
     /// The replica this node believes leads `partition`.
@@ -330,24 +418,30 @@ impl ReplicatedLog {
     /// asked for.
     fn with_replica<T>(&self, partition: PartitionId, f: impl FnOnce(&mut Replica) -> T) -> T {
         let now = self.now();
-        let (result, actions) = {
+        let (result, actions, kind) = {
             let mut replicas = self.replicas.borrow_mut();
             let replica = replicas.entry(partition).or_insert_with(|| {
                 let durable = self.recovered.borrow_mut().remove(&partition).unwrap_or_default();
                 let applied = self.store.applied_slot(partition);
                 let seed = u64::from(self.node) << 48 ^ partition ^ now;
                 // The configuration as of the applied slot (later ones are in the log).
-                let members = self.store.configuration(partition).unwrap_or_else(|| self.members.clone());
+                let members = self.store.configuration(partition).unwrap_or_else(|| self.initial.clone());
                 let mut replica = Replica::new(self.config.clone(), self.node, &members, durable, applied, now, seed);
                 // This log's clock started with the process's replication.
                 replica.restarted_at(0);
                 replica
             });
             let result = f(replica);
-            (result, replica.drain())
+            (result, replica.drain(), self.part(replica))
         };
-        self.carry_out(partition, actions);
+        self.carry_out(partition, actions, kind);
         result
+    }
+
+    /// The part this node plays in `replica`'s newest configuration (none: it is not a
+    /// member, or does not know yet that it is one).
+    fn part(&self, replica: &Replica) -> Option<MemberKind> {
+        replica.members().iter().find(|member| member.id == self.node).map(|member| member.kind)
     }
 
     fn deliver(&self, messages: Vec<PeerMessage>) {
@@ -380,7 +474,7 @@ impl ReplicatedLog {
         }
     }
 
-    fn carry_out(&self, partition: PartitionId, actions: Vec<Action>) {
+    fn carry_out(&self, partition: PartitionId, actions: Vec<Action>, kind: Option<MemberKind>) {
         for action in actions {
             match action {
                 Action::Send(envelope) => self.send(PeerMessage::Paxos((partition, envelope))),
@@ -396,15 +490,40 @@ impl ReplicatedLog {
                 }
                 Action::Apply { slot, value } => {
                     // While a snapshot is being installed, chosen entries wait for it.
-                    match self.snapshots.deferred.borrow_mut().get_mut(&partition) {
-                        Some(deferred) => deferred.push((slot, value)),
-                        None => self.apply(partition, slot, value),
+                    let installing = match self.snapshots.deferred.borrow_mut().get_mut(&partition) {
+                        Some(deferred) => {
+                            deferred.push((slot, value.clone()));
+                            true
+                        }
+                        None => false,
+                    };
+                    if !installing {
+                        self.chosen(partition, kind, slot, value);
                     }
                 }
                 Action::SendSnapshot { to } => self.send_snapshot(partition, to),
-                // The server makes no membership changes, so it has no log replicas.
-                Action::StartLog { .. } => {}
+                Action::StartLog { to, slot, members } => self.start_log(partition, to, slot, members),
             }
+        }
+    }
+
+    /// An entry chosen for `slot`, as this node's part in the group (`kind`) has it: a full
+    /// member applies it (after those it held back), a log member applies nothing, and a
+    /// replica whose configuration does not name this node yet (it is joining, and the entry
+    /// that adds it is still to come) holds it back until it learns which part it plays.
+    fn chosen(&self, partition: PartitionId, kind: Option<MemberKind>, slot: Slot, value: Value) {
+        match kind {
+            Some(MemberKind::Full) => {
+                let held = self.held.borrow_mut().remove(&partition).unwrap_or_default();
+                for (slot, value) in held {
+                    self.apply(partition, slot, value);
+                }
+                self.apply(partition, slot, value);
+            }
+            Some(MemberKind::Log) => {
+                self.held.borrow_mut().remove(&partition);
+            }
+            None => self.held.borrow_mut().entry(partition).or_default().push((slot, value)),
         }
     }
 

@@ -15,12 +15,13 @@ use std::rc::Rc;
 
 use glommio::channels::channel_mesh::{Receivers, Senders};
 use tessera_engine::expr::{self, Condition, KeyCondition, Path, Placeholders, Update};
+use tessera_engine::paxos::Member;
 use tessera_engine::{
     capacity, decode_item, encode_item, item_size, validate_item, yield_to_reactor, AttributeValue, Command,
     ConditionalWrite, Error, Item, ItemMeta, KeySchema, KeyType, Outcome, PartitionId, ReplicationLog,
 };
 use tessera_wire::{
-    ConsumedCapacity, ErrorCode, Expressions, Query, ReadExpressions, Request, RequestFlags, Response,
+    ConsumedCapacity, ErrorCode, Expressions, Query, ReadExpressions, ReplicaStatus, Request, RequestFlags, Response,
     ReturnConsumedCapacity, Scan, Select, SortCondition, TableKeys, UpdateItem, WireError, Write,
 };
 
@@ -106,6 +107,16 @@ pub(crate) enum Op {
     Drop {
         partitions: Vec<PartitionId>,
     },
+    /// Cluster administration: the core's replicas; a configuration change at a partition's
+    /// leader; a replica its group removed, stopped.
+    Replicas,
+    ChangeMembers {
+        partition: PartitionId,
+        members: Vec<Member>,
+    },
+    RetireReplica {
+        partition: PartitionId,
+    },
 }
 
 pub(crate) enum OpResult {
@@ -127,6 +138,9 @@ pub(crate) enum OpResult {
         bytes: u64,
     },
     Table(TableInfo),
+    Replicas(Vec<ReplicaStatus>),
+    /// The slot a configuration was proposed at.
+    Slot(u64),
     Done,
     Error(WireError),
 }
@@ -450,7 +464,7 @@ impl Shard {
             }
             // Every replica of a deleted table's partitions stops here and drops its data.
             for partition in log.partitions().into_iter().filter(|&partition| catalog.deleted(partition)) {
-                log.retire(partition);
+                log.retire(partition, "its table was deleted");
             }
         }
         *self.catalog.borrow_mut() = catalog;
@@ -604,6 +618,27 @@ impl Shard {
         owner_core(partition_index, self.cores)
     }
 
+    /// The core that hosts storage partition `partition` (the catalog's is core 0's).
+    fn partition_core(&self, partition: PartitionId) -> usize {
+        self.owner((partition % u64::from(PARTITIONS_MAX)) as u32)
+    }
+
+    /// The replicas of every core, as DescribeReplicas reports them.
+    async fn describe_replicas(self: &Rc<Shard>) -> Result<Response, WireError> {
+        let Log::Replicated(log) = &self.log else {
+            return Err(invalid("DescribeReplicas: this node is not a cluster member"));
+        };
+        let mut replicas = Vec::new();
+        for core in 0..self.cores {
+            match self.call(core, Op::Replicas).await {
+                OpResult::Replicas(found) => replicas.extend(found),
+                OpResult::Error(error) => return Err(error),
+                other => return Err(unexpected(other)),
+            }
+        }
+        Ok(Response::Replicas { node: log.node(), replicas })
+    }
+
     // ------------------------------------------------------------------ partition work
 
     async fn run(self: &Rc<Shard>, op: Op) -> OpResult {
@@ -654,6 +689,20 @@ impl Shard {
                 }
             }
             Op::Count { partitions } => self.count(&partitions).await,
+            Op::Replicas => match &self.log {
+                Log::Replicated(log) => Ok(OpResult::Replicas(log.replica_statuses())),
+                Log::Local(_) => Ok(OpResult::Replicas(Vec::new())),
+            },
+            Op::ChangeMembers { partition, members } => match &self.log {
+                Log::Replicated(log) => {
+                    log.change_members(partition, members).map(OpResult::Slot).map_err(engine_error)
+                }
+                Log::Local(_) => Err(invalid("ChangeMembers: this node is not a cluster member")),
+            },
+            Op::RetireReplica { partition } => match &self.log {
+                Log::Replicated(log) => log.retire_removed(partition).map(|()| OpResult::Done).map_err(engine_error),
+                Log::Local(_) => Err(invalid("RetireReplica: this node is not a cluster member")),
+            },
             Op::CreateTable { name, key_schema, partitions } => self.create_table(name, key_schema, partitions).await,
             Op::DeleteTable { name } => self.delete_table(&name).await,
             Op::CatalogLoad(catalog) => {
@@ -889,6 +938,21 @@ impl Shard {
             Request::BatchGetItem(tables) => self.batch_get(tables, may_forward, &mut meter).await,
             Request::BatchWriteItem(writes) => self.batch_write(writes, may_forward, &mut meter).await,
             Request::Hello => Ok(Response::Hello { core: self.core as u32, cores: self.cores as u32 }),
+            Request::DescribeReplicas => self.describe_replicas().await,
+            Request::ChangeMembers { partition, members } => {
+                match self.call(self.partition_core(partition), Op::ChangeMembers { partition, members }).await {
+                    OpResult::Slot(slot) => Ok(Response::Admin { slot }),
+                    OpResult::Error(error) => Err(error),
+                    other => Err(unexpected(other)),
+                }
+            }
+            Request::RetireReplica { partition } => {
+                match self.call(self.partition_core(partition), Op::RetireReplica { partition }).await {
+                    OpResult::Done => Ok(Response::Admin { slot: 0 }),
+                    OpResult::Error(error) => Err(error),
+                    other => Err(unexpected(other)),
+                }
+            }
         };
         match result {
             // An error reports no capacity, as in DynamoDB.

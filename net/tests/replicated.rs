@@ -83,7 +83,9 @@ impl Node {
                     let store = Store::open(&dir, store_config()).await.expect("store opens");
                     let nodes = addresses
                         .iter()
-                        .map(|(&node, &peer)| (node, ClusterNode { client: peer, peer, zone: format!("zone-{node}") }))
+                        .map(|(&node, &peer)| {
+                            (node, ClusterNode { client: peer, peer, zone: format!("zone-{node}"), spare: false })
+                        })
                         .collect();
                     // A short log: a replica down for a few hundred writes needs a snapshot.
                     let cluster = Cluster { node: id, nodes, paxos: paxos_config(), log_retain: 200 };

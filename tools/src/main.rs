@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
 
+mod admin;
+
 use serde_json::{json, Value};
 use tessera_engine::paxos;
 use tessera_engine::{AttributeValue, KeyAttribute, KeySchema, KeyType, StoreConfig};
@@ -29,12 +31,19 @@ const USAGE: &str = "usage: tessera COMMAND
         run a node (defaults: ./data, 127.0.0.1:7400, every core pinned from CPU 0, or not
         pinned with --first-cpu none, 256 MiB of cache per core);
         with --node-id and --cluster, a member of a cluster (FILE: one node a line,
-        ID CLIENT_ADDRESS PEER_ADDRESS [ZONE]; every node must run the same --cores); a leader
+        ID CLIENT_ADDRESS PEER_ADDRESS [ZONE] [spare]; every node must run the same --cores); a leader
         keeps up to ENTRIES (default 50000) log entries for a replica that has not
         checkpointed them, and sends one that lags further a snapshot
   cluster local [--nodes 3] [--port 7400] [--cores 1] [--data-dir data-cluster]
         run a cluster of N nodes on loopback, each a serve process (clients on PORT, PORT+1...),
         pinned to CPUs of their own if the machine has enough, else not pinned
+  cluster status --cluster FILE
+        every replica each reachable node hosts: its group, leader, commit and applied slots
+  cluster replace --cluster FILE --lost N --log L --full F [--timeout SECS]
+        replace lost node N in every group it is in, one configuration change at a time at
+        each group's leader: add a log replica on L (quorum durability restored at once),
+        remove N, add a full replica on F, and once F has caught up remove L and retire its
+        replicas; L and F are usually spares (ID ... spare in FILE); safe to run again
 client commands, against --endpoint ADDR (default 127.0.0.1:7400), given before the command:
   table create NAME --pk NAME:TYPE [--sk NAME:TYPE] [--partitions N]   (TYPE: S, N or B)
   table list | table describe NAME | table delete NAME
@@ -70,6 +79,10 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("serve") => serve(&args[1..]),
         Some("cluster") if args.get(1).map(String::as_str) == Some("local") => cluster_local(&args[2..]),
+        Some("cluster") if args.get(1).map(String::as_str) == Some("status") => {
+            required_flag(&args[2..], "--cluster").and_then(read_cluster_file).and_then(|nodes| admin::status(&nodes))
+        }
+        Some("cluster") if args.get(1).map(String::as_str) == Some("replace") => replace(&args[2..]),
         Some("help" | "--help" | "-h") | None => {
             println!("{USAGE}");
             Ok(())
@@ -91,6 +104,10 @@ fn flag<'a>(args: &'a [String], name: &str) -> Result<Option<&'a str>, String> {
         Some(at) => args.get(at + 1).map(|value| Some(value.as_str())).ok_or_else(|| format!("{name} needs a value")),
         None => Ok(None),
     }
+}
+
+fn required_flag<'a>(args: &'a [String], name: &str) -> Result<&'a str, String> {
+    flag(args, name)?.ok_or_else(|| format!("{name} is required"))
 }
 
 fn number_flag<T: std::str::FromStr>(args: &[String], name: &str) -> Result<Option<T>, String> {
@@ -165,10 +182,19 @@ fn serve(args: &[String]) -> Result<(), String> {
     server.wait()
 }
 
-/// A cluster file: one node a line, `ID CLIENT_ADDRESS PEER_ADDRESS [ZONE]` (core `k` of a
-/// node takes replication traffic on its peer port plus `k`; the zone defaults to `zone-ID`);
-/// `#` starts a comment.
+/// The cluster file at `path`, as node `node` sees the cluster.
 fn read_cluster(node: u32, path: &str) -> Result<Cluster, String> {
+    let nodes = read_cluster_file(path)?;
+    if !nodes.contains_key(&node) {
+        return Err(format!("node {node} is not in the cluster file {path}"));
+    }
+    Ok(Cluster { node, nodes, paxos: paxos::Config::default(), log_retain: LOG_RETAIN_DEFAULT })
+}
+
+/// A cluster file: one node a line, `ID CLIENT_ADDRESS PEER_ADDRESS [ZONE] [spare]` (core `k`
+/// of a node takes replication traffic on its peer port plus `k`; the zone defaults to
+/// `zone-ID`; a spare is in no group until `cluster replace` adds it); `#` starts a comment.
+fn read_cluster_file(path: &str) -> Result<BTreeMap<u32, ClusterNode>, String> {
     let text =
         std::fs::read_to_string(path).map_err(|error| format!("cannot read the cluster file {path}: {error}"))?;
     let mut nodes = BTreeMap::new();
@@ -177,26 +203,46 @@ fn read_cluster(node: u32, path: &str) -> Result<Cluster, String> {
         if line.is_empty() {
             continue;
         }
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        let bad =
-            |what: &str| format!("{path} line {}: {what} (expected ID CLIENT_ADDRESS PEER_ADDRESS [ZONE])", number + 1);
+        let mut fields: Vec<&str> = line.split_whitespace().collect();
+        let bad = |what: &str| {
+            format!("{path} line {}: {what} (expected ID CLIENT_ADDRESS PEER_ADDRESS [ZONE] [spare])", number + 1)
+        };
+        let spare = fields.len() > 3 && fields.last() == Some(&"spare");
+        if spare {
+            fields.pop();
+        }
         let (id, client, peer, zone) = match fields[..] {
             [id, client, peer] => (id, client, peer, None),
             [id, client, peer, zone] => (id, client, peer, Some(zone)),
-            _ => return Err(bad("three or four fields")),
+            _ => return Err(bad("three to five fields")),
         };
         let id: u32 = id.parse().map_err(|_| bad("the id is not a number"))?;
         let client = client.parse().map_err(|_| bad("the client address is not ADDRESS:PORT"))?;
         let peer = peer.parse().map_err(|_| bad("the peer address is not ADDRESS:PORT"))?;
         let zone = zone.map_or_else(|| format!("zone-{id}"), str::to_string);
-        if nodes.insert(id, ClusterNode { client, peer, zone }).is_some() {
+        if nodes.insert(id, ClusterNode { client, peer, zone, spare }).is_some() {
             return Err(bad("the id appears twice"));
         }
     }
-    if !nodes.contains_key(&node) {
-        return Err(format!("node {node} is not in the cluster file {path}"));
+    if nodes.values().all(|node| node.spare) {
+        return Err(format!("the cluster file {path} names no node that is not a spare"));
     }
-    Ok(Cluster { node, nodes, paxos: paxos::Config::default(), log_retain: LOG_RETAIN_DEFAULT })
+    Ok(nodes)
+}
+
+/// `cluster replace`: replaces a lost node's replicas (`admin::replace`).
+fn replace(args: &[String]) -> Result<(), String> {
+    let nodes = read_cluster_file(required_flag(args, "--cluster")?)?;
+    let node = |name: &str| -> Result<u32, String> {
+        let id = number_flag::<u32>(args, name)?.ok_or_else(|| format!("{name} is required"))?;
+        match nodes.contains_key(&id) {
+            true => Ok(id),
+            false => Err(format!("{name} {id}: no such node in the cluster file")),
+        }
+    };
+    let plan = admin::Replacement { lost: node("--lost")?, log: node("--log")?, full: node("--full")? };
+    let timeout = std::time::Duration::from_secs(number_flag(args, "--timeout")?.unwrap_or(600));
+    admin::replace(&nodes, plan, timeout)
 }
 
 /// `cluster local`: N nodes on loopback, each a `tessera serve` child process with its own

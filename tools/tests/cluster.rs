@@ -13,9 +13,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use tessera_engine::paxos::Member;
 use tessera_engine::{Item, KeySchema, KeyType};
-use tessera_net::client::{Client, ItemBuilder};
-use tessera_wire::{ReadExpressions, Request, Response};
+use tessera_net::client::{Client, ClientError, ItemBuilder};
+use tessera_wire::{ErrorCode, ReadExpressions, Request, Response};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_tessera");
 const TABLE: &str = "orders";
@@ -44,18 +45,27 @@ impl Cluster {
     }
 
     fn start_with(name: &str, flags: &[&str]) -> Cluster {
+        Cluster::start_with_spares(name, flags, 0)
+    }
+
+    /// Nodes 1-3, and `spares` more (4, 5...) marked spare in the cluster file: running, in no
+    /// group until a configuration change adds them.
+    fn start_with_spares(name: &str, flags: &[&str], spares: u32) -> Cluster {
         let root = std::env::temp_dir().join(format!("tessera-cluster-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&root);
         std::fs::create_dir_all(&root).unwrap();
-        let clients: BTreeMap<u32, SocketAddr> = (1..=3).map(|id| (id, free_address())).collect();
-        let lines: Vec<String> =
-            clients.iter().map(|(id, client)| format!("{id} {client} {}", free_address())).collect();
+        let count = 3 + spares;
+        let clients: BTreeMap<u32, SocketAddr> = (1..=count).map(|id| (id, free_address())).collect();
+        let lines: Vec<String> = clients
+            .iter()
+            .map(|(&id, client)| format!("{id} {client} {}{}", free_address(), if id > 3 { " spare" } else { "" }))
+            .collect();
         let file = root.join("cluster");
         std::fs::write(&file, lines.join("\n")).unwrap();
         let serial = SERIAL.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let flags = flags.iter().map(|flag| flag.to_string()).collect();
         let mut cluster = Cluster { root, file, clients, nodes: BTreeMap::new(), flags, _serial: serial };
-        for id in 1..=3 {
+        for id in 1..=count {
             cluster.start_node(id);
         }
         cluster
@@ -94,9 +104,10 @@ impl Cluster {
         Client::connect(self.clients[&id]).expect("connect")
     }
 
-    /// Waits until every node knows the table (each applies the catalog's entry on its own).
+    /// Waits until every node in the groups knows the table (each applies the catalog's
+    /// entry on its own).
     fn wait_for_table(&self) {
-        for address in self.clients.values() {
+        for address in self.clients.values().take(3) {
             wait_until("the table reaching every node", Duration::from_secs(5), || {
                 Client::connect(address).unwrap().describe_table(TABLE).is_ok()
             });
@@ -368,7 +379,8 @@ fn bad_cluster_files_are_refused_by_name() {
     };
     let cases = [
         ("1 127.0.0.1:1 127.0.0.1:2\n2 nowhere 127.0.0.1:3\n", "1", "line 2: the client address"),
-        ("1 127.0.0.1:1\n", "1", "line 1: three or four fields"),
+        ("1 127.0.0.1:1\n", "1", "line 1: three to five fields"),
+        ("1 127.0.0.1:1 127.0.0.1:2 spare\n", "1", "names no node that is not a spare"),
         ("1 127.0.0.1:1 127.0.0.1:2\n1 127.0.0.1:3 127.0.0.1:4\n", "1", "line 2: the id appears twice"),
         ("1 127.0.0.1:1 127.0.0.1:2 a\n", "7", "node 7 is not in the cluster file"),
     ];
@@ -500,7 +512,7 @@ fn deleted_tables_leave_no_replicas_behind() {
     cluster.client(2).delete_table(TABLE).unwrap();
     for id in 1..=3 {
         wait_until("every replica of the deleted table stopping", Duration::from_secs(10), || {
-            cluster.log(id).matches("of a deleted table: replica stopped, data removed").count() == 4
+            cluster.log(id).matches("(its table was deleted): replica stopped, data removed").count() == 4
         });
     }
     cluster.client(3).create_table(TABLE, KeySchema::hash_only("id", KeyType::S), 2).unwrap();
@@ -509,4 +521,116 @@ fn deleted_tables_leave_no_replicas_behind() {
     assert_eq!(client.get_item(TABLE, key(5)).unwrap(), None, "the new table starts empty");
     client.put_item(TABLE, item(5)).unwrap();
     all_readable(&cluster, 2, &[5]);
+}
+
+/// Replacing a lost node (`tessera cluster replace`), under concurrent writers: node 2 is
+/// SIGKILLed and its data removed; every group (the catalog's and the table's two) gets a log
+/// replica on spare node 4, loses node 2, gets a full replica on spare node 5, and loses the
+/// log replica once node 5 has caught up; node 4 then retires its replicas. The leaders
+/// compacted their logs past what node 2 had (`--log-retain 200`), so node 4's log replicas
+/// start from a log start and node 5's full replicas from snapshots. Every acknowledged write
+/// survives, and node 5 holds them: with node 1 killed too, nodes 3 and 5 are a quorum that
+/// serves them all.
+#[test]
+fn a_lost_node_is_replaced_through_a_log_replica() {
+    let mut cluster = Cluster::start_with_spares("replace", &["--log-retain", "200"], 2);
+    cluster.client(1).create_table(TABLE, KeySchema::hash_only("id", KeyType::S), 2).unwrap();
+    cluster.spread_leaders();
+    // Changes the server refuses, by name (the client follows NotLeader to the leader).
+    let refused = [
+        (0, vec![Member::full(1)], "adds or removes exactly one member"),
+        (0, vec![Member::full(1), Member::full(2), Member::full(3), Member::full(4), Member::full(5)], "exactly one"),
+        (0, vec![Member::full(1), Member::full(2), Member::log(3)], "a member's kind cannot change"),
+        (77, vec![Member::full(1), Member::full(2)], "partition 77 has no replica on node"),
+    ];
+    for (partition, members, expected) in refused {
+        match cluster.client(1).call(&Request::ChangeMembers { partition, members }) {
+            Err(ClientError::Service(error)) => {
+                assert!(error.code == ErrorCode::ValidationException && error.message.contains(expected), "{error:?}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    cluster.signal(2, libc::SIGKILL);
+    let _ = cluster.nodes.get_mut(&2).unwrap().wait();
+    std::fs::remove_dir_all(cluster.root.join("node-2")).unwrap();
+
+    // Writers through nodes 1 and 3 from before the replacement until after it.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let acknowledged = Arc::new(Mutex::new(Vec::new()));
+    let writers: Vec<_> = [1u32, 3]
+        .into_iter()
+        .map(|node| {
+            let (address, stop, acknowledged) = (cluster.clients[&node], stop.clone(), acknowledged.clone());
+            std::thread::spawn(move || {
+                let mut client = Client::connect(address).unwrap();
+                for n in (0..).map(|i| u64::from(node) * 100_000 + i) {
+                    if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                        break;
+                    }
+                    client.put_item(TABLE, item(n)).unwrap();
+                    acknowledged.lock().unwrap().push(n);
+                }
+            })
+        })
+        .collect();
+    wait_until("writes moving the logs past node 2", Duration::from_secs(30), || {
+        acknowledged.lock().unwrap().len() > 1_500
+    });
+    // The leaders' compaction runs about once a second.
+    std::thread::sleep(Duration::from_secs(2));
+    let output = Command::new(BINARY)
+        .args(["cluster", "replace", "--cluster"])
+        .arg(&cluster.file)
+        .args(["--lost", "2", "--log", "4", "--full", "5", "--timeout", "120"])
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&output.stdout).into_owned();
+    let errors = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "cluster replace failed:\n{report}\n{errors}");
+    println!("{report}");
+    for step in ["log replica added", "lost replica removed", "full replica added", "log replica removed"] {
+        assert_eq!(report.matches(step).count(), 3, "{step} in each of the 3 groups:\n{report}");
+    }
+    assert_eq!(report.matches("log replica on node 4 retired").count(), 3, "{report}");
+    assert!(report.contains("node 2 replaced by node 5 in 3 groups"), "{report}");
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    writers.into_iter().for_each(|writer| writer.join().unwrap());
+    let written: Vec<u64> = acknowledged.lock().unwrap().clone();
+
+    let log4 = cluster.log(4);
+    assert!(log4.contains("installed a snapshot through slot"), "node 4 started no log:\n{log4}");
+    wait_until("node 4 dropping its log replicas", Duration::from_secs(10), || {
+        cluster.log(4).matches("(removed from its group): replica stopped, data removed").count() == 3
+    });
+    let log5 = cluster.log(5);
+    assert!(log5.contains("installed a snapshot through slot"), "node 5 took no snapshot:\n{log5}");
+    for (node, log) in [(4, &log4), (5, &log5)] {
+        log.lines().filter(|line| line.contains("installed")).for_each(|line| println!("node {node}: {line}"));
+    }
+    for node in [1, 3] {
+        let log = cluster.log(node);
+        log.lines().filter(|line| line.contains("sent node")).for_each(|line| println!("node {node}: {line}"));
+    }
+    // Run again, it finds nothing left to do.
+    let again = Command::new(BINARY)
+        .args(["cluster", "replace", "--cluster"])
+        .arg(&cluster.file)
+        .args(["--lost", "2", "--log", "4", "--full", "5", "--timeout", "30"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&again.stdout).contains("nothing to do"), "{again:?}");
+
+    // Node 5 is a full member with every write: nodes 3 and 5 alone serve them all.
+    cluster.signal(1, libc::SIGKILL);
+    let _ = cluster.nodes.get_mut(&1).unwrap().wait();
+    let mut client = cluster.client(5);
+    assert!(client.describe_table(TABLE).is_ok(), "node 5 has the catalog");
+    client.put_item(TABLE, item(7)).unwrap();
+    all_readable(&cluster, 5, &written);
+    let address = cluster.clients[&5];
+    assert!(written.iter().all(|&n| local_read(address, n) == Some(item(n))), "node 5's own copy lacks writes");
+    let status = Command::new(BINARY).args(["cluster", "status", "--cluster"]).arg(&cluster.file).output().unwrap();
+    let status = String::from_utf8_lossy(&status.stdout).into_owned();
+    assert!(status.contains("node 1: not answering") && status.contains("members 1,3,5"), "{status}");
 }

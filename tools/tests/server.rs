@@ -316,6 +316,12 @@ fn batches_have_dynamodb_limits() {
     let mut duplicate = keys(0..2);
     duplicate[0].keys.push(key(1));
     service_error(client.batch_get_item(duplicate), ErrorCode::ValidationException);
+
+    // Cluster administration has nothing to work on in a single node.
+    for request in [Request::DescribeReplicas, Request::RetireReplica { partition: 0 }] {
+        let message = service_error(client.call(&request), ErrorCode::ValidationException);
+        assert!(message.contains("not a cluster member"), "{message}");
+    }
 }
 
 #[test]

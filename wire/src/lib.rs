@@ -18,7 +18,7 @@ mod generated {
 
 pub use error::{ErrorCode, WireError};
 pub use message::{
-    ConsumedCapacity, Expressions, MessageType, Query, ReadExpressions, Request, RequestFlags, Response,
+    ConsumedCapacity, Expressions, MessageType, Query, ReadExpressions, ReplicaStatus, Request, RequestFlags, Response,
     ReturnConsumedCapacity, ReturnValues, Scan, Select, SortCondition, TableDescription, TableKeys, TableStatus,
     UpdateItem, Write,
 };

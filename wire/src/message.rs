@@ -8,11 +8,13 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use flatbuffers::{FlatBufferBuilder, ForwardsUOffset, Vector, WIPOffset};
 pub use tessera_engine::expr::{ReturnValues, SortCondition};
+use tessera_engine::paxos::Member;
 use tessera_engine::{AttributeValue, Item, KeyAttribute, KeySchema, KeyType, Number, NESTING_MAX};
 
 use crate::error::{ErrorCode, WireError};
 use crate::frame;
 use crate::generated::tessera::fb;
+use crate::replication::{read_members, write_members};
 
 /// What a frame's payload is. Requests have types below `0x8000`, answers at or above it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -32,6 +34,11 @@ pub enum MessageType {
     BatchWriteItem = 11,
     /// Which core serves this connection (for clients that route by partition).
     Hello = 12,
+    /// Cluster administration: the replicas a node hosts; a configuration change at a
+    /// partition's leader; a replica its group removed, stopped for good.
+    DescribeReplicas = 14,
+    ChangeMembers = 15,
+    RetireReplica = 16,
     /// A batch of Multi-Paxos messages on a peer link (node to node; `replication.rs`).
     Replication = 0x4000,
     /// CreateTable, DeleteTable and DescribeTable answers.
@@ -44,11 +51,14 @@ pub enum MessageType {
     BatchGetItemResponse = 0x8005,
     BatchWriteItemResponse = 0x8006,
     HelloResponse = 0x8007,
+    ReplicasResponse = 0x8008,
+    /// ChangeMembers and RetireReplica answers.
+    AdminResponse = 0x8009,
     Error = 0xFFFF,
 }
 
 impl MessageType {
-    const ALL: [MessageType; 22] = [
+    const ALL: [MessageType; 27] = [
         MessageType::CreateTable,
         MessageType::DeleteTable,
         MessageType::DescribeTable,
@@ -62,6 +72,9 @@ impl MessageType {
         MessageType::BatchGetItem,
         MessageType::BatchWriteItem,
         MessageType::Hello,
+        MessageType::DescribeReplicas,
+        MessageType::ChangeMembers,
+        MessageType::RetireReplica,
         MessageType::Replication,
         MessageType::TableResponse,
         MessageType::ListTablesResponse,
@@ -70,6 +83,8 @@ impl MessageType {
         MessageType::BatchGetItemResponse,
         MessageType::BatchWriteItemResponse,
         MessageType::HelloResponse,
+        MessageType::ReplicasResponse,
+        MessageType::AdminResponse,
         MessageType::Error,
     ];
 
@@ -320,6 +335,29 @@ pub enum Request {
     BatchGetItem(Vec<TableKeys>),
     BatchWriteItem(Vec<Write>),
     Hello,
+    DescribeReplicas,
+    ChangeMembers {
+        partition: u64,
+        members: Vec<Member>,
+    },
+    RetireReplica {
+        partition: u64,
+    },
+}
+
+/// One replica as the node hosting it sees it (cluster administration).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplicaStatus {
+    pub partition: u64,
+    /// The node it believes leads, if it knows one.
+    pub leader: Option<u32>,
+    pub leading: bool,
+    /// The newest configuration in its log, and whether that is committed.
+    pub members: Vec<Member>,
+    pub members_committed: bool,
+    pub commit: u64,
+    /// The slot its state machine applied (a log replica applies nothing).
+    pub applied: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -350,6 +388,15 @@ pub enum Response {
     },
     BatchWriteItem {
         unprocessed: Vec<Write>,
+    },
+    /// The replicas node `node` hosts.
+    Replicas {
+        node: u32,
+        replicas: Vec<ReplicaStatus>,
+    },
+    /// An administrative request was carried out (ChangeMembers: the slot proposed at).
+    Admin {
+        slot: u64,
     },
     Error(WireError),
 }
@@ -819,6 +866,9 @@ impl Request {
             Request::BatchGetItem(_) => MessageType::BatchGetItem,
             Request::BatchWriteItem(_) => MessageType::BatchWriteItem,
             Request::Hello => MessageType::Hello,
+            Request::DescribeReplicas => MessageType::DescribeReplicas,
+            Request::ChangeMembers { .. } => MessageType::ChangeMembers,
+            Request::RetireReplica { .. } => MessageType::RetireReplica,
         }
     }
 
@@ -836,6 +886,9 @@ impl Request {
             MessageType::Scan => "Scan",
             MessageType::BatchGetItem => "BatchGetItem",
             MessageType::Hello => "Hello",
+            MessageType::DescribeReplicas => "DescribeReplicas",
+            MessageType::ChangeMembers => "ChangeMembers",
+            MessageType::RetireReplica => "RetireReplica",
             _ => "BatchWriteItem",
         }
     }
@@ -1000,6 +1053,21 @@ impl Request {
                 let root = fb::HelloRequest::create(&mut fbb, &fb::HelloRequestArgs {});
                 fbb.finish_minimal(root);
             }
+            Request::DescribeReplicas => {
+                let root = fb::DescribeReplicasRequest::create(&mut fbb, &fb::DescribeReplicasRequestArgs {});
+                fbb.finish_minimal(root);
+            }
+            Request::ChangeMembers { partition, members } => {
+                let members = Some(write_members(&mut fbb, members));
+                let args = fb::ChangeMembersRequestArgs { partition: *partition, members };
+                let root = fb::ChangeMembersRequest::create(&mut fbb, &args);
+                fbb.finish_minimal(root);
+            }
+            Request::RetireReplica { partition } => {
+                let args = fb::RetireReplicaRequestArgs { partition: *partition };
+                let root = fb::RetireReplicaRequest::create(&mut fbb, &args);
+                fbb.finish_minimal(root);
+            }
         }
         frame::encode(request_id, self.message_type(), flags.bits(), fbb.finished_data(), out);
     }
@@ -1025,6 +1093,21 @@ impl Request {
             MessageType::Hello => {
                 root::<fb::HelloRequest>(payload, "Hello")?;
                 Request::Hello
+            }
+            MessageType::DescribeReplicas => {
+                root::<fb::DescribeReplicasRequest>(payload, "DescribeReplicas")?;
+                Request::DescribeReplicas
+            }
+            MessageType::ChangeMembers => {
+                let request = root::<fb::ChangeMembersRequest>(payload, "ChangeMembers")?;
+                Request::ChangeMembers {
+                    partition: request.partition(),
+                    members: read_members(request.members(), "the members")?,
+                }
+            }
+            MessageType::RetireReplica => {
+                let request = root::<fb::RetireReplicaRequest>(payload, "RetireReplica")?;
+                Request::RetireReplica { partition: request.partition() }
             }
             MessageType::DeleteTable => Request::DeleteTable {
                 table: read_string(root::<fb::DeleteTableRequest>(payload, "DeleteTable")?.table()),
@@ -1199,6 +1282,8 @@ impl Response {
             Response::Items { .. } => MessageType::ItemsResponse,
             Response::BatchGetItem { .. } => MessageType::BatchGetItemResponse,
             Response::BatchWriteItem { .. } => MessageType::BatchWriteItemResponse,
+            Response::Replicas { .. } => MessageType::ReplicasResponse,
+            Response::Admin { .. } => MessageType::AdminResponse,
             Response::Error(_) => MessageType::Error,
         }
     }
@@ -1269,6 +1354,31 @@ impl Response {
                 let unprocessed = Some(write_writes(&mut fbb, unprocessed));
                 let args = fb::BatchWriteItemResponseArgs { unprocessed, consumed_capacity };
                 let root = fb::BatchWriteItemResponse::create(&mut fbb, &args);
+                fbb.finish_minimal(root);
+            }
+            Response::Replicas { node, replicas } => {
+                let replicas: Vec<_> = replicas
+                    .iter()
+                    .map(|replica| {
+                        let members = Some(write_members(&mut fbb, &replica.members));
+                        let args = fb::ReplicaStatusArgs {
+                            partition: replica.partition,
+                            leader: replica.leader.unwrap_or(0),
+                            leading: replica.leading,
+                            members,
+                            members_committed: replica.members_committed,
+                            commit: replica.commit,
+                            applied: replica.applied,
+                        };
+                        fb::ReplicaStatus::create(&mut fbb, &args)
+                    })
+                    .collect();
+                let replicas = Some(fbb.create_vector(&replicas));
+                let root = fb::ReplicasResponse::create(&mut fbb, &fb::ReplicasResponseArgs { node: *node, replicas });
+                fbb.finish_minimal(root);
+            }
+            Response::Admin { slot } => {
+                let root = fb::AdminResponse::create(&mut fbb, &fb::AdminResponseArgs { slot: *slot });
                 fbb.finish_minimal(root);
             }
             Response::Error(error) => {
@@ -1348,6 +1458,29 @@ impl Response {
                 let answer = root::<fb::BatchWriteItemResponse>(payload, "BatchWriteItem answer")?;
                 consumed = read_consumed_capacity(answer.consumed_capacity());
                 Response::BatchWriteItem { unprocessed: read_writes(answer.unprocessed())? }
+            }
+            MessageType::ReplicasResponse => {
+                let answer = root::<fb::ReplicasResponse>(payload, "DescribeReplicas answer")?;
+                let replicas = answer.replicas().map_or(Ok(Vec::new()), |replicas| {
+                    replicas
+                        .iter()
+                        .map(|replica| {
+                            Ok(ReplicaStatus {
+                                partition: replica.partition(),
+                                leader: Some(replica.leader()).filter(|&leader| leader != 0),
+                                leading: replica.leading(),
+                                members: read_members(replica.members(), "a replica's members")?,
+                                members_committed: replica.members_committed(),
+                                commit: replica.commit(),
+                                applied: replica.applied(),
+                            })
+                        })
+                        .collect::<Result<_, WireError>>()
+                })?;
+                Response::Replicas { node: answer.node(), replicas }
+            }
+            MessageType::AdminResponse => {
+                Response::Admin { slot: root::<fb::AdminResponse>(payload, "administrative answer")?.slot() }
             }
             _ => {
                 let answer = root::<fb::ErrorResponse>(payload, "error answer")?;

@@ -244,9 +244,9 @@ fn write_value<'a>(fbb: &mut FlatBufferBuilder<'a>, value: &Value) -> WIPOffset<
     fb::PaxosValue::create(fbb, &args)
 }
 
-type Members<'a> = WIPOffset<Vector<'a, ForwardsUOffset<fb::PaxosMember<'a>>>>;
+pub(crate) type Members<'a> = WIPOffset<Vector<'a, ForwardsUOffset<fb::PaxosMember<'a>>>>;
 
-fn write_members<'a>(fbb: &mut FlatBufferBuilder<'a>, members: &[Member]) -> Members<'a> {
+pub(crate) fn write_members<'a>(fbb: &mut FlatBufferBuilder<'a>, members: &[Member]) -> Members<'a> {
     let members: Vec<_> = members
         .iter()
         .map(|member| {
@@ -257,7 +257,7 @@ fn write_members<'a>(fbb: &mut FlatBufferBuilder<'a>, members: &[Member]) -> Mem
     fbb.create_vector(&members)
 }
 
-fn read_members(
+pub(crate) fn read_members(
     members: Option<Vector<'_, ForwardsUOffset<fb::PaxosMember<'_>>>>,
     what: &str,
 ) -> Result<Vec<Member>, WireError> {

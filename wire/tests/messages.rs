@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 
 use proptest::prelude::*;
+use tessera_engine::paxos::Member;
 use tessera_engine::{AttributeValue, Item, KeySchema, KeyType, Number};
 use tessera_wire::frame::{self, Decoded};
 use tessera_wire::*;
@@ -186,6 +187,12 @@ fn table_messages_round_trip() {
         Request::ListTables { exclusive_start_table: Some("a".into()), limit: 10 },
         Request::ListTables { exclusive_start_table: None, limit: 0 },
         Request::Hello,
+        Request::DescribeReplicas,
+        Request::ChangeMembers {
+            partition: 1 << 20 | 3,
+            members: vec![Member::full(1), Member::log(4), Member::full(3)],
+        },
+        Request::RetireReplica { partition: 0 },
     ];
     for request in requests {
         assert_eq!(round_trip_request(&request), request);
@@ -203,6 +210,30 @@ fn table_messages_round_trip() {
         Response::Table(description),
         Response::ListTables { tables: vec!["a".into(), "b".into()], last_evaluated_table: Some("b".into()) },
         Response::Hello { core: 1, cores: 2 },
+        Response::Replicas {
+            node: 3,
+            replicas: vec![
+                ReplicaStatus {
+                    partition: 0,
+                    leader: None,
+                    leading: false,
+                    members: vec![Member::full(1), Member::full(2), Member::full(3)],
+                    members_committed: true,
+                    commit: 9,
+                    applied: 7,
+                },
+                ReplicaStatus {
+                    partition: 1 << 20,
+                    leader: Some(3),
+                    leading: true,
+                    members: vec![Member::full(1), Member::log(4), Member::full(3)],
+                    members_committed: false,
+                    commit: 1_000_000,
+                    applied: 999_999,
+                },
+            ],
+        },
+        Response::Admin { slot: 42 },
         Response::Error(WireError::new(ErrorCode::ResourceNotFoundException, "no table named orders")),
         Response::Error(WireError::new(ErrorCode::ThrottlingException, "slow down")),
         Response::Error(WireError::new(

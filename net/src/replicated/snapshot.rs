@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use futures_lite::FutureExt;
 
-use tessera_engine::paxos::{ReplicaId, Slot, Value};
+use tessera_engine::paxos::{Member, ReplicaId, Slot, Value};
 use tessera_engine::{Error, PartitionId};
 use tessera_wire::replication::{PeerMessage, SnapshotAck, SnapshotChunk, SnapshotEnd};
 
@@ -153,6 +153,20 @@ impl ReplicatedLog {
 
     /// Starts streaming a snapshot of `partition` to `to`, unless one is on its way.
     pub(super) fn send_snapshot(&self, partition: PartitionId, to: ReplicaId) {
+        self.stream(partition, to, None);
+    }
+
+    /// Starts the log of `to`, a log replica of `partition` that needs entries this leader
+    /// compacted, after `slot` (`Action::StartLog`): a stream of one chunk holding no items
+    /// and the configuration in force at `slot`, installed like a snapshot of nothing (a log
+    /// replica has no state machine).
+    pub(super) fn start_log(&self, partition: PartitionId, to: ReplicaId, slot: Slot, members: Vec<Member>) {
+        self.stream(partition, to, Some((slot, members)));
+    }
+
+    /// A snapshot (or, with `log_start`, a log start) of `partition` for `to`, unless one is
+    /// on its way.
+    fn stream(&self, partition: PartitionId, to: ReplicaId, log_start: Option<(Slot, Vec<Member>)>) {
         if self.snapshots.outgoing.borrow().contains_key(&(partition, to)) {
             return;
         }
@@ -162,7 +176,7 @@ impl ReplicatedLog {
         let outgoing = Rc::new(Outgoing {
             stream,
             // The checkpoint it will read is at least this one.
-            slot: Cell::new(self.store.checkpointed_slot(partition)),
+            slot: Cell::new(log_start.as_ref().map_or(self.store.checkpointed_slot(partition), |(slot, _)| *slot)),
             ack: RefCell::new(None),
             waker: RefCell::new(None),
         });
@@ -170,7 +184,11 @@ impl ReplicatedLog {
         let me = self.me.borrow().clone();
         glommio::spawn_local(async move {
             let started = Instant::now();
-            let result = stream_snapshot(&me, partition, to, &outgoing).await;
+            let what = if log_start.is_some() { "log start" } else { "snapshot" };
+            let result = match log_start {
+                None => stream_snapshot(&me, partition, to, &outgoing).await,
+                Some((slot, members)) => send_log_start(&me, partition, to, &outgoing, slot, members).await,
+            };
             let Some(log) = me.upgrade() else { return };
             let mut streams = log.snapshots.outgoing.borrow_mut();
             if streams.get(&(partition, to)).is_some_and(|current| current.stream == outgoing.stream) {
@@ -181,11 +199,11 @@ impl ReplicatedLog {
                 Ok((slot, items, bytes)) => {
                     log.count(|stats| stats.sent += 1);
                     eprintln!(
-                        "tessera: partition {partition}: sent node {to} a snapshot through slot {slot} ({items} items, {bytes} bytes) in {:?}",
+                        "tessera: partition {partition}: sent node {to} a {what} through slot {slot} ({items} items, {bytes} bytes) in {:?}",
                         started.elapsed()
                     );
                 }
-                Err(reason) => eprintln!("tessera: partition {partition}: the snapshot for node {to} stopped: {reason}"),
+                Err(reason) => eprintln!("tessera: partition {partition}: the {what} for node {to} stopped: {reason}"),
             }
         })
         .detach();
@@ -285,14 +303,21 @@ impl ReplicatedLog {
     /// after it, with the entries it chose meanwhile that follow it.
     fn installed(&self, chunk: &SnapshotChunk, end: SnapshotEnd) {
         let (partition, slot) = (chunk.partition, chunk.slot);
-        self.with_replica(partition, |replica| {
+        let kind = self.with_replica(partition, |replica| {
             replica.install_snapshot(slot, chunk.from, chunk.ballot, end.members);
             replica.set_standby(false);
+            self.part(replica)
         });
+        // What a joining replica held back before the snapshot is in it, or older.
+        self.held.borrow_mut().remove(&partition);
+        let watcher = self.watchers.borrow().get(&partition).cloned();
+        if let Some(watcher) = watcher {
+            watcher();
+        }
         let deferred = self.snapshots.deferred.borrow_mut().remove(&partition).unwrap_or_default();
         for (chosen, value) in deferred {
             if chosen > slot {
-                self.apply(partition, chosen, value);
+                self.chosen(partition, kind, chosen, value);
             } else if let Some(waiter) = self.waiters.borrow_mut().remove(&(partition, chosen)) {
                 waiter.reply.resolve(Err(Error::Unavailable(format!(
                     "slot {chosen} of partition {partition} was chosen while a snapshot was installed: the write may or may not have taken effect"
@@ -392,6 +417,36 @@ async fn stream_snapshot(
         }
         seq += 1;
     }
+}
+
+/// Sends the one chunk of a log start: no items, the configuration at `slot`.
+async fn send_log_start(
+    log: &Weak<ReplicatedLog>,
+    partition: PartitionId,
+    to: ReplicaId,
+    outgoing: &Outgoing,
+    slot: Slot,
+    members: Vec<Member>,
+) -> Result<(Slot, u64, u64), String> {
+    let (node, ballot) = {
+        let log = log.upgrade().ok_or("the node is stopping")?;
+        let ballot = log.with_replica(partition, |replica| replica.leading());
+        (log.node, ballot.ok_or("this replica no longer leads")?)
+    };
+    let last = Some(SnapshotEnd { members, items: 0, bytes: 0 });
+    let chunk = SnapshotChunk {
+        partition,
+        from: node,
+        to,
+        stream: outgoing.stream,
+        seq: 0,
+        slot,
+        ballot,
+        entries: Vec::new(),
+        last,
+    };
+    outgoing.deliver(log, chunk).await?;
+    Ok((slot, 0, 0))
 }
 
 /// Stores one chunk (the first begins the install, the last ends it), then acknowledges it.

@@ -5884,6 +5884,706 @@ impl core::fmt::Debug for ErrorResponse<'_> {
       ds.finish()
   }
 }
+pub enum DescribeReplicasRequestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct DescribeReplicasRequest<'a> {
+  pub _tab: flatbuffers::Table<'a>,
+}
+
+impl<'a> flatbuffers::Follow<'a> for DescribeReplicasRequest<'a> {
+  type Inner = DescribeReplicasRequest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: flatbuffers::Table::new(buf, loc) }
+  }
+}
+
+impl<'a> DescribeReplicasRequest<'a> {
+
+  #[inline]
+  pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
+    DescribeReplicasRequest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr>(
+    _fbb: &'mut_bldr mut flatbuffers::FlatBufferBuilder<'bldr>,
+    _args: &'args DescribeReplicasRequestArgs
+  ) -> flatbuffers::WIPOffset<DescribeReplicasRequest<'bldr>> {
+    let mut builder = DescribeReplicasRequestBuilder::new(_fbb);
+    builder.finish()
+  }
+
+}
+
+impl flatbuffers::Verifiable for DescribeReplicasRequest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut flatbuffers::Verifier, pos: usize
+  ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+    use self::flatbuffers::Verifiable;
+    v.visit_table(pos)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct DescribeReplicasRequestArgs {
+}
+impl<'a> Default for DescribeReplicasRequestArgs {
+  #[inline]
+  fn default() -> Self {
+    DescribeReplicasRequestArgs {
+    }
+  }
+}
+
+pub struct DescribeReplicasRequestBuilder<'a: 'b, 'b> {
+  fbb_: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+  start_: flatbuffers::WIPOffset<flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b> DescribeReplicasRequestBuilder<'a, 'b> {
+  #[inline]
+  pub fn new(_fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>) -> DescribeReplicasRequestBuilder<'a, 'b> {
+    let start = _fbb.start_table();
+    DescribeReplicasRequestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> flatbuffers::WIPOffset<DescribeReplicasRequest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl core::fmt::Debug for DescribeReplicasRequest<'_> {
+  fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+    let mut ds = f.debug_struct("DescribeReplicasRequest");
+      ds.finish()
+  }
+}
+pub enum ReplicaStatusOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct ReplicaStatus<'a> {
+  pub _tab: flatbuffers::Table<'a>,
+}
+
+impl<'a> flatbuffers::Follow<'a> for ReplicaStatus<'a> {
+  type Inner = ReplicaStatus<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: flatbuffers::Table::new(buf, loc) }
+  }
+}
+
+impl<'a> ReplicaStatus<'a> {
+  pub const VT_PARTITION: flatbuffers::VOffsetT = 4;
+  pub const VT_LEADER: flatbuffers::VOffsetT = 6;
+  pub const VT_LEADING: flatbuffers::VOffsetT = 8;
+  pub const VT_MEMBERS: flatbuffers::VOffsetT = 10;
+  pub const VT_MEMBERS_COMMITTED: flatbuffers::VOffsetT = 12;
+  pub const VT_COMMIT: flatbuffers::VOffsetT = 14;
+  pub const VT_APPLIED: flatbuffers::VOffsetT = 16;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
+    ReplicaStatus { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr>(
+    _fbb: &'mut_bldr mut flatbuffers::FlatBufferBuilder<'bldr>,
+    args: &'args ReplicaStatusArgs<'args>
+  ) -> flatbuffers::WIPOffset<ReplicaStatus<'bldr>> {
+    let mut builder = ReplicaStatusBuilder::new(_fbb);
+    builder.add_applied(args.applied);
+    builder.add_commit(args.commit);
+    builder.add_partition(args.partition);
+    if let Some(x) = args.members { builder.add_members(x); }
+    builder.add_leader(args.leader);
+    builder.add_members_committed(args.members_committed);
+    builder.add_leading(args.leading);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn partition(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ReplicaStatus::VT_PARTITION, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn leader(&self) -> u32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(ReplicaStatus::VT_LEADER, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn leading(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(ReplicaStatus::VT_LEADING, Some(false)).unwrap()}
+  }
+  #[inline]
+  pub fn members(&self) -> Option<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<PaxosMember<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<PaxosMember>>>>(ReplicaStatus::VT_MEMBERS, None)}
+  }
+  #[inline]
+  pub fn members_committed(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(ReplicaStatus::VT_MEMBERS_COMMITTED, Some(false)).unwrap()}
+  }
+  #[inline]
+  pub fn commit(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ReplicaStatus::VT_COMMIT, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn applied(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ReplicaStatus::VT_APPLIED, Some(0)).unwrap()}
+  }
+}
+
+impl flatbuffers::Verifiable for ReplicaStatus<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut flatbuffers::Verifier, pos: usize
+  ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+    use self::flatbuffers::Verifiable;
+    v.visit_table(pos)?
+     .visit_field::<u64>("partition", Self::VT_PARTITION, false)?
+     .visit_field::<u32>("leader", Self::VT_LEADER, false)?
+     .visit_field::<bool>("leading", Self::VT_LEADING, false)?
+     .visit_field::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'_, flatbuffers::ForwardsUOffset<PaxosMember>>>>("members", Self::VT_MEMBERS, false)?
+     .visit_field::<bool>("members_committed", Self::VT_MEMBERS_COMMITTED, false)?
+     .visit_field::<u64>("commit", Self::VT_COMMIT, false)?
+     .visit_field::<u64>("applied", Self::VT_APPLIED, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct ReplicaStatusArgs<'a> {
+    pub partition: u64,
+    pub leader: u32,
+    pub leading: bool,
+    pub members: Option<flatbuffers::WIPOffset<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<PaxosMember<'a>>>>>,
+    pub members_committed: bool,
+    pub commit: u64,
+    pub applied: u64,
+}
+impl<'a> Default for ReplicaStatusArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    ReplicaStatusArgs {
+      partition: 0,
+      leader: 0,
+      leading: false,
+      members: None,
+      members_committed: false,
+      commit: 0,
+      applied: 0,
+    }
+  }
+}
+
+pub struct ReplicaStatusBuilder<'a: 'b, 'b> {
+  fbb_: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+  start_: flatbuffers::WIPOffset<flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b> ReplicaStatusBuilder<'a, 'b> {
+  #[inline]
+  pub fn add_partition(&mut self, partition: u64) {
+    self.fbb_.push_slot::<u64>(ReplicaStatus::VT_PARTITION, partition, 0);
+  }
+  #[inline]
+  pub fn add_leader(&mut self, leader: u32) {
+    self.fbb_.push_slot::<u32>(ReplicaStatus::VT_LEADER, leader, 0);
+  }
+  #[inline]
+  pub fn add_leading(&mut self, leading: bool) {
+    self.fbb_.push_slot::<bool>(ReplicaStatus::VT_LEADING, leading, false);
+  }
+  #[inline]
+  pub fn add_members(&mut self, members: flatbuffers::WIPOffset<flatbuffers::Vector<'b , flatbuffers::ForwardsUOffset<PaxosMember<'b >>>>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(ReplicaStatus::VT_MEMBERS, members);
+  }
+  #[inline]
+  pub fn add_members_committed(&mut self, members_committed: bool) {
+    self.fbb_.push_slot::<bool>(ReplicaStatus::VT_MEMBERS_COMMITTED, members_committed, false);
+  }
+  #[inline]
+  pub fn add_commit(&mut self, commit: u64) {
+    self.fbb_.push_slot::<u64>(ReplicaStatus::VT_COMMIT, commit, 0);
+  }
+  #[inline]
+  pub fn add_applied(&mut self, applied: u64) {
+    self.fbb_.push_slot::<u64>(ReplicaStatus::VT_APPLIED, applied, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>) -> ReplicaStatusBuilder<'a, 'b> {
+    let start = _fbb.start_table();
+    ReplicaStatusBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> flatbuffers::WIPOffset<ReplicaStatus<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl core::fmt::Debug for ReplicaStatus<'_> {
+  fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+    let mut ds = f.debug_struct("ReplicaStatus");
+      ds.field("partition", &self.partition());
+      ds.field("leader", &self.leader());
+      ds.field("leading", &self.leading());
+      ds.field("members", &self.members());
+      ds.field("members_committed", &self.members_committed());
+      ds.field("commit", &self.commit());
+      ds.field("applied", &self.applied());
+      ds.finish()
+  }
+}
+pub enum ReplicasResponseOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct ReplicasResponse<'a> {
+  pub _tab: flatbuffers::Table<'a>,
+}
+
+impl<'a> flatbuffers::Follow<'a> for ReplicasResponse<'a> {
+  type Inner = ReplicasResponse<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: flatbuffers::Table::new(buf, loc) }
+  }
+}
+
+impl<'a> ReplicasResponse<'a> {
+  pub const VT_NODE: flatbuffers::VOffsetT = 4;
+  pub const VT_REPLICAS: flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
+    ReplicasResponse { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr>(
+    _fbb: &'mut_bldr mut flatbuffers::FlatBufferBuilder<'bldr>,
+    args: &'args ReplicasResponseArgs<'args>
+  ) -> flatbuffers::WIPOffset<ReplicasResponse<'bldr>> {
+    let mut builder = ReplicasResponseBuilder::new(_fbb);
+    if let Some(x) = args.replicas { builder.add_replicas(x); }
+    builder.add_node(args.node);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn node(&self) -> u32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(ReplicasResponse::VT_NODE, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn replicas(&self) -> Option<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<ReplicaStatus<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<ReplicaStatus>>>>(ReplicasResponse::VT_REPLICAS, None)}
+  }
+}
+
+impl flatbuffers::Verifiable for ReplicasResponse<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut flatbuffers::Verifier, pos: usize
+  ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+    use self::flatbuffers::Verifiable;
+    v.visit_table(pos)?
+     .visit_field::<u32>("node", Self::VT_NODE, false)?
+     .visit_field::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'_, flatbuffers::ForwardsUOffset<ReplicaStatus>>>>("replicas", Self::VT_REPLICAS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct ReplicasResponseArgs<'a> {
+    pub node: u32,
+    pub replicas: Option<flatbuffers::WIPOffset<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<ReplicaStatus<'a>>>>>,
+}
+impl<'a> Default for ReplicasResponseArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    ReplicasResponseArgs {
+      node: 0,
+      replicas: None,
+    }
+  }
+}
+
+pub struct ReplicasResponseBuilder<'a: 'b, 'b> {
+  fbb_: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+  start_: flatbuffers::WIPOffset<flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b> ReplicasResponseBuilder<'a, 'b> {
+  #[inline]
+  pub fn add_node(&mut self, node: u32) {
+    self.fbb_.push_slot::<u32>(ReplicasResponse::VT_NODE, node, 0);
+  }
+  #[inline]
+  pub fn add_replicas(&mut self, replicas: flatbuffers::WIPOffset<flatbuffers::Vector<'b , flatbuffers::ForwardsUOffset<ReplicaStatus<'b >>>>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(ReplicasResponse::VT_REPLICAS, replicas);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>) -> ReplicasResponseBuilder<'a, 'b> {
+    let start = _fbb.start_table();
+    ReplicasResponseBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> flatbuffers::WIPOffset<ReplicasResponse<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl core::fmt::Debug for ReplicasResponse<'_> {
+  fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+    let mut ds = f.debug_struct("ReplicasResponse");
+      ds.field("node", &self.node());
+      ds.field("replicas", &self.replicas());
+      ds.finish()
+  }
+}
+pub enum ChangeMembersRequestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct ChangeMembersRequest<'a> {
+  pub _tab: flatbuffers::Table<'a>,
+}
+
+impl<'a> flatbuffers::Follow<'a> for ChangeMembersRequest<'a> {
+  type Inner = ChangeMembersRequest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: flatbuffers::Table::new(buf, loc) }
+  }
+}
+
+impl<'a> ChangeMembersRequest<'a> {
+  pub const VT_PARTITION: flatbuffers::VOffsetT = 4;
+  pub const VT_MEMBERS: flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
+    ChangeMembersRequest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr>(
+    _fbb: &'mut_bldr mut flatbuffers::FlatBufferBuilder<'bldr>,
+    args: &'args ChangeMembersRequestArgs<'args>
+  ) -> flatbuffers::WIPOffset<ChangeMembersRequest<'bldr>> {
+    let mut builder = ChangeMembersRequestBuilder::new(_fbb);
+    builder.add_partition(args.partition);
+    if let Some(x) = args.members { builder.add_members(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn partition(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ChangeMembersRequest::VT_PARTITION, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn members(&self) -> Option<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<PaxosMember<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<PaxosMember>>>>(ChangeMembersRequest::VT_MEMBERS, None)}
+  }
+}
+
+impl flatbuffers::Verifiable for ChangeMembersRequest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut flatbuffers::Verifier, pos: usize
+  ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+    use self::flatbuffers::Verifiable;
+    v.visit_table(pos)?
+     .visit_field::<u64>("partition", Self::VT_PARTITION, false)?
+     .visit_field::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'_, flatbuffers::ForwardsUOffset<PaxosMember>>>>("members", Self::VT_MEMBERS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct ChangeMembersRequestArgs<'a> {
+    pub partition: u64,
+    pub members: Option<flatbuffers::WIPOffset<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<PaxosMember<'a>>>>>,
+}
+impl<'a> Default for ChangeMembersRequestArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    ChangeMembersRequestArgs {
+      partition: 0,
+      members: None,
+    }
+  }
+}
+
+pub struct ChangeMembersRequestBuilder<'a: 'b, 'b> {
+  fbb_: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+  start_: flatbuffers::WIPOffset<flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b> ChangeMembersRequestBuilder<'a, 'b> {
+  #[inline]
+  pub fn add_partition(&mut self, partition: u64) {
+    self.fbb_.push_slot::<u64>(ChangeMembersRequest::VT_PARTITION, partition, 0);
+  }
+  #[inline]
+  pub fn add_members(&mut self, members: flatbuffers::WIPOffset<flatbuffers::Vector<'b , flatbuffers::ForwardsUOffset<PaxosMember<'b >>>>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(ChangeMembersRequest::VT_MEMBERS, members);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>) -> ChangeMembersRequestBuilder<'a, 'b> {
+    let start = _fbb.start_table();
+    ChangeMembersRequestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> flatbuffers::WIPOffset<ChangeMembersRequest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl core::fmt::Debug for ChangeMembersRequest<'_> {
+  fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+    let mut ds = f.debug_struct("ChangeMembersRequest");
+      ds.field("partition", &self.partition());
+      ds.field("members", &self.members());
+      ds.finish()
+  }
+}
+pub enum RetireReplicaRequestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct RetireReplicaRequest<'a> {
+  pub _tab: flatbuffers::Table<'a>,
+}
+
+impl<'a> flatbuffers::Follow<'a> for RetireReplicaRequest<'a> {
+  type Inner = RetireReplicaRequest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: flatbuffers::Table::new(buf, loc) }
+  }
+}
+
+impl<'a> RetireReplicaRequest<'a> {
+  pub const VT_PARTITION: flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
+    RetireReplicaRequest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr>(
+    _fbb: &'mut_bldr mut flatbuffers::FlatBufferBuilder<'bldr>,
+    args: &'args RetireReplicaRequestArgs
+  ) -> flatbuffers::WIPOffset<RetireReplicaRequest<'bldr>> {
+    let mut builder = RetireReplicaRequestBuilder::new(_fbb);
+    builder.add_partition(args.partition);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn partition(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(RetireReplicaRequest::VT_PARTITION, Some(0)).unwrap()}
+  }
+}
+
+impl flatbuffers::Verifiable for RetireReplicaRequest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut flatbuffers::Verifier, pos: usize
+  ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+    use self::flatbuffers::Verifiable;
+    v.visit_table(pos)?
+     .visit_field::<u64>("partition", Self::VT_PARTITION, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct RetireReplicaRequestArgs {
+    pub partition: u64,
+}
+impl<'a> Default for RetireReplicaRequestArgs {
+  #[inline]
+  fn default() -> Self {
+    RetireReplicaRequestArgs {
+      partition: 0,
+    }
+  }
+}
+
+pub struct RetireReplicaRequestBuilder<'a: 'b, 'b> {
+  fbb_: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+  start_: flatbuffers::WIPOffset<flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b> RetireReplicaRequestBuilder<'a, 'b> {
+  #[inline]
+  pub fn add_partition(&mut self, partition: u64) {
+    self.fbb_.push_slot::<u64>(RetireReplicaRequest::VT_PARTITION, partition, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>) -> RetireReplicaRequestBuilder<'a, 'b> {
+    let start = _fbb.start_table();
+    RetireReplicaRequestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> flatbuffers::WIPOffset<RetireReplicaRequest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl core::fmt::Debug for RetireReplicaRequest<'_> {
+  fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+    let mut ds = f.debug_struct("RetireReplicaRequest");
+      ds.field("partition", &self.partition());
+      ds.finish()
+  }
+}
+pub enum AdminResponseOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct AdminResponse<'a> {
+  pub _tab: flatbuffers::Table<'a>,
+}
+
+impl<'a> flatbuffers::Follow<'a> for AdminResponse<'a> {
+  type Inner = AdminResponse<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: flatbuffers::Table::new(buf, loc) }
+  }
+}
+
+impl<'a> AdminResponse<'a> {
+  pub const VT_SLOT: flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
+    AdminResponse { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr>(
+    _fbb: &'mut_bldr mut flatbuffers::FlatBufferBuilder<'bldr>,
+    args: &'args AdminResponseArgs
+  ) -> flatbuffers::WIPOffset<AdminResponse<'bldr>> {
+    let mut builder = AdminResponseBuilder::new(_fbb);
+    builder.add_slot(args.slot);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn slot(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(AdminResponse::VT_SLOT, Some(0)).unwrap()}
+  }
+}
+
+impl flatbuffers::Verifiable for AdminResponse<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut flatbuffers::Verifier, pos: usize
+  ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+    use self::flatbuffers::Verifiable;
+    v.visit_table(pos)?
+     .visit_field::<u64>("slot", Self::VT_SLOT, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct AdminResponseArgs {
+    pub slot: u64,
+}
+impl<'a> Default for AdminResponseArgs {
+  #[inline]
+  fn default() -> Self {
+    AdminResponseArgs {
+      slot: 0,
+    }
+  }
+}
+
+pub struct AdminResponseBuilder<'a: 'b, 'b> {
+  fbb_: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+  start_: flatbuffers::WIPOffset<flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b> AdminResponseBuilder<'a, 'b> {
+  #[inline]
+  pub fn add_slot(&mut self, slot: u64) {
+    self.fbb_.push_slot::<u64>(AdminResponse::VT_SLOT, slot, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>) -> AdminResponseBuilder<'a, 'b> {
+    let start = _fbb.start_table();
+    AdminResponseBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> flatbuffers::WIPOffset<AdminResponse<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl core::fmt::Debug for AdminResponse<'_> {
+  fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+    let mut ds = f.debug_struct("AdminResponse");
+      ds.field("slot", &self.slot());
+      ds.finish()
+  }
+}
 pub enum PaxosMemberOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
