@@ -470,11 +470,8 @@ impl Store {
         for (key, value) in entries {
             let partition = key.get(8..16).and_then(|bytes| bytes.try_into().ok()).map(u64::from_be_bytes);
             if let (Some(partition), Some(&CONFIG_SUFFIX), 17) = (partition, key.get(16), key.len()) {
-                let mut reader = crate::codec::Reader::new(&value);
-                let members = paxos::decode_members(&mut reader, value.len())
-                    .ok()
-                    .filter(|_| reader.is_empty())
-                    .ok_or_else(|| Error::corrupt(self.inner.file.path(), 0, "malformed group configuration entry"))?;
+                let members = paxos::decode_configuration(&value)
+                    .map_err(|_| Error::corrupt(self.inner.file.path(), 0, "malformed group configuration entry"))?;
                 self.inner.configs.borrow_mut().insert(partition, members);
                 continue;
             }

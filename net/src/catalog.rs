@@ -8,6 +8,7 @@
 
 use std::collections::BTreeMap;
 
+use tessera_engine::paxos::{decode_configuration, encode_members, Member};
 use tessera_engine::{Item, KeyAttribute, KeySchema, KeyType, PartitionId};
 use tessera_wire::{ErrorCode, TableDescription, TableStatus, WireError};
 
@@ -27,7 +28,15 @@ pub struct TableInfo {
     pub key_schema: KeySchema,
     pub partitions: u32,
     pub created_at_ms: u64,
+    /// In a cluster, the configuration each of the table's replication groups starts with:
+    /// the catalog's group when the table was created (so a table created after a lost node
+    /// was replaced starts on the nodes that replaced it). Empty on a single node, and in
+    /// tables created before groups were recorded (they start on the cluster file's nodes).
+    pub members: Vec<Member>,
 }
+
+/// Marks the members section of an encoded `TableInfo` (not a key type byte).
+const MEMBERS_MARK: u8 = 0xC0;
 
 impl TableInfo {
     /// The storage partition id of partition `index`.
@@ -77,6 +86,10 @@ impl TableInfo {
             out.extend_from_slice(&(sort.name.len() as u32).to_le_bytes());
             out.extend_from_slice(sort.name.as_bytes());
         }
+        if !self.members.is_empty() {
+            out.push(MEMBERS_MARK);
+            encode_members(&self.members, &mut out);
+        }
         out
     }
 
@@ -91,12 +104,22 @@ impl TableInfo {
         let name = cursor.text()?;
         let partition_name = cursor.text()?;
         let partition_type = key_type_of(cursor.take(1)?[0])?;
-        let sort = match cursor.take(1) {
-            Some(&[byte]) => Some(KeyAttribute { key_type: key_type_of(byte)?, name: cursor.text()? }),
+        let mut next = cursor.take(1);
+        let sort = match next {
+            Some(&[byte]) if byte != MEMBERS_MARK => {
+                next = None;
+                let sort = KeyAttribute { key_type: key_type_of(byte)?, name: cursor.text()? };
+                Some(sort)
+            }
             _ => None,
         };
+        let members = match next.or_else(|| cursor.take(1)) {
+            Some(&[MEMBERS_MARK]) => decode_configuration(cursor.rest()).ok()?,
+            Some(_) => return None,
+            None => Vec::new(),
+        };
         let key_schema = KeySchema { partition: KeyAttribute { name: partition_name, key_type: partition_type }, sort };
-        Some(TableInfo { id, name, key_schema, partitions, created_at_ms })
+        Some(TableInfo { id, name, key_schema, partitions, created_at_ms, members })
     }
 }
 
@@ -110,6 +133,12 @@ impl<'a> Cursor<'a> {
         let slice = self.bytes.get(self.at..self.at.checked_add(len)?)?;
         self.at += len;
         Some(slice)
+    }
+
+    fn rest(&mut self) -> &'a [u8] {
+        let rest = &self.bytes[self.at..];
+        self.at = self.bytes.len();
+        rest
     }
 
     fn text(&mut self) -> Option<String> {
@@ -226,6 +255,7 @@ mod tests {
                 key_schema: KeySchema::composite(("customer", KeyType::S), ("n", KeyType::N)),
                 partitions: 12,
                 created_at_ms: 99,
+                members: Vec::new(),
             },
             TableInfo {
                 id: 8,
@@ -233,6 +263,15 @@ mod tests {
                 key_schema: KeySchema::hash_only("id", KeyType::B),
                 partitions: 1,
                 created_at_ms: 5,
+                members: vec![Member::full(1), Member::log(4), Member::full(3)],
+            },
+            TableInfo {
+                id: 9,
+                name: "carts".into(),
+                key_schema: KeySchema::composite(("customer", KeyType::S), ("n", KeyType::N)),
+                partitions: 3,
+                created_at_ms: 5,
+                members: vec![Member::full(1), Member::full(2), Member::full(3)],
             },
         ];
         for table in tables {
@@ -242,9 +281,10 @@ mod tests {
             assert_eq!(TableInfo::decode(&no_partitions), None);
             let encoded = table.encode();
             for cut in 0..encoded.len() - 1 {
-                // Truncations either fail or (at the optional sort key) decode without it.
+                // Truncations either fail or (at an optional part) decode without it.
                 if let Some(decoded) = TableInfo::decode(&encoded[..cut]) {
-                    assert!(decoded.key_schema.sort.is_none());
+                    assert!(decoded.key_schema.sort.is_none() || decoded.members.is_empty());
+                    assert_ne!(decoded, table);
                 }
             }
         }
@@ -259,6 +299,7 @@ mod tests {
             key_schema: KeySchema::composite(("customer", KeyType::S), ("n", KeyType::N)),
             partitions: 13,
             created_at_ms: 0,
+            members: Vec::new(),
         };
         let description = table.describe(0, 0);
         let mut seen = std::collections::HashSet::new();
@@ -284,6 +325,7 @@ mod tests {
             key_schema: KeySchema::hash_only("id", KeyType::S),
             partitions: 7,
             created_at_ms: 0,
+            members: Vec::new(),
         };
         for index in 0..7 {
             let start = table.partition_start(index).unwrap();
@@ -304,6 +346,7 @@ mod tests {
             key_schema: KeySchema::hash_only("id", KeyType::S),
             partitions: 4,
             created_at_ms: 0,
+            members: Vec::new(),
         };
         let catalog = Catalog { tables: BTreeMap::from([("kept".to_string(), table.clone())]), next_id: 5 };
         assert!(!catalog.orphaned(CATALOG_PARTITION));

@@ -29,6 +29,7 @@ use tessera_engine::{Command, Error, Outcome, PartitionId, ReplicationLog, Resul
 use tessera_wire::replication::PeerMessage;
 use tessera_wire::ReplicaStatus;
 
+use crate::catalog::CATALOG_PARTITION;
 use crate::peers::{LinkStats, PeerLinks};
 
 mod snapshot;
@@ -155,6 +156,8 @@ pub struct ReplicatedLog {
     retired: RefCell<std::collections::BTreeSet<PartitionId>>,
     /// Entries chosen at replicas whose configuration does not name this node yet (`chosen`).
     held: RefCell<BTreeMap<PartitionId, Vec<(Slot, Value)>>>,
+    /// By table id: the configuration its groups started with (`learn_group`).
+    first_members: RefCell<BTreeMap<u64, Vec<Member>>>,
 }
 
 impl ReplicatedLog {
@@ -201,6 +204,7 @@ impl ReplicatedLog {
             snapshots: snapshot::Snapshots::default(),
             retired: RefCell::default(),
             held: RefCell::default(),
+            first_members: RefCell::default(),
         });
         *log.me.borrow_mut() = Rc::downgrade(&log);
         let weak = Rc::downgrade(&log);
@@ -274,11 +278,17 @@ impl ReplicatedLog {
     }
 
     /// Partition `index` of a table (storage partition `partition`) is preferred to lead on
-    /// the cluster's node `index` modulo the node count, in id order: that replica, if it
+    /// its group's full member `index` modulo their count, in id order: that replica, if it
     /// knows no leader yet (a new table, or a restart), campaigns at once, so leaders spread
     /// over the nodes. Starts the replica here if it is not running.
     pub fn prefer_leader(&self, partition: PartitionId, index: u32) {
-        let preferred = self.initial.get(index as usize % self.initial.len().max(1)).map(|member| member.id);
+        let group: Vec<ReplicaId> = self
+            .first_configuration(partition)
+            .iter()
+            .filter(|member| member.kind == MemberKind::Full)
+            .map(|member| member.id)
+            .collect();
+        let preferred = group.get(index as usize % group.len().max(1)).copied();
         let now = self.now();
         self.with_replica(partition, |replica| {
             if preferred == Some(replica.id()) {
@@ -425,7 +435,8 @@ impl ReplicatedLog {
                 let applied = self.store.applied_slot(partition);
                 let seed = u64::from(self.node) << 48 ^ partition ^ now;
                 // The configuration as of the applied slot (later ones are in the log).
-                let members = self.store.configuration(partition).unwrap_or_else(|| self.initial.clone());
+                let members =
+                    self.store.configuration(partition).unwrap_or_else(|| self.first_configuration(partition));
                 let mut replica = Replica::new(self.config.clone(), self.node, &members, durable, applied, now, seed);
                 // This log's clock started with the process's replication.
                 replica.restarted_at(0);
@@ -436,6 +447,37 @@ impl ReplicatedLog {
         };
         self.carry_out(partition, actions, kind);
         result
+    }
+
+    /// The configuration `partition`'s group started with: the catalog's, the cluster file's
+    /// nodes that are not spares; a table's, what its catalog entry records (`learn_group`);
+    /// none for a table this node does not know (yet): such a replica accepts but does not
+    /// campaign or apply until it learns its group.
+    fn first_configuration(&self, partition: PartitionId) -> Vec<Member> {
+        match partition {
+            CATALOG_PARTITION => self.initial.clone(),
+            _ => self.first_members.borrow().get(&(partition >> 20)).cloned().unwrap_or_default(),
+        }
+    }
+
+    /// `partition`'s group started with `members`, as its table's catalog entry says (none
+    /// recorded: the cluster file's nodes that are not spares). Replicas created from now on
+    /// start with it, and one created before that knows no configuration takes it.
+    pub fn learn_group(&self, partition: PartitionId, members: &[Member]) {
+        let members = if members.is_empty() { self.initial.clone() } else { members.to_vec() };
+        self.first_members.borrow_mut().insert(partition >> 20, members.clone());
+        if self.replicas.borrow().contains_key(&partition) {
+            let kind = self.with_replica(partition, |replica| {
+                replica.join_group(&members);
+                self.part(replica)
+            });
+            self.settle_held(partition, kind);
+        }
+    }
+
+    /// The newest configuration `partition`'s replica here knows.
+    pub fn members(&self, partition: PartitionId) -> Vec<Member> {
+        self.with_replica(partition, |replica| replica.members().to_vec())
     }
 
     /// The part this node plays in `replica`'s newest configuration (none: it is not a
@@ -512,18 +554,25 @@ impl ReplicatedLog {
     /// replica whose configuration does not name this node yet (it is joining, and the entry
     /// that adds it is still to come) holds it back until it learns which part it plays.
     fn chosen(&self, partition: PartitionId, kind: Option<MemberKind>, slot: Slot, value: Value) {
+        self.settle_held(partition, kind);
         match kind {
-            Some(MemberKind::Full) => {
-                let held = self.held.borrow_mut().remove(&partition).unwrap_or_default();
-                for (slot, value) in held {
-                    self.apply(partition, slot, value);
-                }
+            Some(MemberKind::Full) => self.apply(partition, slot, value),
+            Some(MemberKind::Log) => {}
+            None => self.held.borrow_mut().entry(partition).or_default().push((slot, value)),
+        }
+    }
+
+    /// Entries `partition`'s replica held back while it did not know its part: applied once it
+    /// is a full member, dropped once a log member.
+    fn settle_held(&self, partition: PartitionId, kind: Option<MemberKind>) {
+        if kind.is_none() {
+            return;
+        }
+        let held = self.held.borrow_mut().remove(&partition).unwrap_or_default();
+        if kind == Some(MemberKind::Full) {
+            for (slot, value) in held {
                 self.apply(partition, slot, value);
             }
-            Some(MemberKind::Log) => {
-                self.held.borrow_mut().remove(&partition);
-            }
-            None => self.held.borrow_mut().entry(partition).or_default().push((slot, value)),
         }
     }
 

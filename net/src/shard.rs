@@ -459,6 +459,7 @@ impl Shard {
             // Each table's partitions lead on the nodes in turn (those this core owns).
             for table in catalog.tables.values() {
                 for index in (0..table.partitions).filter(|&index| owner_core(index, self.cores) == self.core) {
+                    log.learn_group(table.partition_id(index), &table.members);
                     log.prefer_leader(table.partition_id(index), index);
                 }
             }
@@ -843,7 +844,13 @@ impl Shard {
             return Err(WireError::new(ErrorCode::ResourceInUseException, format!("Table already exists: {name}")));
         }
         let id = self.catalog.borrow().next_id;
-        let table = TableInfo { id, name: name.clone(), key_schema, partitions, created_at_ms: now_ms() };
+        // In a cluster the table's groups start as the catalog's is now (after a lost node
+        // was replaced, on the nodes that replaced it).
+        let members = match &self.log {
+            Log::Replicated(log) => log.members(CATALOG_PARTITION),
+            Log::Local(_) => Vec::new(),
+        };
+        let table = TableInfo { id, name: name.clone(), key_schema, partitions, created_at_ms: now_ms(), members };
         let commands = vec![
             Command::Put { key: TableInfo::key(&name), value: table.encode() },
             Command::Put { key: NEXT_ID_KEY.to_vec(), value: (id + 1).to_le_bytes().to_vec() },

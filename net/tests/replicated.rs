@@ -90,6 +90,9 @@ impl Node {
                     // A short log: a replica down for a few hundred writes needs a snapshot.
                     let cluster = Cluster { node: id, nodes, paxos: paxos_config(), log_retain: 200 };
                     let log = ReplicatedLog::start(store, &cluster, 0).expect("log starts");
+                    // As the server does for a table's partitions once its catalog names them:
+                    // the group starts on the cluster's nodes.
+                    log.learn_group(PARTITION, &[]);
                     loop {
                         match inbox.try_recv() {
                             Ok((Ask::Stop, _)) | Err(mpsc::TryRecvError::Disconnected) => break,

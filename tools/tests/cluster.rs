@@ -621,6 +621,25 @@ fn a_lost_node_is_replaced_through_a_log_replica() {
         .unwrap();
     assert!(String::from_utf8_lossy(&again.stdout).contains("nothing to do"), "{again:?}");
 
+    // A table created now starts on the nodes that replaced node 2 (its groups are the
+    // catalog's), and leaders spread over them.
+    cluster.client(3).create_table("later", KeySchema::hash_only("id", KeyType::S), 3).unwrap();
+    for node in [1, 3, 5] {
+        wait_until("the new table reaching every member", Duration::from_secs(10), || {
+            cluster.client(node).describe_table("later").is_ok()
+        });
+    }
+    for n in 0..30 {
+        cluster.client(1).put_item("later", item(n)).unwrap();
+    }
+    let Response::Replicas { replicas, .. } = cluster.client(5).call(&Request::DescribeReplicas).unwrap() else {
+        panic!("no replicas")
+    };
+    let later: Vec<_> = replicas.iter().filter(|replica| replica.partition >> 20 == 2).collect();
+    assert_eq!(later.len(), 3, "{replicas:?}");
+    let members = vec![Member::full(1), Member::full(3), Member::full(5)];
+    assert!(later.iter().all(|replica| replica.members == members), "{later:?}");
+
     // Node 5 is a full member with every write: nodes 3 and 5 alone serve them all.
     cluster.signal(1, libc::SIGKILL);
     let _ = cluster.nodes.get_mut(&1).unwrap().wait();
@@ -628,6 +647,9 @@ fn a_lost_node_is_replaced_through_a_log_replica() {
     assert!(client.describe_table(TABLE).is_ok(), "node 5 has the catalog");
     client.put_item(TABLE, item(7)).unwrap();
     all_readable(&cluster, 5, &written);
+    for n in 0..30 {
+        assert_eq!(client.get_item("later", key(n)).unwrap(), Some(item(n)));
+    }
     let address = cluster.clients[&5];
     assert!(written.iter().all(|&n| local_read(address, n) == Some(item(n))), "node 5's own copy lacks writes");
     let status = Command::new(BINARY).args(["cluster", "status", "--cluster"]).arg(&cluster.file).output().unwrap();

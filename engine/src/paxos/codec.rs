@@ -70,6 +70,16 @@ pub(crate) fn decode_members(reader: &mut Reader<'_>, total: usize) -> Result<Ve
     Ok(members)
 }
 
+/// A configuration that `encode_members` wrote and nothing follows.
+pub fn decode_configuration(bytes: &[u8]) -> Result<Vec<Member>, String> {
+    let mut reader = Reader::new(bytes);
+    let members = decode_members(&mut reader, bytes.len())?;
+    match reader.is_empty() {
+        true => Ok(members),
+        false => Err("bytes follow the configuration".into()),
+    }
+}
+
 /// What one persist holds: the promise, if it made one, and the entries.
 pub type PersistContent = (Option<Ballot>, Vec<(Slot, Entry)>);
 

@@ -53,8 +53,7 @@
 mod codec;
 mod replica;
 
-pub(crate) use codec::decode_members;
-pub use codec::{decode_persist, encode_members, encode_persist, PersistContent};
+pub use codec::{decode_configuration, decode_persist, encode_members, encode_persist, PersistContent};
 pub use replica::{Action, ChangeError, Config, Durable, ProposeError, Replica, Role};
 
 /// A replica of the group: its index in the group's member list is not assumed; ids are

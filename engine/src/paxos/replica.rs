@@ -334,6 +334,18 @@ impl Replica {
         self.configs.values().next_back().expect("a configuration is always in force")
     }
 
+    /// The host learned its group's first configuration after it created this replica with
+    /// none (a replica started by a message from a group the host did not know yet: as an
+    /// acceptor it needs no configuration, and without one it never campaigns). It takes
+    /// effect only if the replica still knows no configuration, from its log or a snapshot.
+    pub fn join_group(&mut self, members: &[Member]) {
+        if self.configs.len() == 1 && self.members().is_empty() {
+            if let Some(first) = self.configs.values_mut().next() {
+                *first = members.to_vec();
+            }
+        }
+    }
+
     /// Whether the configuration in force is committed (another change may be proposed).
     pub fn members_committed(&self) -> bool {
         self.configs.keys().next_back().is_none_or(|&slot| slot <= self.commit)
@@ -1107,5 +1119,25 @@ mod tests {
         standby.set_standby(false);
         standby.tick(20 * config.election_max);
         assert_eq!(standby.role(), Role::Candidate, "released, it campaigns");
+        // A replica that knows no configuration accepts but never campaigns, until it joins.
+        let mut unknown = Replica::new(config.clone(), 1, &[], Durable::default(), 0, 0, 9);
+        unknown.tick(10 * config.election_max);
+        assert_eq!((unknown.role(), unknown.drain()), (Role::Follower, vec![]));
+        let accept = Message::Accept {
+            ballot: Ballot { round: 1, replica: 2 },
+            first_slot: 1,
+            entries: vec![Value::Noop],
+            commit: 0,
+            sent_at: 0,
+        };
+        unknown.step(10 * config.election_max, 2, accept);
+        assert!(unknown.drain().iter().any(|action| matches!(action, Action::Persist { .. })));
+        unknown.join_group(&pair);
+        assert_eq!(unknown.members(), pair);
+        // A configuration it knows is not replaced.
+        unknown.join_group(&with_log);
+        assert_eq!(unknown.members(), pair);
+        unknown.tick(30 * config.election_max);
+        assert_eq!(unknown.role(), Role::Candidate, "a member now, it campaigns");
     }
 }
