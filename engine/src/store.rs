@@ -1285,7 +1285,10 @@ impl Inner {
         let threshold = self.config.checkpoint_dirty_pages.min(self.tree.borrow().capacity() / 2);
         let threshold = threshold - threshold / 4 * (self.jitter.get() % 1024) as usize / 1024;
         let tree_full = self.tree.borrow().dirty_pages() >= threshold;
-        let log_long = self.wal.segments_in_use() >= self.config.checkpoint_wal_segments;
+        // A long log calls for a checkpoint only if one would recycle some of it: entries that
+        // stay unapplied (a log replica's) hold it all, and it must not set off one per apply.
+        let log_long = self.wal.segments_in_use() >= self.config.checkpoint_wal_segments
+            && self.wal.recyclable(self.covered_lsn());
         if !(self.checkpoint_wanted.get() || tree_full || log_long) {
             return Ok(());
         }

@@ -766,3 +766,32 @@ fn group_configurations_survive_restarts() {
         store.close().await.unwrap();
     });
 }
+
+/// Replicated mode: an entry that stays unapplied (a log replica's: it applies nothing) keeps
+/// the WAL from being recycled; the WAL then grows, but it does not set off a checkpoint after
+/// every apply, as a long log otherwise does: only checkpoints that can recycle something,
+/// or that the tree's dirty pages call for, are made.
+#[test]
+fn a_log_held_by_unapplied_entries_sets_off_no_checkpoint_storm() {
+    let dir = scratch_dir("store-held-log");
+    run(async move {
+        let store = Store::open(&dir, replicated_config()).await.unwrap();
+        let lsn = store.persist_paxos(7, None, &[chosen(1, 1, &put(b"held", b"x"))]).unwrap();
+        store.durable(lsn).await.unwrap();
+        let filler = vec![0u8; 60 << 10];
+        for slot in 1..=200u64 {
+            let command = put(&(slot % 8).to_be_bytes(), &filler);
+            let lsn = store.persist_paxos(8, None, &[chosen(slot, 1, &command)]).unwrap();
+            store.durable(lsn).await.unwrap();
+            let ticket = store.apply_chosen(8, slot, command, true).unwrap();
+            store.outcome(ticket).await.unwrap();
+        }
+        let (segments, checkpoints) = (store.wal().segments_in_use(), store.checkpoints());
+        assert!(segments > 20, "the held WAL grows: {segments} segments");
+        assert!(checkpoints < 30, "{checkpoints} checkpoints for 200 applies");
+        store.close().await.unwrap();
+        let store = Store::open(&dir, replicated_config()).await.unwrap();
+        assert_eq!(store.take_recovered_paxos()[&7].entries.keys().copied().collect::<Vec<_>>(), [1]);
+        store.close().await.unwrap();
+    });
+}

@@ -113,6 +113,12 @@ pub struct Recovered {
     pub records: Vec<Record>,
 }
 
+/// Whether the oldest segment of `chain` holds only records up to `lsn` (the next one starts
+/// at or before `lsn + 1`): a checkpoint covering `lsn` recycles it.
+fn first_recyclable(chain: &[Segment], lsn: u64) -> bool {
+    chain.get(1).is_some_and(|next| next.header.is_some_and(|header| header.first_lsn <= lsn + 1))
+}
+
 fn segment_path(dir: &Path, index: u32) -> PathBuf {
     dir.join(format!("{index:08}.wal"))
 }
@@ -311,6 +317,11 @@ impl Wal {
         self.inner.next_lsn.get()
     }
 
+    /// Whether `recycle_through(lsn)` would recycle a segment.
+    pub fn recyclable(&self, lsn: u64) -> bool {
+        first_recyclable(&self.inner.chain.borrow(), lsn)
+    }
+
     /// A checkpoint covers every record up to `lsn`: segments holding only such records
     /// become spares, to be reused (the extra ones are deleted).
     pub async fn recycle_through(&self, lsn: u64) -> Result<()> {
@@ -319,7 +330,7 @@ impl Wal {
         {
             let mut chain = inner.chain.borrow_mut();
             let mut spares = inner.spares.borrow_mut();
-            while chain.len() > 1 && chain[1].header.is_some_and(|header| header.first_lsn <= lsn + 1) {
+            while first_recyclable(&chain, lsn) {
                 let segment = chain.remove(0);
                 if spares.len() < inner.config.spare_segments_max {
                     spares.push(segment);
