@@ -579,12 +579,15 @@ fn a_lost_node_is_replaced_through_a_log_replica() {
     });
     // The leaders' compaction runs about once a second.
     std::thread::sleep(Duration::from_secs(2));
-    let output = Command::new(BINARY)
-        .args(["cluster", "replace", "--cluster"])
-        .arg(&cluster.file)
-        .args(["--lost", "2", "--log", "4", "--full", "5", "--timeout", "120"])
-        .output()
-        .unwrap();
+    let replace = |timeout: &str| {
+        Command::new(BINARY)
+            .args(["cluster", "replace", "--cluster"])
+            .arg(&cluster.file)
+            .args(["--lost", "2", "--log", "4", "--full", "5", "--timeout", timeout])
+            .output()
+            .unwrap()
+    };
+    let output = replace("120");
     let report = String::from_utf8_lossy(&output.stdout).into_owned();
     let errors = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "cluster replace failed:\n{report}\n{errors}");
@@ -613,12 +616,7 @@ fn a_lost_node_is_replaced_through_a_log_replica() {
         log.lines().filter(|line| line.contains("sent node")).for_each(|line| println!("node {node}: {line}"));
     }
     // Run again, it finds nothing left to do.
-    let again = Command::new(BINARY)
-        .args(["cluster", "replace", "--cluster"])
-        .arg(&cluster.file)
-        .args(["--lost", "2", "--log", "4", "--full", "5", "--timeout", "30"])
-        .output()
-        .unwrap();
+    let again = replace("30");
     assert!(String::from_utf8_lossy(&again.stdout).contains("nothing to do"), "{again:?}");
 
     // A table created now starts on the nodes that replaced node 2 (its groups are the
