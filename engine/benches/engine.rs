@@ -168,7 +168,7 @@ async fn run_puts(
                 while n < first + total {
                     let (key, value) = items[(n % keys) as usize].clone();
                     let begun = Instant::now();
-                    log.propose(1, Command::Put { key, value }).await.expect("durable put");
+                    log.propose(1, Command::Put { key, value: value.into() }).await.expect("durable put");
                     latencies.push(begun.elapsed());
                     n += writers as u64;
                 }

@@ -4,6 +4,8 @@
 //! idempotent (an ADD applied twice counts twice), so each record is applied exactly once,
 //! recovery included (it replays only what the checkpoint does not cover).
 
+use bytes::Bytes;
+
 use crate::codec::{decode_item, encode_item, put_varint, ItemMeta, Reader};
 use crate::expr::codec::{decode_condition, decode_update, encode_condition, encode_update};
 use crate::expr::{Condition, Update};
@@ -21,9 +23,11 @@ const UPDATE: u8 = 5;
 /// values are encoded items (`encode_item`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Command {
+    /// The value is shared bytes: a command decoded from a replicated log entry holds a slice
+    /// of the entry rather than a copy.
     Put {
         key: Vec<u8>,
-        value: Vec<u8>,
+        value: Bytes,
     },
     Delete {
         key: Vec<u8>,
@@ -150,32 +154,48 @@ impl Command {
         }
     }
 
+    /// A command from its encoding, its values copied out of `bytes`.
     pub fn decode(bytes: &[u8]) -> Result<Command, String> {
+        Command::decode_with(bytes, None)
+    }
+
+    /// A command from its encoding in shared `bytes`: a put's value is a slice of them.
+    pub fn decode_shared(bytes: &Bytes) -> Result<Command, String> {
+        Command::decode_with(bytes, Some(bytes))
+    }
+
+    fn decode_with(bytes: &[u8], shared: Option<&Bytes>) -> Result<Command, String> {
         let mut reader = Reader::new(bytes);
         let version = reader.u8()?;
         if version != COMMAND_FORMAT_VERSION {
             return Err(format!("unknown command format version {version}"));
         }
-        let command = Command::decode_from(&mut reader, 0)?;
+        let command = Command::decode_from(&mut reader, 0, shared)?;
         if !reader.is_empty() {
             return Err("trailing bytes after the command".to_string());
         }
         Ok(command)
     }
 
-    fn decode_from(reader: &mut Reader<'_>, depth: usize) -> Result<Command, String> {
-        let bytes = |reader: &mut Reader<'_>| -> Result<Vec<u8>, String> {
+    fn decode_from<'a>(reader: &mut Reader<'a>, depth: usize, shared: Option<&Bytes>) -> Result<Command, String> {
+        let slice = |reader: &mut Reader<'a>| -> Result<&'a [u8], String> {
             let len = reader.varint()?;
-            Ok(reader.take(usize::try_from(len).map_err(|_| "length overflows")?)?.to_vec())
+            reader.take(usize::try_from(len).map_err(|_| "length overflows")?)
         };
+        let bytes = |reader: &mut Reader<'a>| slice(reader).map(<[u8]>::to_vec);
         Ok(match reader.u8()? {
-            PUT => Command::Put { key: bytes(reader)?, value: bytes(reader)? },
+            PUT => {
+                let key = bytes(reader)?;
+                let value = slice(reader)?;
+                let value = shared.map_or_else(|| Bytes::copy_from_slice(value), |shared| shared.slice_ref(value));
+                Command::Put { key, value }
+            }
             DELETE => Command::Delete { key: bytes(reader)? },
             BATCH if depth == 0 => {
                 let count = reader.varint()?;
                 let mut commands = Vec::new();
                 for _ in 0..count {
-                    commands.push(Command::decode_from(reader, depth + 1)?);
+                    commands.push(Command::decode_from(reader, depth + 1, shared)?);
                 }
                 Command::Batch(commands)
             }
@@ -220,7 +240,7 @@ mod tests {
     #[test]
     fn commands_round_trip_and_reject_garbage() {
         let command = Command::Batch(vec![
-            Command::Put { key: b"k1".to_vec(), value: vec![9; 300] },
+            Command::Put { key: b"k1".to_vec(), value: vec![9; 300].into() },
             Command::Delete { key: b"k2".to_vec() },
         ]);
         let bytes = command.encode();
@@ -228,6 +248,13 @@ mod tests {
         for cut in 0..bytes.len() {
             assert!(Command::decode(&bytes[..cut]).is_err());
         }
+        // Decoded from shared bytes, a put's value is a slice of them, not a copy.
+        let shared = Bytes::from(bytes.clone());
+        let Command::Batch(decoded) = Command::decode_shared(&shared).unwrap() else { panic!("a batch") };
+        let Command::Put { value, .. } = &decoded[0] else { panic!("a put") };
+        assert!(shared.as_ptr_range().contains(&value.as_ptr()) && value[..] == [9; 300]);
+        assert_eq!(Command::Batch(decoded), command);
+        assert!(Command::decode_shared(&shared.slice(..bytes.len() - 1)).is_err());
         let nested = Command::Batch(vec![command.clone()]).encode();
         assert!(Command::decode(&nested).unwrap_err().contains("unknown command kind"));
     }

@@ -580,7 +580,7 @@ impl ReplicatedLog {
     fn apply(&self, partition: PartitionId, slot: Slot, value: Value) {
         let waiter = self.waiters.borrow_mut().remove(&(partition, slot));
         let (command, chosen_id) = match value {
-            Value::Command { id, bytes } => match Command::decode(&bytes) {
+            Value::Command { id, bytes } => match Command::decode_shared(&bytes) {
                 Ok(command) => (Chosen::Command(command), Some(id)),
                 Err(reason) => {
                     // A chosen command that does not decode (the same bytes everywhere): every

@@ -645,7 +645,7 @@ impl Shard {
     async fn run(self: &Rc<Shard>, op: Op) -> OpResult {
         let result = match op {
             Op::Put { partition, key, value, return_old } => {
-                self.write(partition, Command::Put { key, value }, return_old).await
+                self.write(partition, Command::Put { key, value: value.into() }, return_old).await
             }
             Op::Delete { partition, key, return_old } => {
                 self.write(partition, Command::Delete { key }, return_old).await
@@ -852,8 +852,8 @@ impl Shard {
         };
         let table = TableInfo { id, name: name.clone(), key_schema, partitions, created_at_ms: now_ms(), members };
         let commands = vec![
-            Command::Put { key: TableInfo::key(&name), value: table.encode() },
-            Command::Put { key: NEXT_ID_KEY.to_vec(), value: (id + 1).to_le_bytes().to_vec() },
+            Command::Put { key: TableInfo::key(&name), value: table.encode().into() },
+            Command::Put { key: NEXT_ID_KEY.to_vec(), value: (id + 1).to_le_bytes().to_vec().into() },
         ];
         self.log.propose(CATALOG_PARTITION, Command::Batch(commands)).await.map_err(engine_error)?;
         {
@@ -1510,7 +1510,7 @@ impl Shard {
                     let table = self.table(table)?;
                     validate_item(item).map_err(engine_error)?;
                     let key = table.key_schema.encode_key(item).map_err(engine_error)?.bytes;
-                    (table, Command::Put { key, value: encode_stored(item) })
+                    (table, Command::Put { key, value: encode_stored(item).into() })
                 }
                 Write::Delete { table, key } => {
                     let table = self.table(table)?;

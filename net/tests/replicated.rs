@@ -133,7 +133,7 @@ impl Node {
 async fn serve(log: &ReplicatedLog, ask: Ask) -> Answer {
     match ask {
         Ask::Put(key) => {
-            let command = Command::Put { key: key.to_be_bytes().to_vec(), value: value(key) };
+            let command = Command::Put { key: key.to_be_bytes().to_vec(), value: value(key).into() };
             log.propose(PARTITION, command).await.map(|()| None).map_err(|error| error.to_string())
         }
         Ask::Get { key, strong } => {

@@ -23,7 +23,7 @@ fn small_config() -> StoreConfig {
 }
 
 fn put(key: &[u8], value: &[u8]) -> Command {
-    Command::Put { key: key.to_vec(), value: value.to_vec() }
+    Command::Put { key: key.to_vec(), value: value.to_vec().into() }
 }
 
 #[test]

@@ -38,7 +38,7 @@ async fn write_forever(log: Rc<LocalLog>, round: u64, writer: usize) {
                 let partition = partition_for(&keys[0]);
                 let command = Command::Batch(
                     keys.iter()
-                        .map(|key| Command::Put { key: key.clone().into_bytes(), value: value_for(key) })
+                        .map(|key| Command::Put { key: key.clone().into_bytes(), value: value_for(key).into() })
                         .collect(),
                 );
                 ("batch", (partition, keys), command)
@@ -50,7 +50,7 @@ async fn write_forever(log: Rc<LocalLog>, round: u64, writer: usize) {
                 ("delete", (partition_for(&key), vec![key]), command)
             }
             _ => {
-                let command = Command::Put { key: base.clone().into_bytes(), value: value_for(&base) };
+                let command = Command::Put { key: base.clone().into_bytes(), value: value_for(&base).into() };
                 ("put", (partition_for(&base), vec![base]), command)
             }
         };
