@@ -98,17 +98,30 @@ enum Step {
     Done,
 }
 
-fn next_step(leader: &ReplicaStatus, plan: Replacement, full: Option<&ReplicaStatus>) -> Step {
+/// What the group `leader` reports on needs next. A node is added only while it answers: a
+/// member that is down from the start would only make the group's quorum harder to reach.
+fn next_step(
+    leader: &ReplicaStatus,
+    plan: Replacement,
+    full: Option<&ReplicaStatus>,
+    answering: impl Fn(u32) -> bool,
+) -> Step {
     let Replacement { lost, log, full: new } = plan;
     let has = |id: u32| leader.members.iter().any(|member| member.id == id);
     let mut next = leader.members.clone();
     if has(lost) && !has(log) {
+        if !answering(log) {
+            return Step::Wait;
+        }
         next.push(Member::log(log));
         Step::Change(next, "log replica added")
     } else if has(lost) {
         next.retain(|member| member.id != lost);
         Step::Change(next, "lost replica removed")
     } else if !has(new) {
+        if !answering(new) {
+            return Step::Wait;
+        }
         next.push(Member::full(new));
         Step::Change(next, "full replica added")
     } else if has(log) {
@@ -169,7 +182,7 @@ pub fn replace(nodes: &BTreeMap<u32, ClusterNode>, plan: Replacement, timeout: D
                 unfinished += 1;
                 continue;
             }
-            match next_step(status, plan, hosted(full, partition)) {
+            match next_step(status, plan, hosted(full, partition), |node| reports.contains_key(&node)) {
                 Step::Change(members, what) => {
                     unfinished += 1;
                     let request = Request::ChangeMembers { partition, members: members.clone() };

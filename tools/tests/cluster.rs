@@ -123,6 +123,16 @@ impl Cluster {
         }
     }
 
+    /// `tessera cluster replace` of lost node 2 by a log replica on 4 and a full one on 5.
+    fn replace_node_2(&self, timeout: &str) -> std::process::Output {
+        Command::new(BINARY)
+            .args(["cluster", "replace", "--cluster"])
+            .arg(&self.file)
+            .args(["--lost", "2", "--log", "4", "--full", "5", "--timeout", timeout])
+            .output()
+            .unwrap()
+    }
+
     fn node_at(&self, address: SocketAddr) -> u32 {
         *self.clients.iter().find(|(_, client)| **client == address).expect("a node's address").0
     }
@@ -579,15 +589,7 @@ fn a_lost_node_is_replaced_through_a_log_replica() {
     });
     // The leaders' compaction runs about once a second.
     std::thread::sleep(Duration::from_secs(2));
-    let replace = |timeout: &str| {
-        Command::new(BINARY)
-            .args(["cluster", "replace", "--cluster"])
-            .arg(&cluster.file)
-            .args(["--lost", "2", "--log", "4", "--full", "5", "--timeout", timeout])
-            .output()
-            .unwrap()
-    };
-    let output = replace("120");
+    let output = cluster.replace_node_2("120");
     let report = String::from_utf8_lossy(&output.stdout).into_owned();
     let errors = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "cluster replace failed:\n{report}\n{errors}");
@@ -616,7 +618,7 @@ fn a_lost_node_is_replaced_through_a_log_replica() {
         log.lines().filter(|line| line.contains("sent node")).for_each(|line| println!("node {node}: {line}"));
     }
     // Run again, it finds nothing left to do.
-    let again = replace("30");
+    let again = cluster.replace_node_2("30");
     assert!(String::from_utf8_lossy(&again.stdout).contains("nothing to do"), "{again:?}");
 
     // A table created now starts on the nodes that replaced node 2 (its groups are the
@@ -653,4 +655,61 @@ fn a_lost_node_is_replaced_through_a_log_replica() {
     let status = Command::new(BINARY).args(["cluster", "status", "--cluster"]).arg(&cluster.file).output().unwrap();
     let status = String::from_utf8_lossy(&status.stdout).into_owned();
     assert!(status.contains("node 1: not answering") && status.contains("members 1,3,5"), "{status}");
+}
+
+/// A replacement interrupted and carried on, with its log replica restarted in between: node 2
+/// is lost while node 5 (the new full replica's host) is down, so `cluster replace` gives up
+/// after putting a log replica on node 4 in every group and removing node 2 (it adds no node
+/// that does not answer). Node 4 is SIGKILLed and restarted, and node 3 is SIGKILLed: every
+/// write now needs the restarted log replica, which takes part again from its WAL alone. Once
+/// node 5 is up, `cluster replace` run again finishes; with node 3 back and node 1 killed,
+/// nodes 3 and 5 serve every acknowledged write.
+#[test]
+fn a_replacement_survives_a_restart_of_its_log_replica() {
+    let mut cluster = Cluster::start_with_spares("relog", &["--log-retain", "200"], 2);
+    let kill = |cluster: &mut Cluster, node: u32| {
+        cluster.signal(node, libc::SIGKILL);
+        let _ = cluster.nodes.get_mut(&node).unwrap().wait();
+    };
+    for node in [2, 5] {
+        kill(&mut cluster, node);
+        std::fs::remove_dir_all(cluster.root.join(format!("node-{node}"))).unwrap();
+    }
+    cluster.client(1).create_table(TABLE, KeySchema::hash_only("id", KeyType::S), 2).unwrap();
+    for node in [1, 3] {
+        wait_until("the table reaching the live nodes", Duration::from_secs(10), || {
+            cluster.client(node).describe_table(TABLE).is_ok()
+        });
+    }
+    let mut written = Vec::new();
+    let mut write = |cluster: &Cluster, range: std::ops::Range<u64>| {
+        let mut client = cluster.client(1);
+        for n in range {
+            client.put_item(TABLE, item(n)).unwrap();
+            written.push(n);
+        }
+    };
+    write(&cluster, 0..600);
+    let first = cluster.replace_node_2("5");
+    let report = String::from_utf8_lossy(&first.stdout).into_owned();
+    assert!(!first.status.success(), "node 5 is down, yet the replacement finished:\n{report}");
+    assert_eq!(report.matches("lost replica removed").count(), 3, "{report}");
+    assert!(!report.contains("full replica added"), "node 5 does not answer:\n{report}");
+
+    kill(&mut cluster, 4);
+    cluster.start_node(4);
+    kill(&mut cluster, 3);
+    // The groups are 1, 3 and L4, with 3 down: node 1 and the restarted log replica take
+    // every write.
+    write(&cluster, 1000..1300);
+
+    cluster.start_node(5);
+    let second = cluster.replace_node_2("120");
+    let report = String::from_utf8_lossy(&second.stdout).into_owned();
+    assert!(second.status.success(), "{report}\n{}", String::from_utf8_lossy(&second.stderr));
+    assert_eq!(report.matches("full replica added").count(), 3, "{report}");
+    assert_eq!(report.matches("log replica removed").count(), 3, "{report}");
+    cluster.start_node(3);
+    kill(&mut cluster, 1);
+    all_readable(&cluster, 5, &written);
 }
