@@ -1,25 +1,37 @@
-//! `tessera-load`: an open-loop load generator. Requests are issued on a fixed schedule (the
-//! target rate), whether or not earlier ones have been answered, and each latency is measured
-//! from the request's scheduled time, so queueing in the server or the client shows up in the
+//! `tessera-load`: an open-loop load generator. Calls are issued on a schedule (the workload's
+//! rate timeline), whether or not earlier ones have been answered, and each latency is
+//! measured from the call's due time, so queueing in the server or the client shows up in the
 //! figures instead of silently lowering the rate (no coordinated omission).
 //!
-//! The workload is the first one the project measures: GetItem and PutItem in a given mix on
-//! items of `--value-bytes` over `--keys` uniformly chosen keys. With `--updates`, the writes
-//! are conditional counter updates instead of puts (`SET #c = if_not_exists(#c, :zero) + :one`
-//! on an item that must exist), to compare their cost with plain puts.
+//! A workload file (`--workload FILE`, `workload.rs`; shipped ones in `bench/workloads/`)
+//! gives the table and key space, the key popularity, item sizes, the operation mix and the
+//! rate timeline. Without one, the flags describe a steady run of GetItem and PutItem (or,
+//! with `--updates`, conditional counter updates) over uniformly chosen keys.
+
+mod keys;
+mod report;
+mod schedule;
+mod workload;
 
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use glommio::{LocalExecutorBuilder, Placement};
 use hdrhistogram::Histogram;
 use tessera_engine::{AttributeValue, Item, KeySchema, KeyType, Number};
 use tessera_net::client::{AsyncClient, Client, ClientConfig, ClientError, ClusterPool, ItemBuilder};
-use tessera_wire::{Expressions, ReturnValues};
+use tessera_wire::{Expressions, ReadExpressions, Request, ReturnValues};
 
-/// The write of `--updates`: a counter increment, conditional on the item existing.
+use keys::{KeyChooser, Random};
+use report::{ErrorKind, Report, Summary};
+use schedule::Schedule;
+use workload::{ItemSpec, KeySpec, Mix, Op, Phase, Rate, TableSpec, Workload};
+
+/// The write of an update: a counter increment, conditional on the item existing.
 const COUNTER_UPDATE: &str = "SET #c = if_not_exists(#c, :zero) + :one";
 
 /// mimalloc rather than glibc's allocator: every request allocates and frees (items, frames,
@@ -28,40 +40,74 @@ const COUNTER_UPDATE: &str = "SET #c = if_not_exists(#c, :zero) + :one";
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-const USAGE: &str = "usage: tessera-load [--endpoint ADDR] [--table NAME] [--keys N] [--value-bytes N]
-                    [--rate OPS_PER_S] [--duration SECONDS] [--get-ratio R] [--connections N]
-                    [--threads N] [--create PARTITIONS] [--prefill] [--updates] [--warmup SECONDS]
+const USAGE: &str = "usage: tessera-load [--endpoint ADDR | --cluster A,B,C] [--workload FILE] [--json FILE]
+                    [--table NAME] [--create [PARTITIONS]] [--prefill] [--warmup SECONDS]
+                    [--connections N] [--threads N] [--concurrency N] [--quiet]
+       without --workload: [--keys N] [--value-bytes N] [--rate OPS_PER_S] [--duration SECONDS]
+                    [--get-ratio R] [--updates]
+  --workload FILE  a workload file (bench/workloads/*.toml): table and key space, key
+               popularity, item sizes, operation mix, rate timeline (phases)
+  --json FILE  also write the results as JSON: per operation, errors by kind, and each
+               second's due calls, answers, errors and p99
   --connections N  pipelined connections per server core (default 1); each call goes to
-                   one on the core owning its key
-  --create P   create the table (partition key id:S) with P partitions first
+               one on the core owning its key
+  --create [P] create the table (partition key id:S) first, with P partitions (default: the
+               workload's, or 8)
   --prefill    write every key once (closed loop, 256 in flight) before the timed run
   --updates    writes are conditional UpdateItem counter increments instead of PutItem
-  --warmup S   run the load for S seconds (default 1) before the measured --duration, and
+  --warmup S   run the first phase's rate for S seconds (default 1) before the schedule, and
                record nothing of it (connections, table layouts and leaders are learned then)
   --concurrency N  closed loop: N calls in flight per thread, each issued when the one before
-               it is answered (throughput and latency at that concurrency), instead of --rate
+               it is answered, for the workload's length (or --duration), instead of its rates
   --cluster A,B,C  the nodes of a cluster (the first is --endpoint's default): connections to
-               every node, each call sent to its partition's leader, learned from NotLeader";
+               every node, each call sent to its partition's leader, learned from NotLeader
+  --quiet      no progress line each second (on standard error)";
 
 #[derive(Clone)]
 struct Settings {
     endpoint: SocketAddr,
-    table: String,
-    keys: u64,
-    value_bytes: usize,
-    rate: f64,
-    duration: Duration,
+    /// Every node of a cluster (just the endpoint for a single node).
+    nodes: Vec<SocketAddr>,
+    workload: Workload,
+    /// The workload file's name, or "flags".
+    name: String,
     warmup: Duration,
-    get_ratio: f64,
     connections: usize,
     threads: usize,
     create: Option<u32>,
     prefill: bool,
-    updates: bool,
-    /// Every node of a cluster (just the endpoint for a single node).
-    nodes: Vec<SocketAddr>,
-    /// Closed loop with this many calls in flight per thread, instead of a rate.
+    /// Closed loop with this many calls in flight per thread, instead of the schedule.
     concurrency: Option<usize>,
+    json: Option<String>,
+    quiet: bool,
+}
+
+impl Settings {
+    /// The schedule's phases: the warm-up (the first phase's starting rate, not recorded),
+    /// then the workload's.
+    fn phases(&self) -> Vec<Phase> {
+        let first = &self.workload.phases[0];
+        let warmup = Phase {
+            name: "warm-up".into(),
+            seconds: self.warmup.as_secs_f64(),
+            rate: Rate::Steady(first.rate.at(0.0, first.seconds)),
+            hot: None,
+        };
+        std::iter::once(warmup).filter(|warmup| warmup.seconds > 0.0).chain(self.workload.phases.clone()).collect()
+    }
+
+    /// The phase and the rate due `second` seconds into the measured run.
+    fn target(&self, second: usize) -> (String, f64) {
+        let mut start = 0.0;
+        let t = second as f64;
+        for phase in &self.workload.phases {
+            if t < start + phase.seconds {
+                return (phase.name.clone(), phase.rate.at(t - start, phase.seconds));
+            }
+            start += phase.seconds;
+        }
+        ("after".into(), 0.0)
+    }
 }
 
 fn parse() -> Result<Settings, String> {
@@ -69,7 +115,8 @@ fn parse() -> Result<Settings, String> {
     if args.iter().any(|arg| arg == "--help" || arg == "-h") {
         return Err(USAGE.into());
     }
-    let value = |name: &str| args.iter().position(|arg| arg == name).and_then(|at| args.get(at + 1));
+    let value = |name: &str| value_of(&args, name);
+    let flag = |name: &str| args.iter().any(|arg| arg == name);
     fn number<T: std::str::FromStr>(text: Option<&String>, name: &str, default: T) -> Result<T, String> {
         text.map_or(Ok(default), |text| text.parse().map_err(|_| format!("{name} takes a number, not {text:?}")))
     }
@@ -84,35 +131,78 @@ fn parse() -> Result<Settings, String> {
         Some(first) => number(value("--endpoint"), "--endpoint", *first)?,
         None => number(value("--endpoint"), "--endpoint", "127.0.0.1:7400".parse().expect("address"))?,
     };
+    let (mut workload, name) = match value("--workload") {
+        Some(path) => {
+            let own = ["--keys", "--value-bytes", "--rate", "--duration", "--get-ratio", "--updates"];
+            if let Some(flag) = own.iter().find(|name| flag(name)) {
+                return Err(format!("{flag} comes from the workload file with --workload"));
+            }
+            (Workload::load(path)?, path.rsplit('/').next().unwrap_or(path).trim_end_matches(".toml").to_string())
+        }
+        None => (flags_workload(&args)?, "flags".to_string()),
+    };
+    if let Some(table) = value("--table") {
+        workload.table.name = table.clone();
+    }
+    // `--create` with or without its count.
+    let create = match (flag("--create"), value("--create").filter(|next| !next.starts_with("--"))) {
+        (false, _) => None,
+        (true, Some(count)) => Some(number(Some(count), "--create", 0)?),
+        (true, None) => Some(workload.table.partitions),
+    };
     Ok(Settings {
         nodes: if nodes.is_empty() { vec![endpoint] } else { nodes },
-        concurrency: value("--concurrency").map(|text| number(Some(text), "--concurrency", 1)).transpose()?,
         endpoint,
-        table: value("--table").cloned().unwrap_or_else(|| "load".into()),
-        keys: number(value("--keys"), "--keys", 1_000_000)?,
-        value_bytes: number(value("--value-bytes"), "--value-bytes", 1024)?,
-        rate: number(value("--rate"), "--rate", 50_000.0)?,
-        duration: Duration::from_secs_f64(number(value("--duration"), "--duration", 20.0)?),
+        workload,
+        name,
         warmup: Duration::from_secs_f64(number(value("--warmup"), "--warmup", 1.0)?),
-        get_ratio: number(value("--get-ratio"), "--get-ratio", 0.5)?,
         connections: number(value("--connections"), "--connections", 1)?,
-        threads: number(value("--threads"), "--threads", 1)?,
-        create: value("--create").map(|text| number(Some(text), "--create", 0)).transpose()?,
-        prefill: args.iter().any(|arg| arg == "--prefill"),
-        updates: args.iter().any(|arg| arg == "--updates"),
+        threads: number(value("--threads"), "--threads", 1)?.max(1),
+        create,
+        prefill: flag("--prefill"),
+        concurrency: value("--concurrency").map(|text| number(Some(text), "--concurrency", 1)).transpose()?,
+        json: value("--json").cloned(),
+        quiet: flag("--quiet"),
     })
 }
 
-/// xorshift64: cheap, and each thread seeds its own.
-struct Random(u64);
+/// The argument after flag `name`, if the flag is given.
+fn value_of<'a>(args: &'a [String], name: &str) -> Option<&'a String> {
+    args.iter().position(|arg| arg == name).and_then(|at| args.get(at + 1))
+}
 
-impl Random {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
+/// The workload the flags describe: steady, uniform keys, GetItem and PutItem (or updates).
+fn flags_workload(args: &[String]) -> Result<Workload, String> {
+    let number = |name: &str, default: f64| -> Result<f64, String> {
+        value_of(args, name)
+            .map_or(Ok(default), |text| text.parse().map_err(|_| format!("{name} takes a number, not {text:?}")))
+    };
+    let get_ratio = number("--get-ratio", 0.5)?;
+    if !(0.0..=1.0).contains(&get_ratio) {
+        return Err("--get-ratio takes a number from 0 to 1".into());
     }
+    let value_bytes = number("--value-bytes", 1024.0)? as usize;
+    let gets = (get_ratio * 1_000_000.0).round() as u32;
+    let writes = 1_000_000 - gets;
+    let updates = args.iter().any(|arg| arg == "--updates");
+    let workload = Workload {
+        table: TableSpec { name: "load".into(), keys: number("--keys", 1_000_000.0)? as u64, partitions: 8 },
+        keys: KeySpec::Uniform,
+        items: ItemSpec { min_bytes: value_bytes, max_bytes: value_bytes },
+        mix: Mix {
+            get: gets,
+            put: if updates { 0 } else { writes },
+            update: if updates { writes } else { 0 },
+            ..Mix::default()
+        },
+        phases: vec![Phase {
+            name: "steady".into(),
+            seconds: number("--duration", 20.0)?,
+            rate: Rate::Steady(number("--rate", 50_000.0)?),
+            hot: None,
+        }],
+    };
+    workload.validate().map(|()| workload)
 }
 
 fn key(index: u64) -> String {
@@ -123,22 +213,10 @@ fn item(index: u64, value_bytes: usize) -> Item {
     ItemBuilder::new().s("id", key(index)).b("data", vec![(index % 251) as u8; value_bytes]).build()
 }
 
-/// What one thread measured.
-struct Report {
-    gets: Histogram<u64>,
-    puts: Histogram<u64>,
-    errors: u64,
-    issued: u64,
-}
-
 /// Ends the run with a one-line error (from any thread).
 fn fail(message: String) -> ! {
     eprintln!("tessera-load: {message}");
     std::process::exit(1)
-}
-
-fn histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds")
 }
 
 async fn pool(settings: &Settings) -> Rc<ClusterPool> {
@@ -153,18 +231,18 @@ async fn prefill(settings: Settings, thread: usize) {
     let pool = pool(&settings).await;
     let next = Rc::new(Cell::new(thread as u64));
     let workers: Vec<_> = (0..256)
-        .map(|_| {
+        .map(|worker| {
             let (pool, next, settings) = (pool.clone(), next.clone(), settings.clone());
             glommio::spawn_local(async move {
+                let mut random = Random::new((thread * 1000 + worker) as u64);
                 loop {
                     let index = next.get();
-                    if index >= settings.keys {
+                    if index >= settings.workload.table.keys {
                         return;
                     }
                     next.set(index + settings.threads as u64);
-                    let item = item(index, settings.value_bytes);
-                    let put = async |client: &AsyncClient| client.put_item(&settings.table, item.clone()).await;
-                    if let Err(error) = pool.call(&settings.table, &item, put).await {
+                    let bytes = item_bytes(&settings.workload.items, &mut random);
+                    if let Err(error) = call(&pool, &settings.workload.table.name, Op::Put, index, bytes).await {
                         fail(format!("prefill: {error}"));
                     }
                 }
@@ -176,121 +254,182 @@ async fn prefill(settings: Settings, thread: usize) {
     }
 }
 
-async fn run(settings: Settings, thread: usize) -> Report {
-    let pool = pool(&settings).await;
-    let report = Rc::new(RefCell::new(Report { gets: histogram(), puts: histogram(), errors: 0, issued: 0 }));
-    let rate = settings.rate / settings.threads as f64;
-    let interval = Duration::from_secs_f64(1.0 / rate);
-    let mut random = Random(0x9E37_79B9_7F4A_7C15 ^ (thread as u64 + 1).wrapping_mul(0xBF58_476D_1CE4_E5B9));
-    let start = Instant::now();
-    let measured_from = start + settings.warmup;
-    let total = (rate * (settings.warmup + settings.duration).as_secs_f64()) as u64;
-    let mut issued = 0u64;
-    let mut measured = 0u64;
-    let outstanding = Rc::new(Cell::new(0u64));
-    while issued < total {
-        let now = Instant::now();
-        // Issue everything scheduled up to now, each stamped with its own scheduled time.
-        while issued < total && start + interval.mul_f64(issued as f64) <= now {
-            let scheduled = start + interval.mul_f64(issued as f64);
-            let pool = pool.clone();
-            let index = random.next() % settings.keys;
-            let is_get = (random.next() % 1_000_000) as f64 / 1_000_000.0 < settings.get_ratio;
-            let (report, table, value_bytes) = (report.clone(), settings.table.clone(), settings.value_bytes);
-            let updates = settings.updates;
-            let outstanding = outstanding.clone();
-            outstanding.set(outstanding.get() + 1);
-            let recorded = scheduled >= measured_from;
-            measured += u64::from(recorded);
-            glommio::spawn_local(async move {
-                // Each call goes to a connection on the core owning the key's partition.
-                let result = one_call(&pool, &table, index, is_get, updates, value_bytes).await;
-                let micros = scheduled.elapsed().as_micros() as u64;
-                outstanding.set(outstanding.get() - 1);
-                if !recorded {
-                    return;
-                }
-                let mut report = report.borrow_mut();
-                match result {
-                    Ok(()) if is_get => report.gets.saturating_record(micros.max(1)),
-                    Ok(()) => report.puts.saturating_record(micros.max(1)),
-                    Err(_) => report.errors += 1,
-                }
-            })
-            .detach();
-            issued += 1;
+fn item_bytes(items: &ItemSpec, random: &mut Random) -> usize {
+    items.min_bytes + random.below((items.max_bytes - items.min_bytes) as u64 + 1) as usize
+}
+
+/// Progress shared by the generator threads, for the line printed each second.
+struct Progress {
+    answered: AtomicU64,
+    errors: AtomicU64,
+    /// Each thread's latencies so far, refreshed about once a second.
+    latencies: Mutex<Vec<Histogram<u64>>>,
+    done: AtomicBool,
+}
+
+/// A thread's key and operation choices.
+struct Chooser {
+    keys: KeyChooser,
+    random: Random,
+    /// This thread's next insert: keys past the key space, interleaved by thread.
+    next_insert: u64,
+    /// The newest key known (for "latest").
+    newest: u64,
+    threads: u64,
+}
+
+impl Chooser {
+    fn new(settings: &Settings, thread: usize) -> Chooser {
+        let keys = settings.workload.table.keys;
+        Chooser {
+            keys: KeyChooser::new(keys, &settings.workload.keys),
+            random: Random::new(thread as u64),
+            next_insert: keys + thread as u64,
+            newest: keys - 1,
+            threads: settings.threads as u64,
         }
-        glommio::timer::sleep(Duration::from_micros(200)).await;
+    }
+
+    /// The next call: its operation, key and item size.
+    fn choose(&mut self, workload: &Workload, phase: Option<&Phase>) -> (Op, u64, usize) {
+        let op = workload.mix.pick(self.random.unit());
+        let index = if op == Op::Insert {
+            let index = self.next_insert;
+            self.next_insert += self.threads;
+            self.newest = self.newest.max(index);
+            index
+        } else {
+            self.keys.pick(&mut self.random, self.newest, phase.and_then(|phase| phase.hot))
+        };
+        (op, index, item_bytes(&workload.items, &mut self.random))
+    }
+}
+
+async fn run(settings: Settings, thread: usize, progress: Arc<Progress>) -> Report {
+    let pool = pool(&settings).await;
+    let report = Rc::new(RefCell::new(Report::new()));
+    let phases = settings.phases();
+    let warmup = settings.warmup.as_secs_f64();
+    let mut chooser = Chooser::new(&settings, thread);
+    let threads = settings.threads;
+    let mut schedule = Schedule::new(&phases).enumerate().filter(|(k, _)| k % threads == thread).map(|(_, due)| due);
+    let start = Instant::now();
+    let outstanding = Rc::new(Cell::new(0u64));
+    let mut shared_at = Instant::now();
+    let mut next = schedule.next();
+    while let Some((at, phase)) = next {
+        let due = start + Duration::from_secs_f64(at);
+        let now = Instant::now();
+        if now >= shared_at + Duration::from_secs(1) {
+            shared_at = now;
+            progress.latencies.lock().expect("progress")[thread] = report.borrow().all();
+        }
+        if due > now {
+            glommio::timer::sleep((due - now).min(Duration::from_micros(200))).await;
+            continue;
+        }
+        let recorded = at >= warmup;
+        let second = (at - warmup).max(0.0) as usize;
+        if recorded {
+            report.borrow_mut().due(second);
+        }
+        let (op, index, bytes) = chooser.choose(&settings.workload, Some(&phases[phase]));
+        let (pool, report, progress, outstanding) =
+            (pool.clone(), report.clone(), progress.clone(), outstanding.clone());
+        let table = settings.workload.table.name.clone();
+        outstanding.set(outstanding.get() + 1);
+        glommio::spawn_local(async move {
+            // Each call goes to a connection on the core owning the key's partition.
+            let result = call(&pool, &table, op, index, bytes).await;
+            let micros = due.elapsed().as_micros() as u64;
+            outstanding.set(outstanding.get() - 1);
+            if recorded {
+                count(&progress, &result);
+                report.borrow_mut().record(second, op, micros, result.map_err(|error| ErrorKind::of(&error)));
+            }
+        })
+        .detach();
+        next = schedule.next();
     }
     while outstanding.get() > 0 {
         glommio::timer::sleep(Duration::from_millis(1)).await;
     }
-    report.borrow_mut().issued = measured;
     Rc::try_unwrap(report).ok().expect("every task is done").into_inner()
 }
 
-/// One call of the workload: a GetItem of key `index`, or its write (a PutItem, or with
-/// `updates` a conditional counter update).
-async fn one_call(
-    pool: &ClusterPool,
-    table: &str,
-    index: u64,
-    is_get: bool,
-    updates: bool,
-    value_bytes: usize,
-) -> Result<(), ClientError> {
-    if is_get {
-        let key = ItemBuilder::new().s("id", key(index)).build();
-        let get = async |client: &AsyncClient| client.get_item(table, key.clone()).await.map(drop);
-        pool.call(table, &key, get).await
-    } else if updates {
-        let key = ItemBuilder::new().s("id", key(index)).build();
-        let expressions = Expressions::condition("attribute_exists(id)")
-            .name("#c", "count")
-            .value(":zero", AttributeValue::N(Number::from(0)))
-            .value(":one", AttributeValue::N(Number::from(1)));
-        let update = async |client: &AsyncClient| {
-            let (key, expressions) = (key.clone(), expressions.clone());
-            client.update_item(table, key, COUNTER_UPDATE, expressions, ReturnValues::None).await.map(drop)
+fn count(progress: &Progress, result: &Result<(), ClientError>) {
+    let counter = if result.is_ok() { &progress.answered } else { &progress.errors };
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+/// One call of the workload on key `index` (`bytes`: the size of what a write stores).
+async fn call(pool: &ClusterPool, table: &str, op: Op, index: u64, bytes: usize) -> Result<(), ClientError> {
+    let key = ItemBuilder::new().s("id", key(index)).build();
+    let get = |consistent_read: bool| {
+        let request = Request::GetItem {
+            table: table.into(),
+            key: key.clone(),
+            consistent_read,
+            read: ReadExpressions::default(),
         };
-        pool.call(table, &key, update).await
-    } else {
-        let item = item(index, value_bytes);
-        let put = async |client: &AsyncClient| client.put_item(table, item.clone()).await;
-        pool.call(table, &item, put).await
+        async move |client: &AsyncClient| client.call(&request).await.map(drop)
+    };
+    let put = async |client: &AsyncClient| client.put_item(table, item(index, bytes)).await;
+    match op {
+        Op::Get => pool.call(table, &key, get(true)).await,
+        Op::GetEventual => pool.call(table, &key, get(false)).await,
+        Op::Put | Op::Insert => pool.call(table, &key, put).await,
+        Op::Update => {
+            let expressions = Expressions::condition("attribute_exists(id)")
+                .name("#c", "count")
+                .value(":zero", AttributeValue::N(Number::from(0)))
+                .value(":one", AttributeValue::N(Number::from(1)));
+            let update = async |client: &AsyncClient| {
+                let (key, expressions) = (key.clone(), expressions.clone());
+                client.update_item(table, key, COUNTER_UPDATE, expressions, ReturnValues::None).await.map(drop)
+            };
+            pool.call(table, &key, update).await
+        }
+        Op::Delete => {
+            pool.call(table, &key, async |client: &AsyncClient| client.delete_item(table, key.clone()).await.map(drop))
+                .await
+        }
+        Op::ReadModifyWrite => {
+            pool.call(table, &key, get(true)).await?;
+            pool.call(table, &key, put).await
+        }
     }
 }
 
 /// Closed loop (`--concurrency N`): N calls in flight on this thread, each issued as soon as
 /// the one before it is answered; latency from issue to answer, throughput what the server
 /// sustains at that concurrency.
-async fn run_closed(settings: Settings, thread: usize, concurrency: usize) -> Report {
+async fn run_closed(settings: Settings, thread: usize, concurrency: usize, progress: Arc<Progress>) -> Report {
     let pool = pool(&settings).await;
-    let report = Rc::new(RefCell::new(Report { gets: histogram(), puts: histogram(), errors: 0, issued: 0 }));
+    let report = Rc::new(RefCell::new(Report::new()));
     let measured_from = Instant::now() + settings.warmup;
-    let deadline = measured_from + settings.duration;
+    let deadline = measured_from + Duration::from_secs_f64(settings.workload.seconds());
+    let chooser = Rc::new(RefCell::new(Chooser::new(&settings, thread)));
     let workers: Vec<_> = (0..concurrency)
         .map(|worker| {
-            let (pool, report, settings) = (pool.clone(), report.clone(), settings.clone());
+            let (pool, report, settings, chooser, progress) =
+                (pool.clone(), report.clone(), settings.clone(), chooser.clone(), progress.clone());
             glommio::spawn_local(async move {
-                let seed = (thread * 10_007 + worker + 1) as u64;
-                let mut random = Random(0x9E37_79B9_7F4A_7C15 ^ seed.wrapping_mul(0xBF58_476D_1CE4_E5B9));
                 while Instant::now() < deadline {
-                    let index = random.next() % settings.keys;
-                    let is_get = (random.next() % 1_000_000) as f64 / 1_000_000.0 < settings.get_ratio;
+                    let (op, index, bytes) = chooser.borrow_mut().choose(&settings.workload, None);
                     let issued = Instant::now();
-                    let result =
-                        one_call(&pool, &settings.table, index, is_get, settings.updates, settings.value_bytes).await;
+                    let result = call(&pool, &settings.workload.table.name, op, index, bytes).await;
                     let micros = issued.elapsed().as_micros() as u64;
                     if issued < measured_from {
                         continue;
                     }
+                    count(&progress, &result);
+                    let second = (issued - measured_from).as_secs() as usize;
                     let mut report = report.borrow_mut();
-                    report.issued += 1;
-                    match result {
-                        Ok(()) if is_get => report.gets.saturating_record(micros.max(1)),
-                        Ok(()) => report.puts.saturating_record(micros.max(1)),
-                        Err(_) => report.errors += 1,
+                    report.due(second);
+                    report.record(second, op, micros, result.map_err(|error| ErrorKind::of(&error)));
+                    if worker == 0 && second > 0 && report.timeline[second].due == 1 {
+                        progress.latencies.lock().expect("progress")[thread] = report.all();
                     }
                 }
             })
@@ -302,18 +441,32 @@ async fn run_closed(settings: Settings, thread: usize, concurrency: usize) -> Re
     Rc::try_unwrap(report).ok().expect("every worker is done").into_inner()
 }
 
-fn line(name: &str, histogram: &Histogram<u64>, seconds: f64) {
-    let ms = |quantile: f64| histogram.value_at_quantile(quantile) as f64 / 1000.0;
-    println!(
-        "{name:<6} {:>10} {:>10.0} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>8.3}",
-        histogram.len(),
-        histogram.len() as f64 / seconds,
-        ms(0.5),
-        ms(0.9),
-        ms(0.99),
-        ms(0.999),
-        histogram.max() as f64 / 1000.0
-    );
+/// Prints a progress line each second on standard error until the run is done.
+fn print_progress(progress: Arc<Progress>, warmup: Duration) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        std::thread::sleep(warmup);
+        let began = Instant::now();
+        let mut last = 0;
+        loop {
+            std::thread::sleep(Duration::from_secs(1));
+            if progress.done.load(Ordering::Relaxed) {
+                return;
+            }
+            let answered = progress.answered.load(Ordering::Relaxed);
+            let mut all = report::histogram();
+            for latencies in progress.latencies.lock().expect("progress").iter() {
+                all.add(latencies).expect("same bounds");
+            }
+            eprintln!(
+                "tessera-load: {:>4.0} s  {:>8} answered/s  errors {}  p99 so far {:.2} ms",
+                began.elapsed().as_secs_f64(),
+                answered - last,
+                progress.errors.load(Ordering::Relaxed),
+                all.value_at_quantile(0.99) as f64 / 1000.0
+            );
+            last = answered;
+        }
+    })
 }
 
 fn main() {
@@ -324,27 +477,34 @@ fn main() {
             std::process::exit(2);
         }
     };
+    let table = settings.workload.table.name.clone();
     if let Some(partitions) = settings.create {
         let mut client = Client::connect(settings.endpoint)
             .unwrap_or_else(|error| fail(format!("cannot connect to {}: {error}", settings.endpoint)));
         client
-            .create_table(&settings.table, KeySchema::hash_only("id", KeyType::S), partitions)
-            .unwrap_or_else(|error| fail(format!("cannot create table {}: {error}", settings.table)));
+            .create_table(&table, KeySchema::hash_only("id", KeyType::S), partitions)
+            .unwrap_or_else(|error| fail(format!("cannot create table {table}: {error}")));
         // In a cluster each node learns of the table as it applies the catalog's entry.
         for &node in &settings.nodes {
             let deadline = Instant::now() + Duration::from_secs(10);
-            while Client::connect(node).and_then(|mut client| client.describe_table(&settings.table)).is_err() {
+            while Client::connect(node).and_then(|mut client| client.describe_table(&table)).is_err() {
                 if Instant::now() > deadline {
-                    fail(format!("node {node} never learned of table {}", settings.table));
+                    fail(format!("node {node} never learned of table {table}"));
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
     }
+    let progress = Arc::new(Progress {
+        answered: AtomicU64::new(0),
+        errors: AtomicU64::new(0),
+        latencies: Mutex::new(vec![report::histogram(); settings.threads]),
+        done: AtomicBool::new(false),
+    });
     let spawn_all = |prefilling: bool| -> Vec<Option<Report>> {
         let handles: Vec<_> = (0..settings.threads)
             .map(|thread| {
-                let settings = settings.clone();
+                let (settings, progress) = (settings.clone(), progress.clone());
                 LocalExecutorBuilder::new(Placement::Unbound)
                     .name(&format!("load-{thread}"))
                     .io_memory(1 << 20)
@@ -353,9 +513,9 @@ fn main() {
                             prefill(settings, thread).await;
                             None
                         } else if let Some(concurrency) = settings.concurrency {
-                            Some(run_closed(settings, thread, concurrency).await)
+                            Some(run_closed(settings, thread, concurrency, progress).await)
                         } else {
-                            Some(run(settings, thread).await)
+                            Some(run(settings, thread, progress).await)
                         }
                     })
                     .expect("load executor")
@@ -366,36 +526,23 @@ fn main() {
     if settings.prefill {
         let began = Instant::now();
         spawn_all(true);
-        let seconds = began.elapsed().as_secs_f64();
-        println!("prefill: {} puts in {seconds:.1} s ({:.0} puts/s)", settings.keys, settings.keys as f64 / seconds);
+        let (keys, seconds) = (settings.workload.table.keys, began.elapsed().as_secs_f64());
+        println!("prefill: {keys} puts in {seconds:.1} s ({:.0} puts/s)", keys as f64 / seconds);
     }
+    let printer = (!settings.quiet).then(|| print_progress(progress.clone(), settings.warmup));
     let began = Instant::now();
-    let reports: Vec<Report> = spawn_all(false).into_iter().flatten().collect();
-    let seconds = began.elapsed().saturating_sub(settings.warmup).as_secs_f64();
-    let mut gets = histogram();
-    let mut puts = histogram();
-    let mut all = histogram();
-    let (mut errors, mut issued) = (0, 0);
-    for report in &reports {
-        gets.add(&report.gets).expect("same bounds");
-        puts.add(&report.puts).expect("same bounds");
-        errors += report.errors;
-        issued += report.issued;
+    let mut report = Report::new();
+    for thread in spawn_all(false).into_iter().flatten() {
+        report.add(&thread);
     }
-    all.add(&gets).expect("same bounds");
-    all.add(&puts).expect("same bounds");
-    println!(
-        "target {:.0} ops/s for {:.0} s; issued {issued}, completed {} in {seconds:.1} s ({:.0} ops/s), errors {errors}",
-        settings.rate,
-        settings.duration.as_secs_f64(),
-        all.len(),
-        all.len() as f64 / seconds
-    );
-    println!(
-        "{:<6} {:>10} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8}",
-        "op", "count", "ops/s", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "max ms"
-    );
-    line("get", &gets, seconds);
-    line(if settings.updates { "update" } else { "put" }, &puts, seconds);
-    line("all", &all, seconds);
+    let seconds = began.elapsed().saturating_sub(settings.warmup).as_secs_f64();
+    progress.done.store(true, Ordering::Relaxed);
+    if let Some(printer) = printer {
+        let _ = printer.join();
+    }
+    let summary = Summary::new(&settings.name, &report, seconds, |second| settings.target(second));
+    summary.print();
+    if let Some(path) = &settings.json {
+        std::fs::write(path, summary.to_json()).unwrap_or_else(|error| fail(format!("cannot write {path}: {error}")));
+    }
 }
