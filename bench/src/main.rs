@@ -14,6 +14,7 @@ mod schedule;
 mod workload;
 
 use std::cell::{Cell, RefCell};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -307,6 +308,24 @@ impl Chooser {
 
 async fn run(settings: Settings, thread: usize, progress: Arc<Progress>) -> Report {
     let pool = pool(&settings).await;
+    let table = settings.workload.table.name.clone();
+    let server = move |op, index, bytes| {
+        let (pool, table) = (pool.clone(), table.clone());
+        // Each call goes to a connection on the core owning the key's partition.
+        async move { call(&pool, &table, op, index, bytes).await }
+    };
+    open_loop(&settings, thread, progress, server).await
+}
+
+/// The open loop of one generator thread: every `threads`-th call of the schedule, each
+/// started when due (whatever is still unanswered) by `server(op, key, bytes)`, and timed
+/// from its due time.
+async fn open_loop<F: Future<Output = Result<(), ClientError>> + 'static>(
+    settings: &Settings,
+    thread: usize,
+    progress: Arc<Progress>,
+    server: impl Fn(Op, u64, usize) -> F,
+) -> Report {
     let report = Rc::new(RefCell::new(Report::new()));
     let phases = settings.phases();
     let warmup = settings.warmup.as_secs_f64();
@@ -334,13 +353,11 @@ async fn run(settings: Settings, thread: usize, progress: Arc<Progress>) -> Repo
             report.borrow_mut().due(second);
         }
         let (op, index, bytes) = chooser.choose(&settings.workload, Some(&phases[phase]));
-        let (pool, report, progress, outstanding) =
-            (pool.clone(), report.clone(), progress.clone(), outstanding.clone());
-        let table = settings.workload.table.name.clone();
+        let (report, progress, outstanding) = (report.clone(), progress.clone(), outstanding.clone());
+        let answer = server(op, index, bytes);
         outstanding.set(outstanding.get() + 1);
         glommio::spawn_local(async move {
-            // Each call goes to a connection on the core owning the key's partition.
-            let result = call(&pool, &table, op, index, bytes).await;
+            let result = answer.await;
             let micros = due.elapsed().as_micros() as u64;
             outstanding.set(outstanding.get() - 1);
             if recorded {
@@ -544,5 +561,104 @@ fn main() {
     summary.print();
     if let Some(path) = &settings.json {
         std::fs::write(path, summary.to_json()).unwrap_or_else(|error| fail(format!("cannot write {path}: {error}")));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(rate: f64, seconds: f64) -> Settings {
+        let workload = Workload {
+            table: TableSpec { name: "t".into(), keys: 1000, partitions: 1 },
+            keys: KeySpec::Uniform,
+            items: ItemSpec::default(),
+            mix: Mix { get: 1, ..Mix::default() },
+            phases: vec![Phase { name: "steady".into(), seconds, rate: Rate::Steady(rate), hot: None }],
+        };
+        Settings {
+            endpoint: "127.0.0.1:1".parse().unwrap(),
+            nodes: Vec::new(),
+            workload,
+            name: "test".into(),
+            warmup: Duration::ZERO,
+            connections: 1,
+            threads: 1,
+            create: None,
+            prefill: false,
+            concurrency: None,
+            json: None,
+            quiet: true,
+        }
+    }
+
+    fn progress() -> Arc<Progress> {
+        Arc::new(Progress {
+            answered: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            latencies: Mutex::new(vec![report::histogram()]),
+            done: AtomicBool::new(false),
+        })
+    }
+
+    /// Runs a 2 s open loop at 1000 calls/s against `server`, in an executor of its own.
+    fn run_against<F: Future<Output = Result<(), ClientError>> + 'static>(
+        server: impl Fn(Instant) -> F + Send + 'static,
+    ) -> Report {
+        glommio::LocalExecutorBuilder::new(Placement::Unbound)
+            .io_memory(1 << 20)
+            .spawn(|| async move {
+                let start = Instant::now();
+                open_loop(&settings(1000.0, 2.0), 0, progress(), move |_, _, _| server(start)).await
+            })
+            .unwrap()
+            .join()
+            .unwrap()
+    }
+
+    fn ms(report: &Report, quantile: f64) -> f64 {
+        report.all().value_at_quantile(quantile) as f64 / 1000.0
+    }
+
+    /// Coordinated omission is corrected. A server that stalls for half a second answers the
+    /// calls due meanwhile only when it resumes: the schedule goes on issuing them on time,
+    /// and their waits show in the percentiles. And when the generator itself is held up (its
+    /// thread blocked for 300 ms), the calls it issues late are timed from when they were due,
+    /// not from when they went out.
+    #[test]
+    fn a_stalled_server_shows_up_in_the_percentiles() {
+        let stalled = run_against(|start| async move {
+            let (from, to) = (start + Duration::from_millis(500), start + Duration::from_millis(1000));
+            let now = Instant::now();
+            if now >= from && now < to {
+                glommio::timer::sleep(to - now).await;
+            }
+            Ok(())
+        });
+        assert!((1999..=2001).contains(&stalled.all().len()), "every due call was issued: {}", stalled.all().len());
+        // A quarter of the calls waited 0-500 ms for the stall to end.
+        assert!(ms(&stalled, 0.5) < 5.0, "median {} ms", ms(&stalled, 0.5));
+        assert!(
+            ms(&stalled, 0.9) > 250.0 && ms(&stalled, 0.99) > 450.0,
+            "p90 {}, p99 {}",
+            ms(&stalled, 0.9),
+            ms(&stalled, 0.99)
+        );
+        assert_eq!(stalled.timeline.len(), 2);
+        assert!(stalled.timeline[0].latencies.value_at_quantile(0.99) > 450_000, "the stall is in second 0");
+
+        let blocked = std::sync::Arc::new(AtomicBool::new(false));
+        let held_up = run_against(move |start| {
+            let blocked = blocked.clone();
+            async move {
+                if start.elapsed() >= Duration::from_millis(500) && !blocked.swap(true, Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(300));
+                }
+                Ok(())
+            }
+        });
+        // 300 calls were issued up to 300 ms late: p95 about 200 ms, p99 about 280 ms.
+        let (p95, p99) = (ms(&held_up, 0.95), ms(&held_up, 0.99));
+        assert!(p95 > 150.0 && p99 > 250.0, "p95 {p95} ms, p99 {p99} ms");
     }
 }
