@@ -329,7 +329,7 @@ async fn open_loop<F: Future<Output = Result<(), ClientError>> + 'static>(
     let report = Rc::new(RefCell::new(Report::new()));
     let phases = settings.phases();
     let warmup = settings.warmup.as_secs_f64();
-    let mut chooser = Chooser::new(&settings, thread);
+    let mut chooser = Chooser::new(settings, thread);
     let threads = settings.threads;
     let mut schedule = Schedule::new(&phases).enumerate().filter(|(k, _)| k % threads == thread).map(|(_, due)| due);
     let start = Instant::now();
