@@ -9,6 +9,7 @@
 //! with `--updates`, conditional counter updates) over uniformly chosen keys.
 
 mod keys;
+mod plot;
 mod report;
 mod schedule;
 mod workload;
@@ -41,7 +42,8 @@ const COUNTER_UPDATE: &str = "SET #c = if_not_exists(#c, :zero) + :one";
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-const USAGE: &str = "usage: tessera-load [--endpoint ADDR | --cluster A,B,C] [--workload FILE] [--json FILE]
+const USAGE: &str =
+    "usage: tessera-load [--endpoint ADDR | --cluster A,B,C] [--workload FILE] [--json FILE] [--plot FILE]
                     [--table NAME] [--create [PARTITIONS]] [--prefill] [--warmup SECONDS]
                     [--connections N] [--threads N] [--concurrency N] [--quiet]
        without --workload: [--keys N] [--value-bytes N] [--rate OPS_PER_S] [--duration SECONDS]
@@ -50,6 +52,8 @@ const USAGE: &str = "usage: tessera-load [--endpoint ADDR | --cluster A,B,C] [--
                popularity, item sizes, operation mix, rate timeline (phases)
   --json FILE  also write the results as JSON: per operation, errors by kind, and each
                second's due calls, answers, errors and p99
+  --plot FILE  draw that timeline as SVG: calls answered and errors per second against the
+               target rate, and each second's p99 on a log scale, with the phases shaded
   --connections N  pipelined connections per server core (default 1); each call goes to
                one on the core owning its key
   --create [P] create the table (partition key id:S) first, with P partitions (default: the
@@ -80,6 +84,7 @@ struct Settings {
     /// Closed loop with this many calls in flight per thread, instead of the schedule.
     concurrency: Option<usize>,
     json: Option<String>,
+    plot: Option<String>,
     quiet: bool,
 }
 
@@ -163,6 +168,7 @@ fn parse() -> Result<Settings, String> {
         prefill: flag("--prefill"),
         concurrency: value("--concurrency").map(|text| number(Some(text), "--concurrency", 1)).transpose()?,
         json: value("--json").cloned(),
+        plot: value("--plot").cloned(),
         quiet: flag("--quiet"),
     })
 }
@@ -562,6 +568,10 @@ fn main() {
     if let Some(path) = &settings.json {
         std::fs::write(path, summary.to_json()).unwrap_or_else(|error| fail(format!("cannot write {path}: {error}")));
     }
+    if let Some(path) = &settings.plot {
+        std::fs::write(path, plot::plot(&summary))
+            .unwrap_or_else(|error| fail(format!("cannot write {path}: {error}")));
+    }
 }
 
 #[cfg(test)]
@@ -588,6 +598,7 @@ mod tests {
             prefill: false,
             concurrency: None,
             json: None,
+            plot: None,
             quiet: true,
         }
     }
