@@ -10,6 +10,7 @@
 
 mod keys;
 mod plot;
+mod redis;
 mod report;
 mod schedule;
 mod workload;
@@ -66,7 +67,9 @@ const USAGE: &str =
                it is answered, for the workload's length (or --duration), instead of its rates
   --cluster A,B,C  the nodes of a cluster (the first is --endpoint's default): connections to
                every node, each call sent to its partition's leader, learned from NotLeader
-  --quiet      no progress line each second (on standard error)";
+  --quiet      no progress line each second (on standard error)
+  --redis ADDR drive Redis instead (the peer comparison): gets are GET, puts and inserts SET
+               of a value as large as the item, on --connections pipelined connections";
 
 #[derive(Clone)]
 struct Settings {
@@ -86,6 +89,8 @@ struct Settings {
     json: Option<String>,
     plot: Option<String>,
     quiet: bool,
+    /// Drive Redis at this address instead of Tessera (GET and SET only).
+    redis: Option<SocketAddr>,
 }
 
 impl Settings {
@@ -150,6 +155,18 @@ fn parse() -> Result<Settings, String> {
     if let Some(table) = value("--table") {
         workload.table.name = table.clone();
     }
+    let redis = value("--redis")
+        .map(|address| address.parse().map_err(|_| format!("--redis takes ADDRESS:PORT, not {address:?}")))
+        .transpose()?;
+    if redis.is_some() {
+        let unsupported = [Op::Update, Op::Delete, Op::ReadModifyWrite];
+        if let Some(op) = unsupported.iter().find(|&&op| workload.mix.weight(op) > 0) {
+            return Err(format!("--redis runs get and put (and insert) only, not {}", op.name()));
+        }
+        if flag("--create") {
+            return Err("--create makes a Tessera table; Redis has none".into());
+        }
+    }
     // `--create` with or without its count.
     let create = match (flag("--create"), value("--create").filter(|next| !next.starts_with("--"))) {
         (false, _) => None,
@@ -169,6 +186,7 @@ fn parse() -> Result<Settings, String> {
         concurrency: value("--concurrency").map(|text| number(Some(text), "--concurrency", 1)).transpose()?,
         json: value("--json").cloned(),
         plot: value("--plot").cloned(),
+        redis,
         quiet: flag("--quiet"),
     })
 }
@@ -226,16 +244,33 @@ fn fail(message: String) -> ! {
     std::process::exit(1)
 }
 
-async fn pool(settings: &Settings) -> Rc<ClusterPool> {
+/// What the calls go to: Tessera (a node or a cluster), or a peer for comparison.
+enum Target {
+    Tessera(ClusterPool),
+    /// `--redis`: connections used in turn.
+    Redis(Vec<redis::Redis>, Cell<usize>),
+}
+
+async fn target(settings: &Settings) -> Rc<Target> {
+    if let Some(address) = settings.redis {
+        let mut connections = Vec::new();
+        for _ in 0..settings.connections {
+            let redis = redis::Redis::connect(address)
+                .await
+                .unwrap_or_else(|error| fail(format!("cannot connect to redis at {address}: {error}")));
+            connections.push(redis);
+        }
+        return Rc::new(Target::Redis(connections, Cell::new(0)));
+    }
     let pool = ClusterPool::connect(&settings.nodes, settings.connections, ClientConfig::default())
         .await
         .unwrap_or_else(|error| fail(format!("cannot connect to {:?}: {error}", settings.nodes)));
-    Rc::new(pool)
+    Rc::new(Target::Tessera(pool))
 }
 
 /// Writes keys `thread, thread + threads, ...` once each, 256 at a time.
 async fn prefill(settings: Settings, thread: usize) {
-    let pool = pool(&settings).await;
+    let pool = target(&settings).await;
     let next = Rc::new(Cell::new(thread as u64));
     let workers: Vec<_> = (0..256)
         .map(|worker| {
@@ -313,7 +348,7 @@ impl Chooser {
 }
 
 async fn run(settings: Settings, thread: usize, progress: Arc<Progress>) -> Report {
-    let pool = pool(&settings).await;
+    let pool = target(&settings).await;
     let table = settings.workload.table.name.clone();
     let server = move |op, index, bytes| {
         let (pool, table) = (pool.clone(), table.clone());
@@ -386,7 +421,21 @@ fn count(progress: &Progress, result: &Result<(), ClientError>) {
 }
 
 /// One call of the workload on key `index` (`bytes`: the size of what a write stores).
-async fn call(pool: &ClusterPool, table: &str, op: Op, index: u64, bytes: usize) -> Result<(), ClientError> {
+async fn call(target: &Target, table: &str, op: Op, index: u64, bytes: usize) -> Result<(), ClientError> {
+    let pool = match target {
+        Target::Tessera(pool) => pool,
+        Target::Redis(connections, next) => {
+            let at = next.get();
+            next.set((at + 1) % connections.len());
+            // A value as large as the item Tessera stores (the key and a binary attribute).
+            let (redis, key) = (&connections[at], key(index));
+            let answer = match op {
+                Op::Get | Op::GetEventual => redis.get(key.as_bytes()).await,
+                _ => redis.set(key.as_bytes(), &vec![(index % 251) as u8; bytes + key.len()]).await,
+            };
+            return answer.map_err(ClientError::Protocol);
+        }
+    };
     let key = ItemBuilder::new().s("id", key(index)).build();
     let get = |consistent_read: bool| {
         let request = Request::GetItem {
@@ -428,7 +477,7 @@ async fn call(pool: &ClusterPool, table: &str, op: Op, index: u64, bytes: usize)
 /// the one before it is answered; latency from issue to answer, throughput what the server
 /// sustains at that concurrency.
 async fn run_closed(settings: Settings, thread: usize, concurrency: usize, progress: Arc<Progress>) -> Report {
-    let pool = pool(&settings).await;
+    let pool = target(&settings).await;
     let report = Rc::new(RefCell::new(Report::new()));
     let measured_from = Instant::now() + settings.warmup;
     let deadline = measured_from + Duration::from_secs_f64(settings.workload.seconds());
@@ -600,6 +649,7 @@ mod tests {
             json: None,
             plot: None,
             quiet: true,
+            redis: None,
         }
     }
 
