@@ -9,8 +9,8 @@
 //! with `--updates`, conditional counter updates) over uniformly chosen keys.
 
 mod keys;
+mod peers;
 mod plot;
-mod redis;
 mod report;
 mod schedule;
 mod workload;
@@ -69,7 +69,9 @@ const USAGE: &str =
                every node, each call sent to its partition's leader, learned from NotLeader
   --quiet      no progress line each second (on standard error)
   --redis ADDR drive Redis instead (the peer comparison): gets are GET, puts and inserts SET
-               of a value as large as the item, on --connections pipelined connections";
+               of a value as large as the item, on --connections pipelined connections
+  --etcd A,B,C drive etcd's members instead, through its v3 JSON gateway: gets are
+               linearizable ranges, puts and inserts puts; --connections to each member";
 
 #[derive(Clone)]
 struct Settings {
@@ -89,8 +91,8 @@ struct Settings {
     json: Option<String>,
     plot: Option<String>,
     quiet: bool,
-    /// Drive Redis at this address instead of Tessera (GET and SET only).
-    redis: Option<SocketAddr>,
+    /// Drive a peer at these addresses instead of Tessera (gets and puts only).
+    peer: Option<(Peer, Vec<SocketAddr>)>,
 }
 
 impl Settings {
@@ -133,10 +135,7 @@ fn parse() -> Result<Settings, String> {
     }
     let nodes = match value("--cluster") {
         None => Vec::new(),
-        Some(list) => list
-            .split(',')
-            .map(|address| address.parse().map_err(|_| format!("--cluster takes ADDRESS:PORT,... not {address:?}")))
-            .collect::<Result<Vec<SocketAddr>, String>>()?,
+        Some(list) => addresses(list, "--cluster")?,
     };
     let endpoint = match nodes.first() {
         Some(first) => number(value("--endpoint"), "--endpoint", *first)?,
@@ -155,16 +154,19 @@ fn parse() -> Result<Settings, String> {
     if let Some(table) = value("--table") {
         workload.table.name = table.clone();
     }
-    let redis = value("--redis")
-        .map(|address| address.parse().map_err(|_| format!("--redis takes ADDRESS:PORT, not {address:?}")))
-        .transpose()?;
-    if redis.is_some() {
+    let peer = match (value("--redis"), value("--etcd")) {
+        (Some(_), Some(_)) => return Err("--redis and --etcd are two different peers: one at a time".into()),
+        (Some(list), None) => Some((Peer::Redis, addresses(list, "--redis")?)),
+        (None, Some(list)) => Some((Peer::Etcd, addresses(list, "--etcd")?)),
+        (None, None) => None,
+    };
+    if let Some((peer, _)) = &peer {
         let unsupported = [Op::Update, Op::Delete, Op::ReadModifyWrite];
         if let Some(op) = unsupported.iter().find(|&&op| workload.mix.weight(op) > 0) {
-            return Err(format!("--redis runs get and put (and insert) only, not {}", op.name()));
+            return Err(format!("a peer ({peer:?}) runs get and put (and insert) only, not {}", op.name()));
         }
         if flag("--create") {
-            return Err("--create makes a Tessera table; Redis has none".into());
+            return Err("--create makes a Tessera table; a peer has none".into());
         }
     }
     // `--create` with or without its count.
@@ -186,9 +188,16 @@ fn parse() -> Result<Settings, String> {
         concurrency: value("--concurrency").map(|text| number(Some(text), "--concurrency", 1)).transpose()?,
         json: value("--json").cloned(),
         plot: value("--plot").cloned(),
-        redis,
+        peer,
         quiet: flag("--quiet"),
     })
+}
+
+/// `ADDRESS:PORT,...` after flag `name`.
+fn addresses(list: &str, name: &str) -> Result<Vec<SocketAddr>, String> {
+    list.split(',')
+        .map(|address| address.parse().map_err(|_| format!("{name} takes ADDRESS:PORT,... not {address:?}")))
+        .collect()
 }
 
 /// The argument after flag `name`, if the flag is given.
@@ -247,20 +256,33 @@ fn fail(message: String) -> ! {
 /// What the calls go to: Tessera (a node or a cluster), or a peer for comparison.
 enum Target {
     Tessera(ClusterPool),
-    /// `--redis`: connections used in turn.
-    Redis(Vec<redis::Redis>, Cell<usize>),
+    /// A peer's connections, used in turn.
+    Peer(Peer, Vec<peers::Connection>, Cell<usize>),
+}
+
+/// `--redis` or `--etcd`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Peer {
+    Redis,
+    Etcd,
 }
 
 async fn target(settings: &Settings) -> Rc<Target> {
-    if let Some(address) = settings.redis {
+    if let Some((peer, addresses)) = &settings.peer {
+        let parse = match peer {
+            Peer::Redis => peers::parse_resp,
+            Peer::Etcd => peers::parse_http,
+        };
         let mut connections = Vec::new();
-        for _ in 0..settings.connections {
-            let redis = redis::Redis::connect(address)
-                .await
-                .unwrap_or_else(|error| fail(format!("cannot connect to redis at {address}: {error}")));
-            connections.push(redis);
+        for &address in addresses {
+            for _ in 0..settings.connections {
+                let connection = peers::Connection::connect(address, parse)
+                    .await
+                    .unwrap_or_else(|error| fail(format!("cannot connect to {peer:?} at {address}: {error}")));
+                connections.push(connection);
+            }
         }
-        return Rc::new(Target::Redis(connections, Cell::new(0)));
+        return Rc::new(Target::Peer(*peer, connections, Cell::new(0)));
     }
     let pool = ClusterPool::connect(&settings.nodes, settings.connections, ClientConfig::default())
         .await
@@ -424,14 +446,17 @@ fn count(progress: &Progress, result: &Result<(), ClientError>) {
 async fn call(target: &Target, table: &str, op: Op, index: u64, bytes: usize) -> Result<(), ClientError> {
     let pool = match target {
         Target::Tessera(pool) => pool,
-        Target::Redis(connections, next) => {
+        Target::Peer(peer, connections, next) => {
             let at = next.get();
             next.set((at + 1) % connections.len());
             // A value as large as the item Tessera stores (the key and a binary attribute).
-            let (redis, key) = (&connections[at], key(index));
-            let answer = match op {
-                Op::Get | Op::GetEventual => redis.get(key.as_bytes()).await,
-                _ => redis.set(key.as_bytes(), &vec![(index % 251) as u8; bytes + key.len()]).await,
+            let (connection, key) = (&connections[at], key(index));
+            let value = || vec![(index % 251) as u8; bytes + key.len()];
+            let answer = match (peer, op) {
+                (Peer::Redis, Op::Get | Op::GetEventual) => peers::redis_get(connection, key.as_bytes()).await,
+                (Peer::Redis, _) => peers::redis_set(connection, key.as_bytes(), &value()).await,
+                (Peer::Etcd, Op::Get | Op::GetEventual) => peers::etcd_get(connection, key.as_bytes()).await,
+                (Peer::Etcd, _) => peers::etcd_put(connection, key.as_bytes(), &value()).await,
             };
             return answer.map_err(ClientError::Protocol);
         }
@@ -649,7 +674,7 @@ mod tests {
             json: None,
             plot: None,
             quiet: true,
-            redis: None,
+            peer: None,
         }
     }
 
