@@ -71,7 +71,10 @@ const USAGE: &str =
   --redis ADDR drive Redis instead (the peer comparison): gets are GET, puts and inserts SET
                of a value as large as the item, on --connections pipelined connections
   --etcd A,B,C drive etcd's members instead, through its v3 JSON gateway: gets are
-               linearizable ranges, puts and inserts puts; --connections to each member";
+               linearizable ranges, puts and inserts puts; --connections to each member
+  --max-rate P99_MS  search for the highest steady rate (within 5 %) whose p99 stays at or
+               under P99_MS with every call answered: probes of --probe-seconds (default 10)
+               of the workload's mix, doubling from its first phase's rate, then bisecting";
 
 #[derive(Clone)]
 struct Settings {
@@ -93,6 +96,8 @@ struct Settings {
     quiet: bool,
     /// Drive a peer at these addresses instead of Tessera (gets and puts only).
     peer: Option<(Peer, Vec<SocketAddr>)>,
+    /// `--max-rate`: the p99 bound, in ms, and each probe's seconds.
+    max_rate: Option<(f64, f64)>,
 }
 
 impl Settings {
@@ -189,6 +194,13 @@ fn parse() -> Result<Settings, String> {
         json: value("--json").cloned(),
         plot: value("--plot").cloned(),
         peer,
+        max_rate: match value("--max-rate") {
+            None => None,
+            Some(bound) => Some((
+                number(Some(bound), "--max-rate", 0.0)?,
+                number(value("--probe-seconds"), "--probe-seconds", 10.0)?,
+            )),
+        },
         quiet: flag("--quiet"),
     })
 }
@@ -566,6 +578,69 @@ fn print_progress(progress: Arc<Progress>, warmup: Duration) -> std::thread::Joi
     })
 }
 
+/// Runs every generator thread (the prefill, or the measured run) and gathers their reports.
+fn spawn_all(settings: &Settings, progress: &Arc<Progress>, prefilling: bool) -> Vec<Option<Report>> {
+    let handles: Vec<_> = (0..settings.threads)
+        .map(|thread| {
+            let (settings, progress) = (settings.clone(), progress.clone());
+            LocalExecutorBuilder::new(Placement::Unbound)
+                .name(&format!("load-{thread}"))
+                .io_memory(1 << 20)
+                .spawn(move || async move {
+                    if prefilling {
+                        prefill(settings, thread).await;
+                        None
+                    } else if let Some(concurrency) = settings.concurrency {
+                        Some(run_closed(settings, thread, concurrency, progress).await)
+                    } else {
+                        Some(run(settings, thread, progress).await)
+                    }
+                })
+                .expect("load executor")
+        })
+        .collect();
+    handles.into_iter().map(|handle| handle.join().expect("load thread")).collect()
+}
+
+/// One measured run: its summary.
+fn measure(settings: &Settings, progress: &Arc<Progress>) -> Summary {
+    let printer = (!settings.quiet).then(|| print_progress(progress.clone(), settings.warmup));
+    let began = Instant::now();
+    let mut report = Report::new();
+    for thread in spawn_all(settings, progress, false).into_iter().flatten() {
+        report.add(&thread);
+    }
+    let seconds = began.elapsed().saturating_sub(settings.warmup).as_secs_f64();
+    progress.done.store(true, Ordering::Relaxed);
+    if let Some(printer) = printer {
+        let _ = printer.join();
+    }
+    progress.done.store(false, Ordering::Relaxed);
+    Summary::new(&settings.name, &report, seconds, |second| settings.target(second))
+}
+
+/// The highest rate, to within 5 %, that `passes`: doubling from `start` until a probe fails
+/// (or halving until one passes), then bisecting. `None` if nothing down to 1 call/s passes.
+fn search_max_rate(start: f64, mut passes: impl FnMut(f64) -> bool) -> Option<f64> {
+    let (mut good, mut bad): (Option<f64>, Option<f64>) = (None, None);
+    let mut rate = start.max(1.0);
+    loop {
+        if passes(rate) {
+            good = Some(rate);
+        } else {
+            bad = Some(rate);
+        }
+        rate = match (good, bad) {
+            (Some(good), Some(bad)) if bad - good <= 0.05 * good => return Some(good),
+            (Some(good), Some(bad)) => (good + bad) / 2.0,
+            (Some(good), None) => good * 2.0,
+            (None, Some(bad)) if bad <= 1.0 => return None,
+            (None, Some(bad)) => (bad / 2.0).max(1.0),
+            (None, None) => unreachable!("a probe either passes or fails"),
+        };
+    }
+}
+
 fn main() {
     let settings = match parse() {
         Ok(settings) => settings,
@@ -598,46 +673,47 @@ fn main() {
         latencies: Mutex::new(vec![report::histogram(); settings.threads]),
         done: AtomicBool::new(false),
     });
-    let spawn_all = |prefilling: bool| -> Vec<Option<Report>> {
-        let handles: Vec<_> = (0..settings.threads)
-            .map(|thread| {
-                let (settings, progress) = (settings.clone(), progress.clone());
-                LocalExecutorBuilder::new(Placement::Unbound)
-                    .name(&format!("load-{thread}"))
-                    .io_memory(1 << 20)
-                    .spawn(move || async move {
-                        if prefilling {
-                            prefill(settings, thread).await;
-                            None
-                        } else if let Some(concurrency) = settings.concurrency {
-                            Some(run_closed(settings, thread, concurrency, progress).await)
-                        } else {
-                            Some(run(settings, thread, progress).await)
-                        }
-                    })
-                    .expect("load executor")
-            })
-            .collect();
-        handles.into_iter().map(|handle| handle.join().expect("load thread")).collect()
-    };
     if settings.prefill {
         let began = Instant::now();
-        spawn_all(true);
+        spawn_all(&settings, &progress, true);
         let (keys, seconds) = (settings.workload.table.keys, began.elapsed().as_secs_f64());
         println!("prefill: {keys} puts in {seconds:.1} s ({:.0} puts/s)", keys as f64 / seconds);
     }
-    let printer = (!settings.quiet).then(|| print_progress(progress.clone(), settings.warmup));
-    let began = Instant::now();
-    let mut report = Report::new();
-    for thread in spawn_all(false).into_iter().flatten() {
-        report.add(&thread);
+    if let Some((bound, seconds)) = settings.max_rate {
+        let start = settings.workload.phases[0].rate.max();
+        let found = search_max_rate(start, |rate| {
+            let mut probe = settings.clone();
+            probe.workload.phases = vec![Phase { name: "probe".into(), seconds, rate: Rate::Steady(rate), hot: None }];
+            probe.quiet = true;
+            let summary = measure(&probe, &progress);
+            // Conditional failures are the workload's doing; any other error fails the probe.
+            let failed: u64 = summary
+                .errors
+                .iter()
+                .filter(|(kind, _)| **kind != ErrorKind::ConditionalFailed)
+                .map(|(_, count)| count)
+                .sum();
+            let passed = summary.all.p99_ms <= bound && failed == 0 && summary.all.count > 0;
+            println!(
+                "probe {rate:.0}/s: p99 {:.2} ms, {} answered of {} due, {failed} failed: {}",
+                summary.all.p99_ms,
+                summary.all.count,
+                summary.due,
+                if passed { "holds" } else { "does not hold" }
+            );
+            if !passed {
+                // A backlog an overloaded probe left behind must not count against the next.
+                std::thread::sleep(Duration::from_secs(2));
+            }
+            passed
+        });
+        match found {
+            Some(rate) => println!("max rate with p99 <= {bound} ms: {rate:.0}/s"),
+            None => fail(format!("no rate down to 1 call/s keeps the p99 at or under {bound} ms")),
+        }
+        return;
     }
-    let seconds = began.elapsed().saturating_sub(settings.warmup).as_secs_f64();
-    progress.done.store(true, Ordering::Relaxed);
-    if let Some(printer) = printer {
-        let _ = printer.join();
-    }
-    let summary = Summary::new(&settings.name, &report, seconds, |second| settings.target(second));
+    let summary = measure(&settings, &progress);
     summary.print();
     if let Some(path) = &settings.json {
         std::fs::write(path, summary.to_json()).unwrap_or_else(|error| fail(format!("cannot write {path}: {error}")));
@@ -675,7 +751,23 @@ mod tests {
             plot: None,
             quiet: true,
             peer: None,
+            max_rate: None,
         }
+    }
+
+    #[test]
+    fn the_max_rate_search_finds_the_capacity_within_five_percent() {
+        for capacity in [37_000.0, 1_500.0, 250_000.0] {
+            let mut probes = Vec::new();
+            let found = search_max_rate(20_000.0, |rate| {
+                probes.push(rate);
+                rate <= capacity
+            })
+            .unwrap();
+            assert!(found <= capacity && found >= capacity * 0.95, "capacity {capacity}: found {found}");
+            assert!(probes.len() < 20, "{} probes", probes.len());
+        }
+        assert_eq!(search_max_rate(100.0, |_| false), None);
     }
 
     fn progress() -> Arc<Progress> {
