@@ -27,7 +27,7 @@ use glommio::{LocalExecutorBuilder, Placement};
 use hdrhistogram::Histogram;
 use tessera_engine::{AttributeValue, Item, KeySchema, KeyType, Number};
 use tessera_net::client::{AsyncClient, Client, ClientConfig, ClientError, ClusterPool, ItemBuilder};
-use tessera_wire::{Expressions, ReadExpressions, Request, ReturnValues};
+use tessera_wire::{Expressions, ReadExpressions, Request, ReturnValues, Scan};
 
 use keys::{KeyChooser, Random};
 use report::{ErrorKind, Report, Summary};
@@ -166,7 +166,7 @@ fn parse() -> Result<Settings, String> {
         (None, None) => None,
     };
     if let Some((peer, _)) = &peer {
-        let unsupported = [Op::Update, Op::Delete, Op::ReadModifyWrite];
+        let unsupported = [Op::Update, Op::Delete, Op::ReadModifyWrite, Op::Scan];
         if let Some(op) = unsupported.iter().find(|&&op| workload.mix.weight(op) > 0) {
             return Err(format!("a peer ({peer:?}) runs get and put (and insert) only, not {}", op.name()));
         }
@@ -377,7 +377,12 @@ impl Chooser {
         } else {
             self.keys.pick(&mut self.random, self.newest, phase.and_then(|phase| phase.hot))
         };
-        (op, index, item_bytes(&workload.items, &mut self.random))
+        let size = match op {
+            // A scan's length, 1 to the mix's most.
+            Op::Scan => 1 + self.random.below(u64::from(workload.mix.scan_items_max)) as usize,
+            _ => item_bytes(&workload.items, &mut self.random),
+        };
+        (op, index, size)
     }
 }
 
@@ -506,6 +511,19 @@ async fn call(target: &Target, table: &str, op: Op, index: u64, bytes: usize) ->
         Op::ReadModifyWrite => {
             pool.call(table, &key, get(true)).await?;
             pool.call(table, &key, put).await
+        }
+        // `bytes` stands for the scan's length here (see `Chooser::choose`).
+        Op::Scan => {
+            let scan = Scan {
+                table: table.into(),
+                segment: 0,
+                total_segments: 0,
+                limit: bytes as u32,
+                exclusive_start_key: Some(key.clone()),
+                consistent_read: false,
+                read: ReadExpressions::default(),
+            };
+            pool.call(table, &key, async |client: &AsyncClient| client.scan(scan.clone()).await.map(drop)).await
         }
     }
 }

@@ -94,7 +94,7 @@ impl Default for ItemSpec {
 }
 
 /// The operations, by relative weight.
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Mix {
     /// GetItem, strongly consistent.
@@ -117,6 +117,16 @@ pub struct Mix {
     /// A strong GetItem, then a PutItem of the same key (YCSB's read-modify-write).
     #[serde(default)]
     pub read_modify_write: u32,
+    /// A short Scan: from a chosen key, 1 to `scan_items_max` items in the table's order
+    /// (YCSB's short ranges).
+    #[serde(default)]
+    pub scan: u32,
+    #[serde(default = "default_scan_items_max")]
+    pub scan_items_max: u32,
+}
+
+fn default_scan_items_max() -> u32 {
+    100
 }
 
 /// An operation of the mix.
@@ -129,11 +139,12 @@ pub enum Op {
     Delete,
     Insert,
     ReadModifyWrite,
+    Scan,
 }
 
 impl Op {
-    pub const ALL: [Op; 7] =
-        [Op::Get, Op::GetEventual, Op::Put, Op::Update, Op::Delete, Op::Insert, Op::ReadModifyWrite];
+    pub const ALL: [Op; 8] =
+        [Op::Get, Op::GetEventual, Op::Put, Op::Update, Op::Delete, Op::Insert, Op::ReadModifyWrite, Op::Scan];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -144,6 +155,23 @@ impl Op {
             Op::Delete => "delete",
             Op::Insert => "insert",
             Op::ReadModifyWrite => "read_modify_write",
+            Op::Scan => "scan",
+        }
+    }
+}
+
+impl Default for Mix {
+    fn default() -> Mix {
+        Mix {
+            get: 0,
+            get_eventual: 0,
+            put: 0,
+            update: 0,
+            delete: 0,
+            insert: 0,
+            read_modify_write: 0,
+            scan: 0,
+            scan_items_max: default_scan_items_max(),
         }
     }
 }
@@ -158,6 +186,7 @@ impl Mix {
             Op::Delete => self.delete,
             Op::Insert => self.insert,
             Op::ReadModifyWrite => self.read_modify_write,
+            Op::Scan => self.scan,
         }
     }
 
@@ -275,6 +304,9 @@ impl Workload {
                 "items: min_bytes must not exceed max_bytes, nor max_bytes 350000 (items are under 400 KB)".into()
             );
         }
+        if self.mix.scan_items_max == 0 {
+            return Err("mix.scan_items_max must be at least 1".into());
+        }
         if Op::ALL.iter().all(|&op| self.mix.weight(op) == 0) {
             return Err("mix: at least one operation needs a weight".into());
         }
@@ -329,7 +361,7 @@ mod tests {
         let prime = Workload::load(&format!("{dir}/prime-day.toml")).unwrap();
         let sales = prime.phases.iter().filter(|phase| phase.hot.is_some()).count();
         assert_eq!(sales, 3, "three flash sales");
-        for letter in ["a", "b", "c", "d", "f"] {
+        for letter in ["a", "b", "c", "d", "e", "f"] {
             let ycsb = Workload::load(&format!("{dir}/ycsb-{letter}.toml")).unwrap();
             assert!(matches!(ycsb.keys, KeySpec::Zipfian { theta: 0.99 } | KeySpec::Latest { theta: 0.99 }));
         }
