@@ -27,7 +27,7 @@ use glommio::{LocalExecutorBuilder, Placement};
 use hdrhistogram::Histogram;
 use tessera_engine::{AttributeValue, Item, KeySchema, KeyType, Number};
 use tessera_net::client::{AsyncClient, Client, ClientConfig, ClientError, ClusterPool, ItemBuilder};
-use tessera_wire::{Expressions, ReadExpressions, Request, ReturnValues, Scan};
+use tessera_wire::{Expressions, ReadExpressions, Request, ReturnValues, Scan, TableKeys, Write};
 
 use keys::{KeyChooser, Random};
 use report::{ErrorKind, Report, Summary};
@@ -166,7 +166,7 @@ fn parse() -> Result<Settings, String> {
         (None, None) => None,
     };
     if let Some((peer, _)) = &peer {
-        let unsupported = [Op::Update, Op::Delete, Op::ReadModifyWrite, Op::Scan];
+        let unsupported = [Op::Update, Op::Delete, Op::ReadModifyWrite, Op::Scan, Op::BatchGet, Op::BatchWrite];
         if let Some(op) = unsupported.iter().find(|&&op| workload.mix.weight(op) > 0) {
             return Err(format!("a peer ({peer:?}) runs get and put (and insert) only, not {}", op.name()));
         }
@@ -318,7 +318,7 @@ async fn prefill(settings: Settings, thread: usize) {
                     }
                     next.set(index + settings.threads as u64);
                     let bytes = item_bytes(&settings.workload.items, &mut random);
-                    if let Err(error) = call(&pool, &settings.workload.table.name, Op::Put, index, bytes).await {
+                    if let Err(error) = call(&pool, &settings.workload.table.name, Op::Put, index, bytes, 1).await {
                         fail(format!("prefill: {error}"));
                     }
                 }
@@ -388,11 +388,11 @@ impl Chooser {
 
 async fn run(settings: Settings, thread: usize, progress: Arc<Progress>) -> Report {
     let pool = target(&settings).await;
-    let table = settings.workload.table.name.clone();
+    let (table, batch) = (settings.workload.table.name.clone(), settings.workload.mix.batch_items);
     let server = move |op, index, bytes| {
         let (pool, table) = (pool.clone(), table.clone());
         // Each call goes to a connection on the core owning the key's partition.
-        async move { call(&pool, &table, op, index, bytes).await }
+        async move { call(&pool, &table, op, index, bytes, batch).await }
     };
     open_loop(&settings, thread, progress, server).await
 }
@@ -460,7 +460,8 @@ fn count(progress: &Progress, result: &Result<(), ClientError>) {
 }
 
 /// One call of the workload on key `index` (`bytes`: the size of what a write stores).
-async fn call(target: &Target, table: &str, op: Op, index: u64, bytes: usize) -> Result<(), ClientError> {
+/// (`batch`: the keys of a batch operation).
+async fn call(target: &Target, table: &str, op: Op, index: u64, bytes: usize, batch: u32) -> Result<(), ClientError> {
     let pool = match target {
         Target::Tessera(pool) => pool,
         Target::Peer(peer, connections, next) => {
@@ -525,6 +526,27 @@ async fn call(target: &Target, table: &str, op: Op, index: u64, bytes: usize) ->
             };
             pool.call(table, &key, async |client: &AsyncClient| client.scan(scan.clone()).await.map(drop)).await
         }
+        // `bytes` is each item's size; the batch's keys follow the chosen one.
+        Op::BatchGet | Op::BatchWrite => {
+            let indexes = index..index + u64::from(batch);
+            let batch = async |client: &AsyncClient| {
+                if op == Op::BatchGet {
+                    let keys = indexes.clone().map(|index| ItemBuilder::new().s("id", self::key(index)).build());
+                    let tables = vec![TableKeys {
+                        table: table.into(),
+                        keys: keys.collect(),
+                        consistent_read: false,
+                        read: ReadExpressions::default(),
+                    }];
+                    client.batch_get_item(tables).await.map(drop)
+                } else {
+                    let writes =
+                        indexes.clone().map(|index| Write::Put { table: table.into(), item: item(index, bytes) });
+                    client.batch_write_item(writes.collect()).await.map(drop)
+                }
+            };
+            pool.call(table, &key, batch).await
+        }
     }
 }
 
@@ -545,7 +567,8 @@ async fn run_closed(settings: Settings, thread: usize, concurrency: usize, progr
                 while Instant::now() < deadline {
                     let (op, index, bytes) = chooser.borrow_mut().choose(&settings.workload, None);
                     let issued = Instant::now();
-                    let result = call(&pool, &settings.workload.table.name, op, index, bytes).await;
+                    let (table, batch) = (&settings.workload.table.name, settings.workload.mix.batch_items);
+                    let result = call(&pool, table, op, index, bytes, batch).await;
                     let micros = issued.elapsed().as_micros() as u64;
                     if issued < measured_from {
                         continue;

@@ -123,6 +123,18 @@ pub struct Mix {
     pub scan: u32,
     #[serde(default = "default_scan_items_max")]
     pub scan_items_max: u32,
+    /// BatchGetItem and BatchWriteItem (puts) of `batch_items` keys: the chosen one and those
+    /// after it in the key space.
+    #[serde(default)]
+    pub batch_get: u32,
+    #[serde(default)]
+    pub batch_write: u32,
+    #[serde(default = "default_batch_items")]
+    pub batch_items: u32,
+}
+
+fn default_batch_items() -> u32 {
+    10
 }
 
 fn default_scan_items_max() -> u32 {
@@ -140,11 +152,23 @@ pub enum Op {
     Insert,
     ReadModifyWrite,
     Scan,
+    BatchGet,
+    BatchWrite,
 }
 
 impl Op {
-    pub const ALL: [Op; 8] =
-        [Op::Get, Op::GetEventual, Op::Put, Op::Update, Op::Delete, Op::Insert, Op::ReadModifyWrite, Op::Scan];
+    pub const ALL: [Op; 10] = [
+        Op::Get,
+        Op::GetEventual,
+        Op::Put,
+        Op::Update,
+        Op::Delete,
+        Op::Insert,
+        Op::ReadModifyWrite,
+        Op::Scan,
+        Op::BatchGet,
+        Op::BatchWrite,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -156,6 +180,8 @@ impl Op {
             Op::Insert => "insert",
             Op::ReadModifyWrite => "read_modify_write",
             Op::Scan => "scan",
+            Op::BatchGet => "batch_get",
+            Op::BatchWrite => "batch_write",
         }
     }
 }
@@ -172,6 +198,9 @@ impl Default for Mix {
             read_modify_write: 0,
             scan: 0,
             scan_items_max: default_scan_items_max(),
+            batch_get: 0,
+            batch_write: 0,
+            batch_items: default_batch_items(),
         }
     }
 }
@@ -187,6 +216,8 @@ impl Mix {
             Op::Insert => self.insert,
             Op::ReadModifyWrite => self.read_modify_write,
             Op::Scan => self.scan,
+            Op::BatchGet => self.batch_get,
+            Op::BatchWrite => self.batch_write,
         }
     }
 
@@ -307,6 +338,9 @@ impl Workload {
         if self.mix.scan_items_max == 0 {
             return Err("mix.scan_items_max must be at least 1".into());
         }
+        if !(1..=25).contains(&self.mix.batch_items) {
+            return Err("mix.batch_items must be 1 to 25 (BatchWriteItem's limit)".into());
+        }
         if Op::ALL.iter().all(|&op| self.mix.weight(op) == 0) {
             return Err("mix: at least one operation needs a weight".into());
         }
@@ -392,6 +426,7 @@ mod tests {
             (good.to_string() + "[keys]\ndistribution = \"pareto\"\n", "unknown variant `pareto`"),
             (good.replace("rate = 10", "rate = 10\nhot = { keys = 1000, share = 0.5 }"), "hot.keys"),
             (good.to_string() + "[items]\nmin_bytes = 10\nmax_bytes = 5\n", "min_bytes"),
+            (good.replace("get = 1", "get = 1\nbatch_items = 26"), "batch_items"),
         ];
         for (text, expected) in cases {
             let error = Workload::parse(&text).expect_err(&text);
