@@ -147,10 +147,10 @@ proptest! {
         let _ = frame::decode(&bytes);
         let _ = Request::decode(message_type, &bytes);
         let _ = Response::decode(message_type, &bytes);
-        for kind in 1..=13u16 {
+        for kind in 1..=16u16 {
             let _ = Request::decode(kind, &bytes);
         }
-        for kind in (0x8001..=0x8006u16).chain([0xFFFF]) {
+        for kind in (0x8001..=0x8009u16).chain([0xFFFF]) {
             let _ = Response::decode(kind, &bytes);
         }
     }
