@@ -3,6 +3,7 @@
 
 mod catalog;
 pub mod client;
+pub mod http;
 pub mod json;
 mod local;
 mod log;
@@ -12,6 +13,7 @@ mod server;
 mod shard;
 
 pub use catalog::PARTITIONS_MAX;
+pub use http::{Auth, HttpConfig};
 pub use replicated::{Cluster, ClusterNode, SnapshotStats, LOG_RETAIN_DEFAULT};
 pub use server::{Server, ServerConfig};
 pub use shard::{BATCH_GET_MAX, BATCH_WRITE_MAX, PAGE_BYTES_MAX};

@@ -21,6 +21,7 @@ use glommio::{LocalExecutorBuilder, Placement};
 use tessera_engine::{LocalLog, Store, StoreConfig};
 use tessera_wire::{ErrorCode, Request, RequestFlags, Response, WireError};
 
+use crate::http::{Endpoint, HttpConfig};
 use crate::local::{Inbox, Outbox, Producer};
 use crate::log::Log;
 use crate::replicated::{Cluster, ReplicatedLog};
@@ -52,14 +53,33 @@ pub struct ServerConfig {
     /// A member of a cluster: every partition replicated on every node (Multi-Paxos). `None`:
     /// a single node, every partition a group of one.
     pub cluster: Option<Cluster>,
+    /// The DynamoDB-compatible HTTP endpoint, if served.
+    pub http: Option<HttpConfig>,
 }
 
 /// A running server; `stop` ends it cleanly (applies, checkpoints and closes every store).
 pub struct Server {
     pub address: SocketAddr,
+    /// Where the HTTP endpoint listens, if it is served.
+    pub http_address: Option<SocketAddr>,
     stop: Arc<AtomicBool>,
     executors: Vec<glommio::ExecutorJoinHandle<Result<(), String>>>,
 }
+
+/// Fails if another socket listens on `address`. Each core binds its own listener to the one
+/// address with SO_REUSEPORT (glommio's), which would as well let a second server on the
+/// machine bind it and take a share of the connections: core 0 first binds it plainly.
+fn check_unused(address: SocketAddr) -> Result<(), String> {
+    if address.port() == 0 {
+        return Ok(());
+    }
+    std::net::TcpListener::bind(address)
+        .map(drop)
+        .map_err(|error| format!("cannot listen on {address}: {error} (is another server running there?)"))
+}
+
+/// The addresses a core bound: the binary protocol's and the HTTP endpoint's.
+type Bound = (SocketAddr, Option<SocketAddr>);
 
 const CORES_FILE: &str = "cores";
 
@@ -102,11 +122,15 @@ impl Server {
         check_layout(&config)?;
         let stop = Arc::new(AtomicBool::new(false));
         let mesh = MeshBuilder::<Envelope, _>::full(config.cores, 4096);
-        let (ready_sender, ready) = std::sync::mpsc::channel::<Result<SocketAddr, String>>();
+        let (ready_sender, ready) = std::sync::mpsc::channel::<Result<Bound, String>>();
         let mut executors = Vec::new();
         let mut address = config.listen;
+        let mut http_address = config.http.as_ref().map(|http| http.listen);
         for core in 0..config.cores {
-            let config = ServerConfig { listen: address, ..config.clone() };
+            let mut config = ServerConfig { listen: address, ..config.clone() };
+            if let (Some(http), Some(bound)) = (&mut config.http, http_address) {
+                http.listen = bound;
+            }
             let (mesh, core_stop, ready_sender) = (mesh.clone(), stop.clone(), ready_sender.clone());
             let cpus = std::thread::available_parallelism().map_or(1, |cpus| cpus.get());
             let placement =
@@ -126,7 +150,7 @@ impl Server {
             executors.push(executor);
             // Core 0 binds first, so that an address with port 0 becomes one port for all.
             match ready.recv() {
-                Ok(Ok(bound)) => address = bound,
+                Ok(Ok(bound)) => (address, http_address) = bound,
                 Ok(Err(error)) => {
                     stop.store(true, Ordering::SeqCst);
                     return Err(error);
@@ -145,7 +169,7 @@ impl Server {
                 Err(_) => return Err("a core stopped while starting".into()),
             }
         }
-        Ok(Server { address, stop, executors })
+        Ok(Server { address, http_address, stop, executors })
     }
 
     /// A flag that stops the server when set (for signal handlers).
@@ -177,12 +201,28 @@ async fn run_core(
     config: ServerConfig,
     mesh: MeshBuilder<Envelope, glommio::channels::channel_mesh::Full>,
     stop: Arc<AtomicBool>,
-    ready: &std::sync::mpsc::Sender<Result<SocketAddr, String>>,
+    ready: &std::sync::mpsc::Sender<Result<Bound, String>>,
 ) -> Result<(), String> {
+    if core == 0 {
+        check_unused(config.listen)?;
+        if let Some(http) = &config.http {
+            check_unused(http.listen)?;
+        }
+    }
     let listener =
         TcpListener::bind(config.listen).map_err(|error| format!("cannot listen on {}: {error}", config.listen))?;
     let address = listener.local_addr().map_err(|error| error.to_string())?;
-    let _ = ready.send(Ok(address));
+    let http = match &config.http {
+        None => None,
+        Some(http) => {
+            let listener = TcpListener::bind(http.listen)
+                .map_err(|error| format!("cannot listen for HTTP on {}: {error}", http.listen))?;
+            let bound = listener.local_addr().map_err(|error| error.to_string())?;
+            Some((listener, bound, Rc::new(Endpoint::new(http, core))))
+        }
+    };
+    let bound = (address, http.as_ref().map(|(_, bound, _)| *bound));
+    let _ = ready.send(Ok(bound));
     let dir = config.data_dir.join(format!("core-{core}"));
     let store_config = StoreConfig { replicated: config.cluster.is_some(), ..config.store.clone() };
     let store = Store::open(&dir, store_config)
@@ -211,8 +251,16 @@ async fn run_core(
     if !replicated {
         shard.remove_orphans();
     }
-    let _ = ready.send(Ok(address));
+    let _ = ready.send(Ok(bound));
 
+    let accepting_http = http.map(|(listener, _, endpoint)| {
+        let shard = shard.clone();
+        glommio::spawn_local(async move {
+            while let Ok(stream) = listener.accept().await {
+                glommio::spawn_local(crate::http::connection(shard.clone(), endpoint.clone(), stream)).detach();
+            }
+        })
+    });
     let accepting = {
         let shard = shard.clone();
         glommio::spawn_local(async move {
@@ -225,6 +273,9 @@ async fn run_core(
         glommio::timer::sleep(STOP_POLL).await;
     }
     drop(accepting.cancel());
+    if let Some(accepting) = accepting_http {
+        drop(accepting.cancel());
+    }
     store.checkpoint().await.map_err(|error| error.to_string())?;
     store.close().await.map_err(|error| error.to_string())
 }

@@ -424,6 +424,11 @@ impl Shard {
         }
     }
 
+    /// Whether this node is a cluster member (its partitions replicated).
+    pub(crate) fn replicated(&self) -> bool {
+        matches!(self.log, Log::Replicated(_))
+    }
+
     pub(crate) fn store(&self) -> &tessera_engine::Store {
         self.log.store()
     }
@@ -479,7 +484,7 @@ impl Shard {
     }
 
     /// `forward`, asking the other node for the capacity the request consumed there.
-    async fn forward_with(
+    pub(crate) async fn forward_with(
         &self,
         leader: &str,
         request: &Request,

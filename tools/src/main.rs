@@ -2,6 +2,7 @@
 //! out as DynamoDB JSON; failures print one line and exit non-zero.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
@@ -13,7 +14,7 @@ use tessera_engine::paxos;
 use tessera_engine::{AttributeValue, KeyAttribute, KeySchema, KeyType, StoreConfig};
 use tessera_net::client::Client;
 use tessera_net::json::{consumed_capacity_to_json, item_from_text, item_to_json, value_from_json};
-use tessera_net::{Cluster, ClusterNode, Server, ServerConfig, LOG_RETAIN_DEFAULT};
+use tessera_net::{Auth, Cluster, ClusterNode, HttpConfig, Server, ServerConfig, LOG_RETAIN_DEFAULT};
 use tessera_wire::{
     Expressions, Query, ReadExpressions, Request, Response, ReturnConsumedCapacity, ReturnValues, Scan, Select,
     SortCondition, TableDescription, TableStatus, UpdateItem,
@@ -34,9 +35,15 @@ const USAGE: &str = "usage: tessera COMMAND
         ID CLIENT_ADDRESS PEER_ADDRESS [ZONE] [spare]; every node must run the same --cores); a leader
         keeps up to ENTRIES (default 50000) log entries for a replica that has not
         checkpointed them, and sends one that lags further a snapshot
-  cluster local [--nodes 3] [--port 7400] [--cores 1] [--data-dir data-cluster]
-        run a cluster of N nodes on loopback, each a serve process (clients on PORT, PORT+1...),
-        pinned to CPUs of their own if the machine has enough, else not pinned
+        [--http-listen ADDR|none] [--auth none|sigv4] [--keys FILE]
+        DynamoDB's HTTP API (default 127.0.0.1:8000) for the AWS SDKs and CLI: with --auth
+        sigv4 every request's Signature Version 4 is checked against FILE's keys (one
+        ACCESS_KEY_ID:SECRET_ACCESS_KEY a line); with none any well-formed credentials pass;
+        the default is none when every listener is on loopback, else sigv4
+  cluster local [--nodes 3] [--port 7400] [--http-port 8000] [--cores 1] [--data-dir data-cluster]
+        run a cluster of N nodes on loopback, each a serve process (clients on PORT, PORT+1...,
+        DynamoDB's HTTP API on HTTP_PORT, HTTP_PORT+1...), pinned to CPUs of their own if the
+        machine has enough, else not pinned
   cluster status --cluster FILE
         every replica each reachable node hosts: its group, leader, commit and applied slots
   cluster replace --cluster FILE --lost N --log L --full F [--timeout SECS]
@@ -68,6 +75,7 @@ client commands, against --endpoint ADDR (default 127.0.0.1:7400), given before 
 query and scan print one item per line, following every page.";
 
 const ENDPOINT_DEFAULT: &str = "127.0.0.1:7400";
+const HTTP_LISTEN_DEFAULT: &str = "127.0.0.1:8000";
 
 fn main() -> ExitCode {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
@@ -150,7 +158,9 @@ fn serve(args: &[String]) -> Result<(), String> {
             }),
             _ => return Err("a cluster member needs both --node-id N and --cluster FILE".into()),
         },
+        http: None,
     };
+    let config = ServerConfig { http: http_config(args, &config)?, ..config };
     // SIGINT and SIGTERM are taken by one thread that stops the server cleanly; they are
     // blocked before any other thread starts, so every thread inherits the mask.
     let signals = block_stop_signals();
@@ -165,8 +175,18 @@ fn serve(args: &[String]) -> Result<(), String> {
             format!("node {} of {}, zone {}", cluster.node, cluster.nodes.len(), cluster.nodes[&cluster.node].zone)
         }
     };
+    let http = match (&config.http, server.http_address) {
+        (Some(http), Some(address)) => {
+            let auth = match &http.auth {
+                Auth::None => "auth none: any well-formed credentials".to_string(),
+                Auth::SigV4(keys) => format!("auth sigv4: {} access keys", keys.len()),
+            };
+            format!("; DynamoDB HTTP API on {address} ({auth})")
+        }
+        _ => String::new(),
+    };
     println!(
-        "tessera: serving on {} ({role}, {} cores, data in {})",
+        "tessera: serving on {} ({role}, {} cores, data in {}){http}",
         server.address,
         config.cores,
         config.data_dir.display()
@@ -180,6 +200,40 @@ fn serve(args: &[String]) -> Result<(), String> {
         stop.store(true, Ordering::SeqCst);
     });
     server.wait()
+}
+
+/// The HTTP endpoint `serve`'s flags ask for: `--http-listen ADDR|none`, `--auth none|sigv4`,
+/// `--keys FILE`. Without `--auth`, signatures are checked when keys are given or a listener
+/// is off loopback.
+fn http_config(args: &[String], config: &ServerConfig) -> Result<Option<HttpConfig>, String> {
+    let listen = match flag(args, "--http-listen")?.unwrap_or(HTTP_LISTEN_DEFAULT) {
+        "none" => return Ok(None),
+        text => {
+            text.parse::<SocketAddr>().map_err(|error| format!("--http-listen takes ADDRESS:PORT or none: {error}"))?
+        }
+    };
+    let keys = flag(args, "--keys")?
+        .map(|path| {
+            let text =
+                std::fs::read_to_string(path).map_err(|error| format!("cannot read the keys file {path}: {error}"))?;
+            Auth::parse_keys(&text).map_err(|error| format!("the keys file {path}: {error}"))
+        })
+        .transpose()?;
+    let loopback = listen.ip().is_loopback() && config.listen.ip().is_loopback();
+    let auth = match (flag(args, "--auth")?, keys) {
+        (Some("none"), _) => Auth::None,
+        // Keys given are keys to check.
+        (Some("sigv4") | None, Some(keys)) => Auth::SigV4(keys),
+        (None, None) if loopback => Auth::None,
+        (Some("sigv4") | None, None) => {
+            return Err(
+                "checking signatures (--auth sigv4, the default off loopback) needs --keys FILE; --auth none accepts any credentials"
+                    .into(),
+            )
+        }
+        (Some(other), _) => return Err(format!("--auth takes none or sigv4, not {other:?}")),
+    };
+    Ok(Some(HttpConfig { listen, auth }))
 }
 
 /// The cluster file at `path`, as node `node` sees the cluster.
@@ -250,6 +304,7 @@ fn replace(args: &[String]) -> Result<(), String> {
 fn cluster_local(args: &[String]) -> Result<(), String> {
     let count: u32 = number_flag(args, "--nodes")?.unwrap_or(3);
     let port: u16 = number_flag(args, "--port")?.unwrap_or(7400);
+    let http_port: u16 = number_flag(args, "--http-port")?.unwrap_or(8000);
     let cores: usize = number_flag(args, "--cores")?.unwrap_or(1);
     let root = PathBuf::from(flag(args, "--data-dir")?.unwrap_or("data-cluster"));
     std::fs::create_dir_all(&root).map_err(|error| format!("cannot create {}: {error}", root.display()))?;
@@ -274,6 +329,7 @@ fn cluster_local(args: &[String]) -> Result<(), String> {
             .args(["serve", "--node-id", &id.to_string(), "--cluster"])
             .arg(&file)
             .args(["--listen", &format!("127.0.0.1:{}", port + id as u16 - 1), "--cores", &cores.to_string()])
+            .args(["--http-listen", &format!("127.0.0.1:{}", http_port + id as u16 - 1)])
             .args(["--first-cpu", &if pinned { ((id as usize - 1) * cores).to_string() } else { "none".into() }])
             .arg("--data-dir")
             .arg(root.join(format!("node-{id}")))
@@ -281,7 +337,11 @@ fn cluster_local(args: &[String]) -> Result<(), String> {
             .map_err(|error| format!("cannot start node {id}: {error}"))?;
         children.push(child);
     }
-    println!("tessera: a local cluster of {count} nodes, clients on 127.0.0.1:{port}..{}", port + count as u16 - 1);
+    println!(
+        "tessera: a local cluster of {count} nodes, clients on 127.0.0.1:{port}..{}, DynamoDB HTTP API on 127.0.0.1:{http_port}..{}",
+        port + count as u16 - 1,
+        http_port + count as u16 - 1
+    );
     let mut signal = 0;
     // SAFETY: `signals` is an initialized set; sigwait only writes `signal`.
     unsafe { libc::sigwait(&signals, &mut signal) };

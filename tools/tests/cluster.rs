@@ -77,7 +77,7 @@ impl Cluster {
             // The nodes spread over the machine's CPUs rather than all on the first.
             .args(["--first-cpu", &(id as usize - 1).to_string(), "--cluster"])
             .arg(&self.file)
-            .args(["--listen", &self.clients[&id].to_string(), "--data-dir"])
+            .args(["--listen", &self.clients[&id].to_string(), "--http-listen", "127.0.0.1:0", "--data-dir"])
             .arg(self.root.join(format!("node-{id}")))
             .args(&self.flags)
             .stdout(Stdio::piped())

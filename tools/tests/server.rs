@@ -25,7 +25,18 @@ struct Node {
 impl Node {
     fn start(dir: &Path) -> Node {
         let mut child = Command::new(BINARY)
-            .args(["serve", "--listen", "127.0.0.1:0", "--cores", "2", "--cache-mib", "64", "--data-dir"])
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--http-listen",
+                "127.0.0.1:0",
+                "--cores",
+                "2",
+                "--cache-mib",
+                "64",
+            ])
+            .arg("--data-dir")
             .arg(dir)
             .stdout(Stdio::piped())
             .spawn()

@@ -1,0 +1,956 @@
+//! DynamoDB's JSON protocol (`X-Amz-Target: DynamoDB_20120810.<Operation>`), mapped onto the
+//! same requests and answers as the binary protocol: a body becomes a `tessera_wire::Request`
+//! that `Shard::execute` serves, and its `Response` becomes the body DynamoDB would send.
+//! One implementation of semantics, two encodings. Pure: no I/O.
+
+use serde_json::{json, Map, Value};
+use tessera_engine::expr::{parse_on_condition_failure, ReturnValues};
+use tessera_engine::{AttributeValue, Item, KeyAttribute, KeySchema, KeyType};
+use tessera_wire::{
+    ConsumedCapacity, ErrorCode, Expressions, Query, ReadExpressions, Request, RequestFlags, Response,
+    ReturnConsumedCapacity, Scan, Select, TableDescription, TableKeys, TableStatus, UpdateItem, WireError, Write,
+};
+
+use crate::json::{consumed_capacity_to_json, item_from_json, item_to_json, value_from_json};
+
+/// The target prefix of DynamoDB's operations.
+pub(crate) const TARGET_PREFIX: &str = "DynamoDB_20120810.";
+const TYPE_PREFIX: &str = "com.amazonaws.dynamodb.v20120810#";
+/// The account every ARN names (Tessera has no accounts).
+const ACCOUNT: &str = "000000000000";
+
+/// An error answer: HTTP status, DynamoDB's `__type` and message, and for a failed condition
+/// the item as it was when the request asked for it.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct ApiError {
+    pub status: u16,
+    pub kind: String,
+    pub message: String,
+    pub item: Option<Item>,
+}
+
+impl ApiError {
+    pub(crate) fn new(status: u16, kind: impl Into<String>, message: impl Into<String>) -> ApiError {
+        ApiError { status, kind: kind.into(), message: message.into(), item: None }
+    }
+
+    /// `ValidationException`, under the namespace DynamoDB gives it.
+    pub(crate) fn validation(message: impl Into<String>) -> ApiError {
+        ApiError::new(400, "com.amazon.coral.validate#ValidationException", message)
+    }
+
+    /// `SerializationException`: the body is not JSON, or a member has the wrong JSON type.
+    pub(crate) fn serialization(message: impl Into<String>) -> ApiError {
+        ApiError::new(400, "com.amazon.coral.service#SerializationException", message)
+    }
+
+    /// The answer's body.
+    pub(crate) fn body(&self) -> Value {
+        let mut body = json!({ "__type": self.kind, "message": self.message });
+        if let Some(item) = &self.item {
+            body["Item"] = item_to_json(item);
+        }
+        body
+    }
+
+    /// The error a binary-protocol answer maps to.
+    pub(crate) fn from_wire(error: WireError) -> ApiError {
+        let (status, kind) = match error.code {
+            ErrorCode::ValidationException => return ApiError::validation(error.message),
+            ErrorCode::ThrottlingException => (400, "com.amazon.coral.availability#ThrottlingException".to_string()),
+            ErrorCode::InternalServerError => (500, format!("{TYPE_PREFIX}InternalServerError")),
+            ErrorCode::ServiceUnavailable | ErrorCode::NotLeader => {
+                (503, "com.amazon.coral.availability#ServiceUnavailableException".to_string())
+            }
+            ErrorCode::ResourceNotFoundException
+            | ErrorCode::ResourceInUseException
+            | ErrorCode::LimitExceededException
+            | ErrorCode::ProvisionedThroughputExceededException
+            | ErrorCode::ConditionalCheckFailedException
+            | ErrorCode::ItemCollectionSizeLimitExceededException => {
+                (400, format!("{TYPE_PREFIX}{}", error.code.name()))
+            }
+            // Framing errors of the binary protocol cannot come from a request made here.
+            ErrorCode::ChecksumMismatch
+            | ErrorCode::UnknownMessageType
+            | ErrorCode::MalformedMessage
+            | ErrorCode::FrameTooLarge
+            | ErrorCode::Unknown(_) => (500, format!("{TYPE_PREFIX}InternalServerError")),
+        };
+        ApiError { status, kind, message: error.message, item: error.item }
+    }
+}
+
+/// The operations the endpoint serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Operation {
+    CreateTable,
+    DeleteTable,
+    DescribeTable,
+    ListTables,
+    PutItem,
+    GetItem,
+    DeleteItem,
+    UpdateItem,
+    Query,
+    Scan,
+    BatchGetItem,
+    BatchWriteItem,
+    DescribeEndpoints,
+    DescribeLimits,
+}
+
+impl Operation {
+    const ALL: [(Operation, &'static str); 14] = [
+        (Operation::CreateTable, "CreateTable"),
+        (Operation::DeleteTable, "DeleteTable"),
+        (Operation::DescribeTable, "DescribeTable"),
+        (Operation::ListTables, "ListTables"),
+        (Operation::PutItem, "PutItem"),
+        (Operation::GetItem, "GetItem"),
+        (Operation::DeleteItem, "DeleteItem"),
+        (Operation::UpdateItem, "UpdateItem"),
+        (Operation::Query, "Query"),
+        (Operation::Scan, "Scan"),
+        (Operation::BatchGetItem, "BatchGetItem"),
+        (Operation::BatchWriteItem, "BatchWriteItem"),
+        (Operation::DescribeEndpoints, "DescribeEndpoints"),
+        (Operation::DescribeLimits, "DescribeLimits"),
+    ];
+
+    /// The operation an `X-Amz-Target` header names; DynamoDB's UnknownOperationException
+    /// when it names none this endpoint serves.
+    pub(crate) fn from_target(target: Option<&str>) -> Result<Operation, ApiError> {
+        let unknown = || ApiError::new(400, "com.amazon.coral.service#UnknownOperationException", "");
+        let name = target.and_then(|target| target.strip_prefix(TARGET_PREFIX)).ok_or_else(unknown)?;
+        Operation::ALL.iter().find(|(_, known)| *known == name).map(|(operation, _)| *operation).ok_or_else(unknown)
+    }
+}
+
+/// What a request body asks for.
+#[derive(Debug, PartialEq)]
+pub(crate) enum Call {
+    /// A request for the engine, with the frame flags it would carry.
+    Engine(Box<Request>, RequestFlags),
+    /// An answer that needs no engine (DescribeEndpoints, DescribeLimits).
+    Answer(Value),
+}
+
+/// Reads the body of `operation`; `host` is the request's Host (DescribeEndpoints names it).
+pub(crate) fn decode(operation: Operation, body: &[u8], host: &str) -> Result<Call, ApiError> {
+    let json: Value = serde_json::from_slice(body)
+        .map_err(|error| ApiError::serialization(format!("the request body is not valid JSON: {error}")))?;
+    let body = Body(json.as_object().ok_or_else(|| ApiError::serialization("the request body must be a JSON object"))?);
+    let capacity = body.capacity()?;
+    let flags = RequestFlags { capacity, forwarded: false };
+    let engine = |request| Ok(Call::Engine(Box::new(request), flags));
+    match operation {
+        Operation::CreateTable => engine(create_table(&body)?),
+        Operation::DeleteTable => engine(Request::DeleteTable { table: body.table()? }),
+        Operation::DescribeTable => engine(Request::DescribeTable { table: body.table()?, counts: true }),
+        Operation::ListTables => {
+            let limit = body.integer("Limit", "limit", 1, 100)?.unwrap_or(100) as u32;
+            let exclusive_start_table = body.string("ExclusiveStartTableName")?.map(str::to_string);
+            engine(Request::ListTables { exclusive_start_table, limit })
+        }
+        Operation::PutItem => {
+            body.no_legacy(&["Expected", "ConditionalOperator"])?;
+            let (return_old, return_old_on_failure) = body.write_returns("PutItem")?;
+            engine(Request::PutItem {
+                table: body.table()?,
+                item: body.item("Item", "item")?,
+                return_old,
+                expressions: body.write_expressions()?,
+                return_old_on_failure,
+            })
+        }
+        Operation::GetItem => engine(Request::GetItem {
+            table: body.table()?,
+            key: body.item("Key", "key")?,
+            consistent_read: body.boolean("ConsistentRead")?,
+            read: body.read_expressions(false)?,
+        }),
+        Operation::DeleteItem => {
+            body.no_legacy(&["Expected", "ConditionalOperator"])?;
+            let (return_old, return_old_on_failure) = body.write_returns("DeleteItem")?;
+            engine(Request::DeleteItem {
+                table: body.table()?,
+                key: body.item("Key", "key")?,
+                return_old,
+                expressions: body.write_expressions()?,
+                return_old_on_failure,
+            })
+        }
+        Operation::UpdateItem => {
+            body.no_legacy(&["Expected", "ConditionalOperator", "AttributeUpdates"])?;
+            let return_values = match body.string("ReturnValues")? {
+                Some(name) => ReturnValues::parse(name, "UpdateItem").map_err(ApiError::validation)?,
+                None => ReturnValues::None,
+            };
+            engine(Request::UpdateItem(UpdateItem {
+                table: body.table()?,
+                key: body.item("Key", "key")?,
+                update: body.string("UpdateExpression")?.unwrap_or_default().to_string(),
+                expressions: body.write_expressions()?,
+                return_values,
+                return_old_on_failure: body.on_condition_failure()?,
+            }))
+        }
+        Operation::Query => {
+            body.no_legacy(&["KeyConditions", "QueryFilter", "ConditionalOperator"])?;
+            body.no_index()?;
+            let read = body.read_expressions(true)?;
+            if read.key_condition.is_none() {
+                return Err(ApiError::validation(
+                    "Either the KeyConditions or KeyConditionExpression parameter must be specified in the request.",
+                ));
+            }
+            engine(Request::Query(Query {
+                table: body.table()?,
+                // The KeyConditionExpression replaces these.
+                partition_key: AttributeValue::Null,
+                sort: None,
+                backward: !body.boolean_or("ScanIndexForward", true)?,
+                limit: body.integer("Limit", "limit", 1, u32::MAX.into())?.unwrap_or(0) as u32,
+                exclusive_start_key: body.optional_item("ExclusiveStartKey")?,
+                consistent_read: body.boolean("ConsistentRead")?,
+                read,
+            }))
+        }
+        Operation::Scan => {
+            body.no_legacy(&["ScanFilter", "ConditionalOperator"])?;
+            body.no_index()?;
+            let segment = body.integer("Segment", "segment", 0, 999_999)?;
+            let total_segments = body.integer("TotalSegments", "totalSegments", 1, 1_000_000)?;
+            let (segment, total_segments) = match (segment, total_segments) {
+                (None, None) => (0, 0),
+                (Some(segment), Some(total)) if segment < total => (segment as u32, total as u32),
+                (Some(segment), Some(total)) => {
+                    return Err(ApiError::validation(format!(
+                        "The Segment parameter is zero-based and must be less than parameter TotalSegments: Segment: {segment} is not less than TotalSegments: {total}"
+                    )))
+                }
+                (Some(_), None) => {
+                    return Err(ApiError::validation(
+                        "The TotalSegments parameter is required but was not present in the request when Segment parameter is present",
+                    ))
+                }
+                (None, Some(_)) => {
+                    return Err(ApiError::validation(
+                        "The Segment parameter is required but was not present in the request when parameter TotalSegments is present",
+                    ))
+                }
+            };
+            engine(Request::Scan(Scan {
+                table: body.table()?,
+                segment,
+                total_segments,
+                limit: body.integer("Limit", "limit", 1, u32::MAX.into())?.unwrap_or(0) as u32,
+                exclusive_start_key: body.optional_item("ExclusiveStartKey")?,
+                consistent_read: body.boolean("ConsistentRead")?,
+                read: body.read_expressions(false)?,
+            }))
+        }
+        Operation::BatchGetItem => engine(Request::BatchGetItem(batch_get(&body)?)),
+        Operation::BatchWriteItem => engine(Request::BatchWriteItem(batch_write(&body)?)),
+        Operation::DescribeEndpoints => {
+            Ok(Call::Answer(json!({ "Endpoints": [{ "Address": host, "CachePeriodInMinutes": 1440 }] })))
+        }
+        Operation::DescribeLimits => Ok(Call::Answer(json!({
+            "AccountMaxReadCapacityUnits": 80000,
+            "AccountMaxWriteCapacityUnits": 80000,
+            "TableMaxReadCapacityUnits": 40000,
+            "TableMaxWriteCapacityUnits": 40000,
+        }))),
+    }
+}
+
+/// The body of `operation`'s answer, given what the engine answered.
+pub(crate) fn encode(
+    operation: Operation,
+    response: Response,
+    consumed: &[ConsumedCapacity],
+    region: &str,
+) -> Result<Value, ApiError> {
+    let mut body = Map::new();
+    match response {
+        Response::Error(error) => return Err(ApiError::from_wire(error)),
+        Response::Table(table) => {
+            let name = if operation == Operation::DescribeTable { "Table" } else { "TableDescription" };
+            body.insert(name.into(), describe(&table, region));
+        }
+        Response::ListTables { tables, last_evaluated_table } => {
+            body.insert("TableNames".into(), json!(tables));
+            if let Some(last) = last_evaluated_table {
+                body.insert("LastEvaluatedTableName".into(), json!(last));
+            }
+        }
+        Response::Item(item) => {
+            if let Some(item) = item {
+                let name = if operation == Operation::GetItem { "Item" } else { "Attributes" };
+                body.insert(name.into(), item_to_json(&item));
+            }
+        }
+        Response::Items { items, scanned_count, count, last_evaluated_key } => {
+            body.insert("Count".into(), json!(count));
+            body.insert("ScannedCount".into(), json!(scanned_count));
+            // Select COUNT answers no Items member at all.
+            if !(items.is_empty() && count > 0) {
+                body.insert("Items".into(), Value::Array(items.iter().map(item_to_json).collect()));
+            }
+            if let Some(key) = last_evaluated_key {
+                body.insert("LastEvaluatedKey".into(), item_to_json(&key));
+            }
+        }
+        Response::BatchGetItem { responses, unprocessed } => {
+            let responses: Map<String, Value> = responses
+                .into_iter()
+                .map(|(table, items)| (table, Value::Array(items.iter().map(item_to_json).collect())))
+                .collect();
+            let unprocessed: Map<String, Value> = unprocessed
+                .into_iter()
+                .map(|keys| {
+                    let mut entry = Map::new();
+                    entry.insert("Keys".into(), Value::Array(keys.keys.iter().map(item_to_json).collect()));
+                    if keys.consistent_read {
+                        entry.insert("ConsistentRead".into(), json!(true));
+                    }
+                    if let Some(projection) = &keys.read.projection {
+                        entry.insert("ProjectionExpression".into(), json!(projection));
+                    }
+                    if !keys.read.names.is_empty() {
+                        entry.insert("ExpressionAttributeNames".into(), names_to_json(&keys.read.names));
+                    }
+                    (keys.table, Value::Object(entry))
+                })
+                .collect();
+            body.insert("Responses".into(), Value::Object(responses));
+            body.insert("UnprocessedKeys".into(), Value::Object(unprocessed));
+        }
+        Response::BatchWriteItem { unprocessed } => {
+            let mut tables: Map<String, Value> = Map::new();
+            for write in unprocessed {
+                let (table, request) = match write {
+                    Write::Put { table, item } => (table, json!({ "PutRequest": { "Item": item_to_json(&item) } })),
+                    Write::Delete { table, key } => (table, json!({ "DeleteRequest": { "Key": item_to_json(&key) } })),
+                };
+                if let Value::Array(requests) = tables.entry(table).or_insert_with(|| Value::Array(Vec::new())) {
+                    requests.push(request);
+                }
+            }
+            body.insert("UnprocessedItems".into(), Value::Object(tables));
+        }
+        other @ (Response::Hello { .. } | Response::Replicas { .. } | Response::Admin { .. }) => {
+            return Err(ApiError::new(
+                500,
+                format!("{TYPE_PREFIX}InternalServerError"),
+                format!("{operation:?} was answered with {other:?}"),
+            ))
+        }
+    }
+    if !consumed.is_empty() {
+        let batch = matches!(operation, Operation::BatchGetItem | Operation::BatchWriteItem);
+        let capacity = if batch {
+            Value::Array(consumed.iter().map(consumed_capacity_to_json).collect())
+        } else {
+            consumed_capacity_to_json(&consumed[0])
+        };
+        body.insert("ConsumedCapacity".into(), capacity);
+    }
+    Ok(Value::Object(body))
+}
+
+/// A table as DescribeTable shows it.
+fn describe(table: &TableDescription, region: &str) -> Value {
+    let keys: Vec<&KeyAttribute> = std::iter::once(&table.key_schema.partition).chain(&table.key_schema.sort).collect();
+    let key_schema: Vec<Value> = keys
+        .iter()
+        .zip(["HASH", "RANGE"])
+        .map(|(key, kind)| json!({ "AttributeName": key.name, "KeyType": kind }))
+        .collect();
+    let definitions: Vec<Value> =
+        keys.iter().map(|key| json!({ "AttributeName": key.name, "AttributeType": key.key_type.name() })).collect();
+    let status = match table.status {
+        TableStatus::Creating => "CREATING",
+        TableStatus::Active => "ACTIVE",
+        TableStatus::Deleting => "DELETING",
+    };
+    let created = table.created_at_ms as f64 / 1000.0;
+    json!({
+        "TableName": table.name,
+        "TableStatus": status,
+        "KeySchema": key_schema,
+        "AttributeDefinitions": definitions,
+        "CreationDateTime": created,
+        "ItemCount": table.item_count,
+        "TableSizeBytes": table.size_bytes,
+        "TableArn": format!("arn:aws:dynamodb:{region}:{ACCOUNT}:table/{}", table.name),
+        "TableId": format!("{:08x}-0000-4000-8000-{:012x}", table.created_at_ms >> 16 & 0xffff_ffff, table.created_at_ms & 0xffff_ffff_ffff),
+        "BillingModeSummary": { "BillingMode": "PAY_PER_REQUEST", "LastUpdateToPayPerRequestDateTime": created },
+        "ProvisionedThroughput": { "NumberOfDecreasesToday": 0, "ReadCapacityUnits": 0, "WriteCapacityUnits": 0 },
+        "DeletionProtectionEnabled": false,
+    })
+}
+
+fn names_to_json(names: &[(String, String)]) -> Value {
+    Value::Object(names.iter().map(|(placeholder, name)| (placeholder.clone(), json!(name))).collect())
+}
+
+fn create_table(body: &Body<'_>) -> Result<Request, ApiError> {
+    let table = body.table()?;
+    for unsupported in ["GlobalSecondaryIndexes", "LocalSecondaryIndexes", "StreamSpecification"] {
+        if body.0.get(unsupported).is_some_and(|value| !value.is_null() && value != &json!([])) {
+            return Err(ApiError::validation(format!("{unsupported} are not supported by Tessera yet")));
+        }
+    }
+    if body.boolean("DeletionProtectionEnabled")? {
+        return Err(ApiError::validation("DeletionProtectionEnabled is not supported by Tessera yet"));
+    }
+    match body.string("BillingMode")? {
+        None | Some("PAY_PER_REQUEST") | Some("PROVISIONED") => {}
+        Some(other) => {
+            return Err(ApiError::validation(format!(
+                "1 validation error detected: Value '{other}' at 'billingMode' failed to satisfy constraint: Member must satisfy enum value set: [PROVISIONED, PAY_PER_REQUEST]"
+            )))
+        }
+    }
+    let mut types = Vec::new();
+    for definition in body.array("AttributeDefinitions", "attributeDefinitions")? {
+        let name = member_string(definition, "AttributeName")?;
+        let key_type = match member_string(definition, "AttributeType")? {
+            "S" => KeyType::S,
+            "N" => KeyType::N,
+            "B" => KeyType::B,
+            other => {
+                return Err(ApiError::validation(format!(
+                    "1 validation error detected: Value '{other}' at 'attributeDefinitions.1.member.attributeType' failed to satisfy constraint: Member must satisfy enum value set: [B, N, S]"
+                )))
+            }
+        };
+        if types.iter().any(|(known, _)| known == &name) {
+            return Err(ApiError::validation(format!(
+                "Cannot have two attributes with the same name: {name} is defined twice in AttributeDefinitions"
+            )));
+        }
+        types.push((name, key_type));
+    }
+    let schema = body.array("KeySchema", "keySchema")?;
+    let mut keys = Vec::new();
+    for element in schema {
+        keys.push((member_string(element, "AttributeName")?, member_string(element, "KeyType")?));
+    }
+    let key = |name: &str| -> Result<KeyAttribute, ApiError> {
+        let key_type = types.iter().find(|(known, _)| *known == name).map(|(_, key_type)| *key_type).ok_or_else(|| {
+            ApiError::validation(
+                "One or more parameter values were invalid: Some index key attributes are not defined in AttributeDefinitions. Keys: [".to_string()
+                    + name
+                    + "], AttributeDefinitions: ["
+                    + &types.iter().map(|(name, _)| *name).collect::<Vec<_>>().join(", ")
+                    + "]",
+            )
+        })?;
+        Ok(KeyAttribute { name: name.to_string(), key_type })
+    };
+    let key_schema = match keys.as_slice() {
+        [(partition, "HASH")] => KeySchema { partition: key(partition)?, sort: None },
+        [(partition, "HASH"), (sort, "RANGE")] => KeySchema { partition: key(partition)?, sort: Some(key(sort)?) },
+        _ => {
+            return Err(ApiError::validation(
+                "Invalid KeySchema: the first element must be the HASH key, optionally followed by one RANGE key",
+            ))
+        }
+    };
+    if types.len() != keys.len() {
+        return Err(ApiError::validation(
+            "One or more parameter values were invalid: Number of attributes in KeySchema does not exactly match number of attributes defined in AttributeDefinitions",
+        ));
+    }
+    Ok(Request::CreateTable { table, key_schema, partitions: 0 })
+}
+
+fn batch_get(body: &Body<'_>) -> Result<Vec<TableKeys>, ApiError> {
+    let tables = body.object("RequestItems", "requestItems")?;
+    let mut requests = Vec::new();
+    for (table, entry) in tables {
+        let entry = Body(
+            entry
+                .as_object()
+                .ok_or_else(|| ApiError::serialization(format!("RequestItems.{table} must be an object")))?,
+        );
+        entry.no_legacy(&["AttributesToGet"])?;
+        let keys = entry
+            .array("Keys", "keys")?
+            .iter()
+            .map(|key| {
+                item_from_json(key).map_err(|error| ApiError::validation(format!("RequestItems.{table}.Keys: {error}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        requests.push(TableKeys {
+            table: table.clone(),
+            keys,
+            consistent_read: entry.boolean("ConsistentRead")?,
+            read: entry.read_expressions(false)?,
+        });
+    }
+    Ok(requests)
+}
+
+fn batch_write(body: &Body<'_>) -> Result<Vec<Write>, ApiError> {
+    let tables = body.object("RequestItems", "requestItems")?;
+    let mut writes = Vec::new();
+    for (table, requests) in tables {
+        let requests = requests
+            .as_array()
+            .ok_or_else(|| ApiError::serialization(format!("RequestItems.{table} must be an array")))?;
+        for request in requests {
+            let put = request.get("PutRequest");
+            let delete = request.get("DeleteRequest");
+            let write = match (put, delete) {
+                (Some(put), None) => Write::Put { table: table.clone(), item: member_item(put, "Item")? },
+                (None, Some(delete)) => Write::Delete { table: table.clone(), key: member_item(delete, "Key")? },
+                _ => {
+                    return Err(ApiError::validation(
+                        "Supplied AttributeValue has more than one datatypes set, must contain exactly one of the supported datatypes: each WriteRequest must hold exactly one of PutRequest and DeleteRequest",
+                    ))
+                }
+            };
+            writes.push(write);
+        }
+    }
+    Ok(writes)
+}
+
+fn member_string<'a>(value: &'a Value, name: &str) -> Result<&'a str, ApiError> {
+    match value.get(name) {
+        Some(Value::String(text)) => Ok(text),
+        None | Some(Value::Null) => Err(ApiError::validation(format!("{name} must not be null"))),
+        Some(_) => Err(ApiError::serialization(format!("{name} must be a string"))),
+    }
+}
+
+fn member_item(value: &Value, name: &str) -> Result<Item, ApiError> {
+    match value.get(name) {
+        None | Some(Value::Null) => Err(ApiError::validation(format!("{name} must not be null"))),
+        Some(item) => item_from_json(item).map_err(ApiError::validation),
+    }
+}
+
+/// A request body's members, read with DynamoDB's errors: a missing required member is a
+/// ValidationException naming it, a member of the wrong JSON type a SerializationException.
+struct Body<'a>(&'a Map<String, Value>);
+
+impl Body<'_> {
+    fn get(&self, name: &str) -> Option<&Value> {
+        self.0.get(name).filter(|value| !value.is_null())
+    }
+
+    fn missing(field: &str) -> ApiError {
+        ApiError::validation(format!(
+            "1 validation error detected: Value null at '{field}' failed to satisfy constraint: Member must not be null"
+        ))
+    }
+
+    fn string(&self, name: &str) -> Result<Option<&str>, ApiError> {
+        match self.get(name) {
+            None => Ok(None),
+            Some(Value::String(text)) => Ok(Some(text)),
+            Some(_) => Err(ApiError::serialization(format!("{name} must be a string"))),
+        }
+    }
+
+    fn table(&self) -> Result<String, ApiError> {
+        self.string("TableName")?.map(str::to_string).ok_or_else(|| Body::missing("tableName"))
+    }
+
+    fn boolean(&self, name: &str) -> Result<bool, ApiError> {
+        self.boolean_or(name, false)
+    }
+
+    fn boolean_or(&self, name: &str, default: bool) -> Result<bool, ApiError> {
+        match self.get(name) {
+            None => Ok(default),
+            Some(Value::Bool(flag)) => Ok(*flag),
+            Some(_) => Err(ApiError::serialization(format!("{name} must be true or false"))),
+        }
+    }
+
+    /// An integer member within `min..=max` (`field` is DynamoDB's name for it in errors).
+    fn integer(&self, name: &str, field: &str, min: u64, max: u64) -> Result<Option<u64>, ApiError> {
+        let Some(value) = self.get(name) else { return Ok(None) };
+        let number = value.as_i64().ok_or_else(|| ApiError::serialization(format!("{name} must be an integer")))?;
+        if number < min as i64 {
+            return Err(ApiError::validation(format!(
+                "1 validation error detected: Value '{number}' at '{field}' failed to satisfy constraint: Member must have value greater than or equal to {min}"
+            )));
+        }
+        if number as u64 > max {
+            return Err(ApiError::validation(format!(
+                "1 validation error detected: Value '{number}' at '{field}' failed to satisfy constraint: Member must have value less than or equal to {max}"
+            )));
+        }
+        Ok(Some(number as u64))
+    }
+
+    fn array(&self, name: &str, field: &str) -> Result<&Vec<Value>, ApiError> {
+        match self.get(name) {
+            None => Err(Body::missing(field)),
+            Some(Value::Array(values)) => Ok(values),
+            Some(_) => Err(ApiError::serialization(format!("{name} must be an array"))),
+        }
+    }
+
+    fn object(&self, name: &str, field: &str) -> Result<&Map<String, Value>, ApiError> {
+        match self.get(name) {
+            None => Err(Body::missing(field)),
+            Some(Value::Object(map)) => Ok(map),
+            Some(_) => Err(ApiError::serialization(format!("{name} must be an object"))),
+        }
+    }
+
+    fn item(&self, name: &str, field: &str) -> Result<Item, ApiError> {
+        self.optional_item(name)?.ok_or_else(|| Body::missing(field))
+    }
+
+    fn optional_item(&self, name: &str) -> Result<Option<Item>, ApiError> {
+        self.get(name)
+            .map(|json| {
+                item_from_json(json).map_err(|error| {
+                    ApiError::validation(format!("One or more parameter values were invalid: {name}: {error}"))
+                })
+            })
+            .transpose()
+    }
+
+    fn capacity(&self) -> Result<ReturnConsumedCapacity, ApiError> {
+        match self.string("ReturnConsumedCapacity")? {
+            None | Some("NONE") => Ok(ReturnConsumedCapacity::None),
+            Some("TOTAL") => Ok(ReturnConsumedCapacity::Total),
+            Some("INDEXES") => Ok(ReturnConsumedCapacity::Indexes),
+            Some(other) => Err(ApiError::validation(format!(
+                "1 validation error detected: Value '{other}' at 'returnConsumedCapacity' failed to satisfy constraint: Member must satisfy enum value set: [INDEXES, TOTAL, NONE]"
+            ))),
+        }
+    }
+
+    /// Refuses the legacy parameters (Expected, AttributeUpdates, KeyConditions, QueryFilter,
+    /// ScanFilter, ConditionalOperator, AttributesToGet) this endpoint does not take yet.
+    fn no_legacy(&self, names: &[&str]) -> Result<(), ApiError> {
+        match names.iter().find(|name| self.get(name).is_some()) {
+            Some(name) => Err(ApiError::validation(format!(
+                "{name} is a legacy parameter Tessera does not take yet; use the expression parameters instead"
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    fn no_index(&self) -> Result<(), ApiError> {
+        match self.string("IndexName")? {
+            Some(index) => Err(ApiError::validation(format!("The table does not have the specified index: {index}"))),
+            None => Ok(()),
+        }
+    }
+
+    fn names(&self) -> Result<Vec<(String, String)>, ApiError> {
+        let Some(names) = self.get("ExpressionAttributeNames") else { return Ok(Vec::new()) };
+        let names =
+            names.as_object().ok_or_else(|| ApiError::serialization("ExpressionAttributeNames must be an object"))?;
+        names
+            .iter()
+            .map(|(placeholder, name)| match name {
+                Value::String(name) => Ok((placeholder.clone(), name.clone())),
+                _ => Err(ApiError::serialization(format!("ExpressionAttributeNames.{placeholder} must be a string"))),
+            })
+            .collect()
+    }
+
+    fn values(&self) -> Result<Vec<(String, AttributeValue)>, ApiError> {
+        let Some(values) = self.get("ExpressionAttributeValues") else { return Ok(Vec::new()) };
+        let values =
+            values.as_object().ok_or_else(|| ApiError::serialization("ExpressionAttributeValues must be an object"))?;
+        values
+            .iter()
+            .map(|(placeholder, value)| {
+                let value = value_from_json(value, placeholder).map_err(|error| {
+                    ApiError::validation(format!("ExpressionAttributeValues contains invalid value: {error}"))
+                })?;
+                Ok((placeholder.clone(), value))
+            })
+            .collect()
+    }
+
+    fn write_expressions(&self) -> Result<Expressions, ApiError> {
+        Ok(Expressions {
+            condition: self.string("ConditionExpression")?.map(str::to_string),
+            names: self.names()?,
+            values: self.values()?,
+        })
+    }
+
+    /// PutItem's and DeleteItem's ReturnValues (ALL_OLD or NONE) and
+    /// ReturnValuesOnConditionCheckFailure.
+    fn write_returns(&self, operation: &str) -> Result<(bool, bool), ApiError> {
+        let return_old = match self.string("ReturnValues")? {
+            Some(name) => ReturnValues::parse(name, operation).map_err(ApiError::validation)? == ReturnValues::AllOld,
+            None => false,
+        };
+        Ok((return_old, self.on_condition_failure()?))
+    }
+
+    fn on_condition_failure(&self) -> Result<bool, ApiError> {
+        match self.string("ReturnValuesOnConditionCheckFailure")? {
+            Some(name) => parse_on_condition_failure(name).map_err(ApiError::validation),
+            None => Ok(false),
+        }
+    }
+
+    /// A read's expressions; `query` takes a KeyConditionExpression.
+    fn read_expressions(&self, query: bool) -> Result<ReadExpressions, ApiError> {
+        let mut names = self.names()?;
+        let mut projection = self.string("ProjectionExpression")?.map(str::to_string);
+        // AttributesToGet is the legacy projection: the same paths, each as a name placeholder.
+        if let Some(attributes) = self.get("AttributesToGet") {
+            if projection.is_some() {
+                return Err(ApiError::validation(
+                    "Can not use both expression and non-expression parameters in the same request: Non-expression parameters: {AttributesToGet} Expression parameters: {ProjectionExpression}",
+                ));
+            }
+            let attributes =
+                attributes.as_array().ok_or_else(|| ApiError::serialization("AttributesToGet must be an array"))?;
+            let mut paths = Vec::new();
+            for (index, attribute) in attributes.iter().enumerate() {
+                let name =
+                    attribute.as_str().ok_or_else(|| ApiError::serialization("AttributesToGet must hold strings"))?;
+                let placeholder = format!("#AttributesToGet{index}");
+                names.push((placeholder.clone(), name.to_string()));
+                paths.push(placeholder);
+            }
+            projection = Some(paths.join(", "));
+        }
+        let select = match self.string("Select")? {
+            None | Some("ALL_ATTRIBUTES") => Select::AllAttributes,
+            Some("SPECIFIC_ATTRIBUTES") => Select::SpecificAttributes,
+            Some("COUNT") => Select::Count,
+            Some("ALL_PROJECTED_ATTRIBUTES") => {
+                return Err(ApiError::validation(
+                    "ALL_PROJECTED_ATTRIBUTES can be used only when Querying using an IndexName",
+                ))
+            }
+            Some(other) => {
+                return Err(ApiError::validation(format!(
+                    "1 validation error detected: Value '{other}' at 'select' failed to satisfy constraint: Member must satisfy enum value set: [SPECIFIC_ATTRIBUTES, COUNT, ALL_ATTRIBUTES, ALL_PROJECTED_ATTRIBUTES]"
+                )))
+            }
+        };
+        Ok(ReadExpressions {
+            key_condition: if query { self.string("KeyConditionExpression")?.map(str::to_string) } else { None },
+            filter: self.string("FilterExpression")?.map(str::to_string),
+            projection,
+            names,
+            values: self.values()?,
+            select,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn engine(operation: Operation, body: &str) -> Request {
+        match decode(operation, body.as_bytes(), "localhost:8000") {
+            Ok(Call::Engine(request, _)) => *request,
+            other => panic!("{body}: {other:?}"),
+        }
+    }
+
+    fn error(operation: Operation, body: &str) -> ApiError {
+        match decode(operation, body.as_bytes(), "localhost:8000") {
+            Err(error) => error,
+            other => panic!("{body}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn operations_are_named_by_target() {
+        assert_eq!(Operation::from_target(Some("DynamoDB_20120810.PutItem")), Ok(Operation::PutItem));
+        for bad in [None, Some("DynamoDB_20120810.Fly"), Some("PutItem"), Some("DynamoDBStreams_20120810.ListStreams")]
+        {
+            assert_eq!(
+                Operation::from_target(bad).unwrap_err().kind,
+                "com.amazon.coral.service#UnknownOperationException"
+            );
+        }
+    }
+
+    #[test]
+    fn create_table_reads_the_key_schema_and_checks_definitions() {
+        let request = engine(
+            Operation::CreateTable,
+            r#"{"TableName":"t","KeySchema":[{"AttributeName":"pk","KeyType":"HASH"},{"AttributeName":"sk","KeyType":"RANGE"}],
+                "AttributeDefinitions":[{"AttributeName":"sk","AttributeType":"N"},{"AttributeName":"pk","AttributeType":"S"}],
+                "BillingMode":"PAY_PER_REQUEST"}"#,
+        );
+        assert_eq!(
+            request,
+            Request::CreateTable {
+                table: "t".into(),
+                key_schema: KeySchema::composite(("pk", KeyType::S), ("sk", KeyType::N)),
+                partitions: 0
+            }
+        );
+        for (body, expected) in [
+            (r#"{"KeySchema":[],"AttributeDefinitions":[]}"#, "Value null at 'tableName'"),
+            (
+                r#"{"TableName":"t","KeySchema":[{"AttributeName":"pk","KeyType":"HASH"}],"AttributeDefinitions":[]}"#,
+                "not defined in AttributeDefinitions",
+            ),
+            (
+                r#"{"TableName":"t","KeySchema":[{"AttributeName":"pk","KeyType":"HASH"}],"AttributeDefinitions":[{"AttributeName":"pk","AttributeType":"S"},{"AttributeName":"x","AttributeType":"S"}]}"#,
+                "does not exactly match",
+            ),
+            (
+                r#"{"TableName":"t","KeySchema":[{"AttributeName":"pk","KeyType":"RANGE"}],"AttributeDefinitions":[{"AttributeName":"pk","AttributeType":"S"}]}"#,
+                "HASH key",
+            ),
+            (
+                r#"{"TableName":"t","KeySchema":[{"AttributeName":"pk","KeyType":"HASH"}],"AttributeDefinitions":[{"AttributeName":"pk","AttributeType":"X"}]}"#,
+                "enum value set: [B, N, S]",
+            ),
+            (
+                r#"{"TableName":"t","GlobalSecondaryIndexes":[{}],"KeySchema":[],"AttributeDefinitions":[]}"#,
+                "not supported",
+            ),
+        ] {
+            let error = error(Operation::CreateTable, body);
+            assert_eq!(error.kind, "com.amazon.coral.validate#ValidationException", "{body}");
+            assert!(error.message.contains(expected), "{body}: {}", error.message);
+        }
+    }
+
+    #[test]
+    fn item_requests_carry_their_expressions() {
+        let request = engine(
+            Operation::PutItem,
+            r##"{"TableName":"t","Item":{"pk":{"S":"a"},"n":{"N":"1"}},"ConditionExpression":"attribute_not_exists(#p)",
+                "ExpressionAttributeNames":{"#p":"pk"},"ExpressionAttributeValues":{":v":{"N":"2"}},
+                "ReturnValues":"ALL_OLD","ReturnValuesOnConditionCheckFailure":"ALL_OLD"}"##,
+        );
+        let Request::PutItem { table, item, return_old, expressions, return_old_on_failure } = request else {
+            panic!("{request:?}")
+        };
+        assert_eq!((table.as_str(), item.len(), return_old, return_old_on_failure), ("t", 2, true, true));
+        assert_eq!(expressions.condition.as_deref(), Some("attribute_not_exists(#p)"));
+        assert_eq!(expressions.names, vec![("#p".to_string(), "pk".to_string())]);
+        let Request::Query(query) = engine(
+            Operation::Query,
+            r#"{"TableName":"t","KeyConditionExpression":"pk = :p","ExpressionAttributeValues":{":p":{"S":"a"}},
+                "ScanIndexForward":false,"Limit":5,"Select":"COUNT"}"#,
+        ) else {
+            panic!()
+        };
+        assert!(query.backward);
+        assert_eq!((query.limit, query.read.select), (5, Select::Count));
+        let Request::GetItem { read, .. } =
+            engine(Operation::GetItem, r#"{"TableName":"t","Key":{"pk":{"S":"a"}},"AttributesToGet":["a","b"]}"#)
+        else {
+            panic!()
+        };
+        assert_eq!(read.projection.as_deref(), Some("#AttributesToGet0, #AttributesToGet1"));
+    }
+
+    #[test]
+    fn bad_bodies_get_dynamodb_errors() {
+        for (operation, body, kind, expected) in [
+            (Operation::GetItem, "{", "SerializationException", "not valid JSON"),
+            (Operation::GetItem, "[]", "SerializationException", "JSON object"),
+            (Operation::GetItem, r#"{"TableName":5}"#, "SerializationException", "TableName"),
+            (Operation::GetItem, r#"{"TableName":"t"}"#, "ValidationException", "'key'"),
+            (Operation::GetItem, r#"{"TableName":"t","Key":{"pk":{"Q":"1"}}}"#, "ValidationException", "unknown type"),
+            (
+                Operation::PutItem,
+                r#"{"TableName":"t","Item":{},"ReturnValues":"ALL_NEW"}"#,
+                "ValidationException",
+                "ALL_OLD or NONE",
+            ),
+            (Operation::PutItem, r#"{"TableName":"t","Item":{},"Expected":{}}"#, "ValidationException", "legacy"),
+            (Operation::Query, r#"{"TableName":"t"}"#, "ValidationException", "KeyConditionExpression"),
+            (
+                Operation::Query,
+                r#"{"TableName":"t","KeyConditionExpression":"a = :a","Limit":0}"#,
+                "ValidationException",
+                "greater than or equal to 1",
+            ),
+            (Operation::Query, r#"{"TableName":"t","IndexName":"i"}"#, "ValidationException", "specified index: i"),
+            (Operation::Scan, r#"{"TableName":"t","Segment":3,"TotalSegments":2}"#, "ValidationException", "less than"),
+            (Operation::Scan, r#"{"TableName":"t","Segment":1}"#, "ValidationException", "TotalSegments"),
+            (
+                Operation::Scan,
+                r#"{"TableName":"t","ReturnConsumedCapacity":"ALL"}"#,
+                "ValidationException",
+                "returnConsumedCapacity",
+            ),
+            (Operation::BatchWriteItem, r#"{"RequestItems":{"t":[{}]}}"#, "ValidationException", "PutRequest"),
+            (Operation::ListTables, r#"{"Limit":101}"#, "ValidationException", "less than or equal to 100"),
+        ] {
+            let error = error(operation, body);
+            assert!(error.kind.ends_with(kind), "{body}: {error:?}");
+            assert!(error.message.contains(expected), "{body}: {}", error.message);
+            assert_eq!(error.status, 400);
+        }
+    }
+
+    #[test]
+    fn answers_are_shaped_as_dynamodb_shapes_them() {
+        let item: Item = [("pk".to_string(), AttributeValue::S("a".into()))].into_iter().collect();
+        let body = encode(Operation::GetItem, Response::Item(Some(item.clone())), &[], "us-east-1").unwrap();
+        assert_eq!(body, json!({ "Item": { "pk": { "S": "a" } } }));
+        let body = encode(Operation::PutItem, Response::Item(None), &[], "us-east-1").unwrap();
+        assert_eq!(body, json!({}));
+        let consumed = ConsumedCapacity { table: "t".into(), read_units: 0.5, write_units: 0.0, table_units: None };
+        let body = encode(
+            Operation::Query,
+            Response::Items { items: vec![item.clone()], scanned_count: 2, count: 1, last_evaluated_key: Some(item) },
+            std::slice::from_ref(&consumed),
+            "us-east-1",
+        )
+        .unwrap();
+        assert_eq!(body["Count"], 1);
+        assert_eq!(body["ScannedCount"], 2);
+        assert_eq!(body["LastEvaluatedKey"], json!({ "pk": { "S": "a" } }));
+        assert_eq!(body["ConsumedCapacity"], json!({ "TableName": "t", "CapacityUnits": 0.5 }));
+        let counted = encode(
+            Operation::Scan,
+            Response::Items { items: vec![], scanned_count: 3, count: 3, last_evaluated_key: None },
+            &[],
+            "r",
+        )
+        .unwrap();
+        assert!(counted.get("Items").is_none());
+        let table = TableDescription {
+            name: "t".into(),
+            key_schema: KeySchema::hash_only("pk", KeyType::N),
+            partitions: 2,
+            status: TableStatus::Active,
+            created_at_ms: 1_700_000_000_500,
+            item_count: 3,
+            size_bytes: 99,
+        };
+        let body = encode(Operation::DescribeTable, Response::Table(table), &[], "eu-west-1").unwrap();
+        let described = &body["Table"];
+        assert_eq!(described["TableStatus"], "ACTIVE");
+        assert_eq!(described["KeySchema"], json!([{ "AttributeName": "pk", "KeyType": "HASH" }]));
+        assert_eq!(described["AttributeDefinitions"], json!([{ "AttributeName": "pk", "AttributeType": "N" }]));
+        assert_eq!(described["TableArn"], "arn:aws:dynamodb:eu-west-1:000000000000:table/t");
+        assert_eq!(described["CreationDateTime"], 1_700_000_000.5);
+        assert_eq!((described["ItemCount"].as_u64(), described["TableSizeBytes"].as_u64()), (Some(3), Some(99)));
+        let failed = WireError {
+            item: Some([("pk".to_string(), AttributeValue::S("a".into()))].into_iter().collect()),
+            ..WireError::new(ErrorCode::ConditionalCheckFailedException, "The conditional request failed")
+        };
+        let error = encode(Operation::PutItem, Response::Error(failed), &[], "r").unwrap_err();
+        assert_eq!(error.kind, "com.amazonaws.dynamodb.v20120810#ConditionalCheckFailedException");
+        assert_eq!(error.body()["Item"], json!({ "pk": { "S": "a" } }));
+        let error = ApiError::from_wire(WireError::new(ErrorCode::ServiceUnavailable, "down"));
+        assert_eq!(error.status, 503);
+    }
+}

@@ -1,0 +1,300 @@
+//! The DynamoDB-compatible HTTP endpoint: HTTP/1.1 with keep-alive on each core (glommio TCP,
+//! requests parsed by `httparse`), `POST /` with `X-Amz-Target: DynamoDB_20120810.<Operation>`
+//! and a JSON body, checked by SigV4 (`sigv4.rs`), served by the same `Shard::execute` as the
+//! binary protocol (`api.rs` maps the encodings), answered with `x-amzn-RequestId` and
+//! `x-amz-crc32` as DynamoDB answers.
+
+pub(crate) mod api;
+pub mod sigv4;
+
+use std::cell::Cell;
+use std::net::SocketAddr;
+use std::rc::Rc;
+
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::TcpStream;
+use serde_json::Value;
+use tessera_wire::{ErrorCode, Response};
+
+use crate::shard::Shard;
+use api::{ApiError, Call, Operation};
+pub use sigv4::Auth;
+use sigv4::{AuthError, SignedRequest};
+
+/// The largest request head (request line and headers) a connection reads.
+const HEAD_MAX: usize = 64 << 10;
+/// The largest request body: DynamoDB's 16 MB request limit.
+pub const BODY_MAX: usize = 16 << 20;
+const HEADERS_MAX: usize = 64;
+
+/// How a node serves the HTTP endpoint.
+#[derive(Clone, Debug)]
+pub struct HttpConfig {
+    pub listen: SocketAddr,
+    pub auth: Auth,
+}
+
+/// One core's endpoint state: its request-id counter.
+pub(crate) struct Endpoint {
+    auth: Auth,
+    core: usize,
+    next_id: Cell<u64>,
+    /// Distinguishes this process's request ids from another's.
+    epoch: u64,
+}
+
+impl Endpoint {
+    pub(crate) fn new(config: &HttpConfig, core: usize) -> Endpoint {
+        let epoch = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.as_nanos() as u64);
+        Endpoint { auth: config.auth.clone(), core, next_id: Cell::new(0), epoch }
+    }
+
+    /// A request id as DynamoDB's look: 52 upper-case letters and digits.
+    fn request_id(&self) -> String {
+        let id = self.next_id.get();
+        self.next_id.set(id + 1);
+        let mixed = (self.epoch ^ (self.core as u64).rotate_left(48)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let text = format!("{:020}{:016X}{:016X}", id, mixed, self.epoch);
+        text[..52].to_string()
+    }
+}
+
+/// A parsed request, owned, so the connection's buffer can be reused.
+struct HttpRequest {
+    method: String,
+    path: String,
+    query: String,
+    /// HTTP/1.0 closes after the answer unless asked to keep alive.
+    minor_version: u8,
+    headers: Vec<(String, Vec<u8>)>,
+    body: Vec<u8>,
+}
+
+impl HttpRequest {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(header, _)| header.eq_ignore_ascii_case(name))
+            .and_then(|(_, value)| std::str::from_utf8(value).ok())
+    }
+
+    fn keep_alive(&self) -> bool {
+        match self.header("connection").map(str::to_ascii_lowercase) {
+            Some(value) if value.contains("close") => false,
+            Some(value) if value.contains("keep-alive") => true,
+            _ => self.minor_version >= 1,
+        }
+    }
+}
+
+/// What reading the next request from a connection gave.
+enum Next {
+    Request(HttpRequest),
+    /// The peer closed (or the connection failed) between requests.
+    Closed,
+    /// A request that cannot be read: answer this, then close.
+    Refuse(u16, &'static str),
+}
+
+/// Reads one request: the head into `buffer` (which keeps any bytes read past it), then its body.
+async fn read_request(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> Next {
+    let mut chunk = vec![0u8; 16 << 10];
+    loop {
+        let mut headers = [httparse::EMPTY_HEADER; HEADERS_MAX];
+        let mut request = httparse::Request::new(&mut headers);
+        match request.parse(buffer) {
+            Ok(httparse::Status::Complete(head)) => {
+                let (path, query) =
+                    request.path.unwrap_or("/").split_once('?').unwrap_or((request.path.unwrap_or("/"), ""));
+                let mut parsed = HttpRequest {
+                    method: request.method.unwrap_or("").to_string(),
+                    path: path.to_string(),
+                    query: query.to_string(),
+                    minor_version: request.version.unwrap_or(1),
+                    headers: request
+                        .headers
+                        .iter()
+                        .map(|header| (header.name.to_string(), header.value.to_vec()))
+                        .collect(),
+                    body: Vec::new(),
+                };
+                if parsed.header("transfer-encoding").is_some() {
+                    return Next::Refuse(
+                        411,
+                        "a request body needs a Content-Length (chunked transfer is not accepted)",
+                    );
+                }
+                let length = match parsed.header("content-length").map(|text| text.trim().parse::<usize>()) {
+                    None => 0,
+                    Some(Ok(length)) => length,
+                    Some(Err(_)) => return Next::Refuse(400, "Content-Length is not a number"),
+                };
+                if length > BODY_MAX {
+                    return Next::Refuse(413, "the request body is larger than 16 MB");
+                }
+                if parsed.header("expect").is_some_and(|expect| expect.eq_ignore_ascii_case("100-continue"))
+                    && buffer.len() == head
+                    && stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await.is_err()
+                {
+                    return Next::Closed;
+                }
+                buffer.drain(..head);
+                while buffer.len() < length {
+                    match stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return Next::Closed,
+                        Ok(read) => buffer.extend_from_slice(&chunk[..read]),
+                    }
+                }
+                parsed.body = buffer.drain(..length).collect();
+                return Next::Request(parsed);
+            }
+            Ok(httparse::Status::Partial) if buffer.len() > HEAD_MAX => {
+                return Next::Refuse(431, "the request's head is larger than 64 KiB")
+            }
+            Ok(httparse::Status::Partial) => {}
+            Err(httparse::Error::TooManyHeaders) => return Next::Refuse(431, "a request may have at most 64 headers"),
+            Err(_) => return Next::Refuse(400, "the request is not HTTP/1.1"),
+        }
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return Next::Closed,
+            Ok(read) => buffer.extend_from_slice(&chunk[..read]),
+        }
+    }
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        400 => "Bad Request",
+        404 => "Not Found",
+        411 => "Length Required",
+        413 => "Payload Too Large",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        503 => "Service Unavailable",
+        _ => "Error",
+    }
+}
+
+/// An answer's bytes: status line, DynamoDB's headers, the JSON body.
+fn answer(status: u16, request_id: &str, body: &[u8], close: bool) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len() + 256);
+    let crc = crc32fast::hash(body);
+    let connection = if close { "Connection: close\r\n" } else { "" };
+    out.extend_from_slice(
+        format!(
+            "HTTP/1.1 {status} {}\r\nServer: Tessera\r\nx-amzn-RequestId: {request_id}\r\nx-amz-crc32: {crc}\r\nContent-Type: application/x-amz-json-1.0\r\nContent-Length: {}\r\n{connection}\r\n",
+            reason(status),
+            body.len()
+        )
+        .as_bytes(),
+    );
+    out.extend_from_slice(body);
+    out
+}
+
+fn error_answer(error: &ApiError, request_id: &str, close: bool) -> Vec<u8> {
+    let body = serde_json::to_vec(&error.body()).expect("JSON values serialize");
+    answer(error.status, request_id, &body, close)
+}
+
+/// The error DynamoDB gives for a refused signature.
+fn auth_error(error: AuthError) -> ApiError {
+    let (kind, message) = match error {
+        AuthError::Missing => {
+            ("MissingAuthenticationTokenException", "Request is missing Authentication Token".to_string())
+        }
+        AuthError::UnknownKey => {
+            ("UnrecognizedClientException", "The security token included in the request is invalid.".to_string())
+        }
+        AuthError::Invalid(message) => ("InvalidSignatureException", message),
+    };
+    ApiError::new(400, format!("com.amazon.coral.service#{kind}"), message)
+}
+
+/// The region a request's credential is scoped to (its tables' ARNs name it).
+fn region(request: &HttpRequest) -> &str {
+    request
+        .header("authorization")
+        .and_then(|header| header.split("Credential=").nth(1))
+        .and_then(|credential| credential.split('/').nth(2))
+        .filter(|region| !region.is_empty() && region.bytes().all(|byte| byte.is_ascii_alphanumeric() || byte == b'-'))
+        .unwrap_or("us-east-1")
+}
+
+/// Serves one HTTP connection until the peer closes it, asks to, or sends what cannot be read.
+pub(crate) async fn connection(shard: Rc<Shard>, endpoint: Rc<Endpoint>, mut stream: TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let mut buffer = Vec::new();
+    loop {
+        let request = match read_request(&mut stream, &mut buffer).await {
+            Next::Request(request) => request,
+            Next::Closed => return,
+            Next::Refuse(status, message) => {
+                let error = ApiError::new(status, "com.amazon.coral.service#SerializationException", message);
+                let _ = stream.write_all(&error_answer(&error, &endpoint.request_id(), true)).await;
+                let _ = stream.close().await;
+                return;
+            }
+        };
+        let close = !request.keep_alive();
+        let request_id = endpoint.request_id();
+        let bytes = match serve(&shard, &endpoint, &request).await {
+            Ok(body) => answer(200, &request_id, &serde_json::to_vec(&body).expect("JSON values serialize"), close),
+            Err(error) => error_answer(&error, &request_id, close),
+        };
+        if stream.write_all(&bytes).await.is_err() || close {
+            let _ = stream.close().await;
+            return;
+        }
+    }
+}
+
+/// One request's answer body, or its error.
+async fn serve(shard: &Rc<Shard>, endpoint: &Endpoint, request: &HttpRequest) -> Result<Value, ApiError> {
+    if request.method == "GET" && request.path == "/" {
+        // DynamoDB's health check.
+        return Ok(Value::String(format!("healthy: dynamodb.{}.amazonaws.com", region(request))));
+    }
+    if request.method != "POST" || request.path != "/" {
+        return Err(ApiError::new(
+            404,
+            "com.amazon.coral.service#UnknownOperationException",
+            format!("{} {} is not an operation: DynamoDB's are POST /", request.method, request.path),
+        ));
+    }
+    let headers: Vec<(&str, &[u8])> =
+        request.headers.iter().map(|(name, value)| (name.as_str(), value.as_slice())).collect();
+    let signed = SignedRequest {
+        method: &request.method,
+        path: &request.path,
+        query: &request.query,
+        headers: &headers,
+        body: &request.body,
+    };
+    let now =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |since| since.as_secs() as i64);
+    sigv4::verify(&signed, &endpoint.auth, now).map_err(auth_error)?;
+    let operation = Operation::from_target(request.header("x-amz-target"))?;
+    let host = request.header("host").unwrap_or("localhost");
+    let region = region(request);
+    let (request, flags) = match api::decode(operation, &request.body, host)? {
+        Call::Answer(body) => return Ok(body),
+        Call::Engine(engine_request, flags) => (*engine_request, flags),
+    };
+    // A node that does not lead the partition passes the request to the one that does (a
+    // DynamoDB client cannot follow a leader hint); the request is kept for that.
+    let kept = shard.replicated().then(|| request.clone());
+    let (mut response, mut consumed) = shard.execute(request, flags).await;
+    if let (Some(request), Response::Error(error)) = (kept, &response) {
+        if let (ErrorCode::NotLeader, Some(leader)) = (error.code, error.leader.clone()) {
+            (response, consumed) = match shard.forward_with(&leader, &request, flags.capacity).await {
+                Ok(answer) => answer,
+                Err(error) => (Response::Error(error), Vec::new()),
+            };
+        }
+    }
+    api::encode(operation, response, &consumed, region)
+}
