@@ -151,8 +151,8 @@ fn parse_amz_date(text: &str) -> Option<i64> {
     Some(days * 86_400 + hour * 3600 + minute * 60 + second)
 }
 
-/// `seconds` since the epoch as ISO 8601 basic time.
-fn format_amz_date(seconds: i64) -> String {
+/// `seconds` since the epoch as ISO 8601 basic time (`20150830T123600Z`, X-Amz-Date's form).
+pub fn format_amz_date(seconds: i64) -> String {
     let (days, rest) = (seconds.div_euclid(86_400), seconds.rem_euclid(86_400));
     // Civil date from days (the inverse of the above).
     let z = days + 719_468;

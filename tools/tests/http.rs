@@ -1,0 +1,230 @@
+//! The DynamoDB HTTP endpoint of the real `tessera serve` binary: the AWS SDK for Python and
+//! the AWS CLI against it (`tests/dynamodb/sdk_test.py`), and raw bytes over TCP: garbage,
+//! oversized and malformed requests get DynamoDB's typed errors, and the server keeps serving.
+
+use std::io::{BufRead, BufReader, Read, Write as _};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use tessera_net::http::sigv4::format_amz_date;
+
+const BINARY: &str = env!("CARGO_BIN_EXE_tessera");
+
+/// A node serving HTTP, in a child process.
+struct Node {
+    child: Child,
+    http: SocketAddr,
+    dir: PathBuf,
+}
+
+impl Node {
+    fn start(name: &str, flags: &[&str]) -> Node {
+        let dir = std::env::temp_dir().join(format!("tessera-http-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut child = Command::new(BINARY)
+            .args(["serve", "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--cores", "2"])
+            .args(["--cache-mib", "64", "--data-dir"])
+            .arg(&dir)
+            .args(flags)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start tessera serve");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("first line");
+        let http = line
+            .split("DynamoDB HTTP API on ")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|address| address.parse().ok())
+            .unwrap_or_else(|| panic!("no HTTP address in {line:?}"));
+        Node { child, http, dir }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Whether `python3` can import boto3 and `aws` runs; installs both from PyPI when not.
+fn ensure_python_sdk() {
+    let ready = || {
+        let boto3 = Command::new("python3").args(["-c", "import boto3"]).status().is_ok_and(|status| status.success());
+        let cli = Command::new("aws").arg("--version").output().is_ok_and(|output| output.status.success());
+        boto3 && cli
+    };
+    if ready() {
+        return;
+    }
+    let status = Command::new("python3")
+        .args(["-m", "pip", "install", "--quiet", "boto3", "awscli"])
+        .status()
+        .expect("python3 runs (the SDK tests need Python 3 with pip)");
+    assert!(
+        status.success() && ready(),
+        "cannot install boto3 and the AWS CLI: run `python3 -m pip install boto3 awscli`"
+    );
+}
+
+#[test]
+fn the_aws_sdk_for_python_and_the_aws_cli_work_unchanged() {
+    ensure_python_sdk();
+    let keys = std::env::temp_dir().join(format!("tessera-http-keys-{}", std::process::id()));
+    std::fs::write(&keys, "# test keys\nAKIDTESSERATEST:wJalrXUtnFEMI/K7MDENG+bPxRfiCYTESSERA\n").unwrap();
+    let node = Node::start("sdk", &["--auth", "sigv4", "--keys", keys.to_str().unwrap()]);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/dynamodb/sdk_test.py");
+    let output = Command::new("python3")
+        .arg(&script)
+        .env("TESSERA_HTTP", format!("http://{}", node.http))
+        .env("TESSERA_KEY_ID", "AKIDTESSERATEST")
+        .env("TESSERA_SECRET", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYTESSERA")
+        .output()
+        .expect("run the SDK tests");
+    let _ = std::fs::remove_file(&keys);
+    let report = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "the SDK tests failed:\n{report}");
+    // unittest prints "Ran N tests" and OK: make sure they ran at all.
+    assert!(report.contains("OK") && report.contains("Ran 1"), "{report}");
+}
+
+/// An answer's status, headers (lower-case names) and body.
+type Answer = (u16, Vec<(String, String)>, Vec<u8>);
+
+/// One HTTP exchange on `stream`.
+fn exchange(stream: &mut TcpStream, request: &[u8]) -> Option<Answer> {
+    stream.write_all(request).ok()?;
+    read_answer(stream)
+}
+
+fn read_answer(stream: &mut TcpStream) -> Option<Answer> {
+    let mut bytes = Vec::new();
+    let mut byte = [0u8; 1];
+    while !bytes.ends_with(b"\r\n\r\n") {
+        if stream.read(&mut byte).ok()? == 0 {
+            return None;
+        }
+        bytes.push(byte[0]);
+    }
+    let head = String::from_utf8(bytes).expect("an ASCII head");
+    let mut lines = head.split("\r\n");
+    let status = lines.next()?.split(' ').nth(1)?.parse().ok()?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|line| line.split_once(": "))
+        .map(|(name, value)| (name.to_ascii_lowercase(), value.to_string()))
+        .collect();
+    let length: usize = headers.iter().find(|(name, _)| name == "content-length")?.1.parse().ok()?;
+    let mut body = vec![0u8; length];
+    stream.read_exact(&mut body).ok()?;
+    Some((status, headers, body))
+}
+
+fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers.iter().find(|(header, _)| header == name).map(|(_, value)| value.as_str())
+}
+
+/// A POST as an SDK sends it, with well-formed credentials dated now (signed with nothing
+/// in particular: the server under test accepts any).
+fn post(target: &str, body: &str, date: Option<&str>) -> Vec<u8> {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let date = date.map_or_else(|| format_amz_date(now), str::to_string);
+    format!(
+        "POST / HTTP/1.1\r\nHost: localhost\r\nX-Amz-Target: {target}\r\nContent-Type: application/x-amz-json-1.0\r\n\
+         X-Amz-Date: {date}\r\nAuthorization: AWS4-HMAC-SHA256 Credential=AKIDANY/{}/us-east-1/dynamodb/aws4_request, \
+         SignedHeaders=host;x-amz-date;x-amz-target, Signature={}\r\nContent-Length: {}\r\n\r\n{body}",
+        &date[..8],
+        "0".repeat(64),
+        body.len()
+    )
+    .into_bytes()
+}
+
+fn error_type(body: &[u8]) -> String {
+    let json: serde_json::Value = serde_json::from_slice(body).expect("an error body is JSON");
+    json["__type"].as_str().expect("__type").rsplit('#').next().unwrap().to_string()
+}
+
+fn connect(node: &Node) -> TcpStream {
+    let stream = TcpStream::connect(node.http).expect("connect");
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    stream
+}
+
+#[test]
+fn bad_requests_get_dynamodbs_errors_and_the_server_keeps_serving() {
+    let node = Node::start("garbage", &["--auth", "none"]);
+    let mut stream = connect(&node);
+    // Several requests on one kept-alive connection, each with its id and checksum.
+    let (status, headers, body) = exchange(&mut stream, &post("DynamoDB_20120810.ListTables", "{}", None)).unwrap();
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(header(&headers, "x-amz-crc32"), Some(crc32fast::hash(&body).to_string().as_str()));
+    assert_eq!(header(&headers, "x-amzn-requestid").map(str::len), Some(52));
+    assert_eq!(header(&headers, "content-type"), Some("application/x-amz-json-1.0"));
+    for (request, status, kind) in [
+        (post("DynamoDB_20120810.Fly", "{}", None), 400, "UnknownOperationException"),
+        (post("DynamoDB_20120810.GetItem", "{not json", None), 400, "SerializationException"),
+        (
+            post("DynamoDB_20120810.GetItem", r#"{"TableName":"nope","Key":{"k":{"S":"a"}}}"#, None),
+            400,
+            "ResourceNotFoundException",
+        ),
+        (post("DynamoDB_20120810.GetItem", r#"{"TableName":"abc"}"#, None), 400, "ValidationException"),
+        (post("DynamoDB_20120810.ListTables", "{}", Some("20010101T000000Z")), 400, "InvalidSignatureException"),
+        (
+            b"POST / HTTP/1.1\r\nHost: x\r\nX-Amz-Target: DynamoDB_20120810.ListTables\r\nContent-Length: 2\r\n\r\n{}"
+                .to_vec(),
+            400,
+            "MissingAuthenticationTokenException",
+        ),
+    ] {
+        let (got, _, body) = exchange(&mut stream, &request).expect("an answer");
+        assert_eq!((got, error_type(&body)), (status, kind.to_string()), "{}", String::from_utf8_lossy(&request));
+    }
+    // Requests that cannot be read are answered, then the connection is closed.
+    let oversized = format!("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n", 17 << 20);
+    let huge_head = format!("POST / HTTP/1.1\r\nX-Pad: {}\r\n", "a".repeat(70 << 10));
+    for (request, status) in [
+        (oversized.into_bytes(), 413),
+        (huge_head.into_bytes(), 431),
+        (b"\x00\x01\x02garbage\r\n\r\n".to_vec(), 400),
+        (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec(), 411),
+        (b"POST / HTTP/1.1\r\nContent-Length: lots\r\n\r\n".to_vec(), 400),
+    ] {
+        let mut stream = connect(&node);
+        let (got, _, _) = exchange(&mut stream, &request).expect("an answer before the close");
+        assert_eq!(got, status, "{}", String::from_utf8_lossy(&request[..40]));
+        let mut rest = Vec::new();
+        assert_eq!(stream.read_to_end(&mut rest).ok(), Some(0), "closed after the answer");
+    }
+    // Random bytes: each connection is answered with an error or closed, never left hanging.
+    let mut state = 0x2545_F491_4F6C_DD1Du64;
+    for _ in 0..200 {
+        let mut random = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let length = (random() % 600) as usize;
+        let mut bytes: Vec<u8> = (0..length).map(|_| random() as u8).collect();
+        if random() % 2 == 0 {
+            // Often a plausible start, so the parser goes deeper.
+            bytes.splice(0..0, b"POST / HTTP/1.1\r\n".iter().copied());
+        }
+        bytes.extend_from_slice(b"\r\n\r\n");
+        let mut stream = connect(&node);
+        if let Some((status, _, _)) = exchange(&mut stream, &bytes) {
+            assert!((400..500).contains(&status), "{status} for {bytes:?}");
+        }
+    }
+    // And the server still serves, on the first connection and on new ones.
+    let (status, _, _) = exchange(&mut stream, &post("DynamoDB_20120810.ListTables", "{}", None)).unwrap();
+    assert_eq!(status, 200);
+    let (status, _, body) =
+        exchange(&mut connect(&node), &post("DynamoDB_20120810.DescribeLimits", "{}", None)).unwrap();
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+}
