@@ -95,6 +95,74 @@ fn the_aws_sdk_for_python_and_the_aws_cli_work_unchanged() {
 /// An answer's status, headers (lower-case names) and body.
 type Answer = (u16, Vec<(String, String)>, Vec<u8>);
 
+/// dynalite (DynamoDB's API over a local store, from npm), installed once under the target
+/// directory.
+fn dynalite() -> PathBuf {
+    let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dynalite");
+    let binary = root.join("node_modules/.bin/dynalite");
+    if !binary.exists() {
+        std::fs::create_dir_all(&root).unwrap();
+        let status = Command::new("npm")
+            .args(["install", "--no-audit", "--no-fund", "--silent", "--prefix"])
+            .arg(&root)
+            .arg("dynalite@3")
+            .status()
+            .expect("npm runs (the differential test needs Node.js and npm)");
+        assert!(status.success() && binary.exists(), "cannot install dynalite with npm");
+    }
+    binary
+}
+
+/// A reference DynamoDB emulator in a child process, on a free loopback port.
+struct Reference {
+    child: Child,
+    address: SocketAddr,
+}
+
+impl Reference {
+    fn start() -> Reference {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let child = Command::new(dynalite())
+            .args(["--port", &port.to_string(), "--createTableMs", "0", "--deleteTableMs", "0"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start dynalite");
+        // Killed and waited for by Drop, also when it never listens.
+        let reference = Reference { child, address: format!("127.0.0.1:{port}").parse().unwrap() };
+        for _ in 0..100 {
+            if TcpStream::connect(reference.address).is_ok() {
+                return reference;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("dynalite did not listen on {}", reference.address);
+    }
+}
+
+impl Drop for Reference {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn the_same_requests_get_the_same_answers_as_from_dynalite() {
+    ensure_python_sdk();
+    let reference = Reference::start();
+    let node = Node::start("differential", &["--auth", "none"]);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/dynamodb/differential.py");
+    let output = Command::new("python3")
+        .arg(&script)
+        .env("TESSERA_HTTP", format!("http://{}", node.http))
+        .env("PEER_HTTP", format!("http://{}", reference.address))
+        .output()
+        .expect("run the differential test");
+    let report = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{report}\n{}", String::from_utf8_lossy(&output.stderr));
+    assert!(report.contains("requests compared") && report.contains(" 0 differences"), "{report}");
+}
+
 /// One HTTP exchange on `stream`.
 fn exchange(stream: &mut TcpStream, request: &[u8]) -> Option<Answer> {
     stream.write_all(request).ok()?;
