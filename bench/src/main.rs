@@ -72,6 +72,10 @@ const USAGE: &str =
                of a value as large as the item, on --connections pipelined connections
   --etcd A,B,C drive etcd's members instead, through its v3 JSON gateway: gets are
                linearizable ranges, puts and inserts puts; --connections to each member
+  --dynamodb A,B  drive DynamoDB's HTTP API at these addresses instead (Tessera's endpoint,
+               or an emulator's): gets are strongly consistent GetItem, puts and inserts
+               PutItem, of the same items; --connections pipelined HTTP/1.1 connections to
+               each; --create makes the table there (CreateTable)
   --max-rate P99_MS  search for the highest steady rate (within 5 %) whose p99 stays at or
                under P99_MS with every call answered: probes of --probe-seconds (default 10)
                of the workload's mix, doubling from its first phase's rate, then bisecting";
@@ -159,19 +163,20 @@ fn parse() -> Result<Settings, String> {
     if let Some(table) = value("--table") {
         workload.table.name = table.clone();
     }
-    let peer = match (value("--redis"), value("--etcd")) {
-        (Some(_), Some(_)) => return Err("--redis and --etcd are two different peers: one at a time".into()),
-        (Some(list), None) => Some((Peer::Redis, addresses(list, "--redis")?)),
-        (None, Some(list)) => Some((Peer::Etcd, addresses(list, "--etcd")?)),
-        (None, None) => None,
+    let peers = [("--redis", Peer::Redis), ("--etcd", Peer::Etcd), ("--dynamodb", Peer::DynamoDb)];
+    let mut chosen = peers.iter().filter_map(|(name, peer)| value(name).map(|list| (*name, *peer, list)));
+    let peer = match (chosen.next(), chosen.next()) {
+        (Some(_), Some(_)) => return Err("--redis, --etcd and --dynamodb are different peers: one at a time".into()),
+        (Some((name, peer, list)), None) => Some((peer, addresses(list, name)?)),
+        (None, _) => None,
     };
     if let Some((peer, _)) = &peer {
         let unsupported = [Op::Update, Op::Delete, Op::ReadModifyWrite, Op::Scan, Op::BatchGet, Op::BatchWrite];
         if let Some(op) = unsupported.iter().find(|&&op| workload.mix.weight(op) > 0) {
             return Err(format!("a peer ({peer:?}) runs get and put (and insert) only, not {}", op.name()));
         }
-        if flag("--create") {
-            return Err("--create makes a Tessera table; a peer has none".into());
+        if flag("--create") && *peer != Peer::DynamoDb {
+            return Err("--create makes a table; this peer has none".into());
         }
     }
     // `--create` with or without its count.
@@ -272,18 +277,19 @@ enum Target {
     Peer(Peer, Vec<peers::Connection>, Cell<usize>),
 }
 
-/// `--redis` or `--etcd`.
+/// `--redis`, `--etcd` or `--dynamodb`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Peer {
     Redis,
     Etcd,
+    DynamoDb,
 }
 
 async fn target(settings: &Settings) -> Rc<Target> {
     if let Some((peer, addresses)) = &settings.peer {
         let parse = match peer {
             Peer::Redis => peers::parse_resp,
-            Peer::Etcd => peers::parse_http,
+            Peer::Etcd | Peer::DynamoDb => peers::parse_http,
         };
         let mut connections = Vec::new();
         for &address in addresses {
@@ -300,6 +306,36 @@ async fn target(settings: &Settings) -> Rc<Target> {
         .await
         .unwrap_or_else(|error| fail(format!("cannot connect to {:?}: {error}", settings.nodes)));
     Rc::new(Target::Tessera(pool))
+}
+
+/// CreateTable over DynamoDB's HTTP API at the first address, then, at every address, GetItem
+/// until the table answers there (a cluster's nodes learn of a table as each applies it).
+fn create_over_http(addresses: Vec<SocketAddr>, table: String) {
+    let creating = LocalExecutorBuilder::new(Placement::Unbound)
+        .io_memory(1 << 20)
+        .spawn(move || async move {
+            let connect = async |address| {
+                peers::Connection::connect(address, peers::parse_http)
+                    .await
+                    .unwrap_or_else(|error| fail(format!("cannot connect to {address}: {error}")))
+            };
+            let first = connect(addresses[0]).await;
+            if let Err(error) = peers::dynamodb_create(&first, &table).await {
+                fail(format!("cannot create table {table}: {error}"));
+            }
+            for address in addresses {
+                let connection = connect(address).await;
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while let Err(error) = peers::dynamodb_get(&connection, &table, &key(0)).await {
+                    if Instant::now() > deadline {
+                        fail(format!("table {table} does not answer at {address}: {error}"));
+                    }
+                    glommio::timer::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        })
+        .unwrap_or_else(|error| fail(format!("cannot start an executor: {error}")));
+    creating.join().unwrap_or_else(|_| fail("creating the table failed".into()));
 }
 
 /// Writes keys `thread, thread + threads, ...` once each, 256 at a time.
@@ -475,6 +511,10 @@ async fn call(target: &Target, table: &str, op: Op, index: u64, bytes: usize, ba
                 (Peer::Redis, _) => peers::redis_set(connection, key.as_bytes(), &value()).await,
                 (Peer::Etcd, Op::Get | Op::GetEventual) => peers::etcd_get(connection, key.as_bytes()).await,
                 (Peer::Etcd, _) => peers::etcd_put(connection, key.as_bytes(), &value()).await,
+                (Peer::DynamoDb, Op::Get | Op::GetEventual) => peers::dynamodb_get(connection, table, &key).await,
+                (Peer::DynamoDb, _) => {
+                    peers::dynamodb_put(connection, table, &key, &vec![(index % 251) as u8; bytes]).await
+                }
             };
             return answer.map_err(ClientError::Protocol);
         }
@@ -691,7 +731,9 @@ fn main() {
         }
     };
     let table = settings.workload.table.name.clone();
-    if let Some(partitions) = settings.create {
+    if let (Some((Peer::DynamoDb, addresses)), Some(_)) = (&settings.peer, settings.create) {
+        create_over_http(addresses.clone(), table.clone());
+    } else if let Some(partitions) = settings.create {
         let mut client = Client::connect(settings.endpoint)
             .unwrap_or_else(|error| fail(format!("cannot connect to {}: {error}", settings.endpoint)));
         client

@@ -1,7 +1,8 @@
 //! Thin clients for the peer comparison, pipelined on each connection like Tessera's own
 //! client (any number of calls in flight, answers in order), so that every system is driven
-//! by a load client of the same strength: Redis (GET and SET over RESP) and etcd (its v3 JSON
-//! gateway over HTTP/1.1: `/v3/kv/range`, linearizable, and `/v3/kv/put`).
+//! by a load client of the same strength: Redis (GET and SET over RESP), etcd (its v3 JSON
+//! gateway over HTTP/1.1: `/v3/kv/range`, linearizable, and `/v3/kv/put`), and DynamoDB's
+//! HTTP API (GetItem and PutItem over HTTP/1.1: Tessera's endpoint, or an emulator's).
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -240,6 +241,54 @@ pub async fn etcd_get(connection: &Connection, key: &[u8]) -> Answer {
 pub async fn etcd_put(connection: &Connection, key: &[u8], value: &[u8]) -> Answer {
     let body = format!("{{\"key\":\"{}\",\"value\":\"{}\"}}", encoded(key), encoded(value));
     connection.call(|out| http_post(out, "/v3/kv/put", &body)).await
+}
+
+// ------------------------------------------------------------------ DynamoDB's HTTP API
+
+/// Appends a POST of DynamoDB's JSON protocol. The credentials are well-formed but signed
+/// with nothing: the servers compared accept any (Tessera with `--auth none`, dynalite).
+fn dynamodb_post(out: &mut Vec<u8>, operation: &str, body: &str) {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |since| since.as_secs());
+    let date = tessera_net::http::sigv4::format_amz_date(now as i64);
+    out.extend_from_slice(
+        format!(
+            "POST / HTTP/1.1\r\nHost: dynamodb\r\nX-Amz-Target: DynamoDB_20120810.{operation}\r\n\
+             Content-Type: application/x-amz-json-1.0\r\nX-Amz-Date: {date}\r\nAuthorization: AWS4-HMAC-SHA256 \
+             Credential=AKIDLOAD/{}/us-east-1/dynamodb/aws4_request, SignedHeaders=host;x-amz-date;x-amz-target, \
+             Signature={:064}\r\nContent-Length: {}\r\n\r\n{body}",
+            &date[..8],
+            0,
+            body.len()
+        )
+        .as_bytes(),
+    );
+}
+
+/// A strongly consistent GetItem of `{"id": {"S": key}}`.
+pub async fn dynamodb_get(connection: &Connection, table: &str, key: &str) -> Answer {
+    let body = format!("{{\"TableName\":\"{table}\",\"Key\":{{\"id\":{{\"S\":\"{key}\"}}}},\"ConsistentRead\":true}}");
+    connection.call(|out| dynamodb_post(out, "GetItem", &body)).await
+}
+
+/// A PutItem of `{"id": {"S": key}, "data": {"B": value}}`, the item Tessera's own loads write.
+pub async fn dynamodb_put(connection: &Connection, table: &str, key: &str, value: &[u8]) -> Answer {
+    let body = format!(
+        "{{\"TableName\":\"{table}\",\"Item\":{{\"id\":{{\"S\":\"{key}\"}},\"data\":{{\"B\":\"{}\"}}}}}}",
+        encoded(value)
+    );
+    connection.call(|out| dynamodb_post(out, "PutItem", &body)).await
+}
+
+/// Creates `table` (partition key `id`, a string, on demand); `Ok` also if it exists.
+pub async fn dynamodb_create(connection: &Connection, table: &str) -> Answer {
+    let body = format!(
+        "{{\"TableName\":\"{table}\",\"KeySchema\":[{{\"AttributeName\":\"id\",\"KeyType\":\"HASH\"}}],\
+         \"AttributeDefinitions\":[{{\"AttributeName\":\"id\",\"AttributeType\":\"S\"}}],\"BillingMode\":\"PAY_PER_REQUEST\"}}"
+    );
+    match connection.call(|out| dynamodb_post(out, "CreateTable", &body)).await {
+        Err(error) if error.contains("ResourceInUseException") => Ok(()),
+        other => other,
+    }
 }
 
 #[cfg(test)]

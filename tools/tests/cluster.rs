@@ -77,7 +77,9 @@ impl Cluster {
             // The nodes spread over the machine's CPUs rather than all on the first.
             .args(["--first-cpu", &(id as usize - 1).to_string(), "--cluster"])
             .arg(&self.file)
-            .args(["--listen", &self.clients[&id].to_string(), "--http-listen", "127.0.0.1:0", "--data-dir"])
+            // No HTTP endpoint: one on a port of the kernel's choosing could take another
+            // node's port while that node is down (the tests run side by side).
+            .args(["--listen", &self.clients[&id].to_string(), "--http-listen", "none", "--data-dir"])
             .arg(self.root.join(format!("node-{id}")))
             .args(&self.flags)
             .stdout(Stdio::piped())
@@ -86,7 +88,7 @@ impl Cluster {
             .expect("start tessera serve");
         let mut line = String::new();
         BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        assert!(line.contains("serving"), "{line}");
+        assert!(line.contains("serving"), "node {id} did not start: {line}\n{}", self.log(id));
         self.nodes.insert(id, child);
     }
 
