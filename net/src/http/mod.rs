@@ -7,10 +7,13 @@
 pub(crate) mod api;
 pub mod sigv4;
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::task::{Poll, Waker};
 
+use futures_lite::io::ReadHalf;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 use serde_json::Value;
@@ -26,6 +29,8 @@ const HEAD_MAX: usize = 64 << 10;
 /// The largest request body: DynamoDB's 16 MB request limit.
 pub const BODY_MAX: usize = 16 << 20;
 const HEADERS_MAX: usize = 64;
+/// Requests one connection may have in progress (pipelined); reading pauses beyond it.
+const IN_FLIGHT_MAX: u64 = 256;
 
 /// How a node serves the HTTP endpoint.
 #[derive(Clone, Debug)]
@@ -98,13 +103,55 @@ enum Next {
     Refuse(u16, &'static str),
 }
 
-/// Reads one request: the head into `buffer` (which keeps any bytes read past it), then its body.
-async fn read_request(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> Next {
-    let mut chunk = vec![0u8; 16 << 10];
+/// Bytes read from a connection and not yet taken as requests.
+struct Inbound {
+    buffer: Vec<u8>,
+    /// Where the untaken bytes start (the bytes before are moved out only now and then).
+    start: usize,
+    chunk: Box<[u8]>,
+}
+
+impl Inbound {
+    fn new() -> Inbound {
+        Inbound { buffer: Vec::new(), start: 0, chunk: vec![0; 16 << 10].into_boxed_slice() }
+    }
+
+    fn pending(&self) -> &[u8] {
+        &self.buffer[self.start..]
+    }
+
+    fn take(&mut self, count: usize) -> &[u8] {
+        let taken = &self.buffer[self.start..self.start + count];
+        self.start += count;
+        taken
+    }
+
+    /// Reads more; false when the connection ended.
+    async fn fill(&mut self, stream: &mut ReadHalf<TcpStream>) -> bool {
+        if self.start == self.buffer.len() {
+            self.buffer.clear();
+            self.start = 0;
+        } else if self.start > self.buffer.len() / 2 {
+            self.buffer.drain(..self.start);
+            self.start = 0;
+        }
+        match stream.read(&mut self.chunk).await {
+            Ok(0) | Err(_) => false,
+            Ok(read) => {
+                self.buffer.extend_from_slice(&self.chunk[..read]);
+                true
+            }
+        }
+    }
+}
+
+/// Reads request `seq`: its head, then its body.
+async fn read_request(stream: &mut ReadHalf<TcpStream>, inbound: &mut Inbound, answers: &Answers, seq: u64) -> Next {
     loop {
         let mut headers = [httparse::EMPTY_HEADER; HEADERS_MAX];
         let mut request = httparse::Request::new(&mut headers);
-        match request.parse(buffer) {
+        let pending = inbound.pending();
+        match request.parse(pending) {
             Ok(httparse::Status::Complete(head)) => {
                 let (path, query) =
                     request.path.unwrap_or("/").split_once('?').unwrap_or((request.path.unwrap_or("/"), ""));
@@ -135,31 +182,28 @@ async fn read_request(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> Next {
                     return Next::Refuse(413, "the request body is larger than 16 MB");
                 }
                 if parsed.header("expect").is_some_and(|expect| expect.eq_ignore_ascii_case("100-continue"))
-                    && buffer.len() == head
-                    && stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await.is_err()
+                    && pending.len() == head
                 {
-                    return Next::Closed;
+                    answers.interim(seq, b"HTTP/1.1 100 Continue\r\n\r\n".to_vec());
                 }
-                buffer.drain(..head);
-                while buffer.len() < length {
-                    match stream.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return Next::Closed,
-                        Ok(read) => buffer.extend_from_slice(&chunk[..read]),
+                inbound.take(head);
+                while inbound.pending().len() < length {
+                    if !inbound.fill(stream).await {
+                        return Next::Closed;
                     }
                 }
-                parsed.body = buffer.drain(..length).collect();
+                parsed.body = inbound.take(length).to_vec();
                 return Next::Request(parsed);
             }
-            Ok(httparse::Status::Partial) if buffer.len() > HEAD_MAX => {
+            Ok(httparse::Status::Partial) if pending.len() > HEAD_MAX => {
                 return Next::Refuse(431, "the request's head is larger than 64 KiB")
             }
             Ok(httparse::Status::Partial) => {}
             Err(httparse::Error::TooManyHeaders) => return Next::Refuse(431, "a request may have at most 64 headers"),
             Err(_) => return Next::Refuse(400, "the request is not HTTP/1.1"),
         }
-        match stream.read(&mut chunk).await {
-            Ok(0) | Err(_) => return Next::Closed,
-            Ok(read) => buffer.extend_from_slice(&chunk[..read]),
+        if !inbound.fill(stream).await {
+            return Next::Closed;
         }
     }
 }
@@ -224,29 +268,132 @@ fn region(request: &HttpRequest) -> &str {
         .unwrap_or("us-east-1")
 }
 
+/// A connection's answers, written in the order of their requests (HTTP/1.1) however they
+/// complete: request `seq`'s answer is written once every earlier one has been.
+#[derive(Default)]
+struct Answers {
+    /// Finished answers not yet written, by request number; `true`: close after it.
+    ready: RefCell<BTreeMap<u64, (Vec<u8>, bool)>>,
+    /// Interim answers (100 Continue), written when their request is next.
+    interim: RefCell<BTreeMap<u64, Vec<u8>>>,
+    /// The next request whose answer is to be written.
+    next: Cell<u64>,
+    /// Requests read so far; none will follow once `done`.
+    issued: Cell<u64>,
+    done: Cell<bool>,
+    writer: RefCell<Option<Waker>>,
+}
+
+impl Answers {
+    fn wake(&self) {
+        if let Some(waker) = self.writer.borrow_mut().take() {
+            waker.wake();
+        }
+    }
+
+    fn finish(&self, seq: u64, bytes: Vec<u8>, close: bool) {
+        self.ready.borrow_mut().insert(seq, (bytes, close));
+        self.wake();
+    }
+
+    fn interim(&self, seq: u64, bytes: Vec<u8>) {
+        self.interim.borrow_mut().insert(seq, bytes);
+        self.wake();
+    }
+
+    /// The next bytes to write, in order, and whether the connection closes after them;
+    /// `None` once every answer is written and no request will follow.
+    async fn next_batch(&self) -> Option<(Vec<u8>, bool)> {
+        futures_lite::future::poll_fn(|context| {
+            let mut batch = Vec::new();
+            let mut close = false;
+            loop {
+                let next = self.next.get();
+                if let Some(bytes) = self.interim.borrow_mut().remove(&next) {
+                    batch.extend_from_slice(&bytes);
+                }
+                let Some((bytes, last)) = self.ready.borrow_mut().remove(&next) else { break };
+                batch.extend_from_slice(&bytes);
+                self.next.set(next + 1);
+                if last {
+                    close = true;
+                    break;
+                }
+            }
+            if !batch.is_empty() {
+                return Poll::Ready(Some((batch, close)));
+            }
+            if self.done.get() && self.next.get() == self.issued.get() {
+                return Poll::Ready(None);
+            }
+            *self.writer.borrow_mut() = Some(context.waker().clone());
+            Poll::Pending
+        })
+        .await
+    }
+}
+
 /// Serves one HTTP connection until the peer closes it, asks to, or sends what cannot be read.
-pub(crate) async fn connection(shard: Rc<Shard>, endpoint: Rc<Endpoint>, mut stream: TcpStream) {
+/// Pipelined requests are served side by side (up to `IN_FLIGHT_MAX`), their answers written
+/// in order.
+pub(crate) async fn connection(shard: Rc<Shard>, endpoint: Rc<Endpoint>, stream: TcpStream) {
     let _ = stream.set_nodelay(true);
-    let mut buffer = Vec::new();
+    let (mut reader, mut writer) = futures_lite::io::split(stream);
+    let answers = Rc::new(Answers::default());
+    let writing = {
+        let answers = answers.clone();
+        glommio::spawn_local(async move {
+            while let Some((batch, close)) = answers.next_batch().await {
+                if writer.write_all(&batch).await.is_err() || close {
+                    break;
+                }
+            }
+            let _ = writer.close().await;
+        })
+    };
+    read_requests(&shard, &endpoint, &mut reader, &answers).await;
+    answers.done.set(true);
+    answers.wake();
+    writing.await;
+}
+
+/// Reads requests and starts serving each, until the connection ends or asks to close.
+async fn read_requests(
+    shard: &Rc<Shard>,
+    endpoint: &Rc<Endpoint>,
+    reader: &mut ReadHalf<TcpStream>,
+    answers: &Rc<Answers>,
+) {
+    let in_flight = Rc::new(glommio::sync::Semaphore::new(IN_FLIGHT_MAX));
+    let mut inbound = Inbound::new();
     loop {
-        let request = match read_request(&mut stream, &mut buffer).await {
+        let seq = answers.issued.get();
+        let next = read_request(reader, &mut inbound, answers, seq).await;
+        let request = match next {
             Next::Request(request) => request,
             Next::Closed => return,
             Next::Refuse(status, message) => {
+                answers.issued.set(seq + 1);
                 let error = ApiError::new(status, "com.amazon.coral.service#SerializationException", message);
-                let _ = stream.write_all(&error_answer(&error, &endpoint.request_id(), true)).await;
-                let _ = stream.close().await;
+                answers.finish(seq, error_answer(&error, &endpoint.request_id(), true), true);
                 return;
             }
         };
+        answers.issued.set(seq + 1);
         let close = !request.keep_alive();
-        let request_id = endpoint.request_id();
-        let bytes = match serve(&shard, &endpoint, &request).await {
-            Ok(body) => answer(200, &request_id, &serde_json::to_vec(&body).expect("JSON values serialize"), close),
-            Err(error) => error_answer(&error, &request_id, close),
-        };
-        if stream.write_all(&bytes).await.is_err() || close {
-            let _ = stream.close().await;
+        let Ok(permit) = in_flight.acquire_static_permit(1).await else { return };
+        let (shard, endpoint, answering) = (shard.clone(), endpoint.clone(), answers.clone());
+        glommio::spawn_local(async move {
+            let request_id = endpoint.request_id();
+            let bytes = match serve(&shard, &endpoint, &request).await {
+                Ok(body) => answer(200, &request_id, &serde_json::to_vec(&body).expect("JSON values serialize"), close),
+                Err(error) => error_answer(&error, &request_id, close),
+            };
+            answering.finish(seq, bytes, close);
+            drop(permit);
+        })
+        .detach();
+        if close {
             return;
         }
     }
