@@ -18,6 +18,10 @@ use tessera_engine::{Item, KeySchema, KeyType};
 use tessera_net::client::{Client, ClientError, ItemBuilder};
 use tessera_wire::{ErrorCode, ReadExpressions, Request, Response};
 
+use common::{exchange, post};
+
+mod common;
+
 const BINARY: &str = env!("CARGO_BIN_EXE_tessera");
 const TABLE: &str = "orders";
 
@@ -29,6 +33,9 @@ struct Cluster {
     root: PathBuf,
     file: PathBuf,
     clients: BTreeMap<u32, SocketAddr>,
+    /// Each node's DynamoDB HTTP endpoint (fixed, like the client addresses: one the kernel
+    /// chose at start could be another node's, taken while that node is down).
+    https: BTreeMap<u32, SocketAddr>,
     nodes: BTreeMap<u32, Child>,
     /// Flags every node is started with, beyond the usual.
     flags: Vec<String>,
@@ -56,6 +63,7 @@ impl Cluster {
         std::fs::create_dir_all(&root).unwrap();
         let count = 3 + spares;
         let clients: BTreeMap<u32, SocketAddr> = (1..=count).map(|id| (id, free_address())).collect();
+        let https: BTreeMap<u32, SocketAddr> = (1..=count).map(|id| (id, free_address())).collect();
         let lines: Vec<String> = clients
             .iter()
             .map(|(&id, client)| format!("{id} {client} {}{}", free_address(), if id > 3 { " spare" } else { "" }))
@@ -64,7 +72,7 @@ impl Cluster {
         std::fs::write(&file, lines.join("\n")).unwrap();
         let serial = SERIAL.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let flags = flags.iter().map(|flag| flag.to_string()).collect();
-        let mut cluster = Cluster { root, file, clients, nodes: BTreeMap::new(), flags, _serial: serial };
+        let mut cluster = Cluster { root, file, clients, https, nodes: BTreeMap::new(), flags, _serial: serial };
         for id in 1..=count {
             cluster.start_node(id);
         }
@@ -77,9 +85,8 @@ impl Cluster {
             // The nodes spread over the machine's CPUs rather than all on the first.
             .args(["--first-cpu", &(id as usize - 1).to_string(), "--cluster"])
             .arg(&self.file)
-            // No HTTP endpoint: one on a port of the kernel's choosing could take another
-            // node's port while that node is down (the tests run side by side).
-            .args(["--listen", &self.clients[&id].to_string(), "--http-listen", "none", "--data-dir"])
+            .args(["--listen", &self.clients[&id].to_string(), "--http-listen", &self.https[&id].to_string()])
+            .arg("--data-dir")
             .arg(self.root.join(format!("node-{id}")))
             .args(&self.flags)
             .stdout(Stdio::piped())
@@ -373,6 +380,51 @@ fn multi_partition_requests_work_at_every_node() {
 }
 
 /// A cluster file that is wrong stops `serve` with a message naming the line and the fault.
+/// A DynamoDB request over HTTP at node `id`: the answer's status and JSON body.
+fn dynamodb(cluster: &Cluster, id: u32, operation: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
+    let mut stream = std::net::TcpStream::connect(cluster.https[&id]).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let request = post(&format!("DynamoDB_20120810.{operation}"), &body.to_string(), None);
+    let (status, _, body) = exchange(&mut stream, &request).expect("an HTTP answer");
+    (status, serde_json::from_slice(&body).unwrap())
+}
+
+#[test]
+fn dynamodb_requests_over_http_are_served_at_every_node() {
+    // A DynamoDB client cannot follow a leader hint: the node it asks passes the request on.
+    let cluster = Cluster::start("http");
+    cluster.client(1).create_table(TABLE, KeySchema::hash_only("id", KeyType::S), 4).unwrap();
+    cluster.wait_for_table();
+    let id = |n: u64| serde_json::json!({ "id": { "S": format!("item-{n}") } });
+    for n in 0..60u64 {
+        let item = serde_json::json!({ "id": { "S": format!("item-{n}") }, "n": { "N": n.to_string() } });
+        let (status, body) =
+            dynamodb(&cluster, n as u32 % 3 + 1, "PutItem", serde_json::json!({ "TableName": TABLE, "Item": item }));
+        assert_eq!(status, 200, "put {n}: {body}");
+    }
+    for node in 1..=3 {
+        for n in 0..60u64 {
+            let request = serde_json::json!({ "TableName": TABLE, "Key": id(n), "ConsistentRead": true });
+            let (status, body) = dynamodb(&cluster, node, "GetItem", request);
+            assert_eq!(status, 200, "get {n} at node {node}: {body}");
+            assert_eq!(body["Item"]["n"]["N"], n.to_string(), "get {n} at node {node}: {body}");
+        }
+        // A failed condition comes back through the node that passed the request on.
+        let update = serde_json::json!({ "TableName": TABLE, "Key": id(7), "UpdateExpression": "SET n = :v",
+            "ConditionExpression": "n = :v", "ExpressionAttributeValues": { ":v": { "N": "-1" } } });
+        let (status, body) = dynamodb(&cluster, node, "UpdateItem", update);
+        assert_eq!(status, 400, "{body}");
+        assert!(body["__type"].as_str().unwrap().ends_with("#ConditionalCheckFailedException"), "{body}");
+        let (status, body) = dynamodb(
+            &cluster,
+            node,
+            "Scan",
+            serde_json::json!({ "TableName": TABLE, "Select": "COUNT", "ConsistentRead": true }),
+        );
+        assert_eq!((status, body["Count"].as_u64()), (200, Some(60)), "{body}");
+    }
+}
+
 #[test]
 fn bad_cluster_files_are_refused_by_name() {
     let root = std::env::temp_dir().join(format!("tessera-cluster-file-{}", std::process::id()));
