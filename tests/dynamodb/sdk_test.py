@@ -205,6 +205,25 @@ class ItemOperations(unittest.TestCase):
         self.assertEqual(gone["total"], {"N": "1"})
         self.assertNotIn("Item", ddb.get_item(TableName=name, Key=self.key("ada", 1)))
 
+    def test_the_legacy_parameters_of_older_applications(self):
+        ddb, name = self.ddb, self.name
+        ddb.put_item(TableName=name, Item={**self.key("old", 1), "qty": {"N": "1"}}, Expected={"customer": {"Exists": False}})
+        with self.assertRaises(ddb.exceptions.ConditionalCheckFailedException):
+            ddb.put_item(TableName=name, Item=self.key("old", 1), Expected={"customer": {"Exists": False}})
+        updated = ddb.update_item(
+            TableName=name, Key=self.key("old", 1), ReturnValues="ALL_NEW",
+            AttributeUpdates={"qty": {"Action": "ADD", "Value": {"N": "2"}}, "s": {"Action": "PUT", "Value": {"S": "x"}}},
+            Expected={"qty": {"ComparisonOperator": "EQ", "AttributeValueList": [{"N": "1"}]}})["Attributes"]
+        self.assertEqual((updated["qty"], updated["s"]), ({"N": "3"}, {"S": "x"}))
+        got = ddb.query(TableName=name, AttributesToGet=["qty"], KeyConditions={
+            "customer": {"ComparisonOperator": "EQ", "AttributeValueList": [{"S": "old"}]},
+            "n": {"ComparisonOperator": "GE", "AttributeValueList": [{"N": "1"}]}})["Items"]
+        self.assertEqual(got, [{"qty": {"N": "3"}}])
+        with self.assertRaises(ClientError) as error:
+            ddb.put_item(TableName=name, Item=self.key("old", 2), Expected={"customer": {"Exists": False}},
+                         ConditionExpression="attribute_not_exists(customer)")
+        self.assertEqual(code(error), "ValidationException")
+
     def test_consumed_capacity_is_reported(self):
         ddb, name = self.ddb, self.name
         put = ddb.put_item(TableName=name, Item={**self.key("cap", 1), "v": {"S": "x" * 1500}},

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use proptest::prelude::*;
 use serde_json::Value;
 use tessera_engine::expr::legacy;
-use tessera_engine::expr::{self, Condition, KeyCondition, Placeholders, ReturnValues, SortCondition};
+use tessera_engine::expr::{self, Condition, KeyCondition, Placeholders, ReturnValues, SortCondition, Unparser};
 use tessera_engine::{AttributeValue, Item, KeySchema, KeyType, Number};
 use tessera_net::json::{
     attribute_updates_from_json, expected_from_json, item_from_json, legacy_conditions_from_json, value_from_json,
@@ -120,27 +120,64 @@ fn run(case: &Value, items: &HashMap<String, Item>) -> Got {
     }
 }
 
-/// A case of the legacy parameters: what it produced, or its first error as text.
+/// Expression text written by `write` (with its placeholders), parsed back by `parse`: the
+/// legacy parameters travel as expressions this way (the HTTP endpoint), so the text must
+/// give back the very tree it was written from.
+fn reparsed<T>(
+    write: impl FnOnce(&mut Unparser) -> String,
+    parse: impl FnOnce(&str, &mut Placeholders<'_>) -> Result<T, expr::ExprError>,
+) -> Result<T, String> {
+    let mut unparser = Unparser::default();
+    let text = write(&mut unparser);
+    let names: HashMap<_, _> = unparser.names.into_iter().collect();
+    let values: HashMap<_, _> = unparser.values.into_iter().collect();
+    let mut placeholders = Placeholders::new(&names, &values);
+    let parsed = parse(&text, &mut placeholders).map_err(|error| format!("{text:?} does not parse back: {error}"))?;
+    placeholders.check_all_used().map(|()| parsed)
+}
+
+/// A case of the legacy parameters: what it produced, or its first error as text. What it
+/// produced, written as expression text and parsed back, must be the same.
 fn run_legacy(case: &Value, kind: &str, mut item: Item) -> Got {
     let or = case["operator"] == "OR";
     let text = |error: expr::ExprError| error.to_string();
+    let same_condition = |condition: &Option<Condition>| -> Result<(), String> {
+        let Some(condition) = condition else { return Ok(()) };
+        let back = reparsed(|unparser| unparser.condition(condition), expr::parse_condition)?;
+        (&back == condition).then_some(()).ok_or_else(|| format!("written and parsed back as {back:?}"))
+    };
     let mut outcome = || -> Result<Got, String> {
         Ok(match kind {
             "legacy-expected" => {
                 let condition = legacy::expected(&expected_from_json(&case["expected"])?, or).map_err(text)?;
+                same_condition(&condition)?;
                 Got::Truth(condition.is_none_or(|condition| condition.evaluate(&item)))
             }
             "legacy-filter" => {
                 let condition = legacy::filter(&legacy_conditions_from_json(&case["filter"])?, or).map_err(text)?;
+                same_condition(&condition)?;
                 Got::Truth(condition.is_none_or(|condition| condition.evaluate(&item)))
             }
             "legacy-key" => {
                 let entries = legacy_conditions_from_json(&case["conditions"])?;
-                Got::Key(legacy::key_conditions(&entries, &schema(case)).map_err(text)?)
+                let key = legacy::key_conditions(&entries, &schema(case)).map_err(text)?;
+                let condition = legacy::filter(&entries, false).map_err(text)?.expect("a key condition");
+                let back = reparsed(
+                    |unparser| unparser.condition(&condition),
+                    |text, placeholders| expr::parse_key_condition(text, placeholders, &schema(case)),
+                )?;
+                if back != key {
+                    return Err(format!("written and parsed back as {back:?}"));
+                }
+                Got::Key(key)
             }
             "legacy-updates" => {
                 let update =
                     legacy::attribute_updates(&attribute_updates_from_json(&case["updates"])?).map_err(text)?;
+                let back = reparsed(|unparser| unparser.update(&update), expr::parse_update)?;
+                if back != update {
+                    return Err(format!("written and parsed back as {back:?}"));
+                }
                 update.apply(&mut item).map_err(|error| error.to_string())?;
                 Got::Item(item.clone())
             }

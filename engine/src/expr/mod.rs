@@ -25,6 +25,7 @@ mod lex;
 mod parse;
 mod reserved;
 mod returns;
+mod unparse;
 mod update;
 
 use std::collections::{BTreeSet, HashMap};
@@ -35,6 +36,7 @@ use crate::value::AttributeValue;
 pub use eval::project;
 pub use key::{KeyCondition, SortCondition};
 pub use returns::{parse_on_condition_failure, ReturnValues};
+pub use unparse::Unparser;
 pub use update::{SetOperand, SetValue, Update};
 
 /// Longest expression accepted, in bytes (DynamoDB's 4 KB limit).

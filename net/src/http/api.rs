@@ -4,20 +4,43 @@
 //! One implementation of semantics, two encodings. Pure: no I/O.
 
 use serde_json::{json, Map, Value};
-use tessera_engine::expr::{parse_on_condition_failure, ReturnValues};
+use tessera_engine::expr::{legacy, parse_on_condition_failure, ExprError, ReturnValues, Unparser};
 use tessera_engine::{AttributeValue, Item, KeyAttribute, KeySchema, KeyType};
 use tessera_wire::{
     ConsumedCapacity, ErrorCode, Expressions, Query, ReadExpressions, Request, RequestFlags, Response,
     ReturnConsumedCapacity, Scan, Select, TableDescription, TableKeys, TableStatus, UpdateItem, WireError, Write,
 };
 
-use crate::json::{consumed_capacity_to_json, item_from_json, item_to_json, value_from_json};
+use crate::json::{
+    attribute_updates_from_json, consumed_capacity_to_json, expected_from_json, item_from_json, item_to_json,
+    legacy_conditions_from_json, value_from_json,
+};
 
 /// The target prefix of DynamoDB's operations.
 pub(crate) const TARGET_PREFIX: &str = "DynamoDB_20120810.";
 const TYPE_PREFIX: &str = "com.amazonaws.dynamodb.v20120810#";
 /// The account every ARN names (Tessera has no accounts).
 const ACCOUNT: &str = "000000000000";
+/// The parameters older SDKs send instead of expressions, and the expression parameters: a
+/// request may use either kind, not both.
+const LEGACY_PARAMETERS: [&str; 7] = [
+    "Expected",
+    "ConditionalOperator",
+    "AttributeUpdates",
+    "KeyConditions",
+    "QueryFilter",
+    "ScanFilter",
+    "AttributesToGet",
+];
+const EXPRESSION_PARAMETERS: [&str; 7] = [
+    "ConditionExpression",
+    "UpdateExpression",
+    "KeyConditionExpression",
+    "FilterExpression",
+    "ProjectionExpression",
+    "ExpressionAttributeNames",
+    "ExpressionAttributeValues",
+];
 
 /// An error answer: HTTP status, DynamoDB's `__type` and message, and for a failed condition
 /// the item as it was when the request asked for it.
@@ -154,13 +177,12 @@ pub(crate) fn decode(operation: Operation, body: &[u8], host: &str) -> Result<Ca
             engine(Request::ListTables { exclusive_start_table, limit })
         }
         Operation::PutItem => {
-            body.no_legacy(&["Expected", "ConditionalOperator"])?;
             let (return_old, return_old_on_failure) = body.write_returns("PutItem")?;
             engine(Request::PutItem {
                 table: body.table()?,
                 item: body.item("Item", "item")?,
                 return_old,
-                expressions: body.write_expressions()?,
+                expressions: body.write_expressions()?.0,
                 return_old_on_failure,
             })
         }
@@ -171,33 +193,31 @@ pub(crate) fn decode(operation: Operation, body: &[u8], host: &str) -> Result<Ca
             read: body.read_expressions(false)?,
         }),
         Operation::DeleteItem => {
-            body.no_legacy(&["Expected", "ConditionalOperator"])?;
             let (return_old, return_old_on_failure) = body.write_returns("DeleteItem")?;
             engine(Request::DeleteItem {
                 table: body.table()?,
                 key: body.item("Key", "key")?,
                 return_old,
-                expressions: body.write_expressions()?,
+                expressions: body.write_expressions()?.0,
                 return_old_on_failure,
             })
         }
         Operation::UpdateItem => {
-            body.no_legacy(&["Expected", "ConditionalOperator", "AttributeUpdates"])?;
             let return_values = match body.string("ReturnValues")? {
                 Some(name) => ReturnValues::parse(name, "UpdateItem").map_err(ApiError::validation)?,
                 None => ReturnValues::None,
             };
+            let (expressions, update) = body.write_expressions()?;
             engine(Request::UpdateItem(UpdateItem {
                 table: body.table()?,
                 key: body.item("Key", "key")?,
-                update: body.string("UpdateExpression")?.unwrap_or_default().to_string(),
-                expressions: body.write_expressions()?,
+                update: update.unwrap_or_default(),
+                expressions,
                 return_values,
                 return_old_on_failure: body.on_condition_failure()?,
             }))
         }
         Operation::Query => {
-            body.no_legacy(&["KeyConditions", "QueryFilter", "ConditionalOperator"])?;
             body.no_index()?;
             let read = body.read_expressions(true)?;
             if read.key_condition.is_none() {
@@ -218,7 +238,6 @@ pub(crate) fn decode(operation: Operation, body: &[u8], host: &str) -> Result<Ca
             }))
         }
         Operation::Scan => {
-            body.no_legacy(&["ScanFilter", "ConditionalOperator"])?;
             body.no_index()?;
             let segment = body.integer("Segment", "segment", 0, 999_999)?;
             let total_segments = body.integer("TotalSegments", "totalSegments", 1, 1_000_000)?;
@@ -477,7 +496,6 @@ fn batch_get(body: &Body<'_>) -> Result<Vec<TableKeys>, ApiError> {
                 .as_object()
                 .ok_or_else(|| ApiError::serialization(format!("RequestItems.{table} must be an object")))?,
         );
-        entry.no_legacy(&["AttributesToGet"])?;
         let keys = entry
             .array("Keys", "keys")?
             .iter()
@@ -632,15 +650,69 @@ impl Body<'_> {
         }
     }
 
-    /// Refuses the legacy parameters (Expected, AttributeUpdates, KeyConditions, QueryFilter,
-    /// ScanFilter, ConditionalOperator, AttributesToGet) this endpoint does not take yet.
-    fn no_legacy(&self, names: &[&str]) -> Result<(), ApiError> {
-        match names.iter().find(|name| self.get(name).is_some()) {
-            Some(name) => Err(ApiError::validation(format!(
-                "{name} is a legacy parameter Tessera does not take yet; use the expression parameters instead"
-            ))),
-            None => Ok(()),
+    /// The legacy parameters of the request written as expressions (None when it has none):
+    /// the same trees the legacy forms stand for (`tessera_engine::expr::legacy`), as text with
+    /// placeholders of their own, so that they are served and forwarded as any expression is.
+    /// A request with both kinds of parameter is refused, as DynamoDB refuses it.
+    fn legacy(&self) -> Result<Option<Legacy>, ApiError> {
+        let present = |names: &[&'static str]| -> Vec<&'static str> {
+            names.iter().copied().filter(|name| self.get(name).is_some()).collect()
+        };
+        let (old, new) = (present(&LEGACY_PARAMETERS), present(&EXPRESSION_PARAMETERS));
+        if old.is_empty() {
+            return Ok(None);
         }
+        if !new.is_empty() {
+            return Err(ApiError::validation(format!(
+                "Can not use both expression and non-expression parameters in the same request: Non-expression parameters: {{{}}} Expression parameters: {{{}}}",
+                old.join(", "),
+                new.join(", ")
+            )));
+        }
+        let or = match self.string("ConditionalOperator")? {
+            None | Some("AND") => false,
+            Some("OR") => true,
+            Some(other) => {
+                return Err(ApiError::validation(format!(
+                    "1 validation error detected: Value '{other}' at 'conditionalOperator' failed to satisfy constraint: Member must satisfy enum value set: [OR, AND]"
+                )))
+            }
+        };
+        let refused =
+            |error: String| ApiError::validation(format!("One or more parameter values were invalid: {error}"));
+        let invalid = |error: ExprError| ApiError::validation(error.to_string());
+        let mut unparser = Unparser::default();
+        let mut legacy = Legacy::default();
+        if let Some(expected) = self.get("Expected") {
+            let condition = legacy::expected(&expected_from_json(expected).map_err(refused)?, or).map_err(invalid)?;
+            legacy.condition = condition.map(|condition| unparser.condition(&condition));
+        }
+        if let Some(updates) = self.get("AttributeUpdates") {
+            let update =
+                legacy::attribute_updates(&attribute_updates_from_json(updates).map_err(refused)?).map_err(invalid)?;
+            legacy.update = Some(unparser.update(&update));
+        }
+        if let Some(conditions) = self.get("KeyConditions") {
+            let condition =
+                legacy::filter(&legacy_conditions_from_json(conditions).map_err(refused)?, false).map_err(invalid)?;
+            legacy.key_condition = condition.map(|condition| unparser.condition(&condition));
+        }
+        if let Some(filter) = self.get("QueryFilter").or_else(|| self.get("ScanFilter")) {
+            let condition =
+                legacy::filter(&legacy_conditions_from_json(filter).map_err(refused)?, or).map_err(invalid)?;
+            legacy.filter = condition.map(|condition| unparser.condition(&condition));
+        }
+        if let Some(attributes) = self.get("AttributesToGet") {
+            let names: Vec<String> = attributes
+                .as_array()
+                .and_then(|names| names.iter().map(|name| name.as_str().map(str::to_string)).collect())
+                .ok_or_else(|| ApiError::serialization("AttributesToGet must be an array of strings"))?;
+            let paths = legacy::attributes_to_get(&names).map_err(invalid)?;
+            legacy.projection = Some(unparser.projection(&paths));
+        }
+        legacy.names = unparser.names;
+        legacy.values = unparser.values;
+        Ok(Some(legacy))
     }
 
     fn no_index(&self) -> Result<(), ApiError> {
@@ -678,12 +750,19 @@ impl Body<'_> {
             .collect()
     }
 
-    fn write_expressions(&self) -> Result<Expressions, ApiError> {
-        Ok(Expressions {
+    /// A write's ConditionExpression and placeholders, and its UpdateExpression, from the
+    /// expression parameters or the legacy ones.
+    fn write_expressions(&self) -> Result<(Expressions, Option<String>), ApiError> {
+        if let Some(legacy) = self.legacy()? {
+            let expressions = Expressions { condition: legacy.condition, names: legacy.names, values: legacy.values };
+            return Ok((expressions, legacy.update));
+        }
+        let expressions = Expressions {
             condition: self.string("ConditionExpression")?.map(str::to_string),
             names: self.names()?,
             values: self.values()?,
-        })
+        };
+        Ok((expressions, self.string("UpdateExpression")?.map(str::to_string)))
     }
 
     /// PutItem's and DeleteItem's ReturnValues (ALL_OLD or NONE) and
@@ -703,29 +782,31 @@ impl Body<'_> {
         }
     }
 
-    /// A read's expressions; `query` takes a KeyConditionExpression.
+    /// A read's expressions, from the expression parameters or the legacy ones; `query` takes
+    /// a KeyConditionExpression.
     fn read_expressions(&self, query: bool) -> Result<ReadExpressions, ApiError> {
-        let mut names = self.names()?;
-        let mut projection = self.string("ProjectionExpression")?.map(str::to_string);
-        // AttributesToGet is the legacy projection: the same paths, each as a name placeholder.
-        if let Some(attributes) = self.get("AttributesToGet") {
-            if projection.is_some() {
-                return Err(ApiError::validation(
-                    "Can not use both expression and non-expression parameters in the same request: Non-expression parameters: {AttributesToGet} Expression parameters: {ProjectionExpression}",
-                ));
-            }
-            let attributes =
-                attributes.as_array().ok_or_else(|| ApiError::serialization("AttributesToGet must be an array"))?;
-            let mut paths = Vec::new();
-            for (index, attribute) in attributes.iter().enumerate() {
-                let name =
-                    attribute.as_str().ok_or_else(|| ApiError::serialization("AttributesToGet must hold strings"))?;
-                let placeholder = format!("#AttributesToGet{index}");
-                names.push((placeholder.clone(), name.to_string()));
-                paths.push(placeholder);
-            }
-            projection = Some(paths.join(", "));
+        let select = self.select()?;
+        if let Some(legacy) = self.legacy()? {
+            return Ok(ReadExpressions {
+                key_condition: legacy.key_condition.filter(|_| query),
+                filter: legacy.filter,
+                projection: legacy.projection,
+                names: legacy.names,
+                values: legacy.values,
+                select,
+            });
         }
+        Ok(ReadExpressions {
+            key_condition: if query { self.string("KeyConditionExpression")?.map(str::to_string) } else { None },
+            filter: self.string("FilterExpression")?.map(str::to_string),
+            projection: self.string("ProjectionExpression")?.map(str::to_string),
+            names: self.names()?,
+            values: self.values()?,
+            select,
+        })
+    }
+
+    fn select(&self) -> Result<Select, ApiError> {
         let select = match self.string("Select")? {
             None | Some("ALL_ATTRIBUTES") => Select::AllAttributes,
             Some("SPECIFIC_ATTRIBUTES") => Select::SpecificAttributes,
@@ -741,15 +822,20 @@ impl Body<'_> {
                 )))
             }
         };
-        Ok(ReadExpressions {
-            key_condition: if query { self.string("KeyConditionExpression")?.map(str::to_string) } else { None },
-            filter: self.string("FilterExpression")?.map(str::to_string),
-            projection,
-            names,
-            values: self.values()?,
-            select,
-        })
+        Ok(select)
     }
+}
+
+/// A request's legacy parameters, written as expressions with their placeholders.
+#[derive(Default)]
+struct Legacy {
+    condition: Option<String>,
+    update: Option<String>,
+    key_condition: Option<String>,
+    filter: Option<String>,
+    projection: Option<String>,
+    names: Vec<(String, String)>,
+    values: Vec<(String, AttributeValue)>,
 }
 
 #[cfg(test)]
@@ -855,7 +941,34 @@ mod tests {
         else {
             panic!()
         };
-        assert_eq!(read.projection.as_deref(), Some("#AttributesToGet0, #AttributesToGet1"));
+        assert_eq!(read.projection.as_deref(), Some("#n0, #n1"));
+        assert_eq!(read.names, vec![("#n0".to_string(), "a".to_string()), ("#n1".to_string(), "b".to_string())]);
+    }
+
+    #[test]
+    fn legacy_parameters_become_expressions() {
+        let Request::UpdateItem(update) = engine(
+            Operation::UpdateItem,
+            r#"{"TableName":"t","Key":{"pk":{"S":"a"}},"Expected":{"n":{"Value":{"N":"1"}},"gone":{"Exists":false}},
+                "ConditionalOperator":"OR","AttributeUpdates":{"n":{"Action":"ADD","Value":{"N":"2"}},"old":{"Action":"DELETE"}}}"#,
+        ) else {
+            panic!()
+        };
+        assert_eq!(update.expressions.condition.as_deref(), Some("attribute_not_exists(#n0) OR #n1 = :v0"));
+        assert_eq!(update.update, "REMOVE #n2 ADD #n1 :v1");
+        let names: Vec<&str> = update.expressions.names.iter().map(|(_, name)| name.as_str()).collect();
+        assert_eq!(names, ["gone", "n", "old"]);
+        let Request::Query(query) = engine(
+            Operation::Query,
+            r#"{"TableName":"t","KeyConditions":{"pk":{"ComparisonOperator":"EQ","AttributeValueList":[{"S":"a"}]},
+                "sk":{"ComparisonOperator":"BETWEEN","AttributeValueList":[{"N":"1"},{"N":"9"}]}},
+                "QueryFilter":{"x":{"ComparisonOperator":"NOT_NULL"}},"AttributesToGet":["x"]}"#,
+        ) else {
+            panic!()
+        };
+        assert_eq!(query.read.key_condition.as_deref(), Some("#n0 = :v0 AND #n1 BETWEEN :v1 AND :v2"));
+        assert_eq!(query.read.filter.as_deref(), Some("attribute_exists(#n2)"));
+        assert_eq!(query.read.projection.as_deref(), Some("#n2"));
     }
 
     #[test]
@@ -872,7 +985,30 @@ mod tests {
                 "ValidationException",
                 "ALL_OLD or NONE",
             ),
-            (Operation::PutItem, r#"{"TableName":"t","Item":{},"Expected":{}}"#, "ValidationException", "legacy"),
+            (
+                Operation::PutItem,
+                r#"{"TableName":"t","Item":{},"Expected":{"a":{"Exists":false}},"ConditionExpression":"x"}"#,
+                "ValidationException",
+                "Non-expression parameters: {Expected} Expression parameters: {ConditionExpression}",
+            ),
+            (
+                Operation::PutItem,
+                r#"{"TableName":"t","Item":{},"Expected":{"a":{"Exists":true}}}"#,
+                "ValidationException",
+                "no value is provided",
+            ),
+            (
+                Operation::Scan,
+                r#"{"TableName":"t","ScanFilter":{"a":{"ComparisonOperator":"BETWEEN","AttributeValueList":[{"N":"1"}]}}}"#,
+                "ValidationException",
+                "number of argument",
+            ),
+            (
+                Operation::Scan,
+                r#"{"TableName":"t","ScanFilter":{},"ConditionalOperator":"XOR"}"#,
+                "ValidationException",
+                "conditionalOperator",
+            ),
             (Operation::Query, r#"{"TableName":"t"}"#, "ValidationException", "KeyConditionExpression"),
             (
                 Operation::Query,
