@@ -128,12 +128,20 @@ class TableLifecycle(unittest.TestCase):
         self.assertIn("AttributeDefinitions", error.exception.response["Error"]["Message"])
 
 
-class ItemOperations(unittest.TestCase):
+class OrdersTable(unittest.TestCase):
+    """Tests sharing one orders table of their own (named after `prefix`)."""
+
+    prefix = "orders"
+
     @classmethod
     def setUpClass(cls):
         cls.ddb = client()
-        cls.name = fresh_name("items")
+        cls.name = fresh_name(cls.prefix)
         create_orders(cls.ddb, cls.name)
+
+
+class ItemOperations(OrdersTable):
+    prefix = "items"
 
     def key(self, customer, n):
         return {"customer": {"S": customer}, "n": {"N": str(n)}}
@@ -251,12 +259,12 @@ class ItemOperations(unittest.TestCase):
                 self.assertEqual(code(error), "ValidationException")
 
 
-class QueryAndScan(unittest.TestCase):
+class QueryAndScan(OrdersTable):
+    prefix = "reads"
+
     @classmethod
     def setUpClass(cls):
-        cls.ddb = client()
-        cls.name = fresh_name("reads")
-        create_orders(cls.ddb, cls.name)
+        super().setUpClass()
         writes = []
         for customer in ["ada", "bob", "cy"]:
             for n in range(1, 121):

@@ -3,7 +3,7 @@
 //! value a placeholder (`#n0`, `:v0`), so that they travel and are checked as any expression
 //! is. Parsing the text gives the AST back (checked over the expression corpus).
 
-use super::{Comparator, Condition, Operand, Path, PathElement, SetOperand, SetValue, Update};
+use super::{Condition, Operand, Path, PathElement, SetOperand, SetValue, Update};
 use crate::value::AttributeValue;
 
 /// Expression text being written, with the placeholders it defines.
@@ -86,15 +86,7 @@ impl Unparser {
     pub fn condition(&mut self, condition: &Condition) -> String {
         match condition {
             Condition::Compare(left, comparator, right) => {
-                let symbol = match comparator {
-                    Comparator::Eq => "=",
-                    Comparator::Ne => "<>",
-                    Comparator::Lt => "<",
-                    Comparator::Le => "<=",
-                    Comparator::Gt => ">",
-                    Comparator::Ge => ">=",
-                };
-                format!("{} {symbol} {}", self.operand(left), self.operand(right))
+                format!("{} {} {}", self.operand(left), comparator.symbol(), self.operand(right))
             }
             Condition::Between(operand, low, high) => {
                 format!("{} BETWEEN {} AND {}", self.operand(operand), self.operand(low), self.operand(high))
