@@ -27,7 +27,7 @@ use glommio::{LocalExecutorBuilder, Placement};
 use hdrhistogram::Histogram;
 use tessera_engine::{AttributeValue, Item, KeySchema, KeyType, Number};
 use tessera_net::client::{AsyncClient, Client, ClientConfig, ClientError, ClusterPool, ItemBuilder};
-use tessera_wire::{Expressions, ReadExpressions, Request, ReturnValues, Scan, TableKeys, Write};
+use tessera_wire::{Expressions, Query, ReadExpressions, Request, ReturnValues, Scan, SortCondition, TableKeys, Write};
 
 use keys::{KeyChooser, Random};
 use report::{ErrorKind, Report, Summary};
@@ -171,9 +171,13 @@ fn parse() -> Result<Settings, String> {
         (None, _) => None,
     };
     if let Some((peer, _)) = &peer {
-        let unsupported = [Op::Update, Op::Delete, Op::ReadModifyWrite, Op::Scan, Op::BatchGet, Op::BatchWrite];
+        let unsupported =
+            [Op::Update, Op::Delete, Op::ReadModifyWrite, Op::Scan, Op::Query, Op::BatchGet, Op::BatchWrite];
         if let Some(op) = unsupported.iter().find(|&&op| workload.mix.weight(op) > 0) {
             return Err(format!("a peer ({peer:?}) runs get and put (and insert) only, not {}", op.name()));
+        }
+        if workload.table.items_per_key > 1 {
+            return Err(format!("a peer ({peer:?}) stores one item a key: table.items_per_key must be 1"));
         }
         if flag("--create") && *peer != Peer::DynamoDb {
             return Err("--create makes a table; this peer has none".into());
@@ -237,7 +241,12 @@ fn flags_workload(args: &[String]) -> Result<Workload, String> {
     let writes = 1_000_000 - gets;
     let updates = args.iter().any(|arg| arg == "--updates");
     let workload = Workload {
-        table: TableSpec { name: "load".into(), keys: number("--keys", 1_000_000.0)? as u64, partitions: 8 },
+        table: TableSpec {
+            name: "load".into(),
+            keys: number("--keys", 1_000_000.0)? as u64,
+            partitions: 8,
+            items_per_key: 1,
+        },
         keys: KeySpec::Uniform,
         items: ItemSpec { min_bytes: value_bytes, max_bytes: value_bytes },
         mix: Mix {
@@ -260,8 +269,26 @@ fn key(index: u64) -> String {
     format!("key-{index:010}")
 }
 
-fn item(index: u64, value_bytes: usize) -> Item {
-    ItemBuilder::new().s("id", key(index)).b("data", vec![(index % 251) as u8; value_bytes]).build()
+/// The primary key of item `index`: its partition key, and with several items a key its
+/// sort key (`TableSpec::items_per_key`).
+fn item_key(table: &TableSpec, index: u64) -> ItemBuilder {
+    let per_key = u64::from(table.items_per_key);
+    if per_key == 1 {
+        return ItemBuilder::new().s("id", key(index));
+    }
+    ItemBuilder::new().s("id", key(index / per_key)).n("n", (index % per_key) as i64)
+}
+
+fn item(table: &TableSpec, index: u64, value_bytes: usize) -> Item {
+    item_key(table, index).b("data", vec![(index % 251) as u8; value_bytes]).build()
+}
+
+/// The table's key schema: `id`, and `n` when its partition keys hold several items.
+fn key_schema(table: &TableSpec) -> KeySchema {
+    match table.items_per_key {
+        1 => KeySchema::hash_only("id", KeyType::S),
+        _ => KeySchema::composite(("id", KeyType::S), ("n", KeyType::N)),
+    }
 }
 
 /// Ends the run with a one-line error (from any thread).
@@ -354,7 +381,7 @@ async fn prefill(settings: Settings, thread: usize) {
                     }
                     next.set(index + settings.threads as u64);
                     let bytes = item_bytes(&settings.workload.items, &mut random);
-                    if let Err(error) = call(&pool, &settings.workload.table.name, Op::Put, index, bytes, 1).await {
+                    if let Err(error) = call(&pool, &settings.workload.table, Op::Put, index, bytes, 1).await {
                         fail(format!("prefill: {error}"));
                     }
                 }
@@ -416,6 +443,7 @@ impl Chooser {
         let size = match op {
             // A scan's length, 1 to the mix's most.
             Op::Scan => 1 + self.random.below(u64::from(workload.mix.scan_items_max)) as usize,
+            Op::Query => 1 + self.random.below(u64::from(workload.mix.query_items_max)) as usize,
             _ => item_bytes(&workload.items, &mut self.random),
         };
         (op, index, size)
@@ -424,7 +452,7 @@ impl Chooser {
 
 async fn run(settings: Settings, thread: usize, progress: Arc<Progress>) -> Report {
     let pool = target(&settings).await;
-    let (table, batch) = (settings.workload.table.name.clone(), settings.workload.mix.batch_items);
+    let (table, batch) = (settings.workload.table.clone(), settings.workload.mix.batch_items);
     let server = move |op, index, bytes| {
         let (pool, table) = (pool.clone(), table.clone());
         // Each call goes to a connection on the core owning the key's partition.
@@ -497,7 +525,15 @@ fn count(progress: &Progress, result: &Result<(), ClientError>) {
 
 /// One call of the workload on key `index` (`bytes`: the size of what a write stores).
 /// (`batch`: the keys of a batch operation).
-async fn call(target: &Target, table: &str, op: Op, index: u64, bytes: usize, batch: u32) -> Result<(), ClientError> {
+async fn call(
+    target: &Target,
+    spec: &TableSpec,
+    op: Op,
+    index: u64,
+    bytes: usize,
+    batch: u32,
+) -> Result<(), ClientError> {
+    let table = spec.name.as_str();
     let pool = match target {
         Target::Tessera(pool) => pool,
         Target::Peer(peer, connections, next) => {
@@ -519,7 +555,7 @@ async fn call(target: &Target, table: &str, op: Op, index: u64, bytes: usize, ba
             return answer.map_err(ClientError::Protocol);
         }
     };
-    let key = ItemBuilder::new().s("id", key(index)).build();
+    let key = item_key(spec, index).build();
     let get = |consistent_read: bool| {
         let request = Request::GetItem {
             table: table.into(),
@@ -529,7 +565,7 @@ async fn call(target: &Target, table: &str, op: Op, index: u64, bytes: usize, ba
         };
         async move |client: &AsyncClient| client.call(&request).await.map(drop)
     };
-    let put = async |client: &AsyncClient| client.put_item(table, item(index, bytes)).await;
+    let put = async |client: &AsyncClient| client.put_item(table, item(spec, index, bytes)).await;
     match op {
         Op::Get => pool.call(table, &key, get(true)).await,
         Op::GetEventual => pool.call(table, &key, get(false)).await,
@@ -566,12 +602,28 @@ async fn call(target: &Target, table: &str, op: Op, index: u64, bytes: usize, ba
             };
             pool.call(table, &key, async |client: &AsyncClient| client.scan(scan.clone()).await.map(drop)).await
         }
+        // `bytes` stands for the query's length: the chosen item and those after it under its
+        // partition key.
+        Op::Query => {
+            let per_key = u64::from(spec.items_per_key);
+            let query = Query {
+                table: table.into(),
+                partition_key: AttributeValue::S(self::key(index / per_key)),
+                sort: Some(SortCondition::Ge(AttributeValue::N(Number::from((index % per_key) as i64)))),
+                backward: false,
+                limit: bytes as u32,
+                exclusive_start_key: None,
+                consistent_read: false,
+                read: ReadExpressions::default(),
+            };
+            pool.call(table, &key, async |client: &AsyncClient| client.query(query.clone()).await.map(drop)).await
+        }
         // `bytes` is each item's size; the batch's keys follow the chosen one.
         Op::BatchGet | Op::BatchWrite => {
             let indexes = index..index + u64::from(batch);
             let batch = async |client: &AsyncClient| {
                 if op == Op::BatchGet {
-                    let keys = indexes.clone().map(|index| ItemBuilder::new().s("id", self::key(index)).build());
+                    let keys = indexes.clone().map(|index| item_key(spec, index).build());
                     let tables = vec![TableKeys {
                         table: table.into(),
                         keys: keys.collect(),
@@ -581,7 +633,7 @@ async fn call(target: &Target, table: &str, op: Op, index: u64, bytes: usize, ba
                     client.batch_get_item(tables).await.map(drop)
                 } else {
                     let writes =
-                        indexes.clone().map(|index| Write::Put { table: table.into(), item: item(index, bytes) });
+                        indexes.clone().map(|index| Write::Put { table: table.into(), item: item(spec, index, bytes) });
                     client.batch_write_item(writes.collect()).await.map(drop)
                 }
             };
@@ -607,7 +659,7 @@ async fn run_closed(settings: Settings, thread: usize, concurrency: usize, progr
                 while Instant::now() < deadline {
                     let (op, index, bytes) = chooser.borrow_mut().choose(&settings.workload, None);
                     let issued = Instant::now();
-                    let (table, batch) = (&settings.workload.table.name, settings.workload.mix.batch_items);
+                    let (table, batch) = (&settings.workload.table, settings.workload.mix.batch_items);
                     let result = call(&pool, table, op, index, bytes, batch).await;
                     let micros = issued.elapsed().as_micros() as u64;
                     if issued < measured_from {
@@ -737,7 +789,7 @@ fn main() {
         let mut client = Client::connect(settings.endpoint)
             .unwrap_or_else(|error| fail(format!("cannot connect to {}: {error}", settings.endpoint)));
         client
-            .create_table(&table, KeySchema::hash_only("id", KeyType::S), partitions)
+            .create_table(&table, key_schema(&settings.workload.table), partitions)
             .unwrap_or_else(|error| fail(format!("cannot create table {table}: {error}")));
         // In a cluster each node learns of the table as it applies the catalog's entry.
         for &node in &settings.nodes {
@@ -813,7 +865,7 @@ mod tests {
 
     fn settings(rate: f64, seconds: f64) -> Settings {
         let workload = Workload {
-            table: TableSpec { name: "t".into(), keys: 1000, partitions: 1 },
+            table: TableSpec { name: "t".into(), keys: 1000, partitions: 1, items_per_key: 1 },
             keys: KeySpec::Uniform,
             items: ItemSpec::default(),
             mix: Mix { get: 1, ..Mix::default() },

@@ -57,10 +57,19 @@ pub struct TableSpec {
     pub keys: u64,
     #[serde(default = "default_partitions")]
     pub partitions: u32,
+    /// Items sharing each partition key: above 1 the table has a sort key `n` (a number),
+    /// and key `i` is the item (`id` of `i / items_per_key`, `n` of `i % items_per_key`), so a
+    /// Query reads a run of a partition's items. 1: a partition key only.
+    #[serde(default = "default_items_per_key")]
+    pub items_per_key: u32,
 }
 
 fn default_partitions() -> u32 {
     8
+}
+
+fn default_items_per_key() -> u32 {
+    1
 }
 
 /// How a call picks its key.
@@ -123,6 +132,12 @@ pub struct Mix {
     pub scan: u32,
     #[serde(default = "default_scan_items_max")]
     pub scan_items_max: u32,
+    /// A Query of the chosen item's partition key from its sort key on, of 1 to
+    /// `query_items_max` items (a table with `items_per_key` above 1).
+    #[serde(default)]
+    pub query: u32,
+    #[serde(default = "default_query_items_max")]
+    pub query_items_max: u32,
     /// BatchGetItem and BatchWriteItem (puts) of `batch_items` keys: the chosen one and those
     /// after it in the key space.
     #[serde(default)]
@@ -141,6 +156,10 @@ fn default_scan_items_max() -> u32 {
     100
 }
 
+fn default_query_items_max() -> u32 {
+    10
+}
+
 /// An operation of the mix.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Op {
@@ -152,12 +171,13 @@ pub enum Op {
     Insert,
     ReadModifyWrite,
     Scan,
+    Query,
     BatchGet,
     BatchWrite,
 }
 
 impl Op {
-    pub const ALL: [Op; 10] = [
+    pub const ALL: [Op; 11] = [
         Op::Get,
         Op::GetEventual,
         Op::Put,
@@ -166,6 +186,7 @@ impl Op {
         Op::Insert,
         Op::ReadModifyWrite,
         Op::Scan,
+        Op::Query,
         Op::BatchGet,
         Op::BatchWrite,
     ];
@@ -180,6 +201,7 @@ impl Op {
             Op::Insert => "insert",
             Op::ReadModifyWrite => "read_modify_write",
             Op::Scan => "scan",
+            Op::Query => "query",
             Op::BatchGet => "batch_get",
             Op::BatchWrite => "batch_write",
         }
@@ -198,6 +220,8 @@ impl Default for Mix {
             read_modify_write: 0,
             scan: 0,
             scan_items_max: default_scan_items_max(),
+            query: 0,
+            query_items_max: default_query_items_max(),
             batch_get: 0,
             batch_write: 0,
             batch_items: default_batch_items(),
@@ -216,6 +240,7 @@ impl Mix {
             Op::Insert => self.insert,
             Op::ReadModifyWrite => self.read_modify_write,
             Op::Scan => self.scan,
+            Op::Query => self.query,
             Op::BatchGet => self.batch_get,
             Op::BatchWrite => self.batch_write,
         }
@@ -335,8 +360,16 @@ impl Workload {
                 "items: min_bytes must not exceed max_bytes, nor max_bytes 350000 (items are under 400 KB)".into()
             );
         }
-        if self.mix.scan_items_max == 0 {
-            return Err("mix.scan_items_max must be at least 1".into());
+        if self.mix.scan_items_max == 0 || self.mix.query_items_max == 0 {
+            return Err("mix.scan_items_max and mix.query_items_max must be at least 1".into());
+        }
+        if self.table.items_per_key == 0 {
+            return Err("table.items_per_key must be at least 1".into());
+        }
+        if self.mix.query > 0 && self.table.items_per_key == 1 {
+            return Err(
+                "mix.query needs a table whose partition keys hold several items (table.items_per_key above 1)".into(),
+            );
         }
         if !(1..=25).contains(&self.mix.batch_items) {
             return Err("mix.batch_items must be 1 to 25 (BatchWriteItem's limit)".into());
@@ -425,6 +458,9 @@ mod tests {
             (good.to_string() + "[keys]\ndistribution = \"zipfian\"\ntheta = 1.5\n", "keys.theta"),
             (good.to_string() + "[keys]\ndistribution = \"pareto\"\n", "unknown variant `pareto`"),
             (good.replace("rate = 10", "rate = 10\nhot = { keys = 1000, share = 0.5 }"), "hot.keys"),
+            (good.replace("get = 1", "query = 1"), "table.items_per_key above 1"),
+            (good.replace("keys = 100", "keys = 100\nitems_per_key = 0"), "items_per_key must be at least 1"),
+            (good.replace("get = 1", "get = 1\nquery_items_max = 0"), "query_items_max"),
             (good.to_string() + "[items]\nmin_bytes = 10\nmax_bytes = 5\n", "min_bytes"),
             (good.replace("get = 1", "get = 1\nbatch_items = 26"), "batch_items"),
         ];
