@@ -76,7 +76,7 @@ pub struct Server {
 /// half-closed hold the port against it for a while, though nothing listens.) A server killed
 /// a moment ago still listens until the kernel has torn down its io_uring rings, so a
 /// listener is waited on for a few seconds before it counts as another server.
-fn check_unused(address: SocketAddr) -> Result<(), String> {
+pub(crate) fn check_unused(address: SocketAddr) -> Result<(), String> {
     if address.port() == 0 {
         return Ok(());
     }

@@ -25,8 +25,11 @@ mod common;
 const BINARY: &str = env!("CARGO_BIN_EXE_tessera");
 const TABLE: &str = "orders";
 
-fn free_address() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+/// `count` loopback addresses with ports free now, all different (the listeners found them
+/// are held until every one is found: ports released one by one could come back twice).
+fn free_addresses(count: usize) -> Vec<SocketAddr> {
+    let listeners: Vec<_> = (0..count).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+    listeners.iter().map(|listener| listener.local_addr().unwrap()).collect()
 }
 
 struct Cluster {
@@ -62,11 +65,12 @@ impl Cluster {
         let _ = std::fs::remove_dir_all(&root);
         std::fs::create_dir_all(&root).unwrap();
         let count = 3 + spares;
-        let clients: BTreeMap<u32, SocketAddr> = (1..=count).map(|id| (id, free_address())).collect();
-        let https: BTreeMap<u32, SocketAddr> = (1..=count).map(|id| (id, free_address())).collect();
+        let mut addresses = free_addresses(3 * count as usize).into_iter();
+        let mut take = || (1..=count).map(|id| (id, addresses.next().unwrap())).collect::<BTreeMap<u32, SocketAddr>>();
+        let (clients, https, peers) = (take(), take(), take());
         let lines: Vec<String> = clients
             .iter()
-            .map(|(&id, client)| format!("{id} {client} {}{}", free_address(), if id > 3 { " spare" } else { "" }))
+            .map(|(&id, client)| format!("{id} {client} {}{}", peers[&id], if id > 3 { " spare" } else { "" }))
             .collect();
         let file = root.join("cluster");
         std::fs::write(&file, lines.join("\n")).unwrap();
