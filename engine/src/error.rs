@@ -30,6 +30,9 @@ pub enum Error {
     /// A replicated write's outcome is unknown: its replica lost leadership, or no quorum
     /// answered in time. It may or may not have taken effect.
     Unavailable(String),
+    /// A write refused before it was proposed, because writes arrive faster than they are
+    /// applied (DynamoDB's `ThrottlingException`): it did not take effect, and may be retried.
+    Throttled(String),
 }
 
 impl Error {
@@ -61,6 +64,7 @@ impl fmt::Display for Error {
             Error::NotLeader { leader: Some(leader), .. } => write!(f, "not the leader; replica {leader} leads"),
             Error::NotLeader { leader: None, .. } => write!(f, "not the leader, and no leader is known"),
             Error::Unavailable(reason) => write!(f, "unavailable: {reason}"),
+            Error::Throttled(reason) => write!(f, "throttled: {reason}"),
         }
     }
 }

@@ -743,6 +743,12 @@ impl Store {
         }
     }
 
+    /// Replicated mode: chosen entries queued for the tree and not applied yet, which a strong
+    /// read here waits behind.
+    pub fn apply_backlog(&self) -> u64 {
+        self.inner.last_ticket.get().saturating_sub(self.inner.applied.get())
+    }
+
     /// Resolves once the record `lsn` is durable (committed). Applies run behind commits; if
     /// they fall more than `APPLY_LAG_MAX` records behind, this also waits for them, so the
     /// queue of committed but unapplied records stays bounded.

@@ -182,6 +182,7 @@ fn engine_error(error: Error) -> WireError {
             wire
         }
         Error::Unavailable(reason) => WireError::new(ErrorCode::ServiceUnavailable, reason),
+        Error::Throttled(reason) => WireError::new(ErrorCode::ThrottlingException, reason),
         other => WireError::new(ErrorCode::InternalServerError, other.to_string()),
     }
 }

@@ -88,7 +88,13 @@ impl Node {
                         })
                         .collect();
                     // A short log: a replica down for a few hundred writes needs a snapshot.
-                    let cluster = Cluster { node: id, nodes, paxos: paxos_config(), log_retain: 200 };
+                    let cluster = Cluster {
+                        node: id,
+                        nodes,
+                        paxos: paxos_config(),
+                        log_retain: 200,
+                        apply_backlog_max: tessera_net::APPLY_BACKLOG_DEFAULT,
+                    };
                     let log = ReplicatedLog::start(store, &cluster, 0).expect("log starts");
                     // As the server does for a table's partitions once its catalog names them:
                     // the group starts on the cluster's nodes.

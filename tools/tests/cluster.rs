@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use tessera_engine::paxos::Member;
 use tessera_engine::{Item, KeySchema, KeyType};
-use tessera_net::client::{Client, ClientError, ItemBuilder};
+use tessera_net::client::{Client, ClientConfig, ClientError, ItemBuilder};
 use tessera_wire::{ErrorCode, ReadExpressions, Request, Response};
 
 use common::{exchange, post};
@@ -426,6 +426,52 @@ fn dynamodb_requests_over_http_are_served_at_every_node() {
             serde_json::json!({ "TableName": TABLE, "Select": "COUNT", "ConsistentRead": true }),
         );
         assert_eq!((status, body["Count"].as_u64()), (200, Some(60)), "{body}");
+    }
+}
+
+#[test]
+fn writes_past_what_the_replicas_apply_are_throttled_and_never_half_done() {
+    // With no backlog allowed, a write proposed while chosen entries wait for the tree is
+    // refused with ThrottlingException: it never took effect, and every write acknowledged is
+    // there.
+    let cluster = Cluster::start_with("throttle", &["--apply-backlog", "0"]);
+    cluster.client(1).create_table(TABLE, KeySchema::hash_only("id", KeyType::S), 2).unwrap();
+    cluster.wait_for_table();
+    let (acknowledged, throttled) = (Arc::new(Mutex::new(Vec::new())), Arc::new(Mutex::new(Vec::new())));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let writers: Vec<_> = (0..12u64)
+        .map(|writer| {
+            let address = cluster.clients[&(writer as u32 % 3 + 1)];
+            let (acknowledged, throttled) = (acknowledged.clone(), throttled.clone());
+            std::thread::spawn(move || {
+                // One attempt a write: a throttled write is seen as such, not retried.
+                let config = ClientConfig { attempts: 1, ..ClientConfig::default() };
+                let mut client = Client::connect_with(address, config).unwrap();
+                for n in (0..).map(|i| writer * 100_000 + i) {
+                    if Instant::now() > deadline || (n % 100_000 >= 200 && !throttled.lock().unwrap().is_empty()) {
+                        return;
+                    }
+                    match client.put_item(TABLE, item(n)) {
+                        Ok(_) => acknowledged.lock().unwrap().push(n),
+                        Err(ClientError::Service(error)) if error.code == ErrorCode::ThrottlingException => {
+                            assert!(error.retryable, "{error}");
+                            throttled.lock().unwrap().push(n);
+                        }
+                        Err(error) => panic!("k{n}: {error}"),
+                    }
+                }
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.join().unwrap();
+    }
+    let (acknowledged, throttled) = (acknowledged.lock().unwrap().clone(), throttled.lock().unwrap().clone());
+    assert!(!throttled.is_empty(), "no write was throttled among {}", acknowledged.len());
+    all_readable(&cluster, 2, &acknowledged);
+    let mut client = cluster.client(3);
+    for n in throttled {
+        assert_eq!(client.get_item(TABLE, key(n)).unwrap(), None, "throttled k{n} took effect");
     }
 }
 
