@@ -68,6 +68,10 @@ const USAGE: &str =
   --cluster A,B,C  the nodes of a cluster (the first is --endpoint's default): connections to
                every node, each call sent to its partition's leader, learned from NotLeader
   --quiet      no progress line each second (on standard error)
+  --outstanding-max N  calls a generator thread keeps waiting for answers at most (default
+               20000): a call due beyond that is not sent and counts as shed, so that an
+               overloaded server does not also swamp the generator, which keeps offering load
+               and measuring what is served
   --redis ADDR drive Redis instead (the peer comparison): gets are GET, puts and inserts SET
                of a value as large as the item, on --connections pipelined connections
   --etcd A,B,C drive etcd's members instead, through its v3 JSON gateway: gets are
@@ -102,6 +106,8 @@ struct Settings {
     peer: Option<(Peer, Vec<SocketAddr>)>,
     /// `--max-rate`: the p99 bound, in ms, and each probe's seconds.
     max_rate: Option<(f64, f64)>,
+    /// Open loop: calls a thread has waiting at most; a call due beyond it is shed.
+    outstanding_max: u64,
 }
 
 impl Settings {
@@ -211,6 +217,7 @@ fn parse() -> Result<Settings, String> {
             )),
         },
         quiet: flag("--quiet"),
+        outstanding_max: number(value("--outstanding-max"), "--outstanding-max", 20_000)?.max(1),
     })
 }
 
@@ -381,8 +388,13 @@ async fn prefill(settings: Settings, thread: usize) {
                     }
                     next.set(index + settings.threads as u64);
                     let bytes = item_bytes(&settings.workload.items, &mut random);
-                    if let Err(error) = call(&pool, &settings.workload.table, Op::Put, index, bytes, 1).await {
-                        fail(format!("prefill: {error}"));
+                    // A bulk load goes as fast as the servers admit: a throttled write (after
+                    // the client's own retries) is tried again after a pause.
+                    while let Err(error) = call(&pool, &settings.workload.table, Op::Put, index, bytes, 1).await {
+                        if ErrorKind::of(&error) != ErrorKind::Throttled {
+                            fail(format!("prefill: {error}"));
+                        }
+                        glommio::timer::sleep(Duration::from_millis(50)).await;
                     }
                 }
             })
@@ -497,6 +509,14 @@ async fn open_loop<F: Future<Output = Result<(), ClientError>> + 'static>(
             report.borrow_mut().due(second);
         }
         let (op, index, bytes) = chooser.choose(&settings.workload, Some(&phases[phase]));
+        next = schedule.next();
+        if outstanding.get() >= settings.outstanding_max {
+            if recorded {
+                progress.errors.fetch_add(1, Ordering::Relaxed);
+                report.borrow_mut().record(second, op, 0, Err(ErrorKind::Shed));
+            }
+            continue;
+        }
         let (report, progress, outstanding) = (report.clone(), progress.clone(), outstanding.clone());
         let answer = server(op, index, bytes);
         outstanding.set(outstanding.get() + 1);
@@ -510,7 +530,6 @@ async fn open_loop<F: Future<Output = Result<(), ClientError>> + 'static>(
             }
         })
         .detach();
-        next = schedule.next();
     }
     while outstanding.get() > 0 {
         glommio::timer::sleep(Duration::from_millis(1)).await;
@@ -887,6 +906,7 @@ mod tests {
             quiet: true,
             peer: None,
             max_rate: None,
+            outstanding_max: 20_000,
         }
     }
 
@@ -918,11 +938,18 @@ mod tests {
     fn run_against<F: Future<Output = Result<(), ClientError>> + 'static>(
         server: impl Fn(Instant) -> F + Send + 'static,
     ) -> Report {
+        run_with(settings(1000.0, 2.0), server)
+    }
+
+    fn run_with<F: Future<Output = Result<(), ClientError>> + 'static>(
+        settings: Settings,
+        server: impl Fn(Instant) -> F + Send + 'static,
+    ) -> Report {
         glommio::LocalExecutorBuilder::new(Placement::Unbound)
             .io_memory(1 << 20)
             .spawn(|| async move {
                 let start = Instant::now();
-                open_loop(&settings(1000.0, 2.0), 0, progress(), move |_, _, _| server(start)).await
+                open_loop(&settings, 0, progress(), move |_, _, _| server(start)).await
             })
             .unwrap()
             .join()
@@ -931,6 +958,22 @@ mod tests {
 
     fn ms(report: &Report, quantile: f64) -> f64 {
         report.all().value_at_quantile(quantile) as f64 / 1000.0
+    }
+
+    /// A server that answers nothing for a second holds `outstanding_max` calls; the calls
+    /// due beyond them are shed (counted, not sent), and the schedule goes on.
+    #[test]
+    fn calls_beyond_the_outstanding_bound_are_shed_and_counted() {
+        let settings = Settings { outstanding_max: 100, ..settings(1000.0, 2.0) };
+        let report = run_with(settings, |start| async move {
+            let until = start + Duration::from_secs(1);
+            glommio::timer::sleep(until.saturating_duration_since(Instant::now())).await;
+            Ok(())
+        });
+        let shed = report.errors.get(&ErrorKind::Shed).copied().unwrap_or(0);
+        // The first second: 100 held, ~900 shed; the second: answered at once.
+        assert!((850..=950).contains(&shed), "{shed} shed");
+        assert_eq!(report.all().len() + shed, report.due, "every due call answered or shed");
     }
 
     /// Coordinated omission is corrected. A server that stalls for half a second answers the

@@ -32,6 +32,9 @@ pub enum ErrorKind {
     Timeout,
     /// A condition did not hold (an update of an item that was deleted meanwhile).
     ConditionalFailed,
+    /// Not sent: the generator already had `--outstanding-max` calls waiting (a client with a
+    /// bounded number of calls in progress gives up on the rest).
+    Shed,
     Other,
 }
 

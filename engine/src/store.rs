@@ -31,6 +31,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
+use std::time::{Duration, Instant};
 
 use crate::btree::page::{self, Kind, PageId, PAGE_SIZE};
 use crate::btree::{freelist_entries, Durable, Sealed, Tree, TreeError, TreeResult, CACHE_PAGES_MIN, FIRST_DATA_PAGE};
@@ -104,6 +105,8 @@ struct Queued {
     work: Work,
     /// The proposer will take the outcome (`Store::outcome`); otherwise it is dropped.
     want_outcome: bool,
+    /// When it was queued (how long applies lag behind, `Store::apply_delay`).
+    queued_at: Instant,
 }
 
 /// What the applier does with a queued record.
@@ -547,6 +550,7 @@ impl Store {
             slot,
             work: Work::Command(command),
             want_outcome,
+            queued_at: Instant::now(),
         });
         self.inner.work.notify();
         Ok(lsn)
@@ -597,7 +601,8 @@ impl Store {
         }
         let ticket = self.inner.last_ticket.get() + 1;
         self.inner.last_ticket.set(ticket);
-        self.inner.queue.borrow_mut().push_back(Queued { lsn: ticket, partition, slot, work, want_outcome });
+        let queued_at = Instant::now();
+        self.inner.queue.borrow_mut().push_back(Queued { lsn: ticket, partition, slot, work, want_outcome, queued_at });
         self.inner.work.notify();
         Ok(ticket)
     }
@@ -743,10 +748,10 @@ impl Store {
         }
     }
 
-    /// Replicated mode: chosen entries queued for the tree and not applied yet, which a strong
-    /// read here waits behind.
-    pub fn apply_backlog(&self) -> u64 {
-        self.inner.last_ticket.get().saturating_sub(self.inner.applied.get())
+    /// How long the oldest record waiting for the tree has waited (zero when none waits): what
+    /// a strong read here waits behind, at least.
+    pub fn apply_delay(&self) -> Duration {
+        self.inner.queue.borrow().front().map_or(Duration::ZERO, |queued| queued.queued_at.elapsed())
     }
 
     /// Resolves once the record `lsn` is durable (committed). Applies run behind commits; if

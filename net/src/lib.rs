@@ -14,6 +14,6 @@ mod shard;
 
 pub use catalog::PARTITIONS_MAX;
 pub use http::{Auth, HttpConfig};
-pub use replicated::{Cluster, ClusterNode, SnapshotStats, APPLY_BACKLOG_DEFAULT, LOG_RETAIN_DEFAULT};
+pub use replicated::{Cluster, ClusterNode, SnapshotStats, APPLY_DELAY_DEFAULT, LOG_RETAIN_DEFAULT};
 pub use server::{Server, ServerConfig};
 pub use shard::{BATCH_GET_MAX, BATCH_WRITE_MAX, PAGE_BYTES_MAX};

@@ -42,10 +42,10 @@ const TICK: Duration = Duration::from_millis(5);
 const COMPACT_EVERY_TICKS: u64 = 200;
 /// Entries a leader keeps for a full replica that has not checkpointed them, by default.
 pub const LOG_RETAIN_DEFAULT: u64 = 50_000;
-/// Chosen entries a core may have waiting for its tree before its leaders refuse new writes
+/// How long chosen entries may wait for a core's tree before its leaders refuse new writes
 /// (ThrottlingException), by default: past what its applier keeps up with, a replicated node
 /// sheds writes rather than let the queue, and every strong read behind it, grow without end.
-pub const APPLY_BACKLOG_DEFAULT: u64 = 4096;
+pub const APPLY_DELAY_DEFAULT: Duration = Duration::from_millis(100);
 
 /// A cluster as one node sees it: every node's addresses, and the Multi-Paxos settings all
 /// share. Every partition starts with a replica on every node that is not a spare (groups of
@@ -59,8 +59,8 @@ pub struct Cluster {
     /// Entries a leader keeps for a full replica that has not checkpointed them; one that
     /// lags further (down, or its data lost) gets a snapshot instead.
     pub log_retain: u64,
-    /// Chosen entries waiting for a core's tree beyond which its leaders throttle writes.
-    pub apply_backlog_max: u64,
+    /// How long chosen entries may wait for a core's tree before its leaders throttle writes.
+    pub apply_delay_max: Duration,
 }
 
 /// Where a node takes clients' requests, its replication peers (core `k` on `peer`'s port
@@ -157,7 +157,7 @@ pub struct ReplicatedLog {
     me: RefCell<Weak<ReplicatedLog>>,
     ticks: Cell<u64>,
     log_retain: u64,
-    apply_backlog_max: u64,
+    apply_delay_max: Duration,
     snapshots: snapshot::Snapshots,
     /// Partitions of deleted tables: their replicas are stopped and their messages ignored.
     retired: RefCell<std::collections::BTreeSet<PartitionId>>,
@@ -208,7 +208,7 @@ impl ReplicatedLog {
             me: RefCell::new(Weak::new()),
             ticks: Cell::new(0),
             log_retain: cluster.log_retain,
-            apply_backlog_max: cluster.apply_backlog_max,
+            apply_delay_max: cluster.apply_delay_max,
             snapshots: snapshot::Snapshots::default(),
             retired: RefCell::default(),
             held: RefCell::default(),
@@ -642,10 +642,11 @@ impl ReplicatedLog {
         // Admission: a write proposed now would wait behind more than the core's applier
         // keeps up with (and every strong read after it too). Refused before it is in the
         // log, it has not taken effect: the client may retry it.
-        let backlog = self.store.apply_backlog();
-        if backlog > self.apply_backlog_max {
+        let delay = self.store.apply_delay();
+        if delay > self.apply_delay_max {
             return Err(Error::Throttled(format!(
-                "writes arrive faster than this partition's replicas apply them ({backlog} chosen entries wait on its core); retry after a pause"
+                "writes arrive faster than this partition's replicas apply them (chosen entries have waited {} ms on its core); retry after a pause",
+                delay.as_millis()
             )));
         }
         let id = self.next_command.get();

@@ -93,7 +93,7 @@ impl Node {
                         nodes,
                         paxos: paxos_config(),
                         log_retain: 200,
-                        apply_backlog_max: tessera_net::APPLY_BACKLOG_DEFAULT,
+                        apply_delay_max: tessera_net::APPLY_DELAY_DEFAULT,
                     };
                     let log = ReplicatedLog::start(store, &cluster, 0).expect("log starts");
                     // As the server does for a table's partitions once its catalog names them:

@@ -15,7 +15,7 @@ use tessera_engine::{AttributeValue, KeyAttribute, KeySchema, KeyType, StoreConf
 use tessera_net::client::Client;
 use tessera_net::json::{consumed_capacity_to_json, item_from_text, item_to_json, value_from_json};
 use tessera_net::{
-    Auth, Cluster, ClusterNode, HttpConfig, Server, ServerConfig, APPLY_BACKLOG_DEFAULT, LOG_RETAIN_DEFAULT,
+    Auth, Cluster, ClusterNode, HttpConfig, Server, ServerConfig, APPLY_DELAY_DEFAULT, LOG_RETAIN_DEFAULT,
 };
 use tessera_wire::{
     Expressions, Query, ReadExpressions, Request, Response, ReturnConsumedCapacity, ReturnValues, Scan, Select,
@@ -30,15 +30,15 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const USAGE: &str = "usage: tessera COMMAND
   serve [--data-dir DIR] [--listen ADDR] [--cores N] [--first-cpu C|none] [--cache-mib N]
-        [--node-id N --cluster FILE [--log-retain ENTRIES] [--apply-backlog ENTRIES]]
+        [--node-id N --cluster FILE [--log-retain ENTRIES] [--apply-delay-ms MS]]
         run a node (defaults: ./data, 127.0.0.1:7400, every core pinned from CPU 0, or not
         pinned with --first-cpu none, 256 MiB of cache per core);
         with --node-id and --cluster, a member of a cluster (FILE: one node a line,
         ID CLIENT_ADDRESS PEER_ADDRESS [ZONE] [spare]; every node must run the same --cores); a leader
         keeps up to ENTRIES (default 50000) log entries for a replica that has not
-        checkpointed them, and sends one that lags further a snapshot; a core whose replicas
-        have more than --apply-backlog (default 4096) chosen entries waiting to be applied
-        refuses new writes with ThrottlingException (retryable) until its applier catches up
+        checkpointed them, and sends one that lags further a snapshot; a core whose chosen
+        entries have waited more than MS (default 100) to be applied refuses new writes with
+        ThrottlingException (retryable) until its applier catches up
         [--http-listen ADDR|none] [--auth none|sigv4] [--keys FILE]
         DynamoDB's HTTP API (default 127.0.0.1:8000) for the AWS SDKs and CLI: with --auth
         sigv4 every request's Signature Version 4 is checked against FILE's keys (one
@@ -158,7 +158,8 @@ fn serve(args: &[String]) -> Result<(), String> {
             (None, None) => None,
             (Some(node), Some(file)) => Some(Cluster {
                 log_retain: number_flag(args, "--log-retain")?.unwrap_or(LOG_RETAIN_DEFAULT),
-                apply_backlog_max: number_flag(args, "--apply-backlog")?.unwrap_or(APPLY_BACKLOG_DEFAULT),
+                apply_delay_max: number_flag(args, "--apply-delay-ms")?
+                    .map_or(APPLY_DELAY_DEFAULT, std::time::Duration::from_millis),
                 ..read_cluster(node, file)?
             }),
             _ => return Err("a cluster member needs both --node-id N and --cluster FILE".into()),
@@ -252,7 +253,7 @@ fn read_cluster(node: u32, path: &str) -> Result<Cluster, String> {
         nodes,
         paxos: paxos::Config::default(),
         log_retain: LOG_RETAIN_DEFAULT,
-        apply_backlog_max: APPLY_BACKLOG_DEFAULT,
+        apply_delay_max: APPLY_DELAY_DEFAULT,
     })
 }
 

@@ -431,10 +431,10 @@ fn dynamodb_requests_over_http_are_served_at_every_node() {
 
 #[test]
 fn writes_past_what_the_replicas_apply_are_throttled_and_never_half_done() {
-    // With no backlog allowed, a write proposed while chosen entries wait for the tree is
+    // With no apply delay allowed, a write proposed while chosen entries wait for the tree is
     // refused with ThrottlingException: it never took effect, and every write acknowledged is
     // there.
-    let cluster = Cluster::start_with("throttle", &["--apply-backlog", "0"]);
+    let cluster = Cluster::start_with("throttle", &["--apply-delay-ms", "0"]);
     cluster.client(1).create_table(TABLE, KeySchema::hash_only("id", KeyType::S), 2).unwrap();
     cluster.wait_for_table();
     let (acknowledged, throttled) = (Arc::new(Mutex::new(Vec::new())), Arc::new(Mutex::new(Vec::new())));
