@@ -12,12 +12,13 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::task::{Poll, Waker};
+use std::time::Duration;
 
 use futures_lite::io::ReadHalf;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 use serde_json::Value;
-use tessera_wire::{ErrorCode, Response};
+use tessera_wire::{ErrorCode, Response, WireError};
 
 use crate::shard::Shard;
 use api::{ApiError, Call, Operation};
@@ -29,6 +30,10 @@ const HEAD_MAX: usize = 64 << 10;
 /// The largest request body: DynamoDB's 16 MB request limit.
 pub const BODY_MAX: usize = 16 << 20;
 const HEADERS_MAX: usize = 64;
+/// How long a request at a node that knows no leader for its partition (an election is on)
+/// waits for one, asking again every `ELECTION_PAUSE`, before it is answered 503.
+const ELECTION_WAIT_MAX: Duration = Duration::from_secs(5);
+const ELECTION_PAUSE: Duration = Duration::from_millis(50);
 /// Requests one connection may have in progress (pipelined); reading pauses beyond it.
 const IN_FLIGHT_MAX: u64 = 256;
 
@@ -432,16 +437,31 @@ async fn serve(shard: &Rc<Shard>, endpoint: &Endpoint, request: &HttpRequest) ->
         Call::Engine(engine_request, flags) => (*engine_request, flags),
     };
     // A node that does not lead the partition passes the request to the one that does (a
-    // DynamoDB client cannot follow a leader hint); the request is kept for that.
-    let kept = shard.replicated().then(|| request.clone());
-    let (mut response, mut consumed) = shard.execute(request, flags).await;
-    if let (Some(request), Response::Error(error)) = (kept, &response) {
-        if let (ErrorCode::NotLeader, Some(leader)) = (error.code, error.leader.clone()) {
-            (response, consumed) = match shard.forward_with(&leader, &request, flags.capacity).await {
-                Ok(answer) => answer,
-                Err(error) => (Response::Error(error), Vec::new()),
-            };
+    // DynamoDB client cannot follow a leader hint); during an election (no leader known) it
+    // asks again for a while. The request is kept for that.
+    let Some(kept) = shard.replicated().then(|| request.clone()) else {
+        let (response, consumed) = shard.execute(request, flags).await;
+        return api::encode(operation, response, &consumed, region);
+    };
+    let mut waited = Duration::ZERO;
+    let (response, consumed) = loop {
+        let (response, consumed) = shard.execute(kept.clone(), flags).await;
+        let Response::Error(WireError { code: ErrorCode::NotLeader, leader, .. }) = &response else {
+            break (response, consumed);
+        };
+        match leader {
+            Some(leader) => {
+                break shard
+                    .forward_with(leader, &kept, flags.capacity)
+                    .await
+                    .unwrap_or_else(|error| (Response::Error(error), Vec::new()))
+            }
+            None if waited < ELECTION_WAIT_MAX => {
+                glommio::timer::sleep(ELECTION_PAUSE).await;
+                waited += ELECTION_PAUSE;
+            }
+            None => break (response, consumed),
         }
-    }
+    };
     api::encode(operation, response, &consumed, region)
 }
