@@ -225,7 +225,8 @@ async fn run_core(
     if core == 0 {
         check_unused(config.listen)?;
         if let Some(http) = &config.http {
-            check_unused(http.listen)?;
+            check_unused(http.listen)
+                .map_err(|error| format!("{error} (the DynamoDB HTTP API: --http-listen ADDR, or none)"))?;
         }
     }
     let listener =
