@@ -443,9 +443,10 @@ async fn serve(shard: &Rc<Shard>, endpoint: &Endpoint, request: &HttpRequest) ->
         let (response, consumed) = shard.execute(request, flags).await;
         return api::encode(operation, response, &consumed, region);
     };
-    let mut waited = Duration::ZERO;
+    let (mut waited, mut first) = (Duration::ZERO, Some(request));
     let (response, consumed) = loop {
-        let (response, consumed) = shard.execute(kept.clone(), flags).await;
+        let attempt = first.take().unwrap_or_else(|| kept.clone());
+        let (response, consumed) = shard.execute(attempt, flags).await;
         let Response::Error(WireError { code: ErrorCode::NotLeader, leader, .. }) = &response else {
             break (response, consumed);
         };
