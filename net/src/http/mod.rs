@@ -267,9 +267,8 @@ fn auth_error(error: AuthError) -> ApiError {
 fn region(request: &HttpRequest) -> &str {
     request
         .header("authorization")
-        .and_then(|header| header.split("Credential=").nth(1))
-        .and_then(|credential| credential.split('/').nth(2))
-        .filter(|region| !region.is_empty() && region.bytes().all(|byte| byte.is_ascii_alphanumeric() || byte == b'-'))
+        .and_then(sigv4::region)
+        .filter(|region| region.bytes().all(|byte| byte.is_ascii_alphanumeric() || byte == b'-'))
         .unwrap_or("us-east-1")
 }
 

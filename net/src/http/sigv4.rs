@@ -126,6 +126,11 @@ fn parse_authorization(header: &str) -> Result<Authorization<'_>, AuthError> {
     Ok(Authorization { access_key, scope, date: parts[0], signed_headers, signature })
 }
 
+/// The region a well-formed `Authorization` header's credential is scoped to.
+pub fn region(header: &str) -> Option<&str> {
+    parse_authorization(header).ok().and_then(|authorization| authorization.scope.split('/').nth(1))
+}
+
 /// Seconds since the Unix epoch of an ISO 8601 basic time (`20150830T123600Z`).
 fn parse_amz_date(text: &str) -> Option<i64> {
     let bytes = text.as_bytes();
