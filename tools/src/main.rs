@@ -89,13 +89,24 @@ fn main() -> ExitCode {
         args.remove(0);
     }
     let result = match args.first().map(String::as_str) {
-        Some("serve") => serve(&args[1..]),
-        Some("cluster") if args.get(1).map(String::as_str) == Some("local") => cluster_local(&args[2..]),
-        Some("cluster") if args.get(1).map(String::as_str) == Some("status") => {
-            required_flag(&args[2..], "--cluster").and_then(read_cluster_file).and_then(|nodes| admin::status(&nodes))
+        _ if args.iter().any(|arg| arg == "--help" || arg == "-h") => {
+            println!("{USAGE}");
+            Ok(())
         }
-        Some("cluster") if args.get(1).map(String::as_str) == Some("replace") => replace(&args[2..]),
-        Some("help" | "--help" | "-h") | None => {
+        Some("serve") => only_flags(&args[1..], SERVE_FLAGS).and_then(|()| serve(&args[1..])),
+        Some("cluster") if args.get(1).map(String::as_str) == Some("local") => {
+            only_flags(&args[2..], &["--nodes", "--port", "--http-port", "--cores", "--data-dir"])
+                .and_then(|()| cluster_local(&args[2..]))
+        }
+        Some("cluster") if args.get(1).map(String::as_str) == Some("status") => only_flags(&args[2..], &["--cluster"])
+            .and_then(|()| required_flag(&args[2..], "--cluster"))
+            .and_then(read_cluster_file)
+            .and_then(|nodes| admin::status(&nodes)),
+        Some("cluster") if args.get(1).map(String::as_str) == Some("replace") => {
+            only_flags(&args[2..], &["--cluster", "--lost", "--log", "--full", "--timeout"])
+                .and_then(|()| replace(&args[2..]))
+        }
+        Some("help") | None => {
             println!("{USAGE}");
             Ok(())
         }
@@ -108,6 +119,38 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Every flag `serve` takes; each is followed by its value.
+const SERVE_FLAGS: &[&str] = &[
+    "--data-dir",
+    "--listen",
+    "--cores",
+    "--first-cpu",
+    "--cache-mib",
+    "--node-id",
+    "--cluster",
+    "--log-retain",
+    "--apply-delay-ms",
+    "--http-listen",
+    "--auth",
+    "--keys",
+];
+
+/// Refuses an argument that is not one of `flags` (each followed by its value): a mistyped
+/// flag must not start a server on defaults the operator did not mean.
+fn only_flags(args: &[String], flags: &[&str]) -> Result<(), String> {
+    let mut rest = args.iter();
+    while let Some(arg) = rest.next() {
+        if !flags.contains(&arg.as_str()) {
+            return Err(format!(
+                "unknown argument {arg:?} (the flags here: {}; tessera help lists them all)",
+                flags.join(" ")
+            ));
+        }
+        rest.next();
+    }
+    Ok(())
 }
 
 /// The value after flag `name` in `args`, if the flag is there.

@@ -505,6 +505,41 @@ fn bad_cluster_files_are_refused_by_name() {
     let _ = std::fs::remove_dir_all(&root);
 }
 
+/// A mistyped flag is refused by name rather than ignored, and `--help` prints the usage:
+/// neither starts a server on defaults (`serve --help` once served ./data).
+#[test]
+fn unknown_flags_are_refused_and_help_starts_nothing() {
+    let root = std::env::temp_dir().join(format!("tessera-flags-{}", std::process::id()));
+    std::fs::create_dir_all(&root).unwrap();
+    let run = |args: &[&str]| {
+        let output = Command::new(BINARY).args(args).current_dir(&root).output().unwrap();
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    for args in [
+        &["serve", "--data-dri", "x"][..],
+        &["serve", "--cores"],
+        &["cluster", "local", "--node", "3"],
+        &["cluster", "status", "--clusterr", "f"],
+    ] {
+        let (ok, _, stderr) = run(args);
+        assert!(
+            !ok && (stderr.contains(&format!("unknown argument {:?}", args[args.len() - 2]))
+                || stderr.contains("--cores needs a value")),
+            "{args:?}: {stderr}"
+        );
+    }
+    for args in [&["serve", "--help"][..], &["cluster", "local", "-h"], &["--help"]] {
+        let (ok, stdout, _) = run(args);
+        assert!(ok && stdout.starts_with("usage: tessera"), "{args:?}: {stdout}");
+    }
+    assert_eq!(std::fs::read_dir(&root).unwrap().count(), 0, "a data directory was made");
+    let _ = std::fs::remove_dir_all(&root);
+}
+
 /// The asynchronous `ClusterPool` sends each call to its partition's leader, learning leaders
 /// from NotLeader answers, whichever node it asks first.
 #[test]
