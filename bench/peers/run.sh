@@ -10,7 +10,8 @@
 # * Redis 7 with `appendfsync always` (every write fsynced before its answer, as Tessera's
 #   are) against a single Tessera node on one core, on 50/50 GetItem/PutItem of 1 KiB items
 #   over 100k keys: closed loop at 64 and 256 calls in flight, then open loop at 3/4 of
-#   Redis's peak for both.
+#   Redis's peak for both, then the highest steady rate each holds with a p99 under 5 ms
+#   (tessera-load --max-rate: the throughput at equal p99).
 # * etcd 3.4 as three members on loopback against `tessera cluster local --nodes 3`, on
 #   durable replicated puts of 1 KiB items over 10k keys, at 64 and 256 calls in flight
 #   (etcd through its v3 JSON gateway, whose HTTP/1.1 connections take one call at a time:
@@ -60,6 +61,14 @@ for peer in redis tessera; do
   target=(--redis 127.0.0.1:6391); [[ $peer == tessera ]] && target=(--endpoint 127.0.0.1:7730)
   echo "$peer, open loop at $open/s: $(load "${target[@]}" --rate "$open" --duration "$seconds" | grep '^all')"
 done
+# At equal p99: the highest steady rate each holds with its p99 under 5 ms (5 s probes).
+declare -A held
+for peer in redis tessera; do
+  target=(--redis 127.0.0.1:6391); [[ $peer == tessera ]] && target=(--endpoint 127.0.0.1:7730)
+  held[$peer]=$(load "${target[@]}" --rate 20000 --max-rate 5 --probe-seconds 5 | awk '/^max rate/ {sub("/s", "", $NF); print $NF}')
+  echo "$peer, highest rate with p99 <= 5 ms: ${held[$peer]:-none}/s"
+done
+echo "at p99 <= 5 ms: $(awk -v t="${held[tessera]:-0}" -v r="${held[redis]:-0}" 'BEGIN {if (r > 0) printf "%.2fx", t / r; else print "redis held no rate"}')"
 kill "${pids[@]}"; wait 2>/dev/null || true; pids=()
 
 # Replicated durable writes: etcd's three members against Tessera's three nodes.
