@@ -34,7 +34,6 @@ use report::{ErrorKind, Report, Summary};
 use schedule::Schedule;
 use workload::{ItemSpec, KeySpec, Mix, Op, Phase, Rate, TableSpec, Workload};
 
-/// The write of an update: a counter increment, conditional on the item existing.
 /// An open loop issues calls due within this of each other together, up to this late: each
 /// sleep costs the generator a park and a wake-up of its reactor (at 26k calls/s, one sleep a
 /// call took half a CPU on the machine it shares with the servers; 100 µs cut that by a third:
@@ -43,6 +42,7 @@ use workload::{ItemSpec, KeySpec, Mix, Op, Phase, Rate, TableSpec, Workload};
 const ISSUE_GRANULE: Duration = Duration::from_micros(100);
 /// Calls an open loop issues one after another before it lets the reactor poll its sockets.
 const ISSUE_RUN_MAX: usize = 32;
+/// The write of an update: a counter increment, conditional on the item existing.
 const COUNTER_UPDATE: &str = "SET #c = if_not_exists(#c, :zero) + :one";
 
 /// mimalloc rather than glibc's allocator: every request allocates and frees (items, frames,
