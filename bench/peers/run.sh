@@ -36,6 +36,7 @@ pids=()
 trap 'kill "${pids[@]}" 2>/dev/null; wait 2>/dev/null; rm -rf "$data"' EXIT
 load() { "$bin/tessera-load" --keys 100000 --value-bytes 1024 --get-ratio 0.5 --quiet "$@"; }
 rate_of() { awk '/^all/ {printf "%d", $3}'; }
+max_rate_of() { awk '/^max rate/ {sub("/s", "", $NF); print $NF}'; }
 
 redis-server --port 6391 --dir "$data/redis" --appendonly yes --appendfsync always --save "" \
   > "$data/redis.log" 2>&1 &
@@ -66,7 +67,7 @@ done
 declare -A held
 for peer in redis tessera; do
   target=(--redis 127.0.0.1:6391); [[ $peer == tessera ]] && target=(--endpoint 127.0.0.1:7730)
-  held[$peer]=$(load "${target[@]}" --rate 20000 --max-rate 5 --probe-seconds 10 | awk '/^max rate/ {sub("/s", "", $NF); print $NF}')
+  held[$peer]=$(load "${target[@]}" --rate 20000 --max-rate 5 --probe-seconds 10 | max_rate_of)
   echo "$peer, highest rate with p99 <= 5 ms: ${held[$peer]:-none}/s"
 done
 echo "at p99 <= 5 ms: $(awk -v t="${held[tessera]:-0}" -v r="${held[redis]:-0}" 'BEGIN {if (r > 0) printf "%.2fx", t / r; else print "redis held no rate"}')"
@@ -99,8 +100,8 @@ for concurrency in 64 256; do
 done
 # At equal p99: the highest steady rate of puts each holds with its p99 under 10 ms (10 s
 # probes; etcd on 86 connections a member, so calls never queue for one).
-e=$(writes "${etcd[@]}" --connections 86 --rate 1000 --max-rate 10 --probe-seconds 10 | awk '/^max rate/ {sub("/s", "", $NF); print $NF}')
-t=$(writes "${cluster[@]}" --rate 5000 --max-rate 10 --probe-seconds 10 | awk '/^max rate/ {sub("/s", "", $NF); print $NF}')
+e=$(writes "${etcd[@]}" --connections 86 --rate 1000 --max-rate 10 --probe-seconds 10 | max_rate_of)
+t=$(writes "${cluster[@]}" --rate 5000 --max-rate 10 --probe-seconds 10 | max_rate_of)
 echo "etcd, highest rate of puts with p99 <= 10 ms: ${e:-none}/s"
 echo "tessera, highest rate of puts with p99 <= 10 ms: ${t:-none}/s"
 echo "replicated puts at p99 <= 10 ms: $(awk -v t="${t:-0}" -v e="${e:-0}" 'BEGIN {if (e > 0) printf "%.1fx", t / e; else print "etcd held no rate"}')"
