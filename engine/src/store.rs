@@ -59,8 +59,10 @@ const APPLY_LAG_MAX: u64 = 16 * 1024;
 /// Checkpoint page writes on the device at once.
 const CHECKPOINT_WRITES_IN_FLIGHT: usize = 32;
 /// Sealed pages the checkpoint writer collects from the tree at a time.
-const CHECKPOINT_CHUNK_PAGES: usize = 512;
-/// Chunks a checkpoint writes between two flushes of the device's cache (4 MiB).
+const CHECKPOINT_CHUNK_PAGES: usize = 64;
+/// Chunks a checkpoint writes between two flushes of the device's cache (512 KiB): a WAL
+/// write's flush waits behind at most that much checkpoint data. 4 MiB gave replicated puts a
+/// higher p99 in every paired run (bench/RESULTS.md).
 const CHECKPOINT_SYNC_EVERY_CHUNKS: usize = 2;
 /// Records applied between two turns of the reactor.
 const APPLY_CHUNK: usize = 256;
