@@ -300,15 +300,16 @@ impl PartitionMeta {
         Some(PartitionMeta { applied_slot: word(0)?, items: word(8)?, bytes: word(16)?, promised, installing })
     }
 
-    /// Accounts for `key` now holding `value` (or nothing) where it held `previous`.
-    fn change(&mut self, key: &[u8], previous: Option<&[u8]>, value: Option<&[u8]>) {
+    /// Accounts for `key` now holding a value of `value` bytes (or nothing) where it held one
+    /// of `previous` bytes (or nothing).
+    fn change(&mut self, key: &[u8], previous: Option<usize>, value: Option<usize>) {
         if let Some(previous) = previous {
             self.items -= 1;
-            self.bytes -= (key.len() + previous.len()) as u64;
+            self.bytes -= (key.len() + previous) as u64;
         }
         if let Some(value) = value {
             self.items += 1;
-            self.bytes += (key.len() + value.len()) as u64;
+            self.bytes += (key.len() + value) as u64;
         }
     }
 }
@@ -317,14 +318,18 @@ impl PartitionMeta {
 fn account(meta: &mut PartitionMeta, command: &Command, outcome: &Outcome) {
     match (command, outcome) {
         (Command::Put { key, value }, Outcome::Previous(previous)) => {
-            meta.change(key, previous.as_deref(), Some(value))
+            meta.change(key, previous.as_ref().map(Vec::len), Some(value.len()))
         }
-        (Command::Delete { key }, Outcome::Previous(previous)) => meta.change(key, previous.as_deref(), None),
+        (Command::Put { key, value }, Outcome::Replaced(previous)) => meta.change(key, *previous, Some(value.len())),
+        (Command::Delete { key }, Outcome::Previous(previous)) => {
+            meta.change(key, previous.as_ref().map(Vec::len), None)
+        }
+        (Command::Delete { key }, Outcome::Replaced(previous)) => meta.change(key, *previous, None),
         (Command::Batch(commands), Outcome::Batch(outcomes)) => {
             commands.iter().zip(outcomes).for_each(|(command, outcome)| account(meta, command, outcome))
         }
         (Command::Conditional(conditional), Outcome::Conditional { passed: true, old, new }) => {
-            meta.change(&conditional.key, old.as_deref(), new.as_deref())
+            meta.change(&conditional.key, old.as_ref().map(Vec::len), new.as_ref().map(Vec::len))
         }
         _ => {}
     }
@@ -434,7 +439,7 @@ impl Store {
                 )
             })?;
             if record.slot > self.applied_slot(record.partition) {
-                self.inner.apply(record.partition, record.slot, &command).await?;
+                self.inner.apply(record.partition, record.slot, &command, false).await?;
             }
             self.inner.applied.advance(record.lsn);
         }
@@ -491,7 +496,7 @@ impl Store {
                         let chunk = self.inner.scan_tree(lower, upper.clone(), false, 1024).await?;
                         let Some((last, _)) = chunk.last() else { break };
                         lower = Bound::Excluded(last.clone());
-                        chunk.iter().for_each(|(key, value)| meta.change(&key[8..], None, Some(value)));
+                        chunk.iter().for_each(|(key, value)| meta.change(&key[8..], None, Some(value.len())));
                     }
                     self.inner.unsaved_metas.borrow_mut().insert(partition);
                     meta
@@ -1032,8 +1037,10 @@ impl Inner {
     /// memory and written into the tree just before a checkpoint is sealed
     /// (`save_partition_metas`), so the checkpoint holds exactly the metadata of the records its
     /// tree reflects.
-    async fn apply(&self, partition: PartitionId, slot: u64, command: &Command) -> Result<Outcome> {
-        let outcome = self.apply_command(partition, command).await?;
+    /// `keep`: the proposer takes the outcome (a plain put's or delete's is then the value it
+    /// replaced, rather than only its length).
+    async fn apply(&self, partition: PartitionId, slot: u64, command: &Command, keep: bool) -> Result<Outcome> {
+        let outcome = self.apply_command(partition, command, keep).await?;
         let mut metas = self.partition_metas.borrow_mut();
         let meta = metas.entry(partition).or_default();
         meta.applied_slot = slot;
@@ -1057,9 +1064,9 @@ impl Inner {
             Install::Entries(entries) => {
                 for (key, value) in entries {
                     let full = tree_key(partition, key);
-                    let previous = self.with_tree(|tree| tree.put(&full, value)).await?;
+                    let previous = self.with_tree(|tree| tree.put_len(&full, value)).await?;
                     let mut metas = self.partition_metas.borrow_mut();
-                    metas.entry(partition).or_default().change(key, previous.as_deref(), Some(value));
+                    metas.entry(partition).or_default().change(key, previous, Some(value.len()));
                 }
             }
             Install::End { slot, items, bytes, members } => {
@@ -1143,20 +1150,28 @@ impl Inner {
         Ok(())
     }
 
-    async fn apply_command(&self, partition: PartitionId, command: &Command) -> Result<Outcome> {
+    async fn apply_command(&self, partition: PartitionId, command: &Command, keep: bool) -> Result<Outcome> {
         match command {
-            Command::Put { key, value } => {
+            Command::Put { key, value } if keep => {
                 let full = tree_key(partition, key);
                 Ok(Outcome::Previous(self.with_tree(|tree| tree.put(&full, value)).await?))
             }
-            Command::Delete { key } => {
+            Command::Put { key, value } => {
+                let full = tree_key(partition, key);
+                Ok(Outcome::Replaced(self.with_tree(|tree| tree.put_len(&full, value)).await?))
+            }
+            Command::Delete { key } if keep => {
                 let full = tree_key(partition, key);
                 Ok(Outcome::Previous(self.with_tree(|tree| tree.delete(&full)).await?))
+            }
+            Command::Delete { key } => {
+                let full = tree_key(partition, key);
+                Ok(Outcome::Replaced(self.with_tree(|tree| tree.delete_len(&full)).await?))
             }
             Command::Batch(commands) => {
                 let mut outcomes = Vec::with_capacity(commands.len());
                 for command in commands {
-                    outcomes.push(Box::pin(self.apply_command(partition, command)).await?);
+                    outcomes.push(Box::pin(self.apply_command(partition, command, keep)).await?);
                 }
                 Ok(Outcome::Batch(outcomes))
             }
@@ -1250,7 +1265,9 @@ impl Inner {
                 };
                 let Some(queued) = queued else { break };
                 let applied = match &queued.work {
-                    Work::Command(command) => inner.apply(queued.partition, queued.slot, command).await,
+                    Work::Command(command) => {
+                        inner.apply(queued.partition, queued.slot, command, queued.want_outcome).await
+                    }
                     Work::Install(step) => {
                         inner.install(queued.partition, step).await.map(|()| Outcome::Batch(Vec::new()))
                     }

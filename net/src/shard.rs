@@ -664,7 +664,7 @@ impl Shard {
                 Err(error) => Err(engine_error(error)),
                 Ok(Outcome::Conditional { passed, old, new }) => Ok(OpResult::Conditional { passed, old, new }),
                 Ok(Outcome::Invalid(reason)) => Err(invalid(reason)),
-                Ok(Outcome::Previous(_) | Outcome::Batch(_)) => Err(WireError::new(
+                Ok(Outcome::Previous(_) | Outcome::Replaced(_) | Outcome::Batch(_)) => Err(WireError::new(
                     ErrorCode::InternalServerError,
                     "a conditional write had another kind of outcome",
                 )),
@@ -733,7 +733,7 @@ impl Shard {
         if return_old {
             match self.log.propose_applied(partition, command).await.map_err(engine_error)? {
                 Outcome::Previous(previous) => Ok(OpResult::Value(previous)),
-                Outcome::Batch(_) | Outcome::Conditional { .. } | Outcome::Invalid(_) => {
+                Outcome::Replaced(_) | Outcome::Batch(_) | Outcome::Conditional { .. } | Outcome::Invalid(_) => {
                     Err(WireError::new(ErrorCode::InternalServerError, "a plain write had another kind of outcome"))
                 }
             }

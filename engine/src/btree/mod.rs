@@ -477,15 +477,30 @@ impl Tree {
 
     /// Stores `value` under `key`; returns the value it replaced.
     pub(crate) fn put(&mut self, key: &[u8], value: &[u8]) -> TreeResult<Option<Vec<u8>>> {
+        self.put_then(key, value, |tree, old| tree.read_value(old))
+    }
+
+    /// Stores `value` under `key`; returns the length of the value it replaced, which is all a
+    /// partition's byte count needs: the value itself is not copied out.
+    pub(crate) fn put_len(&mut self, key: &[u8], value: &[u8]) -> TreeResult<Option<usize>> {
+        self.put_then(key, value, |_, old| Ok(old.len()))
+    }
+
+    /// Stores `value` under `key`; returns what `take` makes of the value it replaced.
+    fn put_then<T>(
+        &mut self,
+        key: &[u8],
+        value: &[u8],
+        take: impl FnOnce(&Tree, ValueRef<'_>) -> TreeResult<T>,
+    ) -> TreeResult<Option<T>> {
         assert!(key.len() <= page::TREE_KEY_LEN_MAX, "key longer than the tree allows");
         // Before anything is touched: frames beyond the target (a commit leaves its pages
         // clean all at once) are evicted a few per write.
         self.evict_to(self.eviction_target());
         let mut path = self.path(key)?;
-        let leaf = path.last().expect("path ends at a leaf").0;
-        let old_chain = self.existing_chain(leaf, key)?;
-        let previous = self.value_in(leaf, key)?;
-        // Nothing below can need a page: the path and the old chain are cached.
+        let (found, old_chain, previous) = self.find_in_leaf(&path, key, take)?;
+        // Nothing below can need a page: the path and the old chain are cached. The leaf's copy
+        // (`make_writable`) holds the same cells, so `found` still indexes it.
         self.make_writable(&mut path);
         old_chain.into_iter().for_each(|id| self.free_page(id));
         let value_ref = if page::value_inline(key.len(), value.len()) {
@@ -496,7 +511,7 @@ impl Tree {
         let (header, header_len) = value_ref.header();
         let inline: &[u8] = if let ValueRef::Inline(bytes) = value_ref { bytes } else { &[] };
         let leaf = path.last().expect("path ends at a leaf").0;
-        let index = match page::search(self.page(leaf).expect("cached"), key) {
+        let index = match found {
             Ok(index) => {
                 let page = self.page_mut(leaf);
                 let len = page::cell_len_at(page, index);
@@ -509,25 +524,24 @@ impl Tree {
         Ok(previous)
     }
 
-    /// The value under `key` in `leaf` (whose overflow chain, if any, is cached).
-    fn value_in(&self, leaf: PageId, key: &[u8]) -> TreeResult<Option<Vec<u8>>> {
-        let page = self.page(leaf)?;
-        match page::search(page, key) {
-            Ok(index) => self.read_value(page::value_ref(page, index)).map(Some),
-            Err(_) => Ok(None),
-        }
-    }
-
-    /// The overflow chain of `key`'s current value in `leaf`, if it has one.
-    fn existing_chain(&self, leaf: PageId, key: &[u8]) -> TreeResult<Vec<PageId>> {
-        let page = self.page(leaf)?;
-        match page::search(page, key) {
-            Ok(index) => match page::value_ref(page, index) {
-                ValueRef::Overflow { len, first } => self.chain(first, len),
-                ValueRef::Inline(_) => Ok(Vec::new()),
-            },
-            Err(_) => Ok(Vec::new()),
-        }
+    /// Searches the leaf `path` ends at for `key`: where it is (or would go), the overflow
+    /// chain of its value if it has one, and what `take` makes of that value.
+    #[allow(clippy::type_complexity)]
+    fn find_in_leaf<T>(
+        &self,
+        path: &[(PageId, usize)],
+        key: &[u8],
+        take: impl FnOnce(&Tree, ValueRef<'_>) -> TreeResult<T>,
+    ) -> TreeResult<(Result<usize, usize>, Vec<PageId>, Option<T>)> {
+        let page = self.page(path.last().expect("path ends at a leaf").0)?;
+        let found = page::search(page, key);
+        let Ok(index) = found else { return Ok((found, Vec::new(), None)) };
+        let value = page::value_ref(page, index);
+        let chain = match value {
+            ValueRef::Overflow { len, first } => self.chain(first, len)?,
+            ValueRef::Inline(_) => Vec::new(),
+        };
+        Ok((found, chain, Some(take(self, value)?)))
     }
 
     /// Inserts a cell into the writable page at `path[level]`, splitting upward as needed.
@@ -574,18 +588,30 @@ impl Tree {
 
     /// Removes `key`; returns the value it held.
     pub(crate) fn delete(&mut self, key: &[u8]) -> TreeResult<Option<Vec<u8>>> {
+        self.delete_then(key, |tree, old| tree.read_value(old))
+    }
+
+    /// Removes `key`; returns the length of the value it held (not copied out).
+    pub(crate) fn delete_len(&mut self, key: &[u8]) -> TreeResult<Option<usize>> {
+        self.delete_then(key, |_, old| Ok(old.len()))
+    }
+
+    /// Removes `key`; returns what `take` makes of the value it held.
+    fn delete_then<T>(
+        &mut self,
+        key: &[u8],
+        take: impl FnOnce(&Tree, ValueRef<'_>) -> TreeResult<T>,
+    ) -> TreeResult<Option<T>> {
         self.evict_to(self.eviction_target());
         let mut path = self.path(key)?;
-        let leaf = path.last().expect("path ends at a leaf").0;
-        let old_chain = self.existing_chain(leaf, key)?;
-        let Some(previous) = self.value_in(leaf, key)? else {
+        let (found, old_chain, previous) = self.find_in_leaf(&path, key, take)?;
+        let Ok(index) = found else {
             return Ok(None);
         };
         self.make_writable(&mut path);
         old_chain.into_iter().for_each(|id| self.free_page(id));
         let leaf = path.last().expect("path ends at a leaf").0;
         let page = self.page_mut(leaf);
-        let index = page::search(page, key).expect("key found above");
         let len = page::cell_len_at(page, index);
         page::remove_cell(page, index, len);
         let mut level = path.len() - 1;
@@ -597,7 +623,7 @@ impl Tree {
             remove_child(self.page_mut(parent), index);
         }
         self.collapse_root();
-        Ok(Some(previous))
+        Ok(previous)
     }
 
     fn is_empty(&self, id: PageId) -> bool {

@@ -394,6 +394,14 @@ impl<'a> ValueRef<'a> {
         }
     }
 
+    /// The value's length in bytes.
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            ValueRef::Inline(bytes) => bytes.len(),
+            ValueRef::Overflow { len, .. } => *len,
+        }
+    }
+
     fn encoded_len(&self) -> usize {
         match self {
             ValueRef::Inline(bytes) => VALUE_INLINE_HEADER + bytes.len(),
