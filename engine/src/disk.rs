@@ -21,8 +21,10 @@ use crate::error::{Error, Result};
 
 /// Largest single DMA transfer issued; bigger reads and writes are split.
 const TRANSFER_MAX: usize = 1 << 20;
-/// Bytes `write_zeros` writes between two flushes.
-const ZEROS_SYNC_EVERY: u64 = 4 << 20;
+/// Most bytes a background writer (a checkpoint, a new segment's zero-fill) leaves written and
+/// unflushed: the device's next cache flush pays for them, and that flush may be a WAL write's.
+/// 4 MiB gave replicated puts a higher p99 than 512 KiB in every paired run (bench/RESULTS.md).
+pub(crate) const UNFLUSHED_BYTES_MAX: usize = 512 << 10;
 /// How long `open` waits for another holder of a file's lock before giving up.
 const LOCK_WAIT: Duration = Duration::from_secs(10);
 
@@ -151,18 +153,15 @@ impl File {
     /// Writes zeros over `[offset, offset + len)` (block-aligned). Used to preallocate: later
     /// overwrites of written blocks need no file-size change, so their fdatasync is cheap.
     pub(crate) async fn write_zeros(&self, offset: u64, len: u64) -> Result<()> {
-        let zeros = vec![0u8; TRANSFER_MAX];
+        let zeros = vec![0u8; UNFLUSHED_BYTES_MAX];
         let mut done = 0;
         while done < len {
-            let chunk = (len - done).min(TRANSFER_MAX as u64) as usize;
+            let chunk = (len - done).min(UNFLUSHED_BYTES_MAX as u64) as usize;
             self.write(offset + done, &zeros[..chunk]).await?;
             done += chunk as u64;
-            // Flushed as it goes: written, unflushed data is a debt the device's next cache
-            // flush pays, and that flush may be a WAL write's (64 MiB of it stalled every
-            // write of a 3-node cluster for ~200 ms).
-            if done.is_multiple_of(ZEROS_SYNC_EVERY) {
-                self.fdatasync().await?;
-            }
+            // Flushed as it goes (`UNFLUSHED_BYTES_MAX`): 64 MiB flushed only at the end once
+            // stalled every write of a 3-node cluster for ~200 ms.
+            self.fdatasync().await?;
         }
         Ok(())
     }

@@ -60,10 +60,10 @@ const APPLY_LAG_MAX: u64 = 16 * 1024;
 const CHECKPOINT_WRITES_IN_FLIGHT: usize = 32;
 /// Sealed pages the checkpoint writer collects from the tree at a time.
 const CHECKPOINT_CHUNK_PAGES: usize = 64;
-/// Chunks a checkpoint writes between two flushes of the device's cache (512 KiB): a WAL
-/// write's flush waits behind at most that much checkpoint data. 4 MiB gave replicated puts a
-/// higher p99 in every paired run (bench/RESULTS.md).
-const CHECKPOINT_SYNC_EVERY_CHUNKS: usize = 2;
+/// Chunks a checkpoint writes between two flushes of the device's cache: a WAL write's flush
+/// waits behind at most `disk::UNFLUSHED_BYTES_MAX` of checkpoint data.
+const CHECKPOINT_SYNC_EVERY_CHUNKS: usize = disk::UNFLUSHED_BYTES_MAX / (CHECKPOINT_CHUNK_PAGES * PAGE_SIZE);
+const _: () = assert!(CHECKPOINT_SYNC_EVERY_CHUNKS >= 1, "a chunk bigger than the flush debt allowed");
 /// Records applied between two turns of the reactor.
 const APPLY_CHUNK: usize = 256;
 /// WAL record kind of a command applied once durable (a group of one).
