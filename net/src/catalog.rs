@@ -159,6 +159,18 @@ fn key_type_of(byte: u8) -> Option<KeyType> {
     [KeyType::S, KeyType::N, KeyType::B].get(usize::from(byte)).copied()
 }
 
+/// A storage partition as people read it: the catalog, or a table's id and partition index.
+pub fn partition_name(partition: PartitionId) -> String {
+    match partition {
+        CATALOG_PARTITION => "catalog".into(),
+        _ => format!(
+            "table {} partition {}",
+            partition / u64::from(PARTITIONS_MAX),
+            partition % u64::from(PARTITIONS_MAX)
+        ),
+    }
+}
+
 /// The partition, of `partitions`, holding partition-key hash `hash`.
 pub fn partition_of(hash: u64, partitions: u32) -> u32 {
     ((u128::from(hash) * u128::from(partitions)) >> 64) as u32

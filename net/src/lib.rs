@@ -12,7 +12,7 @@ pub mod replicated;
 mod server;
 mod shard;
 
-pub use catalog::PARTITIONS_MAX;
+pub use catalog::{partition_name, PARTITIONS_MAX};
 pub use http::{Auth, HttpConfig};
 pub use replicated::{Cluster, ClusterNode, SnapshotStats, APPLY_DELAY_DEFAULT, LOG_RETAIN_DEFAULT};
 pub use server::{Server, ServerConfig};

@@ -29,7 +29,7 @@ use tessera_engine::{Command, Error, Outcome, PartitionId, ReplicationLog, Resul
 use tessera_wire::replication::PeerMessage;
 use tessera_wire::ReplicaStatus;
 
-use crate::catalog::CATALOG_PARTITION;
+use crate::catalog::{partition_name, CATALOG_PARTITION};
 use crate::peers::{LinkStats, PeerLinks};
 
 mod snapshot;
@@ -450,7 +450,20 @@ impl ReplicatedLog {
                 replica.restarted_at(0);
                 replica
             });
+            let was_leading = replica.leading();
             let result = f(replica);
+            let leading = replica.leading();
+            if leading != was_leading {
+                match leading {
+                    Some(ballot) => eprintln!(
+                        "tessera: {}: this node leads it (ballot {} of node {})",
+                        partition_name(partition),
+                        ballot.round,
+                        ballot.replica
+                    ),
+                    None => eprintln!("tessera: {}: this node no longer leads it", partition_name(partition)),
+                }
+            }
             (result, replica.drain(), self.part(replica))
         };
         self.carry_out(partition, actions, kind);

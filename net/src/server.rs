@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_lite::AsyncWriteExt;
 use glommio::channels::channel_mesh::MeshBuilder;
@@ -40,6 +40,8 @@ const SPIN_BEFORE_PARK: Duration = Duration::from_micros(5);
 const LISTENER_GONE_WAIT: Duration = Duration::from_secs(5);
 /// How often each core checks whether the server is stopping.
 const STOP_POLL: Duration = Duration::from_millis(20);
+/// A core whose timer fires this much later than asked says so on standard error.
+const LATE_REPORTED: Duration = Duration::from_millis(100);
 
 /// How to run a node.
 #[derive(Clone, Debug)]
@@ -87,9 +89,9 @@ pub(crate) fn check_unused(address: SocketAddr) -> Result<(), String> {
             SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
         });
     }
-    let deadline = std::time::Instant::now() + LISTENER_GONE_WAIT;
+    let deadline = Instant::now() + LISTENER_GONE_WAIT;
     while std::net::TcpStream::connect_timeout(&probe, Duration::from_millis(500)).is_ok() {
-        if std::time::Instant::now() > deadline {
+        if Instant::now() > deadline {
             return Err(format!("cannot listen on {address}: another server listens there"));
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -290,7 +292,13 @@ async fn run_core(
         })
     };
     while !stop.load(Ordering::SeqCst) {
+        let asleep = Instant::now();
         glommio::timer::sleep(STOP_POLL).await;
+        let late = asleep.elapsed().saturating_sub(STOP_POLL);
+        if late >= LATE_REPORTED {
+            // Every request on this core waited as long: the CPU was taken, or a task held it.
+            eprintln!("tessera: core {core} ran {} ms late", late.as_millis());
+        }
     }
     drop(accepting.cancel());
     if let Some(accepting) = accepting_http {

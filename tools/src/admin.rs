@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use tessera_engine::paxos::{Member, MemberKind};
 use tessera_net::client::{Client, ClientConfig};
-use tessera_net::ClusterNode;
+use tessera_net::{partition_name, ClusterNode};
 use tessera_wire::{ReplicaStatus, Request, Response};
 
 /// Which node is lost, and where its replacements go.
@@ -45,14 +45,6 @@ fn describe(nodes: &BTreeMap<u32, ClusterNode>) -> BTreeMap<u32, Vec<ReplicaStat
         }
     }
     reports
-}
-
-/// A storage partition as people read it: the catalog, or a table's id and partition index.
-fn partition_name(partition: u64) -> String {
-    match partition {
-        0 => "catalog".into(),
-        _ => format!("table {} partition {}", partition >> 20, partition & ((1 << 20) - 1)),
-    }
 }
 
 /// Members as `1,3,L4` (a log replica marked L).

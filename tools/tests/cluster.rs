@@ -237,6 +237,8 @@ fn a_cluster_survives_sigkill_and_sigstop_of_its_nodes() {
     assert!(failover < Duration::from_secs(2), "failover took {failover:?}");
     let new_leader = cluster.node_at(client.peer_address().unwrap());
     assert_ne!(new_leader, leader);
+    let log = cluster.log(new_leader);
+    assert!(log.contains("table 1 partition 0: this node leads it (ballot "), "node {new_leader} logged:\n{log}");
     all_readable(&cluster, survivor, &written);
 
     // The killed node restarts and catches up (read there, eventually consistent).
@@ -254,7 +256,12 @@ fn a_cluster_survives_sigkill_and_sigstop_of_its_nodes() {
     for n in 6000..6020 {
         client.put_item(TABLE, item(n)).unwrap();
     }
+    std::thread::sleep(Duration::from_millis(300));
     cluster.signal(paused, libc::SIGCONT);
+    // Its core's timer fired 300 ms late, and it says so.
+    wait_until("the paused node reporting its lateness", Duration::from_secs(5), || {
+        cluster.log(paused).contains("tessera: core 0 ran ")
+    });
     let address = cluster.clients[&paused];
     wait_until("the paused node catching up", Duration::from_secs(10), || {
         (6000..6020).all(|n| local_read(address, n) == Some(item(n)))

@@ -24,6 +24,9 @@ use crate::disk::{self, File};
 use crate::error::{Error, Result};
 use crate::signal::{Event, Watermark};
 
+/// A flush that takes this long says so on standard error (the device is slow or busy).
+const SLOW_FLUSH_REPORTED: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// WAL settings.
 #[derive(Clone, Debug)]
 pub struct WalConfig {
@@ -435,7 +438,18 @@ impl Inner {
         let file = self.active_file();
         // Segments are open with O_DSYNC: the write completes only once it is durable, so a
         // flush is one I/O (no separate fdatasync round trip through the kernel's workers).
+        let started = std::time::Instant::now();
         file.write(offset, bytes).await?;
+        let took = started.elapsed();
+        if took >= SLOW_FLUSH_REPORTED {
+            // Every write acknowledged by this flush waited as long.
+            eprintln!(
+                "tessera: a WAL flush of {} KiB to {} took {} ms",
+                bytes.len() >> 10,
+                file.path().display(),
+                took.as_millis()
+            );
+        }
         self.write_offset.set(offset + bytes.len() as u64);
         self.flushes.set(self.flushes.get() + 1);
         Ok(())
