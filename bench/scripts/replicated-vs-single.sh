@@ -4,7 +4,8 @@
 # gets a table of 8 partitions prefilled with 100k items, then closed-loop puts at 64 and 512
 # calls in flight, then open-loop puts at half the higher of those two rates (latency from
 # each put's scheduled time), printing tessera-load's latency line (count, ops/s, p50 p90 p99
-# p99.9 max ms).
+# p99.9 max ms). After each setup, the servers' reports of what stalled them (WAL flushes of
+# 100 ms or more, cores running 100 ms or more late, replicas that stopped leading) are printed.
 #
 #   cargo build --release -p tessera-tools -p tessera-bench
 #   bench/scripts/replicated-vs-single.sh [SECONDS]
@@ -31,12 +32,16 @@ measure() {
   done
   echo "$name, open loop at $((peak / 2))/s (half its peak): $(load "$@" --get-ratio 0 --rate $((peak / 2)) --duration "$seconds" | grep '^put')"
 }
-"$bin/tessera" serve --cores 1 --data-dir "$data/single" --listen 127.0.0.1:7700 > /dev/null 2>&1 &
+stalls() { grep -E 'WAL flush|ran .* late|no longer leads' "$1" | sed "s/^/$2 reported: /" || true; }
+"$bin/tessera" serve --cores 1 --data-dir "$data/single" --listen 127.0.0.1:7700 > "$data/single.log" 2>&1 &
 pids+=($!)
 sleep 1
 measure "single node" --endpoint 127.0.0.1:7700
 kill "${pids[@]}"; wait 2>/dev/null || true; pids=()
-"$bin/tessera" cluster local --nodes 3 --port 7800 --data-dir "$data/cluster" > /dev/null 2>&1 &
+stalls "$data/single.log" "single node"
+"$bin/tessera" cluster local --nodes 3 --port 7800 --data-dir "$data/cluster" > "$data/cluster.log" 2>&1 &
 pids+=($!)
 sleep 2
 measure "3 nodes" --cluster 127.0.0.1:7800,127.0.0.1:7801,127.0.0.1:7802
+kill "${pids[@]}"; wait 2>/dev/null || true; pids=()
+stalls "$data/cluster.log" "3 nodes"
