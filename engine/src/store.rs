@@ -1037,6 +1037,7 @@ impl Inner {
     /// memory and written into the tree just before a checkpoint is sealed
     /// (`save_partition_metas`), so the checkpoint holds exactly the metadata of the records its
     /// tree reflects.
+    ///
     /// `keep`: the proposer takes the outcome (a plain put's or delete's is then the value it
     /// replaced, rather than only its length).
     async fn apply(&self, partition: PartitionId, slot: u64, command: &Command, keep: bool) -> Result<Outcome> {

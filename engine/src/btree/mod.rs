@@ -170,6 +170,16 @@ enum State {
     Sealed,
 }
 
+/// What a write found in its leaf for its key.
+struct InLeaf<T> {
+    /// Where the key is (`Ok`), or where it would go (`Err`).
+    at: Result<usize, usize>,
+    /// The overflow chain of its value, if it has one.
+    chain: Vec<PageId>,
+    /// What the caller made of its value, if it has one.
+    value: Option<T>,
+}
+
 impl Tree {
     /// A tree as the last checkpoint left it (or an empty one: `durable.root == 0`).
     pub(crate) fn open(durable: Durable, capacity: usize) -> Tree {
@@ -498,7 +508,7 @@ impl Tree {
         // clean all at once) are evicted a few per write.
         self.evict_to(self.eviction_target());
         let mut path = self.path(key)?;
-        let (found, old_chain, previous) = self.find_in_leaf(&path, key, take)?;
+        let InLeaf { at: found, chain: old_chain, value: previous } = self.find_in_leaf(&path, key, take)?;
         // Nothing below can need a page: the path and the old chain are cached. The leaf's copy
         // (`make_writable`) holds the same cells, so `found` still indexes it.
         self.make_writable(&mut path);
@@ -524,24 +534,22 @@ impl Tree {
         Ok(previous)
     }
 
-    /// Searches the leaf `path` ends at for `key`: where it is (or would go), the overflow
-    /// chain of its value if it has one, and what `take` makes of that value.
-    #[allow(clippy::type_complexity)]
+    /// Searches the leaf `path` ends at for `key`.
     fn find_in_leaf<T>(
         &self,
         path: &[(PageId, usize)],
         key: &[u8],
         take: impl FnOnce(&Tree, ValueRef<'_>) -> TreeResult<T>,
-    ) -> TreeResult<(Result<usize, usize>, Vec<PageId>, Option<T>)> {
+    ) -> TreeResult<InLeaf<T>> {
         let page = self.page(path.last().expect("path ends at a leaf").0)?;
-        let found = page::search(page, key);
-        let Ok(index) = found else { return Ok((found, Vec::new(), None)) };
+        let at = page::search(page, key);
+        let Ok(index) = at else { return Ok(InLeaf { at, chain: Vec::new(), value: None }) };
         let value = page::value_ref(page, index);
         let chain = match value {
             ValueRef::Overflow { len, first } => self.chain(first, len)?,
             ValueRef::Inline(_) => Vec::new(),
         };
-        Ok((found, chain, Some(take(self, value)?)))
+        Ok(InLeaf { at, chain, value: Some(take(self, value)?) })
     }
 
     /// Inserts a cell into the writable page at `path[level]`, splitting upward as needed.
@@ -604,7 +612,7 @@ impl Tree {
     ) -> TreeResult<Option<T>> {
         self.evict_to(self.eviction_target());
         let mut path = self.path(key)?;
-        let (found, old_chain, previous) = self.find_in_leaf(&path, key, take)?;
+        let InLeaf { at: found, chain: old_chain, value: previous } = self.find_in_leaf(&path, key, take)?;
         let Ok(index) = found else {
             return Ok(None);
         };
