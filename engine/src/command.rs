@@ -6,7 +6,7 @@
 
 use bytes::Bytes;
 
-use crate::codec::{decode_item, encode_item, put_varint, ItemMeta, Reader};
+use crate::codec::{decode_item, encode_item, put_varint, ItemMeta, Reader, VARINT_LEN_MAX};
 use crate::expr::codec::{decode_condition, decode_update, encode_condition, encode_update};
 use crate::expr::{Condition, Update};
 use crate::value::Item;
@@ -108,6 +108,7 @@ impl Command {
     fn encode_into(&self, out: &mut Vec<u8>) {
         match self {
             Command::Put { key, value } => {
+                out.reserve(1 + 2 * VARINT_LEN_MAX + key.len() + value.len());
                 out.push(PUT);
                 put_varint(out, key.len() as u64);
                 out.extend_from_slice(key);
@@ -138,6 +139,7 @@ impl Command {
                 }
                 match write {
                     ConditionalWrite::Put(value) => {
+                        out.reserve(1 + VARINT_LEN_MAX + value.len());
                         out.push(PUT);
                         put_varint(out, value.len() as u64);
                         out.extend_from_slice(value);
