@@ -312,17 +312,27 @@ impl Tree {
     /// Allocates a dirty page holding a copy of `contents` (one copy, straight into the frame),
     /// then `prepare`d with its id.
     fn alloc_from(&mut self, contents: &[u8], prepare: impl FnOnce(&mut [u8], PageId)) -> PageId {
-        let id = self.free.pop().unwrap_or_else(|| {
-            self.page_count += 1;
-            self.page_count - 1
-        });
+        let id = self.next_id();
         let mut buffer: Rc<[u8]> = Rc::from(contents);
         prepare(Rc::get_mut(&mut buffer).expect("a new page is not shared"), id);
-        self.frames.insert(id, Frame { page: buffer, epoch: self.epoch, referenced: Cell::new(true) });
+        self.insert_dirty(id, buffer);
+        id
+    }
+
+    /// The id a new page takes: the lowest free one, or one past the end of the file.
+    fn next_id(&mut self) -> PageId {
+        self.free.pop().unwrap_or_else(|| {
+            self.page_count += 1;
+            self.page_count - 1
+        })
+    }
+
+    /// Caches `page`, unshared, as the dirty page `id`.
+    fn insert_dirty(&mut self, id: PageId, page: Rc<[u8]>) {
+        self.frames.insert(id, Frame { page, epoch: self.epoch, referenced: Cell::new(true) });
         self.ring.push(id);
         self.dirty_count += 1;
         self.dirty_ids.push(id);
-        id
     }
 
     fn free_page(&mut self, id: PageId) {
@@ -347,9 +357,22 @@ impl Tree {
     /// Makes page `id` writable in this epoch, copying it if it belongs to a checkpoint.
     /// Returns the id to use from now on.
     fn writable(&mut self, id: PageId) -> PageId {
-        let frame = self.frames.get(&id).expect("writable of a cached page");
-        if frame.epoch == self.epoch {
+        let state = self.state(self.frames.get(&id).expect("writable of a cached page"));
+        let frame = self.frames.get_mut(&id).expect("writable of a cached page");
+        if state == State::Dirty {
             return id;
+        }
+        if state == State::Clean && Rc::get_mut(&mut frame.page).is_some() {
+            // A clean page's contents are on disk under its old id, which is freed here as
+            // `free_page` frees it: nothing needs them in memory any more, so the new page
+            // takes the buffer over rather than a copy of it (a copy was most of the first
+            // write to each page after a checkpoint).
+            let mut page = self.frames.remove(&id).expect("writable of a cached page").page;
+            self.pending_free.push(id);
+            let new_id = self.next_id();
+            page::set_u64(Rc::get_mut(&mut page).expect("checked unshared"), 16, new_id);
+            self.insert_dirty(new_id, page);
+            return new_id;
         }
         let page = frame.page.clone();
         let new_id = self.alloc_from(&page, |copy, new_id| page::set_u64(copy, 16, new_id));
