@@ -548,6 +548,10 @@ impl Tree {
             Ok(index) => {
                 let page = self.page_mut(leaf);
                 let len = page::cell_len_at(page, index);
+                if len == key.len() + header_len + inline.len() {
+                    page::overwrite_body(page, index, &[&header[..header_len], inline]);
+                    return Ok(previous);
+                }
                 page::remove_cell(page, index, len);
                 index
             }

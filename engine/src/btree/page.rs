@@ -295,6 +295,17 @@ pub(crate) fn remove_cell(page: &mut [u8], index: usize, cell_len: usize) {
     set_u16(page, 12, dead);
 }
 
+/// Overwrites the body of the cell at `index` in place: `body` must be exactly as long as the
+/// body it replaces (a value overwritten by one of the same size moves no slot, leaves no dead
+/// bytes and needs no compaction).
+pub(crate) fn overwrite_body(page: &mut [u8], index: usize, body: &[&[u8]]) {
+    let mut at = slot_offset(page, index) + slot_key_len(page, index);
+    for part in body {
+        page[at..at + part.len()].copy_from_slice(part);
+        at += part.len();
+    }
+}
+
 /// Rewrites the cell heap without dead bytes, keeping slot order.
 fn compact(page: &mut [u8]) {
     let mut scratch = [0u8; PAGE_SIZE];
