@@ -4,15 +4,18 @@
 # gets a table of 8 partitions prefilled with 100k items, then closed-loop puts at 64 and 512
 # calls in flight, then open-loop puts at half the higher of those two rates (latency from
 # each put's scheduled time), printing tessera-load's latency line (count, ops/s, p50 p90 p99
-# p99.9 max ms). After each setup, the servers' reports of what stalled them (WAL flushes of
+# p99.9 max ms). Each of those runs is measured after WARMUP seconds (default 10) of the same
+# load, unrecorded: a fresh server's memory grows for its first ~20 s under puts (in-memory
+# logs, checkpoint copies), and on a virtual machine every first touch of a page is slow. After each setup, the servers' reports of what stalled them (WAL flushes of
 # 100 ms or more, cores running 100 ms or more late, replicas that stopped leading) are printed.
 #
 #   cargo build --release -p tessera-tools -p tessera-bench
-#   bench/scripts/replicated-vs-single.sh [SECONDS]
+#   bench/scripts/replicated-vs-single.sh [SECONDS [WARMUP]]
 #
 # Uses target/release/{tessera,tessera-load}, data under $TMPDIR, ports 7700 and 7800-7802.
 set -euo pipefail
 seconds=${1:-10}
+warmup=${2:-10}
 bin=${BIN:-target/release}
 data=${TMPDIR:-/tmp}/tessera-replicated-vs-single
 rm -rf "$data"
@@ -25,12 +28,12 @@ measure() {
   load "$@" --create 8 --prefill --rate 5000 --duration 1 > /dev/null
   local peak=0 line rate
   for concurrency in 64 512; do
-    line=$(load "$@" --get-ratio 0 --concurrency "$concurrency" --duration "$seconds" | grep '^put')
+    line=$(load "$@" --get-ratio 0 --concurrency "$concurrency" --warmup "$warmup" --duration "$seconds" | grep '^put')
     echo "$name, $concurrency in flight: $line"
     rate=$(echo "$line" | awk '{printf "%d", $3}')
     if (( rate > peak )); then peak=$rate; fi
   done
-  echo "$name, open loop at $((peak / 2))/s (half its peak): $(load "$@" --get-ratio 0 --rate $((peak / 2)) --duration "$seconds" | grep '^put')"
+  echo "$name, open loop at $((peak / 2))/s (half its peak): $(load "$@" --get-ratio 0 --rate $((peak / 2)) --warmup "$warmup" --duration "$seconds" | grep '^put')"
 }
 stalls() { grep -E 'WAL flush|ran .* late|no longer leads' "$1" | sed "s/^/$2 reported: /" || true; }
 "$bin/tessera" serve --cores 1 --data-dir "$data/single" --listen 127.0.0.1:7700 > "$data/single.log" 2>&1 &
