@@ -31,3 +31,17 @@ pub use signal::yield_to_reactor;
 pub use store::{PartitionId, PartitionMeta, PartitionSnapshot, Store, StoreConfig, KEY_LEN_MAX};
 pub use value::{item_size, validate_item, AttributeValue, Item, ITEM_SIZE_MAX, NESTING_MAX};
 pub use wal::{Record, Recovered, Wal, WalConfig};
+
+/// `eprintln!` as one write: the line and its newline go to standard error in a single
+/// `write`, so that the lines of the nodes of a local cluster, which share one log, never
+/// interleave mid-line (`eprintln!` writes each formatted piece on its own).
+#[macro_export]
+macro_rules! report {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let mut line = format!($($arg)*);
+        line.push('\n');
+        // Nowhere to report a failure to report.
+        let _ = std::io::stderr().lock().write_all(line.as_bytes());
+    }};
+}

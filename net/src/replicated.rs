@@ -333,8 +333,12 @@ impl ReplicatedLog {
         let store = self.store.clone();
         glommio::spawn_local(async move {
             match store.drop_partition(partition).await {
-                Ok(()) => eprintln!("tessera: partition {partition} ({why}): replica stopped, data removed"),
-                Err(error) => eprintln!("tessera: partition {partition} ({why}): removing its data failed: {error}"),
+                Ok(()) => {
+                    tessera_engine::report!("tessera: partition {partition} ({why}): replica stopped, data removed")
+                }
+                Err(error) => {
+                    tessera_engine::report!("tessera: partition {partition} ({why}): removing its data failed: {error}")
+                }
             }
         })
         .detach();
@@ -455,13 +459,15 @@ impl ReplicatedLog {
             let leading = replica.leading();
             if leading != was_leading {
                 match leading {
-                    Some(ballot) => eprintln!(
+                    Some(ballot) => tessera_engine::report!(
                         "tessera: {}: this node leads it (ballot {} of node {})",
                         partition_name(partition),
                         ballot.round,
                         ballot.replica
                     ),
-                    None => eprintln!("tessera: {}: this node no longer leads it", partition_name(partition)),
+                    None => {
+                        tessera_engine::report!("tessera: {}: this node no longer leads it", partition_name(partition))
+                    }
                 }
             }
             (result, replica.drain(), self.part(replica))

@@ -297,7 +297,7 @@ async fn run_core(
         let late = asleep.elapsed().saturating_sub(STOP_POLL);
         if late >= LATE_REPORTED {
             // Every request on this core waited as long: the CPU was taken, or a task held it.
-            eprintln!("tessera: core {core} ran {} ms late", late.as_millis());
+            tessera_engine::report!("tessera: core {core} ran {} ms late", late.as_millis());
         }
     }
     drop(accepting.cancel());

@@ -532,10 +532,10 @@ impl Shard {
                     match shard.load_catalog().await {
                         Ok(catalog) => {
                             if let Err(error) = shard.publish_catalog(catalog).await {
-                                eprintln!("tessera: cannot publish the catalog: {error}");
+                                tessera_engine::report!("tessera: cannot publish the catalog: {error}");
                             }
                         }
-                        Err(error) => eprintln!("tessera: cannot reload the catalog: {error}"),
+                        Err(error) => tessera_engine::report!("tessera: cannot reload the catalog: {error}"),
                     }
                 })
                 .detach();
@@ -549,18 +549,23 @@ impl Shard {
         glommio::spawn_local(async move {
             let partitions = match shard.store().partitions().await {
                 Ok(partitions) => partitions,
-                Err(error) => return eprintln!("tessera: core {}: cannot list partitions: {error}", shard.core),
+                Err(error) => {
+                    return tessera_engine::report!("tessera: core {}: cannot list partitions: {error}", shard.core)
+                }
             };
             let orphans: Vec<PartitionId> =
                 partitions.into_iter().filter(|&partition| shard.catalog.borrow().orphaned(partition)).collect();
             if !orphans.is_empty() {
-                eprintln!(
+                tessera_engine::report!(
                     "tessera: core {} removes the data of deleted tables ({} partitions)",
                     shard.core,
                     orphans.len()
                 );
                 if let OpResult::Error(error) = shard.run(Op::Drop { partitions: orphans }).await {
-                    eprintln!("tessera: core {}: removing deleted tables' data failed: {error}", shard.core);
+                    tessera_engine::report!(
+                        "tessera: core {}: removing deleted tables' data failed: {error}",
+                        shard.core
+                    );
                 }
             }
         })

@@ -115,7 +115,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
-            eprintln!("tessera: {message}");
+            tessera_engine::report!("tessera: {message}");
             ExitCode::FAILURE
         }
     }
@@ -219,7 +219,7 @@ fn serve(args: &[String]) -> Result<(), String> {
         Some(cluster) => {
             let shared = cluster.shared_zones();
             if !shared.is_empty() {
-                eprintln!("tessera: warning: zones {shared:?} hold more than one node; losing one loses more than one replica of every partition");
+                tessera_engine::report!("tessera: warning: zones {shared:?} hold more than one node; losing one loses more than one replica of every partition");
             }
             format!("node {} of {}, zone {}", cluster.node, cluster.nodes.len(), cluster.nodes[&cluster.node].zone)
         }
@@ -245,7 +245,7 @@ fn serve(args: &[String]) -> Result<(), String> {
         let mut signal = 0;
         // SAFETY: `signals` is an initialized set; sigwait only writes `signal`.
         unsafe { libc::sigwait(&signals, &mut signal) };
-        eprintln!("tessera: stopping (signal {signal}): applying, checkpointing and closing");
+        tessera_engine::report!("tessera: stopping (signal {signal}): applying, checkpointing and closing");
         stop.store(true, Ordering::SeqCst);
     });
     server.wait()

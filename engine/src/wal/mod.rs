@@ -443,7 +443,7 @@ impl Inner {
         let took = started.elapsed();
         if took >= SLOW_FLUSH_REPORTED {
             // Every write acknowledged by this flush waited as long.
-            eprintln!(
+            crate::report!(
                 "tessera: a WAL flush of {} KiB to {} took {} ms",
                 bytes.len() >> 10,
                 file.path().display(),

@@ -198,12 +198,12 @@ impl ReplicatedLog {
             match result {
                 Ok((slot, items, bytes)) => {
                     log.count(|stats| stats.sent += 1);
-                    eprintln!(
+                    tessera_engine::report!(
                         "tessera: partition {partition}: sent node {to} a {what} through slot {slot} ({items} items, {bytes} bytes) in {:?}",
                         started.elapsed()
                     );
                 }
-                Err(reason) => eprintln!("tessera: partition {partition}: the {what} for node {to} stopped: {reason}"),
+                Err(reason) => tessera_engine::report!("tessera: partition {partition}: the {what} for node {to} stopped: {reason}"),
             }
         })
         .detach();
@@ -267,7 +267,7 @@ impl ReplicatedLog {
             // campaign (as leader it could not serve what it chose).
             self.snapshots.deferred.borrow_mut().entry(partition).or_default();
             self.with_replica(partition, |replica| replica.set_standby(true));
-            eprintln!(
+            tessera_engine::report!(
                 "tessera: partition {partition}: receiving a snapshot through slot {} from node {from}",
                 chunk.slot
             );
@@ -325,7 +325,7 @@ impl ReplicatedLog {
             }
         }
         self.count(|stats| stats.installed += 1);
-        eprintln!(
+        tessera_engine::report!(
             "tessera: partition {partition}: installed a snapshot through slot {slot} from node {} ({} items, {} bytes)",
             chunk.from, end.items, end.bytes
         );
@@ -482,7 +482,10 @@ async fn store_chunk(log: Weak<ReplicatedLog>, chunk: SnapshotChunk) {
         }
         Err(error) => {
             log.snapshots.incoming.borrow_mut().remove(&partition);
-            eprintln!("tessera: partition {partition}: the snapshot from node {} failed: {error}", chunk.from);
+            tessera_engine::report!(
+                "tessera: partition {partition}: the snapshot from node {} failed: {error}",
+                chunk.from
+            );
             log.acknowledge(partition, chunk.from, chunk.stream, 0, Some(error.to_string()));
         }
     }
