@@ -33,10 +33,10 @@ const TAG_SS: u8 = 9;
 const TAG_NS: u8 = 10;
 const TAG_BS: u8 = 11;
 
-/// Appends `value` as an unsigned LEB128 varint.
 /// Bytes a `put_varint` of a u64 takes at most.
 pub(crate) const VARINT_LEN_MAX: usize = 10;
 
+/// Appends `value` as an unsigned LEB128 varint.
 pub(crate) fn put_varint(out: &mut Vec<u8>, mut value: u64) {
     while value >= 0x80 {
         out.push((value as u8) | 0x80);
