@@ -357,12 +357,13 @@ impl Tree {
     /// Makes page `id` writable in this epoch, copying it if it belongs to a checkpoint.
     /// Returns the id to use from now on.
     fn writable(&mut self, id: PageId) -> PageId {
-        let state = self.state(self.frames.get(&id).expect("writable of a cached page"));
-        let frame = self.frames.get_mut(&id).expect("writable of a cached page");
+        let frame = self.frames.get(&id).expect("writable of a cached page");
+        let state = self.state(frame);
         if state == State::Dirty {
             return id;
         }
-        if state == State::Clean && Rc::get_mut(&mut frame.page).is_some() {
+        // Unshared: what `Rc::get_mut` requires.
+        if state == State::Clean && Rc::strong_count(&frame.page) == 1 && Rc::weak_count(&frame.page) == 0 {
             // A clean page's contents are on disk under its old id, which is freed here as
             // `free_page` frees it: nothing needs them in memory any more, so the new page
             // takes the buffer over rather than a copy of it (a copy was most of the first
