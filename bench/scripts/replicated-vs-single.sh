@@ -5,9 +5,10 @@
 # calls in flight, then open-loop puts at half the higher of those two rates (latency from
 # each put's scheduled time), printing tessera-load's latency line (count, ops/s, p50 p90 p99
 # p99.9 max ms). Each of those runs is measured after WARMUP seconds (default 10) of the same
-# load, unrecorded: a fresh server's memory grows for its first ~20 s under puts (in-memory
-# logs, checkpoint copies), and on a virtual machine every first touch of a page is slow. After each setup, the servers' reports of what stalled them (WAL flushes of
-# 100 ms or more, cores running 100 ms or more late, replicas that stopped leading) are printed.
+# load, unrecorded: a fresh server's memory grows for its first ~20 s under puts, and on a
+# virtual machine every first touch of a page is slow. After each setup, the servers' reports
+# of what stalled them (WAL flushes of 100 ms or more, cores running 100 ms or more late,
+# replicas that stopped leading) are printed.
 #
 #   cargo build --release -p tessera-tools -p tessera-bench
 #   bench/scripts/replicated-vs-single.sh [SECONDS [WARMUP]]
