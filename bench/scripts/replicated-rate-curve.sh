@@ -16,12 +16,8 @@ set -euo pipefail
 (( $# > 0 )) || { echo "usage: $0 RATE..." >&2; exit 2; }
 seconds=${SECONDS_EACH:-15}
 warmup=${WARMUP:-5}
-bin=${BIN:-target/release}
-data=${TMPDIR:-/tmp}/tessera-replicated-rate-curve
-rm -rf "$data"
-mkdir -p "$data"
-pids=()
-trap 'kill "${pids[@]}" 2>/dev/null; wait 2>/dev/null; rm -rf "$data"' EXIT
+source "$(dirname "$0")/common.sh"
+scratch tessera-replicated-rate-curve
 load() {
   "$bin/tessera-load" --keys 100000 --value-bytes 1024 --quiet \
     --cluster 127.0.0.1:7800,127.0.0.1:7801,127.0.0.1:7802 "$@"

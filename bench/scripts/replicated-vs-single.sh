@@ -17,12 +17,8 @@
 set -euo pipefail
 seconds=${1:-10}
 warmup=${2:-10}
-bin=${BIN:-target/release}
-data=${TMPDIR:-/tmp}/tessera-replicated-vs-single
-rm -rf "$data"
-mkdir -p "$data"
-pids=()
-trap 'kill "${pids[@]}" 2>/dev/null; wait 2>/dev/null; rm -rf "$data"' EXIT
+source "$(dirname "$0")/common.sh"
+scratch tessera-replicated-vs-single
 load() { "$bin/tessera-load" --keys 100000 --value-bytes 1024 "$@"; }
 measure() {
   local name=$1; shift
