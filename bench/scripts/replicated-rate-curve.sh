@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Replicated durable 1 KiB puts on `tessera cluster local --nodes 3` (1 core each), open loop
 # at each RATE given (latency from each put's scheduled time), on one cluster kept warm from
-# rate to rate: a table of 8 partitions prefilled with 100k items, 15 s of puts at the first
-# rate unrecorded, then each rate run for WARMUP seconds unrecorded and SECONDS measured.
-# Each line gives the rate, tessera-load's p50 p90 p99 p99.9 (ms), and the CPUs the three
-# servers and the load generator kept busy over the run (of the machine's `nproc`): where the
-# p99 climbs while the CPUs are full, the wake-ups of the processes sharing them are the
-# cause (bench/RESULTS.md). Then the servers' reports of what stalled them.
+# rate to rate: a table of 8 partitions prefilled with 100k items and 15 s of puts at the
+# first rate, unrecorded; then each rate for WARMUP seconds (default 5) unrecorded and
+# SECONDS_EACH (default 15) measured. Each line gives the rate, tessera-load's p50 p90 p99
+# p99.9 (ms), and how many CPUs the three servers and the load generator kept busy over the
+# rate's run, to set the latency beside how full the machine was. Then the servers' reports
+# of what stalled them.
 #
 #   cargo build --release -p tessera-tools -p tessera-bench
 #   SECONDS_EACH=15 WARMUP=5 bench/scripts/replicated-rate-curve.sh 3000 8000 14000 22000
@@ -27,8 +27,8 @@ pids+=($!)
 sleep 2
 load --create 8 --prefill --rate 5000 --duration 1 > /dev/null
 load --get-ratio 0 --rate "$1" --duration 15 > /dev/null
-servers=$(pgrep -f "serve --node-id" | tr '\n' ' ')
-ticks() { for pid in $servers; do awk '{print $14 + $15}' "/proc/$pid/stat"; done | paste -sd+ | bc; }
+servers=$(pgrep -P "${pids[0]}" | tr '\n' ' ')
+ticks() { for pid in $servers; do cat "/proc/$pid/stat"; done | awk '{ sum += $14 + $15 } END { print sum }'; }
 hertz=$(getconf CLK_TCK)
 echo "rate/s     p50    p90    p99  p99.9 ms | CPUs busy: servers generator"
 for rate in "$@"; do

@@ -377,7 +377,15 @@ fn cluster_local(args: &[String]) -> Result<(), String> {
     // idle (three nodes on two CPUs: two on CPU 0); unpinned, the kernel balances them.
     let cpus = std::thread::available_parallelism().map_or(1, |cpus| cpus.get());
     let pinned = count as usize * cores <= cpus;
-    let signals = block_stop_signals();
+    let mut signals = block_stop_signals();
+    // A node that exits on its own (it failed, or was killed to try a failover) is reported
+    // and reaped when it does, and the others keep running; blocked before the first spawn so
+    // that no exit goes unnoticed.
+    // SAFETY: `signals` is an initialized set; pthread_sigmask only reads it.
+    unsafe {
+        libc::sigaddset(&mut signals, libc::SIGCHLD);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &signals, std::ptr::null_mut());
+    }
     let mut children = Vec::new();
     for id in 1..=count {
         let child = std::process::Command::new(&binary)
@@ -390,21 +398,36 @@ fn cluster_local(args: &[String]) -> Result<(), String> {
             .arg(root.join(format!("node-{id}")))
             .spawn()
             .map_err(|error| format!("cannot start node {id}: {error}"))?;
-        children.push(child);
+        children.push((id, child));
     }
     println!(
         "tessera: a local cluster of {count} nodes, clients on 127.0.0.1:{port}..{}, DynamoDB HTTP API on 127.0.0.1:{http_port}..{}",
         port + count as u16 - 1,
         http_port + count as u16 - 1
     );
-    let mut signal = 0;
-    // SAFETY: `signals` is an initialized set; sigwait only writes `signal`.
-    unsafe { libc::sigwait(&signals, &mut signal) };
-    for child in &mut children {
+    loop {
+        let mut signal = 0;
+        // SAFETY: `signals` is an initialized set; sigwait only writes `signal`.
+        unsafe { libc::sigwait(&signals, &mut signal) };
+        if signal != libc::SIGCHLD {
+            break;
+        }
+        children.retain_mut(|(id, child)| match child.try_wait() {
+            Ok(Some(status)) => {
+                tessera_engine::report!("tessera: node {id} exited ({status}); the other nodes keep running");
+                false
+            }
+            _ => true,
+        });
+        if children.is_empty() {
+            return Err("every node of the local cluster has exited".into());
+        }
+    }
+    for (_, child) in &mut children {
         // SAFETY: kill with a child's pid and SIGTERM has no memory effects.
         unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
     }
-    for mut child in children {
+    for (_, mut child) in children {
         let _ = child.wait();
     }
     Ok(())

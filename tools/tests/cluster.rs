@@ -547,6 +547,113 @@ fn unknown_flags_are_refused_and_help_starts_nothing() {
     let _ = std::fs::remove_dir_all(&root);
 }
 
+/// `tessera cluster local` reports and reaps a node that exits on its own (here SIGKILLed, as
+/// someone trying a failover would), keeps the other nodes serving, and stops them on SIGTERM.
+#[test]
+fn a_local_cluster_reports_a_node_that_exits_and_keeps_the_others() {
+    let _serial = SERIAL.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let root = std::env::temp_dir().join(format!("tessera-cluster-local-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(&root).unwrap();
+    let (port, http_port) = local_cluster_ports();
+    let mut local = LocalCluster(
+        Command::new(BINARY)
+            .args([
+                "cluster",
+                "local",
+                "--nodes",
+                "3",
+                "--port",
+                &port.to_string(),
+                "--http-port",
+                &http_port.to_string(),
+            ])
+            .arg("--data-dir")
+            .arg(root.join("data"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(root.join("log")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let serving = |id: u16| std::net::TcpStream::connect(("127.0.0.1", port + id - 1)).is_ok();
+    wait_until("three nodes serving", Duration::from_secs(20), || (1..=3).all(serving));
+    let local_pid = local.0.id();
+    let node = |id: u32| node_process(local_pid, id);
+    let killed = node(2).expect("node 2 is a child of the local cluster");
+    // SAFETY: kill with a pid and SIGKILL has no memory effects.
+    unsafe { libc::kill(killed as libc::pid_t, libc::SIGKILL) };
+    let log = || std::fs::read_to_string(root.join("log")).unwrap();
+    wait_until("node 2's exit reported", Duration::from_secs(5), || {
+        log().contains("tessera: node 2 exited (signal: 9 (SIGKILL)); the other nodes keep running")
+    });
+    assert!(!PathBuf::from(format!("/proc/{killed}")).exists(), "node 2 was left a zombie");
+    assert!(serving(1) && serving(3) && node(1).is_some() && node(3).is_some(), "{}", log());
+    let status = local.stop().expect("the local cluster stops within 30 s of SIGTERM");
+    assert!(status.success() && node(1).is_none() && node(3).is_none(), "{status}: {}", log());
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+/// A running `tessera cluster local`, stopped (with its nodes) when dropped, so that a failed
+/// assertion leaves no process behind.
+struct LocalCluster(Child);
+
+impl LocalCluster {
+    /// SIGTERM, which it passes on to its nodes, then up to 30 s for it to exit (SIGKILL
+    /// after that): its exit status, or `None` if it had to be killed.
+    fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        // SAFETY: kill with a child's pid and SIGTERM has no memory effects.
+        unsafe { libc::kill(self.0.id() as libc::pid_t, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            match self.0.try_wait() {
+                Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+                done => return done.ok().flatten(),
+            }
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+        None
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            self.stop();
+        }
+    }
+}
+
+/// A client port and an HTTP port from which `cluster local --nodes 3` finds every port it
+/// takes free: clients on `port`..+2, peers on `port` + 100, 110 and 120, HTTP on `http`..+2.
+fn local_cluster_ports() -> (u16, u16) {
+    let mut base = 20_000 + (std::process::id() % 400) as u16 * 20;
+    loop {
+        let (port, http) = (base, base + 5);
+        let wanted = [port, port + 1, port + 2, port + 100, port + 110, port + 120, http, http + 1, http + 2];
+        let held: Vec<_> = wanted.iter().map_while(|&p| std::net::TcpListener::bind(("127.0.0.1", p)).ok()).collect();
+        if held.len() == wanted.len() {
+            return (port, http);
+        }
+        base = if base >= 28_000 { 20_000 } else { base + 20 };
+    }
+}
+
+/// The process `parent` started as node `id` (`--node-id ID` in its command line), if running.
+fn node_process(parent: u32, id: u32) -> Option<u32> {
+    let id = id.to_string();
+    std::fs::read_dir("/proc").ok()?.filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok()).find(
+        |pid| {
+            // The parent pid is the second field after the command name's closing parenthesis.
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let ppid = stat.rsplit_once(") ").and_then(|(_, rest)| rest.split(' ').nth(1)?.parse::<u32>().ok());
+            let cmdline = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let args: Vec<&str> = cmdline.split('\0').collect();
+            ppid == Some(parent) && args.windows(2).any(|pair| pair == ["--node-id", id.as_str()])
+        },
+    )
+}
+
 /// The asynchronous `ClusterPool` sends each call to its partition's leader, learning leaders
 /// from NotLeader answers, whichever node it asks first.
 #[test]
