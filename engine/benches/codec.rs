@@ -24,7 +24,7 @@ fn codec(c: &mut Criterion) {
     c.bench_function("codec/encode 1 KiB put command", |b| {
         b.iter(|| {
             let mut out = Vec::new();
-            black_box(&command).encode_payload(&mut out);
+            black_box(&command).encode_payload(&mut out).unwrap();
             out
         })
     });

@@ -30,6 +30,10 @@ pub enum Error {
     /// A replicated write's outcome is unknown: its replica lost leadership, or no quorum
     /// answered in time. It may or may not have taken effect.
     Unavailable(String),
+    /// A partition that recovery could not replay (a log record whose checksum is good but whose
+    /// command does not decode: a bug, not disk damage) refuses every request until an operator
+    /// decides (`StoreConfig::quarantine_bad_records`); the core's other partitions serve.
+    Held { partition: u64, reason: String },
     /// A write refused before it was proposed, because writes arrive faster than they are
     /// applied (DynamoDB's `ThrottlingException`): it did not take effect, and may be retried.
     Throttled(String),
@@ -38,6 +42,15 @@ pub enum Error {
 impl Error {
     pub(crate) fn validation(message: impl Into<String>) -> Error {
         Error::Validation(message.into())
+    }
+
+    /// A write whose log record the replay decoder (recovery's, a follower's) refuses: refused
+    /// before it is logged (the edge's checks should have caught it first; that they did not
+    /// is a bug to report).
+    pub fn unreplayable(reason: String) -> Error {
+        Error::Validation(format!(
+            "the write was refused before it was logged: its log record would not replay ({reason})"
+        ))
     }
 
     pub(crate) fn corrupt(path: impl Into<PathBuf>, offset: u64, reason: impl Into<String>) -> Error {
@@ -64,6 +77,7 @@ impl fmt::Display for Error {
             Error::NotLeader { leader: Some(leader), .. } => write!(f, "not the leader; replica {leader} leads"),
             Error::NotLeader { leader: None, .. } => write!(f, "not the leader, and no leader is known"),
             Error::Unavailable(reason) => write!(f, "unavailable: {reason}"),
+            Error::Held { partition, reason } => write!(f, "partition {partition} is held: {reason}"),
             Error::Throttled(reason) => write!(f, "throttled: {reason}"),
         }
     }

@@ -84,6 +84,12 @@ pub struct StoreConfig {
     /// Partitions are replicated (Multi-Paxos): writes enter through `persist_paxos` and
     /// `apply_chosen` rather than `submit`.
     pub replicated: bool,
+    /// What recovery does with a log record whose checksum is good but whose command does not
+    /// decode (written by a version with a bug, or read by one): by default its partition is
+    /// held (every request to it is refused, naming the record, and the log keeps the record
+    /// and every later one) while the other partitions serve; with this set the record is
+    /// skipped, reported, and its payload saved under `quarantined/` in the store's directory.
+    pub quarantine_bad_records: bool,
 }
 
 impl Default for StoreConfig {
@@ -94,6 +100,7 @@ impl Default for StoreConfig {
             checkpoint_dirty_pages: 32 * 1024,
             checkpoint_wal_segments: 4,
             replicated: false,
+            quarantine_bad_records: false,
         }
     }
 }
@@ -159,6 +166,9 @@ struct Inner {
     unapplied: RefCell<ahash::HashMap<PartitionId, BTreeMap<u64, u64>>>,
     /// Replicated mode: what recovery found for each partition's replica, until taken.
     recovered_paxos: RefCell<BTreeMap<PartitionId, paxos::Durable>>,
+    /// Partitions recovery could not replay (`Error::Held`): why, and the LSN of the record
+    /// that stopped them; no checkpoint covers it, so the log keeps it.
+    held: RefCell<ahash::HashMap<PartitionId, (String, u64)>>,
     /// Each partition's applied slot in the newest durable checkpoint.
     checkpointed_slots: RefCell<ahash::HashMap<PartitionId, u64>>,
     /// Highest LSN applied to the tree.
@@ -378,6 +388,7 @@ impl Store {
                 last_ticket: Cell::new(0),
                 unapplied: RefCell::new(ahash::HashMap::default()),
                 recovered_paxos: RefCell::new(BTreeMap::new()),
+                held: RefCell::new(ahash::HashMap::default()),
                 checkpointed_slots: RefCell::new(ahash::HashMap::default()),
                 // Replicated mode counts applies by ticket, from 0 at each start.
                 applied: Watermark::new(if replicated { 0 } else { covered_lsn }),
@@ -431,18 +442,57 @@ impl Store {
                     ),
                 ));
             }
-            let command = Command::decode(&record.payload).map_err(|reason| {
-                Error::corrupt(
-                    self.inner.dir.join("wal"),
-                    0,
-                    format!("WAL record {} holds a bad command: {reason}", record.lsn),
-                )
-            })?;
-            if record.slot > self.applied_slot(record.partition) {
-                self.inner.apply(record.partition, record.slot, &command, false).await?;
+            if self.inner.held.borrow().contains_key(&record.partition) {
+                // Nothing after the record that stopped the partition is applied either.
+                self.inner.applied.advance(record.lsn);
+                continue;
+            }
+            match Command::decode(&record.payload) {
+                Ok(command) => {
+                    if record.slot > self.applied_slot(record.partition) {
+                        self.inner.apply(record.partition, record.slot, &command, false).await?;
+                    }
+                }
+                Err(reason) => self.undecodable(&record, &reason)?,
             }
             self.inner.applied.advance(record.lsn);
         }
+        Ok(())
+    }
+
+    /// A WAL record whose checksum is good but whose command does not decode: not disk damage
+    /// (the checksum vouches for the bytes) but a bug, in the version that wrote it or in this
+    /// one. Its partition is held, or with `quarantine_bad_records` the record is skipped and
+    /// kept aside; either way it is reported, naming the partition, slot and key.
+    fn undecodable(&self, record: &crate::wal::Record, reason: &str) -> Result<()> {
+        let key = Command::key_of(&record.payload)
+            .map_or_else(|| "unknown".to_string(), |key| format!("{:?}", String::from_utf8_lossy(key)));
+        let what = format!(
+            "WAL record {} (slot {}, key {key}) has a valid checksum but a command this version cannot decode ({reason}): a bug, not disk damage",
+            record.lsn, record.slot
+        );
+        if !self.inner.config.quarantine_bad_records {
+            crate::report!(
+                "{}: partition {} is held, refusing every request: {what}; restart with --quarantine-bad-records to skip the record (losing that write) and serve the partition",
+                self.inner.dir.display(),
+                record.partition
+            );
+            self.inner.held.borrow_mut().insert(record.partition, (what, record.lsn));
+            return Ok(());
+        }
+        let dir = self.inner.dir.join("quarantined");
+        let path = dir.join(format!("partition-{}-lsn-{}.bin", record.partition, record.lsn));
+        disk::create_dir(&dir)?;
+        std::fs::write(&path, &record.payload)
+            .and_then(|()| std::fs::File::open(&path)?.sync_all())
+            .map_err(|error| Error::io("write", &path, error))?;
+        disk::sync_dir(&dir)?;
+        crate::report!(
+            "{}: partition {}: skipped (--quarantine-bad-records) {what}; its payload is in {}",
+            self.inner.dir.display(),
+            record.partition,
+            path.display()
+        );
         Ok(())
     }
 
@@ -544,13 +594,16 @@ impl Store {
         if partition == u64::MAX {
             return Err(Error::validation("partition id u64::MAX is reserved"));
         }
+        self.inner.check_held(partition)?;
         let key_len = command.key_len_max();
         if key_len > KEY_LEN_MAX {
             return Err(Error::validation(format!(
                 "encoded key of {key_len} bytes exceeds the {KEY_LEN_MAX}-byte limit"
             )));
         }
-        let lsn = self.inner.wal.append_with(partition, slot, RECORD_COMMAND, |out| command.encode_payload(out))?;
+        let lsn = self.inner.wal.append_with(partition, slot, RECORD_COMMAND, |out| {
+            command.encode_payload(out).map_err(Error::unreplayable)
+        })?;
         self.inner.queue.borrow_mut().push_back(Queued {
             lsn,
             partition,
@@ -579,10 +632,10 @@ impl Store {
             return Err(Error::Config("persist_paxos needs a replicated store".into()));
         }
         let last_slot = entries.last().map_or(0, |(slot, _)| *slot);
-        let lsn = self
-            .inner
-            .wal
-            .append_with(partition, last_slot, RECORD_PAXOS, |out| paxos::encode_persist(promised, entries, out))?;
+        let lsn = self.inner.wal.append_with(partition, last_slot, RECORD_PAXOS, |out| {
+            paxos::encode_persist(promised, entries, out);
+            Ok(())
+        })?;
         self.note_paxos_record(partition, lsn, promised, entries);
         Ok(lsn)
     }
@@ -831,6 +884,7 @@ impl Store {
 
     /// Refuses reads of a partition whose items are a partial snapshot.
     fn readable(&self, partition: PartitionId) -> Result<()> {
+        self.inner.check_held(partition)?;
         if self.installing(partition) {
             return Err(Error::Unavailable(format!(
                 "partition {partition} is receiving a snapshot from its leader: its items are incomplete"
@@ -1129,6 +1183,7 @@ impl Inner {
         self.unsaved_metas.borrow_mut().remove(&partition);
         self.unapplied.borrow_mut().remove(&partition);
         self.checkpointed_slots.borrow_mut().remove(&partition);
+        self.held.borrow_mut().remove(&partition);
         Ok(())
     }
 
@@ -1298,6 +1353,13 @@ impl Inner {
         }
     }
 
+    fn check_held(&self, partition: PartitionId) -> Result<()> {
+        match self.held.borrow().get(&partition) {
+            Some((reason, _)) => Err(Error::Held { partition, reason: reason.clone() }),
+            None => Ok(()),
+        }
+    }
+
     fn fail(&self, cause: String) {
         self.poisoned.borrow_mut().get_or_insert(cause.clone());
         self.applied.fail(cause.clone());
@@ -1345,7 +1407,9 @@ impl Inner {
     /// or below applied slots are in the tree, promises in the partition metadata).
     fn covered_lsn(&self) -> u64 {
         if !self.config.replicated {
-            return self.applied.get();
+            // A held partition's records stay in the log for the operator to decide on.
+            let held = self.held.borrow().values().map(|(_, lsn)| lsn - 1).min();
+            return held.map_or(self.applied.get(), |held| held.min(self.applied.get()));
         }
         let oldest = self.unapplied.borrow().values().filter_map(|held| held.values().min().copied()).min();
         let durable = self.wal.durable_lsn();

@@ -89,10 +89,22 @@ impl AttributeValue {
             _ => false,
         };
         if empty_set {
-            return Err(Error::validation(format!("attribute {path}: an {} set may not be empty", self.type_name())));
+            return Err(Error::validation(format!("attribute {path}: {}", empty_set_message(self.type_name()))));
         }
         Ok(())
     }
+}
+
+/// DynamoDB's words for an empty set of type `kind` (`SS`, `NS` or `BS`), which it refuses
+/// wherever a value appears (an item, a key, a placeholder's value, a legacy parameter), with
+/// its "An" and its two spaces. Every decoder of values from a client uses it.
+pub fn empty_set_message(kind: &str) -> String {
+    let element = match kind {
+        "NS" => "number",
+        "BS" => "binary",
+        _ => "string",
+    };
+    format!("An {element} set  may not be empty")
 }
 
 /// Item size as DynamoDB counts it: attribute names plus value sizes.

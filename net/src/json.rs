@@ -5,7 +5,7 @@
 use base64::Engine as _;
 use serde_json::{Map, Value};
 use tessera_engine::expr::legacy::{AttributeAction, ComparisonOperator, ExpectedAttribute, LegacyCondition};
-use tessera_engine::{AttributeValue, Item, Number};
+use tessera_engine::{empty_set_message, AttributeValue, Item, Number};
 
 const BASE64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
@@ -58,6 +58,9 @@ pub fn value_from_json(json: &Value, path: &str) -> Result<AttributeValue, Strin
                     value.as_str().ok_or_else(|| format!("attribute {path}: {kind} takes an array of strings"))
                 })
                 .collect::<Result<Vec<_>, _>>()?;
+            if texts.is_empty() {
+                return Err(format!("attribute {path}: {}", empty_set_message(kind)));
+            }
             let count = texts.len();
             let value = match kind.as_str() {
                 "SS" => AttributeValue::Ss(texts.iter().map(|text| text.to_string()).collect()),

@@ -671,7 +671,7 @@ impl ReplicatedLog {
         let id = self.next_command.get();
         self.next_command.set(id + 1);
         let mut bytes = Vec::new();
-        command.encode_payload(&mut bytes);
+        command.encode_payload(&mut bytes).map_err(Error::unreplayable)?;
         let now = self.now();
         let slot = self.with_replica(partition, |replica| replica.propose(now, id, bytes));
         let slot = match slot {

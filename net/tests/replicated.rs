@@ -59,6 +59,7 @@ fn store_config() -> StoreConfig {
         checkpoint_dirty_pages: 200,
         checkpoint_wal_segments: 3,
         replicated: true,
+        ..Default::default()
     }
 }
 

@@ -42,6 +42,7 @@ pub fn crash_config() -> tessera_engine::StoreConfig {
         checkpoint_dirty_pages: 300,
         checkpoint_wal_segments: 3,
         replicated: false,
+        ..Default::default()
     }
 }
 pub mod sim;

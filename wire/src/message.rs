@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use flatbuffers::{FlatBufferBuilder, ForwardsUOffset, Vector, WIPOffset};
 pub use tessera_engine::expr::{ReturnValues, SortCondition};
 use tessera_engine::paxos::Member;
-use tessera_engine::{AttributeValue, Item, KeyAttribute, KeySchema, KeyType, Number, NESTING_MAX};
+use tessera_engine::{empty_set_message, AttributeValue, Item, KeyAttribute, KeySchema, KeyType, Number, NESTING_MAX};
 
 use crate::error::{ErrorCode, WireError};
 use crate::frame;
@@ -699,25 +699,26 @@ fn read_value(value: fb::Value<'_>, path: &str, depth: usize) -> Result<Attribut
         }
         fb::ValueKind::SS => {
             let texts = required(value.texts(), &format!("the strings of {path}"))?;
-            AttributeValue::Ss(unique_set(texts.iter().map(|text| Ok(text.to_string())), path)?)
+            AttributeValue::Ss(unique_set(texts.iter().map(|text| Ok(text.to_string())), "SS", path)?)
         }
         fb::ValueKind::NS => {
             let texts = required(value.texts(), &format!("the numbers of {path}"))?;
-            AttributeValue::Ns(unique_set(texts.iter().map(|text| read_number(Some(text), path)), path)?)
+            AttributeValue::Ns(unique_set(texts.iter().map(|text| read_number(Some(text), path)), "NS", path)?)
         }
         fb::ValueKind::BS => {
             let blobs = required(value.blobs(), &format!("the binaries of {path}"))?;
             let values =
                 blobs.iter().map(|blob| Ok(required(blob.data(), &format!("a binary of {path}"))?.bytes().to_vec()));
-            AttributeValue::Bs(unique_set(values, path)?)
+            AttributeValue::Bs(unique_set(values, "BS", path)?)
         }
         other => return Err(invalid(format!("{path} has unknown value kind {}", other.0))),
     })
 }
 
-/// A set from its elements, refusing duplicates as DynamoDB does.
+/// A set of type `kind` from its elements, refusing duplicates and emptiness as DynamoDB does.
 fn unique_set<T: Ord>(
     elements: impl Iterator<Item = Result<T, WireError>>,
+    kind: &str,
     path: &str,
 ) -> Result<BTreeSet<T>, WireError> {
     let mut set = BTreeSet::new();
@@ -725,6 +726,9 @@ fn unique_set<T: Ord>(
         if !set.insert(element?) {
             return Err(invalid(format!("the set {path} holds duplicate values")));
         }
+    }
+    if set.is_empty() {
+        return Err(invalid(format!("{path}: {}", empty_set_message(kind))));
     }
     Ok(set)
 }

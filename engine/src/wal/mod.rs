@@ -273,12 +273,21 @@ impl Wal {
     /// Queues a record and returns its LSN. It is durable once `durable(lsn)` resolves.
     #[cfg(test)]
     pub fn append(&self, partition: u64, slot: u64, kind: u8, payload: &[u8]) -> Result<u64> {
-        self.append_with(partition, slot, kind, |out| out.extend_from_slice(payload))
+        self.append_with(partition, slot, kind, |out| {
+            out.extend_from_slice(payload);
+            Ok(())
+        })
     }
 
     /// Queues a record whose payload `write` appends straight into the WAL buffer (no
     /// intermediate copy) and returns its LSN.
-    pub fn append_with(&self, partition: u64, slot: u64, kind: u8, write: impl FnOnce(&mut Vec<u8>)) -> Result<u64> {
+    pub fn append_with(
+        &self,
+        partition: u64,
+        slot: u64,
+        kind: u8,
+        write: impl FnOnce(&mut Vec<u8>) -> Result<()>,
+    ) -> Result<u64> {
         let inner = &self.inner;
         if let Some(cause) = inner.durable.failure() {
             return Err(Error::Poisoned { cause });
@@ -286,7 +295,10 @@ impl Wal {
         let mut pending = inner.pending.borrow_mut();
         let start = pending.bytes.len();
         pending.bytes.resize(start + RECORD_HEADER_LEN, 0);
-        write(&mut pending.bytes);
+        if let Err(error) = write(&mut pending.bytes) {
+            pending.bytes.truncate(start);
+            return Err(error);
+        }
         let payload_len = pending.bytes.len() - start - RECORD_HEADER_LEN;
         if payload_len > inner.config.record_bytes_max {
             pending.bytes.truncate(start);
