@@ -17,12 +17,13 @@ mod workload;
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use clap::{ArgGroup, Parser};
 use glommio::{LocalExecutorBuilder, Placement};
 use hdrhistogram::Histogram;
 use tessera_engine::{AttributeValue, Item, KeySchema, KeyType, Number};
@@ -48,49 +49,112 @@ const COUNTER_UPDATE: &str = "SET #c = if_not_exists(#c, :zero) + :one";
 /// mimalloc rather than glibc's allocator: every request allocates and frees (items, frames,
 /// tasks); measured under tessera-load it cut server CPU per operation ~5% and the median
 /// latency ~12% (bench/RESULTS.md).
+/// `--endpoint`'s default: a node's binary protocol on this machine.
+const ENDPOINT_DEFAULT: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 7400));
+
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-const USAGE: &str =
-    "usage: tessera-load [--endpoint ADDR | --cluster A,B,C] [--workload FILE] [--json FILE] [--plot FILE]
-                    [--table NAME] [--create [PARTITIONS]] [--prefill] [--warmup SECONDS]
-                    [--connections N] [--threads N] [--concurrency N] [--quiet]
-       without --workload: [--keys N] [--value-bytes N] [--rate OPS_PER_S] [--duration SECONDS]
-                    [--get-ratio R] [--updates]
-  --workload FILE  a workload file (bench/workloads/*.toml): table and key space, key
-               popularity, item sizes, operation mix, rate timeline (phases)
-  --json FILE  also write the results as JSON: per operation, errors by kind, and each
-               second's due calls, answers, errors and p99
-  --plot FILE  draw that timeline as SVG: calls answered and errors per second against the
-               target rate, and each second's p99 on a log scale, with the phases shaded
-  --connections N  pipelined connections per server core (default 1); each call goes to
-               one on the core owning its key
-  --create [P] create the table (partition key id:S) first, with P partitions (default: the
-               workload's, or 8)
-  --prefill    write every key once (closed loop, 256 in flight) before the timed run
-  --updates    writes are conditional UpdateItem counter increments instead of PutItem
-  --warmup S   run the first phase's rate for S seconds (default 1) before the schedule, and
-               record nothing of it (connections, table layouts and leaders are learned then)
-  --concurrency N  closed loop: N calls in flight per thread, each issued when the one before
-               it is answered, for the workload's length (or --duration), instead of its rates
-  --cluster A,B,C  the nodes of a cluster (the first is --endpoint's default): connections to
-               every node, each call sent to its partition's leader, learned from NotLeader
-  --quiet      no progress line each second (on standard error)
-  --outstanding-max N  calls a generator thread keeps waiting for answers at most (default
-               20000): a call due beyond that is not sent and counts as shed, so that an
-               overloaded server does not also swamp the generator, which keeps offering load
-               and measuring what is served
-  --redis ADDR drive Redis instead (the peer comparison): gets are GET, puts and inserts SET
-               of a value as large as the item, on --connections pipelined connections
-  --etcd A,B,C drive etcd's members instead, through its v3 JSON gateway: gets are
-               linearizable ranges, puts and inserts puts; --connections to each member
-  --dynamodb A,B  drive DynamoDB's HTTP API at these addresses instead (Tessera's endpoint,
-               or an emulator's): gets are strongly consistent GetItem, puts and inserts
-               PutItem, of the same items; --connections pipelined HTTP/1.1 connections to
-               each; --create makes the table there (CreateTable)
-  --max-rate P99_MS  search for the highest steady rate (within 5 %) whose p99 stays at or
-               under P99_MS with every call answered: probes of --probe-seconds (default 10)
-               of the workload's mix, doubling from its first phase's rate, then bisecting";
+/// An open-loop load generator for Tessera (and, to compare, Redis, etcd or a DynamoDB
+/// endpoint): calls are issued on the workload's schedule whether or not earlier ones were
+/// answered, and each latency is timed from its call's due time.
+#[derive(Parser)]
+#[command(name = "tessera-load", version, args_override_self = true)]
+#[command(group(ArgGroup::new("peer").args(["redis", "etcd", "dynamodb"])))]
+struct Flags {
+    /// The node to drive [default: the first of --cluster, else 127.0.0.1:7400]
+    #[arg(long, value_name = "ADDR")]
+    endpoint: Option<SocketAddr>,
+    /// The nodes of a cluster: connections to every node, each call sent to its partition's
+    /// leader, learned from NotLeader
+    #[arg(long, value_name = "A,B,C", value_delimiter = ',')]
+    cluster: Vec<SocketAddr>,
+    /// A workload file (bench/workloads/*.toml): table and key space, key popularity, item
+    /// sizes, operation mix, rate timeline (phases)
+    #[arg(long, value_name = "FILE")]
+    workload: Option<String>,
+    /// Also write the results as JSON: per operation, errors by kind, and each second's due
+    /// calls, answers, errors and p99
+    #[arg(long, value_name = "FILE")]
+    json: Option<String>,
+    /// Draw that timeline as SVG: calls answered and errors per second against the target
+    /// rate, and each second's p99 on a log scale, with the phases shaded
+    #[arg(long, value_name = "FILE")]
+    plot: Option<String>,
+    /// The table [default: the workload's, or load]
+    #[arg(long, value_name = "NAME")]
+    table: Option<String>,
+    /// Create the table (partition key id:S) first, with P partitions [default: the
+    /// workload's, or 8]
+    #[arg(long, value_name = "P", num_args = 0..=1)]
+    create: Option<Option<u32>>,
+    /// Write every key once (closed loop, 256 in flight) before the timed run
+    #[arg(long)]
+    prefill: bool,
+    /// Run the first phase's rate for S seconds before the schedule, and record nothing of
+    /// it (connections, table layouts and leaders are learned then)
+    #[arg(long, value_name = "S", default_value_t = 1.0)]
+    warmup: f64,
+    /// Pipelined connections per server core; each call goes to one on the core owning its
+    /// key
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    connections: usize,
+    /// Generator threads
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    threads: usize,
+    /// Closed loop: N calls in flight per thread, each issued when the one before it is
+    /// answered, for the workload's length (or --duration), instead of its rates
+    #[arg(long, value_name = "N")]
+    concurrency: Option<usize>,
+    /// No progress line each second (on standard error)
+    #[arg(long)]
+    quiet: bool,
+    /// Calls a generator thread keeps waiting for answers at most: a call due beyond that is
+    /// not sent and counts as shed, so that an overloaded server does not also swamp the
+    /// generator, which keeps offering load and measuring what is served
+    #[arg(long, value_name = "N", default_value_t = 20_000)]
+    outstanding_max: u64,
+    /// Drive Redis instead (the peer comparison): gets are GET, puts and inserts SET of a
+    /// value as large as the item, on --connections pipelined connections
+    #[arg(long, value_name = "ADDR", value_delimiter = ',')]
+    redis: Option<Vec<SocketAddr>>,
+    /// Drive etcd's members instead, through its v3 JSON gateway: gets are linearizable
+    /// ranges, puts and inserts puts; --connections to each member
+    #[arg(long, value_name = "A,B,C", value_delimiter = ',')]
+    etcd: Option<Vec<SocketAddr>>,
+    /// Drive DynamoDB's HTTP API at these addresses instead (Tessera's endpoint, or an
+    /// emulator's): gets are strongly consistent GetItem, puts and inserts PutItem, of the
+    /// same items; --connections pipelined HTTP/1.1 connections to each; --create makes the
+    /// table there (CreateTable)
+    #[arg(long, value_name = "A,B", value_delimiter = ',')]
+    dynamodb: Option<Vec<SocketAddr>>,
+    /// Search for the highest steady rate (within 5 %) whose p99 stays at or under P99_MS
+    /// with every call answered: probes of --probe-seconds of the workload's mix, doubling
+    /// from its first phase's rate, then bisecting
+    #[arg(long, value_name = "P99_MS")]
+    max_rate: Option<f64>,
+    #[arg(long, value_name = "SECONDS", default_value_t = 10.0)]
+    probe_seconds: f64,
+    /// Without --workload: keys, uniformly chosen
+    #[arg(long, value_name = "N", default_value_t = 1_000_000, conflicts_with = "workload")]
+    keys: u64,
+    /// Without --workload: the size of each item's value
+    #[arg(long, value_name = "N", default_value_t = 1024, conflicts_with = "workload")]
+    value_bytes: usize,
+    /// Without --workload: calls per second
+    #[arg(long, value_name = "OPS_PER_S", default_value_t = 50_000.0, conflicts_with = "workload")]
+    rate: f64,
+    /// Without --workload: how long to run
+    #[arg(long, value_name = "SECONDS", default_value_t = 20.0, conflicts_with = "workload")]
+    duration: f64,
+    /// Without --workload: the share of calls that are GetItem (the others write), 0 to 1
+    #[arg(long, value_name = "R", default_value_t = 0.5, conflicts_with = "workload")]
+    get_ratio: f64,
+    /// Without --workload: writes are conditional UpdateItem counter increments instead of
+    /// PutItem
+    #[arg(long, conflicts_with = "workload")]
+    updates: bool,
+}
 
 #[derive(Clone)]
 struct Settings {
@@ -147,43 +211,20 @@ impl Settings {
 }
 
 fn parse() -> Result<Settings, String> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.iter().any(|arg| arg == "--help" || arg == "-h") {
-        return Err(USAGE.into());
-    }
-    let value = |name: &str| value_of(&args, name);
-    let flag = |name: &str| args.iter().any(|arg| arg == name);
-    fn number<T: std::str::FromStr>(text: Option<&String>, name: &str, default: T) -> Result<T, String> {
-        text.map_or(Ok(default), |text| text.parse().map_err(|_| format!("{name} takes a number, not {text:?}")))
-    }
-    let nodes = match value("--cluster") {
-        None => Vec::new(),
-        Some(list) => addresses(list, "--cluster")?,
-    };
-    let endpoint = match nodes.first() {
-        Some(first) => number(value("--endpoint"), "--endpoint", *first)?,
-        None => number(value("--endpoint"), "--endpoint", "127.0.0.1:7400".parse().expect("address"))?,
-    };
-    let (mut workload, name) = match value("--workload") {
+    let flags = Flags::parse();
+    let endpoint = flags.endpoint.or(flags.cluster.first().copied()).unwrap_or(ENDPOINT_DEFAULT);
+    let (mut workload, name) = match &flags.workload {
         Some(path) => {
-            let own = ["--keys", "--value-bytes", "--rate", "--duration", "--get-ratio", "--updates"];
-            if let Some(flag) = own.iter().find(|name| flag(name)) {
-                return Err(format!("{flag} comes from the workload file with --workload"));
-            }
             (Workload::load(path)?, path.rsplit('/').next().unwrap_or(path).trim_end_matches(".toml").to_string())
         }
-        None => (flags_workload(&args)?, "flags".to_string()),
+        None => (flags_workload(&flags)?, "flags".to_string()),
     };
-    if let Some(table) = value("--table") {
+    if let Some(table) = &flags.table {
         workload.table.name = table.clone();
     }
-    let peers = [("--redis", Peer::Redis), ("--etcd", Peer::Etcd), ("--dynamodb", Peer::DynamoDb)];
-    let mut chosen = peers.iter().filter_map(|(name, peer)| value(name).map(|list| (*name, *peer, list)));
-    let peer = match (chosen.next(), chosen.next()) {
-        (Some(_), Some(_)) => return Err("--redis, --etcd and --dynamodb are different peers: one at a time".into()),
-        (Some((name, peer, list)), None) => Some((peer, addresses(list, name)?)),
-        (None, _) => None,
-    };
+    let peers = [(Peer::Redis, &flags.redis), (Peer::Etcd, &flags.etcd), (Peer::DynamoDb, &flags.dynamodb)];
+    // clap lets one at most through.
+    let peer = peers.into_iter().find_map(|(peer, addresses)| Some((peer, addresses.clone()?)));
     if let Some((peer, _)) = &peer {
         let unsupported =
             [Op::Update, Op::Delete, Op::ReadModifyWrite, Op::Scan, Op::Query, Op::BatchGet, Op::BatchWrite];
@@ -193,87 +234,51 @@ fn parse() -> Result<Settings, String> {
         if workload.table.items_per_key > 1 {
             return Err(format!("a peer ({peer:?}) stores one item a key: table.items_per_key must be 1"));
         }
-        if flag("--create") && *peer != Peer::DynamoDb {
+        if flags.create.is_some() && *peer != Peer::DynamoDb {
             return Err("--create makes a table; this peer has none".into());
         }
     }
-    // `--create` with or without its count.
-    let create = match (flag("--create"), value("--create").filter(|next| !next.starts_with("--"))) {
-        (false, _) => None,
-        (true, Some(count)) => Some(number(Some(count), "--create", 0)?),
-        (true, None) => Some(workload.table.partitions),
-    };
     Ok(Settings {
-        nodes: if nodes.is_empty() { vec![endpoint] } else { nodes },
+        nodes: if flags.cluster.is_empty() { vec![endpoint] } else { flags.cluster },
         endpoint,
+        create: flags.create.map(|count| count.unwrap_or(workload.table.partitions)),
         workload,
         name,
-        warmup: Duration::from_secs_f64(number(value("--warmup"), "--warmup", 1.0)?),
-        connections: number(value("--connections"), "--connections", 1)?,
-        threads: number(value("--threads"), "--threads", 1)?.max(1),
-        create,
-        prefill: flag("--prefill"),
-        concurrency: value("--concurrency").map(|text| number(Some(text), "--concurrency", 1)).transpose()?,
-        json: value("--json").cloned(),
-        plot: value("--plot").cloned(),
+        warmup: Duration::try_from_secs_f64(flags.warmup).map_err(|_| "--warmup takes seconds, 0 or more")?,
+        connections: flags.connections,
+        threads: flags.threads.max(1),
+        prefill: flags.prefill,
+        concurrency: flags.concurrency,
+        json: flags.json,
+        plot: flags.plot,
         peer,
-        max_rate: match value("--max-rate") {
-            None => None,
-            Some(bound) => Some((
-                number(Some(bound), "--max-rate", 0.0)?,
-                number(value("--probe-seconds"), "--probe-seconds", 10.0)?,
-            )),
-        },
-        quiet: flag("--quiet"),
-        outstanding_max: number(value("--outstanding-max"), "--outstanding-max", 20_000)?.max(1),
+        max_rate: flags.max_rate.map(|bound| (bound, flags.probe_seconds)),
+        quiet: flags.quiet,
+        outstanding_max: flags.outstanding_max.max(1),
     })
 }
 
-/// `ADDRESS:PORT,...` after flag `name`.
-fn addresses(list: &str, name: &str) -> Result<Vec<SocketAddr>, String> {
-    list.split(',')
-        .map(|address| address.parse().map_err(|_| format!("{name} takes ADDRESS:PORT,... not {address:?}")))
-        .collect()
-}
-
-/// The argument after flag `name`, if the flag is given.
-fn value_of<'a>(args: &'a [String], name: &str) -> Option<&'a String> {
-    args.iter().position(|arg| arg == name).and_then(|at| args.get(at + 1))
-}
-
 /// The workload the flags describe: steady, uniform keys, GetItem and PutItem (or updates).
-fn flags_workload(args: &[String]) -> Result<Workload, String> {
-    let number = |name: &str, default: f64| -> Result<f64, String> {
-        value_of(args, name)
-            .map_or(Ok(default), |text| text.parse().map_err(|_| format!("{name} takes a number, not {text:?}")))
-    };
-    let get_ratio = number("--get-ratio", 0.5)?;
-    if !(0.0..=1.0).contains(&get_ratio) {
+fn flags_workload(flags: &Flags) -> Result<Workload, String> {
+    if !(0.0..=1.0).contains(&flags.get_ratio) {
         return Err("--get-ratio takes a number from 0 to 1".into());
     }
-    let value_bytes = number("--value-bytes", 1024.0)? as usize;
-    let gets = (get_ratio * 1_000_000.0).round() as u32;
+    let gets = (flags.get_ratio * 1_000_000.0).round() as u32;
     let writes = 1_000_000 - gets;
-    let updates = args.iter().any(|arg| arg == "--updates");
     let workload = Workload {
-        table: TableSpec {
-            name: "load".into(),
-            keys: number("--keys", 1_000_000.0)? as u64,
-            partitions: 8,
-            items_per_key: 1,
-        },
+        table: TableSpec { name: "load".into(), keys: flags.keys, partitions: 8, items_per_key: 1 },
         keys: KeySpec::Uniform,
-        items: ItemSpec { min_bytes: value_bytes, max_bytes: value_bytes },
+        items: ItemSpec { min_bytes: flags.value_bytes, max_bytes: flags.value_bytes },
         mix: Mix {
             get: gets,
-            put: if updates { 0 } else { writes },
-            update: if updates { writes } else { 0 },
+            put: if flags.updates { 0 } else { writes },
+            update: if flags.updates { writes } else { 0 },
             ..Mix::default()
         },
         phases: vec![Phase {
             name: "steady".into(),
-            seconds: number("--duration", 20.0)?,
-            rate: Rate::Steady(number("--rate", 50_000.0)?),
+            seconds: flags.duration,
+            rate: Rate::Steady(flags.rate),
             hot: None,
         }],
     };
@@ -536,7 +541,7 @@ async fn open_loop<F: Future<Output = Result<(), ClientError>> + 'static>(
             outstanding.set(outstanding.get() - 1);
             if recorded {
                 count(&progress, &result);
-                report.borrow_mut().record(second, op, micros, result.map_err(|error| ErrorKind::of(&error)));
+                report.borrow_mut().answered(second, op, micros, result);
             }
         })
         .detach();
@@ -706,7 +711,7 @@ async fn run_closed(settings: Settings, thread: usize, concurrency: usize, progr
                     let second = (issued - measured_from).as_secs() as usize;
                     let mut report = report.borrow_mut();
                     report.due(second);
-                    report.record(second, op, micros, result.map_err(|error| ErrorKind::of(&error)));
+                    report.answered(second, op, micros, result);
                     if worker == 0 && second > 0 && report.timeline[second].due == 1 {
                         progress.latencies.lock().expect("progress")[thread] = report.all();
                     }
@@ -815,7 +820,7 @@ fn main() {
     let settings = match parse() {
         Ok(settings) => settings,
         Err(message) => {
-            eprintln!("{message}");
+            eprintln!("tessera-load: {message}");
             std::process::exit(2);
         }
     };
@@ -858,6 +863,9 @@ fn main() {
             probe.workload.phases = vec![Phase { name: "probe".into(), seconds, rate: Rate::Steady(rate), hot: None }];
             probe.quiet = true;
             let summary = measure(&probe, &progress);
+            if let Some(failures) = summary.all_failed() {
+                fail(format!("probe {rate:.0}/s: {failures}"));
+            }
             // Conditional failures are the workload's doing; any other error fails the probe.
             let failed: u64 = summary
                 .errors
@@ -887,6 +895,9 @@ fn main() {
     }
     let summary = measure(&settings, &progress);
     summary.print();
+    if let Some(failures) = summary.all_failed() {
+        fail(failures);
+    }
     if let Some(path) = &settings.json {
         std::fs::write(path, summary.to_json()).unwrap_or_else(|error| fail(format!("cannot write {path}: {error}")));
     }

@@ -164,6 +164,7 @@ mod tests {
             ops: [("get".to_string(), op.clone())].into(),
             all: op,
             errors: Default::default(),
+            first_errors: Default::default(),
             timeline,
         };
         let svg = plot(&summary);

@@ -76,11 +76,19 @@ pub struct Report {
     pub timeline: Vec<Second>,
     /// Calls due in the measured part of the run.
     pub due: u64,
+    /// The first error of each kind, as the client put it.
+    pub first_errors: BTreeMap<ErrorKind, String>,
 }
 
 impl Report {
     pub fn new() -> Report {
-        Report { ops: BTreeMap::new(), errors: BTreeMap::new(), timeline: Vec::new(), due: 0 }
+        Report {
+            ops: BTreeMap::new(),
+            errors: BTreeMap::new(),
+            timeline: Vec::new(),
+            due: 0,
+            first_errors: BTreeMap::new(),
+        }
     }
 
     /// A call due `second` seconds into the measured run.
@@ -104,6 +112,16 @@ impl Report {
         }
     }
 
+    /// A call sent, answered or failed: `record`, keeping the first error of each kind.
+    pub fn answered(&mut self, second: usize, op: Op, micros: u64, result: Result<(), ClientError>) {
+        let result = result.map_err(|error| {
+            let kind = ErrorKind::of(&error);
+            self.first_errors.entry(kind).or_insert_with(|| error.to_string());
+            kind
+        });
+        self.record(second, op, micros, result);
+    }
+
     fn second(&mut self, second: usize) -> &mut Second {
         if self.timeline.len() <= second {
             self.timeline.resize_with(second + 1, Second::new);
@@ -125,6 +143,9 @@ impl Report {
             mine.latencies.add(&second.latencies).expect("same bounds");
         }
         self.due += other.due;
+        for (kind, error) in &other.first_errors {
+            self.first_errors.entry(*kind).or_insert_with(|| error.clone());
+        }
     }
 
     /// Every operation's latencies together.
@@ -194,6 +215,9 @@ pub struct Summary {
     pub ops: BTreeMap<String, OpSummary>,
     pub all: OpSummary,
     pub errors: BTreeMap<ErrorKind, u64>,
+    /// The first error of each kind, as the client put it.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub first_errors: BTreeMap<ErrorKind, String>,
     pub timeline: Vec<SecondSummary>,
 }
 
@@ -225,8 +249,25 @@ impl Summary {
             ops: ops.collect(),
             all: OpSummary::of(&report.all(), seconds),
             errors: report.errors.clone(),
+            first_errors: report.first_errors.clone(),
             timeline,
         }
+    }
+
+    /// When calls were due and not one was answered: what they failed with.
+    pub fn all_failed(&self) -> Option<String> {
+        if self.due == 0 || self.all.count > 0 {
+            return None;
+        }
+        let errors: Vec<String> = self
+            .errors
+            .iter()
+            .map(|(kind, count)| match self.first_errors.get(kind) {
+                Some(error) => format!("{kind:?} {count} (the first: {error})"),
+                None => format!("{kind:?} {count}"),
+            })
+            .collect();
+        Some(format!("every one of the {} calls due failed: {}", self.due, errors.join(", ")))
     }
 
     pub fn to_json(&self) -> String {
@@ -253,6 +294,9 @@ impl Summary {
             println!("{}", op.line(name));
         }
         println!("{}", self.all.line("all"));
+        for (kind, error) in &self.first_errors {
+            eprintln!("tessera-load: the first {kind:?} error: {error}");
+        }
     }
 }
 

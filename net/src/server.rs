@@ -89,8 +89,14 @@ pub(crate) fn check_unused(address: SocketAddr) -> Result<(), String> {
             SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
         });
     }
+    // A listener takes the connection, or lets it time out once its backlog is full (one that
+    // does not accept, as this probe's own connections pile up in it); refused, none listens.
+    let listening = || match std::net::TcpStream::connect_timeout(&probe, Duration::from_millis(500)) {
+        Ok(_) => true,
+        Err(error) => error.kind() == std::io::ErrorKind::TimedOut,
+    };
     let deadline = Instant::now() + LISTENER_GONE_WAIT;
-    while std::net::TcpStream::connect_timeout(&probe, Duration::from_millis(500)).is_ok() {
+    while listening() {
         if Instant::now() > deadline {
             return Err(format!("cannot listen on {address}: another server listens there"));
         }
@@ -139,6 +145,12 @@ impl Server {
     pub fn start(config: ServerConfig) -> Result<Server, String> {
         if config.cores == 0 {
             return Err("--cores must be at least 1".into());
+        }
+        // Before the data directory is made: a server that cannot listen leaves nothing behind.
+        check_unused(config.listen)?;
+        if let Some(http) = &config.http {
+            check_unused(http.listen)
+                .map_err(|error| format!("{error} (the DynamoDB HTTP API: --http-listen ADDR, or none)"))?;
         }
         check_layout(&config)?;
         let stop = Arc::new(AtomicBool::new(false));
@@ -224,13 +236,6 @@ async fn run_core(
     stop: Arc<AtomicBool>,
     ready: &std::sync::mpsc::Sender<Result<Bound, String>>,
 ) -> Result<(), String> {
-    if core == 0 {
-        check_unused(config.listen)?;
-        if let Some(http) = &config.http {
-            check_unused(http.listen)
-                .map_err(|error| format!("{error} (the DynamoDB HTTP API: --http-listen ADDR, or none)"))?;
-        }
-    }
     let listener =
         TcpListener::bind(config.listen).map_err(|error| format!("cannot listen on {}: {error}", config.listen))?;
     let address = listener.local_addr().map_err(|error| error.to_string())?;

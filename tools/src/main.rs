@@ -2,24 +2,26 @@
 //! out as DynamoDB JSON; failures print one line and exit non-zero.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::Path;
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
 
 mod admin;
+mod cli;
 
+use clap::Parser;
+use cli::{AuthMode, Cli, ClusterCommand, Command, Endpoint, Placeholders, SortPart, TableCommand};
 use serde_json::{json, Value};
 use tessera_engine::paxos;
-use tessera_engine::{AttributeValue, KeyAttribute, KeySchema, KeyType, StoreConfig};
+use tessera_engine::{AttributeValue, KeyAttribute, KeySchema, StoreConfig};
 use tessera_net::client::Client;
-use tessera_net::json::{consumed_capacity_to_json, item_from_text, item_to_json, value_from_json};
+use tessera_net::json::{consumed_capacity_to_json, item_to_json};
 use tessera_net::{
     Auth, Cluster, ClusterNode, HttpConfig, Server, ServerConfig, APPLY_DELAY_DEFAULT, LOG_RETAIN_DEFAULT,
 };
 use tessera_wire::{
-    Expressions, Query, ReadExpressions, Request, Response, ReturnConsumedCapacity, ReturnValues, Scan, Select,
-    SortCondition, TableDescription, TableStatus, UpdateItem,
+    Expressions, Query, ReadExpressions, Request, Response, ReturnValues, Scan, Select, SortCondition,
+    TableDescription, TableStatus, UpdateItem,
 };
 
 /// mimalloc rather than glibc's allocator: every request allocates and frees (items, frames,
@@ -28,89 +30,20 @@ use tessera_wire::{
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-const USAGE: &str = "usage: tessera COMMAND
-  serve [--data-dir DIR] [--listen ADDR] [--cores N] [--first-cpu C|none] [--cache-mib N]
-        [--node-id N --cluster FILE [--log-retain ENTRIES] [--apply-delay-ms MS]]
-        run a node (defaults: ./data, 127.0.0.1:7400, every core pinned from CPU 0, or not
-        pinned with --first-cpu none, 256 MiB of cache per core);
-        with --node-id and --cluster, a member of a cluster (FILE: one node a line,
-        ID CLIENT_ADDRESS PEER_ADDRESS [ZONE] [spare]; every node must run the same --cores); a leader
-        keeps up to ENTRIES (default 50000) log entries for a replica that has not
-        checkpointed them, and sends one that lags further a snapshot; a core whose chosen
-        entries have waited more than MS (default 100) to be applied refuses new writes with
-        ThrottlingException (retryable) until its applier catches up
-        [--http-listen ADDR|none] [--auth none|sigv4] [--keys FILE]
-        DynamoDB's HTTP API (default 127.0.0.1:8000) for the AWS SDKs and CLI: with --auth
-        sigv4 every request's Signature Version 4 is checked against FILE's keys (one
-        ACCESS_KEY_ID:SECRET_ACCESS_KEY a line); with none any well-formed credentials pass;
-        the default is none when every listener is on loopback, else sigv4
-  cluster local [--nodes 3] [--port 7400] [--http-port 8000] [--cores 1] [--data-dir data-cluster]
-        run a cluster of N nodes on loopback, each a serve process (clients on PORT, PORT+1...,
-        DynamoDB's HTTP API on HTTP_PORT, HTTP_PORT+1...), pinned to CPUs of their own if the
-        machine has enough, else not pinned
-  cluster status --cluster FILE
-        every replica each reachable node hosts: its group, leader, commit and applied slots
-  cluster replace --cluster FILE --lost N --log L --full F [--timeout SECS]
-        replace lost node N in every group it is in, one configuration change at a time at
-        each group's leader: add a log replica on L (quorum durability restored at once),
-        remove N, add a full replica on F, and once F has caught up remove L and retire its
-        replicas; L and F are usually spares (ID ... spare in FILE); safe to run again
-client commands, against --endpoint ADDR (default 127.0.0.1:7400), given before the command:
-  table create NAME --pk NAME:TYPE [--sk NAME:TYPE] [--partitions N]   (TYPE: S, N or B)
-  table list | table describe NAME | table delete NAME
-  put TABLE ITEM_JSON          e.g. put users '{\"id\":{\"S\":\"a\"},\"age\":{\"N\":\"30\"}}'
-  delete TABLE KEY_JSON
-  update TABLE KEY_JSON --update EXPR   e.g. --update 'SET #c = #c + :one'
-        put, delete and update also take [--condition EXPR] [--names JSON] [--values JSON]
-        [--return-values WHAT]: --names '{\"#c\":\"count\"}', --values '{\":one\":{\"N\":\"1\"}}';
-        WHAT is NONE or ALL_OLD (put, delete) or also UPDATED_OLD, ALL_NEW, UPDATED_NEW (update);
-        the attributes returned are printed as DynamoDB JSON
-  query TABLE --key-condition EXPR [--filter EXPR] [--projection EXPR] [--limit N] [--backward]
-        e.g. --key-condition 'customer = :c AND n BETWEEN :lo AND :hi'
-  query TABLE --pk VALUE_JSON [--sk OP VALUE_JSON [VALUE_JSON]] [...]   the same, without expressions
-        OP: eq lt le gt ge between begins_with; VALUE_JSON e.g. '{\"N\":\"5\"}'
-  scan TABLE [--filter EXPR] [--projection EXPR] [--segments N | --segment S --total-segments T]
-        --segments N reads N segments in parallel
-  get TABLE KEY_JSON [--projection EXPR] [--consistent]
-        put, delete, update and get take [--return-consumed-capacity TOTAL|INDEXES] and print
-        the capacity consumed as {\"ConsumedCapacity\": ...} on standard error
-  query, scan and get take --names JSON and --values JSON like the writes; query and scan take
-  --count to print how many items match instead of the items
-query and scan print one item per line, following every page.";
-
-const ENDPOINT_DEFAULT: &str = "127.0.0.1:7400";
-const HTTP_LISTEN_DEFAULT: &str = "127.0.0.1:8000";
-
 fn main() -> ExitCode {
-    let mut args: Vec<String> = std::env::args().skip(1).collect();
-    let mut endpoint = ENDPOINT_DEFAULT.to_string();
-    if args.first().map(String::as_str) == Some("--endpoint") && args.len() >= 2 {
-        endpoint = args.remove(1);
-        args.remove(0);
-    }
-    let result = match args.first().map(String::as_str) {
-        _ if args.iter().any(|arg| arg == "--help" || arg == "-h") => {
-            println!("{USAGE}");
-            Ok(())
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => serve(&args),
+        Command::Cluster(ClusterCommand::Local { nodes, port, http_port, cores, data_dir }) => {
+            cluster_local(nodes, port, http_port, cores, &data_dir)
         }
-        Some("serve") => only_flags(&args[1..], SERVE_FLAGS).and_then(|()| serve(&args[1..])),
-        Some("cluster") if args.get(1).map(String::as_str) == Some("local") => {
-            only_flags(&args[2..], &["--nodes", "--port", "--http-port", "--cores", "--data-dir"])
-                .and_then(|()| cluster_local(&args[2..]))
+        Command::Cluster(ClusterCommand::Status { cluster }) => {
+            read_cluster_file(&cluster).and_then(|nodes| admin::status(&nodes))
         }
-        Some("cluster") if args.get(1).map(String::as_str) == Some("status") => only_flags(&args[2..], &["--cluster"])
-            .and_then(|()| required_flag(&args[2..], "--cluster"))
-            .and_then(read_cluster_file)
-            .and_then(|nodes| admin::status(&nodes)),
-        Some("cluster") if args.get(1).map(String::as_str) == Some("replace") => {
-            only_flags(&args[2..], &["--cluster", "--lost", "--log", "--full", "--timeout"])
-                .and_then(|()| replace(&args[2..]))
+        Command::Cluster(ClusterCommand::Replace { cluster, lost, log, full, timeout }) => {
+            replace(&cluster, admin::Replacement { lost, log, full }, timeout)
         }
-        Some("help") | None => {
-            println!("{USAGE}");
-            Ok(())
-        }
-        Some(_) => client_command(&endpoint, &args),
+        command => client_command(&cli.endpoint, command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -121,59 +54,11 @@ fn main() -> ExitCode {
     }
 }
 
-/// Every flag `serve` takes; each is followed by its value.
-const SERVE_FLAGS: &[&str] = &[
-    "--data-dir",
-    "--listen",
-    "--cores",
-    "--first-cpu",
-    "--cache-mib",
-    "--node-id",
-    "--cluster",
-    "--log-retain",
-    "--apply-delay-ms",
-    "--http-listen",
-    "--auth",
-    "--keys",
-];
-
-/// Refuses an argument that is not one of `flags` (each followed by its value): a mistyped
-/// flag must not start a server on defaults the operator did not mean.
-fn only_flags(args: &[String], flags: &[&str]) -> Result<(), String> {
-    let mut rest = args.iter();
-    while let Some(arg) = rest.next() {
-        if !flags.contains(&arg.as_str()) {
-            return Err(format!(
-                "unknown argument {arg:?} (the flags here: {}; tessera help lists them all)",
-                flags.join(" ")
-            ));
-        }
-        rest.next();
-    }
-    Ok(())
-}
-
-/// The value after flag `name` in `args`, if the flag is there.
-fn flag<'a>(args: &'a [String], name: &str) -> Result<Option<&'a str>, String> {
-    match args.iter().position(|arg| arg == name) {
-        Some(at) => args.get(at + 1).map(|value| Some(value.as_str())).ok_or_else(|| format!("{name} needs a value")),
-        None => Ok(None),
-    }
-}
-
-fn required_flag<'a>(args: &'a [String], name: &str) -> Result<&'a str, String> {
-    flag(args, name)?.ok_or_else(|| format!("{name} is required"))
-}
-
-fn number_flag<T: std::str::FromStr>(args: &[String], name: &str) -> Result<Option<T>, String> {
-    flag(args, name)?.map(|text| text.parse().map_err(|_| format!("{name} takes a number, not {text:?}"))).transpose()
-}
-
 /// mimalloc's `mi_option_purge_delay` (its place in `mi_option_e`, mimalloc.h; the Rust
 /// bindings name no constant for it).
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
-fn serve(args: &[String]) -> Result<(), String> {
+fn serve(args: &cli::Serve) -> Result<(), String> {
     // A server keeps the memory it freed rather than returning it to the kernel a second
     // later: returned memory comes back as fresh pages the kernel must zero (2 MiB at a time
     // with transparent huge pages), which took ~6% of a 3-node cluster's CPU under puts; kept,
@@ -181,31 +66,20 @@ fn serve(args: &[String]) -> Result<(), String> {
     // SAFETY: sets a process-wide allocator option; any thread may, at any time.
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
     let cores_available = std::thread::available_parallelism().map_or(1, |cores| cores.get());
-    let mut store = StoreConfig::default();
-    if let Some(mib) = number_flag::<usize>(args, "--cache-mib")? {
-        store.cache_pages = mib * 256;
-    }
     let config = ServerConfig {
-        data_dir: PathBuf::from(flag(args, "--data-dir")?.unwrap_or("data")),
-        listen: flag(args, "--listen")?
-            .unwrap_or(ENDPOINT_DEFAULT)
-            .parse()
-            .map_err(|error| format!("--listen takes ADDRESS:PORT: {error}"))?,
-        cores: number_flag(args, "--cores")?.unwrap_or(cores_available),
-        first_cpu: match flag(args, "--first-cpu")? {
-            Some("none") => None,
-            _ => Some(number_flag(args, "--first-cpu")?.unwrap_or(0)),
-        },
-        store,
-        cluster: match (number_flag::<u32>(args, "--node-id")?, flag(args, "--cluster")?) {
-            (None, None) => None,
+        data_dir: args.data_dir.clone(),
+        listen: args.listen,
+        cores: args.cores.unwrap_or(cores_available),
+        first_cpu: args.first_cpu.0,
+        store: StoreConfig { cache_pages: args.cache_mib * 256, ..StoreConfig::default() },
+        cluster: match (args.node_id, &args.cluster) {
             (Some(node), Some(file)) => Some(Cluster {
-                log_retain: number_flag(args, "--log-retain")?.unwrap_or(LOG_RETAIN_DEFAULT),
-                apply_delay_max: number_flag(args, "--apply-delay-ms")?
-                    .map_or(APPLY_DELAY_DEFAULT, std::time::Duration::from_millis),
+                log_retain: args.log_retain.unwrap_or(LOG_RETAIN_DEFAULT),
+                apply_delay_max: args.apply_delay_ms.map_or(APPLY_DELAY_DEFAULT, std::time::Duration::from_millis),
                 ..read_cluster(node, file)?
             }),
-            _ => return Err("a cluster member needs both --node-id N and --cluster FILE".into()),
+            // clap requires --node-id and --cluster together.
+            _ => None,
         },
         http: None,
     };
@@ -235,7 +109,8 @@ fn serve(args: &[String]) -> Result<(), String> {
         _ => String::new(),
     };
     println!(
-        "tessera: serving on {} ({role}, {} cores, data in {}){http}",
+        "tessera {}: serving on {} ({role}, {} cores, data in {}){http}",
+        env!("CARGO_PKG_VERSION"),
         server.address,
         config.cores,
         config.data_dir.display()
@@ -254,14 +129,13 @@ fn serve(args: &[String]) -> Result<(), String> {
 /// The HTTP endpoint `serve`'s flags ask for: `--http-listen ADDR|none`, `--auth none|sigv4`,
 /// `--keys FILE`. Without `--auth`, signatures are checked when keys are given or a listener
 /// is off loopback.
-fn http_config(args: &[String], config: &ServerConfig) -> Result<Option<HttpConfig>, String> {
-    let listen = match flag(args, "--http-listen")?.unwrap_or(HTTP_LISTEN_DEFAULT) {
-        "none" => return Ok(None),
-        text => {
-            text.parse::<SocketAddr>().map_err(|error| format!("--http-listen takes ADDRESS:PORT or none: {error}"))?
-        }
+fn http_config(args: &cli::Serve, config: &ServerConfig) -> Result<Option<HttpConfig>, String> {
+    let Some(listen) = args.http_listen.0 else {
+        return Ok(None);
     };
-    let keys = flag(args, "--keys")?
+    let keys = args
+        .keys
+        .as_deref()
         .map(|path| {
             let text =
                 std::fs::read_to_string(path).map_err(|error| format!("cannot read the keys file {path}: {error}"))?;
@@ -269,18 +143,17 @@ fn http_config(args: &[String], config: &ServerConfig) -> Result<Option<HttpConf
         })
         .transpose()?;
     let loopback = listen.ip().is_loopback() && config.listen.ip().is_loopback();
-    let auth = match (flag(args, "--auth")?, keys) {
-        (Some("none"), _) => Auth::None,
+    let auth = match (args.auth, keys) {
+        (Some(AuthMode::None), _) => Auth::None,
         // Keys given are keys to check.
-        (Some("sigv4") | None, Some(keys)) => Auth::SigV4(keys),
+        (Some(AuthMode::Sigv4) | None, Some(keys)) => Auth::SigV4(keys),
         (None, None) if loopback => Auth::None,
-        (Some("sigv4") | None, None) => {
+        (Some(AuthMode::Sigv4) | None, None) => {
             return Err(
                 "checking signatures (--auth sigv4, the default off loopback) needs --keys FILE; --auth none accepts any credentials"
                     .into(),
             )
         }
-        (Some(other), _) => return Err(format!("--auth takes none or sigv4, not {other:?}")),
     };
     Ok(Some(HttpConfig { listen, auth }))
 }
@@ -340,29 +213,21 @@ fn read_cluster_file(path: &str) -> Result<BTreeMap<u32, ClusterNode>, String> {
 }
 
 /// `cluster replace`: replaces a lost node's replicas (`admin::replace`).
-fn replace(args: &[String]) -> Result<(), String> {
-    let nodes = read_cluster_file(required_flag(args, "--cluster")?)?;
-    let node = |name: &str| -> Result<u32, String> {
-        let id = number_flag::<u32>(args, name)?.ok_or_else(|| format!("{name} is required"))?;
-        match nodes.contains_key(&id) {
-            true => Ok(id),
-            false => Err(format!("{name} {id}: no such node in the cluster file")),
+fn replace(path: &str, plan: admin::Replacement, timeout_secs: u64) -> Result<(), String> {
+    let nodes = read_cluster_file(path)?;
+    for (name, id) in [("--lost", plan.lost), ("--log", plan.log), ("--full", plan.full)] {
+        if !nodes.contains_key(&id) {
+            return Err(format!("{name} {id}: no such node in the cluster file"));
         }
-    };
-    let plan = admin::Replacement { lost: node("--lost")?, log: node("--log")?, full: node("--full")? };
-    let timeout = std::time::Duration::from_secs(number_flag(args, "--timeout")?.unwrap_or(600));
-    admin::replace(&nodes, plan, timeout)
+    }
+    admin::replace(&nodes, plan, std::time::Duration::from_secs(timeout_secs))
 }
 
-/// `cluster local`: N nodes on loopback, each a `tessera serve` child process with its own
-/// data directory, client port `--port` + i - 1 and peer ports from `--port` + 100 + 10 (i - 1).
-fn cluster_local(args: &[String]) -> Result<(), String> {
-    let count: u32 = number_flag(args, "--nodes")?.unwrap_or(3);
-    let port: u16 = number_flag(args, "--port")?.unwrap_or(7400);
-    let http_port: u16 = number_flag(args, "--http-port")?.unwrap_or(8000);
-    let cores: usize = number_flag(args, "--cores")?.unwrap_or(1);
-    let root = PathBuf::from(flag(args, "--data-dir")?.unwrap_or("data-cluster"));
-    std::fs::create_dir_all(&root).map_err(|error| format!("cannot create {}: {error}", root.display()))?;
+/// `cluster local`: `count` nodes on loopback, each a `tessera serve` child process with its
+/// own data directory under `root`, client port `port` + i - 1 and peer ports from `port` +
+/// 100 + 10 (i - 1).
+fn cluster_local(count: u32, port: u16, http_port: u16, cores: usize, root: &Path) -> Result<(), String> {
+    std::fs::create_dir_all(root).map_err(|error| format!("cannot create {}: {error}", root.display()))?;
     let file = root.join("cluster");
     let lines: Vec<String> = (1..=count)
         .map(|id| {
@@ -445,17 +310,6 @@ fn block_stop_signals() -> libc::sigset_t {
     }
 }
 
-fn key_attribute(text: &str) -> Result<KeyAttribute, String> {
-    let (name, kind) = text.rsplit_once(':').ok_or_else(|| format!("key {text:?} must be NAME:TYPE, such as id:S"))?;
-    let key_type = match kind {
-        "S" => KeyType::S,
-        "N" => KeyType::N,
-        "B" => KeyType::B,
-        other => return Err(format!("key type {other:?} must be S, N or B")),
-    };
-    Ok(KeyAttribute { name: name.to_string(), key_type })
-}
-
 fn describe_json(table: &TableDescription) -> Value {
     let key = |key: &KeyAttribute| json!({"AttributeName": key.name, "KeyType": key.key_type.name()});
     json!({
@@ -474,63 +328,32 @@ fn describe_json(table: &TableDescription) -> Value {
     })
 }
 
-fn value_arg(text: &str, what: &str) -> Result<AttributeValue, String> {
-    let json: Value = serde_json::from_str(text).map_err(|error| format!("{what} is not valid JSON: {error}"))?;
-    value_from_json(&json, what)
-}
-
-/// `--names` and `--values`: ExpressionAttributeNames and ExpressionAttributeValues.
-type Placeholders = (Vec<(String, String)>, Vec<(String, AttributeValue)>);
-
-fn placeholders(args: &[String]) -> Result<Placeholders, String> {
-    let json = |name: &str| -> Result<serde_json::Map<String, Value>, String> {
-        flag(args, name)?.map_or(Ok(serde_json::Map::new()), |text| match serde_json::from_str(text) {
-            Ok(Value::Object(map)) => Ok(map),
-            _ => Err(format!("{name} takes a JSON object")),
-        })
-    };
-    let names = json("--names")?
-        .into_iter()
-        .map(|(placeholder, name)| match name {
-            Value::String(name) => Ok((placeholder, name)),
-            _ => Err(format!("--names: {placeholder} must map to a string")),
-        })
-        .collect::<Result<_, String>>()?;
-    let values = json("--values")?
-        .into_iter()
-        .map(|(placeholder, value)| Ok((placeholder.clone(), value_from_json(&value, &placeholder)?)))
-        .collect::<Result<_, String>>()?;
-    Ok((names, values))
-}
-
 /// `--condition` and the placeholders of a write.
-fn expressions(args: &[String]) -> Result<Expressions, String> {
-    let (names, values) = placeholders(args)?;
-    Ok(Expressions { condition: flag(args, "--condition")?.map(str::to_string), names, values })
+fn expressions(args: &cli::Write) -> Expressions {
+    let Placeholders { names, values } = &args.placeholders;
+    Expressions {
+        condition: args.condition.clone(),
+        names: names.clone().unwrap_or_default().0,
+        values: values.clone().unwrap_or_default().0,
+    }
 }
 
-/// `--key-condition`, `--filter`, `--projection` and the placeholders of a read.
-fn read_expressions(args: &[String]) -> Result<ReadExpressions, String> {
-    let (names, values) = placeholders(args)?;
-    let text = |name: &str| flag(args, name).map(|text| text.map(str::to_string));
-    Ok(ReadExpressions {
-        key_condition: text("--key-condition")?,
-        filter: text("--filter")?,
-        projection: text("--projection")?,
-        names,
-        values,
+/// The expressions and placeholders of a read.
+fn read_expressions(
+    key_condition: Option<&str>,
+    filter: Option<&str>,
+    projection: Option<&str>,
+    placeholders: &Placeholders,
+) -> ReadExpressions {
+    let Placeholders { names, values } = placeholders;
+    ReadExpressions {
+        key_condition: key_condition.map(str::to_string),
+        filter: filter.map(str::to_string),
+        projection: projection.map(str::to_string),
+        names: names.clone().unwrap_or_default().0,
+        values: values.clone().unwrap_or_default().0,
         select: Select::AllAttributes,
-    })
-}
-
-fn return_values(args: &[String], operation: &str) -> Result<ReturnValues, String> {
-    flag(args, "--return-values")?.map_or(Ok(ReturnValues::None), |name| ReturnValues::parse(name, operation))
-}
-
-/// Whether `--count` asked for the number of matching items (over every page) rather than
-/// the items.
-fn query_count(args: &[String]) -> bool {
-    args.iter().any(|arg| arg == "--count")
+    }
 }
 
 /// Prints items one per line, or only how many there are.
@@ -542,18 +365,22 @@ fn print_all(items: Vec<tessera_engine::Item>, count_only: bool) {
     }
 }
 
+/// A connection to `endpoint`.
+fn connect(endpoint: &Endpoint) -> Result<Client, String> {
+    Client::connect(endpoint.address.as_str())
+        .map_err(|error| endpoint.error(format!("cannot connect to {}: {error}", endpoint.address)))
+}
+
 /// Every item of `scan` read as `segments` segments at once.
-fn parallel_scan(endpoint: &str, scan: Scan, segments: u32) -> Result<Vec<tessera_engine::Item>, String> {
+fn parallel_scan(endpoint: &Endpoint, scan: Scan, segments: u32) -> Result<Vec<tessera_engine::Item>, String> {
     if segments == 0 {
         return Err("--segments takes a count of at least 1".into());
     }
     let readers: Vec<_> = (0..segments)
         .map(|segment| {
-            let (endpoint, scan) = (endpoint.to_string(), Scan { segment, total_segments: segments, ..scan.clone() });
+            let (endpoint, scan) = (endpoint.clone(), Scan { segment, total_segments: segments, ..scan.clone() });
             std::thread::spawn(move || -> Result<Vec<tessera_engine::Item>, String> {
-                let mut client =
-                    Client::connect(&endpoint).map_err(|error| format!("cannot connect to {endpoint}: {error}"))?;
-                client.scan_all(scan).map_err(|error| error.to_string())
+                connect(&endpoint)?.scan_all(scan).map_err(|error| endpoint.error(error))
             })
         })
         .collect();
@@ -566,14 +393,10 @@ fn parallel_scan(endpoint: &str, scan: Scan, segments: u32) -> Result<Vec<tesser
 
 /// Sends `request`, with the ReturnConsumedCapacity `--return-consumed-capacity` asks for;
 /// prints the capacity consumed (DynamoDB JSON) on standard error.
-fn call_reporting_capacity(client: &mut Client, request: &Request, args: &[String]) -> Result<Response, String> {
-    let capacity = match flag(args, "--return-consumed-capacity")? {
-        None | Some("NONE") => ReturnConsumedCapacity::None,
-        Some("TOTAL") => ReturnConsumedCapacity::Total,
-        Some("INDEXES") => ReturnConsumedCapacity::Indexes,
-        Some(other) => return Err(format!("--return-consumed-capacity takes NONE, TOTAL or INDEXES, not {other:?}")),
-    };
-    let (response, consumed) = client.call_with_capacity(request, capacity).map_err(|error| error.to_string())?;
+fn call_reporting_capacity(endpoint: &Endpoint, request: &Request, args: &cli::Capacity) -> Result<Response, String> {
+    let capacity = args.return_consumed_capacity.unwrap_or_default();
+    let (response, consumed) =
+        connect(endpoint)?.call_with_capacity(request, capacity).map_err(|error| endpoint.error(error))?;
     for consumed in &consumed {
         eprintln!("{}", serde_json::json!({ "ConsumedCapacity": consumed_capacity_to_json(consumed) }));
     }
@@ -587,139 +410,141 @@ fn print_returned(response: Response) {
     }
 }
 
-fn client_command(endpoint: &str, args: &[String]) -> Result<(), String> {
-    let arg = |index: usize| args.get(index).map(String::as_str).ok_or_else(|| USAGE.to_string());
-    let mut client = Client::connect(endpoint).map_err(|error| format!("cannot connect to {endpoint}: {error}"))?;
-    let failed = |error: tessera_net::client::ClientError| error.to_string();
-    match arg(0)? {
-        "table" => match arg(1)? {
-            "create" => {
-                let partition = key_attribute(flag(args, "--pk")?.ok_or("table create needs --pk NAME:TYPE")?)?;
-                let sort = flag(args, "--sk")?.map(key_attribute).transpose()?;
-                let partitions = number_flag(args, "--partitions")?.unwrap_or(0);
-                let table = client.create_table(arg(2)?, KeySchema { partition, sort }, partitions).map_err(failed)?;
-                println!("{}", describe_json(&table));
+/// The sort key condition of `--sk OP VALUE_JSON [VALUE_JSON]`.
+fn sort_condition(parts: &[SortPart]) -> Result<SortCondition, String> {
+    use cli::SortOp::*;
+    Ok(match parts {
+        [SortPart::Op(Between), SortPart::Value(low), SortPart::Value(high)] => {
+            SortCondition::Between(low.clone(), high.clone())
+        }
+        [SortPart::Op(Between), ..] => return Err("--sk between takes two values".into()),
+        [SortPart::Op(op), SortPart::Value(value)] => {
+            let value = value.clone();
+            match op {
+                Eq => SortCondition::Eq(value),
+                Lt => SortCondition::Lt(value),
+                Le => SortCondition::Le(value),
+                Gt => SortCondition::Gt(value),
+                Ge => SortCondition::Ge(value),
+                BeginsWith => SortCondition::BeginsWith(value),
+                Between => unreachable!("matched above"),
             }
-            "list" => client.list_tables().map_err(failed)?.iter().for_each(|name| println!("{name}")),
-            "describe" => println!("{}", describe_json(&client.describe_table(arg(2)?).map_err(failed)?)),
-            "delete" => println!("{}", describe_json(&client.delete_table(arg(2)?).map_err(failed)?)),
-            other => return Err(format!("unknown table command {other:?}\n{USAGE}")),
-        },
-        "put" => {
-            let return_old = return_values(args, "PutItem")? == ReturnValues::AllOld;
+        }
+        [SortPart::Op(_), _, _] => return Err("--sk takes one value after its operator (between takes two)".into()),
+        _ => return Err("--sk takes an operator, then one value (between: two), as in --sk gt '{\"N\":\"5\"}'".into()),
+    })
+}
+
+fn client_command(endpoint: &Endpoint, command: Command) -> Result<(), String> {
+    let failed = |error: tessera_net::client::ClientError| endpoint.error(error);
+    match command {
+        Command::Table(TableCommand::Create { name, pk, sk, partitions }) => {
+            let schema = KeySchema { partition: pk, sort: sk };
+            println!("{}", describe_json(&connect(endpoint)?.create_table(&name, schema, partitions).map_err(failed)?));
+        }
+        Command::Table(TableCommand::List) => {
+            connect(endpoint)?.list_tables().map_err(failed)?.iter().for_each(|name| println!("{name}"))
+        }
+        Command::Table(TableCommand::Describe { name }) => {
+            println!("{}", describe_json(&connect(endpoint)?.describe_table(&name).map_err(failed)?))
+        }
+        Command::Table(TableCommand::Delete { name }) => {
+            println!("{}", describe_json(&connect(endpoint)?.delete_table(&name).map_err(failed)?))
+        }
+        Command::Put(args) => {
             let request = Request::PutItem {
-                table: arg(1)?.to_string(),
-                item: item_from_text(arg(2)?)?,
-                return_old,
-                expressions: expressions(args)?,
+                return_old: args.return_values == Some(ReturnValues::AllOld),
+                expressions: expressions(&args.write),
+                table: args.table,
+                item: args.item,
                 return_old_on_failure: false,
             };
-            print_returned(call_reporting_capacity(&mut client, &request, args)?);
+            print_returned(call_reporting_capacity(endpoint, &request, &args.write.capacity)?);
         }
-        "update" => {
+        Command::Update(args) => {
             let request = Request::UpdateItem(UpdateItem {
-                table: arg(1)?.to_string(),
-                key: item_from_text(arg(2)?)?,
-                update: flag(args, "--update")?.ok_or("update needs --update EXPR")?.to_string(),
-                expressions: expressions(args)?,
-                return_values: return_values(args, "UpdateItem")?,
+                expressions: expressions(&args.write),
+                return_values: args.return_values.unwrap_or_default(),
+                table: args.table,
+                key: args.key,
+                update: args.update,
                 return_old_on_failure: false,
             });
-            print_returned(call_reporting_capacity(&mut client, &request, args)?);
+            print_returned(call_reporting_capacity(endpoint, &request, &args.write.capacity)?);
         }
-        "get" => {
+        Command::Get(args) => {
             let request = Request::GetItem {
-                table: arg(1)?.to_string(),
-                key: item_from_text(arg(2)?)?,
-                consistent_read: args.iter().any(|arg| arg == "--consistent"),
-                read: read_expressions(args)?,
+                table: args.table.clone(),
+                key: args.key.clone(),
+                consistent_read: args.consistent,
+                read: read_expressions(None, None, args.projection.as_deref(), &args.placeholders),
             };
-            match call_reporting_capacity(&mut client, &request, args)? {
+            match call_reporting_capacity(endpoint, &request, &args.capacity)? {
                 Response::Item(Some(item)) => println!("{}", item_to_json(&item)),
-                _ => return Err(format!("no item with key {} in {}", arg(2)?, arg(1)?)),
+                _ => return Err(format!("no item with key {} in {}", item_to_json(&args.key), args.table)),
             }
         }
-        "delete"
-            if ["--condition", "--return-values", "--return-consumed-capacity"]
-                .iter()
-                .any(|name| args.iter().any(|arg| arg == name)) =>
+        // DeleteItem in full when a flag asks for more than the deletion.
+        Command::Delete(args)
+            if args.write.condition.is_some()
+                || args.return_values.is_some()
+                || args.write.capacity.return_consumed_capacity.is_some() =>
         {
             let request = Request::DeleteItem {
-                table: arg(1)?.to_string(),
-                key: item_from_text(arg(2)?)?,
-                return_old: return_values(args, "DeleteItem")? == ReturnValues::AllOld,
-                expressions: expressions(args)?,
+                return_old: args.return_values == Some(ReturnValues::AllOld),
+                expressions: expressions(&args.write),
+                table: args.table,
+                key: args.key,
                 return_old_on_failure: false,
             };
-            print_returned(call_reporting_capacity(&mut client, &request, args)?);
+            print_returned(call_reporting_capacity(endpoint, &request, &args.write.capacity)?);
         }
-        "delete" => {
-            if client.delete_item(arg(1)?, item_from_text(arg(2)?)?).map_err(failed)?.is_none() {
-                return Err(format!("no item with key {} in {}", arg(2)?, arg(1)?));
+        Command::Delete(args) => {
+            if connect(endpoint)?.delete_item(&args.table, args.key.clone()).map_err(failed)?.is_none() {
+                return Err(format!("no item with key {} in {}", item_to_json(&args.key), args.table));
             }
         }
-        "query" => {
-            let read = read_expressions(args)?;
-            let partition_key = match (flag(args, "--pk")?, &read.key_condition) {
-                (Some(text), _) => value_arg(text, "--pk")?,
-                // The key condition names the partition key; this field is not read.
-                (None, Some(_)) => AttributeValue::Null,
-                (None, None) => return Err("query needs --key-condition EXPR or --pk VALUE_JSON".into()),
-            };
-            let sort = match args.iter().position(|arg| arg == "--sk") {
-                None => None,
-                Some(at) => {
-                    let value = |offset: usize| {
-                        args.get(at + offset)
-                            .ok_or("--sk OP needs a value".to_string())
-                            .and_then(|text| value_arg(text, "--sk"))
-                    };
-                    Some(match args.get(at + 1).map(String::as_str) {
-                        Some("eq") => SortCondition::Eq(value(2)?),
-                        Some("lt") => SortCondition::Lt(value(2)?),
-                        Some("le") => SortCondition::Le(value(2)?),
-                        Some("gt") => SortCondition::Gt(value(2)?),
-                        Some("ge") => SortCondition::Ge(value(2)?),
-                        Some("between") => SortCondition::Between(value(2)?, value(3)?),
-                        Some("begins_with") => SortCondition::BeginsWith(value(2)?),
-                        other => {
-                            return Err(format!(
-                                "--sk operator {other:?} must be eq, lt, le, gt, ge, between or begins_with"
-                            ))
-                        }
-                    })
-                }
-            };
+        Command::Query(args) => {
+            let read = &args.read;
+            let sort =
+                args.sk.as_deref().map(sort_condition).transpose().unwrap_or_else(|error| cli::invalid("query", error));
             let query = Query {
-                table: arg(1)?.to_string(),
-                partition_key,
+                table: args.table,
+                // Without --pk the key condition names the partition key; this field is not read.
+                partition_key: args.pk.unwrap_or(AttributeValue::Null),
                 sort,
-                backward: args.iter().any(|arg| arg == "--backward"),
-                limit: number_flag(args, "--limit")?.unwrap_or(0),
+                backward: args.backward,
+                limit: args.limit,
                 exclusive_start_key: None,
                 consistent_read: true,
-                read,
+                read: read_expressions(
+                    args.key_condition.as_deref(),
+                    read.filter.as_deref(),
+                    read.projection.as_deref(),
+                    &read.placeholders,
+                ),
             };
-            print_all(client.query_all(query).map_err(failed)?, query_count(args));
+            print_all(connect(endpoint)?.query_all(query).map_err(failed)?, read.count);
         }
-        "scan" => {
+        Command::Scan(args) => {
+            let read = &args.read;
             let scan = Scan {
-                table: arg(1)?.to_string(),
-                segment: number_flag(args, "--segment")?.unwrap_or(0),
-                total_segments: number_flag(args, "--total-segments")?.unwrap_or(1),
+                table: args.table,
+                segment: args.segment,
+                total_segments: args.total_segments,
                 limit: 0,
                 exclusive_start_key: None,
                 consistent_read: true,
-                read: read_expressions(args)?,
+                read: read_expressions(None, read.filter.as_deref(), read.projection.as_deref(), &read.placeholders),
             };
-            let items = match number_flag::<u32>(args, "--segments")? {
+            let items = match args.segments {
                 // A parallel scan: one connection and thread per segment.
                 Some(segments) => parallel_scan(endpoint, scan, segments)?,
-                None => client.scan_all(scan).map_err(failed)?,
+                None => connect(endpoint)?.scan_all(scan).map_err(failed)?,
             };
-            print_all(items, query_count(args));
+            print_all(items, read.count);
         }
-        other => return Err(format!("unknown command {other:?}\n{USAGE}")),
+        Command::Serve(_) | Command::Cluster(_) => unreachable!("main runs serve and cluster"),
     }
     Ok(())
 }

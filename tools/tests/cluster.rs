@@ -534,14 +534,14 @@ fn unknown_flags_are_refused_and_help_starts_nothing() {
     ] {
         let (ok, _, stderr) = run(args);
         assert!(
-            !ok && (stderr.contains(&format!("unknown argument {:?}", args[args.len() - 2]))
-                || stderr.contains("--cores needs a value")),
+            !ok && (stderr.contains(&format!("unexpected argument '{}'", args[args.len() - 2]))
+                || stderr.contains("a value is required for '--cores <N>'")),
             "{args:?}: {stderr}"
         );
     }
     for args in [&["serve", "--help"][..], &["cluster", "local", "-h"], &["--help"]] {
         let (ok, stdout, _) = run(args);
-        assert!(ok && stdout.starts_with("usage: tessera"), "{args:?}: {stdout}");
+        assert!(ok && stdout.contains("Usage: tessera"), "{args:?}: {stdout}");
     }
     assert_eq!(std::fs::read_dir(&root).unwrap().count(), 0, "a data directory was made");
     let _ = std::fs::remove_dir_all(&root);
