@@ -9,6 +9,7 @@
 
 use crate::codec::Reader;
 use crate::error::{Error, Result};
+use crate::store::KEY_LEN_MAX;
 use crate::value::{AttributeValue, Item};
 
 /// Longest partition key value DynamoDB accepts (bytes).
@@ -70,6 +71,9 @@ impl KeySchema {
         if let Some(sort) = &self.sort {
             encode_value(sort, key_value(sort, item)?, SORT_KEY_LEN_MAX, true, &mut key.bytes)?;
         }
+        // Checked here, where every request's keys are encoded, as well as by the store: a
+        // multi-partition write (BatchWriteItem) is refused whole before any part is written.
+        check_key_len(key.bytes.len())?;
         Ok(key)
     }
 
@@ -126,6 +130,14 @@ pub struct EncodedKey {
 /// The 64-bit hash that places a partition key (XXH3-64, seed 0, over its encoded component).
 pub fn partition_hash(encoded_partition_key: &[u8]) -> u64 {
     xxhash_rust::xxh3::xxh3_64(encoded_partition_key)
+}
+
+/// Refuses an encoded key longer than the store keeps (`KEY_LEN_MAX`).
+pub(crate) fn check_key_len(len: usize) -> Result<()> {
+    if len > KEY_LEN_MAX {
+        return Err(Error::validation(format!("encoded key of {len} bytes exceeds the {KEY_LEN_MAX}-byte limit")));
+    }
+    Ok(())
 }
 
 /// The value of key attribute `attribute` in `item`.

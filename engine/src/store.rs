@@ -595,12 +595,7 @@ impl Store {
             return Err(Error::validation("partition id u64::MAX is reserved"));
         }
         self.inner.check_held(partition)?;
-        let key_len = command.key_len_max();
-        if key_len > KEY_LEN_MAX {
-            return Err(Error::validation(format!(
-                "encoded key of {key_len} bytes exceeds the {KEY_LEN_MAX}-byte limit"
-            )));
-        }
+        crate::key::check_key_len(command.key_len_max())?;
         let lsn = self.inner.wal.append_with(partition, slot, RECORD_COMMAND, |out| {
             command.encode_payload(out).map_err(Error::unreplayable)
         })?;

@@ -11,8 +11,24 @@ const BASE64: base64::engine::GeneralPurpose = base64::engine::general_purpose::
 
 /// An item from its DynamoDB JSON; the error names the attribute that was wrong.
 pub fn item_from_json(json: &Value) -> Result<Item, String> {
+    let item = map_from_json(json)?;
+    item.iter().try_for_each(|(name, value)| checked(value, name))?;
+    Ok(item)
+}
+
+fn map_from_json(json: &Value) -> Result<Item, String> {
     let object = json.as_object().ok_or("an item must be a JSON object of attribute names to values")?;
-    object.iter().map(|(name, value)| Ok((name.clone(), value_from_json(value, name)?))).collect()
+    object.iter().map(|(name, value)| Ok((name.clone(), parse_value(value, name)?))).collect()
+}
+
+/// The data model's rules the JSON form cannot break by itself (nesting depth): what the
+/// engine's decoders refuse is refused here too, so every value taken from a client can be
+/// logged and replayed.
+fn checked(value: &AttributeValue, path: &str) -> Result<(), String> {
+    value.validate(path).map_err(|error| match error {
+        tessera_engine::Error::Validation(message) => message,
+        other => other.to_string(),
+    })
 }
 
 /// An item from DynamoDB JSON text.
@@ -23,6 +39,12 @@ pub fn item_from_text(text: &str) -> Result<Item, String> {
 
 /// One attribute value from its DynamoDB JSON (`{"S": "a"}`); `path` names it in errors.
 pub fn value_from_json(json: &Value, path: &str) -> Result<AttributeValue, String> {
+    let value = parse_value(json, path)?;
+    checked(&value, path)?;
+    Ok(value)
+}
+
+fn parse_value(json: &Value, path: &str) -> Result<AttributeValue, String> {
     let object = json.as_object().filter(|object| object.len() == 1).ok_or_else(|| {
         format!("attribute {path} must be an object with exactly one type key, such as {{\"S\": \"text\"}}")
     })?;
@@ -43,12 +65,12 @@ pub fn value_from_json(json: &Value, path: &str) -> Result<AttributeValue, Strin
             Value::Bool(true) => AttributeValue::Null,
             _ => return Err(format!("attribute {path}: NULL takes true")),
         },
-        "M" => AttributeValue::M(item_from_json(inner).map_err(|error| format!("attribute {path}: {error}"))?),
+        "M" => AttributeValue::M(map_from_json(inner).map_err(|error| format!("attribute {path}: {error}"))?),
         "L" => AttributeValue::L(
             list()?
                 .iter()
                 .enumerate()
-                .map(|(index, value)| value_from_json(value, &format!("{path}[{index}]")))
+                .map(|(index, value)| parse_value(value, &format!("{path}[{index}]")))
                 .collect::<Result<_, _>>()?,
         ),
         "SS" | "NS" | "BS" => {

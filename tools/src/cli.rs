@@ -98,6 +98,12 @@ pub struct Serve {
     /// The access keys: one ACCESS_KEY_ID:SECRET_ACCESS_KEY a line
     #[arg(long, value_name = "FILE")]
     pub keys: Option<String>,
+    /// Skip, report and save aside (under the core's quarantined/) each log record whose
+    /// checksum is good but whose command this version cannot decode, losing that write;
+    /// without it, such a record's partition refuses every request (the others serve) and
+    /// the record stays in the log
+    #[arg(long)]
+    pub quarantine_bad_records: bool,
 }
 
 /// `--first-cpu C|none`.

@@ -71,7 +71,11 @@ fn serve(args: &cli::Serve) -> Result<(), String> {
         listen: args.listen,
         cores: args.cores.unwrap_or(cores_available),
         first_cpu: args.first_cpu.0,
-        store: StoreConfig { cache_pages: args.cache_mib * 256, ..StoreConfig::default() },
+        store: StoreConfig {
+            cache_pages: args.cache_mib * 256,
+            quarantine_bad_records: args.quarantine_bad_records,
+            ..StoreConfig::default()
+        },
         cluster: match (args.node_id, &args.cluster) {
             (Some(node), Some(file)) => Some(Cluster {
                 log_retain: args.log_retain.unwrap_or(LOG_RETAIN_DEFAULT),

@@ -18,7 +18,7 @@ use tessera_engine::{Item, KeySchema, KeyType};
 use tessera_net::client::{Client, ClientConfig, ClientError, ItemBuilder};
 use tessera_wire::{ErrorCode, ReadExpressions, Request, Response};
 
-use common::{exchange, post};
+use common::{crash_api, exchange, post};
 
 mod common;
 
@@ -965,4 +965,25 @@ fn a_replacement_survives_a_restart_of_its_log_replica() {
     cluster.start_node(3);
     kill(&mut cluster, 1);
     all_readable(&cluster, 5, &written);
+}
+
+/// Requests of every kind the API takes, edge values included, sent to one node of a cluster
+/// until every node is SIGKILLed mid-stream; after the whole cluster restarts, every
+/// acknowledged write is there and no refused one is, read through the first node and, from
+/// its own replicas, at each node: every follower decoded and applied what its leader chose.
+#[test]
+fn every_kind_of_request_survives_a_sigkill_of_the_whole_cluster() {
+    let mut cluster = Cluster::start("crash-api");
+    let history = cluster.root.with_extension("history");
+    let endpoint = cluster.https[&1];
+    crash_api(&history, endpoint, 1200, || {
+        for id in 1..=3 {
+            cluster.signal(id, libc::SIGKILL);
+            let _ = cluster.nodes.get_mut(&id).unwrap().wait();
+        }
+        for id in 1..=3 {
+            cluster.start_node(id);
+        }
+        cluster.https.values().copied().collect()
+    });
 }

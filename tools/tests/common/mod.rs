@@ -4,6 +4,9 @@
 
 use std::io::{Read, Write as _};
 use std::net::TcpStream;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
 
 use tessera_net::http::sigv4::format_amz_date;
 
@@ -56,4 +59,66 @@ pub fn post(target: &str, body: &str, date: Option<&str>) -> Vec<u8> {
         body.len()
     )
     .into_bytes()
+}
+
+/// Whether `python3` can import boto3 and `aws` runs; installs both from PyPI when not.
+pub fn ensure_python_sdk() {
+    let ready = || {
+        let boto3 = Command::new("python3").args(["-c", "import boto3"]).status().is_ok_and(|status| status.success());
+        let cli = Command::new("aws").arg("--version").output().is_ok_and(|output| output.status.success());
+        boto3 && cli
+    };
+    if ready() {
+        return;
+    }
+    let status = Command::new("python3")
+        .args(["-m", "pip", "install", "--quiet", "boto3", "awscli"])
+        .status()
+        .expect("python3 runs (the SDK tests need Python 3 with pip)");
+    assert!(
+        status.success() && ready(),
+        "cannot install boto3 and the AWS CLI: run `python3 -m pip install boto3 awscli`"
+    );
+}
+
+/// `tests/dynamodb/crash_api.py` against a node or cluster: its writer sends requests of
+/// every kind to `endpoint`, recording what was acknowledged in `history`; once it has
+/// recorded `lines` lines, `crash` SIGKILLs and restarts the servers and returns the
+/// endpoints (DynamoDB HTTP) to check; the check must then find every acknowledged write and
+/// no refused one, at each endpoint.
+pub fn crash_api(
+    history: &Path,
+    endpoint: std::net::SocketAddr,
+    lines: usize,
+    crash: impl FnOnce() -> Vec<std::net::SocketAddr>,
+) {
+    ensure_python_sdk();
+    let _ = std::fs::remove_file(history);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/dynamodb/crash_api.py");
+    let writer = Command::new("python3")
+        .arg(&script)
+        .args(["write", "--seed", "7", "--endpoint", &format!("http://{endpoint}"), "--log"])
+        .arg(history)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run the crash test's writer");
+    let deadline = std::time::Instant::now() + Duration::from_secs(240);
+    while std::fs::read_to_string(history).map_or(0, |text| text.lines().count()) < lines {
+        assert!(std::time::Instant::now() < deadline, "the writer made too little progress");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let endpoints = crash();
+    let written = writer.wait_with_output().unwrap();
+    let report = String::from_utf8_lossy(&written.stderr).to_string();
+    assert!(written.status.success() && report.contains("went away"), "the writer failed:\n{report}");
+    let mut check = Command::new("python3");
+    check.arg(&script).arg("check").arg("--log").arg(history);
+    for endpoint in endpoints {
+        check.args(["--endpoint", &format!("http://{endpoint}")]);
+    }
+    let checked = check.output().expect("run the crash test's check");
+    let _ = std::fs::remove_file(history);
+    let verdict = String::from_utf8_lossy(&checked.stderr);
+    assert!(checked.status.success(), "after the restart:\n{verdict}\n(the writer: {report})");
+    eprintln!("{report}{verdict}");
 }
