@@ -11,7 +11,9 @@ use std::time::Duration;
 use tessera_engine::{AttributeValue, Item, KeySchema, KeyType, Number};
 use tessera_net::client::{Client, ClientError, ItemBuilder};
 use tessera_wire::frame::{self, Decoded};
-use tessera_wire::{ErrorCode, MessageType, Query, Request, Response, Scan, SortCondition, TableKeys, Write};
+use tessera_wire::{
+    ErrorCode, Expressions, MessageType, Query, Request, Response, ReturnValues, Scan, SortCondition, TableKeys, Write,
+};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_tessera");
 
@@ -558,6 +560,43 @@ fn garbage_gets_typed_errors_and_the_server_keeps_serving() {
         client.put_item("pairs", ItemBuilder::new().s("k", format!("after-{round}")).build()).unwrap();
     }
     assert_eq!(client.describe_table("pairs").unwrap().item_count, 50);
+}
+
+/// Over the binary protocol too, values the data model forbids (empty sets, nesting past 32
+/// levels) are refused wherever they appear, as DynamoDB refuses them, and nothing refused
+/// stops the node from restarting after a SIGKILL (an acknowledged `DELETE s :e` of an empty
+/// set once did).
+#[test]
+fn values_the_data_model_forbids_are_refused_everywhere_and_never_break_a_restart() {
+    let node = Node::fresh("forbidden-values");
+    let mut client = node.client();
+    client.create_table("sets", KeySchema::hash_only("k", KeyType::S), 4).unwrap();
+    let key = ItemBuilder::new().s("k", "a").build();
+    client.put_item("sets", ItemBuilder::new().s("k", "a").build()).unwrap();
+    let mut deep = AttributeValue::Null;
+    for _ in 0..40 {
+        deep = AttributeValue::L(vec![deep]);
+    }
+    let forbidden = [AttributeValue::Ss(BTreeSet::new()), AttributeValue::Ns(BTreeSet::new()), deep];
+    for value in &forbidden {
+        let values = |name: &str| Expressions { values: vec![(name.to_string(), value.clone())], ..Default::default() };
+        let condition = |name: &str| Expressions { condition: Some(format!("s = {name}")), ..values(name) };
+        let mut item = ItemBuilder::new().s("k", "b").build();
+        item.insert("s".into(), value.clone());
+        let refusals = [
+            client.update_item("sets", key.clone(), "DELETE s :e", values(":e"), ReturnValues::None).map(drop),
+            client.update_item("sets", key.clone(), "SET s = :e", values(":e"), ReturnValues::None).map(drop),
+            client.put_item_if("sets", ItemBuilder::new().s("k", "c").build(), condition(":e")),
+            client.delete_item_if("sets", ItemBuilder::new().s("k", "missing").build(), condition(":e")).map(drop),
+            client.put_item("sets", item),
+        ];
+        for refusal in refusals {
+            service_error(refusal, ErrorCode::ValidationException);
+        }
+    }
+    let dir = node.kill();
+    let node = Node::start(&dir);
+    assert_eq!(node.client().get_item("sets", key.clone()).unwrap(), Some(key));
 }
 
 #[test]
