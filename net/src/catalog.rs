@@ -211,6 +211,11 @@ pub fn range_start(index: u64, count: u64) -> Option<u64> {
 pub struct Catalog {
     pub tables: BTreeMap<String, TableInfo>,
     pub next_id: u32,
+    /// Whether the catalog is known complete. A cluster member's is not from its start until
+    /// its catalog partition has caught up with its group (tables made while it was down
+    /// arrive in the log, not in its checkpoint): until then a table it does not know gets a
+    /// retryable error, never ResourceNotFoundException. Not stored.
+    pub current: bool,
 }
 
 impl Catalog {
@@ -231,11 +236,15 @@ impl Catalog {
     }
 
     pub fn table(&self, name: &str) -> Result<&TableInfo, WireError> {
-        self.tables.get(name).ok_or_else(|| {
-            WireError::new(
+        self.tables.get(name).ok_or_else(|| match self.current {
+            true => WireError::new(
                 ErrorCode::ResourceNotFoundException,
                 format!("Requested resource not found: Table: {name} not found"),
-            )
+            ),
+            false => WireError::new(
+                ErrorCode::ServiceUnavailable,
+                format!("this node is still catching up on its table catalog since it started, so it cannot yet tell whether table {name} exists; retry"),
+            ),
         })
     }
 }
@@ -360,7 +369,8 @@ mod tests {
             created_at_ms: 0,
             members: Vec::new(),
         };
-        let catalog = Catalog { tables: BTreeMap::from([("kept".to_string(), table.clone())]), next_id: 5 };
+        let catalog =
+            Catalog { tables: BTreeMap::from([("kept".to_string(), table.clone())]), next_id: 5, current: true };
         assert!(!catalog.orphaned(CATALOG_PARTITION));
         assert!((0..4).all(|index| !catalog.orphaned(table.partition_id(index))));
         assert!(catalog.orphaned(table.partition_id(4)));

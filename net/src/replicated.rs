@@ -420,6 +420,13 @@ impl ReplicatedLog {
         Ok(())
     }
 
+    /// Whether `partition`'s replica knows a leader (itself included) and this node has applied
+    /// everything the replica knows committed.
+    pub fn caught_up(&self, partition: PartitionId) -> bool {
+        let (leader, commit) = self.with_replica(partition, |replica| (replica.leader(), replica.commit()));
+        leader.is_some() && self.store.applied_slot(partition) >= commit
+    }
+
     /// The replica this node believes leads `partition`.
     pub fn leader(&self, partition: PartitionId) -> Option<ReplicaId> {
         self.with_replica(partition, |replica| replica.leader())

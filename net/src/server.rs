@@ -270,6 +270,7 @@ async fn run_core(
         shard.publish_catalog(catalog).await.map_err(|error| error.to_string())?;
         // In a cluster the catalog changes as its partition's chosen entries are applied here.
         shard.follow_catalog();
+        shard.await_current_catalog();
     } else {
         shard.catalog_loaded().await;
     }

@@ -7,11 +7,12 @@
 //! store, partition 0); every change is made there and copied to every core before the
 //! request that made it is answered.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::ops::Bound;
 use std::rc::Rc;
+use std::time::Duration;
 
 use glommio::channels::channel_mesh::{Receivers, Senders};
 use tessera_engine::expr::{self, Condition, KeyCondition, Path, Placeholders, Update};
@@ -168,6 +169,9 @@ pub(crate) struct Shard {
     catalog_lock: glommio::sync::Semaphore,
     /// Signalled once the catalog is loaded.
     catalog_ready: glommio::sync::Semaphore,
+    /// Core 0 of a cluster member: its catalog partition has caught up since the start
+    /// (`Catalog::current`).
+    catalog_current: Cell<bool>,
     /// Connections to other cluster members, by client address, for the partitions of a
     /// multi-partition request that they lead.
     forwards: RefCell<HashMap<String, Rc<AsyncClient>>>,
@@ -421,6 +425,7 @@ impl Shard {
             pending: Pending::default(),
             catalog_lock: glommio::sync::Semaphore::new(1),
             catalog_ready: glommio::sync::Semaphore::new(0),
+            catalog_current: Cell::new(false),
             forwards: RefCell::default(),
         }
     }
@@ -436,7 +441,8 @@ impl Shard {
 
     /// Core 0: reads the catalog from its store.
     pub(crate) async fn load_catalog(&self) -> Result<Catalog, String> {
-        let mut catalog = Catalog { next_id: 1, ..Catalog::default() };
+        let current = !self.replicated() || self.catalog_current.get();
+        let mut catalog = Catalog { next_id: 1, current, ..Catalog::default() };
         let entries = self
             .store()
             .scan(CATALOG_PARTITION, Bound::Unbounded, Bound::Unbounded, false, usize::MAX)
@@ -518,6 +524,18 @@ impl Shard {
         }
     }
 
+    /// Core 0: reads the catalog again and publishes it to every core.
+    async fn reload_catalog(self: &Rc<Shard>) {
+        match self.load_catalog().await {
+            Ok(catalog) => {
+                if let Err(error) = self.publish_catalog(catalog).await {
+                    tessera_engine::report!("tessera: cannot publish the catalog: {error}");
+                }
+            }
+            Err(error) => tessera_engine::report!("tessera: cannot reload the catalog: {error}"),
+        }
+    }
+
     /// Core 0 of a cluster member: reloads and republishes the catalog whenever an entry of its
     /// partition is applied here (tables made or dropped through another node).
     pub(crate) fn follow_catalog(self: &Rc<Shard>) {
@@ -527,20 +545,26 @@ impl Shard {
             CATALOG_PARTITION,
             Rc::new(move || {
                 let Some(shard) = shard.upgrade() else { return };
-                glommio::spawn_local(async move {
-                    // The load reads after the apply (the store's read barrier).
-                    match shard.load_catalog().await {
-                        Ok(catalog) => {
-                            if let Err(error) = shard.publish_catalog(catalog).await {
-                                tessera_engine::report!("tessera: cannot publish the catalog: {error}");
-                            }
-                        }
-                        Err(error) => tessera_engine::report!("tessera: cannot reload the catalog: {error}"),
-                    }
-                })
-                .detach();
+                // The load reads after the apply (the store's read barrier).
+                glommio::spawn_local(async move { shard.reload_catalog().await }).detach();
             }),
         );
+    }
+
+    /// Core 0 of a cluster member, at its start: once its catalog partition has caught up with
+    /// its group's commit (a leader is known and everything it committed is applied here), the
+    /// catalog is republished as current.
+    pub(crate) fn await_current_catalog(self: &Rc<Shard>) {
+        let Log::Replicated(log) = &self.log else { return };
+        let (shard, log) = (self.clone(), log.clone());
+        glommio::spawn_local(async move {
+            while !log.caught_up(CATALOG_PARTITION) {
+                glommio::timer::sleep(Duration::from_millis(20)).await;
+            }
+            shard.catalog_current.set(true);
+            shard.reload_catalog().await;
+        })
+        .detach();
     }
 
     /// Removes, in the background, the data of tables whose deletion a stop interrupted.
