@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use futures_lite::AsyncWriteExt;
 
+use crate::auth::Credentials;
 use crate::catalog::{core_of_key, partition_of_key};
 use crate::local::{Inbox, Outbox, Pending, Producer};
 use tessera_engine::{AttributeValue, Item, KeySchema, Number};
@@ -65,11 +66,28 @@ pub struct ClientConfig {
     pub attempts: u32,
     /// The first backoff; each retry doubles it, with random jitter.
     pub backoff: Duration,
+    /// The key every connection proves it holds before its first request (`crate::auth`),
+    /// needed by a server that checks keys; `None`: connections make no proof.
+    pub credentials: Option<Credentials>,
 }
 
 impl Default for ClientConfig {
     fn default() -> ClientConfig {
-        ClientConfig { timeout: Duration::from_secs(10), attempts: 5, backoff: Duration::from_millis(20) }
+        ClientConfig {
+            timeout: Duration::from_secs(10),
+            attempts: 5,
+            backoff: Duration::from_millis(20),
+            credentials: None,
+        }
+    }
+}
+
+/// What a server answers an Authenticate request with: a Hello answer, or the reason.
+fn authenticated(answer: Response) -> Result<(), ClientError> {
+    match answer {
+        Response::Hello { .. } => Ok(()),
+        Response::Error(error) => Err(ClientError::Service(error)),
+        other => Err(ClientError::Protocol(format!("Authenticate was answered with {other:?}"))),
     }
 }
 
@@ -190,7 +208,13 @@ impl Client {
         stream.set_read_timeout(Some(config.timeout))?;
         stream.set_write_timeout(Some(config.timeout))?;
         let home = stream.peer_addr()?;
-        Ok(Client { stream, buffer: Vec::new(), next_id: 1, config, home })
+        let credentials = config.credentials.clone();
+        let mut client = Client { stream, buffer: Vec::new(), next_id: 1, config, home };
+        if let Some(credentials) = credentials {
+            let (answer, _) = client.call_once(&credentials.authenticate(), ReturnConsumedCapacity::None)?;
+            authenticated(answer)?;
+        }
+        Ok(client)
     }
 
     /// Sends `request` and returns the answer, retrying retryable errors with backoff.
@@ -607,7 +631,11 @@ impl AsyncClient {
             answers.fail_all(|| Err(ClientError::Protocol(failure.clone())));
         })
         .detach();
-        Ok(AsyncClient { outbox, pending, _producer: producer, config })
+        let client = AsyncClient { outbox, pending, _producer: producer, config };
+        if let Some(credentials) = &client.config.credentials {
+            authenticated(client.call_once(&credentials.authenticate()).await?)?;
+        }
+        Ok(client)
     }
 
     /// Sends `request` once and waits for its answer (or the timeout).

@@ -1,6 +1,7 @@
 //! The Tessera node and its client: a shard-per-core server speaking the binary protocol of
 //! `tessera-wire`, and the client library (`client`).
 
+pub mod auth;
 mod catalog;
 pub mod client;
 pub mod http;

@@ -21,7 +21,9 @@ use futures_lite::AsyncWriteExt;
 use glommio::net::{TcpListener, TcpStream};
 use tessera_engine::paxos::ReplicaId;
 use tessera_wire::replication::{decode_batch, BatchEncoder, PeerMessage};
-use tessera_wire::MessageType;
+use tessera_wire::{ErrorCode, MessageType, Request, WireError};
+
+use crate::auth::{Access, Credentials, Privilege};
 
 use crate::local::Inbox;
 
@@ -79,6 +81,9 @@ pub struct LinkStats {
     pub dropped: u64,
     /// Frames received and dropped: a bad checksum, a type or payload that is not a batch.
     pub bad_frames: u64,
+    /// Incoming connections closed because they did not open with a proof of the cluster's
+    /// secret.
+    pub unauthenticated: u64,
 }
 
 /// One core's links to the same core of every other node.
@@ -98,10 +103,13 @@ impl PeerLinks {
     /// Listens for this core's peers at `core_address(listen, core)` and dials each of
     /// `peers` (node id and base peer address) at the same core. Every batch received is
     /// given to `deliver`. Must run on the core's executor.
+    /// With `secret`, each link opens with a proof of it (`crate::auth`), and an incoming
+    /// connection that does not open so is closed before anything it sends is delivered.
     pub fn start(
         listen: SocketAddr,
         core: usize,
         peers: &BTreeMap<ReplicaId, SocketAddr>,
+        secret: Option<String>,
         deliver: Rc<dyn Fn(Vec<PeerMessage>)>,
     ) -> std::io::Result<PeerLinks> {
         let address = core_address(listen, core);
@@ -112,12 +120,15 @@ impl PeerLinks {
             .map_err(|error| std::io::Error::other(format!("cannot listen for peers on {address}: {error}")))?;
         let stats = Rc::new(Cell::new(LinkStats::default()));
         let tasks: Rc<RefCell<Vec<_>>> = Rc::default();
-        let accepting = glommio::spawn_local(accept(listener, deliver, stats.clone(), Rc::downgrade(&tasks)));
+        let access = Rc::new(Access { clients: None, cluster_secret: secret.clone() });
+        let accepting = glommio::spawn_local(accept(listener, access, deliver, stats.clone(), Rc::downgrade(&tasks)));
         tasks.borrow_mut().push(accepting.detach());
         let mut queues = BTreeMap::new();
         for (&node, &base) in peers {
             let queue = Rc::new(Queue::default());
-            let sending = glommio::spawn_local(send(core_address(base, core), queue.clone(), stats.clone()));
+            let credentials = secret.as_deref().map(Credentials::cluster);
+            let sending =
+                glommio::spawn_local(send(core_address(base, core), credentials, queue.clone(), stats.clone()));
             tasks.borrow_mut().push(sending.detach());
             queues.insert(node, queue);
         }
@@ -153,14 +164,15 @@ fn count(stats: &Cell<LinkStats>, change: impl FnOnce(&mut LinkStats)) {
 
 async fn accept(
     listener: TcpListener,
+    access: Rc<Access>,
     deliver: Rc<dyn Fn(Vec<PeerMessage>)>,
     stats: Rc<Cell<LinkStats>>,
     tasks: std::rc::Weak<RefCell<Vec<glommio::task::JoinHandle<()>>>>,
 ) {
     loop {
         let Ok(stream) = listener.accept().await else { continue };
-        let (deliver, stats) = (deliver.clone(), stats.clone());
-        let reading = glommio::spawn_local(receive(stream, deliver, stats)).detach();
+        let (access, deliver, stats) = (access.clone(), deliver.clone(), stats.clone());
+        let reading = glommio::spawn_local(receive(stream, access, deliver, stats)).detach();
         match tasks.upgrade() {
             Some(tasks) => tasks.borrow_mut().push(reading),
             None => reading.cancel(),
@@ -168,14 +180,35 @@ async fn accept(
     }
 }
 
-/// Reads replication frames from one incoming connection until it closes.
-async fn receive(mut stream: TcpStream, deliver: Rc<dyn Fn(Vec<PeerMessage>)>, stats: Rc<Cell<LinkStats>>) {
+/// Reads replication frames from one incoming connection until it closes. With a cluster
+/// secret, the first frame must prove it; a connection that does not is closed unheard.
+async fn receive(
+    mut stream: TcpStream,
+    access: Rc<Access>,
+    deliver: Rc<dyn Fn(Vec<PeerMessage>)>,
+    stats: Rc<Cell<LinkStats>>,
+) {
     let _ = stream.set_nodelay(true);
     let mut inbox = Inbox::new();
+    let mut proven = access.cluster_secret.is_none();
     loop {
         loop {
             match inbox.next_frame() {
                 Ok(None) => break,
+                Ok(Some(frame)) if !proven => {
+                    let proof = frame.checksum_ok.then(|| Request::decode(frame.header.message_type, frame.payload));
+                    let verified = match proof {
+                        Some(Ok(Request::Authenticate { key_id, timestamp_ms, nonce, signature })) => {
+                            access.verify(&key_id, timestamp_ms, &nonce, &signature)
+                        }
+                        _ => Err(WireError::new(ErrorCode::MissingAuthenticationTokenException, "no proof")),
+                    };
+                    if verified != Ok(Privilege::Cluster) {
+                        count(&stats, |stats| stats.unauthenticated += 1);
+                        return;
+                    }
+                    proven = true;
+                }
                 Ok(Some(frame)) => {
                     let batch = (frame.checksum_ok && frame.header.message_type == MessageType::Replication as u16)
                         .then(|| decode_batch(frame.payload).ok())
@@ -199,9 +232,12 @@ async fn receive(mut stream: TcpStream, deliver: Rc<dyn Fn(Vec<PeerMessage>)>, s
     }
 }
 
-/// Writes everything queued for one peer, dialing it when there is no connection.
-async fn send(address: SocketAddr, queue: Rc<Queue>, stats: Rc<Cell<LinkStats>>) {
+/// Writes everything queued for one peer, dialing it when there is no connection (and opening
+/// each connection with a proof of the cluster's secret, given `credentials`).
+async fn send(address: SocketAddr, credentials: Option<Credentials>, queue: Rc<Queue>, stats: Rc<Cell<LinkStats>>) {
     let mut stream: Option<TcpStream> = None;
+    // A connection just made: its first write opens with the proof.
+    let mut fresh = false;
     let (mut bytes, mut encoder) = (Vec::new(), BatchEncoder::default());
     loop {
         let messages = queue.take().await;
@@ -212,6 +248,7 @@ async fn send(address: SocketAddr, queue: Rc<Queue>, stats: Rc<Cell<LinkStats>>)
                     // A peer that stops reading must not hold this link forever.
                     let _ = connected.set_write_timeout(Some(WRITE_TIMEOUT));
                     stream = Some(connected);
+                    fresh = true;
                 }
                 Err(_) => {
                     count(&stats, |stats| stats.dropped += messages.len() as u64);
@@ -221,6 +258,10 @@ async fn send(address: SocketAddr, queue: Rc<Queue>, stats: Rc<Cell<LinkStats>>)
             }
         }
         bytes.clear();
+        if let (Some(credentials), true) = (&credentials, fresh) {
+            credentials.authenticate().encode(0, &mut bytes);
+        }
+        fresh = false;
         let (mut start, mut snapshot_bytes) = (0, 0);
         for (at, message) in messages.iter().enumerate() {
             if let PeerMessage::Chunk(chunk) = message {
@@ -279,7 +320,7 @@ mod tests {
         let finished = done.clone();
         let receiver = on_executor(move || async move {
             let deliver: Rc<dyn Fn(Vec<PeerMessage>)> = Rc::new(move |messages| sink.lock().unwrap().extend(messages));
-            let links = PeerLinks::start(two, 0, &BTreeMap::from([(1, one)]), deliver).unwrap();
+            let links = PeerLinks::start(two, 0, &BTreeMap::from([(1, one)]), None, deliver).unwrap();
             // Until the sender saw everything arrive, and the garbage was read.
             let stop = std::time::Instant::now() + Duration::from_secs(10);
             while !*finished.lock().unwrap() || (links.stats().bad_frames == 0 && std::time::Instant::now() < stop) {
@@ -309,7 +350,7 @@ mod tests {
         let (stop, all_in) = (done.clone(), received.clone());
         let sending = on_executor(move || async move {
             let deliver: Rc<dyn Fn(Vec<PeerMessage>)> = Rc::new(|_| {});
-            let links = PeerLinks::start(one, 0, &BTreeMap::from([(2, two)]), deliver).unwrap();
+            let links = PeerLinks::start(one, 0, &BTreeMap::from([(2, two)]), None, deliver).unwrap();
             for message in sent {
                 links.send(message);
             }

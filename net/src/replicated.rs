@@ -61,6 +61,9 @@ pub struct Cluster {
     pub log_retain: u64,
     /// How long chosen entries may wait for a core's tree before its leaders throttle writes.
     pub apply_delay_max: Duration,
+    /// The secret every peer link, forwarded request and administration request proves it
+    /// holds (`crate::auth`); `None` only when every peer address is on loopback.
+    pub secret: Option<String>,
 }
 
 /// Where a node takes clients' requests, its replication peers (core `k` on `peer`'s port
@@ -221,7 +224,7 @@ impl ReplicatedLog {
                 log.deliver(messages);
             }
         });
-        *log.links.borrow_mut() = Some(PeerLinks::start(own.peer, core, &peers, deliver)?);
+        *log.links.borrow_mut() = Some(PeerLinks::start(own.peer, core, &peers, cluster.secret.clone(), deliver)?);
         let tasks = vec![
             glommio::spawn_local(tick(Rc::downgrade(&log))).detach(),
             glommio::spawn_local(report_persists(Rc::downgrade(&log))).detach(),
@@ -422,9 +425,12 @@ impl ReplicatedLog {
 
     /// Whether `partition`'s replica knows a leader (itself included) and this node has applied
     /// everything the replica knows committed.
+    /// False while the node hosts no replica of it (one is not made here: a retired replica
+    /// stays retired).
     pub fn caught_up(&self, partition: PartitionId) -> bool {
-        let (leader, commit) = self.with_replica(partition, |replica| (replica.leader(), replica.commit()));
-        leader.is_some() && self.store.applied_slot(partition) >= commit
+        let replicas = self.replicas.borrow();
+        let Some(replica) = replicas.get(&partition) else { return false };
+        replica.leader().is_some() && self.store.applied_slot(partition) >= replica.commit()
     }
 
     /// The replica this node believes leads `partition`.

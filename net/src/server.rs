@@ -21,6 +21,7 @@ use glommio::{LocalExecutorBuilder, Placement};
 use tessera_engine::{LocalLog, Store, StoreConfig};
 use tessera_wire::{ErrorCode, Request, RequestFlags, Response, WireError};
 
+use crate::auth::Access;
 use crate::http::{Endpoint, HttpConfig};
 use crate::local::{Inbox, Outbox, Producer};
 use crate::log::Log;
@@ -60,6 +61,10 @@ pub struct ServerConfig {
     pub cluster: Option<Cluster>,
     /// The DynamoDB-compatible HTTP endpoint, if served.
     pub http: Option<HttpConfig>,
+    /// Access keys (id to secret) a binary connection must prove it holds before any request
+    /// (`crate::auth`), as HTTP requests must be signed with one; `None`: binary connections
+    /// need no proof (administration requests still need the cluster's secret, if it has one).
+    pub client_keys: Option<std::collections::HashMap<String, String>>,
 }
 
 /// A running server; `stop` ends it cleanly (applies, checkpoints and closes every store).
@@ -263,7 +268,11 @@ async fn run_core(
         }
     };
     let replicated = matches!(log, Log::Replicated(_));
-    let shard = Rc::new(Shard::new(core, config.cores, log, senders));
+    let access = Access {
+        clients: config.client_keys.clone(),
+        cluster_secret: config.cluster.as_ref().and_then(|cluster| cluster.secret.clone()),
+    };
+    let shard = Rc::new(Shard::new(core, config.cores, log, senders, access));
     shard.serve_peers(receivers);
     if core == 0 {
         let catalog = shard.load_catalog().await?;
@@ -332,6 +341,8 @@ async fn connection(shard: Rc<Shard>, stream: TcpStream) {
     });
     let in_flight = Rc::new(glommio::sync::Semaphore::new(IN_FLIGHT_MAX));
     let mut inbox = Inbox::new();
+    // What the connection proved it may do (`crate::auth`), once it sent Authenticate.
+    let mut privilege = None;
     'reading: loop {
         loop {
             match inbox.next_frame() {
@@ -343,9 +354,33 @@ async fn connection(shard: Rc<Shard>, stream: TcpStream) {
                     } else {
                         RequestFlags::from_bits(frame.header.flags)
                             .and_then(|flags| Ok((Request::decode(frame.header.message_type, frame.payload)?, flags)))
-                    };
+                    }
+                    .map_err(Some);
+                    let request = request.and_then(|(request, flags)| match request {
+                        Request::Authenticate { key_id, timestamp_ms, nonce, signature } => {
+                            Err(match shard.access().verify(&key_id, timestamp_ms, &nonce, &signature) {
+                                Ok(granted) => {
+                                    privilege = Some(granted);
+                                    let hello =
+                                        Response::Hello { core: shard.core() as u32, cores: shard.cores() as u32 };
+                                    answers.send(|out| hello.encode(id, out));
+                                    None
+                                }
+                                Err(error) => Some(error),
+                            })
+                        }
+                        request => shard.access().admit(&request, privilege).map(|()| (request, flags)).map_err(Some),
+                    });
                     match request {
-                        Err(error) => answers.send(|out| Response::Error(error).encode(id, out)),
+                        Err(None) => {}
+                        Err(Some(error)) => {
+                            let refused = error.code == ErrorCode::UnrecognizedClientException;
+                            answers.send(|out| Response::Error(error).encode(id, out));
+                            // A wrong proof gets no second try on the same connection.
+                            if refused {
+                                break 'reading;
+                            }
+                        }
                         Ok((request, flags)) => {
                             let Ok(permit) = in_flight.acquire_static_permit(1).await else { break 'reading };
                             let (shard, producer) = (shard.clone(), Producer::new(&answers.0));

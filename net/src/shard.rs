@@ -26,6 +26,7 @@ use tessera_wire::{
     ReturnConsumedCapacity, Scan, Select, SortCondition, TableKeys, UpdateItem, WireError, Write,
 };
 
+use crate::auth::{Access, Credentials};
 use crate::catalog::{
     key_hash, owner_core, range_start, validate_table_name, Catalog, TableInfo, CATALOG_PARTITION, NEXT_ID_KEY,
     PARTITIONS_MAX,
@@ -169,6 +170,9 @@ pub(crate) struct Shard {
     catalog_lock: glommio::sync::Semaphore,
     /// Signalled once the catalog is loaded.
     catalog_ready: glommio::sync::Semaphore,
+    /// The keys connections must prove they hold; the cluster's secret also opens the
+    /// connections this node forwards requests on.
+    access: Access,
     /// Core 0 of a cluster member: its catalog partition has caught up since the start
     /// (`Catalog::current`).
     catalog_current: Cell<bool>,
@@ -415,11 +419,12 @@ impl Meter {
 }
 
 impl Shard {
-    pub(crate) fn new(core: usize, cores: usize, log: Log, senders: Senders<Envelope>) -> Shard {
+    pub(crate) fn new(core: usize, cores: usize, log: Log, senders: Senders<Envelope>, access: Access) -> Shard {
         Shard {
             core,
             cores,
             log,
+            access,
             catalog: RefCell::new(Catalog::default()),
             senders,
             pending: Pending::default(),
@@ -428,6 +433,19 @@ impl Shard {
             catalog_current: Cell::new(false),
             forwards: RefCell::default(),
         }
+    }
+
+    pub(crate) fn core(&self) -> usize {
+        self.core
+    }
+
+    pub(crate) fn cores(&self) -> usize {
+        self.cores
+    }
+
+    /// The keys connections to this node prove they hold.
+    pub(crate) fn access(&self) -> &Access {
+        &self.access
     }
 
     /// Whether this node is a cluster member (its partitions replicated).
@@ -505,7 +523,8 @@ impl Shard {
                 let address: SocketAddr = leader
                     .parse()
                     .map_err(|_| unavailable(format!("the leader's address {leader:?} does not parse")))?;
-                let client = AsyncClient::connect(address, ClientConfig::default())
+                let credentials = self.access.cluster_secret.as_deref().map(Credentials::cluster);
+                let client = AsyncClient::connect(address, ClientConfig { credentials, ..ClientConfig::default() })
                     .await
                     .map_err(|error| unavailable(format!("cannot reach the leader at {leader}: {error}")))?;
                 let client = Rc::new(client);
@@ -980,6 +999,10 @@ impl Shard {
             Request::BatchGetItem(tables) => self.batch_get(tables, may_forward, &mut meter).await,
             Request::BatchWriteItem(writes) => self.batch_write(writes, may_forward, &mut meter).await,
             Request::Hello => Ok(Response::Hello { core: self.core as u32, cores: self.cores as u32 }),
+            // A connection's proof is checked where the connection is served, never here.
+            Request::Authenticate { .. } => {
+                Err(invalid("Authenticate opens a binary connection; it is not a request to execute"))
+            }
             Request::DescribeReplicas => self.describe_replicas().await,
             Request::ChangeMembers { partition, members } => {
                 match self.call(self.partition_core(partition), Op::ChangeMembers { partition, members }).await {

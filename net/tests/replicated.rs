@@ -95,6 +95,8 @@ impl Node {
                         paxos: paxos_config(),
                         log_retain: 200,
                         apply_delay_max: tessera_net::APPLY_DELAY_DEFAULT,
+                        // Every peer link opens with a proof of it.
+                        secret: Some("in-process-cluster-secret".into()),
                     };
                     let log = ReplicatedLog::start(store, &cluster, 0).expect("log starts");
                     // As the server does for a table's partitions once its catalog names them:

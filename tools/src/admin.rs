@@ -27,19 +27,18 @@ const CAUGHT_UP_SLOTS: u64 = 64;
 /// Between two looks at the cluster.
 const ROUND_PAUSE: Duration = Duration::from_millis(200);
 
-/// One node's client, with a short timeout and no retries: a node that does not answer is
-/// skipped this round.
-fn connect(node: &ClusterNode) -> Option<Client> {
-    let config = ClientConfig { timeout: Duration::from_secs(2), attempts: 1, ..ClientConfig::default() };
-    Client::connect_with(node.client, config).ok()
+/// One node's client (`config`: a short timeout and no retries, so that a node that does not
+/// answer is skipped this round; the cluster's secret).
+fn connect(node: &ClusterNode, config: &ClientConfig) -> Option<Client> {
+    Client::connect_with(node.client, config.clone()).ok()
 }
 
 /// The replicas of every node that answers, by node.
-fn describe(nodes: &BTreeMap<u32, ClusterNode>) -> BTreeMap<u32, Vec<ReplicaStatus>> {
+fn describe(nodes: &BTreeMap<u32, ClusterNode>, config: &ClientConfig) -> BTreeMap<u32, Vec<ReplicaStatus>> {
     let mut reports = BTreeMap::new();
     for (&id, node) in nodes {
         if let Some(Ok(Response::Replicas { replicas, .. })) =
-            connect(node).map(|mut client| client.call(&Request::DescribeReplicas))
+            connect(node, config).map(|mut client| client.call(&Request::DescribeReplicas))
         {
             reports.insert(id, replicas);
         }
@@ -60,8 +59,8 @@ fn members_text(members: &[Member]) -> String {
 }
 
 /// `cluster status`: every replica each reachable node hosts.
-pub fn status(nodes: &BTreeMap<u32, ClusterNode>) -> Result<(), String> {
-    let reports = describe(nodes);
+pub fn status(nodes: &BTreeMap<u32, ClusterNode>, config: &ClientConfig) -> Result<(), String> {
+    let reports = describe(nodes, config);
     for id in nodes.keys().filter(|id| !reports.contains_key(id)) {
         println!("node {id}: not answering");
     }
@@ -138,7 +137,12 @@ fn next_step(
 /// that the group has three durable copies of every write throughout. One configuration change
 /// at a time per group, each at its leader once the previous one is committed; then the log
 /// replicas are retired. Idempotent: run again, it carries on from where the groups are.
-pub fn replace(nodes: &BTreeMap<u32, ClusterNode>, plan: Replacement, timeout: Duration) -> Result<(), String> {
+pub fn replace(
+    nodes: &BTreeMap<u32, ClusterNode>,
+    plan: Replacement,
+    timeout: Duration,
+    config: &ClientConfig,
+) -> Result<(), String> {
     let Replacement { lost, log, full } = plan;
     if lost == log || lost == full || log == full {
         return Err("--lost, --log and --full must name three different nodes".into());
@@ -149,7 +153,7 @@ pub fn replace(nodes: &BTreeMap<u32, ClusterNode>, plan: Replacement, timeout: D
     // Groups seen with the lost node or the log replica in them: the work to do.
     let mut involved = BTreeSet::new();
     loop {
-        let reports = describe(&reachable);
+        let reports = describe(&reachable, config);
         let mut leaders: BTreeMap<u64, (u32, &ReplicaStatus)> = BTreeMap::new();
         for (&node, replicas) in &reports {
             for replica in replicas {
@@ -178,7 +182,7 @@ pub fn replace(nodes: &BTreeMap<u32, ClusterNode>, plan: Replacement, timeout: D
                 Step::Change(members, what) => {
                     unfinished += 1;
                     let request = Request::ChangeMembers { partition, members: members.clone() };
-                    match connect(&nodes[&leader]).map(|mut client| client.call(&request)) {
+                    match connect(&nodes[&leader], config).map(|mut client| client.call(&request)) {
                         Some(Ok(Response::Admin { slot })) => println!(
                             "{}: {what}: members {} from slot {slot}",
                             partition_name(partition),
@@ -197,7 +201,7 @@ pub fn replace(nodes: &BTreeMap<u32, ClusterNode>, plan: Replacement, timeout: D
                     unfinished += 1;
                     let request = Request::RetireReplica { partition };
                     if let Some(Ok(Response::Admin { .. })) =
-                        connect(&nodes[&log]).map(|mut client| client.call(&request))
+                        connect(&nodes[&log], config).map(|mut client| client.call(&request))
                     {
                         println!("{}: log replica on node {log} retired", partition_name(partition));
                     }

@@ -104,6 +104,11 @@ pub struct Serve {
     /// the record stays in the log
     #[arg(long)]
     pub quarantine_bad_records: bool,
+    /// The cluster's secret (a file holding it on its first line, 16 characters or more): every
+    /// peer link, request forwarded between nodes and administration request proves it holds
+    /// it; needed unless every peer address is on loopback
+    #[arg(long, value_name = "FILE", requires = "cluster")]
+    pub cluster_secret: Option<PathBuf>,
 }
 
 /// `--first-cpu C|none`.
@@ -171,6 +176,9 @@ pub enum ClusterCommand {
     Status {
         #[arg(long, value_name = "FILE")]
         cluster: String,
+        /// The cluster's secret (a file; see serve --cluster-secret): administration requests need it
+        #[arg(long, value_name = "FILE")]
+        cluster_secret: Option<PathBuf>,
     },
     /// Replace lost node N in every group it is in, one configuration change at a time at
     /// each group's leader: add a log replica on L (quorum durability restored at once),
@@ -187,6 +195,9 @@ pub enum ClusterCommand {
         full: u32,
         #[arg(long, value_name = "SECS", default_value_t = 600)]
         timeout: u64,
+        /// The cluster's secret (a file; see serve --cluster-secret): administration requests need it
+        #[arg(long, value_name = "FILE")]
+        cluster_secret: Option<PathBuf>,
     },
 }
 

@@ -14,7 +14,8 @@ use cli::{AuthMode, Cli, ClusterCommand, Command, Endpoint, Placeholders, SortPa
 use serde_json::{json, Value};
 use tessera_engine::paxos;
 use tessera_engine::{AttributeValue, KeyAttribute, KeySchema, StoreConfig};
-use tessera_net::client::Client;
+use tessera_net::auth::{new_secret, read_secret, Credentials};
+use tessera_net::client::{Client, ClientConfig};
 use tessera_net::json::{consumed_capacity_to_json, item_to_json};
 use tessera_net::{
     Auth, Cluster, ClusterNode, HttpConfig, Server, ServerConfig, APPLY_DELAY_DEFAULT, LOG_RETAIN_DEFAULT,
@@ -37,11 +38,11 @@ fn main() -> ExitCode {
         Command::Cluster(ClusterCommand::Local { nodes, port, http_port, cores, data_dir }) => {
             cluster_local(nodes, port, http_port, cores, &data_dir)
         }
-        Command::Cluster(ClusterCommand::Status { cluster }) => {
-            read_cluster_file(&cluster).and_then(|nodes| admin::status(&nodes))
-        }
-        Command::Cluster(ClusterCommand::Replace { cluster, lost, log, full, timeout }) => {
-            replace(&cluster, admin::Replacement { lost, log, full }, timeout)
+        Command::Cluster(ClusterCommand::Status { cluster, cluster_secret }) => admin_config(cluster_secret.as_deref())
+            .and_then(|config| read_cluster_file(&cluster).and_then(|nodes| admin::status(&nodes, &config))),
+        Command::Cluster(ClusterCommand::Replace { cluster, lost, log, full, timeout, cluster_secret }) => {
+            admin_config(cluster_secret.as_deref())
+                .and_then(|config| replace(&cluster, admin::Replacement { lost, log, full }, timeout, &config))
         }
         command => client_command(&cli.endpoint, command),
     };
@@ -80,14 +81,28 @@ fn serve(args: &cli::Serve) -> Result<(), String> {
             (Some(node), Some(file)) => Some(Cluster {
                 log_retain: args.log_retain.unwrap_or(LOG_RETAIN_DEFAULT),
                 apply_delay_max: args.apply_delay_ms.map_or(APPLY_DELAY_DEFAULT, std::time::Duration::from_millis),
+                secret: args.cluster_secret.as_deref().map(read_secret).transpose()?,
                 ..read_cluster(node, file)?
             }),
             // clap requires --node-id and --cluster together.
             _ => None,
         },
         http: None,
+        client_keys: None,
     };
-    let config = ServerConfig { http: http_config(args, &config)?, ..config };
+    if let Some(cluster) = &config.cluster {
+        let off_loopback = cluster.nodes.values().any(|node| !node.peer.ip().is_loopback());
+        if cluster.secret.is_none() && off_loopback {
+            return Err("a cluster whose peers are not all on loopback needs --cluster-secret FILE: without it, any process that reaches a peer port could take part in replication".into());
+        }
+    }
+    let auth = auth(args, &config)?;
+    let client_keys = match &auth {
+        Auth::SigV4(keys) => Some(keys.clone()),
+        Auth::None => None,
+    };
+    let http = args.http_listen.0.map(|listen| HttpConfig { listen, auth });
+    let config = ServerConfig { http, client_keys, ..config };
     // SIGINT and SIGTERM are taken by one thread that stops the server cleanly; they are
     // blocked before any other thread starts, so every thread inherits the mask.
     let signals = block_stop_signals();
@@ -130,13 +145,10 @@ fn serve(args: &cli::Serve) -> Result<(), String> {
     server.wait()
 }
 
-/// The HTTP endpoint `serve`'s flags ask for: `--http-listen ADDR|none`, `--auth none|sigv4`,
-/// `--keys FILE`. Without `--auth`, signatures are checked when keys are given or a listener
-/// is off loopback.
-fn http_config(args: &cli::Serve, config: &ServerConfig) -> Result<Option<HttpConfig>, String> {
-    let Some(listen) = args.http_listen.0 else {
-        return Ok(None);
-    };
+/// What `serve`'s `--auth none|sigv4` and `--keys FILE` ask for, on the HTTP endpoint (SigV4)
+/// and the binary protocol (a proof of a key on each connection) alike. Without `--auth`,
+/// keys are checked when they are given or a listener is off loopback.
+fn auth(args: &cli::Serve, config: &ServerConfig) -> Result<Auth, String> {
     let keys = args
         .keys
         .as_deref()
@@ -146,7 +158,8 @@ fn http_config(args: &cli::Serve, config: &ServerConfig) -> Result<Option<HttpCo
             Auth::parse_keys(&text).map_err(|error| format!("the keys file {path}: {error}"))
         })
         .transpose()?;
-    let loopback = listen.ip().is_loopback() && config.listen.ip().is_loopback();
+    let loopback =
+        args.http_listen.0.is_none_or(|listen| listen.ip().is_loopback()) && config.listen.ip().is_loopback();
     let auth = match (args.auth, keys) {
         (Some(AuthMode::None), _) => Auth::None,
         // Keys given are keys to check.
@@ -159,7 +172,7 @@ fn http_config(args: &cli::Serve, config: &ServerConfig) -> Result<Option<HttpCo
             )
         }
     };
-    Ok(Some(HttpConfig { listen, auth }))
+    Ok(auth)
 }
 
 /// The cluster file at `path`, as node `node` sees the cluster.
@@ -174,6 +187,7 @@ fn read_cluster(node: u32, path: &str) -> Result<Cluster, String> {
         paxos: paxos::Config::default(),
         log_retain: LOG_RETAIN_DEFAULT,
         apply_delay_max: APPLY_DELAY_DEFAULT,
+        secret: None,
     })
 }
 
@@ -217,14 +231,35 @@ fn read_cluster_file(path: &str) -> Result<BTreeMap<u32, ClusterNode>, String> {
 }
 
 /// `cluster replace`: replaces a lost node's replicas (`admin::replace`).
-fn replace(path: &str, plan: admin::Replacement, timeout_secs: u64) -> Result<(), String> {
+/// Writes `text` to a new file at `path` that only its owner may read.
+fn write_private(path: &std::path::Path, text: &str) -> Result<(), String> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let _ = std::fs::remove_file(path);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut file| file.write_all(text.as_bytes()))
+        .map_err(|error| format!("cannot write {}: {error}", path.display()))
+}
+
+/// How the administration commands connect: a short timeout, no retries (a node that does not
+/// answer is skipped that round), and the cluster's secret when there is one.
+fn admin_config(secret: Option<&std::path::Path>) -> Result<ClientConfig, String> {
+    let credentials = secret.map(read_secret).transpose()?.as_deref().map(Credentials::cluster);
+    Ok(ClientConfig { timeout: std::time::Duration::from_secs(2), attempts: 1, credentials, ..ClientConfig::default() })
+}
+
+fn replace(path: &str, plan: admin::Replacement, timeout_secs: u64, config: &ClientConfig) -> Result<(), String> {
     let nodes = read_cluster_file(path)?;
     for (name, id) in [("--lost", plan.lost), ("--log", plan.log), ("--full", plan.full)] {
         if !nodes.contains_key(&id) {
             return Err(format!("{name} {id}: no such node in the cluster file"));
         }
     }
-    admin::replace(&nodes, plan, std::time::Duration::from_secs(timeout_secs))
+    admin::replace(&nodes, plan, std::time::Duration::from_secs(timeout_secs), config)
 }
 
 /// `cluster local`: `count` nodes on loopback, each a `tessera serve` child process with its
@@ -241,6 +276,10 @@ fn cluster_local(count: u32, port: u16, http_port: u16, cores: usize, root: &Pat
         .collect();
     std::fs::write(&file, lines.join("\n") + "\n")
         .map_err(|error| format!("cannot write {}: {error}", file.display()))?;
+    // The nodes prove this to each other, and administration commands need it too
+    // (`--cluster-secret DIR/secret`).
+    let secret = root.join("secret");
+    write_private(&secret, &(new_secret() + "\n"))?;
     let binary = std::env::current_exe().map_err(|error| error.to_string())?;
     // Pinned, nodes beyond the machine's CPUs would stack on the first ones while others
     // idle (three nodes on two CPUs: two on CPU 0); unpinned, the kernel balances them.
@@ -260,6 +299,8 @@ fn cluster_local(count: u32, port: u16, http_port: u16, cores: usize, root: &Pat
         let child = std::process::Command::new(&binary)
             .args(["serve", "--node-id", &id.to_string(), "--cluster"])
             .arg(&file)
+            .arg("--cluster-secret")
+            .arg(&secret)
             .args(["--listen", &format!("127.0.0.1:{}", port + id as u16 - 1), "--cores", &cores.to_string()])
             .args(["--http-listen", &format!("127.0.0.1:{}", http_port + id as u16 - 1)])
             .args(["--first-cpu", &if pinned { ((id as usize - 1) * cores).to_string() } else { "none".into() }])
@@ -370,8 +411,11 @@ fn print_all(items: Vec<tessera_engine::Item>, count_only: bool) {
 }
 
 /// A connection to `endpoint`.
+/// A connection to the node, proving the key the AWS tools would use (environment variables
+/// or the shared credentials file), if one is set: a node that checks keys needs it.
 fn connect(endpoint: &Endpoint) -> Result<Client, String> {
-    Client::connect(endpoint.address.as_str())
+    let credentials = Credentials::from_environment()?;
+    Client::connect_with(endpoint.address.as_str(), ClientConfig { credentials, ..ClientConfig::default() })
         .map_err(|error| endpoint.error(format!("cannot connect to {}: {error}", endpoint.address)))
 }
 

@@ -6,16 +6,18 @@
 //! by snapshot.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read as _, Write as _};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tessera_engine::paxos::Member;
+use tessera_engine::paxos::{Ballot, Envelope, Member, Message, Value};
 use tessera_engine::{Item, KeySchema, KeyType};
+use tessera_net::auth::Credentials;
 use tessera_net::client::{Client, ClientConfig, ClientError, ItemBuilder};
+use tessera_wire::replication::{encode_batch, PeerMessage};
 use tessera_wire::{ErrorCode, ReadExpressions, Request, Response};
 
 use common::{crash_api, exchange, post};
@@ -24,6 +26,8 @@ mod common;
 
 const BINARY: &str = env!("CARGO_BIN_EXE_tessera");
 const TABLE: &str = "orders";
+/// The cluster's secret the test clusters share.
+const SECRET: &str = "a-test-cluster-secret-0123456789";
 
 /// `count` loopback addresses with ports free now, all different (the listeners found them
 /// are held until every one is found: ports released one by one could come back twice).
@@ -35,10 +39,14 @@ fn free_addresses(count: usize) -> Vec<SocketAddr> {
 struct Cluster {
     root: PathBuf,
     file: PathBuf,
+    /// The cluster's secret, in a file every node is started with.
+    secret: PathBuf,
     clients: BTreeMap<u32, SocketAddr>,
     /// Each node's DynamoDB HTTP endpoint (fixed, like the client addresses: one the kernel
     /// chose at start could be another node's, taken while that node is down).
     https: BTreeMap<u32, SocketAddr>,
+    /// Each node's peer address (core 0's port).
+    peers: BTreeMap<u32, SocketAddr>,
     nodes: BTreeMap<u32, Child>,
     /// Flags every node is started with, beyond the usual.
     flags: Vec<String>,
@@ -74,9 +82,12 @@ impl Cluster {
             .collect();
         let file = root.join("cluster");
         std::fs::write(&file, lines.join("\n")).unwrap();
+        let secret = root.join("secret");
+        std::fs::write(&secret, format!("{SECRET}\n")).unwrap();
         let serial = SERIAL.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let flags = flags.iter().map(|flag| flag.to_string()).collect();
-        let mut cluster = Cluster { root, file, clients, https, nodes: BTreeMap::new(), flags, _serial: serial };
+        let mut cluster =
+            Cluster { root, file, secret, clients, https, peers, nodes: BTreeMap::new(), flags, _serial: serial };
         for id in 1..=count {
             cluster.start_node(id);
         }
@@ -89,6 +100,8 @@ impl Cluster {
             // The nodes spread over the machine's CPUs rather than all on the first.
             .args(["--first-cpu", &(id as usize - 1).to_string(), "--cluster"])
             .arg(&self.file)
+            .arg("--cluster-secret")
+            .arg(&self.secret)
             .args(["--listen", &self.clients[&id].to_string(), "--http-listen", &self.https[&id].to_string()])
             .arg("--data-dir")
             .arg(self.root.join(format!("node-{id}")))
@@ -117,6 +130,12 @@ impl Cluster {
         Client::connect(self.clients[&id]).expect("connect")
     }
 
+    /// A client proving the cluster's secret, as administration requests must.
+    fn admin(&self, id: u32) -> Client {
+        let config = ClientConfig { credentials: Some(Credentials::cluster(SECRET)), ..ClientConfig::default() };
+        Client::connect_with(self.clients[&id], config).expect("connect")
+    }
+
     /// Waits until every node in the groups knows the table (each applies the catalog's
     /// entry on its own).
     fn wait_for_table(&self) {
@@ -141,6 +160,8 @@ impl Cluster {
         Command::new(BINARY)
             .args(["cluster", "replace", "--cluster"])
             .arg(&self.file)
+            .arg("--cluster-secret")
+            .arg(&self.secret)
             .args(["--lost", "2", "--log", "4", "--full", "5", "--timeout", timeout])
             .output()
             .unwrap()
@@ -820,7 +841,7 @@ fn a_lost_node_is_replaced_through_a_log_replica() {
         (77, vec![Member::full(1), Member::full(2)], "partition 77 has no replica on node"),
     ];
     for (partition, members, expected) in refused {
-        match cluster.client(1).call(&Request::ChangeMembers { partition, members }) {
+        match cluster.admin(1).call(&Request::ChangeMembers { partition, members }) {
             Err(ClientError::Service(error)) => {
                 assert!(error.code == ErrorCode::ValidationException && error.message.contains(expected), "{error:?}")
             }
@@ -898,7 +919,7 @@ fn a_lost_node_is_replaced_through_a_log_replica() {
     for n in 0..30 {
         cluster.client(1).put_item("later", item(n)).unwrap();
     }
-    let Response::Replicas { replicas, .. } = cluster.client(5).call(&Request::DescribeReplicas).unwrap() else {
+    let Response::Replicas { replicas, .. } = cluster.admin(5).call(&Request::DescribeReplicas).unwrap() else {
         panic!("no replicas")
     };
     let later: Vec<_> = replicas.iter().filter(|replica| replica.partition >> 20 == 2).collect();
@@ -918,7 +939,13 @@ fn a_lost_node_is_replaced_through_a_log_replica() {
     }
     let address = cluster.clients[&5];
     assert!(written.iter().all(|&n| local_read(address, n) == Some(item(n))), "node 5's own copy lacks writes");
-    let status = Command::new(BINARY).args(["cluster", "status", "--cluster"]).arg(&cluster.file).output().unwrap();
+    let status = Command::new(BINARY)
+        .args(["cluster", "status", "--cluster"])
+        .arg(&cluster.file)
+        .arg("--cluster-secret")
+        .arg(&cluster.secret)
+        .output()
+        .unwrap();
     let status = String::from_utf8_lossy(&status.stdout).into_owned();
     assert!(status.contains("node 1: not answering") && status.contains("members 1,3,5"), "{status}");
 }
@@ -999,4 +1026,62 @@ fn every_kind_of_request_survives_a_sigkill_of_the_whole_cluster() {
         }
         cluster.https.values().copied().collect()
     });
+}
+
+/// Processes that do not hold the cluster's secret change nothing: Accepts of a high ballot
+/// carrying a write, sent to every node's peer port (the next leader would re-propose the
+/// highest-ballot value it found), are closed unheard, even once the leader is killed and
+/// another elected; a ChangeMembers or DescribeReplicas sent to a client port without the
+/// secret is refused, and with a client's key instead of the secret too.
+#[test]
+fn processes_without_the_cluster_secret_change_nothing() {
+    let mut cluster = Cluster::start("forged");
+    cluster.client(1).create_table(TABLE, KeySchema::hash_only("id", KeyType::S), 1).unwrap();
+    cluster.wait_for_table();
+    cluster.client(1).put_item(TABLE, item(1)).unwrap();
+    let partition = 1u64 << 20;
+    let forged = ItemBuilder::new().s("id", "forged").build();
+    let mut value = Vec::new();
+    tessera_engine::encode_item(&forged, tessera_engine::ItemMeta::default(), &mut value);
+    let encoded = KeySchema::hash_only("id", KeyType::S).encode_key(&forged).unwrap().bytes;
+    let mut command = Vec::new();
+    tessera_engine::Command::Put { key: encoded, value: value.into() }.encode_payload(&mut command).unwrap();
+    for (&id, peer) in &cluster.peers {
+        let mut stream = std::net::TcpStream::connect(peer).unwrap();
+        let messages: Vec<PeerMessage> = (1..20u64)
+            .map(|slot| {
+                let entries = vec![Value::Command { id: 1 << 40 | slot, bytes: command.clone().into() }];
+                let ballot = Ballot { round: 1 << 40, replica: 1 + id % 3 };
+                let message = Message::Accept { ballot, first_slot: slot, entries, commit: 0, sent_at: 0 };
+                PeerMessage::Paxos((partition, Envelope { from: 1 + id % 3, to: id, message }))
+            })
+            .collect();
+        let mut frame = Vec::new();
+        encode_batch(&messages, &mut frame);
+        stream.write_all(&frame).unwrap();
+        // Closed by the node, unheard.
+        stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        assert_eq!(stream.read(&mut [0u8; 16]).unwrap_or(0), 0, "node {id} kept the connection");
+    }
+    // Administration without the secret.
+    let members = vec![Member::full(1), Member::full(2)];
+    for request in [Request::ChangeMembers { partition, members }, Request::DescribeReplicas] {
+        match cluster.client(1).call(&request) {
+            Err(ClientError::Service(error)) => assert_eq!(error.code, ErrorCode::AccessDeniedException, "{error:?}"),
+            other => panic!("{other:?}"),
+        }
+    }
+    // The leader goes; the next one must find no forged value to re-propose.
+    let Response::Replicas { replicas, .. } = cluster.admin(1).call(&Request::DescribeReplicas).unwrap() else {
+        panic!("replicas")
+    };
+    let leader = replicas.iter().find(|replica| replica.partition == partition).and_then(|replica| replica.leader);
+    let leader = leader.expect("the partition has a leader");
+    cluster.signal(leader, libc::SIGKILL);
+    let _ = cluster.nodes.get_mut(&leader).unwrap().wait();
+    let survivor = (1..=3).find(|&id| id != leader).unwrap();
+    let mut client = cluster.client(survivor);
+    wait_until("a new leader taking writes", Duration::from_secs(10), || client.put_item(TABLE, item(2)).is_ok());
+    assert_eq!(client.get_item(TABLE, forged.clone()).unwrap(), None, "a forged write was chosen");
+    assert_eq!(client.get_item(TABLE, key(1)).unwrap(), Some(item(1)));
 }

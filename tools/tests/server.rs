@@ -9,7 +9,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use tessera_engine::{AttributeValue, Item, KeySchema, KeyType, Number};
-use tessera_net::client::{Client, ClientError, ItemBuilder};
+use tessera_net::auth::Credentials;
+use tessera_net::client::{Client, ClientConfig, ClientError, ItemBuilder};
 use tessera_wire::frame::{self, Decoded};
 use tessera_wire::{
     ErrorCode, Expressions, MessageType, Query, Request, Response, ReturnValues, Scan, SortCondition, TableKeys, Write,
@@ -26,6 +27,10 @@ struct Node {
 
 impl Node {
     fn start(dir: &Path) -> Node {
+        Node::start_with(dir, &[])
+    }
+
+    fn start_with(dir: &Path, flags: &[&str]) -> Node {
         let mut child = Command::new(BINARY)
             .args([
                 "serve",
@@ -40,6 +45,7 @@ impl Node {
             ])
             .arg("--data-dir")
             .arg(dir)
+            .args(flags)
             .stdout(Stdio::piped())
             .spawn()
             .expect("start tessera serve");
@@ -1141,4 +1147,56 @@ fn consumed_capacity_follows_dynamodb_rules() {
     );
     let (ok, _, stderr) = node.cli(&["get", "docs", r#"{"id":{"S":"k5"}}"#, "--return-consumed-capacity", "SOME"]);
     assert!(!ok && stderr.contains("NONE, TOTAL or INDEXES"), "{stderr}");
+}
+
+/// With access keys (`--auth sigv4 --keys FILE`), a binary connection must prove it holds one
+/// before any request, as an HTTP request must be signed with one: no proof, an unknown key
+/// and a wrong secret are refused; the command line proves the key the AWS tools would use
+/// (environment variables, or a profile of the shared credentials file).
+#[test]
+fn with_keys_the_binary_protocol_needs_a_proof_of_one() {
+    let dir = std::env::temp_dir().join(format!("tessera-server-keys-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let keys = dir.join("keys");
+    std::fs::write(&keys, "AKIDBINARY:binary-secret-key\n").unwrap();
+    let node = Node::start_with(&dir.join("data"), &["--auth", "sigv4", "--keys", keys.to_str().unwrap()]);
+    let message = service_error(node.client().list_tables(), ErrorCode::MissingAuthenticationTokenException);
+    assert!(message.contains("AWS_ACCESS_KEY_ID"), "{message}");
+    let with = |key_id: &str, secret: &str| {
+        let credentials = Some(Credentials { key_id: key_id.into(), secret: secret.into() });
+        Client::connect_with(node.address, ClientConfig { credentials, ..ClientConfig::default() })
+    };
+    for (key_id, secret) in [("AKIDBINARY", "a-guess"), ("AKIDOTHER", "binary-secret-key")] {
+        match with(key_id, secret) {
+            Err(ClientError::Service(error)) => assert_eq!(error.code, ErrorCode::UnrecognizedClientException),
+            other => panic!("{key_id}: {:?}", other.map(drop)),
+        }
+    }
+    let mut client = with("AKIDBINARY", "binary-secret-key").unwrap();
+    client.create_table("keyed", KeySchema::hash_only("k", KeyType::S), 2).unwrap();
+    assert_eq!(client.list_tables().unwrap(), ["keyed"]);
+    // The command line, with the key in the environment, in a profile, and nowhere.
+    let profile = dir.join("credentials");
+    std::fs::write(&profile, "[other]\naws_access_key_id = AKIDBINARY\naws_secret_access_key = binary-secret-key\n")
+        .unwrap();
+    let cli = |environment: &[(&str, &str)]| {
+        let mut command = Command::new(BINARY);
+        command.args(["--endpoint", &node.address.to_string(), "table", "list"]);
+        for name in ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE", "AWS_SHARED_CREDENTIALS_FILE"] {
+            command.env_remove(name);
+        }
+        command.env("HOME", &dir).envs(environment.iter().copied());
+        let output = command.output().unwrap();
+        (output.status.success(), String::from_utf8_lossy(&output.stdout).into_owned())
+    };
+    assert_eq!(
+        cli(&[("AWS_ACCESS_KEY_ID", "AKIDBINARY"), ("AWS_SECRET_ACCESS_KEY", "binary-secret-key")]),
+        (true, "keyed\n".into())
+    );
+    let shared = [("AWS_SHARED_CREDENTIALS_FILE", profile.to_str().unwrap()), ("AWS_PROFILE", "other")];
+    assert_eq!(cli(&shared), (true, "keyed\n".into()));
+    assert!(!cli(&[]).0, "no key, no answer");
+    drop(node);
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -24,6 +24,13 @@ pub enum ErrorCode {
     /// limit applies only to tables with local secondary indexes, which do not exist yet:
     /// nothing raises it today; the name is reserved on the wire for them.
     ItemCollectionSizeLimitExceededException,
+    /// The server takes requests only on an authenticated connection, and this one is not.
+    MissingAuthenticationTokenException,
+    /// The key is not one the server knows, or the proof does not match it.
+    UnrecognizedClientException,
+    /// The connection's key does not allow the request (administration without the cluster's
+    /// secret).
+    AccessDeniedException,
     /// The frame's checksum did not match its bytes.
     ChecksumMismatch,
     /// The message type is not one the receiver knows.
@@ -39,7 +46,7 @@ pub enum ErrorCode {
     Unknown(u16),
 }
 
-const CODES: [(ErrorCode, fb::ErrorCode); 15] = [
+const CODES: [(ErrorCode, fb::ErrorCode); 18] = [
     (ErrorCode::ValidationException, fb::ErrorCode::ValidationException),
     (ErrorCode::ResourceNotFoundException, fb::ErrorCode::ResourceNotFoundException),
     (ErrorCode::ResourceInUseException, fb::ErrorCode::ResourceInUseException),
@@ -50,6 +57,9 @@ const CODES: [(ErrorCode, fb::ErrorCode); 15] = [
     (ErrorCode::ServiceUnavailable, fb::ErrorCode::ServiceUnavailable),
     (ErrorCode::ConditionalCheckFailedException, fb::ErrorCode::ConditionalCheckFailedException),
     (ErrorCode::ItemCollectionSizeLimitExceededException, fb::ErrorCode::ItemCollectionSizeLimitExceededException),
+    (ErrorCode::MissingAuthenticationTokenException, fb::ErrorCode::MissingAuthenticationTokenException),
+    (ErrorCode::UnrecognizedClientException, fb::ErrorCode::UnrecognizedClientException),
+    (ErrorCode::AccessDeniedException, fb::ErrorCode::AccessDeniedException),
     (ErrorCode::ChecksumMismatch, fb::ErrorCode::ChecksumMismatch),
     (ErrorCode::UnknownMessageType, fb::ErrorCode::UnknownMessageType),
     (ErrorCode::MalformedMessage, fb::ErrorCode::MalformedMessage),

@@ -39,6 +39,8 @@ pub enum MessageType {
     DescribeReplicas = 14,
     ChangeMembers = 15,
     RetireReplica = 16,
+    /// Proves the connection holds a key (`AuthenticateRequest`); answered with a Hello answer.
+    Authenticate = 17,
     /// A batch of Multi-Paxos messages on a peer link (node to node; `replication.rs`).
     Replication = 0x4000,
     /// CreateTable, DeleteTable and DescribeTable answers.
@@ -58,7 +60,7 @@ pub enum MessageType {
 }
 
 impl MessageType {
-    const ALL: [MessageType; 27] = [
+    const ALL: [MessageType; 28] = [
         MessageType::CreateTable,
         MessageType::DeleteTable,
         MessageType::DescribeTable,
@@ -75,6 +77,7 @@ impl MessageType {
         MessageType::DescribeReplicas,
         MessageType::ChangeMembers,
         MessageType::RetireReplica,
+        MessageType::Authenticate,
         MessageType::Replication,
         MessageType::TableResponse,
         MessageType::ListTablesResponse,
@@ -342,6 +345,14 @@ pub enum Request {
     },
     RetireReplica {
         partition: u64,
+    },
+    /// A proof that the connection holds the key `key_id` (see `AuthenticateRequest` in the
+    /// schema); answered with `Response::Hello`.
+    Authenticate {
+        key_id: String,
+        timestamp_ms: u64,
+        nonce: Vec<u8>,
+        signature: Vec<u8>,
     },
 }
 
@@ -873,6 +884,7 @@ impl Request {
             Request::DescribeReplicas => MessageType::DescribeReplicas,
             Request::ChangeMembers { .. } => MessageType::ChangeMembers,
             Request::RetireReplica { .. } => MessageType::RetireReplica,
+            Request::Authenticate { .. } => MessageType::Authenticate,
         }
     }
 
@@ -893,6 +905,7 @@ impl Request {
             MessageType::DescribeReplicas => "DescribeReplicas",
             MessageType::ChangeMembers => "ChangeMembers",
             MessageType::RetireReplica => "RetireReplica",
+            MessageType::Authenticate => "Authenticate",
             _ => "BatchWriteItem",
         }
     }
@@ -1057,6 +1070,16 @@ impl Request {
                 let root = fb::HelloRequest::create(&mut fbb, &fb::HelloRequestArgs {});
                 fbb.finish_minimal(root);
             }
+            Request::Authenticate { key_id, timestamp_ms, nonce, signature } => {
+                let args = fb::AuthenticateRequestArgs {
+                    key_id: Some(fbb.create_string(key_id)),
+                    timestamp_ms: *timestamp_ms,
+                    nonce: Some(fbb.create_vector(nonce)),
+                    signature: Some(fbb.create_vector(signature)),
+                };
+                let root = fb::AuthenticateRequest::create(&mut fbb, &args);
+                fbb.finish_minimal(root);
+            }
             Request::DescribeReplicas => {
                 let root = fb::DescribeReplicasRequest::create(&mut fbb, &fb::DescribeReplicasRequestArgs {});
                 fbb.finish_minimal(root);
@@ -1097,6 +1120,15 @@ impl Request {
             MessageType::Hello => {
                 root::<fb::HelloRequest>(payload, "Hello")?;
                 Request::Hello
+            }
+            MessageType::Authenticate => {
+                let request = root::<fb::AuthenticateRequest>(payload, "Authenticate")?;
+                Request::Authenticate {
+                    key_id: read_string(request.key_id()),
+                    timestamp_ms: request.timestamp_ms(),
+                    nonce: request.nonce().map(|bytes| bytes.bytes().to_vec()).unwrap_or_default(),
+                    signature: request.signature().map(|bytes| bytes.bytes().to_vec()).unwrap_or_default(),
+                }
             }
             MessageType::DescribeReplicas => {
                 root::<fb::DescribeReplicasRequest>(payload, "DescribeReplicas")?;

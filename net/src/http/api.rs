@@ -90,11 +90,13 @@ impl ApiError {
             | ErrorCode::LimitExceededException
             | ErrorCode::ProvisionedThroughputExceededException
             | ErrorCode::ConditionalCheckFailedException
-            | ErrorCode::ItemCollectionSizeLimitExceededException => {
-                (400, format!("{TYPE_PREFIX}{}", error.code.name()))
-            }
-            // Framing errors of the binary protocol cannot come from a request made here.
+            | ErrorCode::ItemCollectionSizeLimitExceededException
+            | ErrorCode::AccessDeniedException => (400, format!("{TYPE_PREFIX}{}", error.code.name())),
+            // Framing and connection errors of the binary protocol cannot come from a request
+            // made here (its SigV4 signature is checked by the endpoint).
             ErrorCode::ChecksumMismatch
+            | ErrorCode::MissingAuthenticationTokenException
+            | ErrorCode::UnrecognizedClientException
             | ErrorCode::UnknownMessageType
             | ErrorCode::MalformedMessage
             | ErrorCode::FrameTooLarge

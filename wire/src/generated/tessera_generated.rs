@@ -622,7 +622,7 @@ pub const ENUM_MIN_ERROR_CODE: u16 = 0;
 pub const ENUM_MAX_ERROR_CODE: u16 = 104;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 15] = [
+pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 18] = [
   ErrorCode::ValidationException,
   ErrorCode::ResourceNotFoundException,
   ErrorCode::ResourceInUseException,
@@ -633,6 +633,9 @@ pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 15] = [
   ErrorCode::ServiceUnavailable,
   ErrorCode::ConditionalCheckFailedException,
   ErrorCode::ItemCollectionSizeLimitExceededException,
+  ErrorCode::MissingAuthenticationTokenException,
+  ErrorCode::UnrecognizedClientException,
+  ErrorCode::AccessDeniedException,
   ErrorCode::ChecksumMismatch,
   ErrorCode::UnknownMessageType,
   ErrorCode::MalformedMessage,
@@ -655,6 +658,9 @@ impl ErrorCode {
   pub const ServiceUnavailable: Self = Self(7);
   pub const ConditionalCheckFailedException: Self = Self(8);
   pub const ItemCollectionSizeLimitExceededException: Self = Self(9);
+  pub const MissingAuthenticationTokenException: Self = Self(10);
+  pub const UnrecognizedClientException: Self = Self(11);
+  pub const AccessDeniedException: Self = Self(12);
   pub const ChecksumMismatch: Self = Self(100);
   pub const UnknownMessageType: Self = Self(101);
   pub const MalformedMessage: Self = Self(102);
@@ -674,6 +680,9 @@ impl ErrorCode {
     Self::ServiceUnavailable,
     Self::ConditionalCheckFailedException,
     Self::ItemCollectionSizeLimitExceededException,
+    Self::MissingAuthenticationTokenException,
+    Self::UnrecognizedClientException,
+    Self::AccessDeniedException,
     Self::ChecksumMismatch,
     Self::UnknownMessageType,
     Self::MalformedMessage,
@@ -693,6 +702,9 @@ impl ErrorCode {
       Self::ServiceUnavailable => Some("ServiceUnavailable"),
       Self::ConditionalCheckFailedException => Some("ConditionalCheckFailedException"),
       Self::ItemCollectionSizeLimitExceededException => Some("ItemCollectionSizeLimitExceededException"),
+      Self::MissingAuthenticationTokenException => Some("MissingAuthenticationTokenException"),
+      Self::UnrecognizedClientException => Some("UnrecognizedClientException"),
+      Self::AccessDeniedException => Some("AccessDeniedException"),
       Self::ChecksumMismatch => Some("ChecksumMismatch"),
       Self::UnknownMessageType => Some("UnknownMessageType"),
       Self::MalformedMessage => Some("MalformedMessage"),
@@ -2803,6 +2815,154 @@ impl core::fmt::Debug for HelloResponse<'_> {
     let mut ds = f.debug_struct("HelloResponse");
       ds.field("core", &self.core());
       ds.field("cores", &self.cores());
+      ds.finish()
+  }
+}
+pub enum AuthenticateRequestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct AuthenticateRequest<'a> {
+  pub _tab: flatbuffers::Table<'a>,
+}
+
+impl<'a> flatbuffers::Follow<'a> for AuthenticateRequest<'a> {
+  type Inner = AuthenticateRequest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: flatbuffers::Table::new(buf, loc) }
+  }
+}
+
+impl<'a> AuthenticateRequest<'a> {
+  pub const VT_KEY_ID: flatbuffers::VOffsetT = 4;
+  pub const VT_TIMESTAMP_MS: flatbuffers::VOffsetT = 6;
+  pub const VT_NONCE: flatbuffers::VOffsetT = 8;
+  pub const VT_SIGNATURE: flatbuffers::VOffsetT = 10;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
+    AuthenticateRequest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr>(
+    _fbb: &'mut_bldr mut flatbuffers::FlatBufferBuilder<'bldr>,
+    args: &'args AuthenticateRequestArgs<'args>
+  ) -> flatbuffers::WIPOffset<AuthenticateRequest<'bldr>> {
+    let mut builder = AuthenticateRequestBuilder::new(_fbb);
+    builder.add_timestamp_ms(args.timestamp_ms);
+    if let Some(x) = args.signature { builder.add_signature(x); }
+    if let Some(x) = args.nonce { builder.add_nonce(x); }
+    if let Some(x) = args.key_id { builder.add_key_id(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn key_id(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<&str>>(AuthenticateRequest::VT_KEY_ID, None)}
+  }
+  #[inline]
+  pub fn timestamp_ms(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(AuthenticateRequest::VT_TIMESTAMP_MS, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn nonce(&self) -> Option<flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'a, u8>>>(AuthenticateRequest::VT_NONCE, None)}
+  }
+  #[inline]
+  pub fn signature(&self) -> Option<flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'a, u8>>>(AuthenticateRequest::VT_SIGNATURE, None)}
+  }
+}
+
+impl flatbuffers::Verifiable for AuthenticateRequest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut flatbuffers::Verifier, pos: usize
+  ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+    use self::flatbuffers::Verifiable;
+    v.visit_table(pos)?
+     .visit_field::<flatbuffers::ForwardsUOffset<&str>>("key_id", Self::VT_KEY_ID, false)?
+     .visit_field::<u64>("timestamp_ms", Self::VT_TIMESTAMP_MS, false)?
+     .visit_field::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'_, u8>>>("nonce", Self::VT_NONCE, false)?
+     .visit_field::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'_, u8>>>("signature", Self::VT_SIGNATURE, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct AuthenticateRequestArgs<'a> {
+    pub key_id: Option<flatbuffers::WIPOffset<&'a str>>,
+    pub timestamp_ms: u64,
+    pub nonce: Option<flatbuffers::WIPOffset<flatbuffers::Vector<'a, u8>>>,
+    pub signature: Option<flatbuffers::WIPOffset<flatbuffers::Vector<'a, u8>>>,
+}
+impl<'a> Default for AuthenticateRequestArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    AuthenticateRequestArgs {
+      key_id: None,
+      timestamp_ms: 0,
+      nonce: None,
+      signature: None,
+    }
+  }
+}
+
+pub struct AuthenticateRequestBuilder<'a: 'b, 'b> {
+  fbb_: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+  start_: flatbuffers::WIPOffset<flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b> AuthenticateRequestBuilder<'a, 'b> {
+  #[inline]
+  pub fn add_key_id(&mut self, key_id: flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(AuthenticateRequest::VT_KEY_ID, key_id);
+  }
+  #[inline]
+  pub fn add_timestamp_ms(&mut self, timestamp_ms: u64) {
+    self.fbb_.push_slot::<u64>(AuthenticateRequest::VT_TIMESTAMP_MS, timestamp_ms, 0);
+  }
+  #[inline]
+  pub fn add_nonce(&mut self, nonce: flatbuffers::WIPOffset<flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(AuthenticateRequest::VT_NONCE, nonce);
+  }
+  #[inline]
+  pub fn add_signature(&mut self, signature: flatbuffers::WIPOffset<flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(AuthenticateRequest::VT_SIGNATURE, signature);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>) -> AuthenticateRequestBuilder<'a, 'b> {
+    let start = _fbb.start_table();
+    AuthenticateRequestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> flatbuffers::WIPOffset<AuthenticateRequest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl core::fmt::Debug for AuthenticateRequest<'_> {
+  fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+    let mut ds = f.debug_struct("AuthenticateRequest");
+      ds.field("key_id", &self.key_id());
+      ds.field("timestamp_ms", &self.timestamp_ms());
+      ds.field("nonce", &self.nonce());
+      ds.field("signature", &self.signature());
       ds.finish()
   }
 }
