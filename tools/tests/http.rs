@@ -247,3 +247,35 @@ fn bad_requests_get_dynamodbs_errors_and_the_server_keeps_serving() {
         exchange(&mut connect(&node), &post("DynamoDB_20120810.DescribeLimits", "{}", None)).unwrap();
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
 }
+
+/// Requests a proxy in front could frame otherwise than the server (request smuggling): two
+/// Content-Length headers, a length that is not plain decimal, Transfer-Encoding beside a
+/// Content-Length. Each is refused, and its connection closed.
+#[test]
+fn ambiguous_body_lengths_are_refused_and_the_connection_closed() {
+    let node = Node::start("lengths", &["--auth", "none"]);
+    for (headers, status, named) in [
+        ("Content-Length: 0\r\nContent-Length: 2\r\n", 400, "only one Content-Length"),
+        ("Content-Length: 0\r\ncontent-length: 0\r\n", 400, "only one Content-Length"),
+        ("Content-Length: +0\r\n", 400, "not a decimal number"),
+        ("Content-Length: 0, 0\r\n", 400, "not a decimal number"),
+        ("Content-Length: 0x0\r\n", 400, "not a decimal number"),
+        ("Transfer-Encoding: chunked\r\nContent-Length: 0\r\n", 400, "both Transfer-Encoding and Content-Length"),
+        ("Content-Length: 0\r\nTransfer-Encoding: identity\r\n", 400, "both Transfer-Encoding and Content-Length"),
+        ("Content-Length: 99999999999999999999999999\r\n", 413, "larger than 16 MB"),
+    ] {
+        let request = format!(
+            "POST / HTTP/1.1\r\nHost: localhost\r\nX-Amz-Target: DynamoDB_20120810.ListTables\r\n{headers}\r\n"
+        );
+        let mut stream = connect(&node);
+        let (got, _, body) = exchange(&mut stream, request.as_bytes()).expect("an answer before the close");
+        let message = String::from_utf8_lossy(&body).into_owned();
+        assert_eq!(got, status, "{headers:?}: {message}");
+        assert!(message.contains(named), "{headers:?}: {message}");
+        let mut rest = Vec::new();
+        assert_eq!(stream.read_to_end(&mut rest).ok(), Some(0), "{headers:?}: closed after the answer");
+    }
+    // One plain length is served as before.
+    let (status, _, _) = exchange(&mut connect(&node), &post("DynamoDB_20120810.ListTables", "{}", None)).unwrap();
+    assert_eq!(status, 200);
+}

@@ -172,20 +172,10 @@ async fn read_request(stream: &mut ReadHalf<TcpStream>, inbound: &mut Inbound, a
                         .collect(),
                     body: Vec::new(),
                 };
-                if parsed.header("transfer-encoding").is_some() {
-                    return Next::Refuse(
-                        411,
-                        "a request body needs a Content-Length (chunked transfer is not accepted)",
-                    );
-                }
-                let length = match parsed.header("content-length").map(|text| text.trim().parse::<usize>()) {
-                    None => 0,
-                    Some(Ok(length)) => length,
-                    Some(Err(_)) => return Next::Refuse(400, "Content-Length is not a number"),
+                let length = match body_length(request.headers) {
+                    Ok(length) => length,
+                    Err((status, message)) => return Next::Refuse(status, message),
                 };
-                if length > BODY_MAX {
-                    return Next::Refuse(413, "the request body is larger than 16 MB");
-                }
                 if parsed.header("expect").is_some_and(|expect| expect.eq_ignore_ascii_case("100-continue"))
                     && pending.len() == head
                 {
@@ -210,6 +200,37 @@ async fn read_request(stream: &mut ReadHalf<TcpStream>, inbound: &mut Inbound, a
         if !inbound.fill(stream).await {
             return Next::Closed;
         }
+    }
+}
+
+/// The length of a request's body, from its one Content-Length header (none: no body), or
+/// the status and message refusing a request whose length is ambiguous. A proxy in front may read a length
+/// the server does not (two Content-Length headers, a value that is not plain decimal, a
+/// Transfer-Encoding beside it), and so take one request's body for another request: a
+/// request its receivers could frame differently is refused, and its connection closed.
+fn body_length(headers: &[httparse::Header<'_>]) -> Result<usize, (u16, &'static str)> {
+    let mut lengths = headers.iter().filter(|header| header.name.eq_ignore_ascii_case("content-length"));
+    let transfer_encoding = headers.iter().any(|header| header.name.eq_ignore_ascii_case("transfer-encoding"));
+    let Some(length) = lengths.next() else {
+        if transfer_encoding {
+            return Err((411, "a request body needs a Content-Length (chunked transfer is not accepted)"));
+        }
+        return Ok(0);
+    };
+    if transfer_encoding {
+        return Err((400, "a request may not have both Transfer-Encoding and Content-Length"));
+    }
+    if lengths.next().is_some() {
+        return Err((400, "a request may have only one Content-Length header"));
+    }
+    let digits = length.value.trim_ascii();
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return Err((400, "Content-Length is not a decimal number"));
+    }
+    // Only digits: a number that does not parse is too large for any length.
+    match std::str::from_utf8(digits).ok().and_then(|text| text.parse::<usize>().ok()) {
+        Some(length) if length <= BODY_MAX => Ok(length),
+        _ => Err((413, "the request body is larger than 16 MB")),
     }
 }
 
