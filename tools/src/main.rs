@@ -82,6 +82,7 @@ fn serve(args: &cli::Serve) -> Result<(), String> {
             _ => None,
         },
         http: None,
+        max_connections: args.max_connections,
     };
     let config = ServerConfig { http: http_config(args, &config)?, ..config };
     // SIGINT and SIGTERM are taken by one thread that stops the server cleanly; they are

@@ -387,6 +387,18 @@ pub(crate) async fn connection(shard: Rc<Shard>, endpoint: Rc<Endpoint>, stream:
     writing.await;
 }
 
+/// Answers a connection beyond the core's connection limit 503 (DynamoDB's retryable
+/// ServiceUnavailableException, which the SDKs retry with backoff), then closes it.
+pub(crate) async fn refuse_busy(endpoint: &Endpoint, mut stream: TcpStream) {
+    let error = ApiError::new(
+        503,
+        "com.amazon.coral.availability#ServiceUnavailableException",
+        "the server holds as many connections as it allows: retry later",
+    );
+    let _ = stream.write_all(&error_answer(&error, &endpoint.request_id(), true)).await;
+    let _ = stream.close().await;
+}
+
 /// Reads requests and starts serving each, until the connection ends or asks to close.
 async fn read_requests(
     shard: &Rc<Shard>,
