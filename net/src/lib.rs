@@ -16,5 +16,5 @@ mod shard;
 pub use catalog::{partition_name, PARTITIONS_MAX};
 pub use http::{Auth, HttpConfig};
 pub use replicated::{Cluster, ClusterNode, SnapshotStats, APPLY_DELAY_DEFAULT, LOG_RETAIN_DEFAULT};
-pub use server::{Server, ServerConfig};
+pub use server::{Server, ServerConfig, MAX_CONNECTIONS_DEFAULT};
 pub use shard::{BATCH_GET_MAX, BATCH_WRITE_MAX, PAGE_BYTES_MAX};

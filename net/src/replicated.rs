@@ -585,6 +585,7 @@ impl ReplicatedLog {
                 }
                 Action::SendSnapshot { to } => self.send_snapshot(partition, to),
                 Action::StartLog { to, slot, members } => self.start_log(partition, to, slot, members),
+                Action::Report(anomaly) => tessera_engine::report!("tessera: partition {partition}: {anomaly}"),
             }
         }
     }

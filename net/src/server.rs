@@ -6,7 +6,13 @@
 //! requests on one connection are served concurrently and answered as they finish (each answer
 //! names its request id). Answers are written by one writer task per connection, which sends
 //! everything ready in one write.
+//!
+//! A core holds at most `ServerConfig::max_connections` client connections open (both
+//! protocols together); one more is closed at once (over HTTP after a 503). An accept that
+//! fails (the process's file limit reached, say) is reported once per run of failures and
+//! retried after a pause: a listener never stops accepting while the server runs.
 
+use std::cell::Cell;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::rc::Rc;
@@ -43,6 +49,13 @@ const LISTENER_GONE_WAIT: Duration = Duration::from_secs(5);
 const STOP_POLL: Duration = Duration::from_millis(20);
 /// A core whose timer fires this much later than asked says so on standard error.
 const LATE_REPORTED: Duration = Duration::from_millis(100);
+/// The pause after a failed accept, doubled after each further failure up to the maximum:
+/// long enough not to spin while the cause lasts (a file limit held by open connections),
+/// short enough to take connections again soon after it ends.
+const ACCEPT_PAUSE_MIN: Duration = Duration::from_millis(10);
+const ACCEPT_PAUSE_MAX: Duration = Duration::from_millis(100);
+/// `ServerConfig::max_connections` unless configured.
+pub const MAX_CONNECTIONS_DEFAULT: usize = 10_000;
 
 /// How to run a node.
 #[derive(Clone, Debug)]
@@ -65,6 +78,10 @@ pub struct ServerConfig {
     /// (`crate::auth`), as HTTP requests must be signed with one; `None`: binary connections
     /// need no proof (administration requests still need the cluster's secret, if it has one).
     pub client_keys: Option<std::collections::HashMap<String, String>>,
+
+    /// The most client connections (binary and HTTP together) one core holds open; a
+    /// connection beyond it is closed at once.
+    pub max_connections: usize,
 }
 
 /// A running server; `stop` ends it cleanly (applies, checkpoints and closes every store).
@@ -150,6 +167,9 @@ impl Server {
     pub fn start(config: ServerConfig) -> Result<Server, String> {
         if config.cores == 0 {
             return Err("--cores must be at least 1".into());
+        }
+        if config.max_connections == 0 {
+            return Err("--max-connections must be at least 1".into());
         }
         // Before the data directory is made: a server that cannot listen leaves nothing behind.
         check_unused(config.listen)?;
@@ -290,21 +310,36 @@ async fn run_core(
     }
     let _ = ready.send(Ok(bound));
 
+    let connections = Rc::new(Connections { open: Cell::new(0), max: config.max_connections });
     let accepting_http = http.map(|(listener, _, endpoint)| {
-        let shard = shard.clone();
-        glommio::spawn_local(async move {
-            while let Ok(stream) = listener.accept().await {
-                glommio::spawn_local(crate::http::connection(shard.clone(), endpoint.clone(), stream)).detach();
-            }
-        })
+        let (shard, connections) = (shard.clone(), connections.clone());
+        glommio::spawn_local(accept_connections(listener, core, "HTTP", connections, move |stream, admitted| {
+            let (shard, endpoint) = (shard.clone(), endpoint.clone());
+            glommio::spawn_local(async move {
+                match admitted {
+                    Some(admitted) => {
+                        crate::http::connection(shard, endpoint, stream).await;
+                        drop(admitted);
+                    }
+                    None => crate::http::refuse_busy(&endpoint, stream).await,
+                }
+            })
+            .detach();
+        }))
     });
     let accepting = {
         let shard = shard.clone();
-        glommio::spawn_local(async move {
-            while let Ok(stream) = listener.accept().await {
-                glommio::spawn_local(connection(shard.clone(), stream)).detach();
+        glommio::spawn_local(accept_connections(listener, core, "client", connections, move |stream, admitted| {
+            // Beyond the limit the stream is dropped here: closed at once.
+            if let Some(admitted) = admitted {
+                let shard = shard.clone();
+                glommio::spawn_local(async move {
+                    connection(shard, stream).await;
+                    drop(admitted);
+                })
+                .detach();
             }
-        })
+        }))
     };
     while !stop.load(Ordering::SeqCst) {
         let asleep = Instant::now();
@@ -321,6 +356,69 @@ async fn run_core(
     }
     store.checkpoint().await.map_err(|error| error.to_string())?;
     store.close().await.map_err(|error| error.to_string())
+}
+
+/// The client connections a core holds open, against its limit.
+struct Connections {
+    open: Cell<usize>,
+    max: usize,
+}
+
+/// One admitted connection's place under the limit, given back when dropped.
+struct Admitted(Rc<Connections>);
+
+impl Connections {
+    fn admit(self: &Rc<Self>) -> Option<Admitted> {
+        let open = self.open.get();
+        (open < self.max).then(|| {
+            self.open.set(open + 1);
+            Admitted(self.clone())
+        })
+    }
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        let open = self.0.open.get();
+        assert!(open > 0, "a connection given back that was never admitted");
+        self.0.open.set(open - 1);
+    }
+}
+
+/// Accepts `listener`'s connections for as long as the core runs, handing each to `accepted`
+/// with its place under the connection limit (`None`: beyond it). A failed accept (EMFILE
+/// when the process holds its limit of files, say) is reported once per run of failures,
+/// and retried after a pause that grows while the failures go on.
+async fn accept_connections(
+    listener: TcpListener,
+    core: usize,
+    protocol: &str,
+    connections: Rc<Connections>,
+    accepted: impl Fn(TcpStream, Option<Admitted>),
+) {
+    let mut pause: Option<Duration> = None;
+    loop {
+        match listener.accept().await {
+            Ok(stream) => {
+                pause = None;
+                accepted(stream, connections.admit());
+            }
+            Err(error) => {
+                let next = match pause {
+                    None => {
+                        tessera_engine::report!(
+                            "tessera: core {core} cannot accept {protocol} connections ({} open): {error}; retrying",
+                            connections.open.get()
+                        );
+                        ACCEPT_PAUSE_MIN
+                    }
+                    Some(pause) => (pause * 2).min(ACCEPT_PAUSE_MAX),
+                };
+                pause = Some(next);
+                glommio::timer::sleep(next).await;
+            }
+        }
+    }
 }
 
 /// Serves one connection until the peer closes it or its framing is lost.

@@ -72,6 +72,11 @@ pub struct Serve {
     /// Cache per core, in MiB
     #[arg(long, value_name = "N", default_value_t = 256)]
     pub cache_mib: usize,
+    /// The most client connections (binary and HTTP together) each core holds open; one
+    /// more is closed at once (over HTTP after a 503)
+    #[arg(long, value_name = "N", default_value_t = tessera_net::MAX_CONNECTIONS_DEFAULT,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub max_connections: usize,
     /// This node's id in the cluster file
     #[arg(long, value_name = "N", requires = "cluster")]
     pub node_id: Option<u32>,

@@ -89,6 +89,8 @@ fn serve(args: &cli::Serve) -> Result<(), String> {
         },
         http: None,
         client_keys: None,
+
+        max_connections: args.max_connections,
     };
     if let Some(cluster) = &config.cluster {
         let off_loopback = cluster.nodes.values().any(|node| !node.peer.ip().is_loopback());

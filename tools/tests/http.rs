@@ -199,10 +199,10 @@ fn bad_requests_get_dynamodbs_errors_and_the_server_keeps_serving() {
     }
     // Requests that cannot be read are answered, then the connection is closed.
     let oversized = format!("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n", 17 << 20);
-    let huge_head = format!("POST / HTTP/1.1\r\nX-Pad: {}\r\n", "a".repeat(70 << 10));
+    let huge_head = format!("POST / HTTP/1.1\r\nX-Pad: {}\r\n", "a".repeat(20 << 10));
     for (request, status) in [
         (oversized.into_bytes(), 413),
-        (huge_head.into_bytes(), 431),
+        (huge_head.into_bytes(), 400),
         (b"\x00\x01\x02garbage\r\n\r\n".to_vec(), 400),
         (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec(), 411),
         (b"POST / HTTP/1.1\r\nContent-Length: lots\r\n\r\n".to_vec(), 400),
@@ -254,4 +254,117 @@ fn every_kind_of_request_survives_a_sigkill_and_restart() {
         node.kill_and_restart();
         vec![node.http]
     });
+}
+
+/// Requests a proxy in front could frame otherwise than the server (request smuggling): two
+/// Content-Length headers, a length that is not plain decimal, Transfer-Encoding beside a
+/// Content-Length. Each is refused, and its connection closed.
+#[test]
+fn ambiguous_body_lengths_are_refused_and_the_connection_closed() {
+    let node = Node::start("lengths", &["--auth", "none"]);
+    for (headers, status, named) in [
+        ("Content-Length: 0\r\nContent-Length: 2\r\n", 400, "only one Content-Length"),
+        ("Content-Length: 0\r\ncontent-length: 0\r\n", 400, "only one Content-Length"),
+        ("Content-Length: +0\r\n", 400, "not a decimal number"),
+        ("Content-Length: 0, 0\r\n", 400, "not a decimal number"),
+        ("Content-Length: 0x0\r\n", 400, "not a decimal number"),
+        ("Transfer-Encoding: chunked\r\nContent-Length: 0\r\n", 400, "both Transfer-Encoding and Content-Length"),
+        ("Content-Length: 0\r\nTransfer-Encoding: identity\r\n", 400, "both Transfer-Encoding and Content-Length"),
+        ("Content-Length: 99999999999999999999999999\r\n", 413, "larger than 16 MB"),
+    ] {
+        let request = format!(
+            "POST / HTTP/1.1\r\nHost: localhost\r\nX-Amz-Target: DynamoDB_20120810.ListTables\r\n{headers}\r\n"
+        );
+        let mut stream = connect(&node);
+        let (got, _, body) = exchange(&mut stream, request.as_bytes()).expect("an answer before the close");
+        let message = String::from_utf8_lossy(&body).into_owned();
+        assert_eq!(got, status, "{headers:?}: {message}");
+        assert!(message.contains(named), "{headers:?}: {message}");
+        let mut rest = Vec::new();
+        assert_eq!(stream.read_to_end(&mut rest).ok(), Some(0), "{headers:?}: closed after the answer");
+    }
+    // One plain length is served as before.
+    let (status, _, _) = exchange(&mut connect(&node), &post("DynamoDB_20120810.ListTables", "{}", None)).unwrap();
+    assert_eq!(status, 200);
+}
+
+/// `request` with a header `X-Pad` of `length` bytes after its request line.
+fn padded(request: &[u8], length: usize) -> Vec<u8> {
+    let line = request.windows(2).position(|pair| pair == b"\r\n").unwrap() + 2;
+    let mut padded = request[..line].to_vec();
+    padded.extend_from_slice(format!("X-Pad: {}\r\n", "a".repeat(length)).as_bytes());
+    padded.extend_from_slice(&request[line..]);
+    padded
+}
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Write as _;
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    encoder.write_all(bytes).unwrap();
+    encoder.finish().unwrap()
+}
+
+/// `post`'s request with a body of raw bytes and a Content-Encoding.
+fn post_encoded(target: &str, coding: &str, body: &[u8]) -> Vec<u8> {
+    let head = post(target, "", None);
+    let head = String::from_utf8(head)
+        .unwrap()
+        .replace("Content-Length: 0\r\n", &format!("Content-Encoding: {coding}\r\nContent-Length: {}\r\n", body.len()));
+    [head.as_bytes(), body].concat()
+}
+
+/// DynamoDB's 16 KB limit on the request line and headers, the Date header of every answer,
+/// and request bodies' Content-Encoding (gzip decompressed, held to 16 MB; others refused).
+#[test]
+fn heads_dates_and_content_encodings() {
+    let node = Node::start("encodings", &["--auth", "none"]);
+    let now = std::time::SystemTime::now();
+    let recent = |headers: &[(String, String)]| {
+        let date = header(headers, "date").expect("a Date header");
+        let when = httpdate::parse_http_date(date).unwrap_or_else(|_| panic!("{date:?} is not an HTTP date"));
+        assert!(date.ends_with(" GMT") && date.len() == 29, "{date:?}");
+        let skew = when.duration_since(now).or_else(|_| now.duration_since(when)).unwrap();
+        assert!(skew < Duration::from_secs(60), "{date:?}");
+    };
+    // A head just under 16 KiB is served; one just over is refused and closed.
+    let list = post("DynamoDB_20120810.ListTables", "", None);
+    let mut stream = connect(&node);
+    let (status, headers, body) = exchange(&mut stream, &padded(&list, 15 << 10)).unwrap();
+    assert_eq!(status, 400, "an empty body is not JSON: {}", String::from_utf8_lossy(&body));
+    assert!(String::from_utf8_lossy(&body).contains("SerializationException"));
+    recent(&headers);
+    let mut stream = connect(&node);
+    let (status, headers, body) = exchange(&mut stream, &padded(&list, 16 << 10)).expect("an answer");
+    assert_eq!(status, 400);
+    assert!(String::from_utf8_lossy(&body).contains("larger than 16 KB"), "{}", String::from_utf8_lossy(&body));
+    recent(&headers);
+    let mut rest = Vec::new();
+    assert_eq!(stream.read_to_end(&mut rest).ok(), Some(0), "closed after the answer");
+
+    // Content-Encoding on one kept-alive connection.
+    let mut stream = connect(&node);
+    let (status, headers, body) = exchange(&mut stream, &post("DynamoDB_20120810.ListTables", "{}", None)).unwrap();
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    recent(&headers);
+    for (coding, body, status, expected) in [
+        ("gzip", gzip(b"{}"), 200, "TableNames"),
+        ("GZIP", gzip(br#"{"Limit":5}"#), 200, "TableNames"),
+        ("identity", b"{}".to_vec(), 200, "TableNames"),
+        ("br", b"{}".to_vec(), 400, r#"Content-Encoding \"br\" is not supported"#),
+        ("deflate", b"{}".to_vec(), 400, r#"Content-Encoding \"deflate\" is not supported"#),
+        ("gzip", b"{}".to_vec(), 400, "cannot be decompressed"),
+        ("gzip", gzip(&vec![b' '; (16 << 20) + 1]), 413, "larger than 16 MB once decompressed"),
+    ] {
+        let (got, _, answer) =
+            exchange(&mut stream, &post_encoded("DynamoDB_20120810.ListTables", coding, &body)).expect("an answer");
+        let answer = String::from_utf8_lossy(&answer);
+        assert_eq!(got, status, "{coding}: {answer}");
+        assert!(answer.contains(expected), "{coding}: {answer}");
+    }
+    // A body decompressed to exactly 16 MB is within the limit (and then read as JSON).
+    let mut at_limit = b"{}".to_vec();
+    at_limit.resize(16 << 20, b' ');
+    let (got, _, answer) =
+        exchange(&mut stream, &post_encoded("DynamoDB_20120810.ListTables", "gzip", &gzip(&at_limit))).unwrap();
+    assert_eq!(got, 200, "{}", String::from_utf8_lossy(&answer));
 }

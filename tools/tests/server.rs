@@ -1200,3 +1200,149 @@ fn with_keys_the_binary_protocol_needs_a_proof_of_one() {
     drop(node);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `tessera serve` on one core with `flags`, its open files limited to `files` when given,
+/// its standard error collected line by line; its binary and HTTP addresses.
+fn start_watched(
+    dir: &Path,
+    flags: &[&str],
+    files: Option<u64>,
+) -> (Child, SocketAddr, SocketAddr, std::sync::mpsc::Receiver<String>) {
+    use std::os::unix::process::CommandExt as _;
+    let mut command = Command::new(BINARY);
+    command
+        .args(["serve", "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--cores", "1"])
+        .args(["--cache-mib", "16", "--first-cpu", "none", "--data-dir"])
+        .arg(dir)
+        .args(flags)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some(files) = files {
+        // SAFETY: setrlimit is async-signal-safe, and only the child's limit changes.
+        unsafe {
+            command.pre_exec(move || {
+                let limit = libc::rlimit { rlim_cur: files, rlim_max: files };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    let mut child = command.spawn().expect("start tessera serve");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("first line");
+    let address = line.split_whitespace().find_map(|word| word.parse().ok()).expect("an address");
+    let http = line
+        .split("DynamoDB HTTP API on ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|address| address.parse().ok())
+        .unwrap_or_else(|| panic!("no HTTP address in {line:?}"));
+    let (lines, received) = std::sync::mpsc::channel();
+    let stderr = BufReader::new(child.stderr.take().expect("stderr"));
+    std::thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            eprintln!("{line}");
+            if lines.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    (child, address, http, received)
+}
+
+/// Whether a new client is served, within `within`: a binary ListTables and an HTTP one.
+fn served_again(address: SocketAddr, http: SocketAddr, within: Duration) -> bool {
+    let config = ClientConfig {
+        timeout: Duration::from_secs(1),
+        attempts: 1,
+        backoff: Duration::from_millis(10),
+        ..ClientConfig::default()
+    };
+    let deadline = std::time::Instant::now() + within;
+    while std::time::Instant::now() < deadline {
+        let binary = Client::connect_with(address, config.clone()).is_ok_and(|mut client| client.list_tables().is_ok());
+        let over_http = TcpStream::connect(http).is_ok_and(|mut stream| {
+            stream.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+            let request = b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
+            let mut answer = Vec::new();
+            stream.write_all(request).is_ok()
+                && stream.read_to_end(&mut answer).is_ok()
+                && answer.starts_with(b"HTTP/1.1 200")
+        });
+        if binary && over_http {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+/// A server out of file descriptors (EMFILE on accept) goes on accepting once connections
+/// close: each listener reports the failures and retries, rather than ending for good.
+#[test]
+fn failed_accepts_are_survived() {
+    let dir = std::env::temp_dir().join(format!("tessera-server-emfile-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let (mut child, address, http, lines) = start_watched(&dir, &[], Some(128));
+    assert!(served_again(address, http, Duration::from_secs(5)), "served before the flood");
+    // Idle connections to both listeners, until each has reported a failed accept.
+    let mut idle = Vec::new();
+    let mut reported = (false, false);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !(reported.0 && reported.1) {
+        assert!(std::time::Instant::now() < deadline, "no failed accept reported: {reported:?}");
+        for target in [address, http] {
+            if let Ok(stream) = TcpStream::connect_timeout(&target, Duration::from_millis(200)) {
+                idle.push(stream);
+            }
+        }
+        while let Ok(line) = lines.try_recv() {
+            reported.0 |= line.contains("cannot accept client connections");
+            reported.1 |= line.contains("cannot accept HTTP connections");
+        }
+        if idle.len() % 64 == 0 {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    drop(idle);
+    assert!(served_again(address, http, Duration::from_secs(10)), "served again once the connections closed");
+    // One line per run of failures, not one per failed accept.
+    let reports = lines.try_iter().filter(|line| line.contains("cannot accept")).count();
+    assert!(reports <= 4, "{reports} reports");
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Beyond --max-connections a core closes a new connection at once (an HTTP one after a
+/// 503), and takes new ones again as others close.
+#[test]
+fn connections_beyond_the_maximum_are_closed() {
+    let dir = std::env::temp_dir().join(format!("tessera-server-max-connections-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let (mut child, address, http, _lines) = start_watched(&dir, &["--max-connections", "3"], None);
+    let mut client = Client::connect(address).expect("connect");
+    assert!(client.list_tables().is_ok());
+    let mut idle: Vec<TcpStream> = (0..2).map(|_| TcpStream::connect(address).unwrap()).collect();
+    // Served in turn by the one core: the first three hold its places.
+    let mut extra = TcpStream::connect(address).unwrap();
+    extra.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    assert!(matches!(extra.read(&mut [0u8; 16]), Ok(0) | Err(_)), "closed at once");
+    let mut extra = TcpStream::connect(http).unwrap();
+    extra.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut answer = Vec::new();
+    let _ = extra.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 503 "), "{answer}");
+    assert!(answer.contains("ServiceUnavailableException") && answer.contains("Connection: close"), "{answer}");
+    assert!(client.list_tables().is_ok(), "the admitted ones are served");
+    // Places given back are taken again.
+    idle.truncate(0);
+    drop(client);
+    assert!(served_again(address, http, Duration::from_secs(5)));
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+}

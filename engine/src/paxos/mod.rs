@@ -54,7 +54,7 @@ mod codec;
 mod replica;
 
 pub use codec::{decode_configuration, decode_persist, encode_members, encode_persist, PersistContent};
-pub use replica::{Action, ChangeError, Config, Durable, ProposeError, Replica, Role};
+pub use replica::{Action, Anomaly, ChangeError, Config, Durable, ProposeError, Replica, Role, LAST_ROUND};
 
 /// A replica of the group: its index in the group's member list is not assumed; ids are
 /// chosen by the host.

@@ -109,6 +109,51 @@ pub enum Action {
         slot: Slot,
         members: Vec<Member>,
     },
+    /// Something no correct group causes (a bug, or damage elsewhere): the host reports it.
+    /// The replica's state is unchanged by what it reports.
+    Report(Anomaly),
+}
+
+/// The round no ballot may have: none could exceed it, so a replica that promised it could
+/// never be won over again (and `round + 1` would wrap to a ballot below every other).
+/// Messages carrying it are refused; campaigns stay below it.
+pub const LAST_ROUND: u64 = u64::MAX;
+
+/// What `Action::Report` reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Anomaly {
+    /// A message from `from` carried a ballot of `LAST_ROUND`: refused, unanswered.
+    LastRound { from: ReplicaId },
+    /// This replica has seen round `round`, and no round is left below `LAST_ROUND` to
+    /// campaign with: it stays a follower.
+    RoundsExhausted { round: u64 },
+}
+
+impl std::fmt::Display for Anomaly {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Anomaly::LastRound { from } => {
+                write!(f, "refused a message from replica {from} whose ballot has the last round, {LAST_ROUND}")
+            }
+            Anomaly::RoundsExhausted { round } => {
+                write!(f, "cannot campaign: round {round} has been seen and no higher round is left")
+            }
+        }
+    }
+}
+
+/// Whether `message` carries a ballot of `LAST_ROUND` anywhere.
+fn carries_last_round(message: &Message) -> bool {
+    let last = |ballot: &Ballot| ballot.round == LAST_ROUND;
+    match message {
+        Message::Prepare { ballot, .. } | Message::Accept { ballot, .. } | Message::Accepted { ballot, .. } => {
+            last(ballot)
+        }
+        Message::Promise { ballot, entries, .. } => {
+            last(ballot) || entries.iter().any(|(_, entry)| last(&entry.ballot))
+        }
+        Message::Reject { promised } => last(promised),
+    }
 }
 
 /// Why a proposal was not taken.
@@ -617,6 +662,10 @@ impl Replica {
         if from == self.id {
             return;
         }
+        if carries_last_round(&message) {
+            self.actions.push(Action::Report(Anomaly::LastRound { from }));
+            return;
+        }
         match message {
             Message::Prepare { ballot, from_slot } => self.on_prepare(now, from, ballot, from_slot),
             Message::Promise { ballot, entries, log_start, .. } => {
@@ -689,8 +738,15 @@ impl Replica {
     }
 
     fn campaign(&mut self, now: Micros) {
-        self.round_seen += 1;
-        let ballot = Ballot { round: self.round_seen, replica: self.id };
+        let Some(round) = self.round_seen.checked_add(1).filter(|&round| round < LAST_ROUND) else {
+            self.actions.push(Action::Report(Anomaly::RoundsExhausted { round: self.round_seen }));
+            self.become_follower(now, self.leader);
+            return;
+        };
+        self.round_seen = round;
+        let ballot = Ballot { round, replica: self.id };
+        // What makes the campaign's promises worth anything: a ballot no acceptor has seen.
+        assert!(ballot > self.promised, "campaign ballot {ballot:?} does not exceed the promised {:?}", self.promised);
         self.promised = ballot;
         self.leader = None;
         let from_slot = self.commit + 1;
@@ -1139,5 +1195,46 @@ mod tests {
         assert_eq!(unknown.members(), pair);
         unknown.tick(30 * config.election_max);
         assert_eq!(unknown.role(), Role::Candidate, "a member now, it campaigns");
+    }
+
+    #[test]
+    fn the_last_round_is_refused_and_never_campaigned_past() {
+        let config = Config::default();
+        let group = [Member::full(1), Member::full(2), Member::full(3)];
+        let mut replica = Replica::new(config.clone(), 1, &group, Durable::default(), 0, 0, 7);
+        let now = 10 * config.election_max;
+        let last = Ballot { round: LAST_ROUND, replica: 2 };
+        let entry = Entry { ballot: last, value: Value::Noop };
+        for message in [
+            Message::Prepare { ballot: last, from_slot: 1 },
+            Message::Accept { ballot: last, first_slot: 1, entries: vec![Value::Noop], commit: 0, sent_at: now },
+            Message::Promise {
+                ballot: Ballot { round: 3, replica: 1 },
+                entries: vec![(1, entry)],
+                commit: 0,
+                log_start: 1,
+            },
+            Message::Accepted { ballot: last, up_to: 1, sent_at: now, gap: false, checkpointed: 0 },
+            Message::Reject { promised: last },
+        ] {
+            replica.step(now, 2, message.clone());
+            assert_eq!(replica.drain(), vec![Action::Report(Anomaly::LastRound { from: 2 })], "{message:?}");
+        }
+        assert_eq!(replica.promised, Ballot::default(), "nothing refused was promised");
+        // The round below is a ballot like any: promised, and then none is left above it.
+        let below = Ballot { round: LAST_ROUND - 1, replica: 2 };
+        replica.step(now, 2, Message::Prepare { ballot: below, from_slot: 1 });
+        settle(&mut replica, now);
+        assert_eq!(replica.promised, below);
+        replica.tick(now + 10 * config.election_max);
+        assert_eq!(replica.role(), Role::Follower);
+        assert_eq!(replica.drain(), vec![Action::Report(Anomaly::RoundsExhausted { round: LAST_ROUND - 1 })]);
+        // A replica that recovered the last round (damage, or a bug) never campaigns: its
+        // round + 1 would wrap to 0, below every ballot.
+        let durable = Durable { promised: last, entries: BTreeMap::new() };
+        let mut recovered = Replica::new(config.clone(), 1, &group, durable, 0, 0, 7);
+        recovered.tick(10 * config.election_max);
+        assert_eq!(recovered.role(), Role::Follower);
+        assert_eq!(recovered.drain(), vec![Action::Report(Anomaly::RoundsExhausted { round: LAST_ROUND })]);
     }
 }

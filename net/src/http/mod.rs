@@ -1,14 +1,16 @@
 //! The DynamoDB-compatible HTTP endpoint: HTTP/1.1 with keep-alive on each core (glommio TCP,
 //! requests parsed by `httparse`), `POST /` with `X-Amz-Target: DynamoDB_20120810.<Operation>`
 //! and a JSON body, checked by SigV4 (`sigv4.rs`), served by the same `Shard::execute` as the
-//! binary protocol (`api.rs` maps the encodings), answered with `x-amzn-RequestId` and
-//! `x-amz-crc32` as DynamoDB answers.
+//! binary protocol (`api.rs` maps the encodings), answered with `x-amzn-RequestId`,
+//! `x-amz-crc32` and `Date` as DynamoDB answers.
 
 pub(crate) mod api;
 pub mod sigv4;
 
+use std::borrow::Cow;
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
+use std::io::Read as _;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::task::{Poll, Waker};
@@ -25,9 +27,9 @@ use api::{ApiError, Call, Operation};
 pub use sigv4::Auth;
 use sigv4::{AuthError, SignedRequest};
 
-/// The largest request head (request line and headers) a connection reads.
-const HEAD_MAX: usize = 64 << 10;
-/// The largest request body: DynamoDB's 16 MB request limit.
+/// The largest request head (request line and headers): DynamoDB's 16 KB.
+const HEAD_MAX: usize = 16 << 10;
+/// The largest request body, also once decompressed: DynamoDB's 16 MB request limit.
 pub const BODY_MAX: usize = 16 << 20;
 const HEADERS_MAX: usize = 64;
 /// How long a request at a node that knows no leader for its partition (an election is on)
@@ -150,6 +152,8 @@ impl Inbound {
     }
 }
 
+const HEAD_TOO_LARGE: &str = "the request line and headers are larger than 16 KB";
+
 /// Reads request `seq`: its head, then its body.
 async fn read_request(stream: &mut ReadHalf<TcpStream>, inbound: &mut Inbound, answers: &Answers, seq: u64) -> Next {
     loop {
@@ -157,6 +161,7 @@ async fn read_request(stream: &mut ReadHalf<TcpStream>, inbound: &mut Inbound, a
         let mut request = httparse::Request::new(&mut headers);
         let pending = inbound.pending();
         match request.parse(pending) {
+            Ok(httparse::Status::Complete(head)) if head > HEAD_MAX => return Next::Refuse(400, HEAD_TOO_LARGE),
             Ok(httparse::Status::Complete(head)) => {
                 let (path, query) =
                     request.path.unwrap_or("/").split_once('?').unwrap_or((request.path.unwrap_or("/"), ""));
@@ -172,20 +177,10 @@ async fn read_request(stream: &mut ReadHalf<TcpStream>, inbound: &mut Inbound, a
                         .collect(),
                     body: Vec::new(),
                 };
-                if parsed.header("transfer-encoding").is_some() {
-                    return Next::Refuse(
-                        411,
-                        "a request body needs a Content-Length (chunked transfer is not accepted)",
-                    );
-                }
-                let length = match parsed.header("content-length").map(|text| text.trim().parse::<usize>()) {
-                    None => 0,
-                    Some(Ok(length)) => length,
-                    Some(Err(_)) => return Next::Refuse(400, "Content-Length is not a number"),
+                let length = match body_length(request.headers) {
+                    Ok(length) => length,
+                    Err((status, message)) => return Next::Refuse(status, message),
                 };
-                if length > BODY_MAX {
-                    return Next::Refuse(413, "the request body is larger than 16 MB");
-                }
                 if parsed.header("expect").is_some_and(|expect| expect.eq_ignore_ascii_case("100-continue"))
                     && pending.len() == head
                 {
@@ -200,9 +195,7 @@ async fn read_request(stream: &mut ReadHalf<TcpStream>, inbound: &mut Inbound, a
                 parsed.body = inbound.take(length).to_vec();
                 return Next::Request(parsed);
             }
-            Ok(httparse::Status::Partial) if pending.len() > HEAD_MAX => {
-                return Next::Refuse(431, "the request's head is larger than 64 KiB")
-            }
+            Ok(httparse::Status::Partial) if pending.len() > HEAD_MAX => return Next::Refuse(400, HEAD_TOO_LARGE),
             Ok(httparse::Status::Partial) => {}
             Err(httparse::Error::TooManyHeaders) => return Next::Refuse(431, "a request may have at most 64 headers"),
             Err(_) => return Next::Refuse(400, "the request is not HTTP/1.1"),
@@ -210,6 +203,37 @@ async fn read_request(stream: &mut ReadHalf<TcpStream>, inbound: &mut Inbound, a
         if !inbound.fill(stream).await {
             return Next::Closed;
         }
+    }
+}
+
+/// The length of a request's body, from its one Content-Length header (none: no body), or
+/// the status and message refusing a request whose length is ambiguous. A proxy in front may read a length
+/// the server does not (two Content-Length headers, a value that is not plain decimal, a
+/// Transfer-Encoding beside it), and so take one request's body for another request: a
+/// request its receivers could frame differently is refused, and its connection closed.
+fn body_length(headers: &[httparse::Header<'_>]) -> Result<usize, (u16, &'static str)> {
+    let mut lengths = headers.iter().filter(|header| header.name.eq_ignore_ascii_case("content-length"));
+    let transfer_encoding = headers.iter().any(|header| header.name.eq_ignore_ascii_case("transfer-encoding"));
+    let Some(length) = lengths.next() else {
+        if transfer_encoding {
+            return Err((411, "a request body needs a Content-Length (chunked transfer is not accepted)"));
+        }
+        return Ok(0);
+    };
+    if transfer_encoding {
+        return Err((400, "a request may not have both Transfer-Encoding and Content-Length"));
+    }
+    if lengths.next().is_some() {
+        return Err((400, "a request may have only one Content-Length header"));
+    }
+    let digits = length.value.trim_ascii();
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return Err((400, "Content-Length is not a decimal number"));
+    }
+    // Only digits: a number that does not parse is too large for any length.
+    match std::str::from_utf8(digits).ok().and_then(|text| text.parse::<usize>().ok()) {
+        Some(length) if length <= BODY_MAX => Ok(length),
+        _ => Err((413, "the request body is larger than 16 MB")),
     }
 }
 
@@ -227,14 +251,16 @@ fn reason(status: u16) -> &'static str {
     }
 }
 
-/// An answer's bytes: status line, DynamoDB's headers, the JSON body.
+/// An answer's bytes: status line, DynamoDB's headers (and the Date every HTTP/1.1 answer
+/// carries), the JSON body.
 fn answer(status: u16, request_id: &str, body: &[u8], close: bool) -> Vec<u8> {
     let mut out = Vec::with_capacity(body.len() + 256);
     let crc = crc32fast::hash(body);
     let connection = if close { "Connection: close\r\n" } else { "" };
+    let date = httpdate::fmt_http_date(std::time::SystemTime::now());
     out.extend_from_slice(
         format!(
-            "HTTP/1.1 {status} {}\r\nServer: Tessera\r\nx-amzn-RequestId: {request_id}\r\nx-amz-crc32: {crc}\r\nContent-Type: application/x-amz-json-1.0\r\nContent-Length: {}\r\n{connection}\r\n",
+            "HTTP/1.1 {status} {}\r\nServer: Tessera\r\nDate: {date}\r\nx-amzn-RequestId: {request_id}\r\nx-amz-crc32: {crc}\r\nContent-Type: application/x-amz-json-1.0\r\nContent-Length: {}\r\n{connection}\r\n",
             reason(status),
             body.len()
         )
@@ -361,6 +387,18 @@ pub(crate) async fn connection(shard: Rc<Shard>, endpoint: Rc<Endpoint>, stream:
     writing.await;
 }
 
+/// Answers a connection beyond the core's connection limit 503 (DynamoDB's retryable
+/// ServiceUnavailableException, which the SDKs retry with backoff), then closes it.
+pub(crate) async fn refuse_busy(endpoint: &Endpoint, mut stream: TcpStream) {
+    let error = ApiError::new(
+        503,
+        "com.amazon.coral.availability#ServiceUnavailableException",
+        "the server holds as many connections as it allows: retry later",
+    );
+    let _ = stream.write_all(&error_answer(&error, &endpoint.request_id(), true)).await;
+    let _ = stream.close().await;
+}
+
 /// Reads requests and starts serving each, until the connection ends or asks to close.
 async fn read_requests(
     shard: &Rc<Shard>,
@@ -403,6 +441,41 @@ async fn read_requests(
     }
 }
 
+/// A request's body as its Content-Encoding says: as sent (none, or identity) or gunzipped
+/// (gzip, as DynamoDB accepts), held to the same 16 MB once decompressed. Any other coding is
+/// refused, named.
+fn decoded_body(request: &HttpRequest) -> Result<Cow<'_, [u8]>, ApiError> {
+    let mut codings = request.headers.iter().filter(|(name, _)| name.eq_ignore_ascii_case("content-encoding"));
+    let Some((_, coding)) = codings.next() else { return Ok(Cow::Borrowed(&request.body)) };
+    if codings.next().is_some() {
+        return Err(ApiError::serialization("a request may have only one Content-Encoding header"));
+    }
+    let coding = coding.trim_ascii();
+    if coding.eq_ignore_ascii_case(b"identity") {
+        return Ok(Cow::Borrowed(&request.body));
+    }
+    if !coding.eq_ignore_ascii_case(b"gzip") {
+        return Err(ApiError::serialization(format!(
+            "Content-Encoding {:?} is not supported: send gzip or identity",
+            String::from_utf8_lossy(coding)
+        )));
+    }
+    let mut decoded = Vec::new();
+    // One byte past the limit tells a body at the limit from a larger one.
+    flate2::read::MultiGzDecoder::new(request.body.as_slice())
+        .take(BODY_MAX as u64 + 1)
+        .read_to_end(&mut decoded)
+        .map_err(|error| ApiError::serialization(format!("the gzip request body cannot be decompressed: {error}")))?;
+    if decoded.len() > BODY_MAX {
+        return Err(ApiError::new(
+            413,
+            "com.amazon.coral.service#SerializationException",
+            "the request body is larger than 16 MB once decompressed",
+        ));
+    }
+    Ok(Cow::Owned(decoded))
+}
+
 /// One request's answer body, or its error.
 async fn serve(shard: &Rc<Shard>, endpoint: &Endpoint, request: &HttpRequest) -> Result<Value, ApiError> {
     if request.method == "GET" && request.path == "/" {
@@ -428,10 +501,12 @@ async fn serve(shard: &Rc<Shard>, endpoint: &Endpoint, request: &HttpRequest) ->
     let now =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |since| since.as_secs() as i64);
     sigv4::verify(&signed, &endpoint.auth, now).map_err(auth_error)?;
+    // The signature covers the body as sent; it is decoded only once it is known good.
+    let body = decoded_body(request)?;
     let operation = Operation::from_target(request.header("x-amz-target"))?;
     let host = request.header("host").unwrap_or("localhost");
     let region = region(request);
-    let (request, flags) = match api::decode(operation, &request.body, host)? {
+    let (request, flags) = match api::decode(operation, &body, host)? {
         Call::Answer(body) => return Ok(body),
         Call::Engine(engine_request, flags) => (*engine_request, flags),
     };

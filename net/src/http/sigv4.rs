@@ -269,6 +269,11 @@ pub fn verify(request: &SignedRequest<'_>, auth: &Auth, now: i64) -> Result<(), 
     if !authorization.signed_headers.contains(&"host") {
         return Err(invalid("'Host' must be a signed header"));
     }
+    // X-Amz-Target names the operation: unsigned, a captured GetItem could be replayed as a
+    // DeleteItem of the same key. (The SDKs sign it, as every header they send.)
+    if header(request, "x-amz-target").is_some() && !authorization.signed_headers.contains(&"x-amz-target") {
+        return Err(invalid("'X-Amz-Target' must be a signed header"));
+    }
     if when < now - SKEW_MAX_SECONDS {
         return Err(invalid(format!(
             "Signature expired: {amz_date} is now earlier than {} ({} - 15 min.)",
@@ -360,6 +365,60 @@ mod tests {
         let headers: [(&str, &[u8]); 1] = [("host", b"h")];
         let request = SignedRequest { method: "POST", path: "/", query: "", headers: &headers, body: b"" };
         assert_eq!(verify(&request, &Auth::None, now), Err(AuthError::Missing));
+    }
+
+    /// A DynamoDB request signed with `SECRET` over `signed_headers`, and its headers.
+    fn signed_call(target: &'static [u8], signed_headers: &str) -> Vec<(&'static str, Vec<u8>)> {
+        let date = "20150830T123600Z";
+        let mut headers: Vec<(&'static str, Vec<u8>)> = vec![
+            ("Host", b"dynamodb.us-east-1.amazonaws.com".to_vec()),
+            ("X-Amz-Date", date.as_bytes().to_vec()),
+            ("X-Amz-Target", target.to_vec()),
+        ];
+        let borrowed: Vec<(&str, &[u8])> = headers.iter().map(|(name, value)| (*name, value.as_slice())).collect();
+        let request = SignedRequest { method: "POST", path: "/", query: "", headers: &borrowed, body: b"{}" };
+        let authorization = Authorization {
+            access_key: "AKIDEXAMPLE",
+            scope: "20150830/us-east-1/dynamodb/aws4_request",
+            date: "20150830",
+            signed_headers: signed_headers.split(';').collect(),
+            signature: "",
+        };
+        let signature = signature(&request, &authorization, date, SECRET).unwrap();
+        let value = format!(
+            "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20150830/us-east-1/dynamodb/aws4_request, SignedHeaders={signed_headers}, Signature={signature}"
+        );
+        headers.push(("Authorization", value.into_bytes()));
+        headers
+    }
+
+    fn verify_call(headers: &[(&str, Vec<u8>)]) -> Result<(), AuthError> {
+        let borrowed: Vec<(&str, &[u8])> = headers.iter().map(|(name, value)| (*name, value.as_slice())).collect();
+        let request = SignedRequest { method: "POST", path: "/", query: "", headers: &borrowed, body: b"{}" };
+        verify(&request, &keys(), parse_amz_date("20150830T123600Z").unwrap())
+    }
+
+    #[test]
+    fn the_operation_must_be_signed() {
+        let get = b"DynamoDB_20120810.GetItem";
+        assert_eq!(verify_call(&signed_call(get, "host;x-amz-date;x-amz-target")), Ok(()));
+        // A signature that leaves X-Amz-Target out would hold for any operation: refused,
+        // though the signature itself is right, and whatever the credentials are checked by.
+        let unsigned = signed_call(get, "host;x-amz-date");
+        for auth in [keys(), Auth::None] {
+            let borrowed: Vec<(&str, &[u8])> = unsigned.iter().map(|(name, value)| (*name, value.as_slice())).collect();
+            let request = SignedRequest { method: "POST", path: "/", query: "", headers: &borrowed, body: b"{}" };
+            assert_eq!(
+                verify(&request, &auth, parse_amz_date("20150830T123600Z").unwrap()),
+                Err(AuthError::Invalid("'X-Amz-Target' must be a signed header".into()))
+            );
+        }
+        // A signed target changed afterwards breaks the signature.
+        let mut swapped = signed_call(get, "host;x-amz-date;x-amz-target");
+        swapped[2].1 = b"DynamoDB_20120810.DeleteItem".to_vec();
+        assert!(
+            matches!(verify_call(&swapped), Err(AuthError::Invalid(message)) if message.contains("does not match"))
+        );
     }
 
     #[test]

@@ -697,6 +697,8 @@ impl Simulation {
                         self.schedule(delay, Event::Snapshot { from: id, to, ballot, slot, state });
                     }
                 }
+                // No correct group gets near the last round.
+                Action::Report(anomaly) => return Err(self.fail(format!("replica {id}: {anomaly}"))),
             }
         }
         Ok(())
