@@ -371,6 +371,11 @@ impl Store {
         };
         let covered_lsn = meta.as_ref().map_or(0, |meta| meta.covered_lsn);
         let recovered = Wal::open(&dir.join("wal"), config.wal.clone(), covered_lsn).await?;
+        if let Some(damage) = &recovered.damaged_tail {
+            // Never silent: an operator can tell a crash's torn write from a damaged disk by
+            // what else the machine saw (a power loss, or I/O errors).
+            crate::report!("{}: {damage}", dir.display());
+        }
         let replicated = config.replicated;
         let store = Store {
             inner: Rc::new(Inner {

@@ -97,14 +97,15 @@ impl AttributeValue {
 
 /// DynamoDB's words for an empty set of type `kind` (`SS`, `NS` or `BS`), which it refuses
 /// wherever a value appears (an item, a key, a placeholder's value, a legacy parameter), with
-/// its "An" and its two spaces. Every decoder of values from a client uses it.
+/// its "An" and its two spaces (as asserted against DynamoDB by moto's and dynalite's tests).
+/// Every decoder of values from a client uses it.
 pub fn empty_set_message(kind: &str) -> String {
-    let element = match kind {
-        "NS" => "number",
-        "BS" => "binary",
-        _ => "string",
-    };
-    format!("An {element} set  may not be empty")
+    match kind {
+        "NS" => "An number set  may not be empty".to_string(),
+        // Worded differently, as DynamoDB words it (dynalite's tests, run against it).
+        "BS" => "Binary sets should not be empty".to_string(),
+        _ => "An string set  may not be empty".to_string(),
+    }
 }
 
 /// Item size as DynamoDB counts it: attribute names plus value sizes.

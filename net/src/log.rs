@@ -20,13 +20,16 @@ impl Log {
         }
     }
 
-    /// Whether this core may serve a read of `partition` now: always in a group of one; in a
-    /// replicated partition, an eventually consistent read anywhere, a strong one only where
-    /// the leader holds its lease.
+    /// Whether this core may serve a read of `partition` now: always in a group of one (where
+    /// the writes waiting for apply, and so a read's wait, are bounded by the store); in a
+    /// replicated partition, not while applies lag past the core's bound (the read would wait
+    /// behind them: `ReplicatedLog::admit`), and a strong one only where the leader holds
+    /// its lease.
     pub(crate) fn check_read(&self, partition: PartitionId, consistent: bool) -> Result<(), Error> {
         match self {
             Log::Replicated(log) if consistent => log.check_read(partition),
-            _ => Ok(()),
+            Log::Replicated(log) => log.admit_read(),
+            Log::Local(_) => Ok(()),
         }
     }
 }

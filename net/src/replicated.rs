@@ -273,6 +273,7 @@ impl ReplicatedLog {
     /// Whether this node may serve a strongly consistent read of `partition` now (it leads
     /// with a lease); otherwise which replica it believes leads.
     pub fn check_read(&self, partition: PartitionId) -> Result<()> {
+        self.admit("reads")?;
         let now = self.now();
         self.with_replica(partition, |replica| {
             if replica.can_read(now) {
@@ -281,6 +282,26 @@ impl ReplicatedLog {
                 Err(self.not_leader(replica.leader()))
             }
         })
+    }
+
+    /// Refuses work (`what`: "reads", "writes") with ThrottlingException (retryable) while the
+    /// oldest chosen entry waiting for this core's tree has waited longer than
+    /// `apply_delay_max`: a read waits behind every such entry, a write too, so what waits
+    /// stays bounded for both rather than queueing into seconds.
+    fn admit(&self, what: &str) -> Result<()> {
+        let delay = self.store.apply_delay();
+        if delay > self.apply_delay_max {
+            return Err(Error::Throttled(format!(
+                "{what} arrive faster than this partition's replicas apply writes (chosen entries have waited {} ms on its core); retry after a pause",
+                delay.as_millis()
+            )));
+        }
+        Ok(())
+    }
+
+    /// An eventually consistent read's admission (`admit`).
+    pub fn admit_read(&self) -> Result<()> {
+        self.admit("reads")
     }
 
     /// Calls `watcher` whenever a chosen entry of `partition` is queued for apply here.
@@ -675,13 +696,7 @@ impl ReplicatedLog {
         // Admission: a write proposed now would wait behind more than the core's applier
         // keeps up with (and every strong read after it too). Refused before it is in the
         // log, it has not taken effect: the client may retry it.
-        let delay = self.store.apply_delay();
-        if delay > self.apply_delay_max {
-            return Err(Error::Throttled(format!(
-                "writes arrive faster than this partition's replicas apply them (chosen entries have waited {} ms on its core); retry after a pause",
-                delay.as_millis()
-            )));
-        }
+        self.admit("writes")?;
         let id = self.next_command.get();
         self.next_command.set(id + 1);
         let mut bytes = Vec::new();

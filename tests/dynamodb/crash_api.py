@@ -32,7 +32,8 @@ from botocore.exceptions import ClientError, ConnectionClosedError, EndpointConn
 CONFIG = Config(retries={"max_attempts": 1}, parameter_validation=False, connect_timeout=5, read_timeout=20)
 GONE = (EndpointConnectionError, ConnectionClosedError, ReadTimeoutError, ConnectionError)
 # Answers after which a write may or may not have taken effect.
-UNKNOWN_OUTCOME = {"InternalServerError", "ServiceUnavailable", "ThrottlingException", "RequestLimitExceeded"}
+UNKNOWN_OUTCOME = {"InternalServerError", "ServiceUnavailable", "ServiceUnavailableException", "ThrottlingException",
+                   "RequestLimitExceeded"}
 TABLES = {
     # A string partition key and a number sort key.
     "crash_composite": {
@@ -295,8 +296,8 @@ def write(args):
             try:
                 for table, key in touched:
                     # A key met for the first time: what it holds before this request.
-                    if key_id(table, key) not in model and key_valid(ddb, table, key):
-                        model[key_id(table, key)] = read(ddb, table, key)
+                    if key_id(table, key) not in model and retry(lambda: key_valid(ddb, table, key), False):
+                        model[key_id(table, key)] = retry(lambda: read(ddb, table, key), False)
                 try:
                     getattr(ddb, operation)(**request)
                     outcome = "acknowledged"
@@ -307,9 +308,9 @@ def write(args):
                     reasons[reason] = reasons.get(reason, 0) + 1
                 counts[outcome] += 1
                 for table, key in touched:
-                    if not key_valid(ddb, table, key):
+                    if not retry(lambda: key_valid(ddb, table, key), False):
                         continue
-                    found = read(ddb, table, key)
+                    found = retry(lambda: read(ddb, table, key), False)
                     ident = key_id(table, key)
                     if outcome == "refused" and model.get(ident) != found:
                         sys.exit(f"a refused {operation} changed {ident}: {model.get(ident)} became {found}\n"
@@ -377,8 +378,9 @@ def check(args):
           f"at {len(args.endpoint)} endpoint(s)", file=sys.stderr)
 
 
-def retry(call):
-    """A call retried through the moments after a restart (elections, catalogs loading)."""
+def retry(call, patient_with_gone=True):
+    """A call retried through the moments after a start (elections, catalogs loading); a node
+    gone is waited for too, unless `patient_with_gone` is false."""
     deadline = time.time() + 30
     while True:
         try:
@@ -388,7 +390,7 @@ def retry(call):
             if code not in UNKNOWN_OUTCOME | {"NotLeader"} or time.time() > deadline:
                 raise
         except GONE:
-            if time.time() > deadline:
+            if time.time() > deadline or not patient_with_gone:
                 raise
         time.sleep(0.2)
 

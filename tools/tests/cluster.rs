@@ -466,11 +466,13 @@ fn writes_past_what_the_replicas_apply_are_throttled_and_never_half_done() {
     cluster.client(1).create_table(TABLE, KeySchema::hash_only("id", KeyType::S), 2).unwrap();
     cluster.wait_for_table();
     let (acknowledged, throttled) = (Arc::new(Mutex::new(Vec::new())), Arc::new(Mutex::new(Vec::new())));
+    let reads_throttled = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let deadline = Instant::now() + Duration::from_secs(10);
     let writers: Vec<_> = (0..12u64)
         .map(|writer| {
             let address = cluster.clients[&(writer as u32 % 3 + 1)];
             let (acknowledged, throttled) = (acknowledged.clone(), throttled.clone());
+            let reads_throttled = reads_throttled.clone();
             std::thread::spawn(move || {
                 // One attempt a write: a throttled write is seen as such, not retried.
                 let config = ClientConfig { attempts: 1, ..ClientConfig::default() };
@@ -487,6 +489,14 @@ fn writes_past_what_the_replicas_apply_are_throttled_and_never_half_done() {
                         }
                         Err(error) => panic!("k{n}: {error}"),
                     }
+                    // Reads wait behind the same applies: they are shed too, not queued.
+                    match client.get_item(TABLE, key(n)) {
+                        Ok(_) => {}
+                        Err(ClientError::Service(error)) if error.code == ErrorCode::ThrottlingException => {
+                            reads_throttled.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        Err(error) => panic!("reading k{n}: {error}"),
+                    }
                 }
             })
         })
@@ -496,6 +506,7 @@ fn writes_past_what_the_replicas_apply_are_throttled_and_never_half_done() {
     }
     let (acknowledged, throttled) = (acknowledged.lock().unwrap().clone(), throttled.lock().unwrap().clone());
     assert!(!throttled.is_empty(), "no write was throttled among {}", acknowledged.len());
+    assert!(reads_throttled.load(std::sync::atomic::Ordering::Relaxed) > 0, "no read was throttled");
     all_readable(&cluster, 2, &acknowledged);
     let mut client = cluster.client(3);
     for n in throttled {
@@ -1013,19 +1024,23 @@ fn a_replacement_survives_a_restart_of_its_log_replica() {
 /// its own replicas, at each node: every follower decoded and applied what its leader chose.
 #[test]
 fn every_kind_of_request_survives_a_sigkill_of_the_whole_cluster() {
-    let mut cluster = Cluster::start("crash-api");
+    let cluster = Cluster::start("crash-api");
     let history = cluster.root.with_extension("history");
     let endpoint = cluster.https[&1];
-    crash_api(&history, endpoint, 1200, || {
+    let cluster = std::cell::RefCell::new(cluster);
+    let kill = || {
+        let mut cluster = cluster.borrow_mut();
         for id in 1..=3 {
             cluster.signal(id, libc::SIGKILL);
             let _ = cluster.nodes.get_mut(&id).unwrap().wait();
         }
-        for id in 1..=3 {
-            cluster.start_node(id);
-        }
+    };
+    let restart = || {
+        let mut cluster = cluster.borrow_mut();
+        (1..=3).for_each(|id| cluster.start_node(id));
         cluster.https.values().copied().collect()
-    });
+    };
+    crash_api(&history, endpoint, 1200, kill, restart);
 }
 
 /// Processes that do not hold the cluster's secret change nothing: Accepts of a high ballot

@@ -42,20 +42,20 @@ impl Node {
             .expect("start tessera serve");
         let mut line = String::new();
         BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("first line");
-        let http = line
-            .split("DynamoDB HTTP API on ")
-            .nth(1)
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|address| address.parse().ok())
-            .unwrap_or_else(|| panic!("no HTTP address in {line:?}"));
+        let http = common::http_address(&line);
         (child, http)
     }
 
-    /// SIGKILLs the node and starts it again on the same data directory.
-    fn kill_and_restart(&mut self) {
+    /// SIGKILLs the node (`restart` starts it again on the same data directory).
+    fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// Starts the killed node again; its new HTTP address.
+    fn restart(&mut self) -> Vec<SocketAddr> {
         (self.child, self.http) = Node::spawn(&self.dir, &self.flags);
+        vec![self.http]
     }
 }
 
@@ -247,13 +247,11 @@ fn bad_requests_get_dynamodbs_errors_and_the_server_keeps_serving() {
 /// the node takes writes again.
 #[test]
 fn every_kind_of_request_survives_a_sigkill_and_restart() {
-    let mut node = Node::start("crash-api", &["--auth", "none"]);
+    let node = Node::start("crash-api", &["--auth", "none"]);
     let history = node.dir.with_extension("history");
     let endpoint = node.http;
-    crash_api(&history, endpoint, 1500, || {
-        node.kill_and_restart();
-        vec![node.http]
-    });
+    let node = std::cell::RefCell::new(node);
+    crash_api(&history, endpoint, 1500, || node.borrow_mut().kill(), || node.borrow_mut().restart());
 }
 
 /// Requests a proxy in front could frame otherwise than the server (request smuggling): two

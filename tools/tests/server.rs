@@ -16,6 +16,8 @@ use tessera_wire::{
     ErrorCode, Expressions, MessageType, Query, Request, Response, ReturnValues, Scan, SortCondition, TableKeys, Write,
 };
 
+mod common;
+
 const BINARY: &str = env!("CARGO_BIN_EXE_tessera");
 
 /// A node running in a child process.
@@ -1233,12 +1235,7 @@ fn start_watched(
     let mut line = String::new();
     BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("first line");
     let address = line.split_whitespace().find_map(|word| word.parse().ok()).expect("an address");
-    let http = line
-        .split("DynamoDB HTTP API on ")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|address| address.parse().ok())
-        .unwrap_or_else(|| panic!("no HTTP address in {line:?}"));
+    let http = common::http_address(&line);
     let (lines, received) = std::sync::mpsc::channel();
     let stderr = BufReader::new(child.stderr.take().expect("stderr"));
     std::thread::spawn(move || {
@@ -1345,4 +1342,37 @@ fn connections_beyond_the_maximum_are_closed() {
     let _ = child.kill();
     let _ = child.wait();
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A damaged last WAL record (a byte flipped in the final flush of a killed node) is not
+/// passed over in silence: the restarted node reports that its log's last flush fails its
+/// checksum (torn by the crash, or damaged after it was acknowledged) and where.
+#[test]
+fn a_damaged_last_record_is_reported_at_restart() {
+    let dir = std::env::temp_dir().join(format!("tessera-server-tail-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let (mut child, address, _, _) = start_watched(&dir, &[], None);
+    let mut client = Client::connect(address).unwrap();
+    client.create_table("tail", KeySchema::hash_only("k", KeyType::S), 1).unwrap();
+    client.put_item("tail", ItemBuilder::new().s("k", "a").s("v", "needle-in-the-last-record").build()).unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    let wal = dir.join("core-0").join("wal");
+    let mut flipped = false;
+    for entry in std::fs::read_dir(&wal).unwrap() {
+        let path = entry.unwrap().path();
+        let mut bytes = std::fs::read(&path).unwrap();
+        if let Some(at) = bytes.windows(6).position(|window| window == b"needle") {
+            bytes[at] ^= 0x20;
+            std::fs::write(&path, &bytes).unwrap();
+            flipped = true;
+        }
+    }
+    assert!(flipped, "the record is in a WAL segment");
+    let (mut child, _, _, lines) = start_watched(&dir, &[], None);
+    let reported = lines.recv_timeout(Duration::from_secs(10)).unwrap_or_default();
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(reported.contains("last flush") && reported.contains("fails its checksum"), "{reported}");
 }

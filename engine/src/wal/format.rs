@@ -168,6 +168,11 @@ pub(crate) enum ScanEnd {
     Clean { offset: usize },
     /// Bytes at `offset` are damaged although a later flush (at `later`) was durable.
     Corrupt { offset: usize, later: usize },
+    /// The log ends at `offset` (block-aligned), but the record before it claims the next LSN
+    /// and fails its checksum: the last flush was torn by a crash while it was written (then
+    /// nothing in it was acknowledged) or damaged after it was (then its writes are lost).
+    /// Nothing on the disk tells which; recovery ends the log there and reports it.
+    DamagedTail { offset: usize, lsn: u64 },
 }
 
 /// Result of scanning one segment's bytes.
@@ -208,6 +213,12 @@ pub(crate) fn scan_segment(bytes: &[u8], first_lsn: u64, payload_max: usize) -> 
                         }
                     }
                     probe += BLOCK;
+                }
+                // A header that names the next LSN (whatever its checksum says) was written by
+                // the flush that followed the last good one, not left from an earlier life.
+                let claimed = bytes.get(end + 8..end + 16).map(|lsn| u64::from_le_bytes(lsn.try_into().expect("8")));
+                if claimed == Some(expected) {
+                    return SegmentScan { records, end: ScanEnd::DamagedTail { offset: align_up(end), lsn: expected } };
                 }
                 return SegmentScan { records, end: ScanEnd::Clean { offset: align_up(end) } };
             }
@@ -268,6 +279,15 @@ mod tests {
         let scan = scan_segment(&bytes, 1, 1 << 20);
         assert_eq!(scan.records.len(), 1);
         assert_eq!(scan.end, ScanEnd::Clean { offset: 2 * BLOCK });
+    }
+
+    #[test]
+    fn a_damaged_last_record_is_told_from_the_end_of_the_log() {
+        let mut bytes = segment(&[&[b"a"], &[b"b"]], 8 * BLOCK);
+        bytes[2 * BLOCK + RECORD_HEADER_LEN] ^= 1;
+        let scan = scan_segment(&bytes, 1, 1 << 20);
+        assert_eq!(scan.records.len(), 1);
+        assert_eq!(scan.end, ScanEnd::DamagedTail { offset: 2 * BLOCK, lsn: 2 });
     }
 
     #[test]

@@ -114,6 +114,9 @@ pub struct Wal {
 pub struct Recovered {
     pub wal: Wal,
     pub records: Vec<Record>,
+    /// Where the log ended on a record that claims the next LSN but fails its checksum
+    /// (`ScanEnd::DamagedTail`): a torn last flush, or one damaged after it was acknowledged.
+    pub damaged_tail: Option<String>,
 }
 
 /// Whether the oldest segment of `chain` holds only records up to `lsn` (the next one starts
@@ -170,6 +173,7 @@ impl Wal {
         let mut records = Vec::new();
         let mut expected = checkpoint_lsn + 1;
         let mut write_offset = BLOCK as u64;
+        let mut damaged_tail = None;
         let mut rest = segments.into_iter();
         if let Some(start) = start {
             spares.extend(rest.by_ref().take(start));
@@ -200,6 +204,13 @@ impl Wal {
                         ));
                     }
                     ScanEnd::Clean { offset } => write_offset = offset as u64,
+                    ScanEnd::DamagedTail { offset, lsn } => {
+                        write_offset = offset as u64;
+                        damaged_tail = Some(format!(
+                            "the WAL's last flush ({} before offset {offset}, from LSN {lsn}) fails its checksum: a crash tore it while it was written (then none of its writes was acknowledged), or it was damaged after it was (then they are lost); the log now ends before it",
+                            segment.file.path().display()
+                        ));
+                    }
                 }
                 if let Some(last) = scan.records.last() {
                     expected = expected.max(last.lsn + 1);
@@ -244,7 +255,7 @@ impl Wal {
         let flusher = glommio::spawn_local(Inner::flusher(wal.inner.clone()));
         *wal.inner.flusher.borrow_mut() = Some(flusher);
         wal.inner.fill_spares(wal.inner.config.spare_segments_max);
-        Ok(Recovered { wal, records })
+        Ok(Recovered { wal, records, damaged_tail })
     }
 
     /// Makes the write position safe: activates a first segment if there is none, and zeroes

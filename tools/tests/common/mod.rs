@@ -83,14 +83,15 @@ pub fn ensure_python_sdk() {
 
 /// `tests/dynamodb/crash_api.py` against a node or cluster: its writer sends requests of
 /// every kind to `endpoint`, recording what was acknowledged in `history`; once it has
-/// recorded `lines` lines, `crash` SIGKILLs and restarts the servers and returns the
-/// endpoints (DynamoDB HTTP) to check; the check must then find every acknowledged write and
-/// no refused one, at each endpoint.
+/// recorded `lines` lines, `kill` SIGKILLs the servers, the writer ends as its next request
+/// finds no server, and `restart` starts them again and returns the endpoints (DynamoDB HTTP)
+/// to check; the check must then find every acknowledged write and no refused one, at each.
 pub fn crash_api(
     history: &Path,
     endpoint: std::net::SocketAddr,
     lines: usize,
-    crash: impl FnOnce() -> Vec<std::net::SocketAddr>,
+    kill: impl FnOnce(),
+    restart: impl FnOnce() -> Vec<std::net::SocketAddr>,
 ) {
     ensure_python_sdk();
     let _ = std::fs::remove_file(history);
@@ -107,10 +108,11 @@ pub fn crash_api(
         assert!(std::time::Instant::now() < deadline, "the writer made too little progress");
         std::thread::sleep(Duration::from_millis(100));
     }
-    let endpoints = crash();
+    kill();
     let written = writer.wait_with_output().unwrap();
     let report = String::from_utf8_lossy(&written.stderr).to_string();
     assert!(written.status.success() && report.contains("went away"), "the writer failed:\n{report}");
+    let endpoints = restart();
     let mut check = Command::new("python3");
     check.arg(&script).arg("check").arg("--log").arg(history);
     for endpoint in endpoints {
@@ -121,4 +123,13 @@ pub fn crash_api(
     let verdict = String::from_utf8_lossy(&checked.stderr);
     assert!(checked.status.success(), "after the restart:\n{verdict}\n(the writer: {report})");
     eprintln!("{report}{verdict}");
+}
+
+/// The DynamoDB HTTP address in `tessera serve`'s start-up line.
+pub fn http_address(line: &str) -> std::net::SocketAddr {
+    line.split("DynamoDB HTTP API on ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|address| address.parse().ok())
+        .unwrap_or_else(|| panic!("no HTTP address in {line:?}"))
 }
