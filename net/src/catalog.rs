@@ -12,6 +12,8 @@ use tessera_engine::paxos::{decode_configuration, encode_members, Member};
 use tessera_engine::{Item, KeyAttribute, KeySchema, KeyType, PartitionId};
 use tessera_wire::{ErrorCode, TableDescription, TableStatus, WireError};
 
+use crate::http::messages;
+
 /// Storage partition (on core 0) holding the catalog.
 pub const CATALOG_PARTITION: PartitionId = 0;
 /// Most partitions a table may have.
@@ -249,17 +251,37 @@ impl Catalog {
     }
 }
 
-/// DynamoDB's rule for table names: 3 to 255 characters of `a-z A-Z 0-9 _ - .`.
-pub fn validate_table_name(name: &str) -> Result<(), WireError> {
-    let valid = (3..=255).contains(&name.len())
-        && name.bytes().all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'_' | b'-' | b'.'));
-    if valid {
-        Ok(())
+/// How a table name breaks DynamoDB's rule (3 to 255 characters of `a-z A-Z 0-9 _ - .`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct TableNameFaults {
+    pub pattern: bool,
+    pub too_short: bool,
+    pub too_long: bool,
+}
+
+impl TableNameFaults {
+    pub(crate) fn of(name: &str) -> TableNameFaults {
+        TableNameFaults {
+            pattern: name.is_empty()
+                || !name.bytes().all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'_' | b'-' | b'.')),
+            too_short: name.len() < 3,
+            too_long: name.len() > 255,
+        }
+    }
+
+    pub(crate) fn any(self) -> bool {
+        self.pattern || self.too_short || self.too_long
+    }
+}
+
+/// DynamoDB's rule for table names; `control_plane` picks the message of CreateTable,
+/// DescribeTable and DeleteTable rather than the item operations'.
+pub fn validate_table_name(name: &str, control_plane: bool) -> Result<(), WireError> {
+    let faults = TableNameFaults::of(name);
+    if faults.any() {
+        Err(WireError::new(ErrorCode::ValidationException, messages::bad_table_name(name, faults, control_plane)))
     } else {
-        Err(WireError::new(
-            ErrorCode::ValidationException,
-            format!("TableName {name:?} must be 3 to 255 characters of a-z, A-Z, 0-9, '_', '-' and '.'"),
-        ))
+        Ok(())
     }
 }
 
@@ -384,9 +406,9 @@ mod tests {
 
     #[test]
     fn table_names_follow_dynamodb() {
-        assert!(validate_table_name("Orders_2024-v1.0").is_ok());
+        assert!(validate_table_name("Orders_2024-v1.0", true).is_ok());
         for bad in ["ab", "has space", "ünï", &"x".repeat(256)] {
-            assert_eq!(validate_table_name(bad).unwrap_err().code, ErrorCode::ValidationException);
+            assert_eq!(validate_table_name(bad, true).unwrap_err().code, ErrorCode::ValidationException);
         }
     }
 }

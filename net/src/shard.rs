@@ -32,6 +32,7 @@ use crate::catalog::{
     PARTITIONS_MAX,
 };
 use crate::client::{AsyncClient, ClientConfig};
+use crate::http::messages;
 use crate::local::Pending;
 use crate::log::Log;
 
@@ -241,15 +242,29 @@ fn min_upper(a: Bound<Vec<u8>>, b: Bound<Vec<u8>>) -> Bound<Vec<u8>> {
     }
 }
 
+/// Whether `key` holds exactly the table's key attributes (of any types).
+fn has_key_names(schema: &KeySchema, key: &Item) -> bool {
+    let expected = 1 + usize::from(schema.sort.is_some());
+    key.len() == expected
+        && key.contains_key(&schema.partition.name)
+        && schema.sort.as_ref().is_none_or(|sort| key.contains_key(&sort.name))
+}
+
 /// Checks that `key` holds exactly the table's key attributes, and encodes it.
 fn encode_exact_key(schema: &KeySchema, key: &Item) -> Result<Vec<u8>, WireError> {
-    let expected = 1 + usize::from(schema.sort.is_some());
-    let names_match = key.contains_key(&schema.partition.name)
-        && schema.sort.as_ref().is_none_or(|sort| key.contains_key(&sort.name));
-    if key.len() != expected || !names_match {
+    if !has_key_names(schema, key) {
         return Err(invalid("The provided key element does not match the schema"));
     }
     schema.encode_key(key).map(|key| key.bytes).map_err(engine_error)
+}
+
+/// A Query's or Scan's ExclusiveStartKey, encoded; `names_wrong` is the error when it does not
+/// hold exactly the key attributes.
+fn encode_start_key(schema: &KeySchema, start: &Item, names_wrong: &str) -> Result<Vec<u8>, WireError> {
+    if !has_key_names(schema, start) {
+        return Err(invalid(names_wrong));
+    }
+    encode_exact_key(schema, start)
 }
 
 /// A read's parsed expressions (ReadExpressions).
@@ -964,13 +979,16 @@ impl Shard {
             Request::CreateTable { table, key_schema, partitions } => {
                 self.execute_create(table, key_schema, partitions).await
             }
-            Request::DeleteTable { table } => match self.call(0, Op::DeleteTable { name: table }).await {
-                OpResult::Table(table) => {
-                    let mut description = table.describe(0, 0);
-                    description.status = tessera_wire::TableStatus::Deleting;
-                    Ok(Response::Table(description))
-                }
-                other => Err(unexpected(other)),
+            Request::DeleteTable { table } => match validate_table_name(&table, true) {
+                Err(error) => Err(error),
+                Ok(()) => match self.call(0, Op::DeleteTable { name: table }).await {
+                    OpResult::Table(table) => {
+                        let mut description = table.describe(0, 0);
+                        description.status = tessera_wire::TableStatus::Deleting;
+                        Ok(Response::Table(description))
+                    }
+                    other => Err(unexpected(other)),
+                },
             },
             Request::DescribeTable { table, counts } => self.describe(&table, counts).await,
             Request::ListTables { exclusive_start_table, limit } => self.list_tables(exclusive_start_table, limit),
@@ -1026,7 +1044,10 @@ impl Shard {
         }
     }
 
+    /// The table an item operation names (a name DynamoDB's rules refuse is a
+    /// ValidationException, not a missing table).
     fn table(&self, name: &str) -> Result<TableInfo, WireError> {
+        validate_table_name(name, false)?;
         self.catalog.borrow().table(name).cloned()
     }
 
@@ -1036,7 +1057,7 @@ impl Shard {
         key_schema: KeySchema,
         partitions: u32,
     ) -> Result<Response, WireError> {
-        validate_table_name(&table)?;
+        validate_table_name(&table, true)?;
         for key in std::iter::once(&key_schema.partition).chain(key_schema.sort.as_ref()) {
             if key.name.is_empty() || key.name.len() > 255 {
                 return Err(invalid(format!("key attribute name {:?} must be 1 to 255 bytes", key.name)));
@@ -1065,7 +1086,8 @@ impl Shard {
     }
 
     async fn describe(self: &Rc<Shard>, name: &str, counts: bool) -> Result<Response, WireError> {
-        let table = self.table(name)?;
+        validate_table_name(name, true)?;
+        let table = self.catalog.borrow().table(name).cloned()?;
         let (mut items, mut bytes) = (0, 0);
         for core in (0..self.cores).filter(|_| counts) {
             let partitions = (0..table.partitions)
@@ -1251,6 +1273,13 @@ impl Shard {
         let table = self.table(&query.table)?;
         let schema = &table.key_schema;
         let mut plan = ReadPlan::parse(&query.read, Some(schema))?;
+        let key_names = std::iter::once(&schema.partition).chain(&schema.sort).map(|key| key.name.as_str());
+        if let Some(filter) = &plan.filter {
+            let named = filter.attribute_names();
+            if let Some(key) = key_names.clone().find(|key| named.contains(key)) {
+                return Err(invalid(messages::filter_on_key(key)));
+            }
+        }
         if let Some(key) = plan.key.take() {
             query.partition_key = key.partition_key;
             query.sort = key.sort;
@@ -1296,7 +1325,10 @@ impl Shard {
         };
         let (mut lower, mut upper) = (lower, upper);
         if let Some(start) = &query.exclusive_start_key {
-            let start = encode_exact_key(schema, start)?;
+            if schema.sort.is_none() {
+                return Err(invalid(messages::hash_only_start_key(start)));
+            }
+            let start = encode_start_key(schema, start, messages::QUERY_START_KEY_INVALID)?;
             if !start.starts_with(&prefix) {
                 return Err(invalid("The provided starting key is invalid: it is not in the queried partition key"));
             }
@@ -1352,7 +1384,7 @@ impl Shard {
         let segment_end = range_start(u64::from(scan.segment) + 1, u64::from(total));
         let (mut index, mut lower) = match &scan.exclusive_start_key {
             Some(start) => {
-                let start = encode_exact_key(&table.key_schema, start)?;
+                let start = encode_start_key(&table.key_schema, start, messages::SCAN_START_KEY_INVALID)?;
                 let hash = key_hash(&start);
                 if hash < segment_start || segment_end.is_some_and(|end| hash >= end) {
                     return Err(invalid("The provided starting key is invalid: it is not in this scan segment"));

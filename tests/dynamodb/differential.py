@@ -36,6 +36,11 @@ REFERENCE_DIFFERS = {
     "legacy-scan-or": (
         "every item scanned (NULL holds for each)",
         lambda ours: ours.get("Count", 0) > 0 and ours.get("Count") == ours.get("ScannedCount")),
+    # dynalite makes NOT_CONTAINS true for a missing attribute; DynamoDB makes it false
+    # (MESSAGES.md 11c).
+    "legacy-not-contains-missing": (
+        "error ConditionalCheckFailedException",
+        lambda ours: ours.get("error") == "ConditionalCheckFailedException"),
 }
 
 
@@ -246,6 +251,30 @@ def cases(table):
     yield "batch-get-too-many", "batch_get_item", {"RequestItems": {table: {"Keys": [key("k", n) for n in range(101)]}}}
     yield "item-too-large", "put_item", {"TableName": table, "Item": {**key("big", 1), "v": {"S": "x" * 409_600}}}
     yield "create-existing", "create_table", table_definition(table)
+    # DynamoDB's checks, each with its row in tests/dynamodb/MESSAGES.md.
+    yield "bad-table-name-get", "get_item", {"TableName": "non!existent!table", "Key": key("a", 1)}  # 8a
+    yield "bad-table-name-short", "put_item", {"TableName": "xx", "Item": key("a", 1)}  # 8a
+    yield "bad-table-name-describe", "describe_table", {"TableName": "a;"}  # 8c
+    yield "filter-on-key", "query", {"TableName": table, "KeyConditionExpression": "pk = :p",  # 9a
+                                     "FilterExpression": "sk > :s",
+                                     "ExpressionAttributeValues": {":p": {"S": "q"}, ":s": {"N": "1"}}}
+    yield "query-start-key-extra", "query", {"TableName": table, "KeyConditionExpression": "pk = :p",  # 5a
+                                             "ExpressionAttributeValues": {":p": {"S": "q"}},
+                                             "ExclusiveStartKey": {**key("q", 4), "x": {"S": "1"}}}
+    yield "scan-start-key-missing", "scan", {"TableName": table, "ExclusiveStartKey": {"pk": {"S": "q"}}}  # 5b
+    yield "batch-write-too-many", "batch_write_item", {"RequestItems": {table: [  # 2a
+        {"PutRequest": {"Item": key("many", n)}} for n in range(26)]}}
+    yield "batch-write-empty", "batch_write_item", {"RequestItems": {table: []}}  # 2b
+    yield "select-all-with-projection", "scan", {"TableName": table, "Select": "ALL_ATTRIBUTES",  # 12a
+                                                 "ProjectionExpression": "v"}
+    yield "conditional-operator-alone", "scan", {"TableName": table, "ConditionalOperator": "AND"}  # 11b
+    yield "legacy-in-mixed-types", "scan", {"TableName": table, "ScanFilter": {  # 11a
+        "v": {"ComparisonOperator": "IN", "AttributeValueList": [{"N": "3"}, {"S": "dog"}]}}}
+    yield "legacy-not-contains-missing", "put_item", {"TableName": table, "Item": key("L", 3),  # 11c
+                                                      "Expected": {"nope": {"ComparisonOperator": "NOT_CONTAINS",
+                                                                            "AttributeValueList": [{"S": "a"}]}}}
+    yield "empty-update-expression", "update_item", {"TableName": table, "Key": key("a", 1),  # 10a
+                                                     "UpdateExpression": ""}
 
 
 def random_sequence(table, seed, count):

@@ -232,7 +232,7 @@ fn errors_name_the_expression_and_the_position() {
     );
     let mut placeholders = Placeholders::new(&names, &values);
     let error = expr::parse_filter("", &mut placeholders).unwrap_err();
-    assert_eq!(error.to_string(), "Invalid FilterExpression: the expression can not be empty");
+    assert_eq!(error.to_string(), "Invalid FilterExpression: The expression can not be empty;");
 }
 
 /// One of a few small values of several types.

@@ -275,13 +275,13 @@ fn values(text: &str) -> Result<Values, String> {
 
 /// An item, or a key, as DynamoDB JSON.
 fn item(text: &str) -> Result<Item, String> {
-    item_from_text(text)
+    item_from_text(text).map_err(String::from)
 }
 
 /// One value as DynamoDB JSON, such as {"N":"5"}.
 fn value(text: &str) -> Result<AttributeValue, String> {
     let json: Value = serde_json::from_str(text).map_err(|error| format!("not valid JSON: {error}"))?;
-    value_from_json(&json, "VALUE_JSON")
+    value_from_json(&json, "VALUE_JSON").map_err(String::from)
 }
 
 /// What put, delete and update share.

@@ -238,6 +238,11 @@ fn compare(name: &str, condition: &LegacyCondition) -> Result<Condition, ExprErr
             )));
         }
     }
+    // MESSAGES.md 3j/11a (dynalite validations/index.js:507,579; Alternator
+    // test_expected.py:809-815 against DynamoDB).
+    if values.windows(2).any(|pair| pair[0].type_name() != pair[1].type_name()) {
+        return Err(invalid("AttributeValues inside AttributeValueList must be of same type".to_string()));
+    }
     let path = || Operand::Path(top(name));
     let value = |i: usize| Operand::Value(values[i].clone());
     let comparison = |comparator| Condition::Compare(path(), comparator, value(0));
@@ -251,7 +256,12 @@ fn compare(name: &str, condition: &LegacyCondition) -> Result<Condition, ExprErr
         Op::NotNull => Condition::Exists(top(name)),
         Op::Null => Condition::NotExists(top(name)),
         Op::Contains => Condition::Contains(path(), value(0)),
-        Op::NotContains => Condition::Not(Box::new(Condition::Contains(path(), value(0)))),
+        // False for a missing attribute, as CONTAINS is (unlike NE): MESSAGES.md 11c
+        // (Alternator test_expected.py:689-697, against DynamoDB).
+        Op::NotContains => Condition::And(
+            Box::new(Condition::Exists(top(name))),
+            Box::new(Condition::Not(Box::new(Condition::Contains(path(), value(0))))),
+        ),
         Op::BeginsWith => Condition::BeginsWith(path(), value(0)),
         Op::In => Condition::In(path(), values.iter().cloned().map(Operand::Value).collect()),
         Op::Between => Condition::Between(path(), value(0), value(1)),

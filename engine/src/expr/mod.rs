@@ -247,4 +247,40 @@ impl Condition {
     pub fn evaluate(&self, item: &crate::value::Item) -> bool {
         eval::condition(self, item)
     }
+
+    /// The top-level attribute names the condition reads, in the order it names them.
+    pub fn attribute_names(&self) -> Vec<&str> {
+        fn operand<'c>(operand: &'c Operand, names: &mut Vec<&'c str>) {
+            match operand {
+                Operand::Path(path) | Operand::Size(path) => top(path, names),
+                Operand::Value(_) => {}
+            }
+        }
+        fn top<'c>(path: &'c Path, names: &mut Vec<&'c str>) {
+            if let Some(PathElement::Name(name)) = path.0.first() {
+                names.push(name);
+            }
+        }
+        fn walk<'c>(condition: &'c Condition, names: &mut Vec<&'c str>) {
+            match condition {
+                Condition::Compare(left, _, right)
+                | Condition::BeginsWith(left, right)
+                | Condition::Contains(left, right) => {
+                    operand(left, names);
+                    operand(right, names);
+                }
+                Condition::Between(value, low, high) => [value, low, high].into_iter().for_each(|o| operand(o, names)),
+                Condition::In(value, list) => std::iter::once(value).chain(list).for_each(|o| operand(o, names)),
+                Condition::Exists(path) | Condition::NotExists(path) | Condition::Type(path, _) => top(path, names),
+                Condition::And(left, right) | Condition::Or(left, right) => {
+                    walk(left, names);
+                    walk(right, names);
+                }
+                Condition::Not(inner) => walk(inner, names),
+            }
+        }
+        let mut names = Vec::new();
+        walk(self, &mut names);
+        names
+    }
 }

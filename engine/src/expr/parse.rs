@@ -44,7 +44,7 @@ impl<'p, 'a> Parser<'p, 'a> {
             ));
         }
         if text.trim().is_empty() {
-            return Err(ExprError::whole(kind, "the expression can not be empty"));
+            return Err(ExprError::whole(kind, "The expression can not be empty;"));
         }
         Ok(Parser { kind, tokens: tokens(kind, text)?, next: 0, end: text.len(), depth: 0, placeholders })
     }

@@ -11,10 +11,12 @@ use tessera_wire::{
     ReturnConsumedCapacity, Scan, Select, TableDescription, TableKeys, TableStatus, UpdateItem, WireError, Write,
 };
 
+use super::messages;
 use crate::json::{
     attribute_updates_from_json, consumed_capacity_to_json, expected_from_json, item_from_json, item_to_json,
-    legacy_conditions_from_json, value_from_json,
+    legacy_conditions_from_json, value_from_json, JsonError,
 };
+use crate::shard::BATCH_WRITE_MAX;
 
 /// The target prefix of DynamoDB's operations.
 pub(crate) const TARGET_PREFIX: &str = "DynamoDB_20120810.";
@@ -67,9 +69,15 @@ impl ApiError {
         ApiError::new(400, "com.amazon.coral.service#SerializationException", message)
     }
 
-    /// The answer's body.
+    /// The answer's body. SerializationException's message is `Message`, the others'
+    /// `message`, and an UnknownOperationException of an unknown target has none (MESSAGES.md,
+    /// cross-cutting fact 1).
     pub(crate) fn body(&self) -> Value {
-        let mut body = json!({ "__type": self.kind, "message": self.message });
+        let mut body = json!({ "__type": self.kind });
+        if !self.message.is_empty() {
+            let key = if self.kind.ends_with("#SerializationException") { "Message" } else { "message" };
+            body[key] = json!(self.message);
+        }
         if let Some(item) = &self.item {
             body["Item"] = item_to_json(item);
         }
@@ -143,12 +151,68 @@ impl Operation {
         (Operation::DescribeLimits, "DescribeLimits"),
     ];
 
+    /// DynamoDB's operations (API version 2012-08-10) that the endpoint does not serve.
+    const UNSERVED: [&'static str; 43] = [
+        "BatchExecuteStatement",
+        "CreateBackup",
+        "CreateGlobalTable",
+        "DeleteBackup",
+        "DeleteResourcePolicy",
+        "DescribeBackup",
+        "DescribeContinuousBackups",
+        "DescribeContributorInsights",
+        "DescribeExport",
+        "DescribeGlobalTable",
+        "DescribeGlobalTableSettings",
+        "DescribeImport",
+        "DescribeKinesisStreamingDestination",
+        "DescribeTableReplicaAutoScaling",
+        "DescribeTimeToLive",
+        "DisableKinesisStreamingDestination",
+        "EnableKinesisStreamingDestination",
+        "ExecuteStatement",
+        "ExecuteTransaction",
+        "ExportTableToPointInTime",
+        "GetResourcePolicy",
+        "ImportTable",
+        "ListBackups",
+        "ListContributorInsights",
+        "ListExports",
+        "ListGlobalTables",
+        "ListImports",
+        "ListTagsOfResource",
+        "PutResourcePolicy",
+        "RestoreTableFromBackup",
+        "RestoreTableToPointInTime",
+        "TagResource",
+        "TransactGetItems",
+        "TransactWriteItems",
+        "UntagResource",
+        "UpdateContinuousBackups",
+        "UpdateContributorInsights",
+        "UpdateGlobalTable",
+        "UpdateGlobalTableSettings",
+        "UpdateKinesisStreamingDestination",
+        "UpdateTable",
+        "UpdateTableReplicaAutoScaling",
+        "UpdateTimeToLive",
+    ];
+
     /// The operation an `X-Amz-Target` header names; DynamoDB's UnknownOperationException
-    /// when it names none this endpoint serves.
+    /// when it names none this endpoint serves, saying so when it is one of DynamoDB's.
     pub(crate) fn from_target(target: Option<&str>) -> Result<Operation, ApiError> {
-        let unknown = || ApiError::new(400, "com.amazon.coral.service#UnknownOperationException", "");
-        let name = target.and_then(|target| target.strip_prefix(TARGET_PREFIX)).ok_or_else(unknown)?;
-        Operation::ALL.iter().find(|(_, known)| *known == name).map(|(operation, _)| *operation).ok_or_else(unknown)
+        let unknown =
+            |message: String| ApiError::new(400, "com.amazon.coral.service#UnknownOperationException", message);
+        let name =
+            target.and_then(|target| target.strip_prefix(TARGET_PREFIX)).ok_or_else(|| unknown(String::new()))?;
+        if let Some((operation, _)) = Operation::ALL.iter().find(|(_, known)| *known == name) {
+            return Ok(*operation);
+        }
+        Err(unknown(if Operation::UNSERVED.contains(&name) {
+            messages::unsupported_operation(name)
+        } else {
+            String::new()
+        }))
     }
 }
 
@@ -502,7 +566,8 @@ fn batch_get(body: &Body<'_>) -> Result<Vec<TableKeys>, ApiError> {
             .array("Keys", "keys")?
             .iter()
             .map(|key| {
-                item_from_json(key).map_err(|error| ApiError::validation(format!("RequestItems.{table}.Keys: {error}")))
+                item_from_json(key)
+                    .map_err(|error| json_error(error, |error| format!("RequestItems.{table}.Keys: {error}")))
             })
             .collect::<Result<Vec<_>, _>>()?;
         requests.push(TableKeys {
@@ -518,10 +583,19 @@ fn batch_get(body: &Body<'_>) -> Result<Vec<TableKeys>, ApiError> {
 fn batch_write(body: &Body<'_>) -> Result<Vec<Write>, ApiError> {
     let tables = body.object("RequestItems", "requestItems")?;
     let mut writes = Vec::new();
-    for (table, requests) in tables {
-        let requests = requests
-            .as_array()
-            .ok_or_else(|| ApiError::serialization(format!("RequestItems.{table} must be an array")))?;
+    let lists = tables
+        .iter()
+        .map(|(table, requests)| match requests.as_array() {
+            Some(requests) => Ok((table, requests)),
+            None => Err(ApiError::serialization(format!("RequestItems.{table} must be an array"))),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if lists.iter().any(|(_, requests)| requests.is_empty() || requests.len() > BATCH_WRITE_MAX) {
+        let sizes: Vec<(&str, usize)> =
+            lists.iter().map(|(table, requests)| (table.as_str(), requests.len())).collect();
+        return Err(ApiError::validation(messages::batch_write_table_size(&sizes)));
+    }
+    for (table, requests) in lists {
         for request in requests {
             let put = request.get("PutRequest");
             let delete = request.get("DeleteRequest");
@@ -540,6 +614,15 @@ fn batch_write(body: &Body<'_>) -> Result<Vec<Write>, ApiError> {
     Ok(writes)
 }
 
+/// The answer to DynamoDB JSON that was refused: SerializationException with DynamoDB's text,
+/// or ValidationException with the message `invalid` makes.
+fn json_error(error: JsonError, invalid: impl FnOnce(String) -> String) -> ApiError {
+    match error {
+        JsonError::Serialization(message) => ApiError::serialization(message),
+        JsonError::Invalid(message) => ApiError::validation(invalid(message)),
+    }
+}
+
 fn member_string<'a>(value: &'a Value, name: &str) -> Result<&'a str, ApiError> {
     match value.get(name) {
         Some(Value::String(text)) => Ok(text),
@@ -551,7 +634,7 @@ fn member_string<'a>(value: &'a Value, name: &str) -> Result<&'a str, ApiError> 
 fn member_item(value: &Value, name: &str) -> Result<Item, ApiError> {
     match value.get(name) {
         None | Some(Value::Null) => Err(ApiError::validation(format!("{name} must not be null"))),
-        Some(item) => item_from_json(item).map_err(ApiError::validation),
+        Some(item) => item_from_json(item).map_err(|error| json_error(error, |error| error)),
     }
 }
 
@@ -635,7 +718,7 @@ impl Body<'_> {
         self.get(name)
             .map(|json| {
                 item_from_json(json).map_err(|error| {
-                    ApiError::validation(format!("One or more parameter values were invalid: {name}: {error}"))
+                    json_error(error, |error| format!("One or more parameter values were invalid: {name}: {error}"))
                 })
             })
             .transpose()
@@ -680,8 +763,12 @@ impl Body<'_> {
                 )))
             }
         };
-        let refused =
-            |error: String| ApiError::validation(format!("One or more parameter values were invalid: {error}"));
+        let conditions = ["Expected", "QueryFilter", "ScanFilter"];
+        let has_conditions = |name: &&str| self.get(name).and_then(Value::as_object).is_some_and(|map| !map.is_empty());
+        if self.get("ConditionalOperator").is_some() && !conditions.iter().any(has_conditions) {
+            return Err(ApiError::validation(messages::CONDITIONAL_OPERATOR_ALONE));
+        }
+        let refused = |error| json_error(error, |error| format!("One or more parameter values were invalid: {error}"));
         let invalid = |error: ExprError| ApiError::validation(error.to_string());
         let mut unparser = Unparser::default();
         let mut legacy = Legacy::default();
@@ -745,7 +832,7 @@ impl Body<'_> {
             .iter()
             .map(|(placeholder, value)| {
                 let value = value_from_json(value, placeholder).map_err(|error| {
-                    ApiError::validation(format!("ExpressionAttributeValues contains invalid value: {error}"))
+                    json_error(error, |error| format!("ExpressionAttributeValues contains invalid value: {error}"))
                 })?;
                 Ok((placeholder.clone(), value))
             })
@@ -764,7 +851,13 @@ impl Body<'_> {
             names: self.names()?,
             values: self.values()?,
         };
-        Ok((expressions, self.string("UpdateExpression")?.map(str::to_string)))
+        // The engine refuses a blank expression, but an empty UpdateExpression cannot reach it:
+        // the request's empty update means it has none.
+        let update = self.string("UpdateExpression")?;
+        if update == Some("") {
+            return Err(ApiError::validation(messages::EMPTY_UPDATE_EXPRESSION));
+        }
+        Ok((expressions, update.map(str::to_string)))
     }
 
     /// PutItem's and DeleteItem's ReturnValues (ALL_OLD or NONE) and
@@ -788,7 +881,14 @@ impl Body<'_> {
     /// a KeyConditionExpression.
     fn read_expressions(&self, query: bool) -> Result<ReadExpressions, ApiError> {
         let select = self.select()?;
+        // Select ALL_ATTRIBUTES (named, not the default) takes no projection.
+        let all_named = self.string("Select")? == Some("ALL_ATTRIBUTES");
+        let refuse_projection = |parameter: &str, projection: &Option<String>| match projection {
+            Some(_) if all_named => Err(ApiError::validation(messages::select_all_with_projection(parameter, query))),
+            _ => Ok(()),
+        };
         if let Some(legacy) = self.legacy()? {
+            refuse_projection("AttributesToGet", &legacy.projection)?;
             return Ok(ReadExpressions {
                 key_condition: legacy.key_condition.filter(|_| query),
                 filter: legacy.filter,
@@ -798,10 +898,12 @@ impl Body<'_> {
                 select,
             });
         }
+        let projection = self.string("ProjectionExpression")?.map(str::to_string);
+        refuse_projection("ProjectionExpression", &projection)?;
         Ok(ReadExpressions {
             key_condition: if query { self.string("KeyConditionExpression")?.map(str::to_string) } else { None },
             filter: self.string("FilterExpression")?.map(str::to_string),
-            projection: self.string("ProjectionExpression")?.map(str::to_string),
+            projection,
             names: self.names()?,
             values: self.values()?,
             select,
@@ -863,10 +965,16 @@ mod tests {
         assert_eq!(Operation::from_target(Some("DynamoDB_20120810.PutItem")), Ok(Operation::PutItem));
         for bad in [None, Some("DynamoDB_20120810.Fly"), Some("PutItem"), Some("DynamoDBStreams_20120810.ListStreams")]
         {
-            assert_eq!(
-                Operation::from_target(bad).unwrap_err().kind,
-                "com.amazon.coral.service#UnknownOperationException"
-            );
+            let error = Operation::from_target(bad).unwrap_err();
+            assert_eq!(error.kind, "com.amazon.coral.service#UnknownOperationException");
+            // MESSAGES.md 14a: an unknown target's body has no message.
+            assert_eq!(error.body(), json!({ "__type": error.kind }));
+        }
+        // One of DynamoDB's operations Tessera does not serve says so (an SDK shows it).
+        for name in ["TransactWriteItems", "UpdateTable", "DescribeTimeToLive", "TagResource", "ExecuteStatement"] {
+            let error = Operation::from_target(Some(&format!("{TARGET_PREFIX}{name}"))).unwrap_err();
+            assert_eq!(error.kind, "com.amazon.coral.service#UnknownOperationException");
+            assert_eq!(error.body()["message"], format!("Tessera does not support the operation {name} yet"));
         }
     }
 
@@ -1029,9 +1137,49 @@ mod tests {
             ),
             (Operation::BatchWriteItem, r#"{"RequestItems":{"t":[{}]}}"#, "ValidationException", "PutRequest"),
             (Operation::ListTables, r#"{"Limit":101}"#, "ValidationException", "less than or equal to 100"),
+            // MESSAGES.md 7a
+            (
+                Operation::PutItem,
+                r#"{"TableName":"t","Item":{"b":{"B":"YWJjZGVmZ2"}}}"#,
+                "SerializationException",
+                "Base64 encoded length is expected a multiple of 4 bytes but found: 10",
+            ),
+            // MESSAGES.md 7b (type only)
+            (Operation::PutItem, r#"{"TableName":"t","Item":{"b":{"B":"YWJj??!!"}}}"#, "SerializationException", "Base64"),
+            // MESSAGES.md 7c
+            (Operation::PutItem, r#"{"TableName":"t","Item":{"b":{"B":5}}}"#, "SerializationException", "only base-64-encoded strings are convertible to bytes"),
+            // MESSAGES.md 7d
+            (Operation::PutItem, r#"{"TableName":"t","Item":{"n":{"N":3}}}"#, "SerializationException", "NUMBER_VALUE cannot be converted to String"),
+            (Operation::PutItem, r#"{"TableName":"t","Item":{"n":{"M":{"x":{"N":3.5}}}}}"#, "SerializationException", "DECIMAL_VALUE cannot be converted to String"),
+            (Operation::Query, r#"{"TableName":"t","KeyConditionExpression":"a = :a","ExpressionAttributeValues":{":a":{"NS":[1]}}}"#, "SerializationException", "NUMBER_VALUE"),
+            // MESSAGES.md 2b
+            (
+                Operation::BatchWriteItem,
+                r#"{"RequestItems":{"test-table":[]}}"#,
+                "ValidationException",
+                "1 validation error detected: Value '{test-table=[]}' at 'requestItems' failed to satisfy constraint: Map value must satisfy constraint: [Member must have length less than or equal to 25, Member must have length greater than or equal to 1]",
+            ),
+            // MESSAGES.md 2a
+            (Operation::BatchWriteItem, &format!(r#"{{"RequestItems":{{"t":[{}]}}}}"#, vec![r#"{"DeleteRequest":{"Key":{"pk":{"S":"a"}}}}"#; 26].join(",")), "ValidationException", "at 'requestItems' failed to satisfy constraint: Map value must satisfy constraint: [Member must have length less than or equal to 25"),
+            // MESSAGES.md 12a (Query has the prefix, Scan not)
+            (Operation::Query, r#"{"TableName":"t","KeyConditionExpression":"a = :a","Select":"ALL_ATTRIBUTES","ProjectionExpression":"x"}"#, "ValidationException", "1 validation error detected: Cannot specify the ProjectionExpression when choosing to get ALL_ATTRIBUTES"),
+            (Operation::Scan, r#"{"TableName":"t","Select":"ALL_ATTRIBUTES","ProjectionExpression":"x"}"#, "ValidationException", "Cannot specify the ProjectionExpression when choosing to get ALL_ATTRIBUTES"),
+            // MESSAGES.md 12b
+            (Operation::Scan, r#"{"TableName":"t","Select":"ALL_ATTRIBUTES","AttributesToGet":["x"]}"#, "ValidationException", "Cannot specify the AttributesToGet when choosing to get ALL_ATTRIBUTES"),
+            // MESSAGES.md 11b
+            (Operation::Scan, r#"{"TableName":"t","ConditionalOperator":"OR"}"#, "ValidationException", "ConditionalOperator cannot be used without Filter or Expected"),
+            (Operation::PutItem, r#"{"TableName":"t","Item":{},"ConditionalOperator":"AND","Expected":{}}"#, "ValidationException", "ConditionalOperator cannot be used without Filter or Expected"),
+            // MESSAGES.md 11a
+            (Operation::Scan, r#"{"TableName":"t","ScanFilter":{"a":{"ComparisonOperator":"IN","AttributeValueList":[{"N":"3"},{"S":"dog"}]}}}"#, "ValidationException", "AttributeValues inside AttributeValueList must be of same type"),
+            // MESSAGES.md 10a
+            (Operation::UpdateItem, r#"{"TableName":"t","Key":{"pk":{"S":"a"}},"UpdateExpression":""}"#, "ValidationException", "1 validation error detected: Invalid UpdateExpression: The expression can not be empty;"),
         ] {
+            let body: &str = body;
             let error = error(operation, body);
             assert!(error.kind.ends_with(kind), "{body}: {error:?}");
+            // MESSAGES.md, cross-cutting fact 1: SerializationException's message is `Message`.
+            let key = if kind == "SerializationException" { "Message" } else { "message" };
+            assert_eq!(error.body()[key], json!(error.message), "{body}");
             assert!(error.message.contains(expected), "{body}: {}", error.message);
             assert_eq!(error.status, 400);
         }

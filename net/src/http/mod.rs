@@ -5,6 +5,7 @@
 //! `x-amz-crc32` and `Date` as DynamoDB answers.
 
 pub(crate) mod api;
+pub(crate) mod messages;
 pub mod sigv4;
 
 use std::borrow::Cow;

@@ -1,0 +1,146 @@
+//! DynamoDB's error messages as the endpoint gives them, each with its source: the row of
+//! `tests/dynamodb/MESSAGES.md` that quotes it and says how sure the wording is.
+
+use std::fmt::Write as _;
+
+use tessera_engine::AttributeValue;
+
+use crate::catalog::TableNameFaults;
+
+/// DynamoDB's pattern for table names, as its constraint messages print it.
+const TABLE_NAME_PATTERN: &str = "[a-zA-Z0-9_.-]+";
+
+/// A framework constraint violation (MESSAGES.md, cross-cutting fact 3): `N validation
+/// error(s) detected: Value '<v>' at '<field>' failed to satisfy constraint: <rule>; ...`.
+fn constraint_violations(value: &str, field: &str, rules: &[String]) -> String {
+    let count = rules.len();
+    let mut message = format!("{count} validation error{} detected: ", if count == 1 { "" } else { "s" });
+    for (i, rule) in rules.iter().enumerate() {
+        let separator = if i == 0 { "" } else { "; " };
+        let _ = write!(message, "{separator}Value '{value}' at '{field}' failed to satisfy constraint: {rule}");
+    }
+    message
+}
+
+/// A TableName that breaks DynamoDB's naming rules. `control_plane` for CreateTable,
+/// DescribeTable and DeleteTable, whose length message differs (MESSAGES.md 8c); the item
+/// operations list every violation in the framework form (8a).
+pub(crate) fn bad_table_name(name: &str, faults: TableNameFaults, control_plane: bool) -> String {
+    if control_plane && (faults.too_short || faults.too_long) {
+        // MESSAGES.md 8c (dynalite test/describeTable.js:25-46, asserted against DynamoDB).
+        return "TableName must be at least 3 characters long and at most 255 characters long".to_string();
+    }
+    let mut rules = Vec::new();
+    if faults.pattern {
+        rules.push(format!("Member must satisfy regular expression pattern: {TABLE_NAME_PATTERN}"));
+    }
+    if faults.too_short {
+        rules.push("Member must have length greater than or equal to 3".to_string());
+    }
+    if faults.too_long {
+        rules.push("Member must have length less than or equal to 255".to_string());
+    }
+    // MESSAGES.md 8a (Alternator test_item.py:147-162; dynalite test/getItem.js:55-96).
+    constraint_violations(name, "tableName", &rules)
+}
+
+/// BatchWriteItem with an empty list, or more than 25 requests, for a table: MESSAGES.md
+/// 2a/2b (boto/boto3#483, elegantdevelopment/aws-cdk-dynamodb-seeder#3). `tables` is the
+/// RequestItems map as table name and request count. DynamoDB prints the map Java-style, each
+/// request as `WriteRequest@<object hash>`; the hash means nothing, so the request's index
+/// stands in for it.
+pub(crate) fn batch_write_table_size(tables: &[(&str, usize)]) -> String {
+    let map: Vec<String> = tables
+        .iter()
+        .map(|(table, count)| {
+            let requests: Vec<String> =
+                (0..*count).map(|i| format!("com.amazonaws.dynamodb.v20120810.WriteRequest@{i:08x}")).collect();
+            format!("{table}=[{}]", requests.join(", "))
+        })
+        .collect();
+    constraint_violations(
+        &format!("{{{}}}", map.join(", ")),
+        "requestItems",
+        &["Map value must satisfy constraint: [Member must have length less than or equal to 25, Member must have length greater than or equal to 1]".to_string()],
+    )
+}
+
+/// Query's FilterExpression naming a key attribute: MESSAGES.md 9a (dynalite
+/// test/query.js:1816-1858, asserted against DynamoDB).
+pub(crate) fn filter_on_key(attribute: &str) -> String {
+    format!("Filter Expression can only contain non-primary key attributes: Primary key attribute: {attribute}")
+}
+
+/// Query's ExclusiveStartKey with an attribute that is not the table's key, or without one of
+/// its key attributes: MESSAGES.md 5a (Alternator test_query.py:384-392, :414-424).
+pub(crate) const QUERY_START_KEY_INVALID: &str = "The provided starting key is invalid";
+
+/// Scan's ExclusiveStartKey likewise: MESSAGES.md 5b (Alternator test_scan.py:490-515).
+pub(crate) const SCAN_START_KEY_INVALID: &str =
+    "The provided starting key is invalid: The provided key element does not match the schema";
+
+/// Query with an ExclusiveStartKey on a table without a sort key (a partition holds one item,
+/// so a query cannot be restarted): MESSAGES.md 12d (Alternator test_query.py:455-468). The
+/// key is printed Java-style: `{p=AttributeValue: {S:KPQ4X3JE19}}`.
+pub(crate) fn hash_only_start_key(key: &tessera_engine::Item) -> String {
+    let attributes: Vec<String> = key
+        .iter()
+        .map(|(name, value)| {
+            let value = match value {
+                AttributeValue::S(text) => format!("S:{text}"),
+                AttributeValue::N(number) => format!("N:{number}"),
+                other => format!("{}:{other:?}", other.type_name()),
+            };
+            format!("{name}=AttributeValue: {{{value}}}")
+        })
+        .collect();
+    format!("The provided exclusive start key is invalid: ExclusiveStartKey: {{{}}}", attributes.join(", "))
+}
+
+/// Select=ALL_ATTRIBUTES with a projection (`parameter` is ProjectionExpression or
+/// AttributesToGet): MESSAGES.md 12a/12b (moto test_dynamodb_select.py:176-262,
+/// aws_verified). Query's message has the `1 validation error detected: ` prefix, Scan's not.
+pub(crate) fn select_all_with_projection(parameter: &str, query: bool) -> String {
+    let prefix = if query { "1 validation error detected: " } else { "" };
+    format!("{prefix}Cannot specify the {parameter} when choosing to get ALL_ATTRIBUTES")
+}
+
+/// ConditionalOperator with no Expected, QueryFilter or ScanFilter, or an empty one:
+/// MESSAGES.md 11b (ExtendDB/extenddb#213, captured from DynamoDB).
+pub(crate) const CONDITIONAL_OPERATOR_ALONE: &str = "ConditionalOperator cannot be used without Filter or Expected";
+
+/// An UpdateExpression that is empty: MESSAGES.md 10a (moto test_dynamodb.py:4042-4058,
+/// aws_verified).
+pub(crate) const EMPTY_UPDATE_EXPRESSION: &str =
+    "1 validation error detected: Invalid UpdateExpression: The expression can not be empty;";
+
+/// An operation DynamoDB has that Tessera does not serve. DynamoDB answers an unknown target
+/// with UnknownOperationException and no message (MESSAGES.md 14a); the type is kept, and this
+/// message says why, so that an SDK shows it rather than "UnknownError".
+pub(crate) fn unsupported_operation(operation: &str) -> String {
+    format!("Tessera does not support the operation {operation} yet")
+}
+
+/// A B value whose base64 length is not a multiple of 4: MESSAGES.md 7a (a real answer quoted
+/// in scylladb/scylladb#6487). SerializationException.
+pub(crate) fn base64_length(length: usize) -> String {
+    format!("Base64 encoded length is expected a multiple of 4 bytes but found: {length}")
+}
+
+/// A B value with characters base64 does not have. SerializationException (MESSAGES.md 7b,
+/// Alternator test_manual_requests.py:375-379); DynamoDB's text is not known, so this one is
+/// Tessera's.
+pub(crate) fn base64_invalid(error: impl std::fmt::Display) -> String {
+    format!("Invalid Base64 encoded value: {error}")
+}
+
+/// A B value that is not a JSON string: MESSAGES.md 7c (dynalite test/helpers.js:421-427).
+/// SerializationException.
+pub(crate) const BINARY_NOT_STRING: &str = "only base-64-encoded strings are convertible to bytes";
+
+/// A JSON number where DynamoDB wants a string (`{"N": 3}`, `{"S": 3}`): MESSAGES.md 7d
+/// (localstack/localstack#9412; dynalite test/helpers.js:391-398). SerializationException.
+pub(crate) fn number_not_string(number: &serde_json::Number) -> String {
+    let kind = if number.is_f64() { "DECIMAL_VALUE" } else { "NUMBER_VALUE" };
+    format!("{kind} cannot be converted to String")
+}
