@@ -444,14 +444,14 @@ impl ReplicatedLog {
         Ok(())
     }
 
-    /// Whether `partition`'s replica knows a leader (itself included) and this node has applied
-    /// everything the replica knows committed.
+    /// Whether `partition`'s replica knows everything chosen before the current leadership
+    /// (`Replica::caught_up`) and this node has applied all of it.
     /// False while the node hosts no replica of it (one is not made here: a retired replica
     /// stays retired).
     pub fn caught_up(&self, partition: PartitionId) -> bool {
         let replicas = self.replicas.borrow();
         let Some(replica) = replicas.get(&partition) else { return false };
-        replica.leader().is_some() && self.store.applied_slot(partition) >= replica.commit()
+        replica.caught_up() && self.store.applied_slot(partition) >= replica.commit()
     }
 
     /// The replica this node believes leads `partition`.

@@ -260,6 +260,10 @@ pub struct Replica {
     durable_end: Slot,
     /// The commit index the leader of `run` announced.
     leader_commit: Slot,
+    /// The ballot of the newest entry committed here (or of the leader whose snapshot was
+    /// installed): once it is the ballot this replica follows or leads, its commit index
+    /// covers everything chosen before that leadership (`caught_up`).
+    committed_ballot: Ballot,
     leader: Option<ReplicaId>,
     /// Prepares of other ballots are not answered before this time.
     quiet_until: Micros,
@@ -315,6 +319,7 @@ impl Replica {
             accepted_end: applied,
             durable_end: applied,
             leader_commit: applied,
+            committed_ballot: Ballot::default(),
             leader: None,
             // It may have heard from a leader just before it stopped.
             quiet_until: 0,
@@ -389,6 +394,15 @@ impl Replica {
                 *first = members.to_vec();
             }
         }
+    }
+
+    /// Whether this replica knows everything chosen before the leadership it follows or leads:
+    /// an entry of that leadership's ballot is committed here (a new leader commits its no-op
+    /// first, after every slot it found open). After a restart a replica's commit index starts
+    /// at its applied slot and says nothing of what the group chose meanwhile, until then.
+    pub fn caught_up(&self) -> bool {
+        let following = self.leader.is_some() || matches!(self.state, State::Leader(_));
+        following && self.committed_ballot == self.promised
     }
 
     /// Whether the configuration in force is committed (another change may be proposed).
@@ -492,6 +506,7 @@ impl Replica {
     pub fn install_snapshot(&mut self, slot: Slot, from: ReplicaId, ballot: Ballot, members: Vec<Member>) {
         if slot > self.commit {
             self.commit = slot;
+            self.committed_ballot = ballot;
             self.checkpointed = slot;
             self.leader_commit = self.leader_commit.max(slot);
             self.drop_log_through(slot, Some(members));
@@ -1082,7 +1097,9 @@ impl Replica {
         };
         while self.commit < target {
             self.commit += 1;
-            let value = self.log.get(&self.commit).expect("a committed slot holds its entry").value.clone();
+            let entry = self.log.get(&self.commit).expect("a committed slot holds its entry");
+            let value = entry.value.clone();
+            self.committed_ballot = entry.ballot;
             self.actions.push(Action::Apply { slot: self.commit, value });
         }
         // A leader that removed itself hands over once the change is committed.
