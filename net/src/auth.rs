@@ -173,13 +173,13 @@ impl Access {
     pub fn verify(&self, key_id: &str, timestamp_ms: u64, nonce: &[u8], proof: &[u8]) -> Result<Privilege, WireError> {
         let unrecognized =
             |why: &str| WireError::new(ErrorCode::UnrecognizedClientException, format!("authentication failed: {why}"));
-        let (secret, privilege) = match (key_id, &self.cluster_secret, &self.clients) {
-            (CLUSTER_KEY_ID, Some(secret), _) => (secret, Privilege::Cluster),
-            (_, _, Some(clients)) => match clients.get(key_id) {
+        let cluster = self.cluster_secret.as_ref().filter(|_| key_id == CLUSTER_KEY_ID);
+        let (secret, privilege) = match cluster {
+            Some(secret) => (secret, Privilege::Cluster),
+            None => match self.clients.as_ref().and_then(|clients| clients.get(key_id)) {
                 Some(secret) => (secret, Privilege::Client),
                 None => return Err(unrecognized(&format!("the key {key_id:?} is not one this server knows"))),
             },
-            (_, _, None) => return Err(unrecognized(&format!("the key {key_id:?} is not one this server knows"))),
         };
         if nonce.len() != NONCE_LEN {
             return Err(unrecognized(&format!("the nonce must be {NONCE_LEN} bytes")));
