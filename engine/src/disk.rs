@@ -2,7 +2,9 @@
 //! failure becomes an `Error::Io` naming the operation and the file.
 //!
 //! Fault model: a failed write or fdatasync leaves the file in an unknown state; callers
-//! poison themselves rather than retry (see `Error::Poisoned`).
+//! poison themselves rather than retry (see `Error::Poisoned`). The exception is a full disk:
+//! space is reserved (`File::preallocate`) before writes that would need it, and a refused
+//! reservation wrote nothing, so its caller waits for space and tries again.
 //!
 //! Every file is held with an exclusive `flock` on the descriptor that does its I/O. Besides
 //! keeping two processes off one data directory, this closes a subtle hole: when a process is
@@ -150,6 +152,13 @@ impl File {
         self.file.fdatasync().await.map_err(|error| Error::io("fdatasync", &self.path, error))
     }
 
+    /// Reserves the file's blocks up to `len` bytes (growing its size to at least `len`), so
+    /// that writes within them need no allocation: a disk too full fails here, at once and
+    /// cleanly (ENOSPC, `Error::is_no_space`), rather than part-way through later writes.
+    pub(crate) async fn preallocate(&self, len: u64) -> Result<()> {
+        self.file.pre_allocate(len, false).await.map_err(|error| Error::io("preallocate", &self.path, error))
+    }
+
     /// Writes zeros over `[offset, offset + len)` (block-aligned). Used to preallocate: later
     /// overwrites of written blocks need no file-size change, so their fdatasync is cheap.
     pub(crate) async fn write_zeros(&self, offset: u64, len: u64) -> Result<()> {
@@ -226,6 +235,30 @@ pub(crate) fn create_dir(dir: &Path) -> Result<()> {
 /// meanwhile. For calls made while the store serves; opening may block.
 pub(crate) async fn off_reactor<T: Send + 'static>(call: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
     glommio::executor().spawn_blocking(call).await
+}
+
+/// `bytes` for a message: in MiB, or KiB below one MiB.
+pub(crate) fn size_text(bytes: u64) -> String {
+    if bytes >= 1 << 20 {
+        format!("{} MiB", bytes >> 20)
+    } else {
+        format!("{} KiB", bytes >> 10)
+    }
+}
+
+/// What is free on the filesystem holding `path`, for messages about a full disk.
+pub(crate) fn free_text(path: &Path) -> String {
+    free_bytes(path).map_or_else(|| "unknown".into(), size_text)
+}
+
+/// Bytes free for an unprivileged writer on the filesystem holding `path` (statvfs).
+fn free_bytes(path: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let name = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statvfs writes into the zeroed struct it is given and reads the NUL-terminated
+    // path, which `name` keeps alive for the call.
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    (unsafe { libc::statvfs(name.as_ptr(), &mut stat) } == 0).then(|| stat.f_bavail * stat.f_frsize)
 }
 
 /// Makes a directory entry change (a created or renamed file) durable.

@@ -37,6 +37,10 @@ pub enum Error {
     /// A write refused before it was proposed, because writes arrive faster than they are
     /// applied (DynamoDB's `ThrottlingException`): it did not take effect, and may be retried.
     Throttled(String),
+    /// A write refused because the disk holding the store is full (a log segment or a
+    /// checkpoint could not be written for want of space): it did not take effect, and may be
+    /// retried once space is freed; the store resumes by itself.
+    NoSpace(String),
 }
 
 impl Error {
@@ -60,6 +64,14 @@ impl Error {
     pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: impl Into<std::io::Error>) -> Error {
         Error::Io { op, path: path.into(), source: source.into() }
     }
+
+    /// Whether this is an I/O call refused for want of space (ENOSPC, or EDQUOT: a quota),
+    /// which is retried once space is freed rather than poisoning the storage: nothing was
+    /// written that a later sync could lose.
+    pub(crate) fn is_no_space(&self) -> bool {
+        matches!(self, Error::Io { source, .. }
+            if matches!(source.kind(), std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded))
+    }
 }
 
 impl fmt::Display for Error {
@@ -79,6 +91,7 @@ impl fmt::Display for Error {
             Error::Unavailable(reason) => write!(f, "unavailable: {reason}"),
             Error::Held { partition, reason } => write!(f, "partition {partition} is held: {reason}"),
             Error::Throttled(reason) => write!(f, "throttled: {reason}"),
+            Error::NoSpace(reason) => write!(f, "the disk is full: {reason}"),
         }
     }
 }

@@ -66,6 +66,8 @@ const CHECKPOINT_SYNC_EVERY_CHUNKS: usize = disk::UNFLUSHED_BYTES_MAX / (CHECKPO
 const _: () = assert!(CHECKPOINT_SYNC_EVERY_CHUNKS >= 1, "a chunk bigger than the flush debt allowed");
 /// Records applied between two turns of the reactor.
 const APPLY_CHUNK: usize = 256;
+/// How long a store whose checkpoint found the disk full waits before trying again.
+const SPACE_RETRY: Duration = Duration::from_secs(1);
 /// WAL record kind of a command applied once durable (a group of one).
 const RECORD_COMMAND: u8 = 1;
 /// WAL record kind of a Multi-Paxos persist (replicated mode).
@@ -177,6 +179,9 @@ struct Inner {
     checkpoint_wanted: Cell<bool>,
     checkpoint_running: Cell<bool>,
     checkpoints_started: Cell<u64>,
+    /// The last checkpoint was refused for want of disk space: why, and when to try again.
+    /// Writes are refused meanwhile (`Error::NoSpace`).
+    short_of_space: RefCell<Option<(String, Instant)>>,
     /// Count of checkpoints made durable.
     checkpoints: Watermark,
     /// Sequence number of the durable meta page.
@@ -401,6 +406,7 @@ impl Store {
                 checkpoint_wanted: Cell::new(false),
                 checkpoint_running: Cell::new(false),
                 checkpoints_started: Cell::new(0),
+                short_of_space: RefCell::new(None),
                 checkpoints: Watermark::new(0),
                 meta_sequence: Cell::new(meta.as_ref().map_or(0, |meta| meta.sequence)),
                 poisoned: RefCell::new(None),
@@ -599,6 +605,7 @@ impl Store {
         if partition == u64::MAX {
             return Err(Error::validation("partition id u64::MAX is reserved"));
         }
+        self.writable()?;
         self.inner.check_held(partition)?;
         crate::key::check_key_len(command.key_len_max())?;
         let lsn = self.inner.wal.append_with(partition, slot, RECORD_COMMAND, |out| {
@@ -631,6 +638,7 @@ impl Store {
         if !self.inner.config.replicated {
             return Err(Error::Config("persist_paxos needs a replicated store".into()));
         }
+        self.writable()?;
         let last_slot = entries.last().map_or(0, |(slot, _)| *slot);
         let lsn = self.inner.wal.append_with(partition, last_slot, RECORD_PAXOS, |out| {
             paxos::encode_persist(promised, entries, out);
@@ -638,6 +646,15 @@ impl Store {
         })?;
         self.note_paxos_record(partition, lsn, promised, entries);
         Ok(lsn)
+    }
+
+    /// Whether the store takes new writes: not while its disk has no room for a checkpoint
+    /// (`Error::NoSpace`, retryable; the store retries and resumes by itself).
+    pub fn writable(&self) -> Result<()> {
+        match self.inner.short_of_space.borrow().as_ref() {
+            Some((reason, _)) => Err(Error::NoSpace(reason.clone())),
+            None => Ok(()),
+        }
     }
 
     /// Resolves once the WAL record `lsn` is durable.
@@ -1369,7 +1386,8 @@ impl Inner {
     /// Seals a checkpoint if one is wanted and none is running. Called by the applier only,
     /// between records.
     async fn maybe_checkpoint(self: &Rc<Inner>) -> Result<()> {
-        if self.checkpoint_running.get() || self.poisoned.borrow().is_some() || self.closed.get() {
+        let backing_off = self.short_of_space.borrow().as_ref().is_some_and(|(_, retry_at)| Instant::now() < *retry_at);
+        if self.checkpoint_running.get() || self.poisoned.borrow().is_some() || self.closed.get() || backing_off {
             return Ok(());
         }
         // Each checkpoint starts at a threshold between 3/4 and all of the configured one, drawn
@@ -1428,12 +1446,38 @@ impl Inner {
             Ok(()) => {
                 inner.tree.borrow_mut().commit(sealed);
                 *inner.checkpointed_slots.borrow_mut() = slots;
+                if inner.short_of_space.borrow_mut().take().is_some() {
+                    crate::report!("tessera: {}: a checkpoint was written; writes resume", inner.dir.display());
+                }
                 if let Err(error) = inner.wal.recycle_through(covered_lsn).await {
                     inner.fail(error.to_string());
                     return;
                 }
                 inner.checkpoints.advance(inner.checkpoints.get() + 1);
                 inner.work.notify();
+            }
+            Err(error) if error.is_no_space() => {
+                // The writes went to pages the durable checkpoint does not reference: it still
+                // stands, and this one is sealed again later from the same dirty pages.
+                inner.tree.borrow_mut().abandon(sealed);
+                inner.checkpoints_started.set(inner.checkpoints_started.get() - 1);
+                let reason = format!(
+                    "no room for a checkpoint of {} ({} free); writes resume by themselves once space is freed",
+                    inner.dir.display(),
+                    disk::free_text(&inner.dir),
+                );
+                let first = inner.short_of_space.borrow().is_none();
+                if first {
+                    crate::report!("tessera: the disk is full: {reason}");
+                }
+                *inner.short_of_space.borrow_mut() = Some((reason, Instant::now() + SPACE_RETRY));
+                let retry = inner.clone();
+                glommio::spawn_local(async move {
+                    glommio::timer::sleep(SPACE_RETRY).await;
+                    retry.checkpoint_wanted.set(true);
+                    retry.work.notify();
+                })
+                .detach();
             }
             Err(error) => {
                 inner.tree.borrow_mut().abandon(sealed);
@@ -1447,6 +1491,10 @@ impl Inner {
         // The freelist pages, then the tree pages, collected from the tree a chunk at a time so
         // that no step holds the core for long. Up to CHECKPOINT_WRITES_IN_FLIGHT writes are on
         // the device at once (one after another, a 16k-page checkpoint took 250-500 ms).
+        // Space for every page first: on a full disk the checkpoint fails here, having written
+        // nothing, and is retried (the pages after the old end would otherwise be allocated by
+        // the writes themselves, which can fail part-way or fall short).
+        self.file.preallocate(sealed.page_count * PAGE_SIZE as u64).await?;
         let mut writing = VecDeque::new();
         let mut outcome = self.write_pages(sealed.freelist.clone(), &mut writing).await;
         for (at, chunk) in sealed.ids.chunks(CHECKPOINT_CHUNK_PAGES).enumerate() {

@@ -695,8 +695,10 @@ impl ReplicatedLog {
     ) -> Result<Option<Outcome>> {
         // Admission: a write proposed now would wait behind more than the core's applier
         // keeps up with (and every strong read after it too). Refused before it is in the
-        // log, it has not taken effect: the client may retry it.
+        // log, it has not taken effect: the client may retry it. So is one while this node's
+        // disk is full.
         self.admit("writes")?;
+        self.store.writable()?;
         let id = self.next_command.get();
         self.next_command.set(id + 1);
         let mut bytes = Vec::new();

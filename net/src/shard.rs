@@ -191,6 +191,8 @@ fn engine_error(error: Error) -> WireError {
             wire
         }
         Error::Unavailable(reason) => WireError::new(ErrorCode::ServiceUnavailable, reason),
+        // Nothing was written; the store resumes once space is freed.
+        error @ Error::NoSpace(_) => WireError::new(ErrorCode::ServiceUnavailable, error.to_string()),
         Error::Throttled(reason) => WireError::new(ErrorCode::ThrottlingException, reason),
         other => WireError::new(ErrorCode::InternalServerError, other.to_string()),
     }

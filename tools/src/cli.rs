@@ -77,6 +77,12 @@ pub struct Serve {
     #[arg(long, value_name = "N", default_value_t = tessera_net::MAX_CONNECTIONS_DEFAULT,
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub max_connections: usize,
+    /// Size of each write-ahead log segment, in MiB. A core keeps up to 4 segments in use and
+    /// 4 spares, so it needs about 8 times this on disk besides its data; at least 17 (a
+    /// segment holds the largest record, a 16 MiB batch)
+    #[arg(long, value_name = "N", default_value_t = 64,
+          value_parser = clap::builder::RangedU64ValueParser::<u64>::new().range(17..=4096))]
+    pub wal_segment_mib: u64,
     /// This node's id in the cluster file
     #[arg(long, value_name = "N", requires = "cluster")]
     pub node_id: Option<u32>,

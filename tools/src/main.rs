@@ -13,7 +13,7 @@ use clap::Parser;
 use cli::{AuthMode, Cli, ClusterCommand, Command, Endpoint, Placeholders, SortPart, TableCommand};
 use serde_json::{json, Value};
 use tessera_engine::paxos;
-use tessera_engine::{AttributeValue, KeyAttribute, KeySchema, StoreConfig};
+use tessera_engine::{AttributeValue, KeyAttribute, KeySchema, StoreConfig, WalConfig};
 use tessera_net::auth::{new_secret, read_secret, Credentials};
 use tessera_net::client::{Client, ClientConfig};
 use tessera_net::json::{consumed_capacity_to_json, item_to_json};
@@ -75,6 +75,7 @@ fn serve(args: &cli::Serve) -> Result<(), String> {
         store: StoreConfig {
             cache_pages: args.cache_mib * 256,
             quarantine_bad_records: args.quarantine_bad_records,
+            wal: WalConfig { segment_bytes: args.wal_segment_mib << 20, ..WalConfig::default() },
             ..StoreConfig::default()
         },
         cluster: match (args.node_id, &args.cluster) {

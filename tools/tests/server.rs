@@ -1376,3 +1376,143 @@ fn a_damaged_last_record_is_reported_at_restart() {
     let _ = std::fs::remove_dir_all(&dir);
     assert!(reported.contains("last flush") && reported.contains("fails its checksum"), "{reported}");
 }
+
+/// A small ext4 filesystem on a loop device, mounted for one test and removed after it.
+struct SmallDisk {
+    image: PathBuf,
+    mount: PathBuf,
+}
+
+impl SmallDisk {
+    /// None (the test is skipped, saying so) unless this process may mount filesystems.
+    fn mount(name: &str, mib: u64) -> Option<SmallDisk> {
+        // SAFETY: geteuid only reads the process's credentials.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: mounting a small filesystem needs root");
+            return None;
+        }
+        let base = std::env::temp_dir().join(format!("tessera-disk-{name}-{}", std::process::id()));
+        let (image, mount) = (base.with_extension("img"), base.with_extension("mnt"));
+        let run = |command: &mut Command| {
+            let output = command.output().expect("run a filesystem tool");
+            assert!(output.status.success(), "{command:?}: {}", String::from_utf8_lossy(&output.stderr));
+        };
+        std::fs::File::create(&image).unwrap().set_len(mib << 20).unwrap();
+        // No blocks reserved for root: the server runs as root here and would use them.
+        run(Command::new("mkfs.ext4").args(["-q", "-F", "-m", "0"]).arg(&image));
+        std::fs::create_dir_all(&mount).unwrap();
+        run(Command::new("mount").args(["-o", "loop"]).arg(&image).arg(&mount));
+        Some(SmallDisk { image, mount })
+    }
+
+    /// Fills what is left of the filesystem, appending to one file; its path.
+    fn fill(&self) -> PathBuf {
+        let filler = self.mount.join("filler");
+        let mut file = std::fs::OpenOptions::new().create(true).append(true).open(&filler).unwrap();
+        let block = vec![0x55u8; 1 << 20];
+        while file.write_all(&block).is_ok() {}
+        let small = [0x55u8; 4096];
+        while file.write_all(&small).is_ok() {}
+        let _ = file.sync_all();
+        filler
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.mount).status();
+        let _ = std::fs::remove_dir(&self.mount);
+        let _ = std::fs::remove_file(&self.image);
+    }
+}
+
+/// A full disk is reported at once, writes are refused with a retryable error (nothing is
+/// acknowledged that is not durable) and resume by themselves once space is freed; every
+/// acknowledged write survives a SIGKILL after it. A node that cannot get its first WAL
+/// segment says how much it needs, and leaves no partial segment behind.
+#[test]
+fn a_full_disk_refuses_writes_until_space_is_freed() {
+    let Some(disk) = SmallDisk::mount("full", 300) else { return };
+    let dir = disk.mount.join("data");
+    let flags = ["--wal-segment-mib", "17"];
+    let (mut child, address, _, lines) = start_watched(&dir, &flags, None);
+    let mut client = Client::connect(address).unwrap();
+    client.create_table("full", KeySchema::hash_only("k", KeyType::S), 1).unwrap();
+    let reserve = disk.mount.join("reserve");
+    std::fs::write(&reserve, vec![0x55u8; 30 << 20]).unwrap();
+    let filler = disk.fill();
+    std::fs::remove_file(&reserve).unwrap();
+
+    // A fresh node with room for less than one segment exits at once naming what it needs.
+    let fresh = disk.mount.join("fresh");
+    let output = Command::new(BINARY)
+        .args(["serve", "--listen", "127.0.0.1:0", "--http-listen", "none", "--cores", "1", "--first-cpu", "none"])
+        .arg("--data-dir")
+        .arg(&fresh)
+        .output()
+        .unwrap();
+    let message = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{message}");
+    assert!(message.contains("no room for a new 64 MiB WAL segment"), "{message}");
+    let partial: Vec<_> = walk(&fresh).into_iter().filter(|path| path.to_string_lossy().ends_with(".tmp")).collect();
+    assert!(partial.is_empty(), "partial segments left behind: {partial:?}");
+    std::fs::remove_dir_all(&fresh).unwrap();
+    disk.fill();
+
+    let value = "v".repeat(8 << 10);
+    let mut acknowledged = Vec::new();
+    let refused = loop {
+        let key = format!("k{:06}", acknowledged.len());
+        match client.put_item("full", ItemBuilder::new().s("k", key.clone()).s("v", value.clone()).build()) {
+            Ok(()) => acknowledged.push(key),
+            Err(error) => break error,
+        }
+        assert!(acknowledged.len() < 100_000, "a full disk never refused a write");
+    };
+    let refusal = format!("{refused:?}");
+    assert!(refusal.contains("ServiceUnavailable") && refusal.contains("disk is full"), "{refusal}");
+    let reported: Vec<String> = lines.try_iter().collect();
+    assert!(reported.iter().any(|line| line.contains("the disk is full") && line.contains(" free)")), "{reported:?}");
+    // Reads go on meanwhile.
+    assert!(client.get_item("full", ItemBuilder::new().s("k", acknowledged[0].clone()).build()).unwrap().is_some());
+
+    std::fs::remove_file(&filler).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let key = format!("k{:06}", acknowledged.len());
+        match client.put_item("full", ItemBuilder::new().s("k", key.clone()).s("v", value.clone()).build()) {
+            Ok(()) => {
+                acknowledged.push(key);
+                break;
+            }
+            Err(error) => assert!(std::time::Instant::now() < deadline, "writes never resumed: {error:?}"),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(lines.try_iter().any(|line| line.contains("writes resume")), "the recovery is reported");
+    let _ = child.kill();
+    let _ = child.wait();
+
+    let (mut child, address, _, _) = start_watched(&dir, &flags, None);
+    let mut client = Client::connect(address).unwrap();
+    for key in &acknowledged {
+        let found = client.get_item("full", ItemBuilder::new().s("k", key.clone()).build()).unwrap();
+        assert!(found.is_some(), "acknowledged write {key} is missing after the restart");
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Every file under `dir`.
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            found.extend(walk(&path));
+        } else {
+            found.push(path);
+        }
+    }
+    found
+}

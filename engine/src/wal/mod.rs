@@ -10,6 +10,11 @@
 //! Invariants: LSNs are consecutive from 1; flushes are issued one at a time, in LSN order; a
 //! flush starts at a block boundary and never rewrites a block of an earlier flush; after any
 //! failed write or sync the WAL is poisoned and accepts nothing more.
+//!
+//! A full disk is not a failure: a segment's space is reserved before it is written, so a
+//! disk without room refuses the reservation and nothing was written. The WAL then reports
+//! it, refuses new appends (`Error::NoSpace`, retryable) while a flush waits for a segment,
+//! retries every `SPACE_RETRY`, and resumes by itself once a segment is made or recycled.
 
 mod format;
 
@@ -26,6 +31,8 @@ use crate::signal::{Event, Watermark};
 
 /// A flush that takes this long says so on standard error (the device is slow or busy).
 const SLOW_FLUSH_REPORTED: std::time::Duration = std::time::Duration::from_millis(100);
+/// How often a WAL short of disk space tries again to create a segment.
+const SPACE_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// WAL settings.
 #[derive(Clone, Debug)]
@@ -102,6 +109,10 @@ struct Inner {
     flusher: RefCell<Option<glommio::Task<()>>>,
     /// A spare segment is being created in the background.
     preparing: Cell<bool>,
+    /// The last segment creation was refused for want of space: why, and when to try again.
+    short_of_space: RefCell<Option<(String, std::time::Instant)>>,
+    /// A flush waits for a segment that the disk has no room for: appends are refused.
+    blocked: Cell<bool>,
 }
 
 /// Handle to a core's WAL; cheap to clone.
@@ -249,6 +260,8 @@ impl Wal {
                 flushes: Cell::new(0),
                 flusher: RefCell::new(None),
                 preparing: Cell::new(false),
+                short_of_space: RefCell::new(None),
+                blocked: Cell::new(false),
             }),
         };
         wal.prepare_tail().await?;
@@ -264,7 +277,9 @@ impl Wal {
     async fn prepare_tail(&self) -> Result<()> {
         let inner = &self.inner;
         if inner.chain.borrow().is_empty() {
-            inner.activate_segment().await?;
+            // At open a disk without room for the first segment is an error to report, not
+            // something to wait for.
+            inner.next_segment(inner.next_lsn.get(), false).await?;
             return Ok(());
         }
         let offset = inner.write_offset.get();
@@ -302,6 +317,10 @@ impl Wal {
         let inner = &self.inner;
         if let Some(cause) = inner.durable.failure() {
             return Err(Error::Poisoned { cause });
+        }
+        if inner.blocked.get() {
+            let reason = inner.short_of_space.borrow().as_ref().map_or_else(String::new, |(reason, _)| reason.clone());
+            return Err(Error::NoSpace(reason));
         }
         let mut pending = inner.pending.borrow_mut();
         let start = pending.bytes.len();
@@ -455,7 +474,7 @@ impl Inner {
     async fn flush(&self, bytes: &[u8]) -> Result<()> {
         if self.write_offset.get() + bytes.len() as u64 > self.config.segment_bytes {
             let first_lsn = u64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes"));
-            self.next_segment(first_lsn).await?;
+            self.next_segment(first_lsn, true).await?;
         }
         let offset = self.write_offset.get();
         let file = self.active_file();
@@ -482,17 +501,34 @@ impl Inner {
         self.chain.borrow().last().expect("an active segment").file.clone()
     }
 
-    /// Activates the segment whose first record will be `first_lsn`.
-    async fn next_segment(&self, first_lsn: u64) -> Result<()> {
+    /// Activates the segment whose first record will be `first_lsn`. With `wait_for_space`, a
+    /// disk without room for a new one blocks appends until a segment is made or recycled.
+    async fn next_segment(&self, first_lsn: u64, wait_for_space: bool) -> Result<()> {
         let sequence = self.chain.borrow().last().and_then(|segment| segment.header).map_or(0, |h| h.sequence) + 1;
-        while self.preparing.get() && self.spares.borrow().is_empty() {
-            glommio::timer::sleep(std::time::Duration::from_micros(200)).await;
-        }
-        let spare = self.spares.borrow_mut().pop();
-        let mut segment = match spare {
-            Some(segment) => segment,
-            None => self.create_segment().await?,
+        let mut segment = loop {
+            let spare = self.spares.borrow_mut().pop();
+            if let Some(segment) = spare {
+                break segment;
+            }
+            if self.preparing.get() {
+                glommio::timer::sleep(std::time::Duration::from_micros(200)).await;
+                continue;
+            }
+            match self.create_segment().await {
+                Ok(segment) => break segment,
+                Err(Error::NoSpace(_)) if wait_for_space && !self.closed.get() => {
+                    self.blocked.set(true);
+                    glommio::timer::sleep(SPACE_RETRY).await;
+                }
+                Err(error) => {
+                    self.blocked.set(false);
+                    return Err(error);
+                }
+            }
         };
+        if self.blocked.replace(false) {
+            crate::report!("tessera: {}: the WAL has a segment again; writes resume", self.dir.display());
+        }
         let header = SegmentHeader { sequence, first_lsn, segment_bytes: self.config.segment_bytes };
         let mut block = vec![0u8; BLOCK];
         block[..format::SEGMENT_HEADER_LEN].copy_from_slice(&header.encode());
@@ -517,7 +553,9 @@ impl Inner {
     /// open, a new log fills its spares this way before load arrives: zero-filled under load,
     /// each new segment took disk bandwidth from the flushes that acknowledge writes.
     fn fill_spares(self: &Rc<Inner>, count: usize) {
-        if self.preparing.get() || self.closed.get() {
+        let backing_off =
+            self.short_of_space.borrow().as_ref().is_some_and(|(_, retry_at)| std::time::Instant::now() < *retry_at);
+        if self.preparing.get() || self.closed.get() || backing_off {
             return;
         }
         self.preparing.set(true);
@@ -527,6 +565,8 @@ impl Inner {
                 match inner.create_segment().await {
                     Ok(segment) if !inner.closed.get() => inner.spares.borrow_mut().push(segment),
                     Ok(segment) => drop(segment.file.close().await),
+                    // Reported; the flush that needs a segment waits for space.
+                    Err(Error::NoSpace(_)) => break,
                     Err(error) => {
                         inner.durable.fail(error.to_string());
                         break;
@@ -538,28 +578,63 @@ impl Inner {
         .detach();
     }
 
-    async fn activate_segment(&self) -> Result<()> {
-        self.next_segment(self.next_lsn.get()).await
-    }
-
     /// Creates and zero-fills a new segment file under a temporary name, then renames it, so a
-    /// segment file of the right size has always been fully written once.
+    /// segment file of the right size has always been fully written once. Its space is
+    /// reserved first: on a full disk that fails before anything is written, the temporary
+    /// file is removed, and the error is `Error::NoSpace` (reported once).
     async fn create_segment(&self) -> Result<Segment> {
         let index = self.next_index.get();
         self.next_index.set(index + 1);
         let path = segment_path(&self.dir, index);
         let temporary = path.with_extension("wal.tmp");
         let file = File::open(&temporary, true).await?;
-        file.write_zeros(0, self.config.segment_bytes).await?;
-        file.fdatasync().await?;
-        drop(file);
+        let filled = async {
+            file.preallocate(self.config.segment_bytes).await?;
+            file.write_zeros(0, self.config.segment_bytes).await?;
+            file.fdatasync().await
+        }
+        .await;
+        drop(file.close().await);
+        if let Err(error) = filled {
+            let removed = temporary.clone();
+            let unlinked =
+                disk::off_reactor(move || std::fs::remove_file(&removed).map_err(|e| Error::io("remove", &removed, e)))
+                    .await;
+            if !error.is_no_space() {
+                return Err(error);
+            }
+            return Err(self.short_of_space(unlinked.err()));
+        }
         let (renamed, dir) = (path.clone(), self.dir.clone());
         disk::off_reactor(move || {
             std::fs::rename(&temporary, &renamed).map_err(|error| Error::io("rename", &temporary, error))?;
             disk::sync_dir(&dir)
         })
         .await?;
+        if self.short_of_space.borrow_mut().take().is_some() && !self.blocked.get() {
+            crate::report!("tessera: {}: the disk has room for WAL segments again", self.dir.display());
+        }
         Ok(Segment { file: File::open_synced(&path).await?, header: None })
+    }
+
+    /// Notes (and reports, the first time) that a segment could not be created for want of
+    /// space; the error appends get meanwhile.
+    fn short_of_space(&self, unremoved: Option<Error>) -> Error {
+        let reason = format!(
+            "no room for a new {} WAL segment in {} ({} free); writes resume by themselves once space is freed",
+            disk::size_text(self.config.segment_bytes),
+            self.dir.display(),
+            disk::free_text(&self.dir),
+        );
+        let mut short = self.short_of_space.borrow_mut();
+        if short.is_none() {
+            crate::report!("tessera: the disk is full: {reason}");
+        }
+        if let Some(error) = unremoved {
+            crate::report!("tessera: {error}");
+        }
+        *short = Some((reason.clone(), std::time::Instant::now() + SPACE_RETRY));
+        Error::NoSpace(reason)
     }
 }
 

@@ -130,3 +130,43 @@ fn torn_tail_ends_the_log_and_is_overwritten_safely() {
         assert_eq!(recovered.records[2].payload, b"after");
     });
 }
+
+/// A WAL that needs a new segment on a full disk refuses appends (retryable, nothing
+/// written), keeps the ones queued before, and resumes by itself once space is freed; every
+/// record it made durable recovers.
+#[test]
+fn a_full_disk_blocks_appends_until_space_returns() {
+    let Some(fs) = crate::testing::small_filesystem("wal-full", 64) else { return };
+    let dir = fs.dir.join("wal");
+    run(async move {
+        let config = WalConfig { spare_segments_max: 0, ..small() };
+        let wal = Wal::open(&dir, config.clone(), 0).await.unwrap().wal;
+        let filler = fs.fill();
+        // The first segment fills, the next cannot be made: appends are refused.
+        let mut durable = Vec::new();
+        let refused = loop {
+            match wal.append(1, 1, 1, &payload(durable.len() as u64 + 1)) {
+                Ok(lsn) => durable.push(lsn),
+                Err(error) => break error,
+            }
+            // Let the flusher run (and find the disk full).
+            glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
+            assert!(durable.len() < 10_000, "a full disk never refused an append");
+        };
+        assert!(matches!(&refused, Error::NoSpace(reason) if reason.contains(" free)")), "{refused}");
+        let waiting = *durable.last().unwrap();
+        assert!(wal.durable_lsn() < waiting, "the record that needs a new segment waits for one");
+        let partial =
+            std::fs::read_dir(&dir).unwrap().flatten().filter(|entry| entry.path().extension() == Some("tmp".as_ref()));
+        assert_eq!(partial.count(), 0, "no partial segment is left behind");
+
+        std::fs::remove_file(&filler).unwrap();
+        wal.durable(waiting).await.unwrap();
+        let lsn = wal.append(1, 1, 1, b"after").unwrap();
+        wal.durable(lsn).await.unwrap();
+        wal.close().await.unwrap();
+        let recovered = Wal::open(&dir, config, 0).await.unwrap();
+        assert_eq!(recovered.records.len() as u64, lsn);
+        assert_eq!(recovered.records.last().unwrap().payload, b"after");
+    });
+}
