@@ -2,6 +2,7 @@
 //! `tessera-wire`, and the client library (`client`).
 
 pub mod auth;
+mod budget;
 mod catalog;
 pub mod client;
 pub mod http;
@@ -13,6 +14,7 @@ pub mod replicated;
 mod server;
 mod shard;
 
+pub use budget::{REQUEST_MEMORY_DEFAULT, REQUEST_MEMORY_MIN};
 pub use catalog::{partition_name, PARTITIONS_MAX};
 pub use http::{Auth, HttpConfig};
 pub use replicated::{Cluster, ClusterNode, SnapshotStats, APPLY_DELAY_DEFAULT, LOG_RETAIN_DEFAULT};

@@ -159,6 +159,20 @@ impl Inbox {
         }
     }
 
+    /// The length of the next frame, once its length field has arrived and while its bytes
+    /// have not all (0 otherwise).
+    pub(crate) fn wanted(&self) -> usize {
+        match frame::decode(&self.bytes[self.start..self.end]) {
+            Ok(Decoded::Incomplete(total)) if self.end - self.start >= 4 => total,
+            _ => 0,
+        }
+    }
+
+    /// Whether part of a frame has arrived.
+    pub(crate) fn partial(&self) -> bool {
+        self.start != self.end
+    }
+
     /// Reads more bytes from `reader`; `Ok(0)` when the peer has closed.
     pub(crate) async fn fill(&mut self, reader: &mut (impl AsyncRead + Unpin)) -> std::io::Result<usize> {
         if self.start == self.end {
@@ -171,8 +185,10 @@ impl Inbox {
             (self.start, self.end) = (0, self.end - self.start);
         }
         if self.end == self.bytes.len() {
-            // A frame larger than the buffer (at most FRAME_LEN_MAX, or decoding stops first).
-            self.bytes.resize(self.bytes.len() * 2, 0);
+            // A frame larger than the buffer (at most FRAME_LEN_MAX, or decoding stops first),
+            // whose length is known: the buffer grows to hold it, and no more.
+            let grown = (self.bytes.len() * 2).min(self.wanted().max(self.bytes.len() + 1));
+            self.bytes.resize(grown, 0);
         }
         let read = reader.read(&mut self.bytes[self.end..]).await?;
         self.end += read;

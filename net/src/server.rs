@@ -10,7 +10,9 @@
 //! A core holds at most `ServerConfig::max_connections` client connections open (both
 //! protocols together); one more is closed at once (over HTTP after a 503). An accept that
 //! fails (the process's file limit reached, say) is reported once per run of failures and
-//! retried after a pause: a listener never stops accepting while the server runs.
+//! retried after a pause: a listener never stops accepting while the server runs. The
+//! request bytes a core's connections buffer are bounded by its budget (`crate::budget`), and
+//! a frame that stops arriving half-way is given up after `FRAME_STALL_MAX`.
 
 use std::cell::Cell;
 use std::net::SocketAddr;
@@ -28,6 +30,7 @@ use tessera_engine::{LocalLog, Store, StoreConfig};
 use tessera_wire::{ErrorCode, Request, RequestFlags, Response, WireError};
 
 use crate::auth::Access;
+use crate::budget::{self, RequestMemory, REQUEST_MEMORY_MIN};
 use crate::http::{Endpoint, HttpConfig};
 use crate::local::{Inbox, Outbox, Producer};
 use crate::log::Log;
@@ -54,6 +57,8 @@ const LATE_REPORTED: Duration = Duration::from_millis(100);
 /// short enough to take connections again soon after it ends.
 const ACCEPT_PAUSE_MIN: Duration = Duration::from_millis(10);
 const ACCEPT_PAUSE_MAX: Duration = Duration::from_millis(100);
+/// How long a frame begun may go without a byte arriving before its connection is closed.
+const FRAME_STALL_MAX: Duration = Duration::from_secs(10);
 /// `ServerConfig::max_connections` unless configured.
 pub const MAX_CONNECTIONS_DEFAULT: usize = 10_000;
 
@@ -82,6 +87,9 @@ pub struct ServerConfig {
     /// The most client connections (binary and HTTP together) one core holds open; a
     /// connection beyond it is closed at once.
     pub max_connections: usize,
+    /// The request bytes (HTTP bodies, binary frames) one core's client connections may
+    /// buffer at once (`crate::budget`); at least `REQUEST_MEMORY_MIN`.
+    pub request_memory: usize,
 }
 
 /// A running server; `stop` ends it cleanly (applies, checkpoints and closes every store).
@@ -170,6 +178,9 @@ impl Server {
         }
         if config.max_connections == 0 {
             return Err("--max-connections must be at least 1".into());
+        }
+        if config.request_memory < REQUEST_MEMORY_MIN {
+            return Err(format!("--request-memory-mib must be at least {}", REQUEST_MEMORY_MIN >> 20));
         }
         // Before the data directory is made: a server that cannot listen leaves nothing behind.
         check_unused(config.listen)?;
@@ -311,14 +322,15 @@ async fn run_core(
     let _ = ready.send(Ok(bound));
 
     let connections = Rc::new(Connections { open: Cell::new(0), max: config.max_connections });
+    let memory = Rc::new(RequestMemory::new(config.request_memory));
     let accepting_http = http.map(|(listener, _, endpoint)| {
-        let (shard, connections) = (shard.clone(), connections.clone());
+        let (shard, connections, memory) = (shard.clone(), connections.clone(), memory.clone());
         glommio::spawn_local(accept_connections(listener, core, "HTTP", connections, move |stream, admitted| {
-            let (shard, endpoint) = (shard.clone(), endpoint.clone());
+            let (shard, endpoint, memory) = (shard.clone(), endpoint.clone(), memory.clone());
             glommio::spawn_local(async move {
                 match admitted {
                     Some(admitted) => {
-                        crate::http::connection(shard, endpoint, stream).await;
+                        crate::http::connection(shard, endpoint, memory, stream).await;
                         drop(admitted);
                     }
                     None => crate::http::refuse_busy(&endpoint, stream).await,
@@ -332,9 +344,9 @@ async fn run_core(
         glommio::spawn_local(accept_connections(listener, core, "client", connections, move |stream, admitted| {
             // Beyond the limit the stream is dropped here: closed at once.
             if let Some(admitted) = admitted {
-                let shard = shard.clone();
+                let (shard, memory) = (shard.clone(), memory.clone());
                 glommio::spawn_local(async move {
-                    connection(shard, stream).await;
+                    connection(shard, memory, stream).await;
                     drop(admitted);
                 })
                 .detach();
@@ -421,8 +433,9 @@ async fn accept_connections(
     }
 }
 
-/// Serves one connection until the peer closes it or its framing is lost.
-async fn connection(shard: Rc<Shard>, stream: TcpStream) {
+/// Serves one connection until the peer closes it, its framing is lost, a frame stalls
+/// half-way, or a large frame finds no room in the core's request memory.
+async fn connection(shard: Rc<Shard>, memory: Rc<RequestMemory>, stream: TcpStream) {
     let _ = stream.set_nodelay(true);
     let (mut reader, mut writer) = futures_lite::io::split(stream);
     let outbox = Rc::new(Outbox::default());
@@ -441,11 +454,14 @@ async fn connection(shard: Rc<Shard>, stream: TcpStream) {
     let mut inbox = Inbox::new();
     // What the connection proved it may do (`crate::auth`), once it sent Authenticate.
     let mut privilege = None;
+    // Room for the frame being read, once it is known to be large.
+    let mut reserved = None;
     'reading: loop {
         loop {
             match inbox.next_frame() {
                 Ok(None) => break,
                 Ok(Some(frame)) => {
+                    let reserved = reserved.take();
                     let id = frame.header.request_id;
                     let request = if !frame.checksum_ok {
                         Err(WireError::new(ErrorCode::ChecksumMismatch, "the frame's CRC32C does not match its bytes"))
@@ -485,7 +501,7 @@ async fn connection(shard: Rc<Shard>, stream: TcpStream) {
                             glommio::spawn_local(async move {
                                 let (response, consumed) = shard.execute(request, flags).await;
                                 producer.send(|out| response.encode_with_capacity(id, &consumed, out));
-                                drop(permit);
+                                drop((permit, reserved));
                             })
                             .detach();
                         }
@@ -498,7 +514,29 @@ async fn connection(shard: Rc<Shard>, stream: TcpStream) {
                 }
             }
         }
-        match inbox.fill(&mut reader).await {
+        let wanted = inbox.wanted();
+        if reserved.is_none() && wanted > budget::UNRESERVED_MAX {
+            reserved = memory.reserve(wanted).await;
+            if reserved.is_none() {
+                let error = WireError::new(
+                    ErrorCode::ServiceUnavailable,
+                    format!("no room for a {wanted}-byte request in this core's request memory: retry later"),
+                );
+                answers.send(|out| Response::Error(error).encode(0, out));
+                break;
+            }
+        }
+        // Between frames a connection may idle; within one, bytes must keep coming.
+        let partial = inbox.partial();
+        let stall = async {
+            if partial {
+                glommio::timer::sleep(FRAME_STALL_MAX).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+            Err(std::io::ErrorKind::TimedOut.into())
+        };
+        match futures_lite::future::or(inbox.fill(&mut reader), stall).await {
             Ok(0) | Err(_) => break,
             Ok(_) => {}
         }

@@ -83,6 +83,12 @@ pub struct Serve {
     #[arg(long, value_name = "N", default_value_t = 64,
           value_parser = clap::builder::RangedU64ValueParser::<u64>::new().range(17..=4096))]
     pub wal_segment_mib: u64,
+    /// Request bytes (HTTP bodies, binary frames over 64 KiB) each core's client connections
+    /// may hold at once, in MiB; a request beyond it waits, then is refused with a retryable
+    /// ServiceUnavailable
+    #[arg(long, value_name = "N", default_value_t = tessera_net::REQUEST_MEMORY_DEFAULT >> 20,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range((tessera_net::REQUEST_MEMORY_MIN >> 20) as u64..))]
+    pub request_memory_mib: usize,
     /// This node's id in the cluster file
     #[arg(long, value_name = "N", requires = "cluster")]
     pub node_id: Option<u32>,

@@ -58,14 +58,17 @@ fn main() -> ExitCode {
 /// mimalloc's `mi_option_purge_delay` (its place in `mi_option_e`, mimalloc.h; the Rust
 /// bindings name no constant for it).
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+/// How long freed memory stays unused before it goes back to the kernel.
+const PURGE_DELAY_MS: std::ffi::c_long = 2_000;
 
 fn serve(args: &cli::Serve) -> Result<(), String> {
-    // A server keeps the memory it freed rather than returning it to the kernel a second
-    // later: returned memory comes back as fresh pages the kernel must zero (2 MiB at a time
-    // with transparent huge pages), which took ~6% of a 3-node cluster's CPU under puts; kept,
-    // the cluster's peak rose ~9% (bench/RESULTS.md).
+    // A server returns the memory it freed to the kernel only once it has stayed unused for
+    // seconds, not 10 ms later (mimalloc's default): returned memory comes back as fresh pages
+    // the kernel must zero (2 MiB at a time with transparent huge pages), which took ~6% of a
+    // 3-node cluster's CPU under puts (bench/RESULTS.md). Never returning it, as before, kept
+    // a burst's gigabytes for good.
     // SAFETY: sets a process-wide allocator option; any thread may, at any time.
-    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, PURGE_DELAY_MS) };
     let cores_available = std::thread::available_parallelism().map_or(1, |cores| cores.get());
     let config = ServerConfig {
         data_dir: args.data_dir.clone(),
@@ -92,6 +95,7 @@ fn serve(args: &cli::Serve) -> Result<(), String> {
         client_keys: None,
 
         max_connections: args.max_connections,
+        request_memory: args.request_memory_mib << 20,
     };
     if let Some(cluster) = &config.cluster {
         let off_loopback = cluster.nodes.values().any(|node| !node.peer.ip().is_loopback());

@@ -1516,3 +1516,113 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     }
     found
 }
+
+/// A process's resident memory, from /proc.
+fn resident_mib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kib = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.split_whitespace().next().and_then(|kib| kib.parse::<u64>().ok()));
+    kib.unwrap_or(0) >> 10
+}
+
+/// Many connections each sending most of a declared 16 MiB body hold no more than the core's
+/// request memory: the bodies beyond it are refused (503, retryable) and their connections
+/// closed, a body that stops arriving is answered 408, and the memory goes back once they
+/// are gone. The same for binary frames.
+#[test]
+fn buffered_request_bytes_stay_within_the_request_memory() {
+    let dir = std::env::temp_dir().join(format!("tessera-server-memory-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let (mut child, address, http, _lines) = start_watched(&dir, &["--request-memory-mib", "40"], None);
+    let pid = child.id();
+    let before = resident_mib(pid);
+    let declared = 16 << 20;
+    let sent = 15 << 20;
+    let senders: Vec<_> = (0..24)
+        .map(|index| {
+            std::thread::spawn(move || {
+                let mut stream = TcpStream::connect(if index % 2 == 0 { http } else { address }).unwrap();
+                stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+                let mut head = if index % 2 == 0 {
+                    format!(
+                        "POST / HTTP/1.1\r\nHost: localhost\r\nX-Amz-Target: DynamoDB_20120810.PutItem\r\nContent-Type: application/x-amz-json-1.0\r\nContent-Length: {declared}\r\n\r\n"
+                    )
+                    .into_bytes()
+                } else {
+                    // A binary frame's length field, then part of it.
+                    (declared as u32).to_le_bytes().to_vec()
+                };
+                head.resize(head.len() + (64 << 10), b' ');
+                let _ = stream.write_all(&head);
+                let chunk = vec![b' '; 1 << 20];
+                for _ in 0..sent >> 20 {
+                    if stream.write_all(&chunk).is_err() {
+                        break;
+                    }
+                }
+                let mut answer = Vec::new();
+                let _ = stream.read_to_end(&mut answer);
+                String::from_utf8_lossy(&answer[..answer.len().min(200)]).into_owned()
+            })
+        })
+        .collect();
+    let mut peak = 0;
+    while senders.iter().any(|sender| !sender.is_finished()) {
+        peak = peak.max(resident_mib(pid));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let answers: Vec<String> = senders.into_iter().map(|sender| sender.join().unwrap()).collect();
+    let http_answers: Vec<&String> = answers.iter().step_by(2).collect();
+    let refused = http_answers.iter().filter(|answer| answer.starts_with("HTTP/1.1 503 ")).count();
+    let late = http_answers.iter().filter(|answer| answer.starts_with("HTTP/1.1 408 ")).count();
+    eprintln!("resident {before} MiB before, peak {peak} MiB; HTTP: {refused} refused, {late} timed out");
+    assert!(refused > 0 && late > 0 && refused + late == http_answers.len(), "{http_answers:?}");
+    assert!(peak < before + 40 + 48, "resident memory peaked at {peak} MiB from {before} MiB");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while resident_mib(pid) > before + 24 {
+        assert!(std::time::Instant::now() < deadline, "memory kept: {} MiB from {before} MiB", resident_mib(pid));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(served_again(address, http, Duration::from_secs(5)));
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A request whose head, or body, stops arriving part-way is answered 408 and its connection
+/// closed, rather than held open for good (the idle keep-alive limit is a minute, too long to
+/// wait for here).
+#[test]
+fn slow_heads_and_stalled_bodies_time_out() {
+    let dir = std::env::temp_dir().join(format!("tessera-server-slow-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let (mut child, _, http, _lines) = start_watched(&dir, &[], None);
+    let partial = [
+        "POST / HTTP/1.1\r\nHost: localhost\r\nX-Amz-Target: Dynamo".to_string(),
+        "POST / HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\n{\"TableName\"".to_string(),
+    ];
+    let started = std::time::Instant::now();
+    let waiting: Vec<_> = partial
+        .into_iter()
+        .map(|sent| {
+            std::thread::spawn(move || {
+                let mut stream = TcpStream::connect(http).unwrap();
+                stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+                stream.write_all(sent.as_bytes()).unwrap();
+                let mut answer = Vec::new();
+                let _ = stream.read_to_end(&mut answer);
+                String::from_utf8_lossy(&answer).into_owned()
+            })
+        })
+        .collect();
+    for answer in waiting.into_iter().map(|thread| thread.join().unwrap()) {
+        assert!(answer.starts_with("HTTP/1.1 408 ") && answer.contains("RequestTimeoutException"), "{answer}");
+        assert!(answer.contains("Connection: close"), "{answer}");
+    }
+    assert!(started.elapsed() < Duration::from_secs(25), "took {:?}", started.elapsed());
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -23,6 +23,7 @@ use glommio::net::TcpStream;
 use serde_json::Value;
 use tessera_wire::{ErrorCode, Response, WireError};
 
+use crate::budget::{RequestMemory, Reserved};
 use crate::shard::Shard;
 use api::{ApiError, Call, Operation};
 pub use sigv4::Auth;
@@ -39,6 +40,15 @@ const ELECTION_WAIT_MAX: Duration = Duration::from_secs(5);
 const ELECTION_PAUSE: Duration = Duration::from_millis(50);
 /// Requests one connection may have in progress (pipelined); reading pauses beyond it.
 const IN_FLIGHT_MAX: u64 = 256;
+/// How long a keep-alive connection may wait for its next request before it is closed.
+const IDLE_MAX: Duration = Duration::from_secs(60);
+/// How long a request's line and headers may take to arrive, from its first byte.
+const HEAD_WAIT_MAX: Duration = Duration::from_secs(10);
+/// How long a body may go without a byte arriving.
+const BODY_STALL_MAX: Duration = Duration::from_secs(10);
+/// A connection's read buffer grown past this for a large body is let go once the body is
+/// taken, so an idle connection holds little.
+const BUFFER_KEEP_MAX: usize = 64 << 10;
 
 /// How a node serves the HTTP endpoint.
 #[derive(Clone, Debug)]
@@ -76,6 +86,8 @@ impl Endpoint {
 
 /// A parsed request, owned, so the connection's buffer can be reused.
 struct HttpRequest {
+    /// Room for the body in the core's request memory, held until the request is answered.
+    _reserved: Reserved,
     method: String,
     path: String,
     query: String,
@@ -111,6 +123,15 @@ enum Next {
     Refuse(u16, &'static str),
 }
 
+/// What waiting for more bytes gave.
+enum Filled {
+    More,
+    /// The peer closed, or the connection failed.
+    Closed,
+    /// Nothing arrived in time.
+    Late,
+}
+
 /// Bytes read from a connection and not yet taken as requests.
 struct Inbound {
     buffer: Vec<u8>,
@@ -134,8 +155,26 @@ impl Inbound {
         taken
     }
 
-    /// Reads more; false when the connection ended.
-    async fn fill(&mut self, stream: &mut ReadHalf<TcpStream>) -> bool {
+    /// The `length` bytes of a body that has arrived: moved out when they are all the buffer
+    /// holds (no copy of a large body), else copied; a buffer grown large is let go.
+    fn take_body(&mut self, length: usize) -> Vec<u8> {
+        let body = if self.buffer.len() - self.start == length {
+            let mut buffer = std::mem::take(&mut self.buffer);
+            buffer.drain(..self.start);
+            self.start = 0;
+            buffer
+        } else {
+            self.take(length).to_vec()
+        };
+        if self.buffer.capacity() > BUFFER_KEEP_MAX {
+            self.buffer = self.pending().to_vec();
+            self.start = 0;
+        }
+        body
+    }
+
+    /// Reads more, waiting at most `within`.
+    async fn fill(&mut self, stream: &mut ReadHalf<TcpStream>, within: Duration) -> Filled {
         if self.start == self.buffer.len() {
             self.buffer.clear();
             self.start = 0;
@@ -143,11 +182,17 @@ impl Inbound {
             self.buffer.drain(..self.start);
             self.start = 0;
         }
-        match stream.read(&mut self.chunk).await {
-            Ok(0) | Err(_) => false,
-            Ok(read) => {
+        let read = async { Some(stream.read(&mut self.chunk).await) };
+        let late = async {
+            glommio::timer::sleep(within).await;
+            None
+        };
+        match futures_lite::future::or(read, late).await {
+            None => Filled::Late,
+            Some(Ok(0) | Err(_)) => Filled::Closed,
+            Some(Ok(read)) => {
                 self.buffer.extend_from_slice(&self.chunk[..read]);
-                true
+                Filled::More
             }
         }
     }
@@ -155,8 +200,21 @@ impl Inbound {
 
 const HEAD_TOO_LARGE: &str = "the request line and headers are larger than 16 KB";
 
-/// Reads request `seq`: its head, then its body.
-async fn read_request(stream: &mut ReadHalf<TcpStream>, inbound: &mut Inbound, answers: &Answers, seq: u64) -> Next {
+const HEAD_LATE: &str = "the request line and headers took longer than 10 seconds to arrive";
+const BODY_LATE: &str = "the request body stopped arriving (nothing for 10 seconds)";
+const NO_MEMORY: &str = "the server has no room for this request's body now: retry later";
+
+/// Reads request `seq`: its head, then (once the core's request memory has room for it) its
+/// body. A connection idle for `IDLE_MAX` between requests is closed; a head that takes longer
+/// than `HEAD_WAIT_MAX`, or a body that stalls for `BODY_STALL_MAX`, is answered 408.
+async fn read_request(
+    stream: &mut ReadHalf<TcpStream>,
+    inbound: &mut Inbound,
+    memory: &RequestMemory,
+    answers: &Answers,
+    seq: u64,
+) -> Next {
+    let mut head_started = (!inbound.pending().is_empty()).then(std::time::Instant::now);
     loop {
         let mut headers = [httparse::EMPTY_HEADER; HEADERS_MAX];
         let mut request = httparse::Request::new(&mut headers);
@@ -166,7 +224,13 @@ async fn read_request(stream: &mut ReadHalf<TcpStream>, inbound: &mut Inbound, a
             Ok(httparse::Status::Complete(head)) => {
                 let (path, query) =
                     request.path.unwrap_or("/").split_once('?').unwrap_or((request.path.unwrap_or("/"), ""));
+                let length = match body_length(request.headers) {
+                    Ok(length) => length,
+                    Err((status, message)) => return Next::Refuse(status, message),
+                };
+                let Some(reserved) = memory.reserve(length).await else { return Next::Refuse(503, NO_MEMORY) };
                 let mut parsed = HttpRequest {
+                    _reserved: reserved,
                     method: request.method.unwrap_or("").to_string(),
                     path: path.to_string(),
                     query: query.to_string(),
@@ -178,10 +242,6 @@ async fn read_request(stream: &mut ReadHalf<TcpStream>, inbound: &mut Inbound, a
                         .collect(),
                     body: Vec::new(),
                 };
-                let length = match body_length(request.headers) {
-                    Ok(length) => length,
-                    Err((status, message)) => return Next::Refuse(status, message),
-                };
                 if parsed.header("expect").is_some_and(|expect| expect.eq_ignore_ascii_case("100-continue"))
                     && pending.len() == head
                 {
@@ -189,11 +249,13 @@ async fn read_request(stream: &mut ReadHalf<TcpStream>, inbound: &mut Inbound, a
                 }
                 inbound.take(head);
                 while inbound.pending().len() < length {
-                    if !inbound.fill(stream).await {
-                        return Next::Closed;
+                    match inbound.fill(stream, BODY_STALL_MAX).await {
+                        Filled::More => {}
+                        Filled::Closed => return Next::Closed,
+                        Filled::Late => return Next::Refuse(408, BODY_LATE),
                     }
                 }
-                parsed.body = inbound.take(length).to_vec();
+                parsed.body = inbound.take_body(length);
                 return Next::Request(parsed);
             }
             Ok(httparse::Status::Partial) if pending.len() > HEAD_MAX => return Next::Refuse(400, HEAD_TOO_LARGE),
@@ -201,8 +263,18 @@ async fn read_request(stream: &mut ReadHalf<TcpStream>, inbound: &mut Inbound, a
             Err(httparse::Error::TooManyHeaders) => return Next::Refuse(431, "a request may have at most 64 headers"),
             Err(_) => return Next::Refuse(400, "the request is not HTTP/1.1"),
         }
-        if !inbound.fill(stream).await {
-            return Next::Closed;
+        let within = match head_started {
+            None => IDLE_MAX,
+            Some(started) => HEAD_WAIT_MAX.saturating_sub(started.elapsed()),
+        };
+        match inbound.fill(stream, within).await {
+            Filled::More => {
+                head_started.get_or_insert_with(std::time::Instant::now);
+            }
+            Filled::Closed => return Next::Closed,
+            // An idle keep-alive connection is closed without an answer, as servers do.
+            Filled::Late if head_started.is_none() => return Next::Closed,
+            Filled::Late => return Next::Refuse(408, HEAD_LATE),
         }
     }
 }
@@ -243,6 +315,7 @@ fn reason(status: u16) -> &'static str {
         200 => "OK",
         400 => "Bad Request",
         404 => "Not Found",
+        408 => "Request Timeout",
         411 => "Length Required",
         413 => "Payload Too Large",
         431 => "Request Header Fields Too Large",
@@ -367,7 +440,7 @@ impl Answers {
 /// Serves one HTTP connection until the peer closes it, asks to, or sends what cannot be read.
 /// Pipelined requests are served side by side (up to `IN_FLIGHT_MAX`), their answers written
 /// in order.
-pub(crate) async fn connection(shard: Rc<Shard>, endpoint: Rc<Endpoint>, stream: TcpStream) {
+pub(crate) async fn connection(shard: Rc<Shard>, endpoint: Rc<Endpoint>, memory: Rc<RequestMemory>, stream: TcpStream) {
     let _ = stream.set_nodelay(true);
     let (mut reader, mut writer) = futures_lite::io::split(stream);
     let answers = Rc::new(Answers::default());
@@ -382,7 +455,7 @@ pub(crate) async fn connection(shard: Rc<Shard>, endpoint: Rc<Endpoint>, stream:
             let _ = writer.close().await;
         })
     };
-    read_requests(&shard, &endpoint, &mut reader, &answers).await;
+    read_requests(&shard, &endpoint, &memory, &mut reader, &answers).await;
     answers.done.set(true);
     answers.wake();
     writing.await;
@@ -404,6 +477,7 @@ pub(crate) async fn refuse_busy(endpoint: &Endpoint, mut stream: TcpStream) {
 async fn read_requests(
     shard: &Rc<Shard>,
     endpoint: &Rc<Endpoint>,
+    memory: &RequestMemory,
     reader: &mut ReadHalf<TcpStream>,
     answers: &Rc<Answers>,
 ) {
@@ -411,13 +485,19 @@ async fn read_requests(
     let mut inbound = Inbound::new();
     loop {
         let seq = answers.issued.get();
-        let next = read_request(reader, &mut inbound, answers, seq).await;
+        let next = read_request(reader, &mut inbound, memory, answers, seq).await;
         let request = match next {
             Next::Request(request) => request,
             Next::Closed => return,
             Next::Refuse(status, message) => {
                 answers.issued.set(seq + 1);
-                let error = ApiError::new(status, "com.amazon.coral.service#SerializationException", message);
+                // Types the SDKs retry for the refusals a retry can cure.
+                let kind = match status {
+                    503 => "com.amazon.coral.availability#ServiceUnavailableException",
+                    408 => "com.amazon.coral.service#RequestTimeoutException",
+                    _ => "com.amazon.coral.service#SerializationException",
+                };
+                let error = ApiError::new(status, kind, message);
                 answers.finish(seq, error_answer(&error, &endpoint.request_id(), true), true);
                 return;
             }
