@@ -252,6 +252,8 @@ impl Tree {
             return;
         }
         self.evict_to(self.eviction_target() - 1);
+        let mut page = page;
+        page::upgrade(&mut page);
         self.frames.insert(id, Frame { page: Rc::from(page), epoch: 0, referenced: Cell::new(true) });
         self.ring.push(id);
     }
@@ -682,13 +684,19 @@ impl Tree {
     ) {
         let id = path[level].0;
         let target = self.page_mut(id);
-        if page::fits(target, key.len() + body.iter().map(|part| part.len()).sum::<usize>()) {
+        if page::fits_cell(target, key, body.iter().map(|part| part.len()).sum::<usize>()) {
             page::insert_cell(target, index, key, long, body);
             return;
         }
         let kind = page::kind(target).expect("tree page");
         let mut cells = page::cells(target);
         cells.insert(index, page::Cell { key: key.to_vec(), long, body: body.concat() });
+        if kind == Kind::Branch && page::cells_fit(kind, &cells) {
+            // The new separator shrank the stored prefix, or the prefix the page's separators
+            // now share is longer than the one it stores.
+            page::rebuild(target, &cells);
+            return;
+        }
         let split = choose_split(&cells, kind);
         let mut right_cells = cells.split_off(split);
         let (separator, right_link) = match kind {
@@ -698,7 +706,7 @@ impl Tree {
             }
             _ => {
                 // The shortest separator above the left half's last key: whole keys, so a long
-                // key's rest is read (cached before the write began). Branches keep it whole.
+                // key's rest is read (cached before the write began).
                 let left_last = self.cell_key(cells.last().expect("left half is not empty"));
                 let right_first = self.cell_key(&right_cells[0]);
                 let keep = page::common_prefix_len(&left_last, &right_first) + 1;
@@ -1084,16 +1092,17 @@ fn before_upper(key: &[u8], upper: Bound<&[u8]>) -> bool {
 }
 
 /// Split point for an overfull page: both halves fit, sizes as even as possible. A branch's
-/// first right cell moves up, so the right half must keep at least one cell.
+/// first right cell moves up, so the right half must keep at least one cell. One always fits:
+/// a leaf's cells are at most a third of a page; a branch's cells before and after the new one
+/// were in the page, and each half stores at least the prefix the page stored, so each fits,
+/// and so does a new first key alone (`TREE_KEY_LEN_MAX`).
 fn choose_split(cells: &[page::Cell], kind: Kind) -> usize {
-    let total = page::cells_size(cells);
-    let mut left = 0;
     let mut best = (usize::MAX, 1);
     for split in 1..cells.len() {
-        left += page::cells_size(&cells[split - 1..split]);
         let right_cells = if kind == Kind::Branch { &cells[split + 1..] } else { &cells[split..] };
-        if page::cells_fit(&cells[..split]) && page::cells_fit(right_cells) {
-            let imbalance = left.abs_diff(total - left);
+        let (left, right) = (page::cells_size(kind, &cells[..split]), page::cells_size(kind, right_cells));
+        if left <= page::USABLE && right <= page::USABLE {
+            let imbalance = left.abs_diff(right);
             if imbalance < best.0 {
                 best = (imbalance, split);
             }

@@ -15,8 +15,14 @@
 //! page's end and grow downward; the slot array grows upward; the gap between is free space.
 //! Deleted cells leave dead bytes that a compaction reclaims before a page is split.
 //!
+//! A branch stores the shared prefix once, in the page's last `prefix_len` bytes, and its cells
+//! hold only the bytes after it: separators of one long partition key's items share more than
+//! two kilobytes, and stored whole a branch would hold one of them. A leaf stores its keys whole
+//! (or a long key's head, `LongKey`); its shared prefix is the first key's first `prefix_len`
+//! bytes.
+//!
 //! Invariants: slots are sorted by key; every key shares the page's first `prefix_len` bytes;
-//! `HEADER_LEN + count * SLOT_LEN <= heap_start <= page size`.
+//! `HEADER_LEN + count * SLOT_LEN <= heap_start <= page size - stored prefix`.
 
 use std::cmp::Ordering;
 
@@ -24,9 +30,11 @@ use std::cmp::Ordering;
 pub const PAGE_SIZE: usize = 4096;
 pub(crate) const HEADER_LEN: usize = 32;
 const SLOT_LEN: usize = 12;
-const USABLE: usize = PAGE_SIZE - HEADER_LEN;
-/// Page layout version written in every page header.
-pub(crate) const PAGE_FORMAT_VERSION: u8 = 1;
+pub(crate) const USABLE: usize = PAGE_SIZE - HEADER_LEN;
+/// Page layout version written in every page header. Version 1 differs only in its branches,
+/// which stored every key whole (`upgrade` rewrites them as they are read).
+pub(crate) const PAGE_FORMAT_VERSION: u8 = 2;
+const PAGE_FORMAT_V1: u8 = 1;
 
 /// Largest leaf cell kept inline: three of them (with slots) always fit in one page, so a split
 /// always has room. Larger values move to overflow pages.
@@ -43,8 +51,8 @@ const LONG_KEY_REF_LEN: usize = 4 + 8;
 const LONG_KEY_FLAG: usize = 0x8000;
 /// Most long keys one leaf holds: each cell is at least a head, its reference and a value.
 pub(crate) const LONG_KEYS_PER_LEAF_MAX: usize = USABLE / (LONG_KEY_HEAD + LONG_KEY_REF_LEN + SLOT_LEN);
-/// Longest key the tree stores: a branch keeps separators whole, and one such separator with its
-/// child id fits in a page alone, so a branch split always has room.
+/// Longest key the tree stores: one such separator with its child id fits in a branch alone
+/// (`rebuild` then stores all of it as the page's prefix), so a branch split always has room.
 pub const TREE_KEY_LEN_MAX: usize = USABLE - SLOT_LEN - 8;
 const VALUE_INLINE_HEADER: usize = 1 + 4;
 const VALUE_OVERFLOW_LEN: usize = 1 + 4 + 8;
@@ -141,7 +149,7 @@ pub(crate) fn verify(page: &[u8], id: PageId) -> Result<(), String> {
     if stored != crc32c::crc32c(&page[4..]) {
         return Err(format!("page {id} fails its CRC32C check"));
     }
-    if page[5] != PAGE_FORMAT_VERSION {
+    if page[5] != PAGE_FORMAT_VERSION && page[5] != PAGE_FORMAT_V1 {
         return Err(format!("page {id} has unknown format version {}", page[5]));
     }
     if get_u64(page, 16) != id {
@@ -150,17 +158,23 @@ pub(crate) fn verify(page: &[u8], id: PageId) -> Result<(), String> {
     let kind = kind(page).ok_or_else(|| format!("page {id} has unknown kind {}", page[4]))?;
     if matches!(kind, Kind::Leaf | Kind::Branch) {
         let heap = heap_start(page);
-        if HEADER_LEN + count(page) * SLOT_LEN > heap || heap > PAGE_SIZE || prefix_len(page) > PAGE_SIZE {
+        if HEADER_LEN + count(page) * SLOT_LEN > heap || prefix_len(page) > PAGE_SIZE - HEADER_LEN {
             return Err(format!("page {id} has an inconsistent header"));
         }
+        let heap_end = PAGE_SIZE - stored_prefix_len(page);
+        if heap > heap_end {
+            return Err(format!("page {id} has an inconsistent header"));
+        }
+        let body_len = if kind == Kind::Branch { 8 } else { 0 };
         for index in 0..count(page) {
             let offset = slot_offset(page, index);
-            if offset < heap || offset + key_part_len(page, index) > PAGE_SIZE {
+            if offset < heap || offset + key_part_len(page, index) + body_len > heap_end {
                 return Err(format!("page {id} slot {index} points outside the cell heap"));
             }
             if slot_long(page, index) {
                 let len = read_long_key(page, index).len;
                 if kind == Kind::Branch
+                    || page[5] == PAGE_FORMAT_V1
                     || slot_key_len(page, index) != LONG_KEY_HEAD
                     || !(KEY_INLINE_MAX + 1..=TREE_KEY_LEN_MAX).contains(&len)
                 {
@@ -174,6 +188,30 @@ pub(crate) fn verify(page: &[u8], id: PageId) -> Result<(), String> {
 
 fn prefix_len(page: &[u8]) -> usize {
     get_u16(page, 8)
+}
+
+/// Bytes of the shared prefix stored at the page's end: a branch's (since version 2).
+fn stored_prefix_len(page: &[u8]) -> usize {
+    if kind(page) == Some(Kind::Branch) && page[5] != PAGE_FORMAT_V1 {
+        prefix_len(page)
+    } else {
+        0
+    }
+}
+
+/// The prefix every key of the page shares.
+fn shared_prefix(page: &[u8]) -> &[u8] {
+    let stored = stored_prefix_len(page);
+    if stored > 0 || count(page) == 0 {
+        &page[PAGE_SIZE - stored..]
+    } else {
+        &key(page, 0)[..prefix_len(page)]
+    }
+}
+
+/// The bytes of slot `index`'s key (a long key's head) after the shared prefix.
+fn key_tail(page: &[u8], index: usize) -> &[u8] {
+    &key(page, index)[prefix_len(page) - stored_prefix_len(page)..]
 }
 
 fn heap_start(page: &[u8]) -> usize {
@@ -279,7 +317,8 @@ fn key_prefix(key: &[u8], prefix_len: usize) -> u64 {
     u64::from_be_bytes(bytes)
 }
 
-/// Key of slot `index`, or of a long key its head (`long_key` says where the rest is).
+/// Key bytes the cell of slot `index` holds: a leaf's key, or of a long key its head (`long_key`
+/// says where the rest is); a branch key's bytes after the shared prefix.
 pub(crate) fn key(page: &[u8], index: usize) -> &[u8] {
     let offset = slot_offset(page, index);
     &page[offset..offset + slot_key_len(page, index)]
@@ -304,7 +343,7 @@ pub(crate) fn search<E>(
         return Ok(Err(0));
     }
     let shared_len = prefix_len(page);
-    let shared = &key(page, 0)[..shared_len];
+    let shared = shared_prefix(page);
     match target[..target.len().min(shared_len)].cmp(shared) {
         Ordering::Less => return Ok(Err(0)),
         Ordering::Greater => return Ok(Err(count)),
@@ -336,10 +375,10 @@ fn compare_key<E>(
     target: &[u8],
     rest: &mut impl FnMut(LongKey, &[u8]) -> Result<Ordering, E>,
 ) -> Result<Ordering, E> {
-    let head = key(page, index);
     let Some(long) = long_key(page, index) else {
-        return Ok(head[shared_len..].cmp(&target[shared_len..]));
+        return Ok(key_tail(page, index).cmp(&target[shared_len..]));
     };
+    let head = key(page, index);
     // The page's shared prefix stops short of every long key's head (`insert_cell`).
     let compared = head.len().min(target.len());
     match head[shared_len..compared].cmp(&target[shared_len..compared]) {
@@ -359,11 +398,22 @@ pub(crate) fn fits(page: &[u8], cell_len: usize) -> bool {
     gap(page) + dead_bytes(page) >= cell_len + SLOT_LEN
 }
 
+/// Whether a cell of `key` (whole, or a long key's head) and `body_len` more bytes fits as the
+/// page is, after compaction if need be. A branch key that does not share the stored prefix
+/// does not: the page must be rebuilt (`rebuild`) or split.
+pub(crate) fn fits_cell(page: &[u8], key: &[u8], body_len: usize) -> bool {
+    let stored = stored_prefix_len(page);
+    key.starts_with(&page[PAGE_SIZE - stored..]) && fits(page, key.len() - stored + body_len)
+}
+
 /// Inserts a cell (`key` followed by the `body` parts) at slot `index`. The caller checked
-/// `fits`. For a long key, `key` is its head and the body starts with its reference.
+/// `fits_cell`. For a long key, `key` is its head and the body starts with its reference.
 pub(crate) fn insert_cell(page: &mut [u8], index: usize, key: &[u8], long: bool, body: &[&[u8]]) {
-    let cell_len = key.len() + body.iter().map(|part| part.len()).sum::<usize>();
-    assert!(fits(page, cell_len), "insert_cell without room");
+    let body_len = body.iter().map(|part| part.len()).sum::<usize>();
+    assert!(fits_cell(page, key, body_len), "insert_cell without room");
+    let whole_key = key;
+    let key = &key[stored_prefix_len(page)..];
+    let cell_len = key.len() + body_len;
     if gap(page) < cell_len + SLOT_LEN {
         compact(page);
     }
@@ -378,10 +428,13 @@ pub(crate) fn insert_cell(page: &mut [u8], index: usize, key: &[u8], long: bool,
     set_u16(page, 10, offset);
     page.copy_within(slot_at(index)..slot_at(count), slot_at(index + 1));
     set_count(page, count + 1);
-    // Keep the shared-prefix invariant: shrink it if the new key does not share it.
+    // Keep a leaf's shared-prefix invariant: shrink it if the new key does not share it (a
+    // branch's new key shares the stored prefix).
     let shared_len = prefix_len(page);
     let first = if index == 0 { 1 } else { 0 };
-    let mut shared_now = if count == 0 {
+    let mut shared_now = if kind(page) == Some(Kind::Branch) {
+        shared_len
+    } else if count == 0 {
         key.len()
     } else {
         common_prefix_len(key, &self::key(page, first)[..shared_len.min(self::key(page, first).len())])
@@ -391,7 +444,7 @@ pub(crate) fn insert_cell(page: &mut [u8], index: usize, key: &[u8], long: bool,
         // prefix ends at least 8 bytes before the end of a long key's head.
         shared_now = shared_now.min(key.len() - 8);
     }
-    if count == 0 || shared_now < shared_len {
+    if (count == 0 && kind(page) != Some(Kind::Branch)) || shared_now < shared_len {
         set_u16(page, 8, shared_now);
         for slot in 0..=count {
             if slot != index {
@@ -401,7 +454,7 @@ pub(crate) fn insert_cell(page: &mut [u8], index: usize, key: &[u8], long: bool,
         }
     }
     let at = slot_at(index);
-    let prefix = key_prefix(key, prefix_len(page));
+    let prefix = key_prefix(whole_key, prefix_len(page));
     page[at..at + 8].copy_from_slice(&prefix.to_be_bytes());
     set_u16(page, at + 8, offset);
     set_u16(page, at + 10, key.len() | if long { LONG_KEY_FLAG } else { 0 });
@@ -435,7 +488,8 @@ pub(crate) fn overwrite_body(page: &mut [u8], index: usize, body: &[&[u8]]) {
 /// Rewrites the cell heap without dead bytes, keeping slot order.
 fn compact(page: &mut [u8]) {
     let mut scratch = [0u8; PAGE_SIZE];
-    let mut heap = PAGE_SIZE;
+    let heap_end = PAGE_SIZE - stored_prefix_len(page);
+    let mut heap = heap_end;
     for index in 0..count(page) {
         let offset = slot_offset(page, index);
         let len = cell_len_at(page, index);
@@ -443,7 +497,7 @@ fn compact(page: &mut [u8]) {
         scratch[heap..heap + len].copy_from_slice(&page[offset..offset + len]);
         set_u16(page, slot_at(index) + 8, heap);
     }
-    page[heap..].copy_from_slice(&scratch[heap..]);
+    page[heap..heap_end].copy_from_slice(&scratch[heap..heap_end]);
     set_u16(page, 10, heap);
     set_u16(page, 12, 0);
 }
@@ -459,7 +513,7 @@ pub(crate) fn cell_len_at(page: &[u8], index: usize) -> usize {
 
 /// A cell taken out of a page, for splits and rebuilds.
 pub(crate) struct Cell {
-    /// The key, or a long key's head.
+    /// The key (a branch's whole), or a long key's head.
     pub(crate) key: Vec<u8>,
     pub(crate) long: bool,
     /// The rest of the cell (a long key's reference first).
@@ -475,34 +529,74 @@ impl Cell {
 
 /// Cells of a page, in order.
 pub(crate) fn cells(page: &[u8]) -> Vec<Cell> {
+    let stored = &page[PAGE_SIZE - stored_prefix_len(page)..];
     (0..count(page))
         .map(|index| {
-            let key = key(page, index).to_vec();
-            let body_len = cell_len_at(page, index) - key.len();
-            let at = slot_offset(page, index) + key.len();
+            let cell_key = key(page, index);
+            let body_len = cell_len_at(page, index) - cell_key.len();
+            let at = slot_offset(page, index) + cell_key.len();
+            let key = [stored, cell_key].concat();
             Cell { key, long: slot_long(page, index), body: page[at..at + body_len].to_vec() }
         })
         .collect()
 }
 
-/// Rewrites `page` (keeping kind, id and link) to hold exactly `cells`.
+/// Rewrites `page` (keeping kind, id and link) to hold exactly `cells` (in key order). A branch
+/// stores the longest prefix they share.
 pub(crate) fn rebuild(page: &mut [u8], cells: &[Cell]) {
     let (kind, id, link) = (kind(page).expect("known kind"), get_u64(page, 16), link(page));
     init(page, kind, id);
     set_link(page, link);
+    if kind == Kind::Branch {
+        let shared = branch_prefix_len(cells);
+        if let Some(cell) = cells.first() {
+            page[PAGE_SIZE - shared..].copy_from_slice(&cell.key[..shared]);
+        }
+        set_u16(page, 8, shared);
+        set_u16(page, 10, PAGE_SIZE - shared);
+    }
     for (index, cell) in cells.iter().enumerate() {
         insert_cell(page, index, &cell.key, cell.long, &[&cell.body]);
     }
 }
 
-/// Bytes a set of cells needs in a page.
-pub(crate) fn cells_size(cells: &[Cell]) -> usize {
-    cells.iter().map(|cell| cell.key.len() + cell.body.len() + SLOT_LEN).sum()
+/// The prefix a branch holding `cells` (in key order) stores: the one its first and last keys
+/// share.
+fn branch_prefix_len(cells: &[Cell]) -> usize {
+    match (cells.first(), cells.last()) {
+        (Some(first), Some(last)) => common_prefix_len(&first.key, &last.key),
+        _ => 0,
+    }
 }
 
-/// Whether `cells` fit in one page.
-pub(crate) fn cells_fit(cells: &[Cell]) -> bool {
-    cells_size(cells) <= USABLE
+/// Bytes a set of cells (in key order) needs in a page of `kind`.
+pub(crate) fn cells_size(kind: Kind, cells: &[Cell]) -> usize {
+    let whole: usize = cells.iter().map(|cell| cell.key.len() + cell.body.len() + SLOT_LEN).sum();
+    match kind {
+        Kind::Branch => {
+            let shared = branch_prefix_len(cells);
+            whole + shared - cells.len() * shared
+        }
+        _ => whole,
+    }
+}
+
+/// Whether `cells` (in key order) fit in one page of `kind`.
+pub(crate) fn cells_fit(kind: Kind, cells: &[Cell]) -> bool {
+    cells_size(kind, cells) <= USABLE
+}
+
+/// Rewrites a page read from disk in an older layout as the current one (same keys, same
+/// children, same values), so that only the current layout is ever read or written.
+pub(crate) fn upgrade(page: &mut [u8]) {
+    if page[5] != PAGE_FORMAT_V1 {
+        return;
+    }
+    if kind(page) == Some(Kind::Branch) {
+        let cells = cells(page);
+        rebuild(page, &cells);
+    }
+    page[5] = PAGE_FORMAT_VERSION;
 }
 
 /// Child pointer of a branch: index 0 is the leftmost child, index i > 0 follows key i - 1.
@@ -674,6 +768,78 @@ mod tests {
         verify(&page, 7).unwrap();
         page[100] ^= 1;
         assert!(verify(&page, 7).unwrap_err().contains("CRC32C"));
+    }
+
+    /// Separators sharing `shared` bytes, one per child `1..=count`.
+    fn separators(shared: usize, count: u64) -> Vec<Cell> {
+        (1..=count)
+            .map(|child| {
+                let key = [&vec![b'p'; shared][..], format!("{child:06}").as_bytes()].concat();
+                Cell { key, long: false, body: child.to_le_bytes().to_vec() }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn branches_store_their_shared_prefix_once() {
+        // Sixty separators of 2 KB that share all but their last bytes fit one branch.
+        let cells = separators(2070, 60);
+        assert!(cells_fit(Kind::Branch, &cells));
+        assert!(!cells_fit(Kind::Leaf, &cells));
+        let mut page = vec![0u8; PAGE_SIZE];
+        init(&mut page, Kind::Branch, 7);
+        rebuild(&mut page, &cells);
+        assert_eq!(prefix_len(&page), 2070 + 4);
+        for (index, cell) in cells.iter().enumerate() {
+            assert_eq!(find(&page, &cell.key), Ok(index));
+            assert_eq!(child(&page, index + 1), index as PageId + 1);
+        }
+        assert_eq!(find(&page, b"p"), Err(0));
+        assert_eq!(find(&page, b"q"), Err(60));
+        // A separator outside the stored prefix needs a rebuild: the page as it is cannot take it.
+        assert!(!fits_cell(&page, b"a", 8));
+        assert!(fits_cell(&page, &[&vec![b'p'; 2070][..], b"0000xy"].concat(), 8));
+        let taken: Vec<Vec<u8>> = super::cells(&page).into_iter().map(|cell| cell.key).collect();
+        assert_eq!(taken, cells.iter().map(|cell| cell.key.clone()).collect::<Vec<_>>());
+        // Removals and compaction keep the stored prefix.
+        for _ in 0..50 {
+            let len = cell_len_at(&page, 0);
+            remove_cell(&mut page, 0, len);
+        }
+        compact(&mut page);
+        assert_eq!(find(&page, &cells[55].key), Ok(5));
+        seal(&mut page);
+        verify(&page, 7).unwrap();
+    }
+
+    #[test]
+    fn version_1_branches_are_upgraded() {
+        // A version 1 branch: whole keys in its cells, the shared prefix only in its slots.
+        let cells = separators(300, 8);
+        let mut page = vec![0u8; PAGE_SIZE];
+        init(&mut page, Kind::Leaf, 7);
+        for (index, cell) in cells.iter().enumerate() {
+            insert_cell(&mut page, index, &cell.key, false, &[&cell.body]);
+        }
+        page[4] = Kind::Branch as u8;
+        page[5] = PAGE_FORMAT_V1;
+        set_link(&mut page, 99);
+        seal(&mut page);
+        verify(&page, 7).unwrap();
+        let whole_gap = gap(&page);
+        upgrade(&mut page);
+        assert_eq!(page[5], PAGE_FORMAT_VERSION);
+        assert!(gap(&page) > whole_gap + 7 * 300);
+        assert_eq!(child(&page, 0), 99);
+        for (index, cell) in cells.iter().enumerate() {
+            assert_eq!(find(&page, &cell.key), Ok(index));
+            assert_eq!(child(&page, index + 1), index as PageId + 1);
+        }
+        seal(&mut page);
+        verify(&page, 7).unwrap();
+        page[5] = 3;
+        seal(&mut page);
+        assert!(verify(&page, 7).unwrap_err().contains("unknown format version 3"));
     }
 
     #[test]
