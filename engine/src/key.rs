@@ -22,11 +22,11 @@ pub const SORT_KEY_LEN_MAX: usize = 1024;
 /// DynamoDB's answer to a partition key value over `PARTITION_KEY_LEN_MAX`, on writes and reads
 /// alike: tests/dynamodb/MESSAGES.md 4a (moto test_key_length_exceptions.py, verified against
 /// DynamoDB; dynalite test/putItem.js). There is no space in "of2048": DynamoDB's own text.
-pub const PARTITION_KEY_TOO_LONG: &str =
+pub(crate) const PARTITION_KEY_TOO_LONG: &str =
     "One or more parameter values were invalid: Size of hashkey has exceeded the maximum size limit of2048 bytes";
 /// DynamoDB's answer to a sort key value over `SORT_KEY_LEN_MAX`: MESSAGES.md 4b (Alternator
 /// test_limits.py, dynalite test/putItem.js, an answer quoted in formkiq/formkiq-core#271).
-pub const SORT_KEY_TOO_LONG: &str =
+pub(crate) const SORT_KEY_TOO_LONG: &str =
     "One or more parameter values were invalid: Aggregated size of all range keys has exceeded the size limit of 1024 bytes";
 
 /// Longest encoded N key component: class and scale bytes, a byte a digit, a terminator.
