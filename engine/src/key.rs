@@ -9,13 +9,33 @@
 
 use crate::codec::Reader;
 use crate::error::{Error, Result};
+use crate::number::DIGITS_MAX;
 use crate::store::KEY_LEN_MAX;
 use crate::value::{AttributeValue, Item};
 
-/// Longest partition key value DynamoDB accepts (bytes).
+/// Longest partition key value DynamoDB accepts (bytes of an S's UTF-8 or a B's value; an N is
+/// never too long).
 pub const PARTITION_KEY_LEN_MAX: usize = 2048;
 /// Longest sort key value DynamoDB accepts (bytes).
 pub const SORT_KEY_LEN_MAX: usize = 1024;
+
+/// DynamoDB's answer to a partition key value over `PARTITION_KEY_LEN_MAX`, on writes and reads
+/// alike: tests/dynamodb/MESSAGES.md 4a (moto test_key_length_exceptions.py, verified against
+/// DynamoDB; dynalite test/putItem.js). There is no space in "of2048": DynamoDB's own text.
+pub(crate) const PARTITION_KEY_TOO_LONG: &str =
+    "One or more parameter values were invalid: Size of hashkey has exceeded the maximum size limit of2048 bytes";
+/// DynamoDB's answer to a sort key value over `SORT_KEY_LEN_MAX`: MESSAGES.md 4b (Alternator
+/// test_limits.py, dynalite test/putItem.js, an answer quoted in formkiq/formkiq-core#271).
+pub(crate) const SORT_KEY_TOO_LONG: &str =
+    "One or more parameter values were invalid: Aggregated size of all range keys has exceeded the size limit of 1024 bytes";
+
+/// Longest encoded N key component: class and scale bytes, a byte a digit, a terminator.
+const NUMBER_ENCODED_LEN_MAX: usize = 3 + DIGITS_MAX as usize;
+/// Longest encoded primary key: the hash, a length-prefixed partition key, a sort key. The store
+/// keeps every key within the per-attribute limits (so `encode_key` needs no length check of its
+/// own).
+const ENCODED_KEY_LEN_MAX: usize = 8 + 2 + PARTITION_KEY_LEN_MAX + SORT_KEY_LEN_MAX;
+const _: () = assert!(NUMBER_ENCODED_LEN_MAX <= SORT_KEY_LEN_MAX && ENCODED_KEY_LEN_MAX <= KEY_LEN_MAX);
 
 /// The scalar types a key attribute may have.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -69,11 +89,8 @@ impl KeySchema {
     pub fn encode_key(&self, item: &Item) -> Result<EncodedKey> {
         let mut key = self.encode_partition_prefix(key_value(&self.partition, item)?)?;
         if let Some(sort) = &self.sort {
-            encode_value(sort, key_value(sort, item)?, SORT_KEY_LEN_MAX, true, &mut key.bytes)?;
+            encode_value(sort, key_value(sort, item)?, Component::Sort, true, &mut key.bytes)?;
         }
-        // Checked here, where every request's keys are encoded, as well as by the store: a
-        // multi-partition write (BatchWriteItem) is refused whole before any part is written.
-        check_key_len(key.bytes.len())?;
         Ok(key)
     }
 
@@ -83,7 +100,7 @@ impl KeySchema {
     /// without one the prefix is the whole key.
     pub fn encode_partition_prefix(&self, value: &AttributeValue) -> Result<EncodedKey> {
         let mut partition = Vec::new();
-        encode_value(&self.partition, value, PARTITION_KEY_LEN_MAX, self.sort.is_none(), &mut partition)?;
+        encode_value(&self.partition, value, Component::Partition, self.sort.is_none(), &mut partition)?;
         let hash = partition_hash(&partition);
         let mut bytes = Vec::with_capacity(8 + partition.len());
         bytes.extend_from_slice(&hash.to_be_bytes());
@@ -99,7 +116,7 @@ impl KeySchema {
             .as_ref()
             .ok_or_else(|| Error::validation("the table has no sort key, so a sort key condition cannot apply"))?;
         let mut out = Vec::new();
-        encode_value(sort, value, SORT_KEY_LEN_MAX, true, &mut out)?;
+        encode_value(sort, value, Component::Sort, true, &mut out)?;
         Ok(out)
     }
 
@@ -132,7 +149,8 @@ pub fn partition_hash(encoded_partition_key: &[u8]) -> u64 {
     xxhash_rust::xxh3::xxh3_64(encoded_partition_key)
 }
 
-/// Refuses an encoded key longer than the store keeps (`KEY_LEN_MAX`).
+/// Refuses a key longer than the store keeps (`KEY_LEN_MAX`): a command given to the store
+/// directly (a table's keys are within it, `ENCODED_KEY_LEN_MAX`).
 pub(crate) fn check_key_len(len: usize) -> Result<()> {
     if len > KEY_LEN_MAX {
         return Err(Error::validation(format!("encoded key of {len} bytes exceeds the {KEY_LEN_MAX}-byte limit")));
@@ -150,10 +168,34 @@ fn key_value<'a>(attribute: &KeyAttribute, item: &'a Item) -> Result<&'a Attribu
     })
 }
 
+/// Which part of a primary key a value is: its length limit and DynamoDB's answer past it.
+#[derive(Clone, Copy)]
+enum Component {
+    Partition,
+    Sort,
+}
+
+impl Component {
+    fn len_max(self) -> usize {
+        match self {
+            Component::Partition => PARTITION_KEY_LEN_MAX,
+            Component::Sort => SORT_KEY_LEN_MAX,
+        }
+    }
+
+    fn too_long(self) -> &'static str {
+        match self {
+            Component::Partition => PARTITION_KEY_TOO_LONG,
+            Component::Sort => SORT_KEY_TOO_LONG,
+        }
+    }
+}
+
+/// Appends the encoded `component` of key attribute `attribute`.
 fn encode_value(
     attribute: &KeyAttribute,
     value: &AttributeValue,
-    len_max: usize,
+    component: Component,
     last: bool,
     out: &mut Vec<u8>,
 ) -> Result<()> {
@@ -179,11 +221,8 @@ fn encode_value(
             "one or more parameter values are not valid: the value of key attribute {name} may not be empty"
         )));
     }
-    if raw.len() > len_max {
-        return Err(Error::validation(format!(
-            "one or more parameter values were invalid: key attribute {name} is {} bytes, more than the {len_max} allowed",
-            raw.len()
-        )));
+    if raw.len() > component.len_max() {
+        return Err(Error::validation(component.too_long()));
     }
     if last {
         out.extend_from_slice(raw);
@@ -305,12 +344,33 @@ mod tests {
             ),
             (
                 item(&[("pk", AttributeValue::S("x".repeat(2049))), ("sk", AttributeValue::N(Number::ZERO))]),
-                "2049 bytes",
+                PARTITION_KEY_TOO_LONG,
             ),
         ];
         for (input, expected) in cases {
             let message = schema.encode_key(&input).unwrap_err().to_string();
             assert!(message.contains(expected), "{message}");
         }
+    }
+
+    /// DynamoDB's limits, counted in bytes of UTF-8 for S (a 2-byte character near the edge)
+    /// and of the value for B, on keys, on partition prefixes (Query) and on sort values.
+    #[test]
+    fn key_values_up_to_dynamodbs_limits() {
+        let schema = KeySchema::composite(("pk", KeyType::B), ("sk", KeyType::S));
+        let key = |pk: Vec<u8>, sk: String| item(&[("pk", AttributeValue::B(pk)), ("sk", AttributeValue::S(sk))]);
+        let longest = schema.encode_key(&key(vec![0xFF; 2048], format!("{}é", "s".repeat(1022)))).unwrap();
+        assert_eq!(longest.bytes.len(), ENCODED_KEY_LEN_MAX);
+        assert_eq!(schema.decode_key(&longest.bytes).unwrap(), key(vec![0xFF; 2048], format!("{}é", "s".repeat(1022))));
+        let refused = |input: Item| schema.encode_key(&input).unwrap_err().to_string();
+        assert!(refused(key(vec![0; 2049], "s".into())).ends_with(PARTITION_KEY_TOO_LONG));
+        assert!(refused(key(vec![0; 1], format!("{}é", "s".repeat(1023)))).ends_with(SORT_KEY_TOO_LONG));
+        assert!(schema.encode_partition_prefix(&AttributeValue::B(vec![0; 2049])).is_err());
+        assert!(schema.encode_sort_value(&AttributeValue::S("s".repeat(1025))).is_err());
+        let hash_only = KeySchema::hash_only("id", KeyType::S);
+        let long = hash_only.encode_key(&item(&[("id", AttributeValue::S("k".repeat(2048)))])).unwrap();
+        assert_eq!(long.bytes.len(), 8 + 2048);
+        let message = hash_only.encode_key(&item(&[("id", AttributeValue::S("k".repeat(2049)))])).unwrap_err();
+        assert!(message.to_string().ends_with(PARTITION_KEY_TOO_LONG));
     }
 }

@@ -366,3 +366,189 @@ fn heads_dates_and_content_encodings() {
         exchange(&mut stream, &post_encoded("DynamoDB_20120810.ListTables", "gzip", &gzip(&at_limit))).unwrap();
     assert_eq!(got, 200, "{}", String::from_utf8_lossy(&answer));
 }
+
+/// One request on a new connection: the status and the JSON answer.
+fn call(node: &Node, operation: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
+    let request = post(&format!("DynamoDB_20120810.{operation}"), &body.to_string(), None);
+    let (status, _, answer) = exchange(&mut connect(node), &request).expect("an answer");
+    (status, serde_json::from_slice(&answer).expect("a JSON answer"))
+}
+
+/// `call`, which must succeed.
+fn ok(node: &Node, operation: &str, body: serde_json::Value) -> serde_json::Value {
+    let (status, answer) = call(node, operation, &body);
+    assert_eq!(status, 200, "{operation}: {answer}");
+    answer
+}
+
+/// `call`, which DynamoDB refuses with a ValidationException saying `message`.
+fn refused(node: &Node, operation: &str, body: serde_json::Value, message: &str) {
+    let (status, answer) = call(node, operation, &body);
+    assert_eq!(status, 400, "{operation}: {answer}");
+    assert_eq!(answer["__type"].as_str().unwrap().rsplit('#').next(), Some("ValidationException"), "{answer}");
+    let got = answer["message"].as_str().or(answer["Message"].as_str()).unwrap_or_default();
+    assert_eq!(got, message, "{operation}");
+}
+
+/// A key value of type `key_type` ("S" or "B") from its bytes (UTF-8 for S).
+fn key_value(key_type: &str, bytes: &[u8]) -> serde_json::Value {
+    use base64::Engine as _;
+    match key_type {
+        "S" => serde_json::json!({ "S": std::str::from_utf8(bytes).unwrap() }),
+        _ => serde_json::json!({ "B": base64::engine::general_purpose::STANDARD.encode(bytes) }),
+    }
+}
+
+/// Every item of a query of partition key `pk`, page by page (`Limit` items each, each page
+/// restarted at the last one's LastEvaluatedKey); the sort keys in order.
+fn query_all(node: &Node, table: &str, pk: &serde_json::Value, limit: usize) -> (Vec<serde_json::Value>, usize) {
+    let (mut sort_keys, mut pages, mut start) = (Vec::new(), 0, None);
+    loop {
+        let mut request = serde_json::json!({
+            "TableName": table, "KeyConditionExpression": "pk = :p",
+            "ExpressionAttributeValues": { ":p": pk }, "Limit": limit,
+        });
+        if let Some(start) = start.take() {
+            request["ExclusiveStartKey"] = start;
+        }
+        let answer = ok(node, "Query", request);
+        pages += 1;
+        for item in answer["Items"].as_array().unwrap() {
+            assert_eq!(&item["pk"], pk);
+            sort_keys.push(item["sk"].clone());
+        }
+        match answer.get("LastEvaluatedKey") {
+            Some(last) => start = Some(last.clone()),
+            None => return (sort_keys, pages),
+        }
+    }
+}
+
+/// DynamoDB's longest keys (a 2048-byte partition key, a 1024-byte sort key, of S and of B)
+/// through the real endpoint: written by PutItem and BatchWriteItem, read by GetItem, Query
+/// pages restarted at ExclusiveStartKey and Scan, deleted; one byte longer is refused with
+/// DynamoDB's message; and after a SIGKILL and restart every item is there.
+#[test]
+fn longest_keys_are_stored_queried_and_survive_a_sigkill() {
+    const HASH_KEY_TOO_LONG: &str =
+        "One or more parameter values were invalid: Size of hashkey has exceeded the maximum size limit of2048 bytes";
+    const RANGE_KEY_TOO_LONG: &str = "One or more parameter values were invalid: Aggregated size of all range keys has exceeded the size limit of 1024 bytes";
+    let mut node = Node::start("long-keys", &["--auth", "none"]);
+    let items = 80usize;
+    // Two partition keys of 2048 bytes (for S, 1024 two-byte characters) that share all but
+    // their last character; sort keys of 1024 bytes that differ early.
+    let pk_bytes = |key_type: &str, last: char| -> Vec<u8> {
+        let mut text = if key_type == "S" { "é".repeat(1023) } else { "\u{7f}".repeat(2046) };
+        text.push(last);
+        text.push(last);
+        text.into_bytes()
+    };
+    let sk_bytes = |n: usize| -> Vec<u8> {
+        let mut sort = format!("{n:05}").into_bytes();
+        sort.resize(1024, b'-');
+        sort
+    };
+    for key_type in ["S", "B"] {
+        let table = format!("long_{key_type}");
+        ok(
+            &node,
+            "CreateTable",
+            serde_json::json!({
+                "TableName": table, "BillingMode": "PAY_PER_REQUEST",
+                "KeySchema": [{ "AttributeName": "pk", "KeyType": "HASH" }, { "AttributeName": "sk", "KeyType": "RANGE" }],
+                "AttributeDefinitions": [{ "AttributeName": "pk", "AttributeType": key_type },
+                                         { "AttributeName": "sk", "AttributeType": key_type }],
+            }),
+        );
+        for (pk, last) in [(pk_bytes(key_type, 'a'), 'a'), (pk_bytes(key_type, 'b'), 'b')] {
+            assert_eq!(pk.len(), 2048);
+            let pk = key_value(key_type, &pk);
+            // Half by PutItem, half by BatchWriteItem in batches of 20.
+            for n in 0..items / 2 {
+                let item = serde_json::json!({ "pk": pk, "sk": key_value(key_type, &sk_bytes(n)), "n": { "N": n.to_string() } });
+                ok(&node, "PutItem", serde_json::json!({ "TableName": table, "Item": item }));
+            }
+            for batch in (items / 2..items).collect::<Vec<_>>().chunks(20) {
+                let requests: Vec<serde_json::Value> = batch
+                    .iter()
+                    .map(|n| {
+                        serde_json::json!({ "PutRequest": { "Item": {
+                        "pk": pk, "sk": key_value(key_type, &sk_bytes(*n)), "n": { "N": n.to_string() } } } })
+                    })
+                    .collect();
+                let answer = ok(&node, "BatchWriteItem", serde_json::json!({ "RequestItems": { &table: requests } }));
+                assert_eq!(answer["UnprocessedItems"], serde_json::json!({}), "{last}");
+            }
+            let key = |n: usize| serde_json::json!({ "pk": pk, "sk": key_value(key_type, &sk_bytes(n)) });
+            let got = ok(&node, "GetItem", serde_json::json!({ "TableName": table, "Key": key(items - 1) }));
+            assert_eq!(got["Item"]["n"], serde_json::json!({ "N": (items - 1).to_string() }));
+            assert_eq!(got["Item"]["pk"], pk);
+            let (sort_keys, pages) = query_all(&node, &table, &pk, 7);
+            let expected: Vec<serde_json::Value> = (0..items).map(|n| key_value(key_type, &sk_bytes(n))).collect();
+            assert_eq!(sort_keys, expected, "{key_type} query");
+            assert!(pages > items / 7, "{pages} pages");
+            // Deleted by DeleteItem and by BatchWriteItem: every third item.
+            ok(&node, "DeleteItem", serde_json::json!({ "TableName": table, "Key": key(0) }));
+            let deletes: Vec<serde_json::Value> =
+                (3..items).step_by(3).map(|n| serde_json::json!({ "DeleteRequest": { "Key": key(n) } })).collect();
+            for batch in deletes.chunks(25) {
+                ok(&node, "BatchWriteItem", serde_json::json!({ "RequestItems": { &table: batch } }));
+            }
+            let got = ok(&node, "GetItem", serde_json::json!({ "TableName": table, "Key": key(3) }));
+            assert!(got.get("Item").is_none(), "{got}");
+        }
+        // One byte more is refused, on writes and reads alike.
+        let long_pk = key_value(key_type, &[&pk_bytes(key_type, 'a')[..], b"x"].concat());
+        let pk = key_value(key_type, &pk_bytes(key_type, 'a'));
+        let long_sk = key_value(key_type, &[&sk_bytes(1)[..], b"x"].concat());
+        let sk = key_value(key_type, &sk_bytes(1));
+        for (key, message) in [
+            (serde_json::json!({ "pk": long_pk, "sk": sk }), HASH_KEY_TOO_LONG),
+            (serde_json::json!({ "pk": pk, "sk": long_sk }), RANGE_KEY_TOO_LONG),
+        ] {
+            refused(&node, "PutItem", serde_json::json!({ "TableName": table, "Item": key }), message);
+            refused(&node, "GetItem", serde_json::json!({ "TableName": table, "Key": key }), message);
+            refused(&node, "DeleteItem", serde_json::json!({ "TableName": table, "Key": key }), message);
+            let batch = serde_json::json!({ "RequestItems": { &table: [{ "PutRequest": { "Item": key } }] } });
+            refused(&node, "BatchWriteItem", batch, message);
+        }
+    }
+    let expected: Vec<usize> = (1..items).filter(|n| n % 3 != 0).collect();
+    let check = |node: &Node| {
+        for key_type in ["S", "B"] {
+            let table = format!("long_{key_type}");
+            for last in ['a', 'b'] {
+                let pk = key_value(key_type, &pk_bytes(key_type, last));
+                let (sort_keys, _) = query_all(node, &table, &pk, 11);
+                let want: Vec<serde_json::Value> =
+                    expected.iter().map(|n| key_value(key_type, &sk_bytes(*n))).collect();
+                assert_eq!(sort_keys, want, "{key_type} {last}");
+            }
+            // A scan in pages of 9 sees every item once.
+            let (mut seen, mut start) = (0, None);
+            loop {
+                let mut request = serde_json::json!({ "TableName": table, "Limit": 9 });
+                if let Some(start) = start.take() {
+                    request["ExclusiveStartKey"] = start;
+                }
+                let answer = ok(node, "Scan", request);
+                seen += answer["Items"].as_array().unwrap().len();
+                match answer.get("LastEvaluatedKey") {
+                    Some(last) => start = Some(last.clone()),
+                    None => break,
+                }
+            }
+            assert_eq!(seen, 2 * expected.len(), "{key_type} scan");
+        }
+    };
+    check(&node);
+    node.kill();
+    node.restart();
+    // The restarted node serves once it has replayed its log and knows its tables again.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while call(&node, "DescribeTable", &serde_json::json!({ "TableName": "long_B" })).0 != 200 {
+        assert!(std::time::Instant::now() < deadline, "the restarted node never served");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    check(&node);
+}

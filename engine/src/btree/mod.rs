@@ -21,22 +21,26 @@
 
 pub(crate) mod page;
 
+use std::borrow::Cow;
 use std::cell::Cell;
+use std::cmp::Ordering;
 use std::ops::Bound;
 use std::rc::Rc;
 
-use page::{Kind, PageId, ValueRef, PAGE_SIZE};
+use page::{Kind, LongKey, PageId, ValueRef, PAGE_SIZE};
 
 /// First page id available to the tree (0 and 1 hold the meta slots).
 pub(crate) const FIRST_DATA_PAGE: PageId = 2;
 /// Clean pages the cache always keeps room for beside the pinned ones: an operation needs a
-/// root-to-leaf path and a whole overflow chain (a 400 KB value spans 101 pages) cached at once.
+/// root-to-leaf path, a whole overflow chain (a 400 KB value spans 101 pages) and the rests of
+/// its leaf's long keys (one page each) cached at once.
 const CLEAN_PAGES_MIN: usize = 128;
 /// Most frames one eviction call drops.
 const EVICTIONS_PER_CALL: usize = 4;
 /// Smallest page cache setting.
 pub const CACHE_PAGES_MIN: usize = 2 * CLEAN_PAGES_MIN;
-const _: () = assert!(400 * 1024 / page::OVERFLOW_DATA_MAX + 1 + 16 <= CLEAN_PAGES_MIN);
+const _: () = assert!(400 * 1024 / page::OVERFLOW_DATA_MAX + 1 + page::LONG_KEYS_PER_LEAF_MAX + 16 <= CLEAN_PAGES_MIN);
+const _: () = assert!(page::TREE_KEY_LEN_MAX - page::LONG_KEY_HEAD <= page::OVERFLOW_DATA_MAX);
 
 /// Why a tree operation stopped.
 #[derive(Debug, PartialEq, Eq)]
@@ -178,6 +182,8 @@ struct InLeaf<T> {
     chain: Vec<PageId>,
     /// What the caller made of its value, if it has one.
     value: Option<T>,
+    /// Where the rest of the key is, if it is there and long, and the pages holding it.
+    long: Option<(LongKey, Vec<PageId>)>,
 }
 
 impl Tree {
@@ -246,6 +252,8 @@ impl Tree {
             return;
         }
         self.evict_to(self.eviction_target() - 1);
+        let mut page = page;
+        page::upgrade(&mut page);
         self.frames.insert(id, Frame { page: Rc::from(page), epoch: 0, referenced: Cell::new(true) });
         self.ring.push(id);
     }
@@ -405,7 +413,7 @@ impl Tree {
                 }
                 _ => {
                     let page = self.page(id)?;
-                    let index = page::child_index(page, key);
+                    let index = self.child_index(page, key)?;
                     path.push((id, index));
                     id = page::child(page, index);
                 }
@@ -452,20 +460,73 @@ impl Tree {
             ValueRef::Inline(bytes) => Ok(bytes.to_vec()),
             ValueRef::Overflow { len, first } => {
                 let mut bytes = Vec::with_capacity(len);
-                for id in self.chain(first, len)? {
-                    let page = self.page(id)?;
-                    let chunk = page::count(page).min(page::OVERFLOW_DATA_MAX);
-                    bytes.extend_from_slice(&page[page::HEADER_LEN..page::HEADER_LEN + chunk]);
-                }
-                if bytes.len() != len {
-                    return Err(TreeError::Corrupt(format!(
-                        "overflow chain from page {first} holds {} bytes, not {len}",
-                        bytes.len()
-                    )));
-                }
+                self.read_chain(first, len, &mut bytes)?;
                 Ok(bytes)
             }
         }
+    }
+
+    /// Appends the `len` bytes of the overflow chain from `first` to `bytes`.
+    fn read_chain(&self, first: PageId, len: usize, bytes: &mut Vec<u8>) -> TreeResult<()> {
+        let start = bytes.len();
+        for id in self.chain(first, len)? {
+            let page = self.page(id)?;
+            let chunk = page::count(page).min(page::OVERFLOW_DATA_MAX);
+            bytes.extend_from_slice(&page[page::HEADER_LEN..page::HEADER_LEN + chunk]);
+        }
+        if bytes.len() - start != len {
+            return Err(TreeError::Corrupt(format!(
+                "overflow chain from page {first} holds {} bytes, not {len}",
+                bytes.len() - start
+            )));
+        }
+        Ok(())
+    }
+
+    /// A long key whole, from its head and its overflow chain.
+    fn whole_key(&self, head: &[u8], long: LongKey) -> TreeResult<Vec<u8>> {
+        let mut key = Vec::with_capacity(long.len);
+        key.extend_from_slice(head);
+        self.read_chain(long.first, long.rest_len(), &mut key)?;
+        Ok(key)
+    }
+
+    /// The key of slot `index` of a leaf, whole.
+    fn key_at<'a>(&self, page: &'a [u8], index: usize) -> TreeResult<Cow<'a, [u8]>> {
+        let key = page::key(page, index);
+        match page::long_key(page, index) {
+            None => Ok(Cow::Borrowed(key)),
+            Some(long) => self.whole_key(key, long).map(Cow::Owned),
+        }
+    }
+
+    /// `page::search`, long keys compared through their overflow chains.
+    fn search(&self, page: &[u8], key: &[u8]) -> TreeResult<Result<usize, usize>> {
+        page::search(page, key, |long, rest| self.compare_rest(long, rest))
+    }
+
+    /// `page::child_index`, long keys compared through their overflow chains.
+    fn child_index(&self, page: &[u8], key: &[u8]) -> TreeResult<usize> {
+        page::child_index(page, key, |long, rest| self.compare_rest(long, rest))
+    }
+
+    /// The order of a long key's rest against `target` (a key's bytes after the head).
+    fn compare_rest(&self, long: LongKey, target: &[u8]) -> TreeResult<Ordering> {
+        let mut rest = Vec::with_capacity(long.rest_len());
+        self.read_chain(long.first, long.rest_len(), &mut rest)?;
+        Ok(rest.as_slice().cmp(target))
+    }
+
+    /// Checks that the rests of every long key in a leaf are cached: a split reads the keys
+    /// either side of its split point whole.
+    fn cache_long_keys(&self, leaf: PageId) -> TreeResult<()> {
+        let page = self.page(leaf)?;
+        for index in 0..page::count(page) {
+            if let Some(long) = page::long_key(page, index) {
+                self.compare_rest(long, &[])?;
+            }
+        }
+        Ok(())
     }
 
     fn write_overflow(&mut self, value: &[u8]) -> PageId {
@@ -497,12 +558,12 @@ impl Tree {
             let page = self.page(id)?;
             match page::kind(page) {
                 Some(Kind::Leaf) => {
-                    return match page::search(page, key) {
+                    return match self.search(page, key)? {
                         Ok(index) => self.read_value(page::value_ref(page, index)).map(Some),
                         Err(_) => Ok(None),
                     };
                 }
-                Some(Kind::Branch) => id = page::child(page, page::child_index(page, key)),
+                Some(Kind::Branch) => id = page::child(page, self.child_index(page, key)?),
                 other => return Err(TreeError::Corrupt(format!("page {id} is a {other:?} page inside the tree"))),
             }
         }
@@ -532,12 +593,21 @@ impl Tree {
         // clean all at once) are evicted a few per write.
         self.evict_to(self.eviction_target());
         let mut path = self.path(key)?;
-        let InLeaf { at: found, chain: old_chain, value: previous } = self.find_in_leaf(&path, key, take)?;
-        // Nothing below can need a page: the path and the old chain are cached. The leaf's copy
-        // (`make_writable`) holds the same cells, so `found` still indexes it.
+        let InLeaf { at: found, chain: old_chain, value: previous, long: old_long } =
+            self.find_in_leaf(&path, key, take)?;
+        let key_part_len = page::key_part_len_of(key);
+        let value_inline = page::value_inline(key_part_len, value.len());
+        let leaf = path.last().expect("path ends at a leaf").0;
+        let cell_len = key_part_len + ValueRef::cell_len(value_inline, value.len());
+        if !page::fits(self.page(leaf)?, cell_len) {
+            self.cache_long_keys(leaf)?;
+        }
+        // Nothing below can need a page: the path, the old chain and (if the leaf may split)
+        // its long keys are cached. The leaf's copy (`make_writable`) holds the same cells, so
+        // `found` still indexes it.
         self.make_writable(&mut path);
         old_chain.into_iter().for_each(|id| self.free_page(id));
-        let value_ref = if page::value_inline(key.len(), value.len()) {
+        let value_ref = if value_inline {
             ValueRef::Inline(value)
         } else {
             ValueRef::Overflow { len: value.len(), first: self.write_overflow(value) }
@@ -549,16 +619,33 @@ impl Tree {
             Ok(index) => {
                 let page = self.page_mut(leaf);
                 let len = page::cell_len_at(page, index);
-                if len == key.len() + header_len + inline.len() {
+                if len == cell_len {
                     page::overwrite_body(page, index, &[&header[..header_len], inline]);
                     return Ok(previous);
                 }
+                // The key stays, and a long one keeps its overflow chain.
                 page::remove_cell(page, index, len);
                 index
             }
             Err(index) => index,
         };
-        self.insert_at(&path, path.len() - 1, index, key, &[&header[..header_len], inline]);
+        let long = match old_long {
+            Some((long, _)) => Some(long),
+            None if page::is_long(key) => {
+                Some(LongKey { len: key.len(), first: self.write_overflow(&key[page::LONG_KEY_HEAD..]) })
+            }
+            None => None,
+        };
+        let (key_head, long_ref) = page::key_part(key, long);
+        let long_ref: &[u8] = long_ref.as_ref().map_or(&[], |bytes| bytes.as_slice());
+        self.insert_at(
+            &path,
+            path.len() - 1,
+            index,
+            key_head,
+            long.is_some(),
+            &[long_ref, &header[..header_len], inline],
+        );
         Ok(previous)
     }
 
@@ -570,38 +657,59 @@ impl Tree {
         take: impl FnOnce(&Tree, ValueRef<'_>) -> TreeResult<T>,
     ) -> TreeResult<InLeaf<T>> {
         let page = self.page(path.last().expect("path ends at a leaf").0)?;
-        let at = page::search(page, key);
-        let Ok(index) = at else { return Ok(InLeaf { at, chain: Vec::new(), value: None }) };
+        let at = self.search(page, key)?;
+        let Ok(index) = at else { return Ok(InLeaf { at, chain: Vec::new(), value: None, long: None }) };
         let value = page::value_ref(page, index);
         let chain = match value {
             ValueRef::Overflow { len, first } => self.chain(first, len)?,
             ValueRef::Inline(_) => Vec::new(),
         };
-        Ok(InLeaf { at, chain, value: Some(take(self, value)?) })
+        let long = match page::long_key(page, index) {
+            Some(long) => Some((long, self.chain(long.first, long.rest_len())?)),
+            None => None,
+        };
+        Ok(InLeaf { at, chain, value: Some(take(self, value)?), long })
     }
 
     /// Inserts a cell into the writable page at `path[level]`, splitting upward as needed.
-    fn insert_at(&mut self, path: &[(PageId, usize)], level: usize, index: usize, key: &[u8], body: &[&[u8]]) {
+    /// A split leaf's long keys must be cached (`cache_long_keys`).
+    fn insert_at(
+        &mut self,
+        path: &[(PageId, usize)],
+        level: usize,
+        index: usize,
+        key: &[u8],
+        long: bool,
+        body: &[&[u8]],
+    ) {
         let id = path[level].0;
         let target = self.page_mut(id);
-        if page::fits(target, key.len() + body.iter().map(|part| part.len()).sum::<usize>()) {
-            page::insert_cell(target, index, key, body);
+        if page::fits_cell(target, key, body.iter().map(|part| part.len()).sum::<usize>()) {
+            page::insert_cell(target, index, key, long, body);
             return;
         }
         let kind = page::kind(target).expect("tree page");
         let mut cells = page::cells(target);
-        cells.insert(index, (key.to_vec(), body.concat()));
+        cells.insert(index, page::Cell { key: key.to_vec(), long, body: body.concat() });
+        if kind == Kind::Branch && page::cells_fit(kind, &cells) {
+            // The new separator shrank the stored prefix, or the prefix the page's separators
+            // now share is longer than the one it stores.
+            page::rebuild(target, &cells);
+            return;
+        }
         let split = choose_split(&cells, kind);
         let mut right_cells = cells.split_off(split);
         let (separator, right_link) = match kind {
             Kind::Branch => {
-                let (key, body) = right_cells.remove(0);
-                (key, page::get_u64(&body, 0))
+                let cell = right_cells.remove(0);
+                (cell.key, page::get_u64(&cell.body, 0))
             }
             _ => {
-                let left_last = &cells.last().expect("left half is not empty").0;
-                let right_first = &right_cells[0].0;
-                let keep = page::common_prefix_len(left_last, right_first) + 1;
+                // The shortest separator above the left half's last key: whole keys, so a long
+                // key's rest is read (cached before the write began).
+                let left_last = self.cell_key(cells.last().expect("left half is not empty"));
+                let right_first = self.cell_key(&right_cells[0]);
+                let keep = page::common_prefix_len(&left_last, &right_first) + 1;
                 (right_first[..keep.min(right_first.len())].to_vec(), 0)
             }
         };
@@ -614,11 +722,19 @@ impl Tree {
             let root = self.alloc(Kind::Branch);
             let root_page = self.page_mut(root);
             page::set_link(root_page, id);
-            page::insert_cell(root_page, 0, &separator, &[&right.to_le_bytes()]);
+            page::insert_cell(root_page, 0, &separator, false, &[&right.to_le_bytes()]);
             self.root = root;
         } else {
             let child_index = path[level - 1].1;
-            self.insert_at(path, level - 1, child_index, &separator, &[&right.to_le_bytes()]);
+            self.insert_at(path, level - 1, child_index, &separator, false, &[&right.to_le_bytes()]);
+        }
+    }
+
+    /// The whole key of a leaf cell taken out of its page.
+    fn cell_key<'a>(&self, cell: &'a page::Cell) -> Cow<'a, [u8]> {
+        match cell.long_key() {
+            None => Cow::Borrowed(&cell.key),
+            Some(long) => Cow::Owned(self.whole_key(&cell.key, long).expect("a split leaf's long keys are cached")),
         }
     }
 
@@ -640,12 +756,13 @@ impl Tree {
     ) -> TreeResult<Option<T>> {
         self.evict_to(self.eviction_target());
         let mut path = self.path(key)?;
-        let InLeaf { at: found, chain: old_chain, value: previous } = self.find_in_leaf(&path, key, take)?;
+        let InLeaf { at: found, chain: old_chain, value: previous, long } = self.find_in_leaf(&path, key, take)?;
         let Ok(index) = found else {
             return Ok(None);
         };
         self.make_writable(&mut path);
-        old_chain.into_iter().for_each(|id| self.free_page(id));
+        let key_chain = long.map(|(_, chain)| chain).unwrap_or_default();
+        old_chain.into_iter().chain(key_chain).for_each(|id| self.free_page(id));
         let leaf = path.last().expect("path ends at a leaf").0;
         let page = self.page_mut(leaf);
         let len = page::cell_len_at(page, index);
@@ -718,7 +835,7 @@ impl Tree {
                     let index = match start {
                         Bound::Unbounded if reverse => page::count(page),
                         Bound::Unbounded => 0,
-                        Bound::Included(key) | Bound::Excluded(key) => page::child_index(page, key),
+                        Bound::Included(key) | Bound::Excluded(key) => self.child_index(page, key)?,
                     };
                     stack.push((id, index));
                     id = page::child(page, index);
@@ -733,21 +850,21 @@ impl Tree {
         let mut index: isize = match (start, reverse) {
             (Bound::Unbounded, false) => 0,
             (Bound::Unbounded, true) => count - 1,
-            (Bound::Included(key), false) => page::search(page, key).unwrap_or_else(|i| i) as isize,
-            (Bound::Excluded(key), false) => page::search(page, key).map_or_else(|i| i, |i| i + 1) as isize,
-            (Bound::Included(key), true) => page::search(page, key).map_or_else(|i| i as isize - 1, |i| i as isize),
-            (Bound::Excluded(key), true) => page::search(page, key).unwrap_or_else(|i| i) as isize - 1,
+            (Bound::Included(key), false) => self.search(page, key)?.unwrap_or_else(|i| i) as isize,
+            (Bound::Excluded(key), false) => self.search(page, key)?.map_or_else(|i| i, |i| i + 1) as isize,
+            (Bound::Included(key), true) => self.search(page, key)?.map_or_else(|i| i as isize - 1, |i| i as isize),
+            (Bound::Excluded(key), true) => self.search(page, key)?.unwrap_or_else(|i| i) as isize - 1,
         };
         loop {
             let page = self.page(id)?;
             while index >= 0 && index < page::count(page) as isize {
-                let key = page::key(page, index as usize);
-                let past_end = if reverse { !after_lower(key, lower) } else { !before_upper(key, upper) };
+                let key = self.key_at(page, index as usize)?;
+                let past_end = if reverse { !after_lower(&key, lower) } else { !before_upper(&key, upper) };
                 if past_end {
                     return Ok(());
                 }
                 let value = self.read_value(page::value_ref(page, index as usize))?;
-                if !visit(key, value) {
+                if !visit(&key, value) {
                     return Ok(());
                 }
                 index += if reverse { -1 } else { 1 };
@@ -975,16 +1092,17 @@ fn before_upper(key: &[u8], upper: Bound<&[u8]>) -> bool {
 }
 
 /// Split point for an overfull page: both halves fit, sizes as even as possible. A branch's
-/// first right cell moves up, so the right half must keep at least one cell.
-fn choose_split(cells: &[(Vec<u8>, Vec<u8>)], kind: Kind) -> usize {
-    let total = page::cells_size(cells);
-    let mut left = 0;
+/// first right cell moves up, so the right half must keep at least one cell. One always fits:
+/// a leaf's cells are at most a third of a page; a branch's cells before and after the new one
+/// were in the page, and each half stores at least the prefix the page stored, so each fits,
+/// and so does a new first key alone (`TREE_KEY_LEN_MAX`).
+fn choose_split(cells: &[page::Cell], kind: Kind) -> usize {
     let mut best = (usize::MAX, 1);
     for split in 1..cells.len() {
-        left += page::cells_size(&cells[split - 1..split]);
         let right_cells = if kind == Kind::Branch { &cells[split + 1..] } else { &cells[split..] };
-        if page::cells_fit(&cells[..split]) && page::cells_fit(right_cells) {
-            let imbalance = left.abs_diff(total - left);
+        let (left, right) = (page::cells_size(kind, &cells[..split]), page::cells_size(kind, right_cells));
+        if left <= page::USABLE && right <= page::USABLE {
+            let imbalance = left.abs_diff(right);
             if imbalance < best.0 {
                 best = (imbalance, split);
             }

@@ -436,6 +436,83 @@ fn largest_items_round_trip_through_a_small_cache() {
     });
 }
 
+/// A table's longest key as the store holds it: hash, a 2048-byte partition key (length first),
+/// a 1024-byte sort key that differs early.
+fn longest_key(partition: u8, n: u32) -> Vec<u8> {
+    let mut key = vec![0x5A; 8];
+    key.extend_from_slice(&2048u16.to_be_bytes());
+    key.extend(std::iter::repeat_n(partition, 2048));
+    let mut sort = format!("{:06}", n.wrapping_mul(7919) % 1_000_000).into_bytes();
+    sort.resize(1024, b'-');
+    key.extend_from_slice(&sort);
+    key
+}
+
+#[test]
+fn longest_keys_survive_replay_and_snapshots() {
+    let dir = scratch_dir("store-long-keys");
+    let (leader_dir, follower_dir) = (scratch_dir("store-long-keys-leader"), scratch_dir("store-long-keys-follower"));
+    run(async move {
+        let log = LocalLog::new(Store::open(&dir, small_config()).await.unwrap());
+        // The store's own limit takes the longest key a table has, and more.
+        let widest = vec![b'w'; KEY_LEN_MAX];
+        log.propose(1, put(&widest, b"widest")).await.unwrap();
+        for n in 0..300u32 {
+            log.propose(1, put(&longest_key(1, n), &value(n as u16, 50))).await.unwrap();
+            if n == 150 {
+                log.store().checkpoint().await.unwrap();
+            }
+        }
+        for n in (0..300u32).step_by(3) {
+            log.propose(1, Command::Delete { key: longest_key(1, n) }).await.unwrap();
+        }
+        // Closed without a checkpoint of the last half: reopening replays it from the log.
+        log.store().close().await.unwrap();
+        let store = Store::open(&dir, small_config()).await.unwrap();
+        let mut expected: Vec<(Vec<u8>, Vec<u8>)> =
+            (0..300u32).filter(|n| n % 3 != 0).map(|n| (longest_key(1, n), value(n as u16, 50))).collect();
+        expected.sort();
+        expected.push((widest.clone(), b"widest".to_vec()));
+        let all = store.scan(1, Bound::Unbounded, Bound::Unbounded, false, usize::MAX).await.unwrap();
+        assert!(all == expected, "{} entries after replay", all.len());
+        for n in 0..300u32 {
+            let want = (n % 3 != 0).then(|| value(n as u16, 50));
+            assert_eq!(store.get(1, &longest_key(1, n)).await.unwrap(), want, "key {n}");
+        }
+        // A page of a query restarted after a long key, as ExclusiveStartKey does.
+        let after = &expected[40].0;
+        let page = store.scan(1, Bound::Excluded(after), Bound::Unbounded, false, 5).await.unwrap();
+        assert!(page == expected[41..46]);
+        let back = store.scan(1, Bound::Unbounded, Bound::Excluded(after), true, 5).await.unwrap();
+        assert!(back.iter().map(|(key, _)| key).eq(expected[35..40].iter().rev().map(|(key, _)| key)));
+        store.checkpoint().await.unwrap();
+        store.close().await.unwrap();
+
+        // A snapshot of long keys (a replicated store's) installs on another store.
+        let leader = Store::open(&leader_dir, replicated_config()).await.unwrap();
+        for (slot, (key, value)) in expected.iter().enumerate() {
+            leader.apply_chosen(1, slot as u64 + 1, put(key, value), false).unwrap();
+        }
+        leader.checkpoint().await.unwrap();
+        let mut snapshot = leader.snapshot(1).await.unwrap();
+        let follower = Store::open(&follower_dir, replicated_config()).await.unwrap();
+        follower.install_begin(1).await.unwrap();
+        loop {
+            let chunk = snapshot.next_chunk(8192).await.unwrap();
+            if chunk.is_empty() {
+                break;
+            }
+            follower.install_entries(1, chunk).await.unwrap();
+        }
+        let meta = snapshot.meta();
+        drop(snapshot);
+        follower.install_end(1, meta.applied_slot, meta.items, meta.bytes, vec![paxos::Member::full(1)]).await.unwrap();
+        assert!(follower.scan(1, Bound::Unbounded, Bound::Unbounded, false, usize::MAX).await.unwrap() == expected);
+        follower.close().await.unwrap();
+        leader.close().await.unwrap();
+    });
+}
+
 /// A store written before item counts were kept holds only the applied slot in a partition's
 /// metadata; opening it counts the partition once and keeps the counts from then on.
 #[test]

@@ -1,5 +1,7 @@
 //! DynamoDB's error messages as the endpoint gives them, each with its source: the row of
-//! `tests/dynamodb/MESSAGES.md` that quotes it and says how sure the wording is.
+//! `tests/dynamodb/MESSAGES.md` that quotes it and says how sure the wording is. The messages of
+//! key values over DynamoDB's size limits (MESSAGES.md 4a, 4b) are the engine's, where keys are
+//! encoded (`PARTITION_KEY_TOO_LONG` and `SORT_KEY_TOO_LONG` in engine/src/key.rs).
 
 use std::fmt::Write as _;
 
