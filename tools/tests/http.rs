@@ -366,3 +366,126 @@ fn heads_dates_and_content_encodings() {
         exchange(&mut stream, &post_encoded("DynamoDB_20120810.ListTables", "gzip", &gzip(&at_limit))).unwrap();
     assert_eq!(got, 200, "{}", String::from_utf8_lossy(&answer));
 }
+
+/// One request on a fresh connection: the status and the JSON body.
+fn call(node: &Node, operation: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
+    let request = post(&format!("DynamoDB_20120810.{operation}"), &body.to_string(), None);
+    let (status, _, body) = exchange(&mut connect(node), &request).expect("an answer");
+    (status, serde_json::from_slice(&body).expect("a JSON body"))
+}
+
+/// BillingMode and ProvisionedThroughput, tags, and DeleteTable's answer, as DynamoDB shapes
+/// them; throughput and tags are in the catalog, so they survive a SIGKILL and restart.
+#[test]
+fn billing_modes_and_tags_are_kept_in_the_catalog() {
+    use serde_json::json;
+    let mut node = Node::start("tables", &["--auth", "none"]);
+    let definition = |name: &str| {
+        json!({
+            "TableName": name,
+            "KeySchema": [{ "AttributeName": "pk", "KeyType": "HASH" }],
+            "AttributeDefinitions": [{ "AttributeName": "pk", "AttributeType": "S" }],
+        })
+    };
+    let with = |mut body: serde_json::Value, extra: serde_json::Value| {
+        body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        body
+    };
+    // Refused as DynamoDB refuses them (MESSAGES.md 13a, 13b, 13j); nothing is created.
+    for (extra, message) in [
+        (json!({}), "ReadCapacityUnits and WriteCapacityUnits must both be specified when BillingMode is PROVISIONED"),
+        (
+            json!({ "BillingMode": "PAY_PER_REQUEST", "ProvisionedThroughput": { "ReadCapacityUnits": 1, "WriteCapacityUnits": 1 } }),
+            "Neither ReadCapacityUnits nor WriteCapacityUnits can be specified when BillingMode is PAY_PER_REQUEST",
+        ),
+        (json!({ "ProvisionedThroughput": { "ReadCapacityUnits": 1 } }), "provisionedThroughput.writeCapacityUnits"),
+        (
+            json!({ "ProvisionedThroughput": { "ReadCapacityUnits": 1_000_000_000_001u64, "WriteCapacityUnits": 1 } }),
+            "Given value 1000000000001 for ReadCapacityUnits is out of bounds",
+        ),
+        (
+            json!({ "BillingMode": "PAY_PER_REQUEST", "Tags": (0..51).map(|i| json!({ "Key": i.to_string(), "Value": "" })).collect::<Vec<_>>() }),
+            "more than the 50",
+        ),
+    ] {
+        let (status, body) = call(&node, "CreateTable", &with(definition("refused"), extra.clone()));
+        assert_eq!(status, 400, "{extra}: {body}");
+        assert!(body["message"].as_str().unwrap().contains(message), "{extra}: {body}");
+    }
+    assert_eq!(call(&node, "DescribeTable", &json!({ "TableName": "refused" })).0, 400);
+
+    let throughput = json!({ "ReadCapacityUnits": 7, "WriteCapacityUnits": 3 });
+    let (status, body) = call(
+        &node,
+        "CreateTable",
+        &with(
+            definition("provisioned"),
+            json!({ "ProvisionedThroughput": throughput, "Tags": [{ "Key": "team", "Value": "blue" }] }),
+        ),
+    );
+    assert_eq!(status, 200, "{body}");
+    let expected = json!({ "NumberOfDecreasesToday": 0, "ReadCapacityUnits": 7, "WriteCapacityUnits": 3 });
+    assert_eq!(body["TableDescription"]["ProvisionedThroughput"], expected);
+    let (status, body) =
+        call(&node, "CreateTable", &with(definition("on-demand"), json!({ "BillingMode": "PAY_PER_REQUEST" })));
+    assert_eq!(status, 200, "{body}");
+    let arn = call(&node, "DescribeTable", &json!({ "TableName": "provisioned" })).1["Table"]["TableArn"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // Tags on the table's ARN, with DynamoDB's limits.
+    let many: Vec<_> = (0..49).map(|i| json!({ "Key": format!("k{i:02}"), "Value": i.to_string() })).collect();
+    assert_eq!(call(&node, "TagResource", &json!({ "ResourceArn": arn, "Tags": many })), (200, json!({})));
+    let (status, body) = call(
+        &node,
+        "TagResource",
+        &json!({ "ResourceArn": arn, "Tags": [{ "Key": "x", "Value": "y" }, { "Key": "z", "Value": "" }] }),
+    );
+    assert_eq!((status, body["__type"].as_str().unwrap().ends_with("ValidationException")), (400, true), "{body}");
+    assert_eq!(
+        call(&node, "UntagResource", &json!({ "ResourceArn": arn, "TagKeys": ["k00", "k01", "absent"] })),
+        (200, json!({}))
+    );
+    for (tag, member) in
+        [(json!({ "Key": "aws:x", "Value": "" }), "aws:"), (json!({ "Key": "k!", "Value": "" }), "tags.1.member.key")]
+    {
+        let (status, body) = call(&node, "TagResource", &json!({ "ResourceArn": arn, "Tags": [tag] }));
+        assert_eq!(status, 400, "{body}");
+        assert!(body["message"].as_str().unwrap().contains(member), "{body}");
+    }
+    let missing = arn.replace("provisioned", "missing");
+    let (status, body) = call(&node, "ListTagsOfResource", &json!({ "ResourceArn": missing }));
+    assert_eq!(status, 400);
+    assert_eq!(body["message"], format!("Requested resource not found: ResourceArn: {missing} not found"));
+    assert_eq!(call(&node, "ListTagsOfResource", &json!({ "ResourceArn": "provisioned" })).0, 400);
+
+    // All of it survives a SIGKILL and restart.
+    node.kill();
+    node.restart();
+    let described = call(&node, "DescribeTable", &json!({ "TableName": "provisioned" })).1;
+    assert_eq!(described["Table"]["ProvisionedThroughput"], expected, "{described}");
+    assert!(described["Table"].get("BillingModeSummary").is_none(), "{described}");
+    let on_demand = call(&node, "DescribeTable", &json!({ "TableName": "on-demand" })).1;
+    assert_eq!(on_demand["Table"]["BillingModeSummary"]["BillingMode"], "PAY_PER_REQUEST");
+    assert_eq!(on_demand["Table"]["ProvisionedThroughput"]["ReadCapacityUnits"], 0);
+    let (status, listed) = call(&node, "ListTagsOfResource", &json!({ "ResourceArn": arn }));
+    assert_eq!(status, 200, "{listed}");
+    let keys: Vec<&str> = listed["Tags"].as_array().unwrap().iter().map(|tag| tag["Key"].as_str().unwrap()).collect();
+    assert_eq!(keys.len(), 48, "{listed}");
+    assert!(keys.contains(&"team") && keys.contains(&"k48") && !keys.contains(&"k00"), "{listed}");
+    let after = call(&node, "ListTagsOfResource", &json!({ "ResourceArn": arn, "NextToken": "k47" })).1;
+    assert_eq!(after, json!({ "Tags": [{ "Key": "k48", "Value": "48" }, { "Key": "team", "Value": "blue" }] }));
+
+    // DeleteTable answers DELETING with the table's throughput, without its key schema.
+    let (status, deleted) = call(&node, "DeleteTable", &json!({ "TableName": "provisioned" }));
+    assert_eq!(status, 200, "{deleted}");
+    let description = &deleted["TableDescription"];
+    assert_eq!(
+        (description["TableStatus"].as_str(), description["TableArn"].as_str()),
+        (Some("DELETING"), Some(arn.as_str()))
+    );
+    assert_eq!(description["ProvisionedThroughput"], expected);
+    assert!(description.get("KeySchema").is_none() && description.get("CreationDateTime").is_none(), "{deleted}");
+    assert_eq!(call(&node, "ListTagsOfResource", &json!({ "ResourceArn": arn })).0, 400);
+}

@@ -507,16 +507,16 @@ async fn serve(shard: &Rc<Shard>, endpoint: &Endpoint, request: &HttpRequest) ->
     let operation = Operation::from_target(request.header("x-amz-target"))?;
     let host = request.header("host").unwrap_or("localhost");
     let region = region(request);
-    let (request, flags) = match api::decode(operation, &body, host)? {
+    let (request, flags, reply) = match api::decode(operation, &body, host, region)? {
         Call::Answer(body) => return Ok(body),
-        Call::Engine(engine_request, flags) => (*engine_request, flags),
+        Call::Engine(engine_request, flags, reply) => (*engine_request, flags, reply),
     };
     // A node that does not lead the partition passes the request to the one that does (a
     // DynamoDB client cannot follow a leader hint); during an election (no leader known) it
     // asks again for a while. The request is kept for that.
     let Some(kept) = shard.replicated().then(|| request.clone()) else {
         let (response, consumed) = shard.execute(request, flags).await;
-        return api::encode(operation, response, &consumed, region);
+        return api::encode(operation, response, &consumed, region, &reply);
     };
     let (mut waited, mut first) = (Duration::ZERO, Some(request));
     let (response, consumed) = loop {
@@ -539,5 +539,5 @@ async fn serve(shard: &Rc<Shard>, endpoint: &Endpoint, request: &HttpRequest) ->
             None => break (response, consumed),
         }
     };
-    api::encode(operation, response, &consumed, region)
+    api::encode(operation, response, &consumed, region, &reply)
 }
