@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use tessera_engine::paxos::{decode_configuration, encode_members, Member};
 use tessera_engine::{Item, KeyAttribute, KeySchema, KeyType, PartitionId};
-use tessera_wire::{ErrorCode, TableDescription, TableStatus, WireError};
+use tessera_wire::{ErrorCode, TableDescription, TableStatus, Throughput, WireError};
 
 use crate::http::messages;
 
@@ -35,10 +35,22 @@ pub struct TableInfo {
     /// was replaced starts on the nodes that replaced it). Empty on a single node, and in
     /// tables created before groups were recorded (they start on the cluster file's nodes).
     pub members: Vec<Member>,
+    /// BillingMode PROVISIONED's throughput (recorded and reported, not enforced); `None`:
+    /// PAY_PER_REQUEST.
+    pub throughput: Option<Throughput>,
+    /// The table's tags (TagResource), by key.
+    pub tags: BTreeMap<String, String>,
 }
 
-/// Marks the members section of an encoded `TableInfo` (not a key type byte).
+/// Marks the optional sections of an encoded `TableInfo` (none is a key type byte). They
+/// come in this order after the sort key: throughput, tags, members (which run to the end).
 const MEMBERS_MARK: u8 = 0xC0;
+const THROUGHPUT_MARK: u8 = 0xC1;
+const TAGS_MARK: u8 = 0xC2;
+/// Most tags a table may have (DynamoDB's limit).
+pub const TAGS_MAX: usize = 50;
+/// The largest capacity units DynamoDB takes for a table's provisioned throughput.
+pub const CAPACITY_UNITS_MAX: u64 = 1_000_000_000_000;
 
 impl TableInfo {
     /// The storage partition id of partition `index`.
@@ -65,6 +77,7 @@ impl TableInfo {
             created_at_ms: self.created_at_ms,
             item_count,
             size_bytes,
+            throughput: self.throughput,
         }
     }
 
@@ -88,6 +101,19 @@ impl TableInfo {
             out.extend_from_slice(&(sort.name.len() as u32).to_le_bytes());
             out.extend_from_slice(sort.name.as_bytes());
         }
+        if let Some(throughput) = self.throughput {
+            out.push(THROUGHPUT_MARK);
+            out.extend_from_slice(&throughput.read_units.to_le_bytes());
+            out.extend_from_slice(&throughput.write_units.to_le_bytes());
+        }
+        if !self.tags.is_empty() {
+            out.push(TAGS_MARK);
+            out.extend_from_slice(&(self.tags.len() as u32).to_le_bytes());
+            for text in self.tags.iter().flat_map(|(key, value)| [key, value]) {
+                out.extend_from_slice(&(text.len() as u32).to_le_bytes());
+                out.extend_from_slice(text.as_bytes());
+            }
+        }
         if !self.members.is_empty() {
             out.push(MEMBERS_MARK);
             encode_members(&self.members, &mut out);
@@ -106,22 +132,46 @@ impl TableInfo {
         let name = cursor.text()?;
         let partition_name = cursor.text()?;
         let partition_type = key_type_of(cursor.take(1)?[0])?;
-        let mut next = cursor.take(1);
-        let sort = match next {
-            Some(&[byte]) if byte != MEMBERS_MARK => {
-                next = None;
-                let sort = KeyAttribute { key_type: key_type_of(byte)?, name: cursor.text()? };
-                Some(sort)
-            }
-            _ => None,
-        };
-        let members = match next.or_else(|| cursor.take(1)) {
-            Some(&[MEMBERS_MARK]) => decode_configuration(cursor.rest()).ok()?,
-            Some(_) => return None,
-            None => Vec::new(),
-        };
+        let (mut sort, mut throughput, mut tags, mut members) = (None, None, BTreeMap::new(), Vec::new());
+        // Each section may follow only those before it in the order written.
+        let mut stage = 0;
+        while let Some(&[byte]) = cursor.take(1) {
+            stage = match byte {
+                THROUGHPUT_MARK if stage < 2 => {
+                    let read_units = u64::from_le_bytes(cursor.take(8)?.try_into().ok()?);
+                    let write_units = u64::from_le_bytes(cursor.take(8)?.try_into().ok()?);
+                    if read_units == 0 || write_units == 0 {
+                        return None;
+                    }
+                    throughput = Some(Throughput { read_units, write_units });
+                    2
+                }
+                TAGS_MARK if stage < 3 => {
+                    let count = u32::from_le_bytes(cursor.take(4)?.try_into().ok()?);
+                    if count == 0 {
+                        return None;
+                    }
+                    for _ in 0..count {
+                        let key = cursor.text()?;
+                        if tags.insert(key, cursor.text()?).is_some() {
+                            return None;
+                        }
+                    }
+                    3
+                }
+                MEMBERS_MARK => {
+                    members = decode_configuration(cursor.rest()).ok()?;
+                    4
+                }
+                byte if stage == 0 => {
+                    sort = Some(KeyAttribute { key_type: key_type_of(byte)?, name: cursor.text()? });
+                    1
+                }
+                _ => return None,
+            };
+        }
         let key_schema = KeySchema { partition: KeyAttribute { name: partition_name, key_type: partition_type }, sort };
-        Some(TableInfo { id, name, key_schema, partitions, created_at_ms, members })
+        Some(TableInfo { id, name, key_schema, partitions, created_at_ms, members, throughput, tags })
     }
 }
 
@@ -285,6 +335,67 @@ pub fn validate_table_name(name: &str, control_plane: bool) -> Result<(), WireEr
     }
 }
 
+/// DynamoDB's rules for the tags a request sets (TaggingRestrictions.html): keys of 1 to 128
+/// characters, values of at most 256, both of letters, white space, numbers and `+ - = . _ : /`;
+/// no key in the reserved `aws:` namespace. How many a table may have is checked where they
+/// are added to its own (`TAGS_MAX`).
+pub fn validate_tags(tags: &[(String, String)]) -> Result<(), WireError> {
+    let allowed = |c: char| c.is_alphanumeric() || c.is_whitespace() || "+-=._:/".contains(c);
+    for (index, (key, value)) in tags.iter().enumerate() {
+        for (text, member, min, max) in [(key, "key", 1, 128), (value, "value", 0, 256)] {
+            let length = text.chars().count();
+            let rule = if length < min {
+                format!("Member must have length greater than or equal to {min}")
+            } else if length > max {
+                format!("Member must have length less than or equal to {max}")
+            } else if !text.chars().all(allowed) {
+                format!("Member must satisfy regular expression pattern: {}", messages::TAG_PATTERN)
+            } else {
+                continue;
+            };
+            return Err(validation(messages::bad_tag(text, index + 1, member, &rule)));
+        }
+        if key.starts_with("aws:") {
+            return Err(validation(messages::reserved_tag_key(key)));
+        }
+    }
+    Ok(())
+}
+
+/// A table's tags once `add` is set and `remove` removed, held to DynamoDB's 50 per table.
+pub fn retag(
+    tags: &BTreeMap<String, String>,
+    add: &[(String, String)],
+    remove: &[String],
+) -> Result<BTreeMap<String, String>, WireError> {
+    validate_tags(add)?;
+    let mut tags = tags.clone();
+    tags.extend(add.iter().cloned());
+    for key in remove {
+        tags.remove(key);
+    }
+    if tags.len() > TAGS_MAX {
+        return Err(validation(messages::too_many_tags(tags.len())));
+    }
+    Ok(tags)
+}
+
+/// DynamoDB's bound on provisioned capacity units (each at least 1, which the wire protocol
+/// already holds to: 0 stands for PAY_PER_REQUEST).
+pub fn validate_throughput(throughput: Option<Throughput>) -> Result<(), WireError> {
+    let Some(units) = throughput else { return Ok(()) };
+    for (value, which) in [(units.read_units, "ReadCapacityUnits"), (units.write_units, "WriteCapacityUnits")] {
+        if value > CAPACITY_UNITS_MAX {
+            return Err(validation(messages::capacity_units_out_of_bounds(value, which)));
+        }
+    }
+    Ok(())
+}
+
+fn validation(message: String) -> WireError {
+    WireError::new(ErrorCode::ValidationException, message)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -299,6 +410,8 @@ mod tests {
                 partitions: 12,
                 created_at_ms: 99,
                 members: Vec::new(),
+                throughput: None,
+                tags: BTreeMap::new(),
             },
             TableInfo {
                 id: 8,
@@ -307,6 +420,8 @@ mod tests {
                 partitions: 1,
                 created_at_ms: 5,
                 members: vec![Member::full(1), Member::log(4), Member::full(3)],
+                throughput: None,
+                tags: BTreeMap::new(),
             },
             TableInfo {
                 id: 9,
@@ -315,9 +430,19 @@ mod tests {
                 partitions: 3,
                 created_at_ms: 5,
                 members: vec![Member::full(1), Member::full(2), Member::full(3)],
+                throughput: None,
+                tags: BTreeMap::new(),
             },
         ];
-        for table in tables {
+        let provisioned = TableInfo {
+            id: 10,
+            throughput: Some(Throughput { read_units: 5, write_units: 1_000_000_000_000 }),
+            tags: BTreeMap::from([("team".to_string(), "blue".to_string()), ("empty".to_string(), String::new())]),
+            ..tables[2].clone()
+        };
+        let tagged = TableInfo { id: 11, tags: provisioned.tags.clone(), ..tables[0].clone() };
+        let hash_only = TableInfo { id: 12, throughput: provisioned.throughput, ..tables[1].clone() };
+        for table in tables.into_iter().chain([provisioned, tagged, hash_only]) {
             assert_eq!(TableInfo::decode(&table.encode()), Some(table.clone()));
             let mut no_partitions = table.encode();
             no_partitions[4..8].copy_from_slice(&0u32.to_le_bytes());
@@ -326,11 +451,71 @@ mod tests {
             for cut in 0..encoded.len() - 1 {
                 // Truncations either fail or (at an optional part) decode without it.
                 if let Some(decoded) = TableInfo::decode(&encoded[..cut]) {
-                    assert!(decoded.key_schema.sort.is_none() || decoded.members.is_empty());
                     assert_ne!(decoded, table);
                 }
             }
         }
+    }
+
+    #[test]
+    fn catalogs_written_before_throughput_and_tags_still_read() {
+        // A table as the catalog encoded it before BillingMode and tags were recorded: id 7,
+        // 12 partitions, created at 99 ms, "orders", HASH customer (S), RANGE n (N), then the
+        // members section.
+        let mut old = Vec::new();
+        old.extend_from_slice(&7u32.to_le_bytes());
+        old.extend_from_slice(&12u32.to_le_bytes());
+        old.extend_from_slice(&99u64.to_le_bytes());
+        for text in ["orders", "customer"] {
+            old.extend_from_slice(&(text.len() as u32).to_le_bytes());
+            old.extend_from_slice(text.as_bytes());
+        }
+        old.extend_from_slice(&[0, 1, 1, 0, 0, 0, b'n', MEMBERS_MARK]);
+        let members = vec![Member::full(1), Member::full(2), Member::full(3)];
+        encode_members(&members, &mut old);
+        let table = TableInfo::decode(&old).expect("an old entry decodes");
+        assert_eq!(table.key_schema, KeySchema::composite(("customer", KeyType::S), ("n", KeyType::N)));
+        assert_eq!((table.members, table.throughput, table.tags.len()), (members, None, 0));
+        // Sections out of order, repeated, or empty are refused.
+        let base = TableInfo { members: Vec::new(), ..TableInfo::decode(&old).unwrap() };
+        let mut throughput_twice =
+            TableInfo { throughput: Some(Throughput { read_units: 1, write_units: 1 }), ..base.clone() }.encode();
+        let section = throughput_twice.split_off(throughput_twice.len() - 17);
+        throughput_twice.extend_from_slice(&[section.clone(), section].concat());
+        assert_eq!(TableInfo::decode(&throughput_twice), None);
+        let mut no_tags = base.encode();
+        no_tags.push(TAGS_MARK);
+        no_tags.extend_from_slice(&0u32.to_le_bytes());
+        assert_eq!(TableInfo::decode(&no_tags), None);
+        let mut zero_units = base.encode();
+        zero_units.push(THROUGHPUT_MARK);
+        zero_units.extend_from_slice(&[0; 16]);
+        assert_eq!(TableInfo::decode(&zero_units), None);
+    }
+
+    #[test]
+    fn tags_follow_dynamodb_limits() {
+        let tag = |key: &str, value: &str| (key.to_string(), value.to_string());
+        assert!(
+            validate_tags(&[tag("k", ""), tag(&"x".repeat(128), &"y".repeat(256)), tag("a b+-=._:/9", "ѮѮ")]).is_ok()
+        );
+        for bad in [
+            tag("", "v"),
+            tag(&"x".repeat(129), "v"),
+            tag("k", &"y".repeat(257)),
+            tag("hi!", "v"),
+            tag("k", "d%g"),
+            tag("aws:x", "v"),
+        ] {
+            assert_eq!(validate_tags(&[bad]).unwrap_err().code, ErrorCode::ValidationException);
+        }
+        let fifty: Vec<_> = (0..50).map(|i| tag(&i.to_string(), "v")).collect();
+        let tags = retag(&BTreeMap::new(), &fifty, &[]).unwrap();
+        assert_eq!(retag(&tags, &[tag("0", "again")], &[]).unwrap()["0"], "again");
+        assert!(retag(&tags, &[tag("50", "v")], &[]).is_err());
+        assert_eq!(retag(&tags, &[tag("50", "v")], &["1".to_string()]).unwrap().len(), 50);
+        assert!(validate_throughput(Some(Throughput { read_units: CAPACITY_UNITS_MAX + 1, write_units: 1 })).is_err());
+        assert!(validate_throughput(Some(Throughput { read_units: CAPACITY_UNITS_MAX, write_units: 1 })).is_ok());
     }
 
     #[test]
@@ -343,6 +528,8 @@ mod tests {
             partitions: 13,
             created_at_ms: 0,
             members: Vec::new(),
+            throughput: None,
+            tags: BTreeMap::new(),
         };
         let description = table.describe(0, 0);
         let mut seen = std::collections::HashSet::new();
@@ -369,6 +556,8 @@ mod tests {
             partitions: 7,
             created_at_ms: 0,
             members: Vec::new(),
+            throughput: None,
+            tags: BTreeMap::new(),
         };
         for index in 0..7 {
             let start = table.partition_start(index).unwrap();
@@ -390,6 +579,8 @@ mod tests {
             partitions: 4,
             created_at_ms: 0,
             members: Vec::new(),
+            throughput: None,
+            tags: BTreeMap::new(),
         };
         let catalog =
             Catalog { tables: BTreeMap::from([("kept".to_string(), table.clone())]), next_id: 5, current: true };

@@ -326,7 +326,13 @@ impl Client {
         key_schema: KeySchema,
         partitions: u32,
     ) -> Result<TableDescription, ClientError> {
-        table_of(self.call(&Request::CreateTable { table: table.into(), key_schema, partitions })?)
+        table_of(self.call(&Request::CreateTable {
+            table: table.into(),
+            key_schema,
+            partitions,
+            throughput: None,
+            tags: Vec::new(),
+        })?)
     }
 
     pub fn delete_table(&mut self, table: &str) -> Result<TableDescription, ClientError> {
@@ -729,7 +735,16 @@ impl AsyncClient {
         key_schema: KeySchema,
         partitions: u32,
     ) -> Result<TableDescription, ClientError> {
-        table_of(self.call(&Request::CreateTable { table: table.into(), key_schema, partitions }).await?)
+        table_of(
+            self.call(&Request::CreateTable {
+                table: table.into(),
+                key_schema,
+                partitions,
+                throughput: None,
+                tags: Vec::new(),
+            })
+            .await?,
+        )
     }
 
     pub async fn describe_table(&self, table: &str) -> Result<TableDescription, ClientError> {

@@ -23,13 +23,13 @@ use tessera_engine::{
 };
 use tessera_wire::{
     ConsumedCapacity, ErrorCode, Expressions, Query, ReadExpressions, ReplicaStatus, Request, RequestFlags, Response,
-    ReturnConsumedCapacity, Scan, Select, SortCondition, TableKeys, UpdateItem, WireError, Write,
+    ReturnConsumedCapacity, Scan, Select, SortCondition, TableKeys, Tags, Throughput, UpdateItem, WireError, Write,
 };
 
 use crate::auth::{Access, Credentials};
 use crate::catalog::{
-    key_hash, owner_core, range_start, validate_table_name, Catalog, TableInfo, CATALOG_PARTITION, NEXT_ID_KEY,
-    PARTITIONS_MAX,
+    key_hash, owner_core, range_start, retag, validate_table_name, validate_throughput, Catalog, TableInfo,
+    CATALOG_PARTITION, NEXT_ID_KEY, PARTITIONS_MAX,
 };
 use crate::client::{AsyncClient, ClientConfig};
 use crate::http::messages;
@@ -97,6 +97,14 @@ pub(crate) enum Op {
         name: String,
         key_schema: KeySchema,
         partitions: u32,
+        throughput: Option<Throughput>,
+        tags: BTreeMap<String, String>,
+    },
+    /// Core 0 only: sets the tags `add` and removes those keyed `remove`.
+    Retag {
+        name: String,
+        add: Tags,
+        remove: Vec<String>,
     },
     /// Core 0 only.
     DeleteTable {
@@ -775,7 +783,10 @@ impl Shard {
                 Log::Replicated(log) => log.retire_removed(partition).map(|()| OpResult::Done).map_err(engine_error),
                 Log::Local(_) => Err(invalid("RetireReplica: this node is not a cluster member")),
             },
-            Op::CreateTable { name, key_schema, partitions } => self.create_table(name, key_schema, partitions).await,
+            Op::CreateTable { name, key_schema, partitions, throughput, tags } => {
+                self.create_table(name, key_schema, partitions, throughput, tags).await
+            }
+            Op::Retag { name, add, remove } => self.retag(&name, &add, &remove).await,
             Op::DeleteTable { name } => self.delete_table(&name).await,
             Op::CatalogLoad(catalog) => {
                 self.install_catalog(catalog);
@@ -909,6 +920,8 @@ impl Shard {
         name: String,
         key_schema: KeySchema,
         partitions: u32,
+        throughput: Option<Throughput>,
+        tags: BTreeMap<String, String>,
     ) -> Result<OpResult, WireError> {
         let _guard = self.lock_catalog().await?;
         if self.catalog.borrow().tables.contains_key(&name) {
@@ -921,7 +934,16 @@ impl Shard {
             Log::Replicated(log) => log.members(CATALOG_PARTITION),
             Log::Local(_) => Vec::new(),
         };
-        let table = TableInfo { id, name: name.clone(), key_schema, partitions, created_at_ms: now_ms(), members };
+        let table = TableInfo {
+            id,
+            name: name.clone(),
+            key_schema,
+            partitions,
+            created_at_ms: now_ms(),
+            members,
+            throughput,
+            tags,
+        };
         let commands = vec![
             Command::Put { key: TableInfo::key(&name), value: table.encode().into() },
             Command::Put { key: NEXT_ID_KEY.to_vec(), value: (id + 1).to_le_bytes().to_vec().into() },
@@ -932,6 +954,26 @@ impl Shard {
             catalog.next_id = id + 1;
             catalog.tables.insert(name, table.clone());
         }
+        self.broadcast(|| Op::CatalogPut(table.clone())).await?;
+        Ok(OpResult::Table(table))
+    }
+
+    /// Sets and removes a table's tags: its catalog entry is rewritten through the catalog's
+    /// log, as a table is created (durable, and in a cluster replicated, before the answer).
+    async fn retag(
+        self: &Rc<Shard>,
+        name: &str,
+        add: &[(String, String)],
+        remove: &[String],
+    ) -> Result<OpResult, WireError> {
+        let _guard = self.lock_catalog().await?;
+        let mut table = self.catalog.borrow().table(name)?.clone();
+        table.tags = retag(&table.tags, add, remove)?;
+        self.log
+            .propose(CATALOG_PARTITION, Command::Put { key: TableInfo::key(name), value: table.encode().into() })
+            .await
+            .map_err(engine_error)?;
+        self.catalog.borrow_mut().tables.insert(name.to_string(), table.clone());
         self.broadcast(|| Op::CatalogPut(table.clone())).await?;
         Ok(OpResult::Table(table))
     }
@@ -978,9 +1020,16 @@ impl Shard {
         let mut meter = Meter::new(flags.capacity);
         let may_forward = !flags.forwarded;
         let result = match request {
-            Request::CreateTable { table, key_schema, partitions } => {
-                self.execute_create(table, key_schema, partitions).await
+            Request::CreateTable { table, key_schema, partitions, throughput, tags } => {
+                self.execute_create(table, key_schema, partitions, throughput, tags).await
             }
+            Request::TagResource { table, tags } => self.execute_retag(table, tags, Vec::new()).await,
+            Request::UntagResource { table, keys } => self.execute_retag(table, Vec::new(), keys).await,
+            Request::ListTagsOfResource { table } => validate_table_name(&table, true).and_then(|()| {
+                let catalog = self.catalog.borrow();
+                let tags = &catalog.table(&table)?.tags;
+                Ok(Response::Tags(tags.iter().map(|(key, value)| (key.clone(), value.clone())).collect()))
+            }),
             Request::DeleteTable { table } => match validate_table_name(&table, true) {
                 Err(error) => Err(error),
                 Ok(()) => match self.call(0, Op::DeleteTable { name: table }).await {
@@ -1058,8 +1107,12 @@ impl Shard {
         table: String,
         key_schema: KeySchema,
         partitions: u32,
+        throughput: Option<Throughput>,
+        tags: Tags,
     ) -> Result<Response, WireError> {
         validate_table_name(&table, true)?;
+        validate_throughput(throughput)?;
+        let tags = retag(&BTreeMap::new(), &tags, &[])?;
         for key in std::iter::once(&key_schema.partition).chain(key_schema.sort.as_ref()) {
             if key.name.is_empty() || key.name.len() > 255 {
                 return Err(invalid(format!("key attribute name {:?} must be 1 to 255 bytes", key.name)));
@@ -1072,7 +1125,7 @@ impl Shard {
             return Err(invalid(format!("a table may have at most {PARTITIONS_MAX} partitions, not {partitions}")));
         }
         let partitions = if partitions == 0 { self.cores as u32 } else { partitions };
-        match self.call(0, Op::CreateTable { name: table, key_schema, partitions }).await {
+        match self.call(0, Op::CreateTable { name: table, key_schema, partitions, throughput, tags }).await {
             OpResult::Table(table) => {
                 let mut description = table.describe(0, 0);
                 // In a cluster the table is chosen, and reaches the other nodes as each applies
@@ -1083,6 +1136,20 @@ impl Shard {
                 }
                 Ok(Response::Table(description))
             }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// TagResource and UntagResource: answered with the table's tags after the change.
+    async fn execute_retag(
+        self: &Rc<Shard>,
+        table: String,
+        add: Tags,
+        remove: Vec<String>,
+    ) -> Result<Response, WireError> {
+        validate_table_name(&table, true)?;
+        match self.call(0, Op::Retag { name: table, add, remove }).await {
+            OpResult::Table(table) => Ok(Response::Tags(table.tags.into_iter().collect())),
             other => Err(unexpected(other)),
         }
     }

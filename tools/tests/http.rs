@@ -204,7 +204,7 @@ fn bad_requests_get_dynamodbs_errors_and_the_server_keeps_serving() {
         (oversized.into_bytes(), 413),
         (huge_head.into_bytes(), 400),
         (b"\x00\x01\x02garbage\r\n\r\n".to_vec(), 400),
-        (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec(), 411),
+        (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n".to_vec(), 400),
         (b"POST / HTTP/1.1\r\nContent-Length: lots\r\n\r\n".to_vec(), 400),
     ] {
         let mut stream = connect(&node);
@@ -551,4 +551,208 @@ fn longest_keys_are_stored_queried_and_survive_a_sigkill() {
         std::thread::sleep(Duration::from_millis(100));
     }
     check(&node);
+}
+
+/// BillingMode and ProvisionedThroughput, tags, and DeleteTable's answer, as DynamoDB shapes
+/// them; throughput and tags are in the catalog, so they survive a SIGKILL and restart.
+#[test]
+fn billing_modes_and_tags_are_kept_in_the_catalog() {
+    use serde_json::json;
+    let mut node = Node::start("tables", &["--auth", "none"]);
+    let definition = |name: &str| {
+        json!({
+            "TableName": name,
+            "KeySchema": [{ "AttributeName": "pk", "KeyType": "HASH" }],
+            "AttributeDefinitions": [{ "AttributeName": "pk", "AttributeType": "S" }],
+        })
+    };
+    let with = |mut body: serde_json::Value, extra: serde_json::Value| {
+        body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        body
+    };
+    // Refused as DynamoDB refuses them (MESSAGES.md 13a, 13b, 13j); nothing is created.
+    for (extra, message) in [
+        (json!({}), "ReadCapacityUnits and WriteCapacityUnits must both be specified when BillingMode is PROVISIONED"),
+        (
+            json!({ "BillingMode": "PAY_PER_REQUEST", "ProvisionedThroughput": { "ReadCapacityUnits": 1, "WriteCapacityUnits": 1 } }),
+            "Neither ReadCapacityUnits nor WriteCapacityUnits can be specified when BillingMode is PAY_PER_REQUEST",
+        ),
+        (json!({ "ProvisionedThroughput": { "ReadCapacityUnits": 1 } }), "provisionedThroughput.writeCapacityUnits"),
+        (
+            json!({ "ProvisionedThroughput": { "ReadCapacityUnits": 1_000_000_000_001u64, "WriteCapacityUnits": 1 } }),
+            "Given value 1000000000001 for ReadCapacityUnits is out of bounds",
+        ),
+        (
+            json!({ "BillingMode": "PAY_PER_REQUEST", "Tags": (0..51).map(|i| json!({ "Key": i.to_string(), "Value": "" })).collect::<Vec<_>>() }),
+            "more than the 50",
+        ),
+    ] {
+        let (status, body) = call(&node, "CreateTable", &with(definition("refused"), extra.clone()));
+        assert_eq!(status, 400, "{extra}: {body}");
+        assert!(body["message"].as_str().unwrap().contains(message), "{extra}: {body}");
+    }
+    assert_eq!(call(&node, "DescribeTable", &json!({ "TableName": "refused" })).0, 400);
+
+    let throughput = json!({ "ReadCapacityUnits": 7, "WriteCapacityUnits": 3 });
+    let (status, body) = call(
+        &node,
+        "CreateTable",
+        &with(
+            definition("provisioned"),
+            json!({ "ProvisionedThroughput": throughput, "Tags": [{ "Key": "team", "Value": "blue" }] }),
+        ),
+    );
+    assert_eq!(status, 200, "{body}");
+    let expected = json!({ "NumberOfDecreasesToday": 0, "ReadCapacityUnits": 7, "WriteCapacityUnits": 3 });
+    assert_eq!(body["TableDescription"]["ProvisionedThroughput"], expected);
+    let (status, body) =
+        call(&node, "CreateTable", &with(definition("on-demand"), json!({ "BillingMode": "PAY_PER_REQUEST" })));
+    assert_eq!(status, 200, "{body}");
+    let arn = call(&node, "DescribeTable", &json!({ "TableName": "provisioned" })).1["Table"]["TableArn"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // Tags on the table's ARN, with DynamoDB's limits.
+    let many: Vec<_> = (0..49).map(|i| json!({ "Key": format!("k{i:02}"), "Value": i.to_string() })).collect();
+    assert_eq!(call(&node, "TagResource", &json!({ "ResourceArn": arn, "Tags": many })), (200, json!({})));
+    let (status, body) = call(
+        &node,
+        "TagResource",
+        &json!({ "ResourceArn": arn, "Tags": [{ "Key": "x", "Value": "y" }, { "Key": "z", "Value": "" }] }),
+    );
+    assert_eq!((status, body["__type"].as_str().unwrap().ends_with("ValidationException")), (400, true), "{body}");
+    assert_eq!(
+        call(&node, "UntagResource", &json!({ "ResourceArn": arn, "TagKeys": ["k00", "k01", "absent"] })),
+        (200, json!({}))
+    );
+    for (tag, member) in
+        [(json!({ "Key": "aws:x", "Value": "" }), "aws:"), (json!({ "Key": "k!", "Value": "" }), "tags.1.member.key")]
+    {
+        let (status, body) = call(&node, "TagResource", &json!({ "ResourceArn": arn, "Tags": [tag] }));
+        assert_eq!(status, 400, "{body}");
+        assert!(body["message"].as_str().unwrap().contains(member), "{body}");
+    }
+    let missing = arn.replace("provisioned", "missing");
+    let (status, body) = call(&node, "ListTagsOfResource", &json!({ "ResourceArn": missing }));
+    assert_eq!(status, 400);
+    assert_eq!(body["message"], format!("Requested resource not found: ResourceArn: {missing} not found"));
+    assert_eq!(call(&node, "ListTagsOfResource", &json!({ "ResourceArn": "provisioned" })).0, 400);
+
+    // All of it survives a SIGKILL and restart.
+    node.kill();
+    node.restart();
+    let described = call(&node, "DescribeTable", &json!({ "TableName": "provisioned" })).1;
+    assert_eq!(described["Table"]["ProvisionedThroughput"], expected, "{described}");
+    assert!(described["Table"].get("BillingModeSummary").is_none(), "{described}");
+    let on_demand = call(&node, "DescribeTable", &json!({ "TableName": "on-demand" })).1;
+    assert_eq!(on_demand["Table"]["BillingModeSummary"]["BillingMode"], "PAY_PER_REQUEST");
+    assert_eq!(on_demand["Table"]["ProvisionedThroughput"]["ReadCapacityUnits"], 0);
+    let (status, listed) = call(&node, "ListTagsOfResource", &json!({ "ResourceArn": arn }));
+    assert_eq!(status, 200, "{listed}");
+    let keys: Vec<&str> = listed["Tags"].as_array().unwrap().iter().map(|tag| tag["Key"].as_str().unwrap()).collect();
+    assert_eq!(keys.len(), 48, "{listed}");
+    assert!(keys.contains(&"team") && keys.contains(&"k48") && !keys.contains(&"k00"), "{listed}");
+    let after = call(&node, "ListTagsOfResource", &json!({ "ResourceArn": arn, "NextToken": "k47" })).1;
+    assert_eq!(after, json!({ "Tags": [{ "Key": "k48", "Value": "48" }, { "Key": "team", "Value": "blue" }] }));
+
+    // DeleteTable answers DELETING with the table's throughput, without its key schema.
+    let (status, deleted) = call(&node, "DeleteTable", &json!({ "TableName": "provisioned" }));
+    assert_eq!(status, 200, "{deleted}");
+    let description = &deleted["TableDescription"];
+    assert_eq!(
+        (description["TableStatus"].as_str(), description["TableArn"].as_str()),
+        (Some("DELETING"), Some(arn.as_str()))
+    );
+    assert_eq!(description["ProvisionedThroughput"], expected);
+    assert!(description.get("KeySchema").is_none() && description.get("CreationDateTime").is_none(), "{deleted}");
+    assert_eq!(call(&node, "ListTagsOfResource", &json!({ "ResourceArn": arn })).0, 400);
+}
+
+/// `post`'s request with its body sent chunked: `chunks` as they go on the wire after the
+/// head (sizes, extensions, data, the last chunk and the trailer section).
+fn post_chunked(target: &str, chunks: &[u8]) -> Vec<u8> {
+    let head = String::from_utf8(post(target, "", None)).unwrap();
+    let head = head.replace("Content-Length: 0\r\n", "Transfer-Encoding: chunked\r\n");
+    [head.as_bytes(), chunks].concat()
+}
+
+/// A chunked request body (Transfer-Encoding: chunked, RFC 9112 section 7.1) over a raw TCP
+/// socket: read whole, extensions and trailers taken, held to 16 MB (413 beyond); malformed
+/// chunking is 400 and closes the connection; Transfer-Encoding beside a Content-Length, in
+/// HTTP/1.0, or not ending with chunked, is refused.
+#[test]
+fn chunked_request_bodies_are_read_with_the_same_limits() {
+    let node = Node::start("chunked", &["--auth", "none"]);
+    let list = "DynamoDB_20120810.ListTables";
+    let mut stream = connect(&node);
+    for chunks in [
+        &b"2\r\n{}\r\n0\r\n\r\n"[..],
+        b"1\r\n{\r\n1;name=value;quoted=\"a \\\"b\\\" c\" ; flag\r\n}\r\n0\r\n\r\n",
+        b"0001\r\n{\r\n1\r\n}\r\n0\r\nX-Checksum: abc\r\nX-Other: d\r\n\r\n",
+        b"C\r\n{\"Limit\": 5}\r\n0\r\n\r\n",
+    ] {
+        // Each on the same kept-alive connection: the body ended where the chunks said.
+        let (status, _, body) = exchange(&mut stream, &post_chunked(list, chunks)).expect("an answer");
+        assert_eq!(status, 200, "{}: {}", String::from_utf8_lossy(chunks), String::from_utf8_lossy(&body));
+        assert!(String::from_utf8_lossy(&body).contains("TableNames"));
+    }
+    // A body sent a byte at a time is read the same.
+    let request = post_chunked(list, b"1;x=y\r\n{\r\n1\r\n}\r\n0\r\nT: v\r\n\r\n");
+    for byte in &request {
+        std::io::Write::write_all(&mut stream, std::slice::from_ref(byte)).unwrap();
+    }
+    let (status, _, _) = exchange(&mut stream, b"").expect("an answer");
+    assert_eq!(status, 200);
+    // A chunked body of exactly 16 MB is within the limit (then read as JSON); a byte more is not.
+    let mut at_limit = b"{}".to_vec();
+    at_limit.resize(16 << 20, b' ');
+    let mut chunks = Vec::new();
+    for piece in at_limit.chunks(1 << 20) {
+        chunks.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+        chunks.extend_from_slice(piece);
+        chunks.extend_from_slice(b"\r\n");
+    }
+    let mut over = chunks.clone();
+    chunks.extend_from_slice(b"0\r\n\r\n");
+    let (status, _, body) = exchange(&mut stream, &post_chunked(list, &chunks)).expect("an answer");
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    over.extend_from_slice(b"1\r\n \r\n0\r\n\r\n");
+    let mut closed = connect(&node);
+    let (status, _, body) = exchange(&mut closed, &post_chunked(list, &over)).expect("an answer");
+    assert_eq!(status, 413, "{}", String::from_utf8_lossy(&body));
+    // Malformed chunking, and framings a proxy could read otherwise: refused, then closed.
+    let chunked = |chunks: &[u8]| post_chunked(list, chunks);
+    let head = |headers: &str, version: &str| {
+        format!("POST / {version}\r\nHost: localhost\r\nX-Amz-Target: {list}\r\n{headers}\r\n2\r\n{{}}\r\n0\r\n\r\n")
+            .into_bytes()
+    };
+    for (request, status, named) in [
+        (chunked(b"zz\r\n{}\r\n0\r\n\r\n"), 400, "chunked body is malformed"),
+        (chunked(b"\r\n{}\r\n0\r\n\r\n"), 400, "chunked body is malformed"),
+        (chunked(b"2\r\n{}XX0\r\n\r\n"), 400, "chunked body is malformed"),
+        (chunked(b"2;a\nb\r\n{}\r\n0\r\n\r\n"), 400, "chunked body is malformed"),
+        (chunked(b"2;=v\r\n{}\r\n0\r\n\r\n"), 400, "chunked body is malformed"),
+        (chunked(b"2;a=\"open\r\n{}\r\n0\r\n\r\n"), 400, "chunked body is malformed"),
+        (chunked(b"2\r\n{}\r\n0\r\nbad trailer\r\n\r\n"), 400, "chunked body is malformed"),
+        (chunked(format!("2;{}\r\n", "x".repeat(5000)).as_bytes()), 400, "chunked body is malformed"),
+        (chunked(b"ffffffffffffffffffff\r\n"), 413, "larger than 16 MB"),
+        (
+            head("Transfer-Encoding: chunked\r\nContent-Length: 9\r\n", "HTTP/1.1"),
+            400,
+            "both Transfer-Encoding and Content-Length",
+        ),
+        (head("Transfer-Encoding: chunked\r\n", "HTTP/1.0"), 400, "HTTP/1.0"),
+        (head("Transfer-Encoding: chunked, identity\r\n", "HTTP/1.1"), 400, "must end with chunked"),
+        (head("Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n", "HTTP/1.1"), 400, "only once"),
+        (head("Transfer-Encoding: gzip, chunked\r\n", "HTTP/1.1"), 501, "may only be chunked"),
+    ] {
+        let mut stream = connect(&node);
+        let (got, _, body) = exchange(&mut stream, &request).expect("an answer before the close");
+        let message = String::from_utf8_lossy(&body).into_owned();
+        assert_eq!(got, status, "{}: {message}", String::from_utf8_lossy(&request[..request.len().min(300)]));
+        assert!(message.contains(named), "{message}");
+        let mut rest = Vec::new();
+        assert_eq!(stream.read_to_end(&mut rest).ok(), Some(0), "closed after the answer");
+    }
 }

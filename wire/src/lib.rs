@@ -19,6 +19,6 @@ mod generated {
 pub use error::{ErrorCode, WireError};
 pub use message::{
     ConsumedCapacity, Expressions, MessageType, Query, ReadExpressions, ReplicaStatus, Request, RequestFlags, Response,
-    ReturnConsumedCapacity, ReturnValues, Scan, Select, SortCondition, TableDescription, TableKeys, TableStatus,
-    UpdateItem, Write,
+    ReturnConsumedCapacity, ReturnValues, Scan, Select, SortCondition, TableDescription, TableKeys, TableStatus, Tags,
+    Throughput, UpdateItem, Write,
 };

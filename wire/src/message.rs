@@ -41,6 +41,10 @@ pub enum MessageType {
     RetireReplica = 16,
     /// Proves the connection holds a key (`AuthenticateRequest`); answered with a Hello answer.
     Authenticate = 17,
+    /// A table's tags: added, removed, listed; answered with `TagsResponse`.
+    TagResource = 18,
+    UntagResource = 19,
+    ListTagsOfResource = 20,
     /// A batch of Multi-Paxos messages on a peer link (node to node; `replication.rs`).
     Replication = 0x4000,
     /// CreateTable, DeleteTable and DescribeTable answers.
@@ -56,11 +60,13 @@ pub enum MessageType {
     ReplicasResponse = 0x8008,
     /// ChangeMembers and RetireReplica answers.
     AdminResponse = 0x8009,
+    /// TagResource, UntagResource and ListTagsOfResource answers.
+    TagsResponse = 0x800A,
     Error = 0xFFFF,
 }
 
 impl MessageType {
-    const ALL: [MessageType; 28] = [
+    const ALL: [MessageType; 32] = [
         MessageType::CreateTable,
         MessageType::DeleteTable,
         MessageType::DescribeTable,
@@ -78,6 +84,9 @@ impl MessageType {
         MessageType::ChangeMembers,
         MessageType::RetireReplica,
         MessageType::Authenticate,
+        MessageType::TagResource,
+        MessageType::UntagResource,
+        MessageType::ListTagsOfResource,
         MessageType::Replication,
         MessageType::TableResponse,
         MessageType::ListTablesResponse,
@@ -88,6 +97,7 @@ impl MessageType {
         MessageType::HelloResponse,
         MessageType::ReplicasResponse,
         MessageType::AdminResponse,
+        MessageType::TagsResponse,
         MessageType::Error,
     ];
 
@@ -183,7 +193,19 @@ pub struct TableDescription {
     pub created_at_ms: u64,
     pub item_count: u64,
     pub size_bytes: u64,
+    /// BillingMode PROVISIONED's throughput; `None`: PAY_PER_REQUEST.
+    pub throughput: Option<Throughput>,
 }
+
+/// A table's provisioned throughput (BillingMode PROVISIONED), in capacity units per second.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Throughput {
+    pub read_units: u64,
+    pub write_units: u64,
+}
+
+/// A table's tags as (key, value) pairs.
+pub type Tags = Vec<(String, String)>;
 
 /// A write's ConditionExpression and the placeholders of all its expressions, as text: the
 /// server parses them (DynamoDB's request shape).
@@ -299,6 +321,9 @@ pub enum Request {
         table: String,
         key_schema: KeySchema,
         partitions: u32,
+        /// `None`: BillingMode PAY_PER_REQUEST.
+        throughput: Option<Throughput>,
+        tags: Tags,
     },
     DeleteTable {
         table: String,
@@ -353,6 +378,19 @@ pub enum Request {
         timestamp_ms: u64,
         nonce: Vec<u8>,
         signature: Vec<u8>,
+    },
+    /// Adds `tags` to the table (a key it has takes the new value); answered with its tags.
+    TagResource {
+        table: String,
+        tags: Tags,
+    },
+    /// Removes the table's tags with these keys; answered with its tags.
+    UntagResource {
+        table: String,
+        keys: Vec<String>,
+    },
+    ListTagsOfResource {
+        table: String,
     },
 }
 
@@ -409,6 +447,8 @@ pub enum Response {
     Admin {
         slot: u64,
     },
+    /// A table's tags, in key order.
+    Tags(Tags),
     Error(WireError),
 }
 
@@ -885,6 +925,9 @@ impl Request {
             Request::ChangeMembers { .. } => MessageType::ChangeMembers,
             Request::RetireReplica { .. } => MessageType::RetireReplica,
             Request::Authenticate { .. } => MessageType::Authenticate,
+            Request::TagResource { .. } => MessageType::TagResource,
+            Request::UntagResource { .. } => MessageType::UntagResource,
+            Request::ListTagsOfResource { .. } => MessageType::ListTagsOfResource,
         }
     }
 
@@ -906,6 +949,9 @@ impl Request {
             MessageType::ChangeMembers => "ChangeMembers",
             MessageType::RetireReplica => "RetireReplica",
             MessageType::Authenticate => "Authenticate",
+            MessageType::TagResource => "TagResource",
+            MessageType::UntagResource => "UntagResource",
+            MessageType::ListTagsOfResource => "ListTagsOfResource",
             _ => "BatchWriteItem",
         }
     }
@@ -920,14 +966,42 @@ impl Request {
     pub fn encode_with_flags(&self, request_id: u64, flags: RequestFlags, out: &mut Vec<u8>) {
         let mut fbb = FlatBufferBuilder::with_capacity(256);
         match self {
-            Request::CreateTable { table, key_schema, partitions } => {
+            Request::CreateTable { table, key_schema, partitions, throughput, tags } => {
                 let table = Some(fbb.create_string(table));
                 let partition_key = Some(write_key_element(&mut fbb, &key_schema.partition));
                 let sort_key = key_schema.sort.as_ref().map(|sort| write_key_element(&mut fbb, sort));
-                let root = fb::CreateTableRequest::create(
-                    &mut fbb,
-                    &fb::CreateTableRequestArgs { table, partition_key, sort_key, partitions: *partitions },
-                );
+                let tags = Some(write_tags(&mut fbb, tags));
+                let (read_units, write_units) =
+                    throughput.map_or((0, 0), |units| (units.read_units, units.write_units));
+                let args = fb::CreateTableRequestArgs {
+                    table,
+                    partition_key,
+                    sort_key,
+                    partitions: *partitions,
+                    read_units,
+                    write_units,
+                    tags,
+                };
+                let root = fb::CreateTableRequest::create(&mut fbb, &args);
+                fbb.finish_minimal(root);
+            }
+            Request::TagResource { table, tags } => {
+                let table = Some(fbb.create_string(table));
+                let tags = Some(write_tags(&mut fbb, tags));
+                let root = fb::TagResourceRequest::create(&mut fbb, &fb::TagResourceRequestArgs { table, tags });
+                fbb.finish_minimal(root);
+            }
+            Request::UntagResource { table, keys } => {
+                let table = Some(fbb.create_string(table));
+                let keys: Vec<_> = keys.iter().map(|key| fbb.create_string(key)).collect();
+                let keys = Some(fbb.create_vector(&keys));
+                let root = fb::UntagResourceRequest::create(&mut fbb, &fb::UntagResourceRequestArgs { table, keys });
+                fbb.finish_minimal(root);
+            }
+            Request::ListTagsOfResource { table } => {
+                let table = Some(fbb.create_string(table));
+                let root =
+                    fb::ListTagsOfResourceRequest::create(&mut fbb, &fb::ListTagsOfResourceRequestArgs { table });
                 fbb.finish_minimal(root);
             }
             Request::DeleteTable { table } => {
@@ -1115,8 +1189,24 @@ impl Request {
                     table: read_string(request.table()),
                     key_schema: KeySchema { partition, sort },
                     partitions: request.partitions(),
+                    throughput: read_throughput(request.read_units(), request.write_units())?,
+                    tags: read_tags(request.tags()),
                 }
             }
+            MessageType::TagResource => {
+                let request = root::<fb::TagResourceRequest>(payload, "TagResource")?;
+                Request::TagResource { table: read_string(request.table()), tags: read_tags(request.tags()) }
+            }
+            MessageType::UntagResource => {
+                let request = root::<fb::UntagResourceRequest>(payload, "UntagResource")?;
+                Request::UntagResource {
+                    table: read_string(request.table()),
+                    keys: request.keys().map_or(Vec::new(), |keys| keys.iter().map(str::to_string).collect()),
+                }
+            }
+            MessageType::ListTagsOfResource => Request::ListTagsOfResource {
+                table: read_string(root::<fb::ListTagsOfResourceRequest>(payload, "ListTagsOfResource")?.table()),
+            },
             MessageType::Hello => {
                 root::<fb::HelloRequest>(payload, "Hello")?;
                 Request::Hello
@@ -1272,9 +1362,12 @@ fn write_table_description<'a>(
         TableStatus::Active => fb::TableStatus::ACTIVE,
         TableStatus::Deleting => fb::TableStatus::DELETING,
     };
+    let (read_units, write_units) = table.throughput.map_or((0, 0), |units| (units.read_units, units.write_units));
     fb::TableDescription::create(
         fbb,
         &fb::TableDescriptionArgs {
+            read_units,
+            write_units,
             name,
             partition_key,
             sort_key,
@@ -1304,7 +1397,35 @@ fn read_table_description(table: fb::TableDescription<'_>) -> Result<TableDescri
         created_at_ms: table.created_at_ms(),
         item_count: table.item_count(),
         size_bytes: table.size_bytes(),
+        throughput: read_throughput(table.read_units(), table.write_units())?,
     })
+}
+
+fn write_tags<'a>(
+    fbb: &mut FlatBufferBuilder<'a>,
+    tags: &[(String, String)],
+) -> WIPOffset<Vector<'a, ForwardsUOffset<fb::Tag<'a>>>> {
+    let tags: Vec<_> = tags
+        .iter()
+        .map(|(key, value)| {
+            let args = fb::TagArgs { key: Some(fbb.create_string(key)), value: Some(fbb.create_string(value)) };
+            fb::Tag::create(fbb, &args)
+        })
+        .collect();
+    fbb.create_vector(&tags)
+}
+
+fn read_tags(tags: Option<Vector<'_, ForwardsUOffset<fb::Tag<'_>>>>) -> Tags {
+    tags.map_or(Vec::new(), |tags| tags.iter().map(|tag| (tag.key().to_string(), tag.value().to_string())).collect())
+}
+
+/// Provisioned throughput from its two units: both 0 is PAY_PER_REQUEST, one alone is refused.
+fn read_throughput(read_units: u64, write_units: u64) -> Result<Option<Throughput>, WireError> {
+    match (read_units, write_units) {
+        (0, 0) => Ok(None),
+        (0, _) | (_, 0) => Err(invalid("provisioned throughput needs both read and write units")),
+        (read_units, write_units) => Ok(Some(Throughput { read_units, write_units })),
+    }
 }
 
 impl Response {
@@ -1320,6 +1441,7 @@ impl Response {
             Response::BatchWriteItem { .. } => MessageType::BatchWriteItemResponse,
             Response::Replicas { .. } => MessageType::ReplicasResponse,
             Response::Admin { .. } => MessageType::AdminResponse,
+            Response::Tags(_) => MessageType::TagsResponse,
             Response::Error(_) => MessageType::Error,
         }
     }
@@ -1415,6 +1537,11 @@ impl Response {
             }
             Response::Admin { slot } => {
                 let root = fb::AdminResponse::create(&mut fbb, &fb::AdminResponseArgs { slot: *slot });
+                fbb.finish_minimal(root);
+            }
+            Response::Tags(tags) => {
+                let tags = Some(write_tags(&mut fbb, tags));
+                let root = fb::TagsResponse::create(&mut fbb, &fb::TagsResponseArgs { tags });
                 fbb.finish_minimal(root);
             }
             Response::Error(error) => {
@@ -1517,6 +1644,9 @@ impl Response {
             }
             MessageType::AdminResponse => {
                 Response::Admin { slot: root::<fb::AdminResponse>(payload, "administrative answer")?.slot() }
+            }
+            MessageType::TagsResponse => {
+                Response::Tags(read_tags(root::<fb::TagsResponse>(payload, "tags answer")?.tags()))
             }
             _ => {
                 let answer = root::<fb::ErrorResponse>(payload, "error answer")?;

@@ -175,12 +175,23 @@ proptest! {
 fn table_messages_round_trip() {
     let schema = KeySchema::composite(("customer", KeyType::S), ("order", KeyType::N));
     let requests = [
-        Request::CreateTable { table: "orders".into(), key_schema: schema.clone(), partitions: 8 },
+        Request::CreateTable {
+            table: "orders".into(),
+            key_schema: schema.clone(),
+            partitions: 8,
+            throughput: Some(Throughput { read_units: 5, write_units: 7 }),
+            tags: vec![("team".into(), "blue".into()), ("empty".into(), String::new())],
+        },
         Request::CreateTable {
             table: "users".into(),
             key_schema: KeySchema::hash_only("id", KeyType::B),
             partitions: 0,
+            throughput: None,
+            tags: Vec::new(),
         },
+        Request::TagResource { table: "orders".into(), tags: vec![("a".into(), "b".into())] },
+        Request::UntagResource { table: "orders".into(), keys: vec!["a".into(), "c".into()] },
+        Request::ListTagsOfResource { table: "orders".into() },
         Request::DeleteTable { table: "orders".into() },
         Request::DescribeTable { table: "orders".into(), counts: true },
         Request::DescribeTable { table: "orders".into(), counts: false },
@@ -205,9 +216,15 @@ fn table_messages_round_trip() {
         created_at_ms: 1_700_000_000_000,
         item_count: 12,
         size_bytes: 3456,
+        throughput: None,
     };
+    let provisioned =
+        TableDescription { throughput: Some(Throughput { read_units: 1, write_units: 40_000 }), ..description.clone() };
     let responses = [
         Response::Table(description),
+        Response::Table(provisioned),
+        Response::Tags(vec![("k".into(), "v".into())]),
+        Response::Tags(Vec::new()),
         Response::ListTables { tables: vec!["a".into(), "b".into()], last_evaluated_table: Some("b".into()) },
         Response::Hello { core: 1, cores: 2 },
         Response::Replicas {

@@ -8,10 +8,12 @@ use tessera_engine::expr::{legacy, parse_on_condition_failure, ExprError, Return
 use tessera_engine::{AttributeValue, Item, KeyAttribute, KeySchema, KeyType};
 use tessera_wire::{
     ConsumedCapacity, ErrorCode, Expressions, Query, ReadExpressions, Request, RequestFlags, Response,
-    ReturnConsumedCapacity, Scan, Select, TableDescription, TableKeys, TableStatus, UpdateItem, WireError, Write,
+    ReturnConsumedCapacity, Scan, Select, TableDescription, TableKeys, TableStatus, Throughput, UpdateItem, WireError,
+    Write,
 };
 
 use super::messages;
+use crate::catalog::TableNameFaults;
 use crate::json::{
     attribute_updates_from_json, consumed_capacity_to_json, expected_from_json, item_from_json, item_to_json,
     legacy_conditions_from_json, value_from_json, JsonError,
@@ -131,10 +133,13 @@ pub(crate) enum Operation {
     BatchWriteItem,
     DescribeEndpoints,
     DescribeLimits,
+    TagResource,
+    UntagResource,
+    ListTagsOfResource,
 }
 
 impl Operation {
-    const ALL: [(Operation, &'static str); 14] = [
+    const ALL: [(Operation, &'static str); 17] = [
         (Operation::CreateTable, "CreateTable"),
         (Operation::DeleteTable, "DeleteTable"),
         (Operation::DescribeTable, "DescribeTable"),
@@ -149,10 +154,13 @@ impl Operation {
         (Operation::BatchWriteItem, "BatchWriteItem"),
         (Operation::DescribeEndpoints, "DescribeEndpoints"),
         (Operation::DescribeLimits, "DescribeLimits"),
+        (Operation::TagResource, "TagResource"),
+        (Operation::UntagResource, "UntagResource"),
+        (Operation::ListTagsOfResource, "ListTagsOfResource"),
     ];
 
     /// DynamoDB's operations (API version 2012-08-10) that the endpoint does not serve.
-    const UNSERVED: [&'static str; 43] = [
+    const UNSERVED: [&'static str; 40] = [
         "BatchExecuteStatement",
         "CreateBackup",
         "CreateGlobalTable",
@@ -180,14 +188,11 @@ impl Operation {
         "ListExports",
         "ListGlobalTables",
         "ListImports",
-        "ListTagsOfResource",
         "PutResourcePolicy",
         "RestoreTableFromBackup",
         "RestoreTableToPointInTime",
-        "TagResource",
         "TransactGetItems",
         "TransactWriteItems",
-        "UntagResource",
         "UpdateContinuousBackups",
         "UpdateContributorInsights",
         "UpdateGlobalTable",
@@ -219,22 +224,36 @@ impl Operation {
 /// What a request body asks for.
 #[derive(Debug, PartialEq)]
 pub(crate) enum Call {
-    /// A request for the engine, with the frame flags it would carry.
-    Engine(Box<Request>, RequestFlags),
+    /// A request for the engine, with the frame flags it would carry, and what its answer's
+    /// body needs of the request.
+    Engine(Box<Request>, RequestFlags, Reply),
     /// An answer that needs no engine (DescribeEndpoints, DescribeLimits).
     Answer(Value),
 }
 
-/// Reads the body of `operation`; `host` is the request's Host (DescribeEndpoints names it).
-pub(crate) fn decode(operation: Operation, body: &[u8], host: &str) -> Result<Call, ApiError> {
+/// What an answer's body takes from its request besides the engine's answer.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Reply {
+    /// The ResourceArn of a tag operation (a missing table's error names it).
+    pub arn: Option<String>,
+    /// ListTagsOfResource's NextToken: the key the previous page ended with.
+    pub next_token: Option<String>,
+}
+
+/// Reads the body of `operation`; `host` is the request's Host (DescribeEndpoints names it),
+/// `region` the region its credential names (as its tables' ARNs do).
+pub(crate) fn decode(operation: Operation, body: &[u8], host: &str, region: &str) -> Result<Call, ApiError> {
     let json: Value = serde_json::from_slice(body)
         .map_err(|error| ApiError::serialization(format!("the request body is not valid JSON: {error}")))?;
     let body = Body(json.as_object().ok_or_else(|| ApiError::serialization("the request body must be a JSON object"))?);
     let capacity = body.capacity()?;
     let flags = RequestFlags { capacity, forwarded: false };
-    let engine = |request| Ok(Call::Engine(Box::new(request), flags));
+    let engine = |request| Ok(Call::Engine(Box::new(request), flags, Reply::default()));
     match operation {
         Operation::CreateTable => engine(create_table(&body)?),
+        Operation::TagResource | Operation::UntagResource | Operation::ListTagsOfResource => {
+            tag_request(operation, &body, region, flags)
+        }
         Operation::DeleteTable => engine(Request::DeleteTable { table: body.table()? }),
         Operation::DescribeTable => engine(Request::DescribeTable { table: body.table()?, counts: true }),
         Operation::ListTables => {
@@ -356,13 +375,42 @@ pub(crate) fn encode(
     response: Response,
     consumed: &[ConsumedCapacity],
     region: &str,
+    reply: &Reply,
 ) -> Result<Value, ApiError> {
     let mut body = Map::new();
     match response {
-        Response::Error(error) => return Err(ApiError::from_wire(error)),
+        Response::Error(error) => {
+            return Err(match &reply.arn {
+                // A tag operation's missing table is named by its ARN.
+                Some(arn) if error.code == ErrorCode::ResourceNotFoundException => {
+                    ApiError::from_wire(WireError::new(error.code, messages::arn_not_found(arn)))
+                }
+                _ => ApiError::from_wire(error),
+            });
+        }
         Response::Table(table) => {
             let name = if operation == Operation::DescribeTable { "Table" } else { "TableDescription" };
-            body.insert(name.into(), describe(&table, region));
+            let mut description = describe(&table, region);
+            if operation == Operation::DeleteTable {
+                // DeleteTable's answer has no key schema, definitions or creation time.
+                for member in ["KeySchema", "AttributeDefinitions", "CreationDateTime"] {
+                    description.as_object_mut().map(|members| members.remove(member));
+                }
+            }
+            body.insert(name.into(), description);
+        }
+        // TagResource and UntagResource answer an empty body; ListTagsOfResource the tags
+        // after NextToken's key (all of them: a table has at most 50).
+        Response::Tags(tags) => {
+            if operation == Operation::ListTagsOfResource {
+                let after = reply.next_token.as_deref();
+                let tags: Vec<Value> = tags
+                    .iter()
+                    .filter(|(key, _)| after.is_none_or(|after| key.as_str() > after))
+                    .map(|(key, value)| json!({ "Key": key, "Value": value }))
+                    .collect();
+                body.insert("Tags".into(), Value::Array(tags));
+            }
         }
         Response::ListTables { tables, last_evaluated_table } => {
             body.insert("TableNames".into(), json!(tables));
@@ -461,7 +509,11 @@ fn describe(table: &TableDescription, region: &str) -> Value {
         TableStatus::Deleting => "DELETING",
     };
     let created = table.created_at_ms as f64 / 1000.0;
-    json!({
+    // A provisioned table's answer has no BillingModeSummary (PROVISIONED is the default);
+    // an on-demand table's throughput is 0 units.
+    let (read_units, write_units) =
+        table.throughput.map_or((0, 0), |throughput| (throughput.read_units, throughput.write_units));
+    let mut description = json!({
         "TableName": table.name,
         "TableStatus": status,
         "KeySchema": key_schema,
@@ -471,10 +523,101 @@ fn describe(table: &TableDescription, region: &str) -> Value {
         "TableSizeBytes": table.size_bytes,
         "TableArn": format!("arn:aws:dynamodb:{region}:{ACCOUNT}:table/{}", table.name),
         "TableId": format!("{:08x}-0000-4000-8000-{:012x}", table.created_at_ms >> 16 & 0xffff_ffff, table.created_at_ms & 0xffff_ffff_ffff),
-        "BillingModeSummary": { "BillingMode": "PAY_PER_REQUEST", "LastUpdateToPayPerRequestDateTime": created },
-        "ProvisionedThroughput": { "NumberOfDecreasesToday": 0, "ReadCapacityUnits": 0, "WriteCapacityUnits": 0 },
+        "ProvisionedThroughput": {
+            "NumberOfDecreasesToday": 0,
+            "ReadCapacityUnits": read_units,
+            "WriteCapacityUnits": write_units,
+        },
         "DeletionProtectionEnabled": false,
-    })
+    });
+    if table.throughput.is_none() {
+        description["BillingModeSummary"] =
+            json!({ "BillingMode": "PAY_PER_REQUEST", "LastUpdateToPayPerRequestDateTime": created });
+    }
+    description
+}
+
+/// The table a tag operation's ResourceArn names, as DynamoDB refuses what names none: no
+/// ARN, not an ARN, not a table's ARN; a table ARN of another region or account, or of a name
+/// no table can have, names no table here.
+fn resource_table(body: &Body<'_>, region: &str) -> Result<(String, String), ApiError> {
+    let arn = body.string("ResourceArn")?.ok_or_else(|| ApiError::validation(messages::ARN_MISSING))?;
+    if !arn.starts_with("arn:") {
+        return Err(ApiError::validation(messages::not_an_arn(arn)));
+    }
+    let parts: Vec<&str> = arn.splitn(6, ':').collect();
+    let ["arn", "aws", "dynamodb", arn_region, account, resource] = parts.as_slice() else {
+        return Err(ApiError::validation(messages::not_a_table_arn(arn)));
+    };
+    let Some(name) = resource.strip_prefix("table/").filter(|name| !name.is_empty() && !name.contains('/')) else {
+        return Err(ApiError::validation(messages::not_a_table_arn(arn)));
+    };
+    if *arn_region != region || *account != ACCOUNT || TableNameFaults::of(name).any() {
+        return Err(ApiError::from_wire(WireError::new(
+            ErrorCode::ResourceNotFoundException,
+            messages::arn_not_found(arn),
+        )));
+    }
+    Ok((name.to_string(), arn.to_string()))
+}
+
+/// A tag list (`field` names it in errors: `tags`), as (key, value) pairs.
+fn tags(values: &[Value], field: &str) -> Result<Vec<(String, String)>, ApiError> {
+    let mut tags = Vec::new();
+    for (index, tag) in values.iter().enumerate() {
+        let member = |name: &str, camel: &str| match tag.get(name) {
+            None | Some(Value::Null) => Err(Body::missing(&format!("{field}.{}.member.{camel}", index + 1))),
+            Some(Value::String(text)) => Ok(text.clone()),
+            Some(_) => Err(ApiError::serialization(format!("{name} must be a string"))),
+        };
+        if !tag.is_object() {
+            return Err(ApiError::serialization("a Tag must be an object"));
+        }
+        tags.push((member("Key", "key")?, member("Value", "value")?));
+    }
+    Ok(tags)
+}
+
+/// TagResource, UntagResource and ListTagsOfResource, checked in DynamoDB's order.
+fn tag_request(operation: Operation, body: &Body<'_>, region: &str, flags: RequestFlags) -> Result<Call, ApiError> {
+    let arn = body.string("ResourceArn")?;
+    if let Some(arn) = arn.filter(|arn| !arn.starts_with("arn:")) {
+        return Err(ApiError::validation(messages::not_an_arn(arn)));
+    }
+    let (request, next_token) = match operation {
+        Operation::TagResource => {
+            let list = body.get("Tags").ok_or_else(|| Body::missing("tags"))?;
+            let list = list.as_array().ok_or_else(|| ApiError::serialization("Tags must be an array"))?;
+            let (table, _) = resource_table(body, region)?;
+            if list.is_empty() {
+                return Err(ApiError::validation(messages::TAGS_EMPTY));
+            }
+            (Request::TagResource { table, tags: tags(list, "tags")? }, None)
+        }
+        Operation::UntagResource => {
+            let list = body.get("TagKeys").ok_or_else(|| Body::missing("tagKeys"))?;
+            let list = list.as_array().ok_or_else(|| ApiError::serialization("TagKeys must be an array"))?;
+            let (table, _) = resource_table(body, region)?;
+            if list.is_empty() {
+                return Err(ApiError::validation(messages::TAG_KEYS_EMPTY));
+            }
+            let keys = list
+                .iter()
+                .map(|key| {
+                    key.as_str()
+                        .map(str::to_string)
+                        .ok_or_else(|| ApiError::serialization("a tag key must be a string"))
+                })
+                .collect::<Result<_, _>>()?;
+            (Request::UntagResource { table, keys }, None)
+        }
+        _ => {
+            let (table, _) = resource_table(body, region)?;
+            (Request::ListTagsOfResource { table }, body.string("NextToken")?.map(str::to_string))
+        }
+    };
+    let reply = Reply { arn: arn.map(str::to_string), next_token };
+    Ok(Call::Engine(Box::new(request), flags, reply))
 }
 
 fn names_to_json(names: &[(String, String)]) -> Value {
@@ -524,6 +667,8 @@ fn create_table(body: &Body<'_>) -> Result<Request, ApiError> {
     for element in schema {
         keys.push((member_string(element, "AttributeName")?, member_string(element, "KeyType")?));
     }
+    // Billing is checked after the request's shape, before its keys' meaning (as DynamoDB).
+    let throughput = billing(body)?;
     let key = |name: &str| -> Result<KeyAttribute, ApiError> {
         let key_type = types.iter().find(|(known, _)| *known == name).map(|(_, key_type)| *key_type).ok_or_else(|| {
             ApiError::validation(
@@ -550,7 +695,52 @@ fn create_table(body: &Body<'_>) -> Result<Request, ApiError> {
             "One or more parameter values were invalid: Number of attributes in KeySchema does not exactly match number of attributes defined in AttributeDefinitions",
         ));
     }
-    Ok(Request::CreateTable { table, key_schema, partitions: 0 })
+    let tags = match body.get("Tags") {
+        None => Vec::new(),
+        Some(Value::Array(list)) => tags(list, "tags")?,
+        Some(_) => return Err(ApiError::serialization("Tags must be an array")),
+    };
+    Ok(Request::CreateTable { table, key_schema, partitions: 0, throughput, tags })
+}
+
+/// CreateTable's BillingMode and ProvisionedThroughput: the throughput of a PROVISIONED table
+/// (the default), `None` for PAY_PER_REQUEST. The units' own constraints come first, as
+/// DynamoDB checks a request's shape before its meaning.
+fn billing(body: &Body<'_>) -> Result<Option<Throughput>, ApiError> {
+    let throughput = match body.get("ProvisionedThroughput") {
+        None => None,
+        Some(Value::Object(units)) => {
+            let mut faults = Vec::new();
+            let mut read = |member: &'static str, camel: &'static str| match units.get(member) {
+                None | Some(Value::Null) => {
+                    faults.push((camel, None));
+                    Ok(0)
+                }
+                Some(value) => {
+                    let number = value
+                        .as_i64()
+                        .ok_or_else(|| ApiError::serialization(format!("{member} must be an integer")))?;
+                    if number < 1 {
+                        faults.push((camel, Some(number)));
+                    }
+                    Ok(number.max(0) as u64)
+                }
+            };
+            let write_units = read("WriteCapacityUnits", "writeCapacityUnits")?;
+            let read_units = read("ReadCapacityUnits", "readCapacityUnits")?;
+            if !faults.is_empty() {
+                return Err(ApiError::validation(messages::bad_capacity_units(&faults)));
+            }
+            Some(Throughput { read_units, write_units })
+        }
+        Some(_) => return Err(ApiError::serialization("ProvisionedThroughput must be an object")),
+    };
+    match (body.string("BillingMode")?, throughput) {
+        (Some("PAY_PER_REQUEST"), Some(_)) => Err(ApiError::validation(messages::PAY_PER_REQUEST_WITH_THROUGHPUT)),
+        (Some("PAY_PER_REQUEST"), None) => Ok(None),
+        (_, None) => Err(ApiError::validation(messages::PROVISIONED_WITHOUT_THROUGHPUT)),
+        (_, throughput) => Ok(throughput),
+    }
 }
 
 fn batch_get(body: &Body<'_>) -> Result<Vec<TableKeys>, ApiError> {
@@ -947,14 +1137,14 @@ mod tests {
     use super::*;
 
     fn engine(operation: Operation, body: &str) -> Request {
-        match decode(operation, body.as_bytes(), "localhost:8000") {
-            Ok(Call::Engine(request, _)) => *request,
+        match decode(operation, body.as_bytes(), "localhost:8000", "us-east-1") {
+            Ok(Call::Engine(request, _, _)) => *request,
             other => panic!("{body}: {other:?}"),
         }
     }
 
     fn error(operation: Operation, body: &str) -> ApiError {
-        match decode(operation, body.as_bytes(), "localhost:8000") {
+        match decode(operation, body.as_bytes(), "localhost:8000", "us-east-1") {
             Err(error) => error,
             other => panic!("{body}: {other:?}"),
         }
@@ -971,7 +1161,7 @@ mod tests {
             assert_eq!(error.body(), json!({ "__type": error.kind }));
         }
         // One of DynamoDB's operations Tessera does not serve says so (an SDK shows it).
-        for name in ["TransactWriteItems", "UpdateTable", "DescribeTimeToLive", "TagResource", "ExecuteStatement"] {
+        for name in ["TransactWriteItems", "UpdateTable", "DescribeTimeToLive", "ExecuteStatement"] {
             let error = Operation::from_target(Some(&format!("{TARGET_PREFIX}{name}"))).unwrap_err();
             assert_eq!(error.kind, "com.amazon.coral.service#UnknownOperationException");
             assert_eq!(error.body()["message"], format!("Tessera does not support the operation {name} yet"));
@@ -991,21 +1181,23 @@ mod tests {
             Request::CreateTable {
                 table: "t".into(),
                 key_schema: KeySchema::composite(("pk", KeyType::S), ("sk", KeyType::N)),
-                partitions: 0
+                partitions: 0,
+                throughput: None,
+                tags: Vec::new(),
             }
         );
         for (body, expected) in [
             (r#"{"KeySchema":[],"AttributeDefinitions":[]}"#, "Value null at 'tableName'"),
             (
-                r#"{"TableName":"t","KeySchema":[{"AttributeName":"pk","KeyType":"HASH"}],"AttributeDefinitions":[]}"#,
+                r#"{"TableName":"t","KeySchema":[{"AttributeName":"pk","KeyType":"HASH"}],"AttributeDefinitions":[],"BillingMode":"PAY_PER_REQUEST"}"#,
                 "not defined in AttributeDefinitions",
             ),
             (
-                r#"{"TableName":"t","KeySchema":[{"AttributeName":"pk","KeyType":"HASH"}],"AttributeDefinitions":[{"AttributeName":"pk","AttributeType":"S"},{"AttributeName":"x","AttributeType":"S"}]}"#,
+                r#"{"TableName":"t","KeySchema":[{"AttributeName":"pk","KeyType":"HASH"}],"AttributeDefinitions":[{"AttributeName":"pk","AttributeType":"S"},{"AttributeName":"x","AttributeType":"S"}],"BillingMode":"PAY_PER_REQUEST"}"#,
                 "does not exactly match",
             ),
             (
-                r#"{"TableName":"t","KeySchema":[{"AttributeName":"pk","KeyType":"RANGE"}],"AttributeDefinitions":[{"AttributeName":"pk","AttributeType":"S"}]}"#,
+                r#"{"TableName":"t","KeySchema":[{"AttributeName":"pk","KeyType":"RANGE"}],"AttributeDefinitions":[{"AttributeName":"pk","AttributeType":"S"}],"BillingMode":"PAY_PER_REQUEST"}"#,
                 "HASH key",
             ),
             (
@@ -1020,6 +1212,42 @@ mod tests {
             let error = error(Operation::CreateTable, body);
             assert_eq!(error.kind, "com.amazon.coral.validate#ValidationException", "{body}");
             assert!(error.message.contains(expected), "{body}: {}", error.message);
+        }
+        // BillingMode and ProvisionedThroughput (MESSAGES.md 13a, 13b, 13j).
+        let table = r#""TableName":"t","KeySchema":[{"AttributeName":"pk","KeyType":"HASH"}],"AttributeDefinitions":[{"AttributeName":"pk","AttributeType":"S"}]"#;
+        let provisioned = engine(
+            Operation::CreateTable,
+            &format!(
+                r#"{{{table},"ProvisionedThroughput":{{"ReadCapacityUnits":2,"WriteCapacityUnits":3}},"Tags":[{{"Key":"k","Value":""}}]}}"#
+            ),
+        );
+        let Request::CreateTable { throughput, tags, .. } = provisioned else { panic!("{provisioned:?}") };
+        assert_eq!(throughput, Some(Throughput { read_units: 2, write_units: 3 }));
+        assert_eq!(tags, vec![("k".to_string(), String::new())]);
+        for (extra, expected) in [
+            ("", messages::PROVISIONED_WITHOUT_THROUGHPUT.to_string()),
+            (r#","BillingMode":"PROVISIONED""#, messages::PROVISIONED_WITHOUT_THROUGHPUT.to_string()),
+            (
+                r#","BillingMode":"PAY_PER_REQUEST","ProvisionedThroughput":{"ReadCapacityUnits":1,"WriteCapacityUnits":1}"#,
+                messages::PAY_PER_REQUEST_WITH_THROUGHPUT.to_string(),
+            ),
+            (
+                r#","ProvisionedThroughput":{"ReadCapacityUnits":5}"#,
+                "1 validation error detected: Value null at 'provisionedThroughput.writeCapacityUnits' failed to satisfy constraint: Member must not be null".to_string(),
+            ),
+            (
+                r#","ProvisionedThroughput":{"ReadCapacityUnits":0,"WriteCapacityUnits":-1}"#,
+                "2 validation errors detected: Value '-1' at 'provisionedThroughput.writeCapacityUnits' failed to satisfy constraint: Member must have value greater than or equal to 1; Value '0' at 'provisionedThroughput.readCapacityUnits' failed to satisfy constraint: Member must have value greater than or equal to 1".to_string(),
+            ),
+            (
+                r#","BillingMode":"PAY_PER_REQUEST","Tags":[{"Key":"k"}]"#,
+                "1 validation error detected: Value null at 'tags.1.member.value' failed to satisfy constraint: Member must not be null".to_string(),
+            ),
+        ] {
+            let body = format!("{{{table}{extra}}}");
+            let error = error(Operation::CreateTable, &body);
+            assert_eq!(error.kind, "com.amazon.coral.validate#ValidationException", "{body}");
+            assert_eq!(error.message, expected, "{body}: {}", error.message);
         }
     }
 
@@ -1188,9 +1416,10 @@ mod tests {
     #[test]
     fn answers_are_shaped_as_dynamodb_shapes_them() {
         let item: Item = [("pk".to_string(), AttributeValue::S("a".into()))].into_iter().collect();
-        let body = encode(Operation::GetItem, Response::Item(Some(item.clone())), &[], "us-east-1").unwrap();
+        let body = encode(Operation::GetItem, Response::Item(Some(item.clone())), &[], "us-east-1", &Reply::default())
+            .unwrap();
         assert_eq!(body, json!({ "Item": { "pk": { "S": "a" } } }));
-        let body = encode(Operation::PutItem, Response::Item(None), &[], "us-east-1").unwrap();
+        let body = encode(Operation::PutItem, Response::Item(None), &[], "us-east-1", &Reply::default()).unwrap();
         assert_eq!(body, json!({}));
         let consumed = ConsumedCapacity { table: "t".into(), read_units: 0.5, write_units: 0.0, table_units: None };
         let body = encode(
@@ -1198,6 +1427,7 @@ mod tests {
             Response::Items { items: vec![item.clone()], scanned_count: 2, count: 1, last_evaluated_key: Some(item) },
             std::slice::from_ref(&consumed),
             "us-east-1",
+            &Reply::default(),
         )
         .unwrap();
         assert_eq!(body["Count"], 1);
@@ -1209,6 +1439,7 @@ mod tests {
             Response::Items { items: vec![], scanned_count: 3, count: 3, last_evaluated_key: None },
             &[],
             "r",
+            &Reply::default(),
         )
         .unwrap();
         assert!(counted.get("Items").is_none());
@@ -1220,8 +1451,11 @@ mod tests {
             created_at_ms: 1_700_000_000_500,
             item_count: 3,
             size_bytes: 99,
+            throughput: None,
         };
-        let body = encode(Operation::DescribeTable, Response::Table(table), &[], "eu-west-1").unwrap();
+        let body =
+            encode(Operation::DescribeTable, Response::Table(table.clone()), &[], "eu-west-1", &Reply::default())
+                .unwrap();
         let described = &body["Table"];
         assert_eq!(described["TableStatus"], "ACTIVE");
         assert_eq!(described["KeySchema"], json!([{ "AttributeName": "pk", "KeyType": "HASH" }]));
@@ -1229,11 +1463,59 @@ mod tests {
         assert_eq!(described["TableArn"], "arn:aws:dynamodb:eu-west-1:000000000000:table/t");
         assert_eq!(described["CreationDateTime"], 1_700_000_000.5);
         assert_eq!((described["ItemCount"].as_u64(), described["TableSizeBytes"].as_u64()), (Some(3), Some(99)));
+        assert_eq!(described["BillingModeSummary"]["BillingMode"], "PAY_PER_REQUEST");
+        assert_eq!(described["ProvisionedThroughput"]["ReadCapacityUnits"], 0);
+        // A provisioned table shows its units and no BillingModeSummary; DeleteTable's answer
+        // has no key schema or creation time.
+        let provisioned = TableDescription {
+            throughput: Some(Throughput { read_units: 4, write_units: 6 }),
+            status: TableStatus::Deleting,
+            ..table.clone()
+        };
+        let body =
+            encode(Operation::DeleteTable, Response::Table(provisioned), &[], "eu-west-1", &Reply::default()).unwrap();
+        let deleted = &body["TableDescription"];
+        assert_eq!(deleted["TableStatus"], "DELETING");
+        assert_eq!(
+            deleted["ProvisionedThroughput"],
+            json!({ "NumberOfDecreasesToday": 0, "ReadCapacityUnits": 4, "WriteCapacityUnits": 6 })
+        );
+        for absent in ["BillingModeSummary", "KeySchema", "AttributeDefinitions", "CreationDateTime"] {
+            assert!(deleted.get(absent).is_none(), "{absent}: {deleted}");
+        }
+        assert_eq!(deleted["TableArn"], described["TableArn"]);
+        // Tag operations: ARNs checked, a missing table named by its ARN, pages after NextToken.
+        let arn = "arn:aws:dynamodb:us-east-1:000000000000:table/tags";
+        let tag = |body: &str| decode(Operation::TagResource, body.as_bytes(), "h", "us-east-1");
+        let Ok(Call::Engine(request, _, reply)) =
+            tag(&format!(r#"{{"ResourceArn":"{arn}","Tags":[{{"Key":"a","Value":"b"}}]}}"#))
+        else {
+            panic!()
+        };
+        assert_eq!(*request, Request::TagResource { table: "tags".into(), tags: vec![("a".into(), "b".into())] });
+        let missing = WireError::new(ErrorCode::ResourceNotFoundException, "Requested resource not found");
+        let error = encode(Operation::TagResource, Response::Error(missing), &[], "us-east-1", &reply).unwrap_err();
+        assert_eq!(error.message, format!("Requested resource not found: ResourceArn: {arn} not found"));
+        for (body, message) in [
+            (r#"{"Tags":[{"Key":"a","Value":"b"}]}"#.to_string(), "Invalid TableArn".to_string()),
+            (r#"{"ResourceArn":"tags","Tags":[]}"#.to_string(), messages::not_an_arn("tags")),
+            (format!(r#"{{"ResourceArn":"{arn}"}}"#), "1 validation error detected: Value null at 'tags' failed to satisfy constraint: Member must not be null".to_string()),
+            (format!(r#"{{"ResourceArn":"{arn}/index/i","Tags":[]}}"#), messages::not_a_table_arn(&format!("{arn}/index/i"))),
+            (format!(r#"{{"ResourceArn":"{arn}","Tags":[]}}"#), messages::TAGS_EMPTY.to_string()),
+            (r#"{"ResourceArn":"arn:aws:dynamodb:eu-west-1:000000000000:table/tags","Tags":[{"Key":"a","Value":"b"}]}"#.to_string(), messages::arn_not_found("arn:aws:dynamodb:eu-west-1:000000000000:table/tags")),
+        ] {
+            assert_eq!(tag(&body).unwrap_err().message, message, "{body}");
+        }
+        let reply = Reply { arn: Some(arn.into()), next_token: Some("b".into()) };
+        let tags = Response::Tags(vec![("a".into(), "1".into()), ("b".into(), "2".into()), ("c".into(), "3".into())]);
+        let body = encode(Operation::ListTagsOfResource, tags.clone(), &[], "us-east-1", &reply).unwrap();
+        assert_eq!(body, json!({ "Tags": [{ "Key": "c", "Value": "3" }] }));
+        assert_eq!(encode(Operation::TagResource, tags, &[], "us-east-1", &reply).unwrap(), json!({}));
         let failed = WireError {
             item: Some([("pk".to_string(), AttributeValue::S("a".into()))].into_iter().collect()),
             ..WireError::new(ErrorCode::ConditionalCheckFailedException, "The conditional request failed")
         };
-        let error = encode(Operation::PutItem, Response::Error(failed), &[], "r").unwrap_err();
+        let error = encode(Operation::PutItem, Response::Error(failed), &[], "r", &Reply::default()).unwrap_err();
         assert_eq!(error.kind, "com.amazonaws.dynamodb.v20120810#ConditionalCheckFailedException");
         assert_eq!(error.body()["Item"], json!({ "pk": { "S": "a" } }));
         let error = ApiError::from_wire(WireError::new(ErrorCode::ServiceUnavailable, "down"));

@@ -146,3 +146,93 @@ pub(crate) fn number_not_string(number: &serde_json::Number) -> String {
     let kind = if number.is_f64() { "DECIMAL_VALUE" } else { "NUMBER_VALUE" };
     format!("{kind} cannot be converted to String")
 }
+
+/// CreateTable with BillingMode PAY_PER_REQUEST and a ProvisionedThroughput: MESSAGES.md 13b
+/// (dynalite 3.2.1 validations/createTable.js:182-186 and actions/updateTable.js:15-17).
+pub(crate) const PAY_PER_REQUEST_WITH_THROUGHPUT: &str = "One or more parameter values were invalid: Neither ReadCapacityUnits nor WriteCapacityUnits can be specified when BillingMode is PAY_PER_REQUEST";
+
+/// CreateTable with BillingMode PROVISIONED (or none, its default) and no ProvisionedThroughput:
+/// MESSAGES.md 13a (moto test_dynamodb_import_table.py:46-73, aws_verified; dynalite 3.2.1
+/// validations/createTable.js:188-192).
+pub(crate) const PROVISIONED_WITHOUT_THROUGHPUT: &str = "One or more parameter values were invalid: ReadCapacityUnits and WriteCapacityUnits must both be specified when BillingMode is PROVISIONED";
+
+/// A ProvisionedThroughput member missing or below 1 (framework constraints, in DynamoDB's
+/// member order: write, then read): MESSAGES.md 13j (dynalite 3.2.1 validations/createTable.js:30-43;
+/// Alternator test_provisioned_throughput.py:41-56 matches `provisionedThroughput.*CapacityUnits`).
+/// `units` is (member, value) for each unit that is wrong, `None` for a missing one.
+pub(crate) fn bad_capacity_units(units: &[(&str, Option<i64>)]) -> String {
+    let count = units.len();
+    let mut message = format!("{count} validation error{} detected: ", if count == 1 { "" } else { "s" });
+    for (i, (member, value)) in units.iter().enumerate() {
+        let separator = if i == 0 { "" } else { "; " };
+        let (value, rule) = match value {
+            None => ("null".to_string(), "Member must not be null"),
+            Some(value) => (format!("'{value}'"), "Member must have value greater than or equal to 1"),
+        };
+        let _ = write!(
+            message,
+            "{separator}Value {value} at 'provisionedThroughput.{member}' failed to satisfy constraint: {rule}"
+        );
+    }
+    message
+}
+
+/// Capacity units above DynamoDB's bound (10^12): MESSAGES.md 13j (dynalite 3.2.1
+/// validations/createTable.js:194-197, asserted against DynamoDB in test/createTable.js).
+/// `which` is ReadCapacityUnits or WriteCapacityUnits.
+pub(crate) fn capacity_units_out_of_bounds(value: impl std::fmt::Display, which: &str) -> String {
+    format!("Given value {value} for {which} is out of bounds")
+}
+
+/// TagResource, UntagResource or ListTagsOfResource without a ResourceArn: MESSAGES.md 13e
+/// (dynalite test/tagResource.js:37-39).
+pub(crate) const ARN_MISSING: &str = "Invalid TableArn";
+
+/// A ResourceArn that is not an ARN: MESSAGES.md 13k (observed against DynamoDB, 2026); older
+/// DynamoDB answered AccessDeniedException (13f, Alternator test_tag.py:160-163).
+pub(crate) fn not_an_arn(arn: &str) -> String {
+    format!("One or more parameter values were invalid: ARNs must start with 'arn:': {arn}")
+}
+
+/// An ARN that does not name a table (an index's, a stream's, another service's):
+/// MESSAGES.md 13f (Alternator test_tag.py:301-315, comment quoting DynamoDB).
+pub(crate) fn not_a_table_arn(arn: &str) -> String {
+    format!(
+        "One or more parameter values were invalid: Invalid resource arn provided, only table or stream is accepted. Provided resource arn: {arn}"
+    )
+}
+
+/// A well-formed table ARN naming no table (of this region and account): MESSAGES.md 13k
+/// (observed against DynamoDB, 2026); dynalite's older text reads "ResourcArn" (13h).
+pub(crate) fn arn_not_found(arn: &str) -> String {
+    format!("Requested resource not found: ResourceArn: {arn} not found")
+}
+
+/// TagResource with an empty Tags list: MESSAGES.md 13g (dynalite test/tagResource.js:65-85; sic "Atleast").
+pub(crate) const TAGS_EMPTY: &str = "Atleast one Tag needs to be provided as Input.";
+
+/// UntagResource with an empty TagKeys list: MESSAGES.md 13g (dynalite test/untagResource.js:73-77).
+pub(crate) const TAG_KEYS_EMPTY: &str = "Atleast one Tag Key needs to be provided as Input.";
+
+/// DynamoDB's characters for tag keys and values (TaggingRestrictions.html: letters, white
+/// space, numbers and `+ - = . _ : /`), as a constraint message prints the rule.
+pub(crate) const TAG_PATTERN: &str = "^[\\p{L}\\p{Z}\\p{N}_.:/=+\\-]*$";
+
+/// A tag key or value that breaks a length or character rule (framework form): MESSAGES.md 13d;
+/// DynamoDB's exact text is not known (Alternator test_tag.py only matches ValidationException).
+/// `position` counts from 1, `member` is `key` or `value`.
+pub(crate) fn bad_tag(value: &str, position: usize, member: &str, rule: &str) -> String {
+    constraint_violations(value, &format!("tags.{position}.member.{member}"), &[rule.to_string()])
+}
+
+/// More than 50 tags on a table: ValidationException (Alternator test_tag.py:156-159, against
+/// DynamoDB); the text is not known (MESSAGES.md 13c), so this one is Tessera's.
+pub(crate) fn too_many_tags(count: usize) -> String {
+    format!("One or more parameter values were invalid: The table would have {count} tags, more than the 50 a table may have")
+}
+
+/// A tag key in the reserved `aws:` namespace: DynamoDB's text is not known (MESSAGES.md 13c),
+/// so this one is Tessera's.
+pub(crate) fn reserved_tag_key(key: &str) -> String {
+    format!("One or more parameter values were invalid: The tag key {key} is reserved: keys starting with aws: are for AWS's own tags")
+}

@@ -34,6 +34,8 @@ const HEAD_MAX: usize = 16 << 10;
 /// The largest request body, also once decompressed: DynamoDB's 16 MB request limit.
 pub const BODY_MAX: usize = 16 << 20;
 const HEADERS_MAX: usize = 64;
+/// The longest chunk-size line of a chunked body (size and extensions).
+const CHUNK_LINE_MAX: usize = 4 << 10;
 /// How long a request at a node that knows no leader for its partition (an election is on)
 /// waits for one, asking again every `ELECTION_PAUSE`, before it is answered 503.
 const ELECTION_WAIT_MAX: Duration = Duration::from_secs(5);
@@ -173,6 +175,15 @@ impl Inbound {
         body
     }
 
+    /// Reads more of a body, which may stall at most `BODY_STALL_MAX`.
+    async fn fill_body(&mut self, stream: &mut ReadHalf<TcpStream>) -> Result<(), Next> {
+        match self.fill(stream, BODY_STALL_MAX).await {
+            Filled::More => Ok(()),
+            Filled::Closed => Err(Next::Closed),
+            Filled::Late => Err(Next::Refuse(408, BODY_LATE)),
+        }
+    }
+
     /// Reads more, waiting at most `within`.
     async fn fill(&mut self, stream: &mut ReadHalf<TcpStream>, within: Duration) -> Filled {
         if self.start == self.buffer.len() {
@@ -224,11 +235,16 @@ async fn read_request(
             Ok(httparse::Status::Complete(head)) => {
                 let (path, query) =
                     request.path.unwrap_or("/").split_once('?').unwrap_or((request.path.unwrap_or("/"), ""));
-                let length = match body_length(request.headers) {
-                    Ok(length) => length,
+                let framing = match body_framing(request.headers, request.version.unwrap_or(1)) {
+                    Ok(framing) => framing,
                     Err((status, message)) => return Next::Refuse(status, message),
                 };
-                let Some(reserved) = memory.reserve(length).await else { return Next::Refuse(503, NO_MEMORY) };
+                // A chunked body's length is known only at its end: room for the largest.
+                let declared = match framing {
+                    Framing::Length(length) => length,
+                    Framing::Chunked => BODY_MAX,
+                };
+                let Some(reserved) = memory.reserve(declared).await else { return Next::Refuse(503, NO_MEMORY) };
                 let mut parsed = HttpRequest {
                     _reserved: reserved,
                     method: request.method.unwrap_or("").to_string(),
@@ -248,14 +264,20 @@ async fn read_request(
                     answers.interim(seq, b"HTTP/1.1 100 Continue\r\n\r\n".to_vec());
                 }
                 inbound.take(head);
-                while inbound.pending().len() < length {
-                    match inbound.fill(stream, BODY_STALL_MAX).await {
-                        Filled::More => {}
-                        Filled::Closed => return Next::Closed,
-                        Filled::Late => return Next::Refuse(408, BODY_LATE),
+                parsed.body = match framing {
+                    Framing::Length(length) => {
+                        while inbound.pending().len() < length {
+                            if let Err(next) = inbound.fill_body(stream).await {
+                                return next;
+                            }
+                        }
+                        inbound.take_body(length)
                     }
-                }
-                parsed.body = inbound.take_body(length);
+                    Framing::Chunked => match read_chunked(stream, inbound).await {
+                        Ok(body) => body,
+                        Err(next) => return next,
+                    },
+                };
                 return Next::Request(parsed);
             }
             Ok(httparse::Status::Partial) if pending.len() > HEAD_MAX => return Next::Refuse(400, HEAD_TOO_LARGE),
@@ -279,21 +301,48 @@ async fn read_request(
     }
 }
 
-/// The length of a request's body, from its one Content-Length header (none: no body), or
-/// the status and message refusing a request whose length is ambiguous. A proxy in front may read a length
-/// the server does not (two Content-Length headers, a value that is not plain decimal, a
-/// Transfer-Encoding beside it), and so take one request's body for another request: a
-/// request its receivers could frame differently is refused, and its connection closed.
-fn body_length(headers: &[httparse::Header<'_>]) -> Result<usize, (u16, &'static str)> {
+/// How a request's body is framed (RFC 9112 section 6).
+#[derive(Debug, PartialEq, Eq)]
+enum Framing {
+    /// Content-Length bytes (none: no body).
+    Length(usize),
+    /// `Transfer-Encoding: chunked`.
+    Chunked,
+}
+
+/// How a request's body is framed: its one Content-Length header (none: no body), or
+/// `Transfer-Encoding: chunked`; or the status and message refusing a request whose framing is
+/// ambiguous. A proxy in front may read a length the server does not (two Content-Length
+/// headers, a value that is not plain decimal, a Transfer-Encoding beside it or in HTTP/1.0,
+/// chunked twice or not last), and so take one request's body for another request: a request
+/// its receivers could frame differently is refused, and its connection closed. A transfer
+/// coding other than chunked is not implemented (501).
+fn body_framing(headers: &[httparse::Header<'_>], minor_version: u8) -> Result<Framing, (u16, &'static str)> {
     let mut lengths = headers.iter().filter(|header| header.name.eq_ignore_ascii_case("content-length"));
-    let transfer_encoding = headers.iter().any(|header| header.name.eq_ignore_ascii_case("transfer-encoding"));
+    let codings: Vec<&[u8]> = headers
+        .iter()
+        .filter(|header| header.name.eq_ignore_ascii_case("transfer-encoding"))
+        .flat_map(|header| header.value.split(|&byte| byte == b','))
+        .map(<[u8]>::trim_ascii)
+        .collect();
     let Some(length) = lengths.next() else {
-        if transfer_encoding {
-            return Err((411, "a request body needs a Content-Length (chunked transfer is not accepted)"));
+        if codings.is_empty() {
+            return Ok(Framing::Length(0));
         }
-        return Ok(0);
+        if minor_version == 0 {
+            return Err((400, "an HTTP/1.0 request may not have a Transfer-Encoding"));
+        }
+        let chunked = |coding: &[u8]| coding.eq_ignore_ascii_case(b"chunked");
+        return match codings.as_slice() {
+            [coding] if chunked(coding) => Ok(Framing::Chunked),
+            [.., last] if !chunked(last) => Err((400, "a request's Transfer-Encoding must end with chunked")),
+            _ if codings.iter().filter(|coding| chunked(coding)).count() > 1 => {
+                Err((400, "a request's Transfer-Encoding may name chunked only once"))
+            }
+            _ => Err((501, "a request's Transfer-Encoding may only be chunked")),
+        };
     };
-    if transfer_encoding {
+    if !codings.is_empty() {
         return Err((400, "a request may not have both Transfer-Encoding and Content-Length"));
     }
     if lengths.next().is_some() {
@@ -305,8 +354,126 @@ fn body_length(headers: &[httparse::Header<'_>]) -> Result<usize, (u16, &'static
     }
     // Only digits: a number that does not parse is too large for any length.
     match std::str::from_utf8(digits).ok().and_then(|text| text.parse::<usize>().ok()) {
-        Some(length) if length <= BODY_MAX => Ok(length),
-        _ => Err((413, "the request body is larger than 16 MB")),
+        Some(length) if length <= BODY_MAX => Ok(Framing::Length(length)),
+        _ => Err((413, BODY_TOO_LARGE)),
+    }
+}
+
+const BODY_TOO_LARGE: &str = "the request body is larger than 16 MB";
+const BAD_CHUNK: &str = "the request's chunked body is malformed";
+
+/// Reads a chunked body (RFC 9112 section 7.1): chunks until the last (size 0), their
+/// extensions checked and ignored, then the trailer section, whose fields are read and
+/// discarded. Held to `BODY_MAX` in all; malformed chunking is 400. httparse's own
+/// `parse_chunk_size` takes a size line with no digits, or bare line feeds in an extension,
+/// which a proxy in front may frame otherwise, so the line is held to the grammar here.
+async fn read_chunked(stream: &mut ReadHalf<TcpStream>, inbound: &mut Inbound) -> Result<Vec<u8>, Next> {
+    let mut body = Vec::new();
+    loop {
+        // The size line.
+        let line = loop {
+            let pending = inbound.pending();
+            let end = pending.windows(2).position(|pair| pair == b"\r\n");
+            // Without its CRLF yet, the line is at least as long as what came but a last CR.
+            if end.unwrap_or(pending.len().saturating_sub(1)) > CHUNK_LINE_MAX {
+                return Err(Next::Refuse(400, BAD_CHUNK));
+            }
+            if let Some(end) = end {
+                break end;
+            }
+            inbound.fill_body(stream).await?;
+        };
+        let size = chunk_size(&inbound.pending()[..line]).ok_or(Next::Refuse(400, BAD_CHUNK))?;
+        inbound.take(line + 2);
+        if size == 0 {
+            break;
+        }
+        if size > BODY_MAX - body.len() {
+            return Err(Next::Refuse(413, BODY_TOO_LARGE));
+        }
+        // The data and its CRLF.
+        while inbound.pending().len() < size + 2 {
+            inbound.fill_body(stream).await?;
+        }
+        body.extend_from_slice(inbound.take(size));
+        if inbound.take(2) != b"\r\n" {
+            return Err(Next::Refuse(400, BAD_CHUNK));
+        }
+    }
+    // The trailer section: field lines, then an empty line.
+    loop {
+        let mut fields = [httparse::EMPTY_HEADER; HEADERS_MAX];
+        match httparse::parse_headers(inbound.pending(), &mut fields) {
+            Ok(httparse::Status::Complete((length, _))) => {
+                inbound.take(length);
+                return Ok(body);
+            }
+            Ok(httparse::Status::Partial) if inbound.pending().len() <= HEAD_MAX => {
+                inbound.fill_body(stream).await?;
+            }
+            Ok(httparse::Status::Partial) => {
+                return Err(Next::Refuse(400, "the request's trailer is larger than 16 KB"))
+            }
+            Err(_) => return Err(Next::Refuse(400, BAD_CHUNK)),
+        }
+    }
+}
+
+/// The size a chunk-size line gives (`line` without its CRLF): `1*HEXDIG *( BWS ";" BWS
+/// token [ BWS "=" BWS ( token / quoted-string ) ] )` (RFC 9112 section 7.1.1); `None` if the
+/// line is not that. A size beyond any body's limit saturates.
+fn chunk_size(line: &[u8]) -> Option<usize> {
+    let digits = line.iter().take_while(|byte| byte.is_ascii_hexdigit()).count();
+    if digits == 0 {
+        return None;
+    }
+    let size = line[..digits].iter().fold(0usize, |size, &digit| {
+        let value = (digit as char).to_digit(16).unwrap_or(0) as usize;
+        size.saturating_mul(16).saturating_add(value)
+    });
+    let tchar = |byte: u8| byte.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&byte);
+    let mut rest = &line[digits..];
+    let skip_space = |rest: &mut &[u8]| {
+        while let [b' ' | b'\t', tail @ ..] = rest {
+            *rest = tail;
+        }
+    };
+    let token = |rest: &mut &[u8]| {
+        let length = rest.iter().take_while(|&&byte| tchar(byte)).count();
+        *rest = &rest[length..];
+        length > 0
+    };
+    loop {
+        skip_space(&mut rest);
+        let [b';', tail @ ..] = rest else { return rest.is_empty().then_some(size) };
+        rest = tail;
+        skip_space(&mut rest);
+        if !token(&mut rest) {
+            return None;
+        }
+        skip_space(&mut rest);
+        let [b'=', tail @ ..] = rest else { continue };
+        rest = tail;
+        skip_space(&mut rest);
+        if let [b'"', tail @ ..] = rest {
+            // A quoted string: qdtext, or a backslash and the byte it quotes, to a quote.
+            rest = tail;
+            loop {
+                match rest {
+                    [b'"', tail @ ..] => {
+                        rest = tail;
+                        break;
+                    }
+                    [b'\\', quoted, tail @ ..] if *quoted == b'\t' || *quoted >= b' ' && *quoted != 0x7F => rest = tail,
+                    [byte, tail @ ..] if *byte == b'\t' || *byte >= b' ' && *byte != 0x7F && *byte != b'\\' => {
+                        rest = tail
+                    }
+                    _ => return None,
+                }
+            }
+        } else if !token(&mut rest) {
+            return None;
+        }
     }
 }
 
@@ -317,6 +484,7 @@ fn reason(status: u16) -> &'static str {
         404 => "Not Found",
         408 => "Request Timeout",
         411 => "Length Required",
+        501 => "Not Implemented",
         413 => "Payload Too Large",
         431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",
@@ -587,16 +755,16 @@ async fn serve(shard: &Rc<Shard>, endpoint: &Endpoint, request: &HttpRequest) ->
     let operation = Operation::from_target(request.header("x-amz-target"))?;
     let host = request.header("host").unwrap_or("localhost");
     let region = region(request);
-    let (request, flags) = match api::decode(operation, &body, host)? {
+    let (request, flags, reply) = match api::decode(operation, &body, host, region)? {
         Call::Answer(body) => return Ok(body),
-        Call::Engine(engine_request, flags) => (*engine_request, flags),
+        Call::Engine(engine_request, flags, reply) => (*engine_request, flags, reply),
     };
     // A node that does not lead the partition passes the request to the one that does (a
     // DynamoDB client cannot follow a leader hint); during an election (no leader known) it
     // asks again for a while. The request is kept for that.
     let Some(kept) = shard.replicated().then(|| request.clone()) else {
         let (response, consumed) = shard.execute(request, flags).await;
-        return api::encode(operation, response, &consumed, region);
+        return api::encode(operation, response, &consumed, region, &reply);
     };
     let (mut waited, mut first) = (Duration::ZERO, Some(request));
     let (response, consumed) = loop {
@@ -619,5 +787,5 @@ async fn serve(shard: &Rc<Shard>, endpoint: &Endpoint, request: &HttpRequest) ->
             None => break (response, consumed),
         }
     };
-    api::encode(operation, response, &consumed, region)
+    api::encode(operation, response, &consumed, region, &reply)
 }

@@ -1746,6 +1746,8 @@ impl<'a> TableDescription<'a> {
   pub const VT_CREATED_AT_MS: flatbuffers::VOffsetT = 14;
   pub const VT_ITEM_COUNT: flatbuffers::VOffsetT = 16;
   pub const VT_SIZE_BYTES: flatbuffers::VOffsetT = 18;
+  pub const VT_READ_UNITS: flatbuffers::VOffsetT = 20;
+  pub const VT_WRITE_UNITS: flatbuffers::VOffsetT = 22;
 
   #[inline]
   pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
@@ -1757,6 +1759,8 @@ impl<'a> TableDescription<'a> {
     args: &'args TableDescriptionArgs<'args>
   ) -> flatbuffers::WIPOffset<TableDescription<'bldr>> {
     let mut builder = TableDescriptionBuilder::new(_fbb);
+    builder.add_write_units(args.write_units);
+    builder.add_read_units(args.read_units);
     builder.add_size_bytes(args.size_bytes);
     builder.add_item_count(args.item_count);
     builder.add_created_at_ms(args.created_at_ms);
@@ -1825,6 +1829,20 @@ impl<'a> TableDescription<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<u64>(TableDescription::VT_SIZE_BYTES, Some(0)).unwrap()}
   }
+  #[inline]
+  pub fn read_units(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(TableDescription::VT_READ_UNITS, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn write_units(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(TableDescription::VT_WRITE_UNITS, Some(0)).unwrap()}
+  }
 }
 
 impl flatbuffers::Verifiable for TableDescription<'_> {
@@ -1842,6 +1860,8 @@ impl flatbuffers::Verifiable for TableDescription<'_> {
      .visit_field::<u64>("created_at_ms", Self::VT_CREATED_AT_MS, false)?
      .visit_field::<u64>("item_count", Self::VT_ITEM_COUNT, false)?
      .visit_field::<u64>("size_bytes", Self::VT_SIZE_BYTES, false)?
+     .visit_field::<u64>("read_units", Self::VT_READ_UNITS, false)?
+     .visit_field::<u64>("write_units", Self::VT_WRITE_UNITS, false)?
      .finish();
     Ok(())
   }
@@ -1855,6 +1875,8 @@ pub struct TableDescriptionArgs<'a> {
     pub created_at_ms: u64,
     pub item_count: u64,
     pub size_bytes: u64,
+    pub read_units: u64,
+    pub write_units: u64,
 }
 impl<'a> Default for TableDescriptionArgs<'a> {
   #[inline]
@@ -1868,6 +1890,8 @@ impl<'a> Default for TableDescriptionArgs<'a> {
       created_at_ms: 0,
       item_count: 0,
       size_bytes: 0,
+      read_units: 0,
+      write_units: 0,
     }
   }
 }
@@ -1910,6 +1934,14 @@ impl<'a: 'b, 'b> TableDescriptionBuilder<'a, 'b> {
     self.fbb_.push_slot::<u64>(TableDescription::VT_SIZE_BYTES, size_bytes, 0);
   }
   #[inline]
+  pub fn add_read_units(&mut self, read_units: u64) {
+    self.fbb_.push_slot::<u64>(TableDescription::VT_READ_UNITS, read_units, 0);
+  }
+  #[inline]
+  pub fn add_write_units(&mut self, write_units: u64) {
+    self.fbb_.push_slot::<u64>(TableDescription::VT_WRITE_UNITS, write_units, 0);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>) -> TableDescriptionBuilder<'a, 'b> {
     let start = _fbb.start_table();
     TableDescriptionBuilder {
@@ -1937,6 +1969,124 @@ impl core::fmt::Debug for TableDescription<'_> {
       ds.field("created_at_ms", &self.created_at_ms());
       ds.field("item_count", &self.item_count());
       ds.field("size_bytes", &self.size_bytes());
+      ds.field("read_units", &self.read_units());
+      ds.field("write_units", &self.write_units());
+      ds.finish()
+  }
+}
+pub enum TagOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct Tag<'a> {
+  pub _tab: flatbuffers::Table<'a>,
+}
+
+impl<'a> flatbuffers::Follow<'a> for Tag<'a> {
+  type Inner = Tag<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: flatbuffers::Table::new(buf, loc) }
+  }
+}
+
+impl<'a> Tag<'a> {
+  pub const VT_KEY: flatbuffers::VOffsetT = 4;
+  pub const VT_VALUE: flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
+    Tag { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr>(
+    _fbb: &'mut_bldr mut flatbuffers::FlatBufferBuilder<'bldr>,
+    args: &'args TagArgs<'args>
+  ) -> flatbuffers::WIPOffset<Tag<'bldr>> {
+    let mut builder = TagBuilder::new(_fbb);
+    if let Some(x) = args.value { builder.add_value(x); }
+    if let Some(x) = args.key { builder.add_key(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn key(&self) -> &'a str {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<&str>>(Tag::VT_KEY, None).unwrap()}
+  }
+  #[inline]
+  pub fn value(&self) -> &'a str {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<&str>>(Tag::VT_VALUE, None).unwrap()}
+  }
+}
+
+impl flatbuffers::Verifiable for Tag<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut flatbuffers::Verifier, pos: usize
+  ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+    use self::flatbuffers::Verifiable;
+    v.visit_table(pos)?
+     .visit_field::<flatbuffers::ForwardsUOffset<&str>>("key", Self::VT_KEY, true)?
+     .visit_field::<flatbuffers::ForwardsUOffset<&str>>("value", Self::VT_VALUE, true)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct TagArgs<'a> {
+    pub key: Option<flatbuffers::WIPOffset<&'a str>>,
+    pub value: Option<flatbuffers::WIPOffset<&'a str>>,
+}
+impl<'a> Default for TagArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    TagArgs {
+      key: None, // required field
+      value: None, // required field
+    }
+  }
+}
+
+pub struct TagBuilder<'a: 'b, 'b> {
+  fbb_: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+  start_: flatbuffers::WIPOffset<flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b> TagBuilder<'a, 'b> {
+  #[inline]
+  pub fn add_key(&mut self, key: flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(Tag::VT_KEY, key);
+  }
+  #[inline]
+  pub fn add_value(&mut self, value: flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(Tag::VT_VALUE, value);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>) -> TagBuilder<'a, 'b> {
+    let start = _fbb.start_table();
+    TagBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> flatbuffers::WIPOffset<Tag<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    self.fbb_.required(o, Tag::VT_KEY,"key");
+    self.fbb_.required(o, Tag::VT_VALUE,"value");
+    flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl core::fmt::Debug for Tag<'_> {
+  fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+    let mut ds = f.debug_struct("Tag");
+      ds.field("key", &self.key());
+      ds.field("value", &self.value());
       ds.finish()
   }
 }
@@ -1960,6 +2110,9 @@ impl<'a> CreateTableRequest<'a> {
   pub const VT_PARTITION_KEY: flatbuffers::VOffsetT = 6;
   pub const VT_SORT_KEY: flatbuffers::VOffsetT = 8;
   pub const VT_PARTITIONS: flatbuffers::VOffsetT = 10;
+  pub const VT_READ_UNITS: flatbuffers::VOffsetT = 12;
+  pub const VT_WRITE_UNITS: flatbuffers::VOffsetT = 14;
+  pub const VT_TAGS: flatbuffers::VOffsetT = 16;
 
   #[inline]
   pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
@@ -1971,6 +2124,9 @@ impl<'a> CreateTableRequest<'a> {
     args: &'args CreateTableRequestArgs<'args>
   ) -> flatbuffers::WIPOffset<CreateTableRequest<'bldr>> {
     let mut builder = CreateTableRequestBuilder::new(_fbb);
+    builder.add_write_units(args.write_units);
+    builder.add_read_units(args.read_units);
+    if let Some(x) = args.tags { builder.add_tags(x); }
     builder.add_partitions(args.partitions);
     if let Some(x) = args.sort_key { builder.add_sort_key(x); }
     if let Some(x) = args.partition_key { builder.add_partition_key(x); }
@@ -2007,6 +2163,27 @@ impl<'a> CreateTableRequest<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<u32>(CreateTableRequest::VT_PARTITIONS, Some(0)).unwrap()}
   }
+  #[inline]
+  pub fn read_units(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(CreateTableRequest::VT_READ_UNITS, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn write_units(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(CreateTableRequest::VT_WRITE_UNITS, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn tags(&self) -> Option<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<Tag<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<Tag>>>>(CreateTableRequest::VT_TAGS, None)}
+  }
 }
 
 impl flatbuffers::Verifiable for CreateTableRequest<'_> {
@@ -2020,6 +2197,9 @@ impl flatbuffers::Verifiable for CreateTableRequest<'_> {
      .visit_field::<flatbuffers::ForwardsUOffset<KeyElement>>("partition_key", Self::VT_PARTITION_KEY, false)?
      .visit_field::<flatbuffers::ForwardsUOffset<KeyElement>>("sort_key", Self::VT_SORT_KEY, false)?
      .visit_field::<u32>("partitions", Self::VT_PARTITIONS, false)?
+     .visit_field::<u64>("read_units", Self::VT_READ_UNITS, false)?
+     .visit_field::<u64>("write_units", Self::VT_WRITE_UNITS, false)?
+     .visit_field::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'_, flatbuffers::ForwardsUOffset<Tag>>>>("tags", Self::VT_TAGS, false)?
      .finish();
     Ok(())
   }
@@ -2029,6 +2209,9 @@ pub struct CreateTableRequestArgs<'a> {
     pub partition_key: Option<flatbuffers::WIPOffset<KeyElement<'a>>>,
     pub sort_key: Option<flatbuffers::WIPOffset<KeyElement<'a>>>,
     pub partitions: u32,
+    pub read_units: u64,
+    pub write_units: u64,
+    pub tags: Option<flatbuffers::WIPOffset<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<Tag<'a>>>>>,
 }
 impl<'a> Default for CreateTableRequestArgs<'a> {
   #[inline]
@@ -2038,6 +2221,9 @@ impl<'a> Default for CreateTableRequestArgs<'a> {
       partition_key: None,
       sort_key: None,
       partitions: 0,
+      read_units: 0,
+      write_units: 0,
+      tags: None,
     }
   }
 }
@@ -2064,6 +2250,18 @@ impl<'a: 'b, 'b> CreateTableRequestBuilder<'a, 'b> {
     self.fbb_.push_slot::<u32>(CreateTableRequest::VT_PARTITIONS, partitions, 0);
   }
   #[inline]
+  pub fn add_read_units(&mut self, read_units: u64) {
+    self.fbb_.push_slot::<u64>(CreateTableRequest::VT_READ_UNITS, read_units, 0);
+  }
+  #[inline]
+  pub fn add_write_units(&mut self, write_units: u64) {
+    self.fbb_.push_slot::<u64>(CreateTableRequest::VT_WRITE_UNITS, write_units, 0);
+  }
+  #[inline]
+  pub fn add_tags(&mut self, tags: flatbuffers::WIPOffset<flatbuffers::Vector<'b , flatbuffers::ForwardsUOffset<Tag<'b >>>>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(CreateTableRequest::VT_TAGS, tags);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>) -> CreateTableRequestBuilder<'a, 'b> {
     let start = _fbb.start_table();
     CreateTableRequestBuilder {
@@ -2085,6 +2283,431 @@ impl core::fmt::Debug for CreateTableRequest<'_> {
       ds.field("partition_key", &self.partition_key());
       ds.field("sort_key", &self.sort_key());
       ds.field("partitions", &self.partitions());
+      ds.field("read_units", &self.read_units());
+      ds.field("write_units", &self.write_units());
+      ds.field("tags", &self.tags());
+      ds.finish()
+  }
+}
+pub enum TagResourceRequestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct TagResourceRequest<'a> {
+  pub _tab: flatbuffers::Table<'a>,
+}
+
+impl<'a> flatbuffers::Follow<'a> for TagResourceRequest<'a> {
+  type Inner = TagResourceRequest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: flatbuffers::Table::new(buf, loc) }
+  }
+}
+
+impl<'a> TagResourceRequest<'a> {
+  pub const VT_TABLE: flatbuffers::VOffsetT = 4;
+  pub const VT_TAGS: flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
+    TagResourceRequest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr>(
+    _fbb: &'mut_bldr mut flatbuffers::FlatBufferBuilder<'bldr>,
+    args: &'args TagResourceRequestArgs<'args>
+  ) -> flatbuffers::WIPOffset<TagResourceRequest<'bldr>> {
+    let mut builder = TagResourceRequestBuilder::new(_fbb);
+    if let Some(x) = args.tags { builder.add_tags(x); }
+    if let Some(x) = args.table { builder.add_table(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn table(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<&str>>(TagResourceRequest::VT_TABLE, None)}
+  }
+  #[inline]
+  pub fn tags(&self) -> Option<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<Tag<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<Tag>>>>(TagResourceRequest::VT_TAGS, None)}
+  }
+}
+
+impl flatbuffers::Verifiable for TagResourceRequest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut flatbuffers::Verifier, pos: usize
+  ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+    use self::flatbuffers::Verifiable;
+    v.visit_table(pos)?
+     .visit_field::<flatbuffers::ForwardsUOffset<&str>>("table", Self::VT_TABLE, false)?
+     .visit_field::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'_, flatbuffers::ForwardsUOffset<Tag>>>>("tags", Self::VT_TAGS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct TagResourceRequestArgs<'a> {
+    pub table: Option<flatbuffers::WIPOffset<&'a str>>,
+    pub tags: Option<flatbuffers::WIPOffset<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<Tag<'a>>>>>,
+}
+impl<'a> Default for TagResourceRequestArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    TagResourceRequestArgs {
+      table: None,
+      tags: None,
+    }
+  }
+}
+
+pub struct TagResourceRequestBuilder<'a: 'b, 'b> {
+  fbb_: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+  start_: flatbuffers::WIPOffset<flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b> TagResourceRequestBuilder<'a, 'b> {
+  #[inline]
+  pub fn add_table(&mut self, table: flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(TagResourceRequest::VT_TABLE, table);
+  }
+  #[inline]
+  pub fn add_tags(&mut self, tags: flatbuffers::WIPOffset<flatbuffers::Vector<'b , flatbuffers::ForwardsUOffset<Tag<'b >>>>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(TagResourceRequest::VT_TAGS, tags);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>) -> TagResourceRequestBuilder<'a, 'b> {
+    let start = _fbb.start_table();
+    TagResourceRequestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> flatbuffers::WIPOffset<TagResourceRequest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl core::fmt::Debug for TagResourceRequest<'_> {
+  fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+    let mut ds = f.debug_struct("TagResourceRequest");
+      ds.field("table", &self.table());
+      ds.field("tags", &self.tags());
+      ds.finish()
+  }
+}
+pub enum UntagResourceRequestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct UntagResourceRequest<'a> {
+  pub _tab: flatbuffers::Table<'a>,
+}
+
+impl<'a> flatbuffers::Follow<'a> for UntagResourceRequest<'a> {
+  type Inner = UntagResourceRequest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: flatbuffers::Table::new(buf, loc) }
+  }
+}
+
+impl<'a> UntagResourceRequest<'a> {
+  pub const VT_TABLE: flatbuffers::VOffsetT = 4;
+  pub const VT_KEYS: flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
+    UntagResourceRequest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr>(
+    _fbb: &'mut_bldr mut flatbuffers::FlatBufferBuilder<'bldr>,
+    args: &'args UntagResourceRequestArgs<'args>
+  ) -> flatbuffers::WIPOffset<UntagResourceRequest<'bldr>> {
+    let mut builder = UntagResourceRequestBuilder::new(_fbb);
+    if let Some(x) = args.keys { builder.add_keys(x); }
+    if let Some(x) = args.table { builder.add_table(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn table(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<&str>>(UntagResourceRequest::VT_TABLE, None)}
+  }
+  #[inline]
+  pub fn keys(&self) -> Option<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<&'a str>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<&'a str>>>>(UntagResourceRequest::VT_KEYS, None)}
+  }
+}
+
+impl flatbuffers::Verifiable for UntagResourceRequest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut flatbuffers::Verifier, pos: usize
+  ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+    use self::flatbuffers::Verifiable;
+    v.visit_table(pos)?
+     .visit_field::<flatbuffers::ForwardsUOffset<&str>>("table", Self::VT_TABLE, false)?
+     .visit_field::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'_, flatbuffers::ForwardsUOffset<&'_ str>>>>("keys", Self::VT_KEYS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct UntagResourceRequestArgs<'a> {
+    pub table: Option<flatbuffers::WIPOffset<&'a str>>,
+    pub keys: Option<flatbuffers::WIPOffset<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<&'a str>>>>,
+}
+impl<'a> Default for UntagResourceRequestArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    UntagResourceRequestArgs {
+      table: None,
+      keys: None,
+    }
+  }
+}
+
+pub struct UntagResourceRequestBuilder<'a: 'b, 'b> {
+  fbb_: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+  start_: flatbuffers::WIPOffset<flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b> UntagResourceRequestBuilder<'a, 'b> {
+  #[inline]
+  pub fn add_table(&mut self, table: flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(UntagResourceRequest::VT_TABLE, table);
+  }
+  #[inline]
+  pub fn add_keys(&mut self, keys: flatbuffers::WIPOffset<flatbuffers::Vector<'b , flatbuffers::ForwardsUOffset<&'b  str>>>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(UntagResourceRequest::VT_KEYS, keys);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>) -> UntagResourceRequestBuilder<'a, 'b> {
+    let start = _fbb.start_table();
+    UntagResourceRequestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> flatbuffers::WIPOffset<UntagResourceRequest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl core::fmt::Debug for UntagResourceRequest<'_> {
+  fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+    let mut ds = f.debug_struct("UntagResourceRequest");
+      ds.field("table", &self.table());
+      ds.field("keys", &self.keys());
+      ds.finish()
+  }
+}
+pub enum ListTagsOfResourceRequestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct ListTagsOfResourceRequest<'a> {
+  pub _tab: flatbuffers::Table<'a>,
+}
+
+impl<'a> flatbuffers::Follow<'a> for ListTagsOfResourceRequest<'a> {
+  type Inner = ListTagsOfResourceRequest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: flatbuffers::Table::new(buf, loc) }
+  }
+}
+
+impl<'a> ListTagsOfResourceRequest<'a> {
+  pub const VT_TABLE: flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
+    ListTagsOfResourceRequest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr>(
+    _fbb: &'mut_bldr mut flatbuffers::FlatBufferBuilder<'bldr>,
+    args: &'args ListTagsOfResourceRequestArgs<'args>
+  ) -> flatbuffers::WIPOffset<ListTagsOfResourceRequest<'bldr>> {
+    let mut builder = ListTagsOfResourceRequestBuilder::new(_fbb);
+    if let Some(x) = args.table { builder.add_table(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn table(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<&str>>(ListTagsOfResourceRequest::VT_TABLE, None)}
+  }
+}
+
+impl flatbuffers::Verifiable for ListTagsOfResourceRequest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut flatbuffers::Verifier, pos: usize
+  ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+    use self::flatbuffers::Verifiable;
+    v.visit_table(pos)?
+     .visit_field::<flatbuffers::ForwardsUOffset<&str>>("table", Self::VT_TABLE, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct ListTagsOfResourceRequestArgs<'a> {
+    pub table: Option<flatbuffers::WIPOffset<&'a str>>,
+}
+impl<'a> Default for ListTagsOfResourceRequestArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    ListTagsOfResourceRequestArgs {
+      table: None,
+    }
+  }
+}
+
+pub struct ListTagsOfResourceRequestBuilder<'a: 'b, 'b> {
+  fbb_: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+  start_: flatbuffers::WIPOffset<flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b> ListTagsOfResourceRequestBuilder<'a, 'b> {
+  #[inline]
+  pub fn add_table(&mut self, table: flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(ListTagsOfResourceRequest::VT_TABLE, table);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>) -> ListTagsOfResourceRequestBuilder<'a, 'b> {
+    let start = _fbb.start_table();
+    ListTagsOfResourceRequestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> flatbuffers::WIPOffset<ListTagsOfResourceRequest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl core::fmt::Debug for ListTagsOfResourceRequest<'_> {
+  fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+    let mut ds = f.debug_struct("ListTagsOfResourceRequest");
+      ds.field("table", &self.table());
+      ds.finish()
+  }
+}
+pub enum TagsResponseOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct TagsResponse<'a> {
+  pub _tab: flatbuffers::Table<'a>,
+}
+
+impl<'a> flatbuffers::Follow<'a> for TagsResponse<'a> {
+  type Inner = TagsResponse<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: flatbuffers::Table::new(buf, loc) }
+  }
+}
+
+impl<'a> TagsResponse<'a> {
+  pub const VT_TAGS: flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
+    TagsResponse { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr>(
+    _fbb: &'mut_bldr mut flatbuffers::FlatBufferBuilder<'bldr>,
+    args: &'args TagsResponseArgs<'args>
+  ) -> flatbuffers::WIPOffset<TagsResponse<'bldr>> {
+    let mut builder = TagsResponseBuilder::new(_fbb);
+    if let Some(x) = args.tags { builder.add_tags(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn tags(&self) -> Option<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<Tag<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<Tag>>>>(TagsResponse::VT_TAGS, None)}
+  }
+}
+
+impl flatbuffers::Verifiable for TagsResponse<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut flatbuffers::Verifier, pos: usize
+  ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+    use self::flatbuffers::Verifiable;
+    v.visit_table(pos)?
+     .visit_field::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'_, flatbuffers::ForwardsUOffset<Tag>>>>("tags", Self::VT_TAGS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct TagsResponseArgs<'a> {
+    pub tags: Option<flatbuffers::WIPOffset<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<Tag<'a>>>>>,
+}
+impl<'a> Default for TagsResponseArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    TagsResponseArgs {
+      tags: None,
+    }
+  }
+}
+
+pub struct TagsResponseBuilder<'a: 'b, 'b> {
+  fbb_: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+  start_: flatbuffers::WIPOffset<flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b> TagsResponseBuilder<'a, 'b> {
+  #[inline]
+  pub fn add_tags(&mut self, tags: flatbuffers::WIPOffset<flatbuffers::Vector<'b , flatbuffers::ForwardsUOffset<Tag<'b >>>>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(TagsResponse::VT_TAGS, tags);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>) -> TagsResponseBuilder<'a, 'b> {
+    let start = _fbb.start_table();
+    TagsResponseBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> flatbuffers::WIPOffset<TagsResponse<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl core::fmt::Debug for TagsResponse<'_> {
+  fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+    let mut ds = f.debug_struct("TagsResponse");
+      ds.field("tags", &self.tags());
       ds.finish()
   }
 }
