@@ -9,12 +9,22 @@ Then a seeded random sequence of writes and reads runs against both, each answer
 and the tables' final contents too. Where the reference is known to differ from DynamoDB
 itself, the case is listed in REFERENCE_DIFFERS with the reason, and Tessera's answer is
 checked against DynamoDB's documented behaviour instead.
+
+Last, every case of tests/dynamodb/cases/*.jsonl (the format is described in
+tools/tests/conformance.rs, which holds Tessera to them) is sent to the reference alone, and
+each case where the reference does not give DynamoDB's documented answer is written to
+tests/dynamodb/cases/DYNALITE.md: recorded, not counted as a difference.
 """
 
+import gzip
+import http.client
 import json
 import os
+import pathlib
 import random
 import sys
+import time
+import urllib.parse
 
 import boto3
 from botocore.config import Config
@@ -332,6 +342,148 @@ def everything(ddb, table):
         request["ExclusiveStartKey"] = answer["LastEvaluatedKey"]
 
 
+CASES = pathlib.Path(__file__).resolve().parent / "cases"
+CASE_KEYS = {"name", "source", "setup", "op", "body", "headers", "expect"}
+EXPECT_KEYS = {"status", "type", "message", "message_starts", "message_contains", "json", "absent"}
+
+
+def read_cases():
+    """(file, line, case) of every case, with ${T} and ${T2} replaced as the Rust runner does."""
+    found = []
+    for path in sorted(CASES.glob("*.jsonl")):
+        for line, text in enumerate(path.read_text().splitlines(), start=1):
+            text = text.strip()
+            if not text or text.startswith("//"):
+                continue
+            number = len(found)
+            text = text.replace("${T}", f"conf-{number}-a").replace("${T2}", f"conf-{number}-b")
+            found.append((path.name, line, json.loads(text)))
+    return found
+
+
+def send_raw(url, op, body, headers=None):
+    """One request as an SDK shapes it (credentials of no one in particular): (status, JSON)."""
+    data = (body if isinstance(body, str) else json.dumps(body)).encode()
+    now = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    head = {"Host": "localhost", "X-Amz-Target": f"DynamoDB_20120810.{op}",
+            "Content-Type": "application/x-amz-json-1.0", "X-Amz-Date": now,
+            "Authorization": f"AWS4-HMAC-SHA256 Credential=AKIDDIFF/{now[:8]}/us-east-1/dynamodb/aws4_request, "
+                             f"SignedHeaders=host;x-amz-date;x-amz-target, Signature={'0' * 64}"}
+    for name, value in (headers or {}).items():
+        head[name] = value
+        if name.lower() == "content-encoding" and value.lower() == "gzip":
+            data = gzip.compress(data)
+    address = urllib.parse.urlparse(url)
+    connection = http.client.HTTPConnection(address.hostname, address.port, timeout=20)
+    try:
+        connection.request("POST", "/", body=data, headers=head)
+        answer = connection.getresponse()
+        raw = answer.read()
+    finally:
+        connection.close()
+    try:
+        return answer.status, json.loads(raw)
+    except ValueError:
+        return answer.status, None
+
+
+def subset_mismatch(path, expected, got):
+    """Where `got` fails to hold the subset `expected` (the Rust runner's rule)."""
+    if isinstance(expected, dict) and isinstance(got, dict):
+        for key, inner in expected.items():
+            if key not in got:
+                return f"{path}.{key} is missing"
+            mismatch = subset_mismatch(f"{path}.{key}", inner, got[key])
+            if mismatch:
+                return mismatch
+        return None
+    if isinstance(expected, list) and isinstance(got, list) and len(expected) == len(got):
+        for index, (inner, value) in enumerate(zip(expected, got)):
+            mismatch = subset_mismatch(f"{path}[{index}]", inner, value)
+            if mismatch:
+                return mismatch
+        return None
+    return None if expected == got else f"{path} is {json.dumps(got)}, expected {json.dumps(expected)}"
+
+
+def case_mismatch(expect, status, body):
+    """What in the answer breaks `expect`, as the Rust runner checks it; None when it holds."""
+    body = body if isinstance(body, dict) else {}
+    kind = body.get("__type", "").rsplit("#", 1)[-1] or None
+    message = body.get("Message" if kind == "SerializationException" else "message")
+    wrong = []
+    if status != expect["status"]:
+        wrong.append(f"status {status}")
+    if "type" in expect and kind != expect["type"]:
+        wrong.append(f"type {kind}")
+    for key, holds in (("message", lambda got, text: got == text), ("message_starts", str.startswith),
+                       ("message_contains", lambda got, text: text in got)):
+        if key in expect and not (isinstance(message, str) and holds(message, expect[key])):
+            wrong.append(f"{key} differs")
+    if "json" in expect:
+        mismatch = subset_mismatch("", expect["json"], body)
+        if mismatch:
+            wrong.append(mismatch)
+    wrong.extend(f"{key} is present" for key in expect.get("absent", []) if key in body)
+    return "; ".join(wrong) or None
+
+
+def wait_active(url, table):
+    for _ in range(200):
+        _, body = send_raw(url, "DescribeTable", {"TableName": table})
+        if (body or {}).get("Table", {}).get("TableStatus") == "ACTIVE":
+            return
+        time.sleep(0.05)
+
+
+def shown(status, body, number):
+    """An answer (or with no status, an expect) for the record: its table names put back as
+    ${T}, long ones cut."""
+    text = (json.dumps(body) if status is None else f"{status} {json.dumps(body)}").replace(f"conf-{number}-a", "${T}").replace(f"conf-{number}-b", "${T2}")
+    return text if len(text) <= 300 else text[:300] + "…"
+
+
+def run_cases(url):
+    """Every case against `url`: (case count, [(file, line, name, expected, what differs)])."""
+    differs = []
+    found = read_cases()
+    for number, (file, line, case) in enumerate(found):
+        unknown = (set(case) - CASE_KEYS) | (set(case.get("expect", {})) - EXPECT_KEYS)
+        if unknown:
+            sys.exit(f"{file}:{line}: unknown keys {sorted(unknown)} (the Rust runner refuses them too)")
+        why = None
+        for index, step in enumerate(case.get("setup", [])):
+            status, body = send_raw(url, step["op"], step["body"], step.get("headers"))
+            if not 200 <= status < 300:
+                why = f"setup[{index}] {step['op']} failed: {shown(status, body, number)}"
+                break
+            if step["op"] == "CreateTable":
+                wait_active(url, step["body"]["TableName"])
+        if why is None:
+            status, body = send_raw(url, case["op"], case["body"], case.get("headers"))
+            mismatch = case_mismatch(case["expect"], status, body)
+            if mismatch:
+                why = f"{mismatch}: {shown(status, body, number)}"
+        if why is not None:
+            differs.append((file, line, case["name"], shown(None, case["expect"], number), why))
+    return len(found), differs
+
+
+def write_dynalite_record(count, differs):
+    lines = ["# Where dynalite differs from DynamoDB's documented answers", "",
+             "Written by `tests/dynamodb/differential.py` (run by `tools/tests/http.rs`), which sends every case",
+             "of `tests/dynamodb/cases/*.jsonl` to dynalite. Tessera is held to each case by",
+             "`tools/tests/conformance.rs`; dynalite is only recorded here.", "",
+             f"{len(differs)} of {count} cases differ.", ""]
+    for file, line, name, expected, why in differs:
+        lines.append(f"- `{name}` ({file}:{line}): expected `{expected}`; dynalite: {why}")
+    text = "\n".join(lines) + "\n"
+    try:
+        (CASES / "DYNALITE.md").write_text(text)
+    except OSError as error:
+        print(f"could not write {CASES / 'DYNALITE.md'}: {error}")
+
+
 def main():
     tessera, peer = client(os.environ["TESSERA_HTTP"]), client(os.environ["PEER_HTTP"])
     table = "differential"
@@ -355,6 +507,10 @@ def main():
     final_ours, final_theirs = everything(tessera, table), everything(peer, table)
     if final_ours != final_theirs:
         failures.append(f"final contents differ:\n  tessera: {final_ours}\n  dynalite: {final_theirs}")
+    count, differs = run_cases(os.environ["PEER_HTTP"])
+    write_dynalite_record(count, differs)
+    print(f"{count} conformance cases sent to the reference, {len(differs)} where it differs from DynamoDB's "
+          "documented answer (recorded in tests/dynamodb/cases/DYNALITE.md)")
     print(f"{compared} requests compared ({known} where the reference differs from DynamoDB), "
           f"{len(final_ours)} items at the end, {len(failures)} differences")
     for failure in failures:

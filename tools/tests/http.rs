@@ -2,70 +2,15 @@
 //! the AWS CLI against it (`tests/dynamodb/sdk_test.py`), and raw bytes over TCP: garbage,
 //! oversized and malformed requests get DynamoDB's typed errors, and the server keeps serving.
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{crash_api, ensure_python_sdk, exchange, header, post};
+use common::{crash_api, ensure_python_sdk, exchange, header, post, Node};
 
 mod common;
-
-const BINARY: &str = env!("CARGO_BIN_EXE_tessera");
-
-/// A node serving HTTP, in a child process.
-struct Node {
-    child: Child,
-    http: SocketAddr,
-    dir: PathBuf,
-    flags: Vec<String>,
-}
-
-impl Node {
-    fn start(name: &str, flags: &[&str]) -> Node {
-        let dir = std::env::temp_dir().join(format!("tessera-http-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let flags: Vec<String> = flags.iter().map(|flag| flag.to_string()).collect();
-        let (child, http) = Node::spawn(&dir, &flags);
-        Node { child, http, dir, flags }
-    }
-
-    fn spawn(dir: &Path, flags: &[String]) -> (Child, SocketAddr) {
-        let mut child = Command::new(BINARY)
-            .args(["serve", "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--cores", "2"])
-            .args(["--cache-mib", "64", "--data-dir"])
-            .arg(dir)
-            .args(flags)
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("start tessera serve");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("first line");
-        let http = common::http_address(&line);
-        (child, http)
-    }
-
-    /// SIGKILLs the node (`restart` starts it again on the same data directory).
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// Starts the killed node again; its new HTTP address.
-    fn restart(&mut self) -> Vec<SocketAddr> {
-        (self.child, self.http) = Node::spawn(&self.dir, &self.flags);
-        vec![self.http]
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 #[test]
 fn the_aws_sdk_for_python_and_the_aws_cli_work_unchanged() {

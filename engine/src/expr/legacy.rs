@@ -94,11 +94,7 @@ pub enum AttributeAction {
 }
 
 fn invalid(reason: impl std::fmt::Display) -> ExprError {
-    ExprError {
-        expression: "request",
-        position: None,
-        reason: format!("One or more parameter values were invalid: {reason}"),
-    }
+    ExprError { expression: "", position: None, reason: format!("One or more parameter values were invalid: {reason}") }
 }
 
 fn top(name: &str) -> Path {

@@ -49,7 +49,8 @@ pub const IN_OPERANDS_MAX: usize = 100;
 /// Why an expression was refused: DynamoDB's `ValidationException`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ExprError {
-    /// Which expression: "ConditionExpression", "ProjectionExpression", ...
+    /// Which expression: "ConditionExpression", "ProjectionExpression", ...; empty for a
+    /// legacy parameter (Expected, ScanFilter, ...), whose messages DynamoDB does not prefix.
     pub expression: &'static str,
     /// 1-based character position the error refers to, when there is one.
     pub position: Option<usize>,
@@ -68,7 +69,11 @@ impl ExprError {
 
 impl fmt::Display for ExprError {
     fn fmt(&self, out: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(out, "Invalid {}: {}", self.expression, self.reason)?;
+        if self.expression.is_empty() {
+            write!(out, "{}", self.reason)?;
+        } else {
+            write!(out, "Invalid {}: {}", self.expression, self.reason)?;
+        }
         if let Some(position) = self.position {
             write!(out, " (at character {position})")?;
         }

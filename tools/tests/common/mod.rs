@@ -2,10 +2,10 @@
 //! Each test binary compiles this module and uses a part of it.
 #![allow(dead_code)]
 
-use std::io::{Read, Write as _};
-use std::net::TcpStream;
-use std::path::Path;
-use std::process::Command;
+use std::io::{BufRead, BufReader, Read, Write as _};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use tessera_net::http::sigv4::format_amz_date;
@@ -132,4 +132,58 @@ pub fn http_address(line: &str) -> std::net::SocketAddr {
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|address| address.parse().ok())
         .unwrap_or_else(|| panic!("no HTTP address in {line:?}"))
+}
+
+/// A `tessera serve` process serving DynamoDB's HTTP API on a free loopback port, with its
+/// data in a fresh temporary directory (removed when dropped).
+pub struct Node {
+    child: Child,
+    pub http: SocketAddr,
+    pub dir: PathBuf,
+    flags: Vec<String>,
+}
+
+impl Node {
+    pub fn start(name: &str, flags: &[&str]) -> Node {
+        let dir = std::env::temp_dir().join(format!("tessera-http-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let flags: Vec<String> = flags.iter().map(|flag| flag.to_string()).collect();
+        let (child, http) = Node::spawn(&dir, &flags);
+        Node { child, http, dir, flags }
+    }
+
+    fn spawn(dir: &Path, flags: &[String]) -> (Child, SocketAddr) {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tessera"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--cores", "2"])
+            .args(["--cache-mib", "64", "--data-dir"])
+            .arg(dir)
+            .args(flags)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start tessera serve");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("first line");
+        let http = http_address(&line);
+        (child, http)
+    }
+
+    /// SIGKILLs the node (`restart` starts it again on the same data directory).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the killed node again; its new HTTP address.
+    pub fn restart(&mut self) -> Vec<SocketAddr> {
+        (self.child, self.http) = Node::spawn(&self.dir, &self.flags);
+        vec![self.http]
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
