@@ -74,6 +74,17 @@ impl Error {
     }
 }
 
+impl Error {
+    /// What a client is told: a validation error's message as DynamoDB words it (without
+    /// this type's "validation error: " label), any other error as displayed.
+    pub fn reason(&self) -> String {
+        match self {
+            Error::Validation(message) => message.clone(),
+            other => other.to_string(),
+        }
+    }
+}
+
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

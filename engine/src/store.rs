@@ -1270,9 +1270,13 @@ impl Inner {
                     ConditionalWrite::Put(value) => Some(value.clone()),
                     ConditionalWrite::Delete => None,
                     ConditionalWrite::Update { key_item, update, write_timestamp } => {
-                        let mut item = old_item.unwrap_or_else(|| key_item.clone());
-                        if let Err(error) = update.apply(&mut item).and_then(|()| validate_item(&item)) {
-                            return Ok(Outcome::Invalid(error.to_string()));
+                        let item = match update.apply_to(old_item, key_item) {
+                            Ok(Some(item)) => item,
+                            Ok(None) => return Ok(Outcome::Conditional { passed, old, new: None }),
+                            Err(error) => return Ok(Outcome::Invalid(error.reason())),
+                        };
+                        if let Err(error) = validate_item(&item) {
+                            return Ok(Outcome::Invalid(error.reason()));
                         }
                         let mut bytes = Vec::new();
                         encode_item(

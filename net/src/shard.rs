@@ -301,10 +301,12 @@ impl ReadPlan {
             parse_optional(read.projection.as_deref(), |text| expr::parse_projection(text, &mut placeholders))?;
         match (read.select, &projection) {
             (Select::SpecificAttributes, None) => {
-                return Err(invalid("Must specify the ProjectionExpression when choosing to get SPECIFIC_ATTRIBUTES"))
+                return Err(invalid(
+                    "Must specify the AttributesToGet or ProjectionExpression when choosing to get SPECIFIC_ATTRIBUTES",
+                ))
             }
             (Select::Count, Some(_)) => {
-                return Err(invalid("Cannot specify the ProjectionExpression when choosing to get COUNT"))
+                return Err(invalid("Cannot specify the ProjectionExpression when choosing to get only the Count"))
             }
             _ => {}
         }

@@ -12,8 +12,9 @@ pub(crate) fn condition(condition: &Condition, item: &Item) -> bool {
     match condition {
         Condition::Compare(left, comparator, right) => match (operand(left, item), operand(right, item)) {
             (Some(left), Some(right)) => compare(&left, *comparator, &right),
-            // A missing operand is unequal to a present one and unordered.
-            (None, None) => false,
+            // A missing operand is unequal to anything, another missing one too, and unordered
+            // (Alternator test_condition_expression.py, test_update_condition_ne_two_unset and
+            // test_update_condition_comparison_two_unset, run against DynamoDB).
             _ => *comparator == Comparator::Ne,
         },
         Condition::Between(value, low, high) => match (operand(value, item), operand(low, item), operand(high, item)) {

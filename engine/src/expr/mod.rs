@@ -7,13 +7,13 @@
 //! condition and filter expressions, the legacy parameters older SDKs send (`legacy`) (comparators, BETWEEN, IN, AND/OR/NOT,
 //! parentheses, `attribute_exists`, `attribute_not_exists`, `attribute_type`, `begins_with`,
 //! `contains`, `size`), document paths (`a.b[3].c`), projection expressions, and DynamoDB's
-//! checks (reserved words, undefined and unused placeholders, expression size, nesting depth,
+//! checks (reserved words, undefined and unused placeholders, expression size, operator count,
 //! operand types of literal values).
 //!
 //! Semantics that DynamoDB documents loosely, and the choice made here (matching the behaviour
 //! of the dynalite emulator, whose tests were written against DynamoDB): an operand that does
 //! not resolve (a missing attribute, a path through the wrong type, `size` of a number) makes
-//! every comparison false except `<>`, which is true when exactly one side is missing; `NOT` is
+//! every comparison false except `<>`, which is true when either side is missing (both too); `NOT` is
 //! plain negation. `size` of a string counts its UTF-8 bytes. `((...))` is refused as redundant
 //! parentheses, as DynamoDB does.
 
@@ -43,6 +43,9 @@ pub use update::{SetOperand, SetValue, Update};
 pub const EXPRESSION_BYTES_MAX: usize = 4096;
 /// Most elements in one document path (DynamoDB's 32 levels of nesting).
 pub const PATH_ELEMENTS_MAX: usize = 32;
+/// Most operators in one expression (DynamoDB's limit; `parse::operator_count` says what
+/// counts).
+pub const OPERATORS_MAX: usize = 300;
 /// Most operands on the right of `IN`.
 pub const IN_OPERANDS_MAX: usize = 100;
 

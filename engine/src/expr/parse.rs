@@ -9,15 +9,13 @@ use super::reserved::is_reserved;
 use super::update::{SetOperand, SetValue, Update};
 use super::{
     Comparator, Condition, ExprError, Operand, Path, PathElement, Placeholders, EXPRESSION_BYTES_MAX, IN_OPERANDS_MAX,
-    PATH_ELEMENTS_MAX,
+    OPERATORS_MAX, PATH_ELEMENTS_MAX,
 };
 use crate::value::AttributeValue;
 
 /// Functions that are conditions by themselves.
 const CONDITION_FUNCTIONS: [&str; 5] =
     ["attribute_exists", "attribute_not_exists", "attribute_type", "begins_with", "contains"];
-/// Deepest nesting of parentheses and NOTs accepted.
-const NESTING_MAX: usize = 64;
 /// Type names `attribute_type` accepts.
 const TYPE_NAMES: [&str; 10] = ["S", "SS", "N", "NS", "B", "BS", "BOOL", "NULL", "L", "M"];
 
@@ -26,8 +24,6 @@ pub(crate) struct Parser<'p, 'a> {
     tokens: Vec<Spanned>,
     next: usize,
     end: usize,
-    /// Parentheses and NOTs open around the token being parsed.
-    depth: usize,
     placeholders: &'p mut Placeholders<'a>,
 }
 
@@ -46,7 +42,15 @@ impl<'p, 'a> Parser<'p, 'a> {
         if text.trim().is_empty() {
             return Err(ExprError::whole(kind, "The expression can not be empty;"));
         }
-        Ok(Parser { kind, tokens: tokens(kind, text)?, next: 0, end: text.len(), depth: 0, placeholders })
+        let tokens = tokens(kind, text)?;
+        let operators = operator_count(kind, &tokens);
+        if operators > OPERATORS_MAX {
+            return Err(ExprError::whole(
+                kind,
+                format!("The expression contains too many operators; operator count: {operators}"),
+            ));
+        }
+        Ok(Parser { kind, tokens, next: 0, end: text.len(), placeholders })
     }
 
     pub(crate) fn condition_expression(mut self) -> Result<Condition, ExprError> {
@@ -185,6 +189,14 @@ impl<'p, 'a> Parser<'p, 'a> {
                 for separator in [",", ")"] {
                     let part_at = self.at();
                     let part = self.set_operand()?;
+                    // DynamoDB takes if_not_exists inside list_append, not list_append
+                    // (MESSAGES.md 10c, Alternator test_update_expression.py:661-693).
+                    if let SetOperand::ListAppend(..) = &part {
+                        return Err(ExprError::whole(
+                            self.kind,
+                            "The function is not allowed to be used this way in an expression; function: list_append",
+                        ));
+                    }
                     if let SetOperand::Value(value) = &part {
                         if !matches!(value, AttributeValue::L(_)) {
                             return Err(self
@@ -243,7 +255,7 @@ impl<'p, 'a> Parser<'p, 'a> {
 
     fn not(&mut self) -> Result<Condition, ExprError> {
         if self.eat_keyword("NOT") {
-            return Ok(Condition::Not(Box::new(self.nested(Self::not)?)));
+            return Ok(Condition::Not(Box::new(self.not()?)));
         }
         self.primary()
     }
@@ -256,7 +268,7 @@ impl<'p, 'a> Parser<'p, 'a> {
             let operand_first = self.closing(self.next).is_some_and(|close| self.predicate_at(close + 1));
             if !operand_first {
                 self.next += 1;
-                let inner = self.nested(Self::or)?;
+                let inner = self.or()?;
                 self.expect_symbol(")")?;
                 return Ok(inner);
             }
@@ -485,7 +497,7 @@ impl<'p, 'a> Parser<'p, 'a> {
         if self.peek_symbol("(") {
             self.check_redundant_parentheses()?;
             self.next += 1;
-            let inner = self.nested(Self::operand)?;
+            let inner = self.operand()?;
             self.expect_symbol(")")?;
             return Ok(inner);
         }
@@ -545,19 +557,6 @@ impl<'p, 'a> Parser<'p, 'a> {
             }
             _ => Err(self.syntax_error("expected an attribute name or a #name placeholder")),
         }
-    }
-
-    /// Runs `parse` one level deeper, refusing expressions nested beyond `NESTING_MAX`.
-    fn nested<T>(&mut self, parse: impl FnOnce(&mut Self) -> Result<T, ExprError>) -> Result<T, ExprError> {
-        self.depth += 1;
-        if self.depth > NESTING_MAX {
-            return Err(
-                self.error_at(self.at(), format!("the expression is nested more than {NESTING_MAX} levels deep"))
-            );
-        }
-        let result = parse(self);
-        self.depth -= 1;
-        result
     }
 
     // Tokens.
@@ -669,6 +668,35 @@ impl<'p, 'a> Parser<'p, 'a> {
     fn error_at(&self, at: usize, reason: impl Into<String>) -> ExprError {
         ExprError::new(self.kind, at, reason)
     }
+}
+
+/// The operators of an expression as DynamoDB counts them against its limit of 300: the
+/// comparators, AND, OR, NOT, BETWEEN (its AND is part of it), IN, and in an update the
+/// arithmetic `+` and `-`; parentheses, function calls and SET's `=` are not operators
+/// (MESSAGES.md 15b: Alternator test_limits.py:605-720, against DynamoDB; the Developer
+/// Guide's expression limits). Counted before parsing, this also bounds how deep conditions
+/// nest (a parenthesis directly in another is refused as redundant); the 4 KB size bounds
+/// the rest.
+fn operator_count(kind: &str, tokens: &[Spanned]) -> usize {
+    let mut count = 0;
+    let mut between_open = false;
+    for spanned in tokens {
+        let counted = match &spanned.token {
+            Token::Symbol("=") => kind != "UpdateExpression",
+            Token::Symbol("<>" | "<" | "<=" | ">" | ">=" | "+" | "-") => true,
+            token if token.is_keyword("BETWEEN") => {
+                between_open = true;
+                true
+            }
+            token if token.is_keyword("AND") && between_open => {
+                between_open = false;
+                false
+            }
+            token => ["AND", "OR", "NOT", "IN"].iter().any(|keyword| token.is_keyword(keyword)),
+        };
+        count += usize::from(counted);
+    }
+    count
 }
 
 fn incorrect_operand(operator: &str, operand: &Operand) -> String {

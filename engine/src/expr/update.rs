@@ -1,7 +1,7 @@
 //! UpdateExpression: the parsed form and its application to an item.
 //!
 //! Every SET value is computed from the item as it was before the update (DynamoDB's rule),
-//! then the actions are applied: SETs in order, REMOVEs (list elements by their original
+//! then the actions are applied: SETs in path order, REMOVEs (list elements by their original
 //! indexes), ADDs, DELETEs. The parser has already refused overlapping paths, so the actions
 //! touch disjoint parts of the item.
 
@@ -62,19 +62,44 @@ impl Update {
         Ok(())
     }
 
-    /// Applies the update to `item` (an absent item is an empty one). On error `item` is
-    /// left as it was.
+    /// The item after the update of `old` (None: the item does not exist), whose key
+    /// attributes are `key_item`; None when the update leaves no item. An update that only
+    /// REMOVEs or DELETEs creates no item where there was none (DynamoDB's rule: there is
+    /// nothing to remove from), and of a missing item no path is checked.
+    pub fn apply_to(&self, old: Option<Item>, key_item: &Item) -> Result<Option<Item>> {
+        let existed = old.is_some();
+        if !existed && self.set.is_empty() && self.add.is_empty() {
+            return Ok(None);
+        }
+        let mut item = old.unwrap_or_else(|| key_item.clone());
+        self.apply_as(&mut item, existed)?;
+        Ok(Some(item))
+    }
+
+    /// Applies the update to a stored `item`. On error `item` is left as it was.
     pub fn apply(&self, item: &mut Item) -> Result<()> {
+        self.apply_as(item, true)
+    }
+
+    /// `apply`, where `existed` says whether the item was stored (not made from its key).
+    fn apply_as(&self, item: &mut Item, existed: bool) -> Result<()> {
         let values = self.set.iter().map(|(_, value)| set_value(value, item)).collect::<Result<Vec<_>>>()?;
         let mut updated = item.clone();
-        for ((path, _), value) in self.set.iter().zip(values) {
+        // In path order: elements SET past a list's end are appended by their index, lowest
+        // first, whatever order the expression names them in (DynamoDB's documented rule).
+        // The paths are disjoint, so no other SET depends on the order.
+        let mut sets: Vec<(&Path, AttributeValue)> = self.set.iter().map(|(path, _)| path).zip(values).collect();
+        sets.sort_by_key(|(path, _)| *path);
+        for (path, value) in sets {
             assign(&mut updated, path, value)?;
         }
         // Higher list indexes first, so that each REMOVE sees the original positions.
         let mut removals: Vec<&Path> = self.remove.iter().collect();
         removals.sort_unstable_by(|a, b| b.cmp(a));
         for path in removals {
-            remove(&mut updated, path);
+            if !remove(&mut updated, path) && existed {
+                return Err(invalid_path());
+            }
         }
         for (path, value) in &self.add {
             let sum = match resolve(path, &updated) {
@@ -87,12 +112,20 @@ impl Update {
             let Some(existing) = resolve(path, &updated) else { continue };
             match without(existing, value)? {
                 Some(rest) => assign(&mut updated, path, rest)?,
-                None => remove(&mut updated, path),
+                None => {
+                    remove(&mut updated, path);
+                }
             }
         }
         *item = updated;
         Ok(())
     }
+}
+
+/// A path through something that is not the map or list it needs (MESSAGES.md 10f,
+/// Alternator test_update_expression.py:1055-1137, quoting DynamoDB).
+fn invalid_path() -> Error {
+    Error::validation("The document path provided in the update expression is invalid for update")
 }
 
 fn wrong_type() -> Error {
@@ -151,7 +184,7 @@ fn parent_mut<'i>(item: &'i mut Item, parents: &[PathElement]) -> Option<&'i mut
 
 /// Writes `value` at `path`: the parent must exist; an index past a list's end appends.
 fn assign(item: &mut Item, path: &Path, value: AttributeValue) -> Result<()> {
-    let invalid = || Error::validation("The document path provided in the update expression is invalid for update");
+    let invalid = invalid_path;
     let (last, parents) = path.0.split_last().expect("paths are never empty");
     if parents.is_empty() {
         let PathElement::Name(top) = last else { return Err(invalid()) };
@@ -169,23 +202,29 @@ fn assign(item: &mut Item, path: &Path, value: AttributeValue) -> Result<()> {
     Ok(())
 }
 
-/// Removes what `path` names, if anything; later list elements move down.
-fn remove(item: &mut Item, path: &Path) {
+/// Removes what `path` names, if anything; later list elements move down. False when the
+/// path is invalid: its parent is missing, or is not a map (for a name) or a list (for an
+/// index). A missing map key or an index past a list's end is valid and removes nothing.
+fn remove(item: &mut Item, path: &Path) -> bool {
     let (last, parents) = path.0.split_last().expect("paths are never empty");
     if parents.is_empty() {
         if let PathElement::Name(top) = last {
             item.remove(top);
         }
-        return;
+        return true;
     }
     match (last, parent_mut(item, parents)) {
         (PathElement::Name(name), Some(AttributeValue::M(map))) => {
             map.remove(name);
+            true
         }
-        (PathElement::Index(index), Some(AttributeValue::L(list))) if *index < list.len() => {
-            list.remove(*index);
+        (PathElement::Index(index), Some(AttributeValue::L(list))) => {
+            if *index < list.len() {
+                list.remove(*index);
+            }
+            true
         }
-        _ => {}
+        _ => false,
     }
 }
 

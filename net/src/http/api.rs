@@ -1071,14 +1071,19 @@ impl Body<'_> {
     /// a KeyConditionExpression.
     fn read_expressions(&self, query: bool) -> Result<ReadExpressions, ApiError> {
         let select = self.select()?;
-        // Select ALL_ATTRIBUTES (named, not the default) takes no projection.
-        let all_named = self.string("Select")? == Some("ALL_ATTRIBUTES");
-        let refuse_projection = |parameter: &str, projection: &Option<String>| match projection {
-            Some(_) if all_named => Err(ApiError::validation(messages::select_all_with_projection(parameter, query))),
-            _ => Ok(()),
+        // Select (named; without it, ALL_ATTRIBUTES or the projection's attributes) must fit
+        // the projection given.
+        let check_select = |parameter: &str, projection: &Option<String>| {
+            let named = self.string("Select")?;
+            match named
+                .and_then(|named| messages::select_conflict(named, projection.as_ref().map(|_| parameter), query))
+            {
+                Some(message) => Err(ApiError::validation(message)),
+                None => Ok(()),
+            }
         };
         if let Some(legacy) = self.legacy()? {
-            refuse_projection("AttributesToGet", &legacy.projection)?;
+            check_select("AttributesToGet", &legacy.projection)?;
             return Ok(ReadExpressions {
                 key_condition: legacy.key_condition.filter(|_| query),
                 filter: legacy.filter,
@@ -1089,7 +1094,7 @@ impl Body<'_> {
             });
         }
         let projection = self.string("ProjectionExpression")?.map(str::to_string);
-        refuse_projection("ProjectionExpression", &projection)?;
+        check_select("ProjectionExpression", &projection)?;
         Ok(ReadExpressions {
             key_condition: if query { self.string("KeyConditionExpression")?.map(str::to_string) } else { None },
             filter: self.string("FilterExpression")?.map(str::to_string),
@@ -1105,11 +1110,8 @@ impl Body<'_> {
             None | Some("ALL_ATTRIBUTES") => Select::AllAttributes,
             Some("SPECIFIC_ATTRIBUTES") => Select::SpecificAttributes,
             Some("COUNT") => Select::Count,
-            Some("ALL_PROJECTED_ATTRIBUTES") => {
-                return Err(ApiError::validation(
-                    "ALL_PROJECTED_ATTRIBUTES can be used only when Querying using an IndexName",
-                ))
-            }
+            // Refused by `read_expressions` (no table has an index yet).
+            Some("ALL_PROJECTED_ATTRIBUTES") => Select::AllAttributes,
             Some(other) => {
                 return Err(ApiError::validation(format!(
                     "1 validation error detected: Value '{other}' at 'select' failed to satisfy constraint: Member must satisfy enum value set: [SPECIFIC_ATTRIBUTES, COUNT, ALL_ATTRIBUTES, ALL_PROJECTED_ATTRIBUTES]"

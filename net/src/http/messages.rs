@@ -99,12 +99,28 @@ pub(crate) fn hash_only_start_key(key: &tessera_engine::Item) -> String {
     format!("The provided exclusive start key is invalid: ExclusiveStartKey: {{{}}}", attributes.join(", "))
 }
 
-/// Select=ALL_ATTRIBUTES with a projection (`parameter` is ProjectionExpression or
-/// AttributesToGet): MESSAGES.md 12a/12b (moto test_dynamodb_select.py:176-262,
-/// aws_verified). Query's message has the `1 validation error detected: ` prefix, Scan's not.
-pub(crate) fn select_all_with_projection(parameter: &str, query: bool) -> String {
+/// A Select that does not fit the request's projection (`parameter` is ProjectionExpression
+/// or AttributesToGet, the one given): ALL_ATTRIBUTES or COUNT with a projection,
+/// SPECIFIC_ATTRIBUTES without one, ALL_PROJECTED_ATTRIBUTES without an index. MESSAGES.md
+/// 12a-12c (moto test_dynamodb_select.py:83-262, aws_verified). Query's messages have the
+/// `1 validation error detected: ` prefix, Scan's not. None when they fit.
+pub(crate) fn select_conflict(select: &str, parameter: Option<&str>, query: bool) -> Option<String> {
+    let reason = match (select, parameter) {
+        ("ALL_ATTRIBUTES", Some(parameter)) => {
+            format!("Cannot specify the {parameter} when choosing to get ALL_ATTRIBUTES")
+        }
+        ("COUNT", Some(parameter)) => format!("Cannot specify the {parameter} when choosing to get only the Count"),
+        ("SPECIFIC_ATTRIBUTES", None) => {
+            "Must specify the AttributesToGet or ProjectionExpression when choosing to get SPECIFIC_ATTRIBUTES"
+                .to_string()
+        }
+        ("ALL_PROJECTED_ATTRIBUTES", _) => {
+            "ALL_PROJECTED_ATTRIBUTES can be used only when Querying using an IndexName".to_string()
+        }
+        _ => return None,
+    };
     let prefix = if query { "1 validation error detected: " } else { "" };
-    format!("{prefix}Cannot specify the {parameter} when choosing to get ALL_ATTRIBUTES")
+    Some(format!("{prefix}{reason}"))
 }
 
 /// ConditionalOperator with no Expected, QueryFilter or ScanFilter, or an empty one:
