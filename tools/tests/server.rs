@@ -1540,8 +1540,13 @@ fn buffered_request_bytes_stay_within_the_request_memory() {
     let before = resident_mib(pid);
     let declared = 16 << 20;
     let sent = 15 << 20;
+    // The first HTTP body is sent alone, so that it holds a reservation and then stalls
+    // (answered 408); of the others, those beyond the budget are refused.
     let senders: Vec<_> = (0..24)
         .map(|index| {
+            if index == 1 {
+                std::thread::sleep(Duration::from_secs(1));
+            }
             std::thread::spawn(move || {
                 let mut stream = TcpStream::connect(if index % 2 == 0 { http } else { address }).unwrap();
                 stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
