@@ -192,6 +192,8 @@ struct Inner {
     jitter: Cell<u64>,
     applier: RefCell<Option<glommio::Task<()>>>,
     page_reads: Cell<u64>,
+    /// The damaged WAL tails recovery has found in this store's life (`Store::amnesiac`).
+    damaged_tails: u64,
 }
 
 /// A core's storage; cheap to clone, used from one executor.
@@ -278,6 +280,9 @@ pub struct PartitionMeta {
     /// Replicated mode: a snapshot is being installed (the items are partial, the applied
     /// slot 0); reads are refused until one is whole.
     pub installing: bool,
+    /// Replicated mode: the count of damaged WAL tails (`Store::amnesiac`) through which the
+    /// partition's replica has rejoined its group; below the store's count it is amnesiac.
+    pub repaired: u64,
 }
 
 impl PartitionMeta {
@@ -285,7 +290,9 @@ impl PartitionMeta {
     const ENCODED_LEN_V1: usize = 24;
     /// Without the installing flag, as written before snapshots were installed.
     const ENCODED_LEN_V2: usize = 36;
-    const ENCODED_LEN: usize = 37;
+    /// Without the repaired count, as written before damaged WAL tails were repaired.
+    const ENCODED_LEN_V3: usize = 37;
+    const ENCODED_LEN: usize = 45;
 
     fn encode(&self) -> [u8; Self::ENCODED_LEN] {
         let mut bytes = [0; Self::ENCODED_LEN];
@@ -295,6 +302,7 @@ impl PartitionMeta {
         bytes[24..32].copy_from_slice(&self.promised.round.to_le_bytes());
         bytes[32..36].copy_from_slice(&self.promised.replica.to_le_bytes());
         bytes[36] = u8::from(self.installing);
+        bytes[37..45].copy_from_slice(&self.repaired.to_le_bytes());
         bytes
     }
 
@@ -302,7 +310,7 @@ impl PartitionMeta {
         let word = |at: usize| bytes.get(at..at + 8).and_then(|word| word.try_into().ok()).map(u64::from_le_bytes);
         let promised = match bytes.len() {
             Self::ENCODED_LEN_V1 => Ballot::default(),
-            Self::ENCODED_LEN_V2 | Self::ENCODED_LEN => {
+            Self::ENCODED_LEN_V2 | Self::ENCODED_LEN_V3 | Self::ENCODED_LEN => {
                 Ballot { round: word(24)?, replica: u32::from_le_bytes(bytes[32..36].try_into().ok()?) }
             }
             _ => return None,
@@ -312,7 +320,15 @@ impl PartitionMeta {
             Some(1) => true,
             Some(_) => return None,
         };
-        Some(PartitionMeta { applied_slot: word(0)?, items: word(8)?, bytes: word(16)?, promised, installing })
+        let repaired = if bytes.len() == Self::ENCODED_LEN { word(37)? } else { 0 };
+        Some(PartitionMeta {
+            applied_slot: word(0)?,
+            items: word(8)?,
+            bytes: word(16)?,
+            promised,
+            installing,
+            repaired,
+        })
     }
 
     /// Accounts for `key` now holding a value of `value` bytes (or nothing) where it held one
@@ -379,7 +395,12 @@ impl Store {
         if let Some(damage) = &recovered.damaged_tail {
             // Never silent: an operator can tell a crash's torn write from a damaged disk by
             // what else the machine saw (a power loss, or I/O errors).
-            crate::report!("{}: {damage}", dir.display());
+            let repair = if config.replicated {
+                "; every replica on this core rejoins its group as a non-voting member until a leader elected after this start has caught it up (it may have forgotten promises or entries it acknowledged)"
+            } else {
+                ""
+            };
+            crate::report!("{}: {damage}{repair}", dir.display());
         }
         let replicated = config.replicated;
         let store = Store {
@@ -419,6 +440,7 @@ impl Store {
                 ),
                 applier: RefCell::new(None),
                 page_reads: Cell::new(0),
+                damaged_tails: recovered.damaged_tails,
             }),
         };
         store.load_partition_metas().await?;
@@ -728,6 +750,28 @@ impl Store {
         }
         snapshot.meta = meta;
         Ok(snapshot)
+    }
+
+    /// Replicated mode: whether `partition`'s replica must start amnesiac
+    /// (`paxos::Replica::set_amnesiac`): recovery of this store has found a damaged WAL tail
+    /// (now or at an earlier start, `wal::Recovered::damaged_tails`) that the replica has not
+    /// rejoined its group since. The damaged records cannot be read, so this holds for every
+    /// partition, those that have no metadata yet included.
+    pub fn amnesiac(&self, partition: PartitionId) -> bool {
+        let repaired = self.inner.partition_metas.borrow().get(&partition).map_or(0, |meta| meta.repaired);
+        self.inner.config.replicated && repaired < self.inner.damaged_tails
+    }
+
+    /// Replicated mode: `partition`'s replica rejoined its group (`paxos::Action::Rejoined`);
+    /// saved with the next checkpoint (until then a restart finds it amnesiac again, which is
+    /// safe).
+    pub fn rejoined(&self, partition: PartitionId) {
+        let mut metas = self.inner.partition_metas.borrow_mut();
+        let meta = metas.entry(partition).or_default();
+        if meta.repaired < self.inner.damaged_tails {
+            meta.repaired = self.inner.damaged_tails;
+            self.inner.unsaved_metas.borrow_mut().insert(partition);
+        }
     }
 
     /// Replicated mode: whether `partition` is installing a snapshot (it then serves no reads
@@ -1131,7 +1175,12 @@ impl Inner {
                 self.empty_partition(partition).await?;
                 let mut metas = self.partition_metas.borrow_mut();
                 let meta = metas.entry(partition).or_default();
-                *meta = PartitionMeta { promised: meta.promised, installing: true, ..PartitionMeta::default() };
+                *meta = PartitionMeta {
+                    promised: meta.promised,
+                    installing: true,
+                    repaired: meta.repaired,
+                    ..PartitionMeta::default()
+                };
             }
             Install::Entries(entries) => {
                 for (key, value) in entries {

@@ -486,6 +486,11 @@ impl ReplicatedLog {
                 let mut replica = Replica::new(self.config.clone(), self.node, &members, durable, applied, now, seed);
                 // This log's clock started with the process's replication.
                 replica.restarted_at(0);
+                // The store lost a durable write it cannot read (a damaged WAL tail), perhaps
+                // this replica's: it votes again only once a new leader has caught it up.
+                if self.store.amnesiac(partition) {
+                    replica.set_amnesiac();
+                }
                 replica
             });
             let was_leading = replica.leading();
@@ -606,6 +611,15 @@ impl ReplicatedLog {
                 }
                 Action::SendSnapshot { to } => self.send_snapshot(partition, to),
                 Action::StartLog { to, slot, members } => self.start_log(partition, to, slot, members),
+                Action::Rejoined { ballot, through } => {
+                    self.store.rejoined(partition);
+                    tessera_engine::report!(
+                        "tessera: {}: caught up through slot {through} from the leader of ballot {} of node {}, elected since this start: it votes again",
+                        partition_name(partition),
+                        ballot.round,
+                        ballot.replica
+                    );
+                }
                 Action::Report(anomaly) => tessera_engine::report!("tessera: partition {partition}: {anomaly}"),
             }
         }

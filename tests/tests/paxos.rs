@@ -56,6 +56,8 @@ fn every_seed_keeps_every_invariant() {
         "full replica added",
         "log replica retired",
         "lost replica replaced",
+        "last durable write lost",
+        "amnesiac replica rejoined",
     ] {
         assert!(probes.get(probe).copied().unwrap_or(0) > 0, "no seed ran {probe:?}: {probes:?}");
     }
@@ -83,6 +85,17 @@ fn the_simulator_catches_promising_during_a_lease() {
 fn the_simulator_catches_acknowledging_before_durable() {
     let failure = first_failure(|options| options.paxos.unsafe_ack_before_durable = true);
     println!("caught: {}", failure.expect("some seed exposes acknowledging before durable"));
+}
+
+/// The third planted bug: a replica whose last durable write was lost (a damaged WAL tail)
+/// votes at once, as if it had forgotten nothing, rather than rejoining as a non-voting member
+/// until a leader elected after its restart has caught it up. It can then join a quorum with a
+/// replica that never accepted what it forgot, and a slot's value changes; the checks that one
+/// value is chosen per slot and that acknowledged writes stay chosen must notice.
+#[test]
+fn the_simulator_catches_an_amnesiac_replica_voting() {
+    let failure = first_failure(|options| options.paxos.unsafe_amnesiac_votes = true);
+    println!("caught: {}", failure.expect("some seed exposes an amnesiac replica voting"));
 }
 
 /// The first failure among the CI seeds with `plant` applied to each seed's options.

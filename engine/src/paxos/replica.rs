@@ -29,6 +29,9 @@ pub struct Config {
     /// new ballot even while they heard from a leader less than `election_min` ago, so a
     /// leader's lease no longer keeps others from leading.
     pub unsafe_promise_during_lease: bool,
+    /// A planted bug for the simulator to find, never set outside tests: `set_amnesiac` is
+    /// ignored, so a replica that lost its last durable write votes as if it had not.
+    pub unsafe_amnesiac_votes: bool,
 }
 
 impl Default for Config {
@@ -43,6 +46,7 @@ impl Default for Config {
             entries_in_flight_max: 1024,
             unsafe_ack_before_durable: false,
             unsafe_promise_during_lease: false,
+            unsafe_amnesiac_votes: false,
         }
     }
 }
@@ -108,6 +112,14 @@ pub enum Action {
         to: ReplicaId,
         slot: Slot,
         members: Vec<Member>,
+    },
+    /// An amnesiac replica (`Replica::set_amnesiac`) holds everything it could have
+    /// acknowledged before it restarted: it has caught up through `through`, the log end of
+    /// the leader of `ballot`, a leadership elected after the restart. It votes again from
+    /// now on; the host records that durably (losing the record only keeps it amnesiac).
+    Rejoined {
+        ballot: Ballot,
+        through: Slot,
     },
     /// Something no correct group causes (a bug, or damage elsewhere): the host reports it.
     /// The replica's state is unchanged by what it reports.
@@ -229,6 +241,17 @@ struct Leadership {
     contact: Micros,
 }
 
+/// What an amnesiac replica has seen since it restarted (`Replica::set_amnesiac`).
+#[derive(Debug, Default)]
+struct Amnesia {
+    /// The highest ballot whose `Prepare` arrived since the restart: its campaign began after
+    /// the replica stopped.
+    fresh: Option<Ballot>,
+    /// From a heartbeat (an empty `Accept`, sent when the leader has nothing more to send) of
+    /// a ballot no lower than `fresh`: that leader's log end, its own first entry included.
+    through: Option<(Ballot, Slot)>,
+}
+
 #[derive(Debug)]
 enum State {
     Follower,
@@ -271,6 +294,11 @@ pub struct Replica {
     /// The host cannot apply entries yet (its state machine awaits a snapshot): this replica
     /// does not campaign, since as leader it could not serve what it chose.
     standby: bool,
+    /// Set while the replica may have forgotten promises and acceptances it acknowledged (its
+    /// host lost the last durable write): it neither promises, nor accepts in any way a leader
+    /// could count, nor campaigns, until it has caught up from a leadership elected after it
+    /// restarted (`Replica::set_amnesiac`).
+    amnesia: Option<Amnesia>,
     round_seen: u64,
     next_persist: u64,
     persists: VecDeque<PendingPersist>,
@@ -325,6 +353,7 @@ impl Replica {
             quiet_until: 0,
             election_deadline: 0,
             standby: false,
+            amnesia: None,
             round_seen,
             next_persist: 1,
             persists: VecDeque::new(),
@@ -520,10 +549,11 @@ impl Replica {
             self.accepted_end = self.accepted_end.max(self.commit);
             self.durable_end = self.durable_end.max(self.commit);
         }
+        self.check_rejoined();
         // Tell the leader where the run now ends, so it sends what follows.
         let message = Message::Accepted {
             ballot: self.run,
-            up_to: self.durable_end,
+            up_to: if self.amnesia.is_some() { self.commit } else { self.durable_end },
             sent_at: 0,
             gap: true,
             checkpointed: self.checkpointed,
@@ -661,7 +691,7 @@ impl Replica {
             }
             State::Follower | State::Candidate(_) => {
                 if now >= self.election_deadline {
-                    if self.can_lead() && !self.standby {
+                    if self.can_lead() && !self.standby && self.amnesia.is_none() {
                         self.campaign(now);
                     } else {
                         // Log replicas and replicas outside the configuration never lead.
@@ -717,6 +747,69 @@ impl Replica {
     /// snapshot, or lets it again. It still votes and accepts; only liveness is affected.
     pub fn set_standby(&mut self, standby: bool) {
         self.standby = standby;
+    }
+
+    /// The host lost the last durable write it made (media damage found at recovery, in a
+    /// write it cannot read, so perhaps this replica's): the replica may have forgotten a
+    /// promise or an acceptance it acknowledged, and an acceptor that forgets can join a new
+    /// leader's quorum with one that never knew, so that another value is chosen for a slot.
+    /// Call it right after `new`, before any input, and at every start until `Rejoined`.
+    ///
+    /// Until then it is a non-voting member, as in Chandra et al., "Paxos Made Live" (PODC
+    /// '07, 5.1: a replica whose disk was lost catches up without answering with promises or
+    /// acknowledgements, until it has seen an instance of Paxos started after it restarted),
+    /// and as CTRL's recovery of lost metadata in Alagappan et al., "Protocol-Aware Recovery for
+    /// Consensus-Based Storage" (FAST '18): it answers no `Prepare`, acknowledges no entry (its
+    /// `Accepted` claim only slots it knows committed, with no clock reading for a lease, so
+    /// that a leader sends it what it lacks), and does not campaign. It stores and applies
+    /// what a leader sends it. A leader of a ballot it has no `Prepare` of since the restart
+    /// gets a `Reject` one round above it, which makes it step down, so that an election
+    /// follows.
+    ///
+    /// Release: once a `Prepare` of ballot `f` has arrived since the restart, a heartbeat of a
+    /// ballot `b >= f` has told this replica its leader's log end `e`, and its commit index
+    /// reached `e` (by entries or a snapshot). Why that suffices:
+    /// * A message reaches the replica only within the life it was sent to (peer links are
+    ///   connections; the simulator drops a delivery to a later life), so `f`'s campaign began
+    ///   after the crash, and every promise `f` was elected with came after the crash, from
+    ///   others (this replica gives none).
+    /// * Any ballot `p` this replica promised and forgot was promised before the crash by its
+    ///   candidate, and by every member of the quorum it was elected with. A quorum of others
+    ///   in a group of up to four is all of the others, the candidate of `p` among them, so
+    ///   each promised `f` after `p`: `f > p`, and `b >= f > p`. Following `b` (promising it)
+    ///   breaks no forgotten promise, and its next campaign's round exceeds `p`'s.
+    /// * An entry it accepted and forgot counted only toward values chosen by a quorum with
+    ///   it; `b`'s leader was elected by a quorum of others after the crash, which meets that
+    ///   quorum in another member, so `b`'s leader re-proposed the chosen value at its slot,
+    ///   before its own first entry, at or below `e`. With its commit index at `e`, this
+    ///   replica holds (applied, or in its log) the value chosen at every slot through `e`:
+    ///   everything it could have acknowledged, and no later leader's phase 1 needs more of it.
+    ///
+    /// In a group of five or more, a quorum of others need not include the candidate of a
+    /// forgotten promise whose quorum was still forming at the crash; the argument then also
+    /// needs that campaign to have ended before `f`'s began (campaigns last at most
+    /// `election_max`, and a restart takes longer). A group of one has no one to repair from:
+    /// the call has no effect (as on a single node, the damage is only reported).
+    pub fn set_amnesiac(&mut self) {
+        let alone = self.members().len() == 1 && self.is_member();
+        if !self.config.unsafe_amnesiac_votes && !alone {
+            self.amnesia = Some(Amnesia::default());
+        }
+    }
+
+    /// Whether this replica is amnesiac (`set_amnesiac`) still.
+    pub fn amnesiac(&self) -> bool {
+        self.amnesia.is_some()
+    }
+
+    /// Releases an amnesiac replica once it has caught up (`set_amnesiac`).
+    fn check_rejoined(&mut self) {
+        let Some(amnesia) = &self.amnesia else { return };
+        let Some((ballot, through)) = amnesia.through else { return };
+        if amnesia.fresh.is_some_and(|fresh| ballot >= fresh) && self.commit >= through {
+            self.amnesia = None;
+            self.actions.push(Action::Rejoined { ballot, through });
+        }
     }
 
     /// Campaigns at the next tick if this replica follows no known leader: the host prefers
@@ -778,6 +871,13 @@ impl Replica {
     fn on_prepare(&mut self, now: Micros, from: ReplicaId, ballot: Ballot, from_slot: Slot) {
         if ballot < self.promised {
             self.send(from, Message::Reject { promised: self.promised });
+            return;
+        }
+        if let Some(amnesia) = &mut self.amnesia {
+            // Not answered: its campaign began after the restart, which is what releases this
+            // replica once it has caught up from a leader of this ballot or a higher one.
+            amnesia.fresh = amnesia.fresh.max(Some(ballot));
+            self.round_seen = self.round_seen.max(ballot.round);
             return;
         }
         // Silence while a leader's lease may hold (or a duplicate of a prepare answered).
@@ -979,6 +1079,22 @@ impl Replica {
             self.send(from, Message::Reject { promised: self.promised });
             return;
         }
+        if let Some(amnesia) = &self.amnesia {
+            if amnesia.fresh.is_none_or(|fresh| ballot < fresh) {
+                // A leadership that may predate the restart: it steps down, and an election
+                // follows (`set_amnesiac`).
+                let above = Ballot { round: ballot.round.saturating_add(1).min(LAST_ROUND - 1), replica: self.id };
+                self.send(from, Message::Reject { promised: above.max(ballot) });
+                return;
+            }
+            if values.is_empty() {
+                // A heartbeat: the leader has sent everything, so its log ends before it.
+                let end = first_slot - 1;
+                if self.amnesia.as_ref().and_then(|amnesia| amnesia.through).is_none_or(|known| known < (ballot, end)) {
+                    self.amnesia.as_mut().expect("amnesiac").through = Some((ballot, end));
+                }
+            }
+        }
         let promise = (ballot > self.promised).then_some(ballot);
         self.observe(now, ballot);
         self.promised = ballot;
@@ -993,11 +1109,20 @@ impl Replica {
             self.durable_end = self.commit;
         }
         self.leader_commit = self.leader_commit.max(commit);
-        let (id, checkpointed) = (self.id, self.checkpointed);
-        let accepted = move |up_to, gap| Envelope {
+        let (id, checkpointed, commit_here) = (self.id, self.checkpointed, self.commit);
+        // An amnesiac replica claims only committed slots, with no clock reading: it tells the
+        // leader where to send from and is counted in no quorum, nor in a lease.
+        let amnesiac = self.amnesia.is_some();
+        let accepted = move |up_to: Slot, gap| Envelope {
             from: id,
             to: from,
-            message: Message::Accepted { ballot, up_to, sent_at, gap, checkpointed },
+            message: Message::Accepted {
+                ballot,
+                up_to: if amnesiac { commit_here } else { up_to },
+                sent_at: if amnesiac { 0 } else { sent_at },
+                gap,
+                checkpointed,
+            },
         };
         if first_slot > self.accepted_end + 1 {
             // A gap before these entries (or, in a heartbeat, before the leader's end): say
@@ -1019,7 +1144,13 @@ impl Replica {
             self.log_insert(*slot, entry.clone());
             self.accepted_end = *slot;
         }
-        if entries.is_empty() && promise.is_none() {
+        if amnesiac {
+            // Stored and learnt from, never acknowledged.
+            if !entries.is_empty() || promise.is_some() {
+                self.persist(promise, entries, None);
+            }
+            self.actions.push(Action::Send(accepted(self.durable_end, false)));
+        } else if entries.is_empty() && promise.is_none() {
             self.actions.push(Action::Send(accepted(self.durable_end, false)));
         } else if self.config.unsafe_ack_before_durable {
             // The planted bug: claim the entries durable before they are.
@@ -1107,6 +1238,7 @@ impl Replica {
             self.state = State::Follower;
             self.leader = None;
         }
+        self.check_rejoined();
     }
 
     // ------------------------------------------------------------------ output

@@ -128,6 +128,42 @@ pub struct Recovered {
     /// Where the log ended on a record that claims the next LSN but fails its checksum
     /// (`ScanEnd::DamagedTail`): a torn last flush, or one damaged after it was acknowledged.
     pub damaged_tail: Option<String>,
+    /// How many damaged tails recovery has found in this WAL's life, this one included
+    /// (`DAMAGED_TAILS_FILE`): a replicated store's replicas are amnesiac until repaired
+    /// through that count.
+    pub damaged_tails: u64,
+}
+
+/// The file in a WAL directory that counts the damaged tails recovery found (FORMAT.md).
+const DAMAGED_TAILS_FILE: &str = "damaged-tails";
+
+/// The count in `dir`'s `DAMAGED_TAILS_FILE` (0 without one): u64 LE, then its CRC32C.
+fn read_damaged_tails(dir: &Path) -> Result<u64> {
+    let path = dir.join(DAMAGED_TAILS_FILE);
+    let bytes = match std::fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(error) => return Err(Error::io("read", &path, error)),
+    };
+    match (bytes.get(..8), bytes.get(8..12), bytes.len()) {
+        (Some(count), Some(crc), 12) if crc32c::crc32c(count).to_le_bytes() == crc => {
+            Ok(u64::from_le_bytes(count.try_into().expect("8 bytes")))
+        }
+        _ => Err(Error::corrupt(&path, 0, "malformed count of damaged WAL tails")),
+    }
+}
+
+/// Makes `count` the durable content of `dir`'s `DAMAGED_TAILS_FILE` (written aside, synced,
+/// renamed, the directory synced).
+fn write_damaged_tails(dir: &Path, count: u64) -> Result<()> {
+    let (path, temporary) = (dir.join(DAMAGED_TAILS_FILE), dir.join(format!("{DAMAGED_TAILS_FILE}.tmp")));
+    let mut bytes = count.to_le_bytes().to_vec();
+    bytes.extend_from_slice(&crc32c::crc32c(&count.to_le_bytes()).to_le_bytes());
+    std::fs::write(&temporary, &bytes)
+        .and_then(|()| std::fs::File::open(&temporary)?.sync_all())
+        .and_then(|()| std::fs::rename(&temporary, &path))
+        .map_err(|error| Error::io("write", &path, error))?;
+    disk::sync_dir(dir)
 }
 
 /// Whether the oldest segment of `chain` holds only records up to `lsn` (the next one starts
@@ -244,6 +280,13 @@ impl Wal {
         if records.first().is_some_and(|record| record.lsn != checkpoint_lsn + 1) {
             return Err(Error::corrupt(dir, 0, format!("WAL records after LSN {checkpoint_lsn} are missing")));
         }
+        let mut damaged_tails = read_damaged_tails(dir)?;
+        if damaged_tail.is_some() {
+            // Counted durably before `prepare_tail` zeroes the damaged flush: a crash from here
+            // on cannot make the damage forgotten.
+            damaged_tails += 1;
+            write_damaged_tails(dir, damaged_tails)?;
+        }
         let wal = Wal {
             inner: Rc::new(Inner {
                 dir: dir.to_path_buf(),
@@ -268,7 +311,7 @@ impl Wal {
         let flusher = glommio::spawn_local(Inner::flusher(wal.inner.clone()));
         *wal.inner.flusher.borrow_mut() = Some(flusher);
         wal.inner.fill_spares(wal.inner.config.spare_segments_max);
-        Ok(Recovered { wal, records, damaged_tail })
+        Ok(Recovered { wal, records, damaged_tail, damaged_tails })
     }
 
     /// Makes the write position safe: activates a first segment if there is none, and zeroes

@@ -2,7 +2,8 @@
 //! (`tessera_engine::paxos::Replica`) on three simulated nodes, each with a simulated disk,
 //! clock and network link, driven with a client workload. One seed decides everything:
 //! message delays, drops, duplicates and reordering, partitions, crashes (losing unsynced
-//! writes, sometimes tearing the one in flight), disk latencies, clock offsets and rates, and
+//! writes, sometimes tearing the one in flight, sometimes damaging the last durable one so
+//! that it is lost and the replica restarts amnesiac), disk latencies, clock offsets and rates, and
 //! the workload. The same seed replays the same run exactly.
 //!
 //! What a run checks, as it goes and at the end:
@@ -10,7 +11,8 @@
 //! * at most one replica holds a read lease at any moment;
 //! * every acknowledged write is chosen, at the slot it was acknowledged for;
 //! * the client history of each key is linearizable (reads served under the leader's lease);
-//! * after the faults stop, the group elects a leader and every replica catches up.
+//! * after the faults stop, the group elects a leader and every replica catches up (an
+//!   amnesiac one rejoins as a voter).
 //!
 //! Some seeds lose a replica for good (its disk with it). A small control plane in the
 //! simulation then changes the configuration one member at a time, through the log: a log
@@ -23,7 +25,7 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 
 use tessera_engine::paxos::{
-    Action, Ballot, Config, Durable, Envelope, Member, MemberKind, Micros, Replica, ReplicaId, Role, Slot, Value,
+    Action, Ballot, Config, Durable, Entry, Envelope, Member, MemberKind, Micros, Replica, ReplicaId, Role, Slot, Value,
 };
 
 use linearizability::{Operation, RegisterOp};
@@ -90,6 +92,7 @@ impl Options {
                 entries_in_flight_max: 256,
                 unsafe_ack_before_durable: false,
                 unsafe_promise_during_lease: false,
+                unsafe_amnesiac_votes: false,
             },
             active: 4_000_000,
             quiet: 3_000_000,
@@ -159,7 +162,9 @@ enum Reply {
 #[derive(Debug)]
 enum Event {
     Tick(ReplicaId),
-    Deliver(Envelope),
+    /// A message, for the life (epoch) of its receiver it was sent to: links are connections,
+    /// so nothing sent to a node reaches it after it restarts.
+    Deliver(Envelope, u64),
     DiskDone {
         node: ReplicaId,
         epoch: u64,
@@ -210,6 +215,9 @@ impl Clock {
     }
 }
 
+/// What a durable write replaced: the promise, and each slot's entry before it.
+type Undo = (Ballot, Vec<(Slot, Option<Entry>)>);
+
 struct Node {
     id: ReplicaId,
     replica: Option<Replica>,
@@ -219,6 +227,12 @@ struct Node {
     durable: Durable,
     /// Writes asked for and not yet durable, oldest first.
     writing: VecDeque<(u64, Action)>,
+    /// What the last durable write replaced (the promise, and each slot's entry before), so
+    /// that damage to it can be simulated: it is then lost, as a damaged WAL tail is.
+    last_write: Option<Undo>,
+    /// The host's durable mark: the replica lost a durable write and starts amnesiac
+    /// (`Replica::set_amnesiac`) until it rejoins.
+    amnesiac: bool,
     disk_free_at: Micros,
     applied: Slot,
     state: MachineState,
@@ -296,6 +310,8 @@ fn new_node(id: ReplicaId, random: &mut Random, drift: i64, first: MachineState)
         },
         durable: Durable::default(),
         writing: VecDeque::new(),
+        last_write: None,
+        amnesiac: false,
         disk_free_at: 0,
         applied: 0,
         state: first.clone(),
@@ -412,7 +428,13 @@ impl Simulation {
         node.state = node.checkpoint.1.clone();
         node.proposals.clear();
         let members = node.state.members.clone();
-        node.replica = Some(Replica::new(config, id, &members, node.durable.clone(), node.applied, local, seed));
+        let mut replica = Replica::new(config, id, &members, node.durable.clone(), node.applied, local, seed);
+        if node.amnesiac {
+            replica.set_amnesiac();
+            // Without effect (a planted bug), the mark goes: nothing would clear it.
+            node.amnesiac = replica.amnesiac();
+        }
+        node.replica = Some(replica);
         let jitter = self.random.between(0, TICK);
         self.schedule(jitter, Event::Tick(id));
     }
@@ -442,6 +464,24 @@ impl Simulation {
         self.probe("crash");
     }
 
+    /// Crashes `id`, and damages its last durable write (acknowledged, perhaps): recovery
+    /// finds the damage and ends the log before it, so the write is lost and the replica
+    /// restarts amnesiac.
+    fn crash_damaging_last_write(&mut self, id: ReplicaId) {
+        self.crash(id);
+        let node = self.node(id);
+        let Some((promised, slots)) = node.last_write.take() else { return };
+        node.durable.promised = promised;
+        for (slot, entry) in slots {
+            match entry {
+                Some(entry) => node.durable.entries.insert(slot, entry),
+                None => node.durable.entries.remove(&slot),
+            };
+        }
+        node.amnesiac = true;
+        self.probe("last durable write lost");
+    }
+
     fn handle(&mut self, event: Event) -> Result<(), Failure> {
         match event {
             Event::Tick(id) => {
@@ -453,9 +493,12 @@ impl Simulation {
                 self.schedule(TICK, Event::Tick(id));
                 self.run_actions(id)?;
             }
-            Event::Deliver(envelope) => {
+            Event::Deliver(envelope, epoch) => {
                 let now = self.now;
                 let node = self.node(envelope.to);
+                if node.epoch != epoch {
+                    return Ok(());
+                }
                 let local = node.clock.local(now);
                 if let Some(replica) = node.replica.as_mut() {
                     replica.step(local, envelope.from, envelope.message);
@@ -472,6 +515,8 @@ impl Simulation {
                 let (first, action) = node.writing.pop_front().expect("a write completes that was started");
                 assert_eq!(first, write, "the disk completes writes in order");
                 if let Action::Persist { promised, entries, .. } = action {
+                    let before = entries.iter().map(|(slot, _)| (*slot, node.durable.entries.get(slot).cloned()));
+                    node.last_write = Some((node.durable.promised, before.collect()));
                     if let Some(promised) = promised {
                         node.durable.promised = node.durable.promised.max(promised);
                     }
@@ -549,7 +594,10 @@ impl Simulation {
         });
         // One replica at most is lost for good per run, a full member of the group.
         let none_lost = self.nodes.iter().all(|node| !node.lost);
-        if none_lost && member && self.random.chance(80_000) {
+        // A group that lost a durable write of a second replica, or lost one for good while
+        // another is amnesiac, has no quorum of voters left to repair from: one fault at a time.
+        let none_amnesiac = self.nodes.iter().all(|node| !node.amnesiac);
+        if none_lost && none_amnesiac && member && self.random.chance(80_000) {
             self.lose(target);
         } else if self.random.chance(150_000) {
             // A power failure: every replica stops at once, losing what it had not synced.
@@ -563,7 +611,11 @@ impl Simulation {
             }
         } else if self.random.chance(500_000) {
             if self.node(target).replica.is_some() {
-                self.crash(target);
+                if none_lost && none_amnesiac && self.replacement.is_none() && self.random.chance(250_000) {
+                    self.crash_damaging_last_write(target);
+                } else {
+                    self.crash(target);
+                }
                 self.schedule(down, Event::Restart(target));
             }
         } else if self.random.chance(500_000) {
@@ -697,6 +749,10 @@ impl Simulation {
                         self.schedule(delay, Event::Snapshot { from: id, to, ballot, slot, state });
                     }
                 }
+                Action::Rejoined { .. } => {
+                    self.node(id).amnesiac = false;
+                    self.probe("amnesiac replica rejoined");
+                }
                 // No correct group gets near the last round.
                 Action::Report(anomaly) => return Err(self.fail(format!("replica {id}: {anomaly}"))),
             }
@@ -715,11 +771,13 @@ impl Simulation {
         }
         if self.random.chance(self.options.duplicate_per_million) {
             let delay = self.random.between(1, self.options.delay_max);
-            self.schedule(delay, Event::Deliver(envelope.clone()));
+            let epoch = self.node(to).epoch;
+            self.schedule(delay, Event::Deliver(envelope.clone(), epoch));
             self.probe("message duplicated");
         }
         let delay = self.random.between(1, self.options.delay_max);
-        self.schedule(delay, Event::Deliver(envelope));
+        let epoch = self.node(to).epoch;
+        self.schedule(delay, Event::Deliver(envelope, epoch));
     }
 
     fn apply(&mut self, id: ReplicaId, slot: Slot, value: Value) -> Result<(), Failure> {
@@ -947,6 +1005,14 @@ impl Simulation {
                 )));
             }
         }
+        // An amnesiac replica has been made to rejoin by an election it saw.
+        if let Some(node) = self.nodes.iter().find(|node| in_config(node) && node.amnesiac) {
+            return Err(self.fail(format!(
+                "replica {} is still amnesiac after the quiet period; {}",
+                node.id,
+                self.describe()
+            )));
+        }
         let state = self.node(leader).state.clone();
         if self.nodes.iter().filter(|node| in_config(node)).any(|node| node.state != state) {
             return Err(self.fail("replicas' states differ after applying the same slots"));
@@ -995,10 +1061,11 @@ impl Simulation {
             .map(|node| match &node.replica {
                 None => format!("{}: down", node.id),
                 Some(replica) => format!(
-                    "{}: {:?} of {:?}, leader {:?}, commit {}, applied {}, log {}..{:?}, members {:?}",
+                    "{}: {:?} of {:?}{}, leader {:?}, commit {}, applied {}, log {}..{:?}, members {:?}",
                     node.id,
                     replica.role(),
                     replica.leading(),
+                    if replica.amnesiac() { " (amnesiac)" } else { "" },
                     replica.leader(),
                     replica.commit(),
                     node.applied,
