@@ -20,6 +20,7 @@ fn small_config() -> StoreConfig {
         checkpoint_wal_segments: 3,
         replicated: false,
         quarantine_bad_records: false,
+        scrub_interval: None,
     }
 }
 
