@@ -121,6 +121,11 @@ pub struct Serve {
     /// the record stays in the log
     #[arg(long)]
     pub quarantine_bad_records: bool,
+    /// Seconds between the starts of two passes of the background scrub, which reads every
+    /// page of each core's tree file from the disk and reports damage (in a cluster, the
+    /// damaged partitions are reinstalled from a healthy replica); 0: no scrub
+    #[arg(long, value_name = "SECONDS", default_value_t = 3600)]
+    pub scrub_interval_s: u64,
     /// The cluster's secret (a file holding it on its first line, 16 characters or more): every
     /// peer link, request forwarded between nodes and administration request proves it holds
     /// it; needed unless every peer address is on loopback

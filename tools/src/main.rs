@@ -78,6 +78,7 @@ fn serve(args: &cli::Serve) -> Result<(), String> {
         store: StoreConfig {
             cache_pages: args.cache_mib * 256,
             quarantine_bad_records: args.quarantine_bad_records,
+            scrub_interval: (args.scrub_interval_s > 0).then(|| std::time::Duration::from_secs(args.scrub_interval_s)),
             wal: WalConfig { segment_bytes: args.wal_segment_mib << 20, ..WalConfig::default() },
             ..StoreConfig::default()
         },

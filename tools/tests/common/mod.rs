@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use tessera_net::http::sigv4::format_amz_date;
 
+pub mod tree_file;
+
 /// An answer's status, headers (lower-case names) and body.
 pub type Answer = (u16, Vec<(String, String)>, Vec<u8>);
 
