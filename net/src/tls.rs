@@ -54,8 +54,17 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig
         .map_err(|error| error.to_string())?
         .with_no_client_auth()
         .with_single_cert(chain, private_key)
-        .map_err(|error| {
-            format!("the certificate of {} and the key of {} cannot be used: {error}", cert.display(), key.display())
+        .map_err(|error| match error {
+            rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch) => {
+                format!("the key of {} is not the key of the certificate of {}", key.display(), cert.display())
+            }
+            error => {
+                format!(
+                    "the certificate of {} and the key of {} cannot be used: {error}",
+                    cert.display(),
+                    key.display()
+                )
+            }
         })?;
     Ok(Arc::new(config))
 }
