@@ -26,12 +26,12 @@ use tessera_wire::{
     ReturnConsumedCapacity, Scan, Select, SortCondition, TableKeys, Tags, Throughput, UpdateItem, WireError, Write,
 };
 
-use crate::auth::{Access, Credentials};
+use crate::auth::Access;
 use crate::catalog::{
     key_hash, owner_core, range_start, retag, validate_table_name, validate_throughput, Catalog, TableInfo,
     CATALOG_PARTITION, NEXT_ID_KEY, PARTITIONS_MAX,
 };
-use crate::client::{AsyncClient, ClientConfig};
+use crate::client::AsyncClient;
 use crate::http::messages;
 use crate::local::Pending;
 use crate::log::Log;
@@ -559,8 +559,7 @@ impl Shard {
                 let address: SocketAddr = leader
                     .parse()
                     .map_err(|_| unavailable(format!("the leader's address {leader:?} does not parse")))?;
-                let credentials = self.access.cluster_secret.as_deref().map(Credentials::cluster);
-                let client = AsyncClient::connect(address, ClientConfig { credentials, ..ClientConfig::default() })
+                let client = AsyncClient::connect(address, self.access.forwarding())
                     .await
                     .map_err(|error| unavailable(format!("cannot reach the leader at {leader}: {error}")))?;
                 let client = Rc::new(client);

@@ -17,8 +17,9 @@ use tessera_engine::{AttributeValue, KeyAttribute, KeySchema, StoreConfig, WalCo
 use tessera_net::auth::{new_secret, read_secret, Credentials};
 use tessera_net::client::{Client, ClientConfig};
 use tessera_net::json::{consumed_capacity_to_json, item_to_json};
+use tessera_net::tls::ClientTls;
 use tessera_net::{
-    Auth, Cluster, ClusterNode, HttpConfig, Server, ServerConfig, APPLY_DELAY_DEFAULT, LOG_RETAIN_DEFAULT,
+    Auth, Cluster, ClusterNode, HttpConfig, Server, ServerConfig, ServerTls, APPLY_DELAY_DEFAULT, LOG_RETAIN_DEFAULT,
 };
 use tessera_wire::{
     Expressions, Query, ReadExpressions, Request, Response, ReturnValues, Scan, Select, SortCondition,
@@ -38,13 +39,17 @@ fn main() -> ExitCode {
         Command::Cluster(ClusterCommand::Local { nodes, port, http_port, cores, data_dir }) => {
             cluster_local(nodes, port, http_port, cores, &data_dir)
         }
-        Command::Cluster(ClusterCommand::Status { cluster, cluster_secret }) => admin_config(cluster_secret.as_deref())
-            .and_then(|config| read_cluster_file(&cluster).and_then(|nodes| admin::status(&nodes, &config))),
-        Command::Cluster(ClusterCommand::Replace { cluster, lost, log, full, timeout, cluster_secret }) => {
-            admin_config(cluster_secret.as_deref())
+        Command::Cluster(ClusterCommand::Status { cluster, cluster_secret, tls }) => {
+            admin_config(cluster_secret.as_deref(), tls.then_some(cli.ca_file.as_deref()))
+                .and_then(|config| read_cluster_file(&cluster).and_then(|nodes| admin::status(&nodes, &config)))
+        }
+        Command::Cluster(ClusterCommand::Replace { cluster, lost, log, full, timeout, cluster_secret, tls }) => {
+            admin_config(cluster_secret.as_deref(), tls.then_some(cli.ca_file.as_deref()))
                 .and_then(|config| replace(&cluster, admin::Replacement { lost, log, full }, timeout, &config))
         }
-        command => client_command(&cli.endpoint, command),
+        command => {
+            cli.endpoint.trusting(cli.ca_file.as_deref()).and_then(|endpoint| client_command(&endpoint, command))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -97,6 +102,14 @@ fn serve(args: &cli::Serve) -> Result<(), String> {
 
         max_connections: args.max_connections,
         request_memory: args.request_memory_mib << 20,
+        tls: match (&args.tls_cert, &args.tls_key) {
+            (Some(cert), Some(key)) => Some(ServerTls {
+                identity: tessera_net::tls::server_config(cert, key)?,
+                forwarding: ClientTls::trusting(Some(cert))?,
+            }),
+            // clap requires --tls-cert and --tls-key together.
+            _ => None,
+        },
     };
     if let Some(cluster) = &config.cluster {
         let off_loopback = cluster.nodes.values().any(|node| !node.peer.ip().is_loopback());
@@ -125,18 +138,19 @@ fn serve(args: &cli::Serve) -> Result<(), String> {
             format!("node {} of {}, zone {}", cluster.node, cluster.nodes.len(), cluster.nodes[&cluster.node].zone)
         }
     };
+    let tls = if config.tls.is_some() { ", TLS only" } else { "" };
     let http = match (&config.http, server.http_address) {
         (Some(http), Some(address)) => {
             let auth = match &http.auth {
                 Auth::None => "auth none: any well-formed credentials".to_string(),
                 Auth::SigV4(keys) => format!("auth sigv4: {} access keys", keys.len()),
             };
-            format!("; DynamoDB HTTP API on {address} ({auth})")
+            format!("; DynamoDB HTTP API on {address} ({auth}{tls})")
         }
         _ => String::new(),
     };
     println!(
-        "tessera {}: serving on {} ({role}, {} cores, data in {}){http}",
+        "tessera {}: serving on {} ({role}, {} cores, data in {}{tls}){http}",
         env!("CARGO_PKG_VERSION"),
         server.address,
         config.cores,
@@ -254,10 +268,21 @@ fn write_private(path: &std::path::Path, text: &str) -> Result<(), String> {
 }
 
 /// How the administration commands connect: a short timeout, no retries (a node that does not
-/// answer is skipped that round), and the cluster's secret when there is one.
-fn admin_config(secret: Option<&std::path::Path>) -> Result<ClientConfig, String> {
+/// answer is skipped that round), the cluster's secret when there is one, and TLS when asked
+/// (`Some(ca_file)`; each node's certificate checked against its IP address).
+fn admin_config(
+    secret: Option<&std::path::Path>,
+    tls: Option<Option<&std::path::Path>>,
+) -> Result<ClientConfig, String> {
     let credentials = secret.map(read_secret).transpose()?.as_deref().map(Credentials::cluster);
-    Ok(ClientConfig { timeout: std::time::Duration::from_secs(2), attempts: 1, credentials, ..ClientConfig::default() })
+    let tls = tls.map(ClientTls::trusting).transpose()?;
+    Ok(ClientConfig {
+        timeout: std::time::Duration::from_secs(2),
+        attempts: 1,
+        credentials,
+        tls,
+        ..ClientConfig::default()
+    })
 }
 
 fn replace(path: &str, plan: admin::Replacement, timeout_secs: u64, config: &ClientConfig) -> Result<(), String> {
@@ -423,7 +448,8 @@ fn print_all(items: Vec<tessera_engine::Item>, count_only: bool) {
 /// or the shared credentials file), if one is set: a node that checks keys needs it.
 fn connect(endpoint: &Endpoint) -> Result<Client, String> {
     let credentials = Credentials::from_environment()?;
-    Client::connect_with(endpoint.address.as_str(), ClientConfig { credentials, ..ClientConfig::default() })
+    let tls = endpoint.client_tls.clone();
+    Client::connect_with(endpoint.address.as_str(), ClientConfig { credentials, tls, ..ClientConfig::default() })
         .map_err(|error| endpoint.error(format!("cannot connect to {}: {error}", endpoint.address)))
 }
 
