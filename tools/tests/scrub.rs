@@ -32,16 +32,7 @@ fn start(dir: &Path, flags: &[&str]) -> (Child, SocketAddr, Receiver<String>) {
     let mut line = String::new();
     BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("first line");
     let address = line.split_whitespace().find_map(|word| word.parse().ok()).expect("an address");
-    let (lines, received) = std::sync::mpsc::channel();
-    let stderr = BufReader::new(child.stderr.take().expect("stderr"));
-    std::thread::spawn(move || {
-        for line in stderr.lines().map_while(Result::ok) {
-            eprintln!("{line}");
-            if lines.send(line).is_err() {
-                return;
-            }
-        }
-    });
+    let received = common::stderr_lines(&mut child);
     (child, address, received)
 }
 

@@ -19,23 +19,23 @@ const CONDITION_FUNCTIONS: [&str; 5] =
 /// Type names `attribute_type` accepts.
 const TYPE_NAMES: [&str; 10] = ["S", "SS", "N", "NS", "B", "BS", "BOOL", "NULL", "L", "M"];
 
-pub(crate) struct Parser<'p, 'a> {
+pub(crate) struct Parser<'p, 'a, 't> {
     kind: &'static str,
     tokens: Vec<Spanned>,
     next: usize,
     /// Levels descended (`NESTING_LEVELS_MAX`).
     depth: usize,
     /// The expression as written (at most 4 KB), which a syntax error quotes around its token.
-    text: String,
+    text: &'t str,
     placeholders: &'p mut Placeholders<'a>,
 }
 
-impl<'p, 'a> Parser<'p, 'a> {
+impl<'p, 'a, 't> Parser<'p, 'a, 't> {
     pub(crate) fn new(
         kind: &'static str,
-        text: &str,
+        text: &'t str,
         placeholders: &'p mut Placeholders<'a>,
-    ) -> Result<Parser<'p, 'a>, ExprError> {
+    ) -> Result<Parser<'p, 'a, 't>, ExprError> {
         if text.len() > EXPRESSION_BYTES_MAX {
             return Err(ExprError::whole(
                 kind,
@@ -53,7 +53,7 @@ impl<'p, 'a> Parser<'p, 'a> {
                 format!("The expression contains too many operators; operator count: {operators}"),
             ));
         }
-        Ok(Parser { kind, tokens, next: 0, depth: 0, text: text.to_string(), placeholders })
+        Ok(Parser { kind, tokens, next: 0, depth: 0, text, placeholders })
     }
 
     pub(crate) fn condition_expression(mut self) -> Result<Condition, ExprError> {
@@ -690,7 +690,7 @@ impl<'p, 'a> Parser<'p, 'a> {
     #[inline(never)]
     fn syntax_error(&self, expected: &str) -> ExprError {
         debug_assert!(!expected.is_empty());
-        syntax_error(self.kind, &self.text, &self.tokens, self.next)
+        syntax_error(self.kind, self.text, &self.tokens, self.next)
     }
 
     fn error_at(&self, at: usize, reason: impl Into<String>) -> ExprError {
