@@ -59,6 +59,8 @@ const SPIN_BEFORE_PARK: Duration = Duration::from_micros(5);
 const LISTENER_GONE_WAIT: Duration = Duration::from_secs(5);
 /// How often each core checks whether the server is stopping.
 const STOP_POLL: Duration = Duration::from_millis(20);
+/// How often a core calls `ServerConfig::collect_memory`.
+const COLLECT_INTERVAL: Duration = Duration::from_secs(1);
 /// A core whose timer fires this much later than asked says so on standard error.
 const LATE_REPORTED: Duration = Duration::from_millis(100);
 /// The pause after a failed accept, doubled after each further failure up to the maximum:
@@ -114,6 +116,11 @@ pub struct ServerConfig {
     /// TLS on both client listeners (binary and HTTP), which then speak nothing else; `None`:
     /// plain TCP. Peer links stay plain (a peer proves the cluster's secret).
     pub tls: Option<ServerTls>,
+    /// Called on each core's thread every `COLLECT_INTERVAL`, to give the kernel back the
+    /// memory the process's allocator holds freed (the binary picks the allocator, so it says
+    /// how); `None`: nothing is called. An idle core otherwise kept a burst's buffers: the
+    /// allocator returns memory only as it allocates again.
+    pub collect_memory: Option<fn()>,
 }
 
 /// A node's TLS: its identity, and how it connects to another node's client port (to forward
@@ -412,6 +419,7 @@ async fn run_core(
             }
         }))
     };
+    let mut collected = Instant::now();
     while !stop.load(Ordering::SeqCst) {
         let asleep = Instant::now();
         glommio::timer::sleep(STOP_POLL).await;
@@ -419,6 +427,12 @@ async fn run_core(
         if late >= LATE_REPORTED {
             // Every request on this core waited as long: the CPU was taken, or a task held it.
             tessera_engine::report!("tessera: core {core} ran {} ms late", late.as_millis());
+        }
+        if let Some(collect) = config.collect_memory {
+            if collected.elapsed() >= COLLECT_INTERVAL {
+                collect();
+                collected = Instant::now();
+            }
         }
     }
     drop(accepting.cancel());
