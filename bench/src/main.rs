@@ -28,6 +28,7 @@ use glommio::{LocalExecutorBuilder, Placement};
 use hdrhistogram::Histogram;
 use tessera_engine::{AttributeValue, Item, KeySchema, KeyType, Number};
 use tessera_net::client::{AsyncClient, Client, ClientConfig, ClientError, ClusterPool, ItemBuilder};
+use tessera_net::tls::ClientTls;
 use tessera_wire::{Expressions, Query, ReadExpressions, Request, ReturnValues, Scan, SortCondition, TableKeys, Write};
 
 use keys::{KeyChooser, Random};
@@ -154,6 +155,13 @@ struct Flags {
     /// PutItem
     #[arg(long, conflicts_with = "workload")]
     updates: bool,
+    /// Connect to the nodes with TLS (serve --tls-cert), trusting --ca-file, each node's
+    /// certificate checked against its IP address
+    #[arg(long, conflicts_with = "peer")]
+    tls: bool,
+    /// The certificates (PEM) --tls trusts [default: the system's trust store]
+    #[arg(long, value_name = "FILE", env = "TESSERA_CA_FILE", requires = "tls")]
+    ca_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Clone)]
@@ -180,6 +188,8 @@ struct Settings {
     max_rate: Option<(f64, f64)>,
     /// Open loop: calls a thread has waiting at most; a call due beyond it is shed.
     outstanding_max: u64,
+    /// How every connection to the nodes is made (TLS with --tls).
+    client: ClientConfig,
 }
 
 impl Settings {
@@ -255,6 +265,10 @@ fn parse() -> Result<Settings, String> {
         max_rate: flags.max_rate.map(|bound| (bound, flags.probe_seconds)),
         quiet: flags.quiet,
         outstanding_max: flags.outstanding_max.max(1),
+        client: ClientConfig {
+            tls: flags.tls.then(|| ClientTls::trusting(flags.ca_file.as_deref())).transpose()?,
+            ..ClientConfig::default()
+        },
     })
 }
 
@@ -349,7 +363,7 @@ async fn target(settings: &Settings) -> Rc<Target> {
         }
         return Rc::new(Target::Peer(*peer, connections, Cell::new(0)));
     }
-    let pool = ClusterPool::connect(&settings.nodes, settings.connections, ClientConfig::default())
+    let pool = ClusterPool::connect(&settings.nodes, settings.connections, settings.client.clone())
         .await
         .unwrap_or_else(|error| fail(format!("cannot connect to {:?}: {error}", settings.nodes)));
     Rc::new(Target::Tessera(pool))
@@ -828,7 +842,7 @@ fn main() {
     if let (Some((Peer::DynamoDb, addresses)), Some(_)) = (&settings.peer, settings.create) {
         create_over_http(addresses.clone(), table.clone());
     } else if let Some(partitions) = settings.create {
-        let mut client = Client::connect(settings.endpoint)
+        let mut client = Client::connect_with(settings.endpoint, settings.client.clone())
             .unwrap_or_else(|error| fail(format!("cannot connect to {}: {error}", settings.endpoint)));
         client
             .create_table(&table, key_schema(&settings.workload.table), partitions)
@@ -836,7 +850,8 @@ fn main() {
         // In a cluster each node learns of the table as it applies the catalog's entry.
         for &node in &settings.nodes {
             let deadline = Instant::now() + Duration::from_secs(10);
-            while Client::connect(node).and_then(|mut client| client.describe_table(&table)).is_err() {
+            let connect = || Client::connect_with(node, settings.client.clone());
+            while connect().and_then(|mut client| client.describe_table(&table)).is_err() {
                 if Instant::now() > deadline {
                     fail(format!("node {node} never learned of table {table}"));
                 }
@@ -936,6 +951,7 @@ mod tests {
             peer: None,
             max_rate: None,
             outstanding_max: 20_000,
+            client: ClientConfig::default(),
         }
     }
 

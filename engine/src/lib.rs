@@ -28,8 +28,10 @@ pub use key::{partition_hash, EncodedKey, KeyAttribute, KeySchema, KeyType};
 pub use number::Number;
 pub use replication::{LocalLog, ReplicationLog};
 pub use signal::yield_to_reactor;
-pub use store::{PartitionId, PartitionMeta, PartitionSnapshot, Store, StoreConfig, KEY_LEN_MAX};
-pub use value::{empty_set_message, item_size, validate_item, AttributeValue, Item, ITEM_SIZE_MAX, NESTING_MAX};
+pub use store::{PartitionId, PartitionMeta, PartitionSnapshot, ScrubStats, Store, StoreConfig, KEY_LEN_MAX};
+pub use value::{
+    check_name_length, empty_set_message, item_size, validate_item, AttributeValue, Item, ITEM_SIZE_MAX, NESTING_MAX,
+};
 pub use wal::{Record, Recovered, Wal, WalConfig};
 
 /// `eprintln!` as one write: the line and its newline go to standard error in a single

@@ -44,6 +44,10 @@ use crate::signal::{guard_executor, yield_to_reactor, Event, Watermark};
 use crate::value::validate_item;
 use crate::wal::{Wal, WalConfig};
 
+mod scrub;
+
+pub use scrub::ScrubStats;
+
 /// Identifies a partition replica on a core.
 pub type PartitionId = u64;
 
@@ -92,6 +96,9 @@ pub struct StoreConfig {
     /// and every later one) while the other partitions serve; with this set the record is
     /// skipped, reported, and its payload saved under `quarantined/` in the store's directory.
     pub quarantine_bad_records: bool,
+    /// How often the background scrub starts a pass over the tree file (`scrub.rs`); `None`:
+    /// never.
+    pub scrub_interval: Option<Duration>,
 }
 
 impl Default for StoreConfig {
@@ -103,6 +110,7 @@ impl Default for StoreConfig {
             checkpoint_wal_segments: 4,
             replicated: false,
             quarantine_bad_records: false,
+            scrub_interval: Some(Duration::from_secs(3600)),
         }
     }
 }
@@ -194,6 +202,7 @@ struct Inner {
     page_reads: Cell<u64>,
     /// The damaged WAL tails recovery has found in this store's life (`Store::amnesiac`).
     damaged_tails: u64,
+    damage: scrub::Damage,
 }
 
 /// A core's storage; cheap to clone, used from one executor.
@@ -441,6 +450,7 @@ impl Store {
                 applier: RefCell::new(None),
                 page_reads: Cell::new(0),
                 damaged_tails: recovered.damaged_tails,
+                damage: scrub::Damage::default(),
             }),
         };
         store.load_partition_metas().await?;
@@ -458,6 +468,9 @@ impl Store {
         }
         let applier = glommio::spawn_local(Inner::applier(store.inner.clone()));
         *store.inner.applier.borrow_mut() = Some(applier);
+        if let Some(interval) = store.inner.config.scrub_interval {
+            glommio::spawn_local(scrub::run(Rc::downgrade(&store.inner), interval)).detach();
+        }
         Ok(store)
     }
 
@@ -1028,6 +1041,18 @@ impl Store {
     pub fn dir(&self) -> &Path {
         &self.inner.dir
     }
+
+    /// What the scrub (and any read) found damaged since open.
+    pub fn scrub_stats(&self) -> ScrubStats {
+        self.inner.damage.stats()
+    }
+
+    /// Partitions whose keys a damaged page the scrub found holds, not taken before: a
+    /// replicated store's host reinstalls each from a healthy replica (installing it cuts the
+    /// damaged page out of the tree first).
+    pub fn take_damaged_partitions(&self) -> Vec<PartitionId> {
+        self.inner.damage.take_partitions()
+    }
 }
 
 /// A consistent image of one partition as a durable checkpoint holds it (`Store::snapshot`),
@@ -1127,7 +1152,11 @@ impl Inner {
                 Err(TreeError::Need(id)) => {
                     self.page_reads.set(self.page_reads.get() + 1);
                     let generation = self.tree.borrow().generation();
-                    let bytes = read_page(&self.file, id).await?;
+                    let bytes = read_page(&self.file, id).await.inspect_err(|error| {
+                        if matches!(error, Error::Corrupt { .. }) {
+                            self.damaged_read(id, error);
+                        }
+                    })?;
                     self.tree.borrow_mut().insert_loaded(id, bytes, generation);
                 }
                 Err(TreeError::Corrupt(reason)) => return Err(Error::corrupt(self.file.path(), 0, reason)),
@@ -1172,6 +1201,7 @@ impl Inner {
     async fn install(&self, partition: PartitionId, step: &Install) -> Result<()> {
         match step {
             Install::Begin => {
+                self.excise_damaged(partition).await?;
                 self.empty_partition(partition).await?;
                 let mut metas = self.partition_metas.borrow_mut();
                 let meta = metas.entry(partition).or_default();

@@ -12,6 +12,21 @@ use crate::number::Number;
 pub const ITEM_SIZE_MAX: usize = 400 * 1024;
 /// Deepest nesting of lists and maps DynamoDB accepts.
 pub const NESTING_MAX: usize = 32;
+/// The longest attribute name, in bytes: DynamoDB's documented 64 KB is exclusive (65,535 is
+/// the last size it takes; tests/dynamodb/MESSAGES.md 12e).
+pub const ATTRIBUTE_NAME_MAX: usize = 65_535;
+
+/// Refuses an attribute name longer than `ATTRIBUTE_NAME_MAX`, in DynamoDB's words
+/// (MESSAGES.md 12e), wherever a name comes from: an item's attributes, a placeholder.
+pub fn check_name_length(name: &str) -> Result<()> {
+    if name.len() > ATTRIBUTE_NAME_MAX {
+        return Err(Error::validation(format!(
+            "1 validation error detected: Attribute name is too large, must be less than {} bytes",
+            ATTRIBUTE_NAME_MAX + 1
+        )));
+    }
+    Ok(())
+}
 
 /// One attribute value.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -119,6 +134,7 @@ pub fn validate_item(item: &Item) -> Result<()> {
         if name.is_empty() {
             return Err(Error::validation("an attribute name may not be empty"));
         }
+        check_name_length(name)?;
         value.validate(name)?;
     }
     let size = item_size(item);

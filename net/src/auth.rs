@@ -19,6 +19,9 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use tessera_wire::{ErrorCode, Request, WireError};
 
+use crate::client::ClientConfig;
+use crate::tls::ClientTls;
+
 /// The key id the cluster's secret goes by.
 pub const CLUSTER_KEY_ID: &str = "tessera-cluster";
 /// How far a proof's timestamp may be from the verifier's clock.
@@ -137,9 +140,22 @@ pub struct Access {
     pub clients: Option<HashMap<String, String>>,
     /// The cluster's secret. When present, peer links and administration requests need it.
     pub cluster_secret: Option<String>,
+    /// How this node speaks TLS to another node's client port (which speaks nothing else
+    /// when this node's does), forwarding requests to a partition's leader.
+    pub forwarding_tls: Option<ClientTls>,
 }
 
 impl Access {
+    /// How this node connects to another to forward a request: proving the cluster's secret,
+    /// over TLS if it serves TLS.
+    pub fn forwarding(&self) -> ClientConfig {
+        ClientConfig {
+            credentials: self.cluster_secret.as_deref().map(Credentials::cluster),
+            tls: self.forwarding_tls.clone(),
+            ..ClientConfig::default()
+        }
+    }
+
     /// Whether a binary connection must authenticate before it makes data requests.
     pub fn required(&self) -> bool {
         self.clients.is_some()
@@ -225,6 +241,7 @@ mod tests {
         Access {
             clients: Some(HashMap::from([("AKID".to_string(), "client-secret".to_string())])),
             cluster_secret: Some("cluster-secret-of-enough-length".to_string()),
+            forwarding_tls: None,
         }
     }
 

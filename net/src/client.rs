@@ -21,6 +21,8 @@ use futures_lite::AsyncWriteExt;
 use crate::auth::Credentials;
 use crate::catalog::{core_of_key, partition_of_key};
 use crate::local::{Inbox, Outbox, Pending, Producer};
+use crate::server::ByteStream;
+use crate::tls::ClientTls;
 use tessera_engine::{AttributeValue, Item, KeySchema, Number};
 use tessera_wire::frame::{self, Decoded};
 use tessera_wire::{
@@ -69,6 +71,8 @@ pub struct ClientConfig {
     /// The key every connection proves it holds before its first request (`crate::auth`),
     /// needed by a server that checks keys; `None`: connections make no proof.
     pub credentials: Option<Credentials>,
+    /// TLS, for a server that serves it (`serve --tls-cert`); `None`: plain TCP.
+    pub tls: Option<ClientTls>,
 }
 
 impl Default for ClientConfig {
@@ -78,6 +82,7 @@ impl Default for ClientConfig {
             attempts: 5,
             backoff: Duration::from_millis(20),
             credentials: None,
+            tls: None,
         }
     }
 }
@@ -171,9 +176,64 @@ const REDIRECTS_MAX: u32 = 50;
 /// another round or two of randomized timeouts).
 const ELECTION_PAUSE: Duration = Duration::from_millis(200);
 
+/// A blocking client's connection: plain, or TLS over it.
+enum Transport {
+    Plain(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+}
+
+impl Transport {
+    /// `stream` set up by `config`: no Nagle delay, its timeouts, and TLS if configured (the
+    /// handshake done here, within the timeouts).
+    fn new(stream: TcpStream, config: &ClientConfig) -> std::io::Result<Transport> {
+        stream.set_nodelay(true)?;
+        stream.set_read_timeout(Some(config.timeout))?;
+        stream.set_write_timeout(Some(config.timeout))?;
+        match &config.tls {
+            None => Ok(Transport::Plain(stream)),
+            Some(tls) => {
+                let address = stream.peer_addr()?;
+                Ok(Transport::Tls(Box::new(tls.connect_blocking(stream, address)?)))
+            }
+        }
+    }
+
+    fn socket(&self) -> &TcpStream {
+        match self {
+            Transport::Plain(stream) => stream,
+            Transport::Tls(stream) => stream.get_ref(),
+        }
+    }
+}
+
+impl Read for Transport {
+    fn read(&mut self, buffer: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Transport::Plain(stream) => stream.read(buffer),
+            Transport::Tls(stream) => stream.read(buffer),
+        }
+    }
+}
+
+impl std::io::Write for Transport {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Transport::Plain(stream) => stream.write(bytes),
+            Transport::Tls(stream) => stream.write(bytes),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Transport::Plain(stream) => stream.flush(),
+            Transport::Tls(stream) => stream.flush(),
+        }
+    }
+}
+
 /// A blocking connection to a Tessera server.
 pub struct Client {
-    stream: TcpStream,
+    stream: Transport,
     buffer: Vec<u8>,
     next_id: u64,
     config: ClientConfig,
@@ -203,11 +263,8 @@ impl Client {
     }
 
     pub fn connect_with(address: impl ToSocketAddrs, config: ClientConfig) -> Result<Client, ClientError> {
-        let stream = TcpStream::connect(address)?;
-        stream.set_nodelay(true)?;
-        stream.set_read_timeout(Some(config.timeout))?;
-        stream.set_write_timeout(Some(config.timeout))?;
-        let home = stream.peer_addr()?;
+        let stream = Transport::new(TcpStream::connect(address)?, &config)?;
+        let home = stream.socket().peer_addr()?;
         let credentials = config.credentials.clone();
         let mut client = Client { stream, buffer: Vec::new(), next_id: 1, config, home };
         if let Some(credentials) = credentials {
@@ -266,16 +323,12 @@ impl Client {
 
     /// The node this client talks to now (after following any NotLeader answers).
     pub fn peer_address(&self) -> Result<SocketAddr, ClientError> {
-        Ok(self.stream.peer_addr()?)
+        Ok(self.stream.socket().peer_addr()?)
     }
 
     /// Connects to `address` instead (the node a NotLeader answer named).
     fn reconnect(&mut self, address: SocketAddr) -> Result<(), ClientError> {
-        let stream = TcpStream::connect_timeout(&address, self.config.timeout)?;
-        stream.set_nodelay(true)?;
-        stream.set_read_timeout(Some(self.config.timeout))?;
-        stream.set_write_timeout(Some(self.config.timeout))?;
-        self.stream = stream;
+        self.stream = Transport::new(TcpStream::connect_timeout(&address, self.config.timeout)?, &self.config)?;
         self.buffer.clear();
         Ok(())
     }
@@ -291,6 +344,7 @@ impl Client {
         let mut bytes = Vec::new();
         request.encode_with_flags(id, RequestFlags { capacity, forwarded: false }, &mut bytes);
         self.stream.write_all(&bytes)?;
+        self.stream.flush()?;
         loop {
             match frame::decode(&self.buffer).map_err(|lost| ClientError::Protocol(lost.to_string()))? {
                 Decoded::Frame(frame, used) => {
@@ -597,6 +651,25 @@ impl AsyncClient {
     pub async fn connect(address: SocketAddr, config: ClientConfig) -> Result<AsyncClient, ClientError> {
         let stream = glommio::net::TcpStream::connect(address).await.map_err(|error| ClientError::Io(error.into()))?;
         stream.set_nodelay(true).map_err(|error| ClientError::Io(error.into()))?;
+        let client = match &config.tls {
+            None => AsyncClient::start(stream, config),
+            Some(tls) => {
+                let late = async {
+                    glommio::timer::sleep(config.timeout).await;
+                    Err(std::io::ErrorKind::TimedOut.into())
+                };
+                let stream = futures_lite::future::or(tls.connect(stream, address), late).await?;
+                AsyncClient::start(stream, config)
+            }
+        };
+        if let Some(credentials) = &client.config.credentials {
+            authenticated(client.call_once(&credentials.authenticate()).await?)?;
+        }
+        Ok(client)
+    }
+
+    /// A client on `stream`, its reader and writer tasks started.
+    fn start(stream: impl ByteStream, config: ClientConfig) -> AsyncClient {
         let (mut reader, mut writer) = futures_lite::io::split(stream);
         let outbox = Rc::new(Outbox::default());
         let producer = Producer::new(&outbox);
@@ -605,7 +678,8 @@ impl AsyncClient {
         glommio::spawn_local(async move {
             let mut spare = Vec::new();
             while let Some(batch) = writing.next(spare).await {
-                if writer.write_all(&batch).await.is_err() {
+                // The flush sends what a TLS stream holds back; a plain stream holds nothing.
+                if writer.write_all(&batch).await.is_err() || writer.flush().await.is_err() {
                     return;
                 }
                 spare = batch;
@@ -637,11 +711,7 @@ impl AsyncClient {
             answers.fail_all(|| Err(ClientError::Protocol(failure.clone())));
         })
         .detach();
-        let client = AsyncClient { outbox, pending, _producer: producer, config };
-        if let Some(credentials) = &client.config.credentials {
-            authenticated(client.call_once(&credentials.authenticate()).await?)?;
-        }
-        Ok(client)
+        AsyncClient { outbox, pending, _producer: producer, config }
     }
 
     /// Sends `request` once and waits for its answer (or the timeout).

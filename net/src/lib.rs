@@ -13,10 +13,11 @@ pub mod peers;
 pub mod replicated;
 mod server;
 mod shard;
+pub mod tls;
 
 pub use budget::{REQUEST_MEMORY_DEFAULT, REQUEST_MEMORY_MIN};
 pub use catalog::{partition_name, PARTITIONS_MAX};
 pub use http::{Auth, HttpConfig};
 pub use replicated::{Cluster, ClusterNode, SnapshotStats, APPLY_DELAY_DEFAULT, LOG_RETAIN_DEFAULT};
-pub use server::{Server, ServerConfig, MAX_CONNECTIONS_DEFAULT};
+pub use server::{Server, ServerConfig, ServerTls, MAX_CONNECTIONS_DEFAULT};
 pub use shard::{BATCH_GET_MAX, BATCH_WRITE_MAX, PAGE_BYTES_MAX};

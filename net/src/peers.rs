@@ -120,7 +120,7 @@ impl PeerLinks {
             .map_err(|error| std::io::Error::other(format!("cannot listen for peers on {address}: {error}")))?;
         let stats = Rc::new(Cell::new(LinkStats::default()));
         let tasks: Rc<RefCell<Vec<_>>> = Rc::default();
-        let access = Rc::new(Access { clients: None, cluster_secret: secret.clone() });
+        let access = Rc::new(Access { cluster_secret: secret.clone(), ..Access::default() });
         let accepting = glommio::spawn_local(accept(listener, access, deliver, stats.clone(), Rc::downgrade(&tasks)));
         tasks.borrow_mut().push(accepting.detach());
         let mut queues = BTreeMap::new();

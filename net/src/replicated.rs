@@ -777,6 +777,7 @@ impl ReplicatedLog {
             }
         }
         if compacting {
+            self.repair_damaged();
             self.ask_for_snapshots();
         }
         let expired: Vec<(PartitionId, Slot)> = self

@@ -13,6 +13,12 @@
 //! retried after a pause: a listener never stops accepting while the server runs. The
 //! request bytes a core's connections buffer are bounded by its budget (`crate::budget`), and
 //! a frame that stops arriving half-way is given up after `FRAME_STALL_MAX`.
+//!
+//! With `ServerConfig::tls`, both listeners speak TLS only (`crate::tls`): a connection's
+//! handshake, counted under the limit like any connection, must finish within
+//! `HANDSHAKE_MAX`, and a client that begins in plain text is told so in its own protocol and
+//! closed. The connection code is generic over the stream, so plain connections run it on
+//! glommio's `TcpStream` as they did.
 
 use std::cell::Cell;
 use std::net::SocketAddr;
@@ -22,7 +28,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_lite::AsyncWriteExt;
+use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use futures_rustls::server::TlsStream;
+use futures_rustls::TlsAcceptor;
 use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::net::{TcpListener, TcpStream};
 use glommio::{LocalExecutorBuilder, Placement};
@@ -36,6 +44,7 @@ use crate::local::{Inbox, Outbox, Producer};
 use crate::log::Log;
 use crate::replicated::{Cluster, ReplicatedLog};
 use crate::shard::{Envelope, Shard};
+use crate::tls::ClientTls;
 
 /// Requests one connection may have in progress; reading pauses beyond it.
 const IN_FLIGHT_MAX: u64 = 512;
@@ -50,6 +59,8 @@ const SPIN_BEFORE_PARK: Duration = Duration::from_micros(5);
 const LISTENER_GONE_WAIT: Duration = Duration::from_secs(5);
 /// How often each core checks whether the server is stopping.
 const STOP_POLL: Duration = Duration::from_millis(20);
+/// How often a core calls `ServerConfig::collect_memory`.
+const COLLECT_INTERVAL: Duration = Duration::from_secs(1);
 /// A core whose timer fires this much later than asked says so on standard error.
 const LATE_REPORTED: Duration = Duration::from_millis(100);
 /// The pause after a failed accept, doubled after each further failure up to the maximum:
@@ -59,8 +70,20 @@ const ACCEPT_PAUSE_MIN: Duration = Duration::from_millis(10);
 const ACCEPT_PAUSE_MAX: Duration = Duration::from_millis(100);
 /// How long a frame begun may go without a byte arriving before its connection is closed.
 const FRAME_STALL_MAX: Duration = Duration::from_secs(10);
+/// How long a client of a TLS listener may take from its connection to the end of its
+/// handshake (as long as an HTTP request's head may take to arrive).
+const HANDSHAKE_MAX: Duration = Duration::from_secs(10);
+/// The first byte of a TLS connection: the content type of a handshake record (RFC 8446 5.1).
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+/// What the binary listener answers a client that speaks to its TLS port in plain text.
+const TLS_ONLY: &str = "this port speaks TLS only: connect with TLS (tessera --endpoint https://HOST:PORT)";
 /// `ServerConfig::max_connections` unless configured.
 pub const MAX_CONNECTIONS_DEFAULT: usize = 10_000;
+
+/// A connection's byte stream: glommio's `TcpStream`, or a TLS stream over it.
+pub(crate) trait ByteStream: AsyncRead + AsyncWrite + Unpin + 'static {}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + 'static> ByteStream for S {}
 
 /// How to run a node.
 #[derive(Clone, Debug)]
@@ -90,6 +113,24 @@ pub struct ServerConfig {
     /// The request bytes (HTTP bodies, binary frames) one core's client connections may
     /// buffer at once (`crate::budget`); at least `REQUEST_MEMORY_MIN`.
     pub request_memory: usize,
+    /// TLS on both client listeners (binary and HTTP), which then speak nothing else; `None`:
+    /// plain TCP. Peer links stay plain (a peer proves the cluster's secret).
+    pub tls: Option<ServerTls>,
+    /// Called on each core's thread every `COLLECT_INTERVAL`, to give the kernel back the
+    /// memory the process's allocator holds freed (the binary picks the allocator, so it says
+    /// how); `None`: nothing is called. An idle core otherwise kept a burst's buffers: the
+    /// allocator returns memory only as it allocates again.
+    pub collect_memory: Option<fn()>,
+}
+
+/// A node's TLS: its identity, and how it connects to another node's client port (to forward
+/// a request to the partition's leader).
+#[derive(Clone, Debug)]
+pub struct ServerTls {
+    /// The certificate chain and key it presents (`crate::tls::server_config`).
+    pub identity: Arc<rustls::ServerConfig>,
+    /// Whom it trusts when it connects to another node (`ClientTls::trusting`).
+    pub forwarding: ClientTls,
 }
 
 /// A running server; `stop` ends it cleanly (applies, checkpoints and closes every store).
@@ -302,6 +343,7 @@ async fn run_core(
     let access = Access {
         clients: config.client_keys.clone(),
         cluster_secret: config.cluster.as_ref().and_then(|cluster| cluster.secret.clone()),
+        forwarding_tls: config.tls.as_ref().map(|tls| tls.forwarding.clone()),
     };
     let shard = Rc::new(Shard::new(core, config.cores, log, senders, access));
     shard.serve_peers(receivers);
@@ -323,17 +365,28 @@ async fn run_core(
 
     let connections = Rc::new(Connections { open: Cell::new(0), max: config.max_connections });
     let memory = Rc::new(RequestMemory::new(config.request_memory));
+    let tls = config.tls.as_ref().map(|tls| TlsAcceptor::from(tls.identity.clone()));
     let accepting_http = http.map(|(listener, _, endpoint)| {
-        let (shard, connections, memory) = (shard.clone(), connections.clone(), memory.clone());
+        let (shard, connections, memory, tls) = (shard.clone(), connections.clone(), memory.clone(), tls.clone());
         glommio::spawn_local(accept_connections(listener, core, "HTTP", connections, move |stream, admitted| {
-            let (shard, endpoint, memory) = (shard.clone(), endpoint.clone(), memory.clone());
+            let (shard, endpoint, memory, tls) = (shard.clone(), endpoint.clone(), memory.clone(), tls.clone());
             glommio::spawn_local(async move {
-                match admitted {
-                    Some(admitted) => {
+                match (admitted, tls) {
+                    (Some(admitted), None) => {
                         crate::http::connection(shard, endpoint, memory, stream).await;
                         drop(admitted);
                     }
-                    None => crate::http::refuse_busy(&endpoint, stream).await,
+                    (Some(admitted), Some(tls)) => {
+                        let refusal = || crate::http::plain_refusal(&endpoint);
+                        if let Some(stream) = handshake(stream, &tls, refusal).await {
+                            crate::http::connection(shard, endpoint, memory, stream).await;
+                        }
+                        drop(admitted);
+                    }
+                    (None, None) => crate::http::refuse_busy(&endpoint, stream).await,
+                    // Closed at once: a 503 over TLS would cost a handshake the core has no
+                    // room for.
+                    (None, Some(_)) => {}
                 }
             })
             .detach();
@@ -344,15 +397,29 @@ async fn run_core(
         glommio::spawn_local(accept_connections(listener, core, "client", connections, move |stream, admitted| {
             // Beyond the limit the stream is dropped here: closed at once.
             if let Some(admitted) = admitted {
-                let (shard, memory) = (shard.clone(), memory.clone());
+                let (shard, memory, tls) = (shard.clone(), memory.clone(), tls.clone());
                 glommio::spawn_local(async move {
-                    connection(shard, memory, stream).await;
+                    match tls {
+                        None => connection(shard, memory, stream).await,
+                        Some(tls) => {
+                            let refusal = || {
+                                let mut out = Vec::new();
+                                let error = WireError::new(ErrorCode::MalformedMessage, TLS_ONLY);
+                                Response::Error(error).encode(0, &mut out);
+                                out
+                            };
+                            if let Some(stream) = handshake(stream, &tls, refusal).await {
+                                connection(shard, memory, stream).await;
+                            }
+                        }
+                    }
                     drop(admitted);
                 })
                 .detach();
             }
         }))
     };
+    let mut collected = Instant::now();
     while !stop.load(Ordering::SeqCst) {
         let asleep = Instant::now();
         glommio::timer::sleep(STOP_POLL).await;
@@ -360,6 +427,12 @@ async fn run_core(
         if late >= LATE_REPORTED {
             // Every request on this core waited as long: the CPU was taken, or a task held it.
             tessera_engine::report!("tessera: core {core} ran {} ms late", late.as_millis());
+        }
+        if let Some(collect) = config.collect_memory {
+            if collected.elapsed() >= COLLECT_INTERVAL {
+                collect();
+                collected = Instant::now();
+            }
         }
     }
     drop(accepting.cancel());
@@ -413,6 +486,7 @@ async fn accept_connections(
         match listener.accept().await {
             Ok(stream) => {
                 pause = None;
+                let _ = stream.set_nodelay(true);
                 accepted(stream, connections.admit());
             }
             Err(error) => {
@@ -433,17 +507,48 @@ async fn accept_connections(
     }
 }
 
+/// The TLS stream of a connection to a TLS listener, once its handshake is done, within
+/// `HANDSHAKE_MAX` of its connection; `None` (the connection closed) if the handshake failed
+/// or took longer. A client whose first byte cannot begin a TLS record speaks in plain text:
+/// it is sent `refusal()`, an answer in its own protocol saying so, and the connection closes
+/// (what it sent, up to 16 KiB, read first, so that the close does not reset the connection
+/// and lose the answer).
+async fn handshake(
+    mut stream: TcpStream,
+    acceptor: &TlsAcceptor,
+    refusal: impl FnOnce() -> Vec<u8>,
+) -> Option<TlsStream<TcpStream>> {
+    let shaking = async {
+        let mut first = [0u8; 1];
+        if stream.peek(&mut first).await.ok()? == 0 {
+            return None;
+        }
+        if first[0] != TLS_HANDSHAKE_RECORD {
+            let _ = stream.read(&mut [0u8; 16 << 10]).await;
+            let _ = stream.write_all(&refusal()).await;
+            let _ = stream.close().await;
+            return None;
+        }
+        acceptor.accept(stream).await.ok()
+    };
+    let late = async {
+        glommio::timer::sleep(HANDSHAKE_MAX).await;
+        None
+    };
+    futures_lite::future::or(shaking, late).await
+}
+
 /// Serves one connection until the peer closes it, its framing is lost, a frame stalls
 /// half-way, or a large frame finds no room in the core's request memory.
-async fn connection(shard: Rc<Shard>, memory: Rc<RequestMemory>, stream: TcpStream) {
-    let _ = stream.set_nodelay(true);
+async fn connection<S: ByteStream>(shard: Rc<Shard>, memory: Rc<RequestMemory>, stream: S) {
     let (mut reader, mut writer) = futures_lite::io::split(stream);
     let outbox = Rc::new(Outbox::default());
     let answers = Producer::new(&outbox);
     let writing = glommio::spawn_local(async move {
         let mut spare = Vec::new();
         while let Some(batch) = outbox.next(spare).await {
-            if writer.write_all(&batch).await.is_err() {
+            // The flush sends what a TLS stream holds back; a plain stream holds nothing.
+            if writer.write_all(&batch).await.is_err() || writer.flush().await.is_err() {
                 return;
             }
             spare = batch;

@@ -26,12 +26,12 @@ use tessera_wire::{
     ReturnConsumedCapacity, Scan, Select, SortCondition, TableKeys, Tags, Throughput, UpdateItem, WireError, Write,
 };
 
-use crate::auth::{Access, Credentials};
+use crate::auth::Access;
 use crate::catalog::{
     key_hash, owner_core, range_start, retag, validate_table_name, validate_throughput, Catalog, TableInfo,
     CATALOG_PARTITION, NEXT_ID_KEY, PARTITIONS_MAX,
 };
-use crate::client::{AsyncClient, ClientConfig};
+use crate::client::AsyncClient;
 use crate::http::messages;
 use crate::local::Pending;
 use crate::log::Log;
@@ -288,7 +288,7 @@ struct ReadPlan {
 impl ReadPlan {
     /// `schema` is the table's key schema for a Query (whose key condition it parses).
     fn parse(read: &ReadExpressions, schema: Option<&KeySchema>) -> Result<ReadPlan, WireError> {
-        let (names, values) = placeholder_maps(&read.names, &read.values);
+        let (names, values) = placeholder_maps(&read.names, &read.values)?;
         let mut placeholders = Placeholders::new(&names, &values);
         let key = match schema {
             Some(schema) => parse_optional(read.key_condition.as_deref(), |text| {
@@ -348,7 +348,7 @@ fn parse_write_expressions(
     expressions: &Expressions,
     update: Option<&str>,
 ) -> Result<(Option<Condition>, Option<Update>), WireError> {
-    let (names, values) = placeholder_maps(&expressions.names, &expressions.values);
+    let (names, values) = placeholder_maps(&expressions.names, &expressions.values)?;
     let mut placeholders = Placeholders::new(&names, &values);
     let update =
         parse_optional(update.filter(|text| !text.is_empty()), |text| expr::parse_update(text, &mut placeholders))?;
@@ -358,12 +358,21 @@ fn parse_write_expressions(
     Ok((condition, update))
 }
 
-/// A request's ExpressionAttributeNames and ExpressionAttributeValues as the parser takes them.
+type PlaceholderMaps = (HashMap<String, String>, HashMap<String, AttributeValue>);
+
+/// A request's ExpressionAttributeNames and ExpressionAttributeValues as the parser takes them;
+/// each name must be one an item could have (MESSAGES.md 12e, 12f).
 fn placeholder_maps(
     names: &[(String, String)],
     values: &[(String, AttributeValue)],
-) -> (HashMap<String, String>, HashMap<String, AttributeValue>) {
-    (names.iter().cloned().collect(), values.iter().cloned().collect())
+) -> Result<PlaceholderMaps, WireError> {
+    for (key, name) in names {
+        if name.is_empty() {
+            return Err(invalid(messages::empty_placeholder_name(key)));
+        }
+        tessera_engine::check_name_length(name).map_err(engine_error)?;
+    }
+    Ok((names.iter().cloned().collect(), values.iter().cloned().collect()))
 }
 
 /// Parses an expression the request may leave out; a parse error is a ValidationException.
@@ -550,8 +559,7 @@ impl Shard {
                 let address: SocketAddr = leader
                     .parse()
                     .map_err(|_| unavailable(format!("the leader's address {leader:?} does not parse")))?;
-                let credentials = self.access.cluster_secret.as_deref().map(Credentials::cluster);
-                let client = AsyncClient::connect(address, ClientConfig { credentials, ..ClientConfig::default() })
+                let client = AsyncClient::connect(address, self.access.forwarding())
                     .await
                     .map_err(|error| unavailable(format!("cannot reach the leader at {leader}: {error}")))?;
                 let client = Rc::new(client);

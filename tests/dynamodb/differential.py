@@ -22,6 +22,7 @@ import json
 import os
 import pathlib
 import random
+import re
 import sys
 import time
 import urllib.parse
@@ -348,7 +349,7 @@ EXPECT_KEYS = {"status", "type", "message", "message_starts", "message_contains"
 
 
 def read_cases():
-    """(file, line, case) of every case, with ${T} and ${T2} replaced as the Rust runner does."""
+    """(file, line, case) of every case, with ${T}, ${T2} and ${c*N} replaced as the Rust runner does."""
     found = []
     for path in sorted(CASES.glob("*.jsonl")):
         for line, text in enumerate(path.read_text().splitlines(), start=1):
@@ -357,6 +358,7 @@ def read_cases():
                 continue
             number = len(found)
             text = text.replace("${T}", f"conf-{number}-a").replace("${T2}", f"conf-{number}-b")
+            text = re.sub(r"\$\{(.)\*(\d+)\}", lambda m: m.group(1) * int(m.group(2)), text)
             found.append((path.name, line, json.loads(text)))
     return found
 

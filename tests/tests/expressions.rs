@@ -221,15 +221,22 @@ fn the_corpus_holds() {
 }
 
 #[test]
-fn errors_name_the_expression_and_the_position() {
+fn errors_name_the_expression_and_keep_the_position() {
     let (names, values) = (HashMap::new(), HashMap::from([(":v".to_string(), AttributeValue::N(Number::from(1)))]));
     let mut placeholders = Placeholders::new(&names, &values);
     let error = expr::parse_condition("price = :v AND status = :v", &mut placeholders).unwrap_err();
     assert_eq!(error.position, Some(16));
     assert_eq!(
         error.to_string(),
-        "Invalid ConditionExpression: attribute name is a reserved keyword; reserved keyword: status (at character 16)"
+        "Invalid ConditionExpression: Attribute name is a reserved keyword; reserved keyword: status"
     );
+    // A syntax error names its token and the text around it, as DynamoDB does.
+    let mut placeholders = Placeholders::new(&names, &values);
+    let error = expr::parse_condition("price = :v AND", &mut placeholders).unwrap_err();
+    assert_eq!(error.to_string(), "Invalid ConditionExpression: Syntax error; token: \"<EOF>\", near: \"AND\"");
+    let mut placeholders = Placeholders::new(&names, &values);
+    let error = expr::parse_condition("price  ==  :v", &mut placeholders).unwrap_err();
+    assert_eq!(error.to_string(), "Invalid ConditionExpression: Syntax error; token: \"=\", near: \"==  :v\"");
     let mut placeholders = Placeholders::new(&names, &values);
     let error = expr::parse_filter("", &mut placeholders).unwrap_err();
     assert_eq!(error.to_string(), "Invalid FilterExpression: The expression can not be empty;");

@@ -2,12 +2,13 @@
 //! defaults, and the help printed for them.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::{ArgGroup, Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use serde_json::Value;
 use tessera_engine::{AttributeValue, Item, KeyAttribute, KeyType};
 use tessera_net::json::{item_from_text, value_from_json};
+use tessera_net::tls::ClientTls;
 use tessera_wire::{ReturnConsumedCapacity, ReturnValues};
 
 /// The binary protocol's address (`serve --listen`), which the client commands speak.
@@ -24,9 +25,14 @@ const HTTP_PORT: u16 = 8000;
 #[command(after_help = "query and scan print one item per line, following every page.")]
 pub struct Cli {
     /// The node the client commands talk to, on its binary protocol's port (serve --listen),
-    /// not DynamoDB's HTTP API's: HOST:PORT or http://HOST:PORT; given before the command
+    /// not DynamoDB's HTTP API's: HOST:PORT or http://HOST:PORT, or https://HOST:PORT for a
+    /// node serving TLS (whose certificate must name HOST); given before the command
     #[arg(long, value_name = "ADDR", default_value = ENDPOINT_DEFAULT, value_parser = endpoint)]
     pub endpoint: Endpoint,
+    /// The certificates (PEM) a TLS client trusts (a CA's, or a node's self-signed one), for
+    /// https:// endpoints and cluster status|replace --tls [default: the system's trust store]
+    #[arg(long, value_name = "FILE", env = "TESSERA_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -121,11 +127,25 @@ pub struct Serve {
     /// the record stays in the log
     #[arg(long)]
     pub quarantine_bad_records: bool,
+    /// Seconds between the starts of two passes of the background scrub, which reads every
+    /// page of each core's tree file from the disk and reports damage (in a cluster, the
+    /// damaged partitions are reinstalled from a healthy replica); 0: no scrub
+    #[arg(long, value_name = "SECONDS", default_value_t = 3600)]
+    pub scrub_interval_s: u64,
     /// The cluster's secret (a file holding it on its first line, 16 characters or more): every
     /// peer link, request forwarded between nodes and administration request proves it holds
     /// it; needed unless every peer address is on loopback
     #[arg(long, value_name = "FILE", requires = "cluster")]
     pub cluster_secret: Option<PathBuf>,
+    /// Serve TLS only, on both the binary protocol's and the HTTP API's listener, presenting
+    /// this certificate chain (PEM, the node's own certificate first); peer links stay plain.
+    /// In a cluster, a node forwarding a request to another trusts the certificates of its own
+    /// FILE, and each node's certificate must hold its client address's IP
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1)
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// `--first-cpu C|none`.
@@ -196,6 +216,10 @@ pub enum ClusterCommand {
         /// The cluster's secret (a file; see serve --cluster-secret): administration requests need it
         #[arg(long, value_name = "FILE")]
         cluster_secret: Option<PathBuf>,
+        /// The nodes serve TLS (serve --tls-cert): connect with it, trusting --ca-file, each
+        /// node's certificate checked against its client address's IP
+        #[arg(long)]
+        tls: bool,
     },
     /// Replace lost node N in every group it is in, one configuration change at a time at
     /// each group's leader: add a log replica on L (quorum durability restored at once),
@@ -215,6 +239,10 @@ pub enum ClusterCommand {
         /// The cluster's secret (a file; see serve --cluster-secret): administration requests need it
         #[arg(long, value_name = "FILE")]
         cluster_secret: Option<PathBuf>,
+        /// The nodes serve TLS (serve --tls-cert): connect with it, trusting --ca-file, each
+        /// node's certificate checked against its client address's IP
+        #[arg(long)]
+        tls: bool,
     },
 }
 
@@ -453,15 +481,32 @@ pub struct Read {
     pub count: bool,
 }
 
-/// `--endpoint`: a node's address, with the scheme (`http://`) and a trailing `/` a URL would
-/// have taken off.
+/// `--endpoint`: a node's address, with the scheme (`http://`, or `https://` for TLS) and a
+/// trailing `/` a URL would have taken off.
 #[derive(Clone)]
 pub struct Endpoint {
     pub address: String,
+    /// The host of `address`, the name its certificate must hold (an IPv6 address without
+    /// its brackets).
+    pub host: String,
     pub port: u16,
+    /// Whether the node is spoken to over TLS (`https://`).
+    pub tls: bool,
+    /// How, once `trusting` has said whom to trust.
+    pub client_tls: Option<ClientTls>,
 }
 
 impl Endpoint {
+    /// The endpoint ready to be connected to: over TLS, trusting the certificates of
+    /// `ca_file` (or the system's store), the node's certificate checked against the host.
+    pub fn trusting(self, ca_file: Option<&Path>) -> Result<Endpoint, String> {
+        if !self.tls {
+            return Ok(self);
+        }
+        let client_tls = ClientTls::trusting(ca_file)?.named(&self.host)?;
+        Ok(Endpoint { client_tls: Some(client_tls), ..self })
+    }
+
     /// `error`, with a hint when the port is the HTTP API's: the binary protocol does not
     /// speak HTTP.
     pub fn error(&self, error: impl std::fmt::Display) -> String {
@@ -475,12 +520,21 @@ impl Endpoint {
 }
 
 fn endpoint(text: &str) -> Result<Endpoint, String> {
-    let address = text.split_once("://").map_or(text, |(_, rest)| rest).trim_end_matches('/');
-    let port = address
+    let (tls, address) = match text.split_once("://") {
+        None => (false, text),
+        Some(("http", rest)) => (false, rest),
+        Some(("https", rest)) => (true, rest),
+        Some((scheme, _)) => return Err(format!("{text:?}: the scheme is http:// or https://, not {scheme}://")),
+    };
+    let address = address.trim_end_matches('/');
+    let (host, port) = address
         .rsplit_once(':')
-        .and_then(|(host, port)| port.parse().ok().filter(|_| !host.is_empty()))
-        .ok_or_else(|| format!("{text:?} is not HOST:PORT or http://HOST:PORT, such as {ENDPOINT_DEFAULT}"))?;
-    Ok(Endpoint { address: address.to_string(), port })
+        .and_then(|(host, port)| port.parse().ok().filter(|_| !host.is_empty()).map(|port| (host, port)))
+        .ok_or_else(|| {
+            format!("{text:?} is not HOST:PORT, http://HOST:PORT or https://HOST:PORT, such as {ENDPOINT_DEFAULT}")
+        })?;
+    let host = host.strip_prefix('[').and_then(|host| host.strip_suffix(']')).unwrap_or(host);
+    Ok(Endpoint { address: address.to_string(), host: host.to_string(), port, tls, client_tls: None })
 }
 
 /// A word of `--sk OP VALUE_JSON [VALUE_JSON]`.
@@ -548,7 +602,14 @@ mod tests {
             assert_eq!((parsed.address.as_str(), parsed.port), ("127.0.0.1:7400", 7400), "{text}");
         }
         assert_eq!(endpoint("localhost:9").unwrap().address, "localhost:9");
-        for text in ["127.0.0.1", "http://127.0.0.1", ":7400", "host:port"] {
+        assert!(!endpoint("http://localhost:9").unwrap().tls);
+        let secure = endpoint("https://db.example:7400/").unwrap();
+        assert_eq!(
+            (secure.address.as_str(), secure.host.as_str(), secure.tls),
+            ("db.example:7400", "db.example", true)
+        );
+        assert_eq!(endpoint("https://[::1]:7400").unwrap().host, "::1");
+        for text in ["127.0.0.1", "http://127.0.0.1", ":7400", "host:port", "ftp://127.0.0.1:7400"] {
             assert!(endpoint(text).is_err(), "{text}");
         }
         assert!(endpoint("127.0.0.1:8000").unwrap().error("refused").contains("binary protocol, on port 7400"));

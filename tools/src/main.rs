@@ -17,8 +17,9 @@ use tessera_engine::{AttributeValue, KeyAttribute, KeySchema, StoreConfig, WalCo
 use tessera_net::auth::{new_secret, read_secret, Credentials};
 use tessera_net::client::{Client, ClientConfig};
 use tessera_net::json::{consumed_capacity_to_json, item_to_json};
+use tessera_net::tls::ClientTls;
 use tessera_net::{
-    Auth, Cluster, ClusterNode, HttpConfig, Server, ServerConfig, APPLY_DELAY_DEFAULT, LOG_RETAIN_DEFAULT,
+    Auth, Cluster, ClusterNode, HttpConfig, Server, ServerConfig, ServerTls, APPLY_DELAY_DEFAULT, LOG_RETAIN_DEFAULT,
 };
 use tessera_wire::{
     Expressions, Query, ReadExpressions, Request, Response, ReturnValues, Scan, Select, SortCondition,
@@ -38,13 +39,17 @@ fn main() -> ExitCode {
         Command::Cluster(ClusterCommand::Local { nodes, port, http_port, cores, data_dir }) => {
             cluster_local(nodes, port, http_port, cores, &data_dir)
         }
-        Command::Cluster(ClusterCommand::Status { cluster, cluster_secret }) => admin_config(cluster_secret.as_deref())
-            .and_then(|config| read_cluster_file(&cluster).and_then(|nodes| admin::status(&nodes, &config))),
-        Command::Cluster(ClusterCommand::Replace { cluster, lost, log, full, timeout, cluster_secret }) => {
-            admin_config(cluster_secret.as_deref())
+        Command::Cluster(ClusterCommand::Status { cluster, cluster_secret, tls }) => {
+            admin_config(cluster_secret.as_deref(), tls.then_some(cli.ca_file.as_deref()))
+                .and_then(|config| read_cluster_file(&cluster).and_then(|nodes| admin::status(&nodes, &config)))
+        }
+        Command::Cluster(ClusterCommand::Replace { cluster, lost, log, full, timeout, cluster_secret, tls }) => {
+            admin_config(cluster_secret.as_deref(), tls.then_some(cli.ca_file.as_deref()))
                 .and_then(|config| replace(&cluster, admin::Replacement { lost, log, full }, timeout, &config))
         }
-        command => client_command(&cli.endpoint, command),
+        command => {
+            cli.endpoint.trusting(cli.ca_file.as_deref()).and_then(|endpoint| client_command(&endpoint, command))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -60,6 +65,14 @@ fn main() -> ExitCode {
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 /// How long freed memory stays unused before it goes back to the kernel.
 const PURGE_DELAY_MS: std::ffi::c_long = 2_000;
+
+/// Frees the calling thread's empty allocator pages and returns to the kernel what has stayed
+/// unused for `PURGE_DELAY_MS` (mimalloc does so otherwise only as the thread allocates).
+fn collect_memory() {
+    // SAFETY: collects the calling thread's own heap and the process's arenas; mimalloc allows
+    // it on any thread, at any time.
+    unsafe { libmimalloc_sys::mi_collect(false) };
+}
 
 fn serve(args: &cli::Serve) -> Result<(), String> {
     // A server returns the memory it freed to the kernel only once it has stayed unused for
@@ -78,6 +91,7 @@ fn serve(args: &cli::Serve) -> Result<(), String> {
         store: StoreConfig {
             cache_pages: args.cache_mib * 256,
             quarantine_bad_records: args.quarantine_bad_records,
+            scrub_interval: (args.scrub_interval_s > 0).then(|| std::time::Duration::from_secs(args.scrub_interval_s)),
             wal: WalConfig { segment_bytes: args.wal_segment_mib << 20, ..WalConfig::default() },
             ..StoreConfig::default()
         },
@@ -96,6 +110,15 @@ fn serve(args: &cli::Serve) -> Result<(), String> {
 
         max_connections: args.max_connections,
         request_memory: args.request_memory_mib << 20,
+        tls: match (&args.tls_cert, &args.tls_key) {
+            (Some(cert), Some(key)) => Some(ServerTls {
+                identity: tessera_net::tls::server_config(cert, key)?,
+                forwarding: ClientTls::trusting(Some(cert))?,
+            }),
+            // clap requires --tls-cert and --tls-key together.
+            _ => None,
+        },
+        collect_memory: Some(collect_memory),
     };
     if let Some(cluster) = &config.cluster {
         let off_loopback = cluster.nodes.values().any(|node| !node.peer.ip().is_loopback());
@@ -124,18 +147,19 @@ fn serve(args: &cli::Serve) -> Result<(), String> {
             format!("node {} of {}, zone {}", cluster.node, cluster.nodes.len(), cluster.nodes[&cluster.node].zone)
         }
     };
+    let tls = if config.tls.is_some() { ", TLS only" } else { "" };
     let http = match (&config.http, server.http_address) {
         (Some(http), Some(address)) => {
             let auth = match &http.auth {
                 Auth::None => "auth none: any well-formed credentials".to_string(),
                 Auth::SigV4(keys) => format!("auth sigv4: {} access keys", keys.len()),
             };
-            format!("; DynamoDB HTTP API on {address} ({auth})")
+            format!("; DynamoDB HTTP API on {address} ({auth}{tls})")
         }
         _ => String::new(),
     };
     println!(
-        "tessera {}: serving on {} ({role}, {} cores, data in {}){http}",
+        "tessera {}: serving on {} ({role}, {} cores, data in {}{tls}){http}",
         env!("CARGO_PKG_VERSION"),
         server.address,
         config.cores,
@@ -253,10 +277,21 @@ fn write_private(path: &std::path::Path, text: &str) -> Result<(), String> {
 }
 
 /// How the administration commands connect: a short timeout, no retries (a node that does not
-/// answer is skipped that round), and the cluster's secret when there is one.
-fn admin_config(secret: Option<&std::path::Path>) -> Result<ClientConfig, String> {
+/// answer is skipped that round), the cluster's secret when there is one, and TLS when asked
+/// (`Some(ca_file)`; each node's certificate checked against its IP address).
+fn admin_config(
+    secret: Option<&std::path::Path>,
+    tls: Option<Option<&std::path::Path>>,
+) -> Result<ClientConfig, String> {
     let credentials = secret.map(read_secret).transpose()?.as_deref().map(Credentials::cluster);
-    Ok(ClientConfig { timeout: std::time::Duration::from_secs(2), attempts: 1, credentials, ..ClientConfig::default() })
+    let tls = tls.map(ClientTls::trusting).transpose()?;
+    Ok(ClientConfig {
+        timeout: std::time::Duration::from_secs(2),
+        attempts: 1,
+        credentials,
+        tls,
+        ..ClientConfig::default()
+    })
 }
 
 fn replace(path: &str, plan: admin::Replacement, timeout_secs: u64, config: &ClientConfig) -> Result<(), String> {
@@ -422,7 +457,8 @@ fn print_all(items: Vec<tessera_engine::Item>, count_only: bool) {
 /// or the shared credentials file), if one is set: a node that checks keys needs it.
 fn connect(endpoint: &Endpoint) -> Result<Client, String> {
     let credentials = Credentials::from_environment()?;
-    Client::connect_with(endpoint.address.as_str(), ClientConfig { credentials, ..ClientConfig::default() })
+    let tls = endpoint.client_tls.clone();
+    Client::connect_with(endpoint.address.as_str(), ClientConfig { credentials, tls, ..ClientConfig::default() })
         .map_err(|error| endpoint.error(format!("cannot connect to {}: {error}", endpoint.address)))
 }
 

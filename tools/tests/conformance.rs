@@ -12,7 +12,8 @@
 //!  "expect": {"status": 400, "type": "ValidationException", "message": "exact text"}}
 //! ```
 //!
-//! `${T}` and `${T2}` anywhere in a case stand for table names of that case alone. `op` is sent
+//! `${T}` and `${T2}` anywhere in a case stand for table names of that case alone, and `${c*N}`
+//! for N copies of the one character c (names and values too long to write out). `op` is sent
 //! as `X-Amz-Target: DynamoDB_20120810.<op>`; a body that is a JSON string is sent as that text
 //! verbatim (for bodies that are not JSON), any other as its JSON; a `Content-Encoding: gzip`
 //! header has the body sent gzipped. `expect` takes `status` (required), `type` (the `__type`
@@ -71,7 +72,9 @@ fn read_cases(failures: &mut Vec<String>) -> Vec<Case> {
                 continue;
             }
             let number = cases.len();
-            let text = text.replace("${T}", &format!("conf-{number}-a")).replace("${T2}", &format!("conf-{number}-b"));
+            let text = repeats(
+                &text.replace("${T}", &format!("conf-{number}-a")).replace("${T2}", &format!("conf-{number}-b")),
+            );
             let case: Value = match serde_json::from_str(&text) {
                 Ok(case @ Value::Object(_)) => case,
                 Ok(_) => {
@@ -267,4 +270,33 @@ fn every_case_gets_dynamodbs_documented_answer() {
     }
     eprintln!("{} cases run, {} failed", cases.len(), failures.len());
     assert!(failures.is_empty(), "{} of {} cases failed:\n{}", failures.len(), cases.len(), failures.join("\n"));
+}
+
+/// `text` with each `${c*N}` replaced by N copies of the character c.
+fn repeats(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        let (before, after) = rest.split_at(start);
+        out.push_str(before);
+        let mut chars = after[2..].chars();
+        let parsed = chars.next().and_then(|c| {
+            let tail = chars.as_str().strip_prefix('*')?;
+            let end = tail.find('}')?;
+            let count: usize = tail[..end].parse().ok()?;
+            Some((c, count, after.len() - tail.len() + end + 1))
+        });
+        match parsed {
+            Some((c, count, used)) => {
+                out.extend(std::iter::repeat_n(c, count));
+                rest = &after[used..];
+            }
+            None => {
+                out.push_str("${");
+                rest = &after[2..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
 }

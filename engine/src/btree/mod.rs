@@ -121,6 +121,13 @@ pub(crate) struct Sealed {
     freelist_pages: Vec<PageId>,
 }
 
+/// Where `Tree::path_to` found a page.
+struct PathTo {
+    path: Vec<(PageId, usize)>,
+    lower: Vec<u8>,
+    upper: Option<Vec<u8>>,
+}
+
 /// Where a tree was left by its last checkpoint.
 pub(crate) struct Durable {
     pub(crate) root: PageId,
@@ -933,6 +940,72 @@ impl Tree {
         } else {
             result
         }
+    }
+
+    /// The path from the root to the branch pointing at page `id` (that branch last, with the
+    /// index of `id` in it), and `id`'s key range there (`[lower, upper)`, `None`: unbounded),
+    /// searching only the branches whose ranges overlap `[lower, upper)`; `None` if no branch
+    /// points at it (it is the root, or no longer in the tree). `cached_only` skips the
+    /// branches not in the cache rather than asking for them: never a read, so it can name
+    /// the key range of a page a read just found damaged.
+    fn path_to(&self, id: PageId, lower: &[u8], upper: Option<&[u8]>, cached_only: bool) -> TreeResult<Option<PathTo>> {
+        let mut stack = vec![(Vec::new(), self.root, Vec::new(), None::<Vec<u8>>)];
+        while let Some((path, node, low, high)) = stack.pop() {
+            if path.len() > 64 {
+                return Err(TreeError::Corrupt("tree deeper than 64 levels (a cycle?)".into()));
+            }
+            let page = match self.page(node) {
+                Err(TreeError::Need(_)) if cached_only => continue,
+                other => other?,
+            };
+            if page::kind(page) != Some(Kind::Branch) {
+                continue;
+            }
+            let keys: Vec<Vec<u8>> = page::cells(page).into_iter().map(|cell| cell.key).collect();
+            for index in 0..=keys.len() {
+                let child_lower = if index == 0 { low.clone() } else { keys[index - 1].clone() };
+                let child_upper = if index == keys.len() { high.clone() } else { Some(keys[index].clone()) };
+                let mut child_path = path.clone();
+                child_path.push((node, index));
+                if page::child(page, index) == id {
+                    return Ok(Some(PathTo { path: child_path, lower: child_lower, upper: child_upper }));
+                }
+                let overlaps = upper.is_none_or(|upper| child_lower.as_slice() < upper)
+                    && child_upper.as_deref().is_none_or(|child_upper| lower < child_upper);
+                if overlaps {
+                    stack.push((child_path, page::child(page, index), child_lower, child_upper));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// The key range of page `id` in the tree as far as the cache shows it (`path_to`).
+    pub(crate) fn cached_range(&self, id: PageId) -> Option<(Vec<u8>, Option<Vec<u8>>)> {
+        match self.path_to(id, &[], None, true) {
+            Ok(Some(found)) => Some((found.lower, found.upper)),
+            _ => None,
+        }
+    }
+
+    /// Replaces page `id`, a damaged page under a branch whose range overlaps `[lower, upper)`,
+    /// with an empty leaf, without reading it: its keys leave the tree, and its id is freed
+    /// like any page the durable checkpoint references. The pages it referenced (children, or
+    /// a leaf's overflow chains) are not read either, so they are neither reachable nor free:
+    /// lost to the file until it is rebuilt. False (and nothing changed) if no branch points
+    /// at `id`, or `id` is a page allocated since the last checkpoint (a new page took a
+    /// freed id): a page of the durable checkpoint is clean or not cached.
+    pub(crate) fn excise(&mut self, id: PageId, lower: &[u8], upper: Option<&[u8]>) -> TreeResult<bool> {
+        if self.frames.get(&id).is_some_and(|frame| self.state(frame) != State::Clean) {
+            return Ok(false);
+        }
+        let Some(PathTo { mut path, .. }) = self.path_to(id, lower, upper, false)? else { return Ok(false) };
+        self.make_writable(&mut path);
+        let empty = self.alloc(Kind::Leaf);
+        let (parent, index) = *path.last().expect("a branch points at the page");
+        page::set_child(self.page_mut(parent), index, empty);
+        self.free_page(id);
+        Ok(true)
     }
 
     /// Ends the epoch: the dirty pages and a freelist become the checkpoint to write.

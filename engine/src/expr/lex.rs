@@ -75,18 +75,15 @@ pub(crate) fn tokens(kind: &'static str, text: &str) -> Result<Vec<Spanned>, Exp
         } else if c == '#' || c == ':' {
             let (body, end) = run(at, 1, is_word_char);
             if body.is_empty() {
-                return Err(ExprError::new(
-                    kind,
-                    at,
-                    format!("syntax error: \"{c}\" must be followed by a placeholder name"),
-                ));
+                // A sigil with no placeholder name.
+                return Err(unexpected(kind, text, &out, at, c));
             }
             let token = if c == '#' { Token::Name(body.to_string()) } else { Token::Value(body.to_string()) };
             (token, end)
         } else if let Some(symbol) = SYMBOLS.iter().find(|symbol| text[at..].starts_with(**symbol)) {
             (Token::Symbol(symbol), at + symbol.len())
         } else {
-            return Err(ExprError::new(kind, at, format!("syntax error: invalid character \"{c}\"")));
+            return Err(unexpected(kind, text, &out, at, c));
         };
         out.push(Spanned { token, at });
         while rest.peek().is_some_and(|&(next, _)| next < end) {
@@ -94,4 +91,12 @@ pub(crate) fn tokens(kind: &'static str, text: &str) -> Result<Vec<Spanned>, Exp
         }
     }
     Ok(out)
+}
+
+/// A character no token starts with (or a sigil with no name after it), as DynamoDB reports
+/// it: a syntax error whose token is the character, near the text from the token before it.
+fn unexpected(kind: &'static str, text: &str, before: &[Spanned], at: usize, c: char) -> ExprError {
+    let from = before.last().map_or(at, |before| before.at);
+    let near = &text[from..at + c.len_utf8()];
+    ExprError::new(kind, at, format!("Syntax error; token: \"{c}\", near: \"{near}\""))
 }

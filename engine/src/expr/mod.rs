@@ -46,6 +46,12 @@ pub const PATH_ELEMENTS_MAX: usize = 32;
 /// Most operators in one expression (DynamoDB's limit; `parse::operator_count` says what
 /// counts).
 pub const OPERATORS_MAX: usize = 300;
+/// How deep the parser descends: parentheses, NOTs and function calls, one level each. Every
+/// expression DynamoDB takes fits (each level but a redundant parenthesis costs an operator,
+/// and a NOT with its parenthesis two levels: at most 2 * `OPERATORS_MAX`); deeper ones, which
+/// only redundant or unclosed parentheses make, are refused as syntax errors rather than
+/// recursing until the executor's stack overflows.
+pub const NESTING_LEVELS_MAX: usize = 2 * OPERATORS_MAX + 8;
 /// Most operands on the right of `IN`.
 pub const IN_OPERANDS_MAX: usize = 100;
 
@@ -55,7 +61,8 @@ pub struct ExprError {
     /// Which expression: "ConditionExpression", "ProjectionExpression", ...; empty for a
     /// legacy parameter (Expected, ScanFilter, ...), whose messages DynamoDB does not prefix.
     pub expression: &'static str,
-    /// 1-based character position the error refers to, when there is one.
+    /// 1-based character position the error refers to, when there is one (for a client
+    /// that wants it: DynamoDB's message does not carry it).
     pub position: Option<usize>,
     pub reason: String,
 }
@@ -70,17 +77,17 @@ impl ExprError {
     }
 }
 
+/// DynamoDB's form: `Invalid <expression>: <Reason>`, the reason capitalized as DynamoDB
+/// writes it, and without the position (DynamoDB gives none; a syntax error names the text
+/// near it instead). A legacy parameter's message is DynamoDB's text as it stands.
 impl fmt::Display for ExprError {
     fn fmt(&self, out: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.expression.is_empty() {
-            write!(out, "{}", self.reason)?;
-        } else {
-            write!(out, "Invalid {}: {}", self.expression, self.reason)?;
+            return write!(out, "{}", self.reason);
         }
-        if let Some(position) = self.position {
-            write!(out, " (at character {position})")?;
-        }
-        Ok(())
+        let mut reason = self.reason.chars();
+        let first = reason.next().map(|first| first.to_ascii_uppercase()).map(String::from).unwrap_or_default();
+        write!(out, "Invalid {}: {first}{}", self.expression, reason.as_str())
     }
 }
 

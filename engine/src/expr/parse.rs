@@ -9,7 +9,7 @@ use super::reserved::is_reserved;
 use super::update::{SetOperand, SetValue, Update};
 use super::{
     Comparator, Condition, ExprError, Operand, Path, PathElement, Placeholders, EXPRESSION_BYTES_MAX, IN_OPERANDS_MAX,
-    OPERATORS_MAX, PATH_ELEMENTS_MAX,
+    NESTING_LEVELS_MAX, OPERATORS_MAX, PATH_ELEMENTS_MAX,
 };
 use crate::value::AttributeValue;
 
@@ -19,20 +19,23 @@ const CONDITION_FUNCTIONS: [&str; 5] =
 /// Type names `attribute_type` accepts.
 const TYPE_NAMES: [&str; 10] = ["S", "SS", "N", "NS", "B", "BS", "BOOL", "NULL", "L", "M"];
 
-pub(crate) struct Parser<'p, 'a> {
+pub(crate) struct Parser<'p, 'a, 't> {
     kind: &'static str,
     tokens: Vec<Spanned>,
     next: usize,
-    end: usize,
+    /// Levels descended (`NESTING_LEVELS_MAX`).
+    depth: usize,
+    /// The expression as written (at most 4 KB), which a syntax error quotes around its token.
+    text: &'t str,
     placeholders: &'p mut Placeholders<'a>,
 }
 
-impl<'p, 'a> Parser<'p, 'a> {
+impl<'p, 'a, 't> Parser<'p, 'a, 't> {
     pub(crate) fn new(
         kind: &'static str,
-        text: &str,
+        text: &'t str,
         placeholders: &'p mut Placeholders<'a>,
-    ) -> Result<Parser<'p, 'a>, ExprError> {
+    ) -> Result<Parser<'p, 'a, 't>, ExprError> {
         if text.len() > EXPRESSION_BYTES_MAX {
             return Err(ExprError::whole(
                 kind,
@@ -50,7 +53,7 @@ impl<'p, 'a> Parser<'p, 'a> {
                 format!("The expression contains too many operators; operator count: {operators}"),
             ));
         }
-        Ok(Parser { kind, tokens, next: 0, end: text.len(), placeholders })
+        Ok(Parser { kind, tokens, next: 0, depth: 0, text, placeholders })
     }
 
     pub(crate) fn condition_expression(mut self) -> Result<Condition, ExprError> {
@@ -176,14 +179,17 @@ impl<'p, 'a> Parser<'p, 'a> {
         let at = self.at();
         match self.function_name().as_deref() {
             Some("if_not_exists") => {
+                self.descend()?;
                 self.next += 2;
                 let path = self.path()?;
                 self.expect_symbol(",")?;
                 let fallback = self.set_operand()?;
                 self.expect_symbol(")")?;
+                self.depth -= 1;
                 Ok(SetOperand::IfNotExists(path, Box::new(fallback)))
             }
             Some("list_append") => {
+                self.descend()?;
                 self.next += 2;
                 let mut parts = Vec::new();
                 for separator in [",", ")"] {
@@ -208,6 +214,7 @@ impl<'p, 'a> Parser<'p, 'a> {
                 }
                 let right = parts.pop().expect("two parts");
                 let left = parts.pop().expect("two parts");
+                self.depth -= 1;
                 Ok(SetOperand::ListAppend(Box::new(left), Box::new(right)))
             }
             Some(function) => {
@@ -229,9 +236,7 @@ impl<'p, 'a> Parser<'p, 'a> {
     fn finish(&self) -> Result<(), ExprError> {
         match self.tokens.get(self.next) {
             None => Ok(()),
-            Some(extra) => {
-                Err(self.error_at(extra.at, format!("syntax error; unexpected token: \"{}\"", extra.token.text())))
-            }
+            Some(_) => Err(self.syntax_error("the end of the expression")),
         }
     }
 
@@ -255,7 +260,10 @@ impl<'p, 'a> Parser<'p, 'a> {
 
     fn not(&mut self) -> Result<Condition, ExprError> {
         if self.eat_keyword("NOT") {
-            return Ok(Condition::Not(Box::new(self.not()?)));
+            self.descend()?;
+            let negated = Condition::Not(Box::new(self.not()?));
+            self.depth -= 1;
+            return Ok(negated);
         }
         self.primary()
     }
@@ -267,9 +275,11 @@ impl<'p, 'a> Parser<'p, 'a> {
             // anything else in parentheses is a condition.
             let operand_first = self.closing(self.next).is_some_and(|close| self.predicate_at(close + 1));
             if !operand_first {
+                self.descend()?;
                 self.next += 1;
                 let inner = self.or()?;
                 self.expect_symbol(")")?;
+                self.depth -= 1;
                 return Ok(inner);
             }
         }
@@ -477,9 +487,11 @@ impl<'p, 'a> Parser<'p, 'a> {
                 };
                 return Err(self.error_at(at, reason));
             }
+            self.descend()?;
             self.next += 2;
             let argument_at = self.at();
             let argument = self.operand()?;
+            self.depth -= 1;
             if self.eat_symbol(",") {
                 return Err(self.error_at(at, "incorrect number of operands for operator or function; operator or function: size, number of operands: 2"));
             }
@@ -496,9 +508,11 @@ impl<'p, 'a> Parser<'p, 'a> {
         }
         if self.peek_symbol("(") {
             self.check_redundant_parentheses()?;
+            self.descend()?;
             self.next += 1;
             let inner = self.operand()?;
             self.expect_symbol(")")?;
+            self.depth -= 1;
             return Ok(inner);
         }
         match self.tokens.get(self.next).map(|spanned| spanned.token.clone()) {
@@ -561,9 +575,18 @@ impl<'p, 'a> Parser<'p, 'a> {
 
     // Tokens.
 
+    /// One level deeper (the caller returns up it on success; an error ends the parse).
+    fn descend(&mut self) -> Result<(), ExprError> {
+        self.depth += 1;
+        if self.depth > NESTING_LEVELS_MAX {
+            return Err(self.syntax_error("nesting within NESTING_LEVELS_MAX"));
+        }
+        Ok(())
+    }
+
     /// The byte offset of the next token (the end of the text when there is none).
     fn at(&self) -> usize {
-        self.tokens.get(self.next).map_or(self.end, |spanned| spanned.at)
+        self.tokens.get(self.next).map_or(self.text.len(), |spanned| spanned.at)
     }
 
     /// The name of a function call starting at the next token (a word followed by "(").
@@ -657,17 +680,38 @@ impl<'p, 'a> Parser<'p, 'a> {
         }
     }
 
+    /// A syntax error at the next token, as DynamoDB words it (MESSAGES.md 15c): the token
+    /// (`<EOF>` at the end) and the text near it, from the token before it through the one
+    /// after. `expected` says what the grammar wanted there; DynamoDB does not say, so it is
+    /// only for the reader of this code.
+    // Cold and out of line: inlined into the recursive descent, its formatting would widen
+    // every level's stack frame, and the deepest expressions the limits allow would overflow.
+    #[cold]
+    #[inline(never)]
     fn syntax_error(&self, expected: &str) -> ExprError {
-        let found = self
-            .tokens
-            .get(self.next)
-            .map_or("the end of the expression".to_string(), |spanned| format!("\"{}\"", spanned.token.text()));
-        self.error_at(self.at(), format!("syntax error; {expected}, found {found}"))
+        debug_assert!(!expected.is_empty());
+        syntax_error(self.kind, self.text, &self.tokens, self.next)
     }
 
     fn error_at(&self, at: usize, reason: impl Into<String>) -> ExprError {
         ExprError::new(self.kind, at, reason)
     }
+}
+
+/// DynamoDB's syntax error at `tokens[next]` of `text`: `Syntax error; token: "T", near: "N"`,
+/// T the token as written (`<EOF>` past the last), N the text from the start of the token
+/// before it to the end of the token after it (as the moto project models DynamoDB's answer).
+#[cold]
+#[inline(never)]
+pub(crate) fn syntax_error(kind: &'static str, text: &str, tokens: &[Spanned], next: usize) -> ExprError {
+    let end = |spanned: &Spanned| spanned.at + spanned.token.text().len();
+    let from = next.checked_sub(1).and_then(|before| tokens.get(before)).map_or(0, |before| before.at);
+    let (token, to) = match tokens.get(next) {
+        Some(spanned) => (spanned.token.text(), tokens.get(next + 1).map_or(end(spanned), end)),
+        None => ("<EOF>".to_string(), text.len()),
+    };
+    let at = tokens.get(next).map_or(text.len(), |spanned| spanned.at);
+    ExprError::new(kind, at, format!("Syntax error; token: \"{token}\", near: \"{}\"", &text[from..to]))
 }
 
 /// The operators of an expression as DynamoDB counts them against its limit of 300: the

@@ -812,6 +812,17 @@ impl Replica {
         }
     }
 
+    /// Stops leading or campaigning, if it does: the host can no longer serve what this replica
+    /// chooses (its state machine found damage and awaits a snapshot; with `set_standby` it
+    /// does not campaign again until released). Another replica leads after an election
+    /// timeout, once the lease this one's followers echoed has run out. Only liveness is
+    /// affected: a replica may become a follower at any time.
+    pub fn step_down(&mut self, now: Micros) {
+        if !matches!(self.state, State::Follower) {
+            self.become_follower(now, None);
+        }
+    }
+
     /// Campaigns at the next tick if this replica follows no known leader: the host prefers
     /// it to lead (leaders spread over nodes rather than gathering where replicas happened to
     /// start first). Affects only who is likely to lead, never safety.
@@ -1274,6 +1285,29 @@ mod tests {
             }
             seen.extend(actions);
         }
+    }
+
+    #[test]
+    fn a_leader_that_steps_down_on_standby_does_not_lead_again_until_released() {
+        let config = Config::default();
+        let mut replica = Replica::new(config.clone(), 1, &[Member::full(1)], Durable::default(), 0, 0, 9);
+        let mut now = 10 * config.election_max;
+        replica.tick(now);
+        settle(&mut replica, now);
+        assert_eq!(replica.role(), Role::Leader, "a group of one elects itself");
+        replica.set_standby(true);
+        replica.step_down(now);
+        assert_eq!((replica.role(), replica.leader()), (Role::Follower, None));
+        assert_eq!(replica.propose(now, 1, vec![1]), Err(ProposeError::NotLeader { leader: None }));
+        now += 10 * config.election_max;
+        replica.tick(now);
+        settle(&mut replica, now);
+        assert_eq!(replica.role(), Role::Follower, "on standby it does not campaign");
+        replica.set_standby(false);
+        now += 10 * config.election_max;
+        replica.tick(now);
+        settle(&mut replica, now);
+        assert_eq!(replica.role(), Role::Leader, "released, it leads again");
     }
 
     #[test]

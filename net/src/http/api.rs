@@ -238,6 +238,8 @@ pub(crate) struct Reply {
     pub arn: Option<String>,
     /// ListTagsOfResource's NextToken: the key the previous page ended with.
     pub next_token: Option<String>,
+    /// A Query's filter came as the legacy QueryFilter (its errors name that parameter).
+    pub query_filter: bool,
 }
 
 /// Reads the body of `operation`; `host` is the request's Host (DescribeEndpoints names it),
@@ -310,7 +312,7 @@ pub(crate) fn decode(operation: Operation, body: &[u8], host: &str, region: &str
                     "Either the KeyConditions or KeyConditionExpression parameter must be specified in the request.",
                 ));
             }
-            engine(Request::Query(Query {
+            let query = Request::Query(Query {
                 table: body.table()?,
                 // The KeyConditionExpression replaces these.
                 partition_key: AttributeValue::Null,
@@ -320,7 +322,9 @@ pub(crate) fn decode(operation: Operation, body: &[u8], host: &str, region: &str
                 exclusive_start_key: body.optional_item("ExclusiveStartKey")?,
                 consistent_read: body.boolean("ConsistentRead")?,
                 read,
-            }))
+            });
+            let reply = Reply { query_filter: body.get("QueryFilter").is_some(), ..Reply::default() };
+            Ok(Call::Engine(Box::new(query), flags, reply))
         }
         Operation::Scan => {
             body.no_index()?;
@@ -384,6 +388,13 @@ pub(crate) fn encode(
                 // A tag operation's missing table is named by its ARN.
                 Some(arn) if error.code == ErrorCode::ResourceNotFoundException => {
                     ApiError::from_wire(WireError::new(error.code, messages::arn_not_found(arn)))
+                }
+                _ if reply.query_filter => {
+                    let mut error = error;
+                    if let Some(message) = messages::as_query_filter_message(&error.message) {
+                        error.message = message;
+                    }
+                    ApiError::from_wire(error)
                 }
                 _ => ApiError::from_wire(error),
             });
@@ -616,7 +627,7 @@ fn tag_request(operation: Operation, body: &Body<'_>, region: &str, flags: Reque
             (Request::ListTagsOfResource { table }, body.string("NextToken")?.map(str::to_string))
         }
     };
-    let reply = Reply { arn: arn.map(str::to_string), next_token };
+    let reply = Reply { arn: arn.map(str::to_string), next_token, ..Reply::default() };
     Ok(Call::Engine(Box::new(request), flags, reply))
 }
 
@@ -1474,7 +1485,7 @@ mod tests {
         ] {
             assert_eq!(tag(&body).unwrap_err().message, message, "{body}");
         }
-        let reply = Reply { arn: Some(arn.into()), next_token: Some("b".into()) };
+        let reply = Reply { arn: Some(arn.into()), next_token: Some("b".into()), ..Reply::default() };
         let tags = Response::Tags(vec![("a".into(), "1".into()), ("b".into(), "2".into()), ("c".into(), "3".into())]);
         let body = encode(Operation::ListTagsOfResource, tags.clone(), &[], "us-east-1", &reply).unwrap();
         assert_eq!(body, json!({ "Tags": [{ "Key": "c", "Value": "3" }] }));

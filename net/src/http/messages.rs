@@ -70,7 +70,24 @@ pub(crate) fn batch_write_table_size(tables: &[(&str, usize)]) -> String {
 /// Query's FilterExpression naming a key attribute: MESSAGES.md 9a (dynalite
 /// test/query.js:1816-1858, asserted against DynamoDB).
 pub(crate) fn filter_on_key(attribute: &str) -> String {
-    format!("Filter Expression can only contain non-primary key attributes: Primary key attribute: {attribute}")
+    format!("{FILTER_ON_KEY}{attribute}")
+}
+
+const FILTER_ON_KEY: &str = "Filter Expression can only contain non-primary key attributes: Primary key attribute: ";
+
+/// The same refusal of a legacy QueryFilter, which DynamoDB words with the parameter's name:
+/// MESSAGES.md 9b (dynalite test/query.js:1806-1844, asserted against DynamoDB). The legacy
+/// filter reaches the shard as a filter expression, so the endpoint rewords the answer.
+pub(crate) fn as_query_filter_message(message: &str) -> Option<String> {
+    message.strip_prefix(FILTER_ON_KEY).map(|attribute| {
+        format!("QueryFilter can only contain non-primary key attributes: Primary key attribute: {attribute}")
+    })
+}
+
+/// An ExpressionAttributeNames entry naming the empty attribute: MESSAGES.md 12f (the text an
+/// application matches DynamoDB's answer against; Alternator test_limits.py checks its start).
+pub(crate) fn empty_placeholder_name(key: &str) -> String {
+    format!("ExpressionAttributeNames contains invalid value: Empty attribute name for key {key}")
 }
 
 /// Query's ExclusiveStartKey with an attribute that is not the table's key, or without one of

@@ -24,6 +24,7 @@ use serde_json::Value;
 use tessera_wire::{ErrorCode, Response, WireError};
 
 use crate::budget::{RequestMemory, Reserved};
+use crate::server::ByteStream;
 use crate::shard::Shard;
 use api::{ApiError, Call, Operation};
 pub use sigv4::Auth;
@@ -176,7 +177,7 @@ impl Inbound {
     }
 
     /// Reads more of a body, which may stall at most `BODY_STALL_MAX`.
-    async fn fill_body(&mut self, stream: &mut ReadHalf<TcpStream>) -> Result<(), Next> {
+    async fn fill_body<S: ByteStream>(&mut self, stream: &mut ReadHalf<S>) -> Result<(), Next> {
         match self.fill(stream, BODY_STALL_MAX).await {
             Filled::More => Ok(()),
             Filled::Closed => Err(Next::Closed),
@@ -185,7 +186,7 @@ impl Inbound {
     }
 
     /// Reads more, waiting at most `within`.
-    async fn fill(&mut self, stream: &mut ReadHalf<TcpStream>, within: Duration) -> Filled {
+    async fn fill<S: ByteStream>(&mut self, stream: &mut ReadHalf<S>, within: Duration) -> Filled {
         if self.start == self.buffer.len() {
             self.buffer.clear();
             self.start = 0;
@@ -218,8 +219,8 @@ const NO_MEMORY: &str = "the server has no room for this request's body now: ret
 /// Reads request `seq`: its head, then (once the core's request memory has room for it) its
 /// body. A connection idle for `IDLE_MAX` between requests is closed; a head that takes longer
 /// than `HEAD_WAIT_MAX`, or a body that stalls for `BODY_STALL_MAX`, is answered 408.
-async fn read_request(
-    stream: &mut ReadHalf<TcpStream>,
+async fn read_request<S: ByteStream>(
+    stream: &mut ReadHalf<S>,
     inbound: &mut Inbound,
     memory: &RequestMemory,
     answers: &Answers,
@@ -367,7 +368,7 @@ const BAD_CHUNK: &str = "the request's chunked body is malformed";
 /// discarded. Held to `BODY_MAX` in all; malformed chunking is 400. httparse's own
 /// `parse_chunk_size` takes a size line with no digits, or bare line feeds in an extension,
 /// which a proxy in front may frame otherwise, so the line is held to the grammar here.
-async fn read_chunked(stream: &mut ReadHalf<TcpStream>, inbound: &mut Inbound) -> Result<Vec<u8>, Next> {
+async fn read_chunked<S: ByteStream>(stream: &mut ReadHalf<S>, inbound: &mut Inbound) -> Result<Vec<u8>, Next> {
     let mut body = Vec::new();
     loop {
         // The size line.
@@ -608,15 +609,20 @@ impl Answers {
 /// Serves one HTTP connection until the peer closes it, asks to, or sends what cannot be read.
 /// Pipelined requests are served side by side (up to `IN_FLIGHT_MAX`), their answers written
 /// in order.
-pub(crate) async fn connection(shard: Rc<Shard>, endpoint: Rc<Endpoint>, memory: Rc<RequestMemory>, stream: TcpStream) {
-    let _ = stream.set_nodelay(true);
+pub(crate) async fn connection<S: ByteStream>(
+    shard: Rc<Shard>,
+    endpoint: Rc<Endpoint>,
+    memory: Rc<RequestMemory>,
+    stream: S,
+) {
     let (mut reader, mut writer) = futures_lite::io::split(stream);
     let answers = Rc::new(Answers::default());
     let writing = {
         let answers = answers.clone();
         glommio::spawn_local(async move {
             while let Some((batch, close)) = answers.next_batch().await {
-                if writer.write_all(&batch).await.is_err() || close {
+                // The flush sends what a TLS stream holds back; a plain stream holds nothing.
+                if writer.write_all(&batch).await.is_err() || writer.flush().await.is_err() || close {
                     break;
                 }
             }
@@ -641,12 +647,22 @@ pub(crate) async fn refuse_busy(endpoint: &Endpoint, mut stream: TcpStream) {
     let _ = stream.close().await;
 }
 
+/// The answer to a client that speaks plain HTTP to a TLS listener, before it is closed.
+pub(crate) fn plain_refusal(endpoint: &Endpoint) -> Vec<u8> {
+    let error = ApiError::new(
+        400,
+        "com.amazon.coral.service#SerializationException",
+        "this port speaks HTTPS only: send the request to https://",
+    );
+    error_answer(&error, &endpoint.request_id(), true)
+}
+
 /// Reads requests and starts serving each, until the connection ends or asks to close.
-async fn read_requests(
+async fn read_requests<S: ByteStream>(
     shard: &Rc<Shard>,
     endpoint: &Rc<Endpoint>,
     memory: &RequestMemory,
-    reader: &mut ReadHalf<TcpStream>,
+    reader: &mut ReadHalf<S>,
     answers: &Rc<Answers>,
 ) {
     let in_flight = Rc::new(glommio::sync::Semaphore::new(IN_FLIGHT_MAX));

@@ -17,6 +17,16 @@
 //! snapshot's slot: the partition never mixes a partial snapshot with entries. A partition
 //! still installing (a stream that broke off, or a restart midway) asks its leader for a
 //! snapshot every second.
+//!
+//! Repair: a partition whose pages the store's scrub found damaged (`repair_damaged`) is
+//! reinstalled the same way. Its replica stops leading, if it did, and goes on standby (it
+//! still votes and accepts, so the group keeps its quorum), and the partition waits for a
+//! snapshot as one still installing does, from the leader the others elect. The snapshot must
+//! reach the slot this replica had committed when the damage was found (entries chosen after
+//! it are deferred; those before would not be applied again): a sender applies what it has
+//! chosen and checkpoints before it reads the snapshot, and a receiver refuses an older one.
+//! Installing it cuts the damaged pages out of the tree without reading them
+//! (`Store::install_begin`).
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
@@ -26,7 +36,7 @@ use std::time::{Duration, Instant};
 
 use futures_lite::FutureExt;
 
-use tessera_engine::paxos::{Member, ReplicaId, Slot, Value};
+use tessera_engine::paxos::{Member, MemberKind, ReplicaId, Slot, Value};
 use tessera_engine::{Error, PartitionId};
 use tessera_wire::replication::{PeerMessage, SnapshotAck, SnapshotChunk, SnapshotEnd};
 
@@ -121,6 +131,8 @@ pub(super) struct Snapshots {
     incoming: RefCell<BTreeMap<PartitionId, Incoming>>,
     /// Partitions installing a snapshot: the entries their replica chose meanwhile, in order.
     pub(super) deferred: RefCell<BTreeMap<PartitionId, Vec<(Slot, Value)>>>,
+    /// Partitions being repaired: the slot the snapshot must reach (`repair_damaged`).
+    repairs: RefCell<BTreeMap<PartitionId, Slot>>,
     next_stream: Cell<u64>,
     stats: Cell<SnapshotStats>,
 }
@@ -130,6 +142,7 @@ impl Snapshots {
     /// go; one being sent ends at its next acknowledgement or timeout.
     pub(super) fn forget(&self, partition: PartitionId) {
         self.deferred.borrow_mut().remove(&partition);
+        self.repairs.borrow_mut().remove(&partition);
         self.incoming.borrow_mut().remove(&partition);
         self.outgoing.borrow_mut().retain(|(of, _), _| *of != partition);
     }
@@ -260,6 +273,14 @@ impl ReplicatedLog {
                 let refused = format!("the replica is at slot {commit} already, the snapshot at {}", chunk.slot);
                 return self.acknowledge(partition, chunk.from, chunk.stream, 0, Some(refused));
             }
+            if let Some(&floor) = self.snapshots.repairs.borrow().get(&partition).filter(|&&floor| chunk.slot < floor) {
+                drop(incoming);
+                let refused = format!(
+                    "the replica had committed slot {floor} before its repair, the snapshot is at {}",
+                    chunk.slot
+                );
+                return self.acknowledge(partition, chunk.from, chunk.stream, 0, Some(refused));
+            }
             let (from, stream) = (chunk.from, chunk.stream);
             incoming.insert(partition, Incoming { from, stream, next: 0, busy: true, heard: Instant::now() });
             drop(incoming);
@@ -310,6 +331,7 @@ impl ReplicatedLog {
         });
         // What a joining replica held back before the snapshot is in it, or older.
         self.held.borrow_mut().remove(&partition);
+        self.snapshots.repairs.borrow_mut().remove(&partition);
         let watcher = self.watchers.borrow().get(&partition).cloned();
         if let Some(watcher) = watcher {
             watcher();
@@ -329,6 +351,28 @@ impl ReplicatedLog {
             "tessera: partition {partition}: installed a snapshot through slot {slot} from node {} ({} items, {} bytes)",
             chunk.from, end.items, end.bytes
         );
+    }
+
+    /// Starts the repair of every partition the store found damaged that a full replica here
+    /// holds and that is not installing already (module documentation).
+    pub(super) fn repair_damaged(&self) {
+        for partition in self.store.take_damaged_partitions() {
+            let hosted = self.replicas.borrow().get(&partition).map(|replica| self.part(replica));
+            if hosted != Some(Some(MemberKind::Full)) || self.snapshots.deferred.borrow().contains_key(&partition) {
+                continue;
+            }
+            let now = self.now();
+            let commit = self.with_replica(partition, |replica| {
+                replica.set_standby(true);
+                replica.step_down(now);
+                replica.commit()
+            });
+            self.snapshots.deferred.borrow_mut().insert(partition, Vec::new());
+            self.snapshots.repairs.borrow_mut().insert(partition, commit);
+            tessera_engine::report!(
+                "tessera: partition {partition}: its data here is damaged; this replica leads it no more until it is reinstalled from a snapshot (through slot {commit} at least) that it asks the leader for"
+            );
+        }
     }
 
     /// Asks the leader of every partition still installing a snapshot, and not receiving one,
@@ -367,6 +411,10 @@ async fn stream_snapshot(
         let ballot = log.with_replica(partition, |replica| replica.leading());
         (log.store.clone(), log.node, ballot.ok_or("this replica no longer leads")?)
     };
+    // Everything chosen here so far applied and checkpointed: the snapshot reaches what the
+    // receiver may have committed (a replica under repair needs that much).
+    store.partition_meta(partition).await.map_err(|error| error.to_string())?;
+    store.checkpoint().await.map_err(|error| error.to_string())?;
     let mut snapshot = store.snapshot(partition).await.map_err(|error| error.to_string())?;
     let meta = snapshot.meta();
     let slot = meta.applied_slot;

@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use tessera_net::http::sigv4::format_amz_date;
 
+pub mod tree_file;
+
 /// An answer's status, headers (lower-case names) and body.
 pub type Answer = (u16, Vec<(String, String)>, Vec<u8>);
 
@@ -186,4 +188,20 @@ impl Drop for Node {
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// A child's standard error, line by line, as it comes (each line also echoed to this test's
+/// standard error, so that a failing test shows what the node said).
+pub fn stderr_lines(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<String> {
+    let (lines, received) = std::sync::mpsc::channel();
+    let stderr = BufReader::new(child.stderr.take().expect("stderr"));
+    std::thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            eprintln!("{line}");
+            if lines.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    received
 }
