@@ -42,7 +42,7 @@ use crate::error::{Error, Result};
 use crate::paxos::{self, Ballot};
 use crate::signal::{guard_executor, yield_to_reactor, Event, Watermark};
 use crate::value::validate_item;
-use crate::wal::{Wal, WalConfig};
+use crate::wal::{DamagedTails, Wal, WalConfig};
 
 mod scrub;
 
@@ -201,7 +201,7 @@ struct Inner {
     applier: RefCell<Option<glommio::Task<()>>>,
     page_reads: Cell<u64>,
     /// The damaged WAL tails recovery has found in this store's life (`Store::amnesiac`).
-    damaged_tails: u64,
+    damaged_tails: Cell<DamagedTails>,
     damage: scrub::Damage,
 }
 
@@ -449,7 +449,7 @@ impl Store {
                 ),
                 applier: RefCell::new(None),
                 page_reads: Cell::new(0),
-                damaged_tails: recovered.damaged_tails,
+                damaged_tails: Cell::new(recovered.damaged_tails),
                 damage: scrub::Damage::default(),
             }),
         };
@@ -768,23 +768,67 @@ impl Store {
     /// Replicated mode: whether `partition`'s replica must start amnesiac
     /// (`paxos::Replica::set_amnesiac`): recovery of this store has found a damaged WAL tail
     /// (now or at an earlier start, `wal::Recovered::damaged_tails`) that the replica has not
-    /// rejoined its group since. The damaged records cannot be read, so this holds for every
-    /// partition, those that have no metadata yet included.
+    /// rejoined its group since. The damaged records cannot be read, so a partition without
+    /// metadata is amnesiac too, until the store knows every partition it holds
+    /// (`partitions_known`).
     pub fn amnesiac(&self, partition: PartitionId) -> bool {
-        let repaired = self.inner.partition_metas.borrow().get(&partition).map_or(0, |meta| meta.repaired);
-        self.inner.config.replicated && repaired < self.inner.damaged_tails
+        let tails = self.inner.damaged_tails.get();
+        let repaired =
+            self.inner.partition_metas.borrow().get(&partition).map_or(tails.unknown_repaired, |meta| meta.repaired);
+        self.inner.config.replicated && repaired < tails.count
     }
 
     /// Replicated mode: `partition`'s replica rejoined its group (`paxos::Action::Rejoined`);
     /// saved with the next checkpoint (until then a restart finds it amnesiac again, which is
     /// safe).
     pub fn rejoined(&self, partition: PartitionId) {
+        let count = self.inner.damaged_tails.get().count;
         let mut metas = self.inner.partition_metas.borrow_mut();
-        let meta = metas.entry(partition).or_default();
-        if meta.repaired < self.inner.damaged_tails {
-            meta.repaired = self.inner.damaged_tails;
+        let meta = metas.entry(partition).or_insert_with(|| self.inner.absent_meta());
+        if meta.repaired < count {
+            meta.repaired = count;
             self.inner.unsaved_metas.borrow_mut().insert(partition);
         }
+    }
+
+    /// Replicated mode: `partitions` are every partition this store holds a replica of, as of
+    /// a catalog that is current through a leader elected since this start, so that every
+    /// partition that can have had a record in a damaged WAL tail is among them. Each without
+    /// metadata is given some (its replica stays amnesiac until it rejoins); once that is
+    /// checkpointed, `DamagedTails::unknown_repaired` is recorded, and a partition without
+    /// metadata (a new one) is no longer amnesiac. Otherwise each damaged tail would leave every
+    /// later partition's replica here amnesiac, and two such nodes of a group of three could
+    /// elect no leader for it.
+    pub fn partitions_known(&self, partitions: impl IntoIterator<Item = PartitionId>) {
+        let tails = self.inner.damaged_tails.get();
+        if !self.inner.config.replicated || tails.unknown_repaired == tails.count {
+            return;
+        }
+        {
+            let mut metas = self.inner.partition_metas.borrow_mut();
+            for partition in partitions {
+                if let std::collections::hash_map::Entry::Vacant(vacant) = metas.entry(partition) {
+                    vacant.insert(self.inner.absent_meta());
+                    self.inner.unsaved_metas.borrow_mut().insert(partition);
+                }
+            }
+        }
+        let known = DamagedTails { unknown_repaired: tails.count, ..tails };
+        // A crash before the file is written finds partitions without metadata amnesiac still
+        // (safe); those made from here on carry the new count in theirs.
+        self.inner.damaged_tails.set(known);
+        let store = self.clone();
+        glommio::spawn_local(async move {
+            let wal = store.inner.dir.join("wal");
+            let written = match store.checkpoint().await {
+                Ok(()) => crate::wal::write_damaged_tails(&wal, known),
+                Err(error) => Err(error),
+            };
+            if let Err(error) = written {
+                crate::report!("{}: cannot record that every partition is known after a damaged WAL tail ({error}): partitions without metadata start amnesiac again", store.inner.dir.display());
+            }
+        })
+        .detach();
     }
 
     /// Replicated mode: whether `partition` is installing a snapshot (it then serves no reads
@@ -869,7 +913,7 @@ impl Store {
         let applied = self.applied_slot(partition);
         if let Some(promised) = promised {
             let mut metas = self.inner.partition_metas.borrow_mut();
-            let meta = metas.entry(partition).or_default();
+            let meta = metas.entry(partition).or_insert_with(|| self.inner.absent_meta());
             if promised > meta.promised {
                 meta.promised = promised;
                 self.inner.unsaved_metas.borrow_mut().insert(partition);
@@ -1143,6 +1187,12 @@ async fn read_page(file: &File, id: PageId) -> Result<Vec<u8>> {
 }
 
 impl Inner {
+    /// The metadata of a partition that has none yet: as repaired as `Store::amnesiac` reads
+    /// an absent one.
+    fn absent_meta(&self) -> PartitionMeta {
+        PartitionMeta { repaired: self.damaged_tails.get().unknown_repaired, ..PartitionMeta::default() }
+    }
+
     /// Runs a tree operation, loading pages it needs until it completes.
     async fn with_tree<T>(&self, mut op: impl FnMut(&mut Tree) -> TreeResult<T>) -> Result<T> {
         loop {
@@ -1187,7 +1237,7 @@ impl Inner {
     async fn apply(&self, partition: PartitionId, slot: u64, command: &Command, keep: bool) -> Result<Outcome> {
         let outcome = self.apply_command(partition, command, keep).await?;
         let mut metas = self.partition_metas.borrow_mut();
-        let meta = metas.entry(partition).or_default();
+        let meta = metas.entry(partition).or_insert_with(|| self.absent_meta());
         meta.applied_slot = slot;
         account(meta, command, &outcome);
         self.unsaved_metas.borrow_mut().insert(partition);
@@ -1204,7 +1254,7 @@ impl Inner {
                 self.excise_damaged(partition).await?;
                 self.empty_partition(partition).await?;
                 let mut metas = self.partition_metas.borrow_mut();
-                let meta = metas.entry(partition).or_default();
+                let meta = metas.entry(partition).or_insert_with(|| self.absent_meta());
                 *meta = PartitionMeta {
                     promised: meta.promised,
                     installing: true,
@@ -1217,13 +1267,17 @@ impl Inner {
                     let full = tree_key(partition, key);
                     let previous = self.with_tree(|tree| tree.put_len(&full, value)).await?;
                     let mut metas = self.partition_metas.borrow_mut();
-                    metas.entry(partition).or_default().change(key, previous, Some(value.len()));
+                    metas.entry(partition).or_insert_with(|| self.absent_meta()).change(
+                        key,
+                        previous,
+                        Some(value.len()),
+                    );
                 }
             }
             Install::End { slot, items, bytes, members } => {
                 let whole = {
                     let mut metas = self.partition_metas.borrow_mut();
-                    let meta = metas.entry(partition).or_default();
+                    let meta = metas.entry(partition).or_insert_with(|| self.absent_meta());
                     let whole = meta.installing && meta.items == *items && meta.bytes == *bytes;
                     meta.installing &= !whole;
                     whole
@@ -1242,7 +1296,7 @@ impl Inner {
         self.configs.borrow_mut().insert(partition, members);
         self.unsaved_configs.borrow_mut().insert(partition);
         let mut metas = self.partition_metas.borrow_mut();
-        let meta = metas.entry(partition).or_default();
+        let meta = metas.entry(partition).or_insert_with(|| self.absent_meta());
         meta.applied_slot = meta.applied_slot.max(slot);
         self.unsaved_metas.borrow_mut().insert(partition);
         if let Some(held) = self.unapplied.borrow_mut().get_mut(&partition) {

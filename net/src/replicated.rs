@@ -445,13 +445,20 @@ impl ReplicatedLog {
     }
 
     /// Whether `partition`'s replica knows everything chosen before the current leadership
-    /// (`Replica::caught_up`) and this node has applied all of it.
+    /// (`Replica::caught_up`), is not amnesiac (it may have forgotten what it had) and this
+    /// node has applied all of it.
     /// False while the node hosts no replica of it (one is not made here: a retired replica
     /// stays retired).
     pub fn caught_up(&self, partition: PartitionId) -> bool {
         let replicas = self.replicas.borrow();
         let Some(replica) = replicas.get(&partition) else { return false };
-        replica.caught_up() && self.store.applied_slot(partition) >= replica.commit()
+        replica.caught_up() && !replica.amnesiac() && self.store.applied_slot(partition) >= replica.commit()
+    }
+
+    /// `partitions` are every partition this core holds a replica of, by a current catalog
+    /// (`Store::partitions_known`).
+    pub fn partitions_known(&self, partitions: impl IntoIterator<Item = PartitionId>) {
+        self.store.partitions_known(partitions);
     }
 
     /// The replica this node believes leads `partition`.

@@ -523,11 +523,21 @@ impl Shard {
     fn install_catalog(&self, catalog: Catalog) {
         if let Log::Replicated(log) = &self.log {
             // Each table's partitions lead on the nodes in turn (those this core owns).
+            let mut owned = Vec::new();
             for table in catalog.tables.values() {
                 for index in (0..table.partitions).filter(|&index| owner_core(index, self.cores) == self.core) {
                     log.learn_group(table.partition_id(index), &table.members);
                     log.prefer_leader(table.partition_id(index), index);
+                    owned.push(table.partition_id(index));
                 }
+            }
+            if catalog.current {
+                // The catalog partition's replica knows everything chosen before the leadership
+                // it follows, and is not amnesiac (`ReplicatedLog::caught_up`): every table made
+                // before this start, whose partitions a damaged WAL tail here could have held
+                // records of, is in it.
+                owned.extend((self.core == 0).then_some(CATALOG_PARTITION));
+                log.partitions_known(owned);
             }
             // Every replica of a deleted table's partitions stops here and drops its data.
             for partition in log.partitions().into_iter().filter(|&partition| catalog.deleted(partition)) {

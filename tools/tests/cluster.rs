@@ -1175,9 +1175,12 @@ fn a_damaged_last_record_is_repaired_from_the_peers() {
     };
     std::thread::sleep(Duration::from_millis(300));
     cluster.start_node(follower);
-    wait_until("the follower rejoining as a voter", Duration::from_secs(20), || {
-        cluster.log(follower).contains("it votes again")
-    });
+    // Both replicas of its core rejoin: the catalog's and the table's partition's.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while cluster.log(follower).matches("it votes again").count() < 2 {
+        assert!(Instant::now() < deadline, "the follower did not rejoin as a voter: {}", cluster.log(follower));
+        std::thread::sleep(Duration::from_millis(20));
+    }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let longest = writer.join().unwrap();
     let log = cluster.log(follower);

@@ -1029,7 +1029,15 @@ impl Replica {
             *next = leadership.matched[peer] + 1;
         }
         for peer in self.peers() {
-            if !self.send_entries(now, peer) {
+            let sent = self.send_entries(now, peer);
+            // Entries sent through the log's end are followed by an empty Accept that says where
+            // it ends: an amnesiac peer rejoins only once told (`set_amnesiac`), and under steady
+            // writes a heartbeat would otherwise always carry entries.
+            let to_end = match &self.state {
+                State::Leader(leadership) => leadership.next[&peer] > self.accepted_end,
+                _ => false,
+            };
+            if !sent || to_end {
                 self.send_accept(now, peer, self.accepted_end + 1, Vec::new());
             }
         }

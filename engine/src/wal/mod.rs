@@ -128,37 +128,54 @@ pub struct Recovered {
     /// Where the log ended on a record that claims the next LSN but fails its checksum
     /// (`ScanEnd::DamagedTail`): a torn last flush, or one damaged after it was acknowledged.
     pub damaged_tail: Option<String>,
-    /// How many damaged tails recovery has found in this WAL's life, this one included
+    /// The damaged tails recovery has found in this WAL's life, this one included
     /// (`DAMAGED_TAILS_FILE`): a replicated store's replicas are amnesiac until repaired
-    /// through that count.
-    pub damaged_tails: u64,
+    /// through their count.
+    pub damaged_tails: DamagedTails,
+}
+
+/// What a WAL directory's `DAMAGED_TAILS_FILE` holds (FORMAT.md).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DamagedTails {
+    /// How many damaged tails recovery has found.
+    pub count: u64,
+    /// Through how many of them every partition that can have had a record in one was known
+    /// to the store (holds partition metadata): a partition without metadata reads as repaired
+    /// through this count (`Store::partitions_known`).
+    pub unknown_repaired: u64,
 }
 
 /// The file in a WAL directory that counts the damaged tails recovery found (FORMAT.md).
 const DAMAGED_TAILS_FILE: &str = "damaged-tails";
+/// Its length: two u64 LE, then their CRC32C.
+const DAMAGED_TAILS_LEN: usize = 20;
 
-/// The count in `dir`'s `DAMAGED_TAILS_FILE` (0 without one): u64 LE, then its CRC32C.
-fn read_damaged_tails(dir: &Path) -> Result<u64> {
+/// `dir`'s `DAMAGED_TAILS_FILE` (none found without one).
+fn read_damaged_tails(dir: &Path) -> Result<DamagedTails> {
     let path = dir.join(DAMAGED_TAILS_FILE);
     let bytes = match std::fs::read(&path) {
         Ok(bytes) => bytes,
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(DamagedTails::default()),
         Err(error) => return Err(Error::io("read", &path, error)),
     };
-    match (bytes.get(..8), bytes.get(8..12), bytes.len()) {
-        (Some(count), Some(crc), 12) if crc32c::crc32c(count).to_le_bytes() == crc => {
-            Ok(u64::from_le_bytes(count.try_into().expect("8 bytes")))
-        }
-        _ => Err(Error::corrupt(&path, 0, "malformed count of damaged WAL tails")),
+    let word = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
+    if bytes.len() != DAMAGED_TAILS_LEN || crc32c::crc32c(&bytes[..16]).to_le_bytes() != bytes[16..] {
+        return Err(Error::corrupt(&path, 0, "malformed count of damaged WAL tails"));
     }
+    let tails = DamagedTails { count: word(0), unknown_repaired: word(8) };
+    if tails.unknown_repaired > tails.count {
+        return Err(Error::corrupt(&path, 8, "more damaged WAL tails repaired than found"));
+    }
+    Ok(tails)
 }
 
-/// Makes `count` the durable content of `dir`'s `DAMAGED_TAILS_FILE` (written aside, synced,
+/// Makes `tails` the durable content of `dir`'s `DAMAGED_TAILS_FILE` (written aside, synced,
 /// renamed, the directory synced).
-fn write_damaged_tails(dir: &Path, count: u64) -> Result<()> {
+pub(crate) fn write_damaged_tails(dir: &Path, tails: DamagedTails) -> Result<()> {
     let (path, temporary) = (dir.join(DAMAGED_TAILS_FILE), dir.join(format!("{DAMAGED_TAILS_FILE}.tmp")));
-    let mut bytes = count.to_le_bytes().to_vec();
-    bytes.extend_from_slice(&crc32c::crc32c(&count.to_le_bytes()).to_le_bytes());
+    let mut bytes = tails.count.to_le_bytes().to_vec();
+    bytes.extend_from_slice(&tails.unknown_repaired.to_le_bytes());
+    bytes.extend_from_slice(&crc32c::crc32c(&bytes).to_le_bytes());
     std::fs::write(&temporary, &bytes)
         .and_then(|()| std::fs::File::open(&temporary)?.sync_all())
         .and_then(|()| std::fs::rename(&temporary, &path))
@@ -284,7 +301,7 @@ impl Wal {
         if damaged_tail.is_some() {
             // Counted durably before `prepare_tail` zeroes the damaged flush: a crash from here
             // on cannot make the damage forgotten.
-            damaged_tails += 1;
+            damaged_tails.count += 1;
             write_damaged_tails(dir, damaged_tails)?;
         }
         let wal = Wal {
