@@ -44,8 +44,10 @@ pub(crate) struct Spanned {
 
 const SYMBOLS: [&str; 14] = ["<>", "<=", ">=", "(", ")", "[", "]", ",", ".", "+", "-", "=", "<", ">"];
 
+/// A name in an expression starts with a letter (an underscore or a digit is DynamoDB's
+/// syntax error); after `#` or `:` any word character may come first.
 fn is_word_start(c: char) -> bool {
-    c.is_ascii_alphabetic() || c == '_'
+    c.is_ascii_alphabetic()
 }
 
 fn is_word_char(c: char) -> bool {
@@ -97,6 +99,9 @@ pub(crate) fn tokens(kind: &'static str, text: &str) -> Result<Vec<Spanned>, Exp
 /// it: a syntax error whose token is the character, near the text from the token before it.
 fn unexpected(kind: &'static str, text: &str, before: &[Spanned], at: usize, c: char) -> ExprError {
     let from = before.last().map_or(at, |before| before.at);
-    let near = &text[from..at + c.len_utf8()];
+    // Through the word that follows it, if one does at once (`SET _123`: near "SET _123").
+    let after = &text[at + c.len_utf8()..];
+    let to = text.len() - after.len() + after.find(|c: char| !is_word_char(c)).unwrap_or(after.len());
+    let near = &text[from..to];
     ExprError::new(kind, at, format!("Syntax error; token: \"{c}\", near: \"{near}\""))
 }
