@@ -1137,17 +1137,7 @@ fn a_damaged_last_record_is_repaired_from_the_peers() {
     let _ = cluster.nodes.get_mut(&follower).unwrap().wait();
     // The record of the last entry the follower accepted (and acknowledged) holds the needle.
     let wal = cluster.root.join(format!("node-{follower}")).join("core-0").join("wal");
-    let mut flipped = 0;
-    for entry in std::fs::read_dir(&wal).unwrap() {
-        let path = entry.unwrap().path();
-        let mut bytes = std::fs::read(&path).unwrap();
-        if let Some(at) = bytes.windows(6).position(|window| window == b"needle") {
-            bytes[at] ^= 0x20;
-            std::fs::write(&path, &bytes).unwrap();
-            flipped += 1;
-        }
-    }
-    assert_eq!(flipped, 1, "the last record is in one WAL segment");
+    assert_eq!(common::flip_in_wal(&wal, b"needle"), 1, "the last record is in one WAL segment");
 
     // Writers go on through the other nodes while the follower is down and rejoins.
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));

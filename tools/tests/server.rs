@@ -1349,17 +1349,7 @@ fn a_damaged_last_record_is_reported_at_restart() {
     let _ = child.kill();
     let _ = child.wait();
     let wal = dir.join("core-0").join("wal");
-    let mut flipped = false;
-    for entry in std::fs::read_dir(&wal).unwrap() {
-        let path = entry.unwrap().path();
-        let mut bytes = std::fs::read(&path).unwrap();
-        if let Some(at) = bytes.windows(6).position(|window| window == b"needle") {
-            bytes[at] ^= 0x20;
-            std::fs::write(&path, &bytes).unwrap();
-            flipped = true;
-        }
-    }
-    assert!(flipped, "the record is in a WAL segment");
+    assert!(common::flip_in_wal(&wal, b"needle") > 0, "the record is in a WAL segment");
     let (mut child, _, _, lines) = start_watched(&dir, &[], None);
     let reported = lines.recv_timeout(Duration::from_secs(10)).unwrap_or_default();
     let _ = child.kill();

@@ -205,3 +205,19 @@ pub fn stderr_lines(child: &mut std::process::Child) -> std::sync::mpsc::Receive
     });
     received
 }
+
+/// Flips a byte of every record in the WAL directory `wal` that holds `needle` (a value
+/// written last, to damage the last flush of a stopped node); how many segments held one.
+pub fn flip_in_wal(wal: &Path, needle: &[u8]) -> usize {
+    let mut flipped = 0;
+    for entry in std::fs::read_dir(wal).unwrap() {
+        let path = entry.unwrap().path();
+        let mut bytes = std::fs::read(&path).unwrap();
+        if let Some(at) = bytes.windows(needle.len()).position(|window| window == needle) {
+            bytes[at] ^= 0x20;
+            std::fs::write(&path, &bytes).unwrap();
+            flipped += 1;
+        }
+    }
+    flipped
+}
