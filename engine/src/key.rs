@@ -10,9 +10,11 @@
 use crate::codec::Reader;
 use crate::error::{Error, Result};
 use crate::number::DIGITS_MAX;
-use crate::store::KEY_LEN_MAX;
 use crate::value::{AttributeValue, Item};
 
+/// Longest key (encoded primary key) a command may carry: the tree's limit less the 8-byte
+/// partition prefix the store puts before every key.
+pub const KEY_LEN_MAX: usize = crate::btree::page::TREE_KEY_LEN_MAX - 8;
 /// Longest partition key value DynamoDB accepts (bytes of an S's UTF-8 or a B's value; an N is
 /// never too long).
 pub const PARTITION_KEY_LEN_MAX: usize = 2048;

@@ -24,11 +24,11 @@ pub use btree::CACHE_PAGES_MIN;
 pub use codec::{decode_item, encode_item, ItemMeta, ITEM_FORMAT_VERSION};
 pub use command::{Command, ConditionalCommand, ConditionalWrite, Outcome};
 pub use error::{Error, Result};
-pub use key::{partition_hash, EncodedKey, KeyAttribute, KeySchema, KeyType};
+pub use key::{partition_hash, EncodedKey, KeyAttribute, KeySchema, KeyType, KEY_LEN_MAX};
 pub use number::Number;
 pub use replication::{LocalLog, ReplicationLog};
 pub use signal::yield_to_reactor;
-pub use store::{PartitionId, PartitionMeta, PartitionSnapshot, ScrubStats, Store, StoreConfig, KEY_LEN_MAX};
+pub use store::{PartitionId, PartitionMeta, PartitionSnapshot, ScrubStats, Store, StoreConfig};
 pub use value::{
     check_name_length, empty_set_message, item_size, validate_item, AttributeValue, Item, ITEM_SIZE_MAX, NESTING_MAX,
 };

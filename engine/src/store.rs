@@ -39,6 +39,7 @@ use crate::codec::{decode_item, encode_item, ItemMeta};
 use crate::command::{Command, ConditionalCommand, ConditionalWrite, Outcome};
 use crate::disk::{self, File};
 use crate::error::{Error, Result};
+use crate::key::KEY_LEN_MAX;
 use crate::paxos::{self, Ballot};
 use crate::signal::{guard_executor, yield_to_reactor, Event, Watermark};
 use crate::value::validate_item;
@@ -53,9 +54,6 @@ pub type PartitionId = u64;
 
 /// Tree keys of partition metadata start with this (a partition id no table may use).
 const META_PREFIX: [u8; 8] = [0xFF; 8];
-/// Longest key (encoded primary key) a command may carry: the tree's limit less the
-/// partition prefix.
-pub const KEY_LEN_MAX: usize = page::TREE_KEY_LEN_MAX - 8;
 const TREE_FILE: &str = "tree.db";
 const META_MAGIC: &[u8; 8] = b"TESSTREE";
 /// Most committed records that may wait to be applied before `committed` waits for applies.

@@ -19,7 +19,6 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use tessera_wire::{ErrorCode, Request, WireError};
 
-use crate::client::ClientConfig;
 use crate::tls::ClientTls;
 
 /// The key id the cluster's secret goes by.
@@ -146,16 +145,6 @@ pub struct Access {
 }
 
 impl Access {
-    /// How this node connects to another to forward a request: proving the cluster's secret,
-    /// over TLS if it serves TLS.
-    pub fn forwarding(&self) -> ClientConfig {
-        ClientConfig {
-            credentials: self.cluster_secret.as_deref().map(Credentials::cluster),
-            tls: self.forwarding_tls.clone(),
-            ..ClientConfig::default()
-        }
-    }
-
     /// Whether a binary connection must authenticate before it makes data requests.
     pub fn required(&self) -> bool {
         self.clients.is_some()

@@ -12,7 +12,7 @@ use tessera_engine::paxos::{decode_configuration, encode_members, Member};
 use tessera_engine::{Item, KeyAttribute, KeySchema, KeyType, PartitionId};
 use tessera_wire::{ErrorCode, TableDescription, TableStatus, Throughput, WireError};
 
-use crate::http::messages;
+use crate::messages::{self, TableNameFaults};
 
 /// Storage partition (on core 0) holding the catalog.
 pub const CATALOG_PARTITION: PartitionId = 0;
@@ -298,29 +298,6 @@ impl Catalog {
                 format!("this node is still catching up on its table catalog since it started, so it cannot yet tell whether table {name} exists; retry"),
             ),
         })
-    }
-}
-
-/// How a table name breaks DynamoDB's rule (3 to 255 characters of `a-z A-Z 0-9 _ - .`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(crate) struct TableNameFaults {
-    pub pattern: bool,
-    pub too_short: bool,
-    pub too_long: bool,
-}
-
-impl TableNameFaults {
-    pub(crate) fn of(name: &str) -> TableNameFaults {
-        TableNameFaults {
-            pattern: name.is_empty()
-                || !name.bytes().all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'_' | b'-' | b'.')),
-            too_short: name.len() < 3,
-            too_long: name.len() > 255,
-        }
-    }
-
-    pub(crate) fn any(self) -> bool {
-        self.pattern || self.too_short || self.too_long
     }
 }
 

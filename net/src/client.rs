@@ -18,10 +18,10 @@ use std::time::Duration;
 
 use futures_lite::AsyncWriteExt;
 
-use crate::auth::Credentials;
+use crate::auth::{Access, Credentials};
 use crate::catalog::{core_of_key, partition_of_key};
 use crate::local::{Inbox, Outbox, Pending, Producer};
-use crate::server::ByteStream;
+use crate::socket::ByteStream;
 use crate::tls::ClientTls;
 use tessera_engine::{AttributeValue, Item, KeySchema, Number};
 use tessera_wire::frame::{self, Decoded};
@@ -83,6 +83,18 @@ impl Default for ClientConfig {
             backoff: Duration::from_millis(20),
             credentials: None,
             tls: None,
+        }
+    }
+}
+
+impl ClientConfig {
+    /// How a node with `access` connects to another to forward a request: proving the
+    /// cluster's secret, over TLS if it serves TLS.
+    pub(crate) fn forwarding(access: &Access) -> ClientConfig {
+        ClientConfig {
+            credentials: access.cluster_secret.as_deref().map(Credentials::cluster),
+            tls: access.forwarding_tls.clone(),
+            ..ClientConfig::default()
         }
     }
 }

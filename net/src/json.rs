@@ -7,7 +7,7 @@ use serde_json::{Map, Value};
 use tessera_engine::expr::legacy::{AttributeAction, ComparisonOperator, ExpectedAttribute, LegacyCondition};
 use tessera_engine::{empty_set_message, AttributeValue, Item, Number};
 
-use crate::http::messages;
+use crate::messages;
 
 const BASE64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 

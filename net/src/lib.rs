@@ -9,10 +9,12 @@ pub mod http;
 pub mod json;
 mod local;
 mod log;
+mod messages;
 pub mod peers;
 pub mod replicated;
 mod server;
 mod shard;
+mod socket;
 pub mod tls;
 
 pub use budget::{REQUEST_MEMORY_DEFAULT, REQUEST_MEMORY_MIN};

@@ -115,7 +115,7 @@ impl PeerLinks {
         let address = core_address(listen, core);
         // As for the client listeners: a peer port shared with another server (SO_REUSEPORT)
         // would hand it part of this node's replication traffic.
-        crate::server::check_unused(address).map_err(std::io::Error::other)?;
+        crate::socket::check_unused(address).map_err(std::io::Error::other)?;
         let listener = TcpListener::bind(address)
             .map_err(|error| std::io::Error::other(format!("cannot listen for peers on {address}: {error}")))?;
         let stats = Rc::new(Cell::new(LinkStats::default()));

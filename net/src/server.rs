@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use futures_rustls::server::TlsStream;
 use futures_rustls::TlsAcceptor;
 use glommio::channels::channel_mesh::MeshBuilder;
@@ -44,6 +44,7 @@ use crate::local::{Inbox, Outbox, Producer};
 use crate::log::Log;
 use crate::replicated::{Cluster, ReplicatedLog};
 use crate::shard::{Envelope, Shard};
+use crate::socket::{check_unused, ByteStream};
 use crate::tls::ClientTls;
 
 /// Requests one connection may have in progress; reading pauses beyond it.
@@ -54,9 +55,6 @@ const IN_FLIGHT_MAX: u64 = 512;
 /// p99 3.3-5.3 ms at 18 µs of server CPU per operation; 50 µs p50 0.77-0.81 ms, p99 5.9-25 ms,
 /// 20 µs; 0 µs p99 5.7-222 ms.
 const SPIN_BEFORE_PARK: Duration = Duration::from_micros(5);
-/// How long a listener found on a server's address may take to go away (a killed server's,
-/// still being torn down) before the server gives up.
-const LISTENER_GONE_WAIT: Duration = Duration::from_secs(5);
 /// How often each core checks whether the server is stopping.
 const STOP_POLL: Duration = Duration::from_millis(20);
 /// How often a core calls `ServerConfig::collect_memory`.
@@ -79,11 +77,6 @@ const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 const TLS_ONLY: &str = "this port speaks TLS only: connect with TLS (tessera --endpoint https://HOST:PORT)";
 /// `ServerConfig::max_connections` unless configured.
 pub const MAX_CONNECTIONS_DEFAULT: usize = 10_000;
-
-/// A connection's byte stream: glommio's `TcpStream`, or a TLS stream over it.
-pub(crate) trait ByteStream: AsyncRead + AsyncWrite + Unpin + 'static {}
-
-impl<S: AsyncRead + AsyncWrite + Unpin + 'static> ByteStream for S {}
 
 /// How to run a node.
 #[derive(Clone, Debug)]
@@ -140,40 +133,6 @@ pub struct Server {
     pub http_address: Option<SocketAddr>,
     stop: Arc<AtomicBool>,
     executors: Vec<glommio::ExecutorJoinHandle<Result<(), String>>>,
-}
-
-/// Fails if another socket listens on `address`. Each core binds its own listener to the one
-/// address with SO_REUSEPORT (glommio's), which would as well let a second server on the
-/// machine bind it and take a share of the connections: core 0 first tries to connect there.
-/// (Binding without SO_REUSEPORT to find out is no test: connections a killed server left
-/// half-closed hold the port against it for a while, though nothing listens.) A server killed
-/// a moment ago still listens until the kernel has torn down its io_uring rings, so a
-/// listener is waited on for a few seconds before it counts as another server.
-pub(crate) fn check_unused(address: SocketAddr) -> Result<(), String> {
-    if address.port() == 0 {
-        return Ok(());
-    }
-    let mut probe = address;
-    if probe.ip().is_unspecified() {
-        probe.set_ip(match probe {
-            SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
-            SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
-        });
-    }
-    // A listener takes the connection, or lets it time out once its backlog is full (one that
-    // does not accept, as this probe's own connections pile up in it); refused, none listens.
-    let listening = || match std::net::TcpStream::connect_timeout(&probe, Duration::from_millis(500)) {
-        Ok(_) => true,
-        Err(error) => error.kind() == std::io::ErrorKind::TimedOut,
-    };
-    let deadline = Instant::now() + LISTENER_GONE_WAIT;
-    while listening() {
-        if Instant::now() > deadline {
-            return Err(format!("cannot listen on {address}: another server listens there"));
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Ok(())
 }
 
 /// The addresses a core bound: the binary protocol's and the HTTP endpoint's.

@@ -31,10 +31,10 @@ use crate::catalog::{
     key_hash, owner_core, range_start, retag, validate_table_name, validate_throughput, Catalog, TableInfo,
     CATALOG_PARTITION, NEXT_ID_KEY, PARTITIONS_MAX,
 };
-use crate::client::AsyncClient;
-use crate::http::messages;
+use crate::client::{AsyncClient, ClientConfig};
 use crate::local::Pending;
 use crate::log::Log;
+use crate::messages;
 
 /// A page of Query or Scan results ends once it holds this many bytes of items.
 pub const PAGE_BYTES_MAX: usize = 1 << 20;
@@ -569,7 +569,7 @@ impl Shard {
                 let address: SocketAddr = leader
                     .parse()
                     .map_err(|_| unavailable(format!("the leader's address {leader:?} does not parse")))?;
-                let client = AsyncClient::connect(address, self.access.forwarding())
+                let client = AsyncClient::connect(address, ClientConfig::forwarding(&self.access))
                     .await
                     .map_err(|error| unavailable(format!("cannot reach the leader at {leader}: {error}")))?;
                 let client = Rc::new(client);

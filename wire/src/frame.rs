@@ -18,7 +18,96 @@
 //! - a checksum mismatch, flags it does not know, an unknown type or a payload that does not verify:
 //!   the framing is intact; answer with the typed error and go on reading.
 
-use crate::message::MessageType;
+/// What a frame's payload is. Requests have types below `0x8000`, answers at or above it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u16)]
+pub enum MessageType {
+    CreateTable = 1,
+    DeleteTable = 2,
+    DescribeTable = 3,
+    ListTables = 4,
+    PutItem = 5,
+    GetItem = 6,
+    DeleteItem = 7,
+    UpdateItem = 13,
+    Query = 8,
+    Scan = 9,
+    BatchGetItem = 10,
+    BatchWriteItem = 11,
+    /// Which core serves this connection (for clients that route by partition).
+    Hello = 12,
+    /// Cluster administration: the replicas a node hosts; a configuration change at a
+    /// partition's leader; a replica its group removed, stopped for good.
+    DescribeReplicas = 14,
+    ChangeMembers = 15,
+    RetireReplica = 16,
+    /// Proves the connection holds a key (`AuthenticateRequest`); answered with a Hello answer.
+    Authenticate = 17,
+    /// A table's tags: added, removed, listed; answered with `TagsResponse`.
+    TagResource = 18,
+    UntagResource = 19,
+    ListTagsOfResource = 20,
+    /// A batch of Multi-Paxos messages on a peer link (node to node; `replication.rs`).
+    Replication = 0x4000,
+    /// CreateTable, DeleteTable and DescribeTable answers.
+    TableResponse = 0x8001,
+    ListTablesResponse = 0x8002,
+    /// PutItem, GetItem and DeleteItem answers.
+    ItemResponse = 0x8003,
+    /// Query and Scan answers.
+    ItemsResponse = 0x8004,
+    BatchGetItemResponse = 0x8005,
+    BatchWriteItemResponse = 0x8006,
+    HelloResponse = 0x8007,
+    ReplicasResponse = 0x8008,
+    /// ChangeMembers and RetireReplica answers.
+    AdminResponse = 0x8009,
+    /// TagResource, UntagResource and ListTagsOfResource answers.
+    TagsResponse = 0x800A,
+    Error = 0xFFFF,
+}
+
+impl MessageType {
+    const ALL: [MessageType; 32] = [
+        MessageType::CreateTable,
+        MessageType::DeleteTable,
+        MessageType::DescribeTable,
+        MessageType::ListTables,
+        MessageType::PutItem,
+        MessageType::GetItem,
+        MessageType::DeleteItem,
+        MessageType::UpdateItem,
+        MessageType::Query,
+        MessageType::Scan,
+        MessageType::BatchGetItem,
+        MessageType::BatchWriteItem,
+        MessageType::Hello,
+        MessageType::DescribeReplicas,
+        MessageType::ChangeMembers,
+        MessageType::RetireReplica,
+        MessageType::Authenticate,
+        MessageType::TagResource,
+        MessageType::UntagResource,
+        MessageType::ListTagsOfResource,
+        MessageType::Replication,
+        MessageType::TableResponse,
+        MessageType::ListTablesResponse,
+        MessageType::ItemResponse,
+        MessageType::ItemsResponse,
+        MessageType::BatchGetItemResponse,
+        MessageType::BatchWriteItemResponse,
+        MessageType::HelloResponse,
+        MessageType::ReplicasResponse,
+        MessageType::AdminResponse,
+        MessageType::TagsResponse,
+        MessageType::Error,
+    ];
+
+    /// The message type with this number, if it is one.
+    pub fn from_u16(value: u16) -> Option<MessageType> {
+        MessageType::ALL.into_iter().find(|kind| *kind as u16 == value)
+    }
+}
 
 /// Bytes before the payload.
 pub const HEADER_LEN: usize = 20;

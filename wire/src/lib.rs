@@ -17,8 +17,9 @@ mod generated {
 }
 
 pub use error::{ErrorCode, WireError};
+pub use frame::MessageType;
 pub use message::{
-    ConsumedCapacity, Expressions, MessageType, Query, ReadExpressions, ReplicaStatus, Request, RequestFlags, Response,
+    ConsumedCapacity, Expressions, Query, ReadExpressions, ReplicaStatus, Request, RequestFlags, Response,
     ReturnConsumedCapacity, ReturnValues, Scan, Select, SortCondition, TableDescription, TableKeys, TableStatus, Tags,
     Throughput, UpdateItem, Write,
 };

@@ -5,12 +5,13 @@
 //! acknowledged; a snapshot's sender waits for each chunk's acknowledgement) cover the loss.
 
 use flatbuffers::{FlatBufferBuilder, ForwardsUOffset, Vector, WIPOffset};
-use tessera_engine::paxos::{Ballot, Entry, Envelope, Member, MemberKind, Message, ReplicaId, Slot, Value};
+use tessera_engine::paxos::{Ballot, Entry, Envelope, Member, Message, ReplicaId, Slot, Value};
 
 use crate::error::{ErrorCode, WireError};
 use crate::frame;
+use crate::frame::MessageType;
 use crate::generated::tessera::fb;
-use crate::message::{root, MessageType};
+use crate::message::{read_members, root, write_members};
 
 /// A Multi-Paxos message for one partition's replica.
 pub type PartitionMessage = (u64, Envelope);
@@ -242,30 +243,6 @@ fn write_value<'a>(fbb: &mut FlatBufferBuilder<'a>, value: &Value) -> WIPOffset<
         }
     }
     fb::PaxosValue::create(fbb, &args)
-}
-
-pub(crate) type Members<'a> = WIPOffset<Vector<'a, ForwardsUOffset<fb::PaxosMember<'a>>>>;
-
-pub(crate) fn write_members<'a>(fbb: &mut FlatBufferBuilder<'a>, members: &[Member]) -> Members<'a> {
-    let members: Vec<_> = members
-        .iter()
-        .map(|member| {
-            let args = fb::PaxosMemberArgs { id: member.id, log: member.kind == MemberKind::Log };
-            fb::PaxosMember::create(fbb, &args)
-        })
-        .collect();
-    fbb.create_vector(&members)
-}
-
-pub(crate) fn read_members(
-    members: Option<Vector<'_, ForwardsUOffset<fb::PaxosMember<'_>>>>,
-    what: &str,
-) -> Result<Vec<Member>, WireError> {
-    Ok(members
-        .ok_or_else(|| missing(what))?
-        .iter()
-        .map(|member| Member { id: member.id(), kind: if member.log() { MemberKind::Log } else { MemberKind::Full } })
-        .collect())
 }
 
 fn read_value(value: fb::PaxosValue<'_>) -> Result<Value, WireError> {

@@ -12,12 +12,11 @@ use tessera_wire::{
     Write,
 };
 
-use super::messages;
-use crate::catalog::TableNameFaults;
 use crate::json::{
     attribute_updates_from_json, consumed_capacity_to_json, expected_from_json, item_from_json, item_to_json,
     legacy_conditions_from_json, value_from_json, JsonError,
 };
+use crate::messages::{self, TableNameFaults};
 use crate::shard::BATCH_WRITE_MAX;
 
 /// The target prefix of DynamoDB's operations.

@@ -5,7 +5,6 @@
 //! `x-amz-crc32` and `Date` as DynamoDB answers.
 
 pub(crate) mod api;
-pub(crate) mod messages;
 pub mod sigv4;
 
 use std::borrow::Cow;
@@ -24,8 +23,8 @@ use serde_json::Value;
 use tessera_wire::{ErrorCode, Response, WireError};
 
 use crate::budget::{RequestMemory, Reserved};
-use crate::server::ByteStream;
 use crate::shard::Shard;
+use crate::socket::ByteStream;
 use api::{ApiError, Call, Operation};
 pub use sigv4::Auth;
 use sigv4::{AuthError, SignedRequest};

@@ -7,8 +7,6 @@ use std::fmt::Write as _;
 
 use tessera_engine::AttributeValue;
 
-use crate::catalog::TableNameFaults;
-
 /// DynamoDB's pattern for table names, as its constraint messages print it.
 const TABLE_NAME_PATTERN: &str = "[a-zA-Z0-9_.-]+";
 
@@ -268,4 +266,27 @@ pub(crate) fn too_many_tags(count: usize) -> String {
 /// so this one is Tessera's.
 pub(crate) fn reserved_tag_key(key: &str) -> String {
     format!("One or more parameter values were invalid: The tag key {key} is reserved: keys starting with aws: are for AWS's own tags")
+}
+
+/// How a table name breaks DynamoDB's rule (3 to 255 characters of `a-z A-Z 0-9 _ - .`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct TableNameFaults {
+    pub pattern: bool,
+    pub too_short: bool,
+    pub too_long: bool,
+}
+
+impl TableNameFaults {
+    pub(crate) fn of(name: &str) -> TableNameFaults {
+        TableNameFaults {
+            pattern: name.is_empty()
+                || !name.bytes().all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'_' | b'-' | b'.')),
+            too_short: name.len() < 3,
+            too_long: name.len() > 255,
+        }
+    }
+
+    pub(crate) fn any(self) -> bool {
+        self.pattern || self.too_short || self.too_long
+    }
 }
