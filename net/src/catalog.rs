@@ -3,8 +3,9 @@
 //!
 //! A table of `n` partitions splits the 64-bit partition-key hash space into `n` equal ranges;
 //! partition `i` holds the hashes `h` with `h * n >> 64 == i` and lives on core `i % cores`.
-//! Its storage partition id is `table_id << 20 | i`, so ids are never reused across tables
-//! (table ids only grow) and partition 0 is free for the catalog itself.
+//! Its storage partition id is `storage_partition(table_id, i)` (the table id above the
+//! index's 20 bits), so ids are never reused across tables (table ids only grow) and
+//! partition 0 is free for the catalog itself.
 
 use std::collections::BTreeMap;
 
@@ -16,8 +17,28 @@ use crate::messages::{self, TableNameFaults};
 
 /// Storage partition (on core 0) holding the catalog.
 pub const CATALOG_PARTITION: PartitionId = 0;
+/// The low bits of a storage partition id that hold the partition's index in its table; the
+/// table id is above them.
+const PARTITION_INDEX_BITS: u32 = 20;
 /// Most partitions a table may have.
-pub const PARTITIONS_MAX: u32 = 1 << 20;
+pub const PARTITIONS_MAX: u32 = 1 << PARTITION_INDEX_BITS;
+
+/// The storage partition id of partition `index` of table `table`: the one place that lays
+/// the id out (`table_of` and `index_of` read it back).
+pub fn storage_partition(table: u32, index: u32) -> PartitionId {
+    assert!(index < PARTITIONS_MAX, "partition index {index} beyond a table's {PARTITIONS_MAX}");
+    (u64::from(table) << PARTITION_INDEX_BITS) | u64::from(index)
+}
+
+/// The table id in a storage partition id (0: the catalog's).
+pub fn table_of(partition: PartitionId) -> u64 {
+    partition >> PARTITION_INDEX_BITS
+}
+
+/// The partition's index in its table.
+pub fn index_of(partition: PartitionId) -> u32 {
+    (partition & u64::from(PARTITIONS_MAX - 1)) as u32
+}
 const TABLE_KEY_PREFIX: &[u8] = b"table/";
 /// Catalog key of the next table id.
 pub const NEXT_ID_KEY: &[u8] = b"next-table-id";
@@ -55,7 +76,7 @@ pub const CAPACITY_UNITS_MAX: u64 = 1_000_000_000_000;
 impl TableInfo {
     /// The storage partition id of partition `index`.
     pub fn partition_id(&self, index: u32) -> PartitionId {
-        (u64::from(self.id) << 20) | u64::from(index)
+        storage_partition(self.id, index)
     }
 
     /// The partition holding partition-key hash `hash`.
@@ -215,11 +236,7 @@ fn key_type_of(byte: u8) -> Option<KeyType> {
 pub fn partition_name(partition: PartitionId) -> String {
     match partition {
         CATALOG_PARTITION => "catalog".into(),
-        _ => format!(
-            "table {} partition {}",
-            partition / u64::from(PARTITIONS_MAX),
-            partition % u64::from(PARTITIONS_MAX)
-        ),
+        _ => format!("table {} partition {}", table_of(partition), index_of(partition)),
     }
 }
 
@@ -274,7 +291,7 @@ impl Catalog {
     /// Whether storage partition `partition` belongs to no table (its table was deleted and
     /// its data not yet removed).
     pub fn orphaned(&self, partition: PartitionId) -> bool {
-        let (id, index) = (partition >> 20, (partition & u64::from(PARTITIONS_MAX - 1)) as u32);
+        let (id, index) = (table_of(partition), index_of(partition));
         partition != CATALOG_PARTITION
             && !self.tables.values().any(|table| u64::from(table.id) == id && index < table.partitions)
     }
@@ -284,7 +301,7 @@ impl Catalog {
     /// advanced) and no table has it. A catalog that is behind says no for tables it has not
     /// seen created, so a lagging replica never takes a new table's partition for a deleted one.
     pub fn deleted(&self, partition: PartitionId) -> bool {
-        (partition >> 20) < u64::from(self.next_id) && self.orphaned(partition)
+        table_of(partition) < u64::from(self.next_id) && self.orphaned(partition)
     }
 
     pub fn table(&self, name: &str) -> Result<&TableInfo, WireError> {
@@ -569,7 +586,7 @@ mod tests {
         let coming = TableInfo { id: 5, ..table.clone() };
         assert!(catalog.deleted(gone.partition_id(0)) && !catalog.deleted(coming.partition_id(0)));
         assert!(!catalog.deleted(table.partition_id(0)) && !catalog.deleted(CATALOG_PARTITION));
-        assert!(catalog.orphaned((2 << 20) | 1));
+        assert!(catalog.orphaned(storage_partition(2, 1)));
     }
 
     #[test]

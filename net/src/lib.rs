@@ -18,7 +18,7 @@ mod socket;
 pub mod tls;
 
 pub use budget::{REQUEST_MEMORY_DEFAULT, REQUEST_MEMORY_MIN};
-pub use catalog::{partition_name, PARTITIONS_MAX};
+pub use catalog::{partition_name, table_of, PARTITIONS_MAX};
 pub use http::{Auth, HttpConfig};
 pub use replicated::{Cluster, ClusterNode, SnapshotStats, APPLY_DELAY_DEFAULT, LOG_RETAIN_DEFAULT};
 pub use server::{Server, ServerConfig, ServerTls, MAX_CONNECTIONS_DEFAULT};

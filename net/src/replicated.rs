@@ -29,7 +29,7 @@ use tessera_engine::{Command, Error, Outcome, PartitionId, ReplicationLog, Resul
 use tessera_wire::replication::PeerMessage;
 use tessera_wire::ReplicaStatus;
 
-use crate::catalog::{partition_name, CATALOG_PARTITION};
+use crate::catalog::{partition_name, table_of, CATALOG_PARTITION};
 use crate::peers::{LinkStats, PeerLinks};
 
 mod snapshot;
@@ -529,7 +529,7 @@ impl ReplicatedLog {
     fn first_configuration(&self, partition: PartitionId) -> Vec<Member> {
         match partition {
             CATALOG_PARTITION => self.initial.clone(),
-            _ => self.first_members.borrow().get(&(partition >> 20)).cloned().unwrap_or_default(),
+            _ => self.first_members.borrow().get(&table_of(partition)).cloned().unwrap_or_default(),
         }
     }
 
@@ -538,7 +538,7 @@ impl ReplicatedLog {
     /// start with it, and one created before that knows no configuration takes it.
     pub fn learn_group(&self, partition: PartitionId, members: &[Member]) {
         let members = if members.is_empty() { self.initial.clone() } else { members.to_vec() };
-        self.first_members.borrow_mut().insert(partition >> 20, members.clone());
+        self.first_members.borrow_mut().insert(table_of(partition), members.clone());
         if self.replicas.borrow().contains_key(&partition) {
             let kind = self.with_replica(partition, |replica| {
                 replica.join_group(&members);

@@ -28,7 +28,7 @@ use tessera_wire::{
 
 use crate::auth::Access;
 use crate::catalog::{
-    key_hash, owner_core, range_start, retag, validate_table_name, validate_throughput, Catalog, TableInfo,
+    index_of, key_hash, owner_core, range_start, retag, validate_table_name, validate_throughput, Catalog, TableInfo,
     CATALOG_PARTITION, NEXT_ID_KEY, PARTITIONS_MAX,
 };
 use crate::client::{AsyncClient, ClientConfig};
@@ -720,7 +720,7 @@ impl Shard {
 
     /// The core that hosts storage partition `partition` (the catalog's is core 0's).
     fn partition_core(&self, partition: PartitionId) -> usize {
-        self.owner((partition % u64::from(PARTITIONS_MAX)) as u32)
+        self.owner(index_of(partition))
     }
 
     /// The replicas of every core, as DescribeReplicas reports them.

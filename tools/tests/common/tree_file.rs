@@ -65,7 +65,7 @@ pub fn flip_byte(path: &Path, id: u64) {
     std::fs::write(path, &file).unwrap();
 }
 
-/// A partition of a table (`table_id << 20 | index`), not the catalog's nor the metadata's.
+/// A partition of a table (`tessera_net::table_of` not 0), not the catalog's nor the metadata's.
 pub fn is_table_partition(partition: u64) -> bool {
-    partition >> 20 != 0 && partition != u64::MAX
+    tessera_net::table_of(partition) != 0 && partition != u64::MAX
 }
