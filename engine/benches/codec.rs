@@ -4,7 +4,7 @@
 
 use bytes::Bytes;
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
-use tessera_engine::{encode_item, AttributeValue, Command, Item, ItemMeta};
+use tessera_engine::{encode_item, AttributeValue, Command, Item, ItemMeta, Stamped};
 
 fn codec(c: &mut Criterion) {
     let item = Item::from([
@@ -20,7 +20,8 @@ fn codec(c: &mut Criterion) {
     });
     let mut stored = Vec::new();
     encode_item(&item, ItemMeta::default(), &mut stored);
-    let command = Command::Put { key: b"key-0000042137".to_vec(), value: Bytes::from(stored) };
+    let command =
+        Stamped { at_us: 1, command: Command::Put { key: b"key-0000042137".to_vec(), value: Bytes::from(stored) } };
     c.bench_function("codec/encode 1 KiB put command", |b| {
         b.iter(|| {
             let mut out = Vec::new();

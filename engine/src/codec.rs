@@ -63,6 +63,15 @@ pub fn encode_item(item: &Item, meta: ItemMeta, out: &mut Vec<u8>) {
     }
 }
 
+/// Whether two encoded items hold the same attributes, whatever their metadata (an item's
+/// encoding is canonical: its attributes in name order).
+pub(crate) fn same_attributes(a: &[u8], b: &[u8]) -> bool {
+    match (a.get(..1), b.get(..1), a.get(ITEM_HEADER_LEN..), b.get(ITEM_HEADER_LEN..)) {
+        (Some(a_version), Some(b_version), Some(a), Some(b)) => a_version == b_version && a == b,
+        _ => a == b,
+    }
+}
+
 pub(crate) fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
     put_varint(out, bytes.len() as u64);
     out.extend_from_slice(bytes);

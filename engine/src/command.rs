@@ -9,15 +9,20 @@ use bytes::Bytes;
 use crate::codec::{decode_item, encode_item, put_varint, ItemMeta, Reader, VARINT_LEN_MAX};
 use crate::expr::codec::{decode_condition, decode_update, encode_condition, encode_update};
 use crate::expr::{Condition, Update};
+use crate::partition::schema::PartitionSchema;
 use crate::value::Item;
 
-const COMMAND_FORMAT_VERSION: u8 = 1;
+/// Commands written before entries were stamped with their time (still read).
+const COMMAND_FORMAT_V1: u8 = 1;
+/// The format written: the version, the entry's time (varint), the command.
+const COMMAND_FORMAT_VERSION: u8 = 2;
 const PUT: u8 = 1;
 const DELETE: u8 = 2;
 const BATCH: u8 = 3;
 const CONDITIONAL: u8 = 4;
 /// The write of a conditional command that applies an update.
 const UPDATE: u8 = 5;
+const SCHEMA: u8 = 6;
 
 /// A change to one partition. Keys are encoded primary keys (`KeySchema::encode_key`);
 /// values are encoded items (`encode_item`).
@@ -36,6 +41,74 @@ pub enum Command {
     Batch(Vec<Command>),
     /// A write that happens only if its condition holds when the record is applied.
     Conditional(Box<ConditionalCommand>),
+    /// Sets the partition's schema (its view of its table).
+    Schema(PartitionSchema),
+}
+
+/// A command as its log holds it: with the time its proposer made the entry, in microseconds
+/// since the Unix epoch (0 for records written before entries were stamped), carried in the
+/// entry so that every replica records the same time for the changes it makes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stamped {
+    pub at_us: u64,
+    pub command: Command,
+}
+
+/// The wall clock, in microseconds since the Unix epoch.
+pub fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| u64::try_from(since.as_micros()).unwrap_or(u64::MAX))
+}
+
+impl Stamped {
+    /// `command`, stamped with the proposer's clock now.
+    pub fn now(command: Command) -> Stamped {
+        Stamped { at_us: now_us(), command }
+    }
+
+    /// Appends the entry as a WAL record payload (or a replicated log entry), checked by the
+    /// decoder that recovery and every follower run on it: a command that decoder would refuse
+    /// (an empty set in a condition's value, say) is refused here, with nothing appended to
+    /// `out`, so that nothing acknowledged can fail to replay. The edge's own checks come
+    /// first and name the request's mistake; this one makes the edge and replay one rule.
+    pub fn encode_payload(&self, out: &mut Vec<u8>) -> Result<(), String> {
+        let start = out.len();
+        out.push(COMMAND_FORMAT_VERSION);
+        put_varint(out, self.at_us);
+        self.command.encode_into(out);
+        match Stamped::decode_with(&out[start..], Values::Skipped) {
+            Ok(_) => Ok(()),
+            Err(reason) => {
+                out.truncate(start);
+                Err(reason)
+            }
+        }
+    }
+
+    /// An entry from its encoding, its values copied out of `bytes`.
+    pub fn decode(bytes: &[u8]) -> Result<Stamped, String> {
+        Stamped::decode_with(bytes, Values::Copied)
+    }
+
+    /// An entry from its encoding in shared `bytes`: a put's value is a slice of them.
+    pub fn decode_shared(bytes: &Bytes) -> Result<Stamped, String> {
+        Stamped::decode_with(bytes, Values::Shared(bytes))
+    }
+
+    fn decode_with(bytes: &[u8], values: Values<'_>) -> Result<Stamped, String> {
+        let mut reader = Reader::new(bytes);
+        let at_us = match reader.u8()? {
+            COMMAND_FORMAT_V1 => 0,
+            COMMAND_FORMAT_VERSION => reader.varint()?,
+            version => return Err(format!("unknown command format version {version}")),
+        };
+        let command = Command::decode_from(&mut reader, 0, values)?;
+        if !reader.is_empty() {
+            return Err("trailing bytes after the command".to_string());
+        }
+        Ok(Stamped { at_us, command })
+    }
 }
 
 /// A write that happens only if `condition` holds for the item stored under `key` when the
@@ -106,26 +179,8 @@ impl Command {
     #[cfg(test)]
     fn encode(&self) -> Vec<u8> {
         let mut out = Vec::new();
-        self.encode_payload(&mut out).expect("a command that replays");
+        Stamped { at_us: 7, command: self.clone() }.encode_payload(&mut out).expect("a command that replays");
         out
-    }
-
-    /// Appends the command as a WAL record payload (or a replicated log entry), checked by the
-    /// decoder that recovery and every follower run on it: a command that decoder would refuse
-    /// (an empty set in a condition's value, say) is refused here, with nothing appended to
-    /// `out`, so that nothing acknowledged can fail to replay. The edge's own checks come
-    /// first and name the request's mistake; this one makes the edge and replay one rule.
-    pub fn encode_payload(&self, out: &mut Vec<u8>) -> Result<(), String> {
-        let start = out.len();
-        out.push(COMMAND_FORMAT_VERSION);
-        self.encode_into(out);
-        match Command::decode_with(&out[start..], Values::Skipped) {
-            Ok(_) => Ok(()),
-            Err(reason) => {
-                out.truncate(start);
-                Err(reason)
-            }
-        }
     }
 
     fn encode_into(&self, out: &mut Vec<u8>) {
@@ -179,30 +234,11 @@ impl Command {
                     }
                 }
             }
+            Command::Schema(schema) => {
+                out.push(SCHEMA);
+                schema.encode(out);
+            }
         }
-    }
-
-    /// A command from its encoding, its values copied out of `bytes`.
-    pub fn decode(bytes: &[u8]) -> Result<Command, String> {
-        Command::decode_with(bytes, Values::Copied)
-    }
-
-    /// A command from its encoding in shared `bytes`: a put's value is a slice of them.
-    pub fn decode_shared(bytes: &Bytes) -> Result<Command, String> {
-        Command::decode_with(bytes, Values::Shared(bytes))
-    }
-
-    fn decode_with(bytes: &[u8], values: Values<'_>) -> Result<Command, String> {
-        let mut reader = Reader::new(bytes);
-        let version = reader.u8()?;
-        if version != COMMAND_FORMAT_VERSION {
-            return Err(format!("unknown command format version {version}"));
-        }
-        let command = Command::decode_from(&mut reader, 0, values)?;
-        if !reader.is_empty() {
-            return Err("trailing bytes after the command".to_string());
-        }
-        Ok(command)
     }
 
     fn decode_from<'a>(reader: &mut Reader<'a>, depth: usize, values: Values<'_>) -> Result<Command, String> {
@@ -251,6 +287,7 @@ impl Command {
                 };
                 Command::conditional(key, condition, write)
             }
+            SCHEMA if depth == 0 => Command::Schema(PartitionSchema::decode_from(reader)?),
             other => return Err(format!("unknown command kind {other}")),
         })
     }
@@ -259,8 +296,10 @@ impl Command {
     /// of a record that does not decode can name (None if even that much is unreadable).
     pub fn key_of(bytes: &[u8]) -> Option<&[u8]> {
         let mut reader = Reader::new(bytes);
-        if reader.u8().ok()? != COMMAND_FORMAT_VERSION {
-            return None;
+        match reader.u8().ok()? {
+            COMMAND_FORMAT_V1 => {}
+            COMMAND_FORMAT_VERSION => drop(reader.varint().ok()?),
+            _ => return None,
         }
         let kind = reader.u8().ok()?;
         if kind == BATCH {
@@ -279,6 +318,7 @@ impl Command {
             Command::Put { key, .. } | Command::Delete { key } => key.len(),
             Command::Conditional(conditional) => conditional.key.len(),
             Command::Batch(commands) => commands.iter().map(Command::key_len_max).max().unwrap_or(0),
+            Command::Schema(_) => 0,
         }
     }
 }
@@ -294,21 +334,41 @@ mod tests {
             Command::Delete { key: b"k2".to_vec() },
         ]);
         let bytes = command.encode();
-        assert_eq!(Command::decode(&bytes).unwrap(), command);
+        assert_eq!(Stamped::decode(&bytes).unwrap(), Stamped { at_us: 7, command: command.clone() });
         for cut in 0..bytes.len() {
-            assert!(Command::decode(&bytes[..cut]).is_err());
+            assert!(Stamped::decode(&bytes[..cut]).is_err());
         }
         // Decoded from shared bytes, a put's value is a slice of them, not a copy.
         let shared = Bytes::from(bytes.clone());
-        let Command::Batch(decoded) = Command::decode_shared(&shared).unwrap() else { panic!("a batch") };
+        let Command::Batch(decoded) = Stamped::decode_shared(&shared).unwrap().command else { panic!("a batch") };
         let Command::Put { value, .. } = &decoded[0] else { panic!("a put") };
         assert!(shared.as_ptr_range().contains(&value.as_ptr()) && value[..] == [9; 300]);
         assert_eq!(Command::Batch(decoded), command);
-        assert!(Command::decode_shared(&shared.slice(..bytes.len() - 1)).is_err());
+        assert!(Stamped::decode_shared(&shared.slice(..bytes.len() - 1)).is_err());
         // A batch inside a batch does not decode, so it does not encode either.
         let mut nested = Vec::new();
-        let error = Command::Batch(vec![command.clone()]).encode_payload(&mut nested).unwrap_err();
+        let error = Stamped { at_us: 0, command: Command::Batch(vec![command.clone()]) }
+            .encode_payload(&mut nested)
+            .unwrap_err();
         assert!(error.contains("unknown command kind") && nested.is_empty(), "{error}");
+        // A schema entry round-trips; inside a batch it is refused.
+        let schema =
+            Command::Schema(PartitionSchema { changes: crate::partition::ChangeView::NewImage, retention_s: 60 });
+        assert_eq!(Stamped::decode(&schema.encode()).unwrap().command, schema);
+        let error =
+            Stamped { at_us: 0, command: Command::Batch(vec![schema]) }.encode_payload(&mut nested).unwrap_err();
+        assert!(error.contains("unknown command kind") && nested.is_empty(), "{error}");
+    }
+
+    /// Records written before entries were stamped (format version 1) still decode, at time 0.
+    #[test]
+    fn unstamped_commands_of_the_previous_format_decode() {
+        let mut v1 = vec![COMMAND_FORMAT_V1];
+        Command::Delete { key: b"k".to_vec() }.encode_into(&mut v1);
+        let decoded = Stamped::decode(&v1).unwrap();
+        assert_eq!(decoded, Stamped { at_us: 0, command: Command::Delete { key: b"k".to_vec() } });
+        assert_eq!(Command::key_of(&v1), Some(&b"k"[..]));
+        assert_eq!(Command::key_of(&Command::Delete { key: b"k".to_vec() }.encode()), Some(&b"k"[..]));
     }
 
     fn conditional_commands() -> Vec<Command> {
@@ -352,9 +412,9 @@ mod tests {
     fn conditional_commands_round_trip_and_reject_truncation() {
         for command in conditional_commands() {
             let bytes = command.encode();
-            assert_eq!(Command::decode(&bytes).unwrap(), command);
+            assert_eq!(Stamped::decode(&bytes).unwrap().command, command);
             for cut in 0..bytes.len() {
-                assert!(Command::decode(&bytes[..cut]).is_err(), "cut at {cut}");
+                assert!(Stamped::decode(&bytes[..cut]).is_err(), "cut at {cut}");
             }
         }
     }
@@ -413,8 +473,8 @@ mod tests {
             };
             let command = Command::conditional(b"k".to_vec(), condition, write);
             let mut out = vec![0xAB];
-            match command.encode_payload(&mut out) {
-                Ok(()) => proptest::prop_assert_eq!(Command::decode(&out[1..]).unwrap(), command),
+            match (Stamped { at_us: 3, command: command.clone() }).encode_payload(&mut out) {
+                Ok(()) => proptest::prop_assert_eq!(Stamped::decode(&out[1..]).unwrap().command, command),
                 Err(_) => {
                     proptest::prop_assert_eq!(out, vec![0xAB], "a refused command leaves nothing behind");
                     let valid = |value: &crate::value::AttributeValue| value.validate("v").is_ok();
@@ -430,7 +490,7 @@ mod tests {
                 let at = at % bytes.len();
                 bytes[at] = byte;
             }
-            let _ = Command::decode(&bytes);
+            let _ = Stamped::decode(&bytes);
         }
     }
 }

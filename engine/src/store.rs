@@ -26,7 +26,7 @@
 //!
 //! Invariants: applied slots per partition only grow; the tree reflects a prefix of the log.
 
-use std::cell::{Cell, RefCell};
+use std::cell::{Cell, RefCell, RefMut};
 use std::collections::{BTreeMap, VecDeque};
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
@@ -35,25 +35,22 @@ use std::time::{Duration, Instant};
 
 use crate::btree::page::{self, Kind, PageId, PAGE_SIZE};
 use crate::btree::{freelist_entries, Durable, Sealed, Tree, TreeError, TreeResult, CACHE_PAGES_MIN, FIRST_DATA_PAGE};
-use crate::codec::{decode_item, encode_item, ItemMeta};
-use crate::command::{Command, ConditionalCommand, ConditionalWrite, Outcome};
+use crate::command::{Command, Outcome, Stamped};
 use crate::disk::{self, File};
 use crate::error::{Error, Result};
 use crate::key::KEY_LEN_MAX;
+use crate::partition::keyspace::{self, config_key, data_key, meta_key, schema_key, MetaKey};
+use crate::partition::machine::{Effect, Images};
+use crate::partition::{ChangeRecord, ChangeView, Partition, PartitionMachine, PartitionSchema, Sequence};
 use crate::paxos::{self, Ballot};
 use crate::signal::{guard_executor, yield_to_reactor, Event, Watermark};
-use crate::value::validate_item;
 use crate::wal::{DamagedTails, Wal, WalConfig};
 
 mod scrub;
 
+pub use crate::partition::{PartitionId, PartitionMeta};
 pub use scrub::ScrubStats;
 
-/// Identifies a partition replica on a core.
-pub type PartitionId = u64;
-
-/// Tree keys of partition metadata start with this (a partition id no table may use).
-const META_PREFIX: [u8; 8] = [0xFF; 8];
 const TREE_FILE: &str = "tree.db";
 const META_MAGIC: &[u8; 8] = b"TESSTREE";
 /// Most committed records that may wait to be applied before `committed` waits for applies.
@@ -97,6 +94,9 @@ pub struct StoreConfig {
     /// How often the background scrub starts a pass over the tree file (`scrub.rs`); `None`:
     /// never.
     pub scrub_interval: Option<Duration>,
+    /// How often change records past their partition's retention are trimmed
+    /// (`Store::trim_changes`); `None`: never.
+    pub change_trim_interval: Option<Duration>,
 }
 
 impl Default for StoreConfig {
@@ -109,6 +109,7 @@ impl Default for StoreConfig {
             replicated: false,
             quarantine_bad_records: false,
             scrub_interval: Some(Duration::from_secs(3600)),
+            change_trim_interval: Some(Duration::from_secs(60)),
         }
     }
 }
@@ -128,7 +129,7 @@ struct Queued {
 
 /// What the applier does with a queued record.
 enum Work {
-    Command(Command),
+    Command(Stamped),
     /// A step of installing a snapshot of the partition (replicated mode).
     Install(Install),
     /// Removes the partition: its items, its metadata, and its claim on the WAL (replicated
@@ -157,28 +158,14 @@ struct Inner {
     config: StoreConfig,
     tree: RefCell<Tree>,
     wal: Wal,
-    /// Each partition's applied slot and item counts (`PartitionMeta`).
-    partition_metas: RefCell<ahash::HashMap<PartitionId, PartitionMeta>>,
-    /// Partitions whose metadata changed since the last checkpoint was sealed.
-    unsaved_metas: RefCell<ahash::HashSet<PartitionId>>,
-    /// Replicated mode: each partition's replication group configuration as of its applied
-    /// slot (absent: the one the host started the group with), saved with checkpoints.
-    configs: RefCell<ahash::HashMap<PartitionId, Vec<paxos::Member>>>,
-    unsaved_configs: RefCell<ahash::HashSet<PartitionId>>,
+    /// Every partition replica the store holds, and what it keeps of each.
+    partitions: RefCell<ahash::HashMap<PartitionId, Partition>>,
     queue: RefCell<VecDeque<Queued>>,
     outcomes: RefCell<ahash::HashMap<u64, Outcome>>,
     /// Replicated mode: the last apply ticket handed out.
     last_ticket: Cell<u64>,
-    /// Replicated mode: per partition, the LSN of the newest record holding each accepted
-    /// entry not yet applied. The WAL is recycled only below the oldest of them.
-    unapplied: RefCell<ahash::HashMap<PartitionId, BTreeMap<u64, u64>>>,
     /// Replicated mode: what recovery found for each partition's replica, until taken.
     recovered_paxos: RefCell<BTreeMap<PartitionId, paxos::Durable>>,
-    /// Partitions recovery could not replay (`Error::Held`): why, and the LSN of the record
-    /// that stopped them; no checkpoint covers it, so the log keeps it.
-    held: RefCell<ahash::HashMap<PartitionId, (String, u64)>>,
-    /// Each partition's applied slot in the newest durable checkpoint.
-    checkpointed_slots: RefCell<ahash::HashMap<PartitionId, u64>>,
     /// Highest LSN applied to the tree.
     applied: Watermark,
     work: Event,
@@ -254,125 +241,6 @@ impl Meta {
     }
 }
 
-fn tree_key(partition: PartitionId, key: &[u8]) -> Vec<u8> {
-    let mut full = Vec::with_capacity(8 + key.len());
-    full.extend_from_slice(&partition.to_be_bytes());
-    full.extend_from_slice(key);
-    full
-}
-
-fn meta_key(partition: PartitionId) -> Vec<u8> {
-    tree_key(u64::MAX, &partition.to_be_bytes())
-}
-
-/// The tree key of a partition's replication group configuration: its metadata key and `c`.
-fn config_key(partition: PartitionId) -> Vec<u8> {
-    let mut key = meta_key(partition);
-    key.push(CONFIG_SUFFIX);
-    key
-}
-
-const CONFIG_SUFFIX: u8 = b'c';
-
-/// What the store keeps of each partition beside its items: the last slot applied, and how
-/// many items it holds and their bytes (keys and stored values), kept up to date by every
-/// apply so that counting a partition costs nothing.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct PartitionMeta {
-    pub applied_slot: u64,
-    pub items: u64,
-    pub bytes: u64,
-    /// Replicated mode: the highest ballot the partition's replica promised.
-    pub promised: Ballot,
-    /// Replicated mode: a snapshot is being installed (the items are partial, the applied
-    /// slot 0); reads are refused until one is whole.
-    pub installing: bool,
-    /// Replicated mode: the count of damaged WAL tails (`Store::amnesiac`) through which the
-    /// partition's replica has rejoined its group; below the store's count it is amnesiac.
-    pub repaired: u64,
-}
-
-impl PartitionMeta {
-    /// Without the promised ballot, as written before replication existed.
-    const ENCODED_LEN_V1: usize = 24;
-    /// Without the installing flag, as written before snapshots were installed.
-    const ENCODED_LEN_V2: usize = 36;
-    /// Without the repaired count, as written before damaged WAL tails were repaired.
-    const ENCODED_LEN_V3: usize = 37;
-    const ENCODED_LEN: usize = 45;
-
-    fn encode(&self) -> [u8; Self::ENCODED_LEN] {
-        let mut bytes = [0; Self::ENCODED_LEN];
-        bytes[..8].copy_from_slice(&self.applied_slot.to_le_bytes());
-        bytes[8..16].copy_from_slice(&self.items.to_le_bytes());
-        bytes[16..24].copy_from_slice(&self.bytes.to_le_bytes());
-        bytes[24..32].copy_from_slice(&self.promised.round.to_le_bytes());
-        bytes[32..36].copy_from_slice(&self.promised.replica.to_le_bytes());
-        bytes[36] = u8::from(self.installing);
-        bytes[37..45].copy_from_slice(&self.repaired.to_le_bytes());
-        bytes
-    }
-
-    fn decode(bytes: &[u8]) -> Option<PartitionMeta> {
-        let word = |at: usize| bytes.get(at..at + 8).and_then(|word| word.try_into().ok()).map(u64::from_le_bytes);
-        let promised = match bytes.len() {
-            Self::ENCODED_LEN_V1 => Ballot::default(),
-            Self::ENCODED_LEN_V2 | Self::ENCODED_LEN_V3 | Self::ENCODED_LEN => {
-                Ballot { round: word(24)?, replica: u32::from_le_bytes(bytes[32..36].try_into().ok()?) }
-            }
-            _ => return None,
-        };
-        let installing = match bytes.get(36) {
-            None | Some(0) => false,
-            Some(1) => true,
-            Some(_) => return None,
-        };
-        let repaired = if bytes.len() == Self::ENCODED_LEN { word(37)? } else { 0 };
-        Some(PartitionMeta {
-            applied_slot: word(0)?,
-            items: word(8)?,
-            bytes: word(16)?,
-            promised,
-            installing,
-            repaired,
-        })
-    }
-
-    /// Accounts for `key` now holding a value of `value` bytes (or nothing) where it held one
-    /// of `previous` bytes (or nothing).
-    fn change(&mut self, key: &[u8], previous: Option<usize>, value: Option<usize>) {
-        if let Some(previous) = previous {
-            self.items -= 1;
-            self.bytes -= (key.len() + previous) as u64;
-        }
-        if let Some(value) = value {
-            self.items += 1;
-            self.bytes += (key.len() + value) as u64;
-        }
-    }
-}
-
-/// Updates `meta`'s counts for `command`, applied with `outcome` (the values it replaced).
-fn account(meta: &mut PartitionMeta, command: &Command, outcome: &Outcome) {
-    match (command, outcome) {
-        (Command::Put { key, value }, Outcome::Previous(previous)) => {
-            meta.change(key, previous.as_ref().map(Vec::len), Some(value.len()))
-        }
-        (Command::Put { key, value }, Outcome::Replaced(previous)) => meta.change(key, *previous, Some(value.len())),
-        (Command::Delete { key }, Outcome::Previous(previous)) => {
-            meta.change(key, previous.as_ref().map(Vec::len), None)
-        }
-        (Command::Delete { key }, Outcome::Replaced(previous)) => meta.change(key, *previous, None),
-        (Command::Batch(commands), Outcome::Batch(outcomes)) => {
-            commands.iter().zip(outcomes).for_each(|(command, outcome)| account(meta, command, outcome))
-        }
-        (Command::Conditional(conditional), Outcome::Conditional { passed: true, old, new }) => {
-            meta.change(&conditional.key, old.as_ref().map(Vec::len), new.as_ref().map(Vec::len))
-        }
-        _ => {}
-    }
-}
-
 impl Store {
     /// Opens the store in `dir`, creating it if empty: loads the newest complete checkpoint
     /// and replays the WAL after it.
@@ -417,17 +285,11 @@ impl Store {
                 tree: RefCell::new(Tree::open(durable, config.cache_pages)),
                 config,
                 wal: recovered.wal,
-                partition_metas: RefCell::new(ahash::HashMap::default()),
-                unsaved_metas: RefCell::new(ahash::HashSet::default()),
-                configs: RefCell::new(ahash::HashMap::default()),
-                unsaved_configs: RefCell::new(ahash::HashSet::default()),
+                partitions: RefCell::new(ahash::HashMap::default()),
                 queue: RefCell::new(VecDeque::new()),
                 outcomes: RefCell::new(ahash::HashMap::default()),
                 last_ticket: Cell::new(0),
-                unapplied: RefCell::new(ahash::HashMap::default()),
                 recovered_paxos: RefCell::new(BTreeMap::new()),
-                held: RefCell::new(ahash::HashMap::default()),
-                checkpointed_slots: RefCell::new(ahash::HashMap::default()),
                 // Replicated mode counts applies by ticket, from 0 at each start.
                 applied: Watermark::new(if replicated { 0 } else { covered_lsn }),
                 work: Event::default(),
@@ -452,13 +314,6 @@ impl Store {
             }),
         };
         store.load_partition_metas().await?;
-        *store.inner.checkpointed_slots.borrow_mut() = store
-            .inner
-            .partition_metas
-            .borrow()
-            .iter()
-            .map(|(&partition, meta)| (partition, meta.applied_slot))
-            .collect();
         if replicated {
             store.recover_paxos(recovered.records)?;
         } else {
@@ -468,6 +323,9 @@ impl Store {
         *store.inner.applier.borrow_mut() = Some(applier);
         if let Some(interval) = store.inner.config.scrub_interval {
             glommio::spawn_local(scrub::run(Rc::downgrade(&store.inner), interval)).detach();
+        }
+        if let Some(interval) = store.inner.config.change_trim_interval {
+            glommio::spawn_local(trim_changes_every(Rc::downgrade(&store.inner), interval)).detach();
         }
         Ok(store)
     }
@@ -486,15 +344,15 @@ impl Store {
                     ),
                 ));
             }
-            if self.inner.held.borrow().contains_key(&record.partition) {
+            if self.inner.held(record.partition).is_some() {
                 // Nothing after the record that stopped the partition is applied either.
                 self.inner.applied.advance(record.lsn);
                 continue;
             }
-            match Command::decode(&record.payload) {
-                Ok(command) => {
+            match Stamped::decode(&record.payload) {
+                Ok(entry) => {
                     if record.slot > self.applied_slot(record.partition) {
-                        self.inner.apply(record.partition, record.slot, &command, false).await?;
+                        self.inner.apply(record.partition, record.slot, &entry, false).await?;
                     }
                 }
                 Err(reason) => self.undecodable(&record, &reason)?,
@@ -521,7 +379,7 @@ impl Store {
                 self.inner.dir.display(),
                 record.partition
             );
-            self.inner.held.borrow_mut().insert(record.partition, (what, record.lsn));
+            self.inner.partition_mut(record.partition).held = Some((what, record.lsn));
             return Ok(());
         }
         let dir = self.inner.dir.join("quarantined");
@@ -545,8 +403,8 @@ impl Store {
     /// not applied yet.
     fn recover_paxos(&self, records: Vec<crate::wal::Record>) -> Result<()> {
         let mut recovered: BTreeMap<PartitionId, paxos::Durable> = BTreeMap::new();
-        for (partition, meta) in self.inner.partition_metas.borrow().iter() {
-            recovered.entry(*partition).or_default().promised = meta.promised;
+        for (partition, state) in self.inner.partitions.borrow().iter().filter(|(_, state)| state.known) {
+            recovered.entry(*partition).or_default().promised = state.promised;
         }
         for record in records {
             let damaged = |reason: String| {
@@ -568,56 +426,76 @@ impl Store {
         Ok(())
     }
 
+    /// Loads every partition's metadata, configuration and schema from the tree (at open).
     async fn load_partition_metas(&self) -> Result<()> {
-        let entries =
-            self.inner.scan_tree(Bound::Included(META_PREFIX.to_vec()), Bound::Unbounded, false, usize::MAX).await?;
+        let (lower, upper) = keyspace::meta_range();
+        let entries = self.inner.scan_tree(lower, upper, false, usize::MAX).await?;
+        let malformed = |what: &str| Error::corrupt(self.inner.file.path(), 0, format!("malformed {what} entry"));
         for (key, value) in entries {
-            let partition = key.get(8..16).and_then(|bytes| bytes.try_into().ok()).map(u64::from_be_bytes);
-            if let (Some(partition), Some(&CONFIG_SUFFIX), 17) = (partition, key.get(16), key.len()) {
-                let members = paxos::decode_configuration(&value)
-                    .map_err(|_| Error::corrupt(self.inner.file.path(), 0, "malformed group configuration entry"))?;
-                self.inner.configs.borrow_mut().insert(partition, members);
-                continue;
-            }
-            let meta = match (partition, PartitionMeta::decode(&value), value.as_slice().try_into()) {
-                (Some(_), Some(meta), _) => meta,
-                // Written before the counts were kept (the applied slot alone): count once.
-                (Some(partition), None, Ok(slot)) => {
-                    let mut meta = PartitionMeta { applied_slot: u64::from_le_bytes(slot), ..PartitionMeta::default() };
-                    let mut lower = Bound::Included(tree_key(partition, &[]));
-                    let upper = Bound::Excluded(tree_key(partition.saturating_add(1), &[]));
-                    loop {
-                        let chunk = self.inner.scan_tree(lower, upper.clone(), false, 1024).await?;
-                        let Some((last, _)) = chunk.last() else { break };
-                        lower = Bound::Excluded(last.clone());
-                        chunk.iter().for_each(|(key, value)| meta.change(&key[8..], None, Some(value.len())));
-                    }
-                    self.inner.unsaved_metas.borrow_mut().insert(partition);
-                    meta
+            match keyspace::parse_meta_key(&key).ok_or_else(|| malformed("partition metadata key"))? {
+                MetaKey::Config(partition) => {
+                    let members = paxos::decode_configuration(&value).map_err(|_| malformed("group configuration"))?;
+                    self.inner.partition_mut(partition).config = Some(members);
                 }
-                _ => return Err(Error::corrupt(self.inner.file.path(), 0, "malformed partition metadata entry")),
-            };
-            self.inner.partition_metas.borrow_mut().insert(partition.expect("matched above"), meta);
+                MetaKey::Schema(partition) => {
+                    let schema = PartitionSchema::decode(&value).map_err(|_| malformed("partition schema"))?;
+                    let mut state = self.inner.partition_mut(partition);
+                    state.machine.schema = schema;
+                    state.has_changes = true;
+                }
+                MetaKey::Meta(partition) => {
+                    let meta = match (PartitionMeta::decode(&value), value.as_slice().try_into()) {
+                        (Some(meta), _) => meta,
+                        // Written before the counts were kept (the applied slot alone): count once.
+                        (None, Ok(slot)) => self.count_partition(partition, u64::from_le_bytes(slot)).await?,
+                        _ => return Err(malformed("partition metadata")),
+                    };
+                    let mut state = self.inner.partition_mut(partition);
+                    state.set_meta(meta);
+                    state.checkpointed_slot = meta.applied_slot;
+                }
+            }
         }
         Ok(())
+    }
+
+    /// The metadata of a partition saved before counts were kept: its items counted.
+    async fn count_partition(&self, partition: PartitionId, applied_slot: u64) -> Result<PartitionMeta> {
+        let mut machine = PartitionMachine { applied_slot, ..PartitionMachine::default() };
+        let (mut lower, upper) = keyspace::data_range(partition);
+        loop {
+            let chunk = self.inner.scan_tree(lower, upper.clone(), false, 1024).await?;
+            let Some((last, _)) = chunk.last() else { break };
+            lower = Bound::Excluded(last.clone());
+            chunk.iter().for_each(|(key, value)| machine.count(keyspace::item_key(key), None, Some(value.len())));
+        }
+        self.inner.partition_mut(partition).unsaved.meta = true;
+        Ok(PartitionMeta { applied_slot, items: machine.items, bytes: machine.bytes, ..PartitionMeta::default() })
     }
 
     /// The slot through which `partition` is in the newest durable checkpoint (its state
     /// there survives any crash; 0 before the first checkpoint of this run).
     pub fn checkpointed_slot(&self, partition: PartitionId) -> u64 {
-        self.inner.checkpointed_slots.borrow().get(&partition).copied().unwrap_or(0)
+        self.inner.partitions.borrow().get(&partition).map_or(0, |state| state.checkpointed_slot)
     }
 
     /// Highest slot applied for `partition` (0 if none).
     pub fn applied_slot(&self, partition: PartitionId) -> u64 {
-        self.inner.partition_metas.borrow().get(&partition).map_or(0, |meta| meta.applied_slot)
+        self.inner.partitions.borrow().get(&partition).map_or(0, |state| state.machine.applied_slot)
     }
 
     /// `partition`'s applied slot and item counts, reflecting every write committed before the
     /// call (as a read does).
     pub async fn partition_meta(&self, partition: PartitionId) -> Result<PartitionMeta> {
         self.read_barrier().await?;
-        Ok(self.inner.partition_metas.borrow().get(&partition).copied().unwrap_or_default())
+        Ok(self
+            .inner
+            .partitions
+            .borrow()
+            .get(&partition)
+            .filter(|state| state.known)
+            .map(Partition::meta)
+            .unwrap_or_default())
     }
 
     /// Highest WAL LSN applied to the tree.
@@ -635,20 +513,21 @@ impl Store {
         if self.inner.config.replicated {
             return Err(Error::Config("a replicated store takes writes through persist_paxos and apply_chosen".into()));
         }
-        if partition == u64::MAX {
-            return Err(Error::validation("partition id u64::MAX is reserved"));
+        if partition >= keyspace::ID_LIMIT {
+            return Err(Error::validation(format!("partition id {partition:#x} is reserved: ids are below 2^56")));
         }
         self.writable()?;
         self.inner.check_held(partition)?;
         crate::key::check_key_len(command.key_len_max())?;
+        let entry = Stamped::now(command);
         let lsn = self.inner.wal.append_with(partition, slot, RECORD_COMMAND, |out| {
-            command.encode_payload(out).map_err(Error::unreplayable)
+            entry.encode_payload(out).map_err(Error::unreplayable)
         })?;
         self.inner.queue.borrow_mut().push_back(Queued {
             lsn,
             partition,
             slot,
-            work: Work::Command(command),
+            work: Work::Command(entry),
             want_outcome,
             queued_at: Instant::now(),
         });
@@ -697,8 +576,8 @@ impl Store {
 
     /// Replicated mode: queues the command chosen for `slot` of `partition` for apply (slots
     /// of a partition in order); returns a ticket for `outcome` if `want_outcome`.
-    pub fn apply_chosen(&self, partition: PartitionId, slot: u64, command: Command, want_outcome: bool) -> Result<u64> {
-        self.queue_chosen(partition, slot, Work::Command(command), want_outcome)
+    pub fn apply_chosen(&self, partition: PartitionId, slot: u64, entry: Stamped, want_outcome: bool) -> Result<u64> {
+        self.queue_chosen(partition, slot, Work::Command(entry), want_outcome)
     }
 
     /// Replicated mode: queues `work` behind the chosen entries queued before; its ticket.
@@ -726,7 +605,7 @@ impl Store {
     /// Replicated mode: `partition`'s group configuration as of its applied slot, if one was
     /// chosen or installed since the group began (else the host's initial one holds).
     pub fn configuration(&self, partition: PartitionId) -> Option<Vec<paxos::Member>> {
-        self.inner.configs.borrow().get(&partition).cloned()
+        self.inner.partitions.borrow().get(&partition).and_then(|state| state.config.clone())
     }
 
     /// Replicated mode: a consistent image of `partition` as the newest durable checkpoint
@@ -737,16 +616,9 @@ impl Store {
             return Err(Error::Config("snapshots need a replicated store".into()));
         }
         let root = self.inner.tree.borrow_mut().pin();
-        let mut snapshot = PartitionSnapshot {
-            store: self.clone(),
-            root,
-            meta: PartitionMeta::default(),
-            lower: Bound::Included(tree_key(partition, &[])),
-            upper: match partition.checked_add(1) {
-                Some(next) => Bound::Excluded(tree_key(next, &[])),
-                None => Bound::Unbounded,
-            },
-        };
+        let (lower, upper) = keyspace::data_range(partition);
+        let mut snapshot =
+            PartitionSnapshot { store: self.clone(), root, meta: PartitionMeta::default(), lower, upper };
         let key = meta_key(partition);
         let meta = self.inner.with_tree(|tree| tree.get_in(root, &key)).await?;
         let meta = match meta {
@@ -771,8 +643,13 @@ impl Store {
     /// (`partitions_known`).
     pub fn amnesiac(&self, partition: PartitionId) -> bool {
         let tails = self.inner.damaged_tails.get();
-        let repaired =
-            self.inner.partition_metas.borrow().get(&partition).map_or(tails.unknown_repaired, |meta| meta.repaired);
+        let repaired = self
+            .inner
+            .partitions
+            .borrow()
+            .get(&partition)
+            .filter(|state| state.known)
+            .map_or(tails.unknown_repaired, |state| state.repaired);
         self.inner.config.replicated && repaired < tails.count
     }
 
@@ -781,12 +658,8 @@ impl Store {
     /// safe).
     pub fn rejoined(&self, partition: PartitionId) {
         let count = self.inner.damaged_tails.get().count;
-        let mut metas = self.inner.partition_metas.borrow_mut();
-        let meta = metas.entry(partition).or_insert_with(|| self.inner.absent_meta());
-        if meta.repaired < count {
-            meta.repaired = count;
-            self.inner.unsaved_metas.borrow_mut().insert(partition);
-        }
+        let mut state = self.inner.known_partition(partition);
+        state.repaired = state.repaired.max(count);
     }
 
     /// Replicated mode: `partitions` are every partition this store holds a replica of, as of
@@ -802,14 +675,8 @@ impl Store {
         if !self.inner.config.replicated || tails.unknown_repaired == tails.count {
             return;
         }
-        {
-            let mut metas = self.inner.partition_metas.borrow_mut();
-            for partition in partitions {
-                if let std::collections::hash_map::Entry::Vacant(vacant) = metas.entry(partition) {
-                    vacant.insert(self.inner.absent_meta());
-                    self.inner.unsaved_metas.borrow_mut().insert(partition);
-                }
-            }
+        for partition in partitions {
+            self.inner.known_partition(partition);
         }
         let known = DamagedTails { unknown_repaired: tails.count, ..tails };
         // A crash before the file is written finds partitions without metadata amnesiac still
@@ -832,7 +699,7 @@ impl Store {
     /// Replicated mode: whether `partition` is installing a snapshot (it then serves no reads
     /// and applies nothing until one is whole).
     pub fn installing(&self, partition: PartitionId) -> bool {
-        self.inner.partition_metas.borrow().get(&partition).is_some_and(|meta| meta.installing)
+        self.inner.partitions.borrow().get(&partition).is_some_and(|state| state.installing)
     }
 
     /// Replicated mode: removes `partition` (items, metadata, unapplied entries) behind every
@@ -872,7 +739,7 @@ impl Store {
         members: Vec<paxos::Member>,
     ) -> Result<()> {
         self.install(partition, Install::End { slot, items, bytes, members }).await?;
-        let meta = self.inner.partition_metas.borrow().get(&partition).copied().unwrap_or_default();
+        let meta = self.inner.partitions.borrow().get(&partition).map(Partition::meta).unwrap_or_default();
         if meta.installing {
             return Err(Error::Unavailable(format!(
                 "the snapshot of partition {partition} at slot {slot} should hold {items} items of {bytes} bytes, \
@@ -908,19 +775,13 @@ impl Store {
         promised: Option<Ballot>,
         entries: &[(u64, paxos::Entry)],
     ) {
-        let applied = self.applied_slot(partition);
-        if let Some(promised) = promised {
-            let mut metas = self.inner.partition_metas.borrow_mut();
-            let meta = metas.entry(partition).or_insert_with(|| self.inner.absent_meta());
-            if promised > meta.promised {
-                meta.promised = promised;
-                self.inner.unsaved_metas.borrow_mut().insert(partition);
-            }
+        if let Some(promised) = promised.filter(|promised| *promised > self.inner.promised(partition)) {
+            self.inner.known_partition(partition).promised = promised;
         }
-        let mut unapplied = self.inner.unapplied.borrow_mut();
-        let held = unapplied.entry(partition).or_default();
+        let mut state = self.inner.partition_mut(partition);
+        let applied = state.machine.applied_slot;
         for (slot, _) in entries.iter().filter(|(slot, _)| *slot > applied) {
-            held.insert(*slot, lsn);
+            state.unapplied.insert(*slot, lsn);
         }
     }
 
@@ -962,7 +823,7 @@ impl Store {
     pub async fn get(&self, partition: PartitionId, key: &[u8]) -> Result<Option<Vec<u8>>> {
         self.read_barrier().await?;
         self.readable(partition)?;
-        let full = tree_key(partition, key);
+        let full = data_key(partition, key);
         self.inner.with_tree(|tree| tree.get(&full)).await
     }
 
@@ -978,24 +839,81 @@ impl Store {
     ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         self.read_barrier().await?;
         self.readable(partition)?;
+        let (start, end) = keyspace::data_range(partition);
         let prefix = |bound: Bound<&[u8]>, end: Bound<Vec<u8>>| match bound {
-            Bound::Included(key) => Bound::Included(tree_key(partition, key)),
-            Bound::Excluded(key) => Bound::Excluded(tree_key(partition, key)),
+            Bound::Included(key) => Bound::Included(data_key(partition, key)),
+            Bound::Excluded(key) => Bound::Excluded(data_key(partition, key)),
             Bound::Unbounded => end,
         };
-        let lower = prefix(lower, Bound::Included(partition.to_be_bytes().to_vec()));
-        let upper = prefix(
-            upper,
-            match partition.checked_add(1) {
-                Some(next) => Bound::Excluded(next.to_be_bytes().to_vec()),
-                None => Bound::Unbounded,
-            },
-        );
+        let (lower, upper) = (prefix(lower, start), prefix(upper, end));
         let mut entries = self.inner.scan_tree(lower, upper, reverse, limit).await?;
-        entries.iter_mut().for_each(|(key, _)| {
-            key.drain(..8);
-        });
+        entries.iter_mut().for_each(|(key, _)| *key = keyspace::item_key(key).to_vec());
         Ok(entries)
+    }
+
+    /// `partition`'s change log from `from` on, in log order, at most `limit` records: every
+    /// change committed before the call that retention has not trimmed.
+    pub async fn changes(
+        &self,
+        partition: PartitionId,
+        from: Sequence,
+        limit: usize,
+    ) -> Result<Vec<(Sequence, ChangeRecord)>> {
+        self.read_barrier().await?;
+        self.readable(partition)?;
+        let (lower, upper) = keyspace::changes_range(partition, from);
+        let entries = self.inner.scan_tree(lower, upper, false, limit).await?;
+        entries
+            .into_iter()
+            .map(|(key, value)| {
+                let damaged =
+                    |reason: String| Error::corrupt(self.inner.file.path(), 0, format!("a change record: {reason}"));
+                let sequence = keyspace::change_sequence(partition, &key).ok_or_else(|| damaged("its key".into()))?;
+                Ok((sequence, ChangeRecord::decode(&value).map_err(damaged)?))
+            })
+            .collect()
+    }
+
+    /// Removes every change record older than its partition's retention at `now_us`
+    /// (microseconds since the Unix epoch), oldest first, a chunk at a time; returns how many.
+    /// Records are trimmed by their entry's time, so a record whose time is behind an older
+    /// one's (a new leader's clock behind the old one's) waits for that one.
+    pub async fn trim_changes(&self, now_us: u64) -> Result<u64> {
+        let logged: Vec<(PartitionId, u64)> = self
+            .inner
+            .partitions
+            .borrow()
+            .iter()
+            .filter(|(_, state)| state.machine.schema.changes != ChangeView::Off || state.has_changes)
+            .map(|(&partition, state)| (partition, state.machine.schema.retention_s))
+            .collect();
+        let mut trimmed = 0;
+        for (partition, retention_s) in logged {
+            let horizon = now_us.saturating_sub(retention_s.saturating_mul(1_000_000));
+            let (mut lower, upper) = keyspace::changes_range(partition, Sequence::default());
+            'partition: loop {
+                let chunk = self.inner.scan_tree(lower, upper.clone(), false, APPLY_CHUNK).await?;
+                let Some((last, _)) = chunk.last() else {
+                    if let Some(state) = self.inner.partitions.borrow_mut().get_mut(&partition) {
+                        state.has_changes = state.machine.schema.changes != ChangeView::Off;
+                    }
+                    break;
+                };
+                lower = Bound::Excluded(last.clone());
+                for (key, value) in &chunk {
+                    let record = ChangeRecord::decode(value).map_err(|reason| {
+                        Error::corrupt(self.inner.file.path(), 0, format!("a change record: {reason}"))
+                    })?;
+                    if record.at_us >= horizon {
+                        break 'partition;
+                    }
+                    self.inner.with_tree(|tree| tree.delete_len(key).map(drop)).await?;
+                    trimmed += 1;
+                }
+                yield_to_reactor().await;
+            }
+        }
+        Ok(trimmed)
     }
 
     /// Refuses reads of a partition whose items are a partial snapshot.
@@ -1013,13 +931,16 @@ impl Store {
     pub async fn partitions(&self) -> Result<Vec<PartitionId>> {
         self.read_barrier().await?;
         let mut found = Vec::new();
-        let mut lower = Bound::Included(0u64.to_be_bytes().to_vec());
+        let mut lower = Bound::Included(data_key(0, &[]));
         loop {
-            let first = self.inner.scan_tree(lower, Bound::Excluded(META_PREFIX.to_vec()), false, 1).await?;
-            let Some(partition) = first.first().and_then(|(key, _)| key.get(..8)) else { break };
-            let partition = u64::from_be_bytes(partition.try_into().expect("8 bytes"));
+            let first = self.inner.scan_tree(lower, Bound::Excluded(keyspace::system_start()), false, 1).await?;
+            let Some(partition) = first.first().and_then(|(key, _)| keyspace::data_partition(key)) else { break };
             found.push(partition);
-            lower = Bound::Included((partition + 1).to_be_bytes().to_vec());
+            lower = keyspace::data_range(partition).1;
+            lower = match lower {
+                Bound::Excluded(next) => Bound::Included(next),
+                other => other,
+            };
         }
         Ok(found)
     }
@@ -1097,6 +1018,21 @@ impl Store {
     }
 }
 
+/// Trims change logs every `interval` while the store is open (`Store::trim_changes`).
+async fn trim_changes_every(inner: std::rc::Weak<Inner>, interval: Duration) {
+    loop {
+        glommio::timer::sleep(interval).await;
+        let Some(inner) = inner.upgrade() else { return };
+        if inner.closed.get() || inner.poisoned.borrow().is_some() {
+            return;
+        }
+        let store = Store { inner };
+        if let Err(error) = store.trim_changes(crate::command::now_us()).await {
+            crate::report!("{}: trimming change logs: {error}", store.inner.dir.display());
+        }
+    }
+}
+
 /// A consistent image of one partition as a durable checkpoint holds it (`Store::snapshot`),
 /// read a chunk at a time.
 pub struct PartitionSnapshot {
@@ -1125,10 +1061,9 @@ impl PartitionSnapshot {
             if entries.is_empty() {
                 break;
             }
-            for (mut key, value) in entries {
+            for (key, value) in entries {
                 bytes += key.len() + value.len();
-                key.drain(..8);
-                chunk.push((key, value));
+                chunk.push((keyspace::item_key(&key).to_vec(), value));
             }
         }
         if chunk.is_empty() {
@@ -1185,10 +1120,27 @@ async fn read_page(file: &File, id: PageId) -> Result<Vec<u8>> {
 }
 
 impl Inner {
-    /// The metadata of a partition that has none yet: as repaired as `Store::amnesiac` reads
-    /// an absent one.
-    fn absent_meta(&self) -> PartitionMeta {
-        PartitionMeta { repaired: self.damaged_tails.get().unknown_repaired, ..PartitionMeta::default() }
+    /// `partition`'s state, made empty if the store holds none yet.
+    fn partition_mut(&self, partition: PartitionId) -> RefMut<'_, Partition> {
+        RefMut::map(self.partitions.borrow_mut(), |partitions| partitions.entry(partition).or_default())
+    }
+
+    /// `partition`'s state, given metadata if it has none (as repaired as `Store::amnesiac`
+    /// reads an absent one), and marked to be saved.
+    fn known_partition(&self, partition: PartitionId) -> RefMut<'_, Partition> {
+        let repaired = self.damaged_tails.get().unknown_repaired;
+        let mut state = self.partition_mut(partition);
+        state.know(repaired);
+        state
+    }
+
+    fn promised(&self, partition: PartitionId) -> Ballot {
+        self.partitions.borrow().get(&partition).map_or(Ballot::default(), |state| state.promised)
+    }
+
+    /// Why recovery held `partition`, if it did.
+    fn held(&self, partition: PartitionId) -> Option<String> {
+        self.partitions.borrow().get(&partition).and_then(|state| state.held.as_ref().map(|(why, _)| why.clone()))
     }
 
     /// Runs a tree operation, loading pages it needs until it completes.
@@ -1225,24 +1177,55 @@ impl Inner {
         Ok(entries)
     }
 
-    /// Applies one command at `slot`. The partition's metadata (applied slot, counts) is kept in
-    /// memory and written into the tree just before a checkpoint is sealed
-    /// (`save_partition_metas`), so the checkpoint holds exactly the metadata of the records its
-    /// tree reflects.
+    /// Applies one entry at `slot`: reads the old images it names, runs the partition's
+    /// machine (`PartitionMachine::apply`) and makes its effects. The partition's metadata
+    /// (applied slot, counts, schema) is kept in memory and written into the tree just before a
+    /// checkpoint is sealed (`save_partition_metas`), so the checkpoint holds exactly the
+    /// metadata of the records its tree reflects.
     ///
     /// `keep`: the proposer takes the outcome (a plain put's or delete's is then the value it
     /// replaced, rather than only its length).
-    async fn apply(&self, partition: PartitionId, slot: u64, command: &Command, keep: bool) -> Result<Outcome> {
-        let outcome = self.apply_command(partition, command, keep).await?;
-        let mut metas = self.partition_metas.borrow_mut();
-        let meta = metas.entry(partition).or_insert_with(|| self.absent_meta());
-        meta.applied_slot = slot;
-        account(meta, command, &outcome);
-        self.unsaved_metas.borrow_mut().insert(partition);
-        if let Some(held) = self.unapplied.borrow_mut().get_mut(&partition) {
-            *held = held.split_off(&(slot + 1));
+    async fn apply(&self, partition: PartitionId, slot: u64, entry: &Stamped, keep: bool) -> Result<Outcome> {
+        let mut keys = Vec::new();
+        PartitionMachine::reads(&entry.command, &mut keys);
+        let mut images = Images::default();
+        for key in keys {
+            if !images.contains(key) {
+                let full = data_key(partition, key);
+                let image = self.with_tree(|tree| tree.get(&full)).await?;
+                images.insert(key.to_vec(), image);
+            }
         }
-        Ok(outcome)
+        let applied = {
+            let repaired = self.damaged_tails.get().unknown_repaired;
+            let mut state = self.partition_mut(partition);
+            let state = state.know(repaired);
+            let applied = state
+                .machine
+                .apply(slot, entry, &mut images, keep)
+                .map_err(|reason| Error::corrupt(self.file.path(), 0, reason))?;
+            state.unsaved.schema |= applied.schema_changed;
+            state.has_changes |= state.machine.schema.changes != ChangeView::Off;
+            state.applied_through(slot);
+            applied
+        };
+        for effect in applied.effects {
+            match effect {
+                Effect::Put { key, value } => {
+                    let full = data_key(partition, &key);
+                    self.with_tree(|tree| tree.put_len(&full, &value).map(drop)).await?;
+                }
+                Effect::Delete { key } => {
+                    let full = data_key(partition, &key);
+                    self.with_tree(|tree| tree.delete_len(&full).map(drop)).await?;
+                }
+                Effect::Change { sequence, record } => {
+                    let full = keyspace::change_key(partition, sequence);
+                    self.with_tree(|tree| tree.put_len(&full, &record).map(drop)).await?;
+                }
+            }
+        }
+        Ok(applied.outcome)
     }
 
     /// Applies a step of installing a snapshot of `partition`.
@@ -1251,33 +1234,22 @@ impl Inner {
             Install::Begin => {
                 self.excise_damaged(partition).await?;
                 self.empty_partition(partition).await?;
-                let mut metas = self.partition_metas.borrow_mut();
-                let meta = metas.entry(partition).or_insert_with(|| self.absent_meta());
-                *meta = PartitionMeta {
-                    promised: meta.promised,
-                    installing: true,
-                    repaired: meta.repaired,
-                    ..PartitionMeta::default()
-                };
+                let mut state = self.known_partition(partition);
+                state.machine = PartitionMachine { schema: state.machine.schema, ..PartitionMachine::default() };
+                state.installing = true;
             }
             Install::Entries(entries) => {
                 for (key, value) in entries {
-                    let full = tree_key(partition, key);
+                    let full = data_key(partition, key);
                     let previous = self.with_tree(|tree| tree.put_len(&full, value)).await?;
-                    let mut metas = self.partition_metas.borrow_mut();
-                    metas.entry(partition).or_insert_with(|| self.absent_meta()).change(
-                        key,
-                        previous,
-                        Some(value.len()),
-                    );
+                    self.known_partition(partition).machine.count(key, previous, Some(value.len()));
                 }
             }
             Install::End { slot, items, bytes, members } => {
                 let whole = {
-                    let mut metas = self.partition_metas.borrow_mut();
-                    let meta = metas.entry(partition).or_insert_with(|| self.absent_meta());
-                    let whole = meta.installing && meta.items == *items && meta.bytes == *bytes;
-                    meta.installing &= !whole;
+                    let mut state = self.known_partition(partition);
+                    let whole = state.installing && state.machine.items == *items && state.machine.bytes == *bytes;
+                    state.installing &= !whole;
                     whole
                 };
                 if whole {
@@ -1285,35 +1257,30 @@ impl Inner {
                 }
             }
         }
-        self.unsaved_metas.borrow_mut().insert(partition);
         Ok(())
     }
 
     /// `partition`'s group is configured as `members` from `slot` on (applied).
     fn configure(&self, partition: PartitionId, slot: u64, members: Vec<paxos::Member>) {
-        self.configs.borrow_mut().insert(partition, members);
-        self.unsaved_configs.borrow_mut().insert(partition);
-        let mut metas = self.partition_metas.borrow_mut();
-        let meta = metas.entry(partition).or_insert_with(|| self.absent_meta());
-        meta.applied_slot = meta.applied_slot.max(slot);
-        self.unsaved_metas.borrow_mut().insert(partition);
-        if let Some(held) = self.unapplied.borrow_mut().get_mut(&partition) {
-            *held = held.split_off(&(slot + 1));
-        }
+        let mut state = self.known_partition(partition);
+        state.config = Some(members);
+        state.unsaved.config = true;
+        state.applied_through(slot);
     }
 
-    /// Deletes every item of `partition` from the tree, a chunk at a time.
+    /// Deletes everything of `partition` but its metadata from the tree (its items, its
+    /// change log), a chunk at a time.
     async fn empty_partition(&self, partition: PartitionId) -> Result<()> {
-        let (mut lower, upper) =
-            (Bound::Included(tree_key(partition, &[])), Bound::Excluded(tree_key(partition.saturating_add(1), &[])));
-        loop {
-            let chunk = self.scan_tree(lower, upper.clone(), false, APPLY_CHUNK).await?;
-            let Some((last, _)) = chunk.last() else { break };
-            lower = Bound::Excluded(last.clone());
-            for (key, _) in &chunk {
-                self.with_tree(|tree| tree.delete(key)).await?;
+        for (mut lower, upper) in keyspace::partition_ranges(partition) {
+            loop {
+                let chunk = self.scan_tree(lower, upper.clone(), false, APPLY_CHUNK).await?;
+                let Some((last, _)) = chunk.last() else { break };
+                lower = Bound::Excluded(last.clone());
+                for (key, _) in &chunk {
+                    self.with_tree(|tree| tree.delete(key)).await?;
+                }
+                yield_to_reactor().await;
             }
-            yield_to_reactor().await;
         }
         Ok(())
     }
@@ -1322,109 +1289,37 @@ impl Inner {
     /// entries it held unapplied, which would otherwise keep the WAL from being recycled.
     async fn drop_partition(&self, partition: PartitionId) -> Result<()> {
         self.empty_partition(partition).await?;
-        for key in [meta_key(partition), config_key(partition)] {
+        for key in [meta_key(partition), config_key(partition), schema_key(partition)] {
             self.with_tree(|tree| tree.delete(&key).map(drop)).await?;
         }
-        self.configs.borrow_mut().remove(&partition);
-        self.unsaved_configs.borrow_mut().remove(&partition);
-        self.partition_metas.borrow_mut().remove(&partition);
-        self.unsaved_metas.borrow_mut().remove(&partition);
-        self.unapplied.borrow_mut().remove(&partition);
-        self.checkpointed_slots.borrow_mut().remove(&partition);
-        self.held.borrow_mut().remove(&partition);
+        self.partitions.borrow_mut().remove(&partition);
         Ok(())
     }
 
     /// Writes the partition metadata changed since the last checkpoint into the tree. Called by
     /// the applier only, between records.
     async fn save_partition_metas(&self) -> Result<()> {
-        let partitions: Vec<PartitionId> = self.unsaved_metas.borrow_mut().drain().collect();
-        for partition in partitions {
-            let meta = self.partition_metas.borrow()[&partition].encode();
-            let key = meta_key(partition);
-            self.with_tree(|tree| tree.put(&key, &meta).map(drop)).await?;
+        let mut writes = Vec::new();
+        for (&partition, state) in self.partitions.borrow_mut().iter_mut() {
+            let unsaved = std::mem::take(&mut state.unsaved);
+            if unsaved.meta && state.known {
+                writes.push((meta_key(partition), state.meta().encode().to_vec()));
+            }
+            if let Some(config) = state.config.as_ref().filter(|_| unsaved.config) {
+                let mut encoded = Vec::new();
+                paxos::encode_members(config, &mut encoded);
+                writes.push((config_key(partition), encoded));
+            }
+            if unsaved.schema {
+                let mut encoded = Vec::new();
+                state.machine.schema.encode(&mut encoded);
+                writes.push((schema_key(partition), encoded));
+            }
         }
-        let partitions: Vec<PartitionId> = self.unsaved_configs.borrow_mut().drain().collect();
-        for partition in partitions {
-            let mut encoded = Vec::new();
-            paxos::encode_members(&self.configs.borrow()[&partition], &mut encoded);
-            let key = config_key(partition);
-            self.with_tree(|tree| tree.put(&key, &encoded).map(drop)).await?;
+        for (key, value) in writes {
+            self.with_tree(|tree| tree.put(&key, &value).map(drop)).await?;
         }
         Ok(())
-    }
-
-    async fn apply_command(&self, partition: PartitionId, command: &Command, keep: bool) -> Result<Outcome> {
-        match command {
-            Command::Put { key, value } if keep => {
-                let full = tree_key(partition, key);
-                Ok(Outcome::Previous(self.with_tree(|tree| tree.put(&full, value)).await?))
-            }
-            Command::Put { key, value } => {
-                let full = tree_key(partition, key);
-                Ok(Outcome::Replaced(self.with_tree(|tree| tree.put_len(&full, value)).await?))
-            }
-            Command::Delete { key } if keep => {
-                let full = tree_key(partition, key);
-                Ok(Outcome::Previous(self.with_tree(|tree| tree.delete(&full)).await?))
-            }
-            Command::Delete { key } => {
-                let full = tree_key(partition, key);
-                Ok(Outcome::Replaced(self.with_tree(|tree| tree.delete_len(&full)).await?))
-            }
-            Command::Batch(commands) => {
-                let mut outcomes = Vec::with_capacity(commands.len());
-                for command in commands {
-                    outcomes.push(Box::pin(self.apply_command(partition, command, keep)).await?);
-                }
-                Ok(Outcome::Batch(outcomes))
-            }
-            Command::Conditional(conditional) => {
-                let ConditionalCommand { key, condition, write } = &**conditional;
-                let full = tree_key(partition, key);
-                let old = self.with_tree(|tree| tree.get(&full)).await?;
-                let old_item = match &old {
-                    None => None,
-                    Some(bytes) => Some(
-                        decode_item(bytes)
-                            .map_err(|reason| Error::corrupt(self.file.path(), 0, format!("a stored item: {reason}")))?
-                            .0,
-                    ),
-                };
-                let passed = condition
-                    .as_ref()
-                    .is_none_or(|condition| condition.evaluate(&old_item.clone().unwrap_or_default()));
-                if !passed {
-                    return Ok(Outcome::Conditional { passed, old, new: None });
-                }
-                let new = match write {
-                    ConditionalWrite::Put(value) => Some(value.clone()),
-                    ConditionalWrite::Delete => None,
-                    ConditionalWrite::Update { key_item, update, write_timestamp } => {
-                        let item = match update.apply_to(old_item, key_item) {
-                            Ok(Some(item)) => item,
-                            Ok(None) => return Ok(Outcome::Conditional { passed, old, new: None }),
-                            Err(error) => return Ok(Outcome::Invalid(error.reason())),
-                        };
-                        if let Err(error) = validate_item(&item) {
-                            return Ok(Outcome::Invalid(error.reason()));
-                        }
-                        let mut bytes = Vec::new();
-                        encode_item(
-                            &item,
-                            ItemMeta { write_timestamp: *write_timestamp, pending_transaction: 0 },
-                            &mut bytes,
-                        );
-                        Some(bytes)
-                    }
-                };
-                match &new {
-                    Some(bytes) => self.with_tree(|tree| tree.put(&full, bytes)).await?,
-                    None => self.with_tree(|tree| tree.delete(&full)).await?,
-                };
-                Ok(Outcome::Conditional { passed, old, new })
-            }
-        }
     }
 
     async fn applier(inner: Rc<Inner>) {
@@ -1473,8 +1368,8 @@ impl Inner {
                 };
                 let Some(queued) = queued else { break };
                 let applied = match &queued.work {
-                    Work::Command(command) => {
-                        inner.apply(queued.partition, queued.slot, command, queued.want_outcome).await
+                    Work::Command(entry) => {
+                        inner.apply(queued.partition, queued.slot, entry, queued.want_outcome).await
                     }
                     Work::Install(step) => {
                         inner.install(queued.partition, step).await.map(|()| Outcome::Batch(Vec::new()))
@@ -1506,8 +1401,8 @@ impl Inner {
     }
 
     fn check_held(&self, partition: PartitionId) -> Result<()> {
-        match self.held.borrow().get(&partition) {
-            Some((reason, _)) => Err(Error::Held { partition, reason: reason.clone() }),
+        match self.held(partition) {
+            Some(reason) => Err(Error::Held { partition, reason }),
             None => Ok(()),
         }
     }
@@ -1549,8 +1444,13 @@ impl Inner {
         self.jitter.set(jitter);
         let sealed = self.tree.borrow_mut().seal();
         let covered_lsn = self.covered_lsn();
-        let slots =
-            self.partition_metas.borrow().iter().map(|(&partition, meta)| (partition, meta.applied_slot)).collect();
+        let slots = self
+            .partitions
+            .borrow()
+            .iter()
+            .filter(|(_, state)| state.known)
+            .map(|(&partition, state)| (partition, state.machine.applied_slot))
+            .collect();
         glommio::spawn_local(Inner::write_checkpoint(self.clone(), sealed, covered_lsn, slots)).detach();
         Ok(())
     }
@@ -1561,10 +1461,12 @@ impl Inner {
     fn covered_lsn(&self) -> u64 {
         if !self.config.replicated {
             // A held partition's records stay in the log for the operator to decide on.
-            let held = self.held.borrow().values().map(|(_, lsn)| lsn - 1).min();
+            let held =
+                self.partitions.borrow().values().filter_map(|state| state.held.as_ref().map(|(_, lsn)| lsn - 1)).min();
             return held.map_or(self.applied.get(), |held| held.min(self.applied.get()));
         }
-        let oldest = self.unapplied.borrow().values().filter_map(|held| held.values().min().copied()).min();
+        let oldest =
+            self.partitions.borrow().values().filter_map(|state| state.unapplied.values().min().copied()).min();
         let durable = self.wal.durable_lsn();
         oldest.map_or(durable, |oldest| durable.min(oldest - 1))
     }
@@ -1580,7 +1482,9 @@ impl Inner {
         match result {
             Ok(()) => {
                 inner.tree.borrow_mut().commit(sealed);
-                *inner.checkpointed_slots.borrow_mut() = slots;
+                for (partition, state) in inner.partitions.borrow_mut().iter_mut() {
+                    state.checkpointed_slot = slots.get(partition).copied().unwrap_or(0);
+                }
                 if inner.short_of_space.borrow_mut().take().is_some() {
                     crate::report!("tessera: {}: a checkpoint was written; writes resume", inner.dir.display());
                 }

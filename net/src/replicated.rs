@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use tessera_engine::paxos::{
     self, Action, ChangeError, Member, MemberKind, Micros, ProposeError, Replica, ReplicaId, Slot, Value,
 };
-use tessera_engine::{Command, Error, Outcome, PartitionId, ReplicationLog, Result, Store};
+use tessera_engine::{Command, Error, Outcome, PartitionId, ReplicationLog, Result, Stamped, Store};
 use tessera_wire::replication::PeerMessage;
 use tessera_wire::ReplicaStatus;
 
@@ -92,7 +92,7 @@ impl Cluster {
 
 /// What a chosen value asks the store to apply.
 enum Chosen {
-    Command(Command),
+    Command(Stamped),
     Members(Vec<Member>),
 }
 
@@ -663,8 +663,8 @@ impl ReplicatedLog {
     fn apply(&self, partition: PartitionId, slot: Slot, value: Value) {
         let waiter = self.waiters.borrow_mut().remove(&(partition, slot));
         let (command, chosen_id) = match value {
-            Value::Command { id, bytes } => match Command::decode_shared(&bytes) {
-                Ok(command) => (Chosen::Command(command), Some(id)),
+            Value::Command { id, bytes } => match Stamped::decode_shared(&bytes) {
+                Ok(entry) => (Chosen::Command(entry), Some(id)),
                 Err(reason) => {
                     // A chosen command that does not decode (the same bytes everywhere): every
                     // replica skips it alike, and its proposer hears of it.
@@ -677,14 +677,14 @@ impl ReplicatedLog {
                 }
             },
             // A no-op applies nothing but moves the applied slot.
-            Value::Noop => (Chosen::Command(Command::Batch(Vec::new())), None),
+            Value::Noop => (Chosen::Command(Stamped { at_us: 0, command: Command::Batch(Vec::new()) }), None),
             // A configuration is saved with the partition, for its replica to restart from.
             Value::Members(members) => (Chosen::Members(members), None),
         };
         let ours = waiter.as_ref().is_some_and(|waiter| Some(waiter.command) == chosen_id);
         let want_outcome = ours && waiter.as_ref().is_some_and(|waiter| waiter.want_outcome);
         let ticket = match command {
-            Chosen::Command(command) => self.store.apply_chosen(partition, slot, command, want_outcome),
+            Chosen::Command(entry) => self.store.apply_chosen(partition, slot, entry, want_outcome),
             Chosen::Members(members) => self.store.apply_members(partition, slot, members),
         };
         let watcher = self.watchers.borrow().get(&partition).cloned();
@@ -723,7 +723,7 @@ impl ReplicatedLog {
         let id = self.next_command.get();
         self.next_command.set(id + 1);
         let mut bytes = Vec::new();
-        command.encode_payload(&mut bytes).map_err(Error::unreplayable)?;
+        Stamped::now(command).encode_payload(&mut bytes).map_err(Error::unreplayable)?;
         let now = self.now();
         let slot = self.with_replica(partition, |replica| replica.propose(now, id, bytes));
         let slot = match slot {

@@ -1699,7 +1699,9 @@ impl Shard {
             };
             let key = match &command {
                 Command::Put { key, .. } | Command::Delete { key } => key.clone(),
-                Command::Batch(_) | Command::Conditional(_) => unreachable!("plain single writes only"),
+                Command::Batch(_) | Command::Conditional(_) | Command::Schema(_) => {
+                    unreachable!("plain single writes only")
+                }
             };
             if !seen.insert((table.id, key.clone())) {
                 return Err(invalid("Provided list of item keys contains duplicates"));

@@ -1060,7 +1060,8 @@ fn processes_without_the_cluster_secret_change_nothing() {
     tessera_engine::encode_item(&forged, tessera_engine::ItemMeta::default(), &mut value);
     let encoded = KeySchema::hash_only("id", KeyType::S).encode_key(&forged).unwrap().bytes;
     let mut command = Vec::new();
-    tessera_engine::Command::Put { key: encoded, value: value.into() }.encode_payload(&mut command).unwrap();
+    let put = tessera_engine::Command::Put { key: encoded, value: value.into() };
+    tessera_engine::Stamped::now(put).encode_payload(&mut command).unwrap();
     for (&id, peer) in &cluster.peers {
         let mut stream = std::net::TcpStream::connect(peer).unwrap();
         let messages: Vec<PeerMessage> = (1..20u64)

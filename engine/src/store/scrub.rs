@@ -16,10 +16,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::rc::{Rc, Weak};
 use std::time::{Duration, Instant};
 
-use super::{read_page, tree_key, Inner, PartitionId};
+use super::{read_page, Inner, PartitionId};
 use crate::btree::page::{self, Kind, PageId, ValueRef, PAGE_SIZE};
 use crate::btree::FIRST_DATA_PAGE;
 use crate::error::{Error, Result};
+use crate::partition::keyspace;
 
 /// Pages the scrub reads per tick, and the tick: about 6 MB/s of reads, small beside a
 /// device's bandwidth, so foreground reads and the WAL's writes barely notice it.
@@ -101,8 +102,13 @@ impl Inner {
     /// partitions' metadata may.
     fn partitions_in(&self, lower: &[u8], upper: Option<&[u8]>) -> (Vec<PartitionId>, bool) {
         let (first, last) = partition_span(lower, upper);
-        let held = self.partition_metas.borrow().keys().copied().filter(|p| (first..=last).contains(p)).collect();
-        let mut held: Vec<PartitionId> = held;
+        let mut held: Vec<PartitionId> = self
+            .partitions
+            .borrow()
+            .iter()
+            .filter(|(partition, state)| state.known && (first..=last).contains(*partition))
+            .map(|(&partition, _)| partition)
+            .collect();
         held.sort_unstable();
         (held, last == u64::MAX)
     }
@@ -166,7 +172,10 @@ impl Inner {
     /// held is then incomplete and marked installing (its host reinstalls it too: the scrub
     /// named it); metadata it held is written again with the next checkpoint.
     pub(super) async fn excise_damaged(&self, partition: PartitionId) -> Result<()> {
-        let (lower, upper) = (tree_key(partition, &[]), partition.checked_add(1).map(|next| tree_key(next, &[])));
+        let (lower, upper) = match keyspace::data_range(partition) {
+            (std::ops::Bound::Included(lower), std::ops::Bound::Excluded(upper)) => (lower, Some(upper)),
+            _ => unreachable!("a data keyspace is a half-open range"),
+        };
         let mut found: Vec<(PageId, Found)> = self
             .damage
             .found
@@ -195,20 +204,16 @@ impl Inner {
             self.damage.reported.borrow_mut().remove(&damaged);
             self.damage.reported.borrow_mut().remove(&found.tree_page);
             let (partitions, metadata) = self.partitions_in(&found.lower, found.upper.as_deref());
-            {
-                let mut metas = self.partition_metas.borrow_mut();
-                for held in &partitions {
-                    if let Some(meta) = metas.get_mut(held) {
-                        meta.installing = true;
-                    }
+            for (partition, state) in self.partitions.borrow_mut().iter_mut() {
+                if partitions.contains(partition) {
+                    state.installing = true;
+                    state.unsaved.meta = true;
                 }
-            }
-            self.unsaved_metas.borrow_mut().extend(partitions.iter().copied());
-            if metadata {
-                let all: Vec<PartitionId> = self.partition_metas.borrow().keys().copied().collect();
-                self.unsaved_metas.borrow_mut().extend(all);
-                let configs: Vec<PartitionId> = self.configs.borrow().keys().copied().collect();
-                self.unsaved_configs.borrow_mut().extend(configs);
+                if metadata {
+                    state.unsaved.meta = true;
+                    state.unsaved.config = true;
+                    state.unsaved.schema = true;
+                }
             }
             crate::report!(
                 "tessera: {}: page {} (damaged page {damaged} {}) is cut out of the tree; {}",

@@ -4,6 +4,7 @@ use std::ops::Bound;
 use proptest::prelude::*;
 
 use super::*;
+use crate::command::ConditionalWrite;
 use crate::replication::{LocalLog, ReplicationLog};
 use crate::testing::{run, scratch_dir};
 
@@ -21,6 +22,7 @@ fn small_config() -> StoreConfig {
         replicated: false,
         quarantine_bad_records: false,
         scrub_interval: None,
+        change_trim_interval: None,
     }
 }
 
@@ -361,10 +363,10 @@ fn undecodable_records_hold_their_partition_alone() {
             let wal = log.store().wal();
             wal.append(1, 2, RECORD_COMMAND, &[1, 1, 3, b'b', b'a', b'd']).unwrap();
             let mut good = Vec::new();
-            put(b"c", b"after").encode_payload(&mut good).unwrap();
+            Stamped::now(put(b"c", b"after")).encode_payload(&mut good).unwrap();
             wal.append(1, 3, RECORD_COMMAND, &good).unwrap();
             let mut other = Vec::new();
-            put(b"b", b"2").encode_payload(&mut other).unwrap();
+            Stamped::now(put(b"b", b"2")).encode_payload(&mut other).unwrap();
             let lsn = wal.append(2, 2, RECORD_COMMAND, &other).unwrap();
             wal.durable(lsn).await.unwrap();
             copy_dir(&dir, &image);
@@ -492,7 +494,7 @@ fn longest_keys_survive_replay_and_snapshots() {
         // A snapshot of long keys (a replicated store's) installs on another store.
         let leader = Store::open(&leader_dir, replicated_config()).await.unwrap();
         for (slot, (key, value)) in expected.iter().enumerate() {
-            leader.apply_chosen(1, slot as u64 + 1, put(key, value), false).unwrap();
+            leader.apply_chosen_command(1, slot as u64 + 1, put(key, value), false).unwrap();
         }
         leader.checkpoint().await.unwrap();
         let mut snapshot = leader.snapshot(1).await.unwrap();
@@ -530,7 +532,7 @@ fn partition_counts_are_rebuilt_from_the_applied_slot_alone() {
         // Rewrite the metadata as the older layout had it, then make that durable.
         let legacy = expected.applied_slot.to_le_bytes();
         log.store().inner.with_tree(|tree| tree.put(&meta_key(1), &legacy).map(drop)).await.unwrap();
-        log.store().inner.unsaved_metas.borrow_mut().clear();
+        log.store().inner.partition_mut(1).unsaved.meta = false;
         log.store().checkpoint().await.unwrap();
         log.store().close().await.unwrap();
 
@@ -670,13 +672,24 @@ fn conditional_writes_are_checked_at_apply() {
     });
 }
 
+/// Chosen commands, stamped as a leader would.
+trait ApplyCommand {
+    fn apply_chosen_command(&self, partition: PartitionId, slot: u64, command: Command, want: bool) -> Result<u64>;
+}
+
+impl ApplyCommand for Store {
+    fn apply_chosen_command(&self, partition: PartitionId, slot: u64, command: Command, want: bool) -> Result<u64> {
+        self.apply_chosen(partition, slot, Stamped::now(command), want)
+    }
+}
+
 fn replicated_config() -> StoreConfig {
     StoreConfig { replicated: true, ..small_config() }
 }
 
 fn chosen(slot: u64, round: u64, command: &Command) -> (u64, paxos::Entry) {
     let mut bytes = Vec::new();
-    command.encode_payload(&mut bytes).unwrap();
+    Stamped { at_us: slot, command: command.clone() }.encode_payload(&mut bytes).unwrap();
     let value = paxos::Value::Command { id: slot, bytes: bytes.into() };
     (slot, paxos::Entry { ballot: Ballot { round, replica: 1 }, value })
 }
@@ -696,7 +709,7 @@ fn replicated_stores_keep_promises_and_unapplied_entries() {
         let lsn = store.persist_paxos(7, Some(promise), &entries).unwrap();
         store.durable(lsn).await.unwrap();
         // Slot 1 is chosen and applied; 2 and 3 are only accepted.
-        let ticket = store.apply_chosen(7, 1, put(b"k", &[1]), true).unwrap();
+        let ticket = store.apply_chosen_command(7, 1, put(b"k", &[1]), true).unwrap();
         assert_eq!(store.outcome(ticket).await.unwrap(), Outcome::Previous(None));
         assert_eq!(store.get(7, b"k").await.unwrap(), Some(vec![1]));
         store.close().await.unwrap();
@@ -709,7 +722,7 @@ fn replicated_stores_keep_promises_and_unapplied_entries() {
         assert_eq!(recovered[&7].promised, promise);
         assert_eq!(recovered[&7].entries.keys().copied().collect::<Vec<_>>(), [1, 2, 3]);
         for slot in 1..=3u64 {
-            store.apply_chosen(7, slot, put(b"k", &[slot as u8]), false).unwrap();
+            store.apply_chosen_command(7, slot, put(b"k", &[slot as u8]), false).unwrap();
         }
         assert_eq!(store.get(7, b"k").await.unwrap(), Some(vec![3]));
         // Another partition fills the WAL with chosen, applied entries, before and after two
@@ -723,7 +736,7 @@ fn replicated_stores_keep_promises_and_unapplied_entries() {
                     let command = put(&slot.to_be_bytes(), &filler);
                     let lsn = store.persist_paxos(8, None, &[chosen(slot, 1, &command)]).unwrap();
                     store.durable(lsn).await.unwrap();
-                    store.apply_chosen(8, slot, command, false).unwrap();
+                    store.apply_chosen_command(8, slot, command, false).unwrap();
                 }
             }
         };
@@ -749,7 +762,7 @@ fn replicated_stores_keep_promises_and_unapplied_entries() {
         assert_eq!((store.applied_slot(7), store.applied_slot(8)), (3, 60));
         // Applying them now, and a checkpoint, leaves nothing to recover.
         for slot in 4..=5u64 {
-            store.apply_chosen(7, slot, put(b"k", &[slot as u8]), false).unwrap();
+            store.apply_chosen_command(7, slot, put(b"k", &[slot as u8]), false).unwrap();
         }
         store.checkpoint().await.unwrap();
         store.close().await.unwrap();
@@ -792,7 +805,7 @@ fn a_damaged_wal_tail_keeps_replicas_amnesiac_until_they_rejoin() {
     let dir = scratch_dir("store-amnesiac");
     run(async move {
         let store = Store::open(&dir, replicated_config()).await.unwrap();
-        store.apply_chosen(7, 1, put(b"k", b"applied"), false).unwrap();
+        store.apply_chosen_command(7, 1, put(b"k", b"applied"), false).unwrap();
         store.checkpoint().await.unwrap();
         assert!(!store.amnesiac(7) && !store.amnesiac(8));
         let lsn = store
@@ -843,8 +856,8 @@ fn snapshots_read_a_checkpoint_and_install_whole_or_not_at_all() {
         let leader = Store::open(&leader_dir, replicated_config()).await.unwrap();
         let value = |slot: u64| vec![slot as u8; 300 + (slot as usize % 7) * 100];
         for slot in 1..=500u64 {
-            leader.apply_chosen(7, slot, put(format!("k{slot:04}").as_bytes(), &value(slot)), false).unwrap();
-            leader.apply_chosen(8, slot, put(b"other", &value(slot)), false).unwrap();
+            leader.apply_chosen_command(7, slot, put(format!("k{slot:04}").as_bytes(), &value(slot)), false).unwrap();
+            leader.apply_chosen_command(8, slot, put(b"other", &value(slot)), false).unwrap();
         }
         leader.checkpoint().await.unwrap();
         let expected = leader.scan(7, Bound::Unbounded, Bound::Unbounded, false, usize::MAX).await.unwrap();
@@ -866,7 +879,7 @@ fn snapshots_read_a_checkpoint_and_install_whole_or_not_at_all() {
                 } else {
                     put(key.as_bytes(), &value(next + 1))
                 };
-                leader.apply_chosen(7, next, command, false).unwrap();
+                leader.apply_chosen_command(7, next, command, false).unwrap();
                 next += 1;
             }
             leader.checkpoint().await.unwrap();
@@ -878,8 +891,8 @@ fn snapshots_read_a_checkpoint_and_install_whole_or_not_at_all() {
 
         let follower = Store::open(&follower_dir, replicated_config()).await.unwrap();
         for slot in 1..=10u64 {
-            follower.apply_chosen(7, slot, put(format!("stale{slot}").as_bytes(), b"x"), false).unwrap();
-            follower.apply_chosen(8, slot, put(b"mine", b"kept"), false).unwrap();
+            follower.apply_chosen_command(7, slot, put(format!("stale{slot}").as_bytes(), b"x"), false).unwrap();
+            follower.apply_chosen_command(8, slot, put(b"mine", b"kept"), false).unwrap();
         }
         // An install interrupted by a crash (after a checkpoint) comes back as installing.
         follower.install_begin(7).await.unwrap();
@@ -937,8 +950,8 @@ fn dropped_partitions_leave_nothing_behind() {
     run(async move {
         let store = Store::open(&dir, replicated_config()).await.unwrap();
         for slot in 1..=50u64 {
-            store.apply_chosen(7, slot, put(format!("k{slot}").as_bytes(), b"gone"), false).unwrap();
-            store.apply_chosen(8, slot, put(format!("k{slot}").as_bytes(), b"kept"), false).unwrap();
+            store.apply_chosen_command(7, slot, put(format!("k{slot}").as_bytes(), b"gone"), false).unwrap();
+            store.apply_chosen_command(8, slot, put(format!("k{slot}").as_bytes(), b"kept"), false).unwrap();
         }
         // An accepted entry of partition 7 that will never be applied.
         let lsn = store.persist_paxos(7, None, &[chosen(51, 1, &put(b"late", b"x"))]).unwrap();
@@ -970,9 +983,9 @@ fn group_configurations_survive_restarts() {
         let store = Store::open(&dir, replicated_config()).await.unwrap();
         assert_eq!(store.configuration(7), None);
         let members = vec![paxos::Member::full(1), paxos::Member::full(2), paxos::Member::log(4)];
-        store.apply_chosen(7, 1, put(b"a", b"1"), false).unwrap();
+        store.apply_chosen_command(7, 1, put(b"a", b"1"), false).unwrap();
         store.apply_members(7, 2, members.clone()).unwrap();
-        store.apply_chosen(7, 3, put(b"b", b"2"), false).unwrap();
+        store.apply_chosen_command(7, 3, put(b"b", b"2"), false).unwrap();
         store.apply_members(9, 1, vec![paxos::Member::full(3)]).unwrap();
         store.checkpoint().await.unwrap();
         assert_eq!((store.configuration(7), store.applied_slot(7)), (Some(members.clone()), 3));
@@ -1006,7 +1019,7 @@ fn a_log_held_by_unapplied_entries_sets_off_no_checkpoint_storm() {
             let command = put(&(slot % 8).to_be_bytes(), &filler);
             let lsn = store.persist_paxos(8, None, &[chosen(slot, 1, &command)]).unwrap();
             store.durable(lsn).await.unwrap();
-            let ticket = store.apply_chosen(8, slot, command, true).unwrap();
+            let ticket = store.apply_chosen_command(8, slot, command, true).unwrap();
             store.outcome(ticket).await.unwrap();
         }
         let (segments, checkpoints) = (store.wal().segments_in_use(), store.checkpoints());
@@ -1052,10 +1065,10 @@ fn a_damaged_leaf_is_found_by_the_scrub_and_cut_out_by_an_install() {
         let value = |n: u64| vec![n as u8; 200];
         let store = Store::open(&dir, replicated_config()).await.unwrap();
         for slot in 1..=300u64 {
-            store.apply_chosen(7, slot, put(format!("k{slot:04}").as_bytes(), &value(slot)), false).unwrap();
+            store.apply_chosen_command(7, slot, put(format!("k{slot:04}").as_bytes(), &value(slot)), false).unwrap();
         }
         for slot in 1..=50u64 {
-            store.apply_chosen(1000, slot, put(format!("o{slot:04}").as_bytes(), &value(slot)), false).unwrap();
+            store.apply_chosen_command(1000, slot, put(format!("o{slot:04}").as_bytes(), &value(slot)), false).unwrap();
         }
         store.checkpoint().await.unwrap();
         let image = store.scan(7, Bound::Unbounded, Bound::Unbounded, false, usize::MAX).await.unwrap();
@@ -1097,7 +1110,7 @@ fn a_damaged_leaf_is_found_by_the_scrub_and_cut_out_by_an_install() {
         assert_eq!(store.scan(7, Bound::Unbounded, Bound::Unbounded, false, usize::MAX).await.unwrap(), image);
         // Writes after it allocate the freed pages; every count and page survives a reopen.
         for slot in 301..=400u64 {
-            store.apply_chosen(7, slot, put(format!("k{slot:04}").as_bytes(), &value(slot)), false).unwrap();
+            store.apply_chosen_command(7, slot, put(format!("k{slot:04}").as_bytes(), &value(slot)), false).unwrap();
         }
         store.checkpoint().await.unwrap();
         store.close().await.unwrap();
@@ -1108,5 +1121,110 @@ fn a_damaged_leaf_is_found_by_the_scrub_and_cut_out_by_an_install() {
         assert_eq!(meta.bytes, all.iter().map(|(key, value)| (key.len() + value.len()) as u64).sum::<u64>());
         assert_eq!(store.scan(1000, Bound::Unbounded, Bound::Unbounded, false, usize::MAX).await.unwrap(), others);
         store.close().await.unwrap();
+    });
+}
+
+/// An encoded item of one string attribute.
+fn item_bytes(value: &str) -> Vec<u8> {
+    let item = crate::value::Item::from([("v".to_string(), crate::value::AttributeValue::S(value.to_string()))]);
+    let mut bytes = Vec::new();
+    crate::codec::encode_item(&item, crate::codec::ItemMeta::default(), &mut bytes);
+    bytes
+}
+
+fn changes_on(view: crate::partition::ChangeView) -> Command {
+    Command::Schema(crate::partition::PartitionSchema { changes: view, retention_s: 3600 })
+}
+
+/// The change log keyspace: with a view set by a schema entry, each change is recorded in log
+/// order with the images the view keeps, survives a restart (from the checkpoint and from the
+/// WAL's replay alike), is trimmed by its entry's time, and goes with its partition.
+#[test]
+fn the_change_log_records_changes_in_log_order_and_survives_restarts() {
+    use crate::partition::{ChangeKind, ChangeView, Sequence};
+    let dir = scratch_dir("store-change-log");
+    let image = scratch_dir("store-change-log-image");
+    run(async move {
+        let log = LocalLog::new(Store::open(&dir, small_config()).await.unwrap());
+        log.propose(3, put(b"before", &item_bytes("0"))).await.unwrap();
+        log.propose(3, changes_on(ChangeView::NewAndOldImages)).await.unwrap();
+        log.propose(3, put(b"a", &item_bytes("1"))).await.unwrap();
+        log.propose(3, put(b"a", &item_bytes("1"))).await.unwrap();
+        log.store().checkpoint().await.unwrap();
+        log.propose(3, Command::Batch(vec![put(b"a", &item_bytes("2")), put(b"b", &item_bytes("1"))])).await.unwrap();
+        log.propose(3, Command::Delete { key: b"a".to_vec() }).await.unwrap();
+        log.propose(4, put(b"elsewhere", &item_bytes("1"))).await.unwrap();
+        let expected = log.store().changes(3, Sequence::default(), usize::MAX).await.unwrap();
+        let summary: Vec<_> = expected
+            .iter()
+            .map(|(sequence, record)| (sequence.slot, sequence.position, record.kind, record.key.clone()))
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                (3, 0, ChangeKind::Insert, b"a".to_vec()),
+                (5, 0, ChangeKind::Modify, b"a".to_vec()),
+                (5, 1, ChangeKind::Insert, b"b".to_vec()),
+                (6, 0, ChangeKind::Remove, b"a".to_vec()),
+            ],
+            "slot 4 left the item as it was; slot 1 came before the view"
+        );
+        assert_eq!(expected[1].1.old, Some(item_bytes("1")));
+        assert_eq!(expected[1].1.new, Some(item_bytes("2")));
+        assert!(expected.windows(2).all(|pair| pair[0].1.at_us <= pair[1].1.at_us && pair[0].1.at_us > 0));
+        assert!(log.store().changes(4, Sequence::default(), 10).await.unwrap().is_empty(), "partition 4 has no view");
+        let from = log.store().changes(3, Sequence { slot: 5, position: 1 }, 1).await.unwrap();
+        assert_eq!(from, expected[2..3]);
+        // A crash: the records after the checkpoint come back from the WAL's replay.
+        copy_dir(&dir, &image);
+        let crashed = Store::open(&image, small_config()).await.unwrap();
+        assert_eq!(crashed.changes(3, Sequence::default(), usize::MAX).await.unwrap(), expected);
+        crashed.close().await.unwrap();
+        log.store().checkpoint().await.unwrap();
+        log.store().close().await.unwrap();
+        let store = Store::open(&dir, small_config()).await.unwrap();
+        assert_eq!(store.changes(3, Sequence::default(), usize::MAX).await.unwrap(), expected);
+        // Trimmed by time: none is an hour old yet; an hour on, all are.
+        let now = crate::command::now_us();
+        assert_eq!(store.trim_changes(now).await.unwrap(), 0);
+        assert_eq!(store.trim_changes(expected[1].1.at_us + 3_600_000_000).await.unwrap(), 1);
+        assert_eq!(store.changes(3, Sequence::default(), usize::MAX).await.unwrap(), expected[1..]);
+        assert_eq!(store.trim_changes(now + 3_600_000_001).await.unwrap(), 3);
+        assert!(store.changes(3, Sequence::default(), usize::MAX).await.unwrap().is_empty());
+        store.close().await.unwrap();
+    });
+}
+
+/// Replicas that apply the same chosen entries hold the same change log, byte for byte: the
+/// sequence follows from the slot, the time from the entry's stamp.
+#[test]
+fn replicas_applying_the_same_entries_hold_the_same_change_log() {
+    use crate::partition::{ChangeView, Sequence};
+    let dirs = [scratch_dir("store-change-log-a"), scratch_dir("store-change-log-b")];
+    run(async move {
+        let mut logs = Vec::new();
+        for (at, dir) in dirs.iter().enumerate() {
+            let store = Store::open(dir, replicated_config()).await.unwrap();
+            let entries = [
+                changes_on(ChangeView::OldImage),
+                put(b"k", &item_bytes("1")),
+                put(b"k", &item_bytes("2")),
+                Command::Delete { key: b"k".to_vec() },
+            ];
+            for (slot, command) in (1..).zip(entries) {
+                // Applied at different moments on each replica; stamped once, by the leader.
+                if at == 1 {
+                    glommio::timer::sleep(Duration::from_millis(2)).await;
+                }
+                store.apply_chosen(9, slot, Stamped { at_us: 1_000 * slot, command }, false).unwrap();
+            }
+            logs.push(store.changes(9, Sequence::default(), usize::MAX).await.unwrap());
+            store.close().await.unwrap();
+        }
+        assert_eq!(logs[0].len(), 3);
+        assert_eq!(logs[0], logs[1]);
+        assert_eq!(logs[0][1].1.old, Some(item_bytes("1")));
+        assert_eq!(logs[0][1].1.new, None, "OLD_IMAGE keeps only the old image");
+        assert_eq!(logs[0][2].1.at_us, 4_000);
     });
 }
