@@ -20,7 +20,7 @@ use tessera_net::client::{Client, ClientConfig, ClientError, ItemBuilder};
 use tessera_wire::replication::{encode_batch, PeerMessage};
 use tessera_wire::{ErrorCode, ReadExpressions, Request, Response};
 
-use common::{crash_api, exchange, post};
+use common::{crash_api, exchange, free_addresses, post};
 
 mod common;
 
@@ -28,13 +28,6 @@ const BINARY: &str = env!("CARGO_BIN_EXE_tessera");
 const TABLE: &str = "orders";
 /// The cluster's secret the test clusters share.
 const SECRET: &str = "a-test-cluster-secret-0123456789";
-
-/// `count` loopback addresses with ports free now, all different (the listeners found them
-/// are held until every one is found: ports released one by one could come back twice).
-fn free_addresses(count: usize) -> Vec<SocketAddr> {
-    let listeners: Vec<_> = (0..count).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap()).collect();
-    listeners.iter().map(|listener| listener.local_addr().unwrap()).collect()
-}
 
 struct Cluster {
     root: PathBuf,

@@ -127,6 +127,22 @@ pub fn crash_api(
     eprintln!("{report}{verdict}");
 }
 
+/// The binary protocol's address in `tessera serve`'s start-up line.
+pub fn binary_address(line: &str) -> std::net::SocketAddr {
+    line.split("serving on ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|address| address.parse().ok())
+        .unwrap_or_else(|| panic!("no binary protocol address in {line:?}"))
+}
+
+/// `count` loopback addresses with ports free now, all different (the listeners found them
+/// are held until every one is found: ports released one by one could come back twice).
+pub fn free_addresses(count: usize) -> Vec<SocketAddr> {
+    let listeners: Vec<_> = (0..count).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+    listeners.iter().map(|listener| listener.local_addr().unwrap()).collect()
+}
+
 /// The DynamoDB HTTP address in `tessera serve`'s start-up line.
 pub fn http_address(line: &str) -> std::net::SocketAddr {
     line.split("DynamoDB HTTP API on ")
@@ -140,6 +156,8 @@ pub fn http_address(line: &str) -> std::net::SocketAddr {
 /// data in a fresh temporary directory (removed when dropped).
 pub struct Node {
     child: Child,
+    /// The binary protocol's address.
+    pub address: SocketAddr,
     pub http: SocketAddr,
     pub dir: PathBuf,
     flags: Vec<String>,
@@ -149,12 +167,17 @@ impl Node {
     pub fn start(name: &str, flags: &[&str]) -> Node {
         let dir = std::env::temp_dir().join(format!("tessera-http-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let flags: Vec<String> = flags.iter().map(|flag| flag.to_string()).collect();
-        let (child, http) = Node::spawn(&dir, &flags);
-        Node { child, http, dir, flags }
+        Node::open(dir, flags)
     }
 
-    fn spawn(dir: &Path, flags: &[String]) -> (Child, SocketAddr) {
+    /// A node on the data directory `dir` as it is (removed when dropped, as with `start`).
+    pub fn open(dir: PathBuf, flags: &[&str]) -> Node {
+        let flags: Vec<String> = flags.iter().map(|flag| flag.to_string()).collect();
+        let (child, address, http) = Node::spawn(&dir, &flags);
+        Node { child, address, http, dir, flags }
+    }
+
+    fn spawn(dir: &Path, flags: &[String]) -> (Child, SocketAddr, SocketAddr) {
         let mut child = Command::new(env!("CARGO_BIN_EXE_tessera"))
             .args(["serve", "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--cores", "2"])
             .args(["--cache-mib", "64", "--data-dir"])
@@ -165,8 +188,7 @@ impl Node {
             .expect("start tessera serve");
         let mut line = String::new();
         BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("first line");
-        let http = http_address(&line);
-        (child, http)
+        (child, binary_address(&line), http_address(&line))
     }
 
     /// SIGKILLs the node (`restart` starts it again on the same data directory).
@@ -177,7 +199,7 @@ impl Node {
 
     /// Starts the killed node again; its new HTTP address.
     pub fn restart(&mut self) -> Vec<SocketAddr> {
-        (self.child, self.http) = Node::spawn(&self.dir, &self.flags);
+        (self.child, self.address, self.http) = Node::spawn(&self.dir, &self.flags);
         vec![self.http]
     }
 }
