@@ -22,6 +22,7 @@ use std::rc::{Rc, Weak};
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
+use tessera_engine::partition::host::{HostConfig, ReplicaHost};
 use tessera_engine::paxos::{
     self, Action, ChangeError, Member, MemberKind, Micros, ProposeError, Replica, ReplicaId, Slot, Value,
 };
@@ -141,7 +142,7 @@ pub struct ReplicatedLog {
     config: paxos::Config,
     store: Store,
     links: RefCell<Option<PeerLinks>>,
-    replicas: RefCell<BTreeMap<PartitionId, Replica>>,
+    replicas: RefCell<BTreeMap<PartitionId, ReplicaHost>>,
     recovered: RefCell<BTreeMap<PartitionId, paxos::Durable>>,
     started: Instant,
     /// Persists appended to the WAL and not yet reported: partition, persist id, LSN.
@@ -159,13 +160,11 @@ pub struct ReplicatedLog {
     flush_scheduled: Cell<bool>,
     me: RefCell<Weak<ReplicatedLog>>,
     ticks: Cell<u64>,
-    log_retain: u64,
+    host: HostConfig,
     apply_delay_max: Duration,
     snapshots: snapshot::Snapshots,
     /// Partitions of deleted tables: their replicas are stopped and their messages ignored.
     retired: RefCell<std::collections::BTreeSet<PartitionId>>,
-    /// Entries chosen at replicas whose configuration does not name this node yet (`chosen`).
-    held: RefCell<BTreeMap<PartitionId, Vec<(Slot, Value)>>>,
     /// By table id: the configuration its groups started with (`learn_group`).
     first_members: RefCell<BTreeMap<u64, Vec<Member>>>,
 }
@@ -210,11 +209,10 @@ impl ReplicatedLog {
             flush_scheduled: Cell::new(false),
             me: RefCell::new(Weak::new()),
             ticks: Cell::new(0),
-            log_retain: cluster.log_retain,
+            host: HostConfig { log_retain: cluster.log_retain, unsafe_apply_during_install: false },
             apply_delay_max: cluster.apply_delay_max,
             snapshots: snapshot::Snapshots::default(),
             retired: RefCell::default(),
-            held: RefCell::default(),
             first_members: RefCell::default(),
         });
         *log.me.borrow_mut() = Rc::downgrade(&log);
@@ -238,11 +236,11 @@ impl ReplicatedLog {
         let partitions: Vec<PartitionId> = log.recovered.borrow().keys().copied().collect();
         for partition in partitions {
             let installing = log.store.installing(partition);
-            if installing {
-                log.snapshots.deferred.borrow_mut().insert(partition, Vec::new());
-            }
-            // Until the snapshot is whole, it could not serve what it chose as leader.
-            log.with_replica(partition, |replica| replica.set_standby(installing));
+            log.with_host(partition, |host| {
+                if installing {
+                    host.begin_install();
+                }
+            });
         }
         Ok(log)
     }
@@ -344,7 +342,6 @@ impl ReplicatedLog {
         }
         self.replicas.borrow_mut().remove(&partition);
         self.recovered.borrow_mut().remove(&partition);
-        self.held.borrow_mut().remove(&partition);
         self.snapshots.forget(partition);
         let waiting: Vec<(PartitionId, Slot)> =
             self.waiters.borrow().keys().filter(|(of, _)| *of == partition).copied().collect();
@@ -427,7 +424,7 @@ impl ReplicatedLog {
     /// Retires this node's replica of `partition`, which its group removed: the leader stops
     /// sending to a replica it removed, so only the operator's tool can tell it.
     pub fn retire_removed(&self, partition: PartitionId) -> Result<()> {
-        let leading = self.replicas.borrow().get(&partition).map(|replica| replica.leading().is_some());
+        let leading = self.replicas.borrow().get(&partition).map(|host| host.replica().leading().is_some());
         match leading {
             None => {
                 return Err(Error::Validation(format!("partition {partition} has no replica on node {}", self.node)))
@@ -451,7 +448,7 @@ impl ReplicatedLog {
     /// stays retired).
     pub fn caught_up(&self, partition: PartitionId) -> bool {
         let replicas = self.replicas.borrow();
-        let Some(replica) = replicas.get(&partition) else { return false };
+        let Some(replica) = replicas.get(&partition).map(ReplicaHost::replica) else { return false };
         replica.caught_up() && !replica.amnesiac() && self.store.applied_slot(partition) >= replica.commit()
     }
 
@@ -480,10 +477,16 @@ impl ReplicatedLog {
     /// Runs `f` on `partition`'s replica (started on first use), then carries out what it
     /// asked for.
     fn with_replica<T>(&self, partition: PartitionId, f: impl FnOnce(&mut Replica) -> T) -> T {
+        self.with_host(partition, |host| f(host.replica_mut()))
+    }
+
+    /// Runs `f` on `partition`'s host (its replica started on first use), then carries out
+    /// what its replica asked for.
+    fn with_host<T>(&self, partition: PartitionId, f: impl FnOnce(&mut ReplicaHost) -> T) -> T {
         let now = self.now();
-        let (result, actions, kind) = {
+        let (result, actions) = {
             let mut replicas = self.replicas.borrow_mut();
-            let replica = replicas.entry(partition).or_insert_with(|| {
+            let host = replicas.entry(partition).or_insert_with(|| {
                 let durable = self.recovered.borrow_mut().remove(&partition).unwrap_or_default();
                 let applied = self.store.applied_slot(partition);
                 let seed = u64::from(self.node) << 48 ^ partition ^ now;
@@ -498,11 +501,11 @@ impl ReplicatedLog {
                 if self.store.amnesiac(partition) {
                     replica.set_amnesiac();
                 }
-                replica
+                ReplicaHost::new(replica, self.host)
             });
-            let was_leading = replica.leading();
-            let result = f(replica);
-            let leading = replica.leading();
+            let was_leading = host.replica().leading();
+            let result = f(host);
+            let leading = host.replica().leading();
             if leading != was_leading {
                 match leading {
                     Some(ballot) => tessera_engine::report!(
@@ -516,9 +519,9 @@ impl ReplicatedLog {
                     }
                 }
             }
-            (result, replica.drain(), self.part(replica))
+            (result, host.drain())
         };
-        self.carry_out(partition, actions, kind);
+        self.carry_out(partition, actions);
         result
     }
 
@@ -540,23 +543,13 @@ impl ReplicatedLog {
         let members = if members.is_empty() { self.initial.clone() } else { members.to_vec() };
         self.first_members.borrow_mut().insert(table_of(partition), members.clone());
         if self.replicas.borrow().contains_key(&partition) {
-            let kind = self.with_replica(partition, |replica| {
-                replica.join_group(&members);
-                self.part(replica)
-            });
-            self.settle_held(partition, kind);
+            self.with_host(partition, |host| host.join_group(&members));
         }
     }
 
     /// The newest configuration `partition`'s replica here knows.
     pub fn members(&self, partition: PartitionId) -> Vec<Member> {
         self.with_replica(partition, |replica| replica.members().to_vec())
-    }
-
-    /// The part this node plays in `replica`'s newest configuration (none: it is not a
-    /// member, or does not know yet that it is one).
-    fn part(&self, replica: &Replica) -> Option<MemberKind> {
-        replica.members().iter().find(|member| member.id == self.node).map(|member| member.kind)
     }
 
     fn deliver(&self, messages: Vec<PeerMessage>) {
@@ -589,7 +582,9 @@ impl ReplicatedLog {
         }
     }
 
-    fn carry_out(&self, partition: PartitionId, actions: Vec<Action>, kind: Option<MemberKind>) {
+    /// Carries out what a replica asked for; its chosen entries are routed by its host
+    /// already (`ReplicaHost::drain`).
+    fn carry_out(&self, partition: PartitionId, actions: Vec<Action>) {
         for action in actions {
             match action {
                 Action::Send(envelope) => self.send(PeerMessage::Paxos((partition, envelope))),
@@ -603,19 +598,7 @@ impl ReplicatedLog {
                         }
                     }
                 }
-                Action::Apply { slot, value } => {
-                    // While a snapshot is being installed, chosen entries wait for it.
-                    let installing = match self.snapshots.deferred.borrow_mut().get_mut(&partition) {
-                        Some(deferred) => {
-                            deferred.push((slot, value.clone()));
-                            true
-                        }
-                        None => false,
-                    };
-                    if !installing {
-                        self.chosen(partition, kind, slot, value);
-                    }
-                }
+                Action::Apply { slot, value } => self.apply(partition, slot, value),
                 Action::SendSnapshot { to } => self.send_snapshot(partition, to),
                 Action::StartLog { to, slot, members } => self.start_log(partition, to, slot, members),
                 Action::Rejoined { ballot, through } => {
@@ -628,33 +611,6 @@ impl ReplicatedLog {
                     );
                 }
                 Action::Report(anomaly) => tessera_engine::report!("tessera: partition {partition}: {anomaly}"),
-            }
-        }
-    }
-
-    /// An entry chosen for `slot`, as this node's part in the group (`kind`) has it: a full
-    /// member applies it (after those it held back), a log member applies nothing, and a
-    /// replica whose configuration does not name this node yet (it is joining, and the entry
-    /// that adds it is still to come) holds it back until it learns which part it plays.
-    fn chosen(&self, partition: PartitionId, kind: Option<MemberKind>, slot: Slot, value: Value) {
-        self.settle_held(partition, kind);
-        match kind {
-            Some(MemberKind::Full) => self.apply(partition, slot, value),
-            Some(MemberKind::Log) => {}
-            None => self.held.borrow_mut().entry(partition).or_default().push((slot, value)),
-        }
-    }
-
-    /// Entries `partition`'s replica held back while it did not know its part: applied once it
-    /// is a full member, dropped once a log member.
-    fn settle_held(&self, partition: PartitionId, kind: Option<MemberKind>) {
-        if kind.is_none() {
-            return;
-        }
-        let held = self.held.borrow_mut().remove(&partition).unwrap_or_default();
-        if kind == Some(MemberKind::Full) {
-            for (slot, value) in held {
-                self.apply(partition, slot, value);
             }
         }
     }
@@ -771,15 +727,15 @@ impl ReplicatedLog {
             let checkpointed = self.store.checkpointed_slot(partition);
             // Only compaction needs the floor: not looked up on the other ticks.
             let floor = if compacting { self.snapshot_floor(partition) } else { None };
-            let unchecked = self.with_replica(partition, |replica| {
-                replica.tick(now);
+            let unchecked = self.with_host(partition, |host| {
+                host.replica_mut().tick(now);
                 if compacting {
-                    compact(replica, checkpointed, floor, self.log_retain);
+                    host.compact(checkpointed, floor);
                 }
-                replica.commit().saturating_sub(checkpointed)
+                host.replica().commit().saturating_sub(checkpointed)
             });
             // A log longer than the retained length is cut only at a checkpoint: ask for one.
-            if compacting && unchecked > self.log_retain {
+            if compacting && unchecked > self.host.log_retain {
                 self.store.request_checkpoint();
             }
         }
@@ -802,25 +758,6 @@ impl ReplicatedLog {
                 ))));
             }
         }
-    }
-}
-
-/// Drops from `replica`'s in-memory log what every full replica has checkpointed
-/// (`Replica::compactable`), or, when one lags by more than `retain` entries and no log
-/// replica (which cannot take a snapshot) is a member, what this one has checkpointed; never
-/// past `floor` (a snapshot being sent, which the receiver continues from).
-fn compact(replica: &mut Replica, checkpointed: Slot, floor: Option<Slot>, retain: u64) {
-    replica.checkpointed(checkpointed);
-    let mut through = replica.compactable().min(checkpointed);
-    let full_only = replica.members().iter().all(|member| member.kind == MemberKind::Full);
-    if full_only && checkpointed.saturating_sub(through) > retain {
-        through = checkpointed.min(replica.commit());
-    }
-    if let Some(floor) = floor {
-        through = through.min(floor);
-    }
-    if through >= replica.log_start() {
-        replica.compact(through);
     }
 }
 

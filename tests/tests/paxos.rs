@@ -1,7 +1,9 @@
 //! Multi-Paxos under deterministic simulation (`tessera_tests::sim`): a few hundred seeds,
 //! each a different mix of drops, duplicates, delays, partitions, crashes, torn writes, power
 //! failures, clock skew, snapshots, client load and, in some, a replica lost for good and
-//! replaced through configuration changes; every one checked for safety, linearizability and
+//! replaced through configuration changes, and repairs of damaged data by snapshot. The
+//! replicas run inside the server's own host code (`ReplicaHost`: what is applied when, how
+//! far logs are compacted); every one checked for safety, linearizability and
 //! recovery. A longer
 //! soak: `cargo run --release -p tessera-tests --bin paxos-soak -- --seeds 100000`.
 
@@ -50,6 +52,8 @@ fn every_seed_keeps_every_invariant() {
         "read refused by a leader without a lease",
         "new leadership",
         "snapshot installed",
+        "repair started",
+        "entries chosen during an install covered by it",
         "replica lost for good",
         "log replica added",
         "lost replica removed",
@@ -96,6 +100,18 @@ fn the_simulator_catches_acknowledging_before_durable() {
 fn the_simulator_catches_an_amnesiac_replica_voting() {
     let failure = first_failure(|options| options.paxos.unsafe_amnesiac_votes = true);
     println!("caught: {}", failure.expect("some seed exposes an amnesiac replica voting"));
+}
+
+/// The fourth planted bug, in the replica's host (`ReplicaHost`, the code the server runs):
+/// entries chosen while a snapshot is being installed are applied at once, beside the partial
+/// snapshot, instead of waiting until it is durable and then applying those that follow it. A
+/// replica then applies slots out of order, or its snapshot replaces entries it applied; the
+/// checks that each replica applies every slot once, in order, and that the states agree must
+/// notice.
+#[test]
+fn the_simulator_catches_applying_during_a_snapshot_install() {
+    let failure = first_failure(|options| options.host.unsafe_apply_during_install = true);
+    println!("caught: {}", failure.expect("some seed exposes applying during an install"));
 }
 
 /// The first failure among the CI seeds with `plant` applied to each seed's options.

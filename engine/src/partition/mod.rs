@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 
 use crate::paxos::{self, Ballot};
 
+pub mod host;
 pub mod keyspace;
 pub mod machine;
 pub mod schema;

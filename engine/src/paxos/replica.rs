@@ -550,6 +550,18 @@ impl Replica {
             self.durable_end = self.durable_end.max(self.commit);
         }
         self.check_rejoined();
+        // A sender whose leadership is behind a ballot promised here, or may predate this
+        // replica's restart while it is amnesiac, hears so, as an Accept of it would
+        // (`on_accept`): it steps down and an election follows. Otherwise it would take the
+        // answer below for a stale one and send snapshot after snapshot, never an Accept this
+        // replica could refuse.
+        let predates_restart =
+            self.amnesia.as_ref().is_some_and(|amnesia| amnesia.fresh.is_none_or(|fresh| ballot < fresh));
+        if ballot < self.promised || predates_restart {
+            let above = Ballot { round: ballot.round.saturating_add(1).min(LAST_ROUND - 1), replica: self.id };
+            let promised = if predates_restart { above.max(ballot).max(self.promised) } else { self.promised };
+            self.send(from, Message::Reject { promised });
+        }
         // Tell the leader where the run now ends, so it sends what follows.
         let message = Message::Accepted {
             ballot: self.run,

@@ -232,6 +232,24 @@ impl Wal {
         let start = segments
             .iter()
             .rposition(|segment| segment.header.is_some_and(|header| header.first_lsn <= checkpoint_lsn + 1));
+        if start.is_none() {
+            // Records are there, but none from the first one the checkpoint does not cover: they
+            // were recycled under a checkpoint that is gone (its meta pages damaged), and
+            // replaying what is left would serve a tree missing them.
+            if let Some((segment, header)) =
+                segments.iter().find_map(|segment| segment.header.map(|header| (segment, header)))
+            {
+                return Err(Error::corrupt(
+                    segment.file.path(),
+                    0,
+                    format!(
+                        "the log holds records from LSN {} on, but the tree's checkpoint needs them from LSN {}: the checkpoint that covered the records before is lost (both meta pages of the tree file damaged?)",
+                        header.first_lsn,
+                        checkpoint_lsn + 1
+                    ),
+                ));
+            }
+        }
         let mut spares = Vec::new();
         let mut chain: Vec<Segment> = Vec::new();
         let mut records = Vec::new();

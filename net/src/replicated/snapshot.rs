@@ -13,7 +13,7 @@
 //! (`Store::install_begin`), stores each chunk, and at the last checks the counts, makes the
 //! partition durable at the snapshot's slot (a checkpoint), and only then tells its replica
 //! (`Replica::install_snapshot`). From the first chunk until then, the entries its replica
-//! chooses are held back (`Snapshots::deferred`) and afterwards applied if they follow the
+//! chooses are held back (`ReplicaHost::begin_install`) and afterwards applied if they follow the
 //! snapshot's slot: the partition never mixes a partial snapshot with entries. A partition
 //! still installing (a stream that broke off, or a restart midway) asks its leader for a
 //! snapshot every second.
@@ -36,7 +36,8 @@ use std::time::{Duration, Instant};
 
 use futures_lite::FutureExt;
 
-use tessera_engine::paxos::{Member, MemberKind, ReplicaId, Slot, Value};
+use tessera_engine::partition::host::ReplicaHost;
+use tessera_engine::paxos::{Member, ReplicaId, Slot};
 use tessera_engine::{Error, PartitionId};
 use tessera_wire::replication::{PeerMessage, SnapshotAck, SnapshotChunk, SnapshotEnd};
 
@@ -129,20 +130,14 @@ struct Incoming {
 pub(super) struct Snapshots {
     outgoing: RefCell<BTreeMap<(PartitionId, ReplicaId), Rc<Outgoing>>>,
     incoming: RefCell<BTreeMap<PartitionId, Incoming>>,
-    /// Partitions installing a snapshot: the entries their replica chose meanwhile, in order.
-    pub(super) deferred: RefCell<BTreeMap<PartitionId, Vec<(Slot, Value)>>>,
-    /// Partitions being repaired: the slot the snapshot must reach (`repair_damaged`).
-    repairs: RefCell<BTreeMap<PartitionId, Slot>>,
     next_stream: Cell<u64>,
     stats: Cell<SnapshotStats>,
 }
 
 impl Snapshots {
-    /// Forgets `partition` (retired): entries held back for it and a snapshot being received
-    /// go; one being sent ends at its next acknowledgement or timeout.
+    /// Forgets `partition` (retired): a snapshot being received goes; one being sent ends at
+    /// its next acknowledgement or timeout.
     pub(super) fn forget(&self, partition: PartitionId) {
-        self.deferred.borrow_mut().remove(&partition);
-        self.repairs.borrow_mut().remove(&partition);
         self.incoming.borrow_mut().remove(&partition);
         self.outgoing.borrow_mut().retain(|(of, _), _| *of != partition);
     }
@@ -240,7 +235,7 @@ impl ReplicatedLog {
         if ack.next != 0 || ack.refused.is_some() {
             return;
         }
-        let leads = self.replicas.borrow().get(&ack.partition).and_then(|replica| replica.leading()).is_some();
+        let leads = self.replicas.borrow().get(&ack.partition).and_then(|host| host.replica().leading()).is_some();
         if !leads {
             return;
         }
@@ -258,8 +253,8 @@ impl ReplicatedLog {
     /// A chunk of a snapshot for one of this core's replicas.
     pub(super) fn receive_chunk(&self, chunk: SnapshotChunk) {
         let partition = chunk.partition;
-        let commit = self.with_replica(partition, |replica| replica.commit());
-        let installing = self.snapshots.deferred.borrow().contains_key(&partition);
+        let (commit, installing, floor) =
+            self.with_host(partition, |host| (host.replica().commit(), host.installing(), host.install_floor()));
         let mut incoming = self.snapshots.incoming.borrow_mut();
         let known = incoming
             .get(&partition)
@@ -273,7 +268,7 @@ impl ReplicatedLog {
                 let refused = format!("the replica is at slot {commit} already, the snapshot at {}", chunk.slot);
                 return self.acknowledge(partition, chunk.from, chunk.stream, 0, Some(refused));
             }
-            if let Some(&floor) = self.snapshots.repairs.borrow().get(&partition).filter(|&&floor| chunk.slot < floor) {
+            if let Some(floor) = floor.filter(|&floor| chunk.slot < floor) {
                 drop(incoming);
                 let refused = format!(
                     "the replica had committed slot {floor} before its repair, the snapshot is at {}",
@@ -286,8 +281,7 @@ impl ReplicatedLog {
             drop(incoming);
             // From now on, what the replica chooses waits for the snapshot, and it does not
             // campaign (as leader it could not serve what it chose).
-            self.snapshots.deferred.borrow_mut().entry(partition).or_default();
-            self.with_replica(partition, |replica| replica.set_standby(true));
+            self.with_host(partition, ReplicaHost::begin_install);
             tessera_engine::report!(
                 "tessera: partition {partition}: receiving a snapshot through slot {} from node {from}",
                 chunk.slot
@@ -324,23 +318,14 @@ impl ReplicatedLog {
     /// after it, with the entries it chose meanwhile that follow it.
     fn installed(&self, chunk: &SnapshotChunk, end: SnapshotEnd) {
         let (partition, slot) = (chunk.partition, chunk.slot);
-        let kind = self.with_replica(partition, |replica| {
-            replica.install_snapshot(slot, chunk.from, chunk.ballot, end.members);
-            replica.set_standby(false);
-            self.part(replica)
-        });
-        // What a joining replica held back before the snapshot is in it, or older.
-        self.held.borrow_mut().remove(&partition);
-        self.snapshots.repairs.borrow_mut().remove(&partition);
+        // The entries chosen meanwhile that follow the snapshot are applied as this returns.
+        let covered = self.with_host(partition, |host| host.end_install(slot, chunk.from, chunk.ballot, end.members));
         let watcher = self.watchers.borrow().get(&partition).cloned();
         if let Some(watcher) = watcher {
             watcher();
         }
-        let deferred = self.snapshots.deferred.borrow_mut().remove(&partition).unwrap_or_default();
-        for (chosen, value) in deferred {
-            if chosen > slot {
-                self.chosen(partition, kind, chosen, value);
-            } else if let Some(waiter) = self.waiters.borrow_mut().remove(&(partition, chosen)) {
+        for chosen in covered {
+            if let Some(waiter) = self.waiters.borrow_mut().remove(&(partition, chosen)) {
                 waiter.reply.resolve(Err(Error::Unavailable(format!(
                     "slot {chosen} of partition {partition} was chosen while a snapshot was installed: the write may or may not have taken effect"
                 ))));
@@ -357,18 +342,12 @@ impl ReplicatedLog {
     /// holds and that is not installing already (module documentation).
     pub(super) fn repair_damaged(&self) {
         for partition in self.store.take_damaged_partitions() {
-            let hosted = self.replicas.borrow().get(&partition).map(|replica| self.part(replica));
-            if hosted != Some(Some(MemberKind::Full)) || self.snapshots.deferred.borrow().contains_key(&partition) {
+            if !self.replicas.borrow().contains_key(&partition) {
                 continue;
             }
             let now = self.now();
-            let commit = self.with_replica(partition, |replica| {
-                replica.set_standby(true);
-                replica.step_down(now);
-                replica.commit()
-            });
-            self.snapshots.deferred.borrow_mut().insert(partition, Vec::new());
-            self.snapshots.repairs.borrow_mut().insert(partition, commit);
+            let repairing = self.with_host(partition, |host| host.begin_repair(now).then(|| host.replica().commit()));
+            let Some(commit) = repairing else { continue };
             tessera_engine::report!(
                 "tessera: partition {partition}: its data here is damaged; this replica leads it no more until it is reinstalled from a snapshot (through slot {commit} at least) that it asks the leader for"
             );
@@ -378,7 +357,13 @@ impl ReplicatedLog {
     /// Asks the leader of every partition still installing a snapshot, and not receiving one,
     /// for one; gives up streams that went quiet.
     pub(super) fn ask_for_snapshots(&self) {
-        let installing: Vec<PartitionId> = self.snapshots.deferred.borrow().keys().copied().collect();
+        let installing: Vec<PartitionId> = self
+            .replicas
+            .borrow()
+            .iter()
+            .filter(|(_, host)| host.installing())
+            .map(|(&partition, _)| partition)
+            .collect();
         for partition in installing {
             {
                 let mut incoming = self.snapshots.incoming.borrow_mut();

@@ -24,6 +24,7 @@ pub mod linearizability;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 
+use tessera_engine::partition::host::{HostConfig, ReplicaHost};
 use tessera_engine::paxos::{
     Action, Ballot, Config, Durable, Entry, Envelope, Member, MemberKind, Micros, Replica, ReplicaId, Role, Slot, Value,
 };
@@ -75,6 +76,9 @@ pub struct Options {
     pub disk_latency_max: Micros,
     /// Applied slots between a replica's checkpoints; each checkpoint compacts its log.
     pub checkpoint_every: u64,
+    /// The replicas' host: what it applies when, and how far it compacts (the server's own
+    /// code, `ReplicaHost`).
+    pub host: HostConfig,
 }
 
 impl Options {
@@ -104,6 +108,7 @@ impl Options {
             fault_interval: random.between(100_000, 1_500_000),
             disk_latency_max: random.between(100, 5_000),
             checkpoint_every: random.between(10, 300),
+            host: HostConfig { log_retain: random.between(20, 2_000), unsafe_apply_during_install: false },
         }
     }
 }
@@ -201,6 +206,17 @@ enum Event {
         slot: Slot,
         state: MachineState,
     },
+    /// A received snapshot is durable on its receiver's disk (for the life `epoch`).
+    Installed {
+        epoch: u64,
+        from: ReplicaId,
+        to: ReplicaId,
+        ballot: Ballot,
+        slot: Slot,
+        state: MachineState,
+    },
+    /// A replica installing a snapshot (a repair) asks the leader it knows for one.
+    AskSnapshot(ReplicaId, u64),
 }
 
 struct Clock {
@@ -220,7 +236,7 @@ type Undo = (Ballot, Vec<(Slot, Option<Entry>)>);
 
 struct Node {
     id: ReplicaId,
-    replica: Option<Replica>,
+    host: Option<ReplicaHost>,
     /// Bumped at each crash, so completions of a previous life are ignored.
     epoch: u64,
     clock: Clock,
@@ -302,7 +318,7 @@ struct Replacement {
 fn new_node(id: ReplicaId, random: &mut Random, drift: i64, first: MachineState) -> Node {
     Node {
         id,
-        replica: None,
+        host: None,
         epoch: 0,
         clock: Clock {
             offset: random.between(0, 10_000_000_000),
@@ -361,7 +377,7 @@ impl Simulation {
     fn leader(&self) -> Option<ReplicaId> {
         self.nodes
             .iter()
-            .find(|node| node.replica.as_ref().is_some_and(|replica| replica.role() == Role::Leader))
+            .find(|node| node.host.as_ref().is_some_and(|host| host.replica().role() == Role::Leader))
             .map(|node| node.id)
     }
 
@@ -421,6 +437,7 @@ impl Simulation {
 
     fn start(&mut self, id: ReplicaId) {
         let (now, config, seed) = (self.now, self.options.paxos.clone(), self.random.next_u64());
+        let host = self.options.host;
         let node = self.node(id);
         let local = node.clock.local(now);
         // The state machine restarts from its checkpoint; the log replays after it.
@@ -434,7 +451,7 @@ impl Simulation {
             // Without effect (a planted bug), the mark goes: nothing would clear it.
             node.amnesiac = replica.amnesiac();
         }
-        node.replica = Some(replica);
+        node.host = Some(ReplicaHost::new(replica, host));
         let jitter = self.random.between(0, TICK);
         self.schedule(jitter, Event::Tick(id));
     }
@@ -443,7 +460,7 @@ impl Simulation {
         let tear = self.random.chance(500_000);
         let keep = self.random.next_u64();
         let node = self.node(id);
-        node.replica = None;
+        node.host = None;
         node.epoch += 1;
         // The write in flight may be torn: a prefix of its entries reached the disk.
         if let Some((_, Action::Persist { promised, entries, .. })) = node.writing.pop_front() {
@@ -488,8 +505,8 @@ impl Simulation {
                 let now = self.now;
                 let node = self.node(id);
                 let local = node.clock.local(now);
-                let Some(replica) = node.replica.as_mut() else { return Ok(()) };
-                replica.tick(local);
+                let Some(host) = node.host.as_mut() else { return Ok(()) };
+                host.replica_mut().tick(local);
                 self.schedule(TICK, Event::Tick(id));
                 self.run_actions(id)?;
             }
@@ -500,8 +517,8 @@ impl Simulation {
                     return Ok(());
                 }
                 let local = node.clock.local(now);
-                if let Some(replica) = node.replica.as_mut() {
-                    replica.step(local, envelope.from, envelope.message);
+                if let Some(host) = node.host.as_mut() {
+                    host.replica_mut().step(local, envelope.from, envelope.message);
                     self.run_actions(envelope.to)?;
                 }
             }
@@ -522,7 +539,7 @@ impl Simulation {
                     }
                     node.durable.entries.extend(entries);
                 }
-                node.replica.as_mut().expect("a node with writes in flight is up").persisted(local, write);
+                node.host.as_mut().expect("a node with writes in flight is up").replica_mut().persisted(local, write);
                 self.run_actions(id)?;
             }
             Event::ClientStart(client) => self.client_next(client),
@@ -536,7 +553,7 @@ impl Simulation {
             }
             Event::Fault => self.fault(),
             Event::Restart(id) => {
-                if self.node(id).replica.is_none() && !self.node(id).lost {
+                if self.node(id).host.is_none() && !self.node(id).lost {
                     self.start(id);
                 }
             }
@@ -546,28 +563,90 @@ impl Simulation {
                 self.cut.remove(&(a, b));
             }
             Event::Snapshot { from, to, ballot, slot, state } => {
+                let disk_latency = self.random.between(20, self.options.disk_latency_max);
                 let node = self.node(to);
-                if node.replica.is_none() {
+                let Some(host) = node.host.as_mut() else { return Ok(()) };
+                if host.install_floor().is_some_and(|floor| slot < floor) {
+                    // Older than what the replica had committed before its repair.
+                    self.probe("snapshot refused: older than the repair needs");
                     return Ok(());
                 }
-                let installs = slot > node.applied;
-                let members = state.members.clone();
-                if installs {
-                    node.applied = slot;
-                    node.state = state.clone();
-                    node.checkpoint = (slot, state);
-                    node.durable.entries = node.durable.entries.split_off(&(slot + 1));
-                    // Proposals waiting on covered slots learn nothing: their clients time out.
-                    node.proposals = node.proposals.split_off(&(slot + 1));
+                if !host.installing() && slot <= node.applied {
+                    let members = state.members;
+                    host.replica_mut().install_snapshot(slot, from, ballot, members);
+                    return self.run_actions(to);
                 }
-                node.replica.as_mut().expect("checked above").install_snapshot(slot, from, ballot, members);
-                if installs {
-                    self.probe("snapshot installed");
+                // Received: what the replica chooses waits until the snapshot is durable.
+                host.begin_install();
+                let epoch = node.epoch;
+                self.schedule(disk_latency, Event::Installed { epoch, from, to, ballot, slot, state });
+                self.run_actions(to)?;
+            }
+            Event::Installed { epoch, from, to, ballot, slot, state } => {
+                let node = self.node(to);
+                if node.epoch != epoch {
+                    return Ok(());
+                }
+                let Some(host) = node.host.as_mut() else { return Ok(()) };
+                if !host.installing() {
+                    // Another snapshot was installed first.
+                    return Ok(());
+                }
+                let members = state.members.clone();
+                node.applied = slot;
+                node.state = state.clone();
+                node.checkpoint = (slot, state);
+                node.durable.entries = node.durable.entries.split_off(&(slot + 1));
+                // Proposals waiting on covered slots learn nothing: their clients time out.
+                node.proposals = node.proposals.split_off(&(slot + 1));
+                let covered = host.end_install(slot, from, ballot, members);
+                self.probe("snapshot installed");
+                if !covered.is_empty() {
+                    self.probe("entries chosen during an install covered by it");
                 }
                 self.run_actions(to)?;
             }
+            Event::AskSnapshot(id, epoch) => self.ask_snapshot(id, epoch),
         }
         Ok(())
+    }
+
+    /// A replica repairing its data asks the leader it knows for a snapshot, every 100 ms
+    /// until one is installed (`ReplicaHost::begin_repair`).
+    fn ask_snapshot(&mut self, id: ReplicaId, epoch: u64) {
+        let node = self.node(id);
+        if node.epoch != epoch || !node.host.as_ref().is_some_and(ReplicaHost::installing) {
+            return;
+        }
+        self.schedule(100_000, Event::AskSnapshot(id, epoch));
+        let leader =
+            self.node(id).host.as_ref().and_then(|host| host.replica().leader()).filter(|&leader| leader != id);
+        let Some(leader) = leader else { return };
+        let cut = self.cut.contains(&(id.min(leader), id.max(leader)));
+        let sender = self.node(leader);
+        let Some(ballot) = sender.host.as_ref().and_then(|host| host.replica().leading()) else { return };
+        if sender.isolated || self.node(id).isolated || cut {
+            return;
+        }
+        let (slot, state) = (self.node(leader).applied, self.node(leader).state.clone());
+        let delay = self.random.between(1, self.options.delay_max);
+        self.schedule(delay, Event::Snapshot { from: leader, to: id, ballot, slot, state });
+    }
+
+    /// The scrub finds `id`'s data damaged: its replica stops leading and waits for a snapshot
+    /// that reaches what it had committed (the damage itself is not modelled: the state is
+    /// replaced whole by the snapshot).
+    fn damage(&mut self, id: ReplicaId) {
+        let now = self.now;
+        let node = self.node(id);
+        let local = node.clock.local(now);
+        let (epoch, log_only) = (node.epoch, node.log_only);
+        let Some(host) = node.host.as_mut().filter(|_| !log_only) else { return };
+        if host.begin_repair(local) {
+            self.probe("repair started");
+            // Its step down's messages go out with its next tick's.
+            self.schedule(1, Event::AskSnapshot(id, epoch));
+        }
     }
 
     fn fault(&mut self) {
@@ -577,7 +656,7 @@ impl Simulation {
             self.cut.clear();
             for id in alive {
                 self.node(id).isolated = false;
-                if self.node(id).replica.is_none() {
+                if self.node(id).host.is_none() {
                     self.start(id);
                 }
             }
@@ -588,7 +667,7 @@ impl Simulation {
         let target = if leader_first { self.leader().unwrap_or(id) } else { id };
         let down = self.random.between(10_000, 1_000_000);
         let member = self.nodes.iter().any(|node| {
-            node.replica.as_ref().is_some_and(|replica| {
+            node.host.as_ref().map(ReplicaHost::replica).is_some_and(|replica| {
                 replica.role() == Role::Leader && replica.members().contains(&Member::full(target))
             })
         });
@@ -597,21 +676,29 @@ impl Simulation {
         // A group that lost a durable write of a second replica, or lost one for good while
         // another is amnesiac, has no quorum of voters left to repair from: one fault at a time.
         let none_amnesiac = self.nodes.iter().all(|node| !node.amnesiac);
-        if none_lost && none_amnesiac && member && self.random.chance(80_000) {
+        // Likewise a repair (its data is gone until a snapshot arrives) beside another fault
+        // that costs a replica its data.
+        let none_repairing = self.nodes.iter().all(|node| node.host.as_ref().is_none_or(|host| !host.installing()));
+        let one_fault = none_lost && none_amnesiac && none_repairing;
+        if one_fault && member && self.random.chance(80_000) {
             self.lose(target);
         } else if self.random.chance(150_000) {
             // A power failure: every replica stops at once, losing what it had not synced.
             self.probe("power failure");
             for id in alive {
-                if self.node(id).replica.is_some() {
+                if self.node(id).host.is_some() {
                     self.crash(id);
                     let down = self.random.between(10_000, 1_000_000);
                     self.schedule(down, Event::Restart(id));
                 }
             }
+        } else if self.random.chance(100_000) {
+            if one_fault && self.replacement.is_none() {
+                self.damage(target);
+            }
         } else if self.random.chance(500_000) {
-            if self.node(target).replica.is_some() {
-                if none_lost && none_amnesiac && self.replacement.is_none() && self.random.chance(250_000) {
+            if self.node(target).host.is_some() {
+                if one_fault && self.replacement.is_none() && self.random.chance(250_000) {
                     self.crash_damaging_last_write(target);
                 } else {
                     self.crash(target);
@@ -640,7 +727,7 @@ impl Simulation {
 
     /// Loses `id` for good, and starts the control plane's replacement of it.
     fn lose(&mut self, id: ReplicaId) {
-        if self.node(id).replica.is_some() {
+        if self.node(id).host.is_some() {
             self.crash(id);
         }
         let node = self.node(id);
@@ -662,7 +749,7 @@ impl Simulation {
         let now = self.now;
         let node = self.node(leader);
         let local = node.clock.local(now);
-        let replica = node.replica.as_ref().expect("a leader is up");
+        let replica = node.host.as_ref().expect("a leader is up").replica();
         if !replica.members_committed() {
             return Ok(());
         }
@@ -701,7 +788,7 @@ impl Simulation {
             self.nodes.push(node);
             self.start(id);
         }
-        let replica = self.node(leader).replica.as_mut().expect("a leader is up");
+        let replica = self.node(leader).host.as_mut().expect("a leader is up").replica_mut();
         if replica.propose_members(local, next).is_ok() {
             replica.flush(local);
             self.probe(step);
@@ -712,8 +799,8 @@ impl Simulation {
 
     /// Carries out what a replica asked for.
     fn run_actions(&mut self, id: ReplicaId) -> Result<(), Failure> {
-        let actions = match self.node(id).replica.as_mut() {
-            Some(replica) => replica.drain(),
+        let actions = match self.node(id).host.as_mut() {
+            Some(host) => host.drain(),
             None => return Ok(()),
         };
         for action in actions {
@@ -732,7 +819,7 @@ impl Simulation {
                 Action::Apply { slot, value } => self.apply(id, slot, value)?,
                 Action::SendSnapshot { to } => {
                     let node = self.node(id);
-                    let Some(ballot) = node.replica.as_ref().and_then(Replica::leading) else { continue };
+                    let Some(ballot) = node.host.as_ref().and_then(|host| host.replica().leading()) else { continue };
                     let (slot, state) = (node.applied, node.state.clone());
                     if !self.node(id).isolated && !self.node(to).isolated {
                         let delay = self.random.between(1, self.options.delay_max);
@@ -742,7 +829,7 @@ impl Simulation {
                 Action::StartLog { to, slot, members } => {
                     // A log replica gets no state: an empty machine with the configuration.
                     let node = self.node(id);
-                    let Some(ballot) = node.replica.as_ref().and_then(Replica::leading) else { continue };
+                    let Some(ballot) = node.host.as_ref().and_then(|host| host.replica().leading()) else { continue };
                     let state = MachineState { registers: BTreeMap::new(), members };
                     if !self.node(id).isolated && !self.node(to).isolated {
                         let delay = self.random.between(1, self.options.delay_max);
@@ -800,11 +887,10 @@ impl Simulation {
         // that fall behind may need those entries from it.
         if !node.log_only && slot >= node.checkpoint.0 + every {
             node.checkpoint = (slot, node.state.clone());
-            let replica = node.replica.as_mut().expect("an applying replica is up");
-            replica.checkpointed(slot);
-            let through = slot.min(replica.compactable());
-            replica.compact(through);
-            node.durable.entries = node.durable.entries.split_off(&(through + 1));
+            let host = node.host.as_mut().expect("an applying replica is up");
+            host.compact(slot, None);
+            // What the log no longer holds, the WAL need not either.
+            node.durable.entries = node.durable.entries.split_off(&host.replica().log_start());
         }
         let waiting = node.proposals.remove(&slot);
         match self.chosen.get(&slot) {
@@ -835,7 +921,7 @@ impl Simulation {
     /// At most one replica may hold a read lease at any moment; counts leaderships.
     fn check_leases(&mut self) -> Result<(), Failure> {
         for node in &self.nodes {
-            if let Some(ballot) = node.replica.as_ref().and_then(Replica::leading) {
+            if let Some(ballot) = node.host.as_ref().and_then(|host| host.replica().leading()) {
                 if self.leaderships.insert(ballot) {
                     *self.report.probes.entry("new leadership").or_default() += 1;
                 }
@@ -844,7 +930,7 @@ impl Simulation {
         let holders: Vec<ReplicaId> = self
             .nodes
             .iter()
-            .filter(|node| node.replica.as_ref().is_some_and(|replica| replica.can_read(node.clock.local(self.now))))
+            .filter(|node| node.host.as_ref().is_some_and(|host| host.replica().can_read(node.clock.local(self.now))))
             .map(|node| node.id)
             .collect();
         if holders.len() > 1 {
@@ -892,7 +978,7 @@ impl Simulation {
         let command_id = (client as u64) << 32 | attempt;
         let node = &mut self.nodes[id as usize - 1];
         let local = node.clock.local(now);
-        let Some(replica) = node.replica.as_mut() else { return Ok(()) };
+        let Some(replica) = node.host.as_mut().map(ReplicaHost::replica_mut) else { return Ok(()) };
         if node.isolated {
             return Ok(());
         }
@@ -981,13 +1067,16 @@ impl Simulation {
     fn finish(mut self) -> Result<Report, Failure> {
         // Liveness: after the quiet period every replica is up and has applied everything.
         let highest = self.chosen.keys().next_back().copied().unwrap_or(0);
-        let leaders =
-            self.nodes.iter().filter(|node| node.replica.as_ref().is_some_and(|r| r.role() == Role::Leader)).count();
+        let leaders = self
+            .nodes
+            .iter()
+            .filter(|node| node.host.as_ref().is_some_and(|h| h.replica().role() == Role::Leader))
+            .count();
         if leaders != 1 {
             return Err(self.fail(format!("{leaders} leaders after the quiet period; {}", self.describe())));
         }
         let leader = self.leader().expect("one leader");
-        let members: Vec<Member> = self.node(leader).replica.as_ref().expect("up").members().to_vec();
+        let members: Vec<Member> = self.node(leader).host.as_ref().expect("up").replica().members().to_vec();
         let in_config = |node: &Node| members.iter().any(|member| member.id == node.id);
         if let Some(replacement) = self.replacement {
             return Err(self.fail(format!("the replacement {replacement:?} did not finish: members {members:?}")));
@@ -1058,20 +1147,24 @@ impl Simulation {
         let states: Vec<String> = self
             .nodes
             .iter()
-            .map(|node| match &node.replica {
+            .map(|node| match node.host.as_ref() {
                 None => format!("{}: down", node.id),
-                Some(replica) => format!(
-                    "{}: {:?} of {:?}{}, leader {:?}, commit {}, applied {}, log {}..{:?}, members {:?}",
+                Some(host) => format!(
+                    "{}: {:?} of {:?}{}{}, leader {:?}, commit {}, applied {}, log {}..{:?}, members {:?}",
                     node.id,
-                    replica.role(),
-                    replica.leading(),
-                    if replica.amnesiac() { " (amnesiac)" } else { "" },
-                    replica.leader(),
-                    replica.commit(),
+                    host.replica().role(),
+                    host.replica().leading(),
+                    if host.replica().amnesiac() { " (amnesiac)" } else { "" },
+                    match host.install_floor() {
+                        Some(floor) => format!(" (installing a snapshot through {floor} at least)"),
+                        None => String::new(),
+                    },
+                    host.replica().leader(),
+                    host.replica().commit(),
                     node.applied,
-                    replica.log_start(),
+                    host.replica().log_start(),
                     node.durable.entries.keys().next_back(),
-                    replica.members()
+                    host.replica().members()
                 ),
             })
             .collect();
