@@ -4,7 +4,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
 
-use tessera_engine::{item_size, validate_item, Command, Item, PartitionId};
+use tessera_engine::{item_size, validate_item, Command, Item, PartitionId, ITEM_SIZE_MAX};
+use tessera_wire::frame::FRAME_LEN_MAX;
 use tessera_wire::{ConsumedCapacity, ErrorCode, ReadExpressions, Request, Response, TableKeys, WireError, Write};
 
 use super::codec::{decode_stored, encode_exact_key, encode_stored};
@@ -18,6 +19,8 @@ use super::{engine_error, invalid, Shard};
 pub const BATCH_GET_MAX: usize = 100;
 /// Most writes one BatchWriteItem may carry.
 pub const BATCH_WRITE_MAX: usize = 25;
+// A partition's share of a BatchWriteItem is forwarded to its leader as one request.
+const _: () = assert!(BATCH_WRITE_MAX * ITEM_SIZE_MAX < FRAME_LEN_MAX, "a BatchWriteItem fits in a frame");
 
 impl Shard {
     pub(super) async fn batch_get(
@@ -76,6 +79,7 @@ impl Shard {
                 }));
             }
         }
+        assert!(gets.len() <= BATCH_GET_MAX, "{} gets fanned out, over BatchGetItem's {BATCH_GET_MAX}", gets.len());
         let mut responses: BTreeMap<String, Vec<Item>> = BTreeMap::new();
         for get in gets {
             let (name, result) = get.await;
@@ -142,6 +146,10 @@ impl Shard {
         let mut tasks = Vec::new();
         let (previous, mode) = (meter.wanted(), meter.mode);
         for ((core, partition), (commands, writes)) in groups {
+            // Pushed together above, so the outcomes below pair with the writes; at most the
+            // bound checked above, which the leader a share is forwarded to checks again.
+            assert_eq!(commands.len(), writes.len(), "a share's commands are its writes");
+            assert!(writes.len() <= BATCH_WRITE_MAX, "a share of {} writes", writes.len());
             let shard = self.clone();
             tasks.push(glommio::spawn_local(async move {
                 let result = shard.call(core, Op::Batch { partition, commands, previous }).await;
@@ -172,6 +180,7 @@ impl Shard {
                 }
                 Share::Here(OpResult::Done, _) => {}
                 Share::Here(OpResult::Values(olds), writes) => {
+                    assert_eq!(olds.len(), writes.len(), "a batch answers one old item per write");
                     for (old, write) in olds.iter().zip(&writes) {
                         let old = old.as_deref().map(decode_stored).transpose()?;
                         match write {

@@ -186,7 +186,15 @@ impl Shard {
         if self.catalog.borrow().tables.contains_key(&name) {
             return Err(WireError::new(ErrorCode::ResourceInUseException, format!("Table already exists: {name}")));
         }
+        // `execute_create` held the count to the table's layout, and gave none the cores'.
+        assert!((1..=PARTITIONS_MAX).contains(&partitions), "a table of {partitions} partitions");
         let id = self.catalog.borrow().next_id;
+        // Table ids are never reused (the same batch that writes a table writes the next id):
+        // a deleted table's data, removed in the background, is nobody else's.
+        assert!(
+            self.catalog.borrow().tables.values().all(|table| table.id < id),
+            "the catalog's next table id {id} is not above every table's"
+        );
         // In a cluster the table's groups start as the catalog's is now (after a lost node
         // was replaced, on the nodes that replaced it).
         let members = match &self.log {

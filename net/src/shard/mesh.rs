@@ -12,7 +12,7 @@ use tessera_engine::{Command, KeySchema, PartitionId};
 use tessera_wire::{ErrorCode, ReplicaStatus, Response, Tags, Throughput, WireError};
 
 use super::{invalid, Shard};
-use crate::catalog::{index_of, key_hash, owner_core, Catalog, TableInfo};
+use crate::catalog::{index_of, key_hash, owner_core, partition_name, Catalog, TableInfo};
 use crate::log::Log;
 
 /// Work on one core's partitions (or its catalog copy).
@@ -144,6 +144,14 @@ impl Shard {
             let shard = self.clone();
             glommio::spawn_local(async move {
                 while let Some(envelope) = receiver.recv().await {
+                    // `call` runs its own core's ops in place: what arrives is another core's.
+                    assert!(
+                        envelope.from < shard.cores && envelope.from != shard.core,
+                        "core {} got an envelope from core {} of {}",
+                        shard.core,
+                        envelope.from,
+                        shard.cores
+                    );
                     match envelope.message {
                         Message::Op(op) => {
                             let shard = shard.clone();
@@ -169,6 +177,7 @@ impl Shard {
 
     /// Runs `op` on `core`.
     pub(super) async fn call(self: &Rc<Shard>, core: usize, op: Op) -> OpResult {
+        assert!(core < self.cores, "an op for core {core} of {}", self.cores);
         if core == self.core {
             return Box::pin(self.run(op)).await;
         }
@@ -206,7 +215,39 @@ impl Shard {
     /// Where an encoded key lives: (owner core, partition id).
     pub(super) fn place(&self, table: &TableInfo, key: &[u8]) -> (usize, PartitionId) {
         let index = table.partition_of(key_hash(key));
+        assert!(index < table.partitions, "{}: a key placed in partition {index} of {}", table.name, table.partitions);
         (self.owner(index), table.partition_id(index))
+    }
+
+    /// Asserts that `op` reached the core it must run on, as `call`'s callers chose it (by
+    /// `place`, `owner`, `partition_core`): the owner of the partitions it reads or writes,
+    /// core 0 for a table change. A Drop runs wherever its partitions' data is.
+    pub(super) fn assert_runs_here(&self, op: &Op) {
+        let partitions = match op {
+            Op::Put { partition, .. }
+            | Op::Delete { partition, .. }
+            | Op::Get { partition, .. }
+            | Op::Conditional { partition, .. }
+            | Op::Scan { partition, .. }
+            | Op::Batch { partition, .. }
+            | Op::ChangeMembers { partition, .. }
+            | Op::RetireReplica { partition } => std::slice::from_ref(partition),
+            Op::Count { partitions } => partitions.as_slice(),
+            Op::CreateTable { .. } | Op::Retag { .. } | Op::DeleteTable { .. } => {
+                assert_eq!(self.core, 0, "a table change runs on core 0, the catalog's owner");
+                return;
+            }
+            Op::CatalogLoad(_) | Op::CatalogPut(_) | Op::CatalogRemove(_) | Op::Drop { .. } | Op::Replicas => return,
+        };
+        for &partition in partitions {
+            assert_eq!(
+                self.partition_core(partition),
+                self.core,
+                "an op on partition {} reached core {}, not its owner",
+                partition_name(partition),
+                self.core
+            );
+        }
     }
 
     /// The replicas of every core, as DescribeReplicas reports them.

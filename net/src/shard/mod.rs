@@ -7,9 +7,8 @@
 //! store, partition 0); every change is made there and copied to every core before the
 //! request that made it is answered.
 //!
-//! This file holds the `Shard` and the dispatch of requests and ops; each of its rooms is a
-//! module of its own (`mesh`, `owner`, `ddl`, `items`, `reads`, `batch`, `forward`, `codec`,
-//! `expressions`, `metering`).
+//! This file holds the `Shard` and the dispatch of requests (`execute`) and of ops (`run`) to
+//! the rooms below, one module each.
 
 mod batch;
 mod codec;
@@ -123,6 +122,16 @@ impl Shard {
     }
 
     async fn run(self: &Rc<Shard>, op: Op) -> OpResult {
+        self.assert_runs_here(&op);
+        if let Op::Batch { commands, .. } = &op {
+            // BatchWriteItem's bound, checked where the request arrived (`batch_write`): one
+            // log record of at most that many items.
+            assert!(
+                (1..=BATCH_WRITE_MAX).contains(&commands.len()),
+                "a batch of {} writes, not 1 to {BATCH_WRITE_MAX}",
+                commands.len()
+            );
+        }
         let result = match op {
             Op::Put { partition, key, value, return_old } => {
                 self.write(partition, Command::Put { key, value: value.into() }, return_old).await
@@ -156,15 +165,20 @@ impl Shard {
                 .map(|()| OpResult::Done)
                 .map_err(engine_error),
             Op::Batch { partition, commands, previous: true } => {
+                let writes = commands.len();
                 match self.log.propose_applied(partition, Command::Batch(commands)).await.map_err(engine_error) {
-                    Ok(Outcome::Batch(outcomes)) => outcomes
-                        .into_iter()
-                        .map(|outcome| match outcome {
-                            Outcome::Previous(previous) => Ok(previous),
-                            _ => Err(unexpected(OpResult::Done)),
-                        })
-                        .collect::<Result<_, _>>()
-                        .map(OpResult::Values),
+                    Ok(Outcome::Batch(outcomes)) => {
+                        // `batch_write` pairs them with its writes.
+                        assert_eq!(outcomes.len(), writes, "a batch's outcomes, one per write");
+                        outcomes
+                            .into_iter()
+                            .map(|outcome| match outcome {
+                                Outcome::Previous(previous) => Ok(previous),
+                                _ => Err(unexpected(OpResult::Done)),
+                            })
+                            .collect::<Result<_, _>>()
+                            .map(OpResult::Values)
+                    }
                     Ok(_) => Err(unexpected(OpResult::Done)),
                     Err(error) => Err(error),
                 }

@@ -4,7 +4,8 @@
 use std::ops::Bound;
 use std::rc::Rc;
 
-use tessera_engine::{item_size, KeyType};
+use tessera_engine::{item_size, KeyType, ITEM_SIZE_MAX};
+use tessera_wire::frame::FRAME_LEN_MAX;
 use tessera_wire::{ErrorCode, Query, ReadExpressions, Request, Response, Scan, SortCondition, WireError};
 
 use super::codec::{decode_key, decode_stored, encode_start_key, encode_stored};
@@ -12,12 +13,16 @@ use super::expressions::ReadPlan;
 use super::forward::leader_of;
 use super::mesh::{unexpected, Op, OpResult};
 use super::metering::Meter;
+use super::owner::assert_page;
 use super::{engine_error, invalid, Shard};
 use crate::catalog::{key_hash, range_start, TableInfo};
 use crate::messages;
 
 /// A page of Query or Scan results ends once it holds this many bytes of items.
 pub const PAGE_BYTES_MAX: usize = 1 << 20;
+// A page is at most its bound and one item (`owner::assert_page`): its answer fits in one
+// frame, with as much again for the encoding.
+const _: () = assert!(2 * (PAGE_BYTES_MAX + ITEM_SIZE_MAX) <= FRAME_LEN_MAX, "a page's answer fits in a frame");
 
 impl Shard {
     pub(super) async fn query(self: &Rc<Shard>, mut query: Query, meter: &mut Meter) -> Result<Response, WireError> {
@@ -104,6 +109,7 @@ impl Shard {
             OpResult::Entries { entries, more } => (entries, more),
             other => return Err(unexpected(other)),
         };
+        assert_page(&entries, limit, PAGE_BYTES_MAX);
         let last_evaluated_key = match entries.last() {
             Some((key, _)) if more => Some(decode_key(schema, key)?),
             _ => None,
@@ -149,6 +155,9 @@ impl Shard {
         let mut items = Vec::new();
         let mut last_key = None;
         loop {
+            // A page ends once it has its items or bytes; the next partition is one of the table's.
+            assert!(remaining > 0 && bytes_left > 0, "a Scan page goes on after it is full");
+            assert!(index < table.partitions, "{}: Scan reached partition {index} of {}", table.name, table.partitions);
             let partition_end = table.partition_start(index + 1);
             let end = match (segment_end, partition_end) {
                 (Some(a), Some(b)) => Some(a.min(b)),
@@ -195,6 +204,8 @@ impl Shard {
                 },
                 other => return Err(unexpected(other)),
             };
+            // Here or at the leader, the part is held to what is left of the page.
+            assert_page(&entries, remaining, bytes_left);
             for (key, value) in &entries {
                 bytes_left = bytes_left.saturating_sub(key.len() + value.len());
                 items.push(decode_stored(value)?);
@@ -236,6 +247,8 @@ impl Shard {
         remaining: usize,
         consistent_read: bool,
     ) -> Result<(Vec<(Vec<u8>, Vec<u8>)>, bool), WireError> {
+        // The other node scans segment `index` of `partitions`: exactly this partition.
+        assert!(index < table.partitions, "{}: partition {index} of {}", table.name, table.partitions);
         let request = Request::Scan(Scan {
             table: table.name.clone(),
             segment: index,
