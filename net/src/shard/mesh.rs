@@ -1,0 +1,276 @@
+//! The channel mesh between cores: the `Op`s a core runs on its own partitions (or its catalog
+//! copy) and their results, sending an op to the core that owns its partition, and serving
+//! the ops other cores send.
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+use std::rc::Rc;
+
+use glommio::channels::channel_mesh::Receivers;
+use tessera_engine::paxos::Member;
+use tessera_engine::{Command, KeySchema, PartitionId};
+use tessera_wire::{ErrorCode, ReplicaStatus, Response, Tags, Throughput, WireError};
+
+use super::{invalid, Shard};
+use crate::catalog::{index_of, key_hash, owner_core, partition_name, Catalog, TableInfo};
+use crate::log::Log;
+
+/// Work on one core's partitions (or its catalog copy).
+pub(crate) enum Op {
+    Put {
+        partition: PartitionId,
+        key: Vec<u8>,
+        value: Vec<u8>,
+        return_old: bool,
+    },
+    Delete {
+        partition: PartitionId,
+        key: Vec<u8>,
+        return_old: bool,
+    },
+    /// `consistent`: a strongly consistent read (a replicated partition serves it only where
+    /// it leads with a lease).
+    Get {
+        partition: PartitionId,
+        key: Vec<u8>,
+        consistent: bool,
+    },
+    /// A conditional put, delete or update, checked and written by one log record.
+    Conditional {
+        partition: PartitionId,
+        command: Command,
+    },
+    /// Entries within the bounds, until `limit` entries or `bytes_max` bytes of values.
+    Scan {
+        partition: PartitionId,
+        consistent: bool,
+        lower: Bound<Vec<u8>>,
+        upper: Bound<Vec<u8>>,
+        reverse: bool,
+        limit: usize,
+        bytes_max: usize,
+    },
+    /// With `previous`, answers the item each write replaced (`Values`, in order).
+    Batch {
+        partition: PartitionId,
+        commands: Vec<Command>,
+        previous: bool,
+    },
+    /// Items and bytes in the partitions.
+    Count {
+        partitions: Vec<PartitionId>,
+    },
+    /// Core 0 only.
+    CreateTable {
+        name: String,
+        key_schema: KeySchema,
+        partitions: u32,
+        throughput: Option<Throughput>,
+        tags: BTreeMap<String, String>,
+    },
+    /// Core 0 only: sets the tags `add` and removes those keyed `remove`.
+    Retag {
+        name: String,
+        add: Tags,
+        remove: Vec<String>,
+    },
+    /// Core 0 only.
+    DeleteTable {
+        name: String,
+    },
+    /// The whole catalog, sent by core 0 at start-up.
+    CatalogLoad(Catalog),
+    CatalogPut(TableInfo),
+    CatalogRemove(String),
+    /// Deletes every entry of the partitions (a deleted table's data).
+    Drop {
+        partitions: Vec<PartitionId>,
+    },
+    /// Cluster administration: the core's replicas; a configuration change at a partition's
+    /// leader; a replica its group removed, stopped.
+    Replicas,
+    ChangeMembers {
+        partition: PartitionId,
+        members: Vec<Member>,
+    },
+    RetireReplica {
+        partition: PartitionId,
+    },
+}
+
+pub(crate) enum OpResult {
+    Value(Option<Vec<u8>>),
+    Values(Vec<Option<Vec<u8>>>),
+    /// A conditional write: whether its condition held, and the stored item before and after.
+    Conditional {
+        passed: bool,
+        old: Option<Vec<u8>>,
+        new: Option<Vec<u8>>,
+    },
+    /// `more`: the scan stopped at its limit or byte budget, not at the end of its range.
+    Entries {
+        entries: Vec<(Vec<u8>, Vec<u8>)>,
+        more: bool,
+    },
+    Count {
+        items: u64,
+        bytes: u64,
+    },
+    Table(TableInfo),
+    Replicas(Vec<ReplicaStatus>),
+    /// The slot a configuration was proposed at.
+    Slot(u64),
+    Done,
+    Error(WireError),
+}
+
+pub(crate) enum Message {
+    Op(Op),
+    Result(OpResult),
+}
+
+/// What travels between cores.
+pub(crate) struct Envelope {
+    token: u64,
+    from: usize,
+    message: Message,
+}
+
+impl Shard {
+    /// Serves operations that other cores send, and their replies to ours, until the mesh
+    /// closes.
+    pub(crate) fn serve_peers(self: &Rc<Shard>, mut receivers: Receivers<Envelope>) {
+        for (_, receiver) in receivers.streams() {
+            let shard = self.clone();
+            glommio::spawn_local(async move {
+                while let Some(envelope) = receiver.recv().await {
+                    // `call` runs its own core's ops in place: what arrives is another core's.
+                    assert!(
+                        envelope.from < shard.cores && envelope.from != shard.core,
+                        "core {} got an envelope from core {} of {}",
+                        shard.core,
+                        envelope.from,
+                        shard.cores
+                    );
+                    match envelope.message {
+                        Message::Op(op) => {
+                            let shard = shard.clone();
+                            glommio::spawn_local(async move {
+                                let result = shard.run(op).await;
+                                let reply = Envelope {
+                                    token: envelope.token,
+                                    from: shard.core,
+                                    message: Message::Result(result),
+                                };
+                                // The peer is gone only when the server stops.
+                                let _ = shard.senders.send_to(envelope.from, reply).await;
+                            })
+                            .detach();
+                        }
+                        Message::Result(result) => shard.pending.complete(envelope.token, result),
+                    }
+                }
+            })
+            .detach();
+        }
+    }
+
+    /// Runs `op` on `core`.
+    pub(super) async fn call(self: &Rc<Shard>, core: usize, op: Op) -> OpResult {
+        assert!(core < self.cores, "an op for core {core} of {}", self.cores);
+        if core == self.core {
+            return Box::pin(self.run(op)).await;
+        }
+        let (token, reply) = self.pending.open();
+        let envelope = Envelope { token, from: self.core, message: Message::Op(op) };
+        if self.senders.send_to(core, envelope).await.is_err() {
+            self.pending.abandon(token);
+            return OpResult::Error(WireError::new(
+                ErrorCode::ServiceUnavailable,
+                format!("core {core} is not running"),
+            ));
+        }
+        reply.await
+    }
+
+    /// Sends `op` (built per core) to every other core and waits for all of them.
+    pub(super) async fn broadcast(self: &Rc<Shard>, op: impl Fn() -> Op) -> Result<(), WireError> {
+        for core in (0..self.cores).filter(|&core| core != self.core) {
+            if let OpResult::Error(error) = self.call(core, op()).await {
+                return Err(error);
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn owner(&self, partition_index: u32) -> usize {
+        owner_core(partition_index, self.cores)
+    }
+
+    /// The core that hosts storage partition `partition` (the catalog's is core 0's).
+    pub(super) fn partition_core(&self, partition: PartitionId) -> usize {
+        self.owner(index_of(partition))
+    }
+
+    /// Where an encoded key lives: (owner core, partition id).
+    pub(super) fn place(&self, table: &TableInfo, key: &[u8]) -> (usize, PartitionId) {
+        let index = table.partition_of(key_hash(key));
+        assert!(index < table.partitions, "{}: a key placed in partition {index} of {}", table.name, table.partitions);
+        (self.owner(index), table.partition_id(index))
+    }
+
+    /// Asserts that `op` reached the core it must run on, as `call`'s callers chose it (by
+    /// `place`, `owner`, `partition_core`): the owner of the partitions it reads or writes,
+    /// core 0 for a table change. A Drop runs wherever its partitions' data is.
+    pub(super) fn assert_runs_here(&self, op: &Op) {
+        let partitions = match op {
+            Op::Put { partition, .. }
+            | Op::Delete { partition, .. }
+            | Op::Get { partition, .. }
+            | Op::Conditional { partition, .. }
+            | Op::Scan { partition, .. }
+            | Op::Batch { partition, .. }
+            | Op::ChangeMembers { partition, .. }
+            | Op::RetireReplica { partition } => std::slice::from_ref(partition),
+            Op::Count { partitions } => partitions.as_slice(),
+            Op::CreateTable { .. } | Op::Retag { .. } | Op::DeleteTable { .. } => {
+                assert_eq!(self.core, 0, "a table change runs on core 0, the catalog's owner");
+                return;
+            }
+            Op::CatalogLoad(_) | Op::CatalogPut(_) | Op::CatalogRemove(_) | Op::Drop { .. } | Op::Replicas => return,
+        };
+        for &partition in partitions {
+            assert_eq!(
+                self.partition_core(partition),
+                self.core,
+                "an op on partition {} reached core {}, not its owner",
+                partition_name(partition),
+                self.core
+            );
+        }
+    }
+
+    /// The replicas of every core, as DescribeReplicas reports them.
+    pub(super) async fn describe_replicas(self: &Rc<Shard>) -> Result<Response, WireError> {
+        let Log::Replicated(log) = &self.log else {
+            return Err(invalid("DescribeReplicas: this node is not a cluster member"));
+        };
+        let mut replicas = Vec::new();
+        for core in 0..self.cores {
+            match self.call(core, Op::Replicas).await {
+                OpResult::Replicas(found) => replicas.extend(found),
+                OpResult::Error(error) => return Err(error),
+                other => return Err(unexpected(other)),
+            }
+        }
+        Ok(Response::Replicas { node: log.node(), replicas })
+    }
+}
+
+/// An operation's result that is not what the request needed: its error, or an internal one.
+pub(super) fn unexpected(result: OpResult) -> WireError {
+    match result {
+        OpResult::Error(error) => error,
+        _ => WireError::new(ErrorCode::InternalServerError, "a core answered with the wrong kind of result"),
+    }
+}
