@@ -1,15 +1,17 @@
-//! Tables: their durable descriptions, names, and how a table's partitions are laid out over
-//! the hash space and the cores.
+//! Tables: their durable descriptions, names, and where a table's partitions are.
 //!
-//! A table of `n` partitions splits the 64-bit partition-key hash space into `n` equal ranges;
-//! partition `i` holds the hashes `h` with `h * n >> 64 == i` and lives on core `i % cores`.
-//! Its storage partition id is `storage_partition(table_id, i)` (the table id above the
-//! index's 20 bits), so ids are never reused across tables (table ids only grow) and
-//! partition 0 is free for the catalog itself.
+//! Each table holds its partition map (`PartitionMap`): ranges of the 64-bit partition-key
+//! hash space, in order, each held by one partition, with its storage partition id (opaque to
+//! routing), the core its replicas live on, and the group member preferred to lead it. The map
+//! has an epoch, bumped by every change to it. Requests are routed by the map, never by a
+//! formula: a new table's map is laid out once (`PartitionMap::even`: equal ranges, cores and
+//! leaders in turn) and stored. A storage partition id is `storage_partition(table_id, i)`
+//! (the table id above the index's 20 bits), so ids are never reused across tables (table ids
+//! only grow) and partition 0 is free for the catalog itself.
 
 use std::collections::BTreeMap;
 
-use tessera_engine::paxos::{decode_configuration, encode_members, Member};
+use tessera_engine::paxos::{decode_configuration, encode_members, Member, ReplicaId};
 use tessera_engine::{Item, KeyAttribute, KeySchema, KeyType, PartitionId};
 use tessera_wire::{ErrorCode, TableDescription, TableStatus, Throughput, WireError};
 
@@ -43,13 +45,85 @@ const TABLE_KEY_PREFIX: &[u8] = b"table/";
 /// Catalog key of the next table id.
 pub const NEXT_ID_KEY: &[u8] = b"next-table-id";
 
+/// Where a table's partitions are: the ranges of partition-key hashes, in order from 0, each
+/// held by one partition.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PartitionMap {
+    /// Bumped by every change to the map: an answer routed by an older one names it.
+    pub epoch: u64,
+    pub ranges: Vec<PartitionRange>,
+}
+
+/// One partition of a table's map.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PartitionRange {
+    /// The first hash it holds; the next range's start ends it.
+    pub start: u64,
+    /// Its storage partition id.
+    pub partition: PartitionId,
+    /// The core its replicas live on, on every node.
+    pub core: u16,
+    /// The group member preferred to lead it, so that leaders spread over the nodes (0: none,
+    /// as on a single node).
+    pub leader: ReplicaId,
+}
+
+impl PartitionMap {
+    /// A new table's map: `count` equal ranges of the hash space, on `cores` cores in turn,
+    /// preferring `leaders` in turn (the group's full members, in id order).
+    pub fn even(table: u32, count: u32, cores: usize, leaders: &[ReplicaId]) -> PartitionMap {
+        assert!((1..=PARTITIONS_MAX).contains(&count) && cores >= 1, "a map of {count} partitions on {cores} cores");
+        let ranges = (0..count)
+            .map(|index| PartitionRange {
+                start: range_start(u64::from(index), u64::from(count)).expect("index < count"),
+                partition: storage_partition(table, index),
+                core: u16::try_from(index as usize % cores).expect("cores fit in u16"),
+                leader: leaders.get(index as usize % leaders.len().max(1)).copied().unwrap_or(0),
+            })
+            .collect();
+        PartitionMap { epoch: 1, ranges }
+    }
+
+    /// What every map holds to: ranges from hash 0, their starts strictly increasing, their
+    /// partitions distinct and `table`'s, at most `PARTITIONS_MAX` of them.
+    pub fn check(&self, table: u32) -> Result<(), String> {
+        let count = self.ranges.len();
+        if !(1..=PARTITIONS_MAX as usize).contains(&count) {
+            return Err(format!("a partition map of {count} ranges (1 to {PARTITIONS_MAX})"));
+        }
+        if self.ranges[0].start != 0 {
+            return Err(format!("the first range starts at hash {:#x}, not 0", self.ranges[0].start));
+        }
+        if let Some(pair) = self.ranges.windows(2).find(|pair| pair[0].start >= pair[1].start) {
+            return Err(format!("range starts {:#x} then {:#x}: not increasing", pair[0].start, pair[1].start));
+        }
+        let mut ids: Vec<PartitionId> = self.ranges.iter().map(|range| range.partition).collect();
+        ids.sort_unstable();
+        if ids.windows(2).any(|pair| pair[0] == pair[1]) {
+            return Err("two ranges name the same partition".into());
+        }
+        if let Some(range) = self.ranges.iter().find(|range| table_of(range.partition) != u64::from(table)) {
+            return Err(format!("partition {:#x} is not table {table}'s", range.partition));
+        }
+        Ok(())
+    }
+
+    /// The position of the range holding hash `hash`.
+    pub fn index_of_hash(&self, hash: u64) -> u32 {
+        let after = self.ranges.partition_point(|range| range.start <= hash);
+        assert!(after >= 1, "the first range starts at 0");
+        (after - 1) as u32
+    }
+}
+
 /// A table as the catalog holds it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TableInfo {
     pub id: u32,
     pub name: String,
     pub key_schema: KeySchema,
-    pub partitions: u32,
+    /// Where its partitions are.
+    pub map: PartitionMap,
     pub created_at_ms: u64,
     /// In a cluster, the configuration each of the table's replication groups starts with:
     /// the catalog's group when the table was created (so a table created after a lost node
@@ -63,7 +137,11 @@ pub struct TableInfo {
     pub tags: BTreeMap<String, String>,
 }
 
-/// Marks the optional sections of an encoded `TableInfo` (none is a key type byte). They
+/// An encoded `TableInfo` of version 2 or later starts with this (where the first format has
+/// its id, and no table has id `u32::MAX`), then its version.
+const VERSIONED: [u8; 4] = [0xFF; 4];
+const TABLE_FORMAT_VERSION: u8 = 2;
+/// Marks the optional sections of a version 1 `TableInfo` (none is a key type byte). They
 /// come in this order after the sort key: throughput, tags, members (which run to the end).
 const MEMBERS_MARK: u8 = 0xC0;
 const THROUGHPUT_MARK: u8 = 0xC1;
@@ -74,26 +152,41 @@ pub const TAGS_MAX: usize = 50;
 pub const CAPACITY_UNITS_MAX: u64 = 1_000_000_000_000;
 
 impl TableInfo {
-    /// The storage partition id of partition `index`.
+    /// How many partitions it has.
+    pub fn partitions(&self) -> u32 {
+        self.map.ranges.len() as u32
+    }
+
+    /// The storage partition id of partition `index` (its position in the map).
     pub fn partition_id(&self, index: u32) -> PartitionId {
-        storage_partition(self.id, index)
+        self.map.ranges[index as usize].partition
+    }
+
+    /// The core partition `index` lives on.
+    pub fn core_of(&self, index: u32) -> usize {
+        usize::from(self.map.ranges[index as usize].core)
     }
 
     /// The partition holding partition-key hash `hash`.
     pub fn partition_of(&self, hash: u64) -> u32 {
-        partition_of(hash, self.partitions)
+        self.map.index_of_hash(hash)
     }
 
-    /// The first hash of partition `index` (of `partitions`), or `None` past the last.
+    /// The first hash of partition `index`, or `None` past the last.
     pub fn partition_start(&self, index: u32) -> Option<u64> {
-        range_start(u64::from(index), u64::from(self.partitions))
+        self.map.ranges.get(index as usize).map(|range| range.start)
+    }
+
+    /// The position in the map of storage partition `partition`, if it is the table's.
+    pub fn index_of_partition(&self, partition: PartitionId) -> Option<u32> {
+        self.map.ranges.iter().position(|range| range.partition == partition).map(|index| index as u32)
     }
 
     pub fn describe(&self, item_count: u64, size_bytes: u64) -> TableDescription {
         TableDescription {
             name: self.name.clone(),
             key_schema: self.key_schema.clone(),
-            partitions: self.partitions,
+            partitions: self.partitions(),
             status: TableStatus::Active,
             created_at_ms: self.created_at_ms,
             item_count,
@@ -107,42 +200,105 @@ impl TableInfo {
         [TABLE_KEY_PREFIX, name.as_bytes()].concat()
     }
 
+    /// The entry as the catalog stores it (FORMAT.md, "Catalog entries"), version 2.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::new();
+        let mut out = VERSIONED.to_vec();
+        out.push(TABLE_FORMAT_VERSION);
         out.extend_from_slice(&self.id.to_le_bytes());
-        out.extend_from_slice(&self.partitions.to_le_bytes());
         out.extend_from_slice(&self.created_at_ms.to_le_bytes());
-        for text in [&self.name, &self.key_schema.partition.name] {
-            out.extend_from_slice(&(text.len() as u32).to_le_bytes());
-            out.extend_from_slice(text.as_bytes());
-        }
+        put_text(&mut out, &self.name);
+        put_text(&mut out, &self.key_schema.partition.name);
         out.push(key_type_byte(self.key_schema.partition.key_type));
-        if let Some(sort) = &self.key_schema.sort {
-            out.push(key_type_byte(sort.key_type));
-            out.extend_from_slice(&(sort.name.len() as u32).to_le_bytes());
-            out.extend_from_slice(sort.name.as_bytes());
-        }
-        if let Some(throughput) = self.throughput {
-            out.push(THROUGHPUT_MARK);
-            out.extend_from_slice(&throughput.read_units.to_le_bytes());
-            out.extend_from_slice(&throughput.write_units.to_le_bytes());
-        }
-        if !self.tags.is_empty() {
-            out.push(TAGS_MARK);
-            out.extend_from_slice(&(self.tags.len() as u32).to_le_bytes());
-            for text in self.tags.iter().flat_map(|(key, value)| [key, value]) {
-                out.extend_from_slice(&(text.len() as u32).to_le_bytes());
-                out.extend_from_slice(text.as_bytes());
+        match &self.key_schema.sort {
+            None => out.push(0),
+            Some(sort) => {
+                out.push(1);
+                put_text(&mut out, &sort.name);
+                out.push(key_type_byte(sort.key_type));
             }
         }
-        if !self.members.is_empty() {
-            out.push(MEMBERS_MARK);
-            encode_members(&self.members, &mut out);
+        let throughput = self.throughput.map_or((0, 0), |units| (units.read_units, units.write_units));
+        out.extend_from_slice(&throughput.0.to_le_bytes());
+        out.extend_from_slice(&throughput.1.to_le_bytes());
+        out.extend_from_slice(&(self.tags.len() as u32).to_le_bytes());
+        for text in self.tags.iter().flat_map(|(key, value)| [key, value]) {
+            put_text(&mut out, text);
+        }
+        let mut members = Vec::new();
+        encode_members(&self.members, &mut members);
+        out.extend_from_slice(&(members.len() as u32).to_le_bytes());
+        out.extend_from_slice(&members);
+        out.extend_from_slice(&self.map.epoch.to_le_bytes());
+        out.extend_from_slice(&(self.map.ranges.len() as u32).to_le_bytes());
+        for range in &self.map.ranges {
+            out.extend_from_slice(&range.start.to_le_bytes());
+            out.extend_from_slice(&range.partition.to_le_bytes());
+            out.extend_from_slice(&range.core.to_le_bytes());
+            out.extend_from_slice(&range.leader.to_le_bytes());
         }
         out
     }
 
-    pub fn decode(bytes: &[u8]) -> Option<TableInfo> {
+    /// An entry of any version. An entry of the first version, written before partition maps
+    /// were stored, gets the map the first layout gave it on a node of `cores` cores (equal
+    /// ranges, core `i % cores`) and no preferred leaders (`Shard::install_catalog` prefers
+    /// the group's members in turn for those).
+    pub fn decode(bytes: &[u8], cores: usize) -> Option<TableInfo> {
+        match bytes.strip_prefix(&VERSIONED) {
+            Some(rest) => TableInfo::decode_v2(rest),
+            None => TableInfo::decode_v1(bytes, cores),
+        }
+    }
+
+    fn decode_v2(bytes: &[u8]) -> Option<TableInfo> {
+        let mut cursor = Cursor { bytes, at: 0 };
+        if cursor.take(1)? != [TABLE_FORMAT_VERSION] {
+            return None;
+        }
+        let id = cursor.u32()?;
+        let created_at_ms = cursor.u64()?;
+        let name = cursor.text()?;
+        let partition = KeyAttribute { name: cursor.text()?, key_type: key_type_of(cursor.take(1)?[0])? };
+        let sort = match cursor.take(1)? {
+            [0] => None,
+            [1] => Some(KeyAttribute { name: cursor.text()?, key_type: key_type_of(cursor.take(1)?[0])? }),
+            _ => return None,
+        };
+        let throughput = match (cursor.u64()?, cursor.u64()?) {
+            (0, 0) => None,
+            (0, _) | (_, 0) => return None,
+            (read_units, write_units) => Some(Throughput { read_units, write_units }),
+        };
+        let mut tags = BTreeMap::new();
+        for _ in 0..cursor.u32()? {
+            let key = cursor.text()?;
+            if tags.insert(key, cursor.text()?).is_some() {
+                return None;
+            }
+        }
+        let members_len = cursor.u32()? as usize;
+        let members = decode_configuration(cursor.take(members_len)?).ok()?;
+        let epoch = cursor.u64()?;
+        let count = cursor.u32()?;
+        if !(1..=PARTITIONS_MAX).contains(&count) {
+            return None;
+        }
+        let mut ranges = Vec::with_capacity(count as usize);
+        for _ in 0..count {
+            let (start, partition) = (cursor.u64()?, cursor.u64()?);
+            let core = u16::from_le_bytes(cursor.take(2)?.try_into().ok()?);
+            ranges.push(PartitionRange { start, partition, core, leader: cursor.u32()? });
+        }
+        if !cursor.rest().is_empty() {
+            return None;
+        }
+        let map = PartitionMap { epoch, ranges };
+        map.check(id).ok()?;
+        let key_schema = KeySchema { partition, sort };
+        Some(TableInfo { id, name, key_schema, map, created_at_ms, members, throughput, tags })
+    }
+
+    fn decode_v1(bytes: &[u8], cores: usize) -> Option<TableInfo> {
         let mut cursor = Cursor { bytes, at: 0 };
         let id = u32::from_le_bytes(cursor.take(4)?.try_into().ok()?);
         let partitions = u32::from_le_bytes(cursor.take(4)?.try_into().ok()?);
@@ -192,7 +348,8 @@ impl TableInfo {
             };
         }
         let key_schema = KeySchema { partition: KeyAttribute { name: partition_name, key_type: partition_type }, sort };
-        Some(TableInfo { id, name, key_schema, partitions, created_at_ms, members, throughput, tags })
+        let map = PartitionMap::even(id, partitions, cores, &[]);
+        Some(TableInfo { id, name, key_schema, map, created_at_ms, members, throughput, tags })
     }
 }
 
@@ -215,9 +372,22 @@ impl<'a> Cursor<'a> {
     }
 
     fn text(&mut self) -> Option<String> {
-        let len = u32::from_le_bytes(self.take(4)?.try_into().ok()?) as usize;
+        let len = self.u32()? as usize;
         String::from_utf8(self.take(len)?.to_vec()).ok()
     }
+
+    fn u32(&mut self) -> Option<u32> {
+        Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
+    }
+
+    fn u64(&mut self) -> Option<u64> {
+        Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
+    }
+}
+
+fn put_text(out: &mut Vec<u8>, text: &str) {
+    out.extend_from_slice(&(text.len() as u32).to_le_bytes());
+    out.extend_from_slice(text.as_bytes());
 }
 
 fn key_type_byte(key_type: KeyType) -> u8 {
@@ -291,9 +461,8 @@ impl Catalog {
     /// Whether storage partition `partition` belongs to no table (its table was deleted and
     /// its data not yet removed).
     pub fn orphaned(&self, partition: PartitionId) -> bool {
-        let (id, index) = (table_of(partition), index_of(partition));
         partition != CATALOG_PARTITION
-            && !self.tables.values().any(|table| u64::from(table.id) == id && index < table.partitions)
+            && !self.tables.values().any(|table| table.index_of_partition(partition).is_some())
     }
 
     /// Whether storage partition `partition` belonged to a table this catalog knows was
@@ -401,7 +570,7 @@ mod tests {
                 id: 7,
                 name: "orders".into(),
                 key_schema: KeySchema::composite(("customer", KeyType::S), ("n", KeyType::N)),
-                partitions: 12,
+                map: PartitionMap::even(7, 12, 1, &[]),
                 created_at_ms: 99,
                 members: Vec::new(),
                 throughput: None,
@@ -411,7 +580,7 @@ mod tests {
                 id: 8,
                 name: "users".into(),
                 key_schema: KeySchema::hash_only("id", KeyType::B),
-                partitions: 1,
+                map: PartitionMap::even(8, 1, 1, &[]),
                 created_at_ms: 5,
                 members: vec![Member::full(1), Member::log(4), Member::full(3)],
                 throughput: None,
@@ -421,7 +590,7 @@ mod tests {
                 id: 9,
                 name: "carts".into(),
                 key_schema: KeySchema::composite(("customer", KeyType::S), ("n", KeyType::N)),
-                partitions: 3,
+                map: PartitionMap::even(9, 3, 1, &[]),
                 created_at_ms: 5,
                 members: vec![Member::full(1), Member::full(2), Member::full(3)],
                 throughput: None,
@@ -430,25 +599,130 @@ mod tests {
         ];
         let provisioned = TableInfo {
             id: 10,
+            map: PartitionMap::even(10, 3, 2, &[1, 2, 3]),
             throughput: Some(Throughput { read_units: 5, write_units: 1_000_000_000_000 }),
             tags: BTreeMap::from([("team".to_string(), "blue".to_string()), ("empty".to_string(), String::new())]),
             ..tables[2].clone()
         };
-        let tagged = TableInfo { id: 11, tags: provisioned.tags.clone(), ..tables[0].clone() };
-        let hash_only = TableInfo { id: 12, throughput: provisioned.throughput, ..tables[1].clone() };
+        let tagged = TableInfo {
+            id: 11,
+            map: PartitionMap::even(11, 12, 4, &[]),
+            tags: provisioned.tags.clone(),
+            ..tables[0].clone()
+        };
+        let hash_only = TableInfo { id: 12, map: uneven(12), throughput: provisioned.throughput, ..tables[1].clone() };
         for table in tables.into_iter().chain([provisioned, tagged, hash_only]) {
-            assert_eq!(TableInfo::decode(&table.encode()), Some(table.clone()));
-            let mut no_partitions = table.encode();
-            no_partitions[4..8].copy_from_slice(&0u32.to_le_bytes());
-            assert_eq!(TableInfo::decode(&no_partitions), None);
             let encoded = table.encode();
-            for cut in 0..encoded.len() - 1 {
-                // Truncations either fail or (at an optional part) decode without it.
-                if let Some(decoded) = TableInfo::decode(&encoded[..cut]) {
-                    assert_ne!(decoded, table);
+            assert_eq!(TableInfo::decode_any(&encoded), Some(table.clone()));
+            // Every truncation, and trailing bytes, are refused: version 2 has no optional parts.
+            for cut in 0..encoded.len() {
+                assert_eq!(TableInfo::decode_any(&encoded[..cut]), None, "cut at {cut}");
+            }
+            assert_eq!(TableInfo::decode_any(&[encoded.as_slice(), &[0]].concat()), None);
+            // A map that breaks its rules does not decode.
+            let mut bad = table.clone();
+            bad.map.ranges[0].start = 1;
+            assert_eq!(TableInfo::decode_any(&bad.encode()), None);
+        }
+    }
+
+    /// A map no formula makes: four ranges of very different widths, placed and led unevenly.
+    fn uneven(table: u32) -> PartitionMap {
+        let range = |start: u64, index: u32, core: u16, leader: ReplicaId| PartitionRange {
+            start,
+            partition: storage_partition(table, index),
+            core,
+            leader,
+        };
+        PartitionMap {
+            epoch: 7,
+            ranges: vec![range(0, 3, 1, 2), range(10, 0, 0, 0), range(1 << 40, 9, 1, 3), range(u64::MAX - 5, 1, 1, 1)],
+        }
+    }
+
+    #[test]
+    fn partition_maps_route_by_their_ranges_and_keep_their_rules() {
+        let map = uneven(4);
+        map.check(4).unwrap();
+        for (hash, index) in
+            [(0, 0), (9, 0), (10, 1), ((1 << 40) - 1, 1), (1 << 40, 2), (u64::MAX - 6, 2), (u64::MAX, 3)]
+        {
+            assert_eq!(map.index_of_hash(hash), index, "hash {hash:#x}");
+        }
+        let with = |change: &dyn Fn(&mut PartitionMap)| {
+            let mut map = uneven(4);
+            change(&mut map);
+            map.check(4)
+        };
+        assert!(with(&|map| map.ranges[0].start = 3).unwrap_err().contains("not 0"));
+        assert!(with(&|map| map.ranges[2].start = 10).unwrap_err().contains("not increasing"));
+        assert!(with(&|map| map.ranges[1].partition = map.ranges[0].partition).unwrap_err().contains("same partition"));
+        assert!(with(&|map| map.ranges[3].partition = storage_partition(5, 1)).unwrap_err().contains("not table 4's"));
+        assert!(with(&|map| map.ranges.clear()).is_err());
+        assert!(map.check(5).is_err());
+        let even = PartitionMap::even(4, 5, 2, &[1, 2, 3]);
+        let cores: Vec<u16> = even.ranges.iter().map(|range| range.core).collect();
+        let leaders: Vec<ReplicaId> = even.ranges.iter().map(|range| range.leader).collect();
+        assert_eq!((cores, leaders), (vec![0, 1, 0, 1, 0], vec![1, 2, 3, 1, 2]));
+    }
+
+    impl TableInfo {
+        fn decode_any(bytes: &[u8]) -> Option<TableInfo> {
+            TableInfo::decode(bytes, 1)
+        }
+
+        /// The entry as the first format wrote it (before partition maps were stored).
+        fn encode_v1(&self) -> Vec<u8> {
+            let mut out = Vec::new();
+            out.extend_from_slice(&self.id.to_le_bytes());
+            out.extend_from_slice(&self.partitions().to_le_bytes());
+            out.extend_from_slice(&self.created_at_ms.to_le_bytes());
+            for text in [&self.name, &self.key_schema.partition.name] {
+                put_text(&mut out, text);
+            }
+            out.push(key_type_byte(self.key_schema.partition.key_type));
+            if let Some(sort) = &self.key_schema.sort {
+                out.push(key_type_byte(sort.key_type));
+                put_text(&mut out, &sort.name);
+            }
+            if let Some(throughput) = self.throughput {
+                out.push(THROUGHPUT_MARK);
+                out.extend_from_slice(&throughput.read_units.to_le_bytes());
+                out.extend_from_slice(&throughput.write_units.to_le_bytes());
+            }
+            if !self.tags.is_empty() {
+                out.push(TAGS_MARK);
+                out.extend_from_slice(&(self.tags.len() as u32).to_le_bytes());
+                for text in self.tags.iter().flat_map(|(key, value)| [key, value]) {
+                    put_text(&mut out, text);
                 }
             }
+            if !self.members.is_empty() {
+                out.push(MEMBERS_MARK);
+                encode_members(&self.members, &mut out);
+            }
+            out
         }
+    }
+
+    /// An entry of the first format reads with the map its layout gave it on this node.
+    #[test]
+    fn entries_of_the_first_format_read_with_the_map_their_layout_gave() {
+        let table = TableInfo {
+            id: 6,
+            name: "old".into(),
+            key_schema: KeySchema::hash_only("id", KeyType::S),
+            map: PartitionMap::even(6, 5, 3, &[]),
+            created_at_ms: 1,
+            members: vec![Member::full(1), Member::full(2)],
+            throughput: Some(Throughput { read_units: 2, write_units: 3 }),
+            tags: BTreeMap::from([("k".to_string(), "v".to_string())]),
+        };
+        assert_eq!(TableInfo::decode(&table.encode_v1(), 3), Some(table.clone()));
+        let on_two_cores = TableInfo::decode(&table.encode_v1(), 2).unwrap();
+        assert_eq!(on_two_cores.map, PartitionMap::even(6, 5, 2, &[]));
+        // Upgraded as soon as it is written again.
+        assert_eq!(TableInfo::decode(&on_two_cores.encode(), 3), Some(on_two_cores));
     }
 
     #[test]
@@ -467,24 +741,24 @@ mod tests {
         old.extend_from_slice(&[0, 1, 1, 0, 0, 0, b'n', MEMBERS_MARK]);
         let members = vec![Member::full(1), Member::full(2), Member::full(3)];
         encode_members(&members, &mut old);
-        let table = TableInfo::decode(&old).expect("an old entry decodes");
+        let table = TableInfo::decode_any(&old).expect("an old entry decodes");
         assert_eq!(table.key_schema, KeySchema::composite(("customer", KeyType::S), ("n", KeyType::N)));
         assert_eq!((table.members, table.throughput, table.tags.len()), (members, None, 0));
         // Sections out of order, repeated, or empty are refused.
-        let base = TableInfo { members: Vec::new(), ..TableInfo::decode(&old).unwrap() };
+        let base = TableInfo { members: Vec::new(), ..TableInfo::decode_any(&old).unwrap() };
         let mut throughput_twice =
-            TableInfo { throughput: Some(Throughput { read_units: 1, write_units: 1 }), ..base.clone() }.encode();
+            TableInfo { throughput: Some(Throughput { read_units: 1, write_units: 1 }), ..base.clone() }.encode_v1();
         let section = throughput_twice.split_off(throughput_twice.len() - 17);
         throughput_twice.extend_from_slice(&[section.clone(), section].concat());
-        assert_eq!(TableInfo::decode(&throughput_twice), None);
-        let mut no_tags = base.encode();
+        assert_eq!(TableInfo::decode_any(&throughput_twice), None);
+        let mut no_tags = base.encode_v1();
         no_tags.push(TAGS_MARK);
         no_tags.extend_from_slice(&0u32.to_le_bytes());
-        assert_eq!(TableInfo::decode(&no_tags), None);
-        let mut zero_units = base.encode();
+        assert_eq!(TableInfo::decode_any(&no_tags), None);
+        let mut zero_units = base.encode_v1();
         zero_units.push(THROUGHPUT_MARK);
         zero_units.extend_from_slice(&[0; 16]);
-        assert_eq!(TableInfo::decode(&zero_units), None);
+        assert_eq!(TableInfo::decode_any(&zero_units), None);
     }
 
     #[test]
@@ -519,7 +793,7 @@ mod tests {
             id: 3,
             name: "t".into(),
             key_schema: KeySchema::composite(("customer", KeyType::S), ("n", KeyType::N)),
-            partitions: 13,
+            map: PartitionMap::even(3, 13, 1, &[]),
             created_at_ms: 0,
             members: Vec::new(),
             throughput: None,
@@ -547,7 +821,7 @@ mod tests {
             id: 1,
             name: "t".into(),
             key_schema: KeySchema::hash_only("id", KeyType::S),
-            partitions: 7,
+            map: PartitionMap::even(1, 7, 1, &[]),
             created_at_ms: 0,
             members: Vec::new(),
             throughput: None,
@@ -570,7 +844,7 @@ mod tests {
             id: 3,
             name: "kept".into(),
             key_schema: KeySchema::hash_only("id", KeyType::S),
-            partitions: 4,
+            map: PartitionMap::even(3, 4, 1, &[]),
             created_at_ms: 0,
             members: Vec::new(),
             throughput: None,
@@ -580,11 +854,9 @@ mod tests {
             Catalog { tables: BTreeMap::from([("kept".to_string(), table.clone())]), next_id: 5, current: true };
         assert!(!catalog.orphaned(CATALOG_PARTITION));
         assert!((0..4).all(|index| !catalog.orphaned(table.partition_id(index))));
-        assert!(catalog.orphaned(table.partition_id(4)));
+        assert!(catalog.orphaned(storage_partition(3, 4)));
         // Deleted: a table id already handed out that no table has; not a table yet to come.
-        let gone = TableInfo { id: 2, ..table.clone() };
-        let coming = TableInfo { id: 5, ..table.clone() };
-        assert!(catalog.deleted(gone.partition_id(0)) && !catalog.deleted(coming.partition_id(0)));
+        assert!(catalog.deleted(storage_partition(2, 0)) && !catalog.deleted(storage_partition(5, 0)));
         assert!(!catalog.deleted(table.partition_id(0)) && !catalog.deleted(CATALOG_PARTITION));
         assert!(catalog.orphaned(storage_partition(2, 1)));
     }

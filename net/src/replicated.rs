@@ -311,14 +311,19 @@ impl ReplicatedLog {
     /// its group's full member `index` modulo their count, in id order: that replica, if it
     /// knows no leader yet (a new table, or a restart), campaigns at once, so leaders spread
     /// over the nodes. Starts the replica here if it is not running.
-    pub fn prefer_leader(&self, partition: PartitionId, index: u32) {
+    pub fn prefer_leader(&self, partition: PartitionId, leader: ReplicaId, index: u32) {
+        // A table created before maps recorded leaders names none: its partitions prefer the
+        // group's full members in turn, as they did when it was created.
         let group: Vec<ReplicaId> = self
             .first_configuration(partition)
             .iter()
             .filter(|member| member.kind == MemberKind::Full)
             .map(|member| member.id)
             .collect();
-        let preferred = group.get(index as usize % group.len().max(1)).copied();
+        let preferred = match leader {
+            0 => group.get(index as usize % group.len().max(1)).copied(),
+            leader => Some(leader),
+        };
         let now = self.now();
         self.with_replica(partition, |replica| {
             if preferred == Some(replica.id()) {

@@ -7,13 +7,14 @@ use std::ops::Bound;
 use std::rc::Rc;
 use std::time::Duration;
 
+use tessera_engine::paxos::MemberKind;
 use tessera_engine::{Command, KeySchema, PartitionId, ReplicationLog};
 use tessera_wire::{ErrorCode, Response, Tags, Throughput, WireError};
 
 use super::mesh::{unexpected, Op, OpResult};
 use super::{engine_error, invalid, Shard};
 use crate::catalog::{
-    owner_core, retag, validate_table_name, validate_throughput, Catalog, TableInfo, CATALOG_PARTITION, NEXT_ID_KEY,
+    retag, validate_table_name, validate_throughput, Catalog, PartitionMap, TableInfo, CATALOG_PARTITION, NEXT_ID_KEY,
     PARTITIONS_MAX,
 };
 use crate::log::Log;
@@ -36,7 +37,17 @@ impl Shard {
                 catalog.next_id =
                     u32::from_le_bytes(value.as_slice().try_into().map_err(|_| "damaged catalog: next id")?);
             } else {
-                let table = TableInfo::decode(&value).ok_or("damaged catalog: a table entry does not decode")?;
+                let table =
+                    TableInfo::decode(&value, self.cores).ok_or("damaged catalog: a table entry does not decode")?;
+                if let Some(range) = table.map.ranges.iter().find(|range| usize::from(range.core) >= self.cores) {
+                    return Err(format!(
+                        "table {} has a partition on core {} and this node runs {} cores: start it with --cores {} or more",
+                        table.name,
+                        range.core,
+                        self.cores,
+                        range.core + 1
+                    ));
+                }
                 catalog.tables.insert(table.name.clone(), table);
             }
         }
@@ -54,10 +65,13 @@ impl Shard {
             // Each table's partitions lead on the nodes in turn (those this core owns).
             let mut owned = Vec::new();
             for table in catalog.tables.values() {
-                for index in (0..table.partitions).filter(|&index| owner_core(index, self.cores) == self.core) {
-                    log.learn_group(table.partition_id(index), &table.members);
-                    log.prefer_leader(table.partition_id(index), index);
-                    owned.push(table.partition_id(index));
+                for (index, range) in table.map.ranges.iter().enumerate() {
+                    if usize::from(range.core) != self.core {
+                        continue;
+                    }
+                    log.learn_group(range.partition, &table.members);
+                    log.prefer_leader(range.partition, range.leader, index as u32);
+                    owned.push(range.partition);
                 }
             }
             if catalog.current {
@@ -201,11 +215,16 @@ impl Shard {
             Log::Replicated(log) => log.members(CATALOG_PARTITION),
             Log::Local(_) => Vec::new(),
         };
+        assert!(id < u32::MAX, "table ids are below u32::MAX (the catalog's version mark)");
+        // Leaders spread over the group's full members, in id order.
+        let mut leaders: Vec<_> =
+            members.iter().filter(|member| member.kind == MemberKind::Full).map(|member| member.id).collect();
+        leaders.sort_unstable();
         let table = TableInfo {
             id,
             name: name.clone(),
             key_schema,
-            partitions,
+            map: PartitionMap::even(id, partitions, self.cores, &leaders),
             created_at_ms: now_ms(),
             members,
             throughput,
@@ -261,8 +280,8 @@ impl Shard {
         }
         // The data goes in the background; the table id is never reused, so nothing can see it.
         for core in 0..self.cores {
-            let partitions: Vec<PartitionId> = (0..table.partitions)
-                .filter(|&index| self.owner(index) == core)
+            let partitions: Vec<PartitionId> = (0..table.partitions())
+                .filter(|&index| self.owner(&table, index) == core)
                 .map(|index| table.partition_id(index))
                 .collect();
             let shard = self.clone();
@@ -331,8 +350,8 @@ impl Shard {
         let table = self.catalog.borrow().table(name).cloned()?;
         let (mut items, mut bytes) = (0, 0);
         for core in (0..self.cores).filter(|_| counts) {
-            let partitions = (0..table.partitions)
-                .filter(|&index| self.owner(index) == core)
+            let partitions = (0..table.partitions())
+                .filter(|&index| self.owner(&table, index) == core)
                 .map(|index| table.partition_id(index))
                 .collect();
             match self.call(core, Op::Count { partitions }).await {

@@ -12,7 +12,7 @@ use tessera_engine::{Command, KeySchema, PartitionId};
 use tessera_wire::{ErrorCode, ReplicaStatus, Response, Tags, Throughput, WireError};
 
 use super::{invalid, Shard};
-use crate::catalog::{index_of, key_hash, owner_core, partition_name, Catalog, TableInfo};
+use crate::catalog::{key_hash, partition_name, table_of, Catalog, TableInfo, CATALOG_PARTITION};
 use crate::log::Log;
 
 /// Work on one core's partitions (or its catalog copy).
@@ -203,20 +203,51 @@ impl Shard {
         Ok(())
     }
 
-    pub(super) fn owner(&self, partition_index: u32) -> usize {
-        owner_core(partition_index, self.cores)
+    /// The core partition `index` of `table` lives on, as its map places it.
+    pub(super) fn owner(&self, table: &TableInfo, index: u32) -> usize {
+        let core = table.core_of(index);
+        assert!(core < self.cores, "{}: partition {index} placed on core {core} of {}", table.name, self.cores);
+        core
     }
 
-    /// The core that hosts storage partition `partition` (the catalog's is core 0's).
-    pub(super) fn partition_core(&self, partition: PartitionId) -> usize {
-        self.owner(index_of(partition))
+    /// The core that hosts storage partition `partition` (the catalog's is core 0's), by the
+    /// map of the table it belongs to; `None` if this core knows no such table.
+    pub(super) fn partition_core(&self, partition: PartitionId) -> Option<usize> {
+        if partition == CATALOG_PARTITION {
+            return Some(0);
+        }
+        let catalog = self.catalog.borrow();
+        let table = catalog.tables.values().find(|table| u64::from(table.id) == table_of(partition))?;
+        table.index_of_partition(partition).map(|index| self.owner(table, index))
+    }
+
+    /// The core an administration request on `partition` goes to: its table's map's, or for
+    /// a table this node's catalog does not hold (a log replica applies no catalog entry) the
+    /// core hosting a replica of it; core 0 if none does, whose answer says so.
+    pub(super) async fn admin_core(self: &Rc<Shard>, partition: PartitionId) -> usize {
+        if let Some(core) = self.partition_core(partition) {
+            return core;
+        }
+        for core in 0..self.cores {
+            if let OpResult::Replicas(found) = self.call(core, Op::Replicas).await {
+                if found.iter().any(|status| status.partition == partition) {
+                    return core;
+                }
+            }
+        }
+        0
     }
 
     /// Where an encoded key lives: (owner core, partition id).
     pub(super) fn place(&self, table: &TableInfo, key: &[u8]) -> (usize, PartitionId) {
         let index = table.partition_of(key_hash(key));
-        assert!(index < table.partitions, "{}: a key placed in partition {index} of {}", table.name, table.partitions);
-        (self.owner(index), table.partition_id(index))
+        assert!(
+            index < table.partitions(),
+            "{}: a key placed in partition {index} of {}",
+            table.name,
+            table.partitions()
+        );
+        (self.owner(table, index), table.partition_id(index))
     }
 
     /// Asserts that `op` reached the core it must run on, as `call`'s callers chose it (by
@@ -240,8 +271,10 @@ impl Shard {
             Op::CatalogLoad(_) | Op::CatalogPut(_) | Op::CatalogRemove(_) | Op::Drop { .. } | Op::Replicas => return,
         };
         for &partition in partitions {
+            // A partition of a table this core does not know yet is checked by its owner's op.
+            let Some(core) = self.partition_core(partition) else { continue };
             assert_eq!(
-                self.partition_core(partition),
+                core,
                 self.core,
                 "an op on partition {} reached core {}, not its owner",
                 partition_name(partition),

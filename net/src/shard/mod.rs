@@ -285,14 +285,16 @@ impl Shard {
             }
             Request::DescribeReplicas => self.describe_replicas().await,
             Request::ChangeMembers { partition, members } => {
-                match self.call(self.partition_core(partition), Op::ChangeMembers { partition, members }).await {
+                let core = self.admin_core(partition).await;
+                match self.call(core, Op::ChangeMembers { partition, members }).await {
                     OpResult::Slot(slot) => Ok(Response::Admin { slot }),
                     OpResult::Error(error) => Err(error),
                     other => Err(unexpected(other)),
                 }
             }
             Request::RetireReplica { partition } => {
-                match self.call(self.partition_core(partition), Op::RetireReplica { partition }).await {
+                let core = self.admin_core(partition).await;
+                match self.call(core, Op::RetireReplica { partition }).await {
                     OpResult::Done => Ok(Response::Admin { slot: 0 }),
                     OpResult::Error(error) => Err(error),
                     other => Err(unexpected(other)),

@@ -157,7 +157,12 @@ impl Shard {
         loop {
             // A page ends once it has its items or bytes; the next partition is one of the table's.
             assert!(remaining > 0 && bytes_left > 0, "a Scan page goes on after it is full");
-            assert!(index < table.partitions, "{}: Scan reached partition {index} of {}", table.name, table.partitions);
+            assert!(
+                index < table.partitions(),
+                "{}: Scan reached partition {index} of {}",
+                table.name,
+                table.partitions()
+            );
             let partition_end = table.partition_start(index + 1);
             let end = match (segment_end, partition_end) {
                 (Some(a), Some(b)) => Some(a.min(b)),
@@ -177,7 +182,7 @@ impl Shard {
                 limit: remaining,
                 bytes_max: bytes_left,
             };
-            let (entries, more) = match self.call(self.owner(index), op).await {
+            let (entries, more) = match self.call(self.owner(&table, index), op).await {
                 OpResult::Entries { entries, more } => (entries, more),
                 OpResult::Error(error) => match leader_of(&error).filter(|_| may_forward) {
                     Some(leader) => {
@@ -248,11 +253,11 @@ impl Shard {
         consistent_read: bool,
     ) -> Result<(Vec<(Vec<u8>, Vec<u8>)>, bool), WireError> {
         // The other node scans segment `index` of `partitions`: exactly this partition.
-        assert!(index < table.partitions, "{}: partition {index} of {}", table.name, table.partitions);
+        assert!(index < table.partitions(), "{}: partition {index} of {}", table.name, table.partitions());
         let request = Request::Scan(Scan {
             table: table.name.clone(),
             segment: index,
-            total_segments: table.partitions,
+            total_segments: table.partitions(),
             limit: u32::try_from(remaining).unwrap_or(0),
             exclusive_start_key: after.map(|key| decode_key(&table.key_schema, &key)).transpose()?,
             consistent_read,
