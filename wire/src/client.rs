@@ -33,7 +33,9 @@ pub use tessera_engine::{AttributeValue, Item, KeyAttribute, KeySchema, KeyType,
 pub use tls::ClientTls;
 
 use crate::frame::{self, Decoded};
-use crate::{ConsumedCapacity, ErrorCode, Request, RequestFlags, Response, ReturnConsumedCapacity, WireError};
+use crate::{
+    ConsumedCapacity, ErrorCode, Query, Request, RequestFlags, Response, ReturnConsumedCapacity, Scan, WireError,
+};
 
 /// Settings of a client.
 #[derive(Clone, Debug)]
@@ -277,19 +279,15 @@ impl Client {
     }
 
     /// Every item a Query matches, following every page.
-    pub fn query_all(&mut self, query: crate::Query) -> Result<Vec<Item>, ClientError> {
+    pub fn query_all(&mut self, query: Query) -> Result<Vec<Item>, ClientError> {
         let first = query.exclusive_start_key.clone();
-        self.follow_pages(first, |client, start| {
-            client.query(crate::Query { exclusive_start_key: start, ..query.clone() })
-        })
+        self.follow_pages(first, |client, start| client.query(Query { exclusive_start_key: start, ..query.clone() }))
     }
 
     /// Every item of one scan segment, following every page.
-    pub fn scan_all(&mut self, scan: crate::Scan) -> Result<Vec<Item>, ClientError> {
+    pub fn scan_all(&mut self, scan: Scan) -> Result<Vec<Item>, ClientError> {
         let first = scan.exclusive_start_key.clone();
-        self.follow_pages(first, |client, start| {
-            client.scan(crate::Scan { exclusive_start_key: start, ..scan.clone() })
-        })
+        self.follow_pages(first, |client, start| client.scan(Scan { exclusive_start_key: start, ..scan.clone() }))
     }
 
     /// Reads pages from `start` on, each after the last one's LastEvaluatedKey.
