@@ -16,8 +16,8 @@ use crate::catalog::{core_of_key, partition_of_key};
 use crate::local::{Inbox, Outbox, Pending, Producer};
 use crate::socket::ByteStream;
 use tessera_engine::Item;
-use tessera_wire::client::{call, Call, ClientConfig, ClientError, Credentials, Retries};
-use tessera_wire::{ConsumedCapacity, ErrorCode, Request, RequestFlags, Response, TableDescription, WireError};
+use tessera_wire::client::{call, Answer, Call, ClientConfig, ClientError, Credentials, Retries};
+use tessera_wire::{ErrorCode, Request, RequestFlags, Response, TableDescription, WireError};
 
 /// How a node with `access` connects to another to forward a request: proving the cluster's
 /// secret, over TLS if it serves TLS.
@@ -34,9 +34,6 @@ impl Forwarding for ClientConfig {
         }
     }
 }
-
-/// An answer and the capacity it reports, or why there is none.
-type Answer = Result<(Response, Vec<ConsumedCapacity>), ClientError>;
 
 /// A pipelined connection for glommio programs (the load generator): any number of calls may
 /// be in flight on it at once; each waits for the answer carrying its request id.
@@ -96,15 +93,7 @@ impl AsyncClient {
             let failure = loop {
                 match inbox.next_frame() {
                     Err(lost) => break lost.to_string(),
-                    Ok(Some(frame)) => {
-                        let decoded = Response::decode_with_capacity(frame.header.message_type, frame.payload);
-                        let response = match (frame.checksum_ok, decoded) {
-                            (false, _) => Err(ClientError::Protocol("an answer failed its checksum".into())),
-                            (true, Ok(answer)) => Ok(answer),
-                            (true, Err(error)) => Err(ClientError::Protocol(error.to_string())),
-                        };
-                        answers.complete(frame.header.request_id, response);
-                    }
+                    Ok(Some(frame)) => answers.complete(frame.header.request_id, call::answer_of(&frame)),
                     Ok(None) => match inbox.fill(&mut reader).await {
                         Ok(0) => break "the server closed the connection".to_string(),
                         Ok(_) => {}

@@ -24,7 +24,7 @@ use std::net::SocketAddr;
 use std::net::{TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
-pub use call::{is_error, BatchGetOutput, Call, ClientError, Page};
+pub use call::{is_error, Answer, BatchGetOutput, Call, ClientError, Page};
 pub use credentials::{now_ms, proof_mac, Credentials, CLUSTER_KEY_ID, NONCE_LEN};
 pub use item::ItemBuilder;
 pub use retry::Retries;
@@ -222,11 +222,7 @@ impl Client {
     }
 
     /// Sends `request` once and waits for its answer.
-    fn call_once(
-        &mut self,
-        request: &Request,
-        capacity: ReturnConsumedCapacity,
-    ) -> Result<(Response, Vec<ConsumedCapacity>), ClientError> {
+    fn call_once(&mut self, request: &Request, capacity: ReturnConsumedCapacity) -> Answer {
         let id = self.next_id;
         self.next_id += 1;
         let mut bytes = Vec::new();
@@ -236,14 +232,10 @@ impl Client {
         loop {
             match frame::decode(&self.buffer).map_err(|lost| ClientError::Protocol(lost.to_string()))? {
                 Decoded::Frame(frame, used) => {
-                    let (header, checksum_ok) = (frame.header, frame.checksum_ok);
-                    let answer = Response::decode_with_capacity(header.message_type, frame.payload);
+                    let (request_id, answer) = (frame.header.request_id, call::answer_of(&frame));
                     self.buffer.drain(..used);
-                    if !checksum_ok {
-                        return Err(ClientError::Protocol("an answer failed its checksum".into()));
-                    }
-                    let (response, consumed) = answer.map_err(|error| ClientError::Protocol(error.to_string()))?;
-                    match header.request_id {
+                    let (response, consumed) = answer?;
+                    match request_id {
                         answered if answered == id => return Ok((response, consumed)),
                         // An error about the framing of our stream: nothing more will come.
                         0 => return response_error(response),

@@ -6,9 +6,10 @@
 use tessera_engine::{Item, KeySchema};
 
 use super::Credentials;
+use crate::frame::Frame;
 use crate::{
-    ErrorCode, Expressions, Query, ReadExpressions, Request, Response, ReturnValues, Scan, TableDescription, TableKeys,
-    UpdateItem, WireError, Write,
+    ConsumedCapacity, ErrorCode, Expressions, Query, ReadExpressions, Request, Response, ReturnValues, Scan,
+    TableDescription, TableKeys, UpdateItem, WireError, Write,
 };
 
 /// What a call can fail with.
@@ -58,6 +59,18 @@ pub struct Page {
     pub count: u32,
     /// Pass as `exclusive_start_key` to read the next page; `None` after the last.
     pub last_evaluated_key: Option<Item>,
+}
+
+/// An answer and the capacity it reports, or why there is none.
+pub type Answer = Result<(Response, Vec<ConsumedCapacity>), ClientError>;
+
+/// The answer a frame from the server carries (whichever request it answers).
+pub fn answer_of(frame: &Frame) -> Answer {
+    if !frame.checksum_ok {
+        return Err(ClientError::Protocol("an answer failed its checksum".into()));
+    }
+    Response::decode_with_capacity(frame.header.message_type, frame.payload)
+        .map_err(|error| ClientError::Protocol(error.to_string()))
 }
 
 /// One typed call: the request to send, and how its answer (an error answer already taken
@@ -344,6 +357,20 @@ mod tests {
         assert!(is_protocol(delete_table("t").answer(Response::Item(None))));
         let nothing = Response::BatchGetItem { responses: Vec::new(), unprocessed: Vec::new() };
         assert_eq!(batch_get_item(Vec::new()).answer(nothing).unwrap(), (Vec::new(), Vec::new()));
+    }
+
+    #[test]
+    fn frames_are_read_as_answers_and_damaged_ones_refused() {
+        let mut bytes = Vec::new();
+        Response::Item(Some(key())).encode(7, &mut bytes);
+        let crate::frame::Decoded::Frame(frame, _) = crate::frame::decode(&bytes).unwrap() else { panic!() };
+        assert!(
+            matches!(answer_of(&frame), Ok((Response::Item(Some(item)), consumed)) if item == key() && consumed.is_empty())
+        );
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        let crate::frame::Decoded::Frame(frame, _) = crate::frame::decode(&bytes).unwrap() else { panic!() };
+        assert!(matches!(answer_of(&frame), Err(ClientError::Protocol(message)) if message.contains("checksum")));
     }
 
     #[test]
