@@ -27,8 +27,8 @@ use clap::{ArgGroup, Parser};
 use glommio::{LocalExecutorBuilder, Placement};
 use hdrhistogram::Histogram;
 use tessera_engine::{AttributeValue, Item, KeySchema, KeyType, Number};
-use tessera_net::client::{AsyncClient, Client, ClientConfig, ClientError, ClusterPool, ItemBuilder};
-use tessera_net::tls::ClientTls;
+use tessera_net::client::{AsyncClient, ClusterPool};
+use tessera_wire::client::{Client, ClientConfig, ClientError, ClientTls, ItemBuilder};
 use tessera_wire::{Expressions, Query, ReadExpressions, Request, ReturnValues, Scan, SortCondition, TableKeys, Write};
 
 use keys::{KeyChooser, Random};

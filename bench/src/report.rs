@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
-use tessera_net::client::ClientError;
+use tessera_wire::client::ClientError;
 use tessera_wire::ErrorCode;
 
 use crate::workload::Op;

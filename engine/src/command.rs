@@ -313,6 +313,7 @@ impl Command {
     }
 
     /// Length of the longest key the command writes.
+    #[cfg(feature = "storage")]
     pub(crate) fn key_len_max(&self) -> usize {
         match self {
             Command::Put { key, .. } | Command::Delete { key } => key.len(),

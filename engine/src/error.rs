@@ -57,10 +57,12 @@ impl Error {
         ))
     }
 
+    #[cfg(feature = "storage")]
     pub(crate) fn corrupt(path: impl Into<PathBuf>, offset: u64, reason: impl Into<String>) -> Error {
         Error::Corrupt { path: path.into(), offset, reason: reason.into() }
     }
 
+    #[cfg(feature = "storage")]
     pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: impl Into<std::io::Error>) -> Error {
         Error::Io { op, path: path.into(), source: source.into() }
     }
@@ -68,6 +70,7 @@ impl Error {
     /// Whether this is an I/O call refused for want of space (ENOSPC, or EDQUOT: a quota),
     /// which is retried once space is freed rather than poisoning the storage: nothing was
     /// written that a later sync could lose.
+    #[cfg(feature = "storage")]
     pub(crate) fn is_no_space(&self) -> bool {
         matches!(self, Error::Io { source, .. }
             if matches!(source.kind(), std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded))

@@ -12,9 +12,12 @@ use crate::error::{Error, Result};
 use crate::number::DIGITS_MAX;
 use crate::value::{AttributeValue, Item};
 
-/// Longest key (encoded primary key) a command may carry: the tree's limit less the 8-byte
-/// partition prefix the store puts before every key.
-pub const KEY_LEN_MAX: usize = crate::btree::page::TREE_KEY_LEN_MAX - 8;
+/// Longest key (encoded primary key) a command may carry: the tree's limit (`TREE_KEY_LEN_MAX`)
+/// less the 8-byte partition prefix the store puts before every key. Written out so that the
+/// data model builds without the tree (the `storage` feature); checked against it below.
+pub const KEY_LEN_MAX: usize = 4036;
+#[cfg(feature = "storage")]
+const _: () = assert!(KEY_LEN_MAX == crate::btree::page::TREE_KEY_LEN_MAX - 8);
 /// Longest partition key value DynamoDB accepts (bytes of an S's UTF-8 or a B's value; an N is
 /// never too long).
 pub const PARTITION_KEY_LEN_MAX: usize = 2048;
@@ -153,6 +156,7 @@ pub fn partition_hash(encoded_partition_key: &[u8]) -> u64 {
 
 /// Refuses a key longer than the store keeps (`KEY_LEN_MAX`): a command given to the store
 /// directly (a table's keys are within it, `ENCODED_KEY_LEN_MAX`).
+#[cfg(feature = "storage")]
 pub(crate) fn check_key_len(len: usize) -> Result<()> {
     if len > KEY_LEN_MAX {
         return Err(Error::validation(format!("encoded key of {len} bytes exceeds the {KEY_LEN_MAX}-byte limit")));

@@ -1,10 +1,18 @@
 //! Tessera's storage replica: the DynamoDB item model, the per-core write-ahead log, the
 //! page-based B+tree with copy-on-write checkpoints, and crash recovery.
+//!
+//! The storage (store, WAL, tree, disk I/O on glommio and io_uring, the replication log) is
+//! the default feature `storage`; without it the crate is the data model alone, with no
+//! glommio, io_uring or libc: values, numbers, keys, the item codec, expressions, commands,
+//! capacity, the partition's pure state machine (not the state its store keeps beside it) and
+//! the pure Multi-Paxos core, which the protocol (`tessera-wire`) and its client build on.
 
+#[cfg(feature = "storage")]
 mod btree;
 pub mod capacity;
 mod codec;
 mod command;
+#[cfg(feature = "storage")]
 mod disk;
 mod error;
 pub mod expr;
@@ -12,27 +20,37 @@ mod key;
 mod number;
 pub mod partition;
 pub mod paxos;
+#[cfg(feature = "storage")]
 mod replication;
+#[cfg(feature = "storage")]
 mod signal;
+#[cfg(feature = "storage")]
 mod store;
-#[cfg(test)]
+#[cfg(all(test, feature = "storage"))]
 mod testing;
 mod value;
+#[cfg(feature = "storage")]
 mod wal;
 
+#[cfg(feature = "storage")]
 pub use btree::page::{PAGE_SIZE, TREE_KEY_LEN_MAX};
+#[cfg(feature = "storage")]
 pub use btree::CACHE_PAGES_MIN;
 pub use codec::{decode_item, encode_item, ItemMeta, ITEM_FORMAT_VERSION};
 pub use command::{Command, ConditionalCommand, ConditionalWrite, Outcome, Stamped};
 pub use error::{Error, Result};
 pub use key::{partition_hash, EncodedKey, KeyAttribute, KeySchema, KeyType, KEY_LEN_MAX};
 pub use number::Number;
+#[cfg(feature = "storage")]
 pub use replication::{LocalLog, ReplicationLog};
+#[cfg(feature = "storage")]
 pub use signal::yield_to_reactor;
+#[cfg(feature = "storage")]
 pub use store::{PartitionId, PartitionMeta, PartitionSnapshot, ScrubStats, Store, StoreConfig};
 pub use value::{
     check_name_length, empty_set_message, item_size, validate_item, AttributeValue, Item, ITEM_SIZE_MAX, NESTING_MAX,
 };
+#[cfg(feature = "storage")]
 pub use wal::{Record, Recovered, Wal, WalConfig};
 
 /// `eprintln!` as one write: the line and its newline go to standard error in a single

@@ -1,11 +1,11 @@
 //! Who may speak on a binary connection or a peer link. A connection proves that it holds a
 //! key with one Authenticate request (`Request::Authenticate`): an HMAC-SHA256, under the key's
-//! secret, of a fixed context string, the key id, a timestamp and a random nonce. The same
-//! proof opens every peer link (under the cluster's secret) before any replication frame is
-//! taken. Keys are of two kinds: the access keys of `--keys` (what the HTTP endpoint checks
-//! SigV4 against), which may make data requests, and the cluster's secret (`--cluster-secret`),
-//! held by the nodes and the operator, which may also make administration requests and open
-//! peer links.
+//! secret, of a fixed context string, the key id, a timestamp and a random nonce (made by
+//! `tessera_wire::client::Credentials`; checked here). The same proof opens every peer link
+//! (under the cluster's secret) before any replication frame is taken. Keys are of two kinds:
+//! the access keys of `--keys` (what the HTTP endpoint checks SigV4 against), which may make
+//! data requests, and the cluster's secret (`--cluster-secret`), held by the nodes and the
+//! operator, which may also make administration requests and open peer links.
 //!
 //! A proof is good for `SKEW_MAX` either side of the server's clock. Without TLS it guards
 //! against anyone who can reach a port, not against someone on the path who can read and
@@ -15,31 +15,12 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
+use hmac::Mac;
+use tessera_wire::client::{now_ms, proof_mac, ClientTls, CLUSTER_KEY_ID, NONCE_LEN};
 use tessera_wire::{ErrorCode, Request, WireError};
 
-use crate::tls::ClientTls;
-
-/// The key id the cluster's secret goes by.
-pub const CLUSTER_KEY_ID: &str = "tessera-cluster";
 /// How far a proof's timestamp may be from the verifier's clock.
 pub const SKEW_MAX: Duration = Duration::from_secs(300);
-const CONTEXT: &str = "tessera-authenticate-v1";
-const NONCE_LEN: usize = 16;
-
-/// A key and its secret.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Credentials {
-    pub key_id: String,
-    pub secret: String,
-}
-
-impl std::fmt::Debug for Credentials {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Credentials {{ key_id: {:?}, secret: .. }}", self.key_id)
-    }
-}
 
 /// What an authenticated connection may do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -48,87 +29,6 @@ pub enum Privilege {
     Client,
     /// Data and administration requests, peer links: the cluster's secret.
     Cluster,
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |since| since.as_millis() as u64)
-}
-
-/// The HMAC of a proof, fed with everything it covers.
-fn mac(secret: &str, key_id: &str, timestamp_ms: u64, nonce: &[u8]) -> Hmac<Sha256> {
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes a key of any length");
-    for part in [CONTEXT.as_bytes(), key_id.as_bytes(), timestamp_ms.to_string().as_bytes(), nonce] {
-        mac.update(part);
-        mac.update(b"\n");
-    }
-    mac
-}
-
-fn signature(secret: &str, key_id: &str, timestamp_ms: u64, nonce: &[u8]) -> Vec<u8> {
-    mac(secret, key_id, timestamp_ms, nonce).finalize().into_bytes().to_vec()
-}
-
-impl Credentials {
-    /// The cluster's credentials, from the secret in `--cluster-secret`'s file.
-    pub fn cluster(secret: &str) -> Credentials {
-        Credentials { key_id: CLUSTER_KEY_ID.to_string(), secret: secret.to_string() }
-    }
-
-    /// The proof of this key, made now.
-    pub fn authenticate(&self) -> Request {
-        let mut nonce = vec![0u8; NONCE_LEN];
-        getrandom::fill(&mut nonce).expect("the system's random source");
-        let timestamp_ms = now_ms();
-        let signature = signature(&self.secret, &self.key_id, timestamp_ms, &nonce);
-        Request::Authenticate { key_id: self.key_id.clone(), timestamp_ms, nonce, signature }
-    }
-
-    /// A client's credentials as the AWS tools find them: `AWS_ACCESS_KEY_ID` and
-    /// `AWS_SECRET_ACCESS_KEY`, else the profile `AWS_PROFILE` (or `default`) of the shared
-    /// credentials file (`AWS_SHARED_CREDENTIALS_FILE`, or `~/.aws/credentials`). None if
-    /// neither has them.
-    pub fn from_environment() -> Result<Option<Credentials>, String> {
-        let variable = |name: &str| std::env::var(name).ok().filter(|value| !value.is_empty());
-        if let (Some(key_id), Some(secret)) = (variable("AWS_ACCESS_KEY_ID"), variable("AWS_SECRET_ACCESS_KEY")) {
-            return Ok(Some(Credentials { key_id, secret }));
-        }
-        let path = match (variable("AWS_SHARED_CREDENTIALS_FILE"), variable("HOME")) {
-            (Some(path), _) => path.into(),
-            (None, Some(home)) => Path::new(&home).join(".aws").join("credentials"),
-            (None, None) => return Ok(None),
-        };
-        let text = match std::fs::read_to_string(&path) {
-            Ok(text) => text,
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(error) => return Err(format!("cannot read {}: {error}", path.display())),
-        };
-        let profile = variable("AWS_PROFILE").unwrap_or_else(|| "default".to_string());
-        Ok(profile_credentials(&text, &profile))
-    }
-}
-
-/// The access key of `profile` in a shared credentials file's text (INI: `[profile]`, then
-/// `aws_access_key_id = ...` and `aws_secret_access_key = ...`).
-fn profile_credentials(text: &str, profile: &str) -> Option<Credentials> {
-    let mut section = None;
-    let (mut key_id, mut secret) = (None, None);
-    for line in text.lines().map(str::trim) {
-        if let Some(name) = line.strip_prefix('[').and_then(|rest| rest.strip_suffix(']')) {
-            section = Some(name.trim().to_string());
-            continue;
-        }
-        if section.as_deref() != Some(profile) {
-            continue;
-        }
-        if let Some((name, value)) = line.split_once('=') {
-            match name.trim() {
-                "aws_access_key_id" => key_id = Some(value.trim().to_string()),
-                "aws_secret_access_key" => secret = Some(value.trim().to_string()),
-                _ => {}
-            }
-        }
-    }
-    Some(Credentials { key_id: key_id?, secret: secret? })
 }
 
 /// The keys a server takes.
@@ -198,7 +98,7 @@ impl Access {
             )));
         }
         // Compared in constant time.
-        mac(secret, key_id, timestamp_ms, nonce)
+        proof_mac(secret, key_id, timestamp_ms, nonce)
             .verify_slice(proof)
             .map_err(|_| unrecognized("the signature does not match the key"))?;
         Ok(privilege)
@@ -225,6 +125,7 @@ pub fn new_secret() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tessera_wire::client::Credentials;
 
     fn access() -> Access {
         Access {
@@ -269,18 +170,6 @@ mod tests {
     }
 
     fn signature_for(credentials: &Credentials, timestamp_ms: u64, nonce: &[u8]) -> Vec<u8> {
-        signature(&credentials.secret, &credentials.key_id, timestamp_ms, nonce)
-    }
-
-    #[test]
-    fn shared_credentials_files_are_read_by_profile() {
-        let text = "[default]\naws_access_key_id = AKIDDEFAULT\naws_secret_access_key = s1\n\n[work]\n\
-                    aws_access_key_id=AKIDWORK\naws_secret_access_key=s2\nregion = eu-west-1\n";
-        assert_eq!(profile_credentials(text, "default").unwrap().key_id, "AKIDDEFAULT");
-        assert_eq!(
-            profile_credentials(text, "work").unwrap(),
-            Credentials { key_id: "AKIDWORK".into(), secret: "s2".into() }
-        );
-        assert!(profile_credentials(text, "missing").is_none());
+        proof_mac(&credentials.secret, &credentials.key_id, timestamp_ms, nonce).finalize().into_bytes().to_vec()
     }
 }

@@ -1,5 +1,6 @@
-//! The Tessera node and its client: a shard-per-core server speaking the binary protocol of
-//! `tessera-wire`, and the client library (`client`).
+//! The Tessera node: a shard-per-core server speaking the binary protocol of `tessera-wire`,
+//! and the glommio front end of its client library (`client`; the typed calls and the blocking
+//! client are `tessera_wire::client`).
 
 pub mod auth;
 mod budget;

@@ -20,10 +20,11 @@ use std::time::Duration;
 use futures_lite::AsyncWriteExt;
 use glommio::net::{TcpListener, TcpStream};
 use tessera_engine::paxos::ReplicaId;
+use tessera_wire::client::Credentials;
 use tessera_wire::replication::{decode_batch, BatchEncoder, PeerMessage};
 use tessera_wire::{ErrorCode, MessageType, Request, WireError};
 
-use crate::auth::{Access, Credentials, Privilege};
+use crate::auth::{Access, Privilege};
 
 use crate::local::Inbox;
 

@@ -35,6 +35,7 @@ use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::net::{TcpListener, TcpStream};
 use glommio::{LocalExecutorBuilder, Placement};
 use tessera_engine::{LocalLog, Store, StoreConfig};
+use tessera_wire::client::ClientTls;
 use tessera_wire::{ErrorCode, Request, RequestFlags, Response, WireError};
 
 use crate::auth::Access;
@@ -45,7 +46,6 @@ use crate::log::Log;
 use crate::replicated::{Cluster, ReplicatedLog};
 use crate::shard::{Envelope, Shard};
 use crate::socket::{check_unused, ByteStream};
-use crate::tls::ClientTls;
 
 /// Requests one connection may have in progress; reading pauses beyond it.
 const IN_FLIGHT_MAX: u64 = 512;

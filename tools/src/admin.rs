@@ -7,8 +7,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use tessera_engine::paxos::{Member, MemberKind};
-use tessera_net::client::{Client, ClientConfig};
 use tessera_net::{partition_name, ClusterNode};
+use tessera_wire::client::{Client, ClientConfig};
 use tessera_wire::{ReplicaStatus, Request, Response};
 
 /// Which node is lost, and where its replacements go.

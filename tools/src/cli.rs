@@ -8,7 +8,7 @@ use clap::{ArgGroup, Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use serde_json::Value;
 use tessera_engine::{AttributeValue, Item, KeyAttribute, KeyType};
 use tessera_net::json::{item_from_text, value_from_json};
-use tessera_net::tls::ClientTls;
+use tessera_wire::client::ClientTls;
 use tessera_wire::{ReturnConsumedCapacity, ReturnValues};
 
 /// The binary protocol's address (`serve --listen`), which the client commands speak.

@@ -14,13 +14,12 @@ use cli::{AuthMode, Cli, ClusterCommand, Command, Endpoint, Placeholders, SortPa
 use serde_json::{json, Value};
 use tessera_engine::paxos;
 use tessera_engine::{AttributeValue, KeyAttribute, KeySchema, StoreConfig, WalConfig};
-use tessera_net::auth::{new_secret, read_secret, Credentials};
-use tessera_net::client::{Client, ClientConfig};
+use tessera_net::auth::{new_secret, read_secret};
 use tessera_net::json::{consumed_capacity_to_json, item_to_json};
-use tessera_net::tls::ClientTls;
 use tessera_net::{
     Auth, Cluster, ClusterNode, HttpConfig, Server, ServerConfig, ServerTls, APPLY_DELAY_DEFAULT, LOG_RETAIN_DEFAULT,
 };
+use tessera_wire::client::{Client, ClientConfig, ClientError, ClientTls, Credentials};
 use tessera_wire::{
     Expressions, Query, ReadExpressions, Request, Response, ReturnValues, Scan, Select, SortCondition,
     TableDescription, TableStatus, UpdateItem,
@@ -527,7 +526,7 @@ fn sort_condition(parts: &[SortPart]) -> Result<SortCondition, String> {
 }
 
 fn client_command(endpoint: &Endpoint, command: Command) -> Result<(), String> {
-    let failed = |error: tessera_net::client::ClientError| endpoint.error(error);
+    let failed = |error: ClientError| endpoint.error(error);
     match command {
         Command::Table(TableCommand::Create { name, pk, sk, partitions }) => {
             let schema = KeySchema { partition: pk, sort: sk };

@@ -15,8 +15,7 @@ use std::time::{Duration, Instant};
 
 use tessera_engine::paxos::{Ballot, Envelope, Member, Message, Value};
 use tessera_engine::{Item, KeySchema, KeyType};
-use tessera_net::auth::Credentials;
-use tessera_net::client::{Client, ClientConfig, ClientError, ItemBuilder};
+use tessera_wire::client::{Client, ClientConfig, ClientError, Credentials, ItemBuilder};
 use tessera_wire::replication::{encode_batch, PeerMessage};
 use tessera_wire::{ErrorCode, ReadExpressions, Request, Response};
 
@@ -683,7 +682,8 @@ fn node_process(parent: u32, id: u32) -> Option<u32> {
 /// from NotLeader answers, whichever node it asks first.
 #[test]
 fn the_cluster_pool_finds_each_partitions_leader() {
-    use tessera_net::client::{AsyncClient, ClientConfig, ClusterPool};
+    use tessera_net::client::{AsyncClient, ClusterPool};
+    use tessera_wire::client::ClientConfig;
     let cluster = Cluster::start("pool");
     cluster.client(2).create_table(TABLE, KeySchema::hash_only("id", KeyType::S), 8).unwrap();
     cluster.spread_leaders();

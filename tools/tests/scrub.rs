@@ -10,7 +10,7 @@ use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
 use tessera_engine::{KeySchema, KeyType};
-use tessera_net::client::{Client, ClientConfig, ClientError, ItemBuilder};
+use tessera_wire::client::{Client, ClientConfig, ClientError, ItemBuilder};
 
 use common::tree_file;
 

@@ -9,8 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use tessera_engine::{AttributeValue, Item, KeySchema, KeyType, Number};
-use tessera_net::auth::Credentials;
-use tessera_net::client::{Client, ClientConfig, ClientError, ItemBuilder};
+use tessera_wire::client::{Client, ClientConfig, ClientError, Credentials, ItemBuilder};
 use tessera_wire::frame::{self, Decoded};
 use tessera_wire::{
     ErrorCode, Expressions, MessageType, Query, Request, Response, ReturnValues, Scan, SortCondition, TableKeys, Write,
@@ -664,7 +663,7 @@ fn acknowledged_writes_survive_sigkill_and_restart() {
 fn a_client_pool_serves_many_threads() {
     let node = Node::fresh("pool");
     node.client().create_table("shared", KeySchema::hash_only("k", KeyType::N), 4).unwrap();
-    let pool = std::sync::Arc::new(tessera_net::client::ClientPool::new(node.address, Default::default()));
+    let pool = std::sync::Arc::new(tessera_wire::client::ClientPool::new(node.address, Default::default()));
     let threads: Vec<_> = (0..8)
         .map(|thread| {
             let pool = pool.clone();
@@ -689,7 +688,7 @@ fn the_async_pool_pipelines_many_calls_per_connection() {
     let found = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
         .io_memory(1 << 20)
         .spawn(move || async move {
-            let config = tessera_net::client::ClientConfig::default();
+            let config = tessera_wire::client::ClientConfig::default();
             let pool = std::rc::Rc::new(tessera_net::client::AsyncPool::connect(address, 3, config).await.unwrap());
             pool.client().create_table("pipelined", KeySchema::hash_only("k", KeyType::N), 4).await.unwrap();
             // 600 puts in flight at once over three connections per core, then 600 gets

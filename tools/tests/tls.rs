@@ -13,9 +13,8 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use tessera_engine::{KeySchema, KeyType};
-use tessera_net::auth::Credentials;
-use tessera_net::client::{AsyncClient, Client, ClientConfig, ClientError, ItemBuilder};
-use tessera_net::tls::ClientTls;
+use tessera_net::client::AsyncClient;
+use tessera_wire::client::{Client, ClientConfig, ClientError, ClientTls, Credentials, ItemBuilder};
 use tessera_wire::ErrorCode;
 
 mod common;

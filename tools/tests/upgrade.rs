@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use tessera_engine::{AttributeValue, Item, KeySchema, KeyType};
-use tessera_net::client::{Client, ItemBuilder};
 use tessera_net::json::{item_from_json, item_to_json, value_to_json};
+use tessera_wire::client::{Client, ItemBuilder};
 use tessera_wire::{Expressions, Query, ReturnValues, Scan, TableStatus, Throughput};
 
 use common::{exchange, free_addresses, post, Node};

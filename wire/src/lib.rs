@@ -1,10 +1,14 @@
 //! Tessera's binary protocol: the frame format, the messages (flatbuffers, schema in
-//! `schema/tessera.fbs`) as owned Rust values, and the errors that travel on the wire. No I/O.
+//! `schema/tessera.fbs`) as owned Rust values, and the errors that travel on the wire, with no
+//! I/O; and its client library (`client`: the typed calls, blocking connections, TLS, the
+//! authentication proof), which needs neither glommio nor io_uring: this crate builds on the
+//! engine's data model alone (`tessera-engine` without its `storage` feature).
 //!
 //! The Rust code generated from the schema is committed in `src/generated`; regenerate it
 //! with `cargo build -p tessera-wire --features regen` (builds flatc 23.5.26 from source,
 //! matching the `flatbuffers` runtime; needs cmake).
 
+pub mod client;
 mod error;
 pub mod frame;
 mod message;

@@ -3,9 +3,12 @@
 //! host keeps beside them (its replica's promise, its group configuration, the WAL records its
 //! unapplied entries hold, whether recovery held it).
 
+#[cfg(feature = "storage")]
 use std::collections::BTreeMap;
 
-use crate::paxos::{self, Ballot};
+#[cfg(feature = "storage")]
+use crate::paxos;
+use crate::paxos::Ballot;
 
 pub mod host;
 pub mod keyspace;
@@ -35,6 +38,7 @@ pub struct PartitionMeta {
     pub repaired: u64,
 }
 
+#[cfg(feature = "storage")]
 impl PartitionMeta {
     /// Without the promised ballot, as written before replication existed.
     const ENCODED_LEN_V1: usize = 24;
@@ -83,6 +87,7 @@ impl PartitionMeta {
 }
 
 /// Which parts of a partition's saved state changed since the last checkpoint was sealed.
+#[cfg(feature = "storage")]
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct Unsaved {
     pub meta: bool,
@@ -91,6 +96,7 @@ pub(crate) struct Unsaved {
 }
 
 /// One partition replica's state in its store.
+#[cfg(feature = "storage")]
 #[derive(Debug, Default)]
 pub(crate) struct Partition {
     pub machine: PartitionMachine,
@@ -117,6 +123,7 @@ pub(crate) struct Partition {
     pub has_changes: bool,
 }
 
+#[cfg(feature = "storage")]
 impl Partition {
     /// Its metadata as saved.
     pub fn meta(&self) -> PartitionMeta {

@@ -4,10 +4,11 @@
 use std::net::SocketAddr;
 use std::rc::Rc;
 
+use tessera_wire::client::ClientConfig;
 use tessera_wire::{ConsumedCapacity, ErrorCode, Request, RequestFlags, Response, ReturnConsumedCapacity, WireError};
 
 use super::Shard;
-use crate::client::{AsyncClient, ClientConfig};
+use crate::client::{AsyncClient, Forwarding};
 
 impl Shard {
     /// Sends `request` to the node at `leader` (a cluster member that leads a partition this
