@@ -78,7 +78,7 @@ impl Watermark {
     }
 
     pub(crate) fn advance(&self, value: u64) {
-        debug_assert!(value >= self.value.get(), "watermarks only move forward");
+        assert!(value >= self.value.get(), "a watermark moved back from {} to {value}", self.value.get());
         self.value.set(value);
         let ready = {
             let mut waiters = self.waiters.borrow_mut();

@@ -349,6 +349,9 @@ impl Store {
         let lsn = self.inner.wal.append_with(partition, slot, RECORD_COMMAND, |out| {
             entry.encode_payload(out).map_err(Error::unreplayable)
         })?;
+        // The applier applies the queue in order, which must be LSN order.
+        let queued_before = self.inner.queue.borrow().back().map(|queued| queued.lsn);
+        assert!(queued_before.is_none_or(|before| before < lsn), "LSN {lsn} queued after LSN {queued_before:?}");
         self.inner.queue.borrow_mut().push_back(Queued {
             lsn,
             partition,

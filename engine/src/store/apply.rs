@@ -175,6 +175,12 @@ impl Inner {
                     }
                 };
                 let Some(queued) = queued else { break };
+                assert!(
+                    queued.lsn > inner.applied.get(),
+                    "record {} applied after {}",
+                    queued.lsn,
+                    inner.applied.get()
+                );
                 let applied = match &queued.work {
                     Work::Command(entry) => {
                         inner.apply(queued.partition, queued.slot, entry, queued.want_outcome).await
