@@ -148,9 +148,9 @@ pub enum ConditionalWrite {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
     Previous(Option<Vec<u8>>),
-    /// A put or delete whose proposer does not take its outcome: only the length of the value
-    /// it replaced (what the partition's counts need), so the value is not copied out.
-    Replaced(Option<usize>),
+    /// A put or delete whose proposer does not take its outcome: nothing of the value it
+    /// replaced is copied out.
+    Written,
     Batch(Vec<Outcome>),
     /// A conditional command: whether its condition held (nothing was written if not), and the
     /// encoded item before and after.

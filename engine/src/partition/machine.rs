@@ -59,6 +59,9 @@ pub struct Applied {
     pub effects: Vec<Effect>,
     /// The entry changed the partition's schema (the host saves it with its metadata).
     pub schema_changed: bool,
+    /// Applied without old images (`needs_images`): the host writes each item effect with the
+    /// tree's length-returning write and reports the length it replaced (`count`).
+    pub blind: bool,
 }
 
 /// A partition's state that entries change, beside its items: its applied slot, its counts and
@@ -73,14 +76,34 @@ pub struct PartitionMachine {
 }
 
 impl PartitionMachine {
-    /// Appends the item keys whose old images applying `command` reads: the host reads each from
-    /// the tree into `Images` before `apply`.
-    pub fn reads<'c>(command: &'c Command, keys: &mut Vec<&'c [u8]>) {
-        match command {
-            Command::Put { key, .. } | Command::Delete { key } => keys.push(key),
-            Command::Conditional(conditional) => keys.push(&conditional.key),
-            Command::Batch(commands) => commands.iter().for_each(|command| PartitionMachine::reads(command, keys)),
-            Command::Schema(_) => {}
+    /// Whether applying `command` needs the old images of the items it writes: for the change
+    /// log, for a proposer that takes the values it replaced (`keep`), or for a condition or an
+    /// update. Otherwise nothing needs them, and the host writes blind: one tree operation a
+    /// write, the replaced length coming back from it (`Applied::blind`).
+    pub fn needs_images(&self, command: &Command, keep: bool) -> bool {
+        fn conditional(command: &Command) -> bool {
+            match command {
+                Command::Conditional(_) => true,
+                Command::Batch(commands) => commands.iter().any(conditional),
+                Command::Put { .. } | Command::Delete { .. } | Command::Schema(_) => false,
+            }
+        }
+        keep || self.schema.changes != ChangeView::Off || conditional(command)
+    }
+
+    /// Appends the item keys whose old images applying `command` reads, if it needs them
+    /// (`needs_images`): the host reads each from the tree into `Images` before `apply`.
+    pub fn reads<'c>(&self, command: &'c Command, keep: bool, keys: &mut Vec<&'c [u8]>) {
+        fn item_keys<'c>(command: &'c Command, keys: &mut Vec<&'c [u8]>) {
+            match command {
+                Command::Put { key, .. } | Command::Delete { key } => keys.push(key),
+                Command::Conditional(conditional) => keys.push(&conditional.key),
+                Command::Batch(commands) => commands.iter().for_each(|command| item_keys(command, keys)),
+                Command::Schema(_) => {}
+            }
+        }
+        if self.needs_images(command, keep) {
+            item_keys(command, keys);
         }
     }
 
@@ -89,12 +112,14 @@ impl PartitionMachine {
     /// replaced, not only its length). An error is a stored item that does not decode.
     pub fn apply(&mut self, slot: u64, entry: &Stamped, images: &mut Images, keep: bool) -> Result<Applied, String> {
         assert!(slot > self.applied_slot, "slot {slot} applied after slot {}", self.applied_slot);
-        let mut applying = Applying { machine: self, slot, at_us: entry.at_us, images, effects: Vec::new(), keep };
+        let blind = !self.needs_images(&entry.command, keep);
+        let mut applying =
+            Applying { machine: self, slot, at_us: entry.at_us, images, effects: Vec::new(), keep, blind };
         let outcome = applying.command(&entry.command)?;
         let effects = std::mem::take(&mut applying.effects);
         let schema_changed = matches!(entry.command, Command::Schema(_));
         self.applied_slot = slot;
-        Ok(Applied { outcome, effects, schema_changed })
+        Ok(Applied { outcome, effects, schema_changed, blind })
     }
 
     /// Accounts for `key` now holding a value of `value` bytes (or nothing) where it held one
@@ -120,6 +145,8 @@ struct Applying<'a> {
     images: &'a mut Images,
     effects: Vec<Effect>,
     keep: bool,
+    /// No images were read: writes are counted by the host (`Applied::blind`).
+    blind: bool,
 }
 
 impl Applying<'_> {
@@ -148,7 +175,7 @@ impl Applying<'_> {
         if self.keep {
             Outcome::Previous(old.map(|old| old.to_vec()))
         } else {
-            Outcome::Replaced(old.map(|old| old.len()))
+            Outcome::Written
         }
     }
 
@@ -189,6 +216,13 @@ impl Applying<'_> {
     /// Writes `value` (or nothing) under `key`: the effect, the counts, the change record.
     /// Returns the old image.
     fn write(&mut self, key: &[u8], value: Option<Bytes>) -> Option<Bytes> {
+        if self.blind {
+            self.effects.push(match value {
+                Some(value) => Effect::Put { key: key.to_vec(), value },
+                None => Effect::Delete { key: key.to_vec() },
+            });
+            return None;
+        }
         let old = self.images.get(key);
         self.machine.count(key, old.as_ref().map(Bytes::len), value.as_ref().map(Bytes::len));
         self.effects.push(match &value {
@@ -316,18 +350,39 @@ mod tests {
         changes: &mut Vec<(Sequence, ChangeRecord)>,
         command: Command,
     ) -> Outcome {
+        apply_keeping(machine, stored, changes, command, true)
+    }
+
+    fn apply_keeping(
+        machine: &mut PartitionMachine,
+        stored: &mut std::collections::BTreeMap<Vec<u8>, Vec<u8>>,
+        changes: &mut Vec<(Sequence, ChangeRecord)>,
+        command: Command,
+        keep: bool,
+    ) -> Outcome {
         let mut keys = Vec::new();
-        PartitionMachine::reads(&command, &mut keys);
+        machine.reads(&command, keep, &mut keys);
         let mut images = Images::default();
         for key in keys {
             images.insert(key.to_vec(), stored.get(key).cloned());
         }
         let slot = machine.applied_slot + 1;
-        let applied = machine.apply(slot, &Stamped { at_us: 1000 * slot, command }, &mut images, true).unwrap();
+        let applied = machine.apply(slot, &Stamped { at_us: 1000 * slot, command }, &mut images, keep).unwrap();
         for effect in applied.effects {
+            // Blind, the host counts each write by what the tree says it replaced.
             match effect {
-                Effect::Put { key, value } => drop(stored.insert(key, value.to_vec())),
-                Effect::Delete { key } => drop(stored.remove(&key)),
+                Effect::Put { key, value } => {
+                    let previous = stored.insert(key.clone(), value.to_vec()).map(|old| old.len());
+                    if applied.blind {
+                        machine.count(&key, previous, Some(value.len()));
+                    }
+                }
+                Effect::Delete { key } => {
+                    let previous = stored.remove(&key).map(|old| old.len());
+                    if applied.blind {
+                        machine.count(&key, previous, None);
+                    }
+                }
                 Effect::Change { sequence, record } => changes.push((sequence, ChangeRecord::decode(&record).unwrap())),
             }
         }
@@ -381,6 +436,37 @@ mod tests {
             (last.kind, last.key.as_slice(), &last.old, &last.new),
             (ChangeKind::Modify, &b"b"[..], &None, &None)
         );
+    }
+
+    /// Plain writes nothing needs the old images of are written blind, and counted alike.
+    #[test]
+    fn blind_writes_count_as_writes_with_images_do() {
+        let put = |key: &str, value: &[u8]| Command::Put { key: key.into(), value: value.to_vec().into() };
+        let writes = || {
+            vec![
+                put("a", b"1"),
+                Command::Batch(vec![put("b", b"22"), put("a", b"333"), Command::Delete { key: b"b".to_vec() }]),
+                Command::Delete { key: b"missing".to_vec() },
+                put("c", b"4444"),
+            ]
+        };
+        let mut counts = Vec::new();
+        for keep in [true, false] {
+            let (mut machine, mut stored, mut changes) = Default::default();
+            for command in writes() {
+                assert_eq!(PartitionMachine::default().needs_images(&command, keep), keep);
+                let outcome = apply_keeping(&mut machine, &mut stored, &mut changes, command, keep);
+                assert!(keep || matches!(outcome, Outcome::Written | Outcome::Batch(_)), "{outcome:?}");
+            }
+            counts.push((machine.items, machine.bytes, stored));
+        }
+        assert_eq!(counts[0], counts[1]);
+        assert_eq!((counts[1].0, counts[1].1), (2, 2 + 3 + 4));
+        // A condition, or a change log, needs the images.
+        let schema = PartitionSchema { changes: ChangeView::Keys, ..PartitionSchema::default() };
+        assert!(PartitionMachine { schema, ..PartitionMachine::default() }.needs_images(&put("a", b"1"), false));
+        let conditional = Command::conditional(b"a".to_vec(), None, ConditionalWrite::Delete);
+        assert!(PartitionMachine::default().needs_images(&Command::Batch(vec![conditional]), false));
     }
 
     #[test]

@@ -21,7 +21,7 @@ impl Inner {
         keep: bool,
     ) -> Result<Outcome> {
         let mut keys = Vec::new();
-        PartitionMachine::reads(&entry.command, &mut keys);
+        self.partition_mut(partition).machine.reads(&entry.command, keep, &mut keys);
         let mut images = Images::default();
         for key in keys {
             if !images.contains(key) {
@@ -43,15 +43,23 @@ impl Inner {
             state.applied_through(slot);
             applied
         };
+        // Blind (`Applied::blind`), each write is counted by the length it replaced.
+        let count = |key: &[u8], previous: Option<usize>, value: Option<usize>| {
+            if applied.blind {
+                self.partition_mut(partition).machine.count(key, previous, value);
+            }
+        };
         for effect in applied.effects {
             match effect {
                 Effect::Put { key, value } => {
                     let full = data_key(partition, &key);
-                    self.with_tree(|tree| tree.put_len(&full, &value).map(drop)).await?;
+                    let previous = self.with_tree(|tree| tree.put_len(&full, &value)).await?;
+                    count(&key, previous, Some(value.len()));
                 }
                 Effect::Delete { key } => {
                     let full = data_key(partition, &key);
-                    self.with_tree(|tree| tree.delete_len(&full).map(drop)).await?;
+                    let previous = self.with_tree(|tree| tree.delete_len(&full)).await?;
+                    count(&key, previous, None);
                 }
                 Effect::Change { sequence, record } => {
                     let full = keyspace::change_key(partition, sequence);

@@ -147,7 +147,7 @@ impl Shard {
                 Err(error) => Err(engine_error(error)),
                 Ok(Outcome::Conditional { passed, old, new }) => Ok(OpResult::Conditional { passed, old, new }),
                 Ok(Outcome::Invalid(reason)) => Err(invalid(reason)),
-                Ok(Outcome::Previous(_) | Outcome::Replaced(_) | Outcome::Batch(_)) => Err(WireError::new(
+                Ok(Outcome::Previous(_) | Outcome::Written | Outcome::Batch(_)) => Err(WireError::new(
                     ErrorCode::InternalServerError,
                     "a conditional write had another kind of outcome",
                 )),

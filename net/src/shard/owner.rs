@@ -23,7 +23,7 @@ impl Shard {
         if return_old {
             match self.log.propose_applied(partition, command).await.map_err(engine_error)? {
                 Outcome::Previous(previous) => Ok(OpResult::Value(previous)),
-                Outcome::Replaced(_) | Outcome::Batch(_) | Outcome::Conditional { .. } | Outcome::Invalid(_) => {
+                Outcome::Written | Outcome::Batch(_) | Outcome::Conditional { .. } | Outcome::Invalid(_) => {
                     Err(WireError::new(ErrorCode::InternalServerError, "a plain write had another kind of outcome"))
                 }
             }
