@@ -6,7 +6,7 @@
 # output's latency lines count).
 #
 #   bench/scripts/ab.sh OLD_BIN NEW_BIN SCRIPT [ARGS...]
-#   e.g. bench/scripts/ab.sh /tmp/old/target/release target/release bench/scripts/replicated-vs-single.sh
+#   e.g. bench/scripts/ab.sh ../old/target/release target/release bench/scripts/replicated-vs-single.sh
 #
 # OLD_BIN and NEW_BIN are directories holding tessera and tessera-load (the script reads BIN).
 set -euo pipefail

@@ -177,8 +177,14 @@ impl TableInfo {
         self.map.ranges.get(index as usize).map(|range| range.start)
     }
 
-    /// The position in the map of storage partition `partition`, if it is the table's.
+    /// The position in the map of storage partition `partition`, if it is the table's. Every
+    /// op's owner check asks (`assert_runs_here`): a map as `PartitionMap::even` laid it out
+    /// holds partition index `i` at position `i`, found at once; any other is searched.
     pub fn index_of_partition(&self, partition: PartitionId) -> Option<u32> {
+        let at = index_of(partition);
+        if self.map.ranges.get(at as usize).is_some_and(|range| range.partition == partition) {
+            return Some(at);
+        }
         self.map.ranges.iter().position(|range| range.partition == partition).map(|index| index as u32)
     }
 
@@ -660,6 +666,20 @@ mod tests {
         assert!(with(&|map| map.ranges[3].partition = storage_partition(5, 1)).unwrap_err().contains("not table 4's"));
         assert!(with(&|map| map.ranges.clear()).is_err());
         assert!(map.check(5).is_err());
+        let table = TableInfo {
+            id: 4,
+            name: "t".into(),
+            key_schema: KeySchema::hash_only("id", KeyType::S),
+            map: uneven(4),
+            created_at_ms: 0,
+            members: Vec::new(),
+            throughput: None,
+            tags: BTreeMap::new(),
+        };
+        for (index, position) in [(3, Some(0)), (0, Some(1)), (9, Some(2)), (1, Some(3)), (2, None)] {
+            assert_eq!(table.index_of_partition(storage_partition(4, index)), position, "partition index {index}");
+        }
+        assert_eq!(table.index_of_partition(storage_partition(5, 0)), None);
         let even = PartitionMap::even(4, 5, 2, &[1, 2, 3]);
         let cores: Vec<u16> = even.ranges.iter().map(|range| range.core).collect();
         let leaders: Vec<ReplicaId> = even.ranges.iter().map(|range| range.leader).collect();
