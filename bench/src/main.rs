@@ -27,7 +27,7 @@ use clap::{ArgGroup, Parser};
 use glommio::{LocalExecutorBuilder, Placement};
 use hdrhistogram::Histogram;
 use tessera_engine::{AttributeValue, Item, KeySchema, KeyType, Number};
-use tessera_net::client::{AsyncClient, ClusterPool};
+use tessera_net::client::{ClusterPool, Routed};
 use tessera_wire::client::{Client, ClientConfig, ClientError, ClientTls, ItemBuilder};
 use tessera_wire::{Expressions, Query, ReadExpressions, Request, ReturnValues, Scan, SortCondition, TableKeys, Write};
 
@@ -619,9 +619,9 @@ async fn call(
             consistent_read,
             read: ReadExpressions::default(),
         };
-        async move |client: &AsyncClient| client.call(&request).await.map(drop)
+        async move |client: &Routed<'_>| client.call(&request).await.map(drop)
     };
-    let put = async |client: &AsyncClient| client.put_item(table, item(spec, index, bytes)).await;
+    let put = async |client: &Routed<'_>| client.put_item(table, item(spec, index, bytes)).await;
     match op {
         Op::Get => pool.call(table, &key, get(true)).await,
         Op::GetEventual => pool.call(table, &key, get(false)).await,
@@ -631,14 +631,14 @@ async fn call(
                 .name("#c", "count")
                 .value(":zero", AttributeValue::N(Number::from(0)))
                 .value(":one", AttributeValue::N(Number::from(1)));
-            let update = async |client: &AsyncClient| {
+            let update = async |client: &Routed<'_>| {
                 let (key, expressions) = (key.clone(), expressions.clone());
                 client.update_item(table, key, COUNTER_UPDATE, expressions, ReturnValues::None).await.map(drop)
             };
             pool.call(table, &key, update).await
         }
         Op::Delete => {
-            pool.call(table, &key, async |client: &AsyncClient| client.delete_item(table, key.clone()).await.map(drop))
+            pool.call(table, &key, async |client: &Routed<'_>| client.delete_item(table, key.clone()).await.map(drop))
                 .await
         }
         Op::ReadModifyWrite => {
@@ -656,7 +656,7 @@ async fn call(
                 consistent_read: false,
                 read: ReadExpressions::default(),
             };
-            pool.call(table, &key, async |client: &AsyncClient| client.scan(scan.clone()).await.map(drop)).await
+            pool.call(table, &key, async |client: &Routed<'_>| client.scan(scan.clone()).await.map(drop)).await
         }
         // `bytes` stands for the query's length: the chosen item and those after it under its
         // partition key.
@@ -672,12 +672,12 @@ async fn call(
                 consistent_read: false,
                 read: ReadExpressions::default(),
             };
-            pool.call(table, &key, async |client: &AsyncClient| client.query(query.clone()).await.map(drop)).await
+            pool.call(table, &key, async |client: &Routed<'_>| client.query(query.clone()).await.map(drop)).await
         }
         // `bytes` is each item's size; the batch's keys follow the chosen one.
         Op::BatchGet | Op::BatchWrite => {
             let indexes = index..index + u64::from(batch);
-            let batch = async |client: &AsyncClient| {
+            let batch = async |client: &Routed<'_>| {
                 if op == Op::BatchGet {
                     let keys = indexes.clone().map(|index| item_key(spec, index).build());
                     let tables = vec![TableKeys {

@@ -52,16 +52,22 @@ impl Access {
 
     /// Whether a connection that proved `privilege` (None: no proof) may make `request`.
     pub fn admit(&self, request: &Request, privilege: Option<Privilege>) -> Result<(), WireError> {
-        let administration = matches!(
-            request,
-            Request::ChangeMembers { .. } | Request::RetireReplica { .. } | Request::DescribeReplicas
-        );
-        if administration && self.cluster_secret.is_some() && privilege != Some(Privilege::Cluster) {
+        let administration = match request {
+            Request::ChangeMembers { .. } | Request::RetireReplica { .. } | Request::DescribeReplicas => {
+                Some(request.operation().to_string())
+            }
+            Request::CreateTable { ranges, .. } if !ranges.is_empty() => {
+                Some("CreateTable with a chosen partition map".to_string())
+            }
+            _ => None,
+        };
+        if let Some(what) =
+            administration.filter(|_| self.cluster_secret.is_some() && privilege != Some(Privilege::Cluster))
+        {
             return Err(WireError::new(
                 ErrorCode::AccessDeniedException,
                 format!(
-                    "{} is an administration request: it needs a connection authenticated with the cluster's secret (--cluster-secret)",
-                    request.operation()
+                    "{what} is an administration request: it needs a connection authenticated with the cluster's secret (--cluster-secret)"
                 ),
             ));
         }

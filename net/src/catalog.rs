@@ -12,8 +12,11 @@
 use std::collections::BTreeMap;
 
 use tessera_engine::paxos::{decode_configuration, encode_members, Member, ReplicaId};
-use tessera_engine::{Item, KeyAttribute, KeySchema, KeyType, PartitionId};
-use tessera_wire::{ErrorCode, TableDescription, TableStatus, Throughput, WireError};
+use tessera_engine::{KeyAttribute, KeySchema, KeyType, PartitionId};
+use tessera_wire::{
+    ErrorCode, RangeSpec, TableDescription, TableStatus, Throughput, WireError, MAP_IN_DESCRIPTION_MAX,
+};
+pub use tessera_wire::{PartitionMap, PartitionRange};
 
 use crate::messages::{self, TableNameFaults};
 
@@ -45,33 +48,24 @@ const TABLE_KEY_PREFIX: &[u8] = b"table/";
 /// Catalog key of the next table id.
 pub const NEXT_ID_KEY: &[u8] = b"next-table-id";
 
-/// Where a table's partitions are: the ranges of partition-key hashes, in order from 0, each
-/// held by one partition.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PartitionMap {
-    /// Bumped by every change to the map: an answer routed by an older one names it.
-    pub epoch: u64,
-    pub ranges: Vec<PartitionRange>,
-}
-
-/// One partition of a table's map.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct PartitionRange {
-    /// The first hash it holds; the next range's start ends it.
-    pub start: u64,
-    /// Its storage partition id.
-    pub partition: PartitionId,
-    /// The core its replicas live on, on every node.
-    pub core: u16,
-    /// The group member preferred to lead it, so that leaders spread over the nodes (0: none,
-    /// as on a single node).
-    pub leader: ReplicaId,
-}
-
-impl PartitionMap {
+/// How the server lays out and checks a table's partition map (the map itself, `PartitionMap`,
+/// is the wire's: clients route by the same type).
+pub trait MapLayout: Sized {
     /// A new table's map: `count` equal ranges of the hash space, on `cores` cores in turn,
     /// preferring `leaders` in turn (the group's full members, in id order).
-    pub fn even(table: u32, count: u32, cores: usize, leaders: &[ReplicaId]) -> PartitionMap {
+    fn even(table: u32, count: u32, cores: usize, leaders: &[ReplicaId]) -> Self;
+
+    /// A new table's map with the ranges an administrator chose (starts and cores, in order),
+    /// preferring `leaders` in turn; `Err` says why the ranges cannot be a map for `cores`.
+    fn placed(table: u32, ranges: &[RangeSpec], cores: usize, leaders: &[ReplicaId]) -> Result<Self, String>;
+
+    /// What every map holds to: ranges from hash 0, their starts strictly increasing, their
+    /// partitions distinct and `table`'s, at most `PARTITIONS_MAX` of them.
+    fn check(&self, table: u32) -> Result<(), String>;
+}
+
+impl MapLayout for PartitionMap {
+    fn even(table: u32, count: u32, cores: usize, leaders: &[ReplicaId]) -> PartitionMap {
         assert!((1..=PARTITIONS_MAX).contains(&count) && cores >= 1, "a map of {count} partitions on {cores} cores");
         let ranges = (0..count)
             .map(|index| PartitionRange {
@@ -84,9 +78,29 @@ impl PartitionMap {
         PartitionMap { epoch: 1, ranges }
     }
 
-    /// What every map holds to: ranges from hash 0, their starts strictly increasing, their
-    /// partitions distinct and `table`'s, at most `PARTITIONS_MAX` of them.
-    pub fn check(&self, table: u32) -> Result<(), String> {
+    fn placed(table: u32, ranges: &[RangeSpec], cores: usize, leaders: &[ReplicaId]) -> Result<PartitionMap, String> {
+        if ranges.len() > PARTITIONS_MAX as usize {
+            return Err(format!("{} ranges: a table may have at most {PARTITIONS_MAX} partitions", ranges.len()));
+        }
+        if let Some(range) = ranges.iter().find(|range| usize::from(range.core) >= cores) {
+            return Err(format!("a range on core {}: this node runs {cores} cores", range.core));
+        }
+        let ranges = ranges
+            .iter()
+            .enumerate()
+            .map(|(index, range)| PartitionRange {
+                start: range.start,
+                partition: storage_partition(table, index as u32),
+                core: range.core,
+                leader: leaders.get(index % leaders.len().max(1)).copied().unwrap_or(0),
+            })
+            .collect();
+        let map = PartitionMap { epoch: 1, ranges };
+        map.check(table)?;
+        Ok(map)
+    }
+
+    fn check(&self, table: u32) -> Result<(), String> {
         let count = self.ranges.len();
         if !(1..=PARTITIONS_MAX as usize).contains(&count) {
             return Err(format!("a partition map of {count} ranges (1 to {PARTITIONS_MAX})"));
@@ -107,12 +121,24 @@ impl PartitionMap {
         }
         Ok(())
     }
+}
 
-    /// The position of the range holding hash `hash`.
-    pub fn index_of_hash(&self, hash: u64) -> u32 {
-        let after = self.ranges.partition_point(|range| range.start <= hash);
-        assert!(after >= 1, "the first range starts at 0");
-        (after - 1) as u32
+/// How a new table's map is laid out.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NewMap {
+    /// This many equal ranges, on the cores in turn (`MapLayout::even`).
+    Even(u32),
+    /// The ranges an administrator chose (`MapLayout::placed`).
+    Placed(Vec<RangeSpec>),
+}
+
+impl NewMap {
+    /// The map of table `table` on `cores` cores, leaders preferred in turn from `leaders`.
+    pub fn lay_out(&self, table: u32, cores: usize, leaders: &[ReplicaId]) -> Result<PartitionMap, String> {
+        match self {
+            NewMap::Even(count) => Ok(PartitionMap::even(table, *count, cores, leaders)),
+            NewMap::Placed(ranges) => PartitionMap::placed(table, ranges, cores, leaders),
+        }
     }
 }
 
@@ -198,6 +224,7 @@ impl TableInfo {
             item_count,
             size_bytes,
             throughput: self.throughput,
+            map: (self.map.ranges.len() <= MAP_IN_DESCRIPTION_MAX).then(|| self.map.clone()),
         }
     }
 
@@ -416,32 +443,9 @@ pub fn partition_name(partition: PartitionId) -> String {
     }
 }
 
-/// The partition, of `partitions`, holding partition-key hash `hash`.
-pub fn partition_of(hash: u64, partitions: u32) -> u32 {
-    ((u128::from(hash) * u128::from(partitions)) >> 64) as u32
-}
-
-/// The core, of `cores`, that owns partition `index`.
-pub fn owner_core(index: u32, cores: usize) -> usize {
-    index as usize % cores
-}
-
 /// The hash an encoded key (or partition-key prefix) starts with.
 pub fn key_hash(encoded: &[u8]) -> u64 {
     u64::from_be_bytes(encoded[..8].try_into().expect("encoded keys start with the hash"))
-}
-
-/// The core owning the item with key `key` in a table described by `table`, for a node of
-/// `cores` cores; `None` if the key has no valid partition key value (the server will say why).
-pub fn core_of_key(table: &TableDescription, cores: usize, key: &Item) -> Option<usize> {
-    partition_of_key(table, key).map(|index| owner_core(index, cores))
-}
-
-/// The index of the partition that holds the item with key `key` (or the whole item).
-pub fn partition_of_key(table: &TableDescription, key: &Item) -> Option<u32> {
-    let value = key.get(&table.key_schema.partition.name)?;
-    let prefix = table.key_schema.encode_partition_prefix(value).ok()?;
-    Some(partition_of(key_hash(&prefix.bytes), table.partitions))
 }
 
 /// The first hash of range `index` when the hash space is cut into `count` equal ranges, or
@@ -808,31 +812,36 @@ mod tests {
 
     #[test]
     fn clients_route_keys_to_the_core_the_server_places_them_on() {
-        use tessera_engine::AttributeValue;
-        let table = TableInfo {
-            id: 3,
-            name: "t".into(),
-            key_schema: KeySchema::composite(("customer", KeyType::S), ("n", KeyType::N)),
-            map: PartitionMap::even(3, 13, 1, &[]),
-            created_at_ms: 0,
-            members: Vec::new(),
-            throughput: None,
-            tags: BTreeMap::new(),
-        };
-        let description = table.describe(0, 0);
-        let mut seen = std::collections::HashSet::new();
-        for customer in 0..200 {
-            let mut item = Item::new();
-            item.insert("customer".into(), AttributeValue::S(format!("c{customer}")));
-            item.insert("n".into(), AttributeValue::N(tessera_engine::Number::parse("7").unwrap()));
-            for cores in 1..4 {
+        use tessera_engine::{AttributeValue, Item};
+        let even = PartitionMap::even(3, 13, 3, &[]);
+        let uneven = [(0, 2), (1 << 61, 0), (1 << 62, 1), (0xC000_0000_0000_0000, 0)];
+        let uneven: Vec<RangeSpec> = uneven.iter().map(|&(start, core)| RangeSpec { start, core }).collect();
+        let uneven = PartitionMap::placed(3, &uneven, 3, &[]).unwrap();
+        for map in [even, uneven] {
+            let table = TableInfo {
+                id: 3,
+                name: "t".into(),
+                key_schema: KeySchema::composite(("customer", KeyType::S), ("n", KeyType::N)),
+                map,
+                created_at_ms: 0,
+                members: Vec::new(),
+                throughput: None,
+                tags: BTreeMap::new(),
+            };
+            let description = table.describe(0, 0);
+            let mut seen = std::collections::HashSet::new();
+            for customer in 0..400 {
+                let mut item = Item::new();
+                item.insert("customer".into(), AttributeValue::S(format!("c{customer}")));
+                item.insert("n".into(), AttributeValue::N(tessera_engine::Number::parse("7").unwrap()));
                 let placed = table.partition_of(key_hash(&table.key_schema.encode_key(&item).unwrap().bytes));
-                assert_eq!(core_of_key(&description, cores, &item), Some(owner_core(placed, cores)));
-                seen.insert((cores, owner_core(placed, cores)));
+                assert_eq!(description.range_of(&item), Some(placed));
+                seen.insert(table.core_of(placed));
             }
+            assert_eq!(seen.len(), 3, "every core gets keys");
+            assert_eq!(description.range_of(&Item::new()), None);
+            assert_eq!(TableDescription { map: None, ..description }.range_of(&Item::new()), None);
         }
-        assert_eq!(seen.len(), 1 + 2 + 3, "every core of every layout gets keys");
-        assert_eq!(core_of_key(&description, 2, &Item::new()), None);
     }
 
     #[test]

@@ -2,8 +2,9 @@
 //! the blocking `Client`, TLS and the authentication proof): `AsyncClient`, a pipelined
 //! connection for glommio programs (the load generator, a node forwarding requests), with the
 //! same typed methods as `Client` (`typed_calls!`); `AsyncPool`, connections grouped by the
-//! core serving each, item calls routed to the owning core; `ClusterPool`, an `AsyncPool` per
-//! node, each call sent to its partition's leader.
+//! core serving each, item calls routed by the table's partition map to the core that owns the
+//! item (`Routed`: a stale map is answered WrongPartition, forgotten and fetched again);
+//! `ClusterPool`, an `AsyncPool` per node, each call sent to its partition's leader.
 
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -12,7 +13,6 @@ use std::time::Duration;
 use futures_lite::AsyncWriteExt;
 
 use crate::auth::Access;
-use crate::catalog::{core_of_key, partition_of_key};
 use crate::local::{Inbox, Outbox, Pending, Producer};
 use crate::socket::ByteStream;
 use tessera_engine::Item;
@@ -129,9 +129,14 @@ impl AsyncClient {
 
     /// Sends `request`, retrying retryable errors with jittered exponential backoff.
     pub async fn call(&self, request: &Request) -> Result<Response, ClientError> {
+        self.call_with(request, RequestFlags::default()).await
+    }
+
+    /// `call` with `flags`.
+    async fn call_with(&self, request: &Request, flags: RequestFlags) -> Result<Response, ClientError> {
         let mut retries = Retries::new(&self.config);
         loop {
-            match retries.judge(self.call_once(request).await?) {
+            match retries.judge(self.call_once_with(request, flags).await?.0) {
                 Ok(answer) => return answer,
                 Err(delay) => glommio::timer::sleep(delay).await,
             }
@@ -148,10 +153,12 @@ impl AsyncClient {
 }
 
 /// Pipelined connections to one server, grouped by the core serving each. A call on one item
-/// goes to a connection on the core that owns the item's partition (`route`), so the server
-/// need not forward it between cores; other calls take the connections in turn (`client`).
-/// Routing is only a hint: a stale table layout (the table recreated with other partitions)
-/// costs a forward inside the server, never a wrong answer.
+/// goes to a connection on the core that owns the item's partition by the table's partition map
+/// (`route`, the map learned from the table's description on first use), so the server need
+/// not pass it between cores; other calls take the connections in turn (`client`). A stale
+/// map (the table recreated with other partitions, or its map changed) is answered
+/// WrongPartition: the call is sent again unrouted and the map fetched again by the next route.
+/// The server routes every call by its own map: the client's is never trusted.
 pub struct AsyncPool {
     clients: Vec<AsyncClient>,
     /// Indexes into `clients` of the connections each core serves.
@@ -213,15 +220,22 @@ impl AsyncPool {
         &self.clients[index % self.clients.len()]
     }
 
-    /// The index of the partition holding `key` in `table`, once `route` has learned the
-    /// table's layout.
+    /// The position in `table`'s partition map of the partition holding `key`, once `route`
+    /// has learned the map.
     pub fn partition_index(&self, table: &str, key: &Item) -> Option<u32> {
-        self.tables.borrow().get(table).and_then(|table| partition_of_key(table, key))
+        self.tables.borrow().get(table).and_then(|table| table.range_of(key))
+    }
+
+    /// Forgets `table`'s layout (its map is stale): the next `route` looks it up again.
+    fn forget(&self, table: &str) {
+        self.tables.borrow_mut().remove(table);
     }
 
     /// The connection for a call on the item with key `key` (or the whole item) in `table`:
-    /// one on the core owning it. The table's layout is looked up on first use.
-    pub async fn route(&self, table: &str, key: &Item) -> &AsyncClient {
+    /// one on the core owning it by the table's map, the call marked routed. The table's
+    /// layout is looked up on first use; until it is known, or if no connection is on the
+    /// owning core, any connection, the call not marked.
+    pub async fn route<'a>(&'a self, table: &'a str, key: &Item) -> Routed<'a> {
         let unknown = !self.tables.borrow().contains_key(table);
         // One lookup at a time per table; calls made meanwhile take any connection.
         if unknown && self.looking_up.borrow_mut().insert(table.to_string()) {
@@ -231,16 +245,52 @@ impl AsyncPool {
                 self.tables.borrow_mut().insert(table.to_string(), description);
             }
         }
-        let core = self.tables.borrow().get(table).and_then(|table| core_of_key(table, self.by_core.len(), key));
-        match core.map(|core| &self.by_core[core]).filter(|connections| !connections.is_empty()) {
+        let core = self.tables.borrow().get(table).and_then(|description| {
+            let index = description.range_of(key)?;
+            description.map.as_ref().map(|map| usize::from(map.ranges[index as usize].core))
+        });
+        match core.and_then(|core| self.by_core.get(core)).filter(|connections| !connections.is_empty()) {
             Some(connections) => {
                 let index = self.next.get();
                 self.next.set(index.wrapping_add(1));
-                &self.clients[connections[index % connections.len()]]
+                Routed { pool: self, client: &self.clients[connections[index % connections.len()]], table: Some(table) }
             }
-            None => self.client(),
+            None => Routed { pool: self, client: self.client(), table: None },
         }
     }
+}
+
+/// A connection `AsyncPool::route` chose for a call on one item, with the same typed methods
+/// as `AsyncClient`.
+pub struct Routed<'a> {
+    pool: &'a AsyncPool,
+    client: &'a AsyncClient,
+    /// The table whose map named the connection's core; `None`: the call is not routed.
+    table: Option<&'a str>,
+}
+
+impl Routed<'_> {
+    /// Sends `request` (marked routed when it is), retrying as `AsyncClient::call` does. A
+    /// WrongPartition answer (the pool's map of the table is stale) makes the pool forget the
+    /// map, and the request is sent again unrouted: the server passes it to the owner.
+    pub async fn call(&self, request: &Request) -> Result<Response, ClientError> {
+        let flags = RequestFlags { routed: self.table.is_some(), ..RequestFlags::default() };
+        match (self.client.call_with(request, flags).await, self.table) {
+            (Err(ClientError::Service(WireError { code: ErrorCode::WrongPartition, .. })), Some(table)) => {
+                self.pool.forget(table);
+                self.client.call(request).await
+            }
+            (answer, _) => answer,
+        }
+    }
+
+    /// Sends `call`'s request (as `call` does) and reads its answer.
+    async fn run<T>(&self, call: Call<T>) -> Result<T, ClientError> {
+        let response = self.call(call.request()).await?;
+        call.answer(response)
+    }
+
+    tessera_wire::typed_calls!(async);
 }
 
 /// Connections to every node of a cluster (an `AsyncPool` each), each call sent to the node
@@ -280,7 +330,7 @@ impl ClusterPool {
         &self,
         table: &str,
         key: &Item,
-        call: impl AsyncFn(&AsyncClient) -> Result<T, ClientError>,
+        call: impl AsyncFn(&Routed<'_>) -> Result<T, ClientError>,
     ) -> Result<T, ClientError> {
         let mut attempts = 0;
         loop {
@@ -288,7 +338,7 @@ impl ClusterPool {
             let cached =
                 partition.and_then(|partition| self.leaders.borrow().get(&(table.to_string(), partition)).copied());
             let node = cached.unwrap_or(0);
-            let result = call(self.pools[node].route(table, key).await).await;
+            let result = call(&self.pools[node].route(table, key).await).await;
             attempts += 1;
             let Err(ClientError::Service(WireError { code: ErrorCode::NotLeader, leader, .. })) = &result else {
                 return result;

@@ -682,7 +682,7 @@ fn node_process(parent: u32, id: u32) -> Option<u32> {
 /// from NotLeader answers, whichever node it asks first.
 #[test]
 fn the_cluster_pool_finds_each_partitions_leader() {
-    use tessera_net::client::{AsyncClient, ClusterPool};
+    use tessera_net::client::{ClusterPool, Routed};
     use tessera_wire::client::ClientConfig;
     let cluster = Cluster::start("pool");
     cluster.client(2).create_table(TABLE, KeySchema::hash_only("id", KeyType::S), 8).unwrap();
@@ -692,12 +692,12 @@ fn the_cluster_pool_finds_each_partitions_leader() {
         async move {
             let pool = ClusterPool::connect(&addresses, 1, ClientConfig::default()).await.unwrap();
             for n in 100..160u64 {
-                let put = async |client: &AsyncClient| client.put_item(TABLE, item(n)).await;
+                let put = async |client: &Routed<'_>| client.put_item(TABLE, item(n)).await;
                 pool.call(TABLE, &item(n), put).await.unwrap();
             }
             let mut found = 0;
             for n in (0..24u64).chain(100..160) {
-                let get = async |client: &AsyncClient| client.get_item(TABLE, key(n)).await;
+                let get = async |client: &Routed<'_>| client.get_item(TABLE, key(n)).await;
                 found += usize::from(pool.call(TABLE, &key(n), get).await.unwrap() == Some(item(n)));
             }
             found

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{crash_api, ensure_python_sdk, exchange, header, post, Node};
+use common::{call, connect, crash_api, ensure_python_sdk, exchange, header, ok, post, Node};
 
 mod common;
 
@@ -104,12 +104,6 @@ fn the_same_requests_get_the_same_answers_as_from_dynalite() {
 fn error_type(body: &[u8]) -> String {
     let json: serde_json::Value = serde_json::from_slice(body).expect("an error body is JSON");
     json["__type"].as_str().expect("__type").rsplit('#').next().unwrap().to_string()
-}
-
-fn connect(node: &Node) -> TcpStream {
-    let stream = TcpStream::connect(node.http).expect("connect");
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    stream
 }
 
 #[test]
@@ -310,20 +304,6 @@ fn heads_dates_and_content_encodings() {
     let (got, _, answer) =
         exchange(&mut stream, &post_encoded("DynamoDB_20120810.ListTables", "gzip", &gzip(&at_limit))).unwrap();
     assert_eq!(got, 200, "{}", String::from_utf8_lossy(&answer));
-}
-
-/// One request on a new connection: the status and the JSON answer.
-fn call(node: &Node, operation: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
-    let request = post(&format!("DynamoDB_20120810.{operation}"), &body.to_string(), None);
-    let (status, _, answer) = exchange(&mut connect(node), &request).expect("an answer");
-    (status, serde_json::from_slice(&answer).expect("a JSON answer"))
-}
-
-/// `call`, which must succeed.
-fn ok(node: &Node, operation: &str, body: serde_json::Value) -> serde_json::Value {
-    let (status, answer) = call(node, operation, &body);
-    assert_eq!(status, 200, "{operation}: {answer}");
-    answer
 }
 
 /// `call`, which DynamoDB refuses with a ValidationException saying `message`.

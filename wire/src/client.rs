@@ -226,7 +226,7 @@ impl Client {
         let id = self.next_id;
         self.next_id += 1;
         let mut bytes = Vec::new();
-        request.encode_with_flags(id, RequestFlags { capacity, forwarded: false }, &mut bytes);
+        request.encode_with_flags(id, RequestFlags { capacity, ..RequestFlags::default() }, &mut bytes);
         self.stream.write_all(&bytes)?;
         self.stream.flush()?;
         loop {

@@ -42,11 +42,15 @@ pub enum ErrorCode {
     /// The partition's replica on this node does not lead (a write or a strong read):
     /// `WireError::leader` is the address of the node to ask, when one is known.
     NotLeader,
+    /// A request its client routed by a partition map reached a core that does not own its
+    /// partition (the client's copy of the map is stale): `WireError::epoch` is the epoch of
+    /// the server's. The client refreshes its map; the server has done nothing.
+    WrongPartition,
     /// A code this side does not know (sent by a newer peer).
     Unknown(u16),
 }
 
-const CODES: [(ErrorCode, fb::ErrorCode); 18] = [
+const CODES: [(ErrorCode, fb::ErrorCode); 19] = [
     (ErrorCode::ValidationException, fb::ErrorCode::ValidationException),
     (ErrorCode::ResourceNotFoundException, fb::ErrorCode::ResourceNotFoundException),
     (ErrorCode::ResourceInUseException, fb::ErrorCode::ResourceInUseException),
@@ -65,6 +69,7 @@ const CODES: [(ErrorCode, fb::ErrorCode); 18] = [
     (ErrorCode::MalformedMessage, fb::ErrorCode::MalformedMessage),
     (ErrorCode::FrameTooLarge, fb::ErrorCode::FrameTooLarge),
     (ErrorCode::NotLeader, fb::ErrorCode::NotLeader),
+    (ErrorCode::WrongPartition, fb::ErrorCode::WrongPartition),
 ];
 
 impl ErrorCode {
@@ -112,12 +117,14 @@ pub struct WireError {
     pub item: Option<Item>,
     /// NotLeader: the client address of the node that leads, if known.
     pub leader: Option<String>,
+    /// WrongPartition: the epoch of the partition map the server routes by.
+    pub epoch: Option<u64>,
 }
 
 impl WireError {
     /// An error with `code`'s own retryability.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> WireError {
-        WireError { code, message: message.into(), retryable: code.retryable(), item: None, leader: None }
+        WireError { code, message: message.into(), retryable: code.retryable(), item: None, leader: None, epoch: None }
     }
 }
 

@@ -7,7 +7,8 @@
 //!  8     u64   request id, chosen by the client, echoed in the answer
 //! 16     u16   message type (`MessageType`)
 //! 18     u16   flags: in a request, bits 0-1 its ReturnConsumedCapacity (0 NONE, 1 TOTAL,
-//!              2 INDEXES) and bit 15 "forwarded by a node" (`RequestFlags`); in an answer, zero
+//!              2 INDEXES), bit 2 "routed by the client's partition map" and bit 15
+//!              "forwarded by a node" (`RequestFlags`); in an answer, zero
 //! 20     ...   payload: a flatbuffer whose root is the table the message type names
 //! ```
 //!

@@ -23,7 +23,7 @@ mod generated {
 pub use error::{ErrorCode, WireError};
 pub use frame::MessageType;
 pub use message::{
-    ConsumedCapacity, Expressions, Query, ReadExpressions, ReplicaStatus, Request, RequestFlags, Response,
-    ReturnConsumedCapacity, ReturnValues, Scan, Select, SortCondition, TableDescription, TableKeys, TableStatus, Tags,
-    Throughput, UpdateItem, Write,
+    ConsumedCapacity, Expressions, PartitionMap, PartitionRange, Query, RangeSpec, ReadExpressions, ReplicaStatus,
+    Request, RequestFlags, Response, ReturnConsumedCapacity, ReturnValues, Scan, Select, SortCondition,
+    TableDescription, TableKeys, TableStatus, Tags, Throughput, UpdateItem, Write, MAP_IN_DESCRIPTION_MAX,
 };

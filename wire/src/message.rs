@@ -8,7 +8,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use flatbuffers::{FlatBufferBuilder, ForwardsUOffset, Vector, WIPOffset};
 pub use tessera_engine::expr::{ReturnValues, SortCondition};
-use tessera_engine::paxos::{Member, MemberKind};
+use tessera_engine::partition::PartitionId;
+use tessera_engine::paxos::{Member, MemberKind, ReplicaId};
 use tessera_engine::{empty_set_message, AttributeValue, Item, KeyAttribute, KeySchema, KeyType, Number, NESTING_MAX};
 
 use crate::error::{ErrorCode, WireError};
@@ -29,14 +30,18 @@ pub enum ReturnConsumedCapacity {
 }
 
 /// What a request frame's flags say: bits 0-1 its ReturnConsumedCapacity (0 NONE, 1 TOTAL,
-/// 2 INDEXES), bit 15 that a cluster node forwarded it (the receiver must not forward it
-/// again: a stale leader hint cannot bounce a request between nodes). Other bits are zero.
+/// 2 INDEXES), bit 2 that its client routed it by the table's partition map (a core that does
+/// not own its partition answers WrongPartition rather than pass it on), bit 15 that a cluster
+/// node forwarded it (the receiver must not forward it again: a stale leader hint cannot
+/// bounce a request between nodes). Other bits are zero.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RequestFlags {
     pub capacity: ReturnConsumedCapacity,
+    pub routed: bool,
     pub forwarded: bool,
 }
 
+const FLAG_ROUTED: u16 = 0x0004;
 const FLAG_FORWARDED: u16 = 0x8000;
 
 impl RequestFlags {
@@ -46,22 +51,22 @@ impl RequestFlags {
             ReturnConsumedCapacity::Total => 1,
             ReturnConsumedCapacity::Indexes => 2,
         };
-        capacity | if self.forwarded { FLAG_FORWARDED } else { 0 }
+        capacity | if self.routed { FLAG_ROUTED } else { 0 } | if self.forwarded { FLAG_FORWARDED } else { 0 }
     }
 
     /// Reads a request frame's flags; anything else is a ValidationException.
     pub fn from_bits(bits: u16) -> Result<RequestFlags, WireError> {
-        let capacity = match bits & !FLAG_FORWARDED {
+        let capacity = match bits & !(FLAG_FORWARDED | FLAG_ROUTED) {
             0 => ReturnConsumedCapacity::None,
             1 => ReturnConsumedCapacity::Total,
             2 => ReturnConsumedCapacity::Indexes,
             _ => {
                 return Err(invalid(format!(
-                    "frame flags {bits:#06x} are not a request's (bits 0-1: ReturnConsumedCapacity 0 NONE, 1 TOTAL, 2 INDEXES; bit 15: forwarded)"
+                    "frame flags {bits:#06x} are not a request's (bits 0-1: ReturnConsumedCapacity 0 NONE, 1 TOTAL, 2 INDEXES; bit 2: routed; bit 15: forwarded)"
                 )))
             }
         };
-        Ok(RequestFlags { capacity, forwarded: bits & FLAG_FORWARDED != 0 })
+        Ok(RequestFlags { capacity, routed: bits & FLAG_ROUTED != 0, forwarded: bits & FLAG_FORWARDED != 0 })
     }
 }
 
@@ -103,6 +108,67 @@ pub struct TableDescription {
     pub size_bytes: u64,
     /// BillingMode PROVISIONED's throughput; `None`: PAY_PER_REQUEST.
     pub throughput: Option<Throughput>,
+    /// Where its partitions are (binary protocol only; `None` past `MAP_IN_DESCRIPTION_MAX`
+    /// ranges, and from a server before maps travelled): what clients route by.
+    pub map: Option<PartitionMap>,
+}
+
+impl TableDescription {
+    /// The position in the table's map of the range holding the item with key `key` (or the
+    /// whole item), as a client routes it: `None` if the description has no map or the key no
+    /// valid partition key value (the server will say why).
+    pub fn range_of(&self, key: &Item) -> Option<u32> {
+        let map = self.map.as_ref()?;
+        let value = key.get(&self.key_schema.partition.name)?;
+        let prefix = self.key_schema.encode_partition_prefix(value).ok()?;
+        Some(map.index_of_hash(prefix.hash))
+    }
+}
+
+/// Most ranges a table's description carries its map with (about 1.5 MB of them); a client
+/// of a table with more sends every call to any core, which forwards it.
+pub const MAP_IN_DESCRIPTION_MAX: usize = 1 << 16;
+
+/// Where a table's partitions are: the ranges of the 64-bit partition-key hash space, in order
+/// from 0, each held by one partition. The servers route by it; so do clients, by the copy
+/// their last DescribeTable gave them (a stale copy costs a `WrongPartition` answer).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PartitionMap {
+    /// Bumped by every change to the map.
+    pub epoch: u64,
+    pub ranges: Vec<PartitionRange>,
+}
+
+/// One partition of a table's map.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PartitionRange {
+    /// The first hash it holds; the next range's start ends it.
+    pub start: u64,
+    /// Its storage partition id (opaque to routing).
+    pub partition: PartitionId,
+    /// The core its replicas live on, on every node.
+    pub core: u16,
+    /// The group member preferred to lead it, so that leaders spread over the nodes (0: none,
+    /// as on a single node).
+    pub leader: ReplicaId,
+}
+
+impl PartitionMap {
+    /// The position of the range holding hash `hash`.
+    pub fn index_of_hash(&self, hash: u64) -> u32 {
+        let after = self.ranges.partition_point(|range| range.start <= hash);
+        assert!(after >= 1, "the first range starts at 0");
+        (after - 1) as u32
+    }
+}
+
+/// One range of a table created with a chosen partition map (an administration request).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RangeSpec {
+    /// The first partition-key hash it holds.
+    pub start: u64,
+    /// The core its replicas live on.
+    pub core: u16,
 }
 
 /// A table's provisioned throughput (BillingMode PROVISIONED), in capacity units per second.
@@ -232,6 +298,9 @@ pub enum Request {
         /// `None`: BillingMode PAY_PER_REQUEST.
         throughput: Option<Throughput>,
         tags: Tags,
+        /// Administration only: the table's partition map, chosen (empty: equal ranges on the
+        /// cores in turn; `partitions` is then 0 or their count).
+        ranges: Vec<RangeSpec>,
     },
     DeleteTable {
         table: String,
@@ -899,8 +968,10 @@ impl Request {
     pub fn encode_with_flags(&self, request_id: u64, flags: RequestFlags, out: &mut Vec<u8>) {
         let mut fbb = FlatBufferBuilder::with_capacity(256);
         match self {
-            Request::CreateTable { table, key_schema, partitions, throughput, tags } => {
+            Request::CreateTable { table, key_schema, partitions, throughput, tags, ranges } => {
                 let table = Some(fbb.create_string(table));
+                let ranges: Vec<_> = ranges.iter().map(|range| fb::RangeSpec::new(range.start, range.core)).collect();
+                let ranges = (!ranges.is_empty()).then(|| fbb.create_vector(&ranges));
                 let partition_key = Some(write_key_element(&mut fbb, &key_schema.partition));
                 let sort_key = key_schema.sort.as_ref().map(|sort| write_key_element(&mut fbb, sort));
                 let tags = Some(write_tags(&mut fbb, tags));
@@ -914,6 +985,7 @@ impl Request {
                     read_units,
                     write_units,
                     tags,
+                    ranges,
                 };
                 let root = fb::CreateTableRequest::create(&mut fbb, &args);
                 fbb.finish_minimal(root);
@@ -1124,6 +1196,12 @@ impl Request {
                     partitions: request.partitions(),
                     throughput: read_throughput(request.read_units(), request.write_units())?,
                     tags: read_tags(request.tags()),
+                    ranges: request
+                        .ranges()
+                        .into_iter()
+                        .flatten()
+                        .map(|range| RangeSpec { start: range.start(), core: range.core() })
+                        .collect(),
                 }
             }
             MessageType::TagResource => {
@@ -1296,6 +1374,15 @@ fn write_table_description<'a>(
         TableStatus::Deleting => fb::TableStatus::DELETING,
     };
     let (read_units, write_units) = table.throughput.map_or((0, 0), |units| (units.read_units, units.write_units));
+    let map = table.map.as_ref().map(|map| {
+        let ranges: Vec<_> = map
+            .ranges
+            .iter()
+            .map(|range| fb::PartitionRange::new(range.start, range.partition, range.leader, range.core))
+            .collect();
+        let ranges = Some(fbb.create_vector(&ranges));
+        fb::PartitionMap::create(fbb, &fb::PartitionMapArgs { epoch: map.epoch, ranges })
+    });
     fb::TableDescription::create(
         fbb,
         &fb::TableDescriptionArgs {
@@ -1309,6 +1396,7 @@ fn write_table_description<'a>(
             created_at_ms: table.created_at_ms,
             item_count: table.item_count,
             size_bytes: table.size_bytes,
+            map,
         },
     )
 }
@@ -1331,7 +1419,30 @@ fn read_table_description(table: fb::TableDescription<'_>) -> Result<TableDescri
         item_count: table.item_count(),
         size_bytes: table.size_bytes(),
         throughput: read_throughput(table.read_units(), table.write_units())?,
+        map: table.map().map(read_partition_map).transpose()?,
     })
+}
+
+/// A partition map as a client routes by it: ranges from hash 0, their starts increasing.
+fn read_partition_map(map: fb::PartitionMap<'_>) -> Result<PartitionMap, WireError> {
+    let ranges: Vec<PartitionRange> = map
+        .ranges()
+        .into_iter()
+        .flatten()
+        .map(|range| PartitionRange {
+            start: range.start(),
+            partition: range.partition(),
+            core: range.core(),
+            leader: range.leader(),
+        })
+        .collect();
+    if ranges.first().is_none_or(|first| first.start != 0) {
+        return Err(invalid("a partition map whose first range does not start at hash 0"));
+    }
+    if ranges.windows(2).any(|pair| pair[0].start >= pair[1].start) {
+        return Err(invalid("a partition map whose range starts do not increase"));
+    }
+    Ok(PartitionMap { epoch: map.epoch(), ranges })
 }
 
 fn write_tags<'a>(
@@ -1487,6 +1598,7 @@ impl Response {
                     retryable: error.retryable,
                     item,
                     leader,
+                    epoch: error.epoch.unwrap_or(0),
                 };
                 let root = fb::ErrorResponse::create(&mut fbb, &args);
                 fbb.finish_minimal(root);
@@ -1589,6 +1701,7 @@ impl Response {
                     retryable: answer.retryable(),
                     item: read_optional_item(answer.item(), "the item")?,
                     leader: answer.leader().map(str::to_string),
+                    epoch: Some(answer.epoch()).filter(|_| answer.code() == fb::ErrorCode::WrongPartition),
                 })
             }
         };

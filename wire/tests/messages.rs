@@ -181,6 +181,7 @@ fn table_messages_round_trip() {
             partitions: 8,
             throughput: Some(Throughput { read_units: 5, write_units: 7 }),
             tags: vec![("team".into(), "blue".into()), ("empty".into(), String::new())],
+            ranges: vec![RangeSpec { start: 0, core: 1 }, RangeSpec { start: 1 << 60, core: 0 }],
         },
         Request::CreateTable {
             table: "users".into(),
@@ -188,6 +189,7 @@ fn table_messages_round_trip() {
             partitions: 0,
             throughput: None,
             tags: Vec::new(),
+            ranges: Vec::new(),
         },
         Request::TagResource { table: "orders".into(), tags: vec![("a".into(), "b".into())] },
         Request::UntagResource { table: "orders".into(), keys: vec!["a".into(), "c".into()] },
@@ -217,12 +219,24 @@ fn table_messages_round_trip() {
         item_count: 12,
         size_bytes: 3456,
         throughput: None,
+        map: None,
     };
     let provisioned =
         TableDescription { throughput: Some(Throughput { read_units: 1, write_units: 40_000 }), ..description.clone() };
+    let mapped = TableDescription {
+        map: Some(PartitionMap {
+            epoch: 3,
+            ranges: vec![
+                PartitionRange { start: 0, partition: 7 << 20, core: 1, leader: 2 },
+                PartitionRange { start: 5, partition: (7 << 20) | 1, core: 0, leader: 0 },
+            ],
+        }),
+        ..description.clone()
+    };
     let responses = [
         Response::Table(description),
         Response::Table(provisioned),
+        Response::Table(mapped),
         Response::Tags(vec![("k".into(), "v".into())]),
         Response::Tags(Vec::new()),
         Response::ListTables { tables: vec!["a".into(), "b".into()], last_evaluated_table: Some("b".into()) },
@@ -287,7 +301,7 @@ fn bad_messages_get_errors_that_say_what_was_wrong() {
     assert!(error.message.contains("deeper"), "{error}");
 }
 
-/// ReturnConsumedCapacity (and the forwarded bit) travel in the request frame's flags, and the
+/// ReturnConsumedCapacity (and the routed and forwarded bits) travel in the request frame's flags, and the
 /// consumed capacity in the four item answers; flags that mean nothing are refused by name.
 #[test]
 fn consumed_capacity_rides_with_item_requests_and_answers() {
@@ -298,8 +312,8 @@ fn consumed_capacity_rides_with_item_requests_and_answers() {
         read: ReadExpressions::default(),
     };
     for capacity in [ReturnConsumedCapacity::None, ReturnConsumedCapacity::Total, ReturnConsumedCapacity::Indexes] {
-        for forwarded in [false, true] {
-            let flags = RequestFlags { capacity, forwarded };
+        for (routed, forwarded) in [(false, false), (true, false), (false, true), (true, true)] {
+            let flags = RequestFlags { capacity, routed, forwarded };
             let mut bytes = Vec::new();
             request.encode_with_flags(3, flags, &mut bytes);
             let Ok(Decoded::Frame(frame, _)) = frame::decode(&bytes) else { panic!("one whole frame") };
@@ -307,7 +321,7 @@ fn consumed_capacity_rides_with_item_requests_and_answers() {
             assert_eq!(Request::decode(frame.header.message_type, frame.payload).unwrap(), request);
         }
     }
-    for bits in [3, 4, 0x4000, 0x8003] {
+    for bits in [3, 8, 0x4000, 0x8003, 0x8007] {
         let error = RequestFlags::from_bits(bits).unwrap_err();
         assert_eq!(error.code, ErrorCode::ValidationException);
         assert!(

@@ -102,8 +102,10 @@ impl ApiError {
             | ErrorCode::ItemCollectionSizeLimitExceededException
             | ErrorCode::AccessDeniedException => (400, format!("{TYPE_PREFIX}{}", error.code.name())),
             // Framing and connection errors of the binary protocol cannot come from a request
-            // made here (its SigV4 signature is checked by the endpoint).
+            // made here (its SigV4 signature is checked by the endpoint); nor can WrongPartition
+            // (the endpoint's requests are not routed by a client's map).
             ErrorCode::ChecksumMismatch
+            | ErrorCode::WrongPartition
             | ErrorCode::MissingAuthenticationTokenException
             | ErrorCode::UnrecognizedClientException
             | ErrorCode::UnknownMessageType
@@ -248,7 +250,7 @@ pub(crate) fn decode(operation: Operation, body: &[u8], host: &str, region: &str
         .map_err(|error| ApiError::serialization(format!("the request body is not valid JSON: {error}")))?;
     let body = Body(json.as_object().ok_or_else(|| ApiError::serialization("the request body must be a JSON object"))?);
     let capacity = body.capacity()?;
-    let flags = RequestFlags { capacity, forwarded: false };
+    let flags = RequestFlags { capacity, ..RequestFlags::default() };
     let engine = |request| Ok(Call::Engine(Box::new(request), flags, Reply::default()));
     match operation {
         Operation::CreateTable => engine(create_table(&body)?),
@@ -710,7 +712,7 @@ fn create_table(body: &Body<'_>) -> Result<Request, ApiError> {
         Some(Value::Array(list)) => tags(list, "tags")?,
         Some(_) => return Err(ApiError::serialization("Tags must be an array")),
     };
-    Ok(Request::CreateTable { table, key_schema, partitions: 0, throughput, tags })
+    Ok(Request::CreateTable { table, key_schema, partitions: 0, throughput, tags, ranges: Vec::new() })
 }
 
 /// CreateTable's BillingMode and ProvisionedThroughput: the throughput of a PROVISIONED table
@@ -1196,6 +1198,7 @@ mod tests {
                 partitions: 0,
                 throughput: None,
                 tags: Vec::new(),
+                ranges: Vec::new(),
             }
         );
         for (body, expected) in [
@@ -1430,6 +1433,7 @@ mod tests {
             item_count: 3,
             size_bytes: 99,
             throughput: None,
+            map: None,
         };
         let body =
             encode(Operation::DescribeTable, Response::Table(table.clone()), &[], "eu-west-1", &Reply::default())

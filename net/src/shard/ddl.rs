@@ -9,12 +9,12 @@ use std::time::Duration;
 
 use tessera_engine::paxos::MemberKind;
 use tessera_engine::{Command, KeySchema, PartitionId, ReplicationLog};
-use tessera_wire::{ErrorCode, Response, Tags, Throughput, WireError};
+use tessera_wire::{ErrorCode, RangeSpec, Response, Tags, Throughput, WireError};
 
 use super::mesh::{unexpected, Op, OpResult};
 use super::{engine_error, invalid, Shard};
 use crate::catalog::{
-    retag, validate_table_name, validate_throughput, Catalog, PartitionMap, TableInfo, CATALOG_PARTITION, NEXT_ID_KEY,
+    retag, validate_table_name, validate_throughput, Catalog, NewMap, TableInfo, CATALOG_PARTITION, NEXT_ID_KEY,
     PARTITIONS_MAX,
 };
 use crate::log::Log;
@@ -192,7 +192,7 @@ impl Shard {
         self: &Rc<Shard>,
         name: String,
         key_schema: KeySchema,
-        partitions: u32,
+        map: NewMap,
         throughput: Option<Throughput>,
         tags: BTreeMap<String, String>,
     ) -> Result<OpResult, WireError> {
@@ -200,8 +200,10 @@ impl Shard {
         if self.catalog.borrow().tables.contains_key(&name) {
             return Err(WireError::new(ErrorCode::ResourceInUseException, format!("Table already exists: {name}")));
         }
-        // `execute_create` held the count to the table's layout, and gave none the cores'.
-        assert!((1..=PARTITIONS_MAX).contains(&partitions), "a table of {partitions} partitions");
+        // `execute_create` held an even map's count to a table's, and gave none the cores'.
+        if let NewMap::Even(partitions) = map {
+            assert!((1..=PARTITIONS_MAX).contains(&partitions), "a table of {partitions} partitions");
+        }
         let id = self.catalog.borrow().next_id;
         // Table ids are never reused (the same batch that writes a table writes the next id):
         // a deleted table's data, removed in the background, is nobody else's.
@@ -220,16 +222,9 @@ impl Shard {
         let mut leaders: Vec<_> =
             members.iter().filter(|member| member.kind == MemberKind::Full).map(|member| member.id).collect();
         leaders.sort_unstable();
-        let table = TableInfo {
-            id,
-            name: name.clone(),
-            key_schema,
-            map: PartitionMap::even(id, partitions, self.cores, &leaders),
-            created_at_ms: now_ms(),
-            members,
-            throughput,
-            tags,
-        };
+        let map = map.lay_out(id, self.cores, &leaders).map_err(|why| invalid(format!("the partition map: {why}")))?;
+        let table =
+            TableInfo { id, name: name.clone(), key_schema, map, created_at_ms: now_ms(), members, throughput, tags };
         let commands = vec![
             Command::Put { key: TableInfo::key(&name), value: table.encode().into() },
             Command::Put { key: NEXT_ID_KEY.to_vec(), value: (id + 1).to_le_bytes().to_vec().into() },
@@ -298,6 +293,7 @@ impl Shard {
         table: String,
         key_schema: KeySchema,
         partitions: u32,
+        ranges: Vec<RangeSpec>,
         throughput: Option<Throughput>,
         tags: Tags,
     ) -> Result<Response, WireError> {
@@ -315,8 +311,19 @@ impl Shard {
         if partitions > PARTITIONS_MAX {
             return Err(invalid(format!("a table may have at most {PARTITIONS_MAX} partitions, not {partitions}")));
         }
-        let partitions = if partitions == 0 { self.cores as u32 } else { partitions };
-        match self.call(0, Op::CreateTable { name: table, key_schema, partitions, throughput, tags }).await {
+        let map = match (partitions, ranges.is_empty()) {
+            (0, true) => NewMap::Even(self.cores as u32),
+            (_, true) => NewMap::Even(partitions),
+            (0, false) => NewMap::Placed(ranges),
+            (_, false) if partitions as usize == ranges.len() => NewMap::Placed(ranges),
+            (_, false) => {
+                return Err(invalid(format!(
+                    "{partitions} partitions and a partition map of {} ranges: give the map alone, or its count",
+                    ranges.len()
+                )))
+            }
+        };
+        match self.call(0, Op::CreateTable { name: table, key_schema, map, throughput, tags }).await {
             OpResult::Table(table) => {
                 let mut description = table.describe(0, 0);
                 // In a cluster the table is chosen, and reaches the other nodes as each applies

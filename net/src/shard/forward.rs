@@ -40,7 +40,7 @@ impl Shard {
                 client
             }
         };
-        let flags = RequestFlags { capacity, forwarded: true };
+        let flags = RequestFlags { capacity, forwarded: true, ..RequestFlags::default() };
         match client.call_once_with(request, flags).await {
             Ok((Response::Error(error), _)) => Err(error),
             Ok(answer) => Ok(answer),

@@ -9,10 +9,10 @@ use std::rc::Rc;
 use glommio::channels::channel_mesh::Receivers;
 use tessera_engine::paxos::Member;
 use tessera_engine::{Command, KeySchema, PartitionId};
-use tessera_wire::{ErrorCode, ReplicaStatus, Response, Tags, Throughput, WireError};
+use tessera_wire::{ErrorCode, ReplicaStatus, Request, Response, Tags, Throughput, WireError};
 
 use super::{invalid, Shard};
-use crate::catalog::{key_hash, partition_name, table_of, Catalog, TableInfo, CATALOG_PARTITION};
+use crate::catalog::{key_hash, partition_name, table_of, Catalog, NewMap, TableInfo, CATALOG_PARTITION};
 use crate::log::Log;
 
 /// Work on one core's partitions (or its catalog copy).
@@ -64,7 +64,7 @@ pub(crate) enum Op {
     CreateTable {
         name: String,
         key_schema: KeySchema,
-        partitions: u32,
+        map: NewMap,
         throughput: Option<Throughput>,
         tags: BTreeMap<String, String>,
     },
@@ -248,6 +248,34 @@ impl Shard {
             table.partitions()
         );
         (self.owner(table, index), table.partition_id(index))
+    }
+
+    /// The WrongPartition answer to a request on one item that its client routed by a stale
+    /// partition map (it reached a core that does not own the item), naming the epoch of the
+    /// map this server routes by. `None` for one that reached the owner, for other requests,
+    /// and for one the item path refuses anyway (no such table, no valid partition key).
+    pub(super) fn misrouted(&self, request: &Request) -> Option<WireError> {
+        let (name, key) = match request {
+            Request::PutItem { table, item, .. } => (table, item),
+            Request::GetItem { table, key, .. } | Request::DeleteItem { table, key, .. } => (table, key),
+            Request::UpdateItem(update) => (&update.table, &update.key),
+            _ => return None,
+        };
+        let catalog = self.catalog.borrow();
+        let table = catalog.tables.get(name)?;
+        let value = key.get(&table.key_schema.partition.name)?;
+        let prefix = table.key_schema.encode_partition_prefix(value).ok()?;
+        let (core, _) = self.place(table, &prefix.bytes);
+        (core != self.core).then(|| WireError {
+            epoch: Some(table.map.epoch),
+            ..WireError::new(
+                ErrorCode::WrongPartition,
+                format!(
+                    "{name}: the item's partition is on core {core}, not {}, by partition map epoch {}",
+                    self.core, table.map.epoch
+                ),
+            )
+        })
     }
 
     /// Asserts that `op` reached the core it must run on, as `call`'s callers chose it (by

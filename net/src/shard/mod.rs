@@ -198,8 +198,8 @@ impl Shard {
                 Log::Replicated(log) => log.retire_removed(partition).map(|()| OpResult::Done).map_err(engine_error),
                 Log::Local(_) => Err(invalid("RetireReplica: this node is not a cluster member")),
             },
-            Op::CreateTable { name, key_schema, partitions, throughput, tags } => {
-                self.create_table(name, key_schema, partitions, throughput, tags).await
+            Op::CreateTable { name, key_schema, map, throughput, tags } => {
+                self.create_table(name, key_schema, map, throughput, tags).await
             }
             Op::Retag { name, add, remove } => self.retag(&name, &add, &remove).await,
             Op::DeleteTable { name } => self.delete_table(&name).await,
@@ -228,11 +228,14 @@ impl Shard {
         request: Request,
         flags: RequestFlags,
     ) -> (Response, Vec<ConsumedCapacity>) {
+        if let Some(misrouted) = flags.routed.then(|| self.misrouted(&request)).flatten() {
+            return (Response::Error(misrouted), Vec::new());
+        }
         let mut meter = Meter::new(flags.capacity);
         let may_forward = !flags.forwarded;
         let result = match request {
-            Request::CreateTable { table, key_schema, partitions, throughput, tags } => {
-                self.execute_create(table, key_schema, partitions, throughput, tags).await
+            Request::CreateTable { table, key_schema, partitions, throughput, tags, ranges } => {
+                self.execute_create(table, key_schema, partitions, ranges, throughput, tags).await
             }
             Request::TagResource { table, tags } => self.execute_retag(table, tags, Vec::new()).await,
             Request::UntagResource { table, keys } => self.execute_retag(table, Vec::new(), keys).await,

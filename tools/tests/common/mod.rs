@@ -63,6 +63,27 @@ pub fn post(target: &str, body: &str, date: Option<&str>) -> Vec<u8> {
     .into_bytes()
 }
 
+/// A connection to `node`'s HTTP endpoint.
+pub fn connect(node: &Node) -> TcpStream {
+    let stream = TcpStream::connect(node.http).expect("connect");
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    stream
+}
+
+/// One request on a new connection: the status and the JSON answer.
+pub fn call(node: &Node, operation: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
+    let request = post(&format!("DynamoDB_20120810.{operation}"), &body.to_string(), None);
+    let (status, _, answer) = exchange(&mut connect(node), &request).expect("an answer");
+    (status, serde_json::from_slice(&answer).expect("a JSON answer"))
+}
+
+/// `call`, which must succeed.
+pub fn ok(node: &Node, operation: &str, body: serde_json::Value) -> serde_json::Value {
+    let (status, answer) = call(node, operation, &body);
+    assert_eq!(status, 200, "{operation}: {answer}");
+    answer
+}
+
 /// Whether `python3` can import boto3 and `aws` runs; installs both from PyPI when not.
 pub fn ensure_python_sdk() {
     let ready = || {

@@ -8,7 +8,7 @@ use tessera_engine::{Item, KeySchema};
 use super::Credentials;
 use crate::frame::Frame;
 use crate::{
-    ConsumedCapacity, ErrorCode, Expressions, Query, ReadExpressions, Request, Response, ReturnValues, Scan,
+    ConsumedCapacity, ErrorCode, Expressions, Query, RangeSpec, ReadExpressions, Request, Response, ReturnValues, Scan,
     TableDescription, TableKeys, UpdateItem, WireError, Write,
 };
 
@@ -101,6 +101,13 @@ macro_rules! typed_calls {
     ($mode:ident) => {
         $crate::typed_calls!(@each $mode
             fn create_table(table: &str, key_schema: $crate::client::KeySchema, partitions: u32) -> $crate::TableDescription;
+            /// Administration: creates a table whose partition map has the ranges `ranges`
+            /// chose (their first hashes, in order from 0, and their cores).
+            fn create_table_placed(
+                table: &str,
+                key_schema: $crate::client::KeySchema,
+                ranges: Vec<$crate::RangeSpec>
+            ) -> $crate::TableDescription;
             fn delete_table(table: &str) -> $crate::TableDescription;
             fn describe_table(table: &str) -> $crate::TableDescription;
             /// The table's description without its item count and size (which take the server a
@@ -174,7 +181,28 @@ pub fn authenticate(credentials: &Credentials) -> Call<()> {
 
 pub fn create_table(table: &str, key_schema: KeySchema, partitions: u32) -> Call<TableDescription> {
     call(
-        Request::CreateTable { table: table.into(), key_schema, partitions, throughput: None, tags: Vec::new() },
+        Request::CreateTable {
+            table: table.into(),
+            key_schema,
+            partitions,
+            throughput: None,
+            tags: Vec::new(),
+            ranges: Vec::new(),
+        },
+        table_of,
+    )
+}
+
+pub fn create_table_placed(table: &str, key_schema: KeySchema, ranges: Vec<RangeSpec>) -> Call<TableDescription> {
+    call(
+        Request::CreateTable {
+            table: table.into(),
+            key_schema,
+            partitions: 0,
+            throughput: None,
+            tags: Vec::new(),
+            ranges,
+        },
         table_of,
     )
 }

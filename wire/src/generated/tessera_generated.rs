@@ -619,10 +619,10 @@ impl flatbuffers::SimpleToVerifyInSlice for SortCondition {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_ERROR_CODE: u16 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_ERROR_CODE: u16 = 104;
+pub const ENUM_MAX_ERROR_CODE: u16 = 105;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 18] = [
+pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 19] = [
   ErrorCode::ValidationException,
   ErrorCode::ResourceNotFoundException,
   ErrorCode::ResourceInUseException,
@@ -641,6 +641,7 @@ pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 18] = [
   ErrorCode::MalformedMessage,
   ErrorCode::FrameTooLarge,
   ErrorCode::NotLeader,
+  ErrorCode::WrongPartition,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -666,9 +667,10 @@ impl ErrorCode {
   pub const MalformedMessage: Self = Self(102);
   pub const FrameTooLarge: Self = Self(103);
   pub const NotLeader: Self = Self(104);
+  pub const WrongPartition: Self = Self(105);
 
   pub const ENUM_MIN: u16 = 0;
-  pub const ENUM_MAX: u16 = 104;
+  pub const ENUM_MAX: u16 = 105;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::ValidationException,
     Self::ResourceNotFoundException,
@@ -688,6 +690,7 @@ impl ErrorCode {
     Self::MalformedMessage,
     Self::FrameTooLarge,
     Self::NotLeader,
+    Self::WrongPartition,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -710,6 +713,7 @@ impl ErrorCode {
       Self::MalformedMessage => Some("MalformedMessage"),
       Self::FrameTooLarge => Some("FrameTooLarge"),
       Self::NotLeader => Some("NotLeader"),
+      Self::WrongPartition => Some("WrongPartition"),
       _ => None,
     }
   }
@@ -956,6 +960,318 @@ impl<'a> flatbuffers::Verifiable for PaxosBody {
 
 impl flatbuffers::SimpleToVerifyInSlice for PaxosBody {}
 pub struct PaxosBodyUnionTableOffset {}
+
+// struct PartitionRange, aligned to 8
+#[repr(transparent)]
+#[derive(Clone, Copy, PartialEq)]
+pub struct PartitionRange(pub [u8; 24]);
+impl Default for PartitionRange { 
+  fn default() -> Self { 
+    Self([0; 24])
+  }
+}
+impl core::fmt::Debug for PartitionRange {
+  fn fmt(&self, f: &mut core::fmt::Formatter) -> core::fmt::Result {
+    f.debug_struct("PartitionRange")
+      .field("start", &self.start())
+      .field("partition", &self.partition())
+      .field("leader", &self.leader())
+      .field("core", &self.core())
+      .finish()
+  }
+}
+
+impl flatbuffers::SimpleToVerifyInSlice for PartitionRange {}
+impl<'a> flatbuffers::Follow<'a> for PartitionRange {
+  type Inner = &'a PartitionRange;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    <&'a PartitionRange>::follow(buf, loc)
+  }
+}
+impl<'a> flatbuffers::Follow<'a> for &'a PartitionRange {
+  type Inner = &'a PartitionRange;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    flatbuffers::follow_cast_ref::<PartitionRange>(buf, loc)
+  }
+}
+impl<'b> flatbuffers::Push for PartitionRange {
+    type Output = PartitionRange;
+    #[inline]
+    unsafe fn push(&self, dst: &mut [u8], _written_len: usize) {
+        let src = ::core::slice::from_raw_parts(self as *const PartitionRange as *const u8, Self::size());
+        dst.copy_from_slice(src);
+    }
+}
+
+impl<'a> flatbuffers::Verifiable for PartitionRange {
+  #[inline]
+  fn run_verifier(
+    v: &mut flatbuffers::Verifier, pos: usize
+  ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+    use self::flatbuffers::Verifiable;
+    v.in_buffer::<Self>(pos)
+  }
+}
+
+impl<'a> PartitionRange {
+  #[allow(clippy::too_many_arguments)]
+  pub fn new(
+    start: u64,
+    partition: u64,
+    leader: u32,
+    core: u16,
+  ) -> Self {
+    let mut s = Self([0; 24]);
+    s.set_start(start);
+    s.set_partition(partition);
+    s.set_leader(leader);
+    s.set_core(core);
+    s
+  }
+
+  pub fn start(&self) -> u64 {
+    let mut mem = core::mem::MaybeUninit::<<u64 as EndianScalar>::Scalar>::uninit();
+    // Safety:
+    // Created from a valid Table for this object
+    // Which contains a valid value in this slot
+    EndianScalar::from_little_endian(unsafe {
+      core::ptr::copy_nonoverlapping(
+        self.0[0..].as_ptr(),
+        mem.as_mut_ptr() as *mut u8,
+        core::mem::size_of::<<u64 as EndianScalar>::Scalar>(),
+      );
+      mem.assume_init()
+    })
+  }
+
+  pub fn set_start(&mut self, x: u64) {
+    let x_le = x.to_little_endian();
+    // Safety:
+    // Created from a valid Table for this object
+    // Which contains a valid value in this slot
+    unsafe {
+      core::ptr::copy_nonoverlapping(
+        &x_le as *const _ as *const u8,
+        self.0[0..].as_mut_ptr(),
+        core::mem::size_of::<<u64 as EndianScalar>::Scalar>(),
+      );
+    }
+  }
+
+  pub fn partition(&self) -> u64 {
+    let mut mem = core::mem::MaybeUninit::<<u64 as EndianScalar>::Scalar>::uninit();
+    // Safety:
+    // Created from a valid Table for this object
+    // Which contains a valid value in this slot
+    EndianScalar::from_little_endian(unsafe {
+      core::ptr::copy_nonoverlapping(
+        self.0[8..].as_ptr(),
+        mem.as_mut_ptr() as *mut u8,
+        core::mem::size_of::<<u64 as EndianScalar>::Scalar>(),
+      );
+      mem.assume_init()
+    })
+  }
+
+  pub fn set_partition(&mut self, x: u64) {
+    let x_le = x.to_little_endian();
+    // Safety:
+    // Created from a valid Table for this object
+    // Which contains a valid value in this slot
+    unsafe {
+      core::ptr::copy_nonoverlapping(
+        &x_le as *const _ as *const u8,
+        self.0[8..].as_mut_ptr(),
+        core::mem::size_of::<<u64 as EndianScalar>::Scalar>(),
+      );
+    }
+  }
+
+  pub fn leader(&self) -> u32 {
+    let mut mem = core::mem::MaybeUninit::<<u32 as EndianScalar>::Scalar>::uninit();
+    // Safety:
+    // Created from a valid Table for this object
+    // Which contains a valid value in this slot
+    EndianScalar::from_little_endian(unsafe {
+      core::ptr::copy_nonoverlapping(
+        self.0[16..].as_ptr(),
+        mem.as_mut_ptr() as *mut u8,
+        core::mem::size_of::<<u32 as EndianScalar>::Scalar>(),
+      );
+      mem.assume_init()
+    })
+  }
+
+  pub fn set_leader(&mut self, x: u32) {
+    let x_le = x.to_little_endian();
+    // Safety:
+    // Created from a valid Table for this object
+    // Which contains a valid value in this slot
+    unsafe {
+      core::ptr::copy_nonoverlapping(
+        &x_le as *const _ as *const u8,
+        self.0[16..].as_mut_ptr(),
+        core::mem::size_of::<<u32 as EndianScalar>::Scalar>(),
+      );
+    }
+  }
+
+  pub fn core(&self) -> u16 {
+    let mut mem = core::mem::MaybeUninit::<<u16 as EndianScalar>::Scalar>::uninit();
+    // Safety:
+    // Created from a valid Table for this object
+    // Which contains a valid value in this slot
+    EndianScalar::from_little_endian(unsafe {
+      core::ptr::copy_nonoverlapping(
+        self.0[20..].as_ptr(),
+        mem.as_mut_ptr() as *mut u8,
+        core::mem::size_of::<<u16 as EndianScalar>::Scalar>(),
+      );
+      mem.assume_init()
+    })
+  }
+
+  pub fn set_core(&mut self, x: u16) {
+    let x_le = x.to_little_endian();
+    // Safety:
+    // Created from a valid Table for this object
+    // Which contains a valid value in this slot
+    unsafe {
+      core::ptr::copy_nonoverlapping(
+        &x_le as *const _ as *const u8,
+        self.0[20..].as_mut_ptr(),
+        core::mem::size_of::<<u16 as EndianScalar>::Scalar>(),
+      );
+    }
+  }
+
+}
+
+// struct RangeSpec, aligned to 8
+#[repr(transparent)]
+#[derive(Clone, Copy, PartialEq)]
+pub struct RangeSpec(pub [u8; 16]);
+impl Default for RangeSpec { 
+  fn default() -> Self { 
+    Self([0; 16])
+  }
+}
+impl core::fmt::Debug for RangeSpec {
+  fn fmt(&self, f: &mut core::fmt::Formatter) -> core::fmt::Result {
+    f.debug_struct("RangeSpec")
+      .field("start", &self.start())
+      .field("core", &self.core())
+      .finish()
+  }
+}
+
+impl flatbuffers::SimpleToVerifyInSlice for RangeSpec {}
+impl<'a> flatbuffers::Follow<'a> for RangeSpec {
+  type Inner = &'a RangeSpec;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    <&'a RangeSpec>::follow(buf, loc)
+  }
+}
+impl<'a> flatbuffers::Follow<'a> for &'a RangeSpec {
+  type Inner = &'a RangeSpec;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    flatbuffers::follow_cast_ref::<RangeSpec>(buf, loc)
+  }
+}
+impl<'b> flatbuffers::Push for RangeSpec {
+    type Output = RangeSpec;
+    #[inline]
+    unsafe fn push(&self, dst: &mut [u8], _written_len: usize) {
+        let src = ::core::slice::from_raw_parts(self as *const RangeSpec as *const u8, Self::size());
+        dst.copy_from_slice(src);
+    }
+}
+
+impl<'a> flatbuffers::Verifiable for RangeSpec {
+  #[inline]
+  fn run_verifier(
+    v: &mut flatbuffers::Verifier, pos: usize
+  ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+    use self::flatbuffers::Verifiable;
+    v.in_buffer::<Self>(pos)
+  }
+}
+
+impl<'a> RangeSpec {
+  #[allow(clippy::too_many_arguments)]
+  pub fn new(
+    start: u64,
+    core: u16,
+  ) -> Self {
+    let mut s = Self([0; 16]);
+    s.set_start(start);
+    s.set_core(core);
+    s
+  }
+
+  pub fn start(&self) -> u64 {
+    let mut mem = core::mem::MaybeUninit::<<u64 as EndianScalar>::Scalar>::uninit();
+    // Safety:
+    // Created from a valid Table for this object
+    // Which contains a valid value in this slot
+    EndianScalar::from_little_endian(unsafe {
+      core::ptr::copy_nonoverlapping(
+        self.0[0..].as_ptr(),
+        mem.as_mut_ptr() as *mut u8,
+        core::mem::size_of::<<u64 as EndianScalar>::Scalar>(),
+      );
+      mem.assume_init()
+    })
+  }
+
+  pub fn set_start(&mut self, x: u64) {
+    let x_le = x.to_little_endian();
+    // Safety:
+    // Created from a valid Table for this object
+    // Which contains a valid value in this slot
+    unsafe {
+      core::ptr::copy_nonoverlapping(
+        &x_le as *const _ as *const u8,
+        self.0[0..].as_mut_ptr(),
+        core::mem::size_of::<<u64 as EndianScalar>::Scalar>(),
+      );
+    }
+  }
+
+  pub fn core(&self) -> u16 {
+    let mut mem = core::mem::MaybeUninit::<<u16 as EndianScalar>::Scalar>::uninit();
+    // Safety:
+    // Created from a valid Table for this object
+    // Which contains a valid value in this slot
+    EndianScalar::from_little_endian(unsafe {
+      core::ptr::copy_nonoverlapping(
+        self.0[8..].as_ptr(),
+        mem.as_mut_ptr() as *mut u8,
+        core::mem::size_of::<<u16 as EndianScalar>::Scalar>(),
+      );
+      mem.assume_init()
+    })
+  }
+
+  pub fn set_core(&mut self, x: u16) {
+    let x_le = x.to_little_endian();
+    // Safety:
+    // Created from a valid Table for this object
+    // Which contains a valid value in this slot
+    unsafe {
+      core::ptr::copy_nonoverlapping(
+        &x_le as *const _ as *const u8,
+        self.0[8..].as_mut_ptr(),
+        core::mem::size_of::<<u16 as EndianScalar>::Scalar>(),
+      );
+    }
+  }
+
+}
 
 // struct Ballot, aligned to 8
 #[repr(transparent)]
@@ -1748,6 +2064,7 @@ impl<'a> TableDescription<'a> {
   pub const VT_SIZE_BYTES: flatbuffers::VOffsetT = 18;
   pub const VT_READ_UNITS: flatbuffers::VOffsetT = 20;
   pub const VT_WRITE_UNITS: flatbuffers::VOffsetT = 22;
+  pub const VT_MAP: flatbuffers::VOffsetT = 24;
 
   #[inline]
   pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
@@ -1764,6 +2081,7 @@ impl<'a> TableDescription<'a> {
     builder.add_size_bytes(args.size_bytes);
     builder.add_item_count(args.item_count);
     builder.add_created_at_ms(args.created_at_ms);
+    if let Some(x) = args.map { builder.add_map(x); }
     builder.add_partitions(args.partitions);
     if let Some(x) = args.sort_key { builder.add_sort_key(x); }
     if let Some(x) = args.partition_key { builder.add_partition_key(x); }
@@ -1843,6 +2161,13 @@ impl<'a> TableDescription<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<u64>(TableDescription::VT_WRITE_UNITS, Some(0)).unwrap()}
   }
+  #[inline]
+  pub fn map(&self) -> Option<PartitionMap<'a>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<PartitionMap>>(TableDescription::VT_MAP, None)}
+  }
 }
 
 impl flatbuffers::Verifiable for TableDescription<'_> {
@@ -1862,6 +2187,7 @@ impl flatbuffers::Verifiable for TableDescription<'_> {
      .visit_field::<u64>("size_bytes", Self::VT_SIZE_BYTES, false)?
      .visit_field::<u64>("read_units", Self::VT_READ_UNITS, false)?
      .visit_field::<u64>("write_units", Self::VT_WRITE_UNITS, false)?
+     .visit_field::<flatbuffers::ForwardsUOffset<PartitionMap>>("map", Self::VT_MAP, false)?
      .finish();
     Ok(())
   }
@@ -1877,6 +2203,7 @@ pub struct TableDescriptionArgs<'a> {
     pub size_bytes: u64,
     pub read_units: u64,
     pub write_units: u64,
+    pub map: Option<flatbuffers::WIPOffset<PartitionMap<'a>>>,
 }
 impl<'a> Default for TableDescriptionArgs<'a> {
   #[inline]
@@ -1892,6 +2219,7 @@ impl<'a> Default for TableDescriptionArgs<'a> {
       size_bytes: 0,
       read_units: 0,
       write_units: 0,
+      map: None,
     }
   }
 }
@@ -1942,6 +2270,10 @@ impl<'a: 'b, 'b> TableDescriptionBuilder<'a, 'b> {
     self.fbb_.push_slot::<u64>(TableDescription::VT_WRITE_UNITS, write_units, 0);
   }
   #[inline]
+  pub fn add_map(&mut self, map: flatbuffers::WIPOffset<PartitionMap<'b >>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<PartitionMap>>(TableDescription::VT_MAP, map);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>) -> TableDescriptionBuilder<'a, 'b> {
     let start = _fbb.start_table();
     TableDescriptionBuilder {
@@ -1971,6 +2303,121 @@ impl core::fmt::Debug for TableDescription<'_> {
       ds.field("size_bytes", &self.size_bytes());
       ds.field("read_units", &self.read_units());
       ds.field("write_units", &self.write_units());
+      ds.field("map", &self.map());
+      ds.finish()
+  }
+}
+pub enum PartitionMapOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct PartitionMap<'a> {
+  pub _tab: flatbuffers::Table<'a>,
+}
+
+impl<'a> flatbuffers::Follow<'a> for PartitionMap<'a> {
+  type Inner = PartitionMap<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: flatbuffers::Table::new(buf, loc) }
+  }
+}
+
+impl<'a> PartitionMap<'a> {
+  pub const VT_EPOCH: flatbuffers::VOffsetT = 4;
+  pub const VT_RANGES: flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
+    PartitionMap { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr>(
+    _fbb: &'mut_bldr mut flatbuffers::FlatBufferBuilder<'bldr>,
+    args: &'args PartitionMapArgs<'args>
+  ) -> flatbuffers::WIPOffset<PartitionMap<'bldr>> {
+    let mut builder = PartitionMapBuilder::new(_fbb);
+    builder.add_epoch(args.epoch);
+    if let Some(x) = args.ranges { builder.add_ranges(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn epoch(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(PartitionMap::VT_EPOCH, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn ranges(&self) -> Option<flatbuffers::Vector<'a, PartitionRange>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'a, PartitionRange>>>(PartitionMap::VT_RANGES, None)}
+  }
+}
+
+impl flatbuffers::Verifiable for PartitionMap<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut flatbuffers::Verifier, pos: usize
+  ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+    use self::flatbuffers::Verifiable;
+    v.visit_table(pos)?
+     .visit_field::<u64>("epoch", Self::VT_EPOCH, false)?
+     .visit_field::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'_, PartitionRange>>>("ranges", Self::VT_RANGES, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct PartitionMapArgs<'a> {
+    pub epoch: u64,
+    pub ranges: Option<flatbuffers::WIPOffset<flatbuffers::Vector<'a, PartitionRange>>>,
+}
+impl<'a> Default for PartitionMapArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    PartitionMapArgs {
+      epoch: 0,
+      ranges: None,
+    }
+  }
+}
+
+pub struct PartitionMapBuilder<'a: 'b, 'b> {
+  fbb_: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+  start_: flatbuffers::WIPOffset<flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b> PartitionMapBuilder<'a, 'b> {
+  #[inline]
+  pub fn add_epoch(&mut self, epoch: u64) {
+    self.fbb_.push_slot::<u64>(PartitionMap::VT_EPOCH, epoch, 0);
+  }
+  #[inline]
+  pub fn add_ranges(&mut self, ranges: flatbuffers::WIPOffset<flatbuffers::Vector<'b , PartitionRange>>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(PartitionMap::VT_RANGES, ranges);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>) -> PartitionMapBuilder<'a, 'b> {
+    let start = _fbb.start_table();
+    PartitionMapBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> flatbuffers::WIPOffset<PartitionMap<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl core::fmt::Debug for PartitionMap<'_> {
+  fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+    let mut ds = f.debug_struct("PartitionMap");
+      ds.field("epoch", &self.epoch());
+      ds.field("ranges", &self.ranges());
       ds.finish()
   }
 }
@@ -2113,6 +2560,7 @@ impl<'a> CreateTableRequest<'a> {
   pub const VT_READ_UNITS: flatbuffers::VOffsetT = 12;
   pub const VT_WRITE_UNITS: flatbuffers::VOffsetT = 14;
   pub const VT_TAGS: flatbuffers::VOffsetT = 16;
+  pub const VT_RANGES: flatbuffers::VOffsetT = 18;
 
   #[inline]
   pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
@@ -2126,6 +2574,7 @@ impl<'a> CreateTableRequest<'a> {
     let mut builder = CreateTableRequestBuilder::new(_fbb);
     builder.add_write_units(args.write_units);
     builder.add_read_units(args.read_units);
+    if let Some(x) = args.ranges { builder.add_ranges(x); }
     if let Some(x) = args.tags { builder.add_tags(x); }
     builder.add_partitions(args.partitions);
     if let Some(x) = args.sort_key { builder.add_sort_key(x); }
@@ -2184,6 +2633,13 @@ impl<'a> CreateTableRequest<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<Tag>>>>(CreateTableRequest::VT_TAGS, None)}
   }
+  #[inline]
+  pub fn ranges(&self) -> Option<flatbuffers::Vector<'a, RangeSpec>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'a, RangeSpec>>>(CreateTableRequest::VT_RANGES, None)}
+  }
 }
 
 impl flatbuffers::Verifiable for CreateTableRequest<'_> {
@@ -2200,6 +2656,7 @@ impl flatbuffers::Verifiable for CreateTableRequest<'_> {
      .visit_field::<u64>("read_units", Self::VT_READ_UNITS, false)?
      .visit_field::<u64>("write_units", Self::VT_WRITE_UNITS, false)?
      .visit_field::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'_, flatbuffers::ForwardsUOffset<Tag>>>>("tags", Self::VT_TAGS, false)?
+     .visit_field::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'_, RangeSpec>>>("ranges", Self::VT_RANGES, false)?
      .finish();
     Ok(())
   }
@@ -2212,6 +2669,7 @@ pub struct CreateTableRequestArgs<'a> {
     pub read_units: u64,
     pub write_units: u64,
     pub tags: Option<flatbuffers::WIPOffset<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<Tag<'a>>>>>,
+    pub ranges: Option<flatbuffers::WIPOffset<flatbuffers::Vector<'a, RangeSpec>>>,
 }
 impl<'a> Default for CreateTableRequestArgs<'a> {
   #[inline]
@@ -2224,6 +2682,7 @@ impl<'a> Default for CreateTableRequestArgs<'a> {
       read_units: 0,
       write_units: 0,
       tags: None,
+      ranges: None,
     }
   }
 }
@@ -2262,6 +2721,10 @@ impl<'a: 'b, 'b> CreateTableRequestBuilder<'a, 'b> {
     self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(CreateTableRequest::VT_TAGS, tags);
   }
   #[inline]
+  pub fn add_ranges(&mut self, ranges: flatbuffers::WIPOffset<flatbuffers::Vector<'b , RangeSpec>>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(CreateTableRequest::VT_RANGES, ranges);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>) -> CreateTableRequestBuilder<'a, 'b> {
     let start = _fbb.start_table();
     CreateTableRequestBuilder {
@@ -2286,6 +2749,7 @@ impl core::fmt::Debug for CreateTableRequest<'_> {
       ds.field("read_units", &self.read_units());
       ds.field("write_units", &self.write_units());
       ds.field("tags", &self.tags());
+      ds.field("ranges", &self.ranges());
       ds.finish()
   }
 }
@@ -6523,6 +6987,7 @@ impl<'a> ErrorResponse<'a> {
   pub const VT_RETRYABLE: flatbuffers::VOffsetT = 8;
   pub const VT_ITEM: flatbuffers::VOffsetT = 10;
   pub const VT_LEADER: flatbuffers::VOffsetT = 12;
+  pub const VT_EPOCH: flatbuffers::VOffsetT = 14;
 
   #[inline]
   pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
@@ -6534,6 +6999,7 @@ impl<'a> ErrorResponse<'a> {
     args: &'args ErrorResponseArgs<'args>
   ) -> flatbuffers::WIPOffset<ErrorResponse<'bldr>> {
     let mut builder = ErrorResponseBuilder::new(_fbb);
+    builder.add_epoch(args.epoch);
     if let Some(x) = args.leader { builder.add_leader(x); }
     if let Some(x) = args.item { builder.add_item(x); }
     if let Some(x) = args.message { builder.add_message(x); }
@@ -6578,6 +7044,13 @@ impl<'a> ErrorResponse<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<&str>>(ErrorResponse::VT_LEADER, None)}
   }
+  #[inline]
+  pub fn epoch(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ErrorResponse::VT_EPOCH, Some(0)).unwrap()}
+  }
 }
 
 impl flatbuffers::Verifiable for ErrorResponse<'_> {
@@ -6592,6 +7065,7 @@ impl flatbuffers::Verifiable for ErrorResponse<'_> {
      .visit_field::<bool>("retryable", Self::VT_RETRYABLE, false)?
      .visit_field::<flatbuffers::ForwardsUOffset<Item>>("item", Self::VT_ITEM, false)?
      .visit_field::<flatbuffers::ForwardsUOffset<&str>>("leader", Self::VT_LEADER, false)?
+     .visit_field::<u64>("epoch", Self::VT_EPOCH, false)?
      .finish();
     Ok(())
   }
@@ -6602,6 +7076,7 @@ pub struct ErrorResponseArgs<'a> {
     pub retryable: bool,
     pub item: Option<flatbuffers::WIPOffset<Item<'a>>>,
     pub leader: Option<flatbuffers::WIPOffset<&'a str>>,
+    pub epoch: u64,
 }
 impl<'a> Default for ErrorResponseArgs<'a> {
   #[inline]
@@ -6612,6 +7087,7 @@ impl<'a> Default for ErrorResponseArgs<'a> {
       retryable: false,
       item: None,
       leader: None,
+      epoch: 0,
     }
   }
 }
@@ -6642,6 +7118,10 @@ impl<'a: 'b, 'b> ErrorResponseBuilder<'a, 'b> {
     self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(ErrorResponse::VT_LEADER, leader);
   }
   #[inline]
+  pub fn add_epoch(&mut self, epoch: u64) {
+    self.fbb_.push_slot::<u64>(ErrorResponse::VT_EPOCH, epoch, 0);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>) -> ErrorResponseBuilder<'a, 'b> {
     let start = _fbb.start_table();
     ErrorResponseBuilder {
@@ -6664,6 +7144,7 @@ impl core::fmt::Debug for ErrorResponse<'_> {
       ds.field("retryable", &self.retryable());
       ds.field("item", &self.item());
       ds.field("leader", &self.leader());
+      ds.field("epoch", &self.epoch());
       ds.finish()
   }
 }
