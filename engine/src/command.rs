@@ -3,6 +3,15 @@
 //! same records in the same order holds the same state. Conditional commands are not
 //! idempotent (an ADD applied twice counts twice), so each record is applied exactly once,
 //! recovery included (it replays only what the checkpoint does not cover).
+//!
+//! The edge and replay are one rule. Values from a client (JSON or flatbuffers) are held to
+//! the data model where they are decoded (no empty sets, nesting within `NESTING_MAX`; keys
+//! within the store's limit where every key is encoded, so a BatchWriteItem with one bad key
+//! is refused whole), and `Stamped::encode_payload` decodes what it wrote with the decoder
+//! recovery and followers run, refusing the write before it is logged or proposed if that
+//! decoder would not take it. `tests/dynamodb/crash_api.py` sends every kind of write with edge
+//! values until SIGKILL, then checks that what was acknowledged is there and what was refused
+//! is not (run by `tools/tests/http.rs` and `tools/tests/cluster.rs`).
 
 use bytes::Bytes;
 

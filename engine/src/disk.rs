@@ -11,6 +11,9 @@
 //! killed, its in-flight io_uring writes may still land after it has been reaped. Those
 //! requests hold the open file, and the lock is released only when the last reference to the
 //! file goes, so a successor's `open` waits until no write of its predecessor is in flight.
+//!
+//! Renames, unlinks and directory fsyncs made while a store serves run on the executor's
+//! helper thread (`off_reactor`), so the reactor keeps serving while ext4 commits its journal.
 
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};

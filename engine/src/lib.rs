@@ -6,6 +6,13 @@
 //! glommio, io_uring or libc: values, numbers, keys, the item codec, expressions, commands,
 //! capacity, the partition's pure state machine (not the state its store keeps beside it) and
 //! the pure Multi-Paxos core, which the protocol (`tessera-wire`) and its client build on.
+//!
+//! What a node reports on standard error, besides starting and stopping: each replica that
+//! starts or stops leading, each anomaly a replica refuses, each run of failed accepts on a
+//! listener (with the error), each WAL flush of 100 ms or more, and each core whose timer fires
+//! 100 ms or more late, so that a stall in a latency measurement names its cause: an election,
+//! the disk, or the CPU. Each line goes out in one write (`report!`), so the nodes of a local
+//! cluster, sharing one log, never splice each other's lines.
 
 #[cfg(feature = "storage")]
 mod btree;

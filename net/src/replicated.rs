@@ -14,6 +14,19 @@
 //! replica that restarts finds the entries it needs at the leader, unless one lags by more
 //! than `Cluster::log_retain` entries (it is down, or lost its data): the leader then compacts
 //! through its own checkpoint, and that replica gets a snapshot (`snapshot.rs`).
+//!
+//! Leaders spread over the nodes: partition `i` of a table prefers the group's full member `i`
+//! modulo their count (or the leader its partition map names), and that replica campaigns at
+//! once when it knows no leader (`prefer_leader`, `Replica::hasten_election`); after a failover
+//! leaders stay where they are. A leader admits work only while its core's applier keeps up:
+//! once the oldest chosen entry waiting for the tree has waited longer than `apply_delay_max`
+//! (`--apply-delay-ms`, default 100), new writes and reads get ThrottlingException (retryable)
+//! before they enter the log (`admit`, `Store::apply_delay`), so the apply queue stays bounded
+//! when the tree's working set outgrows its cache. A strongly consistent read is served only
+//! where `check_read` finds the replica itself may serve it (`Replica::can_read`).
+//!
+//! Each replica that starts or stops leading is reported on standard error (with its ballot),
+//! and so is each anomaly it refuses (`Action::Report`).
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, VecDeque};

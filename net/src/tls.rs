@@ -2,6 +2,10 @@
 //! rustls with the provider of `tessera_wire::client::tls` (where `ClientTls`, whom a client
 //! trusts, and the blocking client's TLS live), over glommio's futures-io streams through
 //! futures-rustls. PEM files are read by rustls-pki-types.
+//!
+//! Peer links stay plain: each proves the cluster's secret (`crate::auth`), but their bytes
+//! are readable on the path. Requests a node forwards to another go over TLS when the nodes'
+//! client ports speak it (`Access::forwarding_tls`).
 
 use std::net::SocketAddr;
 use std::path::Path;

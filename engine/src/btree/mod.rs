@@ -14,6 +14,10 @@
 //! `pending_free` (referenced by the durable checkpoint) -> the sealed plan -> `free` once the
 //! checkpoint that stops referencing them is durable.
 //!
+//! A page changed after a checkpoint takes a new id (`writable`): a clean page's buffer moves to
+//! it (its contents are on disk under the old id), a page of a checkpoint being written is
+//! copied, and a value overwritten by one of the same size is rewritten in its cell.
+//!
 //! Invariants: dirty and sealed frames are never evicted (their only copy is in memory);
 //! a dirty frame is never shared with a checkpoint writer, so it is mutated in place; the
 //! root is always a leaf or a branch page; page ids 0 and 1 are the meta slots, never tree

@@ -44,7 +44,10 @@
 //! single-server changes): consecutive configurations differ by one member, so any quorum of
 //! one meets any quorum of the next, and a leader proposes a change only once the previous one
 //! and an entry of its own ballot are committed. A leader that removed itself steps down once
-//! the change is committed. Log replicas (`MemberKind::Log`) vote and accept but never lead.
+//! the change is committed. Log replicas (`MemberKind::Log`) vote and accept but never lead,
+//! and one that needs entries the leader compacted gets a log start (`Action::StartLog`)
+//! rather than a snapshot. A replica that knows no configuration (created for a group its
+//! node does not know yet) accepts but never campaigns until it is given one (`join_group`).
 //!
 //! Invariants (checked by the simulator): one value chosen per slot; entries applied in slot
 //! order, the same on every replica; an acceptor acknowledges only durable entries; at most

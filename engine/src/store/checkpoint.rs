@@ -1,6 +1,15 @@
 //! Checkpoints: when one starts, what it covers of the WAL, and the writer: sealed pages, flushes,
 //! the meta page (the commit steps in the module documentation of `store.rs` and FORMAT.md); each
 //! partition's metadata saved just before the seal.
+//!
+//! A checkpoint starts when the dirty pages pass a threshold drawn afresh each time between 3/4
+//! and all of the configured one (replicas under the same load then do not checkpoint in
+//! lockstep on a shared disk), when the WAL grows long and a checkpoint would recycle some of
+//! it, or when asked (`checkpoint_wanted`). The writer collects the sealed pages a chunk
+//! (`CHECKPOINT_CHUNK_PAGES`) at a time, keeps up to `CHECKPOINT_WRITES_IN_FLIGHT` writes on the
+//! device, and flushes it every `disk::UNFLUSHED_BYTES_MAX` (512 KiB): unflushed data is a debt
+//! the next WAL write's flush would pay. Free pages are allocated lowest first, so a
+//! checkpoint's pages coalesce into longer writes.
 
 use super::*;
 

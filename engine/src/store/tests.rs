@@ -1,3 +1,8 @@
+//! The store against a model (random puts, deletes, batches and scans through checkpoints and
+//! reopens), and its answers to what goes wrong: damaged files, undecodable records, bad
+//! writes, a damaged WAL tail, a lost checkpoint; replicated mode's promises, snapshots,
+//! configurations and change log; scrub and repair of a damaged leaf.
+
 use std::collections::BTreeMap;
 use std::ops::Bound;
 

@@ -1,8 +1,10 @@
 //! The per-core write-ahead log: one per core, shared by every partition replica the core
 //! owns, with group commit. `append` queues a record and returns its LSN at once; the flusher
-//! task writes everything queued as one block-aligned DMA write followed by one fdatasync, so
-//! every record that arrives while a flush is in flight joins the next one. `durable(lsn)`
-//! resolves only after the record's fdatasync returned.
+//! task writes everything queued as one block-aligned DMA write to a segment opened O_DSYNC
+//! (the write completes only once durable: one I/O, no separate fdatasync), so every record
+//! that arrives while a flush is in flight joins the next one. `durable(lsn)` resolves only
+//! after the write carrying the record completed. A flush that takes `SLOW_FLUSH_REPORTED`
+//! (100 ms) or more is reported on standard error.
 //!
 //! Segments are fixed-size files, zero-filled when created and reused after a checkpoint
 //! covers them, so an fdatasync never has to journal a file-size change.

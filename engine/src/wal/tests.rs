@@ -1,3 +1,6 @@
+//! The WAL's group commit, segment rollover and recycling, damage inside acknowledged records,
+//! torn tails, and a full disk that blocks appends until space returns.
+
 use std::rc::Rc;
 
 use super::*;

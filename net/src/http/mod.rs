@@ -3,6 +3,20 @@
 //! and a JSON body, checked by SigV4 (`sigv4.rs`), served by the same `Shard::execute` as the
 //! binary protocol (`api.rs` maps the encodings), answered with `x-amzn-RequestId`,
 //! `x-amz-crc32` and `Date` as DynamoDB answers.
+//!
+//! Limits, as DynamoDB's: a request head up to 16 KB (`HEAD_MAX`, 400 beyond), a body up to
+//! 16 MB (`BODY_MAX`), also once decompressed (Content-Encoding gzip or identity, any other
+//! refused). A body is framed by exactly one plain decimal Content-Length or by
+//! `Transfer-Encoding: chunked` alone (chunk lines held to RFC 9112's grammar, extensions and
+//! trailers read and ignored; other codings 501): a request a proxy could frame otherwise, or
+//! malformed chunking, is refused with 400 and its connection closed. A head must arrive within
+//! `HEAD_WAIT_MAX` and a body may stall `BODY_STALL_MAX` (10 s each, then 408); an idle
+//! connection closes after `IDLE_MAX` (60 s). A connection's pipelined requests are served side
+//! by side (up to `IN_FLIGHT_MAX`) and answered in request order.
+//!
+//! In a cluster, a request answered `NotLeader` is passed to the leader by the node itself
+//! (`Shard::forward_with`), since a DynamoDB client cannot follow a hint; while no leader is
+//! known (an election) it asks again for up to `ELECTION_WAIT_MAX` (5 s) before answering 503.
 
 pub(crate) mod api;
 pub mod sigv4;

@@ -2,6 +2,9 @@
 //! credential, signed headers and signature, recomputed from the request's method, path,
 //! query, headers and body with the secret key Tessera holds for the access key.
 //!
+//! `Host` and `X-Amz-Target` must be among the signed headers, so a captured signature cannot
+//! be replayed as another operation. With `Auth::None` only the header's form is checked.
+//!
 //! Pure: the caller gives the request's parts and the time.
 
 use std::collections::HashMap;

@@ -1,6 +1,23 @@
 //! Tables: the catalog's changes on core 0 (CreateTable, TagResource, UntagResource,
 //! DeleteTable), its copies on every core and its reloads in a cluster, and the requests that
 //! read it (DescribeTable, ListTables).
+//!
+//! In a cluster the catalog is a replicated partition of its own, and core 0 reloads it
+//! whenever that partition applies an entry. A new table's groups start as the catalog's group
+//! is when it is created (recorded in its entry), so a table made after a node was replaced
+//! lives on the replacing nodes. CreateTable answers CREATING once the table is chosen; each
+//! node's DescribeTable says ACTIVE once that node has applied it, and until then its item
+//! requests get ResourceNotFoundException, as during DynamoDB's CREATING. A member's catalog is
+//! current only once its partition has caught up with its group after a start
+//! (`Shard::await_current_catalog`); before that a table it does not know gets
+//! ServiceUnavailable (retryable), not ResourceNotFoundException.
+//!
+//! DeleteTable: every node, as it applies the deletion, stops its replicas of the table's
+//! partitions and drops their data and their hold on the WAL (`ReplicatedLog::retire`); a
+//! catalog takes a partition for deleted only if its table id was handed out and no table has
+//! it (`Catalog::deleted`), so a node whose catalog lags never drops a new table's partition.
+//! The data is removed in the background; table ids are never reused, so nothing sees it
+//! meanwhile, and a removal a stop interrupted is finished at the next start.
 
 use std::collections::BTreeMap;
 use std::ops::Bound;

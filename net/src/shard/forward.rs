@@ -1,5 +1,8 @@
 //! Forwarding to other cluster members: the parts of a request that another node's replica
-//! leads are sent to it, over one connection per node, marked forwarded.
+//! leads are sent to it, over one connection per node, marked forwarded: a forwarded request
+//! is never forwarded again, so a stale leader hint cannot bounce a request between nodes (its
+//! node answers NotLeader instead). A Scan's part is the segment that partition is, a batch's
+//! the writes or keys that node leads.
 
 use std::net::SocketAddr;
 use std::rc::Rc;
