@@ -54,21 +54,30 @@ impl Access {
     pub fn admit(&self, request: &Request, privilege: Option<Privilege>) -> Result<(), WireError> {
         let administration = match request {
             Request::ChangeMembers { .. } | Request::RetireReplica { .. } | Request::DescribeReplicas => {
-                Some(request.operation().to_string())
+                Some(format!("{} is an administration request", request.operation()))
             }
             Request::CreateTable { ranges, .. } if !ranges.is_empty() => {
-                Some("CreateTable with a chosen partition map".to_string())
+                Some("CreateTable with a chosen partition map is an administration request".to_string())
             }
             _ => None,
         };
+        self.admit_as(administration, privilege)
+    }
+
+    /// Whether a connection that proved `privilege` may send the internal RPC (`PartitionOp`:
+    /// another cluster member's work on a partition this node leads).
+    pub fn admit_internal(&self, privilege: Option<Privilege>) -> Result<(), WireError> {
+        self.admit_as(Some("PartitionOp is a request between cluster members".to_string()), privilege)
+    }
+
+    /// `privileged`: what the request is when it needs the cluster's secret.
+    fn admit_as(&self, privileged: Option<String>, privilege: Option<Privilege>) -> Result<(), WireError> {
         if let Some(what) =
-            administration.filter(|_| self.cluster_secret.is_some() && privilege != Some(Privilege::Cluster))
+            privileged.filter(|_| self.cluster_secret.is_some() && privilege != Some(Privilege::Cluster))
         {
             return Err(WireError::new(
                 ErrorCode::AccessDeniedException,
-                format!(
-                    "{what} is an administration request: it needs a connection authenticated with the cluster's secret (--cluster-secret)"
-                ),
+                format!("{what}: it needs a connection authenticated with the cluster's secret (--cluster-secret)"),
             ));
         }
         if self.required() && privilege.is_none() {

@@ -17,7 +17,9 @@ use crate::local::{Inbox, Outbox, Pending, Producer};
 use crate::socket::ByteStream;
 use tessera_engine::Item;
 use tessera_wire::client::{call, Answer, Call, ClientConfig, ClientError, Credentials, Retries};
-use tessera_wire::{ErrorCode, Request, RequestFlags, Response, TableDescription, WireError};
+use tessera_wire::{
+    ErrorCode, MessageType, PartitionAnswer, PartitionOp, Request, RequestFlags, Response, TableDescription, WireError,
+};
 
 /// How a node with `access` connects to another to forward a request: proving the cluster's
 /// secret, over TLS if it serves TLS.
@@ -39,7 +41,7 @@ impl Forwarding for ClientConfig {
 /// be in flight on it at once; each waits for the answer carrying its request id.
 pub struct AsyncClient {
     outbox: Rc<Outbox>,
-    pending: Rc<Pending<Answer>>,
+    pending: Rc<Pending<Received>>,
     /// Keeps the writer task going while the client lives.
     _producer: Producer,
     config: ClientConfig,
@@ -74,7 +76,7 @@ impl AsyncClient {
         let (mut reader, mut writer) = futures_lite::io::split(stream);
         let outbox = Rc::new(Outbox::default());
         let producer = Producer::new(&outbox);
-        let pending: Rc<Pending<Answer>> = Rc::default();
+        let pending: Rc<Pending<Received>> = Rc::default();
         let writing = outbox.clone();
         glommio::spawn_local(async move {
             let mut spare = Vec::new();
@@ -93,7 +95,7 @@ impl AsyncClient {
             let failure = loop {
                 match inbox.next_frame() {
                     Err(lost) => break lost.to_string(),
-                    Ok(Some(frame)) => answers.complete(frame.header.request_id, call::answer_of(&frame)),
+                    Ok(Some(frame)) => answers.complete(frame.header.request_id, received(&frame)),
                     Ok(None) => match inbox.fill(&mut reader).await {
                         Ok(0) => break "the server closed the connection".to_string(),
                         Ok(_) => {}
@@ -101,7 +103,7 @@ impl AsyncClient {
                     },
                 }
             };
-            answers.fail_all(|| Err(ClientError::Protocol(failure.clone())));
+            answers.fail_all(|| Received::Answer(Err(ClientError::Protocol(failure.clone()))));
         })
         .detach();
         AsyncClient { outbox, pending, _producer: producer, config }
@@ -115,11 +117,43 @@ impl AsyncClient {
     /// Sends `request` once with `flags` (a node forwarding a request marks it so); the answer
     /// and the capacity it reports (when the flags asked for it).
     pub async fn call_once_with(&self, request: &Request, flags: RequestFlags) -> Answer {
+        let sent = self.send(|id, out| {
+            request.encode_with_flags(id, flags, out);
+            Ok(())
+        });
+        match sent.await? {
+            Received::Answer(answer) => answer,
+            Received::Partition(_) => {
+                Err(ClientError::Protocol(format!("{} was answered as a PartitionOp", request.operation())))
+            }
+        }
+    }
+
+    /// Sends the internal RPC's `op` (a cluster member, to the node that leads its partition).
+    pub(crate) async fn partition_op(&self, op: &PartitionOp) -> Result<PartitionAnswer, ClientError> {
+        match self.send(|id, out| op.encode(id, out)).await? {
+            Received::Partition(answer) => answer,
+            Received::Answer(Ok((Response::Error(error), _))) => Ok(PartitionAnswer::Error(error)),
+            Received::Answer(answer) => answer.and_then(|(response, _)| {
+                Err(ClientError::Protocol(format!("a PartitionOp was answered with {response:?}")))
+            }),
+        }
+    }
+
+    /// Sends the frame `encode` appends (for the request id it is given) and waits for its
+    /// answer, or the timeout.
+    async fn send(
+        &self,
+        encode: impl FnOnce(u64, &mut Vec<u8>) -> Result<(), WireError>,
+    ) -> Result<Received, ClientError> {
         let (id, reply) = self.pending.open();
-        request.encode_with_flags(id, flags, &mut self.outbox.bytes.borrow_mut());
+        if let Err(error) = encode(id, &mut self.outbox.bytes.borrow_mut()) {
+            self.pending.abandon(id);
+            return Err(ClientError::Service(error));
+        }
         self.outbox.wake();
         match glommio::timer::timeout(self.config.timeout, async { Ok(reply.await) }).await {
-            Ok(answer) => answer,
+            Ok(received) => Ok(received),
             Err(_) => {
                 self.pending.abandon(id);
                 Err(ClientError::Io(std::io::ErrorKind::TimedOut.into()))
@@ -150,6 +184,23 @@ impl AsyncClient {
     }
 
     tessera_wire::typed_calls!(async);
+}
+
+/// An answer as the reader takes it off the connection: a public request's, or the internal
+/// RPC's (which only a node forwarding work to another sends for).
+enum Received {
+    Answer(Answer),
+    Partition(Result<PartitionAnswer, ClientError>),
+}
+
+fn received(frame: &tessera_wire::frame::Frame) -> Received {
+    if frame.header.message_type != MessageType::PartitionAnswer as u16 {
+        return Received::Answer(call::answer_of(frame));
+    }
+    Received::Partition(match frame.checksum_ok {
+        false => Err(ClientError::Protocol("an answer failed its checksum".into())),
+        true => PartitionAnswer::decode(frame.payload).map_err(|error| ClientError::Protocol(error.to_string())),
+    })
 }
 
 /// Pipelined connections to one server, grouped by the core serving each. A call on one item

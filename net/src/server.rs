@@ -36,7 +36,7 @@ use glommio::net::{TcpListener, TcpStream};
 use glommio::{LocalExecutorBuilder, Placement};
 use tessera_engine::{LocalLog, Store, StoreConfig};
 use tessera_wire::client::ClientTls;
-use tessera_wire::{ErrorCode, Request, RequestFlags, Response, WireError};
+use tessera_wire::{ErrorCode, MessageType, PartitionAnswer, PartitionOp, Request, RequestFlags, Response, WireError};
 
 use crate::auth::Access;
 use crate::budget::{self, RequestMemory, REQUEST_MEMORY_MIN};
@@ -527,6 +527,25 @@ async fn connection<S: ByteStream>(shard: Rc<Shard>, memory: Rc<RequestMemory>, 
                 Ok(Some(frame)) => {
                     let reserved = reserved.take();
                     let id = frame.header.request_id;
+                    if frame.checksum_ok && frame.header.message_type == MessageType::PartitionOp as u16 {
+                        // Another cluster member's work on a partition this node leads.
+                        let op =
+                            shard.access().admit_internal(privilege).and_then(|()| PartitionOp::decode(frame.payload));
+                        match op {
+                            Err(error) => answers.send(|out| PartitionAnswer::Error(error).encode(id, out)),
+                            Ok(op) => {
+                                let Ok(permit) = in_flight.acquire_static_permit(1).await else { break 'reading };
+                                let (shard, producer) = (shard.clone(), Producer::new(&answers.0));
+                                glommio::spawn_local(async move {
+                                    let answer = shard.serve_partition_op(op).await;
+                                    producer.send(|out| answer.encode(id, out));
+                                    drop((permit, reserved));
+                                })
+                                .detach();
+                            }
+                        }
+                        continue;
+                    }
                     let request = if !frame.checksum_ok {
                         Err(WireError::new(ErrorCode::ChecksumMismatch, "the frame's CRC32C does not match its bytes"))
                     } else {

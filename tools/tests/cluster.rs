@@ -17,7 +17,7 @@ use tessera_engine::paxos::{Ballot, Envelope, Member, Message, Value};
 use tessera_engine::{Item, KeySchema, KeyType};
 use tessera_wire::client::{Client, ClientConfig, ClientError, Credentials, ItemBuilder};
 use tessera_wire::replication::{encode_batch, PeerMessage};
-use tessera_wire::{ErrorCode, ReadExpressions, Request, Response};
+use tessera_wire::{ErrorCode, MessageType, PartitionOp, ReadExpressions, Request, Response};
 
 use common::{crash_api, exchange, free_addresses, post};
 
@@ -288,7 +288,7 @@ fn a_cluster_survives_sigkill_and_sigstop_of_its_nodes() {
 #[test]
 fn multi_partition_requests_work_at_every_node() {
     use tessera_engine::Item;
-    use tessera_wire::{Scan, TableKeys, Write};
+    use tessera_wire::{TableKeys, Write};
     let cluster = Cluster::start("spanning");
     let created = cluster.client(1).create_table(TABLE, KeySchema::hash_only("id", KeyType::S), 8).unwrap();
     // Chosen, and on its way to every node: CREATING until each node's DescribeTable says ACTIVE.
@@ -341,31 +341,16 @@ fn multi_partition_requests_work_at_every_node() {
             request.encode_with_flags(1, flags, &mut bytes);
             let mut stream = std::net::TcpStream::connect(cluster.clients[&via]).unwrap();
             std::io::Write::write_all(&mut stream, &bytes).unwrap();
-            let mut answer = vec![0u8; 4];
-            std::io::Read::read_exact(&mut stream, &mut answer).unwrap();
-            let length = u32::from_le_bytes(answer[..4].try_into().unwrap()) as usize;
-            answer.resize(4 + length, 0);
-            std::io::Read::read_exact(&mut stream, &mut answer[4..]).unwrap();
-            let Ok(tessera_wire::frame::Decoded::Frame(frame, _)) = tessera_wire::frame::decode(&answer) else {
-                panic!("an answer frame")
-            };
+            let (header, payload) = common::read_frame(&mut stream).expect("an answer frame");
             matches!(
-                Response::decode(frame.header.message_type, frame.payload).unwrap(),
+                Response::decode(header.message_type, &payload).unwrap(),
                 Response::Error(error) if error.code == tessera_wire::ErrorCode::NotLeader
             )
         })
         .count();
     assert!(refusals > 0, "every node answered a forwarded request for partitions it may not lead");
     for via in 1..=3u32 {
-        let scan = Scan {
-            table: TABLE.into(),
-            segment: 0,
-            total_segments: 1,
-            limit: 7,
-            exclusive_start_key: None,
-            consistent_read: true,
-            read: ReadExpressions::default(),
-        };
+        let scan = strong_scan(7, None);
         let items = cluster.client(via).scan_all(scan).unwrap();
         assert_eq!(items.len(), 24 + 75, "a strongly consistent Scan, in pages of 7, at node {via}");
     }
@@ -379,15 +364,7 @@ fn multi_partition_requests_work_at_every_node() {
     for via in 1..=3u32 {
         let (mut client, mut start, mut seen) = (cluster.client(via), None, 0);
         loop {
-            let scan = Scan {
-                table: TABLE.into(),
-                segment: 0,
-                total_segments: 1,
-                limit: 0,
-                exclusive_start_key: start,
-                consistent_read: true,
-                read: ReadExpressions::default(),
-            };
+            let scan = strong_scan(0, start);
             let Response::Items { items, last_evaluated_key, .. } = client.call(&Request::Scan(scan)).unwrap() else {
                 panic!("a page of items")
             };
@@ -403,7 +380,78 @@ fn multi_partition_requests_work_at_every_node() {
     }
 }
 
-/// A cluster file that is wrong stops `serve` with a message naming the line and the fault.
+/// On a table whose partition map no formula makes (uneven ranges, through the administration
+/// call), BatchWriteItem, BatchGetItem and Scan at every node reach the partitions other nodes
+/// lead by the internal RPC: every write lands once and every item is read once, strongly.
+#[test]
+fn spanning_requests_follow_an_uneven_map_across_leaders() {
+    use tessera_wire::{RangeSpec, TableKeys, Write};
+    let cluster = Cluster::start("uneven");
+    let starts = [0u64, 7 << 60, 9 << 60, 0xC << 60, 0xF << 60];
+    let ranges = starts.iter().map(|&start| RangeSpec { start, core: 0 }).collect();
+    let created = cluster.admin(1).create_table_placed(TABLE, KeySchema::hash_only("id", KeyType::S), ranges).unwrap();
+    let map = created.map.expect("a table's description carries its map");
+    assert_eq!(map.ranges.iter().map(|range| range.start).collect::<Vec<_>>(), starts);
+    cluster.spread_leaders();
+    wait_until("the partitions led by more than one node", Duration::from_secs(20), || {
+        let Ok(Response::Replicas { replicas, .. }) = cluster.admin(1).call(&Request::DescribeReplicas) else {
+            return false;
+        };
+        let leaders: std::collections::BTreeSet<_> = replicas
+            .iter()
+            .filter(|replica| map.ranges.iter().any(|range| range.partition == replica.partition))
+            .filter_map(|replica| replica.leader)
+            .collect();
+        leaders.len() > 1
+    });
+    let mut written: Vec<u64> = (0..24).collect();
+    for via in 1..=3u32 {
+        let mut client = cluster.client(via);
+        let base = 100 * u64::from(via);
+        let writes = (base..base + 25).map(|n| Write::Put { table: TABLE.into(), item: item(n) }).collect();
+        match client.call(&Request::BatchWriteItem(writes)).unwrap() {
+            Response::BatchWriteItem { unprocessed } => assert!(unprocessed.is_empty(), "{unprocessed:?}"),
+            other => panic!("{other:?}"),
+        }
+        written.extend(base..base + 25);
+        let keys = written.iter().map(|&n| key(n)).take(100).collect();
+        let tables =
+            vec![TableKeys { table: TABLE.into(), keys, consistent_read: true, read: ReadExpressions::default() }];
+        match client.call(&Request::BatchGetItem(tables)).unwrap() {
+            Response::BatchGetItem { responses, unprocessed } => {
+                assert!(unprocessed.is_empty());
+                let mut got: Vec<Item> = responses[0].1.clone();
+                got.sort_by_key(|item| format!("{item:?}"));
+                let mut wanted: Vec<Item> = written.iter().map(|&n| item(n)).collect();
+                wanted.sort_by_key(|item| format!("{item:?}"));
+                assert_eq!(got, wanted, "BatchGetItem at node {via}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    for via in 1..=3u32 {
+        let scan = strong_scan(7, None);
+        let mut items = cluster.client(via).scan_all(scan).unwrap();
+        items.sort_by_key(|item| format!("{item:?}"));
+        let mut wanted: Vec<Item> = written.iter().map(|&n| item(n)).collect();
+        wanted.sort_by_key(|item| format!("{item:?}"));
+        assert_eq!(items, wanted, "a strongly consistent Scan, in pages of 7, at node {via}");
+    }
+}
+
+/// A strongly consistent Scan of the whole table, in pages of `limit` items (0: by size).
+fn strong_scan(limit: u32, exclusive_start_key: Option<Item>) -> tessera_wire::Scan {
+    tessera_wire::Scan {
+        table: TABLE.into(),
+        segment: 0,
+        total_segments: 1,
+        limit,
+        exclusive_start_key,
+        consistent_read: true,
+        read: ReadExpressions::default(),
+    }
+}
+
 /// A DynamoDB request over HTTP at node `id`: the answer's status and JSON body.
 fn dynamodb(cluster: &Cluster, id: u32, operation: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
     let mut stream = std::net::TcpStream::connect(cluster.https[&id]).unwrap();
@@ -506,6 +554,7 @@ fn writes_past_what_the_replicas_apply_are_throttled_and_never_half_done() {
     }
 }
 
+/// A cluster file that is wrong stops `serve` with a message naming the line and the fault.
 #[test]
 fn bad_cluster_files_are_refused_by_name() {
     let root = std::env::temp_dir().join(format!("tessera-cluster-file-{}", std::process::id()));
@@ -1053,7 +1102,7 @@ fn processes_without_the_cluster_secret_change_nothing() {
     tessera_engine::encode_item(&forged, tessera_engine::ItemMeta::default(), &mut value);
     let encoded = KeySchema::hash_only("id", KeyType::S).encode_key(&forged).unwrap().bytes;
     let mut command = Vec::new();
-    let put = tessera_engine::Command::Put { key: encoded, value: value.into() };
+    let put = tessera_engine::Command::Put { key: encoded, value: value.clone().into() };
     tessera_engine::Stamped::now(put).encode_payload(&mut command).unwrap();
     for (&id, peer) in &cluster.peers {
         let mut stream = std::net::TcpStream::connect(peer).unwrap();
@@ -1071,6 +1120,19 @@ fn processes_without_the_cluster_secret_change_nothing() {
         // Closed by the node, unheard.
         stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         assert_eq!(stream.read(&mut [0u8; 16]).unwrap_or(0), 0, "node {id} kept the connection");
+    }
+    // The internal RPC without the secret: the same write, refused by every node.
+    for (id, address) in &cluster.clients {
+        let mut stream = std::net::TcpStream::connect(address).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut bytes = Vec::new();
+        let key = KeySchema::hash_only("id", KeyType::S).encode_key(&forged).unwrap().bytes;
+        let op = PartitionOp::Put { partition, key, value: value.clone(), return_old: false };
+        op.encode(1, &mut bytes).unwrap();
+        stream.write_all(&bytes).unwrap();
+        let (header, payload) = common::read_frame(&mut stream).expect("an answer");
+        assert_eq!(header.message_type, MessageType::PartitionAnswer as u16);
+        assert_eq!(common::partition_error(&payload), ErrorCode::AccessDeniedException, "node {id}");
     }
     // Administration without the secret.
     let members = vec![Member::full(1), Member::full(2)];

@@ -12,7 +12,8 @@ use tessera_engine::{AttributeValue, Item, KeySchema, KeyType, Number};
 use tessera_wire::client::{Client, ClientConfig, ClientError, Credentials, ItemBuilder};
 use tessera_wire::frame::{self, Decoded};
 use tessera_wire::{
-    ErrorCode, Expressions, MessageType, Query, Request, Response, ReturnValues, Scan, SortCondition, TableKeys, Write,
+    ErrorCode, Expressions, MessageType, PartitionOp, Query, Request, Response, ReturnValues, Scan, SortCondition,
+    TableKeys, Write,
 };
 
 mod common;
@@ -535,6 +536,32 @@ fn garbage_gets_typed_errors_and_the_server_keeps_serving() {
     assert_eq!(error_code(&by_id[&3]), ErrorCode::ChecksumMismatch);
     assert_eq!(error_code(&by_id[&4]), ErrorCode::UnknownMessageType);
     assert!(matches!(by_id[&5], Response::Table(_)));
+
+    // The internal RPC is for cluster members: a single node refuses it, garbage in one gets
+    // a typed answer, and the connection lives on.
+    let mut bytes = Vec::new();
+    let get = PartitionOp::Get { partition: 1 << 20, key: b"k".to_vec(), consistent: true };
+    get.encode(6, &mut bytes).unwrap();
+    frame::encode(7, MessageType::PartitionOp, 0, b"not a flatbuffer", &mut bytes);
+    frame::encode(8, MessageType::PartitionAnswer, 0, b"", &mut bytes);
+    stream.write_all(&bytes).unwrap();
+    let mut internal = BTreeMap::new();
+    while internal.len() < 3 {
+        let (header, payload) = common::read_frame(&mut stream).expect("an answer");
+        let code = if header.message_type == MessageType::PartitionAnswer as u16 {
+            common::partition_error(&payload)
+        } else {
+            error_code(&Response::decode(header.message_type, &payload).unwrap())
+        };
+        internal.insert(header.request_id, code);
+    }
+    assert_eq!(internal[&6], ErrorCode::AccessDeniedException);
+    assert_eq!(internal[&7], ErrorCode::MalformedMessage);
+    assert_eq!(internal[&8], ErrorCode::UnknownMessageType);
+    let mut describe = Vec::new();
+    Request::DescribeTable { table: "pairs".into(), counts: true }.encode(9, &mut describe);
+    stream.write_all(&describe).unwrap();
+    assert!(matches!(read_answers(&mut stream, 1).0[0].1, Response::Table(_)));
 
     // An impossible length: one answer, then the server closes the connection.
     let mut stream = TcpStream::connect(node.address).unwrap();

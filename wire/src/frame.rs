@@ -50,6 +50,9 @@ pub enum MessageType {
     ListTagsOfResource = 20,
     /// A batch of Multi-Paxos messages on a peer link (node to node; `replication.rs`).
     Replication = 0x4000,
+    /// The internal RPC: work on one partition, from a cluster member to the node that leads
+    /// it (`partition_op.rs`), answered with `PartitionAnswer`.
+    PartitionOp = 0x4001,
     /// CreateTable, DeleteTable and DescribeTable answers.
     TableResponse = 0x8001,
     ListTablesResponse = 0x8002,
@@ -65,11 +68,12 @@ pub enum MessageType {
     AdminResponse = 0x8009,
     /// TagResource, UntagResource and ListTagsOfResource answers.
     TagsResponse = 0x800A,
+    PartitionAnswer = 0xC001,
     Error = 0xFFFF,
 }
 
 impl MessageType {
-    const ALL: [MessageType; 32] = [
+    const ALL: [MessageType; 34] = [
         MessageType::CreateTable,
         MessageType::DeleteTable,
         MessageType::DescribeTable,
@@ -91,6 +95,7 @@ impl MessageType {
         MessageType::UntagResource,
         MessageType::ListTagsOfResource,
         MessageType::Replication,
+        MessageType::PartitionOp,
         MessageType::TableResponse,
         MessageType::ListTablesResponse,
         MessageType::ItemResponse,
@@ -101,6 +106,7 @@ impl MessageType {
         MessageType::ReplicasResponse,
         MessageType::AdminResponse,
         MessageType::TagsResponse,
+        MessageType::PartitionAnswer,
         MessageType::Error,
     ];
 

@@ -12,6 +12,7 @@ pub mod client;
 mod error;
 pub mod frame;
 mod message;
+mod partition_op;
 pub mod replication;
 
 #[allow(clippy::all, dead_code, unused_imports, non_camel_case_types, non_snake_case, non_upper_case_globals)]
@@ -27,3 +28,4 @@ pub use message::{
     Request, RequestFlags, Response, ReturnConsumedCapacity, ReturnValues, Scan, Select, SortCondition,
     TableDescription, TableKeys, TableStatus, Tags, Throughput, UpdateItem, Write, MAP_IN_DESCRIPTION_MAX,
 };
+pub use partition_op::{PartitionAnswer, PartitionOp};

@@ -857,6 +857,33 @@ fn read_consumed_capacity(
     })
 }
 
+/// An error answer's table (an error answer, or the error of an internal RPC's answer).
+pub(crate) fn write_error<'a>(fbb: &mut FlatBufferBuilder<'a>, error: &WireError) -> WIPOffset<fb::ErrorResponse<'a>> {
+    let message = Some(fbb.create_string(&error.message));
+    let item = error.item.as_ref().map(|item| write_item(fbb, item));
+    let leader = error.leader.as_deref().map(|leader| fbb.create_string(leader));
+    let args = fb::ErrorResponseArgs {
+        code: error.code.to_fb(),
+        message,
+        retryable: error.retryable,
+        item,
+        leader,
+        epoch: error.epoch.unwrap_or(0),
+    };
+    fb::ErrorResponse::create(fbb, &args)
+}
+
+pub(crate) fn read_error(answer: fb::ErrorResponse<'_>) -> Result<WireError, WireError> {
+    Ok(WireError {
+        code: ErrorCode::from_fb(answer.code()),
+        message: read_string(answer.message()),
+        retryable: answer.retryable(),
+        item: read_optional_item(answer.item(), "the item")?,
+        leader: answer.leader().map(str::to_string),
+        epoch: Some(answer.epoch()).filter(|_| answer.code() == fb::ErrorCode::WrongPartition),
+    })
+}
+
 fn read_string(text: Option<&str>) -> String {
     text.unwrap_or_default().to_string()
 }
@@ -1180,11 +1207,9 @@ impl Request {
 
     /// Decodes the payload of a frame of type `message_type`.
     pub fn decode(message_type: u16, payload: &[u8]) -> Result<Request, WireError> {
-        let kind = MessageType::from_u16(message_type)
-            .filter(|kind| (*kind as u16) < 0x8000 && *kind != MessageType::Replication)
-            .ok_or_else(|| {
-                WireError::new(ErrorCode::UnknownMessageType, format!("message type {message_type} is not a request"))
-            })?;
+        let kind = MessageType::from_u16(message_type).filter(|kind| (*kind as u16) < 0x4000).ok_or_else(|| {
+            WireError::new(ErrorCode::UnknownMessageType, format!("message type {message_type} is not a request"))
+        })?;
         Ok(match kind {
             MessageType::CreateTable => {
                 let request = root::<fb::CreateTableRequest>(payload, "CreateTable")?;
@@ -1589,18 +1614,7 @@ impl Response {
                 fbb.finish_minimal(root);
             }
             Response::Error(error) => {
-                let message = Some(fbb.create_string(&error.message));
-                let item = error.item.as_ref().map(|item| write_item(&mut fbb, item));
-                let leader = error.leader.as_deref().map(|leader| fbb.create_string(leader));
-                let args = fb::ErrorResponseArgs {
-                    code: error.code.to_fb(),
-                    message,
-                    retryable: error.retryable,
-                    item,
-                    leader,
-                    epoch: error.epoch.unwrap_or(0),
-                };
-                let root = fb::ErrorResponse::create(&mut fbb, &args);
+                let root = write_error(&mut fbb, error);
                 fbb.finish_minimal(root);
             }
         }
@@ -1618,9 +1632,11 @@ impl Response {
         payload: &[u8],
     ) -> Result<(Response, Vec<ConsumedCapacity>), WireError> {
         let mut consumed = Vec::new();
-        let kind = MessageType::from_u16(message_type).filter(|kind| (*kind as u16) >= 0x8000).ok_or_else(|| {
-            WireError::new(ErrorCode::UnknownMessageType, format!("message type {message_type} is not an answer"))
-        })?;
+        let kind = MessageType::from_u16(message_type)
+            .filter(|kind| (*kind as u16) >= 0x8000 && *kind != MessageType::PartitionAnswer)
+            .ok_or_else(|| {
+                WireError::new(ErrorCode::UnknownMessageType, format!("message type {message_type} is not an answer"))
+            })?;
         let response = match kind {
             MessageType::HelloResponse => {
                 let answer = root::<fb::HelloResponse>(payload, "Hello answer")?;
@@ -1693,17 +1709,7 @@ impl Response {
             MessageType::TagsResponse => {
                 Response::Tags(read_tags(root::<fb::TagsResponse>(payload, "tags answer")?.tags()))
             }
-            _ => {
-                let answer = root::<fb::ErrorResponse>(payload, "error answer")?;
-                Response::Error(WireError {
-                    code: ErrorCode::from_fb(answer.code()),
-                    message: read_string(answer.message()),
-                    retryable: answer.retryable(),
-                    item: read_optional_item(answer.item(), "the item")?,
-                    leader: answer.leader().map(str::to_string),
-                    epoch: Some(answer.epoch()).filter(|_| answer.code() == fb::ErrorCode::WrongPartition),
-                })
-            }
+            _ => Response::Error(read_error(root::<fb::ErrorResponse>(payload, "error answer")?)?),
         };
         Ok((response, consumed))
     }

@@ -6,12 +6,11 @@ use std::rc::Rc;
 
 use tessera_engine::{item_size, validate_item, Command, Item, PartitionId, ITEM_SIZE_MAX};
 use tessera_wire::frame::FRAME_LEN_MAX;
-use tessera_wire::{ConsumedCapacity, ErrorCode, ReadExpressions, Request, Response, TableKeys, WireError, Write};
+use tessera_wire::{PartitionAnswer, PartitionOp, Response, TableKeys, WireError, Write};
 
 use super::codec::{decode_stored, encode_exact_key, encode_stored};
 use super::expressions::ReadPlan;
-use super::forward::leader_of;
-use super::mesh::{unexpected, Op, OpResult};
+use super::mesh::unexpected_answer;
 use super::metering::Meter;
 use super::{engine_error, invalid, Shard};
 
@@ -19,7 +18,7 @@ use super::{engine_error, invalid, Shard};
 pub const BATCH_GET_MAX: usize = 100;
 /// Most writes one BatchWriteItem may carry.
 pub const BATCH_WRITE_MAX: usize = 25;
-// A partition's share of a BatchWriteItem is forwarded to its leader as one request.
+// A partition's share of a BatchWriteItem is sent to its leader as one PartitionOp.
 const _: () = assert!(BATCH_WRITE_MAX * ITEM_SIZE_MAX < FRAME_LEN_MAX, "a BatchWriteItem fits in a frame");
 
 impl Shard {
@@ -52,28 +51,11 @@ impl Shard {
                 }
                 let (core, partition) = self.place(&table, &key);
                 let (shard, name, consistent) = (self.clone(), table.name.clone(), request.consistent_read);
-                let forwarded = Request::GetItem {
-                    table: name.clone(),
-                    key: key_item.clone(),
-                    consistent_read: consistent,
-                    read: ReadExpressions::default(),
-                };
                 gets.push(glommio::spawn_local(async move {
-                    let result = match shard.call(core, Op::Get { partition, key, consistent }).await {
-                        OpResult::Value(value) => value.as_deref().map(decode_stored).transpose(),
-                        OpResult::Error(error) => match leader_of(&error).filter(|_| may_forward) {
-                            // Another node leads the key's partition: ask it.
-                            Some(leader) => match shard.forward(leader, &forwarded).await {
-                                Ok(Response::Item(item)) => Ok(item),
-                                Ok(_) => Err(WireError::new(
-                                    ErrorCode::InternalServerError,
-                                    "a node answered GetItem wrongly",
-                                )),
-                                Err(error) => Err(error),
-                            },
-                            None => Err(error),
-                        },
-                        other => Err(unexpected(other)),
+                    let op = PartitionOp::Get { partition, key, consistent };
+                    let result = match shard.at_leader(core, op, may_forward).await {
+                        PartitionAnswer::Value(value) => value.as_deref().map(decode_stored).transpose(),
+                        other => Err(unexpected_answer(other)),
                     };
                     (name, result)
                 }));
@@ -137,49 +119,24 @@ impl Shard {
             group.0.push(command);
             group.1.push(write);
         }
-        /// One partition's share of the writes: written here (the outcome, and the writes), or
-        /// by the node that leads the partition (what it left unprocessed).
-        enum Share {
-            Here(OpResult, Vec<Write>),
-            There(Result<(Vec<Write>, Vec<ConsumedCapacity>), WireError>),
-        }
         let mut tasks = Vec::new();
-        let (previous, mode) = (meter.wanted(), meter.mode);
+        let previous = meter.wanted();
         for ((core, partition), (commands, writes)) in groups {
             // Pushed together above, so the outcomes below pair with the writes; at most the
-            // bound checked above, which the leader a share is forwarded to checks again.
+            // bound checked above, which the leader a share is sent to checks again.
             assert_eq!(commands.len(), writes.len(), "a share's commands are its writes");
             assert!(writes.len() <= BATCH_WRITE_MAX, "a share of {} writes", writes.len());
             let shard = self.clone();
             tasks.push(glommio::spawn_local(async move {
-                let result = shard.call(core, Op::Batch { partition, commands, previous }).await;
-                let leader = match &result {
-                    OpResult::Error(error) => leader_of(error).filter(|_| may_forward).map(str::to_string),
-                    _ => None,
-                };
-                // Another node leads the partition: it takes these writes as a batch of its
-                // own, and counts their capacity when asked.
-                let Some(leader) = leader else { return Share::Here(result, writes) };
-                let request = Request::BatchWriteItem(writes);
-                Share::There(match shard.forward_with(&leader, &request, mode).await {
-                    Ok((Response::BatchWriteItem { unprocessed }, consumed)) => Ok((unprocessed, consumed)),
-                    Ok(_) => {
-                        Err(WireError::new(ErrorCode::InternalServerError, "a node answered BatchWriteItem wrongly"))
-                    }
-                    Err(error) => Err(error),
-                })
+                let op = PartitionOp::Batch { partition, commands, previous };
+                (shard.at_leader(core, op, may_forward).await, writes)
             }));
         }
         let mut unprocessed = Vec::new();
         for task in tasks {
             match task.await {
-                Share::There(left) => {
-                    let (left, consumed) = left?;
-                    unprocessed.extend(left);
-                    meter.add(&consumed);
-                }
-                Share::Here(OpResult::Done, _) => {}
-                Share::Here(OpResult::Values(olds), writes) => {
+                (PartitionAnswer::Done, _) => {}
+                (PartitionAnswer::Values(olds), writes) => {
                     assert_eq!(olds.len(), writes.len(), "a batch answers one old item per write");
                     for (old, write) in olds.iter().zip(&writes) {
                         let old = old.as_deref().map(decode_stored).transpose()?;
@@ -189,8 +146,8 @@ impl Shard {
                         }
                     }
                 }
-                Share::Here(OpResult::Error(error), writes) if error.retryable => unprocessed.extend(writes),
-                Share::Here(other, _) => return Err(unexpected(other)),
+                (PartitionAnswer::Error(error), writes) if error.retryable => unprocessed.extend(writes),
+                (other, _) => return Err(unexpected_answer(other)),
             }
         }
         Ok(Response::BatchWriteItem { unprocessed })

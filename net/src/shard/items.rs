@@ -5,21 +5,23 @@ use std::rc::Rc;
 
 use tessera_engine::expr::Condition;
 use tessera_engine::{validate_item, Command, ConditionalWrite, Item};
-use tessera_wire::{ErrorCode, Expressions, ReadExpressions, Response, UpdateItem, WireError};
+use tessera_wire::{
+    ErrorCode, Expressions, PartitionAnswer, PartitionOp, ReadExpressions, Response, UpdateItem, WireError,
+};
 
 use super::codec::{decode_stored, encode_exact_key, encode_stored};
 use super::expressions::{parse_write_expressions, ReadPlan};
-use super::mesh::{unexpected, Op, OpResult};
+use super::mesh::unexpected_answer;
 use super::metering::{size_of, Meter};
 use super::{engine_error, Shard};
 use crate::catalog::TableInfo;
 
 impl Shard {
     /// Runs `op` (a put, delete or get) at `core`: the item it replaced or read.
-    async fn old_item(self: &Rc<Shard>, core: usize, op: Op) -> Result<Option<Item>, WireError> {
-        match self.call(core, op).await {
-            OpResult::Value(value) => value.as_deref().map(decode_stored).transpose(),
-            other => Err(unexpected(other)),
+    async fn old_item(self: &Rc<Shard>, core: usize, op: PartitionOp) -> Result<Option<Item>, WireError> {
+        match self.on(core, op).await {
+            PartitionAnswer::Value(value) => value.as_deref().map(decode_stored).transpose(),
+            other => Err(unexpected_answer(other)),
         }
     }
 
@@ -35,7 +37,7 @@ impl Shard {
         let key = table.key_schema.encode_key(&item).map_err(engine_error)?.bytes;
         let (core, partition) = self.place(&table, &key);
         let value = encode_stored(&item);
-        let op = Op::Put { partition, key, value, return_old: return_old || meter.wanted() };
+        let op = PartitionOp::Put { partition, key, value, return_old: return_old || meter.wanted() };
         let old = self.old_item(core, op).await?;
         meter.write(name, old.as_ref(), Some(&item));
         Ok(Response::Item(old.filter(|_| return_old)))
@@ -53,7 +55,7 @@ impl Shard {
         let plan = ReadPlan::projection_only(read, "GetItem")?;
         let key = encode_exact_key(&table.key_schema, key)?;
         let (core, partition) = self.place(&table, &key);
-        let item = self.old_item(core, Op::Get { partition, key, consistent }).await?;
+        let item = self.old_item(core, PartitionOp::Get { partition, key, consistent }).await?;
         meter.read(name, size_of(item.as_ref()), consistent);
         Ok(Response::Item(item.map(|item| plan.project(item))))
     }
@@ -68,7 +70,9 @@ impl Shard {
         let table = self.table(name)?;
         let key = encode_exact_key(&table.key_schema, key)?;
         let (core, partition) = self.place(&table, &key);
-        let old = self.old_item(core, Op::Delete { partition, key, return_old: return_old || meter.wanted() }).await?;
+        let old = self
+            .old_item(core, PartitionOp::Delete { partition, key, return_old: return_old || meter.wanted() })
+            .await?;
         meter.write(name, old.as_ref(), None);
         Ok(Response::Item(old.filter(|_| return_old)))
     }
@@ -144,8 +148,8 @@ impl Shard {
     ) -> Result<(Option<Item>, Option<Item>), WireError> {
         let (core, partition) = self.place(table, &key);
         let command = Command::conditional(key, condition, write);
-        match self.call(core, Op::Conditional { partition, command }).await {
-            OpResult::Conditional { passed, old, new } => {
+        match self.on(core, PartitionOp::Conditional { partition, command }).await {
+            PartitionAnswer::Conditional { passed, old, new } => {
                 let old = old.as_deref().map(decode_stored).transpose()?;
                 if !passed {
                     let mut error =
@@ -157,7 +161,7 @@ impl Shard {
                 meter.write(&table.name, old.as_ref(), new.as_ref());
                 Ok((old, new))
             }
-            other => Err(unexpected(other)),
+            other => Err(unexpected_answer(other)),
         }
     }
 }

@@ -3,13 +3,14 @@
 //! the ops other cores send.
 
 use std::collections::BTreeMap;
-use std::ops::Bound;
 use std::rc::Rc;
 
 use glommio::channels::channel_mesh::Receivers;
 use tessera_engine::paxos::Member;
-use tessera_engine::{Command, KeySchema, PartitionId};
-use tessera_wire::{ErrorCode, ReplicaStatus, Request, Response, Tags, Throughput, WireError};
+use tessera_engine::{KeySchema, PartitionId};
+use tessera_wire::{
+    ErrorCode, PartitionAnswer, PartitionOp, ReplicaStatus, Request, Response, Tags, Throughput, WireError,
+};
 
 use super::{invalid, Shard};
 use crate::catalog::{key_hash, partition_name, table_of, Catalog, NewMap, TableInfo, CATALOG_PARTITION};
@@ -17,45 +18,8 @@ use crate::log::Log;
 
 /// Work on one core's partitions (or its catalog copy).
 pub(crate) enum Op {
-    Put {
-        partition: PartitionId,
-        key: Vec<u8>,
-        value: Vec<u8>,
-        return_old: bool,
-    },
-    Delete {
-        partition: PartitionId,
-        key: Vec<u8>,
-        return_old: bool,
-    },
-    /// `consistent`: a strongly consistent read (a replicated partition serves it only where
-    /// it leads with a lease).
-    Get {
-        partition: PartitionId,
-        key: Vec<u8>,
-        consistent: bool,
-    },
-    /// A conditional put, delete or update, checked and written by one log record.
-    Conditional {
-        partition: PartitionId,
-        command: Command,
-    },
-    /// Entries within the bounds, until `limit` entries or `bytes_max` bytes of values.
-    Scan {
-        partition: PartitionId,
-        consistent: bool,
-        lower: Bound<Vec<u8>>,
-        upper: Bound<Vec<u8>>,
-        reverse: bool,
-        limit: usize,
-        bytes_max: usize,
-    },
-    /// With `previous`, answers the item each write replaced (`Values`, in order).
-    Batch {
-        partition: PartitionId,
-        commands: Vec<Command>,
-        previous: bool,
-    },
+    /// The internal RPC's op, at the partition's owner.
+    Partition(PartitionOp),
     /// Items and bytes in the partitions.
     Count {
         partitions: Vec<PartitionId>,
@@ -99,19 +63,7 @@ pub(crate) enum Op {
 }
 
 pub(crate) enum OpResult {
-    Value(Option<Vec<u8>>),
-    Values(Vec<Option<Vec<u8>>>),
-    /// A conditional write: whether its condition held, and the stored item before and after.
-    Conditional {
-        passed: bool,
-        old: Option<Vec<u8>>,
-        new: Option<Vec<u8>>,
-    },
-    /// `more`: the scan stopped at its limit or byte budget, not at the end of its range.
-    Entries {
-        entries: Vec<(Vec<u8>, Vec<u8>)>,
-        more: bool,
-    },
+    Partition(PartitionAnswer),
     Count {
         items: u64,
         bytes: u64,
@@ -191,6 +143,14 @@ impl Shard {
             ));
         }
         reply.await
+    }
+
+    /// Runs the internal RPC's `op` on `core`, its owner.
+    pub(super) async fn on(self: &Rc<Shard>, core: usize, op: PartitionOp) -> PartitionAnswer {
+        match self.call(core, Op::Partition(op)).await {
+            OpResult::Partition(answer) => answer,
+            other => PartitionAnswer::Error(unexpected(other)),
+        }
     }
 
     /// Sends `op` (built per core) to every other core and waits for all of them.
@@ -283,14 +243,8 @@ impl Shard {
     /// core 0 for a table change. A Drop runs wherever its partitions' data is.
     pub(super) fn assert_runs_here(&self, op: &Op) {
         let partitions = match op {
-            Op::Put { partition, .. }
-            | Op::Delete { partition, .. }
-            | Op::Get { partition, .. }
-            | Op::Conditional { partition, .. }
-            | Op::Scan { partition, .. }
-            | Op::Batch { partition, .. }
-            | Op::ChangeMembers { partition, .. }
-            | Op::RetireReplica { partition } => std::slice::from_ref(partition),
+            Op::Partition(op) => &[op.partition()],
+            Op::ChangeMembers { partition, .. } | Op::RetireReplica { partition } => std::slice::from_ref(partition),
             Op::Count { partitions } => partitions.as_slice(),
             Op::CreateTable { .. } | Op::Retag { .. } | Op::DeleteTable { .. } => {
                 assert_eq!(self.core, 0, "a table change runs on core 0, the catalog's owner");
@@ -331,7 +285,19 @@ impl Shard {
 /// An operation's result that is not what the request needed: its error, or an internal one.
 pub(super) fn unexpected(result: OpResult) -> WireError {
     match result {
-        OpResult::Error(error) => error,
-        _ => WireError::new(ErrorCode::InternalServerError, "a core answered with the wrong kind of result"),
+        OpResult::Error(error) | OpResult::Partition(PartitionAnswer::Error(error)) => error,
+        _ => wrong_kind(),
     }
+}
+
+/// A partition op's answer that is not what the request needed: its error, or an internal one.
+pub(super) fn unexpected_answer(answer: PartitionAnswer) -> WireError {
+    match answer {
+        PartitionAnswer::Error(error) => error,
+        _ => wrong_kind(),
+    }
+}
+
+fn wrong_kind() -> WireError {
+    WireError::new(ErrorCode::InternalServerError, "a partition's owner answered with the wrong kind of result")
 }

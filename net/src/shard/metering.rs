@@ -37,14 +37,6 @@ impl Meter {
         }
     }
 
-    /// Adds what another node counted for part of this request.
-    pub(super) fn add(&mut self, consumed: &[ConsumedCapacity]) {
-        for part in consumed {
-            let units = self.tables.entry(part.table.clone()).or_default();
-            (units.0, units.1) = (units.0 + part.read_units, units.1 + part.write_units);
-        }
-    }
-
     pub(super) fn report(self) -> Vec<ConsumedCapacity> {
         let indexes = self.mode == ReturnConsumedCapacity::Indexes;
         self.tables

@@ -26,7 +26,7 @@ use std::collections::HashMap;
 use std::rc::Rc;
 
 use glommio::channels::channel_mesh::Senders;
-use tessera_engine::{Command, Error, Outcome, ReplicationLog};
+use tessera_engine::Error;
 use tessera_wire::{ConsumedCapacity, ErrorCode, Expressions, Request, RequestFlags, Response, WireError};
 
 pub use self::batch::{BATCH_GET_MAX, BATCH_WRITE_MAX};
@@ -123,66 +123,8 @@ impl Shard {
 
     async fn run(self: &Rc<Shard>, op: Op) -> OpResult {
         self.assert_runs_here(&op);
-        if let Op::Batch { commands, .. } = &op {
-            // BatchWriteItem's bound, checked where the request arrived (`batch_write`): one
-            // log record of at most that many items.
-            assert!(
-                (1..=BATCH_WRITE_MAX).contains(&commands.len()),
-                "a batch of {} writes, not 1 to {BATCH_WRITE_MAX}",
-                commands.len()
-            );
-        }
         let result = match op {
-            Op::Put { partition, key, value, return_old } => {
-                self.write(partition, Command::Put { key, value: value.into() }, return_old).await
-            }
-            Op::Delete { partition, key, return_old } => {
-                self.write(partition, Command::Delete { key }, return_old).await
-            }
-            Op::Get { partition, key, consistent } => match self.log.check_read(partition, consistent) {
-                Ok(()) => self.store().get(partition, &key).await.map(OpResult::Value).map_err(engine_error),
-                Err(error) => Err(engine_error(error)),
-            },
-            Op::Conditional { partition, command } => match self.log.propose_applied(partition, command).await {
-                Err(error) => Err(engine_error(error)),
-                Ok(Outcome::Conditional { passed, old, new }) => Ok(OpResult::Conditional { passed, old, new }),
-                Ok(Outcome::Invalid(reason)) => Err(invalid(reason)),
-                Ok(Outcome::Previous(_) | Outcome::Written | Outcome::Batch(_)) => Err(WireError::new(
-                    ErrorCode::InternalServerError,
-                    "a conditional write had another kind of outcome",
-                )),
-            },
-            Op::Scan { partition, consistent, lower, upper, reverse, limit, bytes_max } => {
-                match self.log.check_read(partition, consistent) {
-                    Ok(()) => self.scan(partition, lower, upper, reverse, limit, bytes_max).await,
-                    Err(error) => Err(engine_error(error)),
-                }
-            }
-            Op::Batch { partition, commands, previous: false } => self
-                .log
-                .propose(partition, Command::Batch(commands))
-                .await
-                .map(|()| OpResult::Done)
-                .map_err(engine_error),
-            Op::Batch { partition, commands, previous: true } => {
-                let writes = commands.len();
-                match self.log.propose_applied(partition, Command::Batch(commands)).await.map_err(engine_error) {
-                    Ok(Outcome::Batch(outcomes)) => {
-                        // `batch_write` pairs them with its writes.
-                        assert_eq!(outcomes.len(), writes, "a batch's outcomes, one per write");
-                        outcomes
-                            .into_iter()
-                            .map(|outcome| match outcome {
-                                Outcome::Previous(previous) => Ok(previous),
-                                _ => Err(unexpected(OpResult::Done)),
-                            })
-                            .collect::<Result<_, _>>()
-                            .map(OpResult::Values)
-                    }
-                    Ok(_) => Err(unexpected(OpResult::Done)),
-                    Err(error) => Err(error),
-                }
-            }
+            Op::Partition(op) => Ok(OpResult::Partition(self.run_partition(op).await)),
             Op::Count { partitions } => self.count(&partitions).await,
             Op::Replicas => match &self.log {
                 Log::Replicated(log) => Ok(OpResult::Replicas(log.replica_statuses())),

@@ -4,36 +4,110 @@
 use std::ops::Bound;
 
 use tessera_engine::{yield_to_reactor, Command, Outcome, PartitionId, ReplicationLog};
-use tessera_wire::{ErrorCode, WireError};
+use tessera_wire::{ErrorCode, PartitionAnswer, PartitionOp, WireError};
 
+use super::batch::BATCH_WRITE_MAX;
 use super::mesh::OpResult;
-use super::{engine_error, Shard};
+use super::{engine_error, invalid, Shard};
 use crate::catalog::partition_name;
 
 /// Entries read from the tree at a time while filling a page.
 const SCAN_CHUNK: usize = 128;
 
 impl Shard {
-    pub(super) async fn write(
+    /// Runs the internal RPC's `op` here, at its partition's owner (`assert_runs_here`).
+    pub(super) async fn run_partition(&self, op: PartitionOp) -> PartitionAnswer {
+        let answer = match op {
+            PartitionOp::Put { partition, key, value, return_old } => {
+                self.write(partition, Command::Put { key, value: value.into() }, return_old).await
+            }
+            PartitionOp::Delete { partition, key, return_old } => {
+                self.write(partition, Command::Delete { key }, return_old).await
+            }
+            PartitionOp::Get { partition, key, consistent } => match self.log.check_read(partition, consistent) {
+                Ok(()) => self.store().get(partition, &key).await.map(PartitionAnswer::Value).map_err(engine_error),
+                Err(error) => Err(engine_error(error)),
+            },
+            PartitionOp::Conditional { partition, command } => {
+                match self.log.propose_applied(partition, command).await {
+                    Err(error) => Err(engine_error(error)),
+                    Ok(Outcome::Conditional { passed, old, new }) => {
+                        Ok(PartitionAnswer::Conditional { passed, old, new })
+                    }
+                    Ok(Outcome::Invalid(reason)) => Err(invalid(reason)),
+                    Ok(Outcome::Previous(_) | Outcome::Written | Outcome::Batch(_)) => {
+                        Err(other_outcome("a conditional write"))
+                    }
+                }
+            }
+            PartitionOp::Scan { partition, consistent, lower, upper, reverse, limit, bytes_max } => {
+                match self.log.check_read(partition, consistent) {
+                    Ok(()) => self.scan(partition, lower, upper, reverse, limit, bytes_max).await,
+                    Err(error) => Err(engine_error(error)),
+                }
+            }
+            PartitionOp::Batch { partition, commands, previous } => {
+                // BatchWriteItem's bound, checked where the request arrived (`batch_write`) and
+                // where another node's op is decoded: one log record of at most that many items.
+                assert!(
+                    (1..=BATCH_WRITE_MAX).contains(&commands.len()),
+                    "a batch of {} writes, not 1 to {BATCH_WRITE_MAX}",
+                    commands.len()
+                );
+                self.batch(partition, commands, previous).await
+            }
+        };
+        answer.unwrap_or_else(PartitionAnswer::Error)
+    }
+
+    async fn batch(
+        &self,
+        partition: PartitionId,
+        commands: Vec<Command>,
+        previous: bool,
+    ) -> Result<PartitionAnswer, WireError> {
+        if !previous {
+            self.log.propose(partition, Command::Batch(commands)).await.map_err(engine_error)?;
+            return Ok(PartitionAnswer::Done);
+        }
+        let writes = commands.len();
+        let Outcome::Batch(outcomes) =
+            self.log.propose_applied(partition, Command::Batch(commands)).await.map_err(engine_error)?
+        else {
+            return Err(other_outcome("a batch"));
+        };
+        // `batch_write` pairs them with its writes.
+        assert_eq!(outcomes.len(), writes, "a batch's outcomes, one per write");
+        outcomes
+            .into_iter()
+            .map(|outcome| match outcome {
+                Outcome::Previous(previous) => Ok(previous),
+                _ => Err(other_outcome("a batch's write")),
+            })
+            .collect::<Result<_, _>>()
+            .map(PartitionAnswer::Values)
+    }
+
+    async fn write(
         &self,
         partition: PartitionId,
         command: Command,
         return_old: bool,
-    ) -> Result<OpResult, WireError> {
+    ) -> Result<PartitionAnswer, WireError> {
         if return_old {
             match self.log.propose_applied(partition, command).await.map_err(engine_error)? {
-                Outcome::Previous(previous) => Ok(OpResult::Value(previous)),
+                Outcome::Previous(previous) => Ok(PartitionAnswer::Value(previous)),
                 Outcome::Written | Outcome::Batch(_) | Outcome::Conditional { .. } | Outcome::Invalid(_) => {
-                    Err(WireError::new(ErrorCode::InternalServerError, "a plain write had another kind of outcome"))
+                    Err(other_outcome("a plain write"))
                 }
             }
         } else {
             self.log.propose(partition, command).await.map_err(engine_error)?;
-            Ok(OpResult::Value(None))
+            Ok(PartitionAnswer::Value(None))
         }
     }
 
-    pub(super) async fn scan(
+    async fn scan(
         &self,
         partition: PartitionId,
         mut lower: Bound<Vec<u8>>,
@@ -41,7 +115,7 @@ impl Shard {
         reverse: bool,
         limit: usize,
         bytes_max: usize,
-    ) -> Result<OpResult, WireError> {
+    ) -> Result<PartitionAnswer, WireError> {
         // Callers ask for at least one entry (a Query's or Scan's Limit of 0 is none): with
         // none, no chunk would end the loop.
         assert!(limit > 0, "a scan of {} for no entries", partition_name(partition));
@@ -71,12 +145,12 @@ impl Shard {
                 entries.push((key, value));
                 if entries.len() == limit || bytes >= bytes_max {
                     assert_page(&entries, limit, bytes_max);
-                    return Ok(OpResult::Entries { entries, more: true });
+                    return Ok(PartitionAnswer::Entries { entries, more: true });
                 }
             }
             if exhausted {
                 assert_page(&entries, limit, bytes_max);
-                return Ok(OpResult::Entries { entries, more: false });
+                return Ok(PartitionAnswer::Entries { entries, more: false });
             }
             // A page of small items is many chunks: let other requests run between them.
             yield_to_reactor().await;
@@ -113,16 +187,30 @@ impl Shard {
     }
 }
 
+/// The error of an outcome of another kind than `what` has.
+fn other_outcome(what: &str) -> WireError {
+    WireError::new(ErrorCode::InternalServerError, format!("{what} had another kind of outcome"))
+}
+
 /// Asserts a page's bounds, as the owner's scan keeps them and the coordinator relies on them:
 /// at most `limit` entries, and under `bytes_max` bytes before its last entry (the one that
 /// reached the bound ends the page, so a page is at most its bound and one item).
 pub(super) fn assert_page(entries: &[(Vec<u8>, Vec<u8>)], limit: usize, bytes_max: usize) {
-    assert!(entries.len() <= limit, "a page of {} entries, over its limit of {limit}", entries.len());
+    if let Some(fault) = page_fault(entries, limit, bytes_max) {
+        panic!("{fault}");
+    }
+}
+
+/// What makes `entries` more than a scan of `limit` entries and `bytes_max` bytes may answer
+/// (the last entry may cross the byte bound), if anything: checked where a page is made and
+/// where another node's page arrives.
+pub(super) fn page_fault(entries: &[(Vec<u8>, Vec<u8>)], limit: usize, bytes_max: usize) -> Option<String> {
+    if entries.len() > limit {
+        return Some(format!("a page of {} entries, over its limit of {limit}", entries.len()));
+    }
     let before_last: usize = entries.iter().rev().skip(1).map(|(key, value)| key.len() + value.len()).sum();
-    assert!(
-        entries.len() <= 1 || before_last < bytes_max,
-        "a page of {before_last} bytes before its last entry, over its bound of {bytes_max}"
-    );
+    (entries.len() > 1 && before_last >= bytes_max)
+        .then(|| format!("a page of {before_last} bytes before its last entry, over its bound of {bytes_max}"))
 }
 
 fn bound_ref(bound: &Bound<Vec<u8>>) -> Bound<&[u8]> {

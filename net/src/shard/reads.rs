@@ -6,16 +6,15 @@ use std::rc::Rc;
 
 use tessera_engine::{item_size, KeyType, ITEM_SIZE_MAX};
 use tessera_wire::frame::FRAME_LEN_MAX;
-use tessera_wire::{ErrorCode, Query, ReadExpressions, Request, Response, Scan, SortCondition, WireError};
+use tessera_wire::{PartitionAnswer, PartitionOp, Query, Response, Scan, SortCondition, WireError};
 
-use super::codec::{decode_key, decode_stored, encode_start_key, encode_stored};
+use super::codec::{decode_key, decode_stored, encode_start_key};
 use super::expressions::ReadPlan;
-use super::forward::leader_of;
-use super::mesh::{unexpected, Op, OpResult};
+use super::mesh::unexpected_answer;
 use super::metering::Meter;
 use super::owner::assert_page;
 use super::{engine_error, invalid, Shard};
-use crate::catalog::{key_hash, range_start, TableInfo};
+use crate::catalog::{key_hash, range_start};
 use crate::messages;
 
 /// A page of Query or Scan results ends once it holds this many bytes of items.
@@ -96,7 +95,7 @@ impl Shard {
         }
         let limit = if query.limit == 0 { usize::MAX } else { query.limit as usize };
         let (core, partition) = self.place(&table, &prefix);
-        let op = Op::Scan {
+        let op = PartitionOp::Scan {
             partition,
             consistent: query.consistent_read,
             lower,
@@ -105,9 +104,9 @@ impl Shard {
             limit,
             bytes_max: PAGE_BYTES_MAX,
         };
-        let (entries, more) = match self.call(core, op).await {
-            OpResult::Entries { entries, more } => (entries, more),
-            other => return Err(unexpected(other)),
+        let (entries, more) = match self.on(core, op).await {
+            PartitionAnswer::Entries { entries, more } => (entries, more),
+            other => return Err(unexpected_answer(other)),
         };
         assert_page(&entries, limit, PAGE_BYTES_MAX);
         let last_evaluated_key = match entries.last() {
@@ -169,11 +168,7 @@ impl Shard {
                 (a, b) => a.or(b),
             };
             let upper = end.map_or(Bound::Unbounded, |end| Bound::Excluded(end.to_be_bytes().to_vec()));
-            let after = match &lower {
-                Bound::Excluded(key) => Some(key.clone()),
-                _ => None,
-            };
-            let op = Op::Scan {
+            let op = PartitionOp::Scan {
                 partition: table.partition_id(index),
                 consistent: scan.consistent_read,
                 lower,
@@ -182,32 +177,9 @@ impl Shard {
                 limit: remaining,
                 bytes_max: bytes_left,
             };
-            let (entries, more) = match self.call(self.owner(&table, index), op).await {
-                OpResult::Entries { entries, more } => (entries, more),
-                OpResult::Error(error) => match leader_of(&error).filter(|_| may_forward) {
-                    Some(leader) => {
-                        let (mut entries, mut more) =
-                            self.scan_elsewhere(leader, &table, index, after, remaining, scan.consistent_read).await?;
-                        // The other node's page is held to this one's byte budget, as a local
-                        // partition's is: what does not fit is read by the next page.
-                        let mut budget = bytes_left;
-                        let fits = entries
-                            .iter()
-                            .take_while(|(key, value)| {
-                                let fits = budget > 0;
-                                budget = budget.saturating_sub(key.len() + value.len());
-                                fits
-                            })
-                            .count();
-                        if fits < entries.len() {
-                            entries.truncate(fits);
-                            more = true;
-                        }
-                        (entries, more)
-                    }
-                    None => return Err(error),
-                },
-                other => return Err(unexpected(other)),
+            let (entries, more) = match self.at_leader(self.owner(&table, index), op, may_forward).await {
+                PartitionAnswer::Entries { entries, more } => (entries, more),
+                other => return Err(unexpected_answer(other)),
             };
             // Here or at the leader, the part is held to what is left of the page.
             assert_page(&entries, remaining, bytes_left);
@@ -236,44 +208,6 @@ impl Shard {
             }
             index += 1;
             lower = Bound::Included(partition_end.expect("not the last partition").to_be_bytes().to_vec());
-        }
-    }
-
-    /// Scans partition `index` at the node that leads it (a Scan of the segment the partition
-    /// is, when the table's partitions are the segments), after encoded key `after`: its
-    /// entries and whether more follow (up to a page of the other node's; the caller holds it
-    /// to its own page's byte budget).
-    async fn scan_elsewhere(
-        &self,
-        leader: &str,
-        table: &TableInfo,
-        index: u32,
-        after: Option<Vec<u8>>,
-        remaining: usize,
-        consistent_read: bool,
-    ) -> Result<(Vec<(Vec<u8>, Vec<u8>)>, bool), WireError> {
-        // The other node scans segment `index` of `partitions`: exactly this partition.
-        assert!(index < table.partitions(), "{}: partition {index} of {}", table.name, table.partitions());
-        let request = Request::Scan(Scan {
-            table: table.name.clone(),
-            segment: index,
-            total_segments: table.partitions(),
-            limit: u32::try_from(remaining).unwrap_or(0),
-            exclusive_start_key: after.map(|key| decode_key(&table.key_schema, &key)).transpose()?,
-            consistent_read,
-            read: ReadExpressions::default(),
-        });
-        match self.forward(leader, &request).await? {
-            Response::Items { items, last_evaluated_key, .. } => {
-                let entries = items
-                    .iter()
-                    .map(|item| {
-                        Ok((table.key_schema.encode_key(item).map_err(engine_error)?.bytes, encode_stored(item)))
-                    })
-                    .collect::<Result<Vec<_>, WireError>>()?;
-                Ok((entries, last_evaluated_key.is_some()))
-            }
-            _ => Err(WireError::new(ErrorCode::InternalServerError, "a node answered Scan wrongly")),
         }
     }
 }

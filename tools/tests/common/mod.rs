@@ -9,8 +9,34 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use tessera_net::http::sigv4::format_amz_date;
+use tessera_wire::frame::{self, Decoded, Header};
 
 pub mod tree_file;
+
+/// One binary-protocol frame read from `stream`: its header and payload (None once the
+/// server closed the connection).
+pub fn read_frame(stream: &mut TcpStream) -> Option<(Header, Vec<u8>)> {
+    let mut bytes = vec![0u8; 4];
+    stream.read_exact(&mut bytes).ok()?;
+    let len = u32::from_le_bytes(bytes[..4].try_into().unwrap()) as usize;
+    bytes.resize(4 + len, 0);
+    stream.read_exact(&mut bytes[4..]).ok()?;
+    match frame::decode(&bytes).expect("the server's framing is sound") {
+        Decoded::Frame(frame, _) => {
+            assert!(frame.checksum_ok, "the server's frame fails its checksum");
+            Some((frame.header, frame.payload.to_vec()))
+        }
+        Decoded::Incomplete(_) => unreachable!("a whole frame was read"),
+    }
+}
+
+/// The error code of an internal RPC answer, which must be an error.
+pub fn partition_error(payload: &[u8]) -> tessera_wire::ErrorCode {
+    match tessera_wire::PartitionAnswer::decode(payload).expect("a PartitionAnswer") {
+        tessera_wire::PartitionAnswer::Error(error) => error.code,
+        other => panic!("a PartitionOp was served: {other:?}"),
+    }
+}
 
 /// An answer's status, headers (lower-case names) and body.
 pub type Answer = (u16, Vec<(String, String)>, Vec<u8>);

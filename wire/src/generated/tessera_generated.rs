@@ -961,6 +961,208 @@ impl<'a> flatbuffers::Verifiable for PaxosBody {
 impl flatbuffers::SimpleToVerifyInSlice for PaxosBody {}
 pub struct PaxosBodyUnionTableOffset {}
 
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+pub const ENUM_MIN_PARTITION_OP_KIND: u8 = 0;
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+pub const ENUM_MAX_PARTITION_OP_KIND: u8 = 5;
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+#[allow(non_camel_case_types)]
+pub const ENUM_VALUES_PARTITION_OP_KIND: [PartitionOpKind; 6] = [
+  PartitionOpKind::PUT,
+  PartitionOpKind::DELETE,
+  PartitionOpKind::GET,
+  PartitionOpKind::CONDITIONAL,
+  PartitionOpKind::SCAN,
+  PartitionOpKind::BATCH,
+];
+
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[repr(transparent)]
+pub struct PartitionOpKind(pub u8);
+#[allow(non_upper_case_globals)]
+impl PartitionOpKind {
+  pub const PUT: Self = Self(0);
+  pub const DELETE: Self = Self(1);
+  pub const GET: Self = Self(2);
+  pub const CONDITIONAL: Self = Self(3);
+  pub const SCAN: Self = Self(4);
+  pub const BATCH: Self = Self(5);
+
+  pub const ENUM_MIN: u8 = 0;
+  pub const ENUM_MAX: u8 = 5;
+  pub const ENUM_VALUES: &'static [Self] = &[
+    Self::PUT,
+    Self::DELETE,
+    Self::GET,
+    Self::CONDITIONAL,
+    Self::SCAN,
+    Self::BATCH,
+  ];
+  /// Returns the variant's name or "" if unknown.
+  pub fn variant_name(self) -> Option<&'static str> {
+    match self {
+      Self::PUT => Some("PUT"),
+      Self::DELETE => Some("DELETE"),
+      Self::GET => Some("GET"),
+      Self::CONDITIONAL => Some("CONDITIONAL"),
+      Self::SCAN => Some("SCAN"),
+      Self::BATCH => Some("BATCH"),
+      _ => None,
+    }
+  }
+}
+impl core::fmt::Debug for PartitionOpKind {
+  fn fmt(&self, f: &mut core::fmt::Formatter) -> core::fmt::Result {
+    if let Some(name) = self.variant_name() {
+      f.write_str(name)
+    } else {
+      f.write_fmt(format_args!("<UNKNOWN {:?}>", self.0))
+    }
+  }
+}
+impl<'a> flatbuffers::Follow<'a> for PartitionOpKind {
+  type Inner = Self;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    let b = flatbuffers::read_scalar_at::<u8>(buf, loc);
+    Self(b)
+  }
+}
+
+impl flatbuffers::Push for PartitionOpKind {
+    type Output = PartitionOpKind;
+    #[inline]
+    unsafe fn push(&self, dst: &mut [u8], _written_len: usize) {
+        flatbuffers::emplace_scalar::<u8>(dst, self.0);
+    }
+}
+
+impl flatbuffers::EndianScalar for PartitionOpKind {
+  type Scalar = u8;
+  #[inline]
+  fn to_little_endian(self) -> u8 {
+    self.0.to_le()
+  }
+  #[inline]
+  #[allow(clippy::wrong_self_convention)]
+  fn from_little_endian(v: u8) -> Self {
+    let b = u8::from_le(v);
+    Self(b)
+  }
+}
+
+impl<'a> flatbuffers::Verifiable for PartitionOpKind {
+  #[inline]
+  fn run_verifier(
+    v: &mut flatbuffers::Verifier, pos: usize
+  ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+    use self::flatbuffers::Verifiable;
+    u8::run_verifier(v, pos)
+  }
+}
+
+impl flatbuffers::SimpleToVerifyInSlice for PartitionOpKind {}
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+pub const ENUM_MIN_PARTITION_ANSWER_KIND: u8 = 0;
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+pub const ENUM_MAX_PARTITION_ANSWER_KIND: u8 = 5;
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+#[allow(non_camel_case_types)]
+pub const ENUM_VALUES_PARTITION_ANSWER_KIND: [PartitionAnswerKind; 6] = [
+  PartitionAnswerKind::VALUE,
+  PartitionAnswerKind::VALUES,
+  PartitionAnswerKind::CONDITIONAL,
+  PartitionAnswerKind::ENTRIES,
+  PartitionAnswerKind::DONE,
+  PartitionAnswerKind::ERROR,
+];
+
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[repr(transparent)]
+pub struct PartitionAnswerKind(pub u8);
+#[allow(non_upper_case_globals)]
+impl PartitionAnswerKind {
+  pub const VALUE: Self = Self(0);
+  pub const VALUES: Self = Self(1);
+  pub const CONDITIONAL: Self = Self(2);
+  pub const ENTRIES: Self = Self(3);
+  pub const DONE: Self = Self(4);
+  pub const ERROR: Self = Self(5);
+
+  pub const ENUM_MIN: u8 = 0;
+  pub const ENUM_MAX: u8 = 5;
+  pub const ENUM_VALUES: &'static [Self] = &[
+    Self::VALUE,
+    Self::VALUES,
+    Self::CONDITIONAL,
+    Self::ENTRIES,
+    Self::DONE,
+    Self::ERROR,
+  ];
+  /// Returns the variant's name or "" if unknown.
+  pub fn variant_name(self) -> Option<&'static str> {
+    match self {
+      Self::VALUE => Some("VALUE"),
+      Self::VALUES => Some("VALUES"),
+      Self::CONDITIONAL => Some("CONDITIONAL"),
+      Self::ENTRIES => Some("ENTRIES"),
+      Self::DONE => Some("DONE"),
+      Self::ERROR => Some("ERROR"),
+      _ => None,
+    }
+  }
+}
+impl core::fmt::Debug for PartitionAnswerKind {
+  fn fmt(&self, f: &mut core::fmt::Formatter) -> core::fmt::Result {
+    if let Some(name) = self.variant_name() {
+      f.write_str(name)
+    } else {
+      f.write_fmt(format_args!("<UNKNOWN {:?}>", self.0))
+    }
+  }
+}
+impl<'a> flatbuffers::Follow<'a> for PartitionAnswerKind {
+  type Inner = Self;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    let b = flatbuffers::read_scalar_at::<u8>(buf, loc);
+    Self(b)
+  }
+}
+
+impl flatbuffers::Push for PartitionAnswerKind {
+    type Output = PartitionAnswerKind;
+    #[inline]
+    unsafe fn push(&self, dst: &mut [u8], _written_len: usize) {
+        flatbuffers::emplace_scalar::<u8>(dst, self.0);
+    }
+}
+
+impl flatbuffers::EndianScalar for PartitionAnswerKind {
+  type Scalar = u8;
+  #[inline]
+  fn to_little_endian(self) -> u8 {
+    self.0.to_le()
+  }
+  #[inline]
+  #[allow(clippy::wrong_self_convention)]
+  fn from_little_endian(v: u8) -> Self {
+    let b = u8::from_le(v);
+    Self(b)
+  }
+}
+
+impl<'a> flatbuffers::Verifiable for PartitionAnswerKind {
+  #[inline]
+  fn run_verifier(
+    v: &mut flatbuffers::Verifier, pos: usize
+  ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+    use self::flatbuffers::Verifiable;
+    u8::run_verifier(v, pos)
+  }
+}
+
+impl flatbuffers::SimpleToVerifyInSlice for PartitionAnswerKind {}
 // struct PartitionRange, aligned to 8
 #[repr(transparent)]
 #[derive(Clone, Copy, PartialEq)]
@@ -9926,6 +10128,717 @@ impl core::fmt::Debug for ReplicationBatch<'_> {
       ds.field("messages", &self.messages());
       ds.field("chunks", &self.chunks());
       ds.field("acks", &self.acks());
+      ds.finish()
+  }
+}
+pub enum KeyBoundOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct KeyBound<'a> {
+  pub _tab: flatbuffers::Table<'a>,
+}
+
+impl<'a> flatbuffers::Follow<'a> for KeyBound<'a> {
+  type Inner = KeyBound<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: flatbuffers::Table::new(buf, loc) }
+  }
+}
+
+impl<'a> KeyBound<'a> {
+  pub const VT_KEY: flatbuffers::VOffsetT = 4;
+  pub const VT_INCLUSIVE: flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
+    KeyBound { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr>(
+    _fbb: &'mut_bldr mut flatbuffers::FlatBufferBuilder<'bldr>,
+    args: &'args KeyBoundArgs<'args>
+  ) -> flatbuffers::WIPOffset<KeyBound<'bldr>> {
+    let mut builder = KeyBoundBuilder::new(_fbb);
+    if let Some(x) = args.key { builder.add_key(x); }
+    builder.add_inclusive(args.inclusive);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn key(&self) -> Option<flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'a, u8>>>(KeyBound::VT_KEY, None)}
+  }
+  #[inline]
+  pub fn inclusive(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(KeyBound::VT_INCLUSIVE, Some(false)).unwrap()}
+  }
+}
+
+impl flatbuffers::Verifiable for KeyBound<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut flatbuffers::Verifier, pos: usize
+  ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+    use self::flatbuffers::Verifiable;
+    v.visit_table(pos)?
+     .visit_field::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'_, u8>>>("key", Self::VT_KEY, false)?
+     .visit_field::<bool>("inclusive", Self::VT_INCLUSIVE, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct KeyBoundArgs<'a> {
+    pub key: Option<flatbuffers::WIPOffset<flatbuffers::Vector<'a, u8>>>,
+    pub inclusive: bool,
+}
+impl<'a> Default for KeyBoundArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    KeyBoundArgs {
+      key: None,
+      inclusive: false,
+    }
+  }
+}
+
+pub struct KeyBoundBuilder<'a: 'b, 'b> {
+  fbb_: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+  start_: flatbuffers::WIPOffset<flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b> KeyBoundBuilder<'a, 'b> {
+  #[inline]
+  pub fn add_key(&mut self, key: flatbuffers::WIPOffset<flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(KeyBound::VT_KEY, key);
+  }
+  #[inline]
+  pub fn add_inclusive(&mut self, inclusive: bool) {
+    self.fbb_.push_slot::<bool>(KeyBound::VT_INCLUSIVE, inclusive, false);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>) -> KeyBoundBuilder<'a, 'b> {
+    let start = _fbb.start_table();
+    KeyBoundBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> flatbuffers::WIPOffset<KeyBound<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl core::fmt::Debug for KeyBound<'_> {
+  fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+    let mut ds = f.debug_struct("KeyBound");
+      ds.field("key", &self.key());
+      ds.field("inclusive", &self.inclusive());
+      ds.finish()
+  }
+}
+pub enum PartitionOpRequestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct PartitionOpRequest<'a> {
+  pub _tab: flatbuffers::Table<'a>,
+}
+
+impl<'a> flatbuffers::Follow<'a> for PartitionOpRequest<'a> {
+  type Inner = PartitionOpRequest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: flatbuffers::Table::new(buf, loc) }
+  }
+}
+
+impl<'a> PartitionOpRequest<'a> {
+  pub const VT_KIND: flatbuffers::VOffsetT = 4;
+  pub const VT_PARTITION: flatbuffers::VOffsetT = 6;
+  pub const VT_KEY: flatbuffers::VOffsetT = 8;
+  pub const VT_VALUE: flatbuffers::VOffsetT = 10;
+  pub const VT_FLAG: flatbuffers::VOffsetT = 12;
+  pub const VT_COMMAND: flatbuffers::VOffsetT = 14;
+  pub const VT_LOWER: flatbuffers::VOffsetT = 16;
+  pub const VT_UPPER: flatbuffers::VOffsetT = 18;
+  pub const VT_REVERSE: flatbuffers::VOffsetT = 20;
+  pub const VT_LIMIT: flatbuffers::VOffsetT = 22;
+  pub const VT_BYTES_MAX: flatbuffers::VOffsetT = 24;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
+    PartitionOpRequest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr>(
+    _fbb: &'mut_bldr mut flatbuffers::FlatBufferBuilder<'bldr>,
+    args: &'args PartitionOpRequestArgs<'args>
+  ) -> flatbuffers::WIPOffset<PartitionOpRequest<'bldr>> {
+    let mut builder = PartitionOpRequestBuilder::new(_fbb);
+    builder.add_bytes_max(args.bytes_max);
+    builder.add_limit(args.limit);
+    builder.add_partition(args.partition);
+    if let Some(x) = args.upper { builder.add_upper(x); }
+    if let Some(x) = args.lower { builder.add_lower(x); }
+    if let Some(x) = args.command { builder.add_command(x); }
+    if let Some(x) = args.value { builder.add_value(x); }
+    if let Some(x) = args.key { builder.add_key(x); }
+    builder.add_reverse(args.reverse);
+    builder.add_flag(args.flag);
+    builder.add_kind(args.kind);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn kind(&self) -> PartitionOpKind {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<PartitionOpKind>(PartitionOpRequest::VT_KIND, Some(PartitionOpKind::PUT)).unwrap()}
+  }
+  #[inline]
+  pub fn partition(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(PartitionOpRequest::VT_PARTITION, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn key(&self) -> Option<flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'a, u8>>>(PartitionOpRequest::VT_KEY, None)}
+  }
+  #[inline]
+  pub fn value(&self) -> Option<flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'a, u8>>>(PartitionOpRequest::VT_VALUE, None)}
+  }
+  #[inline]
+  pub fn flag(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(PartitionOpRequest::VT_FLAG, Some(false)).unwrap()}
+  }
+  #[inline]
+  pub fn command(&self) -> Option<flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'a, u8>>>(PartitionOpRequest::VT_COMMAND, None)}
+  }
+  #[inline]
+  pub fn lower(&self) -> Option<KeyBound<'a>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<KeyBound>>(PartitionOpRequest::VT_LOWER, None)}
+  }
+  #[inline]
+  pub fn upper(&self) -> Option<KeyBound<'a>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<KeyBound>>(PartitionOpRequest::VT_UPPER, None)}
+  }
+  #[inline]
+  pub fn reverse(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(PartitionOpRequest::VT_REVERSE, Some(false)).unwrap()}
+  }
+  #[inline]
+  pub fn limit(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(PartitionOpRequest::VT_LIMIT, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn bytes_max(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(PartitionOpRequest::VT_BYTES_MAX, Some(0)).unwrap()}
+  }
+}
+
+impl flatbuffers::Verifiable for PartitionOpRequest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut flatbuffers::Verifier, pos: usize
+  ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+    use self::flatbuffers::Verifiable;
+    v.visit_table(pos)?
+     .visit_field::<PartitionOpKind>("kind", Self::VT_KIND, false)?
+     .visit_field::<u64>("partition", Self::VT_PARTITION, false)?
+     .visit_field::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'_, u8>>>("key", Self::VT_KEY, false)?
+     .visit_field::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'_, u8>>>("value", Self::VT_VALUE, false)?
+     .visit_field::<bool>("flag", Self::VT_FLAG, false)?
+     .visit_field::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'_, u8>>>("command", Self::VT_COMMAND, false)?
+     .visit_field::<flatbuffers::ForwardsUOffset<KeyBound>>("lower", Self::VT_LOWER, false)?
+     .visit_field::<flatbuffers::ForwardsUOffset<KeyBound>>("upper", Self::VT_UPPER, false)?
+     .visit_field::<bool>("reverse", Self::VT_REVERSE, false)?
+     .visit_field::<u64>("limit", Self::VT_LIMIT, false)?
+     .visit_field::<u64>("bytes_max", Self::VT_BYTES_MAX, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct PartitionOpRequestArgs<'a> {
+    pub kind: PartitionOpKind,
+    pub partition: u64,
+    pub key: Option<flatbuffers::WIPOffset<flatbuffers::Vector<'a, u8>>>,
+    pub value: Option<flatbuffers::WIPOffset<flatbuffers::Vector<'a, u8>>>,
+    pub flag: bool,
+    pub command: Option<flatbuffers::WIPOffset<flatbuffers::Vector<'a, u8>>>,
+    pub lower: Option<flatbuffers::WIPOffset<KeyBound<'a>>>,
+    pub upper: Option<flatbuffers::WIPOffset<KeyBound<'a>>>,
+    pub reverse: bool,
+    pub limit: u64,
+    pub bytes_max: u64,
+}
+impl<'a> Default for PartitionOpRequestArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    PartitionOpRequestArgs {
+      kind: PartitionOpKind::PUT,
+      partition: 0,
+      key: None,
+      value: None,
+      flag: false,
+      command: None,
+      lower: None,
+      upper: None,
+      reverse: false,
+      limit: 0,
+      bytes_max: 0,
+    }
+  }
+}
+
+pub struct PartitionOpRequestBuilder<'a: 'b, 'b> {
+  fbb_: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+  start_: flatbuffers::WIPOffset<flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b> PartitionOpRequestBuilder<'a, 'b> {
+  #[inline]
+  pub fn add_kind(&mut self, kind: PartitionOpKind) {
+    self.fbb_.push_slot::<PartitionOpKind>(PartitionOpRequest::VT_KIND, kind, PartitionOpKind::PUT);
+  }
+  #[inline]
+  pub fn add_partition(&mut self, partition: u64) {
+    self.fbb_.push_slot::<u64>(PartitionOpRequest::VT_PARTITION, partition, 0);
+  }
+  #[inline]
+  pub fn add_key(&mut self, key: flatbuffers::WIPOffset<flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(PartitionOpRequest::VT_KEY, key);
+  }
+  #[inline]
+  pub fn add_value(&mut self, value: flatbuffers::WIPOffset<flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(PartitionOpRequest::VT_VALUE, value);
+  }
+  #[inline]
+  pub fn add_flag(&mut self, flag: bool) {
+    self.fbb_.push_slot::<bool>(PartitionOpRequest::VT_FLAG, flag, false);
+  }
+  #[inline]
+  pub fn add_command(&mut self, command: flatbuffers::WIPOffset<flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(PartitionOpRequest::VT_COMMAND, command);
+  }
+  #[inline]
+  pub fn add_lower(&mut self, lower: flatbuffers::WIPOffset<KeyBound<'b >>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<KeyBound>>(PartitionOpRequest::VT_LOWER, lower);
+  }
+  #[inline]
+  pub fn add_upper(&mut self, upper: flatbuffers::WIPOffset<KeyBound<'b >>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<KeyBound>>(PartitionOpRequest::VT_UPPER, upper);
+  }
+  #[inline]
+  pub fn add_reverse(&mut self, reverse: bool) {
+    self.fbb_.push_slot::<bool>(PartitionOpRequest::VT_REVERSE, reverse, false);
+  }
+  #[inline]
+  pub fn add_limit(&mut self, limit: u64) {
+    self.fbb_.push_slot::<u64>(PartitionOpRequest::VT_LIMIT, limit, 0);
+  }
+  #[inline]
+  pub fn add_bytes_max(&mut self, bytes_max: u64) {
+    self.fbb_.push_slot::<u64>(PartitionOpRequest::VT_BYTES_MAX, bytes_max, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>) -> PartitionOpRequestBuilder<'a, 'b> {
+    let start = _fbb.start_table();
+    PartitionOpRequestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> flatbuffers::WIPOffset<PartitionOpRequest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl core::fmt::Debug for PartitionOpRequest<'_> {
+  fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+    let mut ds = f.debug_struct("PartitionOpRequest");
+      ds.field("kind", &self.kind());
+      ds.field("partition", &self.partition());
+      ds.field("key", &self.key());
+      ds.field("value", &self.value());
+      ds.field("flag", &self.flag());
+      ds.field("command", &self.command());
+      ds.field("lower", &self.lower());
+      ds.field("upper", &self.upper());
+      ds.field("reverse", &self.reverse());
+      ds.field("limit", &self.limit());
+      ds.field("bytes_max", &self.bytes_max());
+      ds.finish()
+  }
+}
+pub enum MaybeValueOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct MaybeValue<'a> {
+  pub _tab: flatbuffers::Table<'a>,
+}
+
+impl<'a> flatbuffers::Follow<'a> for MaybeValue<'a> {
+  type Inner = MaybeValue<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: flatbuffers::Table::new(buf, loc) }
+  }
+}
+
+impl<'a> MaybeValue<'a> {
+  pub const VT_PRESENT: flatbuffers::VOffsetT = 4;
+  pub const VT_DATA: flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
+    MaybeValue { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr>(
+    _fbb: &'mut_bldr mut flatbuffers::FlatBufferBuilder<'bldr>,
+    args: &'args MaybeValueArgs<'args>
+  ) -> flatbuffers::WIPOffset<MaybeValue<'bldr>> {
+    let mut builder = MaybeValueBuilder::new(_fbb);
+    if let Some(x) = args.data { builder.add_data(x); }
+    builder.add_present(args.present);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn present(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(MaybeValue::VT_PRESENT, Some(false)).unwrap()}
+  }
+  #[inline]
+  pub fn data(&self) -> Option<flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'a, u8>>>(MaybeValue::VT_DATA, None)}
+  }
+}
+
+impl flatbuffers::Verifiable for MaybeValue<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut flatbuffers::Verifier, pos: usize
+  ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+    use self::flatbuffers::Verifiable;
+    v.visit_table(pos)?
+     .visit_field::<bool>("present", Self::VT_PRESENT, false)?
+     .visit_field::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'_, u8>>>("data", Self::VT_DATA, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct MaybeValueArgs<'a> {
+    pub present: bool,
+    pub data: Option<flatbuffers::WIPOffset<flatbuffers::Vector<'a, u8>>>,
+}
+impl<'a> Default for MaybeValueArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    MaybeValueArgs {
+      present: false,
+      data: None,
+    }
+  }
+}
+
+pub struct MaybeValueBuilder<'a: 'b, 'b> {
+  fbb_: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+  start_: flatbuffers::WIPOffset<flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b> MaybeValueBuilder<'a, 'b> {
+  #[inline]
+  pub fn add_present(&mut self, present: bool) {
+    self.fbb_.push_slot::<bool>(MaybeValue::VT_PRESENT, present, false);
+  }
+  #[inline]
+  pub fn add_data(&mut self, data: flatbuffers::WIPOffset<flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(MaybeValue::VT_DATA, data);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>) -> MaybeValueBuilder<'a, 'b> {
+    let start = _fbb.start_table();
+    MaybeValueBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> flatbuffers::WIPOffset<MaybeValue<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl core::fmt::Debug for MaybeValue<'_> {
+  fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+    let mut ds = f.debug_struct("MaybeValue");
+      ds.field("present", &self.present());
+      ds.field("data", &self.data());
+      ds.finish()
+  }
+}
+pub enum PartitionAnswerResponseOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct PartitionAnswerResponse<'a> {
+  pub _tab: flatbuffers::Table<'a>,
+}
+
+impl<'a> flatbuffers::Follow<'a> for PartitionAnswerResponse<'a> {
+  type Inner = PartitionAnswerResponse<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: flatbuffers::Table::new(buf, loc) }
+  }
+}
+
+impl<'a> PartitionAnswerResponse<'a> {
+  pub const VT_KIND: flatbuffers::VOffsetT = 4;
+  pub const VT_VALUE: flatbuffers::VOffsetT = 6;
+  pub const VT_NEW_VALUE: flatbuffers::VOffsetT = 8;
+  pub const VT_VALUES: flatbuffers::VOffsetT = 10;
+  pub const VT_PASSED: flatbuffers::VOffsetT = 12;
+  pub const VT_ENTRIES: flatbuffers::VOffsetT = 14;
+  pub const VT_MORE: flatbuffers::VOffsetT = 16;
+  pub const VT_ERROR: flatbuffers::VOffsetT = 18;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
+    PartitionAnswerResponse { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr>(
+    _fbb: &'mut_bldr mut flatbuffers::FlatBufferBuilder<'bldr>,
+    args: &'args PartitionAnswerResponseArgs<'args>
+  ) -> flatbuffers::WIPOffset<PartitionAnswerResponse<'bldr>> {
+    let mut builder = PartitionAnswerResponseBuilder::new(_fbb);
+    if let Some(x) = args.error { builder.add_error(x); }
+    if let Some(x) = args.entries { builder.add_entries(x); }
+    if let Some(x) = args.values { builder.add_values(x); }
+    if let Some(x) = args.new_value { builder.add_new_value(x); }
+    if let Some(x) = args.value { builder.add_value(x); }
+    builder.add_more(args.more);
+    builder.add_passed(args.passed);
+    builder.add_kind(args.kind);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn kind(&self) -> PartitionAnswerKind {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<PartitionAnswerKind>(PartitionAnswerResponse::VT_KIND, Some(PartitionAnswerKind::VALUE)).unwrap()}
+  }
+  #[inline]
+  pub fn value(&self) -> Option<MaybeValue<'a>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<MaybeValue>>(PartitionAnswerResponse::VT_VALUE, None)}
+  }
+  #[inline]
+  pub fn new_value(&self) -> Option<MaybeValue<'a>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<MaybeValue>>(PartitionAnswerResponse::VT_NEW_VALUE, None)}
+  }
+  #[inline]
+  pub fn values(&self) -> Option<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<MaybeValue<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<MaybeValue>>>>(PartitionAnswerResponse::VT_VALUES, None)}
+  }
+  #[inline]
+  pub fn passed(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(PartitionAnswerResponse::VT_PASSED, Some(false)).unwrap()}
+  }
+  #[inline]
+  pub fn entries(&self) -> Option<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<SnapshotEntry<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<SnapshotEntry>>>>(PartitionAnswerResponse::VT_ENTRIES, None)}
+  }
+  #[inline]
+  pub fn more(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(PartitionAnswerResponse::VT_MORE, Some(false)).unwrap()}
+  }
+  #[inline]
+  pub fn error(&self) -> Option<ErrorResponse<'a>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<ErrorResponse>>(PartitionAnswerResponse::VT_ERROR, None)}
+  }
+}
+
+impl flatbuffers::Verifiable for PartitionAnswerResponse<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut flatbuffers::Verifier, pos: usize
+  ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+    use self::flatbuffers::Verifiable;
+    v.visit_table(pos)?
+     .visit_field::<PartitionAnswerKind>("kind", Self::VT_KIND, false)?
+     .visit_field::<flatbuffers::ForwardsUOffset<MaybeValue>>("value", Self::VT_VALUE, false)?
+     .visit_field::<flatbuffers::ForwardsUOffset<MaybeValue>>("new_value", Self::VT_NEW_VALUE, false)?
+     .visit_field::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'_, flatbuffers::ForwardsUOffset<MaybeValue>>>>("values", Self::VT_VALUES, false)?
+     .visit_field::<bool>("passed", Self::VT_PASSED, false)?
+     .visit_field::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'_, flatbuffers::ForwardsUOffset<SnapshotEntry>>>>("entries", Self::VT_ENTRIES, false)?
+     .visit_field::<bool>("more", Self::VT_MORE, false)?
+     .visit_field::<flatbuffers::ForwardsUOffset<ErrorResponse>>("error", Self::VT_ERROR, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct PartitionAnswerResponseArgs<'a> {
+    pub kind: PartitionAnswerKind,
+    pub value: Option<flatbuffers::WIPOffset<MaybeValue<'a>>>,
+    pub new_value: Option<flatbuffers::WIPOffset<MaybeValue<'a>>>,
+    pub values: Option<flatbuffers::WIPOffset<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<MaybeValue<'a>>>>>,
+    pub passed: bool,
+    pub entries: Option<flatbuffers::WIPOffset<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<SnapshotEntry<'a>>>>>,
+    pub more: bool,
+    pub error: Option<flatbuffers::WIPOffset<ErrorResponse<'a>>>,
+}
+impl<'a> Default for PartitionAnswerResponseArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    PartitionAnswerResponseArgs {
+      kind: PartitionAnswerKind::VALUE,
+      value: None,
+      new_value: None,
+      values: None,
+      passed: false,
+      entries: None,
+      more: false,
+      error: None,
+    }
+  }
+}
+
+pub struct PartitionAnswerResponseBuilder<'a: 'b, 'b> {
+  fbb_: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+  start_: flatbuffers::WIPOffset<flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b> PartitionAnswerResponseBuilder<'a, 'b> {
+  #[inline]
+  pub fn add_kind(&mut self, kind: PartitionAnswerKind) {
+    self.fbb_.push_slot::<PartitionAnswerKind>(PartitionAnswerResponse::VT_KIND, kind, PartitionAnswerKind::VALUE);
+  }
+  #[inline]
+  pub fn add_value(&mut self, value: flatbuffers::WIPOffset<MaybeValue<'b >>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<MaybeValue>>(PartitionAnswerResponse::VT_VALUE, value);
+  }
+  #[inline]
+  pub fn add_new_value(&mut self, new_value: flatbuffers::WIPOffset<MaybeValue<'b >>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<MaybeValue>>(PartitionAnswerResponse::VT_NEW_VALUE, new_value);
+  }
+  #[inline]
+  pub fn add_values(&mut self, values: flatbuffers::WIPOffset<flatbuffers::Vector<'b , flatbuffers::ForwardsUOffset<MaybeValue<'b >>>>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(PartitionAnswerResponse::VT_VALUES, values);
+  }
+  #[inline]
+  pub fn add_passed(&mut self, passed: bool) {
+    self.fbb_.push_slot::<bool>(PartitionAnswerResponse::VT_PASSED, passed, false);
+  }
+  #[inline]
+  pub fn add_entries(&mut self, entries: flatbuffers::WIPOffset<flatbuffers::Vector<'b , flatbuffers::ForwardsUOffset<SnapshotEntry<'b >>>>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(PartitionAnswerResponse::VT_ENTRIES, entries);
+  }
+  #[inline]
+  pub fn add_more(&mut self, more: bool) {
+    self.fbb_.push_slot::<bool>(PartitionAnswerResponse::VT_MORE, more, false);
+  }
+  #[inline]
+  pub fn add_error(&mut self, error: flatbuffers::WIPOffset<ErrorResponse<'b >>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<ErrorResponse>>(PartitionAnswerResponse::VT_ERROR, error);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>) -> PartitionAnswerResponseBuilder<'a, 'b> {
+    let start = _fbb.start_table();
+    PartitionAnswerResponseBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> flatbuffers::WIPOffset<PartitionAnswerResponse<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl core::fmt::Debug for PartitionAnswerResponse<'_> {
+  fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+    let mut ds = f.debug_struct("PartitionAnswerResponse");
+      ds.field("kind", &self.kind());
+      ds.field("value", &self.value());
+      ds.field("new_value", &self.new_value());
+      ds.field("values", &self.values());
+      ds.field("passed", &self.passed());
+      ds.field("entries", &self.entries());
+      ds.field("more", &self.more());
+      ds.field("error", &self.error());
       ds.finish()
   }
 }
