@@ -36,6 +36,7 @@ use glommio::net::{TcpListener, TcpStream};
 use glommio::{LocalExecutorBuilder, Placement};
 use tessera_engine::{LocalLog, Store, StoreConfig};
 use tessera_wire::client::ClientTls;
+use tessera_wire::frame::FRAME_LEN_MAX;
 use tessera_wire::{ErrorCode, MessageType, PartitionAnswer, PartitionOp, Request, RequestFlags, Response, WireError};
 
 use crate::auth::Access;
@@ -538,7 +539,13 @@ async fn connection<S: ByteStream>(shard: Rc<Shard>, memory: Rc<RequestMemory>, 
                                 let (shard, producer) = (shard.clone(), Producer::new(&answers.0));
                                 glommio::spawn_local(async move {
                                     let answer = shard.serve_partition_op(op).await;
-                                    producer.send(|out| answer.encode(id, out));
+                                    producer.send(|out| {
+                                        within_frame(
+                                            out,
+                                            |out| answer.encode(id, out),
+                                            |error, out| PartitionAnswer::Error(error).encode(id, out),
+                                        )
+                                    });
                                     drop((permit, reserved));
                                 })
                                 .detach();
@@ -583,7 +590,13 @@ async fn connection<S: ByteStream>(shard: Rc<Shard>, memory: Rc<RequestMemory>, 
                             let (shard, producer) = (shard.clone(), Producer::new(&answers.0));
                             glommio::spawn_local(async move {
                                 let (response, consumed) = shard.execute(request, flags).await;
-                                producer.send(|out| response.encode_with_capacity(id, &consumed, out));
+                                producer.send(|out| {
+                                    within_frame(
+                                        out,
+                                        |out| response.encode_with_capacity(id, &consumed, out),
+                                        |error, out| Response::Error(error).encode(id, out),
+                                    )
+                                });
                                 drop((permit, reserved));
                             })
                             .detach();
@@ -627,4 +640,19 @@ async fn connection<S: ByteStream>(shard: Rc<Shard>, memory: Rc<RequestMemory>, 
     // Requests still being served hold producers of their own; the writer ends after the last.
     drop(answers);
     writing.await;
+}
+
+/// Appends the answer `encode` writes to `out`, or, when it would be a frame larger than a
+/// receiver takes (`FRAME_LEN_MAX`: items of many small attributes encode to more than
+/// their size), the error `refuse` writes instead: the client gets a typed answer, not a
+/// stream it must drop.
+fn within_frame(out: &mut Vec<u8>, encode: impl FnOnce(&mut Vec<u8>), refuse: impl FnOnce(WireError, &mut Vec<u8>)) {
+    let start = out.len();
+    encode(out);
+    let len = out.len() - start - 4;
+    if len > FRAME_LEN_MAX {
+        out.truncate(start);
+        let message = format!("the answer is {len} bytes encoded, over the protocol's frame limit of {FRAME_LEN_MAX}: ask for fewer items at a time");
+        refuse(WireError::new(ErrorCode::FrameTooLarge, message), out);
+    }
 }

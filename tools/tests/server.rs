@@ -338,6 +338,31 @@ fn batches_have_dynamodb_limits() {
     duplicate[0].keys.push(key(1));
     service_error(client.batch_get_item(duplicate), ErrorCode::ValidationException);
 
+    // An answer holds at most 16 MB of items: 60 items of about 390 KB (23 MB) come back in
+    // parts, the rest as unprocessed keys with the request's settings, until every item is read.
+    for k in 1000..1060 {
+        let big = ItemBuilder::new().n("k", k).b("v", vec![k as u8; 390_000]).build();
+        client.put_item("pairs", big).unwrap();
+    }
+    let mut asked = keys(1000..1060);
+    asked[0].read.projection = Some("k, v".into());
+    let (mut read, mut calls) = (BTreeSet::new(), 0);
+    while !asked.is_empty() {
+        let (responses, unprocessed) = client.batch_get_item(asked).unwrap();
+        let items = &responses[0].1;
+        let bytes: usize = items.iter().map(tessera_engine::item_size).sum();
+        assert!(bytes <= 16 << 20, "an answer of {bytes} bytes of items");
+        assert!(!items.is_empty(), "an answer with no item");
+        read.extend(items.iter().map(|item| format!("{:?}", item.get("k"))));
+        for keys in &unprocessed {
+            assert!(keys.consistent_read && keys.read.projection.as_deref() == Some("k, v"), "{keys:?}");
+        }
+        asked = unprocessed;
+        calls += 1;
+    }
+    assert_eq!(read.len(), 60);
+    assert!(calls >= 2, "23 MB of items answered in {calls} call");
+
     // Cluster administration has nothing to work on in a single node.
     for request in [Request::DescribeReplicas, Request::RetireReplica { partition: 0 }] {
         let message = service_error(client.call(&request), ErrorCode::ValidationException);

@@ -16,6 +16,9 @@ use super::{engine_error, invalid, Shard};
 
 /// Most keys one BatchGetItem may ask for.
 pub const BATCH_GET_MAX: usize = 100;
+/// Most bytes of items one BatchGetItem answers (DynamoDB's 16 MB); the keys of items past it
+/// come back unprocessed.
+pub const BATCH_GET_BYTES_MAX: usize = 16 << 20;
 /// Most writes one BatchWriteItem may carry.
 pub const BATCH_WRITE_MAX: usize = 25;
 // A partition's share of a BatchWriteItem is sent to its leader as one PartitionOp.
@@ -43,41 +46,65 @@ impl Shard {
         for request in &tables {
             let table = self.table(&request.table)?;
             let plan = ReadPlan::projection_only(&request.read, "BatchGetItem")?;
-            plans.insert(table.name.clone(), (plan, request.consistent_read));
+            plans.insert(table.name.clone(), (plan, request));
             for key_item in &request.keys {
                 let key = encode_exact_key(&table.key_schema, key_item)?;
                 if !seen.insert((table.id, key.clone())) {
                     return Err(invalid("Provided list of item keys contains duplicates"));
                 }
                 let (core, partition) = self.place(&table, &key);
-                let (shard, name, consistent) = (self.clone(), table.name.clone(), request.consistent_read);
-                gets.push(glommio::spawn_local(async move {
+                let (shard, consistent) = (self.clone(), request.consistent_read);
+                let get = glommio::spawn_local(async move {
                     let op = PartitionOp::Get { partition, key, consistent };
-                    let result = match shard.at_leader(core, op, may_forward).await {
+                    match shard.at_leader(core, op, may_forward).await {
                         PartitionAnswer::Value(value) => value.as_deref().map(decode_stored).transpose(),
                         other => Err(unexpected_answer(other)),
-                    };
-                    (name, result)
-                }));
+                    }
+                });
+                gets.push((table.name.clone(), key_item, get));
             }
         }
         assert!(gets.len() <= BATCH_GET_MAX, "{} gets fanned out, over BatchGetItem's {BATCH_GET_MAX}", gets.len());
         let mut responses: BTreeMap<String, Vec<Item>> = BTreeMap::new();
-        for get in gets {
-            let (name, result) = get.await;
-            let (plan, consistent) = &plans[&name];
-            match result? {
-                Some(item) => {
-                    meter.read(&name, item_size(&item), *consistent);
-                    responses.entry(name).or_default().push(plan.project(item))
+        // Keys left for the caller to ask again, as DynamoDB leaves them: those whose item
+        // would take the answer past BATCH_GET_BYTES_MAX, and those refused for now.
+        let mut unprocessed: BTreeMap<String, Vec<Item>> = BTreeMap::new();
+        let (mut bytes, mut refused) = (0, None);
+        for (name, key_item, get) in gets {
+            let (plan, request) = &plans[&name];
+            let found = match get.await {
+                Ok(found) => found,
+                Err(error) if error.retryable => {
+                    refused = Some(error);
+                    unprocessed.entry(name).or_default().push(key_item.clone());
+                    continue;
                 }
-                None => {
-                    meter.read(&name, 0, *consistent);
-                    responses.entry(name).or_default();
-                }
+                Err(error) => return Err(error),
+            };
+            let size = found.as_ref().map_or(0, item_size);
+            if bytes + size > BATCH_GET_BYTES_MAX {
+                unprocessed.entry(name).or_default().push(key_item.clone());
+                continue;
             }
+            bytes += size;
+            meter.read(&name, size, request.consistent_read);
+            let items = responses.entry(name).or_default();
+            items.extend(found.map(|item| plan.project(item)));
         }
-        Ok(Response::BatchGetItem { responses: responses.into_iter().collect(), unprocessed: Vec::new() })
+        assert!(bytes <= BATCH_GET_BYTES_MAX, "a BatchGetItem answer of {bytes} bytes of items");
+        if let Some(error) = refused.filter(|_| responses.is_empty()) {
+            // Nothing could be read: the caller gets the reason, as DynamoDB answers a batch
+            // none of whose keys it could serve.
+            return Err(error);
+        }
+        let unprocessed = unprocessed
+            .into_iter()
+            .map(|(name, keys)| {
+                let request = plans[&name].1;
+                TableKeys { table: name, keys, consistent_read: request.consistent_read, read: request.read.clone() }
+            })
+            .collect();
+        Ok(Response::BatchGetItem { responses: responses.into_iter().collect(), unprocessed })
     }
 
     pub(super) async fn batch_write(
